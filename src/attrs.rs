@@ -1,0 +1,372 @@
+//! Op attributes: between the flat fields of a [`RawNode`] and [`Op`].
+
+use crate::format::RawNode;
+use crate::op::{Op, OpKind, Window};
+use crate::types::{DType, TensorType};
+
+/// An attribute problem: the field and what was expected.
+pub type AttrError = (&'static str, String);
+
+const ATTRS: [&str; 18] = [
+    "transpose_a", "transpose_b", "axis", "causal", "axes", "keepdims", "shape", "perm", "dtype", "to",
+    "value", "p", "seed", "eps", "momentum", "kernel", "stride", "padding",
+];
+
+fn present(n: &RawNode) -> impl Iterator<Item = &'static str> {
+    let set = [
+        n.transpose_a.is_some(),
+        n.transpose_b.is_some(),
+        n.axis.is_some(),
+        n.causal.is_some(),
+        n.axes.is_some(),
+        n.keepdims.is_some(),
+        n.shape.is_some(),
+        n.perm.is_some(),
+        n.dtype.is_some(),
+        n.to.is_some(),
+        n.value.is_some(),
+        n.p.is_some(),
+        n.seed.is_some(),
+        n.eps.is_some(),
+        n.momentum.is_some(),
+        n.kernel.is_some(),
+        n.stride.is_some(),
+        n.padding.is_some(),
+    ];
+    ATTRS
+        .into_iter()
+        .zip(set)
+        .filter_map(|(a, s)| s.then_some(a))
+        .chain(n.num_embeddings.is_some().then_some("num_embeddings"))
+}
+
+/// The attributes each op takes.
+pub fn allowed(kind: OpKind) -> &'static [&'static str] {
+    use OpKind::*;
+    match kind {
+        Matmul => &["transpose_a", "transpose_b"],
+        Softmax => &["axis", "causal"],
+        LogSoftmax | SoftmaxGrad | LogSoftmaxGrad | Flatten => &["axis"],
+        ReduceSum | ReduceMean => &["axes", "keepdims"],
+        Reshape | SumTo | BroadcastTo => &["shape"],
+        Transpose => &["perm"],
+        Constant => &["value", "shape", "dtype"],
+        Scale => &["value"],
+        Cast => &["to"],
+        Dropout => &["p", "seed"],
+        DropoutGrad => &["p"],
+        LayerNorm | BatchNormGrad => &["eps"],
+        BatchNorm => &["eps", "momentum"],
+        Conv2d => &["stride", "padding"],
+        Conv2dGradInput => &["stride", "padding", "shape"],
+        Conv2dGradWeight => &["stride", "padding", "kernel"],
+        MaxPool2d | AvgPool2d | MaxPool2dGrad => &["kernel", "stride", "padding"],
+        AvgPool2dGrad => &["kernel", "stride", "padding", "shape"],
+        EmbeddingGrad => &["num_embeddings"],
+        _ => &[],
+    }
+}
+
+fn need<T: Clone>(v: &Option<T>, field: &'static str, kind: OpKind) -> Result<T, AttrError> {
+    v.clone().ok_or_else(|| (field, format!("{kind} needs the attribute `{field}`")))
+}
+
+fn dims(v: &[i64], field: &'static str) -> Result<Vec<u64>, AttrError> {
+    v.iter()
+        .map(|&d| {
+            if d >= 1 {
+                Ok(d as u64)
+            } else {
+                Err((field, format!("dimensions must be at least 1, found {d}")))
+            }
+        })
+        .collect()
+}
+
+fn window(n: &RawNode, kind: OpKind) -> Result<Window, AttrError> {
+    let kernel = need(&n.kernel, "kernel", kind)?;
+    let w = Window { kernel, stride: n.stride.unwrap_or(kernel), padding: n.padding.unwrap_or([0, 0]) };
+    check_window(&w)?;
+    Ok(w)
+}
+
+fn check_window(w: &Window) -> Result<(), AttrError> {
+    if w.kernel.contains(&0) {
+        return Err(("kernel", "kernel sizes must be at least 1".into()));
+    }
+    if w.stride.contains(&0) {
+        return Err(("stride", "strides must be at least 1".into()));
+    }
+    if w.padding.iter().zip(w.kernel).any(|(&p, k)| 2 * p > k) {
+        return Err(("padding", "pooling padding must be at most half the kernel".into()));
+    }
+    Ok(())
+}
+
+fn conv_window(n: &RawNode) -> Result<([u64; 2], [u64; 2]), AttrError> {
+    let stride = n.stride.unwrap_or([1, 1]);
+    if stride.contains(&0) {
+        return Err(("stride", "strides must be at least 1".into()));
+    }
+    Ok((stride, n.padding.unwrap_or([0, 0])))
+}
+
+fn finite(v: f64, field: &'static str) -> Result<f64, AttrError> {
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err((field, format!("expected a finite number, found {v}")))
+    }
+}
+
+/// Builds the op a node describes; sources (`input`, `param`, `state`) are
+/// declared in their own sections and are rejected here.
+pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
+    let kind = n.op;
+    if let Some(extra) = present(n).find(|a| !allowed(kind).contains(a)) {
+        let takes = allowed(kind);
+        let hint = if takes.is_empty() {
+            format!("{kind} takes no attributes")
+        } else {
+            format!("{kind} takes {}", takes.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", "))
+        };
+        return Err((extra, format!("attribute `{extra}` does not apply here: {hint}")));
+    }
+    use OpKind as K;
+    Ok(match kind {
+        K::Unset => return Err(("op", "the node has no op".into())),
+        K::Input | K::Param | K::State => {
+            return Err(("op", format!("`{kind}` values are declared in the `{kind}s` section, not as nodes").replace("states", "state")))
+        }
+        K::Constant => {
+            let shape = dims(&need(&n.shape, "shape", kind)?, "shape")?;
+            Op::Constant {
+                value: finite(need(&n.value, "value", kind)?, "value")?,
+                ty: TensorType::new(n.dtype.unwrap_or(DType::F32), shape),
+            }
+        }
+        K::Seed => Op::Seed,
+        K::Cast => Op::Cast { to: need(&n.to, "to", kind)? },
+        K::Identity => Op::Identity,
+        K::Add => Op::Add,
+        K::Sub => Op::Sub,
+        K::Mul => Op::Mul,
+        K::Div => Op::Div,
+        K::Scale => Op::Scale { value: finite(need(&n.value, "value", kind)?, "value")? },
+        K::Relu => Op::Relu,
+        K::Gelu => Op::Gelu,
+        K::Tanh => Op::Tanh,
+        K::Sigmoid => Op::Sigmoid,
+        K::Exp => Op::Exp,
+        K::Log => Op::Log,
+        K::Matmul => Op::Matmul {
+            transpose_a: n.transpose_a.unwrap_or(false),
+            transpose_b: n.transpose_b.unwrap_or(false),
+        },
+        K::Embedding => Op::Embedding,
+        K::LayerNorm => Op::LayerNorm { eps: n.eps.unwrap_or(1e-5) },
+        K::Softmax => Op::Softmax { axis: n.axis.unwrap_or(-1), causal: n.causal.unwrap_or(false) },
+        K::LogSoftmax => Op::LogSoftmax { axis: n.axis.unwrap_or(-1) },
+        K::Dropout => Op::Dropout { p: need(&n.p, "p", kind)?, seed: n.seed.unwrap_or(0) },
+        K::Conv2d => {
+            let (stride, padding) = conv_window(n)?;
+            Op::Conv2d { stride, padding }
+        }
+        K::BatchNorm => Op::BatchNorm { eps: n.eps.unwrap_or(1e-5), momentum: n.momentum.unwrap_or(0.1) },
+        K::MaxPool2d => Op::MaxPool2d(window(n, kind)?),
+        K::AvgPool2d => Op::AvgPool2d(window(n, kind)?),
+        K::Flatten => Op::Flatten { axis: n.axis.unwrap_or(1) },
+        K::Reshape => Op::Reshape { shape: need(&n.shape, "shape", kind)? },
+        K::Transpose => Op::Transpose {
+            perm: need(&n.perm, "perm", kind)?
+                .iter()
+                .map(|&p| usize::try_from(p).map_err(|_| ("perm", format!("axis {p} is negative"))))
+                .collect::<Result<_, _>>()?,
+        },
+        K::ReduceSum => Op::ReduceSum { axes: need(&n.axes, "axes", kind)?, keepdims: n.keepdims.unwrap_or(false) },
+        K::ReduceMean => Op::ReduceMean { axes: need(&n.axes, "axes", kind)?, keepdims: n.keepdims.unwrap_or(false) },
+        K::SumTo => Op::SumTo { shape: dims(&need(&n.shape, "shape", kind)?, "shape")? },
+        K::BroadcastTo => Op::BroadcastTo { shape: dims(&need(&n.shape, "shape", kind)?, "shape")? },
+        K::CrossEntropy => Op::CrossEntropy,
+        K::Mse => Op::Mse,
+        K::ReluGrad => Op::ReluGrad,
+        K::GeluGrad => Op::GeluGrad,
+        K::TanhGrad => Op::TanhGrad,
+        K::SigmoidGrad => Op::SigmoidGrad,
+        K::SoftmaxGrad => Op::SoftmaxGrad { axis: n.axis.unwrap_or(-1) },
+        K::LogSoftmaxGrad => Op::LogSoftmaxGrad { axis: n.axis.unwrap_or(-1) },
+        K::CrossEntropyGrad => Op::CrossEntropyGrad,
+        K::MseGrad => Op::MseGrad,
+        K::EmbeddingGrad => {
+            let v = need(&n.num_embeddings, "num_embeddings", kind)?;
+            if v == 0 {
+                return Err(("num_embeddings", "expected at least 1 row".into()));
+            }
+            Op::EmbeddingGrad { num_embeddings: v }
+        }
+        K::LayerNormGrad => Op::LayerNormGrad,
+        K::DropoutGrad => Op::DropoutGrad { p: need(&n.p, "p", kind)? },
+        K::Conv2dGradInput => {
+            let (stride, padding) = conv_window(n)?;
+            Op::Conv2dGradInput { stride, padding, shape: dims(&need(&n.shape, "shape", kind)?, "shape")? }
+        }
+        K::Conv2dGradWeight => {
+            let (stride, padding) = conv_window(n)?;
+            let kernel = need(&n.kernel, "kernel", kind)?;
+            if kernel.contains(&0) {
+                return Err(("kernel", "kernel sizes must be at least 1".into()));
+            }
+            Op::Conv2dGradWeight { stride, padding, kernel }
+        }
+        K::BatchNormGrad => Op::BatchNormGrad { eps: n.eps.unwrap_or(1e-5) },
+        K::MaxPool2dGrad => Op::MaxPool2dGrad(window(n, kind)?),
+        K::AvgPool2dGrad => Op::AvgPool2dGrad {
+            window: window(n, kind)?,
+            shape: dims(&need(&n.shape, "shape", kind)?, "shape")?,
+        },
+    })
+}
+
+fn set_window(n: &mut RawNode, w: &Window) {
+    n.kernel = Some(w.kernel);
+    n.stride = Some(w.stride);
+    n.padding = Some(w.padding);
+}
+
+fn ishape(s: &[u64]) -> Option<Vec<i64>> {
+    Some(s.iter().map(|&d| d as i64).collect())
+}
+
+/// Writes the attributes of `op` into `n` (every attribute, explicitly, but
+/// `false` flags).
+pub fn op_to_raw(op: &Op, n: &mut RawNode) {
+    let flag = |b: bool| b.then_some(true);
+    match op {
+        Op::Constant { value, ty } => {
+            n.value = Some(*value);
+            n.shape = ishape(ty.shape.dims());
+            n.dtype = Some(ty.dtype);
+        }
+        Op::Cast { to } => n.to = Some(*to),
+        Op::Scale { value } => n.value = Some(*value),
+        Op::Matmul { transpose_a, transpose_b } => {
+            n.transpose_a = flag(*transpose_a);
+            n.transpose_b = flag(*transpose_b);
+        }
+        Op::LayerNorm { eps } | Op::BatchNormGrad { eps } => n.eps = Some(*eps),
+        Op::Softmax { axis, causal } => {
+            n.axis = Some(*axis);
+            n.causal = flag(*causal);
+        }
+        Op::LogSoftmax { axis } | Op::SoftmaxGrad { axis } | Op::LogSoftmaxGrad { axis } | Op::Flatten { axis } => {
+            n.axis = Some(*axis)
+        }
+        Op::Dropout { p, seed } => {
+            n.p = Some(*p);
+            n.seed = Some(*seed);
+        }
+        Op::DropoutGrad { p } => n.p = Some(*p),
+        Op::Conv2d { stride, padding } => {
+            n.stride = Some(*stride);
+            n.padding = Some(*padding);
+        }
+        Op::Conv2dGradInput { stride, padding, shape } => {
+            n.stride = Some(*stride);
+            n.padding = Some(*padding);
+            n.shape = ishape(shape);
+        }
+        Op::Conv2dGradWeight { stride, padding, kernel } => {
+            n.stride = Some(*stride);
+            n.padding = Some(*padding);
+            n.kernel = Some(*kernel);
+        }
+        Op::BatchNorm { eps, momentum } => {
+            n.eps = Some(*eps);
+            n.momentum = Some(*momentum);
+        }
+        Op::MaxPool2d(w) | Op::AvgPool2d(w) | Op::MaxPool2dGrad(w) => set_window(n, w),
+        Op::AvgPool2dGrad { window, shape } => {
+            set_window(n, window);
+            n.shape = ishape(shape);
+        }
+        Op::Reshape { shape } => n.shape = Some(shape.clone()),
+        Op::Transpose { perm } => n.perm = Some(perm.iter().map(|&p| p as i64).collect()),
+        Op::ReduceSum { axes, keepdims } | Op::ReduceMean { axes, keepdims } => {
+            n.axes = Some(axes.clone());
+            n.keepdims = flag(*keepdims);
+        }
+        Op::SumTo { shape } | Op::BroadcastTo { shape } => n.shape = ishape(shape),
+        Op::EmbeddingGrad { num_embeddings } => n.num_embeddings = Some(*num_embeddings),
+        Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Seed | Op::Identity | Op::Add | Op::Sub
+        | Op::Mul | Op::Div | Op::Relu | Op::Gelu | Op::Tanh | Op::Sigmoid | Op::Exp | Op::Log | Op::Embedding
+        | Op::CrossEntropy | Op::Mse | Op::ReluGrad | Op::GeluGrad | Op::TanhGrad | Op::SigmoidGrad
+        | Op::CrossEntropyGrad | Op::MseGrad | Op::LayerNormGrad => {}
+    }
+}
+
+/// Attributes as `key=value` text, for the text form.
+pub fn op_attrs_text(op: &Op) -> String {
+    let mut n = RawNode::default();
+    op_to_raw(op, &mut n);
+    let v = serde_json::to_value(&n).unwrap_or_default();
+    let mut out = String::new();
+    if let serde_json::Value::Object(map) = v {
+        for key in ATTRS.iter().chain(["num_embeddings"].iter()) {
+            if let Some(val) = map.get(*key) {
+                out.push(' ');
+                out.push_str(key);
+                out.push('=');
+                match val {
+                    serde_json::Value::String(s) => out.push_str(s),
+                    other => out.push_str(&other.to_string()),
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_op_round_trips_its_attributes() {
+        let w = Window { kernel: [3, 3], stride: [2, 2], padding: [1, 1] };
+        let ops = vec![
+            Op::Constant { value: -1e9, ty: TensorType::new(DType::F32, vec![4, 4]) },
+            Op::Cast { to: DType::Bf16 },
+            Op::Scale { value: 0.125 },
+            Op::Matmul { transpose_a: true, transpose_b: false },
+            Op::Softmax { axis: -1, causal: true },
+            Op::Dropout { p: 0.1, seed: 7 },
+            Op::Conv2dGradInput { stride: [1, 1], padding: [1, 1], shape: vec![2, 3, 8, 8] },
+            Op::AvgPool2dGrad { window: w, shape: vec![1, 1, 4, 4] },
+            Op::MaxPool2d(w),
+            Op::Reshape { shape: vec![-1, 4] },
+            Op::Transpose { perm: vec![0, 2, 1, 3] },
+            Op::ReduceMean { axes: vec![0], keepdims: true },
+            Op::EmbeddingGrad { num_embeddings: 65 },
+            Op::BatchNorm { eps: 1e-3, momentum: 0.2 },
+        ];
+        for op in ops {
+            let mut n = RawNode { name: "n".into(), op: op.kind(), ..RawNode::default() };
+            op_to_raw(&op, &mut n);
+            assert_eq!(op_from_raw(&n).unwrap(), op);
+        }
+    }
+
+    #[test]
+    fn a_stray_attribute_is_named() {
+        let n = RawNode { name: "n".into(), op: OpKind::Relu, axis: Some(1), ..RawNode::default() };
+        let (field, msg) = op_from_raw(&n).unwrap_err();
+        assert_eq!(field, "axis");
+        assert!(msg.contains("relu takes no attributes"), "{msg}");
+    }
+
+    #[test]
+    fn a_missing_attribute_is_named() {
+        let n = RawNode { name: "n".into(), op: OpKind::Cast, ..RawNode::default() };
+        assert_eq!(op_from_raw(&n).unwrap_err().0, "to");
+    }
+}

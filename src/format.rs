@@ -1,0 +1,277 @@
+//! The JSON file format (`"format": "mpc/1"`), as serde types.
+//!
+//! These types are what a file holds, field for field; [`crate::parse`]
+//! turns them into a [`crate::Graph`] and [`crate::emit::json`] turns a graph
+//! back into them. The JSON Schema in `docs/mpc.schema.json` is generated
+//! from them (`mpc schema`), and a test checks that it is current.
+//! `docs/FORMAT.md` is the prose description.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::op::{Init, OpKind, Precision, Role};
+use crate::types::DType;
+
+/// The version string every file starts with.
+pub const FORMAT_VERSION: &str = "mpc/1";
+
+/// A training graph file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawGraph {
+    /// Always `"mpc/1"`.
+    pub format: String,
+    /// The model's name.
+    #[serde(default)]
+    pub name: String,
+    /// Batch tensors fed to every step.
+    #[serde(default)]
+    pub inputs: Vec<RawTensor>,
+    /// Trainable parameters (FP32 masters unless declared otherwise).
+    #[serde(default)]
+    pub params: Vec<RawState>,
+    /// Other state carried from step to step: optimizer moments, loss-scale
+    /// state, running statistics. Written out by the passes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub state: Vec<RawState>,
+    /// Forward nodes, in any order (names connect them).
+    pub forward: Vec<RawNode>,
+    /// The name of the scalar loss value.
+    pub loss: String,
+    /// An explicit backward section. When absent, the `grad` pass derives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backward: Option<Vec<RawNode>>,
+    /// With an explicit backward section: parameter name -> gradient value name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub gradients: BTreeMap<String, String>,
+    /// Optimizer and loss-scale nodes (role `optimizer` unless a node says `scaler`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub update: Vec<RawNode>,
+    /// State updates: param or state name -> the value it takes after the step.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub updates: BTreeMap<String, String>,
+    /// Values every step reports (metrics), besides the loss.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<String>,
+    /// The optimizer the passes materialise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer: Option<Optimizer>,
+}
+
+/// A graph input (a batch tensor).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTensor {
+    pub name: String,
+    /// Dimensions, each at least 1; `[]` is a scalar.
+    pub shape: Vec<i64>,
+    #[serde(default = "f32_dtype")]
+    pub dtype: DType,
+}
+
+/// A parameter or other state tensor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    pub name: String,
+    pub shape: Vec<i64>,
+    #[serde(default = "f32_dtype")]
+    pub dtype: DType,
+    /// Required for params; state defaults to zeros.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<Init>,
+}
+
+fn f32_dtype() -> DType {
+    DType::F32
+}
+
+/// One node. `op` selects the operation; the attribute fields that op takes
+/// are listed in docs/FORMAT.md, and any other attribute is an error.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    /// Unique name; also the name of the node's (first) output.
+    pub name: String,
+    pub op: OpKind,
+    /// Names of the values the node reads, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<String>,
+    /// Names of the outputs of a multi-output op. Default: `name`, `name:1`, `name:2`...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Vec<String>>,
+    /// Only in the `update` section: `optimizer` (default) or `scaler`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// Pins the compute precision of this node, overriding the op table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
+
+    /// matmul: transpose the last two axes of the first operand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transpose_a: Option<bool>,
+    /// matmul: transpose the last two axes of the second operand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transpose_b: Option<bool>,
+    /// softmax, log_softmax and their grads (default -1); flatten (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub axis: Option<i64>,
+    /// softmax: mask entries above the diagonal of the last two axes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causal: Option<bool>,
+    /// reduce_sum, reduce_mean: the axes to reduce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub axes: Option<Vec<i64>>,
+    /// reduce_sum, reduce_mean: keep reduced axes as size 1 (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepdims: Option<bool>,
+    /// reshape (one entry may be -1), sum_to, broadcast_to, constant, and the
+    /// input shape of conv2d_grad_input and avg_pool2d_grad.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<Vec<i64>>,
+    /// transpose: the permutation of the axes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perm: Option<Vec<i64>>,
+    /// constant: element type (default f32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<DType>,
+    /// cast: target element type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<DType>,
+    /// constant: the fill value; scale: the factor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// dropout, dropout_grad: drop probability in [0, 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p: Option<f64>,
+    /// dropout: random seed (default 0), mixed with the step number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// layer_norm, batch_norm, batch_norm_grad (default 1e-5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eps: Option<f64>,
+    /// batch_norm: running-statistics momentum (default 0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<f64>,
+    /// Pooling window, and conv2d_grad_weight's kernel size: [height, width].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<[u64; 2]>,
+    /// conv2d and pooling stride (default: 1 for conv2d, the kernel for pooling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stride: Option<[u64; 2]>,
+    /// conv2d and pooling zero padding on each side (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub padding: Option<[u64; 2]>,
+    /// embedding_grad: rows of the embedding table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_embeddings: Option<u64>,
+}
+
+/// Optimizer kinds.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// SGD, with optional momentum (PyTorch's formulation).
+    Sgd,
+    /// Adam; `weight_decay` is added to the gradient (L2).
+    Adam,
+    /// AdamW; `weight_decay` is decoupled (applied to the weights).
+    Adamw,
+}
+
+/// The optimizer and its hyper-parameters. Unset fields take the defaults
+/// noted; a field that does not apply to `kind` is an error.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Optimizer {
+    pub kind: OptimizerKind,
+    /// Learning rate.
+    pub lr: f64,
+    /// sgd: momentum in [0, 1) (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<f64>,
+    /// adam, adamw: first-moment decay (default 0.9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta1: Option<f64>,
+    /// adam, adamw: second-moment decay (default 0.999).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta2: Option<f64>,
+    /// adam, adamw: denominator epsilon (default 1e-8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eps: Option<f64>,
+    /// Weight decay (default 0; adamw 0.01).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f64>,
+    /// Clip the global L2 norm of the (unscaled) gradients to this value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_grad_norm: Option<f64>,
+    /// Accumulate gradients over this many micro-batches per step (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accumulate: Option<u32>,
+}
+
+impl Optimizer {
+    pub fn momentum(&self) -> f64 {
+        self.momentum.unwrap_or(0.0)
+    }
+    pub fn beta1(&self) -> f64 {
+        self.beta1.unwrap_or(0.9)
+    }
+    pub fn beta2(&self) -> f64 {
+        self.beta2.unwrap_or(0.999)
+    }
+    pub fn eps(&self) -> f64 {
+        self.eps.unwrap_or(1e-8)
+    }
+    pub fn weight_decay(&self) -> f64 {
+        self.weight_decay
+            .unwrap_or(if self.kind == OptimizerKind::Adamw { 0.01 } else { 0.0 })
+    }
+    pub fn accumulate(&self) -> u32 {
+        self.accumulate.unwrap_or(1)
+    }
+
+    /// Problems with the hyper-parameters: (field, message).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let mut check = |field: &'static str, v: Option<f64>, ok: fn(f64) -> bool, want: &str| {
+            if let Some(v) = v {
+                if !ok(v) {
+                    out.push((field, format!("expected {want}, found {v}")));
+                }
+            }
+        };
+        check("lr", Some(self.lr), |v| v > 0.0 && v.is_finite(), "a positive learning rate");
+        check("momentum", self.momentum, |v| (0.0..1.0).contains(&v), "a momentum in [0, 1)");
+        check("beta1", self.beta1, |v| (0.0..1.0).contains(&v), "beta1 in [0, 1)");
+        check("beta2", self.beta2, |v| (0.0..1.0).contains(&v), "beta2 in [0, 1)");
+        check("eps", self.eps, |v| v > 0.0, "a positive eps");
+        check("weight_decay", self.weight_decay, |v| v >= 0.0 && v.is_finite(), "a weight decay ≥ 0");
+        check("clip_grad_norm", self.clip_grad_norm, |v| v > 0.0 && v.is_finite(), "a positive norm");
+        if self.accumulate == Some(0) {
+            out.push(("accumulate", "expected at least 1 micro-batch, found 0".into()));
+        }
+        let is_sgd = self.kind == OptimizerKind::Sgd;
+        for (field, set, applies) in [
+            ("momentum", self.momentum.is_some(), is_sgd),
+            ("beta1", self.beta1.is_some(), !is_sgd),
+            ("beta2", self.beta2.is_some(), !is_sgd),
+            ("eps", self.eps.is_some(), !is_sgd),
+        ] {
+            if set && !applies {
+                out.push((field, format!("`{field}` does not apply to the {:?} optimizer", self.kind).to_lowercase()));
+            }
+        }
+        out
+    }
+}
+
+/// The JSON Schema of the format, pretty-printed.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(RawGraph);
+    let mut s = serde_json::to_string_pretty(&schema).expect("a schema serialises");
+    s.push('\n');
+    s
+}

@@ -1,0 +1,627 @@
+//! Shape and dtype inference for every op.
+//!
+//! `infer` is the single definition of what types an op accepts and returns;
+//! the parser uses it to type a graph and the verifier re-runs it to check one.
+
+use crate::op::{Op, Window};
+use crate::types::{DType, Shape, TensorType};
+
+type Result<T> = std::result::Result<T, String>;
+
+/// Number of inputs each op takes.
+pub fn arity(op: &Op) -> usize {
+    use Op::*;
+    match op {
+        Input { .. } | Param { .. } | State { .. } | Constant { .. } => 0,
+        Seed | Cast { .. } | Identity | Scale { .. } | Relu | Gelu | Tanh | Sigmoid | Exp
+        | Log | Dropout { .. } | MaxPool2d(_) | AvgPool2d(_) | Flatten { .. }
+        | Reshape { .. } | Transpose { .. } | ReduceSum { .. } | ReduceMean { .. }
+        | SumTo { .. } | BroadcastTo { .. } | Softmax { .. } | LogSoftmax { .. }
+        | AvgPool2dGrad { .. } => 1,
+        Add | Sub | Mul | Div | Matmul { .. } | Embedding | Conv2d { .. } | CrossEntropy
+        | Mse | ReluGrad | GeluGrad | TanhGrad | SigmoidGrad | SoftmaxGrad { .. }
+        | LogSoftmaxGrad { .. } | EmbeddingGrad { .. } | DropoutGrad { .. }
+        | Conv2dGradInput { .. } | Conv2dGradWeight { .. } | MaxPool2dGrad(_) => 2,
+        LayerNorm { .. } | BatchNorm { .. } | CrossEntropyGrad | MseGrad => 3,
+        BatchNormGrad { .. } => 5,
+        LayerNormGrad => 5,
+    }
+}
+
+/// Number of outputs each op produces.
+pub fn num_outputs(op: &Op) -> usize {
+    match op {
+        Op::LayerNorm { .. } | Op::BatchNorm { .. } | Op::LayerNormGrad | Op::BatchNormGrad { .. } => 3,
+        Op::Dropout { .. } => 2,
+        _ => 1,
+    }
+}
+
+/// Names of the inputs, for error messages and documentation.
+pub fn input_names(op: &Op) -> &'static [&'static str] {
+    use Op::*;
+    match op {
+        Add | Sub | Mul | Div => &["a", "b"],
+        Matmul { .. } => &["a", "b"],
+        Embedding => &["table", "ids"],
+        Conv2d { .. } => &["x", "weight"],
+        CrossEntropy => &["logits", "labels"],
+        Mse => &["prediction", "target"],
+        LayerNorm { .. } | BatchNorm { .. } => &["x", "gamma", "beta"],
+        ReluGrad | TanhGrad | SigmoidGrad | SoftmaxGrad { .. } | LogSoftmaxGrad { .. } => {
+            &["dy", "y"]
+        }
+        GeluGrad | MaxPool2dGrad(_) => &["dy", "x"],
+        CrossEntropyGrad => &["dloss", "logits", "labels"],
+        MseGrad => &["dloss", "prediction", "target"],
+        EmbeddingGrad { .. } => &["dy", "ids"],
+        DropoutGrad { .. } => &["dy", "mask"],
+        Conv2dGradInput { .. } => &["dy", "weight"],
+        Conv2dGradWeight { .. } => &["dy", "x"],
+        LayerNormGrad => &["dy", "x", "gamma", "mean", "rstd"],
+        BatchNormGrad { .. } => &["dy", "x", "gamma", "mean", "var"],
+        AvgPool2dGrad { .. } => &["dy"],
+        Seed => &["loss"],
+        _ => &["x"],
+    }
+}
+
+fn float(t: &TensorType, what: &str) -> Result<()> {
+    if t.dtype.is_float() {
+        Ok(())
+    } else {
+        Err(format!("{what} must be a float tensor, found {t}"))
+    }
+}
+
+fn int(t: &TensorType, what: &str) -> Result<()> {
+    if t.dtype.is_int() {
+        Ok(())
+    } else {
+        Err(format!("{what} must be an integer tensor (i32 or i64), found {t}"))
+    }
+}
+
+fn same_dtype(a: &TensorType, b: &TensorType, what: &str) -> Result<()> {
+    if a.dtype == b.dtype {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: operands must have the same dtype, found {} and {} (insert a cast)",
+            a.dtype, b.dtype
+        ))
+    }
+}
+
+fn same_type(a: &TensorType, b: &TensorType, what: &str) -> Result<()> {
+    if a == b {
+        Ok(())
+    } else {
+        Err(format!("{what} must have the same type, found {a} and {b}"))
+    }
+}
+
+fn rank(t: &TensorType, r: usize, what: &str) -> Result<()> {
+    if t.shape.rank() == r {
+        Ok(())
+    } else {
+        Err(format!("{what} must have rank {r}, found {t}"))
+    }
+}
+
+fn checked(shape: Shape) -> Result<Shape> {
+    shape.validate()?;
+    Ok(shape)
+}
+
+/// NumPy broadcasting of two shapes.
+pub fn broadcast(a: &Shape, b: &Shape) -> Result<Shape> {
+    let r = a.rank().max(b.rank());
+    let mut out = vec![0; r];
+    for (i, o) in out.iter_mut().enumerate() {
+        let da = dim_from_end(a, r - 1 - i);
+        let db = dim_from_end(b, r - 1 - i);
+        *o = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => return Err(format!("shapes {a} and {b} do not broadcast")),
+        };
+    }
+    Ok(Shape(out))
+}
+
+fn dim_from_end(s: &Shape, k: usize) -> u64 {
+    if k < s.rank() {
+        s.0[s.rank() - 1 - k]
+    } else {
+        1
+    }
+}
+
+/// Whether `from` broadcasts to exactly `to`.
+pub fn broadcasts_to(from: &Shape, to: &Shape) -> bool {
+    from.rank() <= to.rank() && broadcast(from, to).is_ok_and(|s| &s == to)
+}
+
+fn normalize_axes(shape: &Shape, axes: &[i64]) -> Result<Vec<usize>> {
+    let mut seen = vec![false; shape.rank()];
+    let mut out = Vec::with_capacity(axes.len());
+    for &a in axes {
+        let ax = shape.axis(a)?;
+        if seen[ax] {
+            return Err(format!("axis {a} is listed twice"));
+        }
+        seen[ax] = true;
+        out.push(ax);
+    }
+    Ok(out)
+}
+
+fn window_out(x: &TensorType, w: &Window, what: &str) -> Result<Shape> {
+    rank(x, 4, &format!("{what} input (NCHW)"))?;
+    let d = x.shape.dims();
+    let hw = w.output_hw(d[2], d[3]).ok_or_else(|| {
+        format!(
+            "{what}: window kernel={:?} stride={:?} padding={:?} does not fit input {}",
+            w.kernel, w.stride, w.padding, x.shape
+        )
+    })?;
+    Ok(Shape(vec![d[0], d[1], hw[0], hw[1]]))
+}
+
+fn matmul_shape(a: &TensorType, b: &TensorType, ta: bool, tb: bool) -> Result<Shape> {
+    if a.shape.rank() < 2 || b.shape.rank() < 2 {
+        return Err(format!(
+            "matmul operands must have rank at least 2, found {a} and {b}"
+        ));
+    }
+    let (ad, bd) = (a.shape.dims(), b.shape.dims());
+    let (ar, br) = (ad.len(), bd.len());
+    let (m, ka) = if ta { (ad[ar - 1], ad[ar - 2]) } else { (ad[ar - 2], ad[ar - 1]) };
+    let (kb, n) = if tb { (bd[br - 1], bd[br - 2]) } else { (bd[br - 2], bd[br - 1]) };
+    if ka != kb {
+        return Err(format!(
+            "matmul inner dimensions differ: {a}{} · {b}{} contracts {ka} with {kb}",
+            if ta { "ᵀ" } else { "" },
+            if tb { "ᵀ" } else { "" }
+        ));
+    }
+    let batch = broadcast(&Shape(ad[..ar - 2].to_vec()), &Shape(bd[..br - 2].to_vec()))
+        .map_err(|e| format!("matmul batch dimensions: {e}"))?;
+    let mut out = batch.0;
+    out.extend([m, n]);
+    checked(Shape(out))
+}
+
+fn reshape_shape(x: &Shape, target: &[i64]) -> Result<Shape> {
+    let n = x.numel().ok_or("input too large")?;
+    let mut known: u64 = 1;
+    let mut infer_at = None;
+    let mut out = Vec::with_capacity(target.len());
+    for (i, &d) in target.iter().enumerate() {
+        if d == -1 {
+            if infer_at.replace(i).is_some() {
+                return Err("reshape: at most one dimension may be -1".into());
+            }
+            out.push(1);
+        } else if d >= 1 {
+            known = known
+                .checked_mul(d as u64)
+                .ok_or("reshape: target shape is too large")?;
+            out.push(d as u64);
+        } else {
+            return Err(format!("reshape: dimension {d} is invalid (use -1 or a size ≥ 1)"));
+        }
+    }
+    if let Some(i) = infer_at {
+        if known == 0 || n % known != 0 {
+            return Err(format!("reshape: cannot reshape {x} to {target:?}"));
+        }
+        out[i] = n / known;
+    } else if known != n {
+        return Err(format!(
+            "reshape: {x} has {n} elements but {target:?} has {known}"
+        ));
+    }
+    checked(Shape(out))
+}
+
+/// The output types of `op` applied to `inputs`, or why they do not fit.
+pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
+    let want = arity(op);
+    if inputs.len() != want {
+        return Err(format!(
+            "{} takes {want} input{} ({}), found {}",
+            op.name(),
+            if want == 1 { "" } else { "s" },
+            input_names(op).join(", "),
+            inputs.len()
+        ));
+    }
+    let one = |t: TensorType| Ok(vec![t]);
+    use Op::*;
+    match op {
+        Input { ty } | Param { ty, .. } | State { ty, .. } | Constant { ty, .. } => {
+            ty.shape.validate()?;
+            if matches!(op, Param { .. }) {
+                float(ty, "a parameter")?;
+            }
+            one(ty.clone())
+        }
+        Seed => {
+            let l = inputs[0];
+            float(l, "the loss")?;
+            one(TensorType { dtype: DType::F32, shape: l.shape.clone() })
+        }
+        Cast { to } => one(inputs[0].with_dtype(*to)),
+        Identity => one(inputs[0].clone()),
+        Add | Sub | Mul | Div => {
+            let (a, b) = (inputs[0], inputs[1]);
+            same_dtype(a, b, op.name())?;
+            if a.dtype == DType::Bool {
+                return Err(format!("{} is not defined on bool", op.name()));
+            }
+            one(TensorType { dtype: a.dtype, shape: broadcast(&a.shape, &b.shape)? })
+        }
+        Scale { .. } | Relu | Gelu | Tanh | Sigmoid | Exp | Log => {
+            float(inputs[0], "the input")?;
+            one(inputs[0].clone())
+        }
+        Matmul { transpose_a, transpose_b } => {
+            let (a, b) = (inputs[0], inputs[1]);
+            float(a, "matmul operand a")?;
+            same_dtype(a, b, "matmul")?;
+            one(TensorType {
+                dtype: a.dtype,
+                shape: matmul_shape(a, b, *transpose_a, *transpose_b)?,
+            })
+        }
+        Embedding => {
+            let (table, ids) = (inputs[0], inputs[1]);
+            float(table, "the embedding table")?;
+            rank(table, 2, "the embedding table")?;
+            int(ids, "the ids")?;
+            let mut s = ids.shape.0.clone();
+            s.push(table.shape.0[1]);
+            one(TensorType { dtype: table.dtype, shape: checked(Shape(s))? })
+        }
+        LayerNorm { eps } => {
+            positive(*eps, "eps")?;
+            let (x, g, b) = (inputs[0], inputs[1], inputs[2]);
+            float(x, "x")?;
+            if x.shape.rank() == 0 {
+                return Err("layer_norm input must have rank at least 1".into());
+            }
+            let d = *x.shape.0.last().unwrap_or(&1);
+            let affine = TensorType::new(x.dtype, vec![d]);
+            same_type(g, &affine, "gamma and the normalised axis")?;
+            same_type(b, &affine, "beta and the normalised axis")?;
+            let stats = TensorType::new(x.dtype, x.shape.0[..x.shape.rank() - 1].to_vec());
+            Ok(vec![x.clone(), stats.clone(), stats])
+        }
+        Softmax { axis, causal } => {
+            let x = inputs[0];
+            float(x, "the input")?;
+            let ax = x.shape.axis(*axis)?;
+            if *causal {
+                let r = x.shape.rank();
+                if r < 2 || ax != r - 1 {
+                    return Err("a causal softmax needs rank ≥ 2 and axis = -1".into());
+                }
+                let d = x.shape.dims();
+                if d[r - 1] != d[r - 2] {
+                    return Err(format!("a causal softmax needs square last axes, found {}", x.shape));
+                }
+            }
+            one(x.clone())
+        }
+        LogSoftmax { axis } => {
+            float(inputs[0], "the input")?;
+            inputs[0].shape.axis(*axis)?;
+            one(inputs[0].clone())
+        }
+        Dropout { p, .. } => {
+            if !(0.0..1.0).contains(p) {
+                return Err(format!("dropout p must be in [0, 1), found {p}"));
+            }
+            let x = inputs[0];
+            float(x, "the input")?;
+            Ok(vec![x.clone(), x.with_dtype(DType::Bool)])
+        }
+        Conv2d { stride, padding } => {
+            let (x, w) = (inputs[0], inputs[1]);
+            float(x, "x")?;
+            same_dtype(x, w, "conv2d")?;
+            rank(w, 4, "the conv2d weight (OIHW)")?;
+            rank(x, 4, "the conv2d input (NCHW)")?;
+            let (xd, wd) = (x.shape.dims(), w.shape.dims());
+            if xd[1] != wd[1] {
+                return Err(format!(
+                    "conv2d: input has {} channels but the weight expects {}",
+                    xd[1], wd[1]
+                ));
+            }
+            let win = Window { kernel: [wd[2], wd[3]], stride: *stride, padding: *padding };
+            let mut s = window_out(x, &win, "conv2d")?;
+            s.0[1] = wd[0];
+            one(TensorType { dtype: x.dtype, shape: s })
+        }
+        BatchNorm { eps, momentum } => {
+            positive(*eps, "eps")?;
+            if !(0.0..=1.0).contains(momentum) {
+                return Err(format!("momentum must be in [0, 1], found {momentum}"));
+            }
+            let (x, g, b) = (inputs[0], inputs[1], inputs[2]);
+            float(x, "x")?;
+            if x.shape.rank() < 2 {
+                return Err(format!("batch_norm input must have rank ≥ 2 (N, C, ...), found {x}"));
+            }
+            let c = x.shape.0[1];
+            float(g, "gamma")?;
+            same_type(g, &TensorType::new(g.dtype, vec![c]), "gamma and the channel axis")?;
+            same_type(b, g, "beta and gamma")?;
+            let stats = TensorType::new(DType::F32, vec![c]);
+            Ok(vec![x.clone(), stats.clone(), stats])
+        }
+        MaxPool2d(w) | AvgPool2d(w) => {
+            float(inputs[0], "the input")?;
+            one(TensorType { dtype: inputs[0].dtype, shape: window_out(inputs[0], w, op.name())? })
+        }
+        Flatten { axis } => {
+            let x = inputs[0];
+            let r = x.shape.rank() as i64;
+            let a = if *axis < 0 { axis + r } else { *axis };
+            if a < 0 || a > r {
+                return Err(format!("flatten axis {axis} is out of range for rank {r}"));
+            }
+            let a = a as usize;
+            let outer: u64 = x.shape.0[..a].iter().product();
+            let inner: u64 = x.shape.0[a..].iter().product();
+            one(TensorType::new(x.dtype, vec![outer, inner]))
+        }
+        Reshape { shape } => one(TensorType {
+            dtype: inputs[0].dtype,
+            shape: reshape_shape(&inputs[0].shape, shape)?,
+        }),
+        Transpose { perm } => {
+            let x = inputs[0];
+            let r = x.shape.rank();
+            let mut seen = vec![false; r];
+            if perm.len() != r || !perm.iter().all(|&p| p < r && !std::mem::replace(&mut seen[p], true)) {
+                return Err(format!("perm {perm:?} is not a permutation of 0..{r}"));
+            }
+            one(TensorType::new(x.dtype, perm.iter().map(|&p| x.shape.0[p]).collect::<Vec<_>>()))
+        }
+        ReduceSum { axes, keepdims } | ReduceMean { axes, keepdims } => {
+            let x = inputs[0];
+            if x.dtype == DType::Bool {
+                return Err(format!("{} is not defined on bool", op.name()));
+            }
+            let axes = normalize_axes(&x.shape, axes)?;
+            let mut s = Vec::new();
+            for (i, &d) in x.shape.0.iter().enumerate() {
+                if !axes.contains(&i) {
+                    s.push(d);
+                } else if *keepdims {
+                    s.push(1);
+                }
+            }
+            one(TensorType::new(x.dtype, s))
+        }
+        SumTo { shape } => {
+            let x = inputs[0];
+            let target = checked(Shape(shape.clone()))?;
+            if !broadcasts_to(&target, &x.shape) {
+                return Err(format!("sum_to: {target} does not broadcast to the input {}", x.shape));
+            }
+            one(TensorType { dtype: x.dtype, shape: target })
+        }
+        BroadcastTo { shape } => {
+            let x = inputs[0];
+            let target = checked(Shape(shape.clone()))?;
+            if !broadcasts_to(&x.shape, &target) {
+                return Err(format!("broadcast_to: {} does not broadcast to {target}", x.shape));
+            }
+            one(TensorType { dtype: x.dtype, shape: target })
+        }
+        CrossEntropy => {
+            let (logits, labels) = (inputs[0], inputs[1]);
+            check_cross_entropy(logits, labels)?;
+            one(TensorType::scalar(logits.dtype))
+        }
+        Mse => {
+            float(inputs[0], "the prediction")?;
+            same_type(inputs[0], inputs[1], "prediction and target")?;
+            one(TensorType::scalar(inputs[0].dtype))
+        }
+        ReluGrad | GeluGrad | TanhGrad | SigmoidGrad | SoftmaxGrad { .. }
+        | LogSoftmaxGrad { .. } => {
+            let (dy, y) = (inputs[0], inputs[1]);
+            float(dy, "dy")?;
+            if dy.shape != y.shape {
+                return Err(format!("dy {dy} and {} {y} must have the same shape", input_names(op)[1]));
+            }
+            float(y, input_names(op)[1])?;
+            match op {
+                SoftmaxGrad { axis } | LogSoftmaxGrad { axis } => {
+                    y.shape.axis(*axis)?;
+                }
+                _ => {}
+            }
+            one(dy.clone())
+        }
+        CrossEntropyGrad => {
+            let (dl, logits, labels) = (inputs[0], inputs[1], inputs[2]);
+            float(dl, "dloss")?;
+            rank(dl, 0, "dloss")?;
+            check_cross_entropy(logits, labels)?;
+            one(logits.clone())
+        }
+        MseGrad => {
+            let (dl, p, t) = (inputs[0], inputs[1], inputs[2]);
+            float(dl, "dloss")?;
+            rank(dl, 0, "dloss")?;
+            float(p, "the prediction")?;
+            same_type(p, t, "prediction and target")?;
+            one(p.clone())
+        }
+        EmbeddingGrad { num_embeddings } => {
+            let (dy, ids) = (inputs[0], inputs[1]);
+            float(dy, "dy")?;
+            int(ids, "the ids")?;
+            if dy.shape.rank() != ids.shape.rank() + 1 || dy.shape.0[..ids.shape.rank()] != ids.shape.0[..] {
+                return Err(format!("dy {dy} must be the ids' shape {} plus one axis", ids.shape));
+            }
+            let d = *dy.shape.0.last().unwrap_or(&1);
+            one(TensorType { dtype: dy.dtype, shape: checked(Shape(vec![*num_embeddings, d]))? })
+        }
+        LayerNormGrad => {
+            let (dy, x, g, mean, rstd) = (inputs[0], inputs[1], inputs[2], inputs[3], inputs[4]);
+            float(x, "x")?;
+            same_type(dy, x, "dy and x")?;
+            let fwd = infer(&LayerNorm { eps: 1.0 }, &[x, g, g])?;
+            same_type(mean, &fwd[1], "mean and layer_norm's mean")?;
+            same_type(rstd, &fwd[2], "rstd and layer_norm's rstd")?;
+            Ok(vec![x.clone(), g.clone(), g.clone()])
+        }
+        DropoutGrad { p } => {
+            if !(0.0..1.0).contains(p) {
+                return Err(format!("dropout p must be in [0, 1), found {p}"));
+            }
+            let (dy, mask) = (inputs[0], inputs[1]);
+            float(dy, "dy")?;
+            same_type(mask, &dy.with_dtype(DType::Bool), "the mask and dy (as bool)")?;
+            one(dy.clone())
+        }
+        Conv2dGradInput { stride, padding, shape } => {
+            let (dy, w) = (inputs[0], inputs[1]);
+            let x = TensorType { dtype: dy.dtype, shape: checked(Shape(shape.clone()))? };
+            let fwd = infer(&Conv2d { stride: *stride, padding: *padding }, &[&x, w])?;
+            same_type(dy, &fwd[0], "dy and conv2d's output")?;
+            one(x)
+        }
+        Conv2dGradWeight { stride, padding, kernel } => {
+            let (dy, x) = (inputs[0], inputs[1]);
+            rank(dy, 4, "dy (NCHW)")?;
+            rank(x, 4, "x (NCHW)")?;
+            let w = TensorType {
+                dtype: x.dtype,
+                shape: checked(Shape(vec![dy.shape.0[1], x.shape.0[1], kernel[0], kernel[1]]))?,
+            };
+            let fwd = infer(&Conv2d { stride: *stride, padding: *padding }, &[x, &w])?;
+            same_type(dy, &fwd[0], "dy and conv2d's output")?;
+            one(w)
+        }
+        BatchNormGrad { eps } => {
+            let (dy, x, g, mean, var) = (inputs[0], inputs[1], inputs[2], inputs[3], inputs[4]);
+            let fwd = infer(&BatchNorm { eps: *eps, momentum: 0.0 }, &[x, g, g])?;
+            same_type(dy, x, "dy and x")?;
+            same_type(mean, &fwd[1], "mean and batch_norm's mean")?;
+            same_type(var, &fwd[2], "var and batch_norm's var")?;
+            Ok(vec![x.clone(), g.clone(), g.clone()])
+        }
+        MaxPool2dGrad(w) => {
+            let (dy, x) = (inputs[0], inputs[1]);
+            same_type(dy, &TensorType { dtype: x.dtype, shape: window_out(x, w, "max_pool2d")? }, "dy and max_pool2d's output")?;
+            one(x.clone())
+        }
+        AvgPool2dGrad { window, shape } => {
+            let dy = inputs[0];
+            let x = TensorType { dtype: dy.dtype, shape: checked(Shape(shape.clone()))? };
+            float(dy, "dy")?;
+            same_type(dy, &TensorType { dtype: dy.dtype, shape: window_out(&x, window, "avg_pool2d")? }, "dy and avg_pool2d's output")?;
+            one(x)
+        }
+    }
+}
+
+fn positive(v: f64, what: &str) -> Result<()> {
+    if v > 0.0 && v.is_finite() {
+        Ok(())
+    } else {
+        Err(format!("{what} must be positive, found {v}"))
+    }
+}
+
+fn check_cross_entropy(logits: &TensorType, labels: &TensorType) -> Result<()> {
+    float(logits, "the logits")?;
+    rank(logits, 2, "the logits [N, C]")?;
+    int(labels, "the labels")?;
+    rank(labels, 1, "the labels [N]")?;
+    if labels.shape.0[0] != logits.shape.0[0] {
+        return Err(format!(
+            "logits {logits} and labels {labels} disagree on the batch size"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(dtype: DType, s: &[u64]) -> TensorType {
+        TensorType::new(dtype, s.to_vec())
+    }
+
+    #[test]
+    fn matmul_batched_and_transposed() {
+        let a = t(DType::F16, &[8, 4, 16, 32]);
+        let b = t(DType::F16, &[8, 4, 16, 32]);
+        let out = infer(&Op::Matmul { transpose_a: false, transpose_b: true }, &[&a, &b]).unwrap();
+        assert_eq!(out[0], t(DType::F16, &[8, 4, 16, 16]));
+        let w = t(DType::F16, &[32, 64]);
+        let out = infer(&Op::Matmul { transpose_a: false, transpose_b: false }, &[&a, &w]).unwrap();
+        assert_eq!(out[0], t(DType::F16, &[8, 4, 16, 64]));
+        let err = infer(&Op::Matmul { transpose_a: false, transpose_b: false }, &[&a, &b]).unwrap_err();
+        assert!(err.contains("inner dimensions"), "{err}");
+    }
+
+    #[test]
+    fn broadcasting() {
+        let a = t(DType::F32, &[64, 128]);
+        let b = t(DType::F32, &[128]);
+        assert_eq!(infer(&Op::Add, &[&a, &b]).unwrap()[0], a);
+        assert!(infer(&Op::Add, &[&a, &t(DType::F32, &[64])]).is_err());
+        assert!(infer(&Op::Add, &[&a, &t(DType::F16, &[128])]).unwrap_err().contains("cast"));
+    }
+
+    #[test]
+    fn reshape_infers_minus_one() {
+        let x = t(DType::F32, &[2, 3, 4]);
+        let out = infer(&Op::Reshape { shape: vec![6, -1] }, &[&x]).unwrap();
+        assert_eq!(out[0], t(DType::F32, &[6, 4]));
+        assert!(infer(&Op::Reshape { shape: vec![5, -1] }, &[&x]).is_err());
+        assert!(infer(&Op::Reshape { shape: vec![-1, -1] }, &[&x]).is_err());
+    }
+
+    #[test]
+    fn conv_and_pool() {
+        let x = t(DType::F32, &[8, 1, 8, 8]);
+        let w = t(DType::F32, &[4, 1, 3, 3]);
+        let y = infer(&Op::Conv2d { stride: [1, 1], padding: [1, 1] }, &[&x, &w]).unwrap();
+        assert_eq!(y[0], t(DType::F32, &[8, 4, 8, 8]));
+        let win = Window { kernel: [2, 2], stride: [2, 2], padding: [0, 0] };
+        let p = infer(&Op::MaxPool2d(win), &[&y[0]]).unwrap();
+        assert_eq!(p[0], t(DType::F32, &[8, 4, 4, 4]));
+        let dx = infer(&Op::Conv2dGradInput { stride: [1, 1], padding: [1, 1], shape: vec![8, 1, 8, 8] }, &[&y[0], &w]).unwrap();
+        assert_eq!(dx[0], x);
+        let dw = infer(&Op::Conv2dGradWeight { stride: [1, 1], padding: [1, 1], kernel: [3, 3] }, &[&y[0], &x]).unwrap();
+        assert_eq!(dw[0], w);
+    }
+
+    #[test]
+    fn sum_to_reverses_broadcast() {
+        let x = t(DType::F32, &[64, 128]);
+        assert_eq!(infer(&Op::SumTo { shape: vec![128] }, &[&x]).unwrap()[0], t(DType::F32, &[128]));
+        assert!(infer(&Op::SumTo { shape: vec![64] }, &[&x]).is_err());
+    }
+
+    #[test]
+    fn arity_is_checked() {
+        let x = t(DType::F32, &[2]);
+        let err = infer(&Op::Add, &[&x]).unwrap_err();
+        assert!(err.contains("takes 2 inputs (a, b), found 1"), "{err}");
+    }
+}

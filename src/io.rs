@@ -1,0 +1,97 @@
+//! Files: loading a graph with errors that point into the file, and writing
+//! outputs atomically.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::diag::{report, syntax_report, Problem};
+use crate::graph::Graph;
+use crate::parse::{parse_str, ParseError};
+
+/// A graph read from a file, with the text kept for error messages.
+pub struct Loaded {
+    pub path: PathBuf,
+    pub text: String,
+    pub graph: Graph,
+}
+
+/// Why a file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {}: {source}", .path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {err}", .path.display())]
+    Parse { path: PathBuf, text: String, err: ParseError },
+}
+
+impl LoadError {
+    /// A report with source snippets, for a terminal.
+    pub fn into_report(self) -> miette::Report {
+        match self {
+            LoadError::Io { .. } => miette::Report::msg(self.to_string()),
+            LoadError::Parse { path, text, err } => {
+                let p = path.display().to_string();
+                match err {
+                    ParseError::Syntax { line, column, message } => {
+                        miette::Report::new(syntax_report(&p, &text, line, column, message))
+                    }
+                    ParseError::Invalid(problems) => problems_report(&p, &text, &problems),
+                }
+            }
+        }
+    }
+}
+
+/// Renders problems of a file with snippets.
+pub fn problems_report(path: &str, text: &str, problems: &[Problem]) -> miette::Report {
+    let summary = match problems.len() {
+        1 => "1 problem".to_string(),
+        n => format!("{n} problems"),
+    };
+    miette::Report::new(report(path, text, summary, problems))
+}
+
+/// Reads and parses a graph file.
+pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
+    match parse_str(&text) {
+        Ok(graph) => Ok(Loaded { path: path.to_path_buf(), text, graph }),
+        Err(err) => Err(LoadError::Parse { path: path.to_path_buf(), text, err }),
+    }
+}
+
+/// Writes `contents` to `path` through a temporary file in the same
+/// directory and a rename, so `path` is either untouched or complete.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(contents)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.json");
+        write_atomic(&p, b"first").unwrap();
+        write_atomic(&p, b"second").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "second");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn atomic_write_into_missing_dir_fails_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("no/such/dir/out.json");
+        assert!(write_atomic(&p, b"x").is_err());
+    }
+}

@@ -1,0 +1,34 @@
+//! mpc: a mixed-precision training compiler.
+//!
+//! A training graph is read from JSON ([`parse`]), checked ([`verify`]),
+//! rewritten by the passes ([`passes`]) and written out ([`emit`]).
+//!
+//! ```
+//! let text = std::fs::read_to_string("ir-examples/mlp.json").unwrap();
+//! let mut graph = mpc::parse_str(&text).unwrap();
+//! mpc::verify(&graph).unwrap();
+//! mpc::passes::lower(&mut graph, &mpc::passes::Options::default()).unwrap();
+//! println!("{}", mpc::emit::text::to_string(&graph));
+//! ```
+
+pub mod attrs;
+pub mod diag;
+pub mod emit;
+pub mod format;
+pub mod graph;
+pub mod infer;
+pub mod io;
+pub mod op;
+pub mod parse;
+pub mod types;
+pub mod verify;
+
+#[path = "../passes/mod.rs"]
+pub mod passes;
+
+pub use diag::Problem;
+pub use graph::{Graph, Node, NodeId, ValueId};
+pub use op::{Op, OpKind, Precision, Role};
+pub use parse::{parse_str, ParseError};
+pub use types::{DType, Shape, TensorType};
+pub use verify::{verify, VerifyError};

@@ -1,0 +1,354 @@
+//! The closed set of operations.
+//!
+//! Every op is one variant of [`Op`]; its attributes are fields of the
+//! variant. The printer, verifier, shape inference and (later) the precision
+//! table and executors all `match` on it, so adding an op makes the compiler
+//! list every place that must learn about it.
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::types::{DType, TensorType};
+
+/// How a parameter or state tensor is initialised.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Init {
+    /// All zeros.
+    Zeros,
+    /// All ones.
+    Ones,
+    /// Every element `value`.
+    Constant { value: f64 },
+    /// Normal distribution.
+    Normal {
+        #[serde(default)]
+        mean: f64,
+        std: f64,
+    },
+    /// Uniform distribution on `[low, high)`.
+    Uniform { low: f64, high: f64 },
+    /// Glorot/Xavier uniform: bound `gain * sqrt(6 / (fan_in + fan_out))`.
+    XavierUniform {
+        #[serde(default = "one")]
+        gain: f64,
+    },
+    /// He/Kaiming normal: std `gain / sqrt(fan_in)` (gain sqrt(2) for ReLU).
+    KaimingNormal {
+        #[serde(default = "sqrt2")]
+        gain: f64,
+    },
+    /// Values come from a safetensors file beside the graph, matched by name.
+    File,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn sqrt2() -> f64 {
+    std::f64::consts::SQRT_2
+}
+
+impl fmt::Display for Init {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Init::Zeros => write!(f, "zeros"),
+            Init::Ones => write!(f, "ones"),
+            Init::Constant { value } => write!(f, "constant({value})"),
+            Init::Normal { mean, std } => write!(f, "normal(mean={mean}, std={std})"),
+            Init::Uniform { low, high } => write!(f, "uniform({low}, {high})"),
+            Init::XavierUniform { gain } => write!(f, "xavier_uniform(gain={gain})"),
+            Init::KaimingNormal { gain } => write!(f, "kaiming_normal(gain={gain})"),
+            Init::File => write!(f, "file"),
+        }
+    }
+}
+
+/// The role of a node in a training step.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Forward,
+    Backward,
+    Optimizer,
+    Scaler,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Forward => "forward",
+            Role::Backward => "backward",
+            Role::Optimizer => "optimizer",
+            Role::Scaler => "scaler",
+        }
+    }
+}
+
+/// A per-node precision pin that overrides the op precision table.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Always compute in FP32.
+    Fp32,
+    /// Compute in the low type (FP16 or BF16) chosen for the run.
+    Low,
+}
+
+/// Window of a 2-D convolution or pooling op (height, width).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Window {
+    pub kernel: [u64; 2],
+    pub stride: [u64; 2],
+    pub padding: [u64; 2],
+}
+
+impl Window {
+    /// Output spatial size for an input of `h x w`; `None` if the window does not fit.
+    pub fn output_hw(&self, h: u64, w: u64) -> Option<[u64; 2]> {
+        let mut out = [0; 2];
+        for (i, size) in [h, w].into_iter().enumerate() {
+            let padded = size.checked_add(2 * self.padding[i])?;
+            if self.kernel[i] == 0 || self.stride[i] == 0 || padded < self.kernel[i] {
+                return None;
+            }
+            out[i] = (padded - self.kernel[i]) / self.stride[i] + 1;
+        }
+        Some(out)
+    }
+}
+
+macro_rules! op_kinds {
+    ($($kind:ident => $name:literal,)*) => {
+        /// The name of an op, as written in the `"op"` field.
+        #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+        pub enum OpKind {
+            /// Only a placeholder for `RawNode::default()`.
+            #[default]
+            #[serde(skip)]
+            Unset,
+            $(#[serde(rename = $name)] $kind,)*
+        }
+
+        impl OpKind {
+            pub const ALL: &'static [OpKind] = &[$(OpKind::$kind,)*];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    OpKind::Unset => "unset",
+                    $(OpKind::$kind => $name,)*
+                }
+            }
+        }
+    };
+}
+
+op_kinds! {
+    Input => "input",
+    Param => "param",
+    State => "state",
+    Constant => "constant",
+    Seed => "seed",
+    Cast => "cast",
+    Identity => "identity",
+    Add => "add",
+    Sub => "sub",
+    Mul => "mul",
+    Div => "div",
+    Scale => "scale",
+    Relu => "relu",
+    Gelu => "gelu",
+    Tanh => "tanh",
+    Sigmoid => "sigmoid",
+    Exp => "exp",
+    Log => "log",
+    Matmul => "matmul",
+    Embedding => "embedding",
+    LayerNorm => "layer_norm",
+    Softmax => "softmax",
+    LogSoftmax => "log_softmax",
+    Dropout => "dropout",
+    Conv2d => "conv2d",
+    BatchNorm => "batch_norm",
+    MaxPool2d => "max_pool2d",
+    AvgPool2d => "avg_pool2d",
+    Flatten => "flatten",
+    Reshape => "reshape",
+    Transpose => "transpose",
+    ReduceSum => "reduce_sum",
+    ReduceMean => "reduce_mean",
+    SumTo => "sum_to",
+    BroadcastTo => "broadcast_to",
+    CrossEntropy => "cross_entropy",
+    Mse => "mse",
+    ReluGrad => "relu_grad",
+    GeluGrad => "gelu_grad",
+    TanhGrad => "tanh_grad",
+    SigmoidGrad => "sigmoid_grad",
+    SoftmaxGrad => "softmax_grad",
+    LogSoftmaxGrad => "log_softmax_grad",
+    CrossEntropyGrad => "cross_entropy_grad",
+    MseGrad => "mse_grad",
+    EmbeddingGrad => "embedding_grad",
+    LayerNormGrad => "layer_norm_grad",
+    DropoutGrad => "dropout_grad",
+    Conv2dGradInput => "conv2d_grad_input",
+    Conv2dGradWeight => "conv2d_grad_weight",
+    BatchNormGrad => "batch_norm_grad",
+    MaxPool2dGrad => "max_pool2d_grad",
+    AvgPool2dGrad => "avg_pool2d_grad",
+}
+
+impl fmt::Display for OpKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An operation with its attributes.
+///
+/// Semantics (the executors implement exactly these):
+/// - Binary elementwise ops broadcast NumPy-style; operands have one dtype.
+/// - `matmul` follows NumPy `matmul` on the last two axes (batch axes
+///   broadcast), after transposing the last two axes of an operand whose
+///   flag is set.
+/// - `gelu` is the tanh approximation (GPT-2's).
+/// - `softmax`/`log_softmax` act on `axis`; `causal` masks entries above the
+///   diagonal of the last two axes (the softmax axis must then be the last).
+/// - `layer_norm` normalises the last axis and returns `(y, mean, rstd)`.
+/// - `batch_norm` normalises over every axis but 1 with batch statistics and
+///   returns `(y, mean, var)` (biased variance), statistics in f32.
+/// - `dropout` returns `(y, mask)`; kept values are scaled by `1/(1-p)`.
+/// - `cross_entropy` takes logits `[N, C]` and integer labels `[N]` and
+///   returns the mean loss; `mse` returns the mean squared error.
+/// - `seed` is the gradient of the loss with respect to itself: ones shaped
+///   like its input. Loss scaling rewrites it.
+/// - A `*_grad` op computes the gradient of its forward op's first input
+///   (for `layer_norm_grad` and `batch_norm_grad`: `(dx, dgamma, dbeta)`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    Input { ty: TensorType },
+    Param { ty: TensorType, init: Init },
+    State { ty: TensorType, init: Init },
+    Constant { value: f64, ty: TensorType },
+    Seed,
+    Cast { to: DType },
+    Identity,
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Scale { value: f64 },
+    Relu,
+    Gelu,
+    Tanh,
+    Sigmoid,
+    Exp,
+    Log,
+    Matmul { transpose_a: bool, transpose_b: bool },
+    Embedding,
+    LayerNorm { eps: f64 },
+    Softmax { axis: i64, causal: bool },
+    LogSoftmax { axis: i64 },
+    Dropout { p: f64, seed: u64 },
+    Conv2d { stride: [u64; 2], padding: [u64; 2] },
+    BatchNorm { eps: f64, momentum: f64 },
+    MaxPool2d(Window),
+    AvgPool2d(Window),
+    Flatten { axis: i64 },
+    Reshape { shape: Vec<i64> },
+    Transpose { perm: Vec<usize> },
+    ReduceSum { axes: Vec<i64>, keepdims: bool },
+    ReduceMean { axes: Vec<i64>, keepdims: bool },
+    SumTo { shape: Vec<u64> },
+    BroadcastTo { shape: Vec<u64> },
+    CrossEntropy,
+    Mse,
+    ReluGrad,
+    GeluGrad,
+    TanhGrad,
+    SigmoidGrad,
+    SoftmaxGrad { axis: i64 },
+    LogSoftmaxGrad { axis: i64 },
+    CrossEntropyGrad,
+    MseGrad,
+    EmbeddingGrad { num_embeddings: u64 },
+    LayerNormGrad,
+    DropoutGrad { p: f64 },
+    Conv2dGradInput { stride: [u64; 2], padding: [u64; 2], shape: Vec<u64> },
+    Conv2dGradWeight { stride: [u64; 2], padding: [u64; 2], kernel: [u64; 2] },
+    BatchNormGrad { eps: f64 },
+    MaxPool2dGrad(Window),
+    AvgPool2dGrad { window: Window, shape: Vec<u64> },
+}
+
+impl Op {
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Op::Input { .. } => OpKind::Input,
+            Op::Param { .. } => OpKind::Param,
+            Op::State { .. } => OpKind::State,
+            Op::Constant { .. } => OpKind::Constant,
+            Op::Seed => OpKind::Seed,
+            Op::Cast { .. } => OpKind::Cast,
+            Op::Identity => OpKind::Identity,
+            Op::Add => OpKind::Add,
+            Op::Sub => OpKind::Sub,
+            Op::Mul => OpKind::Mul,
+            Op::Div => OpKind::Div,
+            Op::Scale { .. } => OpKind::Scale,
+            Op::Relu => OpKind::Relu,
+            Op::Gelu => OpKind::Gelu,
+            Op::Tanh => OpKind::Tanh,
+            Op::Sigmoid => OpKind::Sigmoid,
+            Op::Exp => OpKind::Exp,
+            Op::Log => OpKind::Log,
+            Op::Matmul { .. } => OpKind::Matmul,
+            Op::Embedding => OpKind::Embedding,
+            Op::LayerNorm { .. } => OpKind::LayerNorm,
+            Op::Softmax { .. } => OpKind::Softmax,
+            Op::LogSoftmax { .. } => OpKind::LogSoftmax,
+            Op::Dropout { .. } => OpKind::Dropout,
+            Op::Conv2d { .. } => OpKind::Conv2d,
+            Op::BatchNorm { .. } => OpKind::BatchNorm,
+            Op::MaxPool2d(_) => OpKind::MaxPool2d,
+            Op::AvgPool2d(_) => OpKind::AvgPool2d,
+            Op::Flatten { .. } => OpKind::Flatten,
+            Op::Reshape { .. } => OpKind::Reshape,
+            Op::Transpose { .. } => OpKind::Transpose,
+            Op::ReduceSum { .. } => OpKind::ReduceSum,
+            Op::ReduceMean { .. } => OpKind::ReduceMean,
+            Op::SumTo { .. } => OpKind::SumTo,
+            Op::BroadcastTo { .. } => OpKind::BroadcastTo,
+            Op::CrossEntropy => OpKind::CrossEntropy,
+            Op::Mse => OpKind::Mse,
+            Op::ReluGrad => OpKind::ReluGrad,
+            Op::GeluGrad => OpKind::GeluGrad,
+            Op::TanhGrad => OpKind::TanhGrad,
+            Op::SigmoidGrad => OpKind::SigmoidGrad,
+            Op::SoftmaxGrad { .. } => OpKind::SoftmaxGrad,
+            Op::LogSoftmaxGrad { .. } => OpKind::LogSoftmaxGrad,
+            Op::CrossEntropyGrad => OpKind::CrossEntropyGrad,
+            Op::MseGrad => OpKind::MseGrad,
+            Op::EmbeddingGrad { .. } => OpKind::EmbeddingGrad,
+            Op::LayerNormGrad => OpKind::LayerNormGrad,
+            Op::DropoutGrad { .. } => OpKind::DropoutGrad,
+            Op::Conv2dGradInput { .. } => OpKind::Conv2dGradInput,
+            Op::Conv2dGradWeight { .. } => OpKind::Conv2dGradWeight,
+            Op::BatchNormGrad { .. } => OpKind::BatchNormGrad,
+            Op::MaxPool2dGrad(_) => OpKind::MaxPool2dGrad,
+            Op::AvgPool2dGrad { .. } => OpKind::AvgPool2dGrad,
+        }
+    }
+
+    /// Input, param and state nodes: values that enter the step from outside.
+    pub fn is_source(&self) -> bool {
+        matches!(self, Op::Input { .. } | Op::Param { .. } | Op::State { .. })
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+}

@@ -1,0 +1,328 @@
+//! Reading a graph: JSON text -> [`RawGraph`] -> typed [`Graph`].
+
+use crate::attrs::op_from_raw;
+use crate::diag::{pointer_token, Problem};
+use crate::format::{RawGraph, RawNode, RawState, FORMAT_VERSION};
+use crate::graph::{default_output_names, Graph, GraphError, NodeId, Origin, ValueId};
+use crate::infer;
+use crate::op::{Init, Op, Role};
+use crate::types::{Shape, TensorType};
+
+/// Why a graph could not be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ParseError {
+    /// The text is not JSON, or not shaped like the format.
+    #[error("{line}:{column}: {message}")]
+    Syntax { line: usize, column: usize, message: String },
+    /// The JSON is well formed but describes an invalid graph.
+    #[error("{} problem(s), the first: {}", .0.len(), .0[0])]
+    Invalid(Vec<Problem>),
+}
+
+/// Parses and types a graph from JSON text.
+pub fn parse_str(text: &str) -> Result<Graph, ParseError> {
+    let raw = parse_raw(text)?;
+    from_raw(&raw).map_err(ParseError::Invalid)
+}
+
+/// Parses the JSON text into the file's serde types.
+pub fn parse_raw(text: &str) -> Result<RawGraph, ParseError> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    let raw: RawGraph = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let mut message = inner.to_string();
+        // serde_json appends " at line L column C"; the caller prints the position itself.
+        if let Some(i) = message.rfind(" at line ") {
+            message.truncate(i);
+        }
+        if path != "." && !path.is_empty() {
+            message = format!("{message} (in `{path}`)");
+        }
+        ParseError::Syntax { line: inner.line(), column: inner.column(), message }
+    })?;
+    Ok(raw)
+}
+
+struct Builder {
+    g: Graph,
+    problems: Vec<Problem>,
+}
+
+impl Builder {
+    fn problem(&mut self, node: Option<&str>, pointer: String, message: impl Into<String>) {
+        self.problems.push(Problem::new(node, Some(pointer), message));
+    }
+
+    fn shape(&mut self, name: &str, ptr: &str, dims: &[i64]) -> Option<Shape> {
+        let mut out = Vec::with_capacity(dims.len());
+        for (i, &d) in dims.iter().enumerate() {
+            if d < 1 {
+                self.problem(Some(name), format!("{ptr}/shape/{i}"), format!("dimension {i} is {d}; every dimension must be at least 1"));
+                return None;
+            }
+            out.push(d as u64);
+        }
+        let s = Shape(out);
+        if let Err(m) = s.validate() {
+            self.problem(Some(name), format!("{ptr}/shape"), m);
+            return None;
+        }
+        Some(s)
+    }
+
+    fn add(&mut self, name: &str, ptr: &str, op: Op, role: Role, outs: Vec<String>, origin: Origin) -> Option<NodeId> {
+        match self.g.add_untyped(name.to_string(), op, role, outs, Some(origin)) {
+            Ok(id) => Some(id),
+            Err(GraphError::DuplicateName(n)) => {
+                let earlier = self
+                    .g
+                    .node_named(&n)
+                    .and_then(|id| self.g.node(id).origin)
+                    .map(|o| format!(" (first defined at {})", o.pointer()))
+                    .unwrap_or_default();
+                self.problem(Some(name), format!("{ptr}/name"), format!("the name `{n}` is already defined{earlier}"));
+                None
+            }
+            Err(e) => {
+                self.problem(Some(name), ptr.to_string(), e.to_string());
+                None
+            }
+        }
+    }
+
+    fn declare(&mut self, section: &'static str, index: usize, s: &RawState) {
+        let ptr = format!("/{section}/{index}");
+        let Some(shape) = self.shape(&s.name, &ptr, &s.shape) else { return };
+        let ty = TensorType { dtype: s.dtype, shape };
+        let op = if section == "params" {
+            if !s.dtype.is_float() {
+                self.problem(Some(&s.name), format!("{ptr}/dtype"), format!("a parameter must be a float tensor, found {}", s.dtype));
+                return;
+            }
+            let Some(init) = s.init.clone() else {
+                self.problem(Some(&s.name), ptr, "a parameter needs an `init` (e.g. {\"kind\": \"normal\", \"std\": 0.02})");
+                return;
+            };
+            if let Some(m) = init_problem(&init) {
+                self.problem(Some(&s.name), format!("{ptr}/init"), m);
+                return;
+            }
+            Op::Param { ty, init }
+        } else {
+            let init = s.init.clone().unwrap_or(Init::Zeros);
+            if let Some(m) = init_problem(&init) {
+                self.problem(Some(&s.name), format!("{ptr}/init"), m);
+                return;
+            }
+            Op::State { ty, init }
+        };
+        let origin = Origin { section, index: index as u32 };
+        self.add(&s.name, &ptr, op, Role::Forward, vec![s.name.clone()], origin);
+    }
+
+    /// Adds a node; returns it with its raw inputs for wiring later.
+    fn node(&mut self, section: &'static str, index: usize, n: &RawNode) -> Option<NodeId> {
+        let ptr = format!("/{section}/{index}");
+        let role = match (section, n.role) {
+            ("update", None) => Role::Optimizer,
+            ("update", Some(r @ (Role::Optimizer | Role::Scaler))) => r,
+            ("update", Some(r)) => {
+                self.problem(Some(&n.name), format!("{ptr}/role"), format!("an update node's role is `optimizer` or `scaler`, found `{}`", r.name()));
+                return None;
+            }
+            (_, Some(_)) => {
+                self.problem(Some(&n.name), format!("{ptr}/role"), format!("`role` is only allowed in the `update` section; nodes in `{section}` have the role {section}"));
+                return None;
+            }
+            ("forward", None) => Role::Forward,
+            (_, None) => Role::Backward,
+        };
+        let op = match op_from_raw(n) {
+            Ok(op) => op,
+            Err((field, m)) => {
+                self.problem(Some(&n.name), format!("{ptr}/{field}"), m);
+                return None;
+            }
+        };
+        let (want_in, want_out) = (infer::arity(&op), infer::num_outputs(&op));
+        if n.inputs.len() != want_in {
+            let names = infer::input_names(&op).join(", ");
+            self.problem(
+                Some(&n.name),
+                format!("{ptr}/inputs"),
+                format!("{} takes {want_in} input(s) ({names}), found {}", op.name(), n.inputs.len()),
+            );
+            return None;
+        }
+        let outs = match &n.outputs {
+            None => default_output_names(&n.name, want_out),
+            Some(o) if o.len() == want_out => o.clone(),
+            Some(o) => {
+                self.problem(Some(&n.name), format!("{ptr}/outputs"), format!("{} has {want_out} output(s), found {} names", op.name(), o.len()));
+                return None;
+            }
+        };
+        if let Some(i) = outs.iter().position(|o| o.is_empty()) {
+            self.problem(Some(&n.name), format!("{ptr}/outputs/{i}"), "an output name must not be empty");
+            return None;
+        }
+        let id = self.add(&n.name, &ptr, op, role, outs, Origin { section, index: index as u32 })?;
+        self.g.node_mut(id).precision = n.precision;
+        Some(id)
+    }
+
+    fn resolve(&mut self, node: Option<&str>, ptr: String, name: &str) -> Option<ValueId> {
+        let v = self.g.value(name);
+        if v.is_none() {
+            let hint = match self.g.node_named(name) {
+                Some(id) => format!(
+                    "; `{name}` is a node with outputs {}",
+                    self.g.node(id).outputs.iter().map(|o| format!("`{}`", o.name)).collect::<Vec<_>>().join(", ")
+                ),
+                None => String::new(),
+            };
+            self.problem(node, ptr, format!("no value is named `{name}`{hint}"));
+        }
+        v
+    }
+}
+
+fn init_problem(init: &Init) -> Option<String> {
+    let bad = |v: f64| !v.is_finite();
+    match *init {
+        Init::Constant { value } if bad(value) => Some("the value must be finite".into()),
+        Init::Normal { mean, std } if bad(mean) || bad(std) || std < 0.0 => Some(format!("expected a finite mean and std ≥ 0, found mean {mean}, std {std}")),
+        Init::Uniform { low, high } if bad(low) || bad(high) || low > high => Some(format!("expected finite low ≤ high, found {low}, {high}")),
+        Init::XavierUniform { gain } | Init::KaimingNormal { gain } if bad(gain) || gain < 0.0 => Some(format!("expected a finite gain ≥ 0, found {gain}")),
+        _ => None,
+    }
+}
+
+/// Builds a typed graph from the file's serde types, reporting every problem found.
+pub fn from_raw(raw: &RawGraph) -> Result<Graph, Vec<Problem>> {
+    let mut b = Builder { g: Graph::new(raw.name.clone()), problems: Vec::new() };
+    if raw.format != FORMAT_VERSION {
+        b.problem(None, "/format".into(), format!("expected \"{FORMAT_VERSION}\", found \"{}\"", raw.format));
+        return Err(b.problems);
+    }
+    for (i, t) in raw.inputs.iter().enumerate() {
+        let ptr = format!("/inputs/{i}");
+        if let Some(shape) = b.shape(&t.name, &ptr, &t.shape) {
+            let op = Op::Input { ty: TensorType { dtype: t.dtype, shape } };
+            b.add(&t.name, &ptr, op, Role::Forward, vec![t.name.clone()], Origin { section: "inputs", index: i as u32 });
+        }
+    }
+    for (i, p) in raw.params.iter().enumerate() {
+        b.declare("params", i, p);
+    }
+    for (i, s) in raw.state.iter().enumerate() {
+        b.declare("state", i, s);
+    }
+    let backward = raw.backward.as_deref().unwrap_or(&[]);
+    let sections: [(&'static str, &[RawNode]); 3] = [("forward", &raw.forward), ("backward", backward), ("update", &raw.update)];
+    let mut pending = Vec::new();
+    for (section, nodes) in sections {
+        for (i, n) in nodes.iter().enumerate() {
+            if n.name.is_empty() {
+                b.problem(None, format!("/{section}/{i}/name"), "a node name must not be empty");
+                continue;
+            }
+            if let Some(id) = b.node(section, i, n) {
+                pending.push((id, section, i, n));
+            }
+        }
+    }
+    for (id, section, i, n) in pending {
+        for (port, input) in n.inputs.iter().enumerate() {
+            if let Some(v) = b.resolve(Some(&n.name), format!("/{section}/{i}/inputs/{port}"), input) {
+                b.g.connect(v, id, port as u32);
+            }
+        }
+    }
+    b.g.loss = b.resolve(None, "/loss".into(), &raw.loss);
+    if raw.backward.is_none() && !raw.gradients.is_empty() {
+        b.problem(None, "/gradients".into(), "`gradients` needs an explicit `backward` section");
+    }
+    for (param, grad) in &raw.gradients {
+        let ptr = format!("/gradients/{}", pointer_token(param));
+        let p = b.resolve(None, ptr.clone(), param);
+        let v = b.resolve(None, ptr.clone(), grad);
+        if let (Some(p), Some(v)) = (p, v) {
+            b.g.gradients.push((p.node, v));
+        }
+    }
+    for (state, value) in &raw.updates {
+        let ptr = format!("/updates/{}", pointer_token(state));
+        let s = b.resolve(None, ptr.clone(), state);
+        let v = b.resolve(None, ptr.clone(), value);
+        if let (Some(s), Some(v)) = (s, v) {
+            b.g.updates.push((s.node, v));
+        }
+    }
+    for (i, o) in raw.outputs.iter().enumerate() {
+        if let Some(v) = b.resolve(None, format!("/outputs/{i}"), o) {
+            b.g.outputs.push(v);
+        }
+    }
+    if let Some(opt) = &raw.optimizer {
+        for (field, m) in opt.problems() {
+            b.problem(None, format!("/optimizer/{field}"), m);
+        }
+        b.g.optimizer = Some(opt.clone());
+    }
+    if !b.problems.is_empty() {
+        return Err(b.problems);
+    }
+    // Declaration order is the stable order for gradients and updates.
+    b.g.gradients.sort_by_key(|(n, _)| *n);
+    b.g.updates.sort_by_key(|(n, _)| *n);
+    let order = match b.g.topo_order() {
+        Ok(o) => o,
+        Err(stuck) => return Err(vec![cycle_problem(&b.g, &stuck)]),
+    };
+    let typing = b.g.infer_types(&order);
+    if !typing.is_empty() {
+        return Err(typing
+            .into_iter()
+            .map(|(id, m)| {
+                let n = b.g.node(id);
+                Problem::new(Some(&n.name), n.origin.map(|o| o.pointer()), m)
+            })
+            .collect());
+    }
+    Ok(b.g)
+}
+
+/// A problem naming the nodes of one cycle among the `stuck` nodes.
+pub fn cycle_problem(g: &Graph, stuck: &[NodeId]) -> Problem {
+    let cycle = find_cycle(g, stuck);
+    let names: Vec<&str> = cycle.iter().map(|&n| g.node(n).name.as_str()).collect();
+    let first = cycle.first().copied().unwrap_or(stuck[0]);
+    Problem::new(
+        Some(&g.node(first).name),
+        g.node(first).origin.map(|o| o.pointer()),
+        format!("the graph has a cycle: {} -> {}", names.join(" -> "), names.first().unwrap_or(&"?")),
+    )
+}
+
+/// Walks backwards through stuck nodes until one repeats.
+fn find_cycle(g: &Graph, stuck: &[NodeId]) -> Vec<NodeId> {
+    let stuck_set: rustc_hash::FxHashSet<NodeId> = stuck.iter().copied().collect();
+    let mut path = vec![stuck[0]];
+    let mut seen: rustc_hash::FxHashMap<NodeId, usize> = Default::default();
+    seen.insert(stuck[0], 0);
+    loop {
+        let cur = *path.last().expect("path is never empty");
+        let Some(prev) = g.inputs(cur).into_iter().map(|v| v.node).find(|n| stuck_set.contains(n)) else {
+            return path;
+        };
+        if let Some(&i) = seen.get(&prev) {
+            let mut cyc = path[i..].to_vec();
+            cyc.reverse();
+            return cyc;
+        }
+        seen.insert(prev, path.len());
+        path.push(prev);
+    }
+}
