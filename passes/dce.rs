@@ -33,7 +33,8 @@ impl Pass for Dce {
             stack.extend(g.inputs(n).into_iter().map(|v| v.node));
         }
         // Remove consumers before producers: reverse topological order.
-        let order = g.topo_order().map_err(|_| PassError::Failed { pass: "dce", message: "the graph has a cycle".into() })?;
+        let order =
+            g.topo_order().map_err(|_| PassError::Failed { pass: "dce", message: "the graph has a cycle".into() })?;
         let mut changed = false;
         for &n in order.iter().rev() {
             if !live[n.index()] {
@@ -60,7 +61,14 @@ mod tests {
         let a = g.add_node("a", Op::Relu, Role::Forward, &[xv]).unwrap();
         let dead1 = g.add_node("d1", Op::Tanh, Role::Forward, &[xv]).unwrap();
         let dead2 = g.add_node("d2", Op::Exp, Role::Forward, &[ValueId { node: dead1, slot: 0 }]).unwrap();
-        let l = g.add_node("l", Op::ReduceSum { axes: vec![0], keepdims: false }, Role::Forward, &[ValueId { node: a, slot: 0 }]).unwrap();
+        let l = g
+            .add_node(
+                "l",
+                Op::ReduceSum { axes: vec![0], keepdims: false },
+                Role::Forward,
+                &[ValueId { node: a, slot: 0 }],
+            )
+            .unwrap();
         g.loss = Some(ValueId { node: l, slot: 0 });
         assert!(Dce.run(&mut g).unwrap());
         assert!(!g.contains(dead1) && !g.contains(dead2));

@@ -10,6 +10,7 @@ use crate::graph::Graph;
 use crate::verify::{self, VerifyError};
 
 pub mod dce;
+pub mod grad;
 
 /// A graph rewrite.
 pub trait Pass {
@@ -39,7 +40,7 @@ pub struct Options {
 
 /// The pipeline, in order.
 pub fn pipeline(_opts: &Options) -> Vec<Box<dyn Pass>> {
-    vec![Box::new(dce::Dce)]
+    vec![Box::new(grad::Grad), Box::new(dce::Dce)]
 }
 
 /// The names of every pass, for `--print-after` validation.

@@ -8,8 +8,24 @@ use crate::types::{DType, TensorType};
 pub type AttrError = (&'static str, String);
 
 const ATTRS: [&str; 18] = [
-    "transpose_a", "transpose_b", "axis", "causal", "axes", "keepdims", "shape", "perm", "dtype", "to",
-    "value", "p", "seed", "eps", "momentum", "kernel", "stride", "padding",
+    "transpose_a",
+    "transpose_b",
+    "axis",
+    "causal",
+    "axes",
+    "keepdims",
+    "shape",
+    "perm",
+    "dtype",
+    "to",
+    "value",
+    "p",
+    "seed",
+    "eps",
+    "momentum",
+    "kernel",
+    "stride",
+    "padding",
 ];
 
 fn present(n: &RawNode) -> impl Iterator<Item = &'static str> {
@@ -73,13 +89,7 @@ fn need<T: Clone>(v: &Option<T>, field: &'static str, kind: OpKind) -> Result<T,
 
 fn dims(v: &[i64], field: &'static str) -> Result<Vec<u64>, AttrError> {
     v.iter()
-        .map(|&d| {
-            if d >= 1 {
-                Ok(d as u64)
-            } else {
-                Err((field, format!("dimensions must be at least 1, found {d}")))
-            }
-        })
+        .map(|&d| if d >= 1 { Ok(d as u64) } else { Err((field, format!("dimensions must be at least 1, found {d}"))) })
         .collect()
 }
 
@@ -111,6 +121,23 @@ fn conv_window(n: &RawNode) -> Result<([u64; 2], [u64; 2]), AttrError> {
     Ok((stride, n.padding.unwrap_or([0, 0])))
 }
 
+fn in_range(v: f64, field: &'static str, ok: bool, want: &str) -> Result<f64, AttrError> {
+    if ok {
+        Ok(v)
+    } else {
+        Err((field, format!("expected {want}, found {v}")))
+    }
+}
+
+fn prob(v: f64) -> Result<f64, AttrError> {
+    in_range(v, "p", (0.0..1.0).contains(&v), "a drop probability in [0, 1)")
+}
+
+fn eps(n: &RawNode) -> Result<f64, AttrError> {
+    let v = n.eps.unwrap_or(1e-5);
+    in_range(v, "eps", v > 0.0 && v.is_finite(), "a positive eps")
+}
+
 fn finite(v: f64, field: &'static str) -> Result<f64, AttrError> {
     if v.is_finite() {
         Ok(v)
@@ -136,7 +163,11 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
     Ok(match kind {
         K::Unset => return Err(("op", "the node has no op".into())),
         K::Input | K::Param | K::State => {
-            return Err(("op", format!("`{kind}` values are declared in the `{kind}s` section, not as nodes").replace("states", "state")))
+            return Err((
+                "op",
+                format!("`{kind}` values are declared in the `{kind}s` section, not as nodes")
+                    .replace("states", "state"),
+            ))
         }
         K::Constant => {
             let shape = dims(&need(&n.shape, "shape", kind)?, "shape")?;
@@ -159,20 +190,23 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
         K::Sigmoid => Op::Sigmoid,
         K::Exp => Op::Exp,
         K::Log => Op::Log,
-        K::Matmul => Op::Matmul {
-            transpose_a: n.transpose_a.unwrap_or(false),
-            transpose_b: n.transpose_b.unwrap_or(false),
-        },
+        K::Matmul => {
+            Op::Matmul { transpose_a: n.transpose_a.unwrap_or(false), transpose_b: n.transpose_b.unwrap_or(false) }
+        }
         K::Embedding => Op::Embedding,
-        K::LayerNorm => Op::LayerNorm { eps: n.eps.unwrap_or(1e-5) },
+        K::LayerNorm => Op::LayerNorm { eps: eps(n)? },
         K::Softmax => Op::Softmax { axis: n.axis.unwrap_or(-1), causal: n.causal.unwrap_or(false) },
         K::LogSoftmax => Op::LogSoftmax { axis: n.axis.unwrap_or(-1) },
-        K::Dropout => Op::Dropout { p: need(&n.p, "p", kind)?, seed: n.seed.unwrap_or(0) },
+        K::Dropout => Op::Dropout { p: prob(need(&n.p, "p", kind)?)?, seed: n.seed.unwrap_or(0) },
         K::Conv2d => {
             let (stride, padding) = conv_window(n)?;
             Op::Conv2d { stride, padding }
         }
-        K::BatchNorm => Op::BatchNorm { eps: n.eps.unwrap_or(1e-5), momentum: n.momentum.unwrap_or(0.1) },
+        K::BatchNorm => {
+            let m = n.momentum.unwrap_or(0.1);
+            let momentum = in_range(m, "momentum", (0.0..=1.0).contains(&m), "a momentum in [0, 1]")?;
+            Op::BatchNorm { eps: eps(n)?, momentum }
+        }
         K::MaxPool2d => Op::MaxPool2d(window(n, kind)?),
         K::AvgPool2d => Op::AvgPool2d(window(n, kind)?),
         K::Flatten => Op::Flatten { axis: n.axis.unwrap_or(1) },
@@ -180,7 +214,7 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
         K::Transpose => Op::Transpose {
             perm: need(&n.perm, "perm", kind)?
                 .iter()
-                .map(|&p| usize::try_from(p).map_err(|_| ("perm", format!("axis {p} is negative"))))
+                .map(|&p| usize::try_from(p).map_err(|_| ("perm", format!("perm entries are axes 0..rank, found {p}"))))
                 .collect::<Result<_, _>>()?,
         },
         K::ReduceSum => Op::ReduceSum { axes: need(&n.axes, "axes", kind)?, keepdims: n.keepdims.unwrap_or(false) },
@@ -205,7 +239,7 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
             Op::EmbeddingGrad { num_embeddings: v }
         }
         K::LayerNormGrad => Op::LayerNormGrad,
-        K::DropoutGrad => Op::DropoutGrad { p: need(&n.p, "p", kind)? },
+        K::DropoutGrad => Op::DropoutGrad { p: prob(need(&n.p, "p", kind)?)? },
         K::Conv2dGradInput => {
             let (stride, padding) = conv_window(n)?;
             Op::Conv2dGradInput { stride, padding, shape: dims(&need(&n.shape, "shape", kind)?, "shape")? }
@@ -218,12 +252,11 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
             }
             Op::Conv2dGradWeight { stride, padding, kernel }
         }
-        K::BatchNormGrad => Op::BatchNormGrad { eps: n.eps.unwrap_or(1e-5) },
+        K::BatchNormGrad => Op::BatchNormGrad { eps: eps(n)? },
         K::MaxPool2dGrad => Op::MaxPool2dGrad(window(n, kind)?),
-        K::AvgPool2dGrad => Op::AvgPool2dGrad {
-            window: window(n, kind)?,
-            shape: dims(&need(&n.shape, "shape", kind)?, "shape")?,
-        },
+        K::AvgPool2dGrad => {
+            Op::AvgPool2dGrad { window: window(n, kind)?, shape: dims(&need(&n.shape, "shape", kind)?, "shape")? }
+        }
     })
 }
 
@@ -297,16 +330,37 @@ pub fn op_to_raw(op: &Op, n: &mut RawNode) {
         }
         Op::SumTo { shape } | Op::BroadcastTo { shape } => n.shape = ishape(shape),
         Op::EmbeddingGrad { num_embeddings } => n.num_embeddings = Some(*num_embeddings),
-        Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Seed | Op::Identity | Op::Add | Op::Sub
-        | Op::Mul | Op::Div | Op::Relu | Op::Gelu | Op::Tanh | Op::Sigmoid | Op::Exp | Op::Log | Op::Embedding
-        | Op::CrossEntropy | Op::Mse | Op::ReluGrad | Op::GeluGrad | Op::TanhGrad | Op::SigmoidGrad
-        | Op::CrossEntropyGrad | Op::MseGrad | Op::LayerNormGrad => {}
+        Op::Input { .. }
+        | Op::Param { .. }
+        | Op::State { .. }
+        | Op::Seed
+        | Op::Identity
+        | Op::Add
+        | Op::Sub
+        | Op::Mul
+        | Op::Div
+        | Op::Relu
+        | Op::Gelu
+        | Op::Tanh
+        | Op::Sigmoid
+        | Op::Exp
+        | Op::Log
+        | Op::Embedding
+        | Op::CrossEntropy
+        | Op::Mse
+        | Op::ReluGrad
+        | Op::GeluGrad
+        | Op::TanhGrad
+        | Op::SigmoidGrad
+        | Op::CrossEntropyGrad
+        | Op::MseGrad
+        | Op::LayerNormGrad => {}
     }
 }
 
 /// Attributes as `key=value` text, for the text form.
 pub fn op_attrs_text(op: &Op) -> String {
-    let mut n = RawNode::default();
+    let mut n = RawNode { op: op.kind(), ..RawNode::default() };
     op_to_raw(op, &mut n);
     let v = serde_json::to_value(&n).unwrap_or_default();
     let mut out = String::new();

@@ -54,12 +54,10 @@ pub fn locate(text: &str, pointer: &str) -> Option<(usize, usize)> {
     for token in pointer.split('/').skip(1) {
         let key = unescape(token);
         let next = match cur {
-            Value::Object(o) => {
-                match o.properties.into_iter().find(|p| p.name.as_str() == key) {
-                    Some(p) => p.value,
-                    None => break,
-                }
-            }
+            Value::Object(o) => match o.properties.into_iter().find(|p| p.name.as_str() == key) {
+                Some(p) => p.value,
+                None => break,
+            },
             Value::Array(a) => match key.parse::<usize>().ok().and_then(|i| a.elements.into_iter().nth(i)) {
                 Some(v) => v,
                 None => break,
@@ -132,11 +130,7 @@ pub fn report(path: &str, text: &str, summary: String, problems: &[Problem]) -> 
         .map(|p| Located {
             problem: p.clone(),
             src: src.clone(),
-            span: p
-                .pointer
-                .as_deref()
-                .and_then(|ptr| locate(text, ptr))
-                .map(|(a, b)| SourceSpan::from(a..b)),
+            span: p.pointer.as_deref().and_then(|ptr| locate(text, ptr)).map(|(a, b)| SourceSpan::from(a..b)),
         })
         .collect();
     FileReport { path: path.to_string(), summary, related }

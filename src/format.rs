@@ -226,8 +226,7 @@ impl Optimizer {
         self.eps.unwrap_or(1e-8)
     }
     pub fn weight_decay(&self) -> f64 {
-        self.weight_decay
-            .unwrap_or(if self.kind == OptimizerKind::Adamw { 0.01 } else { 0.0 })
+        self.weight_decay.unwrap_or(if self.kind == OptimizerKind::Adamw { 0.01 } else { 0.0 })
     }
     pub fn accumulate(&self) -> u32 {
         self.accumulate.unwrap_or(1)

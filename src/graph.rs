@@ -6,8 +6,8 @@
 //! and the consumer's input port; they are the only record of a node's
 //! inputs. Raw petgraph indices do not leave this module.
 
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
 use petgraph::stable_graph::{EdgeIndex, NodeIndex, StableGraph};
 use petgraph::visit::{EdgeRef, NodeIndexable};
@@ -191,17 +191,12 @@ impl Graph {
 
     /// The consumers of a node's outputs: (consumer, edge).
     pub fn users(&self, id: NodeId) -> impl Iterator<Item = (NodeId, Edge)> + '_ {
-        self.g
-            .edges_directed(id.0, Direction::Outgoing)
-            .map(|e| (NodeId(e.target()), *e.weight()))
+        self.g.edges_directed(id.0, Direction::Outgoing).map(|e| (NodeId(e.target()), *e.weight()))
     }
 
     /// The consumers of one value: (consumer, input port).
     pub fn uses(&self, v: ValueId) -> Vec<(NodeId, u32)> {
-        self.users(v.node)
-            .filter(|(_, e)| e.slot == v.slot)
-            .map(|(n, e)| (n, e.port))
-            .collect()
+        self.users(v.node).filter(|(_, e)| e.slot == v.slot).map(|(n, e)| (n, e.port)).collect()
     }
 
     /// Adds a node whose output names are `name` (slot 0) and `name:k`,
@@ -215,6 +210,19 @@ impl Graph {
     ) -> Result<NodeId, GraphError> {
         let name = name.into();
         let outs = default_output_names(&name, infer::num_outputs(&op));
+        self.add_node_with_outputs(name, op, role, inputs, outs)
+    }
+
+    /// Adds a node with the given output names (the node is named after the
+    /// first), typing it from its inputs.
+    pub fn add_node_with_outputs(
+        &mut self,
+        name: String,
+        op: Op,
+        role: Role,
+        inputs: &[ValueId],
+        outs: Vec<String>,
+    ) -> Result<NodeId, GraphError> {
         let tys = {
             let in_tys: Vec<&TensorType> = inputs.iter().map(|&v| self.ty(v)).collect();
             infer::infer(&op, &in_tys).map_err(|message| GraphError::Type { node: name.clone(), message })?
@@ -249,10 +257,7 @@ impl Graph {
             }
         }
         let placeholder = TensorType::scalar(crate::types::DType::F32);
-        let outputs = output_names
-            .into_iter()
-            .map(|name| Output { name, ty: placeholder.clone() })
-            .collect();
+        let outputs = output_names.into_iter().map(|name| Output { name, ty: placeholder.clone() }).collect();
         let id = NodeId(self.g.add_node(Node { name: String::new(), op, role, precision: None, outputs, origin }));
         for (slot, o) in self.g[id.0].outputs.iter().enumerate() {
             self.names.insert(o.name.clone(), Named::Value(ValueId { node: id, slot: slot as u32 }));
@@ -300,7 +305,13 @@ impl Graph {
 
     /// Inserts `op` on `v`: a new node reads `v` and every former consumer of
     /// `v` reads the new node's output instead. This is "put a cast on an edge".
-    pub fn intercept(&mut self, v: ValueId, name: impl Into<String>, op: Op, role: Role) -> Result<ValueId, GraphError> {
+    pub fn intercept(
+        &mut self,
+        v: ValueId,
+        name: impl Into<String>,
+        op: Op,
+        role: Role,
+    ) -> Result<ValueId, GraphError> {
         let uses = self.uses(v);
         let id = self.add_node(name, op, role, &[v])?;
         let new = ValueId { node: id, slot: 0 };
@@ -352,12 +363,8 @@ impl Graph {
         if in_order {
             return Ok(self.node_ids().collect());
         }
-        let mut ready: BinaryHeap<Reverse<u32>> = self
-            .g
-            .node_indices()
-            .filter(|n| indeg[n.index()] == 0)
-            .map(|n| Reverse(n.index() as u32))
-            .collect();
+        let mut ready: BinaryHeap<Reverse<u32>> =
+            self.g.node_indices().filter(|n| indeg[n.index()] == 0).map(|n| Reverse(n.index() as u32)).collect();
         let mut order = Vec::with_capacity(self.g.node_count());
         while let Some(Reverse(i)) = ready.pop() {
             let n = NodeIndex::new(i as usize);
@@ -396,7 +403,15 @@ impl Graph {
                     let node = &mut self.g[id.0];
                     if tys.len() != node.outputs.len() {
                         failed[id.index()] = true;
-                        problems.push((id, format!("{} produces {} outputs but {} are named", node.op.name(), tys.len(), node.outputs.len())));
+                        problems.push((
+                            id,
+                            format!(
+                                "{} produces {} outputs but {} are named",
+                                node.op.name(),
+                                tys.len(),
+                                node.outputs.len()
+                            ),
+                        ));
                         continue;
                     }
                     for (o, t) in node.outputs.iter_mut().zip(tys) {
@@ -417,10 +432,7 @@ impl Graph {
         if !self.names.contains_key(base) {
             return base.to_string();
         }
-        (1..)
-            .map(|i| format!("{base}.{i}"))
-            .find(|n| !self.names.contains_key(n))
-            .expect("an unused name exists")
+        (1..).map(|i| format!("{base}.{i}")).find(|n| !self.names.contains_key(n)).expect("an unused name exists")
     }
 
     /// The parameter nodes, in index order.
@@ -436,7 +448,10 @@ impl Graph {
             for (slot, o) in node.outputs.iter().enumerate() {
                 match self.names.get(&o.name) {
                     Some(Named::Value(v)) if *v == (ValueId { node: id, slot: slot as u32 }) => {}
-                    _ => out.push(format!("output `{}` of node `{}` is not registered under its name (duplicate name?)", o.name, node.name)),
+                    _ => out.push(format!(
+                        "output `{}` of node `{}` is not registered under its name (duplicate name?)",
+                        o.name, node.name
+                    )),
                 }
             }
         }
@@ -500,7 +515,12 @@ mod tests {
         let mut g = Graph::new("t");
         let x = g.add_node("x", Op::Input { ty: TensorType::new(DType::F32, vec![4, 8]) }, Role::Forward, &[]).unwrap();
         let w = g
-            .add_node("w", Op::Param { ty: TensorType::new(DType::F32, vec![8, 2]), init: crate::op::Init::Zeros }, Role::Forward, &[])
+            .add_node(
+                "w",
+                Op::Param { ty: TensorType::new(DType::F32, vec![8, 2]), init: crate::op::Init::Zeros },
+                Role::Forward,
+                &[],
+            )
             .unwrap();
         let x = ValueId { node: x, slot: 0 };
         let w = ValueId { node: w, slot: 0 };
@@ -510,7 +530,8 @@ mod tests {
     #[test]
     fn intercept_rewires_every_consumer() {
         let (mut g, x, w) = small();
-        let mm = g.add_node("y", Op::Matmul { transpose_a: false, transpose_b: false }, Role::Forward, &[x, w]).unwrap();
+        let mm =
+            g.add_node("y", Op::Matmul { transpose_a: false, transpose_b: false }, Role::Forward, &[x, w]).unwrap();
         let r = g.add_node("r", Op::Relu, Role::Forward, &[ValueId { node: mm, slot: 0 }]).unwrap();
         let c = g.intercept(x, "x.f16", Op::Cast { to: DType::F16 }, Role::Forward).unwrap();
         assert_eq!(g.inputs(mm), vec![c, w]);

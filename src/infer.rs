@@ -13,15 +13,49 @@ pub fn arity(op: &Op) -> usize {
     use Op::*;
     match op {
         Input { .. } | Param { .. } | State { .. } | Constant { .. } => 0,
-        Seed | Cast { .. } | Identity | Scale { .. } | Relu | Gelu | Tanh | Sigmoid | Exp
-        | Log | Dropout { .. } | MaxPool2d(_) | AvgPool2d(_) | Flatten { .. }
-        | Reshape { .. } | Transpose { .. } | ReduceSum { .. } | ReduceMean { .. }
-        | SumTo { .. } | BroadcastTo { .. } | Softmax { .. } | LogSoftmax { .. }
+        Seed
+        | Cast { .. }
+        | Identity
+        | Scale { .. }
+        | Relu
+        | Gelu
+        | Tanh
+        | Sigmoid
+        | Exp
+        | Log
+        | Dropout { .. }
+        | MaxPool2d(_)
+        | AvgPool2d(_)
+        | Flatten { .. }
+        | Reshape { .. }
+        | Transpose { .. }
+        | ReduceSum { .. }
+        | ReduceMean { .. }
+        | SumTo { .. }
+        | BroadcastTo { .. }
+        | Softmax { .. }
+        | LogSoftmax { .. }
         | AvgPool2dGrad { .. } => 1,
-        Add | Sub | Mul | Div | Matmul { .. } | Embedding | Conv2d { .. } | CrossEntropy
-        | Mse | ReluGrad | GeluGrad | TanhGrad | SigmoidGrad | SoftmaxGrad { .. }
-        | LogSoftmaxGrad { .. } | EmbeddingGrad { .. } | DropoutGrad { .. }
-        | Conv2dGradInput { .. } | Conv2dGradWeight { .. } | MaxPool2dGrad(_) => 2,
+        Add
+        | Sub
+        | Mul
+        | Div
+        | Matmul { .. }
+        | Embedding
+        | Conv2d { .. }
+        | CrossEntropy
+        | Mse
+        | ReluGrad
+        | GeluGrad
+        | TanhGrad
+        | SigmoidGrad
+        | SoftmaxGrad { .. }
+        | LogSoftmaxGrad { .. }
+        | EmbeddingGrad { .. }
+        | DropoutGrad { .. }
+        | Conv2dGradInput { .. }
+        | Conv2dGradWeight { .. }
+        | MaxPool2dGrad(_) => 2,
         LayerNorm { .. } | BatchNorm { .. } | CrossEntropyGrad | MseGrad => 3,
         BatchNormGrad { .. } => 5,
         LayerNormGrad => 5,
@@ -48,9 +82,7 @@ pub fn input_names(op: &Op) -> &'static [&'static str] {
         CrossEntropy => &["logits", "labels"],
         Mse => &["prediction", "target"],
         LayerNorm { .. } | BatchNorm { .. } => &["x", "gamma", "beta"],
-        ReluGrad | TanhGrad | SigmoidGrad | SoftmaxGrad { .. } | LogSoftmaxGrad { .. } => {
-            &["dy", "y"]
-        }
+        ReluGrad | TanhGrad | SigmoidGrad | SoftmaxGrad { .. } | LogSoftmaxGrad { .. } => &["dy", "y"],
         GeluGrad | MaxPool2dGrad(_) => &["dy", "x"],
         CrossEntropyGrad => &["dloss", "logits", "labels"],
         MseGrad => &["dloss", "prediction", "target"],
@@ -86,10 +118,7 @@ fn same_dtype(a: &TensorType, b: &TensorType, what: &str) -> Result<()> {
     if a.dtype == b.dtype {
         Ok(())
     } else {
-        Err(format!(
-            "{what}: operands must have the same dtype, found {} and {} (insert a cast)",
-            a.dtype, b.dtype
-        ))
+        Err(format!("{what}: operands must have the same dtype, found {} and {} (insert a cast)", a.dtype, b.dtype))
     }
 }
 
@@ -172,9 +201,7 @@ fn window_out(x: &TensorType, w: &Window, what: &str) -> Result<Shape> {
 
 fn matmul_shape(a: &TensorType, b: &TensorType, ta: bool, tb: bool) -> Result<Shape> {
     if a.shape.rank() < 2 || b.shape.rank() < 2 {
-        return Err(format!(
-            "matmul operands must have rank at least 2, found {a} and {b}"
-        ));
+        return Err(format!("matmul operands must have rank at least 2, found {a} and {b}"));
     }
     let (ad, bd) = (a.shape.dims(), b.shape.dims());
     let (ar, br) = (ad.len(), bd.len());
@@ -206,9 +233,7 @@ fn reshape_shape(x: &Shape, target: &[i64]) -> Result<Shape> {
             }
             out.push(1);
         } else if d >= 1 {
-            known = known
-                .checked_mul(d as u64)
-                .ok_or("reshape: target shape is too large")?;
+            known = known.checked_mul(d as u64).ok_or("reshape: target shape is too large")?;
             out.push(d as u64);
         } else {
             return Err(format!("reshape: dimension {d} is invalid (use -1 or a size ≥ 1)"));
@@ -220,9 +245,7 @@ fn reshape_shape(x: &Shape, target: &[i64]) -> Result<Shape> {
         }
         out[i] = n / known;
     } else if known != n {
-        return Err(format!(
-            "reshape: {x} has {n} elements but {target:?} has {known}"
-        ));
+        return Err(format!("reshape: {x} has {n} elements but {target:?} has {known}"));
     }
     checked(Shape(out))
 }
@@ -244,6 +267,17 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
     match op {
         Input { ty } | Param { ty, .. } | State { ty, .. } | Constant { ty, .. } => {
             ty.shape.validate()?;
+            if let Constant { value, .. } = op {
+                let fits = match ty.dtype {
+                    DType::Bool => *value == 0.0 || *value == 1.0,
+                    DType::I32 => value.fract() == 0.0 && value.abs() <= i32::MAX as f64,
+                    DType::I64 => value.fract() == 0.0 && value.abs() <= 9.007_199_254_740_992e15,
+                    _ => true,
+                };
+                if !fits {
+                    return Err(format!("the value {value} is not a {}", ty.dtype));
+                }
+            }
             if matches!(op, Param { .. }) {
                 float(ty, "a parameter")?;
             }
@@ -272,10 +306,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             let (a, b) = (inputs[0], inputs[1]);
             float(a, "matmul operand a")?;
             same_dtype(a, b, "matmul")?;
-            one(TensorType {
-                dtype: a.dtype,
-                shape: matmul_shape(a, b, *transpose_a, *transpose_b)?,
-            })
+            one(TensorType { dtype: a.dtype, shape: matmul_shape(a, b, *transpose_a, *transpose_b)? })
         }
         Embedding => {
             let (table, ids) = (inputs[0], inputs[1]);
@@ -294,10 +325,10 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
                 return Err("layer_norm input must have rank at least 1".into());
             }
             let d = *x.shape.0.last().unwrap_or(&1);
-            let affine = TensorType::new(x.dtype, vec![d]);
-            same_type(g, &affine, "gamma and the normalised axis")?;
-            same_type(b, &affine, "beta and the normalised axis")?;
-            let stats = TensorType::new(x.dtype, x.shape.0[..x.shape.rank() - 1].to_vec());
+            float(g, "gamma")?;
+            same_type(g, &TensorType::new(g.dtype, vec![d]), "gamma and the normalised axis")?;
+            same_type(b, g, "beta and gamma")?;
+            let stats = TensorType::new(DType::F32, x.shape.0[..x.shape.rank() - 1].to_vec());
             Ok(vec![x.clone(), stats.clone(), stats])
         }
         Softmax { axis, causal } => {
@@ -337,10 +368,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             rank(x, 4, "the conv2d input (NCHW)")?;
             let (xd, wd) = (x.shape.dims(), w.shape.dims());
             if xd[1] != wd[1] {
-                return Err(format!(
-                    "conv2d: input has {} channels but the weight expects {}",
-                    xd[1], wd[1]
-                ));
+                return Err(format!("conv2d: input has {} channels but the weight expects {}", xd[1], wd[1]));
             }
             let win = Window { kernel: [wd[2], wd[3]], stride: *stride, padding: *padding };
             let mut s = window_out(x, &win, "conv2d")?;
@@ -380,10 +408,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             let inner: u64 = x.shape.0[a..].iter().product();
             one(TensorType::new(x.dtype, vec![outer, inner]))
         }
-        Reshape { shape } => one(TensorType {
-            dtype: inputs[0].dtype,
-            shape: reshape_shape(&inputs[0].shape, shape)?,
-        }),
+        Reshape { shape } => one(TensorType { dtype: inputs[0].dtype, shape: reshape_shape(&inputs[0].shape, shape)? }),
         Transpose { perm } => {
             let x = inputs[0];
             let r = x.shape.rank();
@@ -395,8 +420,11 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
         }
         ReduceSum { axes, keepdims } | ReduceMean { axes, keepdims } => {
             let x = inputs[0];
-            if x.dtype == DType::Bool {
-                return Err(format!("{} is not defined on bool", op.name()));
+            if x.dtype == DType::Bool || (matches!(op, ReduceMean { .. }) && !x.dtype.is_float()) {
+                return Err(format!("{} is not defined on {}", op.name(), x.dtype));
+            }
+            if axes.is_empty() {
+                return Err("axes must name at least one axis".into());
             }
             let axes = normalize_axes(&x.shape, axes)?;
             let mut s = Vec::new();
@@ -435,8 +463,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             same_type(inputs[0], inputs[1], "prediction and target")?;
             one(TensorType::scalar(inputs[0].dtype))
         }
-        ReluGrad | GeluGrad | TanhGrad | SigmoidGrad | SoftmaxGrad { .. }
-        | LogSoftmaxGrad { .. } => {
+        ReluGrad | GeluGrad | TanhGrad | SigmoidGrad | SoftmaxGrad { .. } | LogSoftmaxGrad { .. } => {
             let (dy, y) = (inputs[0], inputs[1]);
             float(dy, "dy")?;
             if dy.shape != y.shape {
@@ -481,6 +508,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             float(x, "x")?;
             same_type(dy, x, "dy and x")?;
             let fwd = infer(&LayerNorm { eps: 1.0 }, &[x, g, g])?;
+            float(dy, "dy")?;
             same_type(mean, &fwd[1], "mean and layer_norm's mean")?;
             same_type(rstd, &fwd[2], "rstd and layer_norm's rstd")?;
             Ok(vec![x.clone(), g.clone(), g.clone()])
@@ -523,14 +551,22 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
         }
         MaxPool2dGrad(w) => {
             let (dy, x) = (inputs[0], inputs[1]);
-            same_type(dy, &TensorType { dtype: x.dtype, shape: window_out(x, w, "max_pool2d")? }, "dy and max_pool2d's output")?;
+            same_type(
+                dy,
+                &TensorType { dtype: x.dtype, shape: window_out(x, w, "max_pool2d")? },
+                "dy and max_pool2d's output",
+            )?;
             one(x.clone())
         }
         AvgPool2dGrad { window, shape } => {
             let dy = inputs[0];
             let x = TensorType { dtype: dy.dtype, shape: checked(Shape(shape.clone()))? };
             float(dy, "dy")?;
-            same_type(dy, &TensorType { dtype: dy.dtype, shape: window_out(&x, window, "avg_pool2d")? }, "dy and avg_pool2d's output")?;
+            same_type(
+                dy,
+                &TensorType { dtype: dy.dtype, shape: window_out(&x, window, "avg_pool2d")? },
+                "dy and avg_pool2d's output",
+            )?;
             one(x)
         }
     }
@@ -550,9 +586,7 @@ fn check_cross_entropy(logits: &TensorType, labels: &TensorType) -> Result<()> {
     int(labels, "the labels")?;
     rank(labels, 1, "the labels [N]")?;
     if labels.shape.0[0] != logits.shape.0[0] {
-        return Err(format!(
-            "logits {logits} and labels {labels} disagree on the batch size"
-        ));
+        return Err(format!("logits {logits} and labels {labels} disagree on the batch size"));
     }
     Ok(())
 }
@@ -605,9 +639,11 @@ mod tests {
         let win = Window { kernel: [2, 2], stride: [2, 2], padding: [0, 0] };
         let p = infer(&Op::MaxPool2d(win), &[&y[0]]).unwrap();
         assert_eq!(p[0], t(DType::F32, &[8, 4, 4, 4]));
-        let dx = infer(&Op::Conv2dGradInput { stride: [1, 1], padding: [1, 1], shape: vec![8, 1, 8, 8] }, &[&y[0], &w]).unwrap();
+        let dx = infer(&Op::Conv2dGradInput { stride: [1, 1], padding: [1, 1], shape: vec![8, 1, 8, 8] }, &[&y[0], &w])
+            .unwrap();
         assert_eq!(dx[0], x);
-        let dw = infer(&Op::Conv2dGradWeight { stride: [1, 1], padding: [1, 1], kernel: [3, 3] }, &[&y[0], &x]).unwrap();
+        let dw =
+            infer(&Op::Conv2dGradWeight { stride: [1, 1], padding: [1, 1], kernel: [3, 3] }, &[&y[0], &x]).unwrap();
         assert_eq!(dw[0], w);
     }
 

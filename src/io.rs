@@ -74,6 +74,16 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Renders a report as plain text (no colours), as tests and logs want it.
+pub fn render_plain(report: &miette::Report) -> String {
+    let mut s = String::new();
+    let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor()).with_width(100);
+    if handler.render_report(&mut s, report.as_ref()).is_err() {
+        s = format!("{report}");
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

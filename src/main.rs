@@ -79,7 +79,8 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
             if let Err(e) = mpc::verify(g) {
                 return Err(problems_report(&model.display().to_string(), &loaded.text, &e.0));
             }
-            let count = |r: mpc::Role| g.node_ids().filter(|&n| g.node(n).role == r && !g.node(n).op.is_source()).count();
+            let count =
+                |r: mpc::Role| g.node_ids().filter(|&n| g.node(n).role == r && !g.node(n).op.is_source()).count();
             println!(
                 "{}: ok, {} nodes ({} params, {} forward, {} backward, {} update)",
                 model.display(),

@@ -36,6 +36,8 @@ pub fn parse_raw(text: &str) -> Result<RawGraph, ParseError> {
         if let Some(i) = message.rfind(" at line ") {
             message.truncate(i);
         }
+        message = suggest_variant(&message);
+        let path = path.trim_end_matches(".?");
         if path != "." && !path.is_empty() {
             message = format!("{message} (in `{path}`)");
         }
@@ -44,9 +46,29 @@ pub fn parse_raw(text: &str) -> Result<RawGraph, ParseError> {
     Ok(raw)
 }
 
+/// Adds "did you mean" to serde's unknown-variant messages.
+fn suggest_variant(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown variant `") else {
+        return message.to_string();
+    };
+    let Some((bad, expected)) = rest.split_once("`, expected one of ") else {
+        return message.to_string();
+    };
+    let best =
+        expected.split(", ").map(|v| v.trim_matches('`')).map(|v| (strsim::damerau_levenshtein(bad, v), v)).min();
+    match best {
+        Some((d, v)) if d <= 2.max(bad.len() / 3) => {
+            format!("unknown variant `{bad}`, did you mean `{v}`? (expected one of {expected})")
+        }
+        _ => message.to_string(),
+    }
+}
+
 struct Builder {
     g: Graph,
     problems: Vec<Problem>,
+    /// Names whose declaration failed: references to them are not reported again.
+    failed: rustc_hash::FxHashSet<String>,
 }
 
 impl Builder {
@@ -58,7 +80,11 @@ impl Builder {
         let mut out = Vec::with_capacity(dims.len());
         for (i, &d) in dims.iter().enumerate() {
             if d < 1 {
-                self.problem(Some(name), format!("{ptr}/shape/{i}"), format!("dimension {i} is {d}; every dimension must be at least 1"));
+                self.problem(
+                    Some(name),
+                    format!("{ptr}/shape/{i}"),
+                    format!("dimension {i} is {d}; every dimension must be at least 1"),
+                );
                 return None;
             }
             out.push(d as u64);
@@ -91,34 +117,42 @@ impl Builder {
         }
     }
 
-    fn declare(&mut self, section: &'static str, index: usize, s: &RawState) {
+    fn declare(&mut self, section: &'static str, index: usize, s: &RawState) -> Option<NodeId> {
         let ptr = format!("/{section}/{index}");
-        let Some(shape) = self.shape(&s.name, &ptr, &s.shape) else { return };
+        let shape = self.shape(&s.name, &ptr, &s.shape)?;
         let ty = TensorType { dtype: s.dtype, shape };
         let op = if section == "params" {
             if !s.dtype.is_float() {
-                self.problem(Some(&s.name), format!("{ptr}/dtype"), format!("a parameter must be a float tensor, found {}", s.dtype));
-                return;
+                self.problem(
+                    Some(&s.name),
+                    format!("{ptr}/dtype"),
+                    format!("a parameter must be a float tensor, found {}", s.dtype),
+                );
+                return None;
             }
             let Some(init) = s.init.clone() else {
-                self.problem(Some(&s.name), ptr, "a parameter needs an `init` (e.g. {\"kind\": \"normal\", \"std\": 0.02})");
-                return;
+                self.problem(
+                    Some(&s.name),
+                    ptr,
+                    "a parameter needs an `init` (e.g. {\"kind\": \"normal\", \"std\": 0.02})",
+                );
+                return None;
             };
             if let Some(m) = init_problem(&init) {
                 self.problem(Some(&s.name), format!("{ptr}/init"), m);
-                return;
+                return None;
             }
             Op::Param { ty, init }
         } else {
             let init = s.init.clone().unwrap_or(Init::Zeros);
             if let Some(m) = init_problem(&init) {
                 self.problem(Some(&s.name), format!("{ptr}/init"), m);
-                return;
+                return None;
             }
             Op::State { ty, init }
         };
         let origin = Origin { section, index: index as u32 };
-        self.add(&s.name, &ptr, op, Role::Forward, vec![s.name.clone()], origin);
+        self.add(&s.name, &ptr, op, Role::Forward, vec![s.name.clone()], origin)
     }
 
     /// Adds a node; returns it with its raw inputs for wiring later.
@@ -128,11 +162,21 @@ impl Builder {
             ("update", None) => Role::Optimizer,
             ("update", Some(r @ (Role::Optimizer | Role::Scaler))) => r,
             ("update", Some(r)) => {
-                self.problem(Some(&n.name), format!("{ptr}/role"), format!("an update node's role is `optimizer` or `scaler`, found `{}`", r.name()));
+                self.problem(
+                    Some(&n.name),
+                    format!("{ptr}/role"),
+                    format!("an update node's role is `optimizer` or `scaler`, found `{}`", r.name()),
+                );
                 return None;
             }
             (_, Some(_)) => {
-                self.problem(Some(&n.name), format!("{ptr}/role"), format!("`role` is only allowed in the `update` section; nodes in `{section}` have the role {section}"));
+                self.problem(
+                    Some(&n.name),
+                    format!("{ptr}/role"),
+                    format!(
+                        "`role` is only allowed in the `update` section; nodes in `{section}` have the role {section}"
+                    ),
+                );
                 return None;
             }
             ("forward", None) => Role::Forward,
@@ -159,7 +203,11 @@ impl Builder {
             None => default_output_names(&n.name, want_out),
             Some(o) if o.len() == want_out => o.clone(),
             Some(o) => {
-                self.problem(Some(&n.name), format!("{ptr}/outputs"), format!("{} has {want_out} output(s), found {} names", op.name(), o.len()));
+                self.problem(
+                    Some(&n.name),
+                    format!("{ptr}/outputs"),
+                    format!("{} has {want_out} output(s), found {} names", op.name(), o.len()),
+                );
                 return None;
             }
         };
@@ -174,7 +222,7 @@ impl Builder {
 
     fn resolve(&mut self, node: Option<&str>, ptr: String, name: &str) -> Option<ValueId> {
         let v = self.g.value(name);
-        if v.is_none() {
+        if v.is_none() && !self.failed.contains(name) {
             let hint = match self.g.node_named(name) {
                 Some(id) => format!(
                     "; `{name}` is a node with outputs {}",
@@ -192,35 +240,46 @@ fn init_problem(init: &Init) -> Option<String> {
     let bad = |v: f64| !v.is_finite();
     match *init {
         Init::Constant { value } if bad(value) => Some("the value must be finite".into()),
-        Init::Normal { mean, std } if bad(mean) || bad(std) || std < 0.0 => Some(format!("expected a finite mean and std ≥ 0, found mean {mean}, std {std}")),
-        Init::Uniform { low, high } if bad(low) || bad(high) || low > high => Some(format!("expected finite low ≤ high, found {low}, {high}")),
-        Init::XavierUniform { gain } | Init::KaimingNormal { gain } if bad(gain) || gain < 0.0 => Some(format!("expected a finite gain ≥ 0, found {gain}")),
+        Init::Normal { mean, std } if bad(mean) || bad(std) || std < 0.0 => {
+            Some(format!("expected a finite mean and std ≥ 0, found mean {mean}, std {std}"))
+        }
+        Init::Uniform { low, high } if bad(low) || bad(high) || low > high => {
+            Some(format!("expected finite low ≤ high, found {low}, {high}"))
+        }
+        Init::XavierUniform { gain } | Init::KaimingNormal { gain } if bad(gain) || gain < 0.0 => {
+            Some(format!("expected a finite gain ≥ 0, found {gain}"))
+        }
         _ => None,
     }
 }
 
 /// Builds a typed graph from the file's serde types, reporting every problem found.
 pub fn from_raw(raw: &RawGraph) -> Result<Graph, Vec<Problem>> {
-    let mut b = Builder { g: Graph::new(raw.name.clone()), problems: Vec::new() };
+    let mut b = Builder { g: Graph::new(raw.name.clone()), problems: Vec::new(), failed: Default::default() };
     if raw.format != FORMAT_VERSION {
         b.problem(None, "/format".into(), format!("expected \"{FORMAT_VERSION}\", found \"{}\"", raw.format));
         return Err(b.problems);
     }
     for (i, t) in raw.inputs.iter().enumerate() {
         let ptr = format!("/inputs/{i}");
-        if let Some(shape) = b.shape(&t.name, &ptr, &t.shape) {
+        let added = b.shape(&t.name, &ptr, &t.shape).and_then(|shape| {
             let op = Op::Input { ty: TensorType { dtype: t.dtype, shape } };
-            b.add(&t.name, &ptr, op, Role::Forward, vec![t.name.clone()], Origin { section: "inputs", index: i as u32 });
+            b.add(&t.name, &ptr, op, Role::Forward, vec![t.name.clone()], Origin { section: "inputs", index: i as u32 })
+        });
+        if added.is_none() {
+            b.failed.insert(t.name.clone());
         }
     }
-    for (i, p) in raw.params.iter().enumerate() {
-        b.declare("params", i, p);
-    }
-    for (i, s) in raw.state.iter().enumerate() {
-        b.declare("state", i, s);
+    for (section, list) in [("params", &raw.params), ("state", &raw.state)] {
+        for (i, p) in list.iter().enumerate() {
+            if b.declare(section, i, p).is_none() {
+                b.failed.insert(p.name.clone());
+            }
+        }
     }
     let backward = raw.backward.as_deref().unwrap_or(&[]);
-    let sections: [(&'static str, &[RawNode]); 3] = [("forward", &raw.forward), ("backward", backward), ("update", &raw.update)];
+    let sections: [(&'static str, &[RawNode]); 3] =
+        [("forward", &raw.forward), ("backward", backward), ("update", &raw.update)];
     let mut pending = Vec::new();
     for (section, nodes) in sections {
         for (i, n) in nodes.iter().enumerate() {
@@ -228,8 +287,12 @@ pub fn from_raw(raw: &RawGraph) -> Result<Graph, Vec<Problem>> {
                 b.problem(None, format!("/{section}/{i}/name"), "a node name must not be empty");
                 continue;
             }
-            if let Some(id) = b.node(section, i, n) {
-                pending.push((id, section, i, n));
+            match b.node(section, i, n) {
+                Some(id) => pending.push((id, section, i, n)),
+                None => {
+                    b.failed.insert(n.name.clone());
+                    b.failed.extend(n.outputs.iter().flatten().cloned());
+                }
             }
         }
     }

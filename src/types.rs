@@ -22,14 +22,7 @@ pub enum DType {
 }
 
 impl DType {
-    pub const ALL: [DType; 6] = [
-        DType::F32,
-        DType::F16,
-        DType::Bf16,
-        DType::I32,
-        DType::I64,
-        DType::Bool,
-    ];
+    pub const ALL: [DType; 6] = [DType::F32, DType::F16, DType::Bf16, DType::I32, DType::I64, DType::Bool];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -111,9 +104,7 @@ impl Shape {
             return Err(format!("dimension {i} is 0; every dimension must be at least 1"));
         }
         if self.numel().is_none() {
-            return Err(format!(
-                "shape {self} has more than 2^48 elements"
-            ));
+            return Err(format!("shape {self} has more than 2^48 elements"));
         }
         Ok(())
     }
@@ -151,24 +142,15 @@ pub struct TensorType {
 
 impl TensorType {
     pub fn new(dtype: DType, shape: impl Into<Vec<u64>>) -> TensorType {
-        TensorType {
-            dtype,
-            shape: Shape(shape.into()),
-        }
+        TensorType { dtype, shape: Shape(shape.into()) }
     }
 
     pub fn scalar(dtype: DType) -> TensorType {
-        TensorType {
-            dtype,
-            shape: Shape::scalar(),
-        }
+        TensorType { dtype, shape: Shape::scalar() }
     }
 
     pub fn with_dtype(&self, dtype: DType) -> TensorType {
-        TensorType {
-            dtype,
-            shape: self.shape.clone(),
-        }
+        TensorType { dtype, shape: self.shape.clone() }
     }
 }
 

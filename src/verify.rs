@@ -57,12 +57,27 @@ pub fn problems(g: &Graph) -> Vec<Problem> {
         ports.sort_unstable();
         let want = infer::arity(&n.op);
         if ports.len() != want || ports.iter().enumerate().any(|(i, &p)| p as usize != i) {
-            out.push(at(g, id, Some("inputs"), format!("{} takes {want} input(s) on ports 0..{want}, found ports {ports:?}", n.op.name())));
+            out.push(at(
+                g,
+                id,
+                Some("inputs"),
+                format!("{} takes {want} input(s) on ports 0..{want}, found ports {ports:?}", n.op.name()),
+            ));
             bad_type[id.index()] = true;
             continue;
         }
         if let Some(v) = ins.iter().find(|v| v.slot as usize >= g.node(v.node).outputs.len()) {
-            out.push(at(g, id, Some("inputs"), format!("reads output {} of `{}`, which has {}", v.slot, g.node(v.node).name, g.node(v.node).outputs.len())));
+            out.push(at(
+                g,
+                id,
+                Some("inputs"),
+                format!(
+                    "reads output {} of `{}`, which has {}",
+                    v.slot,
+                    g.node(v.node).name,
+                    g.node(v.node).outputs.len()
+                ),
+            ));
             bad_type[id.index()] = true;
             continue;
         }
@@ -78,7 +93,12 @@ pub fn problems(g: &Graph) -> Vec<Problem> {
                     g,
                     id,
                     Some(&format!("inputs/{port}")),
-                    format!("a {} node may not read `{}`, a value of the {} part", n.role.name(), g.value_name(*v), p.role.name()),
+                    format!(
+                        "a {} node may not read `{}`, a value of the {} part",
+                        n.role.name(),
+                        g.value_name(*v),
+                        p.role.name()
+                    ),
                 ));
             }
         }
@@ -146,7 +166,15 @@ pub fn problems(g: &Graph) -> Vec<Problem> {
         }
         let gt = g.ty(v);
         if gt.shape != ty.shape || !gt.dtype.is_float() {
-            out.push(top(&ptr, format!("the gradient of `{}` must be a float tensor of shape {}, found `{}`: {gt}", g.node(p).name, ty.shape, g.value_name(v))));
+            out.push(top(
+                &ptr,
+                format!(
+                    "the gradient of `{}` must be a float tensor of shape {}, found `{}`: {gt}",
+                    g.node(p).name,
+                    ty.shape,
+                    g.value_name(v)
+                ),
+            ));
         }
         if g.node(v.node).role != Role::Backward {
             out.push(top(&ptr, format!("the gradient `{}` must be computed by a backward node", g.value_name(v))));
@@ -155,7 +183,12 @@ pub fn problems(g: &Graph) -> Vec<Problem> {
     if !g.gradients.is_empty() {
         for p in g.params() {
             if !seen.contains(&p) {
-                out.push(at(g, p, None, "the backward section gives no gradient for this parameter (add it to `gradients`)".into()));
+                out.push(at(
+                    g,
+                    p,
+                    None,
+                    "the backward section gives no gradient for this parameter (add it to `gradients`)".into(),
+                ));
             }
         }
     }
@@ -187,8 +220,22 @@ mod tests {
     #[test]
     fn forward_may_not_read_backward() {
         let mut g = Graph::new("t");
-        let x = g.add_node("x", Op::Param { ty: TensorType::new(DType::F32, vec![2]), init: Init::Zeros }, Role::Forward, &[]).unwrap();
-        let l = g.add_node("l", Op::ReduceSum { axes: vec![0], keepdims: false }, Role::Forward, &[ValueId { node: x, slot: 0 }]).unwrap();
+        let x = g
+            .add_node(
+                "x",
+                Op::Param { ty: TensorType::new(DType::F32, vec![2]), init: Init::Zeros },
+                Role::Forward,
+                &[],
+            )
+            .unwrap();
+        let l = g
+            .add_node(
+                "l",
+                Op::ReduceSum { axes: vec![0], keepdims: false },
+                Role::Forward,
+                &[ValueId { node: x, slot: 0 }],
+            )
+            .unwrap();
         g.loss = Some(ValueId { node: l, slot: 0 });
         let b = g.add_node("b", Op::Relu, Role::Backward, &[ValueId { node: x, slot: 0 }]).unwrap();
         g.add_node("f", Op::Relu, Role::Forward, &[ValueId { node: b, slot: 0 }]).unwrap();
@@ -202,7 +249,14 @@ mod tests {
     fn stale_types_are_caught() {
         let mut g = Graph::new("t");
         let x = g.add_node("x", Op::Input { ty: TensorType::new(DType::F32, vec![2]) }, Role::Forward, &[]).unwrap();
-        let r = g.add_node("r", Op::ReduceSum { axes: vec![0], keepdims: false }, Role::Forward, &[ValueId { node: x, slot: 0 }]).unwrap();
+        let r = g
+            .add_node(
+                "r",
+                Op::ReduceSum { axes: vec![0], keepdims: false },
+                Role::Forward,
+                &[ValueId { node: x, slot: 0 }],
+            )
+            .unwrap();
         g.loss = Some(ValueId { node: r, slot: 0 });
         assert!(verify(&g).is_ok());
         g.node_mut(x).op = Op::Input { ty: TensorType::new(DType::F16, vec![2]) };
@@ -213,7 +267,14 @@ mod tests {
     #[test]
     fn update_must_match_state_type() {
         let mut g = Graph::new("t");
-        let w = g.add_node("w", Op::Param { ty: TensorType::new(DType::F32, vec![2]), init: Init::Zeros }, Role::Forward, &[]).unwrap();
+        let w = g
+            .add_node(
+                "w",
+                Op::Param { ty: TensorType::new(DType::F32, vec![2]), init: Init::Zeros },
+                Role::Forward,
+                &[],
+            )
+            .unwrap();
         let wv = ValueId { node: w, slot: 0 };
         let l = g.add_node("l", Op::ReduceSum { axes: vec![0], keepdims: false }, Role::Forward, &[wv]).unwrap();
         g.loss = Some(ValueId { node: l, slot: 0 });

@@ -1,0 +1,355 @@
+//! grad: derives the backward graph when a file has none.
+//!
+//! Reverse-mode differentiation over the forward part: starting from
+//! `seed(loss)`, each forward node that lies on a path from a parameter to
+//! the loss gets the backward nodes of its rule below, contributions to one
+//! value are summed with `add`, and broadcasting is undone with `sum_to`.
+//! Secondary outputs (layer_norm's and batch_norm's statistics, dropout's
+//! mask) are treated as constants: gradients flow only through output 0.
+
+use rustc_hash::FxHashMap;
+
+use crate::graph::{Graph, NodeId, ValueId};
+use crate::infer::arity;
+use crate::op::{Op, Role};
+use crate::types::{DType, Shape};
+
+use super::{Pass, PassError};
+
+pub struct Grad;
+
+impl Pass for Grad {
+    fn name(&self) -> &'static str {
+        "grad"
+    }
+
+    fn run(&mut self, g: &mut Graph) -> Result<bool, PassError> {
+        let has_backward = !g.gradients.is_empty() || g.node_ids().any(|n| g.node(n).role != Role::Forward);
+        if has_backward {
+            return Ok(false);
+        }
+        derive(g).map_err(|message| PassError::Failed { pass: "grad", message })?;
+        Ok(true)
+    }
+}
+
+fn fail(g: &Graph, n: NodeId, msg: &str) -> String {
+    format!("node `{}` ({}): {msg}", g.node(n).name, g.node(n).op.name())
+}
+
+/// Adds a backward node named after `base` and returns its first output.
+fn emit(g: &mut Graph, base: &str, op: Op, inputs: &[ValueId]) -> Result<ValueId, String> {
+    let name = g.fresh_name(base);
+    let id = g.add_node(name, op, Role::Backward, inputs).map_err(|e| e.to_string())?;
+    Ok(ValueId { node: id, slot: 0 })
+}
+
+/// Adds a backward node whose outputs are named `d<input>` after the inputs
+/// they are gradients of.
+fn emit_grads(g: &mut Graph, op: Op, inputs: &[ValueId], of: &[ValueId]) -> Result<NodeId, String> {
+    let mut names: Vec<String> = Vec::with_capacity(of.len());
+    for v in of {
+        let mut n = g.fresh_name(&format!("d{}", g.value_name(*v)));
+        let mut k = 1;
+        while names.contains(&n) {
+            n = g.fresh_name(&format!("d{}.{k}", g.value_name(*v)));
+            k += 1;
+        }
+        names.push(n);
+    }
+    g.add_node_with_outputs(names[0].clone(), op, Role::Backward, inputs, names).map_err(|e| e.to_string())
+}
+
+/// `dy` reduced to `shape` when broadcasting widened it.
+fn unbroadcast(g: &mut Graph, base: &str, dy: ValueId, shape: &Shape) -> Result<ValueId, String> {
+    if &g.ty(dy).shape == shape {
+        return Ok(dy);
+    }
+    emit(g, base, Op::SumTo { shape: shape.0.clone() }, &[dy])
+}
+
+fn derive(g: &mut Graph) -> Result<(), String> {
+    let loss = g.loss.ok_or("the graph has no loss")?;
+    let order = g.topo_order().map_err(|_| "the graph has a cycle".to_string())?;
+    // Which nodes depend on a parameter, and which feed the loss.
+    let bound = order.iter().map(|n| n.index() + 1).max().unwrap_or(0);
+    let mut from_param = vec![false; bound];
+    for &n in &order {
+        let node = g.node(n);
+        from_param[n.index()] = matches!(node.op, Op::Param { .. })
+            || (node.role == Role::Forward && g.inputs(n).iter().any(|v| from_param[v.node.index()]));
+    }
+    let mut to_loss = vec![false; bound];
+    to_loss[loss.node.index()] = true;
+    for &n in order.iter().rev() {
+        if to_loss[n.index()] {
+            for v in g.inputs(n) {
+                to_loss[v.node.index()] = true;
+            }
+        }
+    }
+    let needs = |n: NodeId| from_param[n.index()] && to_loss[n.index()];
+
+    let seed = emit(g, &format!("d{}", g.value_name(loss)), Op::Seed, &[loss])?;
+    // Gradient contributions per value, summed when a value has several users.
+    let mut grads: FxHashMap<ValueId, ValueId> = FxHashMap::default();
+    grads.insert(loss, seed);
+    for &n in order.iter().rev() {
+        if !needs(n) || g.node(n).op.is_source() {
+            continue;
+        }
+        let out = ValueId { node: n, slot: 0 };
+        let Some(&dy) = grads.get(&out) else { continue };
+        let ins = g.inputs(n);
+        let want: Vec<bool> = ins.iter().map(|v| needs(v.node) && g.ty(*v).dtype.is_float()).collect();
+        let contributions = rule(g, n, dy, &ins, &want)?;
+        for (port, d) in contributions {
+            let v = ins[port];
+            let total = match grads.get(&v) {
+                Some(&prev) => {
+                    let base = format!("d{}", g.value_name(v));
+                    emit(g, &base, Op::Add, &[prev, d])?
+                }
+                None => d,
+            };
+            grads.insert(v, total);
+        }
+    }
+    let params: Vec<NodeId> = g.params().collect();
+    for p in params {
+        let v = ValueId { node: p, slot: 0 };
+        let d = match grads.get(&v) {
+            Some(&d) => d,
+            None => {
+                // A parameter the loss does not depend on gets a zero gradient,
+                // so the optimizer (and weight decay) still sees it.
+                let ty = g.ty(v).clone();
+                emit(g, &format!("d{}", g.node(p).name), Op::Constant { value: 0.0, ty }, &[])?
+            }
+        };
+        g.gradients.push((p, d));
+    }
+    Ok(())
+}
+
+/// The gradient contributions of node `n` with output gradient `dy`, for
+/// the input ports flagged in `want`.
+fn rule(
+    g: &mut Graph,
+    n: NodeId,
+    dy: ValueId,
+    ins: &[ValueId],
+    want: &[bool],
+) -> Result<Vec<(usize, ValueId)>, String> {
+    let op = g.node(n).op.clone();
+    let y = ValueId { node: n, slot: 0 };
+    let base = |g: &Graph, port: usize| format!("d{}", g.value_name(ins[port]));
+    let shape = |g: &Graph, port: usize| g.ty(ins[port]).shape.clone();
+    let mut out = Vec::new();
+    debug_assert_eq!(ins.len(), arity(&op));
+    match op {
+        Op::Identity => out.push((0, dy)),
+        Op::Cast { .. } => {
+            let to = g.ty(ins[0]).dtype;
+            let d = if g.ty(dy).dtype == to { dy } else { emit(g, &base(g, 0), Op::Cast { to }, &[dy])? };
+            out.push((0, d));
+        }
+        Op::Add | Op::Sub => {
+            for port in (0..2).filter(|&p| want[p]) {
+                let mut d = dy;
+                if port == 1 && op == Op::Sub {
+                    d = emit(g, &base(g, 1), Op::Scale { value: -1.0 }, &[d])?;
+                }
+                let s = shape(g, port);
+                out.push((port, unbroadcast(g, &base(g, port), d, &s)?));
+            }
+        }
+        Op::Mul => {
+            for port in 0..2 {
+                if want[port] {
+                    let d = emit(g, &base(g, port), Op::Mul, &[dy, ins[1 - port]])?;
+                    let s = shape(g, port);
+                    out.push((port, unbroadcast(g, &base(g, port), d, &s)?));
+                }
+            }
+        }
+        Op::Div => {
+            if want[0] {
+                let d = emit(g, &base(g, 0), Op::Div, &[dy, ins[1]])?;
+                let s = shape(g, 0);
+                out.push((0, unbroadcast(g, &base(g, 0), d, &s)?));
+            }
+            if want[1] {
+                // d(a/b)/db = -(a/b)/b = -y/b
+                let t = emit(g, &base(g, 1), Op::Mul, &[dy, y])?;
+                let t = emit(g, &base(g, 1), Op::Div, &[t, ins[1]])?;
+                let t = emit(g, &base(g, 1), Op::Scale { value: -1.0 }, &[t])?;
+                let s = shape(g, 1);
+                out.push((1, unbroadcast(g, &base(g, 1), t, &s)?));
+            }
+        }
+        Op::Scale { value } => out.push((0, emit(g, &base(g, 0), Op::Scale { value }, &[dy])?)),
+        Op::Relu => out.push((0, emit(g, &base(g, 0), Op::ReluGrad, &[dy, y])?)),
+        Op::Gelu => out.push((0, emit(g, &base(g, 0), Op::GeluGrad, &[dy, ins[0]])?)),
+        Op::Tanh => out.push((0, emit(g, &base(g, 0), Op::TanhGrad, &[dy, y])?)),
+        Op::Sigmoid => out.push((0, emit(g, &base(g, 0), Op::SigmoidGrad, &[dy, y])?)),
+        Op::Exp => out.push((0, emit(g, &base(g, 0), Op::Mul, &[dy, y])?)),
+        Op::Log => out.push((0, emit(g, &base(g, 0), Op::Div, &[dy, ins[0]])?)),
+        Op::Matmul { transpose_a: ta, transpose_b: tb } => {
+            let (a, b) = (ins[0], ins[1]);
+            let mm = |ta, tb| Op::Matmul { transpose_a: ta, transpose_b: tb };
+            if want[0] {
+                let d = match (ta, tb) {
+                    (false, false) => emit(g, &base(g, 0), mm(false, true), &[dy, b])?,
+                    (false, true) => emit(g, &base(g, 0), mm(false, false), &[dy, b])?,
+                    (true, false) => emit(g, &base(g, 0), mm(false, true), &[b, dy])?,
+                    (true, true) => emit(g, &base(g, 0), mm(true, true), &[b, dy])?,
+                };
+                let s = shape(g, 0);
+                out.push((0, unbroadcast(g, &base(g, 0), d, &s)?));
+            }
+            let (ra, rb) = (g.ty(a).shape.rank(), g.ty(b).shape.rank());
+            if want[1] && rb == 2 && ra > 2 && !ta {
+                // A weight shared over batch axes: fold the batch axes into the
+                // rows, one 2-D product instead of a batched one and a sum.
+                let k = g.ty(a).shape.0[ra - 1] as i64;
+                let cols = *g.ty(dy).shape.0.last().unwrap_or(&1) as i64;
+                let a2 = emit(g, &base(g, 1), Op::Reshape { shape: vec![-1, k] }, &[a])?;
+                let dy2 = emit(g, &base(g, 1), Op::Reshape { shape: vec![-1, cols] }, &[dy])?;
+                let d = if tb {
+                    emit(g, &base(g, 1), mm(true, false), &[dy2, a2])?
+                } else {
+                    emit(g, &base(g, 1), mm(true, false), &[a2, dy2])?
+                };
+                out.push((1, d));
+            } else if want[1] {
+                let d = match (ta, tb) {
+                    (false, false) => emit(g, &base(g, 1), mm(true, false), &[a, dy])?,
+                    (false, true) => emit(g, &base(g, 1), mm(true, false), &[dy, a])?,
+                    (true, false) => emit(g, &base(g, 1), mm(false, false), &[a, dy])?,
+                    (true, true) => emit(g, &base(g, 1), mm(true, true), &[dy, a])?,
+                };
+                let s = shape(g, 1);
+                out.push((1, unbroadcast(g, &base(g, 1), d, &s)?));
+            }
+        }
+        Op::Embedding => {
+            if want[0] {
+                let rows = g.ty(ins[0]).shape.0[0];
+                out.push((0, emit(g, &base(g, 0), Op::EmbeddingGrad { num_embeddings: rows }, &[dy, ins[1]])?));
+            }
+        }
+        Op::LayerNorm { .. } => {
+            let stats = [ValueId { node: n, slot: 1 }, ValueId { node: n, slot: 2 }];
+            let id = emit_grads(g, Op::LayerNormGrad, &[dy, ins[0], ins[1], stats[0], stats[1]], ins)?;
+            out.extend((0..3).filter(|&p| want[p]).map(|p| (p, ValueId { node: id, slot: p as u32 })));
+        }
+        Op::BatchNorm { eps, .. } => {
+            let stats = [ValueId { node: n, slot: 1 }, ValueId { node: n, slot: 2 }];
+            let id = emit_grads(g, Op::BatchNormGrad { eps }, &[dy, ins[0], ins[1], stats[0], stats[1]], ins)?;
+            out.extend((0..3).filter(|&p| want[p]).map(|p| (p, ValueId { node: id, slot: p as u32 })));
+        }
+        Op::Softmax { axis, .. } => out.push((0, emit(g, &base(g, 0), Op::SoftmaxGrad { axis }, &[dy, y])?)),
+        Op::LogSoftmax { axis } => out.push((0, emit(g, &base(g, 0), Op::LogSoftmaxGrad { axis }, &[dy, y])?)),
+        Op::Dropout { p, .. } => {
+            let mask = ValueId { node: n, slot: 1 };
+            out.push((0, emit(g, &base(g, 0), Op::DropoutGrad { p }, &[dy, mask])?));
+        }
+        Op::Conv2d { stride, padding } => {
+            if want[0] {
+                let s = shape(g, 0).0;
+                out.push((0, emit(g, &base(g, 0), Op::Conv2dGradInput { stride, padding, shape: s }, &[dy, ins[1]])?));
+            }
+            if want[1] {
+                let w = shape(g, 1).0;
+                let kernel = [w[2], w[3]];
+                out.push((1, emit(g, &base(g, 1), Op::Conv2dGradWeight { stride, padding, kernel }, &[dy, ins[0]])?));
+            }
+        }
+        Op::MaxPool2d(w) => out.push((0, emit(g, &base(g, 0), Op::MaxPool2dGrad(w), &[dy, ins[0]])?)),
+        Op::AvgPool2d(w) => {
+            let s = shape(g, 0).0;
+            out.push((0, emit(g, &base(g, 0), Op::AvgPool2dGrad { window: w, shape: s }, &[dy])?));
+        }
+        Op::Flatten { .. } | Op::Reshape { .. } => {
+            let s = shape(g, 0).0.iter().map(|&d| d as i64).collect();
+            out.push((0, emit(g, &base(g, 0), Op::Reshape { shape: s }, &[dy])?));
+        }
+        Op::Transpose { perm } => {
+            let mut inv = vec![0; perm.len()];
+            for (i, &p) in perm.iter().enumerate() {
+                inv[p] = i;
+            }
+            out.push((0, emit(g, &base(g, 0), Op::Transpose { perm: inv }, &[dy])?));
+        }
+        Op::ReduceSum { ref axes, keepdims } | Op::ReduceMean { ref axes, keepdims } => {
+            let x = g.ty(ins[0]).shape.clone();
+            let norm: Vec<usize> = axes.iter().map(|&a| x.axis(a)).collect::<Result<_, _>>()?;
+            let mut d = dy;
+            if !keepdims {
+                let kept: Vec<i64> =
+                    x.0.iter().enumerate().map(|(i, &s)| if norm.contains(&i) { 1 } else { s as i64 }).collect();
+                d = emit(g, &base(g, 0), Op::Reshape { shape: kept }, &[d])?;
+            }
+            d = emit(g, &base(g, 0), Op::BroadcastTo { shape: x.0.clone() }, &[d])?;
+            if matches!(op, Op::ReduceMean { .. }) {
+                let count: u64 = norm.iter().map(|&i| x.0[i]).product();
+                d = emit(g, &base(g, 0), Op::Scale { value: 1.0 / count as f64 }, &[d])?;
+            }
+            out.push((0, d));
+        }
+        Op::SumTo { .. } => {
+            let s = shape(g, 0).0;
+            out.push((0, emit(g, &base(g, 0), Op::BroadcastTo { shape: s }, &[dy])?));
+        }
+        Op::BroadcastTo { .. } => {
+            let s = shape(g, 0);
+            out.push((0, unbroadcast(g, &base(g, 0), dy, &s)?));
+        }
+        Op::CrossEntropy => {
+            if want[0] {
+                out.push((0, emit(g, &base(g, 0), Op::CrossEntropyGrad, &[dy, ins[0], ins[1]])?));
+            }
+        }
+        Op::Mse => {
+            if want[0] {
+                out.push((0, emit(g, &base(g, 0), Op::MseGrad, &[dy, ins[0], ins[1]])?));
+            }
+            if want[1] {
+                let d = emit(g, &base(g, 1), Op::MseGrad, &[dy, ins[1], ins[0]])?;
+                out.push((1, d));
+            }
+        }
+        Op::Constant { .. } | Op::Seed | Op::Input { .. } | Op::Param { .. } | Op::State { .. } => {}
+        Op::ReluGrad
+        | Op::GeluGrad
+        | Op::TanhGrad
+        | Op::SigmoidGrad
+        | Op::SoftmaxGrad { .. }
+        | Op::LogSoftmaxGrad { .. }
+        | Op::CrossEntropyGrad
+        | Op::MseGrad
+        | Op::EmbeddingGrad { .. }
+        | Op::LayerNormGrad
+        | Op::DropoutGrad { .. }
+        | Op::Conv2dGradInput { .. }
+        | Op::Conv2dGradWeight { .. }
+        | Op::BatchNormGrad { .. }
+        | Op::MaxPool2dGrad(_)
+        | Op::AvgPool2dGrad { .. } => {
+            return Err(fail(
+                g,
+                n,
+                "gradient ops in the forward part cannot be differentiated (no second-order gradients)",
+            ));
+        }
+    }
+    // A gradient takes its input's dtype (differs only when the graph mixes them).
+    for (port, d) in out.iter_mut() {
+        let want = g.ty(ins[*port]).dtype;
+        if g.ty(*d).dtype != want && want != DType::Bool {
+            *d = emit(g, &base(g, *port), Op::Cast { to: want }, &[*d])?;
+        }
+    }
+    Ok(out)
+}

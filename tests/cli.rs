@@ -1,0 +1,109 @@
+//! The `mpc` binary: exit codes, outputs, atomic writes.
+
+use std::process::{Command, Output};
+
+fn mpc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mpc")).args(args).output().expect("mpc runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn check_accepts_an_example() {
+    let o = mpc(&["check", "ir-examples/mlp.json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("ir-examples/mlp.json: ok"));
+}
+
+#[test]
+fn bad_input_exits_1_with_file_and_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{\n  \"format\": \"mpc/1\",\n  \"forward\": [}\n").unwrap();
+    let o = mpc(&["check", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("bad.json:3:15"), "{e}");
+}
+
+#[test]
+fn missing_file_exits_1() {
+    let o = mpc(&["check", "no/such.json"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("cannot read no/such.json"), "{}", stderr(&o));
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    assert_eq!(mpc(&["lower"]).status.code(), Some(2));
+    assert_eq!(mpc(&["lower", "ir-examples/mlp.json", "--emit", "png"]).status.code(), Some(2));
+    let o = mpc(&["lower", "ir-examples/mlp.json", "--print-after", "nonsense"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no pass is named `nonsense`"), "{}", stderr(&o));
+}
+
+#[test]
+fn lower_writes_every_format_and_json_reparses() {
+    let dir = tempfile::tempdir().unwrap();
+    for emit in ["json", "text", "dot"] {
+        let out = dir.path().join(format!("out.{emit}"));
+        let o = mpc(&["lower", "ir-examples/mlp.json", "--emit", emit, "-o", out.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(std::fs::metadata(&out).unwrap().len() > 100);
+    }
+    let again = mpc(&["check", dir.path().join("out.json").to_str().unwrap()]);
+    assert!(again.status.success(), "{}", stderr(&again));
+}
+
+#[test]
+fn a_failed_lower_leaves_the_output_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.json");
+    std::fs::write(&out, "precious").unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{\"format\": \"mpc/1\"").unwrap();
+    let o = mpc(&["lower", bad.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "precious");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "no temp file is left behind");
+}
+
+#[test]
+fn unwritable_output_is_an_error_not_a_panic() {
+    let o = mpc(&["lower", "ir-examples/mlp.json", "-o", "/no/such/dir/out.json"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("cannot write /no/such/dir/out.json"), "{}", stderr(&o));
+}
+
+#[test]
+fn print_after_shows_the_ir() {
+    let o = mpc(&["lower", "ir-examples/mlp.json", "--emit", "text", "--print-after", "dce"]);
+    assert!(o.status.success());
+    assert!(stderr(&o).contains("// after dce\ngraph \"mlp_digits\""), "{}", stderr(&o));
+}
+
+/// docs/mpc.schema.json must be what `mpc schema` prints; regenerate with
+/// `cargo run -- schema > docs/mpc.schema.json`.
+#[test]
+fn schema_is_current() {
+    let o = mpc(&["schema"]);
+    assert!(o.status.success());
+    let committed = std::fs::read_to_string("docs/mpc.schema.json").expect("docs/mpc.schema.json exists");
+    assert!(
+        committed == String::from_utf8_lossy(&o.stdout),
+        "docs/mpc.schema.json is stale: run `cargo run -- schema > docs/mpc.schema.json`"
+    );
+}
+
+/// Every example in the schema's eyes: the committed schema accepts what the
+/// parser accepts, at least on the examples (checked structurally: required
+/// top-level keys are present).
+#[test]
+fn schema_requires_what_the_parser_requires() {
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("docs/mpc.schema.json").unwrap()).unwrap();
+    let required: Vec<&str> = schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(required, ["format", "forward", "loss"]);
+}
