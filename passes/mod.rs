@@ -1,16 +1,23 @@
 //! The pass manager and the passes, one file each.
 //!
 //! A pass is a graph rewrite behind the [`Pass`] trait. [`lower`] runs the
-//! pipeline, written out in [`pipeline`], verifying the graph after every
+//! pipeline, written out in [`Pipeline`], verifying the graph after every
 //! pass when asked (always in debug builds and tests) so that a broken
 //! invariant is reported as "after <pass>".
 
 use crate::emit::text;
 use crate::graph::Graph;
+use crate::types::DType;
 use crate::verify::{self, VerifyError};
 
+pub mod autocast;
+pub mod cleanup;
 pub mod dce;
 pub mod grad;
+pub mod paint;
+pub mod table;
+
+pub use table::{Class, Table};
 
 /// A graph rewrite.
 pub trait Pass {
@@ -30,31 +37,65 @@ pub enum PassError {
 }
 
 /// Options of the pipeline.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Options {
+    /// The low type: f16 or bf16.
+    pub low: DType,
+    /// The op precision table; `None` means the default for `low`.
+    pub table: Option<Table>,
+    /// Unknown ops are an error rather than FP32 with a warning.
+    pub strict: bool,
     /// Verify after every pass. Always on in debug builds.
     pub verify_each: bool,
     /// Print the text IR to stderr after these passes.
     pub print_after: Vec<String>,
 }
 
-/// The pipeline, in order.
-pub fn pipeline(_opts: &Options) -> Vec<Box<dyn Pass>> {
-    vec![Box::new(grad::Grad), Box::new(dce::Dce)]
+impl Default for Options {
+    fn default() -> Options {
+        Options { low: DType::F16, table: None, strict: false, verify_each: false, print_after: Vec::new() }
+    }
+}
+
+/// The passes, in order, with their settings.
+pub struct Pipeline {
+    pub grad: grad::Grad,
+    pub autocast: autocast::Autocast,
+    pub cleanup: cleanup::Cleanup,
+}
+
+impl Pipeline {
+    pub fn new(opts: &Options) -> Pipeline {
+        let table = opts.table.clone().unwrap_or_else(|| Table::default_for(opts.low));
+        Pipeline { grad: grad::Grad, autocast: autocast::Autocast::new(table, opts.strict), cleanup: cleanup::Cleanup }
+    }
+
+    /// The pipeline, in the order it runs.
+    pub fn passes(&mut self) -> [&mut dyn Pass; 3] {
+        [&mut self.grad, &mut self.autocast, &mut self.cleanup]
+    }
 }
 
 /// The names of every pass, for `--print-after` validation.
 pub fn pass_names() -> Vec<&'static str> {
-    pipeline(&Options::default()).iter().map(|p| p.name()).collect()
+    Pipeline::new(&Options::default()).passes().iter().map(|p| p.name()).collect()
+}
+
+/// What lowering decided, for reports.
+#[derive(Debug)]
+pub struct Lowered {
+    pub autocast: autocast::Report,
 }
 
 /// Runs the whole pipeline on `g`.
-pub fn lower(g: &mut Graph, opts: &Options) -> Result<(), PassError> {
-    run_passes(g, &mut pipeline(opts), opts)
+pub fn lower(g: &mut Graph, opts: &Options) -> Result<Lowered, PassError> {
+    let mut p = Pipeline::new(opts);
+    run_passes(g, &mut p.passes(), opts)?;
+    Ok(Lowered { autocast: p.autocast.report })
 }
 
 /// Runs the given passes in order, with verification and printing as `opts` say.
-pub fn run_passes(g: &mut Graph, passes: &mut [Box<dyn Pass>], opts: &Options) -> Result<(), PassError> {
+pub fn run_passes(g: &mut Graph, passes: &mut [&mut dyn Pass], opts: &Options) -> Result<(), PassError> {
     let verify_each = opts.verify_each || cfg!(debug_assertions);
     for pass in passes.iter_mut() {
         pass.run(g)?;

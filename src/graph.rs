@@ -348,11 +348,17 @@ impl Graph {
         Ok(node)
     }
 
-    /// A topological order, deterministic: among ready nodes the lowest index
-    /// goes first, so a graph written in order keeps its order. `Err` holds
-    /// the nodes that lie on or behind a cycle.
+    /// A topological order, deterministic: forward nodes first, then
+    /// backward, then optimizer and scaler nodes; within that, the lowest
+    /// index goes first, so a graph written in order keeps its order. `Err`
+    /// holds the nodes that lie on or behind a cycle.
     pub fn topo_order(&self) -> Result<Vec<NodeId>, Vec<NodeId>> {
         let bound = self.g.node_bound();
+        let rank = |n: NodeIndex<u32>| match self.g[n].role {
+            Role::Forward => 0u32,
+            Role::Backward => 1,
+            Role::Optimizer | Role::Scaler => 2,
+        };
         let mut indeg = vec![0u32; bound];
         let mut in_order = true;
         for e in self.g.edge_indices() {
@@ -361,18 +367,26 @@ impl Graph {
             in_order &= a.index() < b.index();
         }
         if in_order {
+            let mut last = 0;
+            in_order = self.g.node_indices().all(|n| std::mem::replace(&mut last, rank(n)) <= rank(n));
+        }
+        if in_order {
             return Ok(self.node_ids().collect());
         }
-        let mut ready: BinaryHeap<Reverse<u32>> =
-            self.g.node_indices().filter(|n| indeg[n.index()] == 0).map(|n| Reverse(n.index() as u32)).collect();
+        let mut ready: BinaryHeap<Reverse<(u32, u32)>> = self
+            .g
+            .node_indices()
+            .filter(|n| indeg[n.index()] == 0)
+            .map(|n| Reverse((rank(n), n.index() as u32)))
+            .collect();
         let mut order = Vec::with_capacity(self.g.node_count());
-        while let Some(Reverse(i)) = ready.pop() {
+        while let Some(Reverse((_, i))) = ready.pop() {
             let n = NodeIndex::new(i as usize);
             order.push(NodeId(n));
             for t in self.g.neighbors_directed(n, Direction::Outgoing) {
                 indeg[t.index()] -= 1;
                 if indeg[t.index()] == 0 {
-                    ready.push(Reverse(t.index() as u32));
+                    ready.push(Reverse((rank(t), t.index() as u32)));
                 }
             }
         }

@@ -21,6 +21,36 @@ enum LowType {
     Bf16,
 }
 
+/// Settings of the mixed-precision passes, shared by `lower` and `explain`.
+#[derive(clap::Args)]
+struct PassArgs {
+    /// The low-precision type.
+    #[arg(long, value_enum, default_value = "fp16")]
+    precision: LowType,
+    /// A JSON file that moves ops between precision classes, e.g. {"fp32": ["gelu"]}.
+    #[arg(long, value_name = "FILE")]
+    table: Option<PathBuf>,
+    /// Make ops without a precision class an error instead of FP32 with a warning.
+    #[arg(long)]
+    strict: bool,
+}
+
+impl PassArgs {
+    fn options(&self) -> Result<passes::Options, miette::Report> {
+        let low = match self.precision {
+            LowType::Fp16 => mpc::DType::F16,
+            LowType::Bf16 => mpc::DType::Bf16,
+        };
+        let mut table = passes::Table::default_for(low);
+        if let Some(path) = &self.table {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| miette::Report::msg(format!("cannot read {}: {e}", path.display())))?;
+            table.apply_file(&text).map_err(|e| miette::Report::msg(format!("{}: {e}", path.display())))?;
+        }
+        Ok(passes::Options { low, table: Some(table), strict: self.strict, ..passes::Options::default() })
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Parse and verify a graph.
@@ -38,15 +68,24 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value = "json")]
         emit: Emit,
-        /// The low-precision type. Accepted now; the autocast pass that uses it is not in the pipeline yet.
-        #[arg(long, value_enum, default_value = "fp16")]
-        precision: LowType,
+        #[command(flatten)]
+        passes: PassArgs,
         /// Verify the graph after every pass (always on in debug builds).
         #[arg(long)]
         verify_each: bool,
         /// Print the text IR to stderr after this pass (repeatable).
         #[arg(long, value_name = "PASS")]
         print_after: Vec<String>,
+    },
+    /// Show, for every node, its precision class, chosen type and the rule that chose it.
+    Explain {
+        /// The graph file (JSON, format mpc/1).
+        model: PathBuf,
+        #[command(flatten)]
+        passes: PassArgs,
+        /// Print JSON for tools instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the JSON Schema of the graph format.
     Schema,
@@ -71,6 +110,19 @@ fn usage_error(message: String) -> ! {
     Cli::command().error(clap::error::ErrorKind::InvalidValue, message).exit()
 }
 
+fn load_and_lower(
+    model: &std::path::Path,
+    opts: &passes::Options,
+) -> Result<(mpc::Graph, passes::Lowered), miette::Report> {
+    let loaded = load(model).map_err(|e| e.into_report())?;
+    let mut g = loaded.graph;
+    if let Err(e) = mpc::verify(&g) {
+        return Err(problems_report(&model.display().to_string(), &loaded.text, &e.0));
+    }
+    let lowered = passes::lower(&mut g, opts).map_err(|e| miette::Report::msg(format!("{}: {e}", model.display())))?;
+    Ok((g, lowered))
+}
+
 fn run(cli: Cli) -> Result<(), miette::Report> {
     match cli.command {
         Command::Check { model } => {
@@ -92,21 +144,17 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
             );
             Ok(())
         }
-        Command::Lower { model, output, emit: how, precision, verify_each, print_after } => {
+        Command::Lower { model, output, emit: how, passes: pass_args, verify_each, print_after } => {
             let names = passes::pass_names();
             if let Some(p) = print_after.iter().find(|p| !names.contains(&p.as_str())) {
                 usage_error(format!("--print-after: no pass is named `{p}`; the passes are: {}", names.join(", ")));
             }
-            if precision == LowType::Bf16 {
-                eprintln!("note: --precision has no effect yet: the autocast pass is not in the pipeline");
+            let opts = passes::Options { verify_each, print_after, ..pass_args.options()? };
+            let (g, lowered) = load_and_lower(&model, &opts)?;
+            for w in &lowered.autocast.warnings {
+                eprintln!("warning: {w}");
             }
-            let loaded = load(&model).map_err(|e| e.into_report())?;
-            let mut g = loaded.graph;
-            if let Err(e) = mpc::verify(&g) {
-                return Err(problems_report(&model.display().to_string(), &loaded.text, &e.0));
-            }
-            let opts = passes::Options { verify_each, print_after };
-            passes::lower(&mut g, &opts).map_err(|e| miette::Report::msg(format!("{}: {e}", model.display())))?;
+            eprintln!("{}: {}", model.display(), lowered.autocast.summary());
             let out = emit::emit(&g, how);
             match output {
                 Some(path) => write_atomic(&path, out.as_bytes())
@@ -118,6 +166,26 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
                     let _ = stdout.write_all(out.as_bytes());
                 }
             }
+            Ok(())
+        }
+        Command::Explain { model, passes: pass_args, json } => {
+            let opts = pass_args.options()?;
+            let (_, lowered) = load_and_lower(&model, &opts)?;
+            let r = &lowered.autocast;
+            if json {
+                println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+                return Ok(());
+            }
+            let w = r.decisions.iter().map(|d| d.node.len()).max().unwrap_or(4).max(4);
+            println!("{:w$}  {:18}  {:6}  {:5}  rule", "node", "op", "class", "type");
+            for d in &r.decisions {
+                let class = d.class.map(|c| c.name()).unwrap_or("-");
+                println!("{:w$}  {:18}  {:6}  {:5}  {}", d.node, d.op, class, d.dtype, d.rule);
+            }
+            for warning in &r.warnings {
+                println!("warning: {warning}");
+            }
+            println!("{}", r.summary());
             Ok(())
         }
         Command::Schema => {

@@ -123,7 +123,7 @@ impl Window {
 macro_rules! op_kinds {
     ($($kind:ident => $name:literal,)*) => {
         /// The name of an op, as written in the `"op"` field.
-        #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+        #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
         pub enum OpKind {
             /// Only a placeholder for `RawNode::default()`.
             #[default]

@@ -79,9 +79,9 @@ fn unwritable_output_is_an_error_not_a_panic() {
 
 #[test]
 fn print_after_shows_the_ir() {
-    let o = mpc(&["lower", "ir-examples/mlp.json", "--emit", "text", "--print-after", "dce"]);
+    let o = mpc(&["lower", "ir-examples/mlp.json", "--emit", "text", "--print-after", "cleanup"]);
     assert!(o.status.success());
-    assert!(stderr(&o).contains("// after dce\ngraph \"mlp_digits\""), "{}", stderr(&o));
+    assert!(stderr(&o).contains("// after cleanup\ngraph \"mlp_digits\""), "{}", stderr(&o));
 }
 
 /// docs/mpc.schema.json must be what `mpc schema` prints; regenerate with

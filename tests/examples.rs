@@ -36,14 +36,17 @@ fn examples_round_trip_through_json() {
 #[test]
 fn examples_after_each_pass() {
     insta::glob!("../ir-examples", "*.json", |path| {
-        let mut g = load(path);
+        let g = load(path);
         insta::assert_snapshot!("parsed", text::to_string(&g));
-        let opts = Options { verify_each: true, ..Options::default() };
-        for mut pass in passes::pipeline(&opts) {
-            let name = pass.name();
-            passes::run_passes(&mut g, std::slice::from_mut(&mut pass), &opts)
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            insta::assert_snapshot!(format!("after_{name}"), text::to_string(&g));
+        for low in [mpc::DType::F16, mpc::DType::Bf16] {
+            let mut g = g.clone();
+            let opts = Options { verify_each: true, low, ..Options::default() };
+            let mut pipeline = passes::Pipeline::new(&opts);
+            for pass in pipeline.passes() {
+                let name = pass.name();
+                passes::run_passes(&mut g, &mut [pass], &opts).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                insta::assert_snapshot!(format!("{low}_after_{name}"), text::to_string(&g));
+            }
         }
     });
 }

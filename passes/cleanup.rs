@@ -1,0 +1,94 @@
+//! cleanup: folds casts that change nothing, then removes dead code.
+//!
+//! A cast to the type its input already has vanishes. A chain
+//! `cast(cast(x: A -> B) -> A)` folds to `x` only when B holds every value of
+//! A exactly (f16 -> f32 -> f16); a chain that rounds (f32 -> f16 -> f32)
+//! stays, because it changes the values.
+
+use crate::graph::{Graph, ValueId};
+use crate::op::Op;
+use crate::types::DType;
+
+use super::dce::Dce;
+use super::{Pass, PassError};
+
+pub struct Cleanup;
+
+/// Whether every value of `from` is exactly representable in `via`.
+pub fn exact_via(from: DType, via: DType) -> bool {
+    from == via || (from.is_low() && via == DType::F32) || (from == DType::I32 && via == DType::I64)
+}
+
+impl Pass for Cleanup {
+    fn name(&self) -> &'static str {
+        "cleanup"
+    }
+
+    fn run(&mut self, g: &mut Graph) -> Result<bool, PassError> {
+        let order = g
+            .topo_order()
+            .map_err(|_| PassError::Failed { pass: "cleanup", message: "the graph has a cycle".into() })?;
+        let mut changed = false;
+        for n in order {
+            let Op::Cast { to } = g.node(n).op else { continue };
+            let Some(&input) = g.inputs(n).first() else { continue };
+            let out = ValueId { node: n, slot: 0 };
+            let replacement = if g.ty(input).dtype == to {
+                Some(input)
+            } else if let Op::Cast { to: via } = g.node(input.node).op {
+                let src = g.inputs(input.node)[0];
+                (g.ty(src).dtype == to && exact_via(to, via)).then_some(src)
+            } else {
+                None
+            };
+            if let Some(r) = replacement {
+                g.replace_uses(out, r);
+                changed = true;
+            }
+        }
+        changed |= Dce.run(g)?;
+        Ok(changed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::op::Role;
+    use crate::types::TensorType;
+
+    fn chain(first: DType, via: DType) -> (Graph, ValueId, ValueId) {
+        let mut g = Graph::new("t");
+        let x = g.add_node("x", Op::Input { ty: TensorType::new(first, vec![4]) }, Role::Forward, &[]).unwrap();
+        let x = ValueId { node: x, slot: 0 };
+        let a = g.add_node("a", Op::Cast { to: via }, Role::Forward, &[x]).unwrap();
+        let b = g.add_node("b", Op::Cast { to: first }, Role::Forward, &[ValueId { node: a, slot: 0 }]).unwrap();
+        let r = g.add_node("r", Op::Relu, Role::Forward, &[ValueId { node: b, slot: 0 }]).unwrap();
+        let l = g.add_node(
+            "l",
+            Op::ReduceSum { axes: vec![0], keepdims: false },
+            Role::Forward,
+            &[ValueId { node: r, slot: 0 }],
+        );
+        g.loss = Some(ValueId { node: l.unwrap(), slot: 0 });
+        (g, x, ValueId { node: r, slot: 0 })
+    }
+
+    #[test]
+    fn exact_round_trip_folds() {
+        let (mut g, x, r) = chain(DType::F16, DType::F32);
+        assert!(Cleanup.run(&mut g).unwrap());
+        assert_eq!(g.inputs(r.node), vec![x]);
+        assert_eq!(g.node_count(), 3);
+    }
+
+    #[test]
+    fn rounding_round_trip_stays() {
+        let (mut g, x, r) = chain(DType::F32, DType::F16);
+        assert!(!Cleanup.run(&mut g).unwrap());
+        assert_ne!(g.inputs(r.node), vec![x]);
+        assert_eq!(g.node_count(), 5);
+        let (mut g, _, _) = chain(DType::F16, DType::Bf16);
+        assert!(!Cleanup.run(&mut g).unwrap(), "f16 -> bf16 -> f16 loses mantissa bits");
+    }
+}

@@ -1,0 +1,181 @@
+//! Properties of the lowered examples, for FP16 and BF16.
+
+use std::collections::HashSet;
+
+use mpc::passes::{self, Class, Options, Table};
+use mpc::{DType, Graph, Op, ValueId};
+
+fn examples() -> Vec<(String, Graph)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("ir-examples").unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let g = mpc::parse_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            out.push((path.display().to_string(), g));
+        }
+    }
+    assert!(out.len() >= 4);
+    out
+}
+
+fn lowered(low: DType) -> Vec<(String, Graph, passes::Lowered)> {
+    examples()
+        .into_iter()
+        .map(|(name, mut g)| {
+            let l = passes::lower(&mut g, &Options { low, verify_each: true, ..Options::default() })
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            (name, g, l)
+        })
+        .collect()
+}
+
+#[test]
+fn every_op_computes_in_its_class_type() {
+    for low in [DType::F16, DType::Bf16] {
+        let table = Table::default_for(low);
+        for (name, g, _) in lowered(low) {
+            for n in g.node_ids() {
+                let node = g.node(n);
+                let Some(out) = node.outputs.first() else { continue };
+                if node.precision.is_some() || !out.ty.dtype.is_float() {
+                    continue;
+                }
+                match table.class(node.op.kind()) {
+                    Some(Class::Low) => assert_eq!(out.ty.dtype, low, "{name}: {} must compute in {low}", node.name),
+                    Some(Class::Fp32) => assert_eq!(out.ty.dtype, DType::F32, "{name}: {} must stay f32", node.name),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn no_value_is_cast_twice_to_one_type() {
+    for low in [DType::F16, DType::Bf16] {
+        for (name, g, _) in lowered(low) {
+            let mut seen: HashSet<(ValueId, DType)> = HashSet::new();
+            for n in g.node_ids() {
+                if let Op::Cast { to } = g.node(n).op {
+                    let input = g.inputs(n)[0];
+                    assert!(seen.insert((input, to)), "{name}: `{}` is cast to {to} twice", g.value_name(input));
+                    assert_ne!(g.ty(input).dtype, to, "{name}: a cast to the same type survived");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn lowering_twice_changes_nothing() {
+    for low in [DType::F16, DType::Bf16] {
+        for (name, g, _) in lowered(low) {
+            let mut again = g.clone();
+            passes::lower(&mut again, &Options { low, ..Options::default() }).unwrap();
+            assert!(again == g, "{name}: a second lowering changed the graph");
+        }
+    }
+}
+
+#[test]
+fn low_ops_dominate_and_casts_are_few() {
+    let (_, g, l) = lowered(DType::F16).into_iter().find(|(n, _, _)| n.ends_with("gpt_block.json")).unwrap();
+    let r = &l.autocast;
+    assert!(r.low_nodes * 2 > r.float_nodes, "{}", r.summary());
+    // Every cast reads a value produced outside its consumer's type: at most
+    // one per (value, type), bounded by the number of float edges.
+    let casts = g.node_ids().filter(|&n| matches!(g.node(n).op, Op::Cast { .. })).count();
+    assert_eq!(casts, r.casts_inserted);
+}
+
+fn graph(forward: &str) -> Graph {
+    let text = format!(
+        r#"{{"format": "mpc/1",
+        "inputs": [{{"name": "x", "shape": [4, 8]}}],
+        "params": [{{"name": "w", "shape": [8, 8], "init": {{"kind": "zeros"}}}}],
+        "forward": [{forward}],
+        "loss": "loss"}}"#
+    );
+    mpc::parse_str(&text).unwrap()
+}
+
+#[test]
+fn an_attention_mask_that_overflows_fp16_stays_fp32() {
+    let mut g = graph(
+        r#"{"name": "s", "op": "matmul", "inputs": ["x", "w"]},
+           {"name": "mask", "op": "constant", "value": -1e9, "shape": [4, 8]},
+           {"name": "m", "op": "add", "inputs": ["s", "mask"]},
+           {"name": "p", "op": "softmax", "inputs": ["m"]},
+           {"name": "loss", "op": "reduce_sum", "inputs": ["p"], "axes": [0, 1]}"#,
+    );
+    let l = passes::lower(&mut g, &Options::default()).unwrap();
+    let ty = |name: &str| g.ty(g.value(name).unwrap()).dtype;
+    assert_eq!(ty("s"), DType::F16);
+    assert_eq!(ty("mask"), DType::F32);
+    assert_eq!(ty("m"), DType::F32);
+    assert!(
+        l.autocast.warnings.iter().any(|w| w.contains("`mask` = -1000000000 does not fit f16")),
+        "{:?}",
+        l.autocast.warnings
+    );
+    // BF16 has the range: no warning there.
+    let mut g2 = graph(
+        r#"{"name": "s", "op": "matmul", "inputs": ["x", "w"]},
+           {"name": "mask", "op": "constant", "value": -1e9, "shape": [4, 8]},
+           {"name": "m", "op": "add", "inputs": ["s", "mask"]},
+           {"name": "loss", "op": "reduce_sum", "inputs": ["m"], "axes": [0, 1]}"#,
+    );
+    let l2 = passes::lower(&mut g2, &Options { low: DType::Bf16, ..Options::default() }).unwrap();
+    assert!(l2.autocast.warnings.is_empty(), "{:?}", l2.autocast.warnings);
+}
+
+#[test]
+fn precision_pins_override_the_table() {
+    let mut g = graph(
+        r#"{"name": "h", "op": "matmul", "inputs": ["x", "w"], "precision": "fp32"},
+           {"name": "e", "op": "exp", "inputs": ["h"], "precision": "low"},
+           {"name": "loss", "op": "reduce_sum", "inputs": ["e"], "axes": [0, 1]}"#,
+    );
+    let l = passes::lower(&mut g, &Options::default()).unwrap();
+    assert_eq!(g.ty(g.value("h").unwrap()).dtype, DType::F32);
+    assert_eq!(g.ty(g.value("e").unwrap()).dtype, DType::F16);
+    let rule = |n: &str| l.autocast.decisions.iter().find(|d| d.node == n).unwrap().rule.clone();
+    assert!(rule("h").contains("pinned fp32"), "{}", rule("h"));
+    assert!(rule("e").contains("pinned low"), "{}", rule("e"));
+}
+
+#[test]
+fn a_table_file_moves_ops() {
+    let mut table = Table::default_for(DType::F16);
+    table.apply_file(r#"{"fp32": ["matmul"]}"#).unwrap();
+    let mut g = graph(
+        r#"{"name": "h", "op": "matmul", "inputs": ["x", "w"]},
+           {"name": "loss", "op": "reduce_sum", "inputs": ["h"], "axes": [0, 1]}"#,
+    );
+    let l = passes::lower(&mut g, &Options { table: Some(table), ..Options::default() }).unwrap();
+    assert_eq!(l.autocast.low_nodes, 0);
+    assert_eq!(l.autocast.casts_inserted, 0);
+}
+
+#[test]
+fn a_user_cast_round_trip_folds_only_when_exact() {
+    let text = |first: &str, via: &str| {
+        format!(
+            r#"{{"format": "mpc/1",
+            "inputs": [{{"name": "x", "shape": [4, 8], "dtype": "{first}"}}],
+            "params": [],
+            "forward": [
+              {{"name": "a", "op": "cast", "inputs": ["x"], "to": "{via}"}},
+              {{"name": "b", "op": "cast", "inputs": ["a"], "to": "{first}"}},
+              {{"name": "loss", "op": "reduce_sum", "inputs": ["b"], "axes": [0, 1], "precision": "{p}"}}],
+            "loss": "loss"}}"#,
+            p = if first == "f32" { "fp32" } else { "low" }
+        )
+    };
+    let mut g = mpc::parse_str(&text("f16", "f32")).unwrap();
+    passes::lower(&mut g, &Options::default()).unwrap();
+    assert!(g.value("a").is_none() && g.value("b").is_none(), "f16 -> f32 -> f16 folds");
+    let mut g = mpc::parse_str(&text("f32", "f16")).unwrap();
+    passes::lower(&mut g, &Options::default()).unwrap();
+    assert!(g.value("a").is_some() && g.value("b").is_some(), "f32 -> f16 -> f32 rounds and stays");
+}
