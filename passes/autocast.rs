@@ -82,8 +82,9 @@ fn kept_ports(op: &Op) -> &'static [usize] {
     match op {
         Op::BatchNorm { .. } | Op::LayerNorm { .. } => &[1, 2],
         Op::BatchNormGrad { .. } | Op::LayerNormGrad => &[2, 3, 4],
-        // The seed takes the loss in whatever type it has.
-        Op::Seed => &[0],
+        // The seed takes the loss in whatever type it has; unscale is itself
+        // the cast of a gradient to FP32.
+        Op::Seed | Op::Unscale => &[0],
         _ => &[],
     }
 }

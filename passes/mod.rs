@@ -14,9 +14,12 @@ pub mod autocast;
 pub mod cleanup;
 pub mod dce;
 pub mod grad;
+pub mod loss_scale;
+pub mod master_weights;
 pub mod paint;
 pub mod table;
 
+pub use loss_scale::LossScale;
 pub use table::{Class, Table};
 
 /// A graph rewrite.
@@ -45,6 +48,8 @@ pub struct Options {
     pub table: Option<Table>,
     /// Unknown ops are an error rather than FP32 with a warning.
     pub strict: bool,
+    /// Loss scaling; `None` means the default for `low` (dynamic for f16, none for bf16).
+    pub loss_scale: Option<LossScale>,
     /// Verify after every pass. Always on in debug builds.
     pub verify_each: bool,
     /// Print the text IR to stderr after these passes.
@@ -53,7 +58,14 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Options {
-        Options { low: DType::F16, table: None, strict: false, verify_each: false, print_after: Vec::new() }
+        Options {
+            low: DType::F16,
+            table: None,
+            strict: false,
+            loss_scale: None,
+            verify_each: false,
+            print_after: Vec::new(),
+        }
     }
 }
 
@@ -61,18 +73,27 @@ impl Default for Options {
 pub struct Pipeline {
     pub grad: grad::Grad,
     pub autocast: autocast::Autocast,
+    pub loss_scale: loss_scale::LossScaling,
+    pub master_weights: master_weights::MasterWeights,
     pub cleanup: cleanup::Cleanup,
 }
 
 impl Pipeline {
     pub fn new(opts: &Options) -> Pipeline {
         let table = opts.table.clone().unwrap_or_else(|| Table::default_for(opts.low));
-        Pipeline { grad: grad::Grad, autocast: autocast::Autocast::new(table, opts.strict), cleanup: cleanup::Cleanup }
+        let mode = opts.loss_scale.unwrap_or_else(|| LossScale::default_for(opts.low));
+        Pipeline {
+            grad: grad::Grad,
+            autocast: autocast::Autocast::new(table, opts.strict),
+            loss_scale: loss_scale::LossScaling { mode },
+            master_weights: master_weights::MasterWeights,
+            cleanup: cleanup::Cleanup,
+        }
     }
 
     /// The pipeline, in the order it runs.
-    pub fn passes(&mut self) -> [&mut dyn Pass; 3] {
-        [&mut self.grad, &mut self.autocast, &mut self.cleanup]
+    pub fn passes(&mut self) -> [&mut dyn Pass; 5] {
+        [&mut self.grad, &mut self.autocast, &mut self.loss_scale, &mut self.master_weights, &mut self.cleanup]
     }
 }
 

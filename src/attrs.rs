@@ -7,7 +7,8 @@ use crate::types::{DType, TensorType};
 /// An attribute problem: the field and what was expected.
 pub type AttrError = (&'static str, String);
 
-const ATTRS: [&str; 18] = [
+/// Every attribute field of a node, in the order the text form prints them.
+const ATTRS: [&str; N_ATTRS] = [
     "transpose_a",
     "transpose_b",
     "axis",
@@ -26,10 +27,22 @@ const ATTRS: [&str; 18] = [
     "kernel",
     "stride",
     "padding",
+    "num_embeddings",
+    "lr",
+    "beta1",
+    "beta2",
+    "weight_decay",
+    "decoupled",
+    "growth_factor",
+    "backoff_factor",
+    "growth_interval",
+    "max_norm",
 ];
+const N_ATTRS: usize = 28;
 
 fn present(n: &RawNode) -> impl Iterator<Item = &'static str> {
-    let set = [
+    // Same length as ATTRS, checked by the type.
+    let set: [bool; N_ATTRS] = [
         n.transpose_a.is_some(),
         n.transpose_b.is_some(),
         n.axis.is_some(),
@@ -48,12 +61,18 @@ fn present(n: &RawNode) -> impl Iterator<Item = &'static str> {
         n.kernel.is_some(),
         n.stride.is_some(),
         n.padding.is_some(),
+        n.num_embeddings.is_some(),
+        n.lr.is_some(),
+        n.beta1.is_some(),
+        n.beta2.is_some(),
+        n.weight_decay.is_some(),
+        n.decoupled.is_some(),
+        n.growth_factor.is_some(),
+        n.backoff_factor.is_some(),
+        n.growth_interval.is_some(),
+        n.max_norm.is_some(),
     ];
-    ATTRS
-        .into_iter()
-        .zip(set)
-        .filter_map(|(a, s)| s.then_some(a))
-        .chain(n.num_embeddings.is_some().then_some("num_embeddings"))
+    ATTRS.into_iter().zip(set).filter_map(|(a, s)| s.then_some(a))
 }
 
 /// The attributes each op takes.
@@ -79,6 +98,11 @@ pub fn allowed(kind: OpKind) -> &'static [&'static str] {
         MaxPool2d | AvgPool2d | MaxPool2dGrad => &["kernel", "stride", "padding"],
         AvgPool2dGrad => &["kernel", "stride", "padding", "shape"],
         EmbeddingGrad => &["num_embeddings"],
+        ScaleUpdate => &["growth_factor", "backoff_factor", "growth_interval"],
+        ClipCoef => &["max_norm"],
+        Sgd => &["lr", "weight_decay"],
+        SgdMomentum => &["lr", "momentum", "weight_decay"],
+        Adam => &["lr", "beta1", "beta2", "eps", "weight_decay", "decoupled"],
         _ => &[],
     }
 }
@@ -254,6 +278,30 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
         }
         K::BatchNormGrad => Op::BatchNormGrad { eps: eps(n)? },
         K::MaxPool2dGrad => Op::MaxPool2dGrad(window(n, kind)?),
+        K::Unscale => Op::Unscale,
+        K::FoundInf => Op::FoundInf,
+        K::ScaleUpdate => Op::ScaleUpdate {
+            growth_factor: n.growth_factor.unwrap_or(2.0),
+            backoff_factor: n.backoff_factor.unwrap_or(0.5),
+            growth_interval: n.growth_interval.unwrap_or(2000),
+        },
+        K::Select => Op::Select,
+        K::GlobalNorm => Op::GlobalNorm,
+        K::ClipCoef => Op::ClipCoef { max_norm: need(&n.max_norm, "max_norm", kind)? },
+        K::Sgd => Op::Sgd { lr: need(&n.lr, "lr", kind)?, weight_decay: n.weight_decay.unwrap_or(0.0) },
+        K::SgdMomentum => Op::SgdMomentum {
+            lr: need(&n.lr, "lr", kind)?,
+            momentum: need(&n.momentum, "momentum", kind)?,
+            weight_decay: n.weight_decay.unwrap_or(0.0),
+        },
+        K::Adam => Op::Adam {
+            lr: need(&n.lr, "lr", kind)?,
+            beta1: n.beta1.unwrap_or(0.9),
+            beta2: n.beta2.unwrap_or(0.999),
+            eps: n.eps.unwrap_or(1e-8),
+            weight_decay: n.weight_decay.unwrap_or(0.0),
+            decoupled: n.decoupled.unwrap_or(false),
+        },
         K::AvgPool2dGrad => {
             Op::AvgPool2dGrad { window: window(n, kind)?, shape: dims(&need(&n.shape, "shape", kind)?, "shape")? }
         }
@@ -330,6 +378,29 @@ pub fn op_to_raw(op: &Op, n: &mut RawNode) {
         }
         Op::SumTo { shape } | Op::BroadcastTo { shape } => n.shape = ishape(shape),
         Op::EmbeddingGrad { num_embeddings } => n.num_embeddings = Some(*num_embeddings),
+        Op::ScaleUpdate { growth_factor, backoff_factor, growth_interval } => {
+            n.growth_factor = Some(*growth_factor);
+            n.backoff_factor = Some(*backoff_factor);
+            n.growth_interval = Some(*growth_interval);
+        }
+        Op::ClipCoef { max_norm } => n.max_norm = Some(*max_norm),
+        Op::Sgd { lr, weight_decay } => {
+            n.lr = Some(*lr);
+            n.weight_decay = Some(*weight_decay);
+        }
+        Op::SgdMomentum { lr, momentum, weight_decay } => {
+            n.lr = Some(*lr);
+            n.momentum = Some(*momentum);
+            n.weight_decay = Some(*weight_decay);
+        }
+        Op::Adam { lr, beta1, beta2, eps, weight_decay, decoupled } => {
+            n.lr = Some(*lr);
+            n.beta1 = Some(*beta1);
+            n.beta2 = Some(*beta2);
+            n.eps = Some(*eps);
+            n.weight_decay = Some(*weight_decay);
+            n.decoupled = flag(*decoupled);
+        }
         Op::Input { .. }
         | Op::Param { .. }
         | Op::State { .. }
@@ -354,7 +425,11 @@ pub fn op_to_raw(op: &Op, n: &mut RawNode) {
         | Op::SigmoidGrad
         | Op::CrossEntropyGrad
         | Op::MseGrad
-        | Op::LayerNormGrad => {}
+        | Op::LayerNormGrad
+        | Op::Unscale
+        | Op::FoundInf
+        | Op::Select
+        | Op::GlobalNorm => {}
     }
 }
 
@@ -365,7 +440,7 @@ pub fn op_attrs_text(op: &Op) -> String {
     let v = serde_json::to_value(&n).unwrap_or_default();
     let mut out = String::new();
     if let serde_json::Value::Object(map) = v {
-        for key in ATTRS.iter().chain(["num_embeddings"].iter()) {
+        for key in ATTRS.iter() {
             if let Some(val) = map.get(*key) {
                 out.push(' ');
                 out.push_str(key);
@@ -402,6 +477,10 @@ mod tests {
             Op::ReduceMean { axes: vec![0], keepdims: true },
             Op::EmbeddingGrad { num_embeddings: 65 },
             Op::BatchNorm { eps: 1e-3, momentum: 0.2 },
+            Op::ScaleUpdate { growth_factor: 2.0, backoff_factor: 0.5, growth_interval: 2000 },
+            Op::Adam { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, decoupled: true },
+            Op::SgdMomentum { lr: 0.1, momentum: 0.9, weight_decay: 0.0 },
+            Op::ClipCoef { max_norm: 1.0 },
         ];
         for op in ops {
             let mut n = RawNode { name: "n".into(), op: op.kind(), ..RawNode::default() };

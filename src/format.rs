@@ -167,6 +167,33 @@ pub struct RawNode {
     /// embedding_grad: rows of the embedding table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_embeddings: Option<u64>,
+    /// sgd, sgd_momentum, adam: learning rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    /// adam: first-moment decay (default 0.9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta1: Option<f64>,
+    /// adam: second-moment decay (default 0.999).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta2: Option<f64>,
+    /// sgd, sgd_momentum, adam: weight decay (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f64>,
+    /// adam: decoupled weight decay, i.e. AdamW (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoupled: Option<bool>,
+    /// scale_update: factor on a clean growth interval (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub growth_factor: Option<f64>,
+    /// scale_update: factor on overflow (default 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_factor: Option<f64>,
+    /// scale_update: clean steps before the scale grows (default 2000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub growth_interval: Option<u32>,
+    /// clip_coef: the largest global gradient norm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_norm: Option<f64>,
 }
 
 /// Optimizer kinds.

@@ -8,10 +8,11 @@ use crate::types::{DType, Shape, TensorType};
 
 type Result<T> = std::result::Result<T, String>;
 
-/// Number of inputs each op takes.
-pub fn arity(op: &Op) -> usize {
+/// Number of inputs each op takes: (at least, at most).
+pub fn arity(op: &Op) -> (usize, usize) {
     use Op::*;
-    match op {
+    let n = match op {
+        FoundInf | GlobalNorm => return (1, usize::MAX),
         Input { .. } | Param { .. } | State { .. } | Constant { .. } => 0,
         Seed
         | Cast { .. }
@@ -35,7 +36,8 @@ pub fn arity(op: &Op) -> usize {
         | BroadcastTo { .. }
         | Softmax { .. }
         | LogSoftmax { .. }
-        | AvgPool2dGrad { .. } => 1,
+        | AvgPool2dGrad { .. }
+        | ClipCoef { .. } => 1,
         Add
         | Sub
         | Mul
@@ -55,10 +57,32 @@ pub fn arity(op: &Op) -> usize {
         | DropoutGrad { .. }
         | Conv2dGradInput { .. }
         | Conv2dGradWeight { .. }
-        | MaxPool2dGrad(_) => 2,
-        LayerNorm { .. } | BatchNorm { .. } | CrossEntropyGrad | MseGrad => 3,
-        BatchNormGrad { .. } => 5,
-        LayerNormGrad => 5,
+        | MaxPool2dGrad(_)
+        | Unscale
+        | Sgd { .. } => 2,
+        LayerNorm { .. }
+        | BatchNorm { .. }
+        | CrossEntropyGrad
+        | MseGrad
+        | ScaleUpdate { .. }
+        | Select
+        | SgdMomentum { .. } => 3,
+        BatchNormGrad { .. } | LayerNormGrad | Adam { .. } => 5,
+    };
+    (n, n)
+}
+
+/// Whether `n` inputs fit the op's arity.
+pub fn arity_ok(op: &Op, n: usize) -> bool {
+    let (lo, hi) = arity(op);
+    (lo..=hi).contains(&n)
+}
+
+/// The arity as words, for messages.
+pub fn arity_text(op: &Op) -> String {
+    match arity(op) {
+        (1, usize::MAX) => "at least 1 input".to_string(),
+        (n, _) => format!("{n} input{}", if n == 1 { "" } else { "s" }),
     }
 }
 
@@ -66,7 +90,8 @@ pub fn arity(op: &Op) -> usize {
 pub fn num_outputs(op: &Op) -> usize {
     match op {
         Op::LayerNorm { .. } | Op::BatchNorm { .. } | Op::LayerNormGrad | Op::BatchNormGrad { .. } => 3,
-        Op::Dropout { .. } => 2,
+        Op::Dropout { .. } | Op::ScaleUpdate { .. } | Op::SgdMomentum { .. } => 2,
+        Op::Adam { .. } => 3,
         _ => 1,
     }
 }
@@ -94,6 +119,14 @@ pub fn input_names(op: &Op) -> &'static [&'static str] {
         BatchNormGrad { .. } => &["dy", "x", "gamma", "mean", "var"],
         AvgPool2dGrad { .. } => &["dy"],
         Seed => &["loss"],
+        Unscale => &["grad", "scale"],
+        FoundInf | GlobalNorm => &["grads..."],
+        ScaleUpdate { .. } => &["scale", "tracker", "found_inf"],
+        Select => &["found_inf", "on_inf", "otherwise"],
+        ClipCoef { .. } => &["norm"],
+        Sgd { .. } => &["param", "grad"],
+        SgdMomentum { .. } => &["param", "grad", "momentum_buffer"],
+        Adam { .. } => &["param", "grad", "m", "v", "step"],
         _ => &["x"],
     }
 }
@@ -252,12 +285,11 @@ fn reshape_shape(x: &Shape, target: &[i64]) -> Result<Shape> {
 
 /// The output types of `op` applied to `inputs`, or why they do not fit.
 pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
-    let want = arity(op);
-    if inputs.len() != want {
+    if !arity_ok(op, inputs.len()) {
         return Err(format!(
-            "{} takes {want} input{} ({}), found {}",
+            "{} takes {} ({}), found {}",
             op.name(),
-            if want == 1 { "" } else { "s" },
+            arity_text(op),
             input_names(op).join(", "),
             inputs.len()
         ));
@@ -569,6 +601,87 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             )?;
             one(x)
         }
+        Unscale => {
+            float(inputs[0], "the gradient")?;
+            same_type(inputs[1], &TensorType::scalar(DType::F32), "the scale and an f32 scalar")?;
+            one(inputs[0].with_dtype(DType::F32))
+        }
+        FoundInf | GlobalNorm => {
+            for (i, t) in inputs.iter().enumerate() {
+                float(t, &format!("input {i}"))?;
+            }
+            one(TensorType::scalar(DType::F32))
+        }
+        ScaleUpdate { growth_factor, backoff_factor, growth_interval } => {
+            if !(*growth_factor >= 1.0 && growth_factor.is_finite()) {
+                return Err(format!("growth_factor must be at least 1, found {growth_factor}"));
+            }
+            if !(*backoff_factor > 0.0 && *backoff_factor <= 1.0) {
+                return Err(format!("backoff_factor must be in (0, 1], found {backoff_factor}"));
+            }
+            if *growth_interval == 0 {
+                return Err("growth_interval must be at least 1".into());
+            }
+            let f = TensorType::scalar(DType::F32);
+            same_type(inputs[0], &f, "the scale and an f32 scalar")?;
+            same_type(inputs[1], &TensorType::scalar(DType::I32), "the growth tracker and an i32 scalar")?;
+            same_type(inputs[2], &f, "found_inf and an f32 scalar")?;
+            Ok(vec![f, TensorType::scalar(DType::I32)])
+        }
+        Select => {
+            same_type(inputs[0], &TensorType::scalar(DType::F32), "found_inf and an f32 scalar")?;
+            same_type(inputs[1], inputs[2], "on_inf and otherwise")?;
+            one(inputs[1].clone())
+        }
+        ClipCoef { max_norm } => {
+            positive(*max_norm, "max_norm")?;
+            same_type(inputs[0], &TensorType::scalar(DType::F32), "the norm and an f32 scalar")?;
+            one(TensorType::scalar(DType::F32))
+        }
+        Sgd { lr, weight_decay } => {
+            positive(*lr, "lr")?;
+            non_negative(*weight_decay, "weight_decay")?;
+            float(inputs[0], "the parameter")?;
+            same_type(inputs[1], inputs[0], "the gradient and the parameter")?;
+            one(inputs[0].clone())
+        }
+        SgdMomentum { lr, momentum, weight_decay } => {
+            positive(*lr, "lr")?;
+            non_negative(*weight_decay, "weight_decay")?;
+            if !(0.0..1.0).contains(momentum) {
+                return Err(format!("momentum must be in [0, 1), found {momentum}"));
+            }
+            float(inputs[0], "the parameter")?;
+            same_type(inputs[1], inputs[0], "the gradient and the parameter")?;
+            same_type(inputs[2], inputs[0], "the momentum buffer and the parameter")?;
+            Ok(vec![inputs[0].clone(), inputs[0].clone()])
+        }
+        Adam { lr, beta1, beta2, eps, weight_decay, .. } => {
+            positive(*lr, "lr")?;
+            positive(*eps, "eps")?;
+            non_negative(*weight_decay, "weight_decay")?;
+            for (b, name) in [(beta1, "beta1"), (beta2, "beta2")] {
+                if !(0.0..1.0).contains(b) {
+                    return Err(format!("{name} must be in [0, 1), found {b}"));
+                }
+            }
+            float(inputs[0], "the parameter")?;
+            same_type(inputs[1], inputs[0], "the gradient and the parameter")?;
+            same_type(inputs[2], inputs[0], "m and the parameter")?;
+            same_type(inputs[3], inputs[0], "v and the parameter")?;
+            int(inputs[4], "the step")?;
+            rank(inputs[4], 0, "the step")?;
+            let p = inputs[0].clone();
+            Ok(vec![p.clone(), p.clone(), p])
+        }
+    }
+}
+
+fn non_negative(v: f64, what: &str) -> Result<()> {
+    if v >= 0.0 && v.is_finite() {
+        Ok(())
+    } else {
+        Err(format!("{what} must be at least 0, found {v}"))
     }
 }
 

@@ -20,6 +20,7 @@ pub mod infer;
 pub mod io;
 pub mod op;
 pub mod parse;
+pub mod semantics;
 pub mod types;
 pub mod verify;
 

@@ -33,6 +33,9 @@ struct PassArgs {
     /// Make ops without a precision class an error instead of FP32 with a warning.
     #[arg(long)]
     strict: bool,
+    /// Loss scaling: dynamic, static:S or none [default: dynamic for fp16, none for bf16].
+    #[arg(long, value_name = "MODE")]
+    loss_scale: Option<passes::LossScale>,
 }
 
 impl PassArgs {
@@ -47,7 +50,13 @@ impl PassArgs {
                 .map_err(|e| miette::Report::msg(format!("cannot read {}: {e}", path.display())))?;
             table.apply_file(&text).map_err(|e| miette::Report::msg(format!("{}: {e}", path.display())))?;
         }
-        Ok(passes::Options { low, table: Some(table), strict: self.strict, ..passes::Options::default() })
+        Ok(passes::Options {
+            low,
+            table: Some(table),
+            strict: self.strict,
+            loss_scale: self.loss_scale,
+            ..passes::Options::default()
+        })
     }
 }
 

@@ -199,6 +199,15 @@ op_kinds! {
     BatchNormGrad => "batch_norm_grad",
     MaxPool2dGrad => "max_pool2d_grad",
     AvgPool2dGrad => "avg_pool2d_grad",
+    Unscale => "unscale",
+    FoundInf => "found_inf",
+    ScaleUpdate => "scale_update",
+    Select => "select",
+    GlobalNorm => "global_norm",
+    ClipCoef => "clip_coef",
+    Sgd => "sgd",
+    SgdMomentum => "sgd_momentum",
+    Adam => "adam",
 }
 
 impl fmt::Display for OpKind {
@@ -227,6 +236,26 @@ impl fmt::Display for OpKind {
 ///   like its input. Loss scaling rewrites it.
 /// - A `*_grad` op computes the gradient of its forward op's first input
 ///   (for `layer_norm_grad` and `batch_norm_grad`: `(dx, dgamma, dbeta)`).
+///
+/// Loss scaling and optimizer ops (all compute in f32):
+/// - `unscale(grad, scale)` = `f32(grad) * inv`, `inv = 1/scale` computed in
+///   f64 and rounded to f32 (as PyTorch's GradScaler).
+/// - `found_inf(g1, …, gn)` is 1.0 when any element of any input is inf or
+///   NaN, else 0.0.
+/// - `scale_update(scale, tracker, found_inf)` returns `(scale', tracker')`:
+///   on found_inf, `scale * backoff_factor` and 0; else `t = tracker + 1`,
+///   and when `t == growth_interval`, `scale * growth_factor` (if finite) and
+///   0, otherwise `scale` and `t`.
+/// - `select(found_inf, on_inf, otherwise)` picks `on_inf` bit for bit when
+///   found_inf is nonzero: how a skipped step keeps params and state.
+/// - `global_norm(g1, …, gn)` is the L2 norm of all elements (f64 sum);
+///   `clip_coef(norm)` is `min(1, max_norm / (norm + 1e-6))` (PyTorch's).
+/// - `sgd(p, g)` = `p - lr (g + wd p)`; `sgd_momentum(p, g, buf)` sets
+///   `buf' = momentum buf + g + wd p`, `p' = p - lr buf'`.
+/// - `adam(p, g, m, v, step)` with `step` the 1-based step number:
+///   L2 (`decoupled` false: `g += wd p`) or AdamW (`p *= 1 - lr wd`),
+///   `m' = b1 m + (1-b1) g`, `v' = b2 v + (1-b2) g²`,
+///   `p' = p - lr (m'/(1-b1^step)) / (sqrt(v'/(1-b2^step)) + eps)`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     Input { ty: TensorType },
@@ -282,6 +311,15 @@ pub enum Op {
     BatchNormGrad { eps: f64 },
     MaxPool2dGrad(Window),
     AvgPool2dGrad { window: Window, shape: Vec<u64> },
+    Unscale,
+    FoundInf,
+    ScaleUpdate { growth_factor: f64, backoff_factor: f64, growth_interval: u32 },
+    Select,
+    GlobalNorm,
+    ClipCoef { max_norm: f64 },
+    Sgd { lr: f64, weight_decay: f64 },
+    SgdMomentum { lr: f64, momentum: f64, weight_decay: f64 },
+    Adam { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, decoupled: bool },
 }
 
 impl Op {
@@ -340,6 +378,15 @@ impl Op {
             Op::BatchNormGrad { .. } => OpKind::BatchNormGrad,
             Op::MaxPool2dGrad(_) => OpKind::MaxPool2dGrad,
             Op::AvgPool2dGrad { .. } => OpKind::AvgPool2dGrad,
+            Op::Unscale => OpKind::Unscale,
+            Op::FoundInf => OpKind::FoundInf,
+            Op::ScaleUpdate { .. } => OpKind::ScaleUpdate,
+            Op::Select => OpKind::Select,
+            Op::GlobalNorm => OpKind::GlobalNorm,
+            Op::ClipCoef { .. } => OpKind::ClipCoef,
+            Op::Sgd { .. } => OpKind::Sgd,
+            Op::SgdMomentum { .. } => OpKind::SgdMomentum,
+            Op::Adam { .. } => OpKind::Adam,
         }
     }
 

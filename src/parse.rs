@@ -189,13 +189,13 @@ impl Builder {
                 return None;
             }
         };
-        let (want_in, want_out) = (infer::arity(&op), infer::num_outputs(&op));
-        if n.inputs.len() != want_in {
+        let want_out = infer::num_outputs(&op);
+        if !infer::arity_ok(&op, n.inputs.len()) {
             let names = infer::input_names(&op).join(", ");
             self.problem(
                 Some(&n.name),
                 format!("{ptr}/inputs"),
-                format!("{} takes {want_in} input(s) ({names}), found {}", op.name(), n.inputs.len()),
+                format!("{} takes {} ({names}), found {}", op.name(), infer::arity_text(&op), n.inputs.len()),
             );
             return None;
         }

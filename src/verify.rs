@@ -55,13 +55,14 @@ pub fn problems(g: &Graph) -> Vec<Problem> {
         // Ports must be exactly 0..arity, once each.
         let mut ports: Vec<u32> = g.in_ports(id);
         ports.sort_unstable();
-        let want = infer::arity(&n.op);
-        if ports.len() != want || ports.iter().enumerate().any(|(i, &p)| p as usize != i) {
+        let ok = infer::arity_ok(&n.op, ports.len()) && ports.iter().enumerate().all(|(i, &p)| p as usize == i);
+        if !ok {
+            let want = infer::arity_text(&n.op);
             out.push(at(
                 g,
                 id,
                 Some("inputs"),
-                format!("{} takes {want} input(s) on ports 0..{want}, found ports {ports:?}", n.op.name()),
+                format!("{} takes {want} on consecutive ports from 0, found ports {ports:?}", n.op.name()),
             ));
             bad_type[id.index()] = true;
             continue;
@@ -176,8 +177,11 @@ pub fn problems(g: &Graph) -> Vec<Problem> {
                 ),
             ));
         }
-        if g.node(v.node).role != Role::Backward {
-            out.push(top(&ptr, format!("the gradient `{}` must be computed by a backward node", g.value_name(v))));
+        if !matches!(g.node(v.node).role, Role::Backward | Role::Scaler) {
+            out.push(top(
+                &ptr,
+                format!("the gradient `{}` must be computed by a backward or scaler node", g.value_name(v)),
+            ));
         }
     }
     if !g.gradients.is_empty() {

@@ -179,3 +179,91 @@ fn a_user_cast_round_trip_folds_only_when_exact() {
     passes::lower(&mut g, &Options::default()).unwrap();
     assert!(g.value("a").is_some() && g.value("b").is_some(), "f32 -> f16 -> f32 rounds and stays");
 }
+
+#[test]
+fn every_path_from_the_seed_to_the_optimizer_passes_through_unscale() {
+    for (name, g, _) in lowered(DType::F16) {
+        let seed = g.node_ids().find(|&n| g.node(n).op == Op::Seed).unwrap();
+        let mut stack = vec![seed];
+        let mut seen = HashSet::new();
+        let mut unscales = 0;
+        while let Some(n) = stack.pop() {
+            if !seen.insert(n) {
+                continue;
+            }
+            match g.node(n).op {
+                Op::Unscale => unscales += 1,
+                _ => {
+                    assert_ne!(
+                        g.node(n).role,
+                        mpc::Role::Optimizer,
+                        "{name}: `{}` is reached without unscale",
+                        g.node(n).name
+                    );
+                    stack.extend(g.users(n).map(|(u, _)| u));
+                }
+            }
+        }
+        assert_eq!(unscales, g.params().count(), "{name}: one unscale per parameter");
+    }
+}
+
+#[test]
+fn fp16_scales_and_bf16_does_not_by_default() {
+    for (low, scaled) in [(DType::F16, true), (DType::Bf16, false)] {
+        for (name, g, _) in lowered(low) {
+            let has = g.node_ids().any(|n| g.node(n).op == Op::FoundInf);
+            assert_eq!(has, scaled, "{name} under {low}");
+            // Every parameter is updated, from an FP32 optimizer op.
+            for p in g.params() {
+                let (_, v) = g.updates.iter().find(|(s, _)| *s == p).unwrap_or_else(|| panic!("{name}: no update"));
+                assert_eq!(g.ty(*v).dtype, DType::F32);
+            }
+        }
+    }
+}
+
+#[test]
+fn dynamic_scaling_declares_gradscaler_state_and_reports_it() {
+    let (_, g, _) = lowered(DType::F16).into_iter().find(|(n, _, _)| n.ends_with("mlp.json")).unwrap();
+    let scale = g.node(g.node_named("loss_scale").unwrap());
+    assert!(matches!(scale.op, Op::State { init: mpc::op::Init::Constant { value: 65536.0 }, .. }));
+    let up = g.node_ids().find(|&n| matches!(g.node(n).op, Op::ScaleUpdate { .. })).unwrap();
+    assert_eq!(g.node(up).op, Op::ScaleUpdate { growth_factor: 2.0, backoff_factor: 0.5, growth_interval: 2000 });
+    let outs: Vec<&str> = g.outputs.iter().map(|&v| g.value_name(v)).collect();
+    assert_eq!(outs, ["found_inf", "loss_scale"]);
+    // Skipped steps keep every state: each update of a param or optimizer
+    // state goes through select(found_inf, old, new).
+    for &(s, v) in &g.updates {
+        if matches!(g.node(s).op, Op::Param { .. }) || g.node(s).name.contains("adam") {
+            assert_eq!(g.node(v.node).op, Op::Select, "{}", g.node(s).name);
+            assert_eq!(g.inputs(v.node)[1].node, s);
+        }
+    }
+}
+
+#[test]
+fn static_and_no_scaling() {
+    let (_, g0) = examples().into_iter().find(|(n, _)| n.ends_with("cnn.json")).unwrap();
+    let mut g = g0.clone();
+    passes::lower(&mut g, &Options { loss_scale: Some(passes::LossScale::Static(1024.0)), ..Options::default() })
+        .unwrap();
+    assert!(g.node_ids().any(|n| g.node(n).op == Op::FoundInf));
+    assert!(!g.node_ids().any(|n| matches!(g.node(n).op, Op::ScaleUpdate { .. })), "a static scale never changes");
+    let mut g = g0;
+    passes::lower(&mut g, &Options { loss_scale: Some(passes::LossScale::None), ..Options::default() }).unwrap();
+    assert!(!g.node_ids().any(|n| matches!(g.node(n).op, Op::FoundInf | Op::Unscale | Op::Select)));
+    // Low gradients still reach the optimizer in FP32.
+    for &(p, _) in &g.updates {
+        assert_eq!(g.ty(mpc::ValueId { node: p, slot: 0 }).dtype, DType::F32);
+    }
+}
+
+#[test]
+fn clipping_sees_unscaled_gradients() {
+    let (_, g, _) = lowered(DType::F16).into_iter().find(|(n, _, _)| n.ends_with("gpt_block.json")).unwrap();
+    let norm = g.node_ids().find(|&n| g.node(n).op == Op::GlobalNorm).unwrap();
+    for v in g.inputs(norm) {
+        assert_eq!(g.node(v.node).op, Op::Unscale, "`{}` is not unscaled", g.value_name(v));
+    }
+}
