@@ -58,13 +58,15 @@ pub struct Autocast {
     pub table: Table,
     /// Unknown ops are an error instead of FP32 with a warning.
     pub strict: bool,
+    /// Record a decision per node in the report (for `mpc explain`).
+    pub explain: bool,
     /// Filled in by `run`.
     pub report: Report,
 }
 
 impl Autocast {
     pub fn new(table: Table, strict: bool) -> Autocast {
-        Autocast { table, strict, report: Report::default() }
+        Autocast { table, strict, explain: false, report: Report::default() }
     }
 }
 
@@ -142,8 +144,10 @@ impl Pass for Autocast {
         }
         let mut fanin = vec![Vec::new(); bound];
         let mut fanout = vec![Vec::new(); bound];
+        let mut all_inputs: Vec<crate::graph::Inputs> = vec![Default::default(); bound];
         for &n in &order {
-            for v in g.inputs(n) {
+            all_inputs[n.index()] = g.inputs(n);
+            for &v in &all_inputs[n.index()] {
                 if g.ty(v).dtype.is_float() {
                     fanin[n.index()].push(v.node.index() as u32);
                     fanout[v.node.index()].push(n.index() as u32);
@@ -160,7 +164,7 @@ impl Pass for Autocast {
         // An FP32 constant read by a low op would overflow when cast: say so.
         for &n in &order {
             if painting.low[n.index()] {
-                for v in g.inputs(n) {
+                for &v in &all_inputs[n.index()] {
                     if matches!(input.kinds[v.node.index()], Kind::Op { pin: Some(Pin::Fp32), .. })
                         && matches!(g.node(v.node).op, Op::Constant { .. })
                     {
@@ -178,22 +182,26 @@ impl Pass for Autocast {
         let mut cache: FxHashMap<(ValueId, DType), ValueId> = FxHashMap::default();
         let mut casts = 0usize;
         for &n in &order {
+            let mut ins = std::mem::take(&mut all_inputs[n.index()]);
             if matches!(input.kinds[n.index()], Kind::Fixed) {
                 // Types may still change upstream (a cast's input, an int op's float input).
-                retype(g, n).map_err(fail)?;
+                if !ins.is_empty() {
+                    retype(g, n, &ins).map_err(fail)?;
+                }
                 continue;
             }
             let target = if painting.low[n.index()] { low } else { DType::F32 };
             let kept = kept_ports(&g.node(n).op);
-            for (port, v) in g.inputs(n).into_iter().enumerate() {
-                let have = g.ty(v).dtype;
+            for (port, v) in ins.iter_mut().enumerate() {
+                let have = g.ty(*v).dtype;
                 if !have.is_float() || have == target || kept.contains(&port) {
                     continue;
                 }
-                let c = cast(g, &mut cache, v, target, &mut casts).map_err(fail)?;
+                let c = cast(g, &mut cache, *v, target, &mut casts).map_err(fail)?;
                 g.set_input(n, port as u32, c);
+                *v = c;
             }
-            retype(g, n).map_err(fail)?;
+            retype(g, n, &ins).map_err(fail)?;
         }
         // State updates keep their state's type; step outputs leave in FP32.
         for i in 0..g.updates.len() {
@@ -210,7 +218,7 @@ impl Pass for Autocast {
             }
         }
 
-        self.report = report(g, &order, &input, &painting.rule, &painting.low, &self.table, casts, warnings);
+        self.report = report(g, &order, &input, &painting, &self.table, self.explain, casts, warnings);
         Ok(casts > 0)
     }
 }
@@ -246,8 +254,7 @@ fn cast(
     Ok(c)
 }
 
-fn retype(g: &mut Graph, n: NodeId) -> Result<(), String> {
-    let ins = g.inputs(n);
+fn retype(g: &mut Graph, n: NodeId, ins: &[ValueId]) -> Result<(), String> {
     let tys = {
         let t: Vec<&crate::TensorType> = ins.iter().map(|&v| g.ty(v)).collect();
         infer::infer(&g.node(n).op, &t).map_err(|m| format!("node `{}`: {m}", g.node(n).name))?
@@ -263,14 +270,15 @@ fn report(
     g: &Graph,
     order: &[NodeId],
     input: &PaintInput,
-    rules: &[Rule],
-    low: &[bool],
+    painting: &super::paint::Painting,
     table: &Table,
+    explain: bool,
     casts_inserted: usize,
     warnings: Vec<String>,
 ) -> Report {
-    let mut names = vec![""; input.kinds.len()];
-    for &n in order {
+    let (rules, low) = (&painting.rule, &painting.low);
+    let mut names = vec![""; if explain { input.kinds.len() } else { 0 }];
+    for &n in order.iter().filter(|_| explain) {
         names[n.index()] = g.node(n).name.as_str();
     }
     let name_of = |i: u32| names.get(i as usize).copied().unwrap_or("?").to_string();
@@ -282,6 +290,9 @@ fn report(
         if painted {
             float_nodes += 1;
             low_nodes += low[n.index()] as usize;
+        }
+        if !explain {
+            continue;
         }
         let kind = node.op.kind();
         decisions.push(Decision {

@@ -13,6 +13,7 @@ use crate::verify::{self, VerifyError};
 pub mod autocast;
 pub mod cleanup;
 pub mod dce;
+pub mod embed;
 pub mod grad;
 pub mod loss_scale;
 pub mod master_weights;
@@ -50,6 +51,8 @@ pub struct Options {
     pub strict: bool,
     /// Loss scaling; `None` means the default for `low` (dynamic for f16, none for bf16).
     pub loss_scale: Option<LossScale>,
+    /// Record autocast's decision for every node (`mpc explain`).
+    pub explain: bool,
     /// Verify after every pass. Always on in debug builds.
     pub verify_each: bool,
     /// Print the text IR to stderr after these passes.
@@ -63,6 +66,7 @@ impl Default for Options {
             table: None,
             strict: false,
             loss_scale: None,
+            explain: false,
             verify_each: false,
             print_after: Vec::new(),
         }
@@ -82,9 +86,11 @@ impl Pipeline {
     pub fn new(opts: &Options) -> Pipeline {
         let table = opts.table.clone().unwrap_or_else(|| Table::default_for(opts.low));
         let mode = opts.loss_scale.unwrap_or_else(|| LossScale::default_for(opts.low));
+        let mut autocast = autocast::Autocast::new(table, opts.strict);
+        autocast.explain = opts.explain;
         Pipeline {
             grad: grad::Grad,
-            autocast: autocast::Autocast::new(table, opts.strict),
+            autocast,
             loss_scale: loss_scale::LossScaling { mode },
             master_weights: master_weights::MasterWeights,
             cleanup: cleanup::Cleanup,

@@ -95,8 +95,18 @@ pub struct Painting {
     pub rule: Vec<Rule>,
 }
 
-fn dfs(start: u32, next: impl Fn(u32) -> Vec<u32>, mut enter: impl FnMut(u32) -> bool, mut visit: impl FnMut(u32)) {
-    let mut stack = vec![start];
+/// Depth-first from `start`: `next` pushes a node's neighbours, `enter`
+/// says whether to go into a (non-start) node, `visit` is called once per
+/// node gone into.
+fn dfs(
+    start: u32,
+    stack: &mut Vec<u32>,
+    next: impl Fn(u32, &mut Vec<u32>),
+    mut enter: impl FnMut(u32) -> bool,
+    mut visit: impl FnMut(u32),
+) {
+    stack.clear();
+    stack.push(start);
     let mut first = true;
     while let Some(n) = stack.pop() {
         if !first && !enter(n) {
@@ -104,7 +114,7 @@ fn dfs(start: u32, next: impl Fn(u32) -> Vec<u32>, mut enter: impl FnMut(u32) ->
         }
         first = false;
         visit(n);
-        stack.extend(next(n));
+        next(n, stack);
     }
 }
 
@@ -130,20 +140,28 @@ pub fn paint(g: &PaintInput, follow_low: bool) -> Painting {
             }
         }
     }
-    let fanin = |i: u32| g.fanin[i as usize].clone();
-    let fanout = |i: u32| g.fanout[i as usize].clone();
+    let fanin = |i: u32, s: &mut Vec<u32>| s.extend_from_slice(&g.fanin[i as usize]);
+    let fanout = |i: u32, s: &mut Vec<u32>| s.extend_from_slice(&g.fanout[i as usize]);
+    let mut stack = Vec::new();
 
     // 2. Deny spreads forward through clear/infer nodes upstream of deny or infer nodes.
     let mut upstream = vec![false; n];
     for r in (0..n as u32).filter(|&r| deny[r as usize] || infer[r as usize]) {
         let up = std::cell::RefCell::new(&mut upstream);
-        dfs(r, fanin, |i| !up.borrow()[i as usize] && clear[i as usize], |i| up.borrow_mut()[i as usize] = true);
+        dfs(
+            r,
+            &mut stack,
+            fanin,
+            |i| !up.borrow()[i as usize] && clear[i as usize],
+            |i| up.borrow_mut()[i as usize] = true,
+        );
     }
     let roots: Vec<u32> = (0..n as u32).filter(|&r| deny[r as usize]).collect();
     for r in roots {
         let d = std::cell::RefCell::new((&mut deny, &mut rule));
         dfs(
             r,
+            &mut stack,
             fanout,
             |i| !d.borrow().0[i as usize] && upstream[i as usize] && !allow[i as usize],
             |i| {
@@ -164,6 +182,7 @@ pub fn paint(g: &PaintInput, follow_low: bool) -> Painting {
         let down = std::cell::RefCell::new(&mut downstream);
         dfs(
             r,
+            &mut stack,
             fanout,
             |i| !down.borrow()[i as usize] && open(i as usize, &allow, &deny),
             |i| down.borrow_mut()[i as usize] = true,
@@ -174,6 +193,7 @@ pub fn paint(g: &PaintInput, follow_low: bool) -> Painting {
         let b = std::cell::RefCell::new(&mut between);
         dfs(
             r,
+            &mut stack,
             fanin,
             |i| !b.borrow()[i as usize] && downstream[i as usize] && !allow[i as usize] && !deny[i as usize],
             |i| {
@@ -197,10 +217,10 @@ pub fn paint(g: &PaintInput, follow_low: bool) -> Painting {
         let s = std::cell::RefCell::new(&mut spread);
         dfs(
             r,
-            |i| {
-                let mut v = fanin(i);
-                v.extend(fanout(i));
-                v
+            &mut stack,
+            |i, s| {
+                fanin(i, s);
+                fanout(i, s);
             },
             |i| {
                 let i = i as usize;

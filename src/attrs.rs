@@ -131,7 +131,7 @@ fn check_window(w: &Window) -> Result<(), AttrError> {
     if w.stride.contains(&0) {
         return Err(("stride", "strides must be at least 1".into()));
     }
-    if w.padding.iter().zip(w.kernel).any(|(&p, k)| 2 * p > k) {
+    if w.padding.iter().zip(w.kernel).any(|(&p, k)| p > k / 2) {
         return Err(("padding", "pooling padding must be at most half the kernel".into()));
     }
     Ok(())

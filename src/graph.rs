@@ -6,13 +6,14 @@
 //! and the consumer's input port; they are the only record of a node's
 //! inputs. Raw petgraph indices do not leave this module.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-
 use petgraph::stable_graph::{EdgeIndex, NodeIndex, StableGraph};
 use petgraph::visit::{EdgeRef, NodeIndexable};
 use petgraph::Direction;
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
+
+/// A node's inputs; most nodes have at most four.
+pub type Inputs = SmallVec<[ValueId; 4]>;
 
 use crate::format::Optimizer;
 use crate::infer;
@@ -174,13 +175,15 @@ impl Graph {
     }
 
     /// The inputs of a node, in port order.
-    pub fn inputs(&self, id: NodeId) -> Vec<ValueId> {
-        let mut ins: Vec<(u32, ValueId)> = self
+    pub fn inputs(&self, id: NodeId) -> Inputs {
+        let mut ins: SmallVec<[(u32, ValueId); 4]> = self
             .g
             .edges_directed(id.0, Direction::Incoming)
             .map(|e| (e.weight().port, ValueId { node: NodeId(e.source()), slot: e.weight().slot }))
             .collect();
-        ins.sort_unstable_by_key(|(p, _)| *p);
+        if !ins.is_sorted_by_key(|(p, _)| *p) {
+            ins.sort_unstable_by_key(|(p, _)| *p);
+        }
         ins.into_iter().map(|(_, v)| v).collect()
     }
 
@@ -349,23 +352,21 @@ impl Graph {
     }
 
     /// A topological order, deterministic: forward nodes first, then
-    /// backward, then optimizer and scaler nodes; within that, the lowest
-    /// index goes first, so a graph written in order keeps its order. `Err`
-    /// holds the nodes that lie on or behind a cycle.
+    /// backward, then optimizer and scaler nodes; within a role, nodes go in
+    /// index order, each right after the inputs it still waits for (so a
+    /// graph written in order keeps its order, and an inserted cast stands
+    /// just before its first reader). `Err` holds the nodes that lie on or
+    /// behind a cycle.
     pub fn topo_order(&self) -> Result<Vec<NodeId>, Vec<NodeId>> {
-        let bound = self.g.node_bound();
         let rank = |n: NodeIndex<u32>| match self.g[n].role {
-            Role::Forward => 0u32,
+            Role::Forward => 0usize,
             Role::Backward => 1,
             Role::Optimizer | Role::Scaler => 2,
         };
-        let mut indeg = vec![0u32; bound];
-        let mut in_order = true;
-        for e in self.g.edge_indices() {
+        let mut in_order = self.g.edge_indices().all(|e| {
             let (a, b) = self.g.edge_endpoints(e).expect("edge index from this graph");
-            indeg[b.index()] += 1;
-            in_order &= a.index() < b.index();
-        }
+            a.index() < b.index()
+        });
         if in_order {
             let mut last = 0;
             in_order = self.g.node_indices().all(|n| std::mem::replace(&mut last, rank(n)) <= rank(n));
@@ -373,28 +374,66 @@ impl Graph {
         if in_order {
             return Ok(self.node_ids().collect());
         }
-        let mut ready: BinaryHeap<Reverse<(u32, u32)>> = self
-            .g
-            .node_indices()
-            .filter(|n| indeg[n.index()] == 0)
-            .map(|n| Reverse((rank(n), n.index() as u32)))
-            .collect();
+        let mut roots: [Vec<NodeIndex<u32>>; 3] = Default::default();
+        for n in self.g.node_indices() {
+            roots[rank(n)].push(n);
+        }
+        // 0: not seen, 1: entered (on the current path), 2: emitted.
+        let mut state = vec![0u8; self.g.node_bound()];
         let mut order = Vec::with_capacity(self.g.node_count());
-        while let Some(Reverse((_, i))) = ready.pop() {
-            let n = NodeIndex::new(i as usize);
-            order.push(NodeId(n));
-            for t in self.g.neighbors_directed(n, Direction::Outgoing) {
-                indeg[t.index()] -= 1;
-                if indeg[t.index()] == 0 {
-                    ready.push(Reverse((rank(t), t.index() as u32)));
+        enum Step {
+            Enter(NodeIndex<u32>),
+            Exit(NodeIndex<u32>),
+        }
+        let mut stack = Vec::new();
+        let mut scratch: Vec<(u32, NodeIndex<u32>)> = Vec::new();
+        for r in roots.iter().flatten() {
+            stack.push(Step::Enter(*r));
+            while let Some(step) = stack.pop() {
+                match step {
+                    Step::Exit(n) => {
+                        state[n.index()] = 2;
+                        order.push(NodeId(n));
+                    }
+                    Step::Enter(n) => match state[n.index()] {
+                        2 => {}
+                        1 => return Err(self.stuck_nodes()),
+                        _ => {
+                            state[n.index()] = 1;
+                            stack.push(Step::Exit(n));
+                            scratch.clear();
+                            scratch.extend(
+                                self.g.edges_directed(n, Direction::Incoming).map(|e| (e.weight().port, e.source())),
+                            );
+                            scratch.sort_unstable_by_key(|(p, _)| std::cmp::Reverse(*p));
+                            stack.extend(
+                                scratch.iter().filter(|(_, m)| state[m.index()] != 2).map(|&(_, m)| Step::Enter(m)),
+                            );
+                        }
+                    },
                 }
             }
         }
-        if order.len() == self.g.node_count() {
-            Ok(order)
-        } else {
-            Err(self.node_ids().filter(|n| indeg[n.index()] > 0).collect())
+        Ok(order)
+    }
+
+    /// Nodes that Kahn's algorithm cannot order: on or behind a cycle.
+    fn stuck_nodes(&self) -> Vec<NodeId> {
+        let mut indeg = vec![0u32; self.g.node_bound()];
+        for e in self.g.edge_indices() {
+            let (_, b) = self.g.edge_endpoints(e).expect("edge index from this graph");
+            indeg[b.index()] += 1;
         }
+        let mut ready: Vec<NodeIndex<u32>> = self.g.node_indices().filter(|n| indeg[n.index()] == 0).collect();
+        while let Some(n) = ready.pop() {
+            for t in self.g.neighbors_directed(n, Direction::Outgoing) {
+                indeg[t.index()] -= 1;
+                if indeg[t.index()] == 0 {
+                    ready.push(t);
+                }
+            }
+        }
+        self.node_ids().filter(|n| indeg[n.index()] > 0).collect()
     }
 
     /// Types every node from its inputs, in topological order. Returns the
@@ -548,7 +587,7 @@ mod tests {
             g.add_node("y", Op::Matmul { transpose_a: false, transpose_b: false }, Role::Forward, &[x, w]).unwrap();
         let r = g.add_node("r", Op::Relu, Role::Forward, &[ValueId { node: mm, slot: 0 }]).unwrap();
         let c = g.intercept(x, "x.f16", Op::Cast { to: DType::F16 }, Role::Forward).unwrap();
-        assert_eq!(g.inputs(mm), vec![c, w]);
+        assert_eq!(g.inputs(mm).as_slice(), [c, w]);
         assert_eq!(g.uses(x).len(), 1);
         assert_eq!(g.ty(c).dtype, DType::F16);
         let order = g.topo_order().unwrap();

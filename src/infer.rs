@@ -284,7 +284,16 @@ fn reshape_shape(x: &Shape, target: &[i64]) -> Result<Shape> {
 }
 
 /// The output types of `op` applied to `inputs`, or why they do not fit.
+/// Every output shape is checked against [`crate::types::MAX_ELEMENTS`].
 pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
+    let out = infer_unchecked(op, inputs)?;
+    for t in &out {
+        t.shape.validate()?;
+    }
+    Ok(out)
+}
+
+fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
     if !arity_ok(op, inputs.len()) {
         return Err(format!(
             "{} takes {} ({}), found {}",
@@ -436,8 +445,8 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
                 return Err(format!("flatten axis {axis} is out of range for rank {r}"));
             }
             let a = a as usize;
-            let outer: u64 = x.shape.0[..a].iter().product();
-            let inner: u64 = x.shape.0[a..].iter().product();
+            let outer = Shape(x.shape.0[..a].to_vec()).numel().ok_or("flatten: the input is too large")?;
+            let inner = Shape(x.shape.0[a..].to_vec()).numel().ok_or("flatten: the input is too large")?;
             one(TensorType::new(x.dtype, vec![outer, inner]))
         }
         Reshape { shape } => one(TensorType { dtype: inputs[0].dtype, shape: reshape_shape(&inputs[0].shape, shape)? }),

@@ -100,6 +100,10 @@ enum Command {
     Schema,
 }
 
+// glibc's allocator spends much of a large lowering consolidating free lists.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for bad input (the graph or a file); clap uses 2 for bad usage.
 const BAD_INPUT: u8 = 1;
 
@@ -178,7 +182,7 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
             Ok(())
         }
         Command::Explain { model, passes: pass_args, json } => {
-            let opts = pass_args.options()?;
+            let opts = passes::Options { explain: true, ..pass_args.options()? };
             let (_, lowered) = load_and_lower(&model, &opts)?;
             let r = &lowered.autocast;
             if json {

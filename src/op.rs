@@ -110,7 +110,7 @@ impl Window {
     pub fn output_hw(&self, h: u64, w: u64) -> Option<[u64; 2]> {
         let mut out = [0; 2];
         for (i, size) in [h, w].into_iter().enumerate() {
-            let padded = size.checked_add(2 * self.padding[i])?;
+            let padded = size.checked_add(self.padding[i].checked_mul(2)?)?;
             if self.kernel[i] == 0 || self.stride[i] == 0 || padded < self.kernel[i] {
                 return None;
             }

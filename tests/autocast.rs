@@ -22,7 +22,7 @@ fn lowered(low: DType) -> Vec<(String, Graph, passes::Lowered)> {
     examples()
         .into_iter()
         .map(|(name, mut g)| {
-            let l = passes::lower(&mut g, &Options { low, verify_each: true, ..Options::default() })
+            let l = passes::lower(&mut g, &Options { low, verify_each: true, explain: true, ..Options::default() })
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             (name, g, l)
         })
@@ -136,7 +136,7 @@ fn precision_pins_override_the_table() {
            {"name": "e", "op": "exp", "inputs": ["h"], "precision": "low"},
            {"name": "loss", "op": "reduce_sum", "inputs": ["e"], "axes": [0, 1]}"#,
     );
-    let l = passes::lower(&mut g, &Options::default()).unwrap();
+    let l = passes::lower(&mut g, &Options { explain: true, ..Options::default() }).unwrap();
     assert_eq!(g.ty(g.value("h").unwrap()).dtype, DType::F32);
     assert_eq!(g.ty(g.value("e").unwrap()).dtype, DType::F16);
     let rule = |n: &str| l.autocast.decisions.iter().find(|d| d.node == n).unwrap().rule.clone();
