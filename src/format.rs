@@ -149,10 +149,10 @@ pub struct RawNode {
     /// dropout: random seed (default 0), mixed with the step number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
-    /// layer_norm, batch_norm, batch_norm_grad (default 1e-5).
+    /// layer_norm, batch_norm, batch_norm_grad (default 1e-5); adam (default 1e-8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eps: Option<f64>,
-    /// batch_norm: running-statistics momentum (default 0.1).
+    /// batch_norm: running-statistics momentum (default 0.1); sgd_momentum: momentum in [0, 1) (required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub momentum: Option<f64>,
     /// Pooling window, and conv2d_grad_weight's kernel size: [height, width].

@@ -311,12 +311,13 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             if let Constant { value, .. } = op {
                 let fits = match ty.dtype {
                     DType::Bool => *value == 0.0 || *value == 1.0,
-                    DType::I32 => value.fract() == 0.0 && value.abs() <= i32::MAX as f64,
+                    DType::I32 => value.fract() == 0.0 && (i32::MIN as f64..=i32::MAX as f64).contains(value),
                     DType::I64 => value.fract() == 0.0 && value.abs() <= 9.007_199_254_740_992e15,
-                    _ => true,
+                    DType::F16 => value.abs() <= 65504.0,
+                    DType::Bf16 | DType::F32 => value.abs() <= f32::MAX as f64,
                 };
                 if !fits {
-                    return Err(format!("the value {value} is not a {}", ty.dtype));
+                    return Err(format!("the value {value} does not fit the type {}", ty.dtype));
                 }
             }
             if matches!(op, Param { .. }) {
