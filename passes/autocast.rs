@@ -179,6 +179,8 @@ impl Pass for Autocast {
         }
 
         // Apply: casts on the inputs, then re-type, in topological order.
+        // At most one cast per float edge; usually far fewer.
+        g.reserve(order.len() / 2, order.len() / 2);
         let mut cache: FxHashMap<(ValueId, DType), ValueId> = FxHashMap::default();
         let mut casts = 0usize;
         for &n in &order {

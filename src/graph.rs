@@ -251,6 +251,21 @@ impl Graph {
         origin: Option<Origin>,
     ) -> Result<NodeId, GraphError> {
         let own_value = output_names.first() == Some(&name);
+        let placeholder = TensorType::scalar(crate::types::DType::F32);
+        if own_value && output_names.len() == 1 {
+            // The common case, with one probe of the name table.
+            use std::collections::hash_map::Entry;
+            return match self.names.entry(name) {
+                Entry::Occupied(e) => Err(GraphError::DuplicateName(e.key().clone())),
+                Entry::Vacant(e) => {
+                    let name = e.key().clone();
+                    let outputs = vec![Output { name: name.clone(), ty: placeholder }];
+                    let id = NodeId(self.g.add_node(Node { name, op, role, precision: None, outputs, origin }));
+                    e.insert(Named::Value(ValueId { node: id, slot: 0 }));
+                    Ok(id)
+                }
+            };
+        }
         if !own_value && self.names.contains_key(&name) {
             return Err(GraphError::DuplicateName(name));
         }
@@ -259,7 +274,6 @@ impl Graph {
                 return Err(GraphError::DuplicateName(o.clone()));
             }
         }
-        let placeholder = TensorType::scalar(crate::types::DType::F32);
         let outputs = output_names.into_iter().map(|name| Output { name, ty: placeholder.clone() }).collect();
         let id = NodeId(self.g.add_node(Node { name: String::new(), op, role, precision: None, outputs, origin }));
         for (slot, o) in self.g[id.0].outputs.iter().enumerate() {
@@ -478,6 +492,13 @@ impl Graph {
             }
         }
         problems
+    }
+
+    /// Makes room for `nodes` more nodes and `edges` more edges.
+    pub fn reserve(&mut self, nodes: usize, edges: usize) {
+        self.g.reserve_nodes(nodes);
+        self.g.reserve_edges(edges);
+        self.names.reserve(nodes);
     }
 
     /// A name not yet used in the graph, starting from `base`.
