@@ -95,6 +95,29 @@ fn peers(layers: &[usize]) -> Option<Vec<(usize, f64)>> {
     Some(res)
 }
 
+/// The whole pipeline on every ir-example.
+fn examples() {
+    println!("\n{:<24} {:>8} {:>10} {:>12} {:>12}", "ir-example", "nodes", "after", "fp16 ms", "bf16 ms");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/ir-examples");
+    let mut paths: Vec<_> = std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).collect();
+    paths.sort();
+    for path in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "json")) {
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        let Ok(g) = mpc::parse_str(&text) else { continue };
+        let time = |low| best(&g, 20, |h| drop(passes::lower(h, &Options { low, ..Options::default() })));
+        let mut after = g.clone();
+        passes::lower(&mut after, &Options::default()).unwrap();
+        println!(
+            "{:<24} {:>8} {:>10} {:>12.3} {:>12.3}",
+            path.file_name().unwrap_or_default().to_string_lossy(),
+            g.node_count(),
+            after.node_count(),
+            time(DType::F16) * 1e3,
+            time(DType::Bf16) * 1e3
+        );
+    }
+}
+
 fn main() {
     let layers: Vec<usize> = std::env::var("MPC_BENCH_LAYERS")
         .ok()
@@ -139,4 +162,5 @@ fn main() {
             ratio
         );
     }
+    examples();
 }
