@@ -107,3 +107,32 @@ fn schema_requires_what_the_parser_requires() {
     let required: Vec<&str> = schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(required, ["format", "forward", "loss"]);
 }
+
+#[test]
+fn explain_reports_every_node_and_a_summary() {
+    let o = mpc(&["explain", "ir-examples/mlp.json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("h1         matmul              low     f16    low class"), "{out}");
+    assert!(out.lines().last().unwrap().starts_with("Converted 14/21 nodes to f16 using"), "{out}");
+    let o = mpc(&["explain", "ir-examples/mlp.json", "--json", "--precision", "bf16"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["low"], "bf16");
+    assert!(v["decisions"].as_array().unwrap().len() > 20);
+}
+
+#[test]
+fn a_bad_table_file_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("table.json");
+    std::fs::write(&t, r#"{"low": ["softmax"], "fp32": ["softmax"]}"#).unwrap();
+    let o = mpc(&["lower", "ir-examples/mlp.json", "--table", t.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("`softmax` is listed under both"), "{}", stderr(&o));
+}
+
+#[test]
+fn bad_loss_scale_is_a_usage_error() {
+    let o = mpc(&["lower", "ir-examples/mlp.json", "--loss-scale", "static:0"]);
+    assert_eq!(o.status.code(), Some(2));
+}
