@@ -14,6 +14,7 @@
 pub mod attrs;
 pub mod diag;
 pub mod emit;
+pub mod exec;
 pub mod format;
 pub mod graph;
 pub mod infer;

@@ -15,7 +15,7 @@ enum Layer {
     Bias,
     Act(u8),
     Scale,
-    LayerNorm,
+    Norm,
     Residual,
     Dropout,
     SoftmaxMul,
@@ -28,7 +28,7 @@ fn layer() -> impl Strategy<Value = Layer> {
         2 => Just(Layer::Bias),
         3 => (0u8..5).prop_map(Layer::Act),
         1 => Just(Layer::Scale),
-        1 => Just(Layer::LayerNorm),
+        1 => Just(Layer::Norm),
         1 => Just(Layer::Residual),
         1 => Just(Layer::Dropout),
         1 => Just(Layer::SoftmaxMul),
@@ -66,7 +66,7 @@ fn build(s: &Spec) -> Graph {
     let mut h = x;
     let mut history = vec![x];
     let mut i = 0;
-    let mut param = |g: &mut Graph, dims: Vec<u64>, init: Init, i: &mut usize| {
+    let param = |g: &mut Graph, dims: Vec<u64>, init: Init, i: &mut usize| {
         *i += 1;
         v(g.add_node(format!("p{i}"), Op::Param { ty: f32t(dims), init }, Role::Forward, &[]).unwrap())
     };
@@ -87,7 +87,7 @@ fn build(s: &Spec) -> Graph {
                 g.add_node(name, op, Role::Forward, &[h])
             }
             Layer::Scale => g.add_node(name, Op::Scale { value: 0.5 }, Role::Forward, &[h]),
-            Layer::LayerNorm => {
+            Layer::Norm => {
                 let gamma = param(&mut g, vec![d], Init::Ones, &mut i);
                 let beta = param(&mut g, vec![d], Init::Zeros, &mut i);
                 g.add_node(name, Op::LayerNorm { eps: 1e-5 }, Role::Forward, &[h, gamma, beta])

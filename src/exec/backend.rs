@@ -1,0 +1,57 @@
+//! The interface a device implements.
+
+use crate::op::Op;
+use crate::types::TensorType;
+
+use super::rng;
+use super::tensor::Tensor;
+use super::ExecError;
+
+/// What a kernel knows about the node it runs for.
+#[derive(Clone, Copy, Debug)]
+pub struct OpCtx<'a> {
+    /// The node's name, for errors.
+    pub node: &'a str,
+    /// The step number (0-based), mixed into dropout masks.
+    pub step: u64,
+    /// A per-node seed: the graph seed mixed with the hash of the node's
+    /// name (see [`node_seed`]), so two dropout nodes with equal `seed`
+    /// attributes still draw different masks.
+    pub seed: u64,
+}
+
+/// The per-node seed of [`OpCtx`]: `combine(graph_seed, fnv1a(node name))`.
+pub fn node_seed(graph_seed: u64, node: &str) -> u64 {
+    rng::combine(graph_seed, rng::fnv1a(node))
+}
+
+/// A device that runs ops on its own buffers.
+///
+/// The executor moves data to the device only at the edges of a step
+/// (`upload` of params, state and batch; `download` of what the step
+/// returns); between ops, values stay in `Buffer`s, so a CUDA backend needs
+/// no host round trip per op.
+pub trait Backend {
+    /// A tensor on the device (its type is known to the executor).
+    type Buffer;
+
+    /// A short name for messages ("cpu", "cuda").
+    fn name(&self) -> &'static str;
+
+    /// Copies a host tensor to the device.
+    fn upload(&mut self, t: &Tensor) -> Result<Self::Buffer, ExecError>;
+
+    /// Copies a device buffer back to the host.
+    fn download(&mut self, b: &Self::Buffer) -> Result<Tensor, ExecError>;
+
+    /// Runs `op` on `inputs` (in the op's input order, see
+    /// [`crate::infer::input_names`]) and returns one buffer per output,
+    /// of the types `out_types` (the node's inferred output types).
+    fn run(
+        &mut self,
+        op: &Op,
+        ctx: &OpCtx<'_>,
+        inputs: &[&Self::Buffer],
+        out_types: &[TensorType],
+    ) -> Result<Vec<Self::Buffer>, ExecError>;
+}

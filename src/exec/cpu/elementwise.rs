@@ -1,0 +1,158 @@
+//! Elementwise kernels: binary arithmetic with broadcasting, unary math and
+//! its gradients, dropout, select.
+
+use crate::op::Op;
+use crate::types::TensorType;
+
+use super::super::backend::OpCtx;
+use super::super::rng;
+use super::super::tensor::{Data, Tensor};
+use super::{broadcast_map, dims, from_f32, wrap, KResult};
+
+/// √(2/π), the constant of the tanh approximation of gelu.
+const GELU_C: f32 = 0.797_884_6;
+/// The cubic coefficient of the tanh approximation of gelu.
+const GELU_A: f32 = 0.044715;
+
+/// `add`, `sub`, `mul`, `div` with NumPy broadcasting. Floats compute in
+/// f32 and round once; integers are exact and wrap on overflow, `div`
+/// truncates toward zero and a zero divisor is an error.
+pub fn binary(op: &Op, a: &Tensor, b: &Tensor, out: &TensorType) -> KResult<Tensor> {
+    let to = dims(&out.shape);
+    let ia = broadcast_map(&dims(a.shape()), &to);
+    let ib = broadcast_map(&dims(b.shape()), &to);
+    if let (Some(x), Some(y)) = (a.data().to_i64_vec(), b.data().to_i64_vec()) {
+        let mut v = Vec::with_capacity(ia.len());
+        for (&i, &j) in ia.iter().zip(&ib) {
+            let (p, q) = (x[i], y[j]);
+            v.push(match op {
+                Op::Add => p.wrapping_add(q),
+                Op::Sub => p.wrapping_sub(q),
+                Op::Mul => p.wrapping_mul(q),
+                _ if q == 0 => return Err("integer division by zero".into()),
+                _ => p.wrapping_div(q),
+            });
+        }
+        return wrap(Tensor::new(out.shape.clone(), Data::from_i64(out.dtype, &v)));
+    }
+    let (x, y) = (a.to_f32_vec(), b.to_f32_vec());
+    let f: fn(f32, f32) -> f32 = match op {
+        Op::Add => |p, q| p + q,
+        Op::Sub => |p, q| p - q,
+        Op::Mul => |p, q| p * q,
+        _ => |p, q| p / q,
+    };
+    let v: Vec<f32> = ia.iter().zip(&ib).map(|(&i, &j)| f(x[i], y[j])).collect();
+    from_f32(out, &v)
+}
+
+/// gelu, tanh approximation: `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`.
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + (GELU_C * (x + GELU_A * x * x * x)).tanh())
+}
+
+/// The exact derivative of [`gelu`].
+pub fn gelu_derivative(x: f32) -> f32 {
+    let t = (GELU_C * (x + GELU_A * x * x * x)).tanh();
+    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * GELU_A * x * x)
+}
+
+/// `scale`, `relu`, `gelu`, `tanh`, `sigmoid`, `exp`, `log`.
+pub fn unary(op: &Op, x: &Tensor, out: &TensorType) -> KResult<Tensor> {
+    let s = match op {
+        Op::Scale { value } => *value as f32,
+        _ => 0.0,
+    };
+    let f = |v: f32| -> f32 {
+        match op {
+            Op::Scale { .. } => v * s,
+            Op::Relu => {
+                if v > 0.0 {
+                    v
+                } else {
+                    0.0
+                }
+            }
+            Op::Gelu => gelu(v),
+            Op::Tanh => v.tanh(),
+            Op::Sigmoid => 1.0 / (1.0 + (-v).exp()),
+            Op::Exp => v.exp(),
+            _ => v.ln(),
+        }
+    };
+    let v: Vec<f32> = x.to_f32_vec().into_iter().map(f).collect();
+    from_f32(out, &v)
+}
+
+/// `relu_grad(dy, y)`, `gelu_grad(dy, x)`, `tanh_grad(dy, y)`, `sigmoid_grad(dy, y)`.
+pub fn unary_grad(op: &Op, dy: &Tensor, v: &Tensor, out: &TensorType) -> KResult<Tensor> {
+    let (d, y) = (dy.to_f32_vec(), v.to_f32_vec());
+    let g = |d: f32, y: f32| -> f32 {
+        match op {
+            Op::ReluGrad => {
+                if y > 0.0 {
+                    d
+                } else {
+                    0.0
+                }
+            }
+            Op::GeluGrad => d * gelu_derivative(y),
+            Op::TanhGrad => d * (1.0 - y * y),
+            _ => d * y * (1.0 - y),
+        }
+    };
+    let r: Vec<f32> = d.iter().zip(&y).map(|(&d, &y)| g(d, y)).collect();
+    from_f32(out, &r)
+}
+
+/// The dropout keep mask: element `i` is kept when
+/// `hash_u01(combine(node seed, combine(seed attr, step)), i) >= p`, so
+/// masks depend on (graph seed, node name, `seed` attribute, step) only.
+pub fn dropout_mask(p: f64, seed: u64, ctx: &OpCtx<'_>, n: usize) -> Vec<bool> {
+    let s = rng::combine(ctx.seed, rng::combine(seed, ctx.step));
+    let p = p as f32;
+    (0..n as u64).map(|i| rng::hash_u01(s, i) >= p).collect()
+}
+
+/// `1/(1-p)` as the f32 that scales kept values.
+fn keep_scale(p: f64) -> f32 {
+    (1.0 / (1.0 - p)) as f32
+}
+
+/// `dropout(x) -> (y, mask)`: `y = x * 1/(1-p)` where kept, else 0.
+pub fn dropout(p: f64, seed: u64, ctx: &OpCtx<'_>, x: &Tensor, out: &[TensorType]) -> KResult<Vec<Tensor>> {
+    let mask = dropout_mask(p, seed, ctx, x.len());
+    let s = keep_scale(p);
+    let y: Vec<f32> = x.to_f32_vec().iter().zip(&mask).map(|(&v, &k)| if k { v * s } else { 0.0 }).collect();
+    Ok(vec![from_f32(&out[0], &y)?, wrap(Tensor::new(out[1].shape.clone(), Data::Bool(mask)))?])
+}
+
+/// `dropout_grad(dy, mask)`: `dy * 1/(1-p)` where kept, else 0.
+pub fn dropout_grad(p: f64, dy: &Tensor, mask: &Tensor, out: &TensorType) -> KResult<Tensor> {
+    let Data::Bool(m) = mask.data() else { return Err("the mask must be bool".into()) };
+    let s = keep_scale(p);
+    let v: Vec<f32> = dy.to_f32_vec().iter().zip(m).map(|(&d, &k)| if k { d * s } else { 0.0 }).collect();
+    from_f32(out, &v)
+}
+
+/// `select(found_inf, on_inf, otherwise)`: a bit-for-bit copy of `on_inf`
+/// when found_inf is nonzero (NaN counts as nonzero), else of `otherwise`.
+pub fn select(found: &Tensor, on_inf: &Tensor, otherwise: &Tensor) -> KResult<Tensor> {
+    let f = found.item_f32().ok_or("found_inf must be a scalar")?;
+    Ok(if f != 0.0 { on_inf.clone() } else { otherwise.clone() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gelu_derivative_matches_differences() {
+        for &x in &[-3.0f32, -1.0, -0.3, 0.0, 0.5, 2.0] {
+            let h = 1e-2f64;
+            let g = |x: f64| 0.5 * x * (1.0 + (0.7978845608028654 * (x + 0.044715 * x * x * x)).tanh());
+            let fd = (g(x as f64 + h) - g(x as f64 - h)) / (2.0 * h);
+            assert!((gelu_derivative(x) as f64 - fd).abs() < 1e-4, "{x}");
+        }
+    }
+}

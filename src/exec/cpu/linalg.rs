@@ -1,0 +1,304 @@
+//! matmul, conv2d and its gradients (im2col + GEMM), max/avg pooling and
+//! their gradients. Products accumulate in f32 over the contracted index
+//! in increasing order.
+
+use crate::op::Window;
+use crate::types::TensorType;
+
+use super::super::tensor::Tensor;
+use super::{broadcast_map, dims, from_f32, KResult};
+
+/// `c[m×n] += a[m×k] · b[k×n]`, all row-major f32: for each row of `c`,
+/// rank-1 updates over `p = 0..k` in order (the inner loop runs along a
+/// contiguous row, which the compiler vectorises).
+pub fn gemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+    const KB: usize = 256;
+    for p0 in (0..k).step_by(KB) {
+        let p1 = (p0 + KB).min(k);
+        for i in 0..m {
+            let crow = &mut c[i * n..(i + 1) * n];
+            let arow = &a[i * k..(i + 1) * k];
+            for p in p0..p1 {
+                // No skipping of zeros: 0 · inf must stay NaN.
+                let av = arow[p];
+                let brow = &b[p * n..(p + 1) * n];
+                for (cv, &bv) in crow.iter_mut().zip(brow) {
+                    *cv += av * bv;
+                }
+            }
+        }
+    }
+}
+
+/// The row-major transpose of an `r×c` matrix.
+fn transposed(x: &[f32], r: usize, c: usize) -> Vec<f32> {
+    let mut t = vec![0f32; r * c];
+    for i in 0..r {
+        for j in 0..c {
+            t[j * r + i] = x[i * c + j];
+        }
+    }
+    t
+}
+
+/// NumPy `matmul` with batch broadcasting; a flagged operand has its last
+/// two axes swapped first.
+pub fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, out: &TensorType) -> KResult<Tensor> {
+    let (ad, bd, od) = (dims(a.shape()), dims(b.shape()), dims(&out.shape));
+    let (ar, br, or) = (ad.len(), bd.len(), od.len());
+    let (m, n) = (od[or - 2], od[or - 1]);
+    let k = if ta { ad[ar - 2] } else { ad[ar - 1] };
+    let amap = broadcast_map(&ad[..ar - 2], &od[..or - 2]);
+    let bmap = broadcast_map(&bd[..br - 2], &od[..or - 2]);
+    let (x, y) = (a.to_f32_vec(), b.to_f32_vec());
+    let mut c = vec![0f32; amap.len() * m * n];
+    for (bi, (&ia, &ib)) in amap.iter().zip(&bmap).enumerate() {
+        let asl = &x[ia * m * k..(ia + 1) * m * k];
+        let bsl = &y[ib * k * n..(ib + 1) * k * n];
+        let ap = if ta { transposed(asl, k, m) } else { asl.to_vec() };
+        let bp = if tb { transposed(bsl, n, k) } else { bsl.to_vec() };
+        gemm(m, n, k, &ap, &bp, &mut c[bi * m * n..(bi + 1) * m * n]);
+    }
+    from_f32(out, &c)
+}
+
+/// Geometry of a convolution: input `[N, C, H, W]`, kernel `kh×kw`, output `OH×OW`.
+struct Geom {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    stride: [usize; 2],
+    pad: [usize; 2],
+}
+
+impl Geom {
+    fn new(x: &[usize], kernel: [usize; 2], y: &[usize], stride: [u64; 2], pad: [u64; 2]) -> Geom {
+        Geom {
+            n: x[0],
+            c: x[1],
+            h: x[2],
+            w: x[3],
+            kh: kernel[0],
+            kw: kernel[1],
+            oh: y[2],
+            ow: y[3],
+            stride: [stride[0] as usize, stride[1] as usize],
+            pad: [pad[0] as usize, pad[1] as usize],
+        }
+    }
+
+    /// The input position read by output `(o, kernel offset)` along axis `ax`, if inside.
+    fn src(&self, ax: usize, o: usize, i: usize) -> Option<usize> {
+        let p = (o * self.stride[ax] + i).checked_sub(self.pad[ax])?;
+        (p < if ax == 0 { self.h } else { self.w }).then_some(p)
+    }
+
+    /// Calls `f(column row, column, input index)` for every in-bounds tap of
+    /// image `n` (input index relative to the image).
+    fn taps(&self, mut f: impl FnMut(usize, usize, usize)) {
+        for c in 0..self.c {
+            for i in 0..self.kh {
+                for j in 0..self.kw {
+                    let row = (c * self.kh + i) * self.kw + j;
+                    for oy in 0..self.oh {
+                        let Some(iy) = self.src(0, oy, i) else { continue };
+                        for ox in 0..self.ow {
+                            if let Some(ix) = self.src(1, ox, j) {
+                                f(row, oy * self.ow + ox, (c * self.h + iy) * self.w + ix);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// im2col of image `img` (`C·H·W` values) into `[C·kh·kw, OH·OW]`.
+    fn im2col(&self, img: &[f32]) -> Vec<f32> {
+        let p = self.oh * self.ow;
+        let mut cols = vec![0f32; self.c * self.kh * self.kw * p];
+        self.taps(|row, col, src| cols[row * p + col] = img[src]);
+        cols
+    }
+}
+
+/// `conv2d(x [N,C,H,W], w [O,C,kh,kw])` with stride and zero padding.
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: [u64; 2], pad: [u64; 2], out: &TensorType) -> KResult<Tensor> {
+    let (xd, wd, yd) = (dims(x.shape()), dims(w.shape()), dims(&out.shape));
+    let g = Geom::new(&xd, [wd[2], wd[3]], &yd, stride, pad);
+    let (o, kk, p) = (wd[0], g.c * g.kh * g.kw, g.oh * g.ow);
+    let (xv, wv) = (x.to_f32_vec(), w.to_f32_vec());
+    let mut y = vec![0f32; g.n * o * p];
+    let img = g.c * g.h * g.w;
+    for n in 0..g.n {
+        let cols = g.im2col(&xv[n * img..(n + 1) * img]);
+        gemm(o, p, kk, &wv, &cols, &mut y[n * o * p..(n + 1) * o * p]);
+    }
+    from_f32(out, &y)
+}
+
+/// `conv2d_grad_input(dy, w)`: `Wᵀ·dy` per image, scattered back (col2im).
+pub fn conv2d_grad_input(
+    dy: &Tensor,
+    w: &Tensor,
+    stride: [u64; 2],
+    pad: [u64; 2],
+    out: &TensorType,
+) -> KResult<Tensor> {
+    let (xd, wd, yd) = (dims(&out.shape), dims(w.shape()), dims(dy.shape()));
+    let g = Geom::new(&xd, [wd[2], wd[3]], &yd, stride, pad);
+    let (o, kk, p) = (wd[0], g.c * g.kh * g.kw, g.oh * g.ow);
+    let wt = transposed(&w.to_f32_vec(), o, kk);
+    let d = dy.to_f32_vec();
+    let img = g.c * g.h * g.w;
+    let mut dx = vec![0f32; g.n * img];
+    for n in 0..g.n {
+        let mut dcols = vec![0f32; kk * p];
+        gemm(kk, p, o, &wt, &d[n * o * p..(n + 1) * o * p], &mut dcols);
+        let dst = &mut dx[n * img..(n + 1) * img];
+        g.taps(|row, col, src| dst[src] += dcols[row * p + col]);
+    }
+    from_f32(out, &dx)
+}
+
+/// `conv2d_grad_weight(dy, x)`: `Σₙ dyₙ · im2col(xₙ)ᵀ`.
+pub fn conv2d_grad_weight(
+    dy: &Tensor,
+    x: &Tensor,
+    stride: [u64; 2],
+    pad: [u64; 2],
+    out: &TensorType,
+) -> KResult<Tensor> {
+    let (xd, wd, yd) = (dims(x.shape()), dims(&out.shape), dims(dy.shape()));
+    let g = Geom::new(&xd, [wd[2], wd[3]], &yd, stride, pad);
+    let (o, kk, p) = (wd[0], g.c * g.kh * g.kw, g.oh * g.ow);
+    let (xv, d) = (x.to_f32_vec(), dy.to_f32_vec());
+    let img = g.c * g.h * g.w;
+    let mut dw = vec![0f32; o * kk];
+    for n in 0..g.n {
+        let cols_t = transposed(&g.im2col(&xv[n * img..(n + 1) * img]), kk, p);
+        gemm(o, kk, p, &d[n * o * p..(n + 1) * o * p], &cols_t, &mut dw);
+    }
+    from_f32(out, &dw)
+}
+
+/// Calls `f(plane, output index, in-bounds input indices)` for every pooling window.
+fn pool_windows(xd: &[usize], win: &Window, yd: &[usize], mut f: impl FnMut(usize, usize, &[usize])) {
+    let g = Geom::new(xd, [win.kernel[0] as usize, win.kernel[1] as usize], yd, win.stride, win.padding);
+    let mut taps = Vec::with_capacity(g.kh * g.kw);
+    for plane in 0..g.n * g.c {
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                taps.clear();
+                for i in 0..g.kh {
+                    let Some(iy) = g.src(0, oy, i) else { continue };
+                    for j in 0..g.kw {
+                        if let Some(ix) = g.src(1, ox, j) {
+                            taps.push(plane * g.h * g.w + iy * g.w + ix);
+                        }
+                    }
+                }
+                f(plane, (plane * g.oh + oy) * g.ow + ox, &taps);
+            }
+        }
+    }
+}
+
+/// The first maximum of a window (padding never wins; NaN propagates).
+fn argmax(x: &[f32], taps: &[usize]) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    for &t in taps {
+        match best {
+            None => best = Some(t),
+            Some(b) if x[b].is_nan() => {}
+            Some(b) if x[t] > x[b] || x[t].is_nan() => best = Some(t),
+            _ => {}
+        }
+    }
+    best
+}
+
+/// `max_pool2d`: the maximum over the in-bounds part of each window
+/// (padding acts as -inf).
+pub fn max_pool(x: &Tensor, win: &Window, out: &TensorType) -> KResult<Tensor> {
+    let xv = x.to_f32_vec();
+    let mut y = vec![f32::NEG_INFINITY; out.shape.numel().unwrap_or(0) as usize];
+    pool_windows(&dims(x.shape()), win, &dims(&out.shape), |_, o, taps| {
+        if let Some(a) = argmax(&xv, taps) {
+            y[o] = xv[a];
+        }
+    });
+    from_f32(out, &y)
+}
+
+/// `max_pool2d_grad(dy, x)`: each window's gradient goes to its first maximum.
+pub fn max_pool_grad(dy: &Tensor, x: &Tensor, win: &Window, out: &TensorType) -> KResult<Tensor> {
+    let (xv, d) = (x.to_f32_vec(), dy.to_f32_vec());
+    let mut dx = vec![0f32; xv.len()];
+    pool_windows(&dims(x.shape()), win, &dims(dy.shape()), |_, o, taps| {
+        if let Some(a) = argmax(&xv, taps) {
+            dx[a] += d[o];
+        }
+    });
+    from_f32(out, &dx)
+}
+
+/// `avg_pool2d`: the sum of the in-bounds values over `kh·kw` (padding counts
+/// as zeros, PyTorch's default `count_include_pad=True`).
+pub fn avg_pool(x: &Tensor, win: &Window, out: &TensorType) -> KResult<Tensor> {
+    let xv = x.to_f32_vec();
+    let area = (win.kernel[0] * win.kernel[1]) as f32;
+    let mut y = vec![0f32; out.shape.numel().unwrap_or(0) as usize];
+    pool_windows(&dims(x.shape()), win, &dims(&out.shape), |_, o, taps| {
+        y[o] = taps.iter().map(|&t| xv[t]).sum::<f32>() / area;
+    });
+    from_f32(out, &y)
+}
+
+/// `avg_pool2d_grad(dy)`: every in-bounds tap of a window gets `dy / (kh·kw)`.
+pub fn avg_pool_grad(dy: &Tensor, win: &Window, out: &TensorType) -> KResult<Tensor> {
+    let d = dy.to_f32_vec();
+    let area = (win.kernel[0] * win.kernel[1]) as f32;
+    let mut dx = vec![0f32; out.shape.numel().unwrap_or(0) as usize];
+    pool_windows(&dims(&out.shape), win, &dims(dy.shape()), |_, o, taps| {
+        for &t in taps {
+            dx[t] += d[o] / area;
+        }
+    });
+    from_f32(out, &dx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::DType;
+
+    #[test]
+    fn gemm_small() {
+        let mut c = vec![0.0; 4];
+        gemm(2, 2, 3, &[1., 2., 3., 4., 5., 6.], &[1., 0., 0., 1., 1., 1.], &mut c);
+        assert_eq!(c, vec![4., 5., 10., 11.]);
+    }
+
+    #[test]
+    fn conv_identity_kernel() {
+        let x = Tensor::from_f32(DType::F32, vec![1, 1, 2, 2], &[1., 2., 3., 4.]).unwrap();
+        let w = Tensor::from_f32(DType::F32, vec![1, 1, 1, 1], &[2.]).unwrap();
+        let y = conv2d(&x, &w, [1, 1], [0, 0], &TensorType::new(DType::F32, vec![1, 1, 2, 2])).unwrap();
+        assert_eq!(y.to_f32_vec(), vec![2., 4., 6., 8.]);
+    }
+
+    #[test]
+    fn max_pool_routes_to_the_first_maximum() {
+        let x = Tensor::from_f32(DType::F32, vec![1, 1, 2, 2], &[5., 5., 1., 2.]).unwrap();
+        let w = Window { kernel: [2, 2], stride: [2, 2], padding: [0, 0] };
+        let dy = Tensor::from_f32(DType::F32, vec![1, 1, 1, 1], &[3.]).unwrap();
+        let dx = max_pool_grad(&dy, &x, &w, &x.ty()).unwrap();
+        assert_eq!(dx.to_f32_vec(), vec![3., 0., 0., 0.]);
+    }
+}

@@ -1,0 +1,52 @@
+//! Executors: run a lowered graph, one training step at a time.
+//!
+//! [`Backend`] is what a device implements: buffers that live on the device
+//! and one kernel launch per op. [`CpuBackend`] is the reference: it
+//! implements every [`crate::Op`] exactly as the op's doc comment says, with
+//! the numerics of DESIGN.md ("Numerics of the CPU reference executor"):
+//! values of a low type are stored in that type, an op reads its inputs,
+//! computes in f32 (accumulating in f32) and rounds its output once to the
+//! output dtype, round to nearest even. A CUDA backend is tested against it.
+//!
+//! [`Executor`] plans a graph once and runs steps as a pure function of
+//! (state, batch, step number); [`init_state`] materialises params and state.
+
+pub mod backend;
+pub mod cpu;
+pub mod rng;
+pub mod run;
+pub mod tensor;
+
+pub use backend::{Backend, OpCtx};
+pub use cpu::CpuBackend;
+pub use run::{init_state, Executor, RunOptions, State, StepResult};
+pub use tensor::{Data, Tensor};
+
+/// An error while executing a graph.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ExecError {
+    /// A kernel failed (bad label or id, inconsistent types, ...).
+    #[error("node `{node}` ({op}): {message}")]
+    Op {
+        /// The node's name.
+        node: String,
+        /// The op's name as written in the format.
+        op: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+    /// A param, state or batch tensor is missing or has the wrong type.
+    #[error("value `{name}`: {message}")]
+    Value {
+        /// The value's name.
+        name: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The graph cannot be planned (a cycle, a missing value).
+    #[error("the graph cannot be executed: {0}")]
+    Graph(String),
+    /// A tensor was built from inconsistent parts.
+    #[error("tensor: {0}")]
+    Tensor(String),
+}
