@@ -102,7 +102,8 @@ pub struct RawNode {
     /// Names of the outputs of a multi-output op. Default: `name`, `name:1`, `name:2`...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outputs: Option<Vec<String>>,
-    /// Only in the `update` section: `optimizer` (default) or `scaler`.
+    /// Only in the `update` section: `optimizer` (default) or `scaler`;
+    /// `forward` and `backward` are rejected there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
     /// Pins the compute precision of this node, overriding the op table.

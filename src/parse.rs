@@ -27,6 +27,11 @@ pub fn parse_str(text: &str) -> Result<Graph, ParseError> {
 
 /// Parses the JSON text into the file's serde types.
 pub fn parse_raw(text: &str) -> Result<RawGraph, ParseError> {
+    // Tracking the path costs as much as the parse itself: only pay for it
+    // when there is an error to explain.
+    if let Ok(raw) = serde_json::from_str::<RawGraph>(text) {
+        return Ok(raw);
+    }
     let de = &mut serde_json::Deserializer::from_str(text);
     let raw: RawGraph = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -64,6 +69,16 @@ fn suggest_variant(message: &str) -> String {
     }
 }
 
+/// A JSON pointer to a node, formatted only when an error needs it.
+#[derive(Copy, Clone)]
+struct Ptr(&'static str, usize);
+
+impl std::fmt::Display for Ptr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "/{}/{}", self.0, self.1)
+    }
+}
+
 struct Builder {
     g: Graph,
     problems: Vec<Problem>,
@@ -76,7 +91,7 @@ impl Builder {
         self.problems.push(Problem::new(node, Some(pointer), message));
     }
 
-    fn shape(&mut self, name: &str, ptr: &str, dims: &[i64]) -> Option<Shape> {
+    fn shape(&mut self, name: &str, ptr: Ptr, dims: &[i64]) -> Option<Shape> {
         let mut out = Vec::with_capacity(dims.len());
         for (i, &d) in dims.iter().enumerate() {
             if d < 1 {
@@ -97,7 +112,7 @@ impl Builder {
         Some(s)
     }
 
-    fn add(&mut self, name: &str, ptr: &str, op: Op, role: Role, outs: Vec<String>, origin: Origin) -> Option<NodeId> {
+    fn add(&mut self, name: &str, ptr: Ptr, op: Op, role: Role, outs: Vec<String>, origin: Origin) -> Option<NodeId> {
         match self.g.add_untyped(name.to_string(), op, role, outs, Some(origin)) {
             Ok(id) => Some(id),
             Err(GraphError::DuplicateName(n)) => {
@@ -118,8 +133,12 @@ impl Builder {
     }
 
     fn declare(&mut self, section: &'static str, index: usize, s: &RawState) -> Option<NodeId> {
-        let ptr = format!("/{section}/{index}");
-        let shape = self.shape(&s.name, &ptr, &s.shape)?;
+        let ptr = Ptr(section, index);
+        if s.name.is_empty() {
+            self.problem(None, format!("{ptr}/name"), "a name must not be empty");
+            return None;
+        }
+        let shape = self.shape(&s.name, ptr, &s.shape)?;
         let ty = TensorType { dtype: s.dtype, shape };
         let op = if section == "params" {
             if !s.dtype.is_float() {
@@ -133,7 +152,7 @@ impl Builder {
             let Some(init) = s.init.clone() else {
                 self.problem(
                     Some(&s.name),
-                    ptr,
+                    ptr.to_string(),
                     "a parameter needs an `init` (e.g. {\"kind\": \"normal\", \"std\": 0.02})",
                 );
                 return None;
@@ -152,12 +171,12 @@ impl Builder {
             Op::State { ty, init }
         };
         let origin = Origin { section, index: index as u32 };
-        self.add(&s.name, &ptr, op, Role::Forward, vec![s.name.clone()], origin)
+        self.add(&s.name, ptr, op, Role::Forward, vec![s.name.clone()], origin)
     }
 
     /// Adds a node; returns it with its raw inputs for wiring later.
     fn node(&mut self, section: &'static str, index: usize, n: &RawNode) -> Option<NodeId> {
-        let ptr = format!("/{section}/{index}");
+        let ptr = Ptr(section, index);
         let role = match (section, n.role) {
             ("update", None) => Role::Optimizer,
             ("update", Some(r @ (Role::Optimizer | Role::Scaler))) => r,
@@ -215,12 +234,12 @@ impl Builder {
             self.problem(Some(&n.name), format!("{ptr}/outputs/{i}"), "an output name must not be empty");
             return None;
         }
-        let id = self.add(&n.name, &ptr, op, role, outs, Origin { section, index: index as u32 })?;
+        let id = self.add(&n.name, ptr, op, role, outs, Origin { section, index: index as u32 })?;
         self.g.node_mut(id).precision = n.precision;
         Some(id)
     }
 
-    fn resolve(&mut self, node: Option<&str>, ptr: String, name: &str) -> Option<ValueId> {
+    fn resolve(&mut self, node: Option<&str>, ptr: impl FnOnce() -> String, name: &str) -> Option<ValueId> {
         let v = self.g.value(name);
         if v.is_none() && !self.failed.contains(name) {
             let hint = match self.g.node_named(name) {
@@ -230,7 +249,7 @@ impl Builder {
                 ),
                 None => String::new(),
             };
-            self.problem(node, ptr, format!("no value is named `{name}`{hint}"));
+            self.problem(node, ptr(), format!("no value is named `{name}`{hint}"));
         }
         v
     }
@@ -261,10 +280,14 @@ pub fn from_raw(raw: &RawGraph) -> Result<Graph, Vec<Problem>> {
         return Err(b.problems);
     }
     for (i, t) in raw.inputs.iter().enumerate() {
-        let ptr = format!("/inputs/{i}");
-        let added = b.shape(&t.name, &ptr, &t.shape).and_then(|shape| {
+        let ptr = Ptr("inputs", i);
+        if t.name.is_empty() {
+            b.problem(None, format!("{ptr}/name"), "a name must not be empty");
+            continue;
+        }
+        let added = b.shape(&t.name, ptr, &t.shape).and_then(|shape| {
             let op = Op::Input { ty: TensorType { dtype: t.dtype, shape } };
-            b.add(&t.name, &ptr, op, Role::Forward, vec![t.name.clone()], Origin { section: "inputs", index: i as u32 })
+            b.add(&t.name, ptr, op, Role::Forward, vec![t.name.clone()], Origin { section: "inputs", index: i as u32 })
         });
         if added.is_none() {
             b.failed.insert(t.name.clone());
@@ -298,33 +321,40 @@ pub fn from_raw(raw: &RawGraph) -> Result<Graph, Vec<Problem>> {
     }
     for (id, section, i, n) in pending {
         for (port, input) in n.inputs.iter().enumerate() {
-            if let Some(v) = b.resolve(Some(&n.name), format!("/{section}/{i}/inputs/{port}"), input) {
+            if let Some(v) = b.resolve(Some(&n.name), || format!("/{section}/{i}/inputs/{port}"), input) {
                 b.g.connect(v, id, port as u32);
             }
         }
     }
-    b.g.loss = b.resolve(None, "/loss".into(), &raw.loss);
+    b.g.loss = b.resolve(None, || "/loss".into(), &raw.loss);
     if raw.backward.is_none() && !raw.gradients.is_empty() {
         b.problem(None, "/gradients".into(), "`gradients` needs an explicit `backward` section");
     }
+    if raw.backward.is_some() && raw.gradients.is_empty() && !raw.params.is_empty() {
+        b.problem(
+            None,
+            "/backward".into(),
+            "an explicit `backward` section needs `gradients`: parameter name -> gradient value, for every parameter",
+        );
+    }
     for (param, grad) in &raw.gradients {
         let ptr = format!("/gradients/{}", pointer_token(param));
-        let p = b.resolve(None, ptr.clone(), param);
-        let v = b.resolve(None, ptr.clone(), grad);
+        let p = b.resolve(None, || ptr.clone(), param);
+        let v = b.resolve(None, || ptr.clone(), grad);
         if let (Some(p), Some(v)) = (p, v) {
             b.g.gradients.push((p.node, v));
         }
     }
     for (state, value) in &raw.updates {
         let ptr = format!("/updates/{}", pointer_token(state));
-        let s = b.resolve(None, ptr.clone(), state);
-        let v = b.resolve(None, ptr.clone(), value);
+        let s = b.resolve(None, || ptr.clone(), state);
+        let v = b.resolve(None, || ptr.clone(), value);
         if let (Some(s), Some(v)) = (s, v) {
             b.g.updates.push((s.node, v));
         }
     }
     for (i, o) in raw.outputs.iter().enumerate() {
-        if let Some(v) = b.resolve(None, format!("/outputs/{i}"), o) {
+        if let Some(v) = b.resolve(None, || format!("/outputs/{i}"), o) {
             b.g.outputs.push(v);
         }
     }

@@ -184,7 +184,8 @@ pub fn problems(g: &Graph) -> Vec<Problem> {
             ));
         }
     }
-    if !g.gradients.is_empty() {
+    let has_backward = g.node_ids().any(|n| g.node(n).role == Role::Backward);
+    if !g.gradients.is_empty() || has_backward {
         for p in g.params() {
             if !seen.contains(&p) {
                 out.push(at(
@@ -243,6 +244,7 @@ mod tests {
         g.loss = Some(ValueId { node: l, slot: 0 });
         let b = g.add_node("b", Op::Relu, Role::Backward, &[ValueId { node: x, slot: 0 }]).unwrap();
         g.add_node("f", Op::Relu, Role::Forward, &[ValueId { node: b, slot: 0 }]).unwrap();
+        g.gradients.push((x, ValueId { node: b, slot: 0 }));
         let p = problems(&g);
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(p[0].message.contains("may not read `b`"), "{}", p[0]);

@@ -125,3 +125,23 @@ fn unreadable_file() {
     assert!(matches!(e, LoadError::Io { .. }));
     assert!(e.to_string().starts_with("cannot read no/such/file.json"), "{e}");
 }
+
+#[test]
+fn empty_names_are_rejected_everywhere() {
+    let text = graph(GOOD_FORWARD, "").replace(r#"{"name": "x", "shape": [4, 8]}"#, r#"{"name": "", "shape": [4, 8]}"#);
+    let e = errors(&text);
+    assert!(e.contains("a name must not be empty"), "{e}");
+    assert!(e.contains("/inputs/0/name"), "{e}");
+    let text = graph(GOOD_FORWARD, "").replace(r#"{"name": "w", "shape""#, r#"{"name": "", "shape""#);
+    assert!(errors(&text).contains("/params/0/name"));
+}
+
+#[test]
+fn a_backward_section_needs_gradients() {
+    let rest = r#",
+  "backward": [{"name": "dloss", "op": "seed", "inputs": ["loss"]}]"#;
+    let e = errors(&graph(GOOD_FORWARD, rest));
+    assert!(e.contains("needs `gradients`"), "{e}");
+    let e = errors(&graph(GOOD_FORWARD, ",\n  \"backward\": []"));
+    assert!(e.contains("needs `gradients`"), "{e}");
+}
