@@ -6,6 +6,10 @@
 //! node. Sizes can be limited with `MPC_BENCH_MAX_NODES=100000`. Run as a
 //! test (`cargo test --benches`), it only checks the smallest size once.
 
+// The allocator the `mpc` binary uses.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::time::{Duration, Instant};

@@ -279,6 +279,13 @@ pub fn from_raw(raw: &RawGraph) -> Result<Graph, Vec<Problem>> {
         b.problem(None, "/format".into(), format!("expected \"{FORMAT_VERSION}\", found \"{}\"", raw.format));
         return Err(b.problems);
     }
+    let count = raw.inputs.len()
+        + raw.params.len()
+        + raw.state.len()
+        + raw.forward.len()
+        + raw.backward.as_ref().map_or(0, Vec::len)
+        + raw.update.len();
+    b.g.reserve(count, 2 * count);
     for (i, t) in raw.inputs.iter().enumerate() {
         let ptr = Ptr("inputs", i);
         if t.name.is_empty() {
