@@ -247,9 +247,17 @@ fn cast(
             return Ok(src);
         }
     }
-    let name = g.fresh_name(&format!("{}.{to}", g.value_name(v)));
+    let base = format!("{}.{to}", g.value_name(v));
     let role = g.node(v.node).role;
-    let id = g.add_node(name, Op::Cast { to }, role, &[v]).map_err(|e| e.to_string())?;
+    // Usually the plain name is free: try it before searching for a fresh one.
+    let id = match g.add_node(base, Op::Cast { to }, role, &[v]) {
+        Ok(id) => id,
+        Err(crate::graph::GraphError::DuplicateName(base)) => {
+            let name = g.fresh_name(&base);
+            g.add_node(name, Op::Cast { to }, role, &[v]).map_err(|e| e.to_string())?
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     let c = ValueId { node: id, slot: 0 };
     cache.insert((v, to), c);
     *count += 1;
