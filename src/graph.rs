@@ -259,7 +259,9 @@ impl Graph {
                 Entry::Occupied(e) => Err(GraphError::DuplicateName(e.key().clone())),
                 Entry::Vacant(e) => {
                     let name = e.key().clone();
-                    let outputs = vec![Output { name: name.clone(), ty: placeholder }];
+                    let mut output_names = output_names;
+                    let out = output_names.pop().unwrap_or_else(|| name.clone());
+                    let outputs = vec![Output { name: out, ty: placeholder }];
                     let id = NodeId(self.g.add_node(Node { name, op, role, precision: None, outputs, origin }));
                     e.insert(Named::Value(ValueId { node: id, slot: 0 }));
                     Ok(id)
