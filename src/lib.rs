@@ -12,6 +12,8 @@
 //! ```
 
 pub mod attrs;
+pub mod checkpoint;
+pub mod data;
 pub mod diag;
 pub mod emit;
 pub mod exec;

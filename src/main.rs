@@ -96,8 +96,50 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Train a graph on the CPU reference executor.
+    Train(TrainArgs),
     /// Print the JSON Schema of the graph format.
     Schema,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum TrainPrecision {
+    Fp32,
+    Fp16,
+    Bf16,
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// The graph file (JSON, format mpc/1).
+    model: PathBuf,
+    /// Train until this many steps are done (counting the resumed ones).
+    #[arg(long, default_value_t = 100)]
+    steps: u64,
+    /// fp32: grad and master-weights only; fp16/bf16: the full pipeline.
+    #[arg(long, value_enum, default_value = "fp16")]
+    precision: TrainPrecision,
+    /// Loss scaling: dynamic, static:S or none [default: dynamic for fp16, none for bf16].
+    #[arg(long, value_name = "MODE")]
+    loss_scale: Option<passes::LossScale>,
+    /// Seed of the init and the data order [default: 0, or the checkpoint's].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// CSV or CSV.GZ data, one example a row (default: synthetic data).
+    #[arg(long, value_name = "FILE")]
+    data: Option<PathBuf>,
+    /// Write metrics here, one JSON object a line (appended to when resuming).
+    #[arg(long, value_name = "FILE")]
+    log: Option<PathBuf>,
+    /// Write checkpoints (DIR/step-K.safetensors) into this directory.
+    #[arg(long, value_name = "DIR")]
+    checkpoint: Option<PathBuf>,
+    /// Checkpoint every K steps (and always after the last one).
+    #[arg(long, value_name = "K", requires = "checkpoint")]
+    checkpoint_every: Option<u64>,
+    /// Resume from a checkpoint written by --checkpoint.
+    #[arg(long, value_name = "FILE")]
+    resume: Option<PathBuf>,
 }
 
 // glibc's allocator spends much of a large lowering consolidating free lists.
@@ -201,9 +243,221 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
             println!("{}", r.summary());
             Ok(())
         }
+        Command::Train(args) => train(args),
         Command::Schema => {
             print!("{}", mpc::format::json_schema());
             Ok(())
         }
     }
+}
+
+/// Reads, verifies and lowers a graph for training; returns the graph as
+/// parsed (for the data layout) and lowered.
+fn load_for_training(args: &TrainArgs) -> Result<(mpc::Graph, mpc::Graph), miette::Report> {
+    let model = &args.model;
+    let loaded = load(model).map_err(|e| e.into_report())?;
+    let source = loaded.graph;
+    if let Err(e) = mpc::verify(&source) {
+        return Err(problems_report(&model.display().to_string(), &loaded.text, &e.0));
+    }
+    if source.optimizer.is_none() {
+        return Err(miette::Report::msg(format!("{}: the graph has no optimizer: nothing to train", model.display())));
+    }
+    let mut g = source.clone();
+    let fail = |e: passes::PassError| miette::Report::msg(format!("{}: {e}", model.display()));
+    match args.precision {
+        TrainPrecision::Fp32 => {
+            // Backward and FP32 optimizer only: no autocast, no loss scaling.
+            let opts = passes::Options::default();
+            let mut p = passes::Pipeline::new(&opts);
+            passes::run_passes(&mut g, &mut [&mut p.grad, &mut p.master_weights, &mut p.cleanup], &opts)
+                .map_err(fail)?;
+        }
+        TrainPrecision::Fp16 | TrainPrecision::Bf16 => {
+            let low = if args.precision == TrainPrecision::Fp16 { mpc::DType::F16 } else { mpc::DType::Bf16 };
+            let opts = passes::Options { low, loss_scale: args.loss_scale, ..passes::Options::default() };
+            passes::lower(&mut g, &opts).map_err(fail)?;
+        }
+    }
+    Ok((source, g))
+}
+
+/// The names of the logits and labels values when the loss is a
+/// `cross_entropy` whose labels are a graph input.
+fn classifier(g: &mpc::Graph) -> Option<(String, String)> {
+    let loss = g.loss?;
+    if !matches!(g.node(loss.node).op, mpc::Op::CrossEntropy) {
+        return None;
+    }
+    let ins = g.inputs(loss.node);
+    let (logits, labels) = (*ins.first()?, *ins.get(1)?);
+    if !matches!(g.node(labels.node).op, mpc::Op::Input { .. }) {
+        return None;
+    }
+    Some((g.value_name(logits).to_string(), g.value_name(labels).to_string()))
+}
+
+/// The fraction of test rows whose argmax logit is the label.
+fn test_accuracy(
+    ex: &mut mpc::exec::Executor<mpc::exec::CpuBackend>,
+    state: &mpc::exec::State,
+    data: &mpc::data::Dataset,
+    (logits, labels): &(String, String),
+    step: u64,
+) -> Result<f64, miette::Report> {
+    let msg = |e: String| miette::Report::msg(format!("evaluating the test set: {e}"));
+    let opts = mpc::exec::RunOptions { fetch: vec![logits.clone()], ..Default::default() };
+    let (mut right, mut total) = (0usize, 0usize);
+    for (batch, real) in data.test_batches().map_err(|e| msg(e.to_string()))? {
+        let r = ex.step(state, &batch, step, &opts).map_err(|e| msg(e.to_string()))?;
+        let t = &r.fetched[logits];
+        let classes = t.shape().0.last().copied().unwrap_or(1).max(1) as usize;
+        let v = t.to_f32_vec();
+        let want = batch[labels].data().to_i64_vec().unwrap_or_default();
+        for (i, row) in v.chunks(classes).take(real).enumerate() {
+            let best = row.iter().enumerate().fold(0, |b, (j, &x)| if x > row[b] { j } else { b });
+            right += usize::from(want.get(i) == Some(&(best as i64)));
+            total += 1;
+        }
+    }
+    Ok(right as f64 / total.max(1) as f64)
+}
+
+fn train(args: TrainArgs) -> Result<(), miette::Report> {
+    use mpc::checkpoint::{self, Checkpoint};
+    use mpc::data::{synthetic_batch, Dataset, Layout};
+    use mpc::exec::{init_state, CpuBackend, Executor, RunOptions};
+    use std::io::{IsTerminal, Write};
+
+    if args.precision == TrainPrecision::Fp32 && args.loss_scale.is_some() {
+        usage_error("--loss-scale: fp32 training has no loss scaling".into());
+    }
+    if args.checkpoint_every == Some(0) {
+        usage_error("--checkpoint-every: must be at least 1".into());
+    }
+    let msg = miette::Report::msg;
+    let (source, g) = load_for_training(&args)?;
+    let layout = Layout::of(&source).map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
+    let resumed = match &args.resume {
+        Some(path) => Some(checkpoint::load(path).map_err(|e| msg(e.to_string()))?),
+        None => None,
+    };
+    let seed = match (&resumed, args.seed) {
+        (Some(ck), Some(s)) if s != ck.seed => {
+            return Err(msg(format!("--seed {s} differs from the checkpoint's seed {}", ck.seed)));
+        }
+        (Some(ck), _) => ck.seed,
+        (None, s) => s.unwrap_or(0),
+    };
+    let data = match &args.data {
+        Some(path) => Some(Dataset::load(path, &layout, seed).map_err(|e| msg(e.to_string()))?),
+        None => None,
+    };
+    let fresh = init_state(&g, seed).map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
+    let (start, mut state) = match resumed {
+        Some(Checkpoint { step, state, .. }) => {
+            let path = args.resume.as_deref().unwrap_or(std::path::Path::new("")).display().to_string();
+            for (name, t) in &fresh {
+                match state.get(name) {
+                    None => return Err(msg(format!("{path}: `{name}` is missing (another graph or precision?)"))),
+                    Some(c) if c.ty() != t.ty() => {
+                        return Err(msg(format!("{path}: `{name}` is {}, the graph wants {}", c.ty(), t.ty())))
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(extra) = state.keys().find(|k| !fresh.contains_key(*k)) {
+                return Err(msg(format!("{path}: `{extra}` is not a param or state of this graph")));
+            }
+            (step, state)
+        }
+        None => (0, fresh),
+    };
+    if start > args.steps {
+        return Err(msg(format!("the checkpoint is at step {start}, past --steps {}", args.steps)));
+    }
+    if let Some(dir) = &args.checkpoint {
+        std::fs::create_dir_all(dir).map_err(|e| msg(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let mut log = match &args.log {
+        Some(path) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(args.resume.is_some())
+                .truncate(args.resume.is_none())
+                .open(path)
+                .map_err(|e| msg(format!("cannot write {}: {e}", path.display())))?;
+            Some((path, std::io::BufWriter::new(f)))
+        }
+        None => None,
+    };
+    let mut ex = Executor::new(&g, CpuBackend, seed).map_err(|e| msg(e.to_string()))?;
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(args.steps)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_position(start);
+    let save = |state: &mpc::exec::State, step: u64| -> Result<(), miette::Report> {
+        let Some(dir) = &args.checkpoint else { return Ok(()) };
+        let ck = Checkpoint { step, seed, state: state.clone() };
+        checkpoint::save(&dir.join(format!("step-{step}.safetensors")), &ck).map_err(|e| msg(e.to_string()))
+    };
+    let (mut last_loss, mut skipped, mut saved_at) = (None, 0u64, None);
+    for s in start..args.steps {
+        let batch = match &data {
+            Some(d) => d.train_batch(s),
+            None => synthetic_batch(&layout, seed, s),
+        }
+        .map_err(|e| msg(e.to_string()))?;
+        let r = ex.step(&state, &batch, s, &RunOptions::default()).map_err(|e| msg(format!("step {s}: {e}")))?;
+        let loss = r.loss_f32();
+        let scalar = |k: &str| r.outputs.get(k).and_then(|t| t.item_f32());
+        let (scale, found_inf, grad_norm) = (scalar("loss_scale"), scalar("found_inf"), scalar("grad_norm"));
+        skipped += u64::from(found_inf.is_some_and(|f| f != 0.0));
+        if let Some((path, w)) = &mut log {
+            let mut line = serde_json::json!({
+                "step": s + 1, "loss": loss, "loss_scale": scale, "found_inf": found_inf.map(|f| f != 0.0),
+            });
+            if let Some(n) = grad_norm {
+                line["grad_norm"] = serde_json::json!(n);
+            }
+            writeln!(w, "{line}")
+                .and_then(|_| w.flush())
+                .map_err(|e| msg(format!("cannot write {}: {e}", path.display())))?;
+        }
+        let mut m = format!("loss {:.4}", loss.unwrap_or(f32::NAN));
+        if let Some(sc) = scale {
+            m += &format!(" scale {sc}");
+        }
+        m += &format!(" skipped {skipped}");
+        bar.set_message(m);
+        bar.inc(1);
+        last_loss = loss.or(last_loss);
+        state = r.state;
+        if args.checkpoint_every.is_some_and(|k| (s + 1) % k == 0) {
+            save(&state, s + 1)?;
+            saved_at = Some(s + 1);
+        }
+    }
+    bar.finish_and_clear();
+    if saved_at != Some(args.steps) {
+        save(&state, args.steps)?;
+    }
+    match last_loss {
+        Some(l) => println!("step {}: final train loss {l:.6}, {skipped} skipped step(s)", args.steps),
+        None => println!("step {}: no steps run", args.steps),
+    }
+    if let (Some(d), Some(names)) = (&data, classifier(&g)) {
+        if d.test_rows() > 0 {
+            let acc = test_accuracy(&mut ex, &state, d, &names, args.steps)?;
+            println!("test accuracy {acc:.4} ({} test rows)", d.test_rows());
+        }
+    }
+    Ok(())
 }

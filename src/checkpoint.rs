@@ -1,0 +1,141 @@
+//! Training checkpoints: every param and state tensor (master weights,
+//! optimizer moments, loss scaler, step counter) by node name, in one
+//! safetensors file, with the number of completed steps and the seed in its
+//! metadata (key `mpc`: `{"format":"mpc-checkpoint/1","step":K,"seed":S}`).
+//! Written atomically; the same state gives the same bytes.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use half::{bf16, f16};
+use safetensors::tensor::{Dtype, TensorView};
+
+use crate::exec::{Data, State, Tensor};
+
+/// The safetensors metadata key that holds `{"format", "step", "seed"}` as JSON.
+pub const META_KEY: &str = "mpc";
+/// The checkpoint format's name and version.
+pub const FORMAT: &str = "mpc-checkpoint/1";
+
+/// A checkpoint error.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct CheckpointError(pub String);
+
+/// What a checkpoint holds.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    /// Completed steps: training resumes at this (0-based) step.
+    pub step: u64,
+    /// The seed of the run (init and data order).
+    pub seed: u64,
+    /// Params and state, by node name.
+    pub state: State,
+}
+
+fn bytes(data: &Data) -> (Dtype, Vec<u8>) {
+    match data {
+        Data::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        Data::F16(v) => (Dtype::F16, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        Data::Bf16(v) => (Dtype::BF16, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        Data::I32(v) => (Dtype::I32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        Data::I64(v) => (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        Data::Bool(v) => (Dtype::BOOL, v.iter().map(|&x| x as u8).collect()),
+    }
+}
+
+fn data(dtype: Dtype, b: &[u8]) -> Option<Data> {
+    fn le<const N: usize, T>(b: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
+        b.chunks_exact(N).map(|c| f(c.try_into().unwrap_or([0; N]))).collect()
+    }
+    Some(match dtype {
+        Dtype::F32 => Data::F32(le(b, f32::from_le_bytes)),
+        Dtype::F16 => Data::F16(le(b, f16::from_le_bytes)),
+        Dtype::BF16 => Data::Bf16(le(b, bf16::from_le_bytes)),
+        Dtype::I32 => Data::I32(le(b, i32::from_le_bytes)),
+        Dtype::I64 => Data::I64(le(b, i64::from_le_bytes)),
+        Dtype::BOOL => Data::Bool(b.iter().map(|&x| x != 0).collect()),
+        _ => return None,
+    })
+}
+
+/// Serializes a checkpoint to safetensors bytes.
+pub fn to_bytes(ck: &Checkpoint) -> Result<Vec<u8>, CheckpointError> {
+    let raw: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = ck
+        .state
+        .iter()
+        .map(|(name, t)| {
+            let (dtype, b) = bytes(t.data());
+            (name.clone(), t.shape().0.iter().map(|&d| d as usize).collect(), dtype, b)
+        })
+        .collect();
+    let mut views = Vec::with_capacity(raw.len());
+    for (name, shape, dtype, b) in &raw {
+        let view = TensorView::new(*dtype, shape.clone(), b).map_err(|e| CheckpointError(format!("`{name}`: {e}")))?;
+        views.push((name.clone(), view));
+    }
+    // One metadata key, so that the header (and the file) is the same bytes
+    // every time: safetensors writes a HashMap in arbitrary order.
+    let info = serde_json::json!({"format": FORMAT, "step": ck.step, "seed": ck.seed});
+    let meta = HashMap::from([(META_KEY.to_string(), info.to_string())]);
+    safetensors::serialize(views, Some(meta)).map_err(|e| CheckpointError(e.to_string()))
+}
+
+/// Writes a checkpoint atomically.
+pub fn save(path: &Path, ck: &Checkpoint) -> Result<(), CheckpointError> {
+    let b = to_bytes(ck)?;
+    crate::io::write_atomic(path, &b).map_err(|e| CheckpointError(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Reads a checkpoint written by [`save`].
+pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
+    let at = |m: String| CheckpointError(format!("{}: {m}", path.display()));
+    let buf = std::fs::read(path).map_err(|e| CheckpointError(format!("cannot read {}: {e}", path.display())))?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&buf).map_err(|e| at(format!("not a safetensors file ({e})")))?;
+    let st = safetensors::SafeTensors::deserialize(&buf).map_err(|e| at(e.to_string()))?;
+    let info: Option<serde_json::Value> =
+        meta.metadata().as_ref().and_then(|m| m.get(META_KEY)).and_then(|v| serde_json::from_str(v).ok());
+    let num = |key: &str| -> Result<u64, CheckpointError> {
+        info.as_ref()
+            .filter(|i| i["format"] == FORMAT)
+            .and_then(|i| i[key].as_u64())
+            .ok_or_else(|| at(format!("not an {FORMAT} file (metadata `{META_KEY}` lacks `{key}`)")))
+    };
+    let (step, seed) = (num("step")?, num("seed")?);
+    let mut state = State::new();
+    for (name, view) in st.tensors() {
+        let d = data(view.dtype(), view.data()).ok_or_else(|| at(format!("`{name}`: unsupported dtype")))?;
+        let shape: Vec<u64> = view.shape().iter().map(|&d| d as u64).collect();
+        let t = Tensor::new(shape, d).map_err(|e| at(format!("`{name}`: {e}")))?;
+        state.insert(name, t);
+    }
+    Ok(Checkpoint { step, seed, state })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_is_bit_exact() {
+        let mut state = State::new();
+        state.insert("w".into(), Tensor::from_f32(crate::DType::F32, vec![2, 2], &[1.0, -0.0, f32::NAN, 3.5]).unwrap());
+        state.insert("h".into(), Tensor::from_f32(crate::DType::F16, vec![3], &[1.0, 2.0, 65504.0]).unwrap());
+        state.insert("b".into(), Tensor::from_f32(crate::DType::Bf16, vec![1], &[0.1]).unwrap());
+        state.insert("s".into(), Tensor::scalar_i32(7));
+        state.insert("l".into(), Tensor::new(vec![2], Data::I64(vec![-1, 5])).unwrap());
+        state.insert("m".into(), Tensor::new(vec![2], Data::Bool(vec![true, false])).unwrap());
+        let ck = Checkpoint { step: 12, seed: 3, state };
+        let b = to_bytes(&ck).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.safetensors");
+        std::fs::write(&p, b).unwrap();
+        let back = load(&p).unwrap();
+        assert_eq!((back.step, back.seed), (12, 3));
+        assert_eq!(back.state.len(), ck.state.len());
+        for (k, t) in &ck.state {
+            assert!(back.state[k].bit_eq(t), "{k}");
+        }
+    }
+}
