@@ -37,18 +37,20 @@ pub struct RawGraph {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub state: Vec<RawState>,
     /// Forward nodes, in any order (names connect them).
-    pub forward: Vec<RawNode>,
+    // Boxed: a node has many optional attributes (464 bytes), and a vector of
+    // them would be copied as it grows.
+    pub forward: Vec<Box<RawNode>>,
     /// The name of the scalar loss value.
     pub loss: String,
     /// An explicit backward section. When absent, the `grad` pass derives it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backward: Option<Vec<RawNode>>,
+    pub backward: Option<Vec<Box<RawNode>>>,
     /// With an explicit backward section: parameter name -> gradient value name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub gradients: BTreeMap<String, String>,
     /// Optimizer and loss-scale nodes (role `optimizer` unless a node says `scaler`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub update: Vec<RawNode>,
+    pub update: Vec<Box<RawNode>>,
     /// State updates: param or state name -> the value it takes after the step.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub updates: BTreeMap<String, String>,

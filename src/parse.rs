@@ -308,7 +308,7 @@ pub fn from_raw(raw: &RawGraph) -> Result<Graph, Vec<Problem>> {
         }
     }
     let backward = raw.backward.as_deref().unwrap_or(&[]);
-    let sections: [(&'static str, &[RawNode]); 3] =
+    let sections: [(&'static str, &[Box<RawNode>]); 3] =
         [("forward", &raw.forward), ("backward", backward), ("update", &raw.update)];
     let mut pending = Vec::new();
     for (section, nodes) in sections {

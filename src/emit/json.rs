@@ -46,9 +46,9 @@ pub fn to_raw(g: &Graph) -> RawGraph {
                 };
                 op_to_raw(op, &mut rn);
                 match n.role {
-                    Role::Forward => raw.forward.push(rn),
-                    Role::Backward => backward.push(rn),
-                    Role::Optimizer | Role::Scaler => raw.update.push(rn),
+                    Role::Forward => raw.forward.push(Box::new(rn)),
+                    Role::Backward => backward.push(Box::new(rn)),
+                    Role::Optimizer | Role::Scaler => raw.update.push(Box::new(rn)),
                 }
             }
         }
