@@ -8,6 +8,8 @@ use mpc::emit::{self, Emit};
 use mpc::io::{load, problems_report, write_atomic};
 use mpc::passes;
 
+mod compare;
+
 #[derive(Parser)]
 #[command(name = "mpc", version, about = "A mixed-precision training compiler", long_about = None)]
 struct Cli {
@@ -98,6 +100,8 @@ enum Command {
     },
     /// Train a graph on the CPU reference executor.
     Train(TrainArgs),
+    /// Train one graph in FP32, FP16 (no, static and dynamic loss scaling) and BF16; tabulate and plot.
+    Compare(compare::CompareArgs),
     /// Print the JSON Schema of the graph format.
     Schema,
 }
@@ -244,6 +248,7 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
             Ok(())
         }
         Command::Train(args) => train(args),
+        Command::Compare(args) => compare::compare(args),
         Command::Schema => {
             print!("{}", mpc::format::json_schema());
             Ok(())
@@ -253,8 +258,11 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
 
 /// Reads, verifies and lowers a graph for training; returns the graph as
 /// parsed (for the data layout) and lowered.
-fn load_for_training(args: &TrainArgs) -> Result<(mpc::Graph, mpc::Graph), miette::Report> {
-    let model = &args.model;
+fn load_for_training(
+    model: &std::path::Path,
+    precision: TrainPrecision,
+    loss_scale: Option<passes::LossScale>,
+) -> Result<(mpc::Graph, mpc::Graph), miette::Report> {
     let loaded = load(model).map_err(|e| e.into_report())?;
     let source = loaded.graph;
     if let Err(e) = mpc::verify(&source) {
@@ -265,7 +273,7 @@ fn load_for_training(args: &TrainArgs) -> Result<(mpc::Graph, mpc::Graph), miett
     }
     let mut g = source.clone();
     let fail = |e: passes::PassError| miette::Report::msg(format!("{}: {e}", model.display()));
-    match args.precision {
+    match precision {
         TrainPrecision::Fp32 => {
             // Backward and FP32 optimizer only: no autocast, no loss scaling.
             let opts = passes::Options::default();
@@ -274,8 +282,8 @@ fn load_for_training(args: &TrainArgs) -> Result<(mpc::Graph, mpc::Graph), miett
                 .map_err(fail)?;
         }
         TrainPrecision::Fp16 | TrainPrecision::Bf16 => {
-            let low = if args.precision == TrainPrecision::Fp16 { mpc::DType::F16 } else { mpc::DType::Bf16 };
-            let opts = passes::Options { low, loss_scale: args.loss_scale, ..passes::Options::default() };
+            let low = if precision == TrainPrecision::Fp16 { mpc::DType::F16 } else { mpc::DType::Bf16 };
+            let opts = passes::Options { low, loss_scale, ..passes::Options::default() };
             passes::lower(&mut g, &opts).map_err(fail)?;
         }
     }
@@ -336,7 +344,7 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
         usage_error("--checkpoint-every: must be at least 1".into());
     }
     let msg = miette::Report::msg;
-    let (source, g) = load_for_training(&args)?;
+    let (source, g) = load_for_training(&args.model, args.precision, args.loss_scale)?;
     let layout = Layout::of(&source).map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
     let resumed = match &args.resume {
         Some(path) => Some(checkpoint::load(path).map_err(|e| msg(e.to_string()))?),

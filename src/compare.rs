@@ -1,0 +1,341 @@
+//! `mpc compare`: the same model and seed trained in FP32, FP16 without
+//! loss scaling, FP16 with a static scale, FP16 with dynamic scaling and
+//! BF16, on the CPU reference executor; a table, `compare.json` and three
+//! SVG plots (loss curves, the dynamic loss scale, and the FP32 gradient
+//! histogram against FP16's range, after Micikevicius et al. 2018, Fig. 3).
+//!
+//! The underflow share of a low-precision mode is measured, not estimated:
+//! every step fetches the raw parameter gradients as the backward pass
+//! produced them in that mode (still multiplied by the loss scale, before
+//! `unscale`; in a lowered graph `gradients` points at `<grad>.unscaled`,
+//! whose input 0 is that raw gradient) and compares them element by element
+//! with the FP32 run's gradients at the same step. An element counts when
+//! FP32 has it nonzero and the low mode has it exactly zero; the share is
+//! over every element of every step. The two runs follow their own
+//! trajectories, so the comparison is of the same step, not the same
+//! weights: from step 0 (same init, same batch) on, it shows what the low
+//! type does to gradients of the size FP32 training produces.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use mpc::data::{synthetic_batch, Dataset, Layout};
+use mpc::exec::{init_state, CpuBackend, Executor, RunOptions};
+use mpc::io::write_atomic;
+use mpc::passes::LossScale;
+use plotters::prelude::*;
+
+use crate::{classifier, load_for_training, test_accuracy, TrainPrecision};
+
+#[derive(clap::Args)]
+pub struct CompareArgs {
+    /// The graph file (JSON, format mpc/1).
+    model: PathBuf,
+    /// Steps per mode.
+    #[arg(long, default_value_t = 100)]
+    steps: u64,
+    /// Seed of the init and the data order (the same for every mode).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// CSV or CSV.GZ data, one example a row (default: synthetic data).
+    #[arg(long, value_name = "FILE")]
+    data: Option<PathBuf>,
+    /// The scale of the FP16 static mode.
+    #[arg(long, value_name = "S", default_value_t = 1024.0)]
+    static_scale: f64,
+    /// Write compare.json, loss.svg, loss_scale.svg and grad_hist.svg here.
+    #[arg(long, value_name = "DIR", default_value = "compare")]
+    out: PathBuf,
+}
+
+/// The number of last steps whose mean loss is the final loss.
+const FINAL_WINDOW: usize = 10;
+
+/// Histogram bins of log2 |g|: one per binade from 2^HIST_LO to 2^HIST_HI.
+const HIST_LO: i32 = -60;
+const HIST_HI: i32 = 20;
+
+struct Mode {
+    name: &'static str,
+    precision: TrainPrecision,
+    loss_scale: Option<LossScale>,
+}
+
+/// What one mode's run produced.
+#[derive(Default)]
+struct Run {
+    losses: Vec<f32>,
+    scales: Vec<f32>,
+    skipped: u64,
+    accuracy: Option<f64>,
+    /// Elements nonzero in FP32 and zero here, and elements compared.
+    flushed: u64,
+    compared: u64,
+}
+
+/// FP32 gradients by step: for each gradient element (in `names` order),
+/// whether it is nonzero.
+type Nonzero = Vec<Vec<bool>>;
+
+/// The value names of the raw parameter gradients, by parameter name.
+fn raw_gradients(g: &mpc::Graph) -> BTreeMap<String, String> {
+    g.gradients
+        .iter()
+        .map(|&(p, v)| {
+            let raw = if matches!(g.node(v.node).op, mpc::Op::Unscale) { g.inputs(v.node)[0] } else { v };
+            (g.node(p).name.clone(), g.value_name(raw).to_string())
+        })
+        .collect()
+}
+
+pub fn compare(args: CompareArgs) -> Result<(), miette::Report> {
+    let msg = miette::Report::msg;
+    if !(args.static_scale.is_finite() && args.static_scale > 0.0 && args.static_scale <= f32::MAX as f64) {
+        crate::usage_error(format!("--static-scale: must be positive and fit f32, found {}", args.static_scale));
+    }
+    let modes = [
+        Mode { name: "fp32", precision: TrainPrecision::Fp32, loss_scale: None },
+        Mode { name: "fp16-none", precision: TrainPrecision::Fp16, loss_scale: Some(LossScale::None) },
+        Mode {
+            name: "fp16-static",
+            precision: TrainPrecision::Fp16,
+            loss_scale: Some(LossScale::Static(args.static_scale)),
+        },
+        Mode {
+            name: "fp16-dynamic",
+            precision: TrainPrecision::Fp16,
+            loss_scale: Some(LossScale::default_for(mpc::DType::F16)),
+        },
+        Mode { name: "bf16", precision: TrainPrecision::Bf16, loss_scale: None },
+    ];
+    let mut runs: Vec<Run> = Vec::new();
+    let mut fp32_nonzero: Nonzero = Vec::new();
+    let mut hist = vec![0u64; (HIST_HI - HIST_LO) as usize];
+    let mut data = None;
+    for mode in &modes {
+        eprintln!("{}: training {} for {} steps", args.model.display(), mode.name, args.steps);
+        let (source, g) = load_for_training(&args.model, mode.precision, mode.loss_scale)?;
+        let layout = Layout::of(&source).map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
+        if data.is_none() {
+            if let Some(path) = &args.data {
+                data = Some(Dataset::load(path, &layout, args.seed).map_err(|e| msg(e.to_string()))?);
+            }
+        }
+        let grads = raw_gradients(&g);
+        let fetch: Vec<String> = grads.values().cloned().collect();
+        let opts = RunOptions { fetch: fetch.clone(), ..Default::default() };
+        let mut state = init_state(&g, args.seed).map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
+        let mut ex = Executor::new(&g, CpuBackend, args.seed).map_err(|e| msg(e.to_string()))?;
+        let mut run = Run::default();
+        for s in 0..args.steps {
+            let batch = match &data {
+                Some(d) => d.train_batch(s),
+                None => synthetic_batch(&layout, args.seed, s),
+            }
+            .map_err(|e| msg(e.to_string()))?;
+            let r = ex.step(&state, &batch, s, &opts).map_err(|e| msg(format!("{}, step {s}: {e}", mode.name)))?;
+            run.losses.push(r.loss_f32().unwrap_or(f32::NAN));
+            let scalar = |k: &str| r.outputs.get(k).and_then(|t| t.item_f32());
+            if let Some(sc) = scalar("loss_scale") {
+                run.scales.push(sc);
+            }
+            run.skipped += u64::from(scalar("found_inf").is_some_and(|f| f != 0.0));
+            let values: Vec<f32> = fetch.iter().flat_map(|f| r.fetched[f].to_f32_vec()).collect();
+            if mode.precision == TrainPrecision::Fp32 {
+                for &v in &values {
+                    if v != 0.0 && v.is_finite() {
+                        let b = (v.abs().log2().floor() as i32).clamp(HIST_LO, HIST_HI - 1);
+                        hist[(b - HIST_LO) as usize] += 1;
+                    }
+                }
+                fp32_nonzero.push(values.iter().map(|&v| v != 0.0).collect());
+            } else if let Some(nz) = fp32_nonzero.get(s as usize) {
+                if nz.len() != values.len() {
+                    return Err(msg(format!("{}: the gradients differ in size from FP32's", mode.name)));
+                }
+                run.compared += values.len() as u64;
+                run.flushed += nz.iter().zip(&values).filter(|(&nz, &v)| nz && v == 0.0).count() as u64;
+            }
+            state = r.state;
+        }
+        if let (Some(d), Some(names)) = (&data, classifier(&g)) {
+            if d.test_rows() > 0 {
+                run.accuracy = Some(test_accuracy(&mut ex, &state, d, &names, args.steps)?);
+            }
+        }
+        runs.push(run);
+    }
+
+    let rows: Vec<serde_json::Value> = modes
+        .iter()
+        .zip(&runs)
+        .map(|(m, r)| {
+            let tail = &r.losses[r.losses.len().saturating_sub(FINAL_WINDOW)..];
+            let final_loss = tail.iter().map(|&l| l as f64).sum::<f64>() / tail.len() as f64; // NaN (null) for no steps
+            let share = (m.precision != TrainPrecision::Fp32).then(|| r.flushed as f64 / r.compared.max(1) as f64);
+            serde_json::json!({
+                "mode": m.name,
+                "final_loss": final_loss,
+                "test_accuracy": r.accuracy,
+                "skipped": r.skipped,
+                "underflow_share": share,
+                "underflow_elements": r.flushed,
+                "compared_elements": r.compared,
+            })
+        })
+        .collect();
+    println!("{:13}  {:>12}  {:>9}  {:>7}  {:>9}", "mode", "final loss", "test acc", "skipped", "underflow");
+    for row in &rows {
+        let f = |k: &str, pct: bool| match row[k].as_f64() {
+            Some(v) if pct => format!("{:.2}%", 100.0 * v),
+            Some(v) => format!("{v:.4}"),
+            None => "-".into(),
+        };
+        println!(
+            "{:13}  {:>12.5e}  {:>9}  {:>7}  {:>9}",
+            row["mode"].as_str().unwrap_or(""),
+            row["final_loss"].as_f64().unwrap_or(f64::NAN),
+            f("test_accuracy", false),
+            row["skipped"],
+            f("underflow_share", true),
+        );
+    }
+    println!("(final loss: mean of the last {FINAL_WINDOW} steps; underflow: gradient elements nonzero in FP32, zero in the low type)");
+
+    let out = &args.out;
+    std::fs::create_dir_all(out).map_err(|e| msg(format!("cannot create {}: {e}", out.display())))?;
+    let report = serde_json::json!({
+        "model": args.model.display().to_string(),
+        "steps": args.steps,
+        "seed": args.seed,
+        "data": args.data.as_ref().map(|p| p.display().to_string()),
+        "static_scale": args.static_scale,
+        "final_window": FINAL_WINDOW,
+        "modes": rows,
+        "fp32_grad_log2_hist": {"first_binade": HIST_LO, "counts": hist},
+    });
+    let write = |name: &str, text: &str| {
+        let path = out.join(name);
+        write_atomic(&path, text.as_bytes()).map_err(|e| msg(format!("cannot write {}: {e}", path.display())))
+    };
+    write("compare.json", &(serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"))?;
+    let plot = |e: String| msg(format!("plotting: {e}"));
+    let curves: Vec<(&str, &[f32])> = modes.iter().zip(&runs).map(|(m, r)| (m.name, &r.losses[..])).collect();
+    write("loss.svg", &loss_svg(&curves).map_err(plot)?)?;
+    write("loss_scale.svg", &scale_svg(&runs[3].scales).map_err(plot)?)?;
+    write("grad_hist.svg", &hist_svg(&hist).map_err(plot)?)?;
+    eprintln!("wrote {}", Path::new(out).join("{compare.json,loss.svg,loss_scale.svg,grad_hist.svg}").display());
+    Ok(())
+}
+
+const SIZE: (u32, u32) = (800, 500);
+
+/// All modes' loss curves on one chart, log y axis.
+fn loss_svg(curves: &[(&str, &[f32])]) -> Result<String, String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let finite = curves.iter().flat_map(|(_, c)| c.iter()).filter(|v| v.is_finite() && **v > 0.0);
+    let (lo, hi) = finite.fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v as f64), hi.max(v as f64)));
+    let (lo, hi) = if lo <= hi { (lo / 1.5, hi * 1.5) } else { (1e-3, 1.0) };
+    let steps = curves.iter().map(|(_, c)| c.len()).max().unwrap_or(0).max(2);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(|x| e(&x))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("training loss", ("sans-serif", 22))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(1..steps, (lo..hi).log_scale())
+            .map_err(|x| e(&x))?;
+        chart.configure_mesh().x_desc("step").y_desc("loss").draw().map_err(|x| e(&x))?;
+        for (i, (name, c)) in curves.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let points =
+                c.iter().enumerate().filter(|(_, v)| v.is_finite() && **v > 0.0).map(|(s, &v)| (s + 1, v as f64));
+            chart
+                .draw_series(LineSeries::new(points, color.stroke_width(2)))
+                .map_err(|x| e(&x))?
+                .label(*name)
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+        }
+        chart.configure_series_labels().background_style(WHITE).border_style(BLACK).draw().map_err(|x| e(&x))?;
+        root.present().map_err(|x| e(&x))?;
+    }
+    Ok(svg)
+}
+
+/// The dynamic mode's loss scale over steps, on a log2 axis.
+fn scale_svg(scales: &[f32]) -> Result<String, String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let logs: Vec<f64> = scales.iter().map(|&s| (s as f64).log2()).filter(|v| v.is_finite()).collect();
+    let lo = logs.iter().copied().fold(f64::MAX, f64::min).min(0.0);
+    let hi = logs.iter().copied().fold(f64::MIN, f64::max).max(17.0);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(|x| e(&x))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("fp16-dynamic loss scale", ("sans-serif", 22))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(1..scales.len().max(2), (lo - 1.0)..(hi + 1.0))
+            .map_err(|x| e(&x))?;
+        chart.configure_mesh().x_desc("step").y_desc("log2 loss scale").draw().map_err(|x| e(&x))?;
+        let points = scales.iter().enumerate().map(|(s, &v)| (s + 1, (v as f64).log2()));
+        chart.draw_series(LineSeries::new(points, BLUE.stroke_width(2))).map_err(|x| e(&x))?;
+        root.present().map_err(|x| e(&x))?;
+    }
+    Ok(svg)
+}
+
+/// The histogram of log2 |g| of the FP32 parameter gradients, with FP16's
+/// smallest subnormal, smallest normal and largest value marked.
+fn hist_svg(hist: &[u64]) -> Result<String, String> {
+    let e = |e: &dyn std::fmt::Display| e.to_string();
+    let used: Vec<usize> = (0..hist.len()).filter(|&i| hist[i] > 0).collect();
+    let first = used.first().map_or(-40, |&i| i as i32 + HIST_LO).min(-26);
+    let last = used.last().map_or(0, |&i| i as i32 + HIST_LO + 1).max(17);
+    let total: u64 = hist.iter().sum();
+    let top = hist.iter().map(|&c| c as f64 / total.max(1) as f64).fold(0.0, f64::max).max(0.01) * 1.1;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(|x| e(&x))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("FP32 parameter gradients vs FP16 range", ("sans-serif", 22))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(first as f64..last as f64, 0.0..top)
+            .map_err(|x| e(&x))?;
+        chart
+            .configure_mesh()
+            .x_desc("log2 |gradient| (zeros omitted)")
+            .y_desc("share of values")
+            .draw()
+            .map_err(|x| e(&x))?;
+        let bars = hist.iter().enumerate().filter(|(_, &c)| c > 0).map(|(i, &c)| {
+            let x = (i as i32 + HIST_LO) as f64;
+            Rectangle::new([(x, 0.0), (x + 1.0, c as f64 / total as f64)], BLUE.mix(0.6).filled())
+        });
+        chart.draw_series(bars).map_err(|x| e(&x))?;
+        let marks = [
+            (-24.0, "fp16 min subnormal 2^-24"),
+            (-14.0, "fp16 min normal 2^-14"),
+            (65504f64.log2(), "fp16 max 65504"),
+        ];
+        for (i, (x, name)) in marks.into_iter().enumerate() {
+            let color = [RED, MAGENTA, BLACK][i];
+            chart
+                .draw_series(LineSeries::new([(x, 0.0), (x, top)], color.stroke_width(2)))
+                .map_err(|x| e(&x))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+        }
+        chart.configure_series_labels().background_style(WHITE).border_style(BLACK).draw().map_err(|x| e(&x))?;
+        root.present().map_err(|x| e(&x))?;
+    }
+    Ok(svg)
+}
