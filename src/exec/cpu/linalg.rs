@@ -8,25 +8,51 @@ use crate::types::TensorType;
 use super::super::tensor::Tensor;
 use super::{broadcast_map, dims, from_f32, KResult};
 
-/// `c[m×n] += a[m×k] · b[k×n]`, all row-major f32: for each row of `c`,
-/// rank-1 updates over `p = 0..k` in order (the inner loop runs along a
-/// contiguous row, which the compiler vectorises).
+/// `c[m×n] += a[m×k] · b[k×n]`, all row-major f32.
 pub fn gemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-    const KB: usize = 256;
-    for p0 in (0..k).step_by(KB) {
-        let p1 = (p0 + KB).min(k);
-        for i in 0..m {
-            let crow = &mut c[i * n..(i + 1) * n];
-            let arow = &a[i * k..(i + 1) * k];
-            for p in p0..p1 {
-                // No skipping of zeros: 0 · inf must stay NaN.
-                let av = arow[p];
-                let brow = &b[p * n..(p + 1) * n];
-                for (cv, &bv) in crow.iter_mut().zip(brow) {
-                    *cv += av * bv;
-                }
-            }
-        }
+    gemm_strided(m, n, k, (a, k, 1), (b, n, 1), c);
+}
+
+/// `c[m×n] += A · B` with A and B given as (data, row stride, column
+/// stride), so a transposed operand is read in place. matrixmultiply's
+/// kernel accumulates in f32, single-threaded, so results are
+/// reproducible; every product is formed (0 · inf stays NaN).
+pub fn gemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    (a, rsa, csa): (&[f32], usize, usize),
+    (b, rsb, csb): (&[f32], usize, usize),
+    c: &mut [f32],
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + cols.saturating_sub(1) * cs;
+    // The kernel reads through raw pointers: every index it can form must be in bounds.
+    assert!(k == 0 || (last(m, k, rsa, csa) < a.len() && last(k, n, rsb, csb) < b.len()), "gemm operand too short");
+    assert!(c.len() >= m * n, "gemm output too short");
+    if k == 0 {
+        return;
+    }
+    // SAFETY: the asserts above bound every element the kernel reads or writes.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            rsa as isize,
+            csa as isize,
+            b.as_ptr(),
+            rsb as isize,
+            csb as isize,
+            1.0,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
     }
 }
 
@@ -55,9 +81,10 @@ pub fn matmul(a: &Tensor, b: &Tensor, ta: bool, tb: bool, out: &TensorType) -> K
     for (bi, (&ia, &ib)) in amap.iter().zip(&bmap).enumerate() {
         let asl = &x[ia * m * k..(ia + 1) * m * k];
         let bsl = &y[ib * k * n..(ib + 1) * k * n];
-        let ap = if ta { transposed(asl, k, m) } else { asl.to_vec() };
-        let bp = if tb { transposed(bsl, n, k) } else { bsl.to_vec() };
-        gemm(m, n, k, &ap, &bp, &mut c[bi * m * n..(bi + 1) * m * n]);
+        // A transposed operand is stored k×m (or n×k) row-major: swap its strides.
+        let ap = if ta { (asl, 1, m) } else { (asl, k, 1) };
+        let bp = if tb { (bsl, 1, k) } else { (bsl, n, 1) };
+        gemm_strided(m, n, k, ap, bp, &mut c[bi * m * n..(bi + 1) * m * n]);
     }
     from_f32(out, &c)
 }
