@@ -518,6 +518,22 @@ impl Graph {
 
     /// Whether the name map agrees with the nodes (checked by the verifier).
     pub(crate) fn name_map_problems(&self) -> Vec<String> {
+        // Fast path: if every value entry names an output that bears its key,
+        // entries are one-to-one with outputs (distinct keys, equal names), so
+        // equal counts mean every output is registered. One sequential pass
+        // over the table instead of a lookup per output.
+        let mut entries = 0usize;
+        let consistent = self.names.iter().all(|(k, named)| match named {
+            Named::Value(v) => {
+                entries += 1;
+                self.g.node_weight(v.node.0).and_then(|n| n.outputs.get(v.slot as usize)).is_some_and(|o| o.name == *k)
+            }
+            Named::Node(n) => self.g.node_weight(n.0).is_some_and(|n| n.name == *k),
+        });
+        let outputs: usize = self.g.node_weights().map(|n| n.outputs.len()).sum();
+        if consistent && entries == outputs {
+            return Vec::new();
+        }
         let mut out = Vec::new();
         for id in self.node_ids() {
             let node = self.node(id);
@@ -530,6 +546,9 @@ impl Graph {
                     )),
                 }
             }
+        }
+        if out.is_empty() {
+            out.push("the name table holds names that no node has (a node was renamed?)".to_string());
         }
         out
     }
@@ -632,6 +651,17 @@ mod tests {
         g.set_input(a, 0, ValueId { node: b, slot: 0 });
         let stuck = g.topo_order().unwrap_err();
         assert_eq!(stuck, vec![a, b]);
+    }
+
+    #[test]
+    fn a_renamed_output_is_caught_by_the_name_check() {
+        let (mut g, x, _) = small();
+        assert!(g.name_map_problems().is_empty());
+        g.node_mut(x.node).outputs[0].name = "y".into();
+        assert!(!g.name_map_problems().is_empty());
+        g.node_mut(x.node).outputs[0].name = "x".into();
+        g.node_mut(x.node).name = "renamed".into();
+        assert!(g.name_map_problems().is_empty(), "the node name of a single-output node is its value's");
     }
 
     #[test]
