@@ -37,7 +37,8 @@ pub struct CompareArgs {
     /// Seed of the init and the data order (the same for every mode).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// CSV or CSV.GZ data, one example a row (default: synthetic data).
+    /// CSV or CSV.GZ data, one example a row, or a .txt character-level text
+    /// for a language model (default: synthetic data).
     #[arg(long, value_name = "FILE")]
     data: Option<PathBuf>,
     /// The scale of the FP16 static mode.
@@ -115,11 +116,22 @@ pub fn compare(args: CompareArgs) -> Result<(), miette::Report> {
     for mode in &modes {
         eprintln!("{}: training {} for {} steps", args.model.display(), mode.name, args.steps);
         let (source, g) = load_for_training(&args.model, mode.precision, mode.loss_scale)?;
-        let layout = Layout::of(&source).map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
+        // A text feeds a language model whose inputs need not share a batch
+        // dimension; everything else is laid out by `Layout`.
+        let layout = match args.data.as_deref().is_some_and(mpc::data::is_text) {
+            true => None,
+            false => Some(Layout::of(&source).map_err(|e| msg(format!("{}: {e}", args.model.display())))?),
+        };
         if data.is_none() {
-            if let Some(path) = &args.data {
-                data = Some(Dataset::load(path, &layout, args.seed).map_err(|e| msg(e.to_string()))?);
-            }
+            data = match (&args.data, &layout) {
+                (Some(path), Some(layout)) => {
+                    Some(Dataset::load(path, layout, args.seed).map_err(|e| msg(e.to_string()))?)
+                }
+                (Some(path), None) => {
+                    Some(Dataset::load_text(path, &source, args.seed).map_err(|e| msg(e.to_string()))?)
+                }
+                (None, _) => None,
+            };
         }
         let grads = raw_gradients(&g);
         let fetch: Vec<String> = grads.values().cloned().collect();
@@ -128,9 +140,10 @@ pub fn compare(args: CompareArgs) -> Result<(), miette::Report> {
         let mut ex = Executor::new(&g, CpuBackend, args.seed).map_err(|e| msg(e.to_string()))?;
         let mut run = Run::default();
         for s in 0..args.steps {
-            let batch = match &data {
-                Some(d) => d.train_batch(s),
-                None => synthetic_batch(&layout, args.seed, s),
+            let batch = match (&data, &layout) {
+                (Some(d), _) => d.train_batch(s),
+                (None, Some(layout)) => synthetic_batch(layout, args.seed, s),
+                (None, None) => unreachable!("a text always loads data"),
             }
             .map_err(|e| msg(e.to_string()))?;
             let r = ex.step(&state, &batch, s, &opts).map_err(|e| msg(format!("{}, step {s}: {e}", mode.name)))?;

@@ -129,7 +129,8 @@ struct TrainArgs {
     /// Seed of the init and the data order [default: 0, or the checkpoint's].
     #[arg(long)]
     seed: Option<u64>,
-    /// CSV or CSV.GZ data, one example a row (default: synthetic data).
+    /// CSV or CSV.GZ data, one example a row, or a .txt character-level text
+    /// for a language model (default: synthetic data).
     #[arg(long, value_name = "FILE")]
     data: Option<PathBuf>,
     /// Write metrics here, one JSON object a line (appended to when resuming).
@@ -345,7 +346,13 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
     }
     let msg = miette::Report::msg;
     let (source, g) = load_for_training(&args.model, args.precision, args.loss_scale)?;
-    let layout = Layout::of(&source).map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
+    // A text feeds a language model whose inputs need not share a batch
+    // dimension; everything else is laid out by `Layout`.
+    let text = args.data.as_deref().is_some_and(mpc::data::is_text);
+    let layout = match text {
+        true => None,
+        false => Some(Layout::of(&source).map_err(|e| msg(format!("{}: {e}", args.model.display())))?),
+    };
     let resumed = match &args.resume {
         Some(path) => Some(checkpoint::load(path).map_err(|e| msg(e.to_string()))?),
         None => None,
@@ -357,9 +364,10 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
         (Some(ck), _) => ck.seed,
         (None, s) => s.unwrap_or(0),
     };
-    let data = match &args.data {
-        Some(path) => Some(Dataset::load(path, &layout, seed).map_err(|e| msg(e.to_string()))?),
-        None => None,
+    let data = match (&args.data, &layout) {
+        (Some(path), Some(layout)) => Some(Dataset::load(path, layout, seed).map_err(|e| msg(e.to_string()))?),
+        (Some(path), None) => Some(Dataset::load_text(path, &source, seed).map_err(|e| msg(e.to_string()))?),
+        (None, _) => None,
     };
     let fresh = init_state(&g, seed).map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
     let (start, mut state) = match resumed {
@@ -418,9 +426,10 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
     };
     let (mut last_loss, mut skipped, mut saved_at) = (None, 0u64, None);
     for s in start..args.steps {
-        let batch = match &data {
-            Some(d) => d.train_batch(s),
-            None => synthetic_batch(&layout, seed, s),
+        let batch = match (&data, &layout) {
+            (Some(d), _) => d.train_batch(s),
+            (None, Some(layout)) => synthetic_batch(layout, seed, s),
+            (None, None) => unreachable!("a text always loads data"),
         }
         .map_err(|e| msg(e.to_string()))?;
         let r = ex.step(&state, &batch, s, &RunOptions::default()).map_err(|e| msg(format!("step {s}: {e}")))?;
@@ -464,7 +473,7 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
     if let (Some(d), Some(names)) = (&data, classifier(&g)) {
         if d.test_rows() > 0 {
             let acc = test_accuracy(&mut ex, &state, d, &names, args.steps)?;
-            println!("test accuracy {acc:.4} ({} test rows)", d.test_rows());
+            println!("test accuracy {acc:.4} ({} {})", d.test_rows(), d.test_unit());
         }
     }
     Ok(())
