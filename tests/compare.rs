@@ -62,6 +62,28 @@ fn underflow_example_shows_what_loss_scaling_is_for() {
     }
 }
 
+/// Runs `mpc compare MODEL --data DATA --steps STEPS` and returns compare.json.
+fn compare(model: &str, data: &str, steps: &str) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cmp");
+    let o = Command::new(env!("CARGO_BIN_EXE_mpc"))
+        .args(["compare", model, "--data", data, "--steps", steps, "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).unwrap()).unwrap()
+}
+
+/// FP16 with dynamic scaling and BF16 end within 1% (relative) of FP32's final loss.
+fn assert_within_one_percent(report: &serde_json::Value) {
+    let base = f(mode(report, "fp32"), "final_loss");
+    for m in ["fp16-dynamic", "bf16"] {
+        let l = f(mode(report, m), "final_loss");
+        assert!(((l - base) / base).abs() < 0.01, "{m}: final loss {l} vs fp32 {base}");
+    }
+}
+
 /// The product's promise on real data: the MLP on the digits set, same seed,
 /// 150 steps. FP16 with dynamic scaling and BF16 end within 1% (relative) of
 /// FP32's final loss, and every mode keeps ≥ 95% test accuracy.
@@ -71,22 +93,8 @@ fn underflow_example_shows_what_loss_scaling_is_for() {
 /// step's update by far less than 1%; the measured gap is < 0.05%.
 #[test]
 fn mixed_precision_keeps_fp32_accuracy_on_digits() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("cmp");
-    let o = Command::new(env!("CARGO_BIN_EXE_mpc"))
-        .args(["compare", "ir-examples/mlp.json", "--data", "ir-examples/data/digits.csv.gz", "--steps", "150"])
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).unwrap()).unwrap();
-    let base = f(mode(&report, "fp32"), "final_loss");
-    for m in ["fp16-dynamic", "bf16"] {
-        let l = f(mode(&report, m), "final_loss");
-        assert!(((l - base) / base).abs() < 0.01, "{m}: final loss {l} vs fp32 {base}");
-    }
+    let report = compare("ir-examples/mlp.json", "ir-examples/data/digits.csv.gz", "150");
+    assert_within_one_percent(&report);
     for m in ["fp32", "fp16-dynamic", "bf16"] {
         let acc = f(mode(&report, m), "test_accuracy");
         assert!(acc >= 0.95, "{m}: test accuracy {acc}");
@@ -99,20 +107,5 @@ fn mixed_precision_keeps_fp32_accuracy_on_digits() {
 /// activations and gradients are rounded); measured gap at 300 steps 0.003%.
 #[test]
 fn mixed_precision_keeps_fp32_loss_on_the_transformer() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("cmp");
-    let o = Command::new(env!("CARGO_BIN_EXE_mpc"))
-        .args(["compare", "ir-examples/gpt_block.json", "--data", "ir-examples/data/declaration.txt", "--steps", "20"])
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).unwrap()).unwrap();
-    let base = f(mode(&report, "fp32"), "final_loss");
-    for m in ["fp16-dynamic", "bf16"] {
-        let l = f(mode(&report, m), "final_loss");
-        assert!(((l - base) / base).abs() < 0.01, "{m}: final loss {l} vs fp32 {base}");
-    }
+    assert_within_one_percent(&compare("ir-examples/gpt_block.json", "ir-examples/data/declaration.txt", "20"));
 }
