@@ -8,7 +8,7 @@ use crate::types::{DType, TensorType};
 pub type AttrError = (&'static str, String);
 
 /// Every attribute field of a node, in the order the text form prints them.
-const ATTRS: [&str; N_ATTRS] = [
+pub const ATTRS: [&str; N_ATTRS] = [
     "transpose_a",
     "transpose_b",
     "axis",
@@ -38,7 +38,7 @@ const ATTRS: [&str; N_ATTRS] = [
     "growth_interval",
     "max_norm",
 ];
-const N_ATTRS: usize = 28;
+pub const N_ATTRS: usize = 28;
 
 fn present(n: &RawNode) -> impl Iterator<Item = &'static str> {
     // Same length as ATTRS, checked by the type.

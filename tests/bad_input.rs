@@ -523,28 +523,9 @@ fn attr_value(name: &str) -> BoxedStrategy<Value> {
     prop_oneof![19 => right, 1 => wrong_value()].boxed()
 }
 
-/// Every attribute field a node may carry.
-const ATTR_FIELDS: [&str; 19] = [
-    "transpose_a",
-    "transpose_b",
-    "axis",
-    "causal",
-    "axes",
-    "keepdims",
-    "shape",
-    "perm",
-    "dtype",
-    "to",
-    "value",
-    "p",
-    "seed",
-    "eps",
-    "momentum",
-    "kernel",
-    "stride",
-    "padding",
-    "num_embeddings",
-];
+/// Every attribute field a node may carry (the parser's own list, so new
+/// attributes are fuzzed too).
+const ATTR_FIELDS: [&str; mpc::attrs::N_ATTRS] = mpc::attrs::ATTRS;
 
 /// Keys of the file's objects, plus a few that belong nowhere.
 const FIELD_NAMES: [&str; 27] = [
