@@ -21,6 +21,7 @@ pub mod format;
 pub mod graph;
 pub mod infer;
 pub mod io;
+pub mod onnx;
 pub mod op;
 pub mod parse;
 pub mod semantics;

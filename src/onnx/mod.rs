@@ -1,0 +1,4 @@
+//! ONNX interchange: `mpc import` reads an ONNX model into mpc's IR, and
+//! `--emit onnx` writes the forward part of a lowered graph back out.
+
+pub mod proto;
