@@ -61,8 +61,14 @@ fn data(dtype: Dtype, b: &[u8]) -> Option<Data> {
 
 /// Serializes a checkpoint to safetensors bytes.
 pub fn to_bytes(ck: &Checkpoint) -> Result<Vec<u8>, CheckpointError> {
-    let raw: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = ck
-        .state
+    // One metadata key, so that the header (and the file) is the same bytes
+    // every time: safetensors writes a HashMap in arbitrary order.
+    let info = serde_json::json!({"format": FORMAT, "step": ck.step, "seed": ck.seed});
+    serialize(&ck.state, Some(HashMap::from([(META_KEY.to_string(), info.to_string())])))
+}
+
+fn serialize(state: &State, meta: Option<HashMap<String, String>>) -> Result<Vec<u8>, CheckpointError> {
+    let raw: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = state
         .iter()
         .map(|(name, t)| {
             let (dtype, b) = bytes(t.data());
@@ -74,16 +80,39 @@ pub fn to_bytes(ck: &Checkpoint) -> Result<Vec<u8>, CheckpointError> {
         let view = TensorView::new(*dtype, shape.clone(), b).map_err(|e| CheckpointError(format!("`{name}`: {e}")))?;
         views.push((name.clone(), view));
     }
-    // One metadata key, so that the header (and the file) is the same bytes
-    // every time: safetensors writes a HashMap in arbitrary order.
-    let info = serde_json::json!({"format": FORMAT, "step": ck.step, "seed": ck.seed});
-    let meta = HashMap::from([(META_KEY.to_string(), info.to_string())]);
-    safetensors::serialize(views, Some(meta)).map_err(|e| CheckpointError(e.to_string()))
+    safetensors::serialize(views, meta).map_err(|e| CheckpointError(e.to_string()))
 }
 
 /// Writes a checkpoint atomically.
 pub fn save(path: &Path, ck: &Checkpoint) -> Result<(), CheckpointError> {
     let b = to_bytes(ck)?;
+    crate::io::write_atomic(path, &b).map_err(|e| CheckpointError(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Every tensor of a safetensors file, by name (no metadata needed): the
+/// `weights` file of a graph whose params have `init: file`.
+pub fn read_tensors(path: &Path) -> Result<State, CheckpointError> {
+    let buf = std::fs::read(path).map_err(|e| CheckpointError(format!("cannot read {}: {e}", path.display())))?;
+    tensors(path, &buf)
+}
+
+fn tensors(path: &Path, buf: &[u8]) -> Result<State, CheckpointError> {
+    let at = |m: String| CheckpointError(format!("{}: {m}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(buf).map_err(|e| at(format!("not a safetensors file ({e})")))?;
+    let mut state = State::new();
+    for (name, view) in st.tensors() {
+        let d = data(view.dtype(), view.data())
+            .ok_or_else(|| at(format!("`{name}`: unsupported dtype {:?}", view.dtype())))?;
+        let shape: Vec<u64> = view.shape().iter().map(|&d| d as u64).collect();
+        let t = Tensor::new(shape, d).map_err(|e| at(format!("`{name}`: {e}")))?;
+        state.insert(name, t);
+    }
+    Ok(state)
+}
+
+/// Writes tensors as a safetensors file, atomically, with no metadata.
+pub fn write_tensors(path: &Path, state: &State) -> Result<(), CheckpointError> {
+    let b = serialize(state, None)?;
     crate::io::write_atomic(path, &b).map_err(|e| CheckpointError(format!("cannot write {}: {e}", path.display())))
 }
 
@@ -103,14 +132,8 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
             .ok_or_else(|| at(format!("not an {FORMAT} file (metadata `{META_KEY}` lacks `{key}`)")))
     };
     let (step, seed) = (num("step")?, num("seed")?);
-    let mut state = State::new();
-    for (name, view) in st.tensors() {
-        let d = data(view.dtype(), view.data()).ok_or_else(|| at(format!("`{name}`: unsupported dtype")))?;
-        let shape: Vec<u64> = view.shape().iter().map(|&d| d as u64).collect();
-        let t = Tensor::new(shape, d).map_err(|e| at(format!("`{name}`: {e}")))?;
-        state.insert(name, t);
-    }
-    Ok(Checkpoint { step, seed, state })
+    drop(st);
+    Ok(Checkpoint { step, seed, state: tensors(path, &buf)? })
 }
 
 #[cfg(test)]

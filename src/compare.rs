@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use mpc::data::{synthetic_batch, Dataset, Layout};
-use mpc::exec::{init_state, CpuBackend, Executor, RunOptions};
+use mpc::exec::{init_state_with, CpuBackend, Executor, RunOptions};
 use mpc::io::write_atomic;
 use mpc::passes::LossScale;
 use plotters::prelude::*;
@@ -136,7 +136,8 @@ pub fn compare(args: CompareArgs) -> Result<(), miette::Report> {
         let grads = raw_gradients(&g);
         let fetch: Vec<String> = grads.values().cloned().collect();
         let opts = RunOptions { fetch: fetch.clone(), ..Default::default() };
-        let mut state = init_state(&g, args.seed).map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
+        let mut state = init_state_with(&g, args.seed, args.model.parent())
+            .map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
         let mut ex = Executor::new(&g, CpuBackend, args.seed).map_err(|e| msg(e.to_string()))?;
         let mut run = Run::default();
         for s in 0..args.steps {

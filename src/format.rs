@@ -60,6 +60,10 @@ pub struct RawGraph {
     /// The optimizer the passes materialise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub optimizer: Option<Optimizer>,
+    /// A safetensors file, relative to this file's folder, holding the values
+    /// of the params and state whose init is `file` (matched by name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<String>,
 }
 
 /// A graph input (a batch tensor).

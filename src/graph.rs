@@ -114,6 +114,9 @@ pub struct Graph {
     /// Values reported by every step (metrics).
     pub outputs: Vec<ValueId>,
     pub optimizer: Option<Optimizer>,
+    /// The safetensors file holding `init: file` values, relative to the
+    /// graph file's folder.
+    pub weights: Option<String>,
 }
 
 impl Graph {
@@ -572,7 +575,11 @@ impl PartialEq for Graph {
         let (Ok(a), Ok(b)) = (self.topo_order(), other.topo_order()) else {
             return false;
         };
-        if self.name != other.name || a.len() != b.len() || self.optimizer != other.optimizer {
+        if self.name != other.name
+            || a.len() != b.len()
+            || self.optimizer != other.optimizer
+            || self.weights != other.weights
+        {
             return false;
         }
         let vname = |g: &Graph, v: Option<ValueId>| v.map(|v| g.value_name(v).to_string());

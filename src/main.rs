@@ -335,7 +335,7 @@ fn test_accuracy(
 fn train(args: TrainArgs) -> Result<(), miette::Report> {
     use mpc::checkpoint::{self, Checkpoint};
     use mpc::data::{synthetic_batch, Dataset, Layout};
-    use mpc::exec::{init_state, CpuBackend, Executor, RunOptions};
+    use mpc::exec::{init_state_with, CpuBackend, Executor, RunOptions};
     use std::io::{IsTerminal, Write};
 
     if args.precision == TrainPrecision::Fp32 && args.loss_scale.is_some() {
@@ -369,7 +369,8 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
         (Some(path), None) => Some(Dataset::load_text(path, &source, seed).map_err(|e| msg(e.to_string()))?),
         (None, _) => None,
     };
-    let fresh = init_state(&g, seed).map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
+    let fresh =
+        init_state_with(&g, seed, args.model.parent()).map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
     let (start, mut state) = match resumed {
         Some(Checkpoint { step, state, .. }) => {
             let path = args.resume.as_deref().unwrap_or(std::path::Path::new("")).display().to_string();

@@ -371,6 +371,7 @@ pub fn from_raw(raw: &RawGraph) -> Result<Graph, Vec<Problem>> {
         }
         b.g.optimizer = Some(opt.clone());
     }
+    b.g.weights = raw.weights.clone();
     if !b.problems.is_empty() {
         return Err(b.problems);
     }

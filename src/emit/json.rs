@@ -18,6 +18,7 @@ pub fn to_raw(g: &Graph) -> RawGraph {
         name: g.name.clone(),
         loss: g.loss.map(|v| g.value_name(v).to_string()).unwrap_or_default(),
         optimizer: g.optimizer.clone(),
+        weights: g.weights.clone(),
         ..RawGraph::default()
     };
     let mut backward = Vec::new();

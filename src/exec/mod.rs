@@ -19,7 +19,7 @@ pub mod tensor;
 
 pub use backend::{Backend, OpCtx};
 pub use cpu::CpuBackend;
-pub use run::{init_state, Executor, RunOptions, State, StepResult};
+pub use run::{init_state, init_state_with, Executor, RunOptions, State, StepResult};
 pub use tensor::{Data, Tensor};
 
 /// An error while executing a graph.

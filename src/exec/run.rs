@@ -370,12 +370,56 @@ pub fn init_tensor(name: &str, ty: &TensorType, init: &Init, seed: u64) -> Resul
 }
 
 /// Every param and state tensor of `g`, by node name, from its `Init`.
+/// `init: file` values need [`init_state_with`].
 pub fn init_state(g: &Graph, seed: u64) -> Result<State, ExecError> {
+    init_state_with(g, seed, None)
+}
+
+/// As [`init_state`], reading `init: file` values from the graph's `weights`
+/// safetensors file, relative to `base_dir` (the graph file's folder).
+pub fn init_state_with(g: &Graph, seed: u64, base_dir: Option<&std::path::Path>) -> Result<State, ExecError> {
+    let uses_file = g
+        .node_ids()
+        .any(|n| matches!(&g.node(n).op, Op::Param { init: Init::File, .. } | Op::State { init: Init::File, .. }));
+    let mut file = match (&g.weights, uses_file) {
+        (Some(w), true) => {
+            let path = base_dir.map(|d| d.join(w)).unwrap_or_else(|| w.into());
+            crate::checkpoint::read_tensors(&path)
+                .map_err(|e| ExecError::Value { name: w.clone(), message: e.to_string() })?
+        }
+        _ => State::new(),
+    };
     let mut out = State::new();
     for n in g.node_ids() {
         let node = g.node(n);
         if let Op::Param { ty, init } | Op::State { ty, init } = &node.op {
-            out.insert(node.name.clone(), init_tensor(&node.name, ty, init, seed)?);
+            let t = match (init, &g.weights) {
+                (Init::File, Some(w)) => {
+                    let t = file.remove(&node.name).ok_or_else(|| ExecError::Value {
+                        name: node.name.clone(),
+                        message: format!("init is `file` but `{w}` has no tensor of that name"),
+                    })?;
+                    if t.shape() != &ty.shape || t.dtype() != ty.dtype {
+                        return Err(ExecError::Value {
+                            name: node.name.clone(),
+                            message: format!(
+                                "`{w}` holds {}{} but the graph declares {ty}",
+                                t.dtype().name(),
+                                t.shape()
+                            ),
+                        });
+                    }
+                    t
+                }
+                (Init::File, None) => {
+                    return Err(ExecError::Value {
+                        name: node.name.clone(),
+                        message: "init is `file` but the graph names no `weights` file".into(),
+                    })
+                }
+                _ => init_tensor(&node.name, ty, init, seed)?,
+            };
+            out.insert(node.name.clone(), t);
         }
     }
     Ok(out)
@@ -408,5 +452,27 @@ mod tests {
         assert!(x.to_f32_vec().iter().all(|v| v.abs() <= bound));
         let e = init_tensor("f", &ty, &Init::File, 3).unwrap_err();
         assert!(e.to_string().contains("needs a safetensors file"), "{e}");
+    }
+
+    #[test]
+    fn file_init_reads_the_weights_file_and_checks_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = State::new();
+        w.insert("w".into(), Tensor::from_f32(DType::F32, vec![2], &[1.5, -2.0]).unwrap());
+        w.insert("v".into(), Tensor::from_f32(DType::F32, vec![3], &[0.0; 3]).unwrap());
+        crate::checkpoint::write_tensors(&dir.path().join("m.safetensors"), &w).unwrap();
+        let mut g = Graph::new("g");
+        let ty = TensorType::new(DType::F32, vec![2]);
+        g.add_node("w", Op::Param { ty: ty.clone(), init: Init::File }, crate::Role::Forward, &[]).unwrap();
+        let e = init_state_with(&g, 0, Some(dir.path())).unwrap_err();
+        assert!(e.to_string().contains("names no `weights` file"), "{e}");
+        g.weights = Some("m.safetensors".into());
+        let s = init_state_with(&g, 0, Some(dir.path())).unwrap();
+        assert!(s["w"].bit_eq(&w["w"]));
+        g.add_node("v", Op::Param { ty, init: Init::File }, crate::Role::Forward, &[]).unwrap();
+        let e = init_state_with(&g, 0, Some(dir.path())).unwrap_err();
+        assert!(e.to_string().contains("holds f32[3] but the graph declares f32[2]"), "{e}");
+        g.weights = Some("missing.safetensors".into());
+        assert!(init_state_with(&g, 0, Some(dir.path())).unwrap_err().to_string().contains("cannot read"));
     }
 }
