@@ -343,3 +343,26 @@ fn file_inits_come_from_the_weights_file() {
     let want: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
     assert_eq!(init(&m, "w").raw_data.as_deref(), Some(want.as_slice()));
 }
+
+#[test]
+fn a_constant_output_and_an_output_read_by_another() {
+    let text = r#"{
+      "format": "mpc/1",
+      "inputs": [{"name": "x", "shape": [2, 3]}],
+      "forward": [
+        {"name": "c", "op": "constant", "value": 0.5, "shape": [2, 3]},
+        {"name": "h", "op": "mul", "inputs": ["x", "c"]},
+        {"name": "a", "op": "tanh", "inputs": ["h"]},
+        {"name": "loss", "op": "reduce_sum", "inputs": ["a"], "axes": [0, 1]}
+      ],
+      "loss": "loss",
+      "outputs": ["c", "h", "a", "h"]
+    }"#;
+    for p in [Prec::Fp32, Prec::Fp16] {
+        let m = export_decoded(&lowered(text, p), Bf16Mode::Native);
+        check_structure(&m);
+        let outs: Vec<String> = m.graph.unwrap().output.iter().map(|o| o.name.clone().unwrap()).collect();
+        assert_eq!(outs.len(), 3, "{outs:?}");
+        assert!(outs[0].starts_with('c') && outs[1].starts_with('h') && outs[2].starts_with('a'), "{outs:?}");
+    }
+}

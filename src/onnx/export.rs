@@ -123,11 +123,7 @@ pub fn export(g: &Graph, opts: &Options) -> Result<ModelProto, ExportError> {
     if !unsupported.is_empty() {
         return Err(ExportError::Unsupported(unsupported));
     }
-    let state = if nodes.iter().any(|&n| matches!(g.node(n).op, Op::Param { .. } | Op::State { .. })) {
-        crate::exec::run::init_state_with(g, opts.seed, opts.base_dir.as_deref())?
-    } else {
-        State::new()
-    };
+    let state = initial_values(g, &nodes, opts)?;
     let mut x = Exporter::new(g, opts.bf16, state, needed);
     for &n in &nodes {
         for v in g.values(n) {
@@ -138,6 +134,26 @@ pub fn export(g: &Graph, opts: &Options) -> Result<ModelProto, ExportError> {
         x.node(n)?;
     }
     x.finish(&outputs)
+}
+
+/// The values of the params and state among `nodes`, as `mpc train` starts
+/// from them: `init_state_with` on a graph of just those nodes (a value
+/// depends only on its name, type, init and the seed).
+fn initial_values(g: &Graph, nodes: &[NodeId], opts: &Options) -> Result<State, ExportError> {
+    let mut sources = Graph::new(g.name.clone());
+    sources.weights = g.weights.clone();
+    for &n in nodes {
+        let node = g.node(n);
+        if let Op::Param { .. } | Op::State { .. } = node.op {
+            sources
+                .add_node(node.name.clone(), node.op.clone(), Role::Forward, &[])
+                .map_err(|e| ExportError::Graph(e.to_string()))?;
+        }
+    }
+    if sources.node_count() == 0 {
+        return Ok(State::new());
+    }
+    Ok(crate::exec::run::init_state_with(&sources, opts.seed, opts.base_dir.as_deref())?)
 }
 
 /// [`export`], encoded.
