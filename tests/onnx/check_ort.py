@@ -204,7 +204,7 @@ def randomize(src, dst, seed):
                     fan_in = int(np.prod(shape[1:]))
             else:
                 fan_in = shape[0] if shape else 1
-            w = rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)
+            w = rng.standard_normal(shape, dtype=np.float32) * np.float32(math.sqrt(2.0 / fan_in))
         new_inits.append(numpy_helper.from_array(np.asarray(w, dtype=np.float32), name))
     del g.node[:]
     g.node.extend(keep)
@@ -221,11 +221,81 @@ def randomize(src, dst, seed):
     softmax = next(n for n in reversed(g.node) if n.op_type == "Softmax")
     logits = softmax.input[0]
     out = softmax.output[0]
-    if logits not in [o.name for o in g.output]:
-        g.output.append(onnx.helper.make_empty_tensor_value_info(logits))
+    del g.value_info[:]  # the light models' are shapeless
+    # IR version 3 wants every initializer listed as a graph input.
+    m.ir_version = max(m.ir_version, 4)
     m = onnx.shape_inference.infer_shapes(m)
+    g = m.graph
+    # The logits as a second output, through an Identity (onnxconverter-common
+    # mishandles a graph output that other nodes also read).
+    info = next(v for v in g.value_info if v.name == logits)
+    copy = onnx.ValueInfoProto()
+    copy.CopyFrom(info)
+    copy.name = logits + ".logits"
+    g.node.append(onnx.helper.make_node("Identity", [logits], [copy.name], name=copy.name))
+    g.output.append(copy)
+    calibrate_batch_norms(m, random_inputs(m, np.random.default_rng(seed)))
     onnx.save(m, dst)
     return out, logits
+
+
+def calibrate_batch_norms(m, feeds):
+    """Sets each BatchNormalization's statistics from its input on `feeds`,
+    in order, so that every batch norm keeps the activations at unit scale
+    as a trained one does (with random statistics, a ResNet's residual sums
+    grow to ~5e4 at the logits and its softmax is one-hot)."""
+    g = m.graph
+    bns = [n for n in g.node if n.op_type == "BatchNormalization"]
+    if not bns:
+        return
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+
+    def ancestors(value, memo={}):
+        if value in memo:
+            return memo[value]
+        n = producer.get(value)
+        out = set()
+        if n is not None:
+            out.add(id(n))
+            for i in n.input:
+                out |= ancestors(i)
+        memo[value] = out
+        return out
+
+    # One session with every statistic as an input and every batch norm's
+    # input as an output; each round feeds the statistics found so far.
+    stats = {}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(m)
+    pg = probe.graph
+    for n in bns:
+        for port in (3, 4):
+            stats[n.input[port]] = numpy_helper.to_array(inits[n.input[port]])
+    kept = [i for i in pg.initializer if i.name not in stats]
+    del pg.initializer[:]
+    pg.initializer.extend(kept)
+    for name, v in stats.items():
+        pg.input.append(onnx.helper.make_tensor_value_info(name, TensorProto.FLOAT, list(v.shape)))
+    del pg.output[:]
+    pg.output.extend(onnx.helper.make_tensor_value_info(n.input[0], TensorProto.FLOAT, None) for n in bns)
+    sess = session(probe.SerializeToString())
+    pending = {id(n): n for n in bns}
+    while pending:
+        ready = [n for n in pending.values() if not (ancestors(n.input[0]) & set(pending))]
+        xs = sess.run([n.input[0] for n in ready], {**feeds, **stats})
+        for n, x in zip(ready, xs):
+            axes = tuple(a for a in range(x.ndim) if a != 1)
+            # mean 0 and var the mean square: the batch norm scales each
+            # channel to unit size. (Subtracting each channel's own mean
+            # on one random image cancels |mean|/std-fold, up to 12 in
+            # ResNet-50, and 50 such layers make the random network chaotic:
+            # FP16's relative error grows to 0.36 at the last block.)
+            stats[n.input[3]] = np.zeros(x.shape[1], dtype=np.float32)
+            stats[n.input[4]] = (x * x).mean(axis=axes).astype(np.float32)
+            del pending[id(n)]
+    for name, v in stats.items():
+        inits[name].CopyFrom(numpy_helper.from_array(v, name))
 
 
 # ---------------------------------------------------------------- the check
