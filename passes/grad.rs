@@ -267,9 +267,10 @@ fn rule(
             }
         }
         Op::MaxPool2d(w) => out.push((0, emit(g, &base(g, 0), Op::MaxPool2dGrad(w), &[dy, ins[0]])?)),
-        Op::AvgPool2d(w) => {
+        Op::AvgPool2d { window, count_include_pad } => {
             let s = shape(g, 0).0;
-            out.push((0, emit(g, &base(g, 0), Op::AvgPool2dGrad { window: w, shape: s }, &[dy])?));
+            let op = Op::AvgPool2dGrad { window, count_include_pad, shape: s };
+            out.push((0, emit(g, &base(g, 0), op, &[dy])?));
         }
         Op::Flatten { .. } | Op::Reshape { .. } => {
             let s = shape(g, 0).0.iter().map(|&d| d as i64).collect();

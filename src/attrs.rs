@@ -27,6 +27,8 @@ pub const ATTRS: [&str; N_ATTRS] = [
     "kernel",
     "stride",
     "padding",
+    "padding_end",
+    "count_include_pad",
     "num_embeddings",
     "lr",
     "beta1",
@@ -38,7 +40,7 @@ pub const ATTRS: [&str; N_ATTRS] = [
     "growth_interval",
     "max_norm",
 ];
-pub const N_ATTRS: usize = 28;
+pub const N_ATTRS: usize = 30;
 
 fn present(n: &RawNode) -> impl Iterator<Item = &'static str> {
     // Same length as ATTRS, checked by the type.
@@ -61,6 +63,8 @@ fn present(n: &RawNode) -> impl Iterator<Item = &'static str> {
         n.kernel.is_some(),
         n.stride.is_some(),
         n.padding.is_some(),
+        n.padding_end.is_some(),
+        n.count_include_pad.is_some(),
         n.num_embeddings.is_some(),
         n.lr.is_some(),
         n.beta1.is_some(),
@@ -95,8 +99,9 @@ pub fn allowed(kind: OpKind) -> &'static [&'static str] {
         Conv2d => &["stride", "padding"],
         Conv2dGradInput => &["stride", "padding", "shape"],
         Conv2dGradWeight => &["stride", "padding", "kernel"],
-        MaxPool2d | AvgPool2d | MaxPool2dGrad => &["kernel", "stride", "padding"],
-        AvgPool2dGrad => &["kernel", "stride", "padding", "shape"],
+        MaxPool2d | MaxPool2dGrad => &["kernel", "stride", "padding", "padding_end"],
+        AvgPool2d => &["kernel", "stride", "padding", "padding_end", "count_include_pad"],
+        AvgPool2dGrad => &["kernel", "stride", "padding", "padding_end", "count_include_pad", "shape"],
         EmbeddingGrad => &["num_embeddings"],
         ScaleUpdate => &["growth_factor", "backoff_factor", "growth_interval"],
         ClipCoef => &["max_norm"],
@@ -119,7 +124,9 @@ fn dims(v: &[i64], field: &'static str) -> Result<Vec<u64>, AttrError> {
 
 fn window(n: &RawNode, kind: OpKind) -> Result<Window, AttrError> {
     let kernel = need(&n.kernel, "kernel", kind)?;
-    let w = Window { kernel, stride: n.stride.unwrap_or(kernel), padding: n.padding.unwrap_or([0, 0]) };
+    let padding = n.padding.unwrap_or([0, 0]);
+    let w =
+        Window { kernel, stride: n.stride.unwrap_or(kernel), padding, padding_end: n.padding_end.unwrap_or(padding) };
     check_window(&w)?;
     Ok(w)
 }
@@ -131,10 +138,25 @@ fn check_window(w: &Window) -> Result<(), AttrError> {
     if w.stride.contains(&0) {
         return Err(("stride", "strides must be at least 1".into()));
     }
-    if w.padding.iter().zip(w.kernel).any(|(&p, k)| p > k / 2) {
-        return Err(("padding", "pooling padding must be at most half the kernel".into()));
+    for (field, pad) in [("padding", w.padding), ("padding_end", w.padding_end)] {
+        if let Some(i) = (0..2).find(|&i| pad[i] > w.kernel[i] / 2) {
+            return Err((
+                field,
+                format!(
+                    "pooling padding must be at most half the kernel, found {field} {} for kernel {} ({})",
+                    pad[i],
+                    w.kernel[i],
+                    ["height", "width"][i]
+                ),
+            ));
+        }
     }
     Ok(())
+}
+
+/// `count_include_pad` as read (default true: today's avg_pool2d).
+fn count_include_pad(n: &RawNode) -> bool {
+    n.count_include_pad.unwrap_or(true)
 }
 
 fn conv_window(n: &RawNode) -> Result<([u64; 2], [u64; 2]), AttrError> {
@@ -232,7 +254,7 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
             Op::BatchNorm { eps: eps(n)?, momentum }
         }
         K::MaxPool2d => Op::MaxPool2d(window(n, kind)?),
-        K::AvgPool2d => Op::AvgPool2d(window(n, kind)?),
+        K::AvgPool2d => Op::AvgPool2d { window: window(n, kind)?, count_include_pad: count_include_pad(n) },
         K::Flatten => Op::Flatten { axis: n.axis.unwrap_or(1) },
         K::Reshape => Op::Reshape { shape: need(&n.shape, "shape", kind)? },
         K::Transpose => Op::Transpose {
@@ -302,9 +324,11 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
             weight_decay: n.weight_decay.unwrap_or(0.0),
             decoupled: n.decoupled.unwrap_or(false),
         },
-        K::AvgPool2dGrad => {
-            Op::AvgPool2dGrad { window: window(n, kind)?, shape: dims(&need(&n.shape, "shape", kind)?, "shape")? }
-        }
+        K::AvgPool2dGrad => Op::AvgPool2dGrad {
+            window: window(n, kind)?,
+            count_include_pad: count_include_pad(n),
+            shape: dims(&need(&n.shape, "shape", kind)?, "shape")?,
+        },
     })
 }
 
@@ -312,6 +336,8 @@ fn set_window(n: &mut RawNode, w: &Window) {
     n.kernel = Some(w.kernel);
     n.stride = Some(w.stride);
     n.padding = Some(w.padding);
+    // Written only when asymmetric, so symmetric windows read as before.
+    n.padding_end = (w.padding_end != w.padding).then_some(w.padding_end);
 }
 
 fn ishape(s: &[u64]) -> Option<Vec<i64>> {
@@ -365,9 +391,14 @@ pub fn op_to_raw(op: &Op, n: &mut RawNode) {
             n.eps = Some(*eps);
             n.momentum = Some(*momentum);
         }
-        Op::MaxPool2d(w) | Op::AvgPool2d(w) | Op::MaxPool2dGrad(w) => set_window(n, w),
-        Op::AvgPool2dGrad { window, shape } => {
+        Op::MaxPool2d(w) | Op::MaxPool2dGrad(w) => set_window(n, w),
+        Op::AvgPool2d { window, count_include_pad } => {
             set_window(n, window);
+            n.count_include_pad = (!count_include_pad).then_some(false);
+        }
+        Op::AvgPool2dGrad { window, count_include_pad, shape } => {
+            set_window(n, window);
+            n.count_include_pad = (!count_include_pad).then_some(false);
             n.shape = ishape(shape);
         }
         Op::Reshape { shape } => n.shape = Some(shape.clone()),
@@ -461,7 +492,8 @@ mod tests {
 
     #[test]
     fn every_op_round_trips_its_attributes() {
-        let w = Window { kernel: [3, 3], stride: [2, 2], padding: [1, 1] };
+        let w = Window::new([3, 3], [2, 2], [1, 1]);
+        let asym = Window { padding_end: [0, 1], ..w };
         let ops = vec![
             Op::Constant { value: -1e9, ty: TensorType::new(DType::F32, vec![4, 4]) },
             Op::Cast { to: DType::Bf16 },
@@ -470,8 +502,13 @@ mod tests {
             Op::Softmax { axis: -1, causal: true },
             Op::Dropout { p: 0.1, seed: 7 },
             Op::Conv2dGradInput { stride: [1, 1], padding: [1, 1], shape: vec![2, 3, 8, 8] },
-            Op::AvgPool2dGrad { window: w, shape: vec![1, 1, 4, 4] },
+            Op::AvgPool2dGrad { window: w, count_include_pad: true, shape: vec![1, 1, 4, 4] },
+            Op::AvgPool2dGrad { window: asym, count_include_pad: false, shape: vec![1, 1, 4, 4] },
             Op::MaxPool2d(w),
+            Op::MaxPool2d(asym),
+            Op::MaxPool2dGrad(asym),
+            Op::AvgPool2d { window: w, count_include_pad: true },
+            Op::AvgPool2d { window: asym, count_include_pad: false },
             Op::Reshape { shape: vec![-1, 4] },
             Op::Transpose { perm: vec![0, 2, 1, 3] },
             Op::ReduceMean { axes: vec![0], keepdims: true },
@@ -487,6 +524,38 @@ mod tests {
             op_to_raw(&op, &mut n);
             assert_eq!(op_from_raw(&n).unwrap(), op);
         }
+    }
+
+    #[test]
+    fn later_attributes_at_their_defaults_are_not_written() {
+        let w = Window::new([3, 3], [2, 2], [1, 1]);
+        for op in [
+            Op::AvgPool2d { window: w, count_include_pad: true },
+            Op::AvgPool2dGrad { window: w, count_include_pad: true, shape: vec![1, 1, 4, 4] },
+            Op::MaxPool2d(w),
+        ] {
+            let mut n = RawNode { name: "n".into(), op: op.kind(), ..RawNode::default() };
+            op_to_raw(&op, &mut n);
+            assert_eq!((n.padding_end, n.count_include_pad), (None, None), "{op:?}");
+        }
+        let mut n = RawNode { name: "n".into(), op: OpKind::AvgPool2d, ..RawNode::default() };
+        op_to_raw(&Op::AvgPool2d { window: Window { padding_end: [0, 1], ..w }, count_include_pad: false }, &mut n);
+        assert_eq!((n.padding_end, n.count_include_pad), (Some([0, 1]), Some(false)));
+        assert_eq!(op_attrs_text(&Op::MaxPool2d(w)), " kernel=[3,3] stride=[2,2] padding=[1,1]");
+    }
+
+    #[test]
+    fn pooling_padding_is_checked_on_both_sides() {
+        let n = RawNode {
+            name: "n".into(),
+            op: OpKind::MaxPool2d,
+            kernel: Some([3, 3]),
+            padding_end: Some([1, 2]),
+            ..RawNode::default()
+        };
+        let (field, msg) = op_from_raw(&n).unwrap_err();
+        assert_eq!(field, "padding_end");
+        assert!(msg.contains("padding_end 2 for kernel 3 (width)"), "{msg}");
     }
 
     #[test]

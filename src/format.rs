@@ -164,9 +164,18 @@ pub struct RawNode {
     /// conv2d and pooling stride (default: 1 for conv2d, the kernel for pooling).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stride: Option<[u64; 2]>,
-    /// conv2d and pooling zero padding on each side (default 0).
+    /// conv2d and pooling zero padding on each side (default 0); for pooling
+    /// with `padding_end`, the padding before the input: [top, left].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub padding: Option<[u64; 2]>,
+    /// Pooling ops: zero padding after the input, [bottom, right] (default:
+    /// `padding`; written only when it differs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub padding_end: Option<[u64; 2]>,
+    /// avg_pool2d, avg_pool2d_grad: divide by the whole window, padding
+    /// included (default true), or by the in-bounds taps only (false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count_include_pad: Option<bool>,
     /// embedding_grad: rows of the embedding table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_embeddings: Option<u64>,

@@ -26,7 +26,7 @@ pub fn arity(op: &Op) -> (usize, usize) {
         | Log
         | Dropout { .. }
         | MaxPool2d(_)
-        | AvgPool2d(_)
+        | AvgPool2d { .. }
         | Flatten { .. }
         | Reshape { .. }
         | Transpose { .. }
@@ -225,8 +225,12 @@ fn window_out(x: &TensorType, w: &Window, what: &str) -> Result<Shape> {
     let d = x.shape.dims();
     let hw = w.output_hw(d[2], d[3]).ok_or_else(|| {
         format!(
-            "{what}: window kernel={:?} stride={:?} padding={:?} does not fit input {}",
-            w.kernel, w.stride, w.padding, x.shape
+            "{what}: window kernel={:?} stride={:?} padding={:?}{} does not fit input {}",
+            w.kernel,
+            w.stride,
+            w.padding,
+            if w.padding_end == w.padding { String::new() } else { format!(" padding_end={:?}", w.padding_end) },
+            x.shape
         )
     })?;
     Ok(Shape(vec![d[0], d[1], hw[0], hw[1]]))
@@ -412,7 +416,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             if xd[1] != wd[1] {
                 return Err(format!("conv2d: input has {} channels but the weight expects {}", xd[1], wd[1]));
             }
-            let win = Window { kernel: [wd[2], wd[3]], stride: *stride, padding: *padding };
+            let win = Window::new([wd[2], wd[3]], *stride, *padding);
             let mut s = window_out(x, &win, "conv2d")?;
             s.0[1] = wd[0];
             one(TensorType { dtype: x.dtype, shape: s })
@@ -434,7 +438,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             let stats = TensorType::new(DType::F32, vec![c]);
             Ok(vec![x.clone(), stats.clone(), stats])
         }
-        MaxPool2d(w) | AvgPool2d(w) => {
+        MaxPool2d(w) | AvgPool2d { window: w, .. } => {
             float(inputs[0], "the input")?;
             one(TensorType { dtype: inputs[0].dtype, shape: window_out(inputs[0], w, op.name())? })
         }
@@ -600,7 +604,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             )?;
             one(x.clone())
         }
-        AvgPool2dGrad { window, shape } => {
+        AvgPool2dGrad { window, shape, .. } => {
             let dy = inputs[0];
             let x = TensorType { dtype: dy.dtype, shape: checked(Shape(shape.clone()))? };
             float(dy, "dy")?;
@@ -759,7 +763,7 @@ mod tests {
         let w = t(DType::F32, &[4, 1, 3, 3]);
         let y = infer(&Op::Conv2d { stride: [1, 1], padding: [1, 1] }, &[&x, &w]).unwrap();
         assert_eq!(y[0], t(DType::F32, &[8, 4, 8, 8]));
-        let win = Window { kernel: [2, 2], stride: [2, 2], padding: [0, 0] };
+        let win = Window::new([2, 2], [2, 2], [0, 0]);
         let p = infer(&Op::MaxPool2d(win), &[&y[0]]).unwrap();
         assert_eq!(p[0], t(DType::F32, &[8, 4, 4, 4]));
         let dx = infer(&Op::Conv2dGradInput { stride: [1, 1], padding: [1, 1], shape: vec![8, 1, 8, 8] }, &[&y[0], &w])

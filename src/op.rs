@@ -102,15 +102,24 @@ pub enum Precision {
 pub struct Window {
     pub kernel: [u64; 2],
     pub stride: [u64; 2],
+    /// Zero padding before the input: [top, left].
     pub padding: [u64; 2],
+    /// Zero padding after the input: [bottom, right] (equal to `padding`
+    /// for a symmetric window).
+    pub padding_end: [u64; 2],
 }
 
 impl Window {
+    /// A window padded alike on both sides.
+    pub fn new(kernel: [u64; 2], stride: [u64; 2], padding: [u64; 2]) -> Window {
+        Window { kernel, stride, padding, padding_end: padding }
+    }
+
     /// Output spatial size for an input of `h x w`; `None` if the window does not fit.
     pub fn output_hw(&self, h: u64, w: u64) -> Option<[u64; 2]> {
         let mut out = [0; 2];
         for (i, size) in [h, w].into_iter().enumerate() {
-            let padded = size.checked_add(self.padding[i].checked_mul(2)?)?;
+            let padded = size.checked_add(self.padding[i])?.checked_add(self.padding_end[i])?;
             if self.kernel[i] == 0 || self.stride[i] == 0 || padded < self.kernel[i] {
                 return None;
             }
@@ -230,6 +239,13 @@ impl fmt::Display for OpKind {
 /// - `batch_norm` normalises over every axis but 1 with batch statistics and
 ///   returns `(y, mean, var)` (biased variance), statistics in f32.
 /// - `dropout` returns `(y, mask)`; kept values are scaled by `1/(1-p)`.
+/// - Pooling windows (NCHW) pad `padding` = [top, left] before and
+///   `padding_end` = [bottom, right] after the input; the output size is
+///   `(H + top + bottom - kh) / sh + 1` (floor). `max_pool2d` takes the
+///   maximum of the in-bounds taps (padding acts as -inf; the gradient goes
+///   to the first maximum). `avg_pool2d` sums the in-bounds taps and divides
+///   by `kh·kw` with `count_include_pad` (padding counts as zeros, PyTorch's
+///   default), else by the number of in-bounds taps (ONNX's default).
 /// - `cross_entropy` takes logits `[N, C]` and integer labels `[N]` and
 ///   returns the mean loss; `mse` returns the mean squared error.
 /// - `seed` is the gradient of the loss with respect to itself: ones shaped
@@ -285,7 +301,7 @@ pub enum Op {
     Conv2d { stride: [u64; 2], padding: [u64; 2] },
     BatchNorm { eps: f64, momentum: f64 },
     MaxPool2d(Window),
-    AvgPool2d(Window),
+    AvgPool2d { window: Window, count_include_pad: bool },
     Flatten { axis: i64 },
     Reshape { shape: Vec<i64> },
     Transpose { perm: Vec<usize> },
@@ -310,7 +326,7 @@ pub enum Op {
     Conv2dGradWeight { stride: [u64; 2], padding: [u64; 2], kernel: [u64; 2] },
     BatchNormGrad { eps: f64 },
     MaxPool2dGrad(Window),
-    AvgPool2dGrad { window: Window, shape: Vec<u64> },
+    AvgPool2dGrad { window: Window, count_include_pad: bool, shape: Vec<u64> },
     Unscale,
     FoundInf,
     ScaleUpdate { growth_factor: f64, backoff_factor: f64, growth_interval: u32 },
@@ -352,7 +368,7 @@ impl Op {
             Op::Conv2d { .. } => OpKind::Conv2d,
             Op::BatchNorm { .. } => OpKind::BatchNorm,
             Op::MaxPool2d(_) => OpKind::MaxPool2d,
-            Op::AvgPool2d(_) => OpKind::AvgPool2d,
+            Op::AvgPool2d { .. } => OpKind::AvgPool2d,
             Op::Flatten { .. } => OpKind::Flatten,
             Op::Reshape { .. } => OpKind::Reshape,
             Op::Transpose { .. } => OpKind::Transpose,

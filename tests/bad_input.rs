@@ -510,14 +510,16 @@ fn u64_edge() -> impl Strategy<Value = u64> {
 /// A random value for attribute `name`, of the right JSON type 9 times in 10.
 fn attr_value(name: &str) -> BoxedStrategy<Value> {
     let right: BoxedStrategy<Value> = match name {
-        "transpose_a" | "transpose_b" | "causal" | "keepdims" => any::<bool>().prop_map(|b| json!(b)).boxed(),
+        "transpose_a" | "transpose_b" | "causal" | "keepdims" | "count_include_pad" => {
+            any::<bool>().prop_map(|b| json!(b)).boxed()
+        }
         "axis" => axis().prop_map(|a| json!(a)).boxed(),
         "axes" | "perm" => prop::collection::vec(axis(), 0..7).prop_map(|a| json!(a)).boxed(),
         "shape" => shape().prop_map(|s| json!(s)).boxed(),
         "dtype" | "to" => dtype(),
         "value" | "p" | "eps" | "momentum" => float_edge().prop_map(|v| json!(v)).boxed(),
         "seed" | "num_embeddings" => u64_edge().prop_map(|v| json!(v)).boxed(),
-        "kernel" | "stride" | "padding" => [u64_edge(), u64_edge()].prop_map(|v| json!(v)).boxed(),
+        "kernel" | "stride" | "padding" | "padding_end" => [u64_edge(), u64_edge()].prop_map(|v| json!(v)).boxed(),
         _ => wrong_value(),
     };
     prop_oneof![19 => right, 1 => wrong_value()].boxed()

@@ -301,15 +301,20 @@ fn distinct(c: &mut Case, n: usize) -> Vec<f32> {
 
 #[test]
 fn fd_pooling() {
-    let win = |k, s, p| Window { kernel: [k, k], stride: [s, s], padding: [p, p] };
-    for w in [win(2, 2, 0), win(3, 2, 1)] {
+    let win = |k, s, p| Window::new([k, k], [s, s], [p, p]);
+    // Asymmetric: nothing before, one row and column after (ONNX's
+    // ceil-mode pattern), and top/left padding only with a 3x3 window.
+    let asym = [Window { padding_end: [1, 1], ..win(2, 2, 0) }, Window { padding_end: [0, 0], ..win(3, 2, 1) }];
+    for w in [win(2, 2, 0), win(3, 2, 1), asym[0], asym[1]] {
         let mut c = Case::new(9);
         let v = distinct(&mut c, 50);
         let x = c.param("x", &[1, 2, 5, 5], v);
         let y = c.op("y", Op::MaxPool2d(w), &[x]);
         c.weighted_loss(y);
         c.check();
-        check_unary(Op::AvgPool2d(w), &[1, 2, 5, 5], None);
+        for count_include_pad in [true, false] {
+            check_unary(Op::AvgPool2d { window: w, count_include_pad }, &[1, 2, 5, 5], None);
+        }
     }
 }
 

@@ -275,26 +275,35 @@ pub fn max_pool_grad(dy: &Tensor, x: &Tensor, win: &Window, out: &TensorType) ->
     from_f32(out, &dx)
 }
 
-/// `avg_pool2d`: the sum of the in-bounds values over `kh·kw` (padding counts
-/// as zeros, PyTorch's default `count_include_pad=True`).
-pub fn avg_pool(x: &Tensor, win: &Window, out: &TensorType) -> KResult<Tensor> {
+/// The divisor of an average-pooling window with `taps` in-bounds taps:
+/// `kh·kw` with `count_include_pad` (padding counts as zeros), else the
+/// in-bounds count (never 0: a window always overlaps the input).
+fn pool_divisor(win: &Window, count_include_pad: bool, taps: usize) -> f32 {
+    if count_include_pad {
+        (win.kernel[0] * win.kernel[1]) as f32
+    } else {
+        taps as f32
+    }
+}
+
+/// `avg_pool2d`: the sum of the in-bounds values over [`pool_divisor`].
+pub fn avg_pool(x: &Tensor, win: &Window, count_include_pad: bool, out: &TensorType) -> KResult<Tensor> {
     let xv = x.to_f32_vec();
-    let area = (win.kernel[0] * win.kernel[1]) as f32;
     let mut y = vec![0f32; out.shape.numel().unwrap_or(0) as usize];
     pool_windows(&dims(x.shape()), win, &dims(&out.shape), |_, o, taps| {
-        y[o] = taps.iter().map(|&t| xv[t]).sum::<f32>() / area;
+        y[o] = taps.iter().map(|&t| xv[t]).sum::<f32>() / pool_divisor(win, count_include_pad, taps.len());
     });
     from_f32(out, &y)
 }
 
-/// `avg_pool2d_grad(dy)`: every in-bounds tap of a window gets `dy / (kh·kw)`.
-pub fn avg_pool_grad(dy: &Tensor, win: &Window, out: &TensorType) -> KResult<Tensor> {
+/// `avg_pool2d_grad(dy)`: every in-bounds tap of a window gets `dy / divisor`.
+pub fn avg_pool_grad(dy: &Tensor, win: &Window, count_include_pad: bool, out: &TensorType) -> KResult<Tensor> {
     let d = dy.to_f32_vec();
-    let area = (win.kernel[0] * win.kernel[1]) as f32;
     let mut dx = vec![0f32; out.shape.numel().unwrap_or(0) as usize];
     pool_windows(&dims(&out.shape), win, &dims(dy.shape()), |_, o, taps| {
+        let div = pool_divisor(win, count_include_pad, taps.len());
         for &t in taps {
-            dx[t] += d[o] / area;
+            dx[t] += d[o] / div;
         }
     });
     from_f32(out, &dx)
@@ -323,9 +332,44 @@ mod tests {
     #[test]
     fn max_pool_routes_to_the_first_maximum() {
         let x = Tensor::from_f32(DType::F32, vec![1, 1, 2, 2], &[5., 5., 1., 2.]).unwrap();
-        let w = Window { kernel: [2, 2], stride: [2, 2], padding: [0, 0] };
+        let w = Window::new([2, 2], [2, 2], [0, 0]);
         let dy = Tensor::from_f32(DType::F32, vec![1, 1, 1, 1], &[3.]).unwrap();
         let dx = max_pool_grad(&dy, &x, &w, &x.ty()).unwrap();
         assert_eq!(dx.to_f32_vec(), vec![3., 0., 0., 0.]);
+    }
+
+    fn three_by_three() -> Tensor {
+        Tensor::from_f32(DType::F32, vec![1, 1, 3, 3], &[1., 2., 3., 4., 5., 6., 7., 8., 9.]).unwrap()
+    }
+
+    #[test]
+    fn avg_pool_count_include_pad_false_divides_by_the_taps_in_bounds() {
+        // [[1 2 3] [4 5 6] [7 8 9]], 2x2 windows, stride 2, one row/column of
+        // padding on every side: the corner window holds only x[0][0].
+        let x = three_by_three();
+        let w = Window::new([2, 2], [2, 2], [1, 1]);
+        let out = TensorType::new(DType::F32, vec![1, 1, 2, 2]);
+        let y = avg_pool(&x, &w, false, &out).unwrap();
+        assert_eq!(y.to_f32_vec(), vec![1.0, (2. + 3.) / 2., (4. + 7.) / 2., (5. + 6. + 8. + 9.) / 4.]);
+        let y = avg_pool(&x, &w, true, &out).unwrap();
+        assert_eq!(y.to_f32_vec(), vec![0.25, (2. + 3.) / 4., (4. + 7.) / 4., (5. + 6. + 8. + 9.) / 4.]);
+        // The gradient spreads each dy over the same divisor.
+        let dy = Tensor::from_f32(DType::F32, vec![1, 1, 2, 2], &[1., 1., 1., 1.]).unwrap();
+        let dx = avg_pool_grad(&dy, &w, false, &x.ty()).unwrap();
+        assert_eq!(dx.to_f32_vec(), vec![1., 0.5, 0.5, 0.5, 0.25, 0.25, 0.5, 0.25, 0.25]);
+    }
+
+    #[test]
+    fn asymmetric_padding_pads_only_the_end() {
+        // No padding before, one row and column after: (3 + 0 + 1 - 2) / 2 + 1 = 2.
+        let x = three_by_three();
+        let w = Window { padding_end: [1, 1], ..Window::new([2, 2], [2, 2], [0, 0]) };
+        assert_eq!(w.output_hw(3, 3), Some([2, 2]));
+        let out = TensorType::new(DType::F32, vec![1, 1, 2, 2]);
+        assert_eq!(max_pool(&x, &w, &out).unwrap().to_f32_vec(), vec![5., 6., 8., 9.]);
+        let avg = avg_pool(&x, &w, false, &out).unwrap().to_f32_vec();
+        assert_eq!(avg, vec![(1. + 2. + 4. + 5.) / 4., (3. + 6.) / 2., (7. + 8.) / 2., 9.]);
+        let avg = avg_pool(&x, &w, true, &out).unwrap().to_f32_vec();
+        assert_eq!(avg, vec![(1. + 2. + 4. + 5.) / 4., (3. + 6.) / 4., (7. + 8.) / 4., 9. / 4.]);
     }
 }

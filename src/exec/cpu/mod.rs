@@ -108,8 +108,10 @@ fn kernel(op: &Op, ctx: &OpCtx<'_>, x: &[&Tensor], out: &[TensorType]) -> KResul
         Conv2dGradWeight { stride, padding, .. } => one(linalg::conv2d_grad_weight(x[0], x[1], *stride, *padding, o)),
         MaxPool2d(w) => one(linalg::max_pool(x[0], w, o)),
         MaxPool2dGrad(w) => one(linalg::max_pool_grad(x[0], x[1], w, o)),
-        AvgPool2d(w) => one(linalg::avg_pool(x[0], w, o)),
-        AvgPool2dGrad { window, .. } => one(linalg::avg_pool_grad(x[0], window, o)),
+        AvgPool2d { window, count_include_pad } => one(linalg::avg_pool(x[0], window, *count_include_pad, o)),
+        AvgPool2dGrad { window, count_include_pad, .. } => {
+            one(linalg::avg_pool_grad(x[0], window, *count_include_pad, o))
+        }
         Embedding => one(layout::embedding(x[0], x[1], o)),
         EmbeddingGrad { .. } => one(layout::embedding_grad(x[0], x[1], o)),
         Flatten { .. } | Reshape { .. } => one(wrap(x[0].clone().reshaped(o.shape.clone()))),
