@@ -255,15 +255,16 @@ fn rule(
             let mask = ValueId { node: n, slot: 1 };
             out.push((0, emit(g, &base(g, 0), Op::DropoutGrad { p }, &[dy, mask])?));
         }
-        Op::Conv2d { stride, padding } => {
+        Op::Conv2d { stride, padding, groups } => {
             if want[0] {
                 let s = shape(g, 0).0;
-                out.push((0, emit(g, &base(g, 0), Op::Conv2dGradInput { stride, padding, shape: s }, &[dy, ins[1]])?));
+                let op = Op::Conv2dGradInput { stride, padding, groups, shape: s };
+                out.push((0, emit(g, &base(g, 0), op, &[dy, ins[1]])?));
             }
             if want[1] {
                 let w = shape(g, 1).0;
-                let kernel = [w[2], w[3]];
-                out.push((1, emit(g, &base(g, 1), Op::Conv2dGradWeight { stride, padding, kernel }, &[dy, ins[0]])?));
+                let op = Op::Conv2dGradWeight { stride, padding, groups, kernel: [w[2], w[3]] };
+                out.push((1, emit(g, &base(g, 1), op, &[dy, ins[0]])?));
             }
         }
         Op::MaxPool2d(w) => out.push((0, emit(g, &base(g, 0), Op::MaxPool2dGrad(w), &[dy, ins[0]])?)),

@@ -29,6 +29,7 @@ pub const ATTRS: [&str; N_ATTRS] = [
     "padding",
     "padding_end",
     "count_include_pad",
+    "groups",
     "num_embeddings",
     "lr",
     "beta1",
@@ -40,7 +41,7 @@ pub const ATTRS: [&str; N_ATTRS] = [
     "growth_interval",
     "max_norm",
 ];
-pub const N_ATTRS: usize = 30;
+pub const N_ATTRS: usize = 31;
 
 fn present(n: &RawNode) -> impl Iterator<Item = &'static str> {
     // Same length as ATTRS, checked by the type.
@@ -65,6 +66,7 @@ fn present(n: &RawNode) -> impl Iterator<Item = &'static str> {
         n.padding.is_some(),
         n.padding_end.is_some(),
         n.count_include_pad.is_some(),
+        n.groups.is_some(),
         n.num_embeddings.is_some(),
         n.lr.is_some(),
         n.beta1.is_some(),
@@ -96,9 +98,9 @@ pub fn allowed(kind: OpKind) -> &'static [&'static str] {
         DropoutGrad => &["p"],
         LayerNorm | BatchNormGrad => &["eps"],
         BatchNorm => &["eps", "momentum"],
-        Conv2d => &["stride", "padding"],
-        Conv2dGradInput => &["stride", "padding", "shape"],
-        Conv2dGradWeight => &["stride", "padding", "kernel"],
+        Conv2d => &["stride", "padding", "groups"],
+        Conv2dGradInput => &["stride", "padding", "groups", "shape"],
+        Conv2dGradWeight => &["stride", "padding", "groups", "kernel"],
         MaxPool2d | MaxPool2dGrad => &["kernel", "stride", "padding", "padding_end"],
         AvgPool2d => &["kernel", "stride", "padding", "padding_end", "count_include_pad"],
         AvgPool2dGrad => &["kernel", "stride", "padding", "padding_end", "count_include_pad", "shape"],
@@ -159,12 +161,17 @@ fn count_include_pad(n: &RawNode) -> bool {
     n.count_include_pad.unwrap_or(true)
 }
 
-fn conv_window(n: &RawNode) -> Result<([u64; 2], [u64; 2]), AttrError> {
+/// A convolution's `(stride, padding, groups)`.
+fn conv_window(n: &RawNode) -> Result<([u64; 2], [u64; 2], u64), AttrError> {
     let stride = n.stride.unwrap_or([1, 1]);
     if stride.contains(&0) {
         return Err(("stride", "strides must be at least 1".into()));
     }
-    Ok((stride, n.padding.unwrap_or([0, 0])))
+    let groups = n.groups.unwrap_or(1);
+    if groups == 0 {
+        return Err(("groups", "groups must be at least 1".into()));
+    }
+    Ok((stride, n.padding.unwrap_or([0, 0]), groups))
 }
 
 fn in_range(v: f64, field: &'static str, ok: bool, want: &str) -> Result<f64, AttrError> {
@@ -245,8 +252,8 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
         K::LogSoftmax => Op::LogSoftmax { axis: n.axis.unwrap_or(-1) },
         K::Dropout => Op::Dropout { p: prob(need(&n.p, "p", kind)?)?, seed: n.seed.unwrap_or(0) },
         K::Conv2d => {
-            let (stride, padding) = conv_window(n)?;
-            Op::Conv2d { stride, padding }
+            let (stride, padding, groups) = conv_window(n)?;
+            Op::Conv2d { stride, padding, groups }
         }
         K::BatchNorm => {
             let m = n.momentum.unwrap_or(0.1);
@@ -287,16 +294,16 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
         K::LayerNormGrad => Op::LayerNormGrad,
         K::DropoutGrad => Op::DropoutGrad { p: prob(need(&n.p, "p", kind)?)? },
         K::Conv2dGradInput => {
-            let (stride, padding) = conv_window(n)?;
-            Op::Conv2dGradInput { stride, padding, shape: dims(&need(&n.shape, "shape", kind)?, "shape")? }
+            let (stride, padding, groups) = conv_window(n)?;
+            Op::Conv2dGradInput { stride, padding, groups, shape: dims(&need(&n.shape, "shape", kind)?, "shape")? }
         }
         K::Conv2dGradWeight => {
-            let (stride, padding) = conv_window(n)?;
+            let (stride, padding, groups) = conv_window(n)?;
             let kernel = need(&n.kernel, "kernel", kind)?;
             if kernel.contains(&0) {
                 return Err(("kernel", "kernel sizes must be at least 1".into()));
             }
-            Op::Conv2dGradWeight { stride, padding, kernel }
+            Op::Conv2dGradWeight { stride, padding, groups, kernel }
         }
         K::BatchNormGrad => Op::BatchNormGrad { eps: eps(n)? },
         K::MaxPool2dGrad => Op::MaxPool2dGrad(window(n, kind)?),
@@ -340,6 +347,13 @@ fn set_window(n: &mut RawNode, w: &Window) {
     n.padding_end = (w.padding_end != w.padding).then_some(w.padding_end);
 }
 
+fn set_conv(n: &mut RawNode, stride: [u64; 2], padding: [u64; 2], groups: u64) {
+    n.stride = Some(stride);
+    n.padding = Some(padding);
+    // Written only when grouped, so ungrouped convolutions read as before.
+    n.groups = (groups != 1).then_some(groups);
+}
+
 fn ishape(s: &[u64]) -> Option<Vec<i64>> {
     Some(s.iter().map(|&d| d as i64).collect())
 }
@@ -373,18 +387,13 @@ pub fn op_to_raw(op: &Op, n: &mut RawNode) {
             n.seed = Some(*seed);
         }
         Op::DropoutGrad { p } => n.p = Some(*p),
-        Op::Conv2d { stride, padding } => {
-            n.stride = Some(*stride);
-            n.padding = Some(*padding);
-        }
-        Op::Conv2dGradInput { stride, padding, shape } => {
-            n.stride = Some(*stride);
-            n.padding = Some(*padding);
+        Op::Conv2d { stride, padding, groups } => set_conv(n, *stride, *padding, *groups),
+        Op::Conv2dGradInput { stride, padding, groups, shape } => {
+            set_conv(n, *stride, *padding, *groups);
             n.shape = ishape(shape);
         }
-        Op::Conv2dGradWeight { stride, padding, kernel } => {
-            n.stride = Some(*stride);
-            n.padding = Some(*padding);
+        Op::Conv2dGradWeight { stride, padding, groups, kernel } => {
+            set_conv(n, *stride, *padding, *groups);
             n.kernel = Some(*kernel);
         }
         Op::BatchNorm { eps, momentum } => {
@@ -501,7 +510,11 @@ mod tests {
             Op::Matmul { transpose_a: true, transpose_b: false },
             Op::Softmax { axis: -1, causal: true },
             Op::Dropout { p: 0.1, seed: 7 },
-            Op::Conv2dGradInput { stride: [1, 1], padding: [1, 1], shape: vec![2, 3, 8, 8] },
+            Op::Conv2dGradInput { stride: [1, 1], padding: [1, 1], groups: 1, shape: vec![2, 3, 8, 8] },
+            Op::Conv2dGradInput { stride: [1, 1], padding: [1, 1], groups: 3, shape: vec![2, 3, 8, 8] },
+            Op::Conv2dGradWeight { stride: [2, 1], padding: [0, 1], groups: 2, kernel: [3, 1] },
+            Op::Conv2d { stride: [1, 1], padding: [0, 0], groups: 1 },
+            Op::Conv2d { stride: [2, 2], padding: [1, 1], groups: 4 },
             Op::AvgPool2dGrad { window: w, count_include_pad: true, shape: vec![1, 1, 4, 4] },
             Op::AvgPool2dGrad { window: asym, count_include_pad: false, shape: vec![1, 1, 4, 4] },
             Op::MaxPool2d(w),
@@ -533,10 +546,11 @@ mod tests {
             Op::AvgPool2d { window: w, count_include_pad: true },
             Op::AvgPool2dGrad { window: w, count_include_pad: true, shape: vec![1, 1, 4, 4] },
             Op::MaxPool2d(w),
+            Op::Conv2d { stride: [1, 1], padding: [1, 1], groups: 1 },
         ] {
             let mut n = RawNode { name: "n".into(), op: op.kind(), ..RawNode::default() };
             op_to_raw(&op, &mut n);
-            assert_eq!((n.padding_end, n.count_include_pad), (None, None), "{op:?}");
+            assert_eq!((n.padding_end, n.count_include_pad, n.groups), (None, None, None), "{op:?}");
         }
         let mut n = RawNode { name: "n".into(), op: OpKind::AvgPool2d, ..RawNode::default() };
         op_to_raw(&Op::AvgPool2d { window: Window { padding_end: [0, 1], ..w }, count_include_pad: false }, &mut n);

@@ -176,6 +176,10 @@ pub struct RawNode {
     /// included (default true), or by the in-bounds taps only (false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count_include_pad: Option<bool>,
+    /// conv2d and its grads: the number of channel groups (default 1;
+    /// written only when not 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<u64>,
     /// embedding_grad: rows of the embedding table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_embeddings: Option<u64>,

@@ -236,6 +236,21 @@ fn window_out(x: &TensorType, w: &Window, what: &str) -> Result<Shape> {
     Ok(Shape(vec![d[0], d[1], hw[0], hw[1]]))
 }
 
+/// Input channels per group of a convolution with `cin` input and `cout`
+/// output channels, or why `groups` does not divide them.
+fn conv_groups(groups: u64, cin: u64, cout: u64) -> Result<u64> {
+    if groups == 0 {
+        return Err("conv2d: groups must be at least 1".into());
+    }
+    if cin % groups != 0 {
+        return Err(format!("conv2d: groups={groups} does not divide the input's {cin} channels"));
+    }
+    if cout % groups != 0 {
+        return Err(format!("conv2d: groups={groups} does not divide the weight's {cout} output channels"));
+    }
+    Ok(cin / groups)
+}
+
 fn matmul_shape(a: &TensorType, b: &TensorType, ta: bool, tb: bool) -> Result<Shape> {
     if a.shape.rank() < 2 || b.shape.rank() < 2 {
         return Err(format!("matmul operands must have rank at least 2, found {a} and {b}"));
@@ -406,15 +421,23 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             float(x, "the input")?;
             Ok(vec![x.clone(), x.with_dtype(DType::Bool)])
         }
-        Conv2d { stride, padding } => {
+        Conv2d { stride, padding, groups } => {
             let (x, w) = (inputs[0], inputs[1]);
             float(x, "x")?;
             same_dtype(x, w, "conv2d")?;
             rank(w, 4, "the conv2d weight (OIHW)")?;
             rank(x, 4, "the conv2d input (NCHW)")?;
             let (xd, wd) = (x.shape.dims(), w.shape.dims());
-            if xd[1] != wd[1] {
-                return Err(format!("conv2d: input has {} channels but the weight expects {}", xd[1], wd[1]));
+            let per_group = conv_groups(*groups, xd[1], wd[0])?;
+            if per_group != wd[1] {
+                return Err(if *groups == 1 {
+                    format!("conv2d: input has {} channels but the weight expects {}", xd[1], wd[1])
+                } else {
+                    format!(
+                        "conv2d: input has {} channels in {groups} groups ({per_group} per group) but the weight {} expects {} per group",
+                        xd[1], w.shape, wd[1]
+                    )
+                });
             }
             let win = Window::new([wd[2], wd[3]], *stride, *padding);
             let mut s = window_out(x, &win, "conv2d")?;
@@ -568,22 +591,23 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             same_type(mask, &dy.with_dtype(DType::Bool), "the mask and dy (as bool)")?;
             one(dy.clone())
         }
-        Conv2dGradInput { stride, padding, shape } => {
+        Conv2dGradInput { stride, padding, groups, shape } => {
             let (dy, w) = (inputs[0], inputs[1]);
             let x = TensorType { dtype: dy.dtype, shape: checked(Shape(shape.clone()))? };
-            let fwd = infer(&Conv2d { stride: *stride, padding: *padding }, &[&x, w])?;
+            let fwd = infer(&Conv2d { stride: *stride, padding: *padding, groups: *groups }, &[&x, w])?;
             same_type(dy, &fwd[0], "dy and conv2d's output")?;
             one(x)
         }
-        Conv2dGradWeight { stride, padding, kernel } => {
+        Conv2dGradWeight { stride, padding, groups, kernel } => {
             let (dy, x) = (inputs[0], inputs[1]);
             rank(dy, 4, "dy (NCHW)")?;
             rank(x, 4, "x (NCHW)")?;
+            let per_group = conv_groups(*groups, x.shape.0[1], dy.shape.0[1])?;
             let w = TensorType {
                 dtype: x.dtype,
-                shape: checked(Shape(vec![dy.shape.0[1], x.shape.0[1], kernel[0], kernel[1]]))?,
+                shape: checked(Shape(vec![dy.shape.0[1], per_group, kernel[0], kernel[1]]))?,
             };
-            let fwd = infer(&Conv2d { stride: *stride, padding: *padding }, &[x, &w])?;
+            let fwd = infer(&Conv2d { stride: *stride, padding: *padding, groups: *groups }, &[x, &w])?;
             same_type(dy, &fwd[0], "dy and conv2d's output")?;
             one(w)
         }
@@ -761,17 +785,43 @@ mod tests {
     fn conv_and_pool() {
         let x = t(DType::F32, &[8, 1, 8, 8]);
         let w = t(DType::F32, &[4, 1, 3, 3]);
-        let y = infer(&Op::Conv2d { stride: [1, 1], padding: [1, 1] }, &[&x, &w]).unwrap();
+        let y = infer(&Op::Conv2d { stride: [1, 1], padding: [1, 1], groups: 1 }, &[&x, &w]).unwrap();
         assert_eq!(y[0], t(DType::F32, &[8, 4, 8, 8]));
         let win = Window::new([2, 2], [2, 2], [0, 0]);
         let p = infer(&Op::MaxPool2d(win), &[&y[0]]).unwrap();
         assert_eq!(p[0], t(DType::F32, &[8, 4, 4, 4]));
-        let dx = infer(&Op::Conv2dGradInput { stride: [1, 1], padding: [1, 1], shape: vec![8, 1, 8, 8] }, &[&y[0], &w])
-            .unwrap();
+        let dx = infer(
+            &Op::Conv2dGradInput { stride: [1, 1], padding: [1, 1], groups: 1, shape: vec![8, 1, 8, 8] },
+            &[&y[0], &w],
+        )
+        .unwrap();
         assert_eq!(dx[0], x);
         let dw =
-            infer(&Op::Conv2dGradWeight { stride: [1, 1], padding: [1, 1], kernel: [3, 3] }, &[&y[0], &x]).unwrap();
+            infer(&Op::Conv2dGradWeight { stride: [1, 1], padding: [1, 1], groups: 1, kernel: [3, 3] }, &[&y[0], &x])
+                .unwrap();
         assert_eq!(dw[0], w);
+    }
+
+    #[test]
+    fn grouped_conv() {
+        let conv = |groups| Op::Conv2d { stride: [1, 1], padding: [0, 0], groups };
+        let x = t(DType::F32, &[2, 6, 5, 5]);
+        let w = t(DType::F32, &[4, 3, 3, 3]);
+        assert_eq!(infer(&conv(2), &[&x, &w]).unwrap()[0], t(DType::F32, &[2, 4, 3, 3]));
+        let err = infer(&conv(4), &[&x, &w]).unwrap_err();
+        assert!(err.contains("groups=4 does not divide the input's 6 channels"), "{err}");
+        let err = infer(&conv(3), &[&x, &t(DType::F32, &[4, 2, 3, 3])]).unwrap_err();
+        assert!(err.contains("groups=3 does not divide the weight's 4 output channels"), "{err}");
+        let err = infer(&conv(2), &[&x, &t(DType::F32, &[4, 6, 3, 3])]).unwrap_err();
+        assert!(err.contains("6 channels in 2 groups (3 per group)"), "{err}");
+        assert!(infer(&conv(0), &[&x, &w]).unwrap_err().contains("at least 1"));
+        let dy = t(DType::F32, &[2, 4, 3, 3]);
+        let dw = Op::Conv2dGradWeight { stride: [1, 1], padding: [0, 0], groups: 2, kernel: [3, 3] };
+        assert_eq!(infer(&dw, &[&dy, &x]).unwrap()[0], w);
+        let dx = Op::Conv2dGradInput { stride: [1, 1], padding: [0, 0], groups: 2, shape: vec![2, 6, 5, 5] };
+        assert_eq!(infer(&dx, &[&dy, &w]).unwrap()[0], x);
+        let bad = Op::Conv2dGradWeight { stride: [1, 1], padding: [0, 0], groups: 4, kernel: [3, 3] };
+        assert!(infer(&bad, &[&dy, &x]).unwrap_err().contains("does not divide"));
     }
 
     #[test]

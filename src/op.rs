@@ -239,6 +239,10 @@ impl fmt::Display for OpKind {
 /// - `batch_norm` normalises over every axis but 1 with batch statistics and
 ///   returns `(y, mean, var)` (biased variance), statistics in f32.
 /// - `dropout` returns `(y, mask)`; kept values are scaled by `1/(1-p)`.
+/// - `conv2d(x [N, C, H, W], w [O, C/groups, kh, kw])` is a cross-correlation
+///   with zero padding `padding` on each side; with `groups` > 1 the input
+///   channels and the output channels are split into `groups` equal,
+///   consecutive blocks, and output block `g` reads only input block `g`.
 /// - Pooling windows (NCHW) pad `padding` = [top, left] before and
 ///   `padding_end` = [bottom, right] after the input; the output size is
 ///   `(H + top + bottom - kh) / sh + 1` (floor). `max_pool2d` takes the
@@ -298,7 +302,7 @@ pub enum Op {
     Softmax { axis: i64, causal: bool },
     LogSoftmax { axis: i64 },
     Dropout { p: f64, seed: u64 },
-    Conv2d { stride: [u64; 2], padding: [u64; 2] },
+    Conv2d { stride: [u64; 2], padding: [u64; 2], groups: u64 },
     BatchNorm { eps: f64, momentum: f64 },
     MaxPool2d(Window),
     AvgPool2d { window: Window, count_include_pad: bool },
@@ -322,8 +326,8 @@ pub enum Op {
     EmbeddingGrad { num_embeddings: u64 },
     LayerNormGrad,
     DropoutGrad { p: f64 },
-    Conv2dGradInput { stride: [u64; 2], padding: [u64; 2], shape: Vec<u64> },
-    Conv2dGradWeight { stride: [u64; 2], padding: [u64; 2], kernel: [u64; 2] },
+    Conv2dGradInput { stride: [u64; 2], padding: [u64; 2], groups: u64, shape: Vec<u64> },
+    Conv2dGradWeight { stride: [u64; 2], padding: [u64; 2], groups: u64, kernel: [u64; 2] },
     BatchNormGrad { eps: f64 },
     MaxPool2dGrad(Window),
     AvgPool2dGrad { window: Window, count_include_pad: bool, shape: Vec<u64> },

@@ -518,7 +518,7 @@ fn attr_value(name: &str) -> BoxedStrategy<Value> {
         "shape" => shape().prop_map(|s| json!(s)).boxed(),
         "dtype" | "to" => dtype(),
         "value" | "p" | "eps" | "momentum" => float_edge().prop_map(|v| json!(v)).boxed(),
-        "seed" | "num_embeddings" => u64_edge().prop_map(|v| json!(v)).boxed(),
+        "seed" | "num_embeddings" | "groups" => u64_edge().prop_map(|v| json!(v)).boxed(),
         "kernel" | "stride" | "padding" | "padding_end" => [u64_edge(), u64_edge()].prop_map(|v| json!(v)).boxed(),
         _ => wrong_value(),
     };
@@ -1256,7 +1256,9 @@ struct Conv {
     k: [i64; 2],
     stride: [u64; 2],
     padding: [u64; 2],
-    pool: Option<([u64; 2], bool)>,
+    groups: u64,
+    /// Kernel, max (else avg), padding_end, count_include_pad.
+    pool: Option<([u64; 2], bool, [u64; 2], bool)>,
 }
 
 fn conv() -> impl Strategy<Value = Conv> {
@@ -1268,20 +1270,38 @@ fn conv() -> impl Strategy<Value = Conv> {
         [1i64..=5, 1i64..=5],
         [1u64..=3, 1u64..=3],
         [0u64..=2, 0u64..=2],
-        prop::option::of(([1u64..=3, 1u64..=3], any::<bool>())),
+        1u64..=3,
+        prop::option::of(([1u64..=3, 1u64..=3], any::<bool>(), [0u64..=1, 0u64..=1], any::<bool>())),
     )
-        .prop_map(|(n, c, hw, o, k, stride, padding, pool)| Conv { n, c, hw, o, k, stride, padding, pool })
+        .prop_map(|(n, c, hw, o, k, stride, padding, groups, pool)| Conv {
+            n,
+            c,
+            hw,
+            o,
+            k,
+            stride,
+            padding,
+            groups,
+            pool,
+        })
 }
 
 impl Conv {
     fn to_json(&self) -> Value {
-        let mut forward = vec![
-            json!({"name": "c", "op": "conv2d", "inputs": ["x", "w"], "stride": self.stride, "padding": self.padding}),
-        ];
+        let mut c =
+            json!({"name": "c", "op": "conv2d", "inputs": ["x", "w"], "stride": self.stride, "padding": self.padding});
+        if self.groups != 1 {
+            c["groups"] = json!(self.groups);
+        }
+        let mut forward = vec![c];
         let mut h = "c";
-        if let Some((k, max)) = self.pool {
+        if let Some((k, max, padding_end, count_include_pad)) = self.pool {
             let op = if max { "max_pool2d" } else { "avg_pool2d" };
-            forward.push(json!({"name": "p", "op": op, "inputs": ["c"], "kernel": k}));
+            let mut p = json!({"name": "p", "op": op, "inputs": ["c"], "kernel": k, "padding_end": padding_end});
+            if !max {
+                p["count_include_pad"] = json!(count_include_pad);
+            }
+            forward.push(p);
             h = "p";
         }
         forward.push(json!({"name": "f", "op": "flatten", "inputs": [h]}));
@@ -1290,14 +1310,29 @@ impl Conv {
             "format": "mpc/1",
             "name": "random_conv",
             "inputs": [{"name": "x", "shape": [self.n, self.c, self.hw[0], self.hw[1]]}],
-            "params": [{"name": "w", "shape": [self.o, self.c, self.k[0], self.k[1]], "init": {"kind": "kaiming_normal"}}],
+            "params": [{"name": "w", "shape": [self.o, self.weight_channels(), self.k[0], self.k[1]], "init": {"kind": "kaiming_normal"}}],
             "forward": forward,
             "loss": "loss"
         })
     }
 
+    /// The weight's input channels: `c / groups`, or `c` when groups do not
+    /// divide it (a graph that must be rejected unless groups is 1).
+    fn weight_channels(&self) -> i64 {
+        let g = self.groups as i64;
+        if self.c % g == 0 {
+            self.c / g
+        } else {
+            self.c
+        }
+    }
+
     /// Whether the window fits, so that the graph must be accepted.
     fn fits(&self) -> bool {
+        let g = self.groups as i64;
+        if self.c % g != 0 || self.o % g != 0 {
+            return false;
+        }
         let out = |i: usize| -> Option<u64> {
             let padded = self.hw[i] as u64 + 2 * self.padding[i];
             let k = self.k[i] as u64;
@@ -1306,7 +1341,7 @@ impl Conv {
         let (Some(h), Some(w)) = (out(0), out(1)) else { return false };
         match self.pool {
             None => true,
-            Some((k, _)) => h >= k[0] && w >= k[1],
+            Some((k, _, pe, _)) => (0..2).all(|i| pe[i] <= k[i] / 2) && h + pe[0] >= k[0] && w + pe[1] >= k[1],
         }
     }
 }
