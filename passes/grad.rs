@@ -6,6 +6,8 @@
 //! value are summed with `add`, and broadcasting is undone with `sum_to`.
 //! Secondary outputs (layer_norm's and batch_norm's statistics, dropout's
 //! mask) are treated as constants: gradients flow only through output 0.
+//! `split` is the exception: every piece is differentiable, and a piece the
+//! loss does not depend on contributes zeros.
 
 use rustc_hash::FxHashMap;
 
@@ -98,11 +100,17 @@ fn derive(g: &mut Graph) -> Result<(), String> {
         if !needs(n) || g.node(n).op.is_source() {
             continue;
         }
-        let out = ValueId { node: n, slot: 0 };
-        let Some(&dy) = grads.get(&out) else { continue };
+        // The gradients of the node's outputs: of every piece for split, of
+        // output 0 for every other op.
+        let douts: Vec<Option<ValueId>> = if matches!(g.node(n).op, Op::Split { .. }) {
+            g.values(n).map(|v| grads.get(&v).copied()).collect()
+        } else {
+            vec![grads.get(&ValueId { node: n, slot: 0 }).copied()]
+        };
+        let Some(&dy) = douts.iter().flatten().next() else { continue };
         let ins = g.inputs(n);
         let want: Vec<bool> = ins.iter().map(|v| needs(v.node) && g.ty(*v).dtype.is_float()).collect();
-        let contributions = rule(g, n, dy, &ins, &want)?;
+        let contributions = rule(g, n, dy, &douts, &ins, &want)?;
         for (port, d) in contributions {
             let v = ins[port];
             let total = match grads.get(&v) {
@@ -133,11 +141,14 @@ fn derive(g: &mut Graph) -> Result<(), String> {
 }
 
 /// The gradient contributions of node `n` with output gradient `dy`, for
-/// the input ports flagged in `want`.
+/// the input ports flagged in `want`. `douts` holds the gradient of every
+/// output for `split` (`None` where the loss does not depend on a piece);
+/// other ops read `dy`, output 0's.
 fn rule(
     g: &mut Graph,
     n: NodeId,
     dy: ValueId,
+    douts: &[Option<ValueId>],
     ins: &[ValueId],
     want: &[bool],
 ) -> Result<Vec<(usize, ValueId)>, String> {
@@ -276,6 +287,31 @@ fn rule(
         Op::Flatten { .. } | Op::Reshape { .. } => {
             let s = shape(g, 0).0.iter().map(|&d| d as i64).collect();
             out.push((0, emit(g, &base(g, 0), Op::Reshape { shape: s }, &[dy])?));
+        }
+        Op::Concat { axis } => {
+            let ax = g.ty(ins[0]).shape.axis(axis)?;
+            let sizes = ins.iter().map(|&v| g.ty(v).shape.0[ax]).collect();
+            let id = emit_grads(g, Op::Split { axis, sizes }, &[dy], ins)?;
+            out.extend((0..ins.len()).filter(|&p| want[p]).map(|p| (p, ValueId { node: id, slot: p as u32 })));
+        }
+        Op::Split { axis, .. } => {
+            // The pieces' gradients joined again; a piece without one is zeros.
+            let mut parts = Vec::with_capacity(douts.len());
+            for (slot, d) in douts.iter().enumerate() {
+                let piece = ValueId { node: n, slot: slot as u32 };
+                parts.push(match *d {
+                    Some(d) => d,
+                    None => {
+                        let ty = g.ty(piece).clone();
+                        emit(g, &format!("d{}", g.value_name(piece)), Op::Constant { value: 0.0, ty }, &[])?
+                    }
+                });
+            }
+            let d = match parts[..] {
+                [one] => one,
+                _ => emit(g, &base(g, 0), Op::Concat { axis }, &parts)?,
+            };
+            out.push((0, d));
         }
         Op::Transpose { perm } => {
             let mut inv = vec![0; perm.len()];

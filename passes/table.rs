@@ -115,6 +115,8 @@ impl Table {
             &[
                 Reshape,
                 Transpose,
+                Concat,
+                Split,
                 Flatten,
                 Relu,
                 ReluGrad,

@@ -15,6 +15,7 @@ pub const ATTRS: [&str; N_ATTRS] = [
     "causal",
     "axes",
     "keepdims",
+    "sizes",
     "shape",
     "perm",
     "dtype",
@@ -41,7 +42,7 @@ pub const ATTRS: [&str; N_ATTRS] = [
     "growth_interval",
     "max_norm",
 ];
-pub const N_ATTRS: usize = 31;
+pub const N_ATTRS: usize = 32;
 
 fn present(n: &RawNode) -> impl Iterator<Item = &'static str> {
     // Same length as ATTRS, checked by the type.
@@ -52,6 +53,7 @@ fn present(n: &RawNode) -> impl Iterator<Item = &'static str> {
         n.causal.is_some(),
         n.axes.is_some(),
         n.keepdims.is_some(),
+        n.sizes.is_some(),
         n.shape.is_some(),
         n.perm.is_some(),
         n.dtype.is_some(),
@@ -87,7 +89,8 @@ pub fn allowed(kind: OpKind) -> &'static [&'static str] {
     match kind {
         Matmul => &["transpose_a", "transpose_b"],
         Softmax => &["axis", "causal"],
-        LogSoftmax | SoftmaxGrad | LogSoftmaxGrad | Flatten => &["axis"],
+        LogSoftmax | SoftmaxGrad | LogSoftmaxGrad | Flatten | Concat => &["axis"],
+        Split => &["axis", "sizes"],
         ReduceSum | ReduceMean => &["axes", "keepdims"],
         Reshape | SumTo | BroadcastTo => &["shape"],
         Transpose => &["perm"],
@@ -270,6 +273,14 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
                 .map(|&p| usize::try_from(p).map_err(|_| ("perm", format!("perm entries are axes 0..rank, found {p}"))))
                 .collect::<Result<_, _>>()?,
         },
+        K::Concat => Op::Concat { axis: need(&n.axis, "axis", kind)? },
+        K::Split => {
+            let sizes = dims(&need(&n.sizes, "sizes", kind)?, "sizes")?;
+            if sizes.is_empty() {
+                return Err(("sizes", "split needs at least one size".into()));
+            }
+            Op::Split { axis: n.axis.unwrap_or(0), sizes }
+        }
         K::ReduceSum => Op::ReduceSum { axes: need(&n.axes, "axes", kind)?, keepdims: n.keepdims.unwrap_or(false) },
         K::ReduceMean => Op::ReduceMean { axes: need(&n.axes, "axes", kind)?, keepdims: n.keepdims.unwrap_or(false) },
         K::SumTo => Op::SumTo { shape: dims(&need(&n.shape, "shape", kind)?, "shape")? },
@@ -411,6 +422,11 @@ pub fn op_to_raw(op: &Op, n: &mut RawNode) {
             n.shape = ishape(shape);
         }
         Op::Reshape { shape } => n.shape = Some(shape.clone()),
+        Op::Concat { axis } => n.axis = Some(*axis),
+        Op::Split { axis, sizes } => {
+            n.axis = Some(*axis);
+            n.sizes = ishape(sizes);
+        }
         Op::Transpose { perm } => n.perm = Some(perm.iter().map(|&p| p as i64).collect()),
         Op::ReduceSum { axes, keepdims } | Op::ReduceMean { axes, keepdims } => {
             n.axes = Some(axes.clone());
@@ -524,6 +540,8 @@ mod tests {
             Op::AvgPool2d { window: asym, count_include_pad: false },
             Op::Reshape { shape: vec![-1, 4] },
             Op::Transpose { perm: vec![0, 2, 1, 3] },
+            Op::Concat { axis: -1 },
+            Op::Split { axis: 1, sizes: vec![2, 1, 5] },
             Op::ReduceMean { axes: vec![0], keepdims: true },
             Op::EmbeddingGrad { num_embeddings: 65 },
             Op::BatchNorm { eps: 1e-3, momentum: 0.2 },

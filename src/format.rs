@@ -118,7 +118,8 @@ pub struct RawNode {
     /// matmul: transpose the last two axes of the second operand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transpose_b: Option<bool>,
-    /// softmax, log_softmax and their grads (default -1); flatten (default 1).
+    /// softmax, log_softmax and their grads (default -1); flatten (default
+    /// 1); concat (required); split (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub axis: Option<i64>,
     /// softmax: mask entries above the diagonal of the last two axes.
@@ -130,6 +131,9 @@ pub struct RawNode {
     /// reduce_sum, reduce_mean: keep reduced axes as size 1 (default false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepdims: Option<bool>,
+    /// split: the size of each piece along `axis`, one output per piece.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sizes: Option<Vec<i64>>,
     /// reshape (one entry may be -1), sum_to, broadcast_to, constant, and the
     /// input shape of conv2d_grad_input and avg_pool2d_grad.
     #[serde(default, skip_serializing_if = "Option::is_none")]

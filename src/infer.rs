@@ -12,7 +12,7 @@ type Result<T> = std::result::Result<T, String>;
 pub fn arity(op: &Op) -> (usize, usize) {
     use Op::*;
     let n = match op {
-        FoundInf | GlobalNorm => return (1, usize::MAX),
+        FoundInf | GlobalNorm | Concat { .. } => return (1, usize::MAX),
         Input { .. } | Param { .. } | State { .. } | Constant { .. } => 0,
         Seed
         | Cast { .. }
@@ -30,6 +30,7 @@ pub fn arity(op: &Op) -> (usize, usize) {
         | Flatten { .. }
         | Reshape { .. }
         | Transpose { .. }
+        | Split { .. }
         | ReduceSum { .. }
         | ReduceMean { .. }
         | SumTo { .. }
@@ -92,6 +93,8 @@ pub fn num_outputs(op: &Op) -> usize {
         Op::LayerNorm { .. } | Op::BatchNorm { .. } | Op::LayerNormGrad | Op::BatchNormGrad { .. } => 3,
         Op::Dropout { .. } | Op::ScaleUpdate { .. } | Op::SgdMomentum { .. } => 2,
         Op::Adam { .. } => 3,
+        // One output per piece; at least one, so that a node always has a value.
+        Op::Split { sizes, .. } => sizes.len().max(1),
         _ => 1,
     }
 }
@@ -121,6 +124,7 @@ pub fn input_names(op: &Op) -> &'static [&'static str] {
         Seed => &["loss"],
         Unscale => &["grad", "scale"],
         FoundInf | GlobalNorm => &["grads..."],
+        Concat { .. } => &["inputs..."],
         ScaleUpdate { .. } => &["scale", "tracker", "found_inf"],
         Select => &["found_inf", "on_inf", "otherwise"],
         ClipCoef { .. } => &["norm"],
@@ -487,6 +491,53 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             }
             one(TensorType::new(x.dtype, perm.iter().map(|&p| x.shape.0[p]).collect::<Vec<_>>()))
         }
+        Concat { axis } => {
+            let x0 = inputs[0];
+            let ax = x0.shape.axis(*axis).map_err(|e| format!("concat: {e}"))?;
+            let mut total: u64 = 0;
+            for (i, &t) in inputs.iter().enumerate() {
+                same_dtype(x0, t, "concat")?;
+                if t.shape.rank() != x0.shape.rank() {
+                    return Err(format!("concat: input {i} {t} and input 0 {x0} have different ranks"));
+                }
+                if let Some(d) = (0..t.shape.rank()).find(|&d| d != ax && t.shape.0[d] != x0.shape.0[d]) {
+                    return Err(format!(
+                        "concat along axis {axis}: input {i} {t} and input 0 {x0} differ on axis {d} ({} vs {})",
+                        t.shape.0[d], x0.shape.0[d]
+                    ));
+                }
+                total = total.checked_add(t.shape.0[ax]).ok_or("concat: the result is too large")?;
+            }
+            let mut s = x0.shape.0.clone();
+            s[ax] = total;
+            one(TensorType { dtype: x0.dtype, shape: checked(Shape(s))? })
+        }
+        Split { axis, sizes } => {
+            let x = inputs[0];
+            let ax = x.shape.axis(*axis).map_err(|e| format!("split: {e}"))?;
+            if sizes.is_empty() {
+                return Err("split needs at least one size".into());
+            }
+            if sizes.contains(&0) {
+                return Err(format!("split sizes must be at least 1, found {sizes:?}"));
+            }
+            let sum = sizes.iter().try_fold(0u64, |a, &b| a.checked_add(b));
+            if sum != Some(x.shape.0[ax]) {
+                let sum = sum.map_or("more than 2^64".to_string(), |s| s.to_string());
+                return Err(format!(
+                    "split sizes {sizes:?} sum to {sum}, but axis {axis} of the input {x} has size {}",
+                    x.shape.0[ax]
+                ));
+            }
+            Ok(sizes
+                .iter()
+                .map(|&n| {
+                    let mut s = x.shape.0.clone();
+                    s[ax] = n;
+                    TensorType::new(x.dtype, s)
+                })
+                .collect())
+        }
         ReduceSum { axes, keepdims } | ReduceMean { axes, keepdims } => {
             let x = inputs[0];
             if x.dtype == DType::Bool || (matches!(op, ReduceMean { .. }) && !x.dtype.is_float()) {
@@ -829,6 +880,32 @@ mod tests {
         let x = t(DType::F32, &[64, 128]);
         assert_eq!(infer(&Op::SumTo { shape: vec![128] }, &[&x]).unwrap()[0], t(DType::F32, &[128]));
         assert!(infer(&Op::SumTo { shape: vec![64] }, &[&x]).is_err());
+    }
+
+    #[test]
+    fn concat_and_split() {
+        let (a, b) = (t(DType::F16, &[2, 3, 4]), t(DType::F16, &[2, 5, 4]));
+        let c = infer(&Op::Concat { axis: 1 }, &[&a, &b, &a]).unwrap();
+        assert_eq!(c, vec![t(DType::F16, &[2, 11, 4])]);
+        assert_eq!(infer(&Op::Concat { axis: -2 }, &[&a]).unwrap(), vec![a.clone()]);
+        let err = infer(&Op::Concat { axis: 0 }, &[&a, &b]).unwrap_err();
+        assert!(err.contains("differ on axis 1 (5 vs 3)"), "{err}");
+        let err = infer(&Op::Concat { axis: 1 }, &[&a, &t(DType::F16, &[2, 3])]).unwrap_err();
+        assert!(err.contains("different ranks"), "{err}");
+        let err = infer(&Op::Concat { axis: 1 }, &[&a, &t(DType::F32, &[2, 3, 4])]).unwrap_err();
+        assert!(err.contains("same dtype"), "{err}");
+        assert!(infer(&Op::Concat { axis: 3 }, &[&a]).unwrap_err().contains("out of range"));
+        assert!(infer(&Op::Concat { axis: 0 }, &[]).unwrap_err().contains("at least 1 input"));
+
+        let s = infer(&Op::Split { axis: -2, sizes: vec![1, 4] }, &[&b]).unwrap();
+        assert_eq!(s, vec![t(DType::F16, &[2, 1, 4]), t(DType::F16, &[2, 4, 4])]);
+        assert_eq!(num_outputs(&Op::Split { axis: 1, sizes: vec![1, 4] }), 2);
+        let err = infer(&Op::Split { axis: 1, sizes: vec![1, 3] }, &[&b]).unwrap_err();
+        assert!(err.contains("sum to 4, but axis 1 of the input f16[2,5,4] has size 5"), "{err}");
+        let err = infer(&Op::Split { axis: 1, sizes: vec![u64::MAX, 6] }, &[&b]).unwrap_err();
+        assert!(err.contains("more than 2^64"), "{err}");
+        assert!(infer(&Op::Split { axis: 1, sizes: vec![0, 5] }, &[&b]).is_err());
+        assert!(infer(&Op::Split { axis: 1, sizes: vec![] }, &[&b]).is_err());
     }
 
     #[test]

@@ -186,6 +186,8 @@ op_kinds! {
     Flatten => "flatten",
     Reshape => "reshape",
     Transpose => "transpose",
+    Concat => "concat",
+    Split => "split",
     ReduceSum => "reduce_sum",
     ReduceMean => "reduce_mean",
     SumTo => "sum_to",
@@ -243,6 +245,10 @@ impl fmt::Display for OpKind {
 ///   with zero padding `padding` on each side; with `groups` > 1 the input
 ///   channels and the output channels are split into `groups` equal,
 ///   consecutive blocks, and output block `g` reads only input block `g`.
+/// - `concat(x1, …, xn)` joins its inputs along `axis` (one dtype, one rank,
+///   equal sizes on every other axis); `split(x)` cuts `axis` into
+///   consecutive pieces of `sizes` (which sum to the axis' size), one output
+///   per piece. Both copy bits.
 /// - Pooling windows (NCHW) pad `padding` = [top, left] before and
 ///   `padding_end` = [bottom, right] after the input; the output size is
 ///   `(H + top + bottom - kh) / sh + 1` (floor). `max_pool2d` takes the
@@ -309,6 +315,8 @@ pub enum Op {
     Flatten { axis: i64 },
     Reshape { shape: Vec<i64> },
     Transpose { perm: Vec<usize> },
+    Concat { axis: i64 },
+    Split { axis: i64, sizes: Vec<u64> },
     ReduceSum { axes: Vec<i64>, keepdims: bool },
     ReduceMean { axes: Vec<i64>, keepdims: bool },
     SumTo { shape: Vec<u64> },
@@ -376,6 +384,8 @@ impl Op {
             Op::Flatten { .. } => OpKind::Flatten,
             Op::Reshape { .. } => OpKind::Reshape,
             Op::Transpose { .. } => OpKind::Transpose,
+            Op::Concat { .. } => OpKind::Concat,
+            Op::Split { .. } => OpKind::Split,
             Op::ReduceSum { .. } => OpKind::ReduceSum,
             Op::ReduceMean { .. } => OpKind::ReduceMean,
             Op::SumTo { .. } => OpKind::SumTo,

@@ -515,7 +515,7 @@ fn attr_value(name: &str) -> BoxedStrategy<Value> {
         }
         "axis" => axis().prop_map(|a| json!(a)).boxed(),
         "axes" | "perm" => prop::collection::vec(axis(), 0..7).prop_map(|a| json!(a)).boxed(),
-        "shape" => shape().prop_map(|s| json!(s)).boxed(),
+        "shape" | "sizes" => shape().prop_map(|s| json!(s)).boxed(),
         "dtype" | "to" => dtype(),
         "value" | "p" | "eps" | "momentum" => float_edge().prop_map(|v| json!(v)).boxed(),
         "seed" | "num_embeddings" | "groups" => u64_edge().prop_map(|v| json!(v)).boxed(),

@@ -371,6 +371,51 @@ fn fd_layout_ops() {
 }
 
 #[test]
+fn fd_concat() {
+    // Three inputs along axis 1, then one input twice (its two gradients add).
+    let mut c = Case::new(18);
+    let a = c.random_param("a", &[2, 2, 3]);
+    let b = c.random_param("b", &[2, 1, 3]);
+    let d = c.random_param("d", &[2, 3, 3]);
+    let y = c.op("y", Op::Concat { axis: 1 }, &[a, b, d]);
+    assert_eq!(c.g.ty(y).shape.0, vec![2, 6, 3]);
+    c.weighted_loss(y);
+    c.check();
+
+    let mut c = Case::new(19);
+    let a = c.random_param("a", &[2, 2, 3]);
+    let b = c.random_param("b", &[2, 1, 3]);
+    let y = c.op("y", Op::Concat { axis: -2 }, &[a, b, a]);
+    c.weighted_loss(y);
+    c.check();
+}
+
+#[test]
+fn fd_split_with_unused_pieces() {
+    // Pieces [2,1,3], [2,2,3], [2,3,3] of x [2,6,3]; `used` lists the pieces
+    // the loss reads (broadcast-added into one [2,3,3] value).
+    for used in [vec![0, 2], vec![2], vec![1]] {
+        let mut c = Case::new(20);
+        let x = c.random_param("x", &[2, 6, 3]);
+        let s = c.op("s", Op::Split { axis: 1, sizes: vec![1, 2, 3] }, &[x]);
+        let piece = |k: u32| ValueId { node: s.node, slot: k };
+        let mut y = piece(used[0]);
+        for (i, &k) in used.iter().enumerate().skip(1) {
+            y = c.op(&format!("sum{i}"), Op::Add, &[y, piece(k)]);
+        }
+        c.weighted_loss(y);
+        let (_, _, _, grads) = c.check();
+        // Rows of x in an unused piece get exactly zero.
+        let dx = grads["dx"].to_f32_vec();
+        let rows = [0..1, 1..3, 3..6];
+        for k in 0..3u32 {
+            let zero = (0..2).all(|n| rows[k as usize].clone().all(|r| (0..3).all(|j| dx[(n * 6 + r) * 3 + j] == 0.0)));
+            assert_eq!(zero, !used.contains(&k), "piece {k} with {used:?} used");
+        }
+    }
+}
+
+#[test]
 fn fd_reductions() {
     for keepdims in [false, true] {
         for axes in [vec![1], vec![0, 2], vec![-1]] {

@@ -120,6 +120,8 @@ fn kernel(op: &Op, ctx: &OpCtx<'_>, x: &[&Tensor], out: &[TensorType]) -> KResul
         EmbeddingGrad { .. } => one(layout::embedding_grad(x[0], x[1], o)),
         Flatten { .. } | Reshape { .. } => one(wrap(x[0].clone().reshaped(o.shape.clone()))),
         Transpose { perm } => one(layout::transpose(x[0], perm)),
+        Concat { axis } => one(layout::concat(x, *axis, o)),
+        Split { axis, .. } => layout::split(x[0], *axis, out),
         ReduceSum { axes, .. } | ReduceMean { axes, .. } => {
             one(layout::reduce(x[0], axes, matches!(op, ReduceMean { .. }), o))
         }
