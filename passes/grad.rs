@@ -206,6 +206,10 @@ fn rule(
         Op::Sigmoid => out.push((0, emit(g, &base(g, 0), Op::SigmoidGrad, &[dy, y])?)),
         Op::Exp => out.push((0, emit(g, &base(g, 0), Op::Mul, &[dy, y])?)),
         Op::Log => out.push((0, emit(g, &base(g, 0), Op::Div, &[dy, ins[0]])?)),
+        Op::Erf => out.push((0, emit(g, &base(g, 0), Op::ErfGrad, &[dy, ins[0]])?)),
+        Op::Lrn { size, alpha, beta, bias } => {
+            out.push((0, emit(g, &base(g, 0), Op::LrnGrad { size, alpha, beta, bias }, &[dy, ins[0]])?));
+        }
         Op::Matmul { transpose_a: ta, transpose_b: tb } => {
             let (a, b) = (ins[0], ins[1]);
             let mm = |ta, tb| Op::Matmul { transpose_a: ta, transpose_b: tb };
@@ -259,6 +263,14 @@ fn rule(
             let stats = [ValueId { node: n, slot: 1 }, ValueId { node: n, slot: 2 }];
             let id = emit_grads(g, Op::BatchNormGrad { eps }, &[dy, ins[0], ins[1], stats[0], stats[1]], ins)?;
             out.extend((0..3).filter(|&p| want[p]).map(|p| (p, ValueId { node: id, slot: p as u32 })));
+        }
+        Op::FrozenBatchNorm { eps } => {
+            // mean and var (ports 3, 4) are statistics: no gradient flows to them.
+            if want[..3].contains(&true) {
+                let inputs = [dy, ins[0], ins[1], ins[3], ins[4]];
+                let id = emit_grads(g, Op::FrozenBatchNormGrad { eps }, &inputs, &ins[..3])?;
+                out.extend((0..3).filter(|&p| want[p]).map(|p| (p, ValueId { node: id, slot: p as u32 })));
+            }
         }
         Op::Softmax { axis, .. } => out.push((0, emit(g, &base(g, 0), Op::SoftmaxGrad { axis }, &[dy, y])?)),
         Op::LogSoftmax { axis } => out.push((0, emit(g, &base(g, 0), Op::LogSoftmaxGrad { axis }, &[dy, y])?)),
@@ -361,6 +373,9 @@ fn rule(
         Op::Constant { .. } | Op::Seed | Op::Input { .. } | Op::Param { .. } | Op::State { .. } => {}
         Op::ReluGrad
         | Op::GeluGrad
+        | Op::ErfGrad
+        | Op::LrnGrad { .. }
+        | Op::FrozenBatchNormGrad { .. }
         | Op::TanhGrad
         | Op::SigmoidGrad
         | Op::SoftmaxGrad { .. }

@@ -25,6 +25,10 @@ pub const ATTRS: [&str; N_ATTRS] = [
     "seed",
     "eps",
     "momentum",
+    "size",
+    "alpha",
+    "beta",
+    "bias",
     "kernel",
     "stride",
     "padding",
@@ -42,7 +46,7 @@ pub const ATTRS: [&str; N_ATTRS] = [
     "growth_interval",
     "max_norm",
 ];
-pub const N_ATTRS: usize = 32;
+pub const N_ATTRS: usize = 36;
 
 fn present(n: &RawNode) -> impl Iterator<Item = &'static str> {
     // Same length as ATTRS, checked by the type.
@@ -63,6 +67,10 @@ fn present(n: &RawNode) -> impl Iterator<Item = &'static str> {
         n.seed.is_some(),
         n.eps.is_some(),
         n.momentum.is_some(),
+        n.size.is_some(),
+        n.alpha.is_some(),
+        n.beta.is_some(),
+        n.bias.is_some(),
         n.kernel.is_some(),
         n.stride.is_some(),
         n.padding.is_some(),
@@ -99,7 +107,8 @@ pub fn allowed(kind: OpKind) -> &'static [&'static str] {
         Cast => &["to"],
         Dropout => &["p", "seed"],
         DropoutGrad => &["p"],
-        LayerNorm | BatchNormGrad => &["eps"],
+        LayerNorm | BatchNormGrad | FrozenBatchNorm | FrozenBatchNormGrad => &["eps"],
+        Lrn | LrnGrad => &["size", "alpha", "beta", "bias"],
         BatchNorm => &["eps", "momentum"],
         Conv2d => &["stride", "padding", "groups"],
         Conv2dGradInput => &["stride", "padding", "groups", "shape"],
@@ -194,6 +203,21 @@ fn eps(n: &RawNode) -> Result<f64, AttrError> {
     in_range(v, "eps", v > 0.0 && v.is_finite(), "a positive eps")
 }
 
+/// LRN's `(size, alpha, beta, bias)`: ONNX's defaults, a positive size and
+/// bias (so the base of the power is positive), alpha ≥ 0, finite beta.
+fn lrn(n: &RawNode, kind: OpKind) -> Result<(u64, f64, f64, f64), AttrError> {
+    let size = need(&n.size, "size", kind)?;
+    if size == 0 {
+        return Err(("size", "expected at least 1 channel, found 0".into()));
+    }
+    let alpha = n.alpha.unwrap_or(1e-4);
+    let alpha = in_range(alpha, "alpha", alpha >= 0.0 && alpha.is_finite(), "a finite alpha ≥ 0")?;
+    let beta = finite(n.beta.unwrap_or(0.75), "beta")?;
+    let bias = n.bias.unwrap_or(1.0);
+    let bias = in_range(bias, "bias", bias > 0.0 && bias.is_finite(), "a positive bias")?;
+    Ok((size, alpha, beta, bias))
+}
+
 fn finite(v: f64, field: &'static str) -> Result<f64, AttrError> {
     if v.is_finite() {
         Ok(v)
@@ -246,6 +270,7 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
         K::Sigmoid => Op::Sigmoid,
         K::Exp => Op::Exp,
         K::Log => Op::Log,
+        K::Erf => Op::Erf,
         K::Matmul => {
             Op::Matmul { transpose_a: n.transpose_a.unwrap_or(false), transpose_b: n.transpose_b.unwrap_or(false) }
         }
@@ -262,6 +287,11 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
             let m = n.momentum.unwrap_or(0.1);
             let momentum = in_range(m, "momentum", (0.0..=1.0).contains(&m), "a momentum in [0, 1]")?;
             Op::BatchNorm { eps: eps(n)?, momentum }
+        }
+        K::FrozenBatchNorm => Op::FrozenBatchNorm { eps: eps(n)? },
+        K::Lrn => {
+            let (size, alpha, beta, bias) = lrn(n, kind)?;
+            Op::Lrn { size, alpha, beta, bias }
         }
         K::MaxPool2d => Op::MaxPool2d(window(n, kind)?),
         K::AvgPool2d => Op::AvgPool2d { window: window(n, kind)?, count_include_pad: count_include_pad(n) },
@@ -289,6 +319,7 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
         K::Mse => Op::Mse,
         K::ReluGrad => Op::ReluGrad,
         K::GeluGrad => Op::GeluGrad,
+        K::ErfGrad => Op::ErfGrad,
         K::TanhGrad => Op::TanhGrad,
         K::SigmoidGrad => Op::SigmoidGrad,
         K::SoftmaxGrad => Op::SoftmaxGrad { axis: n.axis.unwrap_or(-1) },
@@ -317,6 +348,11 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
             Op::Conv2dGradWeight { stride, padding, groups, kernel }
         }
         K::BatchNormGrad => Op::BatchNormGrad { eps: eps(n)? },
+        K::FrozenBatchNormGrad => Op::FrozenBatchNormGrad { eps: eps(n)? },
+        K::LrnGrad => {
+            let (size, alpha, beta, bias) = lrn(n, kind)?;
+            Op::LrnGrad { size, alpha, beta, bias }
+        }
         K::MaxPool2dGrad => Op::MaxPool2dGrad(window(n, kind)?),
         K::Unscale => Op::Unscale,
         K::FoundInf => Op::FoundInf,
@@ -385,7 +421,16 @@ pub fn op_to_raw(op: &Op, n: &mut RawNode) {
             n.transpose_a = flag(*transpose_a);
             n.transpose_b = flag(*transpose_b);
         }
-        Op::LayerNorm { eps } | Op::BatchNormGrad { eps } => n.eps = Some(*eps),
+        Op::LayerNorm { eps }
+        | Op::BatchNormGrad { eps }
+        | Op::FrozenBatchNorm { eps }
+        | Op::FrozenBatchNormGrad { eps } => n.eps = Some(*eps),
+        Op::Lrn { size, alpha, beta, bias } | Op::LrnGrad { size, alpha, beta, bias } => {
+            n.size = Some(*size);
+            n.alpha = Some(*alpha);
+            n.beta = Some(*beta);
+            n.bias = Some(*bias);
+        }
         Op::Softmax { axis, causal } => {
             n.axis = Some(*axis);
             n.causal = flag(*causal);
@@ -472,6 +517,8 @@ pub fn op_to_raw(op: &Op, n: &mut RawNode) {
         | Op::Sigmoid
         | Op::Exp
         | Op::Log
+        | Op::Erf
+        | Op::ErfGrad
         | Op::Embedding
         | Op::CrossEntropy
         | Op::Mse
@@ -545,6 +592,12 @@ mod tests {
             Op::ReduceMean { axes: vec![0], keepdims: true },
             Op::EmbeddingGrad { num_embeddings: 65 },
             Op::BatchNorm { eps: 1e-3, momentum: 0.2 },
+            Op::FrozenBatchNorm { eps: 1e-3 },
+            Op::FrozenBatchNormGrad { eps: 1e-5 },
+            Op::Lrn { size: 5, alpha: 1e-4, beta: 0.75, bias: 2.0 },
+            Op::LrnGrad { size: 4, alpha: 2e-5, beta: 0.5, bias: 1.0 },
+            Op::Erf,
+            Op::ErfGrad,
             Op::ScaleUpdate { growth_factor: 2.0, backoff_factor: 0.5, growth_interval: 2000 },
             Op::Adam { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, decoupled: true },
             Op::SgdMomentum { lr: 0.1, momentum: 0.9, weight_decay: 0.0 },

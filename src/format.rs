@@ -156,12 +156,25 @@ pub struct RawNode {
     /// dropout: random seed (default 0), mixed with the step number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
-    /// layer_norm, batch_norm, batch_norm_grad (default 1e-5); adam (default 1e-8).
+    /// layer_norm, batch_norm, frozen_batch_norm and their grads (default
+    /// 1e-5); adam (default 1e-8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eps: Option<f64>,
     /// batch_norm: running-statistics momentum (default 0.1); sgd_momentum: momentum in [0, 1) (required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub momentum: Option<f64>,
+    /// lrn, lrn_grad: the number of channels summed (required, ≥ 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// lrn, lrn_grad: the scale of the sum of squares (default 1e-4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+    /// lrn, lrn_grad: the exponent (default 0.75).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta: Option<f64>,
+    /// lrn, lrn_grad: the additive constant (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bias: Option<f64>,
     /// Pooling window, and conv2d_grad_weight's kernel size: [height, width].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<[u64; 2]>,

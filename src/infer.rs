@@ -24,6 +24,8 @@ pub fn arity(op: &Op) -> (usize, usize) {
         | Sigmoid
         | Exp
         | Log
+        | Erf
+        | Lrn { .. }
         | Dropout { .. }
         | MaxPool2d(_)
         | AvgPool2d { .. }
@@ -50,6 +52,8 @@ pub fn arity(op: &Op) -> (usize, usize) {
         | Mse
         | ReluGrad
         | GeluGrad
+        | ErfGrad
+        | LrnGrad { .. }
         | TanhGrad
         | SigmoidGrad
         | SoftmaxGrad { .. }
@@ -68,7 +72,7 @@ pub fn arity(op: &Op) -> (usize, usize) {
         | ScaleUpdate { .. }
         | Select
         | SgdMomentum { .. } => 3,
-        BatchNormGrad { .. } | LayerNormGrad | Adam { .. } => 5,
+        BatchNormGrad { .. } | LayerNormGrad | FrozenBatchNorm { .. } | FrozenBatchNormGrad { .. } | Adam { .. } => 5,
     };
     (n, n)
 }
@@ -90,7 +94,11 @@ pub fn arity_text(op: &Op) -> String {
 /// Number of outputs each op produces.
 pub fn num_outputs(op: &Op) -> usize {
     match op {
-        Op::LayerNorm { .. } | Op::BatchNorm { .. } | Op::LayerNormGrad | Op::BatchNormGrad { .. } => 3,
+        Op::LayerNorm { .. }
+        | Op::BatchNorm { .. }
+        | Op::LayerNormGrad
+        | Op::BatchNormGrad { .. }
+        | Op::FrozenBatchNormGrad { .. } => 3,
         Op::Dropout { .. } | Op::ScaleUpdate { .. } | Op::SgdMomentum { .. } => 2,
         Op::Adam { .. } => 3,
         // One output per piece; at least one, so that a node always has a value.
@@ -111,7 +119,9 @@ pub fn input_names(op: &Op) -> &'static [&'static str] {
         Mse => &["prediction", "target"],
         LayerNorm { .. } | BatchNorm { .. } => &["x", "gamma", "beta"],
         ReluGrad | TanhGrad | SigmoidGrad | SoftmaxGrad { .. } | LogSoftmaxGrad { .. } => &["dy", "y"],
-        GeluGrad | MaxPool2dGrad(_) => &["dy", "x"],
+        GeluGrad | ErfGrad | LrnGrad { .. } | MaxPool2dGrad(_) => &["dy", "x"],
+        FrozenBatchNorm { .. } => &["x", "gamma", "beta", "mean", "var"],
+        FrozenBatchNormGrad { .. } => &["dy", "x", "gamma", "mean", "var"],
         CrossEntropyGrad => &["dloss", "logits", "labels"],
         MseGrad => &["dloss", "prediction", "target"],
         EmbeddingGrad { .. } => &["dy", "ids"],
@@ -363,7 +373,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             }
             one(TensorType { dtype: a.dtype, shape: broadcast(&a.shape, &b.shape)? })
         }
-        Scale { .. } | Relu | Gelu | Tanh | Sigmoid | Exp | Log => {
+        Scale { .. } | Relu | Gelu | Tanh | Sigmoid | Exp | Log | Erf => {
             float(inputs[0], "the input")?;
             one(inputs[0].clone())
         }
@@ -464,6 +474,33 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             same_type(b, g, "beta and gamma")?;
             let stats = TensorType::new(DType::F32, vec![c]);
             Ok(vec![x.clone(), stats.clone(), stats])
+        }
+        FrozenBatchNorm { eps } => {
+            positive(*eps, "eps")?;
+            let (x, g) = (inputs[0], inputs[1]);
+            float(x, "x")?;
+            if x.shape.rank() < 2 {
+                return Err(format!("frozen_batch_norm input must have rank ≥ 2 (N, C, ...), found {x}"));
+            }
+            let c = x.shape.0[1];
+            float(g, "gamma")?;
+            same_type(g, &TensorType::new(g.dtype, vec![c]), "gamma and the channel axis")?;
+            for (t, what) in inputs[2..].iter().zip(["beta and gamma", "mean and gamma", "var and gamma"]) {
+                same_type(t, g, what)?;
+            }
+            one(x.clone())
+        }
+        Lrn { size, alpha, beta, bias } | LrnGrad { size, alpha, beta, bias } => {
+            check_lrn(*size, *alpha, *beta, *bias)?;
+            let x = inputs[inputs.len() - 1];
+            float(x, "x")?;
+            if x.shape.rank() < 3 {
+                return Err(format!("{} input must have rank ≥ 3 (N, C, ...), found {x}", op.name()));
+            }
+            if let LrnGrad { .. } = op {
+                same_type(inputs[0], x, "dy and x")?;
+            }
+            one(x.clone())
         }
         MaxPool2d(w) | AvgPool2d { window: w, .. } => {
             float(inputs[0], "the input")?;
@@ -583,7 +620,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             same_type(inputs[0], inputs[1], "prediction and target")?;
             one(TensorType::scalar(inputs[0].dtype))
         }
-        ReluGrad | GeluGrad | TanhGrad | SigmoidGrad | SoftmaxGrad { .. } | LogSoftmaxGrad { .. } => {
+        ReluGrad | GeluGrad | ErfGrad | TanhGrad | SigmoidGrad | SoftmaxGrad { .. } | LogSoftmaxGrad { .. } => {
             let (dy, y) = (inputs[0], inputs[1]);
             float(dy, "dy")?;
             if dy.shape != y.shape {
@@ -668,6 +705,12 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             same_type(dy, x, "dy and x")?;
             same_type(mean, &fwd[1], "mean and batch_norm's mean")?;
             same_type(var, &fwd[2], "var and batch_norm's var")?;
+            Ok(vec![x.clone(), g.clone(), g.clone()])
+        }
+        FrozenBatchNormGrad { eps } => {
+            let (dy, x, g, mean, var) = (inputs[0], inputs[1], inputs[2], inputs[3], inputs[4]);
+            infer(&FrozenBatchNorm { eps: *eps }, &[x, g, g, mean, var])?;
+            same_type(dy, x, "dy and x")?;
             Ok(vec![x.clone(), g.clone(), g.clone()])
         }
         MaxPool2dGrad(w) => {
@@ -780,6 +823,18 @@ fn positive(v: f64, what: &str) -> Result<()> {
     } else {
         Err(format!("{what} must be positive, found {v}"))
     }
+}
+
+fn check_lrn(size: u64, alpha: f64, beta: f64, bias: f64) -> Result<()> {
+    if size == 0 {
+        return Err("lrn size must be at least 1".into());
+    }
+    non_negative(alpha, "alpha")?;
+    positive(bias, "bias")?;
+    if !beta.is_finite() {
+        return Err(format!("beta must be finite, found {beta}"));
+    }
+    Ok(())
 }
 
 fn check_cross_entropy(logits: &TensorType, labels: &TensorType) -> Result<()> {
@@ -906,6 +961,41 @@ mod tests {
         assert!(err.contains("more than 2^64"), "{err}");
         assert!(infer(&Op::Split { axis: 1, sizes: vec![0, 5] }, &[&b]).is_err());
         assert!(infer(&Op::Split { axis: 1, sizes: vec![] }, &[&b]).is_err());
+    }
+
+    #[test]
+    fn frozen_batch_norm_checks_its_statistics() {
+        let x = t(DType::F16, &[2, 3, 4, 4]);
+        let c = t(DType::F32, &[3]);
+        let op = Op::FrozenBatchNorm { eps: 1e-5 };
+        assert_eq!(infer(&op, &[&x, &c, &c, &c, &c]).unwrap(), vec![x.clone()]);
+        let err = infer(&op, &[&x, &t(DType::F32, &[4]), &c, &c, &c]).unwrap_err();
+        assert!(err.contains("gamma and the channel axis must have the same type, found f32[4] and f32[3]"), "{err}");
+        let err = infer(&op, &[&x, &c, &c, &t(DType::F32, &[3, 1]), &c]).unwrap_err();
+        assert!(err.contains("mean and gamma"), "{err}");
+        let err = infer(&op, &[&x, &c, &c, &c, &t(DType::F16, &[3])]).unwrap_err();
+        assert!(err.contains("var and gamma"), "{err}");
+        assert!(infer(&op, &[&t(DType::F32, &[3]), &c, &c, &c, &c]).unwrap_err().contains("rank ≥ 2"));
+        assert!(infer(&Op::FrozenBatchNorm { eps: 0.0 }, &[&x, &c, &c, &c, &c]).is_err());
+        let grad = infer(&Op::FrozenBatchNormGrad { eps: 1e-5 }, &[&x, &x, &c, &c, &c]).unwrap();
+        assert_eq!(grad, vec![x.clone(), c.clone(), c.clone()]);
+        assert!(infer(&Op::FrozenBatchNormGrad { eps: 1e-5 }, &[&c, &x, &c, &c, &c]).is_err());
+    }
+
+    #[test]
+    fn lrn_needs_channels() {
+        let lrn = Op::Lrn { size: 5, alpha: 1e-4, beta: 0.75, bias: 1.0 };
+        let x = t(DType::F32, &[2, 8, 3, 3]);
+        assert_eq!(infer(&lrn, &[&x]).unwrap(), vec![x.clone()]);
+        assert!(infer(&lrn, &[&t(DType::F32, &[2, 8])]).unwrap_err().contains("rank ≥ 3"));
+        assert!(infer(&lrn, &[&t(DType::I32, &[2, 8, 3])]).is_err());
+        let bad = Op::Lrn { size: 0, alpha: 1e-4, beta: 0.75, bias: 1.0 };
+        assert!(infer(&bad, &[&x]).is_err());
+        let bad = Op::Lrn { size: 3, alpha: 1e-4, beta: 0.75, bias: 0.0 };
+        assert!(infer(&bad, &[&x]).unwrap_err().contains("bias"));
+        let grad = Op::LrnGrad { size: 5, alpha: 1e-4, beta: 0.75, bias: 1.0 };
+        assert_eq!(infer(&grad, &[&x, &x]).unwrap(), vec![x.clone()]);
+        assert!(infer(&grad, &[&t(DType::F16, &[2, 8, 3, 3]), &x]).unwrap_err().contains("dy and x"));
     }
 
     #[test]

@@ -517,8 +517,8 @@ fn attr_value(name: &str) -> BoxedStrategy<Value> {
         "axes" | "perm" => prop::collection::vec(axis(), 0..7).prop_map(|a| json!(a)).boxed(),
         "shape" | "sizes" => shape().prop_map(|s| json!(s)).boxed(),
         "dtype" | "to" => dtype(),
-        "value" | "p" | "eps" | "momentum" => float_edge().prop_map(|v| json!(v)).boxed(),
-        "seed" | "num_embeddings" | "groups" => u64_edge().prop_map(|v| json!(v)).boxed(),
+        "value" | "p" | "eps" | "momentum" | "alpha" | "beta" | "bias" => float_edge().prop_map(|v| json!(v)).boxed(),
+        "seed" | "num_embeddings" | "groups" | "size" => u64_edge().prop_map(|v| json!(v)).boxed(),
         "kernel" | "stride" | "padding" | "padding_end" => [u64_edge(), u64_edge()].prop_map(|v| json!(v)).boxed(),
         _ => wrong_value(),
     };
@@ -1032,16 +1032,18 @@ fn arity(op: &str) -> usize {
         "input" | "param" | "state" | "constant" => 0,
         "add" | "sub" | "mul" | "div" | "matmul" | "embedding" | "conv2d" | "cross_entropy" | "mse" | "relu_grad"
         | "gelu_grad" | "tanh_grad" | "sigmoid_grad" | "softmax_grad" | "log_softmax_grad" | "embedding_grad"
-        | "dropout_grad" | "conv2d_grad_input" | "conv2d_grad_weight" | "max_pool2d_grad" => 2,
+        | "dropout_grad" | "conv2d_grad_input" | "conv2d_grad_weight" | "max_pool2d_grad" | "erf_grad" | "lrn_grad" => {
+            2
+        }
         "layer_norm" | "batch_norm" | "cross_entropy_grad" | "mse_grad" => 3,
-        "batch_norm_grad" | "layer_norm_grad" => 5,
+        "batch_norm_grad" | "layer_norm_grad" | "frozen_batch_norm" | "frozen_batch_norm_grad" => 5,
         _ => 1,
     }
 }
 
 fn num_outputs(op: &str) -> usize {
     match op {
-        "layer_norm" | "batch_norm" | "layer_norm_grad" | "batch_norm_grad" => 3,
+        "layer_norm" | "batch_norm" | "layer_norm_grad" | "batch_norm_grad" | "frozen_batch_norm_grad" => 3,
         "dropout" => 2,
         _ => 1,
     }

@@ -234,6 +234,77 @@ fn fd_unary_ops() {
 }
 
 #[test]
+fn fd_erf() {
+    let mut r = Case::new(21);
+    check_unary(Op::Erf, &[3, 4], Some(r.uniform(12, -2.0, 2.0)));
+}
+
+#[test]
+fn fd_lrn() {
+    // alpha large enough that the window term is a sizeable part of the
+    // gradient; an even size (asymmetric window) and one wider than C.
+    for (size, alpha, beta, bias) in [(3, 1.0, 0.75, 1.0), (4, 2.0, 0.5, 2.0), (7, 1.5, 0.75, 1.0), (1, 1.0, 1.0, 1.0)]
+    {
+        check_unary(Op::Lrn { size, alpha, beta, bias }, &[2, 5, 2, 2], None);
+    }
+}
+
+/// frozen_batch_norm with x, gamma and beta as parameters and fixed mean
+/// and var (inputs, as ONNX's running statistics are `state`).
+fn frozen_bn_case(seed: u64) -> (Case, ValueId) {
+    let mut c = Case::new(seed);
+    let x = c.random_param("x", &[3, 2, 2, 2]);
+    let gv = c.uniform(2, 0.5, 1.5);
+    let gamma = c.param("gamma", &[2], gv);
+    let beta = c.random_param("beta", &[2]);
+    let mean = c.uniform(2, -0.5, 0.5);
+    let mean = c.input("mean", Tensor::from_f32(DType::F32, vec![2], &mean).unwrap());
+    let var = c.uniform(2, 0.5, 2.0);
+    let var = c.input("var", Tensor::from_f32(DType::F32, vec![2], &var).unwrap());
+    let y = c.op("y", Op::FrozenBatchNorm { eps: 1e-5 }, &[x, gamma, beta, mean, var]);
+    (c, y)
+}
+
+#[test]
+fn fd_frozen_batch_norm() {
+    let (mut c, y) = frozen_bn_case(22);
+    c.weighted_loss(y);
+    let (g, _, _, grads) = c.check();
+    // dx, dgamma and dbeta all come from the one grad node.
+    assert_eq!(g.node_ids().filter(|&n| matches!(g.node(n).op, Op::FrozenBatchNormGrad { .. })).count(), 1);
+    assert!(["dx", "dgamma", "dbeta"].iter().all(|k| grads.contains_key(*k)));
+}
+
+#[test]
+fn frozen_batch_norm_statistics_get_no_gradient() {
+    // mean and var declared as parameters: grad still succeeds, and their
+    // gradients are zeros (no gradient flows to the statistics).
+    let mut c = Case::new(23);
+    let x = c.random_param("x", &[3, 2, 2, 2]);
+    let gamma = c.random_param("gamma", &[2]);
+    let beta = c.random_param("beta", &[2]);
+    let mean = c.random_param("mean", &[2]);
+    let var = c.param("var", &[2], vec![1.0, 2.0]);
+    let y = c.op("y", Op::FrozenBatchNorm { eps: 1e-5 }, &[x, gamma, beta, mean, var]);
+    c.weighted_loss(y);
+    Grad.run(&mut c.g).unwrap();
+    mpc::verify(&c.g).unwrap();
+    for &(p, v) in &c.g.gradients {
+        let stat = ["mean", "var"].contains(&c.g.node(p).name.as_str());
+        assert_eq!(matches!(c.g.node(v.node).op, Op::Constant { value: 0.0, .. }), stat, "{}", c.g.node(p).name);
+    }
+    // Only the statistics as parameters: no gradient node at all.
+    let mut c = Case::new(24);
+    let x = c.input("x", Tensor::from_f32(DType::F32, vec![1, 2, 1, 1], &[0.5, -0.5]).unwrap());
+    let ones = c.input("ones", Tensor::from_f32(DType::F32, vec![2], &[1.0, 1.0]).unwrap());
+    let mean = c.random_param("mean", &[2]);
+    let y = c.op("y", Op::FrozenBatchNorm { eps: 1e-5 }, &[x, ones, ones, mean, ones]);
+    c.weighted_loss(y);
+    Grad.run(&mut c.g).unwrap();
+    assert!(!c.g.node_ids().any(|n| matches!(c.g.node(n).op, Op::FrozenBatchNormGrad { .. })));
+}
+
+#[test]
 fn fd_softmax_and_log_softmax() {
     check_unary(Op::Softmax { axis: -1, causal: false }, &[3, 5], None);
     check_unary(Op::Softmax { axis: 1, causal: false }, &[2, 3, 4], None);

@@ -97,8 +97,8 @@ fn kernel(op: &Op, ctx: &OpCtx<'_>, x: &[&Tensor], out: &[TensorType]) -> KResul
         Cast { to } => one(wrap(Tensor::new(x[0].shape().clone(), x[0].data().cast(*to)))),
         Identity => Ok(vec![x[0].clone()]),
         Add | Sub | Mul | Div => one(elementwise::binary(op, x[0], x[1], o)),
-        Scale { .. } | Relu | Gelu | Tanh | Sigmoid | Exp | Log => one(elementwise::unary(op, x[0], o)),
-        ReluGrad | GeluGrad | TanhGrad | SigmoidGrad => one(elementwise::unary_grad(op, x[0], x[1], o)),
+        Scale { .. } | Relu | Gelu | Tanh | Sigmoid | Exp | Log | Erf => one(elementwise::unary(op, x[0], o)),
+        ReluGrad | GeluGrad | ErfGrad | TanhGrad | SigmoidGrad => one(elementwise::unary_grad(op, x[0], x[1], o)),
         Dropout { p, seed } => elementwise::dropout(*p, *seed, ctx, x[0], out),
         DropoutGrad { p } => one(elementwise::dropout_grad(*p, x[0], x[1], o)),
         Select => one(elementwise::select(x[0], x[1], x[2])),
@@ -135,6 +135,12 @@ fn kernel(op: &Op, ctx: &OpCtx<'_>, x: &[&Tensor], out: &[TensorType]) -> KResul
         LayerNormGrad => nn::layer_norm_grad(x[0], x[1], x[2], x[3], x[4], out),
         BatchNorm { eps, .. } => nn::batch_norm(x[0], x[1], x[2], *eps, out),
         BatchNormGrad { eps } => nn::batch_norm_grad(x[0], x[1], x[2], x[3], x[4], *eps, out),
+        FrozenBatchNorm { eps } => one(nn::frozen_batch_norm(x, *eps, o)),
+        FrozenBatchNormGrad { eps } => nn::frozen_batch_norm_grad(x, *eps, out),
+        Lrn { size, alpha, beta, bias } => one(nn::lrn(x[0], &nn::LrnHyper::new(*size, *alpha, *beta, *bias), o)),
+        LrnGrad { size, alpha, beta, bias } => {
+            one(nn::lrn_grad(x[0], x[1], &nn::LrnHyper::new(*size, *alpha, *beta, *bias), o))
+        }
         CrossEntropy => one(nn::cross_entropy(x[0], x[1], o)),
         CrossEntropyGrad => one(nn::cross_entropy_grad(x[0], x[1], x[2], o)),
         Mse => one(nn::mse(x[0], x[1], o)),
