@@ -83,7 +83,8 @@ fn low_range(low: DType) -> (f64, f64) {
 fn kept_ports(op: &Op) -> &'static [usize] {
     match op {
         Op::BatchNorm { .. } | Op::LayerNorm { .. } => &[1, 2],
-        Op::BatchNormGrad { .. } | Op::LayerNormGrad => &[2, 3, 4],
+        Op::FrozenBatchNorm { .. } => &[1, 2, 3, 4],
+        Op::BatchNormGrad { .. } | Op::LayerNormGrad | Op::FrozenBatchNormGrad { .. } => &[2, 3, 4],
         // The seed takes the loss in whatever type it has; unscale is itself
         // the cast of a gradient to FP32.
         Op::Seed | Op::Unscale => &[0],

@@ -6,6 +6,8 @@
 //! value are summed with `add`, and broadcasting is undone with `sum_to`.
 //! Secondary outputs (layer_norm's and batch_norm's statistics, dropout's
 //! mask) are treated as constants: gradients flow only through output 0.
+//! `split` is the exception: every piece is differentiable, and a piece the
+//! loss does not depend on contributes zeros.
 
 use rustc_hash::FxHashMap;
 
@@ -98,11 +100,17 @@ fn derive(g: &mut Graph) -> Result<(), String> {
         if !needs(n) || g.node(n).op.is_source() {
             continue;
         }
-        let out = ValueId { node: n, slot: 0 };
-        let Some(&dy) = grads.get(&out) else { continue };
+        // The gradients of the node's outputs: of every piece for split, of
+        // output 0 for every other op.
+        let douts: Vec<Option<ValueId>> = if matches!(g.node(n).op, Op::Split { .. }) {
+            g.values(n).map(|v| grads.get(&v).copied()).collect()
+        } else {
+            vec![grads.get(&ValueId { node: n, slot: 0 }).copied()]
+        };
+        let Some(&dy) = douts.iter().flatten().next() else { continue };
         let ins = g.inputs(n);
         let want: Vec<bool> = ins.iter().map(|v| needs(v.node) && g.ty(*v).dtype.is_float()).collect();
-        let contributions = rule(g, n, dy, &ins, &want)?;
+        let contributions = rule(g, n, dy, &douts, &ins, &want)?;
         for (port, d) in contributions {
             let v = ins[port];
             let total = match grads.get(&v) {
@@ -133,11 +141,14 @@ fn derive(g: &mut Graph) -> Result<(), String> {
 }
 
 /// The gradient contributions of node `n` with output gradient `dy`, for
-/// the input ports flagged in `want`.
+/// the input ports flagged in `want`. `douts` holds the gradient of every
+/// output for `split` (`None` where the loss does not depend on a piece);
+/// other ops read `dy`, output 0's.
 fn rule(
     g: &mut Graph,
     n: NodeId,
     dy: ValueId,
+    douts: &[Option<ValueId>],
     ins: &[ValueId],
     want: &[bool],
 ) -> Result<Vec<(usize, ValueId)>, String> {
@@ -195,6 +206,10 @@ fn rule(
         Op::Sigmoid => out.push((0, emit(g, &base(g, 0), Op::SigmoidGrad, &[dy, y])?)),
         Op::Exp => out.push((0, emit(g, &base(g, 0), Op::Mul, &[dy, y])?)),
         Op::Log => out.push((0, emit(g, &base(g, 0), Op::Div, &[dy, ins[0]])?)),
+        Op::Erf => out.push((0, emit(g, &base(g, 0), Op::ErfGrad, &[dy, ins[0]])?)),
+        Op::Lrn { size, alpha, beta, bias } => {
+            out.push((0, emit(g, &base(g, 0), Op::LrnGrad { size, alpha, beta, bias }, &[dy, ins[0]])?));
+        }
         Op::Matmul { transpose_a: ta, transpose_b: tb } => {
             let (a, b) = (ins[0], ins[1]);
             let mm = |ta, tb| Op::Matmul { transpose_a: ta, transpose_b: tb };
@@ -249,31 +264,66 @@ fn rule(
             let id = emit_grads(g, Op::BatchNormGrad { eps }, &[dy, ins[0], ins[1], stats[0], stats[1]], ins)?;
             out.extend((0..3).filter(|&p| want[p]).map(|p| (p, ValueId { node: id, slot: p as u32 })));
         }
+        Op::FrozenBatchNorm { eps } => {
+            // mean and var (ports 3, 4) are statistics: no gradient flows to them.
+            if want[..3].contains(&true) {
+                let inputs = [dy, ins[0], ins[1], ins[3], ins[4]];
+                let id = emit_grads(g, Op::FrozenBatchNormGrad { eps }, &inputs, &ins[..3])?;
+                out.extend((0..3).filter(|&p| want[p]).map(|p| (p, ValueId { node: id, slot: p as u32 })));
+            }
+        }
         Op::Softmax { axis, .. } => out.push((0, emit(g, &base(g, 0), Op::SoftmaxGrad { axis }, &[dy, y])?)),
         Op::LogSoftmax { axis } => out.push((0, emit(g, &base(g, 0), Op::LogSoftmaxGrad { axis }, &[dy, y])?)),
         Op::Dropout { p, .. } => {
             let mask = ValueId { node: n, slot: 1 };
             out.push((0, emit(g, &base(g, 0), Op::DropoutGrad { p }, &[dy, mask])?));
         }
-        Op::Conv2d { stride, padding } => {
+        Op::Conv2d { stride, padding, groups } => {
             if want[0] {
                 let s = shape(g, 0).0;
-                out.push((0, emit(g, &base(g, 0), Op::Conv2dGradInput { stride, padding, shape: s }, &[dy, ins[1]])?));
+                let op = Op::Conv2dGradInput { stride, padding, groups, shape: s };
+                out.push((0, emit(g, &base(g, 0), op, &[dy, ins[1]])?));
             }
             if want[1] {
                 let w = shape(g, 1).0;
-                let kernel = [w[2], w[3]];
-                out.push((1, emit(g, &base(g, 1), Op::Conv2dGradWeight { stride, padding, kernel }, &[dy, ins[0]])?));
+                let op = Op::Conv2dGradWeight { stride, padding, groups, kernel: [w[2], w[3]] };
+                out.push((1, emit(g, &base(g, 1), op, &[dy, ins[0]])?));
             }
         }
         Op::MaxPool2d(w) => out.push((0, emit(g, &base(g, 0), Op::MaxPool2dGrad(w), &[dy, ins[0]])?)),
-        Op::AvgPool2d(w) => {
+        Op::AvgPool2d { window, count_include_pad } => {
             let s = shape(g, 0).0;
-            out.push((0, emit(g, &base(g, 0), Op::AvgPool2dGrad { window: w, shape: s }, &[dy])?));
+            let op = Op::AvgPool2dGrad { window, count_include_pad, shape: s };
+            out.push((0, emit(g, &base(g, 0), op, &[dy])?));
         }
         Op::Flatten { .. } | Op::Reshape { .. } => {
             let s = shape(g, 0).0.iter().map(|&d| d as i64).collect();
             out.push((0, emit(g, &base(g, 0), Op::Reshape { shape: s }, &[dy])?));
+        }
+        Op::Concat { axis } => {
+            let ax = g.ty(ins[0]).shape.axis(axis)?;
+            let sizes = ins.iter().map(|&v| g.ty(v).shape.0[ax]).collect();
+            let id = emit_grads(g, Op::Split { axis, sizes }, &[dy], ins)?;
+            out.extend((0..ins.len()).filter(|&p| want[p]).map(|p| (p, ValueId { node: id, slot: p as u32 })));
+        }
+        Op::Split { axis, .. } => {
+            // The pieces' gradients joined again; a piece without one is zeros.
+            let mut parts = Vec::with_capacity(douts.len());
+            for (slot, d) in douts.iter().enumerate() {
+                let piece = ValueId { node: n, slot: slot as u32 };
+                parts.push(match *d {
+                    Some(d) => d,
+                    None => {
+                        let ty = g.ty(piece).clone();
+                        emit(g, &format!("d{}", g.value_name(piece)), Op::Constant { value: 0.0, ty }, &[])?
+                    }
+                });
+            }
+            let d = match parts[..] {
+                [one] => one,
+                _ => emit(g, &base(g, 0), Op::Concat { axis }, &parts)?,
+            };
+            out.push((0, d));
         }
         Op::Transpose { perm } => {
             let mut inv = vec![0; perm.len()];
@@ -323,6 +373,9 @@ fn rule(
         Op::Constant { .. } | Op::Seed | Op::Input { .. } | Op::Param { .. } | Op::State { .. } => {}
         Op::ReluGrad
         | Op::GeluGrad
+        | Op::ErfGrad
+        | Op::LrnGrad { .. }
+        | Op::FrozenBatchNormGrad { .. }
         | Op::TanhGrad
         | Op::SigmoidGrad
         | Op::SoftmaxGrad { .. }

@@ -68,6 +68,8 @@ impl Table {
                 LayerNorm,
                 Exp,
                 Log,
+                Lrn,
+                LrnGrad,
                 ReduceSum,
                 ReduceMean,
                 SumTo,
@@ -102,6 +104,10 @@ impl Table {
                 Sigmoid,
                 BatchNorm,
                 BatchNormGrad,
+                FrozenBatchNorm,
+                FrozenBatchNormGrad,
+                Erf,
+                ErfGrad,
                 AvgPool2d,
                 AvgPool2dGrad,
                 GeluGrad,
@@ -115,6 +121,8 @@ impl Table {
             &[
                 Reshape,
                 Transpose,
+                Concat,
+                Split,
                 Flatten,
                 Relu,
                 ReluGrad,
@@ -182,6 +190,26 @@ mod tests {
             let t = Table::default_for(low);
             for &k in OpKind::ALL {
                 assert_eq!(t.class(k).is_some(), !is_unpainted(k), "{k} under {low}");
+            }
+        }
+    }
+
+    #[test]
+    fn cnn_import_ops_have_their_classes_in_both_tables() {
+        use OpKind::*;
+        for low in [DType::F16, DType::Bf16] {
+            let t = Table::default_for(low);
+            for (k, c) in [
+                (Concat, Class::Clear),
+                (Split, Class::Clear),
+                (Lrn, Class::Fp32),
+                (LrnGrad, Class::Fp32),
+                (FrozenBatchNorm, Class::Infer),
+                (FrozenBatchNormGrad, Class::Infer),
+                (Erf, Class::Infer),
+                (ErfGrad, Class::Infer),
+            ] {
+                assert_eq!(t.class(k), Some(c), "{k} under {low}");
             }
         }
     }

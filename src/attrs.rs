@@ -15,6 +15,7 @@ pub const ATTRS: [&str; N_ATTRS] = [
     "causal",
     "axes",
     "keepdims",
+    "sizes",
     "shape",
     "perm",
     "dtype",
@@ -24,9 +25,16 @@ pub const ATTRS: [&str; N_ATTRS] = [
     "seed",
     "eps",
     "momentum",
+    "size",
+    "alpha",
+    "beta",
+    "bias",
     "kernel",
     "stride",
     "padding",
+    "padding_end",
+    "count_include_pad",
+    "groups",
     "num_embeddings",
     "lr",
     "beta1",
@@ -38,7 +46,7 @@ pub const ATTRS: [&str; N_ATTRS] = [
     "growth_interval",
     "max_norm",
 ];
-pub const N_ATTRS: usize = 28;
+pub const N_ATTRS: usize = 36;
 
 fn present(n: &RawNode) -> impl Iterator<Item = &'static str> {
     // Same length as ATTRS, checked by the type.
@@ -49,6 +57,7 @@ fn present(n: &RawNode) -> impl Iterator<Item = &'static str> {
         n.causal.is_some(),
         n.axes.is_some(),
         n.keepdims.is_some(),
+        n.sizes.is_some(),
         n.shape.is_some(),
         n.perm.is_some(),
         n.dtype.is_some(),
@@ -58,9 +67,16 @@ fn present(n: &RawNode) -> impl Iterator<Item = &'static str> {
         n.seed.is_some(),
         n.eps.is_some(),
         n.momentum.is_some(),
+        n.size.is_some(),
+        n.alpha.is_some(),
+        n.beta.is_some(),
+        n.bias.is_some(),
         n.kernel.is_some(),
         n.stride.is_some(),
         n.padding.is_some(),
+        n.padding_end.is_some(),
+        n.count_include_pad.is_some(),
+        n.groups.is_some(),
         n.num_embeddings.is_some(),
         n.lr.is_some(),
         n.beta1.is_some(),
@@ -81,7 +97,8 @@ pub fn allowed(kind: OpKind) -> &'static [&'static str] {
     match kind {
         Matmul => &["transpose_a", "transpose_b"],
         Softmax => &["axis", "causal"],
-        LogSoftmax | SoftmaxGrad | LogSoftmaxGrad | Flatten => &["axis"],
+        LogSoftmax | SoftmaxGrad | LogSoftmaxGrad | Flatten | Concat => &["axis"],
+        Split => &["axis", "sizes"],
         ReduceSum | ReduceMean => &["axes", "keepdims"],
         Reshape | SumTo | BroadcastTo => &["shape"],
         Transpose => &["perm"],
@@ -90,13 +107,15 @@ pub fn allowed(kind: OpKind) -> &'static [&'static str] {
         Cast => &["to"],
         Dropout => &["p", "seed"],
         DropoutGrad => &["p"],
-        LayerNorm | BatchNormGrad => &["eps"],
+        LayerNorm | BatchNormGrad | FrozenBatchNorm | FrozenBatchNormGrad => &["eps"],
+        Lrn | LrnGrad => &["size", "alpha", "beta", "bias"],
         BatchNorm => &["eps", "momentum"],
-        Conv2d => &["stride", "padding"],
-        Conv2dGradInput => &["stride", "padding", "shape"],
-        Conv2dGradWeight => &["stride", "padding", "kernel"],
-        MaxPool2d | AvgPool2d | MaxPool2dGrad => &["kernel", "stride", "padding"],
-        AvgPool2dGrad => &["kernel", "stride", "padding", "shape"],
+        Conv2d => &["stride", "padding", "groups"],
+        Conv2dGradInput => &["stride", "padding", "groups", "shape"],
+        Conv2dGradWeight => &["stride", "padding", "groups", "kernel"],
+        MaxPool2d | MaxPool2dGrad => &["kernel", "stride", "padding", "padding_end"],
+        AvgPool2d => &["kernel", "stride", "padding", "padding_end", "count_include_pad"],
+        AvgPool2dGrad => &["kernel", "stride", "padding", "padding_end", "count_include_pad", "shape"],
         EmbeddingGrad => &["num_embeddings"],
         ScaleUpdate => &["growth_factor", "backoff_factor", "growth_interval"],
         ClipCoef => &["max_norm"],
@@ -119,7 +138,9 @@ fn dims(v: &[i64], field: &'static str) -> Result<Vec<u64>, AttrError> {
 
 fn window(n: &RawNode, kind: OpKind) -> Result<Window, AttrError> {
     let kernel = need(&n.kernel, "kernel", kind)?;
-    let w = Window { kernel, stride: n.stride.unwrap_or(kernel), padding: n.padding.unwrap_or([0, 0]) };
+    let padding = n.padding.unwrap_or([0, 0]);
+    let w =
+        Window { kernel, stride: n.stride.unwrap_or(kernel), padding, padding_end: n.padding_end.unwrap_or(padding) };
     check_window(&w)?;
     Ok(w)
 }
@@ -131,18 +152,38 @@ fn check_window(w: &Window) -> Result<(), AttrError> {
     if w.stride.contains(&0) {
         return Err(("stride", "strides must be at least 1".into()));
     }
-    if w.padding.iter().zip(w.kernel).any(|(&p, k)| p > k / 2) {
-        return Err(("padding", "pooling padding must be at most half the kernel".into()));
+    for (field, pad) in [("padding", w.padding), ("padding_end", w.padding_end)] {
+        if let Some(i) = (0..2).find(|&i| pad[i] > w.kernel[i] / 2) {
+            return Err((
+                field,
+                format!(
+                    "pooling padding must be at most half the kernel, found {field} {} for kernel {} ({})",
+                    pad[i],
+                    w.kernel[i],
+                    ["height", "width"][i]
+                ),
+            ));
+        }
     }
     Ok(())
 }
 
-fn conv_window(n: &RawNode) -> Result<([u64; 2], [u64; 2]), AttrError> {
+/// `count_include_pad` as read (default true: today's avg_pool2d).
+fn count_include_pad(n: &RawNode) -> bool {
+    n.count_include_pad.unwrap_or(true)
+}
+
+/// A convolution's `(stride, padding, groups)`.
+fn conv_window(n: &RawNode) -> Result<([u64; 2], [u64; 2], u64), AttrError> {
     let stride = n.stride.unwrap_or([1, 1]);
     if stride.contains(&0) {
         return Err(("stride", "strides must be at least 1".into()));
     }
-    Ok((stride, n.padding.unwrap_or([0, 0])))
+    let groups = n.groups.unwrap_or(1);
+    if groups == 0 {
+        return Err(("groups", "groups must be at least 1".into()));
+    }
+    Ok((stride, n.padding.unwrap_or([0, 0]), groups))
 }
 
 fn in_range(v: f64, field: &'static str, ok: bool, want: &str) -> Result<f64, AttrError> {
@@ -160,6 +201,21 @@ fn prob(v: f64) -> Result<f64, AttrError> {
 fn eps(n: &RawNode) -> Result<f64, AttrError> {
     let v = n.eps.unwrap_or(1e-5);
     in_range(v, "eps", v > 0.0 && v.is_finite(), "a positive eps")
+}
+
+/// LRN's `(size, alpha, beta, bias)`: ONNX's defaults, a positive size and
+/// bias (so the base of the power is positive), alpha ≥ 0, finite beta.
+fn lrn(n: &RawNode, kind: OpKind) -> Result<(u64, f64, f64, f64), AttrError> {
+    let size = need(&n.size, "size", kind)?;
+    if size == 0 {
+        return Err(("size", "expected at least 1 channel, found 0".into()));
+    }
+    let alpha = n.alpha.unwrap_or(1e-4);
+    let alpha = in_range(alpha, "alpha", alpha >= 0.0 && alpha.is_finite(), "a finite alpha ≥ 0")?;
+    let beta = finite(n.beta.unwrap_or(0.75), "beta")?;
+    let bias = n.bias.unwrap_or(1.0);
+    let bias = in_range(bias, "bias", bias > 0.0 && bias.is_finite(), "a positive bias")?;
+    Ok((size, alpha, beta, bias))
 }
 
 fn finite(v: f64, field: &'static str) -> Result<f64, AttrError> {
@@ -214,6 +270,7 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
         K::Sigmoid => Op::Sigmoid,
         K::Exp => Op::Exp,
         K::Log => Op::Log,
+        K::Erf => Op::Erf,
         K::Matmul => {
             Op::Matmul { transpose_a: n.transpose_a.unwrap_or(false), transpose_b: n.transpose_b.unwrap_or(false) }
         }
@@ -223,16 +280,21 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
         K::LogSoftmax => Op::LogSoftmax { axis: n.axis.unwrap_or(-1) },
         K::Dropout => Op::Dropout { p: prob(need(&n.p, "p", kind)?)?, seed: n.seed.unwrap_or(0) },
         K::Conv2d => {
-            let (stride, padding) = conv_window(n)?;
-            Op::Conv2d { stride, padding }
+            let (stride, padding, groups) = conv_window(n)?;
+            Op::Conv2d { stride, padding, groups }
         }
         K::BatchNorm => {
             let m = n.momentum.unwrap_or(0.1);
             let momentum = in_range(m, "momentum", (0.0..=1.0).contains(&m), "a momentum in [0, 1]")?;
             Op::BatchNorm { eps: eps(n)?, momentum }
         }
+        K::FrozenBatchNorm => Op::FrozenBatchNorm { eps: eps(n)? },
+        K::Lrn => {
+            let (size, alpha, beta, bias) = lrn(n, kind)?;
+            Op::Lrn { size, alpha, beta, bias }
+        }
         K::MaxPool2d => Op::MaxPool2d(window(n, kind)?),
-        K::AvgPool2d => Op::AvgPool2d(window(n, kind)?),
+        K::AvgPool2d => Op::AvgPool2d { window: window(n, kind)?, count_include_pad: count_include_pad(n) },
         K::Flatten => Op::Flatten { axis: n.axis.unwrap_or(1) },
         K::Reshape => Op::Reshape { shape: need(&n.shape, "shape", kind)? },
         K::Transpose => Op::Transpose {
@@ -241,6 +303,14 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
                 .map(|&p| usize::try_from(p).map_err(|_| ("perm", format!("perm entries are axes 0..rank, found {p}"))))
                 .collect::<Result<_, _>>()?,
         },
+        K::Concat => Op::Concat { axis: need(&n.axis, "axis", kind)? },
+        K::Split => {
+            let sizes = dims(&need(&n.sizes, "sizes", kind)?, "sizes")?;
+            if sizes.is_empty() {
+                return Err(("sizes", "split needs at least one size".into()));
+            }
+            Op::Split { axis: n.axis.unwrap_or(0), sizes }
+        }
         K::ReduceSum => Op::ReduceSum { axes: need(&n.axes, "axes", kind)?, keepdims: n.keepdims.unwrap_or(false) },
         K::ReduceMean => Op::ReduceMean { axes: need(&n.axes, "axes", kind)?, keepdims: n.keepdims.unwrap_or(false) },
         K::SumTo => Op::SumTo { shape: dims(&need(&n.shape, "shape", kind)?, "shape")? },
@@ -249,6 +319,7 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
         K::Mse => Op::Mse,
         K::ReluGrad => Op::ReluGrad,
         K::GeluGrad => Op::GeluGrad,
+        K::ErfGrad => Op::ErfGrad,
         K::TanhGrad => Op::TanhGrad,
         K::SigmoidGrad => Op::SigmoidGrad,
         K::SoftmaxGrad => Op::SoftmaxGrad { axis: n.axis.unwrap_or(-1) },
@@ -265,18 +336,23 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
         K::LayerNormGrad => Op::LayerNormGrad,
         K::DropoutGrad => Op::DropoutGrad { p: prob(need(&n.p, "p", kind)?)? },
         K::Conv2dGradInput => {
-            let (stride, padding) = conv_window(n)?;
-            Op::Conv2dGradInput { stride, padding, shape: dims(&need(&n.shape, "shape", kind)?, "shape")? }
+            let (stride, padding, groups) = conv_window(n)?;
+            Op::Conv2dGradInput { stride, padding, groups, shape: dims(&need(&n.shape, "shape", kind)?, "shape")? }
         }
         K::Conv2dGradWeight => {
-            let (stride, padding) = conv_window(n)?;
+            let (stride, padding, groups) = conv_window(n)?;
             let kernel = need(&n.kernel, "kernel", kind)?;
             if kernel.contains(&0) {
                 return Err(("kernel", "kernel sizes must be at least 1".into()));
             }
-            Op::Conv2dGradWeight { stride, padding, kernel }
+            Op::Conv2dGradWeight { stride, padding, groups, kernel }
         }
         K::BatchNormGrad => Op::BatchNormGrad { eps: eps(n)? },
+        K::FrozenBatchNormGrad => Op::FrozenBatchNormGrad { eps: eps(n)? },
+        K::LrnGrad => {
+            let (size, alpha, beta, bias) = lrn(n, kind)?;
+            Op::LrnGrad { size, alpha, beta, bias }
+        }
         K::MaxPool2dGrad => Op::MaxPool2dGrad(window(n, kind)?),
         K::Unscale => Op::Unscale,
         K::FoundInf => Op::FoundInf,
@@ -302,9 +378,11 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
             weight_decay: n.weight_decay.unwrap_or(0.0),
             decoupled: n.decoupled.unwrap_or(false),
         },
-        K::AvgPool2dGrad => {
-            Op::AvgPool2dGrad { window: window(n, kind)?, shape: dims(&need(&n.shape, "shape", kind)?, "shape")? }
-        }
+        K::AvgPool2dGrad => Op::AvgPool2dGrad {
+            window: window(n, kind)?,
+            count_include_pad: count_include_pad(n),
+            shape: dims(&need(&n.shape, "shape", kind)?, "shape")?,
+        },
     })
 }
 
@@ -312,6 +390,15 @@ fn set_window(n: &mut RawNode, w: &Window) {
     n.kernel = Some(w.kernel);
     n.stride = Some(w.stride);
     n.padding = Some(w.padding);
+    // Written only when asymmetric, so symmetric windows read as before.
+    n.padding_end = (w.padding_end != w.padding).then_some(w.padding_end);
+}
+
+fn set_conv(n: &mut RawNode, stride: [u64; 2], padding: [u64; 2], groups: u64) {
+    n.stride = Some(stride);
+    n.padding = Some(padding);
+    // Written only when grouped, so ungrouped convolutions read as before.
+    n.groups = (groups != 1).then_some(groups);
 }
 
 fn ishape(s: &[u64]) -> Option<Vec<i64>> {
@@ -334,7 +421,16 @@ pub fn op_to_raw(op: &Op, n: &mut RawNode) {
             n.transpose_a = flag(*transpose_a);
             n.transpose_b = flag(*transpose_b);
         }
-        Op::LayerNorm { eps } | Op::BatchNormGrad { eps } => n.eps = Some(*eps),
+        Op::LayerNorm { eps }
+        | Op::BatchNormGrad { eps }
+        | Op::FrozenBatchNorm { eps }
+        | Op::FrozenBatchNormGrad { eps } => n.eps = Some(*eps),
+        Op::Lrn { size, alpha, beta, bias } | Op::LrnGrad { size, alpha, beta, bias } => {
+            n.size = Some(*size);
+            n.alpha = Some(*alpha);
+            n.beta = Some(*beta);
+            n.bias = Some(*bias);
+        }
         Op::Softmax { axis, causal } => {
             n.axis = Some(*axis);
             n.causal = flag(*causal);
@@ -347,30 +443,35 @@ pub fn op_to_raw(op: &Op, n: &mut RawNode) {
             n.seed = Some(*seed);
         }
         Op::DropoutGrad { p } => n.p = Some(*p),
-        Op::Conv2d { stride, padding } => {
-            n.stride = Some(*stride);
-            n.padding = Some(*padding);
-        }
-        Op::Conv2dGradInput { stride, padding, shape } => {
-            n.stride = Some(*stride);
-            n.padding = Some(*padding);
+        Op::Conv2d { stride, padding, groups } => set_conv(n, *stride, *padding, *groups),
+        Op::Conv2dGradInput { stride, padding, groups, shape } => {
+            set_conv(n, *stride, *padding, *groups);
             n.shape = ishape(shape);
         }
-        Op::Conv2dGradWeight { stride, padding, kernel } => {
-            n.stride = Some(*stride);
-            n.padding = Some(*padding);
+        Op::Conv2dGradWeight { stride, padding, groups, kernel } => {
+            set_conv(n, *stride, *padding, *groups);
             n.kernel = Some(*kernel);
         }
         Op::BatchNorm { eps, momentum } => {
             n.eps = Some(*eps);
             n.momentum = Some(*momentum);
         }
-        Op::MaxPool2d(w) | Op::AvgPool2d(w) | Op::MaxPool2dGrad(w) => set_window(n, w),
-        Op::AvgPool2dGrad { window, shape } => {
+        Op::MaxPool2d(w) | Op::MaxPool2dGrad(w) => set_window(n, w),
+        Op::AvgPool2d { window, count_include_pad } => {
             set_window(n, window);
+            n.count_include_pad = (!count_include_pad).then_some(false);
+        }
+        Op::AvgPool2dGrad { window, count_include_pad, shape } => {
+            set_window(n, window);
+            n.count_include_pad = (!count_include_pad).then_some(false);
             n.shape = ishape(shape);
         }
         Op::Reshape { shape } => n.shape = Some(shape.clone()),
+        Op::Concat { axis } => n.axis = Some(*axis),
+        Op::Split { axis, sizes } => {
+            n.axis = Some(*axis);
+            n.sizes = ishape(sizes);
+        }
         Op::Transpose { perm } => n.perm = Some(perm.iter().map(|&p| p as i64).collect()),
         Op::ReduceSum { axes, keepdims } | Op::ReduceMean { axes, keepdims } => {
             n.axes = Some(axes.clone());
@@ -416,6 +517,8 @@ pub fn op_to_raw(op: &Op, n: &mut RawNode) {
         | Op::Sigmoid
         | Op::Exp
         | Op::Log
+        | Op::Erf
+        | Op::ErfGrad
         | Op::Embedding
         | Op::CrossEntropy
         | Op::Mse
@@ -461,7 +564,8 @@ mod tests {
 
     #[test]
     fn every_op_round_trips_its_attributes() {
-        let w = Window { kernel: [3, 3], stride: [2, 2], padding: [1, 1] };
+        let w = Window::new([3, 3], [2, 2], [1, 1]);
+        let asym = Window { padding_end: [0, 1], ..w };
         let ops = vec![
             Op::Constant { value: -1e9, ty: TensorType::new(DType::F32, vec![4, 4]) },
             Op::Cast { to: DType::Bf16 },
@@ -469,14 +573,31 @@ mod tests {
             Op::Matmul { transpose_a: true, transpose_b: false },
             Op::Softmax { axis: -1, causal: true },
             Op::Dropout { p: 0.1, seed: 7 },
-            Op::Conv2dGradInput { stride: [1, 1], padding: [1, 1], shape: vec![2, 3, 8, 8] },
-            Op::AvgPool2dGrad { window: w, shape: vec![1, 1, 4, 4] },
+            Op::Conv2dGradInput { stride: [1, 1], padding: [1, 1], groups: 1, shape: vec![2, 3, 8, 8] },
+            Op::Conv2dGradInput { stride: [1, 1], padding: [1, 1], groups: 3, shape: vec![2, 3, 8, 8] },
+            Op::Conv2dGradWeight { stride: [2, 1], padding: [0, 1], groups: 2, kernel: [3, 1] },
+            Op::Conv2d { stride: [1, 1], padding: [0, 0], groups: 1 },
+            Op::Conv2d { stride: [2, 2], padding: [1, 1], groups: 4 },
+            Op::AvgPool2dGrad { window: w, count_include_pad: true, shape: vec![1, 1, 4, 4] },
+            Op::AvgPool2dGrad { window: asym, count_include_pad: false, shape: vec![1, 1, 4, 4] },
             Op::MaxPool2d(w),
+            Op::MaxPool2d(asym),
+            Op::MaxPool2dGrad(asym),
+            Op::AvgPool2d { window: w, count_include_pad: true },
+            Op::AvgPool2d { window: asym, count_include_pad: false },
             Op::Reshape { shape: vec![-1, 4] },
             Op::Transpose { perm: vec![0, 2, 1, 3] },
+            Op::Concat { axis: -1 },
+            Op::Split { axis: 1, sizes: vec![2, 1, 5] },
             Op::ReduceMean { axes: vec![0], keepdims: true },
             Op::EmbeddingGrad { num_embeddings: 65 },
             Op::BatchNorm { eps: 1e-3, momentum: 0.2 },
+            Op::FrozenBatchNorm { eps: 1e-3 },
+            Op::FrozenBatchNormGrad { eps: 1e-5 },
+            Op::Lrn { size: 5, alpha: 1e-4, beta: 0.75, bias: 2.0 },
+            Op::LrnGrad { size: 4, alpha: 2e-5, beta: 0.5, bias: 1.0 },
+            Op::Erf,
+            Op::ErfGrad,
             Op::ScaleUpdate { growth_factor: 2.0, backoff_factor: 0.5, growth_interval: 2000 },
             Op::Adam { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, decoupled: true },
             Op::SgdMomentum { lr: 0.1, momentum: 0.9, weight_decay: 0.0 },
@@ -487,6 +608,39 @@ mod tests {
             op_to_raw(&op, &mut n);
             assert_eq!(op_from_raw(&n).unwrap(), op);
         }
+    }
+
+    #[test]
+    fn later_attributes_at_their_defaults_are_not_written() {
+        let w = Window::new([3, 3], [2, 2], [1, 1]);
+        for op in [
+            Op::AvgPool2d { window: w, count_include_pad: true },
+            Op::AvgPool2dGrad { window: w, count_include_pad: true, shape: vec![1, 1, 4, 4] },
+            Op::MaxPool2d(w),
+            Op::Conv2d { stride: [1, 1], padding: [1, 1], groups: 1 },
+        ] {
+            let mut n = RawNode { name: "n".into(), op: op.kind(), ..RawNode::default() };
+            op_to_raw(&op, &mut n);
+            assert_eq!((n.padding_end, n.count_include_pad, n.groups), (None, None, None), "{op:?}");
+        }
+        let mut n = RawNode { name: "n".into(), op: OpKind::AvgPool2d, ..RawNode::default() };
+        op_to_raw(&Op::AvgPool2d { window: Window { padding_end: [0, 1], ..w }, count_include_pad: false }, &mut n);
+        assert_eq!((n.padding_end, n.count_include_pad), (Some([0, 1]), Some(false)));
+        assert_eq!(op_attrs_text(&Op::MaxPool2d(w)), " kernel=[3,3] stride=[2,2] padding=[1,1]");
+    }
+
+    #[test]
+    fn pooling_padding_is_checked_on_both_sides() {
+        let n = RawNode {
+            name: "n".into(),
+            op: OpKind::MaxPool2d,
+            kernel: Some([3, 3]),
+            padding_end: Some([1, 2]),
+            ..RawNode::default()
+        };
+        let (field, msg) = op_from_raw(&n).unwrap_err();
+        assert_eq!(field, "padding_end");
+        assert!(msg.contains("padding_end 2 for kernel 3 (width)"), "{msg}");
     }
 
     #[test]

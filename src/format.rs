@@ -122,7 +122,8 @@ pub struct RawNode {
     /// matmul: transpose the last two axes of the second operand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transpose_b: Option<bool>,
-    /// softmax, log_softmax and their grads (default -1); flatten (default 1).
+    /// softmax, log_softmax and their grads (default -1); flatten (default
+    /// 1); concat (required); split (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub axis: Option<i64>,
     /// softmax: mask entries above the diagonal of the last two axes.
@@ -134,6 +135,9 @@ pub struct RawNode {
     /// reduce_sum, reduce_mean: keep reduced axes as size 1 (default false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepdims: Option<bool>,
+    /// split: the size of each piece along `axis`, one output per piece.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sizes: Option<Vec<i64>>,
     /// reshape (one entry may be -1), sum_to, broadcast_to, constant, and the
     /// input shape of conv2d_grad_input and avg_pool2d_grad.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -156,21 +160,47 @@ pub struct RawNode {
     /// dropout: random seed (default 0), mixed with the step number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
-    /// layer_norm, batch_norm, batch_norm_grad (default 1e-5); adam (default 1e-8).
+    /// layer_norm, batch_norm, frozen_batch_norm and their grads (default
+    /// 1e-5); adam (default 1e-8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eps: Option<f64>,
     /// batch_norm: running-statistics momentum (default 0.1); sgd_momentum: momentum in [0, 1) (required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub momentum: Option<f64>,
+    /// lrn, lrn_grad: the number of channels summed (required, ≥ 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// lrn, lrn_grad: the scale of the sum of squares (default 1e-4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+    /// lrn, lrn_grad: the exponent (default 0.75).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta: Option<f64>,
+    /// lrn, lrn_grad: the additive constant (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bias: Option<f64>,
     /// Pooling window, and conv2d_grad_weight's kernel size: [height, width].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<[u64; 2]>,
     /// conv2d and pooling stride (default: 1 for conv2d, the kernel for pooling).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stride: Option<[u64; 2]>,
-    /// conv2d and pooling zero padding on each side (default 0).
+    /// conv2d and pooling zero padding on each side (default 0); for pooling
+    /// with `padding_end`, the padding before the input: [top, left].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub padding: Option<[u64; 2]>,
+    /// Pooling ops: zero padding after the input, [bottom, right] (default:
+    /// `padding`; written only when it differs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub padding_end: Option<[u64; 2]>,
+    /// avg_pool2d, avg_pool2d_grad: divide by the whole window, padding
+    /// included (default true), or by the in-bounds taps only (false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count_include_pad: Option<bool>,
+    /// conv2d and its grads: the number of channel groups (default 1;
+    /// written only when not 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<u64>,
     /// embedding_grad: rows of the embedding table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_embeddings: Option<u64>,

@@ -12,7 +12,7 @@ type Result<T> = std::result::Result<T, String>;
 pub fn arity(op: &Op) -> (usize, usize) {
     use Op::*;
     let n = match op {
-        FoundInf | GlobalNorm => return (1, usize::MAX),
+        FoundInf | GlobalNorm | Concat { .. } => return (1, usize::MAX),
         Input { .. } | Param { .. } | State { .. } | Constant { .. } => 0,
         Seed
         | Cast { .. }
@@ -24,12 +24,15 @@ pub fn arity(op: &Op) -> (usize, usize) {
         | Sigmoid
         | Exp
         | Log
+        | Erf
+        | Lrn { .. }
         | Dropout { .. }
         | MaxPool2d(_)
-        | AvgPool2d(_)
+        | AvgPool2d { .. }
         | Flatten { .. }
         | Reshape { .. }
         | Transpose { .. }
+        | Split { .. }
         | ReduceSum { .. }
         | ReduceMean { .. }
         | SumTo { .. }
@@ -49,6 +52,8 @@ pub fn arity(op: &Op) -> (usize, usize) {
         | Mse
         | ReluGrad
         | GeluGrad
+        | ErfGrad
+        | LrnGrad { .. }
         | TanhGrad
         | SigmoidGrad
         | SoftmaxGrad { .. }
@@ -67,7 +72,7 @@ pub fn arity(op: &Op) -> (usize, usize) {
         | ScaleUpdate { .. }
         | Select
         | SgdMomentum { .. } => 3,
-        BatchNormGrad { .. } | LayerNormGrad | Adam { .. } => 5,
+        BatchNormGrad { .. } | LayerNormGrad | FrozenBatchNorm { .. } | FrozenBatchNormGrad { .. } | Adam { .. } => 5,
     };
     (n, n)
 }
@@ -89,9 +94,15 @@ pub fn arity_text(op: &Op) -> String {
 /// Number of outputs each op produces.
 pub fn num_outputs(op: &Op) -> usize {
     match op {
-        Op::LayerNorm { .. } | Op::BatchNorm { .. } | Op::LayerNormGrad | Op::BatchNormGrad { .. } => 3,
+        Op::LayerNorm { .. }
+        | Op::BatchNorm { .. }
+        | Op::LayerNormGrad
+        | Op::BatchNormGrad { .. }
+        | Op::FrozenBatchNormGrad { .. } => 3,
         Op::Dropout { .. } | Op::ScaleUpdate { .. } | Op::SgdMomentum { .. } => 2,
         Op::Adam { .. } => 3,
+        // One output per piece; at least one, so that a node always has a value.
+        Op::Split { sizes, .. } => sizes.len().max(1),
         _ => 1,
     }
 }
@@ -108,7 +119,9 @@ pub fn input_names(op: &Op) -> &'static [&'static str] {
         Mse => &["prediction", "target"],
         LayerNorm { .. } | BatchNorm { .. } => &["x", "gamma", "beta"],
         ReluGrad | TanhGrad | SigmoidGrad | SoftmaxGrad { .. } | LogSoftmaxGrad { .. } => &["dy", "y"],
-        GeluGrad | MaxPool2dGrad(_) => &["dy", "x"],
+        GeluGrad | ErfGrad | LrnGrad { .. } | MaxPool2dGrad(_) => &["dy", "x"],
+        FrozenBatchNorm { .. } => &["x", "gamma", "beta", "mean", "var"],
+        FrozenBatchNormGrad { .. } => &["dy", "x", "gamma", "mean", "var"],
         CrossEntropyGrad => &["dloss", "logits", "labels"],
         MseGrad => &["dloss", "prediction", "target"],
         EmbeddingGrad { .. } => &["dy", "ids"],
@@ -121,6 +134,7 @@ pub fn input_names(op: &Op) -> &'static [&'static str] {
         Seed => &["loss"],
         Unscale => &["grad", "scale"],
         FoundInf | GlobalNorm => &["grads..."],
+        Concat { .. } => &["inputs..."],
         ScaleUpdate { .. } => &["scale", "tracker", "found_inf"],
         Select => &["found_inf", "on_inf", "otherwise"],
         ClipCoef { .. } => &["norm"],
@@ -225,11 +239,30 @@ fn window_out(x: &TensorType, w: &Window, what: &str) -> Result<Shape> {
     let d = x.shape.dims();
     let hw = w.output_hw(d[2], d[3]).ok_or_else(|| {
         format!(
-            "{what}: window kernel={:?} stride={:?} padding={:?} does not fit input {}",
-            w.kernel, w.stride, w.padding, x.shape
+            "{what}: window kernel={:?} stride={:?} padding={:?}{} does not fit input {}",
+            w.kernel,
+            w.stride,
+            w.padding,
+            if w.padding_end == w.padding { String::new() } else { format!(" padding_end={:?}", w.padding_end) },
+            x.shape
         )
     })?;
     Ok(Shape(vec![d[0], d[1], hw[0], hw[1]]))
+}
+
+/// Input channels per group of a convolution with `cin` input and `cout`
+/// output channels, or why `groups` does not divide them.
+fn conv_groups(groups: u64, cin: u64, cout: u64) -> Result<u64> {
+    if groups == 0 {
+        return Err("conv2d: groups must be at least 1".into());
+    }
+    if cin % groups != 0 {
+        return Err(format!("conv2d: groups={groups} does not divide the input's {cin} channels"));
+    }
+    if cout % groups != 0 {
+        return Err(format!("conv2d: groups={groups} does not divide the weight's {cout} output channels"));
+    }
+    Ok(cin / groups)
 }
 
 fn matmul_shape(a: &TensorType, b: &TensorType, ta: bool, tb: bool) -> Result<Shape> {
@@ -340,7 +373,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             }
             one(TensorType { dtype: a.dtype, shape: broadcast(&a.shape, &b.shape)? })
         }
-        Scale { .. } | Relu | Gelu | Tanh | Sigmoid | Exp | Log => {
+        Scale { .. } | Relu | Gelu | Tanh | Sigmoid | Exp | Log | Erf => {
             float(inputs[0], "the input")?;
             one(inputs[0].clone())
         }
@@ -402,17 +435,25 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             float(x, "the input")?;
             Ok(vec![x.clone(), x.with_dtype(DType::Bool)])
         }
-        Conv2d { stride, padding } => {
+        Conv2d { stride, padding, groups } => {
             let (x, w) = (inputs[0], inputs[1]);
             float(x, "x")?;
             same_dtype(x, w, "conv2d")?;
             rank(w, 4, "the conv2d weight (OIHW)")?;
             rank(x, 4, "the conv2d input (NCHW)")?;
             let (xd, wd) = (x.shape.dims(), w.shape.dims());
-            if xd[1] != wd[1] {
-                return Err(format!("conv2d: input has {} channels but the weight expects {}", xd[1], wd[1]));
+            let per_group = conv_groups(*groups, xd[1], wd[0])?;
+            if per_group != wd[1] {
+                return Err(if *groups == 1 {
+                    format!("conv2d: input has {} channels but the weight expects {}", xd[1], wd[1])
+                } else {
+                    format!(
+                        "conv2d: input has {} channels in {groups} groups ({per_group} per group) but the weight {} expects {} per group",
+                        xd[1], w.shape, wd[1]
+                    )
+                });
             }
-            let win = Window { kernel: [wd[2], wd[3]], stride: *stride, padding: *padding };
+            let win = Window::new([wd[2], wd[3]], *stride, *padding);
             let mut s = window_out(x, &win, "conv2d")?;
             s.0[1] = wd[0];
             one(TensorType { dtype: x.dtype, shape: s })
@@ -434,7 +475,34 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             let stats = TensorType::new(DType::F32, vec![c]);
             Ok(vec![x.clone(), stats.clone(), stats])
         }
-        MaxPool2d(w) | AvgPool2d(w) => {
+        FrozenBatchNorm { eps } => {
+            positive(*eps, "eps")?;
+            let (x, g) = (inputs[0], inputs[1]);
+            float(x, "x")?;
+            if x.shape.rank() < 2 {
+                return Err(format!("frozen_batch_norm input must have rank ≥ 2 (N, C, ...), found {x}"));
+            }
+            let c = x.shape.0[1];
+            float(g, "gamma")?;
+            same_type(g, &TensorType::new(g.dtype, vec![c]), "gamma and the channel axis")?;
+            for (t, what) in inputs[2..].iter().zip(["beta and gamma", "mean and gamma", "var and gamma"]) {
+                same_type(t, g, what)?;
+            }
+            one(x.clone())
+        }
+        Lrn { size, alpha, beta, bias } | LrnGrad { size, alpha, beta, bias } => {
+            check_lrn(*size, *alpha, *beta, *bias)?;
+            let x = inputs[inputs.len() - 1];
+            float(x, "x")?;
+            if x.shape.rank() < 3 {
+                return Err(format!("{} input must have rank ≥ 3 (N, C, ...), found {x}", op.name()));
+            }
+            if let LrnGrad { .. } = op {
+                same_type(inputs[0], x, "dy and x")?;
+            }
+            one(x.clone())
+        }
+        MaxPool2d(w) | AvgPool2d { window: w, .. } => {
             float(inputs[0], "the input")?;
             one(TensorType { dtype: inputs[0].dtype, shape: window_out(inputs[0], w, op.name())? })
         }
@@ -459,6 +527,53 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
                 return Err(format!("perm {perm:?} is not a permutation of 0..{r}"));
             }
             one(TensorType::new(x.dtype, perm.iter().map(|&p| x.shape.0[p]).collect::<Vec<_>>()))
+        }
+        Concat { axis } => {
+            let x0 = inputs[0];
+            let ax = x0.shape.axis(*axis).map_err(|e| format!("concat: {e}"))?;
+            let mut total: u64 = 0;
+            for (i, &t) in inputs.iter().enumerate() {
+                same_dtype(x0, t, "concat")?;
+                if t.shape.rank() != x0.shape.rank() {
+                    return Err(format!("concat: input {i} {t} and input 0 {x0} have different ranks"));
+                }
+                if let Some(d) = (0..t.shape.rank()).find(|&d| d != ax && t.shape.0[d] != x0.shape.0[d]) {
+                    return Err(format!(
+                        "concat along axis {axis}: input {i} {t} and input 0 {x0} differ on axis {d} ({} vs {})",
+                        t.shape.0[d], x0.shape.0[d]
+                    ));
+                }
+                total = total.checked_add(t.shape.0[ax]).ok_or("concat: the result is too large")?;
+            }
+            let mut s = x0.shape.0.clone();
+            s[ax] = total;
+            one(TensorType { dtype: x0.dtype, shape: checked(Shape(s))? })
+        }
+        Split { axis, sizes } => {
+            let x = inputs[0];
+            let ax = x.shape.axis(*axis).map_err(|e| format!("split: {e}"))?;
+            if sizes.is_empty() {
+                return Err("split needs at least one size".into());
+            }
+            if sizes.contains(&0) {
+                return Err(format!("split sizes must be at least 1, found {sizes:?}"));
+            }
+            let sum = sizes.iter().try_fold(0u64, |a, &b| a.checked_add(b));
+            if sum != Some(x.shape.0[ax]) {
+                let sum = sum.map_or("more than 2^64".to_string(), |s| s.to_string());
+                return Err(format!(
+                    "split sizes {sizes:?} sum to {sum}, but axis {axis} of the input {x} has size {}",
+                    x.shape.0[ax]
+                ));
+            }
+            Ok(sizes
+                .iter()
+                .map(|&n| {
+                    let mut s = x.shape.0.clone();
+                    s[ax] = n;
+                    TensorType::new(x.dtype, s)
+                })
+                .collect())
         }
         ReduceSum { axes, keepdims } | ReduceMean { axes, keepdims } => {
             let x = inputs[0];
@@ -505,7 +620,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             same_type(inputs[0], inputs[1], "prediction and target")?;
             one(TensorType::scalar(inputs[0].dtype))
         }
-        ReluGrad | GeluGrad | TanhGrad | SigmoidGrad | SoftmaxGrad { .. } | LogSoftmaxGrad { .. } => {
+        ReluGrad | GeluGrad | ErfGrad | TanhGrad | SigmoidGrad | SoftmaxGrad { .. } | LogSoftmaxGrad { .. } => {
             let (dy, y) = (inputs[0], inputs[1]);
             float(dy, "dy")?;
             if dy.shape != y.shape {
@@ -564,22 +679,23 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             same_type(mask, &dy.with_dtype(DType::Bool), "the mask and dy (as bool)")?;
             one(dy.clone())
         }
-        Conv2dGradInput { stride, padding, shape } => {
+        Conv2dGradInput { stride, padding, groups, shape } => {
             let (dy, w) = (inputs[0], inputs[1]);
             let x = TensorType { dtype: dy.dtype, shape: checked(Shape(shape.clone()))? };
-            let fwd = infer(&Conv2d { stride: *stride, padding: *padding }, &[&x, w])?;
+            let fwd = infer(&Conv2d { stride: *stride, padding: *padding, groups: *groups }, &[&x, w])?;
             same_type(dy, &fwd[0], "dy and conv2d's output")?;
             one(x)
         }
-        Conv2dGradWeight { stride, padding, kernel } => {
+        Conv2dGradWeight { stride, padding, groups, kernel } => {
             let (dy, x) = (inputs[0], inputs[1]);
             rank(dy, 4, "dy (NCHW)")?;
             rank(x, 4, "x (NCHW)")?;
+            let per_group = conv_groups(*groups, x.shape.0[1], dy.shape.0[1])?;
             let w = TensorType {
                 dtype: x.dtype,
-                shape: checked(Shape(vec![dy.shape.0[1], x.shape.0[1], kernel[0], kernel[1]]))?,
+                shape: checked(Shape(vec![dy.shape.0[1], per_group, kernel[0], kernel[1]]))?,
             };
-            let fwd = infer(&Conv2d { stride: *stride, padding: *padding }, &[x, &w])?;
+            let fwd = infer(&Conv2d { stride: *stride, padding: *padding, groups: *groups }, &[x, &w])?;
             same_type(dy, &fwd[0], "dy and conv2d's output")?;
             one(w)
         }
@@ -591,6 +707,12 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             same_type(var, &fwd[2], "var and batch_norm's var")?;
             Ok(vec![x.clone(), g.clone(), g.clone()])
         }
+        FrozenBatchNormGrad { eps } => {
+            let (dy, x, g, mean, var) = (inputs[0], inputs[1], inputs[2], inputs[3], inputs[4]);
+            infer(&FrozenBatchNorm { eps: *eps }, &[x, g, g, mean, var])?;
+            same_type(dy, x, "dy and x")?;
+            Ok(vec![x.clone(), g.clone(), g.clone()])
+        }
         MaxPool2dGrad(w) => {
             let (dy, x) = (inputs[0], inputs[1]);
             same_type(
@@ -600,7 +722,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             )?;
             one(x.clone())
         }
-        AvgPool2dGrad { window, shape } => {
+        AvgPool2dGrad { window, shape, .. } => {
             let dy = inputs[0];
             let x = TensorType { dtype: dy.dtype, shape: checked(Shape(shape.clone()))? };
             float(dy, "dy")?;
@@ -703,6 +825,18 @@ fn positive(v: f64, what: &str) -> Result<()> {
     }
 }
 
+fn check_lrn(size: u64, alpha: f64, beta: f64, bias: f64) -> Result<()> {
+    if size == 0 {
+        return Err("lrn size must be at least 1".into());
+    }
+    non_negative(alpha, "alpha")?;
+    positive(bias, "bias")?;
+    if !beta.is_finite() {
+        return Err(format!("beta must be finite, found {beta}"));
+    }
+    Ok(())
+}
+
 fn check_cross_entropy(logits: &TensorType, labels: &TensorType) -> Result<()> {
     float(logits, "the logits")?;
     rank(logits, 2, "the logits [N, C]")?;
@@ -757,17 +891,43 @@ mod tests {
     fn conv_and_pool() {
         let x = t(DType::F32, &[8, 1, 8, 8]);
         let w = t(DType::F32, &[4, 1, 3, 3]);
-        let y = infer(&Op::Conv2d { stride: [1, 1], padding: [1, 1] }, &[&x, &w]).unwrap();
+        let y = infer(&Op::Conv2d { stride: [1, 1], padding: [1, 1], groups: 1 }, &[&x, &w]).unwrap();
         assert_eq!(y[0], t(DType::F32, &[8, 4, 8, 8]));
-        let win = Window { kernel: [2, 2], stride: [2, 2], padding: [0, 0] };
+        let win = Window::new([2, 2], [2, 2], [0, 0]);
         let p = infer(&Op::MaxPool2d(win), &[&y[0]]).unwrap();
         assert_eq!(p[0], t(DType::F32, &[8, 4, 4, 4]));
-        let dx = infer(&Op::Conv2dGradInput { stride: [1, 1], padding: [1, 1], shape: vec![8, 1, 8, 8] }, &[&y[0], &w])
-            .unwrap();
+        let dx = infer(
+            &Op::Conv2dGradInput { stride: [1, 1], padding: [1, 1], groups: 1, shape: vec![8, 1, 8, 8] },
+            &[&y[0], &w],
+        )
+        .unwrap();
         assert_eq!(dx[0], x);
         let dw =
-            infer(&Op::Conv2dGradWeight { stride: [1, 1], padding: [1, 1], kernel: [3, 3] }, &[&y[0], &x]).unwrap();
+            infer(&Op::Conv2dGradWeight { stride: [1, 1], padding: [1, 1], groups: 1, kernel: [3, 3] }, &[&y[0], &x])
+                .unwrap();
         assert_eq!(dw[0], w);
+    }
+
+    #[test]
+    fn grouped_conv() {
+        let conv = |groups| Op::Conv2d { stride: [1, 1], padding: [0, 0], groups };
+        let x = t(DType::F32, &[2, 6, 5, 5]);
+        let w = t(DType::F32, &[4, 3, 3, 3]);
+        assert_eq!(infer(&conv(2), &[&x, &w]).unwrap()[0], t(DType::F32, &[2, 4, 3, 3]));
+        let err = infer(&conv(4), &[&x, &w]).unwrap_err();
+        assert!(err.contains("groups=4 does not divide the input's 6 channels"), "{err}");
+        let err = infer(&conv(3), &[&x, &t(DType::F32, &[4, 2, 3, 3])]).unwrap_err();
+        assert!(err.contains("groups=3 does not divide the weight's 4 output channels"), "{err}");
+        let err = infer(&conv(2), &[&x, &t(DType::F32, &[4, 6, 3, 3])]).unwrap_err();
+        assert!(err.contains("6 channels in 2 groups (3 per group)"), "{err}");
+        assert!(infer(&conv(0), &[&x, &w]).unwrap_err().contains("at least 1"));
+        let dy = t(DType::F32, &[2, 4, 3, 3]);
+        let dw = Op::Conv2dGradWeight { stride: [1, 1], padding: [0, 0], groups: 2, kernel: [3, 3] };
+        assert_eq!(infer(&dw, &[&dy, &x]).unwrap()[0], w);
+        let dx = Op::Conv2dGradInput { stride: [1, 1], padding: [0, 0], groups: 2, shape: vec![2, 6, 5, 5] };
+        assert_eq!(infer(&dx, &[&dy, &w]).unwrap()[0], x);
+        let bad = Op::Conv2dGradWeight { stride: [1, 1], padding: [0, 0], groups: 4, kernel: [3, 3] };
+        assert!(infer(&bad, &[&dy, &x]).unwrap_err().contains("does not divide"));
     }
 
     #[test]
@@ -775,6 +935,67 @@ mod tests {
         let x = t(DType::F32, &[64, 128]);
         assert_eq!(infer(&Op::SumTo { shape: vec![128] }, &[&x]).unwrap()[0], t(DType::F32, &[128]));
         assert!(infer(&Op::SumTo { shape: vec![64] }, &[&x]).is_err());
+    }
+
+    #[test]
+    fn concat_and_split() {
+        let (a, b) = (t(DType::F16, &[2, 3, 4]), t(DType::F16, &[2, 5, 4]));
+        let c = infer(&Op::Concat { axis: 1 }, &[&a, &b, &a]).unwrap();
+        assert_eq!(c, vec![t(DType::F16, &[2, 11, 4])]);
+        assert_eq!(infer(&Op::Concat { axis: -2 }, &[&a]).unwrap(), vec![a.clone()]);
+        let err = infer(&Op::Concat { axis: 0 }, &[&a, &b]).unwrap_err();
+        assert!(err.contains("differ on axis 1 (5 vs 3)"), "{err}");
+        let err = infer(&Op::Concat { axis: 1 }, &[&a, &t(DType::F16, &[2, 3])]).unwrap_err();
+        assert!(err.contains("different ranks"), "{err}");
+        let err = infer(&Op::Concat { axis: 1 }, &[&a, &t(DType::F32, &[2, 3, 4])]).unwrap_err();
+        assert!(err.contains("same dtype"), "{err}");
+        assert!(infer(&Op::Concat { axis: 3 }, &[&a]).unwrap_err().contains("out of range"));
+        assert!(infer(&Op::Concat { axis: 0 }, &[]).unwrap_err().contains("at least 1 input"));
+
+        let s = infer(&Op::Split { axis: -2, sizes: vec![1, 4] }, &[&b]).unwrap();
+        assert_eq!(s, vec![t(DType::F16, &[2, 1, 4]), t(DType::F16, &[2, 4, 4])]);
+        assert_eq!(num_outputs(&Op::Split { axis: 1, sizes: vec![1, 4] }), 2);
+        let err = infer(&Op::Split { axis: 1, sizes: vec![1, 3] }, &[&b]).unwrap_err();
+        assert!(err.contains("sum to 4, but axis 1 of the input f16[2,5,4] has size 5"), "{err}");
+        let err = infer(&Op::Split { axis: 1, sizes: vec![u64::MAX, 6] }, &[&b]).unwrap_err();
+        assert!(err.contains("more than 2^64"), "{err}");
+        assert!(infer(&Op::Split { axis: 1, sizes: vec![0, 5] }, &[&b]).is_err());
+        assert!(infer(&Op::Split { axis: 1, sizes: vec![] }, &[&b]).is_err());
+    }
+
+    #[test]
+    fn frozen_batch_norm_checks_its_statistics() {
+        let x = t(DType::F16, &[2, 3, 4, 4]);
+        let c = t(DType::F32, &[3]);
+        let op = Op::FrozenBatchNorm { eps: 1e-5 };
+        assert_eq!(infer(&op, &[&x, &c, &c, &c, &c]).unwrap(), vec![x.clone()]);
+        let err = infer(&op, &[&x, &t(DType::F32, &[4]), &c, &c, &c]).unwrap_err();
+        assert!(err.contains("gamma and the channel axis must have the same type, found f32[4] and f32[3]"), "{err}");
+        let err = infer(&op, &[&x, &c, &c, &t(DType::F32, &[3, 1]), &c]).unwrap_err();
+        assert!(err.contains("mean and gamma"), "{err}");
+        let err = infer(&op, &[&x, &c, &c, &c, &t(DType::F16, &[3])]).unwrap_err();
+        assert!(err.contains("var and gamma"), "{err}");
+        assert!(infer(&op, &[&t(DType::F32, &[3]), &c, &c, &c, &c]).unwrap_err().contains("rank ≥ 2"));
+        assert!(infer(&Op::FrozenBatchNorm { eps: 0.0 }, &[&x, &c, &c, &c, &c]).is_err());
+        let grad = infer(&Op::FrozenBatchNormGrad { eps: 1e-5 }, &[&x, &x, &c, &c, &c]).unwrap();
+        assert_eq!(grad, vec![x.clone(), c.clone(), c.clone()]);
+        assert!(infer(&Op::FrozenBatchNormGrad { eps: 1e-5 }, &[&c, &x, &c, &c, &c]).is_err());
+    }
+
+    #[test]
+    fn lrn_needs_channels() {
+        let lrn = Op::Lrn { size: 5, alpha: 1e-4, beta: 0.75, bias: 1.0 };
+        let x = t(DType::F32, &[2, 8, 3, 3]);
+        assert_eq!(infer(&lrn, &[&x]).unwrap(), vec![x.clone()]);
+        assert!(infer(&lrn, &[&t(DType::F32, &[2, 8])]).unwrap_err().contains("rank ≥ 3"));
+        assert!(infer(&lrn, &[&t(DType::I32, &[2, 8, 3])]).is_err());
+        let bad = Op::Lrn { size: 0, alpha: 1e-4, beta: 0.75, bias: 1.0 };
+        assert!(infer(&bad, &[&x]).is_err());
+        let bad = Op::Lrn { size: 3, alpha: 1e-4, beta: 0.75, bias: 0.0 };
+        assert!(infer(&bad, &[&x]).unwrap_err().contains("bias"));
+        let grad = Op::LrnGrad { size: 5, alpha: 1e-4, beta: 0.75, bias: 1.0 };
+        assert_eq!(infer(&grad, &[&x, &x]).unwrap(), vec![x.clone()]);
+        assert!(infer(&grad, &[&t(DType::F16, &[2, 8, 3, 3]), &x]).unwrap_err().contains("dy and x"));
     }
 
     #[test]

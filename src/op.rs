@@ -102,15 +102,24 @@ pub enum Precision {
 pub struct Window {
     pub kernel: [u64; 2],
     pub stride: [u64; 2],
+    /// Zero padding before the input: [top, left].
     pub padding: [u64; 2],
+    /// Zero padding after the input: [bottom, right] (equal to `padding`
+    /// for a symmetric window).
+    pub padding_end: [u64; 2],
 }
 
 impl Window {
+    /// A window padded alike on both sides.
+    pub fn new(kernel: [u64; 2], stride: [u64; 2], padding: [u64; 2]) -> Window {
+        Window { kernel, stride, padding, padding_end: padding }
+    }
+
     /// Output spatial size for an input of `h x w`; `None` if the window does not fit.
     pub fn output_hw(&self, h: u64, w: u64) -> Option<[u64; 2]> {
         let mut out = [0; 2];
         for (i, size) in [h, w].into_iter().enumerate() {
-            let padded = size.checked_add(self.padding[i].checked_mul(2)?)?;
+            let padded = size.checked_add(self.padding[i])?.checked_add(self.padding_end[i])?;
             if self.kernel[i] == 0 || self.stride[i] == 0 || padded < self.kernel[i] {
                 return None;
             }
@@ -164,6 +173,7 @@ op_kinds! {
     Sigmoid => "sigmoid",
     Exp => "exp",
     Log => "log",
+    Erf => "erf",
     Matmul => "matmul",
     Embedding => "embedding",
     LayerNorm => "layer_norm",
@@ -172,11 +182,15 @@ op_kinds! {
     Dropout => "dropout",
     Conv2d => "conv2d",
     BatchNorm => "batch_norm",
+    FrozenBatchNorm => "frozen_batch_norm",
+    Lrn => "lrn",
     MaxPool2d => "max_pool2d",
     AvgPool2d => "avg_pool2d",
     Flatten => "flatten",
     Reshape => "reshape",
     Transpose => "transpose",
+    Concat => "concat",
+    Split => "split",
     ReduceSum => "reduce_sum",
     ReduceMean => "reduce_mean",
     SumTo => "sum_to",
@@ -185,6 +199,7 @@ op_kinds! {
     Mse => "mse",
     ReluGrad => "relu_grad",
     GeluGrad => "gelu_grad",
+    ErfGrad => "erf_grad",
     TanhGrad => "tanh_grad",
     SigmoidGrad => "sigmoid_grad",
     SoftmaxGrad => "softmax_grad",
@@ -197,6 +212,8 @@ op_kinds! {
     Conv2dGradInput => "conv2d_grad_input",
     Conv2dGradWeight => "conv2d_grad_weight",
     BatchNormGrad => "batch_norm_grad",
+    FrozenBatchNormGrad => "frozen_batch_norm_grad",
+    LrnGrad => "lrn_grad",
     MaxPool2dGrad => "max_pool2d_grad",
     AvgPool2dGrad => "avg_pool2d_grad",
     Unscale => "unscale",
@@ -223,19 +240,50 @@ impl fmt::Display for OpKind {
 /// - `matmul` follows NumPy `matmul` on the last two axes (batch axes
 ///   broadcast), after transposing the last two axes of an operand whose
 ///   flag is set.
-/// - `gelu` is the tanh approximation (GPT-2's).
+/// - `gelu` is the tanh approximation (GPT-2's). `erf` is the error
+///   function (evaluated in f64 and rounded to f32 before the output type).
 /// - `softmax`/`log_softmax` act on `axis`; `causal` masks entries above the
 ///   diagonal of the last two axes (the softmax axis must then be the last).
 /// - `layer_norm` normalises the last axis and returns `(y, mean, rstd)`.
 /// - `batch_norm` normalises over every axis but 1 with batch statistics and
 ///   returns `(y, mean, var)` (biased variance), statistics in f32.
+/// - `frozen_batch_norm(x, gamma, beta, mean, var)` is batch norm with
+///   given statistics (ONNX BatchNormalization in inference mode):
+///   `y = (x - mean[c]) / sqrt(var[c] + eps) · gamma[c] + beta[c]` with
+///   `c` the index on axis 1, in f32; `y` has x's dtype.
+/// - `lrn(x)` (ONNX LRN) over the channels of `x [N, C, ...]`: with
+///   `sq[n,c,…] = Σ x[n,c',…]²` over `c'` in
+///   `[c - ⌊(size-1)/2⌋, c + ⌈(size-1)/2⌉] ∩ [0, C)`,
+///   `y = x / (bias + alpha/size · sq)^beta`, in f32.
 /// - `dropout` returns `(y, mask)`; kept values are scaled by `1/(1-p)`.
+/// - `conv2d(x [N, C, H, W], w [O, C/groups, kh, kw])` is a cross-correlation
+///   with zero padding `padding` on each side; with `groups` > 1 the input
+///   channels and the output channels are split into `groups` equal,
+///   consecutive blocks, and output block `g` reads only input block `g`.
+/// - `concat(x1, …, xn)` joins its inputs along `axis` (one dtype, one rank,
+///   equal sizes on every other axis); `split(x)` cuts `axis` into
+///   consecutive pieces of `sizes` (which sum to the axis' size), one output
+///   per piece. Both copy bits.
+/// - Pooling windows (NCHW) pad `padding` = [top, left] before and
+///   `padding_end` = [bottom, right] after the input; the output size is
+///   `(H + top + bottom - kh) / sh + 1` (floor). `max_pool2d` takes the
+///   maximum of the in-bounds taps (padding acts as -inf; the gradient goes
+///   to the first maximum). `avg_pool2d` sums the in-bounds taps and divides
+///   by `kh·kw` with `count_include_pad` (padding counts as zeros, PyTorch's
+///   default), else by the number of in-bounds taps (ONNX's default).
 /// - `cross_entropy` takes logits `[N, C]` and integer labels `[N]` and
 ///   returns the mean loss; `mse` returns the mean squared error.
 /// - `seed` is the gradient of the loss with respect to itself: ones shaped
 ///   like its input. Loss scaling rewrites it.
 /// - A `*_grad` op computes the gradient of its forward op's first input
-///   (for `layer_norm_grad` and `batch_norm_grad`: `(dx, dgamma, dbeta)`).
+///   (for `layer_norm_grad`, `batch_norm_grad` and `frozen_batch_norm_grad`:
+///   `(dx, dgamma, dbeta)`). `erf_grad(dy, x)` = `dy · 2/√π · exp(-x²)`;
+///   `lrn_grad(dy, x)` = `dy·d^-beta - (2·alpha·beta/size) · x ·
+///   Σ dy·x·d^(-beta-1)`, `d = bias + alpha/size · sq`, the sum over the
+///   channels whose window holds the channel; `frozen_batch_norm_grad(dy, x,
+///   gamma, mean, var)` = `(dy·gamma·r, Σ dy·(x - mean)·r, Σ dy)` with
+///   `r = 1/sqrt(var + eps)`, sums over every axis but 1 (the statistics
+///   get no gradient).
 ///
 /// Loss scaling and optimizer ops (all compute in f32):
 /// - `unscale(grad, scale)` = `f32(grad) * inv`, `inv = 1/scale` computed in
@@ -276,19 +324,24 @@ pub enum Op {
     Sigmoid,
     Exp,
     Log,
+    Erf,
     Matmul { transpose_a: bool, transpose_b: bool },
     Embedding,
     LayerNorm { eps: f64 },
     Softmax { axis: i64, causal: bool },
     LogSoftmax { axis: i64 },
     Dropout { p: f64, seed: u64 },
-    Conv2d { stride: [u64; 2], padding: [u64; 2] },
+    Conv2d { stride: [u64; 2], padding: [u64; 2], groups: u64 },
     BatchNorm { eps: f64, momentum: f64 },
+    FrozenBatchNorm { eps: f64 },
+    Lrn { size: u64, alpha: f64, beta: f64, bias: f64 },
     MaxPool2d(Window),
-    AvgPool2d(Window),
+    AvgPool2d { window: Window, count_include_pad: bool },
     Flatten { axis: i64 },
     Reshape { shape: Vec<i64> },
     Transpose { perm: Vec<usize> },
+    Concat { axis: i64 },
+    Split { axis: i64, sizes: Vec<u64> },
     ReduceSum { axes: Vec<i64>, keepdims: bool },
     ReduceMean { axes: Vec<i64>, keepdims: bool },
     SumTo { shape: Vec<u64> },
@@ -297,6 +350,7 @@ pub enum Op {
     Mse,
     ReluGrad,
     GeluGrad,
+    ErfGrad,
     TanhGrad,
     SigmoidGrad,
     SoftmaxGrad { axis: i64 },
@@ -306,11 +360,13 @@ pub enum Op {
     EmbeddingGrad { num_embeddings: u64 },
     LayerNormGrad,
     DropoutGrad { p: f64 },
-    Conv2dGradInput { stride: [u64; 2], padding: [u64; 2], shape: Vec<u64> },
-    Conv2dGradWeight { stride: [u64; 2], padding: [u64; 2], kernel: [u64; 2] },
+    Conv2dGradInput { stride: [u64; 2], padding: [u64; 2], groups: u64, shape: Vec<u64> },
+    Conv2dGradWeight { stride: [u64; 2], padding: [u64; 2], groups: u64, kernel: [u64; 2] },
     BatchNormGrad { eps: f64 },
+    FrozenBatchNormGrad { eps: f64 },
+    LrnGrad { size: u64, alpha: f64, beta: f64, bias: f64 },
     MaxPool2dGrad(Window),
-    AvgPool2dGrad { window: Window, shape: Vec<u64> },
+    AvgPool2dGrad { window: Window, count_include_pad: bool, shape: Vec<u64> },
     Unscale,
     FoundInf,
     ScaleUpdate { growth_factor: f64, backoff_factor: f64, growth_interval: u32 },
@@ -343,6 +399,7 @@ impl Op {
             Op::Sigmoid => OpKind::Sigmoid,
             Op::Exp => OpKind::Exp,
             Op::Log => OpKind::Log,
+            Op::Erf => OpKind::Erf,
             Op::Matmul { .. } => OpKind::Matmul,
             Op::Embedding => OpKind::Embedding,
             Op::LayerNorm { .. } => OpKind::LayerNorm,
@@ -351,11 +408,15 @@ impl Op {
             Op::Dropout { .. } => OpKind::Dropout,
             Op::Conv2d { .. } => OpKind::Conv2d,
             Op::BatchNorm { .. } => OpKind::BatchNorm,
+            Op::FrozenBatchNorm { .. } => OpKind::FrozenBatchNorm,
+            Op::Lrn { .. } => OpKind::Lrn,
             Op::MaxPool2d(_) => OpKind::MaxPool2d,
-            Op::AvgPool2d(_) => OpKind::AvgPool2d,
+            Op::AvgPool2d { .. } => OpKind::AvgPool2d,
             Op::Flatten { .. } => OpKind::Flatten,
             Op::Reshape { .. } => OpKind::Reshape,
             Op::Transpose { .. } => OpKind::Transpose,
+            Op::Concat { .. } => OpKind::Concat,
+            Op::Split { .. } => OpKind::Split,
             Op::ReduceSum { .. } => OpKind::ReduceSum,
             Op::ReduceMean { .. } => OpKind::ReduceMean,
             Op::SumTo { .. } => OpKind::SumTo,
@@ -364,6 +425,7 @@ impl Op {
             Op::Mse => OpKind::Mse,
             Op::ReluGrad => OpKind::ReluGrad,
             Op::GeluGrad => OpKind::GeluGrad,
+            Op::ErfGrad => OpKind::ErfGrad,
             Op::TanhGrad => OpKind::TanhGrad,
             Op::SigmoidGrad => OpKind::SigmoidGrad,
             Op::SoftmaxGrad { .. } => OpKind::SoftmaxGrad,
@@ -376,6 +438,8 @@ impl Op {
             Op::Conv2dGradInput { .. } => OpKind::Conv2dGradInput,
             Op::Conv2dGradWeight { .. } => OpKind::Conv2dGradWeight,
             Op::BatchNormGrad { .. } => OpKind::BatchNormGrad,
+            Op::FrozenBatchNormGrad { .. } => OpKind::FrozenBatchNormGrad,
+            Op::LrnGrad { .. } => OpKind::LrnGrad,
             Op::MaxPool2dGrad(_) => OpKind::MaxPool2dGrad,
             Op::AvgPool2dGrad { .. } => OpKind::AvgPool2dGrad,
             Op::Unscale => OpKind::Unscale,

@@ -510,14 +510,16 @@ fn u64_edge() -> impl Strategy<Value = u64> {
 /// A random value for attribute `name`, of the right JSON type 9 times in 10.
 fn attr_value(name: &str) -> BoxedStrategy<Value> {
     let right: BoxedStrategy<Value> = match name {
-        "transpose_a" | "transpose_b" | "causal" | "keepdims" => any::<bool>().prop_map(|b| json!(b)).boxed(),
+        "transpose_a" | "transpose_b" | "causal" | "keepdims" | "count_include_pad" => {
+            any::<bool>().prop_map(|b| json!(b)).boxed()
+        }
         "axis" => axis().prop_map(|a| json!(a)).boxed(),
         "axes" | "perm" => prop::collection::vec(axis(), 0..7).prop_map(|a| json!(a)).boxed(),
-        "shape" => shape().prop_map(|s| json!(s)).boxed(),
+        "shape" | "sizes" => shape().prop_map(|s| json!(s)).boxed(),
         "dtype" | "to" => dtype(),
-        "value" | "p" | "eps" | "momentum" => float_edge().prop_map(|v| json!(v)).boxed(),
-        "seed" | "num_embeddings" => u64_edge().prop_map(|v| json!(v)).boxed(),
-        "kernel" | "stride" | "padding" => [u64_edge(), u64_edge()].prop_map(|v| json!(v)).boxed(),
+        "value" | "p" | "eps" | "momentum" | "alpha" | "beta" | "bias" => float_edge().prop_map(|v| json!(v)).boxed(),
+        "seed" | "num_embeddings" | "groups" | "size" => u64_edge().prop_map(|v| json!(v)).boxed(),
+        "kernel" | "stride" | "padding" | "padding_end" => [u64_edge(), u64_edge()].prop_map(|v| json!(v)).boxed(),
         _ => wrong_value(),
     };
     prop_oneof![19 => right, 1 => wrong_value()].boxed()
@@ -1030,16 +1032,18 @@ fn arity(op: &str) -> usize {
         "input" | "param" | "state" | "constant" => 0,
         "add" | "sub" | "mul" | "div" | "matmul" | "embedding" | "conv2d" | "cross_entropy" | "mse" | "relu_grad"
         | "gelu_grad" | "tanh_grad" | "sigmoid_grad" | "softmax_grad" | "log_softmax_grad" | "embedding_grad"
-        | "dropout_grad" | "conv2d_grad_input" | "conv2d_grad_weight" | "max_pool2d_grad" => 2,
+        | "dropout_grad" | "conv2d_grad_input" | "conv2d_grad_weight" | "max_pool2d_grad" | "erf_grad" | "lrn_grad" => {
+            2
+        }
         "layer_norm" | "batch_norm" | "cross_entropy_grad" | "mse_grad" => 3,
-        "batch_norm_grad" | "layer_norm_grad" => 5,
+        "batch_norm_grad" | "layer_norm_grad" | "frozen_batch_norm" | "frozen_batch_norm_grad" => 5,
         _ => 1,
     }
 }
 
 fn num_outputs(op: &str) -> usize {
     match op {
-        "layer_norm" | "batch_norm" | "layer_norm_grad" | "batch_norm_grad" => 3,
+        "layer_norm" | "batch_norm" | "layer_norm_grad" | "batch_norm_grad" | "frozen_batch_norm_grad" => 3,
         "dropout" => 2,
         _ => 1,
     }
@@ -1254,7 +1258,9 @@ struct Conv {
     k: [i64; 2],
     stride: [u64; 2],
     padding: [u64; 2],
-    pool: Option<([u64; 2], bool)>,
+    groups: u64,
+    /// Kernel, max (else avg), padding_end, count_include_pad.
+    pool: Option<([u64; 2], bool, [u64; 2], bool)>,
 }
 
 fn conv() -> impl Strategy<Value = Conv> {
@@ -1266,20 +1272,38 @@ fn conv() -> impl Strategy<Value = Conv> {
         [1i64..=5, 1i64..=5],
         [1u64..=3, 1u64..=3],
         [0u64..=2, 0u64..=2],
-        prop::option::of(([1u64..=3, 1u64..=3], any::<bool>())),
+        1u64..=3,
+        prop::option::of(([1u64..=3, 1u64..=3], any::<bool>(), [0u64..=1, 0u64..=1], any::<bool>())),
     )
-        .prop_map(|(n, c, hw, o, k, stride, padding, pool)| Conv { n, c, hw, o, k, stride, padding, pool })
+        .prop_map(|(n, c, hw, o, k, stride, padding, groups, pool)| Conv {
+            n,
+            c,
+            hw,
+            o,
+            k,
+            stride,
+            padding,
+            groups,
+            pool,
+        })
 }
 
 impl Conv {
     fn to_json(&self) -> Value {
-        let mut forward = vec![
-            json!({"name": "c", "op": "conv2d", "inputs": ["x", "w"], "stride": self.stride, "padding": self.padding}),
-        ];
+        let mut c =
+            json!({"name": "c", "op": "conv2d", "inputs": ["x", "w"], "stride": self.stride, "padding": self.padding});
+        if self.groups != 1 {
+            c["groups"] = json!(self.groups);
+        }
+        let mut forward = vec![c];
         let mut h = "c";
-        if let Some((k, max)) = self.pool {
+        if let Some((k, max, padding_end, count_include_pad)) = self.pool {
             let op = if max { "max_pool2d" } else { "avg_pool2d" };
-            forward.push(json!({"name": "p", "op": op, "inputs": ["c"], "kernel": k}));
+            let mut p = json!({"name": "p", "op": op, "inputs": ["c"], "kernel": k, "padding_end": padding_end});
+            if !max {
+                p["count_include_pad"] = json!(count_include_pad);
+            }
+            forward.push(p);
             h = "p";
         }
         forward.push(json!({"name": "f", "op": "flatten", "inputs": [h]}));
@@ -1288,14 +1312,29 @@ impl Conv {
             "format": "mpc/1",
             "name": "random_conv",
             "inputs": [{"name": "x", "shape": [self.n, self.c, self.hw[0], self.hw[1]]}],
-            "params": [{"name": "w", "shape": [self.o, self.c, self.k[0], self.k[1]], "init": {"kind": "kaiming_normal"}}],
+            "params": [{"name": "w", "shape": [self.o, self.weight_channels(), self.k[0], self.k[1]], "init": {"kind": "kaiming_normal"}}],
             "forward": forward,
             "loss": "loss"
         })
     }
 
+    /// The weight's input channels: `c / groups`, or `c` when groups do not
+    /// divide it (a graph that must be rejected unless groups is 1).
+    fn weight_channels(&self) -> i64 {
+        let g = self.groups as i64;
+        if self.c % g == 0 {
+            self.c / g
+        } else {
+            self.c
+        }
+    }
+
     /// Whether the window fits, so that the graph must be accepted.
     fn fits(&self) -> bool {
+        let g = self.groups as i64;
+        if self.c % g != 0 || self.o % g != 0 {
+            return false;
+        }
         let out = |i: usize| -> Option<u64> {
             let padded = self.hw[i] as u64 + 2 * self.padding[i];
             let k = self.k[i] as u64;
@@ -1304,7 +1343,7 @@ impl Conv {
         let (Some(h), Some(w)) = (out(0), out(1)) else { return false };
         match self.pool {
             None => true,
-            Some((k, _)) => h >= k[0] && w >= k[1],
+            Some((k, _, pe, _)) => (0..2).all(|i| pe[i] <= k[i] / 2) && h + pe[0] >= k[0] && w + pe[1] >= k[1],
         }
     }
 }

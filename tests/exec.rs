@@ -234,6 +234,77 @@ fn fd_unary_ops() {
 }
 
 #[test]
+fn fd_erf() {
+    let mut r = Case::new(21);
+    check_unary(Op::Erf, &[3, 4], Some(r.uniform(12, -2.0, 2.0)));
+}
+
+#[test]
+fn fd_lrn() {
+    // alpha large enough that the window term is a sizeable part of the
+    // gradient; an even size (asymmetric window) and one wider than C.
+    for (size, alpha, beta, bias) in [(3, 1.0, 0.75, 1.0), (4, 2.0, 0.5, 2.0), (7, 1.5, 0.75, 1.0), (1, 1.0, 1.0, 1.0)]
+    {
+        check_unary(Op::Lrn { size, alpha, beta, bias }, &[2, 5, 2, 2], None);
+    }
+}
+
+/// frozen_batch_norm with x, gamma and beta as parameters and fixed mean
+/// and var (inputs, as ONNX's running statistics are `state`).
+fn frozen_bn_case(seed: u64) -> (Case, ValueId) {
+    let mut c = Case::new(seed);
+    let x = c.random_param("x", &[3, 2, 2, 2]);
+    let gv = c.uniform(2, 0.5, 1.5);
+    let gamma = c.param("gamma", &[2], gv);
+    let beta = c.random_param("beta", &[2]);
+    let mean = c.uniform(2, -0.5, 0.5);
+    let mean = c.input("mean", Tensor::from_f32(DType::F32, vec![2], &mean).unwrap());
+    let var = c.uniform(2, 0.5, 2.0);
+    let var = c.input("var", Tensor::from_f32(DType::F32, vec![2], &var).unwrap());
+    let y = c.op("y", Op::FrozenBatchNorm { eps: 1e-5 }, &[x, gamma, beta, mean, var]);
+    (c, y)
+}
+
+#[test]
+fn fd_frozen_batch_norm() {
+    let (mut c, y) = frozen_bn_case(22);
+    c.weighted_loss(y);
+    let (g, _, _, grads) = c.check();
+    // dx, dgamma and dbeta all come from the one grad node.
+    assert_eq!(g.node_ids().filter(|&n| matches!(g.node(n).op, Op::FrozenBatchNormGrad { .. })).count(), 1);
+    assert!(["dx", "dgamma", "dbeta"].iter().all(|k| grads.contains_key(*k)));
+}
+
+#[test]
+fn frozen_batch_norm_statistics_get_no_gradient() {
+    // mean and var declared as parameters: grad still succeeds, and their
+    // gradients are zeros (no gradient flows to the statistics).
+    let mut c = Case::new(23);
+    let x = c.random_param("x", &[3, 2, 2, 2]);
+    let gamma = c.random_param("gamma", &[2]);
+    let beta = c.random_param("beta", &[2]);
+    let mean = c.random_param("mean", &[2]);
+    let var = c.param("var", &[2], vec![1.0, 2.0]);
+    let y = c.op("y", Op::FrozenBatchNorm { eps: 1e-5 }, &[x, gamma, beta, mean, var]);
+    c.weighted_loss(y);
+    Grad.run(&mut c.g).unwrap();
+    mpc::verify(&c.g).unwrap();
+    for &(p, v) in &c.g.gradients {
+        let stat = ["mean", "var"].contains(&c.g.node(p).name.as_str());
+        assert_eq!(matches!(c.g.node(v.node).op, Op::Constant { value: 0.0, .. }), stat, "{}", c.g.node(p).name);
+    }
+    // Only the statistics as parameters: no gradient node at all.
+    let mut c = Case::new(24);
+    let x = c.input("x", Tensor::from_f32(DType::F32, vec![1, 2, 1, 1], &[0.5, -0.5]).unwrap());
+    let ones = c.input("ones", Tensor::from_f32(DType::F32, vec![2], &[1.0, 1.0]).unwrap());
+    let mean = c.random_param("mean", &[2]);
+    let y = c.op("y", Op::FrozenBatchNorm { eps: 1e-5 }, &[x, ones, ones, mean, ones]);
+    c.weighted_loss(y);
+    Grad.run(&mut c.g).unwrap();
+    assert!(!c.g.node_ids().any(|n| matches!(c.g.node(n).op, Op::FrozenBatchNormGrad { .. })));
+}
+
+#[test]
 fn fd_softmax_and_log_softmax() {
     check_unary(Op::Softmax { axis: -1, causal: false }, &[3, 5], None);
     check_unary(Op::Softmax { axis: 1, causal: false }, &[2, 3, 4], None);
@@ -283,10 +354,53 @@ fn fd_conv2d_stride_2_padding_1() {
     let mut c = Case::new(8);
     let x = c.random_param("x", &[2, 2, 5, 5]);
     let w = c.random_param("w", &[3, 2, 3, 3]);
-    let y = c.op("y", Op::Conv2d { stride: [2, 2], padding: [1, 1] }, &[x, w]);
+    let y = c.op("y", Op::Conv2d { stride: [2, 2], padding: [1, 1], groups: 1 }, &[x, w]);
     assert_eq!(c.g.ty(y).shape.0, vec![2, 3, 3, 3]);
     c.weighted_loss(y);
     c.check();
+}
+
+#[test]
+fn fd_grouped_conv2d() {
+    // 4 input channels and 6 output channels in 2 groups: weight [6, 2, 3, 3].
+    let mut c = Case::new(15);
+    let x = c.random_param("x", &[2, 4, 5, 5]);
+    let w = c.random_param("w", &[6, 2, 3, 3]);
+    let y = c.op("y", Op::Conv2d { stride: [2, 1], padding: [1, 0], groups: 2 }, &[x, w]);
+    assert_eq!(c.g.ty(y).shape.0, vec![2, 6, 3, 3]);
+    c.weighted_loss(y);
+    let (g, state, _, _) = c.check();
+    // Both gradients come from grouped ops.
+    let grouped = g.node_ids().filter(|&n| match g.node(n).op {
+        Op::Conv2dGradInput { groups, .. } | Op::Conv2dGradWeight { groups, .. } => groups == 2,
+        _ => false,
+    });
+    assert_eq!(grouped.count(), 2);
+    // Depthwise (groups = channels) against the same convolution written as
+    // one ungrouped conv per channel: the forward values agree exactly.
+    let mut d = Case::new(16);
+    let xv = state["x"].to_f32_vec();
+    let x = d.param("x", &[2, 4, 5, 5], xv.clone());
+    let w = d.random_param("w", &[4, 1, 3, 3]);
+    let y = d.op("y", Op::Conv2d { stride: [1, 1], padding: [1, 1], groups: 4 }, &[x, w]);
+    d.weighted_loss(y);
+    let mut ex = Executor::new(&d.g, CpuBackend, 7).unwrap();
+    let opts = RunOptions { fetch: vec!["y".into()], ..RunOptions::default() };
+    let yv = ex.step(&d.state, &d.batch, 0, &opts).unwrap().fetched["y"].to_f32_vec();
+    let wv = d.state["w"].to_f32_vec();
+    for ch in 0..4 {
+        let mut e = Case::new(17);
+        let xc: Vec<f32> = (0..2).flat_map(|n| xv[(n * 4 + ch) * 25..(n * 4 + ch + 1) * 25].to_vec()).collect();
+        let xe = e.param("x", &[2, 1, 5, 5], xc);
+        let we = e.param("w", &[1, 1, 3, 3], wv[ch * 9..(ch + 1) * 9].to_vec());
+        let ye = e.op("y", Op::Conv2d { stride: [1, 1], padding: [1, 1], groups: 1 }, &[xe, we]);
+        e.weighted_loss(ye);
+        let mut ex = Executor::new(&e.g, CpuBackend, 7).unwrap();
+        let got = ex.step(&e.state, &e.batch, 0, &opts).unwrap().fetched["y"].to_f32_vec();
+        for n in 0..2 {
+            assert_eq!(got[n * 25..(n + 1) * 25], yv[(n * 4 + ch) * 25..(n * 4 + ch + 1) * 25], "channel {ch}");
+        }
+    }
 }
 
 /// Distinct values 0.05 apart (shuffled), so no two taps of a window are within 2h.
@@ -301,15 +415,20 @@ fn distinct(c: &mut Case, n: usize) -> Vec<f32> {
 
 #[test]
 fn fd_pooling() {
-    let win = |k, s, p| Window { kernel: [k, k], stride: [s, s], padding: [p, p] };
-    for w in [win(2, 2, 0), win(3, 2, 1)] {
+    let win = |k, s, p| Window::new([k, k], [s, s], [p, p]);
+    // Asymmetric: nothing before, one row and column after (ONNX's
+    // ceil-mode pattern), and top/left padding only with a 3x3 window.
+    let asym = [Window { padding_end: [1, 1], ..win(2, 2, 0) }, Window { padding_end: [0, 0], ..win(3, 2, 1) }];
+    for w in [win(2, 2, 0), win(3, 2, 1), asym[0], asym[1]] {
         let mut c = Case::new(9);
         let v = distinct(&mut c, 50);
         let x = c.param("x", &[1, 2, 5, 5], v);
         let y = c.op("y", Op::MaxPool2d(w), &[x]);
         c.weighted_loss(y);
         c.check();
-        check_unary(Op::AvgPool2d(w), &[1, 2, 5, 5], None);
+        for count_include_pad in [true, false] {
+            check_unary(Op::AvgPool2d { window: w, count_include_pad }, &[1, 2, 5, 5], None);
+        }
     }
 }
 
@@ -320,6 +439,51 @@ fn fd_layout_ops() {
     check_unary(Op::Transpose { perm: vec![2, 0, 1] }, &[2, 3, 4], None);
     check_unary(Op::BroadcastTo { shape: vec![2, 3, 4] }, &[3, 1], None);
     check_unary(Op::SumTo { shape: vec![3, 1] }, &[2, 3, 4], None);
+}
+
+#[test]
+fn fd_concat() {
+    // Three inputs along axis 1, then one input twice (its two gradients add).
+    let mut c = Case::new(18);
+    let a = c.random_param("a", &[2, 2, 3]);
+    let b = c.random_param("b", &[2, 1, 3]);
+    let d = c.random_param("d", &[2, 3, 3]);
+    let y = c.op("y", Op::Concat { axis: 1 }, &[a, b, d]);
+    assert_eq!(c.g.ty(y).shape.0, vec![2, 6, 3]);
+    c.weighted_loss(y);
+    c.check();
+
+    let mut c = Case::new(19);
+    let a = c.random_param("a", &[2, 2, 3]);
+    let b = c.random_param("b", &[2, 1, 3]);
+    let y = c.op("y", Op::Concat { axis: -2 }, &[a, b, a]);
+    c.weighted_loss(y);
+    c.check();
+}
+
+#[test]
+fn fd_split_with_unused_pieces() {
+    // Pieces [2,1,3], [2,2,3], [2,3,3] of x [2,6,3]; `used` lists the pieces
+    // the loss reads (broadcast-added into one [2,3,3] value).
+    for used in [vec![0, 2], vec![2], vec![1]] {
+        let mut c = Case::new(20);
+        let x = c.random_param("x", &[2, 6, 3]);
+        let s = c.op("s", Op::Split { axis: 1, sizes: vec![1, 2, 3] }, &[x]);
+        let piece = |k: u32| ValueId { node: s.node, slot: k };
+        let mut y = piece(used[0]);
+        for (i, &k) in used.iter().enumerate().skip(1) {
+            y = c.op(&format!("sum{i}"), Op::Add, &[y, piece(k)]);
+        }
+        c.weighted_loss(y);
+        let (_, _, _, grads) = c.check();
+        // Rows of x in an unused piece get exactly zero.
+        let dx = grads["dx"].to_f32_vec();
+        let rows = [0..1, 1..3, 3..6];
+        for k in 0..3u32 {
+            let zero = (0..2).all(|n| rows[k as usize].clone().all(|r| (0..3).all(|j| dx[(n * 6 + r) * 3 + j] == 0.0)));
+            assert_eq!(zero, !used.contains(&k), "piece {k} with {used:?} used");
+        }
+    }
 }
 
 #[test]

@@ -72,6 +72,38 @@ impl Data {
         each_map!(self, v => idx.iter().map(|&i| v[i]).collect())
     }
 
+    /// Joins `parts` block by block: for each of `outer` rows, `block[i]`
+    /// elements of part `i` in turn (a concatenation along one axis), bit
+    /// for bit. `None` when the parts differ in dtype or there are none.
+    pub fn interleave(parts: &[&Data], outer: usize, block: &[usize]) -> Option<Data> {
+        macro_rules! join {
+            ($variant:ident) => {{
+                let vs = parts
+                    .iter()
+                    .map(|p| match p {
+                        Data::$variant(v) => Some(v),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                let mut out = Vec::with_capacity(outer * block.iter().sum::<usize>());
+                for o in 0..outer {
+                    for (v, &b) in vs.iter().zip(block) {
+                        out.extend_from_slice(&v[o * b..(o + 1) * b]);
+                    }
+                }
+                Data::$variant(out)
+            }};
+        }
+        Some(match parts.first()? {
+            Data::F32(_) => join!(F32),
+            Data::F16(_) => join!(F16),
+            Data::Bf16(_) => join!(Bf16),
+            Data::I32(_) => join!(I32),
+            Data::I64(_) => join!(I64),
+            Data::Bool(_) => join!(Bool),
+        })
+    }
+
     /// Values rounded (nearest even) from f32: ints truncate toward zero
     /// and saturate (NaN gives 0), bool is `x != 0`.
     pub fn from_f32(dtype: DType, values: &[f32]) -> Data {

@@ -57,7 +57,8 @@ pub fn gelu_derivative(x: f32) -> f32 {
     0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * GELU_A * x * x)
 }
 
-/// `scale`, `relu`, `gelu`, `tanh`, `sigmoid`, `exp`, `log`.
+/// `scale`, `relu`, `gelu`, `tanh`, `sigmoid`, `exp`, `log`, `erf` (in f64,
+/// rounded to f32, see [`crate::semantics::erf`]).
 pub fn unary(op: &Op, x: &Tensor, out: &TensorType) -> KResult<Tensor> {
     let s = match op {
         Op::Scale { value } => *value as f32,
@@ -77,6 +78,7 @@ pub fn unary(op: &Op, x: &Tensor, out: &TensorType) -> KResult<Tensor> {
             Op::Tanh => v.tanh(),
             Op::Sigmoid => 1.0 / (1.0 + (-v).exp()),
             Op::Exp => v.exp(),
+            Op::Erf => crate::semantics::erf(v as f64) as f32,
             _ => v.ln(),
         }
     };
@@ -84,7 +86,8 @@ pub fn unary(op: &Op, x: &Tensor, out: &TensorType) -> KResult<Tensor> {
     from_f32(out, &v)
 }
 
-/// `relu_grad(dy, y)`, `gelu_grad(dy, x)`, `tanh_grad(dy, y)`, `sigmoid_grad(dy, y)`.
+/// `relu_grad(dy, y)`, `gelu_grad(dy, x)`, `erf_grad(dy, x)`, `tanh_grad(dy, y)`,
+/// `sigmoid_grad(dy, y)`.
 pub fn unary_grad(op: &Op, dy: &Tensor, v: &Tensor, out: &TensorType) -> KResult<Tensor> {
     let (d, y) = (dy.to_f32_vec(), v.to_f32_vec());
     let g = |d: f32, y: f32| -> f32 {
@@ -97,6 +100,7 @@ pub fn unary_grad(op: &Op, dy: &Tensor, v: &Tensor, out: &TensorType) -> KResult
                 }
             }
             Op::GeluGrad => d * gelu_derivative(y),
+            Op::ErfGrad => d * (std::f32::consts::FRAC_2_SQRT_PI * (-(y * y)).exp()),
             Op::TanhGrad => d * (1.0 - y * y),
             _ => d * y * (1.0 - y),
         }
@@ -145,6 +149,26 @@ pub fn select(found: &Tensor, on_inf: &Tensor, otherwise: &Tensor) -> KResult<Te
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn erf_at_known_points() {
+        let x = Tensor::from_f32(crate::DType::F32, vec![5], &[0.5, 1.0, -1.0, 2.0, 0.0]).unwrap();
+        let y = unary(&Op::Erf, &x, &x.ty()).unwrap().to_f32_vec();
+        // erf(0.5) = 0.5204998778, erf(1) = 0.8427007929, erf(2) = 0.9953222650,
+        // each the nearest f32.
+        let want = [0.520_499_88f64, 0.842_700_79, -0.842_700_79, 0.995_322_27, 0.0];
+        for (g, w) in y.iter().zip(want) {
+            assert!((*g as f64 - w).abs() <= 6e-8, "{g} vs {w}");
+        }
+        assert_eq!(y[0], 0.520_499_877_8_f64 as f32);
+        assert_eq!(y[1], 0.842_700_792_9_f64 as f32);
+        // erf_grad at 0 is dy·2/√π; at 1, dy·2/√π·e^-1 = 3 · 0.4151074974.
+        let dy = Tensor::from_f32(crate::DType::F32, vec![2], &[1.0, 3.0]).unwrap();
+        let at = Tensor::from_f32(crate::DType::F32, vec![2], &[0.0, 1.0]).unwrap();
+        let g = unary_grad(&Op::ErfGrad, &dy, &at, &dy.ty()).unwrap().to_f32_vec();
+        assert!((g[0] - std::f32::consts::FRAC_2_SQRT_PI).abs() < 1e-6, "{}", g[0]);
+        assert!((g[1] - 1.245_322_5).abs() < 1e-6, "{}", g[1]);
+    }
 
     #[test]
     fn gelu_derivative_matches_differences() {

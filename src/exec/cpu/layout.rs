@@ -1,5 +1,5 @@
-//! Layout and reduction kernels: transpose, broadcast_to, sum_to,
-//! reduce_sum/mean, embedding and its gradient.
+//! Layout and reduction kernels: transpose, concat, split, broadcast_to,
+//! sum_to, reduce_sum/mean, embedding and its gradient.
 
 use crate::types::TensorType;
 
@@ -31,6 +31,38 @@ pub fn transpose(x: &Tensor, perm: &[usize]) -> KResult<Tensor> {
     }
     let shape: Vec<u64> = out_dims.iter().map(|&d| d as u64).collect();
     wrap(Tensor::new(shape, x.data().gather(&idx)))
+}
+
+/// `concat(x1, …, xn)` along `axis`: bits are copied.
+pub fn concat(xs: &[&Tensor], axis: i64, out: &TensorType) -> KResult<Tensor> {
+    let d = dims(&out.shape);
+    let ax = out.shape.axis(axis)?;
+    let (outer, inner): (usize, usize) = (d[..ax].iter().product(), d[ax + 1..].iter().product());
+    let block: Vec<usize> = xs.iter().map(|x| x.shape().0[ax] as usize * inner).collect();
+    let parts: Vec<&Data> = xs.iter().map(|x| x.data()).collect();
+    let data = Data::interleave(&parts, outer, &block).ok_or("concat inputs must share one dtype")?;
+    wrap(Tensor::new(out.shape.clone(), data))
+}
+
+/// `split(x)` along `axis` into pieces shaped as `out`: bits are copied.
+pub fn split(x: &Tensor, axis: i64, out: &[TensorType]) -> KResult<Vec<Tensor>> {
+    let d = dims(x.shape());
+    let ax = x.shape().axis(axis)?;
+    let (outer, len, inner): (usize, usize, usize) = (d[..ax].iter().product(), d[ax], d[ax + 1..].iter().product());
+    let mut start = 0;
+    out.iter()
+        .map(|t| {
+            let size = t.shape.0[ax] as usize;
+            let idx: Vec<usize> = (0..outer)
+                .flat_map(|o| {
+                    let first = (o * len + start) * inner;
+                    first..first + size * inner
+                })
+                .collect();
+            start += size;
+            wrap(Tensor::new(t.shape.clone(), x.data().gather(&idx)))
+        })
+        .collect()
 }
 
 /// `broadcast_to(x, shape)`: bits are copied.
@@ -140,6 +172,19 @@ mod tests {
         let t = transpose(&x, &[1, 0]).unwrap();
         assert_eq!(t.shape(), &shape_of(&[3, 2]));
         assert_eq!(t.to_f32_vec(), vec![0., 3., 1., 4., 2., 5.]);
+    }
+
+    #[test]
+    fn concat_and_split_along_the_middle_axis() {
+        let a = Tensor::new(vec![2, 1, 2], Data::I32(vec![0, 1, 6, 7])).unwrap();
+        let b = Tensor::new(vec![2, 2, 2], Data::I32(vec![2, 3, 4, 5, 8, 9, 10, 11])).unwrap();
+        let c = concat(&[&a, &b], 1, &TensorType::new(DType::I32, vec![2, 3, 2])).unwrap();
+        assert_eq!(c.data(), &Data::I32((0..12).collect()));
+        let parts = split(&c, -2, &[a.ty(), b.ty()]).unwrap();
+        assert_eq!(parts, vec![a, b]);
+        let h = Tensor::from_f32(DType::F16, vec![1], &[1.0]).unwrap();
+        let f = Tensor::from_f32(DType::F32, vec![1], &[1.0]).unwrap();
+        assert!(concat(&[&h, &f], 0, &TensorType::new(DType::F16, vec![2])).is_err());
     }
 
     #[test]

@@ -154,62 +154,81 @@ impl Geom {
     }
 }
 
-/// `conv2d(x [N,C,H,W], w [O,C,kh,kw])` with stride and zero padding.
-pub fn conv2d(x: &Tensor, w: &Tensor, stride: [u64; 2], pad: [u64; 2], out: &TensorType) -> KResult<Tensor> {
+/// A convolution's attributes.
+#[derive(Clone, Copy, Debug)]
+pub struct Conv {
+    pub stride: [u64; 2],
+    pub padding: [u64; 2],
+    pub groups: usize,
+}
+
+/// The geometry of one group of a convolution with input `x`, weight `w`
+/// (`[O, C/groups, kh, kw]`) and output `y`, and `(O/groups, C/groups·kh·kw, OH·OW)`.
+fn group_geom(x: &[usize], w: &[usize], y: &[usize], cv: Conv) -> (Geom, usize, usize, usize) {
+    let g = Geom::new(&[x[0], w[1], x[2], x[3]], [w[2], w[3]], y, cv.stride, cv.padding);
+    let (og, kk, p) = (w[0] / cv.groups, g.c * g.kh * g.kw, g.oh * g.ow);
+    (g, og, kk, p)
+}
+
+/// `conv2d(x [N,C,H,W], w [O,C/groups,kh,kw])` with stride, zero padding
+/// and groups: per image and group `g`, `W_g · im2col(x_g)`.
+pub fn conv2d(x: &Tensor, w: &Tensor, cv: Conv, out: &TensorType) -> KResult<Tensor> {
     let (xd, wd, yd) = (dims(x.shape()), dims(w.shape()), dims(&out.shape));
-    let g = Geom::new(&xd, [wd[2], wd[3]], &yd, stride, pad);
-    let (o, kk, p) = (wd[0], g.c * g.kh * g.kw, g.oh * g.ow);
+    let (g, og, kk, p) = group_geom(&xd, &wd, &yd, cv);
+    let (o, groups) = (wd[0], cv.groups);
     let (xv, wv) = (x.to_f32_vec(), w.to_f32_vec());
     let mut y = vec![0f32; g.n * o * p];
+    // One group's slice of an image: its C/groups channels are consecutive.
     let img = g.c * g.h * g.w;
     for n in 0..g.n {
-        let cols = g.im2col(&xv[n * img..(n + 1) * img]);
-        gemm(o, p, kk, &wv, &cols, &mut y[n * o * p..(n + 1) * o * p]);
+        for gi in 0..groups {
+            let xo = (n * groups + gi) * img;
+            let cols = g.im2col(&xv[xo..xo + img]);
+            let yo = (n * o + gi * og) * p;
+            gemm(og, p, kk, &wv[gi * og * kk..(gi + 1) * og * kk], &cols, &mut y[yo..yo + og * p]);
+        }
     }
     from_f32(out, &y)
 }
 
-/// `conv2d_grad_input(dy, w)`: `Wᵀ·dy` per image, scattered back (col2im).
-pub fn conv2d_grad_input(
-    dy: &Tensor,
-    w: &Tensor,
-    stride: [u64; 2],
-    pad: [u64; 2],
-    out: &TensorType,
-) -> KResult<Tensor> {
+/// `conv2d_grad_input(dy, w)`: `W_gᵀ·dy_g` per image and group, scattered back (col2im).
+pub fn conv2d_grad_input(dy: &Tensor, w: &Tensor, cv: Conv, out: &TensorType) -> KResult<Tensor> {
     let (xd, wd, yd) = (dims(&out.shape), dims(w.shape()), dims(dy.shape()));
-    let g = Geom::new(&xd, [wd[2], wd[3]], &yd, stride, pad);
-    let (o, kk, p) = (wd[0], g.c * g.kh * g.kw, g.oh * g.ow);
-    let wt = transposed(&w.to_f32_vec(), o, kk);
+    let (g, og, kk, p) = group_geom(&xd, &wd, &yd, cv);
+    let (o, groups) = (wd[0], cv.groups);
+    let wv = w.to_f32_vec();
+    let wt: Vec<Vec<f32>> = (0..groups).map(|gi| transposed(&wv[gi * og * kk..(gi + 1) * og * kk], og, kk)).collect();
     let d = dy.to_f32_vec();
     let img = g.c * g.h * g.w;
-    let mut dx = vec![0f32; g.n * img];
+    let mut dx = vec![0f32; g.n * groups * img];
     for n in 0..g.n {
-        let mut dcols = vec![0f32; kk * p];
-        gemm(kk, p, o, &wt, &d[n * o * p..(n + 1) * o * p], &mut dcols);
-        let dst = &mut dx[n * img..(n + 1) * img];
-        g.taps(|row, col, src| dst[src] += dcols[row * p + col]);
+        for (gi, wt) in wt.iter().enumerate() {
+            let mut dcols = vec![0f32; kk * p];
+            let yo = (n * o + gi * og) * p;
+            gemm(kk, p, og, wt, &d[yo..yo + og * p], &mut dcols);
+            let xo = (n * groups + gi) * img;
+            let dst = &mut dx[xo..xo + img];
+            g.taps(|row, col, src| dst[src] += dcols[row * p + col]);
+        }
     }
     from_f32(out, &dx)
 }
 
-/// `conv2d_grad_weight(dy, x)`: `Σₙ dyₙ · im2col(xₙ)ᵀ`.
-pub fn conv2d_grad_weight(
-    dy: &Tensor,
-    x: &Tensor,
-    stride: [u64; 2],
-    pad: [u64; 2],
-    out: &TensorType,
-) -> KResult<Tensor> {
+/// `conv2d_grad_weight(dy, x)`: `Σₙ dyₙ,g · im2col(xₙ,g)ᵀ` per group.
+pub fn conv2d_grad_weight(dy: &Tensor, x: &Tensor, cv: Conv, out: &TensorType) -> KResult<Tensor> {
     let (xd, wd, yd) = (dims(x.shape()), dims(&out.shape), dims(dy.shape()));
-    let g = Geom::new(&xd, [wd[2], wd[3]], &yd, stride, pad);
-    let (o, kk, p) = (wd[0], g.c * g.kh * g.kw, g.oh * g.ow);
+    let (g, og, kk, p) = group_geom(&xd, &wd, &yd, cv);
+    let (o, groups) = (wd[0], cv.groups);
     let (xv, d) = (x.to_f32_vec(), dy.to_f32_vec());
     let img = g.c * g.h * g.w;
     let mut dw = vec![0f32; o * kk];
     for n in 0..g.n {
-        let cols_t = transposed(&g.im2col(&xv[n * img..(n + 1) * img]), kk, p);
-        gemm(o, kk, p, &d[n * o * p..(n + 1) * o * p], &cols_t, &mut dw);
+        for gi in 0..groups {
+            let xo = (n * groups + gi) * img;
+            let cols_t = transposed(&g.im2col(&xv[xo..xo + img]), kk, p);
+            let yo = (n * o + gi * og) * p;
+            gemm(og, kk, p, &d[yo..yo + og * p], &cols_t, &mut dw[gi * og * kk..(gi + 1) * og * kk]);
+        }
     }
     from_f32(out, &dw)
 }
@@ -275,26 +294,35 @@ pub fn max_pool_grad(dy: &Tensor, x: &Tensor, win: &Window, out: &TensorType) ->
     from_f32(out, &dx)
 }
 
-/// `avg_pool2d`: the sum of the in-bounds values over `kh·kw` (padding counts
-/// as zeros, PyTorch's default `count_include_pad=True`).
-pub fn avg_pool(x: &Tensor, win: &Window, out: &TensorType) -> KResult<Tensor> {
+/// The divisor of an average-pooling window with `taps` in-bounds taps:
+/// `kh·kw` with `count_include_pad` (padding counts as zeros), else the
+/// in-bounds count (never 0: a window always overlaps the input).
+fn pool_divisor(win: &Window, count_include_pad: bool, taps: usize) -> f32 {
+    if count_include_pad {
+        (win.kernel[0] * win.kernel[1]) as f32
+    } else {
+        taps as f32
+    }
+}
+
+/// `avg_pool2d`: the sum of the in-bounds values over [`pool_divisor`].
+pub fn avg_pool(x: &Tensor, win: &Window, count_include_pad: bool, out: &TensorType) -> KResult<Tensor> {
     let xv = x.to_f32_vec();
-    let area = (win.kernel[0] * win.kernel[1]) as f32;
     let mut y = vec![0f32; out.shape.numel().unwrap_or(0) as usize];
     pool_windows(&dims(x.shape()), win, &dims(&out.shape), |_, o, taps| {
-        y[o] = taps.iter().map(|&t| xv[t]).sum::<f32>() / area;
+        y[o] = taps.iter().map(|&t| xv[t]).sum::<f32>() / pool_divisor(win, count_include_pad, taps.len());
     });
     from_f32(out, &y)
 }
 
-/// `avg_pool2d_grad(dy)`: every in-bounds tap of a window gets `dy / (kh·kw)`.
-pub fn avg_pool_grad(dy: &Tensor, win: &Window, out: &TensorType) -> KResult<Tensor> {
+/// `avg_pool2d_grad(dy)`: every in-bounds tap of a window gets `dy / divisor`.
+pub fn avg_pool_grad(dy: &Tensor, win: &Window, count_include_pad: bool, out: &TensorType) -> KResult<Tensor> {
     let d = dy.to_f32_vec();
-    let area = (win.kernel[0] * win.kernel[1]) as f32;
     let mut dx = vec![0f32; out.shape.numel().unwrap_or(0) as usize];
     pool_windows(&dims(&out.shape), win, &dims(dy.shape()), |_, o, taps| {
+        let div = pool_divisor(win, count_include_pad, taps.len());
         for &t in taps {
-            dx[t] += d[o] / area;
+            dx[t] += d[o] / div;
         }
     });
     from_f32(out, &dx)
@@ -316,16 +344,67 @@ mod tests {
     fn conv_identity_kernel() {
         let x = Tensor::from_f32(DType::F32, vec![1, 1, 2, 2], &[1., 2., 3., 4.]).unwrap();
         let w = Tensor::from_f32(DType::F32, vec![1, 1, 1, 1], &[2.]).unwrap();
-        let y = conv2d(&x, &w, [1, 1], [0, 0], &TensorType::new(DType::F32, vec![1, 1, 2, 2])).unwrap();
+        let cv = Conv { stride: [1, 1], padding: [0, 0], groups: 1 };
+        let y = conv2d(&x, &w, cv, &TensorType::new(DType::F32, vec![1, 1, 2, 2])).unwrap();
         assert_eq!(y.to_f32_vec(), vec![2., 4., 6., 8.]);
+    }
+
+    #[test]
+    fn grouped_conv_keeps_the_groups_apart() {
+        // Two channels, two groups, a 1x1 kernel per group: each output
+        // channel scales only its own input channel.
+        let x = Tensor::from_f32(DType::F32, vec![1, 2, 1, 2], &[1., 2., 3., 4.]).unwrap();
+        let w = Tensor::from_f32(DType::F32, vec![2, 1, 1, 1], &[10., 100.]).unwrap();
+        let cv = Conv { stride: [1, 1], padding: [0, 0], groups: 2 };
+        let y = conv2d(&x, &w, cv, &x.ty()).unwrap();
+        assert_eq!(y.to_f32_vec(), vec![10., 20., 300., 400.]);
+        let dx = conv2d_grad_input(&x, &w, cv, &x.ty()).unwrap();
+        assert_eq!(dx.to_f32_vec(), vec![10., 20., 300., 400.]);
+        let dw = conv2d_grad_weight(&x, &x, cv, &w.ty()).unwrap();
+        assert_eq!(dw.to_f32_vec(), vec![1. + 4., 9. + 16.]);
     }
 
     #[test]
     fn max_pool_routes_to_the_first_maximum() {
         let x = Tensor::from_f32(DType::F32, vec![1, 1, 2, 2], &[5., 5., 1., 2.]).unwrap();
-        let w = Window { kernel: [2, 2], stride: [2, 2], padding: [0, 0] };
+        let w = Window::new([2, 2], [2, 2], [0, 0]);
         let dy = Tensor::from_f32(DType::F32, vec![1, 1, 1, 1], &[3.]).unwrap();
         let dx = max_pool_grad(&dy, &x, &w, &x.ty()).unwrap();
         assert_eq!(dx.to_f32_vec(), vec![3., 0., 0., 0.]);
+    }
+
+    fn three_by_three() -> Tensor {
+        Tensor::from_f32(DType::F32, vec![1, 1, 3, 3], &[1., 2., 3., 4., 5., 6., 7., 8., 9.]).unwrap()
+    }
+
+    #[test]
+    fn avg_pool_count_include_pad_false_divides_by_the_taps_in_bounds() {
+        // [[1 2 3] [4 5 6] [7 8 9]], 2x2 windows, stride 2, one row/column of
+        // padding on every side: the corner window holds only x[0][0].
+        let x = three_by_three();
+        let w = Window::new([2, 2], [2, 2], [1, 1]);
+        let out = TensorType::new(DType::F32, vec![1, 1, 2, 2]);
+        let y = avg_pool(&x, &w, false, &out).unwrap();
+        assert_eq!(y.to_f32_vec(), vec![1.0, (2. + 3.) / 2., (4. + 7.) / 2., (5. + 6. + 8. + 9.) / 4.]);
+        let y = avg_pool(&x, &w, true, &out).unwrap();
+        assert_eq!(y.to_f32_vec(), vec![0.25, (2. + 3.) / 4., (4. + 7.) / 4., (5. + 6. + 8. + 9.) / 4.]);
+        // The gradient spreads each dy over the same divisor.
+        let dy = Tensor::from_f32(DType::F32, vec![1, 1, 2, 2], &[1., 1., 1., 1.]).unwrap();
+        let dx = avg_pool_grad(&dy, &w, false, &x.ty()).unwrap();
+        assert_eq!(dx.to_f32_vec(), vec![1., 0.5, 0.5, 0.5, 0.25, 0.25, 0.5, 0.25, 0.25]);
+    }
+
+    #[test]
+    fn asymmetric_padding_pads_only_the_end() {
+        // No padding before, one row and column after: (3 + 0 + 1 - 2) / 2 + 1 = 2.
+        let x = three_by_three();
+        let w = Window { padding_end: [1, 1], ..Window::new([2, 2], [2, 2], [0, 0]) };
+        assert_eq!(w.output_hw(3, 3), Some([2, 2]));
+        let out = TensorType::new(DType::F32, vec![1, 1, 2, 2]);
+        assert_eq!(max_pool(&x, &w, &out).unwrap().to_f32_vec(), vec![5., 6., 8., 9.]);
+        let avg = avg_pool(&x, &w, false, &out).unwrap().to_f32_vec();
+        assert_eq!(avg, vec![(1. + 2. + 4. + 5.) / 4., (3. + 6.) / 2., (7. + 8.) / 2., 9.]);
+        let avg = avg_pool(&x, &w, true, &out).unwrap().to_f32_vec();
+        assert_eq!(avg, vec![(1. + 2. + 4. + 5.) / 4., (3. + 6.) / 4., (7. + 8.) / 4., 9. / 4.]);
     }
 }

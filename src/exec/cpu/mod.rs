@@ -97,23 +97,31 @@ fn kernel(op: &Op, ctx: &OpCtx<'_>, x: &[&Tensor], out: &[TensorType]) -> KResul
         Cast { to } => one(wrap(Tensor::new(x[0].shape().clone(), x[0].data().cast(*to)))),
         Identity => Ok(vec![x[0].clone()]),
         Add | Sub | Mul | Div => one(elementwise::binary(op, x[0], x[1], o)),
-        Scale { .. } | Relu | Gelu | Tanh | Sigmoid | Exp | Log => one(elementwise::unary(op, x[0], o)),
-        ReluGrad | GeluGrad | TanhGrad | SigmoidGrad => one(elementwise::unary_grad(op, x[0], x[1], o)),
+        Scale { .. } | Relu | Gelu | Tanh | Sigmoid | Exp | Log | Erf => one(elementwise::unary(op, x[0], o)),
+        ReluGrad | GeluGrad | ErfGrad | TanhGrad | SigmoidGrad => one(elementwise::unary_grad(op, x[0], x[1], o)),
         Dropout { p, seed } => elementwise::dropout(*p, *seed, ctx, x[0], out),
         DropoutGrad { p } => one(elementwise::dropout_grad(*p, x[0], x[1], o)),
         Select => one(elementwise::select(x[0], x[1], x[2])),
         Matmul { transpose_a, transpose_b } => one(linalg::matmul(x[0], x[1], *transpose_a, *transpose_b, o)),
-        Conv2d { stride, padding } => one(linalg::conv2d(x[0], x[1], *stride, *padding, o)),
-        Conv2dGradInput { stride, padding, .. } => one(linalg::conv2d_grad_input(x[0], x[1], *stride, *padding, o)),
-        Conv2dGradWeight { stride, padding, .. } => one(linalg::conv2d_grad_weight(x[0], x[1], *stride, *padding, o)),
+        Conv2d { stride, padding, groups } => one(linalg::conv2d(x[0], x[1], conv(*stride, *padding, *groups), o)),
+        Conv2dGradInput { stride, padding, groups, .. } => {
+            one(linalg::conv2d_grad_input(x[0], x[1], conv(*stride, *padding, *groups), o))
+        }
+        Conv2dGradWeight { stride, padding, groups, .. } => {
+            one(linalg::conv2d_grad_weight(x[0], x[1], conv(*stride, *padding, *groups), o))
+        }
         MaxPool2d(w) => one(linalg::max_pool(x[0], w, o)),
         MaxPool2dGrad(w) => one(linalg::max_pool_grad(x[0], x[1], w, o)),
-        AvgPool2d(w) => one(linalg::avg_pool(x[0], w, o)),
-        AvgPool2dGrad { window, .. } => one(linalg::avg_pool_grad(x[0], window, o)),
+        AvgPool2d { window, count_include_pad } => one(linalg::avg_pool(x[0], window, *count_include_pad, o)),
+        AvgPool2dGrad { window, count_include_pad, .. } => {
+            one(linalg::avg_pool_grad(x[0], window, *count_include_pad, o))
+        }
         Embedding => one(layout::embedding(x[0], x[1], o)),
         EmbeddingGrad { .. } => one(layout::embedding_grad(x[0], x[1], o)),
         Flatten { .. } | Reshape { .. } => one(wrap(x[0].clone().reshaped(o.shape.clone()))),
         Transpose { perm } => one(layout::transpose(x[0], perm)),
+        Concat { axis } => one(layout::concat(x, *axis, o)),
+        Split { axis, .. } => layout::split(x[0], *axis, out),
         ReduceSum { axes, .. } | ReduceMean { axes, .. } => {
             one(layout::reduce(x[0], axes, matches!(op, ReduceMean { .. }), o))
         }
@@ -127,6 +135,12 @@ fn kernel(op: &Op, ctx: &OpCtx<'_>, x: &[&Tensor], out: &[TensorType]) -> KResul
         LayerNormGrad => nn::layer_norm_grad(x[0], x[1], x[2], x[3], x[4], out),
         BatchNorm { eps, .. } => nn::batch_norm(x[0], x[1], x[2], *eps, out),
         BatchNormGrad { eps } => nn::batch_norm_grad(x[0], x[1], x[2], x[3], x[4], *eps, out),
+        FrozenBatchNorm { eps } => one(nn::frozen_batch_norm(x, *eps, o)),
+        FrozenBatchNormGrad { eps } => nn::frozen_batch_norm_grad(x, *eps, out),
+        Lrn { size, alpha, beta, bias } => one(nn::lrn(x[0], &nn::LrnHyper::new(*size, *alpha, *beta, *bias), o)),
+        LrnGrad { size, alpha, beta, bias } => {
+            one(nn::lrn_grad(x[0], x[1], &nn::LrnHyper::new(*size, *alpha, *beta, *bias), o))
+        }
         CrossEntropy => one(nn::cross_entropy(x[0], x[1], o)),
         CrossEntropyGrad => one(nn::cross_entropy_grad(x[0], x[1], x[2], o)),
         Mse => one(nn::mse(x[0], x[1], o)),
@@ -154,6 +168,10 @@ fn kernel(op: &Op, ctx: &OpCtx<'_>, x: &[&Tensor], out: &[TensorType]) -> KResul
             optim::adam(x[0], x[1], x[2], x[3], x[4], &h, out)
         }
     }
+}
+
+fn conv(stride: [u64; 2], padding: [u64; 2], groups: u64) -> linalg::Conv {
+    linalg::Conv { stride, padding, groups: groups as usize }
 }
 
 /// An [`ExecError`] from tensor construction as a kernel message.
