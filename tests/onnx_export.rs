@@ -366,3 +366,38 @@ fn a_constant_output_and_an_output_read_by_another() {
         assert!(outs[0].starts_with('c') && outs[1].starts_with('h') && outs[2].starts_with('a'), "{outs:?}");
     }
 }
+
+#[test]
+fn the_onnx_cnn_ops_export() {
+    // concat, split, lrn, frozen_batch_norm, erf, grouped conv, asymmetric
+    // pooling and count_include_pad (tests/onnx/cnn_ops.json, also run by check_ort.py).
+    let text = std::fs::read_to_string("tests/onnx/cnn_ops.json").unwrap();
+    for (p, mode) in [
+        (Prec::Fp32, Bf16Mode::Native),
+        (Prec::Fp16, Bf16Mode::Native),
+        (Prec::Bf16, Bf16Mode::Native),
+        (Prec::Bf16, Bf16Mode::Emulated),
+    ] {
+        let m = export_decoded(&lowered(&text, p), mode);
+        check_structure(&m);
+        let c = ops(&m);
+        for op in ["Conv", "BatchNormalization", "Erf", "LRN", "MaxPool", "Split", "Concat", "Flatten"] {
+            assert_eq!(c[op], 1, "{op} {p:?} {mode:?}");
+        }
+        assert_eq!(c["AveragePool"], 2);
+        let g = m.graph.as_ref().unwrap();
+        let node = |op: &str| g.node.iter().find(|n| n.op_type.as_deref() == Some(op)).unwrap();
+        let attr = |n: &mpc::onnx::proto::NodeProto, a: &str| {
+            n.attribute.iter().find(|x| x.name.as_deref() == Some(a)).cloned()
+        };
+        assert_eq!(attr(node("Conv"), "group").unwrap().i, Some(2));
+        assert_eq!(attr(node("MaxPool"), "pads").unwrap().ints, vec![0, 0, 1, 1]);
+        let avg: Vec<_> = g.node.iter().filter(|n| n.op_type.as_deref() == Some("AveragePool")).collect();
+        assert_eq!(attr(avg[0], "pads").unwrap().ints, vec![1, 1, 0, 0]);
+        assert_eq!(attr(avg[0], "count_include_pad").unwrap().i, Some(0));
+        assert_eq!(attr(avg[1], "count_include_pad").unwrap().i, Some(1));
+        let split = node("Split");
+        assert_eq!(split.output, vec!["s_a", "s_b"]);
+        assert_eq!(g.output.len(), 2);
+    }
+}

@@ -192,7 +192,12 @@ pub fn supported(op: &Op) -> bool {
             | Conv2d { .. }
             | BatchNorm { .. }
             | MaxPool2d(_)
-            | AvgPool2d(_)
+            | AvgPool2d { .. }
+            | Erf
+            | FrozenBatchNorm { .. }
+            | Lrn { .. }
+            | Concat { .. }
+            | Split { .. }
             | Flatten { .. }
             | Reshape { .. }
             | Transpose { .. }
@@ -722,7 +727,7 @@ impl<'a> Exporter<'a> {
                 let x = self.get_as(ins[0], ct, None)?;
                 self.simple(v0, "LogSoftmax", vec![x], ct, false, vec![attr_i("axis", *axis)])?;
             }
-            Op::Conv2d { stride, padding } => {
+            Op::Conv2d { stride, padding, groups } => {
                 let ct = self.compute(d, false);
                 let x = self.get_as(ins[0], ct, None)?;
                 let w = self.get_as(ins[1], ct, None)?;
@@ -731,19 +736,67 @@ impl<'a> Exporter<'a> {
                     attr_ints("kernel_shape", vec![wd[2] as i64, wd[3] as i64]),
                     attr_ints("strides", stride.iter().map(|&s| s as i64).collect()),
                     attr_ints("pads", pads(padding, padding)),
-                    attr_i("group", 1),
+                    attr_i("group", *groups as i64),
                 ];
                 self.simple(v0, "Conv", vec![x, w], ct, false, attrs)?;
             }
-            Op::MaxPool2d(w) | Op::AvgPool2d(w) => {
+            Op::MaxPool2d(w) => {
                 let ct = self.compute(d, false);
                 let x = self.get_as(ins[0], ct, None)?;
-                let max = matches!(node.op, Op::MaxPool2d(_));
-                let mut attrs = window_attrs(w);
-                if !max {
-                    attrs.push(attr_i("count_include_pad", 1));
+                self.simple(v0, "MaxPool", vec![x], ct, true, window_attrs(w))?;
+            }
+            Op::AvgPool2d { window, count_include_pad } => {
+                let ct = self.compute(d, false);
+                let x = self.get_as(ins[0], ct, None)?;
+                let mut attrs = window_attrs(window);
+                attrs.push(attr_i("count_include_pad", i64::from(*count_include_pad)));
+                self.simple(v0, "AveragePool", vec![x], ct, false, attrs)?;
+            }
+            Op::Erf => {
+                let ct = self.compute(d, true);
+                let x = self.get_as(ins[0], ct, None)?;
+                self.simple(v0, "Erf", vec![x], ct, false, vec![])?;
+            }
+            Op::Lrn { size, alpha, beta, bias } => {
+                let ct = self.compute(d, true);
+                let x = self.get_as(ins[0], ct, None)?;
+                let attrs = vec![
+                    attr_i("size", *size as i64),
+                    attr_f("alpha", *alpha as f32),
+                    attr_f("beta", *beta as f32),
+                    attr_f("bias", *bias as f32),
+                ];
+                self.simple(v0, "LRN", vec![x], ct, false, attrs)?;
+            }
+            Op::FrozenBatchNorm { eps } => {
+                // One type for x and the statistics, or FLOAT (exact, as mpc
+                // computes in f32) when they differ.
+                let ct = if in_ty(1).dtype == d { self.compute(d, true) } else { data_type::FLOAT };
+                let mut args = Vec::new();
+                for &v in ins.iter() {
+                    args.push(self.get_as(v, ct, None)?);
                 }
-                self.simple(v0, if max { "MaxPool" } else { "AveragePool" }, vec![x], ct, max, attrs)?;
+                let attrs = vec![attr_f("epsilon", *eps as f32)];
+                self.simple(v0, "BatchNormalization", args, ct, false, attrs)?;
+            }
+            Op::Concat { axis } => {
+                let mut args = Vec::new();
+                for &v in ins.iter() {
+                    args.push(self.get(v)?);
+                }
+                self.simple(v0, "Concat", args, self.store(d), true, vec![attr_i("axis", *axis)])?;
+            }
+            Op::Split { axis, sizes } => {
+                let x = self.get(ins[0])?;
+                let split = self.ints("split", &sizes.iter().map(|&s| s as i64).collect::<Vec<_>>());
+                let e = self.store(d);
+                let outs: Vec<(String, i32, Vec<u64>)> =
+                    g.values(n).map(|v| (self.name_of(v), e, dims_of(self.ty(v)))).collect();
+                self.push("Split", vec![x, split], outs, vec![attr_i("axis", *axis)]);
+                for v in g.values(n) {
+                    let name = self.name_of(v);
+                    self.repr.insert(v, Repr::Act(name));
+                }
             }
             Op::BatchNorm { eps, .. } => self.batch_norm(n, &ins, *eps)?,
             Op::Flatten { axis } => {
@@ -978,6 +1031,6 @@ fn window_attrs(w: &Window) -> Vec<AttributeProto> {
     vec![
         attr_ints("kernel_shape", w.kernel.iter().map(|&k| k as i64).collect()),
         attr_ints("strides", w.stride.iter().map(|&s| s as i64).collect()),
-        attr_ints("pads", pads(&w.padding, &w.padding)),
+        attr_ints("pads", pads(&w.padding, &w.padding_end)),
     ]
 }
