@@ -1,4 +1,9 @@
 //! ONNX interchange: `mpc import` reads an ONNX model into mpc's IR, and
 //! `--emit onnx` writes the forward part of a lowered graph back out.
 
+mod convert;
+pub mod import;
 pub mod proto;
+pub mod tensor;
+
+pub use import::{import, ImportError, ImportOptions, Imported, Loss};
