@@ -277,6 +277,21 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
+    /// An optimizer of `kind` with every other hyper-parameter at its default.
+    pub fn new(kind: OptimizerKind, lr: f64) -> Optimizer {
+        Optimizer {
+            kind,
+            lr,
+            momentum: None,
+            beta1: None,
+            beta2: None,
+            eps: None,
+            weight_decay: None,
+            clip_grad_norm: None,
+            accumulate: None,
+        }
+    }
+
     pub fn momentum(&self) -> f64 {
         self.momentum.unwrap_or(0.0)
     }

@@ -9,6 +9,7 @@ use mpc::io::{load, problems_report, write_atomic};
 use mpc::passes;
 
 mod compare;
+mod import_cmd;
 
 #[derive(Parser)]
 #[command(name = "mpc", version, about = "A mixed-precision training compiler", long_about = None)]
@@ -125,6 +126,8 @@ enum Command {
     Train(TrainArgs),
     /// Train one graph in FP32, FP16 (no, static and dynamic loss scaling) and BF16; tabulate and plot.
     Compare(compare::CompareArgs),
+    /// Import an ONNX model as a training graph (weights beside it as safetensors).
+    Import(import_cmd::ImportArgs),
     /// Print the JSON Schema of the graph format.
     Schema,
 }
@@ -304,6 +307,7 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
         }
         Command::Train(args) => train(args),
         Command::Compare(args) => compare::compare(args),
+        Command::Import(args) => import_cmd::import(args),
         Command::Schema => {
             print!("{}", mpc::format::json_schema());
             Ok(())

@@ -1,5 +1,10 @@
 //! ONNX interchange: `mpc import` reads an ONNX model into mpc's IR, and
 //! `--emit onnx` writes the forward part of a lowered graph back out.
 
+mod convert;
 pub mod export;
+pub mod import;
 pub mod proto;
+pub mod tensor;
+
+pub use import::{import, ImportError, ImportOptions, Imported, Loss};

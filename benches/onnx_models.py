@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""mpc against onnxconverter-common on real models, side by side in one run.
+
+For each light model of the onnx wheel (the files in tests/data/onnx), a
+randomized copy is made (every float ConstantOfShape weight replaced by a
+seeded He-normal initializer, initializers dropped from graph.input, the
+logits before the final Softmax added as a second output). Then:
+
+- mpc: `mpc import` + `mpc lower --precision fp16 --emit onnx`, timed
+  in-process (the `in X ms` that both commands print, so process start-up
+  and file writing are not counted) and as wall time of the commands.
+- onnxconverter-common 1.16: `convert_float_to_float16(keep_io_types=True)`,
+  timed around the call (model already in memory).
+
+Columns: Cast nodes in the FP16 model, compute nodes left in FP32 (nodes
+whose float outputs are FLOAT after shape inference, casts and shape ops not
+counted), max relative error of the output and of the logits in
+onnxruntime against the FP32 original on the same seeded input, and time
+per ONNX node.
+
+Usage: python3 benches/onnx_models.py [--mpc target/release/mpc] [--repeat 5]
+"""
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper, shape_inference
+from onnxconverter_common import float16
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+MODELS = ["resnet50", "squeezenet", "vgg19", "bvlc_alexnet", "zfnet512", "inception_v1"]
+
+
+def randomized(path, seed=0):
+    """The model with seeded random weights and its logits as a second output."""
+    m = onnx.load(path)
+    g = m.graph
+    rng = np.random.default_rng(seed)
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    keep = []
+    for n in g.node:
+        if n.op_type == "ConstantOfShape" and n.input[0] in inits:
+            value = numpy_helper.to_array(n.attribute[0].t) if n.attribute else np.zeros(1, np.float32)
+            if value.dtype == np.float32:
+                shape = tuple(int(d) for d in inits[n.input[0]])
+                fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else shape[0]
+                w = rng.standard_normal(shape).astype(np.float32) * np.float32(np.sqrt(2.0 / max(fan_in, 1)))
+                g.initializer.append(numpy_helper.from_array(w, n.output[0]))
+                continue
+        keep.append(n)
+    del g.node[:]
+    g.node.extend(keep)
+    names = {i.name for i in g.initializer}
+    inputs = [i for i in g.input if i.name not in names]
+    del g.input[:]
+    g.input.extend(inputs)
+    # The logits: the input of the Softmax that produces the output.
+    out = g.output[0].name
+    for n in g.node:
+        if n.op_type == "Softmax" and n.output[0] == out:
+            g.output.append(onnx.helper.make_empty_tensor_value_info(n.input[0]))
+    return m
+
+
+def fp32_nodes(m):
+    """Compute nodes whose float outputs are FLOAT after shape inference."""
+    inferred = shape_inference.infer_shapes(m)
+    types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    skip = {"Cast", "Shape", "Constant", "ConstantOfShape", "Reshape", "Flatten", "Identity", "Dropout"}
+    count = 0
+    for n in inferred.graph.node:
+        if n.op_type in skip:
+            continue
+        if any(types.get(o) == onnx.TensorProto.FLOAT for o in n.output):
+            count += 1
+    return count
+
+
+def run(model_bytes, x):
+    s = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    name = s.get_inputs()[0].name
+    return s.run(None, {name: x})
+
+
+def rel(a, b):
+    return float(np.abs(a.astype(np.float64) - b).max() / np.abs(b).max())
+
+
+def ms(stderr):
+    m = re.findall(r"in ([0-9.]+) ms", stderr)
+    return float(m[-1]) if m else float("nan")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mpc", default=os.path.join(ROOT, "target", "release", "mpc"))
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--models", nargs="*", default=MODELS)
+    args = ap.parse_args()
+    ort.set_default_logger_severity(3)
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for name in args.models:
+            m = randomized(os.path.join(ROOT, "tests", "data", "onnx", f"light_{name}.onnx"))
+            src = os.path.join(d, f"{name}.onnx")
+            onnx.save(m, src)
+            nodes = len(m.graph.node)
+            x = np.random.default_rng(1).random(
+                [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim], dtype=np.float32
+            )
+            ref = run(m.SerializeToString(), x)
+
+            # mpc, best of N (in-process times printed by the commands).
+            js, out = os.path.join(d, f"{name}.json"), os.path.join(d, f"{name}_fp16.onnx")
+            best_mpc, best_wall = float("inf"), float("inf")
+            for _ in range(args.repeat):
+                t0 = time.perf_counter()
+                a = subprocess.run([args.mpc, "import", src, "-o", js, "--loss", "cross_entropy"], capture_output=True, text=True)
+                b = subprocess.run(
+                    [args.mpc, "lower", js, "--precision", "fp16", "--emit", "onnx", "-o", out], capture_output=True, text=True
+                )
+                wall = time.perf_counter() - t0
+                if a.returncode or b.returncode:
+                    sys.exit(f"{name}: mpc failed:\n{a.stderr}\n{b.stderr}")
+                best_mpc = min(best_mpc, ms(a.stderr) + ms(b.stderr))
+                best_wall = min(best_wall, wall * 1e3)
+            m16 = onnx.load(out)
+            y16 = run(m16.SerializeToString(), x)
+
+            # onnxconverter-common, best of N.
+            best_conv = float("inf")
+            for _ in range(args.repeat):
+                copy = onnx.ModelProto()
+                copy.CopyFrom(m)
+                t0 = time.perf_counter()
+                c16 = float16.convert_float_to_float16(copy, keep_io_types=True)
+                best_conv = min(best_conv, (time.perf_counter() - t0) * 1e3)
+            yc = run(c16.SerializeToString(), x)
+
+            casts = lambda mm: sum(n.op_type == "Cast" for n in mm.graph.node)
+            rows.append(
+                (
+                    name,
+                    nodes,
+                    casts(m16),
+                    casts(c16),
+                    fp32_nodes(m16),
+                    fp32_nodes(c16),
+                    rel(y16[0], ref[0]),
+                    rel(yc[0], ref[0]),
+                    rel(y16[1], ref[1]) if len(y16) > 1 else float("nan"),
+                    rel(yc[1], ref[1]),
+                    best_mpc / nodes * 1e3,
+                    best_wall / nodes * 1e3,
+                    best_conv / nodes * 1e3,
+                )
+            )
+    print(
+        "| model | ONNX nodes | casts mpc | casts occ | FP32 nodes mpc | FP32 nodes occ "
+        "| out err mpc | out err occ | logit err mpc | logit err occ "
+        "| mpc µs/node | mpc µs/node (wall) | occ µs/node | occ / mpc |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {r[6]:.2e} | {r[7]:.2e} | {r[8]:.2e} | {r[9]:.2e} "
+            f"| {r[10]:.1f} | {r[11]:.1f} | {r[12]:.1f} | {r[12] / r[10]:.0f}× |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,453 @@
+//! `mpc import`: an ONNX inference model becomes an mpc training graph.
+//!
+//! Float initializers become params (their values go to a safetensors file
+//! beside the graph, `init: file`), BatchNormalization statistics and
+//! constants become state, shape arithmetic (Shape, Gather, Concat,
+//! Unsqueeze, ... on constants) is folded at import, and a loss is added on
+//! the model's first output. Every op is mapped onto mpc's vocabulary (see
+//! [`super::convert`]); an op mpc has no mapping for is reported together
+//! with every other such node before anything is converted.
+
+use std::rc::Rc;
+
+use prost::Message;
+use rustc_hash::FxHashMap;
+
+use super::proto::{data_type as dt, DimensionValue, ModelProto, NodeProto, TypeValue};
+use super::tensor::{decode, Const, ConstData};
+use crate::exec::{Data, State, Tensor};
+use crate::format::Optimizer;
+use crate::graph::{Graph, ValueId};
+use crate::op::{Init, Op, Role};
+use crate::types::{DType, TensorType};
+
+/// The loss added on the model's first output.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Loss {
+    /// Cross-entropy against integer labels (a `labels` input `[N]` is added).
+    /// A final Softmax is skipped: the loss reads the logits before it.
+    CrossEntropy,
+    /// Mean squared error against a `target` input shaped like the output.
+    Mse,
+}
+
+/// How to import.
+#[derive(Clone, Debug)]
+pub struct ImportOptions {
+    pub loss: Loss,
+    pub optimizer: Optimizer,
+    /// The `weights` file name written into the graph (relative to it).
+    pub weights_file: String,
+    /// Sizes for inputs with symbolic dimensions (or to override them).
+    pub input_shapes: Vec<(String, Vec<u64>)>,
+    /// Seed of the first Dropout's mask; later ones count up from it.
+    pub dropout_seed: u64,
+}
+
+/// An imported model.
+#[derive(Debug)]
+pub struct Imported {
+    pub graph: Graph,
+    /// Values of the `init: file` params and state, by node name.
+    pub weights: State,
+    /// What the importer decided that a user should know.
+    pub notes: Vec<String>,
+    pub onnx_nodes: usize,
+}
+
+/// Why a model cannot be imported.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ImportError(pub String);
+
+/// The ONNX ops (default domain) mpc imports.
+pub const SUPPORTED: &[&str] = &[
+    "Add",
+    "AveragePool",
+    "BatchNormalization",
+    "Cast",
+    "Concat",
+    "Constant",
+    "ConstantOfShape",
+    "Conv",
+    "Div",
+    "Dropout",
+    "Erf",
+    "Exp",
+    "Flatten",
+    "Gather",
+    "Gelu",
+    "Gemm",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "Identity",
+    "LRN",
+    "LayerNormalization",
+    "Log",
+    "LogSoftmax",
+    "MatMul",
+    "MaxPool",
+    "Mul",
+    "Relu",
+    "Reshape",
+    "Shape",
+    "Sigmoid",
+    "Softmax",
+    "Squeeze",
+    "Sub",
+    "Sum",
+    "Tanh",
+    "Transpose",
+    "Unsqueeze",
+];
+
+/// The name suffix of the reshape to 2-D before an old-opset Softmax.
+pub(super) const SOFTMAX_2D: &str = ".softmax2d";
+
+/// Where a constant came from: decides param (trainable) or state.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(super) enum Source {
+    Initializer,
+    Node,
+}
+
+/// An ONNX value during import.
+#[derive(Clone, Debug)]
+pub(super) enum Val {
+    T(ValueId),
+    C(Rc<Const>, Source),
+}
+
+/// How a node reads a value: a weight port makes a constant a param, a
+/// statistics port makes it state; plain data follows the constant's source.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(super) enum Port {
+    Data,
+    Weight,
+    Stats,
+}
+
+pub(super) struct Importer {
+    pub g: Graph,
+    pub opset: i64,
+    pub vals: FxHashMap<String, Val>,
+    /// Constants already turned into param/state nodes, by ONNX name.
+    materialized: FxHashMap<String, ValueId>,
+    pub weights: State,
+    pub notes: Vec<String>,
+    pub dropout_seed: u64,
+    /// Every value some node or graph output reads.
+    pub used: rustc_hash::FxHashSet<String>,
+}
+
+/// Imports an ONNX model from its bytes.
+pub fn import(bytes: &[u8], opts: &ImportOptions) -> Result<Imported, ImportError> {
+    let err = |m: String| ImportError(m);
+    let model = ModelProto::decode(bytes).map_err(|e| err(format!("not an ONNX model (protobuf: {e})")))?;
+    let graph = model.graph.as_ref().ok_or_else(|| err("the model has no graph".into()))?;
+    let opset = model
+        .opset_import
+        .iter()
+        .find(|o| matches!(o.domain.as_deref(), None | Some("") | Some("ai.onnx")))
+        .and_then(|o| o.version)
+        .ok_or_else(|| err("the model imports no version of the default ONNX opset".into()))?;
+
+    let unsupported: Vec<String> = graph
+        .node
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| {
+            !matches!(n.domain.as_deref(), None | Some("") | Some("ai.onnx"))
+                || !SUPPORTED.contains(&n.op_type.as_deref().unwrap_or(""))
+        })
+        .map(|(i, n)| format!("  {}: {}", node_label(n, i), op_label(n)))
+        .collect();
+    if !unsupported.is_empty() {
+        return Err(err(format!(
+            "the model uses {} node(s) with ops mpc cannot import:\n{}\nmpc imports: {}",
+            unsupported.len(),
+            unsupported.join("\n"),
+            SUPPORTED.join(", ")
+        )));
+    }
+
+    let name = graph.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "onnx_model".into());
+    let mut im = Importer {
+        g: Graph::new(name),
+        opset,
+        vals: FxHashMap::default(),
+        materialized: FxHashMap::default(),
+        weights: State::new(),
+        notes: Vec::new(),
+        dropout_seed: opts.dropout_seed,
+        used: graph
+            .node
+            .iter()
+            .flat_map(|n| n.input.iter())
+            .chain(graph.output.iter().filter_map(|o| o.name.as_ref()))
+            .cloned()
+            .collect(),
+    };
+    for t in &graph.initializer {
+        let tname = t.name.clone().unwrap_or_default();
+        let c = decode(t).map_err(|m| err(format!("initializer `{tname}`: {m}")))?;
+        im.vals.insert(tname, Val::C(Rc::new(c), Source::Initializer));
+    }
+    for input in &graph.input {
+        let iname = input.name.clone().unwrap_or_default();
+        if im.vals.contains_key(&iname) {
+            continue; // an initializer also listed as an input (ONNX IR < 4)
+        }
+        let ty = input_type(input, opts).map_err(|m| err(format!("graph input `{iname}`: {m}")))?;
+        let id =
+            im.g.add_node(iname.clone(), Op::Input { ty }, Role::Forward, &[])
+                .map_err(|e| err(format!("graph input `{iname}`: {e}")))?;
+        im.vals.insert(iname, Val::T(ValueId { node: id, slot: 0 }));
+    }
+    for (i, n) in graph.node.iter().enumerate() {
+        im.node(n).map_err(|m| err(format!("{} ({}): {m}", node_label(n, i), op_label(n))))?;
+    }
+
+    let mut outputs = Vec::new();
+    for o in &graph.output {
+        let oname = o.name.clone().unwrap_or_default();
+        match im.vals.get(&oname) {
+            Some(Val::T(v)) => outputs.push(*v),
+            Some(Val::C(..)) => {
+                return Err(err(format!("graph output `{oname}` is a constant; mpc trains computed values")))
+            }
+            None => return Err(err(format!("graph output `{oname}` is not computed by any node"))),
+        }
+    }
+    let first = *outputs.first().ok_or_else(|| err("the model has no outputs".into()))?;
+    im.g.outputs = outputs;
+    im.add_loss(first, opts.loss).map_err(|m| err(format!("adding the {:?} loss: {m}", opts.loss)))?;
+    im.g.optimizer = Some(opts.optimizer.clone());
+    if !im.weights.is_empty() {
+        im.g.weights = Some(opts.weights_file.clone());
+    }
+    crate::verify(&im.g)
+        .map_err(|e| err(format!("the imported graph does not verify (a bug in mpc import): {e:?}")))?;
+    Ok(Imported { graph: im.g, weights: im.weights, notes: im.notes, onnx_nodes: graph.node.len() })
+}
+
+fn node_label(n: &NodeProto, i: usize) -> String {
+    match n.name.as_deref() {
+        Some(name) if !name.is_empty() => format!("node `{name}`"),
+        _ => format!("node #{i} (unnamed, output `{}`)", n.output.first().map(String::as_str).unwrap_or("")),
+    }
+}
+
+fn op_label(n: &NodeProto) -> String {
+    let op = n.op_type.as_deref().unwrap_or("<no op_type>");
+    match n.domain.as_deref() {
+        None | Some("") | Some("ai.onnx") => op.to_string(),
+        Some(d) => format!("{d}::{op}"),
+    }
+}
+
+fn input_type(v: &super::proto::ValueInfoProto, opts: &ImportOptions) -> Result<TensorType, String> {
+    let name = v.name.as_deref().unwrap_or("");
+    let Some(TypeValue::TensorType(t)) = v.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+        return Err("only tensor inputs are supported".into());
+    };
+    let dtype = match t.elem_type.unwrap_or(0) {
+        dt::FLOAT => DType::F32,
+        dt::INT64 => DType::I64,
+        dt::INT32 => DType::I32,
+        other => return Err(format!("element type {} is not supported (FLOAT, INT64, INT32)", dt::name(other))),
+    };
+    if let Some((_, dims)) = opts.input_shapes.iter().find(|(n, _)| n == name) {
+        return Ok(TensorType::new(dtype, dims.clone()));
+    }
+    let shape =
+        t.shape.as_ref().ok_or_else(|| format!("its shape is unknown: give it with --input-shape {name}=D0,D1,..."))?;
+    let mut dims = Vec::new();
+    for (k, d) in shape.dim.iter().enumerate() {
+        match d.value {
+            Some(DimensionValue::DimValue(x)) if x > 0 => dims.push(x as u64),
+            Some(DimensionValue::DimParam(ref p)) => {
+                return Err(format!(
+                    "dimension {k} is symbolic (`{p}`): give every size with --input-shape {name}=D0,D1,..."
+                ))
+            }
+            _ => return Err(format!("dimension {k} has no size: give every size with --input-shape {name}=D0,D1,...")),
+        }
+    }
+    Ok(TensorType::new(dtype, dims))
+}
+
+impl Importer {
+    /// The value an ONNX name stands for.
+    pub fn val(&self, name: &str) -> Result<Val, String> {
+        self.vals.get(name).cloned().ok_or_else(|| {
+            if name.is_empty() {
+                "a required input is missing".to_string()
+            } else {
+                format!("it reads `{name}`, which no graph input, initializer or earlier node defines")
+            }
+        })
+    }
+
+    /// A constant input (shapes, axes), or an error naming what was expected.
+    pub fn constant(&self, name: &str, what: &str) -> Result<Rc<Const>, String> {
+        match self.val(name)? {
+            Val::C(c, _) => Ok(c),
+            Val::T(_) => Err(format!("{what} `{name}` must be a constant (an initializer or computed from constants)")),
+        }
+    }
+
+    /// An mpc value for an ONNX value; constants become param or state nodes.
+    pub fn tensor(&mut self, name: &str, port: Port) -> Result<ValueId, String> {
+        self.tensor_shaped(name, port, None)
+    }
+
+    /// As [`Importer::tensor`]; a constant not yet materialised takes `dims`
+    /// (same element count), otherwise a reshape is added.
+    pub fn tensor_shaped(&mut self, name: &str, port: Port, dims: Option<&[u64]>) -> Result<ValueId, String> {
+        let v = match self.val(name)? {
+            Val::T(v) => v,
+            Val::C(c, source) => match self.materialized.get(name) {
+                Some(&v) => v,
+                None => {
+                    let v = self.materialize(name, &c, source, port, dims)?;
+                    self.materialized.insert(name.to_string(), v);
+                    v
+                }
+            },
+        };
+        match dims {
+            Some(d) if self.g.ty(v).shape.0 != d => {
+                let shape = d.iter().map(|&x| x as i64).collect();
+                self.add(&format!("{name}.reshaped"), Op::Reshape { shape }, &[v])
+            }
+            _ => Ok(v),
+        }
+    }
+
+    fn materialize(
+        &mut self,
+        name: &str,
+        c: &Const,
+        source: Source,
+        port: Port,
+        dims: Option<&[u64]>,
+    ) -> Result<ValueId, String> {
+        let dims = match dims {
+            Some(d) if d.iter().product::<u64>() == c.numel() => d.to_vec(),
+            _ => c.dims.clone(),
+        };
+        let dtype = if c.float { DType::F32 } else { DType::I64 };
+        let ty = TensorType::new(dtype, dims.clone());
+        let trainable = c.float
+            && match port {
+                Port::Weight => true,
+                Port::Stats => false,
+                Port::Data => source == Source::Initializer,
+            };
+        let node_name = self.g.fresh_name(name);
+        let init = match &c.data {
+            ConstData::Fill(x) => Init::Constant { value: *x },
+            ConstData::F32(v) => {
+                let t = Tensor::from_f32(DType::F32, dims, v).map_err(|e| e.to_string())?;
+                self.weights.insert(node_name.clone(), t);
+                Init::File
+            }
+            ConstData::I64(v) => {
+                let t = Tensor::new(dims, Data::I64(v.clone())).map_err(|e| e.to_string())?;
+                self.weights.insert(node_name.clone(), t);
+                Init::File
+            }
+        };
+        let op = if trainable { Op::Param { ty, init } } else { Op::State { ty, init } };
+        let id = self.g.add_node(node_name, op, Role::Forward, &[]).map_err(|e| e.to_string())?;
+        Ok(ValueId { node: id, slot: 0 })
+    }
+
+    /// Adds a forward node named after `name` (made unique); returns output 0.
+    pub fn add(&mut self, name: &str, op: Op, ins: &[ValueId]) -> Result<ValueId, String> {
+        let n = self.g.fresh_name(name);
+        let id = self.g.add_node(n, op, Role::Forward, ins).map_err(|e| e.to_string())?;
+        Ok(ValueId { node: id, slot: 0 })
+    }
+
+    pub fn bind(&mut self, onnx_name: &str, v: Val) {
+        if !onnx_name.is_empty() {
+            self.vals.insert(onnx_name.to_string(), v);
+        }
+    }
+
+    pub fn dims(&self, v: ValueId) -> Vec<u64> {
+        self.g.ty(v).shape.0.clone()
+    }
+
+    fn add_loss(&mut self, y: ValueId, loss: Loss) -> Result<(), String> {
+        let loss_name = self.g.fresh_name("loss");
+        let l = match loss {
+            Loss::CrossEntropy => {
+                let logits = self.logits_of(y);
+                let d = self.dims(logits);
+                if d.is_empty() {
+                    return Err("the output is a scalar; cross-entropy needs logits [N, C]".into());
+                }
+                let n = d[0];
+                let logits = if d.len() == 2 {
+                    logits
+                } else {
+                    self.add(&format!("{}.flat", self.g.value_name(logits)), Op::Flatten { axis: 1 }, &[logits])?
+                };
+                let labels = self.g.fresh_name("labels");
+                let ty = TensorType::new(DType::I64, vec![n]);
+                let lab = self.g.add_node(labels, Op::Input { ty }, Role::Forward, &[]).map_err(|e| e.to_string())?;
+                self.add(&loss_name, Op::CrossEntropy, &[logits, ValueId { node: lab, slot: 0 }])?
+            }
+            Loss::Mse => {
+                let target = self.g.fresh_name("target");
+                let ty = self.g.ty(y).clone();
+                let t = self.g.add_node(target, Op::Input { ty }, Role::Forward, &[]).map_err(|e| e.to_string())?;
+                self.add(&loss_name, Op::Mse, &[y, ValueId { node: t, slot: 0 }])?
+            }
+        };
+        self.g.loss = Some(l);
+        Ok(())
+    }
+
+    /// The logits behind a classifier output: the input of a final softmax
+    /// (through the reshapes the import of an old-opset Softmax adds).
+    fn logits_of(&mut self, y: ValueId) -> ValueId {
+        let mut v = y;
+        for _ in 0..3 {
+            let node = self.g.node(v.node);
+            match node.op {
+                Op::Softmax { causal: false, .. } => {
+                    let x = self.g.inputs(v.node)[0];
+                    let x = self.through_reshapes(x);
+                    self.notes.push(format!(
+                        "cross_entropy reads `{}`, the logits before the final softmax `{}` (it applies log-softmax \
+                         itself); they are also a step output",
+                        self.g.value_name(x),
+                        self.g.node(v.node).name
+                    ));
+                    if !self.g.outputs.contains(&x) {
+                        self.g.outputs.push(x);
+                    }
+                    return x;
+                }
+                Op::Reshape { .. } => v = self.g.inputs(v.node)[0],
+                _ => break,
+            }
+        }
+        self.notes.push(format!("cross_entropy treats the output `{}` as logits", self.g.value_name(y)));
+        y
+    }
+
+    /// Steps back over the reshape to 2-D that an old-opset Softmax's import adds.
+    fn through_reshapes(&self, v: ValueId) -> ValueId {
+        let n = self.g.node(v.node);
+        if matches!(n.op, Op::Reshape { .. }) && n.name.ends_with(SOFTMAX_2D) {
+            self.g.inputs(v.node)[0]
+        } else {
+            v
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! `mpc import`: real ONNX models (tests/data/onnx) and small built ones.
+
+use mpc::exec::{init_state_with, CpuBackend, Executor, RunOptions, State, Tensor};
+use mpc::format::{Optimizer, OptimizerKind};
+use mpc::onnx::proto::{
+    data_type, AttributeProto, Dimension, DimensionValue, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
+    TensorProto, TensorShapeProto, TensorTypeProto, TypeProto, TypeValue, ValueInfoProto,
+};
+use mpc::onnx::{import, ImportOptions, Loss};
+use mpc::passes::{self, Options, Table};
+use mpc::{DType, Op};
+use prost::Message;
+
+const MODELS: &[&str] = &["resnet50", "squeezenet", "vgg19", "bvlc_alexnet", "zfnet512", "inception_v1"];
+
+fn options(loss: Loss) -> ImportOptions {
+    ImportOptions {
+        loss,
+        optimizer: Optimizer { momentum: Some(0.9), ..Optimizer::new(OptimizerKind::Sgd, 0.01) },
+        weights_file: "model.safetensors".into(),
+        input_shapes: vec![],
+        dropout_seed: 0,
+    }
+}
+
+fn lower(g: &mpc::Graph, low: DType) -> (mpc::Graph, String) {
+    let mut g = g.clone();
+    let opts = Options { low, table: Some(Table::default_for(low)), explain: true, ..Options::default() };
+    let lowered = passes::lower(&mut g, &opts).expect("lowers");
+    mpc::verify(&g).expect("the lowered graph verifies");
+    (g, lowered.autocast.summary())
+}
+
+#[test]
+fn the_light_models_import_and_lower() {
+    let mut summary = String::new();
+    for m in MODELS {
+        let bytes = std::fs::read(format!("tests/data/onnx/light_{m}.onnx")).unwrap();
+        let im = import(&bytes, &options(Loss::CrossEntropy)).unwrap_or_else(|e| panic!("{m}: {e}"));
+        let g = &im.graph;
+        let count = |f: fn(&Op) -> bool| g.node_ids().filter(|&n| f(&g.node(n).op)).count();
+        summary += &format!(
+            "{m}: {} ONNX nodes -> {} nodes, {} params, {} state, {} weight tensors\n",
+            im.onnx_nodes,
+            g.node_count(),
+            count(|o| matches!(o, Op::Param { .. })),
+            count(|o| matches!(o, Op::State { .. })),
+            im.weights.len()
+        );
+        for note in &im.notes {
+            summary += &format!("  note: {note}\n");
+        }
+        for low in [DType::F16, DType::Bf16] {
+            let (_, s) = lower(g, low);
+            summary += &format!("  {}: {s}\n", low.name());
+        }
+    }
+    insta::assert_snapshot!(summary);
+}
+
+#[test]
+fn every_unsupported_op_is_listed() {
+    let node = |op: &str, name: &str, i: &str, o: &str| NodeProto {
+        op_type: Some(op.into()),
+        name: Some(name.into()),
+        input: vec![i.into()],
+        output: vec![o.into()],
+        ..Default::default()
+    };
+    let model = model(
+        vec![
+            node("Resize", "up1", "x", "a"),
+            node("Relu", "r", "a", "b"),
+            node("NonZero", "nz", "b", "c"),
+            node("Resize", "up2", "c", "y"),
+        ],
+        vec![],
+        &[1, 4],
+    );
+    let e = import(&model.encode_to_vec(), &options(Loss::Mse)).unwrap_err().to_string();
+    assert!(e.contains("3 node(s) with ops mpc cannot import"), "{e}");
+    for part in ["node `up1`: Resize", "node `nz`: NonZero", "node `up2`: Resize"] {
+        assert!(e.contains(part), "{part} missing in: {e}");
+    }
+    assert!(!e.contains("node `r`"), "{e}");
+}
+
+#[test]
+fn bad_models_are_errors_not_panics() {
+    let e = import(b"not a protobuf at all", &options(Loss::Mse)).unwrap_err().to_string();
+    assert!(e.contains("not an ONNX model"), "{e}");
+    let mut m = model(vec![], vec![], &[1, 4]);
+    m.opset_import.clear();
+    assert!(import(&m.encode_to_vec(), &options(Loss::Mse)).unwrap_err().to_string().contains("opset"));
+    // A node reading a value nobody defines.
+    let n = NodeProto {
+        op_type: Some("Relu".into()),
+        name: Some("r".into()),
+        input: vec!["nope".into()],
+        output: vec!["y".into()],
+        ..Default::default()
+    };
+    let e = import(&model(vec![n], vec![], &[1, 4]).encode_to_vec(), &options(Loss::Mse)).unwrap_err().to_string();
+    assert!(e.contains("node `r` (Relu)") && e.contains("`nope`"), "{e}");
+    // A symbolic batch dimension needs --input-shape.
+    let mut m = model(vec![relu("x", "y")], vec![], &[1, 4]);
+    let g = m.graph.as_mut().unwrap();
+    if let Some(TypeValue::TensorType(t)) = g.input[0].r#type.as_mut().unwrap().value.as_mut() {
+        t.shape.as_mut().unwrap().dim[0].value = Some(DimensionValue::DimParam("N".into()));
+    }
+    let e = import(&m.encode_to_vec(), &options(Loss::Mse)).unwrap_err().to_string();
+    assert!(e.contains("graph input `x`") && e.contains("symbolic (`N`)") && e.contains("--input-shape"), "{e}");
+    let mut o = options(Loss::Mse);
+    o.input_shapes = vec![("x".into(), vec![3, 4])];
+    let im = import(&m.encode_to_vec(), &o).unwrap();
+    assert_eq!(im.graph.ty(im.graph.value("x").unwrap()).shape.0, vec![3, 4]);
+}
+
+fn relu(i: &str, o: &str) -> NodeProto {
+    NodeProto { op_type: Some("Relu".into()), input: vec![i.into()], output: vec![o.into()], ..Default::default() }
+}
+
+fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(TypeValue::TensorType(TensorTypeProto {
+                elem_type: Some(data_type::FLOAT),
+                shape: Some(TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&d| Dimension { value: Some(DimensionValue::DimValue(d)), denotation: None })
+                        .collect(),
+                }),
+            })),
+            denotation: None,
+        }),
+        doc_string: None,
+    }
+}
+
+/// A model with input `x` of `dims` and output `y`.
+fn model(nodes: Vec<NodeProto>, initializer: Vec<TensorProto>, dims: &[i64]) -> ModelProto {
+    ModelProto {
+        ir_version: Some(7),
+        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(11) }],
+        graph: Some(GraphProto {
+            name: Some("t".into()),
+            node: nodes,
+            initializer,
+            input: vec![value_info("x", dims)],
+            output: vec![value_info("y", &[])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn floats(name: &str, dims: &[i64], f: impl Fn(usize) -> f32) -> TensorProto {
+    let n: i64 = dims.iter().product();
+    TensorProto {
+        name: Some(name.into()),
+        dims: dims.to_vec(),
+        data_type: Some(data_type::FLOAT),
+        float_data: (0..n as usize).map(f).collect(),
+        ..Default::default()
+    }
+}
+
+fn ints(name: &str, v: &[i64]) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: vec![v.len() as i64],
+        data_type: Some(data_type::INT64),
+        int64_data: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn op(op: &str, ins: &[&str], out: &str, attrs: Vec<AttributeProto>) -> NodeProto {
+    NodeProto {
+        op_type: Some(op.into()),
+        name: Some(out.into()),
+        input: ins.iter().map(|s| s.to_string()).collect(),
+        output: vec![out.into()],
+        attribute: attrs,
+        ..Default::default()
+    }
+}
+
+fn ints_attr(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), r#type: Some(7), ints: v.to_vec(), ..Default::default() }
+}
+
+fn int_attr(name: &str, v: i64) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), r#type: Some(2), i: Some(v), ..Default::default() }
+}
+
+/// A small CNN in ONNX: Conv+bias, BatchNormalization, Relu, MaxPool,
+/// Flatten via Shape/Gather/Concat/Reshape arithmetic, Gemm, Softmax.
+fn small_cnn() -> ModelProto {
+    let pseudo = |i: usize| ((i * 37 % 101) as f32 / 101.0 - 0.5) * 0.4;
+    let nodes = vec![
+        op(
+            "Conv",
+            &["x", "w1", "b1"],
+            "c1",
+            vec![ints_attr("pads", &[1, 1, 1, 1]), ints_attr("kernel_shape", &[3, 3])],
+        ),
+        op("BatchNormalization", &["c1", "g1", "be1", "m1", "v1"], "bn1", vec![]),
+        op("Relu", &["bn1"], "r1", vec![]),
+        op("MaxPool", &["r1"], "p1", vec![ints_attr("kernel_shape", &[2, 2]), ints_attr("strides", &[2, 2])]),
+        op("Shape", &["p1"], "s", vec![]),
+        op("Gather", &["s", "zero"], "n", vec![int_attr("axis", 0)]),
+        op("Unsqueeze", &["n"], "n1", vec![ints_attr("axes", &[0])]),
+        op("Concat", &["n1", "minus1"], "shape", vec![int_attr("axis", 0)]),
+        op("Reshape", &["p1", "shape"], "flat", vec![]),
+        op("Gemm", &["flat", "w2", "b2"], "logits", vec![int_attr("transB", 1)]),
+        op("Softmax", &["logits"], "y", vec![]),
+    ];
+    let init = vec![
+        floats("w1", &[4, 2, 3, 3], pseudo),
+        floats("b1", &[4], |i| 0.1 * i as f32),
+        floats("g1", &[4], |i| 1.0 + 0.1 * i as f32),
+        floats("be1", &[4], |i| 0.05 * i as f32),
+        floats("m1", &[4], |i| 0.01 * i as f32),
+        floats("v1", &[4], |i| 1.0 + 0.2 * i as f32),
+        floats("w2", &[3, 16], pseudo),
+        floats("b2", &[3], |_| 0.0),
+        TensorProto {
+            name: Some("zero".into()),
+            data_type: Some(data_type::INT64),
+            int64_data: vec![0],
+            ..Default::default()
+        },
+        ints("minus1", &[-1]),
+    ];
+    model(nodes, init, &[2, 2, 4, 4])
+}
+
+#[test]
+fn a_small_cnn_maps_onto_mpc_ops_and_trains() {
+    let im = import(&small_cnn().encode_to_vec(), &options(Loss::CrossEntropy)).unwrap();
+    let g = &im.graph;
+    let ops: Vec<&str> = g.node_ids().map(|n| g.node(n).op.name()).collect();
+    for o in ["conv2d", "frozen_batch_norm", "max_pool2d", "reshape", "matmul", "softmax", "cross_entropy"] {
+        assert!(ops.contains(&o), "{o} missing from {ops:?}");
+    }
+    // Shape arithmetic folded: no shape/gather/concat nodes, and the flatten is a constant reshape.
+    assert!(!ops.contains(&"concat") && !ops.contains(&"embedding"), "{ops:?}");
+    // BN statistics are state, weights params.
+    let kind = |n: &str| g.node(g.node_named(n).unwrap()).op.name();
+    assert_eq!((kind("w1"), kind("g1"), kind("m1"), kind("v1")), ("param", "param", "state", "state"));
+    assert!(im.notes.iter().any(|n| n.contains("logits before the final softmax")), "{:?}", im.notes);
+
+    // One training step in each low type: finite loss, weights move, BN statistics stay.
+    let dir = tempfile::tempdir().unwrap();
+    mpc::checkpoint::write_tensors(&dir.path().join("model.safetensors"), &im.weights).unwrap();
+    let x: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin()).collect();
+    let mut batch = State::new();
+    batch.insert("x".into(), Tensor::from_f32(DType::F32, vec![2, 2, 4, 4], &x).unwrap());
+    batch.insert("labels".into(), Tensor::new(vec![2], mpc::exec::Data::I64(vec![0, 2])).unwrap());
+    for low in [DType::F16, DType::Bf16] {
+        let (lowered, _) = lower(g, low);
+        let mut ex = Executor::new(&lowered, CpuBackend, 0).unwrap();
+        let state = init_state_with(&lowered, 0, Some(dir.path())).unwrap();
+        let r = ex.step(&state, &batch, 1, &RunOptions::default()).unwrap();
+        let loss = r.loss.expect("a loss").to_f32_vec()[0];
+        assert!(loss.is_finite() && loss > 0.0, "loss {loss}");
+        let w_after = r.state["w1"].to_f32_vec();
+        assert_ne!(w_after, state["w1"].to_f32_vec(), "the step updates the conv weight");
+        assert_eq!(r.state["m1"].to_f32_vec(), state["m1"].to_f32_vec(), "BN statistics are frozen");
+    }
+}
