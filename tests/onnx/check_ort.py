@@ -27,10 +27,15 @@ Models:
   so every channel is identical and the softmax output is exactly uniform
   (error 0, meaningless): the script first writes a randomized copy (each
   float ConstantOfShape becomes a seeded He-normal initializer, std
-  sqrt(2/fan_in); batch-norm statistics get plausible positive values) and
-  drops initializers from graph.input. The reference is that randomized ONNX
-  model itself; the logits (the input of the final Softmax) are compared
-  as well as the softmax output. mpc's FP32 export is then one more row.
+  sqrt(2/fan_in); batch-norm scale ~ 1 + 0.1 N(0,1), bias ~ 0.1 N(0,1), and
+  statistics calibrated, layer by layer, to mean 0 and the mean square of
+  the layer's input on the random input, so that activations stay at unit
+  scale as in a trained network), drops initializers from graph.input
+  (onnxconverter-common fails on models that list them) and adds the logits
+  (the input of the final Softmax) as a second output. The reference is that
+  randomized ONNX model itself; the logits are compared as well as the
+  softmax output, and mpc's FP32 export is one more row (bound FP32_BOUND:
+  two FP32 graphs differ only in summation order).
 
 The bound. u is the unit roundoff of the low type: u = 2^-11 for FP16,
 2^-8 for BF16. Every op that writes a low-precision value rounds it once
