@@ -111,6 +111,11 @@ enum Command {
         /// With --emit onnx: the seed of the params' init (as `mpc train --seed`).
         #[arg(long)]
         seed: Option<u64>,
+        /// With --emit onnx: also write seeded inputs and the outputs mpc's CPU
+        /// executor computes from them, as DIR/input_K.pb and DIR/output_K.pb
+        /// (ONNX TensorProto, the ONNX test-data layout).
+        #[arg(long, value_name = "DIR")]
+        onnx_test_data: Option<PathBuf>,
     },
     /// Show, for every node, its precision class, chosen type and the rule that chose it.
     Explain {
@@ -196,6 +201,18 @@ fn usage_error(message: String) -> ! {
     Cli::command().error(clap::error::ErrorKind::InvalidValue, message).exit()
 }
 
+/// Writes `DIR/input_K.pb` and `DIR/output_K.pb`, each atomically.
+fn write_test_data(dir: &std::path::Path, data: &mpc::onnx::export::TestData) -> Result<(), miette::Report> {
+    let fail = |e: std::io::Error| miette::Report::msg(format!("cannot write {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    for (what, tensors) in [("input", &data.inputs), ("output", &data.outputs)] {
+        for (k, t) in tensors.iter().enumerate() {
+            write_atomic(&dir.join(format!("{what}_{k}.pb")), &prost::Message::encode_to_vec(t)).map_err(fail)?;
+        }
+    }
+    Ok(())
+}
+
 /// Reads and verifies a graph file.
 fn load_verified(model: &std::path::Path) -> Result<mpc::Graph, miette::Report> {
     let loaded = load(model).map_err(|e| e.into_report())?;
@@ -235,7 +252,17 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
             );
             Ok(())
         }
-        Command::Lower { model, output, emit: how, passes: pass_args, verify_each, print_after, onnx_bf16, seed } => {
+        Command::Lower {
+            model,
+            output,
+            emit: how,
+            passes: pass_args,
+            verify_each,
+            print_after,
+            onnx_bf16,
+            seed,
+            onnx_test_data,
+        } => {
             let names = passes::pass_names();
             if let Some(p) = print_after.iter().find(|p| !names.contains(&p.as_str())) {
                 usage_error(format!("--print-after: no pass is named `{p}`; the passes are: {}", names.join(", ")));
@@ -243,8 +270,8 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
             if how == Emit::Onnx && output.is_none() {
                 usage_error("--emit onnx writes a binary file: give it with -o FILE".into());
             }
-            if how != Emit::Onnx && (onnx_bf16.is_some() || seed.is_some()) {
-                usage_error("--onnx-bf16 and --seed apply only to --emit onnx".into());
+            if how != Emit::Onnx && (onnx_bf16.is_some() || seed.is_some() || onnx_test_data.is_some()) {
+                usage_error("--onnx-bf16, --seed and --onnx-test-data apply only to --emit onnx".into());
             }
             if onnx_bf16.is_some() && pass_args.precision != LowType::Bf16 {
                 usage_error("--onnx-bf16: only with --precision bf16".into());
@@ -268,8 +295,16 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
                 seed: seed.unwrap_or(0),
                 base_dir: model.parent().map(|p| p.to_path_buf()),
             };
-            let out =
-                emit::emit(&g, how, &onnx).map_err(|e| miette::Report::msg(format!("{}: {e}", model.display())))?;
+            let fail = |e: mpc::onnx::export::ExportError| miette::Report::msg(format!("{}: {e}", model.display()));
+            let out = match &onnx_test_data {
+                Some(dir) => {
+                    let m = mpc::onnx::export::export(&g, &onnx).map_err(fail)?;
+                    let data = mpc::onnx::export::test_data(&g, &onnx, &m).map_err(fail)?;
+                    write_test_data(dir, &data)?;
+                    prost::Message::encode_to_vec(&m)
+                }
+                None => emit::emit(&g, how, &onnx).map_err(fail)?,
+            };
             match output {
                 Some(path) => write_atomic(&path, &out)
                     .map_err(|e| miette::Report::msg(format!("cannot write {}: {e}", path.display())))?,

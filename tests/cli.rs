@@ -180,6 +180,20 @@ fn emit_onnx_writes_a_file_and_needs_one() {
         let name = model.graph.unwrap().output[0].name.clone().unwrap();
         assert!(name == "logits_b" || name == "logits_b.f32", "{name}");
     }
+    // Reference data from mpc's executor, in the ONNX test-data layout.
+    let td = dir.path().join("data");
+    let out = dir.path().join("t.onnx");
+    let o = mpc(&["lower", m, "--emit", "onnx", "-o", out.to_str().unwrap(), "--onnx-test-data", td.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let names: Vec<String> = {
+        let mut v: Vec<String> =
+            std::fs::read_dir(&td).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names, ["input_0.pb", "output_0.pb"]);
+    let o = mpc(&["lower", m, "--onnx-test-data", td.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
     // Without an inference output: exit 1, and the output is not written.
     let out = dir.path().join("none.onnx");
     let o = mpc(&["lower", "ir-examples/mlp.json", "--emit", "onnx", "-o", out.to_str().unwrap()]);

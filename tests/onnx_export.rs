@@ -401,3 +401,39 @@ fn the_onnx_cnn_ops_export() {
         assert_eq!(g.output.len(), 2);
     }
 }
+
+#[test]
+fn test_data_is_what_the_executor_computes() {
+    let text = example("gpt_block", &["logits"]);
+    let g = lowered(&text, Prec::Bf16);
+    let opts = Options { bf16: Bf16Mode::Emulated, seed: 3, base_dir: None };
+    let m = export::export(&g, &opts).unwrap();
+    let data = export::test_data(&g, &opts, &m).unwrap();
+    let graph = m.graph.as_ref().unwrap();
+    assert_eq!(data.inputs.len(), 1);
+    assert_eq!(data.inputs[0].name, graph.input[0].name);
+    assert_eq!(data.inputs[0].data_type, Some(data_type::INT32));
+    let ids: Vec<i32> = data.inputs[0]
+        .raw_data
+        .as_ref()
+        .unwrap()
+        .chunks(4)
+        .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(ids.len(), 8 * 32);
+    assert!(ids.iter().all(|&i| (0..65).contains(&i)), "ids index the 65-row table");
+    assert!(ids.iter().any(|&i| i > 1));
+    assert_eq!(data.outputs.len(), 1);
+    let out = &data.outputs[0];
+    assert_eq!(out.name, graph.output[0].name);
+    assert_eq!(out.dims, vec![8, 32, 65]);
+    // The output is the f32 cast of bf16 logits: bf16 values, and dropout is off
+    // (the same data twice, whatever the step's dropout would have done).
+    let v: Vec<f32> =
+        out.raw_data.as_ref().unwrap().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    assert!(v.iter().all(|&x| bf16::from_f32(x).to_f32() == x && x.is_finite()));
+    assert_eq!(data, export::test_data(&g, &opts, &m).unwrap());
+    // Another seed, other inputs.
+    let other = Options { seed: 4, ..opts.clone() };
+    assert_ne!(export::test_data(&g, &other, &export::export(&g, &other).unwrap()).unwrap().inputs, data.inputs);
+}

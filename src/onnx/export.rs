@@ -88,8 +88,15 @@ fn unsupported_message(nodes: &[(String, &'static str)]) -> String {
     format!("cannot export to ONNX: {what} with no ONNX form: {}", list.join(", "))
 }
 
-/// Exports the forward part of `g` (a lowered graph) as an ONNX model.
-pub fn export(g: &Graph, opts: &Options) -> Result<ModelProto, ExportError> {
+/// What an export covers: the outputs, the nodes they depend on (in
+/// topological order) and the values those nodes read.
+struct Plan {
+    outputs: Vec<ValueId>,
+    nodes: Vec<NodeId>,
+    needed: FxHashSet<ValueId>,
+}
+
+fn plan(g: &Graph) -> Result<Plan, ExportError> {
     let order = g.topo_order().map_err(|_| ExportError::Graph("the graph has a cycle".into()))?;
     let mut outputs: Vec<ValueId> = Vec::new();
     for &v in &g.outputs {
@@ -123,6 +130,12 @@ pub fn export(g: &Graph, opts: &Options) -> Result<ModelProto, ExportError> {
     if !unsupported.is_empty() {
         return Err(ExportError::Unsupported(unsupported));
     }
+    Ok(Plan { outputs, nodes, needed })
+}
+
+/// Exports the forward part of `g` (a lowered graph) as an ONNX model.
+pub fn export(g: &Graph, opts: &Options) -> Result<ModelProto, ExportError> {
+    let Plan { outputs, nodes, needed } = plan(g)?;
     let state = initial_values(g, &nodes, opts)?;
     let mut x = Exporter::new(g, opts.bf16, state, needed);
     for &n in &nodes {
@@ -134,6 +147,90 @@ pub fn export(g: &Graph, opts: &Options) -> Result<ModelProto, ExportError> {
         x.node(n)?;
     }
     x.finish(&outputs)
+}
+
+/// Reference inputs and outputs for an export, in the ONNX test-data layout
+/// (`input_K.pb`, `output_K.pb`: `TensorProto`s named and typed as the
+/// model's inputs and outputs).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TestData {
+    pub inputs: Vec<TensorProto>,
+    pub outputs: Vec<TensorProto>,
+}
+
+/// Runs the exported part of `g` on mpc's CPU reference executor, at
+/// inference (every `dropout` keeps everything), on seeded random inputs:
+/// floats N(0, 1), ids uniform over the rows of the embedding table they
+/// index (else 0 or 1). `model` is `export(g, opts)`, whose input and
+/// output names and types the tensors take. This is what the export
+/// should compute: onnxruntime's results are compared with it.
+pub fn test_data(g: &Graph, opts: &Options, model: &ModelProto) -> Result<TestData, ExportError> {
+    use crate::exec::rng::{combine, fnv1a, SplitMix64};
+    use crate::exec::{CpuBackend, Executor, RunOptions};
+    let Plan { outputs, nodes, .. } = plan(g)?;
+    let state = initial_values(g, &nodes, opts)?;
+    // The exported part alone, dropout off.
+    let mut f = g.clone();
+    let keep: FxHashSet<NodeId> = nodes.iter().copied().collect();
+    let order = f.topo_order().map_err(|_| ExportError::Graph("the graph has a cycle".into()))?;
+    for &n in order.iter().rev() {
+        if !keep.contains(&n) {
+            f.remove_node(n).map_err(|e| ExportError::Graph(e.to_string()))?;
+        }
+    }
+    f.loss = None;
+    f.gradients.clear();
+    f.updates.clear();
+    f.outputs = outputs.clone();
+    for &n in &nodes {
+        if let Op::Dropout { seed, .. } = f.node(n).op {
+            f.node_mut(n).op = Op::Dropout { p: 0.0, seed };
+        }
+    }
+    let mut batch = State::new();
+    let mut inputs = Vec::new();
+    for &n in &nodes {
+        let Op::Input { ty } = &g.node(n).op else { continue };
+        let name = &g.node(n).name;
+        let count = ty.shape.numel().unwrap_or(0) as usize;
+        let bound = g
+            .users(n)
+            .find(|(u, e)| matches!(g.node(*u).op, Op::Embedding) && e.port == 1)
+            .map(|(u, _)| g.ty(g.inputs(u)[0]).shape.0[0])
+            .unwrap_or(2);
+        let mut rng = SplitMix64::new(combine(opts.seed, fnv1a(name)));
+        let v: Vec<f32> = if ty.dtype.is_float() {
+            (0..count).map(|_| rng.normal() as f32).collect()
+        } else {
+            (0..count).map(|_| (rng.next_u64() % bound) as f32).collect()
+        };
+        let t = Tensor::from_f32(ty.dtype, ty.shape.clone(), &v)?;
+        batch.insert(name.clone(), t);
+        inputs.push(name.clone());
+    }
+    let run = |e: ExecError| ExportError::Graph(format!("the reference run on the CPU executor: {e}"));
+    let mut ex = Executor::new(&f, CpuBackend, opts.seed).map_err(run)?;
+    let r = ex.step(&state, &batch, 0, &RunOptions::default()).map_err(run)?;
+    let graph = model.graph.as_ref().ok_or_else(|| ExportError::Graph("the model has no graph".into()))?;
+    let proto = |t: &Tensor, info: &ValueInfoProto| -> TensorProto {
+        let elem = match info.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+            Some(TypeValue::TensorType(t)) => t.elem_type.unwrap_or(data_type::FLOAT),
+            None => data_type::FLOAT,
+        };
+        tensor_proto(info.name.as_deref().unwrap_or(""), t, elem, &t.shape().0)
+    };
+    let mut data = TestData::default();
+    for (name, info) in inputs.iter().zip(&graph.input) {
+        data.inputs.push(proto(&batch[name], info));
+    }
+    for (v, info) in outputs.iter().zip(&graph.output) {
+        let t = r
+            .outputs
+            .get(g.value_name(*v))
+            .ok_or_else(|| ExportError::Graph(format!("the executor did not return `{}`", g.value_name(*v))))?;
+        data.outputs.push(proto(t, info));
+    }
+    Ok(data)
 }
 
 /// The values of the params and state among `nodes`, as `mpc train` starts
