@@ -121,6 +121,13 @@ pub fn lower(g: &mut Graph, opts: &Options) -> Result<Lowered, PassError> {
     Ok(Lowered { autocast: p.autocast.report })
 }
 
+/// The FP32 pipeline (`--precision fp32`): grad, master-weights and
+/// cleanup; no autocast and no loss scaling.
+pub fn lower_fp32(g: &mut Graph, opts: &Options) -> Result<(), PassError> {
+    let mut p = Pipeline::new(opts);
+    run_passes(g, &mut [&mut p.grad, &mut p.master_weights, &mut p.cleanup], opts)
+}
+
 /// Runs the given passes in order, with verification and printing as `opts` say.
 pub fn run_passes(g: &mut Graph, passes: &mut [&mut dyn Pass], opts: &Options) -> Result<(), PassError> {
     let verify_each = opts.verify_each || cfg!(debug_assertions);

@@ -22,12 +22,14 @@ struct Cli {
 enum LowType {
     Fp16,
     Bf16,
+    /// No mixed precision: grad, master-weights and cleanup only (as `mpc train --precision fp32`).
+    Fp32,
 }
 
 /// Settings of the mixed-precision passes, shared by `lower` and `explain`.
 #[derive(clap::Args)]
 struct PassArgs {
-    /// The low-precision type.
+    /// The low-precision type (fp32: no autocast and no loss scaling; `lower` only).
     #[arg(long, value_enum, default_value = "fp16")]
     precision: LowType,
     /// A JSON file that moves ops between precision classes, e.g. {"fp32": ["gelu"]}.
@@ -46,6 +48,18 @@ impl PassArgs {
         let low = match self.precision {
             LowType::Fp16 => mpc::DType::F16,
             LowType::Bf16 => mpc::DType::Bf16,
+            LowType::Fp32 => {
+                for (set, flag) in [
+                    (self.table.is_some(), "--table"),
+                    (self.strict, "--strict"),
+                    (self.loss_scale.is_some(), "--loss-scale"),
+                ] {
+                    if set {
+                        usage_error(format!("{flag}: --precision fp32 has no autocast and no loss scaling"));
+                    }
+                }
+                return Ok(passes::Options::default());
+            }
         };
         let mut table = passes::Table::default_for(low);
         if let Some(path) = &self.table {
@@ -88,6 +102,15 @@ enum Command {
         /// Print the text IR to stderr after this pass (repeatable).
         #[arg(long, value_name = "PASS")]
         print_after: Vec<String>,
+        /// With --emit onnx and --precision bf16: `native` writes BFLOAT16
+        /// tensors; `emulated` writes FLOAT tensors holding bf16-rounded
+        /// values, rounding after every op, so that onnxruntime's CPU
+        /// provider (which has almost no BF16 kernels) can run it.
+        #[arg(long, value_enum, value_name = "MODE")]
+        onnx_bf16: Option<mpc::onnx::export::Bf16Mode>,
+        /// With --emit onnx: the seed of the params' init (as `mpc train --seed`).
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// Show, for every node, its precision class, chosen type and the rule that chose it.
     Explain {
@@ -173,15 +196,20 @@ fn usage_error(message: String) -> ! {
     Cli::command().error(clap::error::ErrorKind::InvalidValue, message).exit()
 }
 
+/// Reads and verifies a graph file.
+fn load_verified(model: &std::path::Path) -> Result<mpc::Graph, miette::Report> {
+    let loaded = load(model).map_err(|e| e.into_report())?;
+    if let Err(e) = mpc::verify(&loaded.graph) {
+        return Err(problems_report(&model.display().to_string(), &loaded.text, &e.0));
+    }
+    Ok(loaded.graph)
+}
+
 fn load_and_lower(
     model: &std::path::Path,
     opts: &passes::Options,
 ) -> Result<(mpc::Graph, passes::Lowered), miette::Report> {
-    let loaded = load(model).map_err(|e| e.into_report())?;
-    let mut g = loaded.graph;
-    if let Err(e) = mpc::verify(&g) {
-        return Err(problems_report(&model.display().to_string(), &loaded.text, &e.0));
-    }
+    let mut g = load_verified(model)?;
     let lowered = passes::lower(&mut g, opts).map_err(|e| miette::Report::msg(format!("{}: {e}", model.display())))?;
     Ok((g, lowered))
 }
@@ -207,31 +235,57 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
             );
             Ok(())
         }
-        Command::Lower { model, output, emit: how, passes: pass_args, verify_each, print_after } => {
+        Command::Lower { model, output, emit: how, passes: pass_args, verify_each, print_after, onnx_bf16, seed } => {
             let names = passes::pass_names();
             if let Some(p) = print_after.iter().find(|p| !names.contains(&p.as_str())) {
                 usage_error(format!("--print-after: no pass is named `{p}`; the passes are: {}", names.join(", ")));
             }
-            let opts = passes::Options { verify_each, print_after, ..pass_args.options()? };
-            let (g, lowered) = load_and_lower(&model, &opts)?;
-            for w in &lowered.autocast.warnings {
-                eprintln!("warning: {w}");
+            if how == Emit::Onnx && output.is_none() {
+                usage_error("--emit onnx writes a binary file: give it with -o FILE".into());
             }
-            eprintln!("{}: {}", model.display(), lowered.autocast.summary());
-            let out = emit::emit(&g, how);
+            if how != Emit::Onnx && (onnx_bf16.is_some() || seed.is_some()) {
+                usage_error("--onnx-bf16 and --seed apply only to --emit onnx".into());
+            }
+            if onnx_bf16.is_some() && pass_args.precision != LowType::Bf16 {
+                usage_error("--onnx-bf16: only with --precision bf16".into());
+            }
+            let opts = passes::Options { verify_each, print_after, ..pass_args.options()? };
+            let g = if pass_args.precision == LowType::Fp32 {
+                let mut g = load_verified(&model)?;
+                passes::lower_fp32(&mut g, &opts)
+                    .map_err(|e| miette::Report::msg(format!("{}: {e}", model.display())))?;
+                g
+            } else {
+                let (g, lowered) = load_and_lower(&model, &opts)?;
+                for w in &lowered.autocast.warnings {
+                    eprintln!("warning: {w}");
+                }
+                eprintln!("{}: {}", model.display(), lowered.autocast.summary());
+                g
+            };
+            let onnx = mpc::onnx::export::Options {
+                bf16: onnx_bf16.unwrap_or_default(),
+                seed: seed.unwrap_or(0),
+                base_dir: model.parent().map(|p| p.to_path_buf()),
+            };
+            let out =
+                emit::emit(&g, how, &onnx).map_err(|e| miette::Report::msg(format!("{}: {e}", model.display())))?;
             match output {
-                Some(path) => write_atomic(&path, out.as_bytes())
+                Some(path) => write_atomic(&path, &out)
                     .map_err(|e| miette::Report::msg(format!("cannot write {}: {e}", path.display())))?,
                 None => {
                     use std::io::Write;
                     let mut stdout = std::io::stdout().lock();
                     // A closed pipe (`mpc lower ... | head`) is not an error worth a message.
-                    let _ = stdout.write_all(out.as_bytes());
+                    let _ = stdout.write_all(&out);
                 }
             }
             Ok(())
         }
         Command::Explain { model, passes: pass_args, json } => {
+            if pass_args.precision == LowType::Fp32 {
+                usage_error("--precision fp32: explain shows autocast's decisions, and fp32 has none".into());
+            }
             let opts = passes::Options { explain: true, ..pass_args.options()? };
             let (_, lowered) = load_and_lower(&model, &opts)?;
             let r = &lowered.autocast;
@@ -281,10 +335,7 @@ fn load_for_training(
     match precision {
         TrainPrecision::Fp32 => {
             // Backward and FP32 optimizer only: no autocast, no loss scaling.
-            let opts = passes::Options::default();
-            let mut p = passes::Pipeline::new(&opts);
-            passes::run_passes(&mut g, &mut [&mut p.grad, &mut p.master_weights, &mut p.cleanup], &opts)
-                .map_err(fail)?;
+            passes::lower_fp32(&mut g, &passes::Options::default()).map_err(fail)?;
         }
         TrainPrecision::Fp16 | TrainPrecision::Bf16 => {
             let low = if precision == TrainPrecision::Fp16 { mpc::DType::F16 } else { mpc::DType::Bf16 };

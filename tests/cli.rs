@@ -136,3 +136,54 @@ fn bad_loss_scale_is_a_usage_error() {
     let o = mpc(&["lower", "ir-examples/mlp.json", "--loss-scale", "static:0"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn emit_onnx_writes_a_file_and_needs_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string("ir-examples/mlp.json").unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["outputs"] = serde_json::json!(["logits_b"]);
+    let model = dir.path().join("mlp.json");
+    std::fs::write(&model, v.to_string()).unwrap();
+    let m = model.to_str().unwrap();
+    // Protobuf on a terminal is useless: -o is required.
+    let o = mpc(&["lower", m, "--emit", "onnx"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("-o FILE"), "{}", stderr(&o));
+    for bad in [
+        vec!["lower", m, "--emit", "onnx", "-o", "x.onnx", "--onnx-bf16", "emulated"],
+        vec!["lower", m, "--seed", "3"],
+        vec!["lower", m, "--precision", "fp32", "--loss-scale", "none"],
+        vec!["explain", m, "--precision", "fp32"],
+    ] {
+        let o = mpc(&bad);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stderr(&o));
+    }
+    for (i, args) in [
+        vec!["--precision", "fp32"],
+        vec!["--precision", "fp16", "--seed", "7"],
+        vec!["--precision", "bf16"],
+        vec!["--precision", "bf16", "--onnx-bf16", "emulated"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let out = dir.path().join(format!("m{i}.onnx"));
+        let mut a = vec!["lower", m, "--emit", "onnx", "-o", out.to_str().unwrap()];
+        a.extend(args);
+        let o = mpc(&a);
+        assert!(o.status.success(), "{a:?}: {}", stderr(&o));
+        let bytes = std::fs::read(&out).unwrap();
+        use prost::Message;
+        let model = mpc::onnx::proto::ModelProto::decode(bytes.as_slice()).unwrap();
+        // logits_b, or its f32 cast when the low type computes it.
+        let name = model.graph.unwrap().output[0].name.clone().unwrap();
+        assert!(name == "logits_b" || name == "logits_b.f32", "{name}");
+    }
+    // Without an inference output: exit 1, and the output is not written.
+    let out = dir.path().join("none.onnx");
+    let o = mpc(&["lower", "ir-examples/mlp.json", "--emit", "onnx", "-o", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("list the inference outputs"), "{}", stderr(&o));
+    assert!(!out.exists());
+}

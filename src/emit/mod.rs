@@ -1,4 +1,4 @@
-//! Emitters: JSON (the input format, round-trips), text and DOT.
+//! Emitters: JSON (the input format, round-trips), text, DOT and ONNX.
 
 pub mod dot;
 pub mod json;
@@ -10,13 +10,29 @@ pub enum Emit {
     Json,
     Text,
     Dot,
+    /// The forward (inference) part as an ONNX model (binary protobuf).
+    Onnx,
 }
 
-/// Renders a graph in the given format.
-pub fn emit(g: &crate::Graph, how: Emit) -> String {
-    match how {
-        Emit::Json => json::to_string(g),
-        Emit::Text => text::to_string(g),
-        Emit::Dot => dot::to_string(g),
+impl Emit {
+    /// Whether the format is binary (not for a terminal).
+    pub fn is_binary(self) -> bool {
+        matches!(self, Emit::Onnx)
     }
+}
+
+/// Renders a graph in the given format. Only the ONNX export can fail
+/// (unsupported ops, no inference outputs, initial values); `onnx` holds
+/// its settings and is ignored by the text formats.
+pub fn emit(
+    g: &crate::Graph,
+    how: Emit,
+    onnx: &crate::onnx::export::Options,
+) -> Result<Vec<u8>, crate::onnx::export::ExportError> {
+    Ok(match how {
+        Emit::Json => json::to_string(g).into_bytes(),
+        Emit::Text => text::to_string(g).into_bytes(),
+        Emit::Dot => dot::to_string(g).into_bytes(),
+        Emit::Onnx => crate::onnx::export::export_bytes(g, onnx)?,
+    })
 }

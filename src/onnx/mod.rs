@@ -2,6 +2,7 @@
 //! `--emit onnx` writes the forward part of a lowered graph back out.
 
 mod convert;
+pub mod export;
 pub mod import;
 pub mod proto;
 pub mod tensor;

@@ -1,0 +1,1036 @@
+//! `--emit onnx`: the forward (inference) part of a lowered graph as an
+//! ONNX model (opset 17, IR version 8). See docs/ONNX.md.
+//!
+//! What is exported: the graph's `outputs` that forward nodes compute, and
+//! the forward nodes they depend on. Graph inputs are the `input` nodes
+//! reached; params, state and constants reached become initializers holding
+//! their values (from their `init`, seeded as `mpc train` does, or from the
+//! graph's weights file). A `cast` of an initializer folds into a converted
+//! initializer, so casts act only on activations.
+//!
+//! Every mpc value keeps its name. A value of type `bf16` is stored as
+//! `BFLOAT16` ([`Bf16Mode::Native`]) or, in [`Bf16Mode::Emulated`], as
+//! `FLOAT` holding bf16-rounded values: every op then computes in FLOAT and
+//! the bf16 value it produces is rounded by `Cast(→BFLOAT16)`,
+//! `Cast(→FLOAT)` right after it, which is mpc's reference numerics
+//! (compute in f32, round once to the output type, nearest even) in a form
+//! onnxruntime's CPU provider can run.
+
+use std::path::PathBuf;
+
+use prost::Message;
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::exec::{ExecError, State, Tensor};
+use crate::graph::{Graph, NodeId, ValueId};
+use crate::op::{Op, Role, Window};
+use crate::types::{DType, TensorType};
+
+use super::proto::{
+    attr_type, data_type, AttributeProto, Dimension, DimensionValue, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto, TensorProto, TensorShapeProto, TensorTypeProto, TypeProto, TypeValue, ValueInfoProto,
+};
+
+/// The ONNX opset the exporter writes (default domain).
+pub const OPSET: i64 = 17;
+/// The ONNX IR version the exporter writes.
+pub const IR_VERSION: i64 = 8;
+
+/// How bf16 values are written.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Bf16Mode {
+    /// As `BFLOAT16` tensors. Conv and pooling, which opset 17 defines for
+    /// no bf16 type, compute in FLOAT between casts.
+    #[default]
+    Native,
+    /// As `FLOAT` tensors holding bf16-rounded values: every op computes in
+    /// FLOAT and each bf16 value is rounded by `Cast(→BFLOAT16)`,
+    /// `Cast(→FLOAT)` after the op that produces it. Runs on any
+    /// onnxruntime provider and reproduces mpc's reference numerics.
+    Emulated,
+}
+
+/// Settings of the exporter.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// How bf16 values are written.
+    pub bf16: Bf16Mode,
+    /// The seed of the params' and state's `init` (as `mpc train --seed`).
+    pub seed: u64,
+    /// The graph file's folder: the graph's `weights` file is relative to it.
+    pub base_dir: Option<PathBuf>,
+}
+
+/// Why a graph cannot be exported.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ExportError {
+    /// No step output is computed by a forward node.
+    #[error(
+        "nothing to export: no value in the graph's `outputs` is computed by a forward node; \
+         list the inference outputs (e.g. the logits) in `outputs`"
+    )]
+    NoOutputs,
+    /// Nodes whose ops have no ONNX form: `(node, op)`.
+    #[error("{}", unsupported_message(.0))]
+    Unsupported(Vec<(String, &'static str)>),
+    /// A param or state value could not be made.
+    #[error("initial values: {0}")]
+    Init(#[from] ExecError),
+    /// Anything else (an inconsistent graph).
+    #[error("{0}")]
+    Graph(String),
+}
+
+fn unsupported_message(nodes: &[(String, &'static str)]) -> String {
+    let list: Vec<String> = nodes.iter().map(|(n, op)| format!("`{n}` ({op})")).collect();
+    let what = if nodes.len() == 1 { "1 node has an op" } else { "nodes have ops" };
+    let what = if nodes.len() == 1 { what.to_string() } else { format!("{} {what}", nodes.len()) };
+    format!("cannot export to ONNX: {what} with no ONNX form: {}", list.join(", "))
+}
+
+/// Exports the forward part of `g` (a lowered graph) as an ONNX model.
+pub fn export(g: &Graph, opts: &Options) -> Result<ModelProto, ExportError> {
+    let order = g.topo_order().map_err(|_| ExportError::Graph("the graph has a cycle".into()))?;
+    let mut outputs: Vec<ValueId> = Vec::new();
+    for &v in &g.outputs {
+        let node = g.node(v.node);
+        if node.role == Role::Forward && !node.op.is_source() && !outputs.contains(&v) {
+            outputs.push(v);
+        }
+    }
+    if outputs.is_empty() {
+        return Err(ExportError::NoOutputs);
+    }
+    // The nodes the outputs depend on, and the values read by them.
+    let mut reached: FxHashSet<NodeId> = FxHashSet::default();
+    let mut needed: FxHashSet<ValueId> = outputs.iter().copied().collect();
+    let mut stack: Vec<NodeId> = outputs.iter().map(|v| v.node).collect();
+    while let Some(n) = stack.pop() {
+        if !reached.insert(n) {
+            continue;
+        }
+        for v in g.inputs(n) {
+            needed.insert(v);
+            stack.push(v.node);
+        }
+    }
+    let nodes: Vec<NodeId> = order.into_iter().filter(|n| reached.contains(n)).collect();
+    let unsupported: Vec<(String, &'static str)> = nodes
+        .iter()
+        .filter(|&&n| !supported(&g.node(n).op))
+        .map(|&n| (g.node(n).name.clone(), g.node(n).op.name()))
+        .collect();
+    if !unsupported.is_empty() {
+        return Err(ExportError::Unsupported(unsupported));
+    }
+    let state = initial_values(g, &nodes, opts)?;
+    let mut x = Exporter::new(g, opts.bf16, state, needed);
+    for &n in &nodes {
+        for v in g.values(n) {
+            x.reserve(v);
+        }
+    }
+    for &n in &nodes {
+        x.node(n)?;
+    }
+    x.finish(&outputs)
+}
+
+/// The values of the params and state among `nodes`, as `mpc train` starts
+/// from them: `init_state_with` on a graph of just those nodes (a value
+/// depends only on its name, type, init and the seed).
+fn initial_values(g: &Graph, nodes: &[NodeId], opts: &Options) -> Result<State, ExportError> {
+    let mut sources = Graph::new(g.name.clone());
+    sources.weights = g.weights.clone();
+    for &n in nodes {
+        let node = g.node(n);
+        if let Op::Param { .. } | Op::State { .. } = node.op {
+            sources
+                .add_node(node.name.clone(), node.op.clone(), Role::Forward, &[])
+                .map_err(|e| ExportError::Graph(e.to_string()))?;
+        }
+    }
+    if sources.node_count() == 0 {
+        return Ok(State::new());
+    }
+    Ok(crate::exec::run::init_state_with(&sources, opts.seed, opts.base_dir.as_deref())?)
+}
+
+/// [`export`], encoded.
+pub fn export_bytes(g: &Graph, opts: &Options) -> Result<Vec<u8>, ExportError> {
+    Ok(export(g, opts)?.encode_to_vec())
+}
+
+/// Whether an op has an ONNX form.
+pub fn supported(op: &Op) -> bool {
+    use Op::*;
+    matches!(
+        op,
+        Input { .. }
+            | Param { .. }
+            | State { .. }
+            | Constant { .. }
+            | Cast { .. }
+            | Identity
+            | Add
+            | Sub
+            | Mul
+            | Div
+            | Scale { .. }
+            | Relu
+            | Gelu
+            | Tanh
+            | Sigmoid
+            | Exp
+            | Log
+            | Matmul { .. }
+            | Embedding
+            | LayerNorm { .. }
+            | Softmax { .. }
+            | LogSoftmax { .. }
+            | Dropout { .. }
+            | Conv2d { .. }
+            | BatchNorm { .. }
+            | MaxPool2d(_)
+            | AvgPool2d { .. }
+            | Erf
+            | FrozenBatchNorm { .. }
+            | Lrn { .. }
+            | Concat { .. }
+            | Split { .. }
+            | Flatten { .. }
+            | Reshape { .. }
+            | Transpose { .. }
+            | ReduceSum { .. }
+            | ReduceMean { .. }
+            | SumTo { .. }
+            | BroadcastTo { .. }
+    )
+}
+
+/// The ONNX element type of an mpc dtype (bf16 as BFLOAT16).
+pub fn elem_type(d: DType) -> i32 {
+    match d {
+        DType::F32 => data_type::FLOAT,
+        DType::F16 => data_type::FLOAT16,
+        DType::Bf16 => data_type::BFLOAT16,
+        DType::I32 => data_type::INT32,
+        DType::I64 => data_type::INT64,
+        DType::Bool => data_type::BOOL,
+    }
+}
+
+fn elem_suffix(e: i32) -> &'static str {
+    match e {
+        data_type::FLOAT => "f32",
+        data_type::FLOAT16 => "f16",
+        data_type::BFLOAT16 => "bf16",
+        data_type::INT32 => "i32",
+        data_type::INT64 => "i64",
+        data_type::BOOL => "bool",
+        _ => "t",
+    }
+}
+
+fn elem_dtype(e: i32) -> DType {
+    match e {
+        data_type::FLOAT16 => DType::F16,
+        data_type::BFLOAT16 => DType::Bf16,
+        data_type::INT32 => DType::I32,
+        data_type::INT64 => DType::I64,
+        data_type::BOOL => DType::Bool,
+        _ => DType::F32,
+    }
+}
+
+/// How an exported mpc value is available.
+enum Repr {
+    /// An ONNX value (graph input or node output) in its storage type.
+    Act(String),
+    /// A constant: an initializer made on first use, in whatever element
+    /// type a reader asks for.
+    Init(Tensor),
+}
+
+struct Exporter<'a> {
+    g: &'a Graph,
+    mode: Bf16Mode,
+    state: State,
+    /// Values that some exported node reads or that are outputs.
+    needed: FxHashSet<ValueId>,
+    /// Every name in use or reserved for an mpc value.
+    taken: FxHashSet<String>,
+    vname: FxHashMap<ValueId, String>,
+    repr: FxHashMap<ValueId, Repr>,
+    /// A value in another element type: a Cast output or a converted initializer.
+    converted: FxHashMap<(ValueId, i32, Vec<u64>), String>,
+    /// Shared scalar and mask initializers.
+    consts: FxHashMap<String, String>,
+    nodes: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+    inputs: Vec<ValueInfoProto>,
+    /// Type of every node output, in order.
+    types: Vec<(String, i32, Vec<u64>)>,
+}
+
+fn attr_i(name: &str, i: i64) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), r#type: Some(attr_type::INT), i: Some(i), ..Default::default() }
+}
+
+fn attr_ints(name: &str, ints: Vec<i64>) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), r#type: Some(attr_type::INTS), ints, ..Default::default() }
+}
+
+fn attr_f(name: &str, f: f32) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), r#type: Some(attr_type::FLOAT), f: Some(f), ..Default::default() }
+}
+
+fn attr_t(name: &str, t: TensorProto) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), r#type: Some(attr_type::TENSOR), t: Some(t), ..Default::default() }
+}
+
+fn value_info(name: &str, elem: i32, dims: &[u64]) -> ValueInfoProto {
+    let dim = dims.iter().map(|&d| Dimension { value: Some(DimensionValue::DimValue(d as i64)), denotation: None });
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(TypeValue::TensorType(TensorTypeProto {
+                elem_type: Some(elem),
+                shape: Some(TensorShapeProto { dim: dim.collect() }),
+            })),
+            denotation: None,
+        }),
+        doc_string: None,
+    }
+}
+
+/// A tensor's values as an initializer of element type `elem` (little-endian
+/// `raw_data`). Float data converts exactly to a wider type and rounds
+/// (nearest even) to a narrower one.
+fn tensor_proto(name: &str, t: &Tensor, elem: i32, dims: &[u64]) -> TensorProto {
+    let data = t.data().cast(elem_dtype(elem));
+    let mut raw = Vec::with_capacity(data.len() * elem_dtype(elem).size_bytes());
+    match &data {
+        crate::exec::Data::F32(v) => v.iter().for_each(|x| raw.extend_from_slice(&x.to_le_bytes())),
+        crate::exec::Data::F16(v) => v.iter().for_each(|x| raw.extend_from_slice(&x.to_le_bytes())),
+        crate::exec::Data::Bf16(v) => v.iter().for_each(|x| raw.extend_from_slice(&x.to_le_bytes())),
+        crate::exec::Data::I32(v) => v.iter().for_each(|x| raw.extend_from_slice(&x.to_le_bytes())),
+        crate::exec::Data::I64(v) => v.iter().for_each(|x| raw.extend_from_slice(&x.to_le_bytes())),
+        crate::exec::Data::Bool(v) => raw.extend(v.iter().map(|&b| u8::from(b))),
+    }
+    TensorProto {
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: Some(elem),
+        name: Some(name.into()),
+        raw_data: Some(raw),
+        ..Default::default()
+    }
+}
+
+/// A name with whitespace and control characters replaced by `_`.
+fn sanitize(name: &str) -> String {
+    name.chars().map(|c| if c.is_whitespace() || c.is_control() { '_' } else { c }).collect()
+}
+
+fn dims_of(ty: &TensorType) -> Vec<u64> {
+    ty.shape.0.clone()
+}
+
+impl<'a> Exporter<'a> {
+    fn new(g: &'a Graph, mode: Bf16Mode, state: State, needed: FxHashSet<ValueId>) -> Exporter<'a> {
+        Exporter {
+            g,
+            mode,
+            state,
+            needed,
+            taken: FxHashSet::default(),
+            vname: FxHashMap::default(),
+            repr: FxHashMap::default(),
+            converted: FxHashMap::default(),
+            consts: FxHashMap::default(),
+            nodes: Vec::new(),
+            inits: Vec::new(),
+            inputs: Vec::new(),
+            types: Vec::new(),
+        }
+    }
+
+    /// An unused name from `base`: `base`, else `base.1`, `base.2`, ...
+    fn fresh(&mut self, base: &str) -> String {
+        let base = sanitize(base);
+        let name = if self.taken.contains(&base) {
+            (1..).map(|i| format!("{base}.{i}")).find(|n| !self.taken.contains(n)).expect("an unused name exists")
+        } else {
+            base
+        };
+        self.taken.insert(name.clone());
+        name
+    }
+
+    /// Gives an mpc value its ONNX name.
+    fn reserve(&mut self, v: ValueId) {
+        let name = self.fresh(self.g.value_name(v));
+        self.vname.insert(v, name);
+    }
+
+    fn name_of(&self, v: ValueId) -> String {
+        self.vname[&v].clone()
+    }
+
+    /// The element type a value of dtype `d` is stored in.
+    fn store(&self, d: DType) -> i32 {
+        match (d, self.mode) {
+            (DType::Bf16, Bf16Mode::Emulated) => data_type::FLOAT,
+            _ => elem_type(d),
+        }
+    }
+
+    /// The element type an op computes in for output dtype `d`: its storage
+    /// type, except FLOAT for a bf16 op that opset 17 has no bf16 form of.
+    fn compute(&self, d: DType, bf16_ok: bool) -> i32 {
+        if d == DType::Bf16 && !bf16_ok {
+            data_type::FLOAT
+        } else {
+            self.store(d)
+        }
+    }
+
+    fn ty(&self, v: ValueId) -> &'a TensorType {
+        self.g.ty(v)
+    }
+
+    /// Appends a node; `outputs` are (name, element type, dims).
+    fn push(
+        &mut self,
+        op: &str,
+        inputs: Vec<String>,
+        outputs: Vec<(String, i32, Vec<u64>)>,
+        attrs: Vec<AttributeProto>,
+    ) {
+        let name = outputs.iter().map(|o| o.0.as_str()).find(|n| !n.is_empty()).unwrap_or(op).to_string();
+        self.nodes.push(NodeProto {
+            input: inputs,
+            output: outputs.iter().map(|o| o.0.clone()).collect(),
+            name: Some(name),
+            op_type: Some(op.into()),
+            attribute: attrs,
+            ..Default::default()
+        });
+        self.types.extend(outputs.into_iter().filter(|o| !o.0.is_empty()));
+    }
+
+    /// A fresh temporary: one node output.
+    fn tmp(
+        &mut self,
+        base: &str,
+        op: &str,
+        inputs: Vec<String>,
+        elem: i32,
+        dims: &[u64],
+        attrs: Vec<AttributeProto>,
+    ) -> String {
+        let name = self.fresh(base);
+        self.push(op, inputs, vec![(name.clone(), elem, dims.to_vec())], attrs);
+        name
+    }
+
+    /// A shared initializer, made once per key.
+    fn constant(&mut self, key: String, make: impl FnOnce(String) -> TensorProto) -> String {
+        if let Some(n) = self.consts.get(&key) {
+            return n.clone();
+        }
+        let name = self.fresh(&key);
+        self.inits.push(make(name.clone()));
+        self.consts.insert(key, name.clone());
+        name
+    }
+
+    /// A scalar initializer of element type `elem`, named after `hint`
+    /// when first made and shared by every reader of the same value.
+    fn scalar(&mut self, elem: i32, value: f64, hint: &str) -> String {
+        let key = format!("scalar.{}.{:x}", elem_suffix(elem), value.to_bits());
+        if let Some(n) = self.consts.get(&key) {
+            return n.clone();
+        }
+        let name = self.fresh(hint);
+        self.consts.insert(key, name.clone());
+        self.inits.push({
+            let t = Tensor::full(&TensorType::scalar(DType::F32), value).expect("a scalar");
+            // Round once from f64 to the element type (f32 first for floats, as mpc's constants).
+            tensor_proto(&name, &t, elem, &[])
+        });
+        name
+    }
+
+    /// An int64 vector initializer (shapes, axes).
+    fn ints(&mut self, what: &str, values: &[i64]) -> String {
+        let key = format!("{what}.{}", values.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("_"));
+        self.constant(key, |name| TensorProto {
+            dims: vec![values.len() as i64],
+            data_type: Some(data_type::INT64),
+            name: Some(name),
+            raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            ..Default::default()
+        })
+    }
+
+    /// Value `v` as an ONNX value of element type `elem` (and shape `dims`
+    /// when given, for an initializer or through a Reshape): the value
+    /// itself, a converted initializer, or a Cast of an activation.
+    fn get_as(&mut self, v: ValueId, elem: i32, dims: Option<&[u64]>) -> Result<String, ExportError> {
+        let own = dims_of(self.ty(v));
+        let want = dims.map(|d| d.to_vec()).unwrap_or_else(|| own.clone());
+        let key = (v, elem, want.clone());
+        if let Some(n) = self.converted.get(&key) {
+            return Ok(n.clone());
+        }
+        let store = self.store(self.ty(v).dtype);
+        let vname = self.g.value_name(v);
+        let name = match self.repr.get(&v) {
+            None => return Err(ExportError::Graph(format!("value `{vname}` is read before it is made"))),
+            Some(Repr::Init(t)) => {
+                let t = t.clone();
+                let name = if elem == store && want == own {
+                    self.name_of(v)
+                } else if want == own {
+                    self.fresh(&format!("{vname}.{}", elem_suffix(elem)))
+                } else {
+                    self.fresh(&format!("{vname}.{}.reshaped", elem_suffix(elem)))
+                };
+                self.inits.push(tensor_proto(&name, &t, elem, &want));
+                name
+            }
+            Some(Repr::Act(name)) if elem == store && want == own => name.clone(),
+            Some(Repr::Act(_)) if want == own => {
+                let x = self.get_as(v, store, None)?;
+                let base = format!("{vname}.{}", elem_suffix(elem));
+                self.tmp(&base, "Cast", vec![x], elem, &own, vec![attr_i("to", elem as i64)])
+            }
+            Some(Repr::Act(_)) => {
+                let x = self.get_as(v, elem, None)?;
+                let shape = self.ints("shape", &want.iter().map(|&d| d as i64).collect::<Vec<_>>());
+                self.tmp(&format!("{vname}.reshaped"), "Reshape", vec![x, shape], elem, &want, vec![])
+            }
+        };
+        self.converted.insert(key, name.clone());
+        Ok(name)
+    }
+
+    /// Value `v` in its storage type.
+    fn get(&mut self, v: ValueId) -> Result<String, ExportError> {
+        let e = self.store(self.ty(v).dtype);
+        self.get_as(v, e, None)
+    }
+
+    /// Makes mpc value `v`: `op` writes the name it is given, computing in
+    /// element type `produced`; then the result is converted to the
+    /// storage type and, for an emulated bf16 value that `op` may have
+    /// rounded (`exact` false), rounded to bf16.
+    fn make(
+        &mut self,
+        v: ValueId,
+        produced: i32,
+        exact: bool,
+        op: impl FnOnce(&mut Self, String) -> Result<(), ExportError>,
+    ) -> Result<(), ExportError> {
+        let ty = self.ty(v);
+        let store = self.store(ty.dtype);
+        let round =
+            self.mode == Bf16Mode::Emulated && ty.dtype == DType::Bf16 && !exact && produced != data_type::BFLOAT16;
+        let dims = dims_of(ty);
+        let base = self.g.value_name(v).to_string();
+        let final_name = self.name_of(v);
+        if produced == store && !round {
+            op(self, final_name.clone())?;
+        } else {
+            let mut cur = self.fresh(&format!("{base}.{}", elem_suffix(produced)));
+            op(self, cur.clone())?;
+            if round {
+                cur = self.tmp(
+                    &format!("{base}.bf16"),
+                    "Cast",
+                    vec![cur],
+                    data_type::BFLOAT16,
+                    &dims,
+                    vec![attr_i("to", data_type::BFLOAT16 as i64)],
+                );
+            }
+            self.push("Cast", vec![cur], vec![(final_name.clone(), store, dims)], vec![attr_i("to", store as i64)]);
+        }
+        self.repr.insert(v, Repr::Act(final_name));
+        Ok(())
+    }
+
+    /// Makes `v` with one node `op_type` reading `inputs`, computing in `produced`.
+    fn simple(
+        &mut self,
+        v: ValueId,
+        op_type: &str,
+        inputs: Vec<String>,
+        produced: i32,
+        exact: bool,
+        attrs: Vec<AttributeProto>,
+    ) -> Result<(), ExportError> {
+        let dims = dims_of(self.ty(v));
+        self.make(v, produced, exact, |x, name| {
+            x.push(op_type, inputs, vec![(name, produced, dims)], attrs);
+            Ok(())
+        })
+    }
+
+    fn node(&mut self, n: NodeId) -> Result<(), ExportError> {
+        let g = self.g;
+        let node = g.node(n);
+        let ins = g.inputs(n);
+        let v0 = ValueId { node: n, slot: 0 };
+        let out = self.ty(v0);
+        let d = out.dtype;
+        let in_ty = |i: usize| g.ty(ins[i]);
+        match &node.op {
+            Op::Input { ty } => {
+                let name = self.name_of(v0);
+                self.inputs.push(value_info(&name, self.store(ty.dtype), &dims_of(ty)));
+                self.repr.insert(v0, Repr::Act(name));
+            }
+            Op::Param { .. } | Op::State { .. } => {
+                let t = self
+                    .state
+                    .get(&node.name)
+                    .cloned()
+                    .ok_or_else(|| ExportError::Graph(format!("no initial value for `{}`", node.name)))?;
+                self.repr.insert(v0, Repr::Init(t));
+            }
+            Op::Constant { value, ty } => {
+                self.repr.insert(v0, Repr::Init(Tensor::full(ty, *value)?));
+            }
+            Op::Cast { to } => match self.repr.get(&ins[0]) {
+                Some(Repr::Init(t)) => {
+                    let t = Tensor::new(t.shape().clone(), t.data().cast(*to))?;
+                    self.repr.insert(v0, Repr::Init(t));
+                }
+                _ => {
+                    let x = self.get(ins[0])?;
+                    let from = self.store(in_ty(0).dtype);
+                    let to_elem = elem_type(*to);
+                    if from == to_elem {
+                        // Also emulated bf16 to f32: the stored values are already exact.
+                        self.simple(v0, "Identity", vec![x], from, true, vec![])?;
+                    } else {
+                        self.simple(v0, "Cast", vec![x], to_elem, true, vec![attr_i("to", to_elem as i64)])?;
+                    }
+                }
+            },
+            Op::Identity | Op::Dropout { .. } => {
+                if self.needed.contains(&v0) {
+                    let x = self.get(ins[0])?;
+                    self.simple(v0, "Identity", vec![x], self.store(d), true, vec![])?;
+                }
+                if let Op::Dropout { .. } = node.op {
+                    let mask = ValueId { node: n, slot: 1 };
+                    if self.needed.contains(&mask) {
+                        // Inference keeps every element.
+                        let dims = dims_of(self.ty(mask));
+                        let shape = self.ints("shape", &dims.iter().map(|&d| d as i64).collect::<Vec<_>>());
+                        let one = Tensor::full(&TensorType::new(DType::Bool, vec![1]), 1.0)?;
+                        let value = tensor_proto("value", &one, data_type::BOOL, &[1]);
+                        self.simple(
+                            mask,
+                            "ConstantOfShape",
+                            vec![shape],
+                            data_type::BOOL,
+                            true,
+                            vec![attr_t("value", value)],
+                        )?;
+                    }
+                }
+            }
+            Op::Add | Op::Sub | Op::Mul | Op::Div => {
+                let ct = self.compute(d, true);
+                let (a, b) = (self.get_as(ins[0], ct, None)?, self.get_as(ins[1], ct, None)?);
+                let op = match node.op {
+                    Op::Add => "Add",
+                    Op::Sub => "Sub",
+                    Op::Mul => "Mul",
+                    _ => "Div",
+                };
+                self.simple(v0, op, vec![a, b], ct, false, vec![])?;
+            }
+            Op::Scale { value } => {
+                let ct = self.compute(d, true);
+                let x = self.get_as(ins[0], ct, None)?;
+                let s = self.scalar(ct, *value, &format!("{}.value", node.name));
+                self.simple(v0, "Mul", vec![x, s], ct, false, vec![])?;
+            }
+            Op::Relu | Op::Tanh | Op::Sigmoid | Op::Exp | Op::Log => {
+                let ct = self.compute(d, true);
+                let x = self.get_as(ins[0], ct, None)?;
+                let op = match node.op {
+                    Op::Relu => "Relu",
+                    Op::Tanh => "Tanh",
+                    Op::Sigmoid => "Sigmoid",
+                    Op::Exp => "Exp",
+                    _ => "Log",
+                };
+                self.simple(v0, op, vec![x], ct, matches!(node.op, Op::Relu), vec![])?;
+            }
+            Op::Gelu => self.gelu(v0, ins[0])?,
+            Op::Matmul { transpose_a, transpose_b } => {
+                let ct = self.compute(d, true);
+                let mut a = self.get_as(ins[0], ct, None)?;
+                let mut b = self.get_as(ins[1], ct, None)?;
+                let (ra, rb) = (in_ty(0).shape.rank(), in_ty(1).shape.rank());
+                if ra == 2 && rb == 2 && (*transpose_a || *transpose_b) {
+                    let attrs =
+                        vec![attr_i("transA", i64::from(*transpose_a)), attr_i("transB", i64::from(*transpose_b))];
+                    self.simple(v0, "Gemm", vec![a, b], ct, false, attrs)?;
+                } else {
+                    for (flag, x, i) in [(*transpose_a, &mut a, 0), (*transpose_b, &mut b, 1)] {
+                        if flag {
+                            let mut dims = dims_of(in_ty(i));
+                            let r = dims.len();
+                            dims.swap(r - 2, r - 1);
+                            let mut perm: Vec<i64> = (0..r as i64).collect();
+                            perm.swap(r - 2, r - 1);
+                            let base = format!("{}.t", g.value_name(ins[i]));
+                            *x =
+                                self.tmp(&base, "Transpose", vec![x.clone()], ct, &dims, vec![attr_ints("perm", perm)]);
+                        }
+                    }
+                    self.simple(v0, "MatMul", vec![a, b], ct, false, vec![])?;
+                }
+            }
+            Op::Embedding => {
+                let table = self.get(ins[0])?;
+                let ids = self.get(ins[1])?;
+                self.simple(v0, "Gather", vec![table, ids], self.store(d), true, vec![attr_i("axis", 0)])?;
+            }
+            Op::LayerNorm { eps } => self.layer_norm(n, &ins, *eps)?,
+            Op::Softmax { axis, causal } => {
+                let ct = self.compute(d, true);
+                let mut x = self.get_as(ins[0], ct, None)?;
+                if *causal {
+                    let dims = dims_of(in_ty(0));
+                    let t = dims[dims.len() - 1] as usize;
+                    let mask = self.constant(format!("causal_mask.{t}"), |name| {
+                        let keep: Vec<f32> = (0..t * t).map(|k| if k % t <= k / t { 1.0 } else { 0.0 }).collect();
+                        let m = Tensor::from_f32(DType::Bool, vec![t as u64, t as u64], &keep).expect("a mask");
+                        tensor_proto(&name, &m, data_type::BOOL, &[t as u64, t as u64])
+                    });
+                    let ninf = self.scalar(ct, f64::NEG_INFINITY, &format!("neg_inf.{}", elem_suffix(ct)));
+                    let base = format!("{}.masked", g.value_name(ins[0]));
+                    x = self.tmp(&base, "Where", vec![mask, x, ninf], ct, &dims, vec![]);
+                }
+                self.simple(v0, "Softmax", vec![x], ct, false, vec![attr_i("axis", *axis)])?;
+            }
+            Op::LogSoftmax { axis } => {
+                let ct = self.compute(d, true);
+                let x = self.get_as(ins[0], ct, None)?;
+                self.simple(v0, "LogSoftmax", vec![x], ct, false, vec![attr_i("axis", *axis)])?;
+            }
+            Op::Conv2d { stride, padding, groups } => {
+                let ct = self.compute(d, false);
+                let x = self.get_as(ins[0], ct, None)?;
+                let w = self.get_as(ins[1], ct, None)?;
+                let wd = dims_of(in_ty(1));
+                let attrs = vec![
+                    attr_ints("kernel_shape", vec![wd[2] as i64, wd[3] as i64]),
+                    attr_ints("strides", stride.iter().map(|&s| s as i64).collect()),
+                    attr_ints("pads", pads(padding, padding)),
+                    attr_i("group", *groups as i64),
+                ];
+                self.simple(v0, "Conv", vec![x, w], ct, false, attrs)?;
+            }
+            Op::MaxPool2d(w) => {
+                let ct = self.compute(d, false);
+                let x = self.get_as(ins[0], ct, None)?;
+                self.simple(v0, "MaxPool", vec![x], ct, true, window_attrs(w))?;
+            }
+            Op::AvgPool2d { window, count_include_pad } => {
+                let ct = self.compute(d, false);
+                let x = self.get_as(ins[0], ct, None)?;
+                let mut attrs = window_attrs(window);
+                attrs.push(attr_i("count_include_pad", i64::from(*count_include_pad)));
+                self.simple(v0, "AveragePool", vec![x], ct, false, attrs)?;
+            }
+            Op::Erf => {
+                let ct = self.compute(d, true);
+                let x = self.get_as(ins[0], ct, None)?;
+                self.simple(v0, "Erf", vec![x], ct, false, vec![])?;
+            }
+            Op::Lrn { size, alpha, beta, bias } => {
+                let ct = self.compute(d, true);
+                let x = self.get_as(ins[0], ct, None)?;
+                let attrs = vec![
+                    attr_i("size", *size as i64),
+                    attr_f("alpha", *alpha as f32),
+                    attr_f("beta", *beta as f32),
+                    attr_f("bias", *bias as f32),
+                ];
+                self.simple(v0, "LRN", vec![x], ct, false, attrs)?;
+            }
+            Op::FrozenBatchNorm { eps } => {
+                // One type for x and the statistics, or FLOAT (exact, as mpc
+                // computes in f32) when they differ.
+                let ct = if in_ty(1).dtype == d { self.compute(d, true) } else { data_type::FLOAT };
+                let mut args = Vec::new();
+                for &v in ins.iter() {
+                    args.push(self.get_as(v, ct, None)?);
+                }
+                let attrs = vec![attr_f("epsilon", *eps as f32)];
+                self.simple(v0, "BatchNormalization", args, ct, false, attrs)?;
+            }
+            Op::Concat { axis } => {
+                let mut args = Vec::new();
+                for &v in ins.iter() {
+                    args.push(self.get(v)?);
+                }
+                self.simple(v0, "Concat", args, self.store(d), true, vec![attr_i("axis", *axis)])?;
+            }
+            Op::Split { axis, sizes } => {
+                let x = self.get(ins[0])?;
+                let split = self.ints("split", &sizes.iter().map(|&s| s as i64).collect::<Vec<_>>());
+                let e = self.store(d);
+                let outs: Vec<(String, i32, Vec<u64>)> =
+                    g.values(n).map(|v| (self.name_of(v), e, dims_of(self.ty(v)))).collect();
+                self.push("Split", vec![x, split], outs, vec![attr_i("axis", *axis)]);
+                for v in g.values(n) {
+                    let name = self.name_of(v);
+                    self.repr.insert(v, Repr::Act(name));
+                }
+            }
+            Op::BatchNorm { eps, .. } => self.batch_norm(n, &ins, *eps)?,
+            Op::Flatten { axis } => {
+                let x = self.get(ins[0])?;
+                self.simple(v0, "Flatten", vec![x], self.store(d), true, vec![attr_i("axis", *axis)])?;
+            }
+            Op::Reshape { .. } => {
+                let x = self.get(ins[0])?;
+                let shape = self.ints("shape", &out.shape.0.iter().map(|&d| d as i64).collect::<Vec<_>>());
+                self.simple(v0, "Reshape", vec![x, shape], self.store(d), true, vec![])?;
+            }
+            Op::Transpose { perm } => {
+                let x = self.get(ins[0])?;
+                let perm = perm.iter().map(|&p| p as i64).collect();
+                self.simple(v0, "Transpose", vec![x], self.store(d), true, vec![attr_ints("perm", perm)])?;
+            }
+            Op::ReduceSum { axes, keepdims } | Op::ReduceMean { axes, keepdims } => {
+                let ct = self.compute(d, true);
+                let x = self.get_as(ins[0], ct, None)?;
+                let keep = attr_i("keepdims", i64::from(*keepdims));
+                if matches!(node.op, Op::ReduceSum { .. }) {
+                    let a = self.ints("axes", axes);
+                    self.simple(v0, "ReduceSum", vec![x, a], ct, false, vec![keep])?;
+                } else {
+                    self.simple(v0, "ReduceMean", vec![x], ct, false, vec![attr_ints("axes", axes.clone()), keep])?;
+                }
+            }
+            Op::SumTo { shape } => {
+                let ct = self.compute(d, true);
+                let x = self.get_as(ins[0], ct, None)?;
+                let xd = dims_of(in_ty(0));
+                let lead = xd.len() - shape.len();
+                let axes: Vec<i64> = (0..xd.len())
+                    .filter(|&i| i < lead || (shape[i - lead] == 1 && xd[i] != 1))
+                    .map(|i| i as i64)
+                    .collect();
+                if axes.is_empty() {
+                    self.simple(v0, "Identity", vec![x], ct, true, vec![])?;
+                } else {
+                    let a = self.ints("axes", &axes);
+                    let kept: Vec<u64> =
+                        xd.iter().enumerate().map(|(i, &s)| if axes.contains(&(i as i64)) { 1 } else { s }).collect();
+                    let base = format!("{}.sum", g.value_name(v0));
+                    let s = self.tmp(&base, "ReduceSum", vec![x, a], ct, &kept, vec![attr_i("keepdims", 1)]);
+                    let target = self.ints("shape", &shape.iter().map(|&d| d as i64).collect::<Vec<_>>());
+                    self.simple(v0, "Reshape", vec![s, target], ct, false, vec![])?;
+                }
+            }
+            Op::BroadcastTo { shape } => {
+                let x = self.get(ins[0])?;
+                let s = self.ints("shape", &shape.iter().map(|&d| d as i64).collect::<Vec<_>>());
+                self.simple(v0, "Expand", vec![x, s], self.store(d), true, vec![])?;
+            }
+            other => {
+                return Err(ExportError::Unsupported(vec![(node.name.clone(), other.name())]));
+            }
+        }
+        Ok(())
+    }
+
+    /// gelu, tanh approximation, in FLOAT with mpc's f32 constants and
+    /// evaluation order: `(0.5 x) (1 + tanh(c (x + ((a x) x) x)))`.
+    fn gelu(&mut self, v: ValueId, x: ValueId) -> Result<(), ExportError> {
+        const C: f32 = 0.797_884_6;
+        const A: f32 = 0.044715;
+        let f = data_type::FLOAT;
+        let xf = self.get_as(x, f, None)?;
+        let dims = dims_of(self.ty(x));
+        let base = self.g.value_name(v).to_string();
+        let (a, c) = (self.scalar(f, A as f64, "gelu.a"), self.scalar(f, C as f64, "gelu.c"));
+        let (half, one) = (self.scalar(f, 0.5, "half"), self.scalar(f, 1.0, "one"));
+        self.make(v, f, false, |e, name| {
+            let t = |e: &mut Self, what: &str, op: &str, ins: Vec<String>| {
+                e.tmp(&format!("{base}.{what}"), op, ins, f, &dims, vec![])
+            };
+            let ax = t(e, "ax", "Mul", vec![xf.clone(), a]);
+            let ax2 = t(e, "ax2", "Mul", vec![ax, xf.clone()]);
+            let ax3 = t(e, "ax3", "Mul", vec![ax2, xf.clone()]);
+            let inner = t(e, "inner", "Add", vec![xf.clone(), ax3]);
+            let z = t(e, "z", "Mul", vec![inner, c]);
+            let th = t(e, "tanh", "Tanh", vec![z]);
+            let u = t(e, "u", "Add", vec![th, one]);
+            let h = t(e, "half_x", "Mul", vec![xf.clone(), half]);
+            e.push("Mul", vec![h, u], vec![(name, f, dims.clone())], vec![]);
+            Ok(())
+        })
+    }
+
+    fn layer_norm(&mut self, n: NodeId, ins: &[ValueId], eps: f64) -> Result<(), ExportError> {
+        let g = self.g;
+        let y = ValueId { node: n, slot: 0 };
+        let (xt, gt) = (g.ty(ins[0]).dtype, g.ty(ins[1]).dtype);
+        // ONNX wants one type for x, scale and bias; with mixed types compute
+        // in FLOAT (exact, as mpc does).
+        let ct = if xt == gt { self.compute(xt, true) } else { data_type::FLOAT };
+        let x = self.get_as(ins[0], ct, None)?;
+        let gamma = self.get_as(ins[1], ct, None)?;
+        let beta = self.get_as(ins[2], ct, None)?;
+        let xd = dims_of(g.ty(ins[0]));
+        let mut stat_dims = xd.clone();
+        if let Some(l) = stat_dims.last_mut() {
+            *l = 1;
+        }
+        let stats: Vec<ValueId> = (1..3).map(|slot| ValueId { node: n, slot }).collect();
+        let stat_names: Vec<String> = stats
+            .iter()
+            .map(|&s| if self.needed.contains(&s) { format!("{}.keepdims", g.value_name(s)) } else { String::new() })
+            .collect();
+        let stat_names: Vec<String> =
+            stat_names.into_iter().map(|s| if s.is_empty() { s } else { self.fresh(&s) }).collect();
+        let attrs = vec![attr_i("axis", -1), attr_f("epsilon", eps as f32), attr_i("stash_type", 1)];
+        let dims = xd.clone();
+        let sn = stat_names.clone();
+        let sd = stat_dims.clone();
+        self.make(y, ct, false, move |e, name| {
+            let mut outs = vec![(name, ct, dims)];
+            for s in sn.iter() {
+                outs.push((s.clone(), data_type::FLOAT, sd.clone()));
+            }
+            while outs.last().is_some_and(|o| o.0.is_empty()) {
+                outs.pop();
+            }
+            e.push("LayerNormalization", vec![x, gamma, beta], outs, attrs);
+            Ok(())
+        })?;
+        for (s, kept) in stats.into_iter().zip(stat_names) {
+            if !kept.is_empty() {
+                let shape = self.ints("shape", &dims_of(g.ty(s)).iter().map(|&d| d as i64).collect::<Vec<_>>());
+                self.simple(s, "Reshape", vec![kept, shape], data_type::FLOAT, true, vec![])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// batch_norm with batch statistics (mpc has no running statistics), in
+    /// FLOAT as mpc computes it: `(x - mean) · (1/sqrt(var + eps)) · gamma + beta`.
+    fn batch_norm(&mut self, n: NodeId, ins: &[ValueId], eps: f64) -> Result<(), ExportError> {
+        let g = self.g;
+        let f = data_type::FLOAT;
+        let y = ValueId { node: n, slot: 0 };
+        let xd = dims_of(g.ty(ins[0]));
+        let c = xd[1];
+        let mut cd = vec![1u64; xd.len()];
+        cd[1] = c;
+        let axes: Vec<i64> = (0..xd.len() as i64).filter(|&a| a != 1).collect();
+        let x = self.get_as(ins[0], f, None)?;
+        let gamma = self.get_as(ins[1], f, Some(&cd))?;
+        let beta = self.get_as(ins[2], f, Some(&cd))?;
+        let base = g.value_name(y).to_string();
+        let eps_c = self.scalar(f, eps as f32 as f64, &format!("{base}.eps"));
+        let one = self.scalar(f, 1.0, "one");
+        let red = |axes: &[i64]| vec![attr_ints("axes", axes.to_vec()), attr_i("keepdims", 1)];
+        let mean = self.tmp(&format!("{base}.mean"), "ReduceMean", vec![x.clone()], f, &cd, red(&axes));
+        let diff = self.tmp(&format!("{base}.centered"), "Sub", vec![x, mean.clone()], f, &xd, vec![]);
+        let sq = self.tmp(&format!("{base}.sq"), "Mul", vec![diff.clone(), diff.clone()], f, &xd, vec![]);
+        let var = self.tmp(&format!("{base}.var"), "ReduceMean", vec![sq], f, &cd, red(&axes));
+        let ve = self.tmp(&format!("{base}.var_eps"), "Add", vec![var.clone(), eps_c], f, &cd, vec![]);
+        let sd = self.tmp(&format!("{base}.std"), "Sqrt", vec![ve], f, &cd, vec![]);
+        let rstd = self.tmp(&format!("{base}.rstd"), "Div", vec![one, sd], f, &cd, vec![]);
+        let xhat = self.tmp(&format!("{base}.xhat"), "Mul", vec![diff, rstd], f, &xd, vec![]);
+        let scaled = self.tmp(&format!("{base}.scaled"), "Mul", vec![xhat, gamma], f, &xd, vec![]);
+        self.simple(y, "Add", vec![scaled, beta], f, false, vec![])?;
+        for (slot, stat) in [(1u32, mean), (2, var)] {
+            let s = ValueId { node: n, slot };
+            if self.needed.contains(&s) {
+                let shape = self.ints("shape", &[c as i64]);
+                self.simple(s, "Reshape", vec![stat, shape], f, true, vec![])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, outputs: &[ValueId]) -> Result<ModelProto, ExportError> {
+        let mut graph_outputs = Vec::new();
+        let mut out_names = FxHashSet::default();
+        for &v in outputs {
+            let ty = self.ty(v);
+            let store = self.store(ty.dtype);
+            let mut name = self.name_of(v);
+            if let Some(Repr::Init(t)) = self.repr.get(&v) {
+                // A graph output must be a node's: copy the constant.
+                let t = t.clone();
+                let src = match self.converted.get(&(v, store, dims_of(ty))) {
+                    Some(existing) => {
+                        let src = existing.clone();
+                        name = self.fresh(&format!("{name}.out"));
+                        src
+                    }
+                    None => {
+                        let src = self.fresh(&format!("{name}.value"));
+                        self.inits.push(tensor_proto(&src, &t, store, &dims_of(ty)));
+                        src
+                    }
+                };
+                self.push("Identity", vec![src], vec![(name.clone(), store, dims_of(ty))], vec![]);
+            }
+            graph_outputs.push(value_info(&name, store, &dims_of(ty)));
+            out_names.insert(name);
+        }
+        let value_infos = self
+            .types
+            .iter()
+            .filter(|(n, _, _)| !out_names.contains(n))
+            .map(|(n, e, d)| value_info(n, *e, d))
+            .collect();
+        let graph = GraphProto {
+            node: self.nodes,
+            name: Some(if self.g.name.is_empty() { "mpc".into() } else { self.g.name.clone() }),
+            initializer: self.inits,
+            input: self.inputs,
+            output: graph_outputs,
+            value_info: value_infos,
+            doc_string: None,
+        };
+        Ok(ModelProto {
+            ir_version: Some(IR_VERSION),
+            opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(OPSET) }],
+            producer_name: Some("mpc".into()),
+            producer_version: Some(env!("CARGO_PKG_VERSION").into()),
+            graph: Some(graph),
+            ..Default::default()
+        })
+    }
+}
+
+/// ONNX `pads`: `[top, left, bottom, right]`.
+fn pads(begin: &[u64; 2], end: &[u64; 2]) -> Vec<i64> {
+    vec![begin[0] as i64, begin[1] as i64, end[0] as i64, end[1] as i64]
+}
+
+fn window_attrs(w: &Window) -> Vec<AttributeProto> {
+    vec![
+        attr_ints("kernel_shape", w.kernel.iter().map(|&k| k as i64).collect()),
+        attr_ints("strides", w.stride.iter().map(|&s| s as i64).collect()),
+        attr_ints("pads", pads(&w.padding, &w.padding_end)),
+    ]
+}
