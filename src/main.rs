@@ -250,6 +250,7 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
                 usage_error("--onnx-bf16: only with --precision bf16".into());
             }
             let opts = passes::Options { verify_each, print_after, ..pass_args.options()? };
+            let started = std::time::Instant::now();
             let g = if pass_args.precision == LowType::Fp32 {
                 let mut g = load_verified(&model)?;
                 passes::lower_fp32(&mut g, &opts)
@@ -270,6 +271,13 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
             };
             let out =
                 emit::emit(&g, how, &onnx).map_err(|e| miette::Report::msg(format!("{}: {e}", model.display())))?;
+            // Reading, verifying, lowering and emitting (an ONNX export reads the
+            // weights file too); writing the output is not counted.
+            eprintln!(
+                "{}: read, lowered and emitted in {:.3} ms",
+                model.display(),
+                started.elapsed().as_secs_f64() * 1e3
+            );
             match output {
                 Some(path) => write_atomic(&path, &out)
                     .map_err(|e| miette::Report::msg(format!("cannot write {}: {e}", path.display())))?,
