@@ -277,6 +277,7 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
                 usage_error("--onnx-bf16: only with --precision bf16".into());
             }
             let opts = passes::Options { verify_each, print_after, ..pass_args.options()? };
+            let started = std::time::Instant::now();
             let g = if pass_args.precision == LowType::Fp32 {
                 let mut g = load_verified(&model)?;
                 passes::lower_fp32(&mut g, &opts)
@@ -305,6 +306,14 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
                 }
                 None => emit::emit(&g, how, &onnx).map_err(fail)?,
             };
+            // Reading, verifying, lowering and emitting (an ONNX export reads the
+            // weights file too, and --onnx-test-data runs the executor); writing
+            // the output is not counted.
+            eprintln!(
+                "{}: read, lowered and emitted in {:.3} ms",
+                model.display(),
+                started.elapsed().as_secs_f64() * 1e3
+            );
             match output {
                 Some(path) => write_atomic(&path, &out)
                     .map_err(|e| miette::Report::msg(format!("cannot write {}: {e}", path.display())))?,
