@@ -23,7 +23,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::exec::{ExecError, State, Tensor};
 use crate::graph::{Graph, NodeId, ValueId};
-use crate::op::{Op, Role, Window};
+use crate::op::{Init, Op, Role, Window};
 use crate::types::{DType, TensorType};
 
 use super::proto::{
@@ -136,7 +136,7 @@ fn plan(g: &Graph) -> Result<Plan, ExportError> {
 /// Exports the forward part of `g` (a lowered graph) as an ONNX model.
 pub fn export(g: &Graph, opts: &Options) -> Result<ModelProto, ExportError> {
     let Plan { outputs, nodes, needed } = plan(g)?;
-    let state = initial_values(g, &nodes, opts)?;
+    let state = initial_values(g, &nodes, opts, false)?;
     let mut x = Exporter::new(g, opts.bf16, state, needed);
     for &n in &nodes {
         for v in g.values(n) {
@@ -168,7 +168,7 @@ pub fn test_data(g: &Graph, opts: &Options, model: &ModelProto) -> Result<TestDa
     use crate::exec::rng::{combine, fnv1a, SplitMix64};
     use crate::exec::{CpuBackend, Executor, RunOptions};
     let Plan { outputs, nodes, .. } = plan(g)?;
-    let state = initial_values(g, &nodes, opts)?;
+    let state = initial_values(g, &nodes, opts, true)?;
     // The exported part alone, dropout off.
     let mut f = g.clone();
     let keep: FxHashSet<NodeId> = nodes.iter().copied().collect();
@@ -236,12 +236,14 @@ pub fn test_data(g: &Graph, opts: &Options, model: &ModelProto) -> Result<TestDa
 /// The values of the params and state among `nodes`, as `mpc train` starts
 /// from them: `init_state_with` on a graph of just those nodes (a value
 /// depends only on its name, type, init and the seed).
-fn initial_values(g: &Graph, nodes: &[NodeId], opts: &Options) -> Result<State, ExportError> {
+/// Fills are left out unless `fills` (the executor needs every value; the
+/// exporter writes fills as ConstantOfShape).
+fn initial_values(g: &Graph, nodes: &[NodeId], opts: &Options, fills: bool) -> Result<State, ExportError> {
     let mut sources = Graph::new(g.name.clone());
     sources.weights = g.weights.clone();
     for &n in nodes {
         let node = g.node(n);
-        if let Op::Param { .. } | Op::State { .. } = node.op {
+        if matches!(node.op, Op::Param { .. } | Op::State { .. }) && (fills || fill_value(&node.op).is_none()) {
             sources
                 .add_node(node.name.clone(), node.op.clone(), Role::Forward, &[])
                 .map_err(|e| ExportError::Graph(e.to_string()))?;
@@ -347,6 +349,29 @@ enum Repr {
     /// A constant: an initializer made on first use, in whatever element
     /// type a reader asks for.
     Init(Tensor),
+    /// A param or state whose init is one value everywhere (constant, zeros,
+    /// ones): a ConstantOfShape node on first use, so that a model whose
+    /// weights are fills (the light models) is neither materialised nor
+    /// written out element by element.
+    Fill { value: f64, ty: TensorType },
+}
+
+/// Fills smaller than this are plain initializers.
+const FILL_NODE_MIN: u64 = 4096;
+
+/// The one value of a fill init of at least [`FILL_NODE_MIN`] elements.
+fn fill_value(op: &Op) -> Option<f64> {
+    match op {
+        Op::Param { init, ty } | Op::State { init, ty } if ty.shape.numel().is_some_and(|n| n >= FILL_NODE_MIN) => {
+            match init {
+                Init::Zeros => Some(0.0),
+                Init::Ones => Some(1.0),
+                Init::Constant { value } => Some(*value),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
 }
 
 struct Exporter<'a> {
@@ -597,6 +622,35 @@ impl<'a> Exporter<'a> {
                 self.inits.push(tensor_proto(&name, &t, elem, &want));
                 name
             }
+            Some(Repr::Fill { value, ty }) if elem == data_type::BFLOAT16 => {
+                // Opset 17's ConstantOfShape has no bfloat16 output: an initializer.
+                let t = Tensor::full(&ty.with_dtype(ty.dtype), *value)?;
+                let name = if elem == store && want == own {
+                    self.name_of(v)
+                } else {
+                    self.fresh(&format!("{vname}.{}", elem_suffix(elem)))
+                };
+                self.inits.push(tensor_proto(&name, &t, elem, &want));
+                name
+            }
+            Some(Repr::Fill { value, ty }) => {
+                // The value as the tensor would hold it: rounded to its dtype, then to `elem`.
+                let t = Tensor::full(&TensorType::scalar(ty.dtype), *value)?;
+                let one = tensor_proto("value", &t, elem, &[1]);
+                let shape = self.ints("shape", &want.iter().map(|&d| d as i64).collect::<Vec<_>>());
+                let base = if elem == store && want == own {
+                    vname.to_string()
+                } else {
+                    format!("{vname}.{}", elem_suffix(elem))
+                };
+                let attr = AttributeProto {
+                    name: Some("value".into()),
+                    r#type: Some(attr_type::TENSOR),
+                    t: Some(one),
+                    ..Default::default()
+                };
+                self.tmp(&base, "ConstantOfShape", vec![shape], elem, &want, vec![attr])
+            }
             Some(Repr::Act(name)) if elem == store && want == own => name.clone(),
             Some(Repr::Act(_)) if want == own => {
                 let x = self.get_as(v, store, None)?;
@@ -689,6 +743,10 @@ impl<'a> Exporter<'a> {
                 self.inputs.push(value_info(&name, self.store(ty.dtype), &dims_of(ty)));
                 self.repr.insert(v0, Repr::Act(name));
             }
+            Op::Param { ty, .. } | Op::State { ty, .. } if fill_value(&node.op).is_some() => {
+                let value = fill_value(&node.op).unwrap_or(0.0);
+                self.repr.insert(v0, Repr::Fill { value, ty: ty.clone() });
+            }
             Op::Param { .. } | Op::State { .. } => {
                 let t = self
                     .state
@@ -701,6 +759,11 @@ impl<'a> Exporter<'a> {
                 self.repr.insert(v0, Repr::Init(Tensor::full(ty, *value)?));
             }
             Op::Cast { to } => match self.repr.get(&ins[0]) {
+                Some(Repr::Fill { value, ty }) => {
+                    let rounded = Tensor::full(&TensorType::scalar(ty.dtype), *value)?.data().cast(*to);
+                    let value = Tensor::new(Vec::<u64>::new(), rounded)?.to_f32_vec()[0] as f64;
+                    self.repr.insert(v0, Repr::Fill { value, ty: ty.with_dtype(*to) });
+                }
                 Some(Repr::Init(t)) => {
                     let t = Tensor::new(t.shape().clone(), t.data().cast(*to))?;
                     self.repr.insert(v0, Repr::Init(t));
@@ -866,9 +929,12 @@ impl<'a> Exporter<'a> {
                 self.simple(v0, "LRN", vec![x], ct, false, attrs)?;
             }
             Op::FrozenBatchNorm { eps } => {
-                // One type for x and the statistics, or FLOAT (exact, as mpc
-                // computes in f32) when they differ.
-                let ct = if in_ty(1).dtype == d { self.compute(d, true) } else { data_type::FLOAT };
+                // One type for x and the statistics. Statistics that are
+                // constants are stored in x's type (as onnxconverter-common
+                // does: no casts); activations that differ compute in FLOAT.
+                let consts =
+                    ins[1..].iter().all(|v| matches!(self.repr.get(v), Some(Repr::Init(_) | Repr::Fill { .. })));
+                let ct = if in_ty(1).dtype == d || consts { self.compute(d, true) } else { data_type::FLOAT };
                 let mut args = Vec::new();
                 for &v in ins.iter() {
                     args.push(self.get_as(v, ct, None)?);
@@ -1073,6 +1139,10 @@ impl<'a> Exporter<'a> {
             let ty = self.ty(v);
             let store = self.store(ty.dtype);
             let mut name = self.name_of(v);
+            if let Some(Repr::Fill { value, ty }) = self.repr.get(&v) {
+                let t = Tensor::full(ty, *value)?;
+                self.repr.insert(v, Repr::Init(t));
+            }
             if let Some(Repr::Init(t)) = self.repr.get(&v) {
                 // A graph output must be a node's: copy the constant.
                 let t = t.clone();
