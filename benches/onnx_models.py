@@ -100,6 +100,7 @@ def main():
                 keep = [i for i in m.graph.input if i.name not in names]
                 del m.graph.input[:]
                 m.graph.input.extend(keep)
+                m.ir_version = max(m.ir_version, 4)  # IR 3 wants initializers listed as inputs
                 onnx.save(m, src)
             else:
                 randomize(shipped, src, 0)
@@ -166,6 +167,9 @@ def main():
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        if args.as_shipped:
+            # Weights of 0.02 everywhere overflow FP16 in these models: no errors to show.
+            r = r[:6] + (float("nan"),) * 4 + r[10:]
         print(
             f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {r[6]:.2e} | {r[7]:.2e} | {r[8]:.2e} | {r[9]:.2e} "
             f"| {r[10]:.1f} | {r[11]:.1f} | {r[12]:.1f} | {r[12] / r[10]:.0f}× |"
