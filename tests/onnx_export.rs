@@ -437,3 +437,46 @@ fn test_data_is_what_the_executor_computes() {
     let other = Options { seed: 4, ..opts.clone() };
     assert_ne!(export::test_data(&g, &other, &export::export(&g, &other).unwrap()).unwrap().inputs, data.inputs);
 }
+
+#[test]
+fn conv_bias_adds_fold_into_conv_except_in_emulated_bf16() {
+    use mpc::format::{Optimizer, OptimizerKind};
+    use mpc::onnx::{import, ImportOptions, Loss};
+    let bytes = std::fs::read("tests/data/onnx/light_squeezenet.onnx").unwrap();
+    let opts = ImportOptions {
+        loss: Loss::CrossEntropy,
+        optimizer: Optimizer::new(OptimizerKind::Sgd, 0.01),
+        weights_file: "w.safetensors".into(),
+        input_shapes: vec![],
+        dropout_seed: 0,
+    };
+    let im = import(&bytes, &opts).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    mpc::checkpoint::write_tensors(&dir.path().join("w.safetensors"), &im.weights).unwrap();
+    for (low, mode, fused) in [
+        (mpc::DType::F16, Bf16Mode::Native, true),
+        (mpc::DType::Bf16, Bf16Mode::Native, true),
+        (mpc::DType::Bf16, Bf16Mode::Emulated, false),
+    ] {
+        let mut g = im.graph.clone();
+        let popts =
+            mpc::passes::Options { low, table: Some(mpc::passes::Table::default_for(low)), ..Default::default() };
+        mpc::passes::lower(&mut g, &popts).unwrap();
+        let o = Options { bf16: mode, seed: 0, base_dir: Some(dir.path().to_path_buf()) };
+        let m = ModelProto::decode(export::export_bytes(&g, &o).unwrap().as_slice()).unwrap();
+        let nodes = &m.graph.as_ref().unwrap().node;
+        let convs: Vec<_> = nodes.iter().filter(|n| n.op_type.as_deref() == Some("Conv")).collect();
+        let adds = nodes.iter().filter(|n| n.op_type.as_deref() == Some("Add")).count();
+        assert_eq!(convs.len(), 26, "{low:?} {mode:?}");
+        let with_bias = convs.iter().filter(|c| c.input.len() == 3).count();
+        if fused {
+            // In FP16 all but conv10, whose bias add autocast keeps in f32 (it feeds
+            // the f32 mean, an infer op under BF16's table): that add reads a cast.
+            let want = if low == mpc::DType::F16 { (25, 1) } else { (26, 0) };
+            assert_eq!((with_bias, adds), want, "{low:?} {mode:?}");
+        } else {
+            assert!(convs.iter().all(|c| c.input.len() == 2), "emulated bf16 rounds the conv before its bias");
+            assert_eq!(adds, 26);
+        }
+    }
+}

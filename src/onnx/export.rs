@@ -386,6 +386,8 @@ struct Exporter<'a> {
     repr: FxHashMap<ValueId, Repr>,
     /// A value in another element type: a Cast output or a converted initializer.
     converted: FxHashMap<(ValueId, i32, Vec<u64>), String>,
+    /// Bias `add` nodes folded into the Conv before them.
+    fused: FxHashSet<NodeId>,
     /// Shared scalar and mask initializers.
     consts: FxHashMap<String, String>,
     nodes: Vec<NodeProto>,
@@ -469,6 +471,7 @@ impl<'a> Exporter<'a> {
             vname: FxHashMap::default(),
             repr: FxHashMap::default(),
             converted: FxHashMap::default(),
+            fused: FxHashSet::default(),
             consts: FxHashMap::default(),
             nodes: Vec::new(),
             inits: Vec::new(),
@@ -729,7 +732,43 @@ impl<'a> Exporter<'a> {
         })
     }
 
+    /// A conv2d whose only reader is an `add` of a per-channel bias param
+    /// (or a cast of one): (the add, the bias param, the cast's type). The
+    /// export folds it into Conv's bias input, one rounding instead of two,
+    /// as onnxconverter-common's Conv. Not in emulated BF16, which must
+    /// round exactly where mpc does.
+    fn bias_add(&self, n: NodeId) -> Option<(NodeId, NodeId, Option<DType>)> {
+        let g = self.g;
+        let v0 = ValueId { node: n, slot: 0 };
+        if self.mode == Bf16Mode::Emulated && g.ty(v0).dtype == DType::Bf16 || g.outputs.contains(&v0) {
+            return None;
+        }
+        let uses = g.uses(v0);
+        let [(add, port)] = uses[..] else { return None };
+        let add_v = ValueId { node: add, slot: 0 };
+        if !matches!(g.node(add).op, Op::Add) || !self.needed.contains(&add_v) && !g.outputs.contains(&add_v) {
+            return None;
+        }
+        let b = g.inputs(add)[1 - port as usize];
+        let (ty, out) = (g.ty(v0), g.ty(add_v));
+        let c = *ty.shape.0.get(1)?;
+        if g.ty(b).dtype != ty.dtype || g.ty(b).shape.0 != [c, 1, 1] || out != ty {
+            return None;
+        }
+        match &g.node(b.node).op {
+            Op::Param { .. } | Op::State { .. } => Some((add, b.node, None)),
+            Op::Cast { to } => {
+                let p = g.inputs(b.node)[0].node;
+                matches!(g.node(p).op, Op::Param { .. } | Op::State { .. }).then_some((add, p, Some(*to)))
+            }
+            _ => None,
+        }
+    }
+
     fn node(&mut self, n: NodeId) -> Result<(), ExportError> {
+        if self.fused.contains(&n) {
+            return Ok(());
+        }
         let g = self.g;
         let node = g.node(n);
         let ins = g.inputs(n);
@@ -898,6 +937,27 @@ impl<'a> Exporter<'a> {
                     attr_ints("pads", pads(padding, padding)),
                     attr_i("group", *groups as i64),
                 ];
+                if let Some((add, param, to)) = self.bias_add(n) {
+                    let p = g.node(param);
+                    let t = match (fill_value(&p.op), &p.op) {
+                        (Some(value), Op::Param { ty, .. } | Op::State { ty, .. }) => Tensor::full(ty, value)?,
+                        _ => self
+                            .state
+                            .get(&p.name)
+                            .cloned()
+                            .ok_or_else(|| ExportError::Graph(format!("no initial value for `{}`", p.name)))?,
+                    };
+                    let t = match to {
+                        Some(to) => Tensor::new(t.shape().clone(), t.data().cast(to))?,
+                        None => t,
+                    };
+                    let c = wd[0];
+                    let bias = self.fresh(&format!("{}.bias", p.name));
+                    self.inits.push(tensor_proto(&bias, &t, ct, &[c]));
+                    self.fused.insert(add);
+                    self.simple(ValueId { node: add, slot: 0 }, "Conv", vec![x, w, bias], ct, false, attrs)?;
+                    return Ok(());
+                }
                 self.simple(v0, "Conv", vec![x, w], ct, false, attrs)?;
             }
             Op::MaxPool2d(w) => {
