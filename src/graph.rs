@@ -1,15 +1,21 @@
-//! The graph IR: typed handles over a petgraph `StableGraph`.
+//! The graph IR: typed handles over a slot arena.
 //!
 //! Every value is produced by exactly one node (graph inputs, parameters and
 //! state are nodes too), so a value is named by `ValueId { node, slot }`.
 //! Edges run from producer to consumer and carry the producer's output slot
 //! and the consumer's input port; they are the only record of a node's
-//! inputs. Raw petgraph indices do not leave this module.
+//! inputs. Raw slot indices do not leave this module.
+//!
+//! Storage: nodes live in slots of a chunked arena (growing it never moves a
+//! node), each slot with its incoming and outgoing edges inline. A removed
+//! node leaves a vacant slot that the next added node takes (last freed,
+//! first reused), so indices are stable. The name table stores no strings:
+//! an entry is the name's hash and the slot it names, and a probe compares
+//! against the name held by the node itself.
 
-use petgraph::stable_graph::{EdgeIndex, NodeIndex, StableGraph};
-use petgraph::visit::{EdgeRef, NodeIndexable};
-use petgraph::Direction;
-use rustc_hash::FxHashMap;
+use std::hash::Hasher;
+
+use rustc_hash::{FxHashSet, FxHasher};
 use smallvec::SmallVec;
 
 /// A node's inputs; most nodes have at most four.
@@ -22,12 +28,12 @@ use crate::types::TensorType;
 
 /// A node of a [`Graph`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeId(NodeIndex<u32>);
+pub struct NodeId(u32);
 
 impl NodeId {
     /// A number that identifies the node within its graph (not stable across removals and insertions).
     pub fn index(self) -> usize {
-        self.0.index()
+        self.0 as usize
     }
 }
 
@@ -78,13 +84,6 @@ pub struct Edge {
     pub port: u32,
 }
 
-#[derive(Copy, Clone, Debug)]
-enum Named {
-    Value(ValueId),
-    /// A multi-output node whose own name is not one of its value names.
-    Node(NodeId),
-}
-
 /// An error from a graph mutation.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GraphError {
@@ -98,12 +97,231 @@ pub enum GraphError {
     HasUsers(String),
 }
 
+const CHUNK_BITS: u32 = 11;
+const CHUNK: usize = 1 << CHUNK_BITS;
+
+/// A vector in fixed-size chunks: pushing never moves an element.
+#[derive(Clone, Debug)]
+struct Arena<T> {
+    chunks: Vec<Vec<T>>,
+    len: usize,
+}
+
+impl<T> Default for Arena<T> {
+    fn default() -> Self {
+        Arena { chunks: Vec::new(), len: 0 }
+    }
+}
+
+impl<T> Arena<T> {
+    #[inline]
+    fn get(&self, i: usize) -> Option<&T> {
+        self.chunks.get(i >> CHUNK_BITS).and_then(|c| c.get(i & (CHUNK - 1)))
+    }
+
+    #[inline]
+    fn get_mut(&mut self, i: usize) -> Option<&mut T> {
+        self.chunks.get_mut(i >> CHUNK_BITS).and_then(|c| c.get_mut(i & (CHUNK - 1)))
+    }
+
+    fn push(&mut self, v: T) {
+        match self.chunks.last_mut() {
+            Some(c) if c.len() < CHUNK => c.push(v),
+            _ => {
+                let mut c = Vec::with_capacity(CHUNK);
+                c.push(v);
+                self.chunks.push(c);
+            }
+        }
+        self.len += 1;
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> + '_ {
+        self.chunks.iter().flatten()
+    }
+}
+
+/// An edge as its consumer records it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+struct InEdge {
+    src: u32,
+    slot: u32,
+    port: u32,
+}
+
+/// An edge as its producer records it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+struct OutEdge {
+    dst: u32,
+    slot: u32,
+    port: u32,
+}
+
+/// A node (or a vacancy) and its edges, each list in the order the edges
+/// were added; iteration goes newest first.
+#[derive(Clone, Debug, Default)]
+struct Slot {
+    node: Option<Node>,
+    ins: SmallVec<[InEdge; 2]>,
+    outs: SmallVec<[OutEdge; 2]>,
+}
+
+/// The `slot` of a name-table entry that names a node rather than a value.
+const NODE_NAME: u32 = u32::MAX;
+
+/// A name-table entry: the hash of the name (0: empty) and what it names.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+struct NameEntry {
+    hash: u64,
+    node: u32,
+    slot: u32,
+}
+
+impl NameEntry {
+    /// This entry's share of the table's checksum.
+    fn mix(self) -> u64 {
+        let mut x = self.hash ^ (((self.node as u64) << 32) | self.slot as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x = (x ^ (x >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x ^ (x >> 29)
+    }
+}
+
+/// The hash of a name in the name table.
+pub(crate) fn name_hash(s: &str) -> u64 {
+    let mut h = FxHasher::default();
+    h.write(s.as_bytes());
+    h.finish() | 1
+}
+
+/// Name -> value (or node) table: open addressing with linear probing.
+/// Entries hold hashes, not strings; the checksum is the wrapping sum of
+/// every entry's [`NameEntry::mix`], which lets the verifier compare the
+/// table with the nodes' current names in one sequential pass.
+#[derive(Clone, Debug, Default)]
+struct Names {
+    table: Vec<NameEntry>,
+    /// log2 of the table size (0 when empty).
+    bits: u32,
+    len: usize,
+    sum: u64,
+}
+
+impl Names {
+    #[inline]
+    fn home(&self, hash: u64) -> usize {
+        (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.bits)) as usize
+    }
+
+    /// Makes room for `extra` more entries (load factor at most 3/4).
+    fn reserve(&mut self, extra: usize) {
+        let need = self.len + extra;
+        if need * 4 <= self.table.len() * 3 {
+            return;
+        }
+        let size = (need * 4 / 3 + 1).next_power_of_two().max(16);
+        let old = std::mem::replace(&mut self.table, vec![NameEntry::default(); size]);
+        self.bits = size.trailing_zeros();
+        let mask = size - 1;
+        for e in old.into_iter().filter(|e| e.hash != 0) {
+            let mut i = self.home(e.hash);
+            while self.table[i].hash != 0 {
+                i = (i + 1) & mask;
+            }
+            self.table[i] = e;
+        }
+    }
+
+    /// The index of the entry with `hash` that `is` accepts, or `Err` with
+    /// the empty index where such an entry would go.
+    #[inline]
+    fn probe(&self, hash: u64, mut is: impl FnMut(NameEntry) -> bool) -> Result<usize, usize> {
+        if self.table.is_empty() {
+            return Err(usize::MAX);
+        }
+        let mask = self.table.len() - 1;
+        let mut i = self.home(hash);
+        loop {
+            let e = self.table[i];
+            if e.hash == 0 {
+                return Err(i);
+            }
+            if e.hash == hash && is(e) {
+                return Ok(i);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Fills the empty index `i` (from [`Names::probe`], with no growth in between).
+    #[inline]
+    fn fill(&mut self, i: usize, e: NameEntry) {
+        debug_assert_eq!(self.table[i].hash, 0);
+        self.table[i] = e;
+        self.len += 1;
+        self.sum = self.sum.wrapping_add(e.mix());
+    }
+
+    /// Removes the entry at `i`, shifting later entries of its run back.
+    fn remove_at(&mut self, mut i: usize) {
+        let removed = self.table[i];
+        self.len -= 1;
+        self.sum = self.sum.wrapping_sub(removed.mix());
+        let mask = self.table.len() - 1;
+        let mut j = i;
+        loop {
+            j = (j + 1) & mask;
+            let e = self.table[j];
+            if e.hash == 0 {
+                break;
+            }
+            let home = self.home(e.hash);
+            // `e` may stay at `j` only if its home lies cyclically in (i, j].
+            let stays = if i <= j { i < home && home <= j } else { i < home || home <= j };
+            if !stays {
+                self.table[i] = e;
+                i = j;
+            }
+        }
+        self.table[i] = NameEntry::default();
+    }
+}
+
+/// Asks the CPU to start loading `r` into the cache.
+#[inline(always)]
+fn prefetch<T>(r: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint; it reads nothing and cannot fault.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((r as *const T).cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = r;
+}
+
+/// The name a table entry refers to, if its node still exists.
+#[inline]
+fn entry_name(slots: &Arena<Slot>, e: NameEntry) -> Option<&str> {
+    let n = slots.get(e.node as usize)?.node.as_ref()?;
+    if e.slot == NODE_NAME {
+        Some(&n.name)
+    } else {
+        n.outputs.get(e.slot as usize).map(|o| o.name.as_str())
+    }
+}
+
 /// A training graph.
 #[derive(Clone, Debug, Default)]
 pub struct Graph {
     pub name: String,
-    g: StableGraph<Node, Edge, petgraph::Directed, u32>,
-    names: FxHashMap<String, Named>,
+    slots: Arena<Slot>,
+    /// Vacant slots; the last freed is reused first.
+    free: Vec<u32>,
+    live: usize,
+    edges: usize,
+    names: Names,
+    /// Nodes registered under their own name as well as their values' (a
+    /// multi-output node whose own name is not one of its value names).
+    node_names: FxHashSet<u32>,
     /// The scalar loss value.
     pub loss: Option<ValueId>,
     /// For a graph with an explicit backward section: the gradient of each
@@ -122,79 +340,115 @@ impl Graph {
     }
 
     pub fn node_count(&self) -> usize {
-        self.g.node_count()
+        self.live
     }
 
     pub fn edge_count(&self) -> usize {
-        self.g.edge_count()
+        self.edges
     }
 
+    #[inline]
+    fn slot(&self, i: u32) -> &Slot {
+        self.slots.get(i as usize).expect("a node index of this graph")
+    }
+
+    #[inline]
+    fn slot_mut(&mut self, i: u32) -> &mut Slot {
+        self.slots.get_mut(i as usize).expect("a node index of this graph")
+    }
+
+    #[inline]
     pub fn node(&self, id: NodeId) -> &Node {
-        &self.g[id.0]
+        self.slot(id.0).node.as_ref().expect("a node of this graph")
     }
 
+    #[inline]
     pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
-        &mut self.g[id.0]
+        self.slot_mut(id.0).node.as_mut().expect("a node of this graph")
     }
 
     pub fn contains(&self, id: NodeId) -> bool {
-        self.g.contains_node(id.0)
+        self.slots.get(id.index()).is_some_and(|s| s.node.is_some())
     }
 
     /// All nodes, in index order.
     pub fn node_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.g.node_indices().map(NodeId)
+        self.slots.iter().enumerate().filter(|(_, s)| s.node.is_some()).map(|(i, _)| NodeId(i as u32))
     }
 
+    /// One past the largest node index.
+    fn bound(&self) -> usize {
+        self.slots.len
+    }
+
+    #[inline]
     pub fn ty(&self, v: ValueId) -> &TensorType {
-        &self.g[v.node.0].outputs[v.slot as usize].ty
+        &self.node(v.node).outputs[v.slot as usize].ty
     }
 
+    #[inline]
     pub fn value_name(&self, v: ValueId) -> &str {
-        &self.g[v.node.0].outputs[v.slot as usize].name
+        &self.node(v.node).outputs[v.slot as usize].name
+    }
+
+    /// The table entry of `name`.
+    #[inline]
+    fn lookup(&self, name: &str) -> Option<NameEntry> {
+        self.lookup_hashed(name, name_hash(name))
+    }
+
+    #[inline]
+    fn lookup_hashed(&self, name: &str, hash: u64) -> Option<NameEntry> {
+        let slots = &self.slots;
+        let i = self.names.probe(hash, |e| entry_name(slots, e) == Some(name)).ok()?;
+        Some(self.names.table[i])
     }
 
     pub fn value(&self, name: &str) -> Option<ValueId> {
-        match self.names.get(name)? {
-            Named::Value(v) => Some(*v),
-            Named::Node(_) => None,
-        }
+        let e = self.lookup(name)?;
+        (e.slot != NODE_NAME).then_some(ValueId { node: NodeId(e.node), slot: e.slot })
     }
 
     /// Looks a node up by its name or by the name of one of its outputs.
     pub fn node_named(&self, name: &str) -> Option<NodeId> {
-        match self.names.get(name)? {
-            Named::Value(v) => Some(v.node),
-            Named::Node(n) => Some(*n),
-        }
+        self.lookup(name).map(|e| NodeId(e.node))
+    }
+
+    fn contains_name(&self, name: &str) -> bool {
+        self.lookup(name).is_some()
     }
 
     /// Values of a node, one per output slot.
     pub fn values(&self, id: NodeId) -> impl Iterator<Item = ValueId> + '_ {
-        (0..self.g[id.0].outputs.len() as u32).map(move |slot| ValueId { node: id, slot })
+        (0..self.node(id).outputs.len() as u32).map(move |slot| ValueId { node: id, slot })
     }
 
     /// The inputs of a node, in port order.
     pub fn inputs(&self, id: NodeId) -> Inputs {
-        let mut ins: SmallVec<[(u32, ValueId); 4]> = self
-            .g
-            .edges_directed(id.0, Direction::Incoming)
-            .map(|e| (e.weight().port, ValueId { node: NodeId(e.source()), slot: e.weight().slot }))
-            .collect();
-        if !ins.is_sorted_by_key(|(p, _)| *p) {
-            ins.sort_unstable_by_key(|(p, _)| *p);
+        let ins = &self.slot(id.0).ins;
+        if ins.iter().enumerate().all(|(k, e)| e.port as usize == k) {
+            return ins.iter().map(|e| ValueId { node: NodeId(e.src), slot: e.slot }).collect();
         }
-        ins.into_iter().map(|(_, v)| v).collect()
+        let mut v: SmallVec<[(u32, ValueId); 4]> =
+            ins.iter().rev().map(|e| (e.port, ValueId { node: NodeId(e.src), slot: e.slot })).collect();
+        if !v.is_sorted_by_key(|(p, _)| *p) {
+            v.sort_unstable_by_key(|(p, _)| *p);
+        }
+        v.into_iter().map(|(_, v)| v).collect()
     }
 
     /// The input ports of a node's incoming edges, repeats included.
-    pub(crate) fn in_ports(&self, id: NodeId) -> Vec<u32> {
-        self.g.edges_directed(id.0, Direction::Incoming).map(|e| e.weight().port).collect()
+    pub(crate) fn in_ports(&self, id: NodeId) -> SmallVec<[u32; 8]> {
+        self.slot(id.0).ins.iter().rev().map(|e| e.port).collect()
     }
 
     /// The consumers of a node's outputs: (consumer, edge).
     pub fn users(&self, id: NodeId) -> impl Iterator<Item = (NodeId, Edge)> + '_ {
-        self.g.edges_directed(id.0, Direction::Outgoing).map(|e| (NodeId(e.target()), *e.weight()))
+        let outs: &[OutEdge] = match self.slots.get(id.index()) {
+            Some(s) if s.node.is_some() => &s.outs,
+            _ => &[],
+        };
+        outs.iter().rev().map(|e| (NodeId(e.dst), Edge { slot: e.slot, port: e.port }))
     }
 
     /// The consumers of one value: (consumer, input port).
@@ -212,8 +466,30 @@ impl Graph {
         inputs: &[ValueId],
     ) -> Result<NodeId, GraphError> {
         let name = name.into();
-        let outs = default_output_names(&name, infer::num_outputs(&op));
+        let n = infer::num_outputs(&op);
+        if n == 1 {
+            // The common case: no output-name vector.
+            let tys = self.infer_for(&name, &op, inputs)?;
+            let id = self.add_single(name, op, role, None)?;
+            self.finish_typed(id, tys, inputs);
+            return Ok(id);
+        }
+        let outs = default_output_names(&name, n);
         self.add_node_with_outputs(name, op, role, inputs, outs)
+    }
+
+    fn infer_for(&self, name: &str, op: &Op, inputs: &[ValueId]) -> Result<Vec<TensorType>, GraphError> {
+        let in_tys: SmallVec<[&TensorType; 4]> = inputs.iter().map(|&v| self.ty(v)).collect();
+        infer::infer(op, &in_tys).map_err(|message| GraphError::Type { node: name.to_string(), message })
+    }
+
+    fn finish_typed(&mut self, id: NodeId, tys: Vec<TensorType>, inputs: &[ValueId]) {
+        for (ty, out) in tys.into_iter().zip(self.node_mut(id).outputs.iter_mut()) {
+            out.ty = ty;
+        }
+        for (port, &v) in inputs.iter().enumerate() {
+            self.connect(v, id, port as u32);
+        }
     }
 
     /// Adds a node with the given output names (the node is named after the
@@ -226,18 +502,103 @@ impl Graph {
         inputs: &[ValueId],
         outs: Vec<String>,
     ) -> Result<NodeId, GraphError> {
-        let tys = {
-            let in_tys: Vec<&TensorType> = inputs.iter().map(|&v| self.ty(v)).collect();
-            infer::infer(&op, &in_tys).map_err(|message| GraphError::Type { node: name.clone(), message })?
-        };
+        let tys = self.infer_for(&name, &op, inputs)?;
         let id = self.add_untyped(name, op, role, outs, None)?;
-        for (ty, out) in tys.into_iter().zip(self.g[id.0].outputs.iter_mut()) {
-            out.ty = ty;
-        }
-        for (port, &v) in inputs.iter().enumerate() {
-            self.connect(v, id, port as u32);
-        }
+        self.finish_typed(id, tys, inputs);
         Ok(id)
+    }
+
+    /// Takes a vacant slot (the last freed) or a new one for `node`.
+    fn alloc(&mut self, node: Node) -> u32 {
+        self.live += 1;
+        match self.free.pop() {
+            Some(i) => {
+                self.slot_mut(i).node = Some(node);
+                i
+            }
+            None => {
+                let i = self.slots.len as u32;
+                self.slots.push(Slot { node: Some(node), ..Slot::default() });
+                i
+            }
+        }
+    }
+
+    /// Adds an untyped node with one output named after the node, with one
+    /// probe of the name table.
+    pub(crate) fn add_single(
+        &mut self,
+        name: String,
+        op: Op,
+        role: Role,
+        origin: Option<Origin>,
+    ) -> Result<NodeId, GraphError> {
+        let hash = name_hash(&name);
+        self.names.reserve(1);
+        let slots = &self.slots;
+        let at = match self.names.probe(hash, |e| entry_name(slots, e) == Some(name.as_str())) {
+            Ok(_) => return Err(GraphError::DuplicateName(name)),
+            Err(at) => at,
+        };
+        let placeholder = TensorType::scalar(crate::types::DType::F32);
+        let outputs = vec![Output { name: name.clone(), ty: placeholder }];
+        let i = self.alloc(Node { name, op, role, precision: None, outputs, origin });
+        self.names.fill(at, NameEntry { hash, node: i, slot: 0 });
+        Ok(NodeId(i))
+    }
+
+    /// Starts loading the name-table bucket of `hash` into the cache.
+    #[inline]
+    pub(crate) fn prefetch_name(&self, hash: u64) {
+        if let Some(e) = self.names.table.get(if self.names.bits == 0 { 0 } else { self.names.home(hash) }) {
+            prefetch(e);
+        }
+    }
+
+    /// [`Graph::add_single`] for a name whose hash is known, trusting the
+    /// hash: any entry with the same hash counts as a duplicate (so a hash
+    /// collision is reported as one). For callers that can afford a false
+    /// duplicate, such as the streaming parser, which then starts over.
+    pub(crate) fn add_single_by_hash(
+        &mut self,
+        name: String,
+        hash: u64,
+        op: Op,
+        role: Role,
+        origin: Option<Origin>,
+    ) -> Result<NodeId, GraphError> {
+        debug_assert_eq!(hash, name_hash(&name));
+        self.names.reserve(1);
+        let at = match self.names.probe(hash, |_| true) {
+            Ok(_) => return Err(GraphError::DuplicateName(name)),
+            Err(at) => at,
+        };
+        let placeholder = TensorType::scalar(crate::types::DType::F32);
+        let outputs = vec![Output { name: name.clone(), ty: placeholder }];
+        let i = self.alloc(Node { name, op, role, precision: None, outputs, origin });
+        self.names.fill(at, NameEntry { hash, node: i, slot: 0 });
+        Ok(NodeId(i))
+    }
+
+    /// The value whose name has `hash`, trusting the hash: the caller must
+    /// check that the value's name is the one it looked for.
+    #[inline]
+    pub(crate) fn value_by_hash(&self, hash: u64) -> Option<ValueId> {
+        let e = self.names.table[self.names.probe(hash, |_| true).ok()?];
+        (e.slot != NODE_NAME).then_some(ValueId { node: NodeId(e.node), slot: e.slot })
+    }
+
+    /// One past the largest node index.
+    pub(crate) fn index_bound(&self) -> usize {
+        self.slots.len
+    }
+
+    /// Registers `name` for entry `(node, slot)`; the name must be new.
+    fn register(&mut self, name_hash: u64, node: u32, slot: u32) {
+        self.names.reserve(1);
+        // An empty index: the name was checked to be absent.
+        let at = self.names.probe(name_hash, |_| false).expect_err("a new name");
+        self.names.fill(at, NameEntry { hash: name_hash, node, slot });
     }
 
     /// Adds a node without inputs or types; the caller connects its inputs and
@@ -251,59 +612,64 @@ impl Graph {
         origin: Option<Origin>,
     ) -> Result<NodeId, GraphError> {
         let own_value = output_names.first() == Some(&name);
-        let placeholder = TensorType::scalar(crate::types::DType::F32);
         if own_value && output_names.len() == 1 {
-            // The common case, with one probe of the name table.
-            use std::collections::hash_map::Entry;
-            return match self.names.entry(name) {
-                Entry::Occupied(e) => Err(GraphError::DuplicateName(e.key().clone())),
-                Entry::Vacant(e) => {
-                    let name = e.key().clone();
-                    let mut output_names = output_names;
-                    let out = output_names.pop().unwrap_or_else(|| name.clone());
-                    let outputs = vec![Output { name: out, ty: placeholder }];
-                    let id = NodeId(self.g.add_node(Node { name, op, role, precision: None, outputs, origin }));
-                    e.insert(Named::Value(ValueId { node: id, slot: 0 }));
-                    Ok(id)
-                }
-            };
+            return self.add_single(name, op, role, origin);
         }
-        if !own_value && self.names.contains_key(&name) {
+        if !own_value && self.contains_name(&name) {
             return Err(GraphError::DuplicateName(name));
         }
         for (i, o) in output_names.iter().enumerate() {
-            if self.names.contains_key(o) || output_names[..i].contains(o) || (!own_value && *o == name) {
+            if self.contains_name(o) || output_names[..i].contains(o) || (!own_value && *o == name) {
                 return Err(GraphError::DuplicateName(o.clone()));
             }
         }
+        let placeholder = TensorType::scalar(crate::types::DType::F32);
+        let hashes: SmallVec<[u64; 4]> = output_names.iter().map(|o| name_hash(o)).collect();
+        let node_hash = name_hash(&name);
         let outputs = output_names.into_iter().map(|name| Output { name, ty: placeholder.clone() }).collect();
-        let id = NodeId(self.g.add_node(Node { name: String::new(), op, role, precision: None, outputs, origin }));
-        for (slot, o) in self.g[id.0].outputs.iter().enumerate() {
-            self.names.insert(o.name.clone(), Named::Value(ValueId { node: id, slot: slot as u32 }));
+        let i = self.alloc(Node { name, op, role, precision: None, outputs, origin });
+        for (slot, h) in hashes.into_iter().enumerate() {
+            self.register(h, i, slot as u32);
         }
         if !own_value {
-            self.names.insert(name.clone(), Named::Node(id));
+            self.register(node_hash, i, NODE_NAME);
+            self.node_names.insert(i);
         }
-        self.g[id.0].name = name;
-        Ok(id)
+        Ok(NodeId(i))
     }
 
     /// Feeds `v` into input `port` of `to`.
     pub fn connect(&mut self, v: ValueId, to: NodeId, port: u32) {
-        self.g.add_edge(v.node.0, to.0, Edge { slot: v.slot, port });
+        assert!(
+            self.contains(v.node) && self.contains(to),
+            "Graph::connect: node index {} is not a node in the graph",
+            if self.contains(v.node) { to.index() } else { v.node.index() }
+        );
+        self.slot_mut(to.0).ins.push(InEdge { src: v.node.0, slot: v.slot, port });
+        self.slot_mut(v.node.0).outs.push(OutEdge { dst: to.0, slot: v.slot, port });
+        self.edges += 1;
+    }
+
+    /// Removes one edge `src.slot -> dst.port`.
+    fn disconnect(&mut self, src: u32, slot: u32, dst: u32, port: u32) {
+        let ins = &mut self.slot_mut(dst).ins;
+        if let Some(k) = ins.iter().rposition(|e| *e == InEdge { src, slot, port }) {
+            ins.remove(k);
+        }
+        let outs = &mut self.slot_mut(src).outs;
+        if let Some(k) = outs.iter().rposition(|e| *e == OutEdge { dst, slot, port }) {
+            outs.remove(k);
+        }
+        self.edges -= 1;
     }
 
     /// Makes every consumer of `old` read `new` instead.
     pub fn replace_uses(&mut self, old: ValueId, new: ValueId) {
-        let edges: Vec<(EdgeIndex<u32>, NodeIndex<u32>, Edge)> = self
-            .g
-            .edges_directed(old.node.0, Direction::Outgoing)
-            .filter(|e| e.weight().slot == old.slot)
-            .map(|e| (e.id(), e.target(), *e.weight()))
-            .collect();
-        for (e, target, w) in edges {
-            self.g.remove_edge(e);
-            self.g.add_edge(new.node.0, target, Edge { slot: new.slot, port: w.port });
+        let edges: SmallVec<[(u32, u32); 4]> =
+            self.users(old.node).filter(|(_, e)| e.slot == old.slot).map(|(target, e)| (target.0, e.port)).collect();
+        for (target, port) in edges {
+            self.disconnect(old.node.0, old.slot, target, port);
+            self.connect(new, NodeId(target), port);
         }
         for r in [&mut self.loss].into_iter().flatten() {
             if *r == old {
@@ -342,14 +708,10 @@ impl Graph {
 
     /// Makes input `port` of `node` read `v`.
     pub fn set_input(&mut self, node: NodeId, port: u32, v: ValueId) {
-        let old: Vec<EdgeIndex<u32>> = self
-            .g
-            .edges_directed(node.0, Direction::Incoming)
-            .filter(|e| e.weight().port == port)
-            .map(|e| e.id())
-            .collect();
+        let old: SmallVec<[InEdge; 2]> =
+            self.slot(node.0).ins.iter().rev().filter(|e| e.port == port).copied().collect();
         for e in old {
-            self.g.remove_edge(e);
+            self.disconnect(e.src, e.slot, node.0, port);
         }
         self.connect(v, node, port);
     }
@@ -359,11 +721,29 @@ impl Graph {
         if self.users(id).next().is_some() {
             return Err(GraphError::HasUsers(self.node(id).name.clone()));
         }
-        let node = self.g.remove_node(id.0).ok_or_else(|| GraphError::UnknownValue(format!("node #{}", id.index())))?;
-        for o in &node.outputs {
-            self.names.remove(&o.name);
+        if !self.contains(id) {
+            return Err(GraphError::UnknownValue(format!("node #{}", id.index())));
         }
-        self.names.remove(&node.name);
+        // Names first, while the node still answers for them.
+        let slots = &self.slots;
+        let node = slots.get(id.index()).and_then(|s| s.node.as_ref()).expect("checked above");
+        for o in node.outputs.iter().map(|o| o.name.as_str()).chain([node.name.as_str()]) {
+            if let Ok(i) = self.names.probe(name_hash(o), |e| entry_name(slots, e) == Some(o)) {
+                self.names.remove_at(i);
+            }
+        }
+        self.node_names.remove(&id.0);
+        let ins = std::mem::take(&mut self.slot_mut(id.0).ins);
+        for e in ins.iter().rev() {
+            let outs = &mut self.slot_mut(e.src).outs;
+            if let Some(k) = outs.iter().rposition(|o| *o == OutEdge { dst: id.0, slot: e.slot, port: e.port }) {
+                outs.remove(k);
+            }
+            self.edges -= 1;
+        }
+        let node = self.slot_mut(id.0).node.take().expect("checked above");
+        self.free.push(id.0);
+        self.live -= 1;
         Ok(node)
     }
 
@@ -374,59 +754,71 @@ impl Graph {
     /// just before its first reader). `Err` holds the nodes that lie on or
     /// behind a cycle.
     pub fn topo_order(&self) -> Result<Vec<NodeId>, Vec<NodeId>> {
-        let rank = |n: NodeIndex<u32>| match self.g[n].role {
-            Role::Forward => 0usize,
-            Role::Backward => 1,
-            Role::Optimizer | Role::Scaler => 2,
-        };
-        let mut in_order = self.g.edge_indices().all(|e| {
-            let (a, b) = self.g.edge_endpoints(e).expect("edge index from this graph");
-            a.index() < b.index()
-        });
-        if in_order {
-            let mut last = 0;
-            in_order = self.g.node_indices().all(|n| std::mem::replace(&mut last, rank(n)) <= rank(n));
-        }
-        if in_order {
-            return Ok(self.node_ids().collect());
-        }
-        let mut roots: [Vec<NodeIndex<u32>>; 3] = Default::default();
-        for n in self.g.node_indices() {
-            roots[rank(n)].push(n);
+        const VACANT: u8 = 3;
+        let bound = self.bound();
+        let mut rank = Vec::with_capacity(bound);
+        let mut counts = [0usize; 3];
+        for s in self.slots.iter() {
+            let r = match s.node.as_ref().map(|n| n.role) {
+                None => VACANT,
+                Some(Role::Forward) => 0,
+                Some(Role::Backward) => 1,
+                Some(Role::Optimizer | Role::Scaler) => 2,
+            };
+            if r != VACANT {
+                counts[r as usize] += 1;
+            }
+            rank.push(r);
         }
         // 0: not seen, 1: entered (on the current path), 2: emitted.
-        let mut state = vec![0u8; self.g.node_bound()];
-        let mut order = Vec::with_capacity(self.g.node_count());
+        let mut state = vec![0u8; bound];
+        let mut order = Vec::with_capacity(self.live);
         enum Step {
-            Enter(NodeIndex<u32>),
-            Exit(NodeIndex<u32>),
+            Enter(u32),
+            Exit(u32),
         }
         let mut stack = Vec::new();
-        let mut scratch: Vec<(u32, NodeIndex<u32>)> = Vec::new();
-        for r in roots.iter().flatten() {
-            stack.push(Step::Enter(*r));
-            while let Some(step) = stack.pop() {
-                match step {
-                    Step::Exit(n) => {
-                        state[n.index()] = 2;
-                        order.push(NodeId(n));
-                    }
-                    Step::Enter(n) => match state[n.index()] {
-                        2 => {}
-                        1 => return Err(self.stuck_nodes()),
-                        _ => {
-                            state[n.index()] = 1;
-                            stack.push(Step::Exit(n));
-                            scratch.clear();
-                            scratch.extend(
-                                self.g.edges_directed(n, Direction::Incoming).map(|e| (e.weight().port, e.source())),
-                            );
-                            scratch.sort_unstable_by_key(|(p, _)| std::cmp::Reverse(*p));
-                            stack.extend(
-                                scratch.iter().filter(|(_, m)| state[m.index()] != 2).map(|&(_, m)| Step::Enter(m)),
-                            );
+        let mut scratch: Vec<(u32, u32)> = Vec::new();
+        for r in 0..3u8 {
+            if counts[r as usize] == 0 {
+                continue;
+            }
+            for root in (0..bound).filter(|&i| rank[i] == r) {
+                if state[root] == 2 {
+                    continue;
+                }
+                // Most nodes find their inputs emitted already.
+                let ins = &self.slot(root as u32).ins;
+                if ins.iter().all(|e| state[e.src as usize] == 2) {
+                    state[root] = 2;
+                    order.push(NodeId(root as u32));
+                    continue;
+                }
+                stack.push(Step::Enter(root as u32));
+                while let Some(step) = stack.pop() {
+                    match step {
+                        Step::Exit(n) => {
+                            state[n as usize] = 2;
+                            order.push(NodeId(n));
                         }
-                    },
+                        Step::Enter(n) => match state[n as usize] {
+                            2 => {}
+                            1 => return Err(self.stuck_nodes()),
+                            _ => {
+                                state[n as usize] = 1;
+                                stack.push(Step::Exit(n));
+                                scratch.clear();
+                                scratch.extend(self.slot(n).ins.iter().rev().map(|e| (e.port, e.src)));
+                                scratch.sort_unstable_by_key(|(p, _)| std::cmp::Reverse(*p));
+                                stack.extend(
+                                    scratch
+                                        .iter()
+                                        .filter(|(_, m)| state[*m as usize] != 2)
+                                        .map(|&(_, m)| Step::Enter(m)),
+                                );
+                            }
+                        },
+                    }
                 }
             }
         }
@@ -435,17 +827,13 @@ impl Graph {
 
     /// Nodes that Kahn's algorithm cannot order: on or behind a cycle.
     fn stuck_nodes(&self) -> Vec<NodeId> {
-        let mut indeg = vec![0u32; self.g.node_bound()];
-        for e in self.g.edge_indices() {
-            let (_, b) = self.g.edge_endpoints(e).expect("edge index from this graph");
-            indeg[b.index()] += 1;
-        }
-        let mut ready: Vec<NodeIndex<u32>> = self.g.node_indices().filter(|n| indeg[n.index()] == 0).collect();
+        let mut indeg: Vec<u32> = self.slots.iter().map(|s| s.ins.len() as u32).collect();
+        let mut ready: Vec<u32> = self.node_ids().filter(|n| indeg[n.index()] == 0).map(|n| n.0).collect();
         while let Some(n) = ready.pop() {
-            for t in self.g.neighbors_directed(n, Direction::Outgoing) {
-                indeg[t.index()] -= 1;
-                if indeg[t.index()] == 0 {
-                    ready.push(t);
+            for e in self.slot(n).outs.iter().rev() {
+                indeg[e.dst as usize] -= 1;
+                if indeg[e.dst as usize] == 0 {
+                    ready.push(e.dst);
                 }
             }
         }
@@ -455,7 +843,7 @@ impl Graph {
     /// Types every node from its inputs, in topological order. Returns the
     /// problems found, one per node, skipping nodes behind a failed one.
     pub fn infer_types(&mut self, order: &[NodeId]) -> Vec<(NodeId, String)> {
-        let mut failed = vec![false; self.g.node_bound()];
+        let mut failed = vec![false; self.bound()];
         let mut problems = Vec::new();
         for &id in order {
             let ins = self.inputs(id);
@@ -464,12 +852,12 @@ impl Graph {
                 continue;
             }
             let result = {
-                let tys: Vec<&TensorType> = ins.iter().map(|&v| self.ty(v)).collect();
-                infer::infer(&self.g[id.0].op, &tys)
+                let tys: SmallVec<[&TensorType; 4]> = ins.iter().map(|&v| self.ty(v)).collect();
+                infer::infer(&self.node(id).op, &tys)
             };
             match result {
                 Ok(tys) => {
-                    let node = &mut self.g[id.0];
+                    let node = self.node_mut(id);
                     if tys.len() != node.outputs.len() {
                         failed[id.index()] = true;
                         problems.push((
@@ -498,17 +886,17 @@ impl Graph {
 
     /// Makes room for `nodes` more nodes and `edges` more edges.
     pub fn reserve(&mut self, nodes: usize, edges: usize) {
-        self.g.reserve_nodes(nodes);
-        self.g.reserve_edges(edges);
+        let _ = edges;
+        self.slots.chunks.reserve(nodes.div_ceil(CHUNK) + 1);
         self.names.reserve(nodes);
     }
 
     /// A name not yet used in the graph, starting from `base`.
     pub fn fresh_name(&self, base: &str) -> String {
-        if !self.names.contains_key(base) {
+        if !self.contains_name(base) {
             return base.to_string();
         }
-        (1..).map(|i| format!("{base}.{i}")).find(|n| !self.names.contains_key(n)).expect("an unused name exists")
+        (1..).map(|i| format!("{base}.{i}")).find(|n| !self.contains_name(n)).expect("an unused name exists")
     }
 
     /// The parameter nodes, in index order.
@@ -518,28 +906,35 @@ impl Graph {
 
     /// Whether the name map agrees with the nodes (checked by the verifier).
     pub(crate) fn name_map_problems(&self) -> Vec<String> {
-        // Fast path: if every value entry names an output that bears its key,
-        // entries are one-to-one with outputs (distinct keys, equal names), so
-        // equal counts mean every output is registered. One sequential pass
-        // over the table instead of a lookup per output.
-        let mut entries = 0usize;
-        let consistent = self.names.iter().all(|(k, named)| match named {
-            Named::Value(v) => {
-                entries += 1;
-                self.g.node_weight(v.node.0).and_then(|n| n.outputs.get(v.slot as usize)).is_some_and(|o| o.name == *k)
+        // Fast path: the table's checksum is the sum over its entries of
+        // mix(hash of the name, slot it names). Recomputed from the nodes'
+        // current names in one sequential pass, it matches (with the same
+        // entry count) exactly when every entry names an output that bears
+        // its name, as the one-to-one check below would find.
+        let mut sum = 0u64;
+        let mut count = 0usize;
+        for (i, s) in self.slots.iter().enumerate() {
+            let Some(n) = &s.node else { continue };
+            for (slot, o) in n.outputs.iter().enumerate() {
+                sum = sum.wrapping_add(NameEntry { hash: name_hash(&o.name), node: i as u32, slot: slot as u32 }.mix());
             }
-            Named::Node(n) => self.g.node_weight(n.0).is_some_and(|n| n.name == *k),
-        });
-        let outputs: usize = self.g.node_weights().map(|n| n.outputs.len()).sum();
-        if consistent && entries == outputs {
+            count += n.outputs.len();
+        }
+        for &i in &self.node_names {
+            if let Some(n) = self.slot(i).node.as_ref() {
+                sum = sum.wrapping_add(NameEntry { hash: name_hash(&n.name), node: i, slot: NODE_NAME }.mix());
+                count += 1;
+            }
+        }
+        if sum == self.names.sum && count == self.names.len {
             return Vec::new();
         }
         let mut out = Vec::new();
         for id in self.node_ids() {
             let node = self.node(id);
             for (slot, o) in node.outputs.iter().enumerate() {
-                match self.names.get(&o.name) {
-                    Some(Named::Value(v)) if *v == (ValueId { node: id, slot: slot as u32 }) => {}
+                match self.value(&o.name) {
+                    Some(v) if v == (ValueId { node: id, slot: slot as u32 }) => {}
                     _ => out.push(format!(
                         "output `{}` of node `{}` is not registered under its name (duplicate name?)",
                         o.name, node.name
