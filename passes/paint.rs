@@ -95,6 +95,33 @@ pub struct Painting {
     pub rule: Vec<Rule>,
 }
 
+/// Node -> neighbour lists, as the painter reads them.
+pub(crate) trait Adjacency {
+    fn of(&self, i: u32) -> &[u32];
+}
+
+impl Adjacency for Vec<Vec<u32>> {
+    #[inline]
+    fn of(&self, i: u32) -> &[u32] {
+        &self[i as usize]
+    }
+}
+
+/// Neighbour lists packed in one vector: node `i` has `data[span[i].0..][..span[i].1]`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Packed {
+    pub span: Vec<(u32, u32)>,
+    pub data: Vec<u32>,
+}
+
+impl Adjacency for Packed {
+    #[inline]
+    fn of(&self, i: u32) -> &[u32] {
+        let (start, len) = self.span[i as usize];
+        &self.data[start as usize..(start + len) as usize]
+    }
+}
+
 /// Depth-first from `start`: `next` pushes a node's neighbours, `enter`
 /// says whether to go into a (non-start) node, `visit` is called once per
 /// node gone into.
@@ -120,13 +147,24 @@ fn dfs(
 
 /// Paints the graph. `follow_low` enables step 5 (TensorFlow does it for BF16).
 pub fn paint(g: &PaintInput, follow_low: bool) -> Painting {
-    let n = g.kinds.len();
+    paint_with(&g.kinds, &g.fanin, &g.fanout, &g.order, follow_low)
+}
+
+/// [`paint`] over any adjacency representation.
+pub(crate) fn paint_with(
+    kinds: &[Kind],
+    fanin_of: &impl Adjacency,
+    fanout_of: &impl Adjacency,
+    order: &[u32],
+    follow_low: bool,
+) -> Painting {
+    let n = kinds.len();
     let mut allow = vec![false; n];
     let mut deny = vec![false; n];
     let mut rule = vec![Rule::Fixed; n];
     let mut infer = vec![false; n];
     let mut clear = vec![false; n];
-    for (i, k) in g.kinds.iter().enumerate() {
+    for (i, k) in kinds.iter().enumerate() {
         if let Kind::Op { class, pin } = *k {
             match (pin, class) {
                 (Some(Pin::Low), _) => (allow[i], rule[i]) = (true, Rule::PinnedLow),
@@ -140,8 +178,8 @@ pub fn paint(g: &PaintInput, follow_low: bool) -> Painting {
             }
         }
     }
-    let fanin = |i: u32, s: &mut Vec<u32>| s.extend_from_slice(&g.fanin[i as usize]);
-    let fanout = |i: u32, s: &mut Vec<u32>| s.extend_from_slice(&g.fanout[i as usize]);
+    let fanin = |i: u32, s: &mut Vec<u32>| s.extend_from_slice(fanin_of.of(i));
+    let fanout = |i: u32, s: &mut Vec<u32>| s.extend_from_slice(fanout_of.of(i));
     let mut stack = Vec::new();
 
     // 2. Deny spreads forward through clear/infer nodes upstream of deny or infer nodes.
@@ -242,10 +280,10 @@ pub fn paint(g: &PaintInput, follow_low: bool) -> Painting {
 
     // 5. (BF16) infer nodes fed by allowed nodes and no denied node.
     if follow_low {
-        for &i in &g.order {
-            let i = i as usize;
-            if infer[i] && !allow[i] && !deny[i] {
-                let ins = &g.fanin[i];
+        for &i in order {
+            if infer[i as usize] && !allow[i as usize] && !deny[i as usize] {
+                let ins = fanin_of.of(i);
+                let i = i as usize;
                 if ins.iter().any(|&p| allow[p as usize]) && !ins.iter().any(|&p| deny[p as usize]) {
                     allow[i] = true;
                     rule[i] = Rule::FollowsLow;

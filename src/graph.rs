@@ -6,8 +6,9 @@
 //! and the consumer's input port; they are the only record of a node's
 //! inputs. Raw slot indices do not leave this module.
 //!
-//! Storage: nodes live in slots of a chunked arena (growing it never moves a
-//! node), each slot with its incoming and outgoing edges inline. A removed
+//! Storage: nodes live in slots of chunked arenas (growing one never moves a
+//! node): the node, its incoming and outgoing edges, and a byte of summary
+//! (vacancy, role rank, whether a cast) that whole-graph walks read. A removed
 //! node leaves a vacant slot that the next added node takes (last freed,
 //! first reused), so indices are stable. The name table stores no strings:
 //! an entry is the name's hash and the slot it names, and a probe compares
@@ -157,13 +158,36 @@ struct OutEdge {
     port: u32,
 }
 
-/// A node (or a vacancy) and its edges, each list in the order the edges
-/// were added; iteration goes newest first.
+/// A node's edges, each list in the order the edges were added; iteration
+/// goes newest first. One cache line, apart from the node itself, so that
+/// walks over the edges stay compact.
 #[derive(Clone, Debug, Default)]
-struct Slot {
-    node: Option<Node>,
+#[repr(align(64))]
+struct Adj {
     ins: SmallVec<[InEdge; 2]>,
     outs: SmallVec<[OutEdge; 2]>,
+}
+
+// A byte per slot that whole-graph walks read instead of the node.
+/// The rank of the node's role in topological order (0 forward, 1 backward, 2 the rest).
+const RANK: u8 = 0b11;
+/// The slot holds no node.
+const VACANT: u8 = 1 << 2;
+/// The node was handed out by `node_mut`: the bits below may be out of date.
+const STALE: u8 = 1 << 3;
+/// The node is a cast.
+const CAST: u8 = 1 << 4;
+
+fn rank(role: Role) -> u8 {
+    match role {
+        Role::Forward => 0,
+        Role::Backward => 1,
+        Role::Optimizer | Role::Scaler => 2,
+    }
+}
+
+fn meta_of(n: &Node) -> u8 {
+    rank(n.role) | if matches!(n.op, Op::Cast { .. }) { CAST } else { 0 }
 }
 
 /// The `slot` of a name-table entry that names a node rather than a value.
@@ -188,8 +212,13 @@ impl NameEntry {
 
 /// The hash of a name in the name table.
 pub(crate) fn name_hash(s: &str) -> u64 {
+    name_hash_bytes(s.as_bytes())
+}
+
+/// [`name_hash`] of a name's bytes.
+pub(crate) fn name_hash_bytes(s: &[u8]) -> u64 {
     let mut h = FxHasher::default();
-    h.write(s.as_bytes());
+    h.write(s);
     h.finish() | 1
 }
 
@@ -300,8 +329,8 @@ fn prefetch<T>(r: &T) {
 
 /// The name a table entry refers to, if its node still exists.
 #[inline]
-fn entry_name(slots: &Arena<Slot>, e: NameEntry) -> Option<&str> {
-    let n = slots.get(e.node as usize)?.node.as_ref()?;
+fn entry_name(nodes: &Arena<Option<Node>>, e: NameEntry) -> Option<&str> {
+    let n = nodes.get(e.node as usize)?.as_ref()?;
     if e.slot == NODE_NAME {
         Some(&n.name)
     } else {
@@ -313,7 +342,9 @@ fn entry_name(slots: &Arena<Slot>, e: NameEntry) -> Option<&str> {
 #[derive(Clone, Debug, Default)]
 pub struct Graph {
     pub name: String,
-    slots: Arena<Slot>,
+    nodes: Arena<Option<Node>>,
+    adj: Arena<Adj>,
+    meta: Vec<u8>,
     /// Vacant slots; the last freed is reused first.
     free: Vec<u32>,
     live: usize,
@@ -348,37 +379,76 @@ impl Graph {
     }
 
     #[inline]
-    fn slot(&self, i: u32) -> &Slot {
-        self.slots.get(i as usize).expect("a node index of this graph")
+    fn adj(&self, i: u32) -> &Adj {
+        self.adj.get(i as usize).expect("a node index of this graph")
     }
 
     #[inline]
-    fn slot_mut(&mut self, i: u32) -> &mut Slot {
-        self.slots.get_mut(i as usize).expect("a node index of this graph")
+    fn adj_mut(&mut self, i: u32) -> &mut Adj {
+        self.adj.get_mut(i as usize).expect("a node index of this graph")
     }
 
     #[inline]
     pub fn node(&self, id: NodeId) -> &Node {
-        self.slot(id.0).node.as_ref().expect("a node of this graph")
+        self.nodes.get(id.index()).and_then(Option::as_ref).expect("a node of this graph")
+    }
+
+    /// The node, without marking it as changed (for fields other than `op` and `role`).
+    #[inline]
+    fn node_keep(&mut self, id: NodeId) -> &mut Node {
+        self.nodes.get_mut(id.index()).and_then(Option::as_mut).expect("a node of this graph")
     }
 
     #[inline]
     pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
-        self.slot_mut(id.0).node.as_mut().expect("a node of this graph")
+        if let Some(m) = self.meta.get_mut(id.index()) {
+            *m |= STALE;
+        }
+        self.node_keep(id)
+    }
+
+    /// A node's outputs, to re-type them.
+    #[inline]
+    pub(crate) fn outputs_mut(&mut self, id: NodeId) -> &mut [Output] {
+        &mut self.node_keep(id).outputs
+    }
+
+    /// Sets a node's precision pin.
+    pub(crate) fn set_precision(&mut self, id: NodeId, p: Option<Precision>) {
+        self.node_keep(id).precision = p;
     }
 
     pub fn contains(&self, id: NodeId) -> bool {
-        self.slots.get(id.index()).is_some_and(|s| s.node.is_some())
+        self.meta.get(id.index()).is_some_and(|m| m & VACANT == 0)
     }
 
     /// All nodes, in index order.
     pub fn node_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.slots.iter().enumerate().filter(|(_, s)| s.node.is_some()).map(|(i, _)| NodeId(i as u32))
+        self.meta.iter().enumerate().filter(|(_, m)| *m & VACANT == 0).map(|(i, _)| NodeId(i as u32))
     }
 
     /// One past the largest node index.
     fn bound(&self) -> usize {
-        self.slots.len
+        self.meta.len()
+    }
+
+    /// The meta bits of slot `i`, fresh.
+    #[inline]
+    fn meta(&self, i: usize) -> u8 {
+        let m = self.meta[i];
+        if m & STALE == 0 {
+            return m;
+        }
+        match self.nodes.get(i) {
+            Some(Some(n)) => meta_of(n),
+            _ => m,
+        }
+    }
+
+    /// Whether the node is a cast (without reading the node, mostly).
+    #[inline]
+    pub(crate) fn is_cast(&self, id: NodeId) -> bool {
+        self.meta(id.index()) & CAST != 0
     }
 
     #[inline]
@@ -399,8 +469,8 @@ impl Graph {
 
     #[inline]
     fn lookup_hashed(&self, name: &str, hash: u64) -> Option<NameEntry> {
-        let slots = &self.slots;
-        let i = self.names.probe(hash, |e| entry_name(slots, e) == Some(name)).ok()?;
+        let nodes = &self.nodes;
+        let i = self.names.probe(hash, |e| entry_name(nodes, e) == Some(name)).ok()?;
         Some(self.names.table[i])
     }
 
@@ -425,7 +495,7 @@ impl Graph {
 
     /// The inputs of a node, in port order.
     pub fn inputs(&self, id: NodeId) -> Inputs {
-        let ins = &self.slot(id.0).ins;
+        let ins = &self.adj(id.0).ins;
         if ins.iter().enumerate().all(|(k, e)| e.port as usize == k) {
             return ins.iter().map(|e| ValueId { node: NodeId(e.src), slot: e.slot }).collect();
         }
@@ -437,15 +507,20 @@ impl Graph {
         v.into_iter().map(|(_, v)| v).collect()
     }
 
+    /// The producers of a node's inputs, in no particular order, repeats included.
+    pub(crate) fn input_nodes(&self, id: NodeId) -> impl Iterator<Item = NodeId> + '_ {
+        self.adj(id.0).ins.iter().map(|e| NodeId(e.src))
+    }
+
     /// The input ports of a node's incoming edges, repeats included.
     pub(crate) fn in_ports(&self, id: NodeId) -> SmallVec<[u32; 8]> {
-        self.slot(id.0).ins.iter().rev().map(|e| e.port).collect()
+        self.adj(id.0).ins.iter().rev().map(|e| e.port).collect()
     }
 
     /// The consumers of a node's outputs: (consumer, edge).
     pub fn users(&self, id: NodeId) -> impl Iterator<Item = (NodeId, Edge)> + '_ {
-        let outs: &[OutEdge] = match self.slots.get(id.index()) {
-            Some(s) if s.node.is_some() => &s.outs,
+        let outs: &[OutEdge] = match self.adj.get(id.index()) {
+            Some(a) if self.contains(id) => &a.outs,
             _ => &[],
         };
         outs.iter().rev().map(|e| (NodeId(e.dst), Edge { slot: e.slot, port: e.port }))
@@ -484,7 +559,7 @@ impl Graph {
     }
 
     fn finish_typed(&mut self, id: NodeId, tys: Vec<TensorType>, inputs: &[ValueId]) {
-        for (ty, out) in tys.into_iter().zip(self.node_mut(id).outputs.iter_mut()) {
+        for (ty, out) in tys.into_iter().zip(self.node_keep(id).outputs.iter_mut()) {
             out.ty = ty;
         }
         for (port, &v) in inputs.iter().enumerate() {
@@ -511,14 +586,18 @@ impl Graph {
     /// Takes a vacant slot (the last freed) or a new one for `node`.
     fn alloc(&mut self, node: Node) -> u32 {
         self.live += 1;
+        let meta = meta_of(&node);
         match self.free.pop() {
             Some(i) => {
-                self.slot_mut(i).node = Some(node);
+                *self.nodes.get_mut(i as usize).expect("a vacant slot") = Some(node);
+                self.meta[i as usize] = meta;
                 i
             }
             None => {
-                let i = self.slots.len as u32;
-                self.slots.push(Slot { node: Some(node), ..Slot::default() });
+                let i = self.meta.len() as u32;
+                self.nodes.push(Some(node));
+                self.adj.push(Adj::default());
+                self.meta.push(meta);
                 i
             }
         }
@@ -535,8 +614,8 @@ impl Graph {
     ) -> Result<NodeId, GraphError> {
         let hash = name_hash(&name);
         self.names.reserve(1);
-        let slots = &self.slots;
-        let at = match self.names.probe(hash, |e| entry_name(slots, e) == Some(name.as_str())) {
+        let nodes = &self.nodes;
+        let at = match self.names.probe(hash, |e| entry_name(nodes, e) == Some(name.as_str())) {
             Ok(_) => return Err(GraphError::DuplicateName(name)),
             Err(at) => at,
         };
@@ -590,7 +669,67 @@ impl Graph {
 
     /// One past the largest node index.
     pub(crate) fn index_bound(&self) -> usize {
-        self.slots.len
+        self.bound()
+    }
+
+    /// The id of the node at `index` (which must hold one).
+    pub(crate) fn node_id(&self, index: usize) -> NodeId {
+        debug_assert!(self.contains(NodeId(index as u32)));
+        NodeId(index as u32)
+    }
+
+    /// The node at `index`, if the slot holds one.
+    pub(crate) fn node_at(&self, index: usize) -> Option<NodeId> {
+        self.contains(NodeId(index as u32)).then_some(NodeId(index as u32))
+    }
+
+    /// Adds a one-output node named `name`, typed from its inputs, without
+    /// entering the name in the name table: lookups do not see it until
+    /// [`Graph::register_unnamed`]. For passes that add many nodes in a row
+    /// and register their names in one batch, which overlaps the table's
+    /// cache misses.
+    pub(crate) fn add_unnamed(
+        &mut self,
+        name: String,
+        op: Op,
+        role: Role,
+        inputs: &[ValueId],
+    ) -> Result<NodeId, GraphError> {
+        debug_assert_eq!(infer::num_outputs(&op), 1);
+        let tys = self.infer_for(&name, &op, inputs)?;
+        let placeholder = TensorType::scalar(crate::types::DType::F32);
+        let outputs = vec![Output { name: name.clone(), ty: placeholder }];
+        let id = NodeId(self.alloc(Node { name, op, role, precision: None, outputs, origin: None }));
+        self.finish_typed(id, tys, inputs);
+        Ok(id)
+    }
+
+    /// Registers the names of nodes from [`Graph::add_unnamed`], in the
+    /// order given; a name already taken is replaced by the first free
+    /// `name.k`, as [`Graph::fresh_name`] finds it at that point. The result
+    /// is what adding the nodes one by one with that fallback gives.
+    pub(crate) fn register_unnamed(&mut self, ids: &[NodeId]) {
+        const AHEAD: usize = 16;
+        self.names.reserve(ids.len());
+        let hashes: Vec<u64> = ids.iter().map(|&id| name_hash(&self.node(id).name)).collect();
+        for (j, &id) in ids.iter().enumerate() {
+            if let Some(&h) = hashes.get(j + AHEAD) {
+                self.prefetch_name(h);
+            }
+            let nodes = &self.nodes;
+            let name = nodes.get(id.index()).and_then(Option::as_ref).map(|n| n.name.as_str()).expect("a node");
+            match self.names.probe(hashes[j], |e| entry_name(nodes, e) == Some(name)) {
+                Err(at) => self.names.fill(at, NameEntry { hash: hashes[j], node: id.0, slot: 0 }),
+                Ok(_) => {
+                    let fresh = self.fresh_name(name);
+                    let hash = name_hash(&fresh);
+                    let node = self.node_keep(id);
+                    node.outputs[0].name.clone_from(&fresh);
+                    node.name = fresh;
+                    self.register(hash, id.0, 0);
+                }
+            }
+        }
     }
 
     /// Registers `name` for entry `(node, slot)`; the name must be new.
@@ -645,18 +784,18 @@ impl Graph {
             "Graph::connect: node index {} is not a node in the graph",
             if self.contains(v.node) { to.index() } else { v.node.index() }
         );
-        self.slot_mut(to.0).ins.push(InEdge { src: v.node.0, slot: v.slot, port });
-        self.slot_mut(v.node.0).outs.push(OutEdge { dst: to.0, slot: v.slot, port });
+        self.adj_mut(to.0).ins.push(InEdge { src: v.node.0, slot: v.slot, port });
+        self.adj_mut(v.node.0).outs.push(OutEdge { dst: to.0, slot: v.slot, port });
         self.edges += 1;
     }
 
     /// Removes one edge `src.slot -> dst.port`.
     fn disconnect(&mut self, src: u32, slot: u32, dst: u32, port: u32) {
-        let ins = &mut self.slot_mut(dst).ins;
+        let ins = &mut self.adj_mut(dst).ins;
         if let Some(k) = ins.iter().rposition(|e| *e == InEdge { src, slot, port }) {
             ins.remove(k);
         }
-        let outs = &mut self.slot_mut(src).outs;
+        let outs = &mut self.adj_mut(src).outs;
         if let Some(k) = outs.iter().rposition(|e| *e == OutEdge { dst, slot, port }) {
             outs.remove(k);
         }
@@ -709,7 +848,7 @@ impl Graph {
     /// Makes input `port` of `node` read `v`.
     pub fn set_input(&mut self, node: NodeId, port: u32, v: ValueId) {
         let old: SmallVec<[InEdge; 2]> =
-            self.slot(node.0).ins.iter().rev().filter(|e| e.port == port).copied().collect();
+            self.adj(node.0).ins.iter().rev().filter(|e| e.port == port).copied().collect();
         for e in old {
             self.disconnect(e.src, e.slot, node.0, port);
         }
@@ -725,23 +864,24 @@ impl Graph {
             return Err(GraphError::UnknownValue(format!("node #{}", id.index())));
         }
         // Names first, while the node still answers for them.
-        let slots = &self.slots;
-        let node = slots.get(id.index()).and_then(|s| s.node.as_ref()).expect("checked above");
+        let nodes = &self.nodes;
+        let node = nodes.get(id.index()).and_then(Option::as_ref).expect("checked above");
         for o in node.outputs.iter().map(|o| o.name.as_str()).chain([node.name.as_str()]) {
-            if let Ok(i) = self.names.probe(name_hash(o), |e| entry_name(slots, e) == Some(o)) {
+            if let Ok(i) = self.names.probe(name_hash(o), |e| entry_name(nodes, e) == Some(o)) {
                 self.names.remove_at(i);
             }
         }
         self.node_names.remove(&id.0);
-        let ins = std::mem::take(&mut self.slot_mut(id.0).ins);
+        let ins = std::mem::take(&mut self.adj_mut(id.0).ins);
         for e in ins.iter().rev() {
-            let outs = &mut self.slot_mut(e.src).outs;
+            let outs = &mut self.adj_mut(e.src).outs;
             if let Some(k) = outs.iter().rposition(|o| *o == OutEdge { dst: id.0, slot: e.slot, port: e.port }) {
                 outs.remove(k);
             }
             self.edges -= 1;
         }
-        let node = self.slot_mut(id.0).node.take().expect("checked above");
+        let node = self.nodes.get_mut(id.index()).and_then(Option::take).expect("checked above");
+        self.meta[id.index()] = VACANT;
         self.free.push(id.0);
         self.live -= 1;
         Ok(node)
@@ -754,22 +894,16 @@ impl Graph {
     /// just before its first reader). `Err` holds the nodes that lie on or
     /// behind a cycle.
     pub fn topo_order(&self) -> Result<Vec<NodeId>, Vec<NodeId>> {
-        const VACANT: u8 = 3;
         let bound = self.bound();
-        let mut rank = Vec::with_capacity(bound);
-        let mut counts = [0usize; 3];
-        for s in self.slots.iter() {
-            let r = match s.node.as_ref().map(|n| n.role) {
-                None => VACANT,
-                Some(Role::Forward) => 0,
-                Some(Role::Backward) => 1,
-                Some(Role::Optimizer | Role::Scaler) => 2,
-            };
-            if r != VACANT {
+        let mut counts = [0usize; 4];
+        let rank: Vec<u8> = (0..bound)
+            .map(|i| {
+                let m = self.meta(i);
+                let r = if m & VACANT != 0 { 3 } else { m & RANK };
                 counts[r as usize] += 1;
-            }
-            rank.push(r);
-        }
+                r
+            })
+            .collect();
         // 0: not seen, 1: entered (on the current path), 2: emitted.
         let mut state = vec![0u8; bound];
         let mut order = Vec::with_capacity(self.live);
@@ -788,7 +922,7 @@ impl Graph {
                     continue;
                 }
                 // Most nodes find their inputs emitted already.
-                let ins = &self.slot(root as u32).ins;
+                let ins = &self.adj(root as u32).ins;
                 if ins.iter().all(|e| state[e.src as usize] == 2) {
                     state[root] = 2;
                     order.push(NodeId(root as u32));
@@ -808,7 +942,7 @@ impl Graph {
                                 state[n as usize] = 1;
                                 stack.push(Step::Exit(n));
                                 scratch.clear();
-                                scratch.extend(self.slot(n).ins.iter().rev().map(|e| (e.port, e.src)));
+                                scratch.extend(self.adj(n).ins.iter().rev().map(|e| (e.port, e.src)));
                                 scratch.sort_unstable_by_key(|(p, _)| std::cmp::Reverse(*p));
                                 stack.extend(
                                     scratch
@@ -827,10 +961,10 @@ impl Graph {
 
     /// Nodes that Kahn's algorithm cannot order: on or behind a cycle.
     fn stuck_nodes(&self) -> Vec<NodeId> {
-        let mut indeg: Vec<u32> = self.slots.iter().map(|s| s.ins.len() as u32).collect();
+        let mut indeg: Vec<u32> = self.adj.iter().map(|a| a.ins.len() as u32).collect();
         let mut ready: Vec<u32> = self.node_ids().filter(|n| indeg[n.index()] == 0).map(|n| n.0).collect();
         while let Some(n) = ready.pop() {
-            for e in self.slot(n).outs.iter().rev() {
+            for e in self.adj(n).outs.iter().rev() {
                 indeg[e.dst as usize] -= 1;
                 if indeg[e.dst as usize] == 0 {
                     ready.push(e.dst);
@@ -857,7 +991,7 @@ impl Graph {
             };
             match result {
                 Ok(tys) => {
-                    let node = self.node_mut(id);
+                    let node = self.node_keep(id);
                     if tys.len() != node.outputs.len() {
                         failed[id.index()] = true;
                         problems.push((
@@ -887,7 +1021,9 @@ impl Graph {
     /// Makes room for `nodes` more nodes and `edges` more edges.
     pub fn reserve(&mut self, nodes: usize, edges: usize) {
         let _ = edges;
-        self.slots.chunks.reserve(nodes.div_ceil(CHUNK) + 1);
+        self.nodes.chunks.reserve(nodes.div_ceil(CHUNK) + 1);
+        self.adj.chunks.reserve(nodes.div_ceil(CHUNK) + 1);
+        self.meta.reserve(nodes);
         self.names.reserve(nodes);
     }
 
@@ -913,15 +1049,15 @@ impl Graph {
         // its name, as the one-to-one check below would find.
         let mut sum = 0u64;
         let mut count = 0usize;
-        for (i, s) in self.slots.iter().enumerate() {
-            let Some(n) = &s.node else { continue };
+        for (i, n) in self.nodes.iter().enumerate() {
+            let Some(n) = n else { continue };
             for (slot, o) in n.outputs.iter().enumerate() {
                 sum = sum.wrapping_add(NameEntry { hash: name_hash(&o.name), node: i as u32, slot: slot as u32 }.mix());
             }
             count += n.outputs.len();
         }
         for &i in &self.node_names {
-            if let Some(n) = self.slot(i).node.as_ref() {
+            if let Some(Some(n)) = self.nodes.get(i as usize) {
                 sum = sum.wrapping_add(NameEntry { hash: name_hash(&n.name), node: i, slot: NODE_NAME }.mix());
                 count += 1;
             }

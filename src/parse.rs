@@ -303,7 +303,7 @@ impl Builder {
     fn node(&mut self, section: &'static str, index: usize, n: &RawNode) -> Option<NodeId> {
         let (op, role, outs) = self.node_parts(section, index, n, n.inputs.len())?;
         let id = self.add(&n.name, Ptr(section, index), op, role, outs, Origin { section, index: index as u32 })?;
-        self.g.node_mut(id).precision = n.precision;
+        self.g.set_precision(id, n.precision);
         Some(id)
     }
 
@@ -674,7 +674,7 @@ pub mod fast {
             };
             let id = added.map_err(|_| bail::<E>())?;
             if h.precision.is_some() {
-                g.node_mut(id).precision = h.precision;
+                g.set_precision(id, h.precision);
             }
             if all && !self.deferring {
                 for (port, i) in inputs.iter().enumerate() {
