@@ -120,7 +120,8 @@ impl Pass for Autocast {
         let mut warnings = Vec::new();
         let mut fanin = Packed { span: vec![(0, 0); bound], data: Vec::with_capacity(2 * order.len()) };
         let mut out_count = vec![0u32; bound];
-        for &n in &order {
+        for (k, &n) in order.iter().enumerate() {
+            prefetch_ahead(g, &order, k);
             let node = g.node(n);
             let start = fanin.data.len() as u32;
             for v in g.inputs(n) {
@@ -197,6 +198,17 @@ impl Pass for Autocast {
     }
 }
 
+/// Starts loading the nodes a loop over `order` at `k` reads a few steps on.
+#[inline]
+fn prefetch_ahead(g: &Graph, order: &[NodeId], k: usize) {
+    if let Some(&m) = order.get(k + 16) {
+        g.prefetch_node(m);
+    }
+    if let Some(&m) = order.get(k + 8) {
+        g.prefetch_outputs(m);
+    }
+}
+
 /// Puts the casts on the inputs and re-types, in topological order.
 #[allow(clippy::too_many_arguments)]
 fn apply(
@@ -214,7 +226,8 @@ fn apply(
         Kind::Fixed => None,
         Kind::Op { .. } => Some(if painting.low[n.index()] { low } else { DType::F32 }),
     };
-    for &n in order {
+    for (k, &n) in order.iter().enumerate() {
+        prefetch_ahead(g, order, k);
         let mut ins = g.inputs(n);
         let Some(target) = target_of(n) else {
             // Types may still change upstream (a cast's input, an int op's float input).

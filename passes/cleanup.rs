@@ -26,11 +26,13 @@ fn fold(g: &Graph, n: NodeId) -> Option<ValueId> {
         return None;
     }
     let Op::Cast { to } = g.node(n).op else { return None };
-    let input = *g.inputs(n).first()?;
+    let input = g.first_input(n)?;
     if g.ty(input).dtype == to {
         Some(input)
+    } else if !g.is_cast(input.node) {
+        None
     } else if let Op::Cast { to: via } = g.node(input.node).op {
-        let src = g.inputs(input.node)[0];
+        let src = g.first_input(input.node).expect("a cast has an input");
         (g.ty(src).dtype == to && exact_via(to, via)).then_some(src)
     } else {
         None
@@ -45,20 +47,22 @@ impl Pass for Cleanup {
     fn run(&mut self, g: &mut Graph) -> Result<bool, PassError> {
         let fail = |message: String| PassError::Failed { pass: "cleanup", message };
         // Casts fold in topological order (a fold can make the next cast in
-        // a chain foldable). When no cast folds in the graph as it is,
-        // none would in that order either, and the order is not needed:
-        // the liveness walk for dead-code elimination looks at every live
-        // cast anyway, and the rest are few.
-        let mut casts = Vec::new();
-        let mut live = dce::live(g, |n| {
-            if g.is_cast(n) {
-                casts.push(n);
+        // a chain foldable). When no cast folds in the graph as it is, none
+        // would in that order either, and nothing changes.
+        let casts: Vec<NodeId> = g.casts().collect();
+        let any = casts.iter().enumerate().any(|(k, &n)| {
+            // The casts and what they read, fetched a few casts ahead.
+            if let Some(&m) = casts.get(k + 16) {
+                g.prefetch_node(m);
             }
-        })
-        .ok_or_else(|| fail(dce::CYCLE.into()))?;
-        // Checked apart from the walk, the casts' lookups overlap.
-        let any = casts.iter().any(|&n| fold(g, n).is_some())
-            || (0..g.index_bound()).any(|i| !live[i] && g.node_at(i).is_some_and(|n| fold(g, n).is_some()));
+            if let Some(v) = casts.get(k + 8).and_then(|&m| g.first_input(m)) {
+                g.prefetch_node(v.node);
+            }
+            if let Some(v) = casts.get(k + 4).and_then(|&m| g.first_input(m)) {
+                g.prefetch_outputs(v.node);
+            }
+            fold(g, n).is_some()
+        });
         let mut changed = false;
         if any {
             let order = g.topo_order().map_err(|_| fail(dce::CYCLE.into()))?;
@@ -68,11 +72,13 @@ impl Pass for Cleanup {
                     changed = true;
                 }
             }
-            live = dce::live(g, |_| {}).ok_or_else(|| fail(dce::CYCLE.into()))?;
         }
-        // A cycle no live node is on shows when the dead are ordered for removal.
-        let pass = if any { "dce" } else { "cleanup" };
-        changed |= dce::remove_dead(g, &live).map_err(|message| PassError::Failed { pass, message })?;
+        if any || dce::maybe_dead(g) {
+            let live = dce::live(g, |_| {}).ok_or_else(|| fail(dce::CYCLE.into()))?;
+            // A cycle no live node is on shows when the dead are ordered for removal.
+            let pass = if any { "dce" } else { "cleanup" };
+            changed |= dce::remove_dead(g, &live).map_err(|message| PassError::Failed { pass, message })?;
+        }
         Ok(changed)
     }
 }

@@ -1,21 +1,22 @@
-//! The graph IR: typed handles over a slot arena.
+//! The graph IR: typed handles over a petgraph `StableGraph`.
 //!
 //! Every value is produced by exactly one node (graph inputs, parameters and
 //! state are nodes too), so a value is named by `ValueId { node, slot }`.
 //! Edges run from producer to consumer and carry the producer's output slot
 //! and the consumer's input port; they are the only record of a node's
-//! inputs. Raw slot indices do not leave this module.
+//! inputs. Raw petgraph indices do not leave this module.
 //!
-//! Storage: nodes live in slots of chunked arenas (growing one never moves a
-//! node): the node, its incoming and outgoing edges, and a byte of summary
-//! (vacancy, role rank, whether a cast) that whole-graph walks read. A removed
-//! node leaves a vacant slot that the next added node takes (last freed,
-//! first reused), so indices are stable. The name table stores no strings:
-//! an entry is the name's hash and the slot it names, and a probe compares
-//! against the name held by the node itself.
+//! Beside the `StableGraph`, two side tables keyed by node index: a byte per
+//! node (vacancy, role rank, whether a cast) that whole-graph walks read
+//! instead of the node, and the name table, which stores no strings: an
+//! entry is the name's hash and the node (and output slot) it names, and a
+//! probe compares against the name held by the node itself.
 
 use std::hash::Hasher;
 
+use petgraph::stable_graph::{EdgeIndex, NodeIndex, StableGraph};
+use petgraph::visit::{EdgeRef, NodeIndexable};
+use petgraph::Direction;
 use rustc_hash::{FxHashSet, FxHasher};
 use smallvec::SmallVec;
 
@@ -29,12 +30,16 @@ use crate::types::TensorType;
 
 /// A node of a [`Graph`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeId(u32);
+pub struct NodeId(NodeIndex<u32>);
 
 impl NodeId {
     /// A number that identifies the node within its graph (not stable across removals and insertions).
     pub fn index(self) -> usize {
-        self.0 as usize
+        self.0.index()
+    }
+
+    fn at(index: u32) -> NodeId {
+        NodeId(NodeIndex::new(index as usize))
     }
 }
 
@@ -98,85 +103,17 @@ pub enum GraphError {
     HasUsers(String),
 }
 
-const CHUNK_BITS: u32 = 11;
-const CHUNK: usize = 1 << CHUNK_BITS;
-
-/// A vector in fixed-size chunks: pushing never moves an element.
-#[derive(Clone, Debug)]
-struct Arena<T> {
-    chunks: Vec<Vec<T>>,
-    len: usize,
-}
-
-impl<T> Default for Arena<T> {
-    fn default() -> Self {
-        Arena { chunks: Vec::new(), len: 0 }
-    }
-}
-
-impl<T> Arena<T> {
-    #[inline]
-    fn get(&self, i: usize) -> Option<&T> {
-        self.chunks.get(i >> CHUNK_BITS).and_then(|c| c.get(i & (CHUNK - 1)))
-    }
-
-    #[inline]
-    fn get_mut(&mut self, i: usize) -> Option<&mut T> {
-        self.chunks.get_mut(i >> CHUNK_BITS).and_then(|c| c.get_mut(i & (CHUNK - 1)))
-    }
-
-    fn push(&mut self, v: T) {
-        match self.chunks.last_mut() {
-            Some(c) if c.len() < CHUNK => c.push(v),
-            _ => {
-                let mut c = Vec::with_capacity(CHUNK);
-                c.push(v);
-                self.chunks.push(c);
-            }
-        }
-        self.len += 1;
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &T> + '_ {
-        self.chunks.iter().flatten()
-    }
-}
-
-/// An edge as its consumer records it.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-struct InEdge {
-    src: u32,
-    slot: u32,
-    port: u32,
-}
-
-/// An edge as its producer records it.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-struct OutEdge {
-    dst: u32,
-    slot: u32,
-    port: u32,
-}
-
-/// A node's edges, each list in the order the edges were added; iteration
-/// goes newest first. One cache line, apart from the node itself, so that
-/// walks over the edges stay compact.
-#[derive(Clone, Debug, Default)]
-#[repr(align(64))]
-struct Adj {
-    ins: SmallVec<[InEdge; 2]>,
-    outs: SmallVec<[OutEdge; 2]>,
-}
-
-// A byte per slot that whole-graph walks read instead of the node.
+// The byte per node that whole-graph walks read instead of the node.
 /// The rank of the node's role in topological order (0 forward, 1 backward, 2 the rest).
 const RANK: u8 = 0b11;
-/// The slot holds no node.
+/// The node index is vacant (the node was removed).
 const VACANT: u8 = 1 << 2;
 /// The node was handed out by `node_mut`: the bits below may be out of date.
 const STALE: u8 = 1 << 3;
 /// The node is a cast.
 const CAST: u8 = 1 << 4;
+/// The node is an input, param or state declaration.
+const SOURCE: u8 = 1 << 5;
 
 fn rank(role: Role) -> u8 {
     match role {
@@ -187,7 +124,12 @@ fn rank(role: Role) -> u8 {
 }
 
 fn meta_of(n: &Node) -> u8 {
-    rank(n.role) | if matches!(n.op, Op::Cast { .. }) { CAST } else { 0 }
+    let kind = match n.op {
+        Op::Cast { .. } => CAST,
+        Op::Input { .. } | Op::Param { .. } | Op::State { .. } => SOURCE,
+        _ => 0,
+    };
+    rank(n.role) | kind
 }
 
 /// The `slot` of a name-table entry that names a node rather than a value.
@@ -327,10 +269,15 @@ fn prefetch<T>(r: &T) {
     let _ = r;
 }
 
+/// The graph proper. Nodes are boxed: the `StableGraph`'s node vector then
+/// holds a pointer per node, so growing it (a pass adding nodes) copies 16
+/// bytes per node rather than the whole node.
+type Petgraph = StableGraph<Box<Node>, Edge, petgraph::Directed, u32>;
+
 /// The name a table entry refers to, if its node still exists.
 #[inline]
-fn entry_name(nodes: &Arena<Option<Node>>, e: NameEntry) -> Option<&str> {
-    let n = nodes.get(e.node as usize)?.as_ref()?;
+fn entry_name(g: &Petgraph, e: NameEntry) -> Option<&str> {
+    let n = g.node_weight(NodeIndex::new(e.node as usize))?;
     if e.slot == NODE_NAME {
         Some(&n.name)
     } else {
@@ -342,13 +289,9 @@ fn entry_name(nodes: &Arena<Option<Node>>, e: NameEntry) -> Option<&str> {
 #[derive(Clone, Debug, Default)]
 pub struct Graph {
     pub name: String,
-    nodes: Arena<Option<Node>>,
-    adj: Arena<Adj>,
+    g: Petgraph,
+    /// A byte per node index (see `RANK`, `VACANT`, `STALE`, `CAST`).
     meta: Vec<u8>,
-    /// Vacant slots; the last freed is reused first.
-    free: Vec<u32>,
-    live: usize,
-    edges: usize,
     names: Names,
     /// Nodes registered under their own name as well as their values' (a
     /// multi-output node whose own name is not one of its value names).
@@ -371,32 +314,22 @@ impl Graph {
     }
 
     pub fn node_count(&self) -> usize {
-        self.live
+        self.g.node_count()
     }
 
     pub fn edge_count(&self) -> usize {
-        self.edges
-    }
-
-    #[inline]
-    fn adj(&self, i: u32) -> &Adj {
-        self.adj.get(i as usize).expect("a node index of this graph")
-    }
-
-    #[inline]
-    fn adj_mut(&mut self, i: u32) -> &mut Adj {
-        self.adj.get_mut(i as usize).expect("a node index of this graph")
+        self.g.edge_count()
     }
 
     #[inline]
     pub fn node(&self, id: NodeId) -> &Node {
-        self.nodes.get(id.index()).and_then(Option::as_ref).expect("a node of this graph")
+        &self.g[id.0]
     }
 
     /// The node, without marking it as changed (for fields other than `op` and `role`).
     #[inline]
     fn node_keep(&mut self, id: NodeId) -> &mut Node {
-        self.nodes.get_mut(id.index()).and_then(Option::as_mut).expect("a node of this graph")
+        &mut self.g[id.0]
     }
 
     #[inline]
@@ -424,7 +357,7 @@ impl Graph {
 
     /// All nodes, in index order.
     pub fn node_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.meta.iter().enumerate().filter(|(_, m)| *m & VACANT == 0).map(|(i, _)| NodeId(i as u32))
+        self.meta.iter().enumerate().filter(|(_, m)| *m & VACANT == 0).map(|(i, _)| NodeId::at(i as u32))
     }
 
     /// One past the largest node index.
@@ -432,16 +365,16 @@ impl Graph {
         self.meta.len()
     }
 
-    /// The meta bits of slot `i`, fresh.
+    /// The meta bits of node index `i`, fresh.
     #[inline]
     fn meta(&self, i: usize) -> u8 {
         let m = self.meta[i];
         if m & STALE == 0 {
             return m;
         }
-        match self.nodes.get(i) {
-            Some(Some(n)) => meta_of(n),
-            _ => m,
+        match self.g.node_weight(NodeIndex::new(i)) {
+            Some(n) => meta_of(n),
+            None => m,
         }
     }
 
@@ -451,37 +384,48 @@ impl Graph {
         self.meta(id.index()) & CAST != 0
     }
 
+    /// The casts, in index order (without reading the other nodes).
+    pub(crate) fn casts(&self) -> impl Iterator<Item = NodeId> + '_ {
+        (0..self.bound()).filter(|&i| self.meta(i) & (CAST | VACANT) == CAST).map(|i| NodeId::at(i as u32))
+    }
+
+    /// The nodes no node reads, in index order (a scan of the node vector).
+    pub(crate) fn sinks(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.g.externals(Direction::Outgoing).map(NodeId)
+    }
+
+    /// Whether the node is an input, param or state declaration (without reading it, mostly).
+    #[inline]
+    pub(crate) fn is_source(&self, id: NodeId) -> bool {
+        self.meta(id.index()) & SOURCE != 0
+    }
+
     #[inline]
     pub fn ty(&self, v: ValueId) -> &TensorType {
-        &self.node(v.node).outputs[v.slot as usize].ty
+        &self.g[v.node.0].outputs[v.slot as usize].ty
     }
 
     #[inline]
     pub fn value_name(&self, v: ValueId) -> &str {
-        &self.node(v.node).outputs[v.slot as usize].name
+        &self.g[v.node.0].outputs[v.slot as usize].name
     }
 
     /// The table entry of `name`.
     #[inline]
     fn lookup(&self, name: &str) -> Option<NameEntry> {
-        self.lookup_hashed(name, name_hash(name))
-    }
-
-    #[inline]
-    fn lookup_hashed(&self, name: &str, hash: u64) -> Option<NameEntry> {
-        let nodes = &self.nodes;
-        let i = self.names.probe(hash, |e| entry_name(nodes, e) == Some(name)).ok()?;
+        let g = &self.g;
+        let i = self.names.probe(name_hash(name), |e| entry_name(g, e) == Some(name)).ok()?;
         Some(self.names.table[i])
     }
 
     pub fn value(&self, name: &str) -> Option<ValueId> {
         let e = self.lookup(name)?;
-        (e.slot != NODE_NAME).then_some(ValueId { node: NodeId(e.node), slot: e.slot })
+        (e.slot != NODE_NAME).then_some(ValueId { node: NodeId::at(e.node), slot: e.slot })
     }
 
     /// Looks a node up by its name or by the name of one of its outputs.
     pub fn node_named(&self, name: &str) -> Option<NodeId> {
-        self.lookup(name).map(|e| NodeId(e.node))
+        self.lookup(name).map(|e| NodeId::at(e.node))
     }
 
     fn contains_name(&self, name: &str) -> bool {
@@ -490,40 +434,68 @@ impl Graph {
 
     /// Values of a node, one per output slot.
     pub fn values(&self, id: NodeId) -> impl Iterator<Item = ValueId> + '_ {
-        (0..self.node(id).outputs.len() as u32).map(move |slot| ValueId { node: id, slot })
+        (0..self.g[id.0].outputs.len() as u32).map(move |slot| ValueId { node: id, slot })
     }
 
     /// The inputs of a node, in port order.
     pub fn inputs(&self, id: NodeId) -> Inputs {
-        let ins = &self.adj(id.0).ins;
-        if ins.iter().enumerate().all(|(k, e)| e.port as usize == k) {
-            return ins.iter().map(|e| ValueId { node: NodeId(e.src), slot: e.slot }).collect();
+        // The incoming edges come newest first. A node wired port by port
+        // (the usual case) lists ports n-1, ..., 0: reverse them; anything
+        // else is sorted by port.
+        let mut buf = [(0u32, ValueId { node: id, slot: 0 }); 4];
+        let mut n = 0;
+        for e in self.g.edges_directed(id.0, Direction::Incoming) {
+            if n == buf.len() {
+                return self.inputs_sorted(id);
+            }
+            buf[n] = (e.weight().port, ValueId { node: NodeId(e.source()), slot: e.weight().slot });
+            n += 1;
         }
-        let mut v: SmallVec<[(u32, ValueId); 4]> =
-            ins.iter().rev().map(|e| (e.port, ValueId { node: NodeId(e.src), slot: e.slot })).collect();
-        if !v.is_sorted_by_key(|(p, _)| *p) {
-            v.sort_unstable_by_key(|(p, _)| *p);
+        if buf[..n].iter().enumerate().all(|(k, &(p, _))| p as usize == n - 1 - k) {
+            let mut out = Inputs::new();
+            out.extend(buf[..n].iter().rev().map(|&(_, v)| v));
+            return out;
         }
-        v.into_iter().map(|(_, v)| v).collect()
+        self.inputs_sorted(id)
+    }
+
+    fn inputs_sorted(&self, id: NodeId) -> Inputs {
+        let mut ins: SmallVec<[(u32, ValueId); 4]> = self
+            .g
+            .edges_directed(id.0, Direction::Incoming)
+            .map(|e| (e.weight().port, ValueId { node: NodeId(e.source()), slot: e.weight().slot }))
+            .collect();
+        if !ins.is_sorted_by_key(|(p, _)| *p) {
+            ins.sort_unstable_by_key(|(p, _)| *p);
+        }
+        ins.into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// The input on port 0, for a node with one input (`inputs(id).first()` otherwise).
+    pub(crate) fn first_input(&self, id: NodeId) -> Option<ValueId> {
+        let mut it = self.g.edges_directed(id.0, Direction::Incoming);
+        match (it.next(), it.next()) {
+            (Some(e), None) if e.weight().port == 0 => {
+                Some(ValueId { node: NodeId(e.source()), slot: e.weight().slot })
+            }
+            (None, _) => None,
+            _ => self.inputs(id).first().copied(),
+        }
     }
 
     /// The producers of a node's inputs, in no particular order, repeats included.
     pub(crate) fn input_nodes(&self, id: NodeId) -> impl Iterator<Item = NodeId> + '_ {
-        self.adj(id.0).ins.iter().map(|e| NodeId(e.src))
+        self.g.neighbors_directed(id.0, Direction::Incoming).map(NodeId)
     }
 
     /// The input ports of a node's incoming edges, repeats included.
     pub(crate) fn in_ports(&self, id: NodeId) -> SmallVec<[u32; 8]> {
-        self.adj(id.0).ins.iter().rev().map(|e| e.port).collect()
+        self.g.edges_directed(id.0, Direction::Incoming).map(|e| e.weight().port).collect()
     }
 
     /// The consumers of a node's outputs: (consumer, edge).
     pub fn users(&self, id: NodeId) -> impl Iterator<Item = (NodeId, Edge)> + '_ {
-        let outs: &[OutEdge] = match self.adj.get(id.index()) {
-            Some(a) if self.contains(id) => &a.outs,
-            _ => &[],
-        };
-        outs.iter().rev().map(|e| (NodeId(e.dst), Edge { slot: e.slot, port: e.port }))
+        self.g.edges_directed(id.0, Direction::Outgoing).map(|e| (NodeId(e.target()), *e.weight()))
     }
 
     /// The consumers of one value: (consumer, input port).
@@ -583,24 +555,17 @@ impl Graph {
         Ok(id)
     }
 
-    /// Takes a vacant slot (the last freed) or a new one for `node`.
+    /// Adds `node` to the `StableGraph` (which reuses the last vacated index
+    /// first) and records its meta byte.
     fn alloc(&mut self, node: Node) -> u32 {
-        self.live += 1;
         let meta = meta_of(&node);
-        match self.free.pop() {
-            Some(i) => {
-                *self.nodes.get_mut(i as usize).expect("a vacant slot") = Some(node);
-                self.meta[i as usize] = meta;
-                i
-            }
-            None => {
-                let i = self.meta.len() as u32;
-                self.nodes.push(Some(node));
-                self.adj.push(Adj::default());
-                self.meta.push(meta);
-                i
-            }
+        let i = self.g.add_node(Box::new(node)).index();
+        if i == self.meta.len() {
+            self.meta.push(meta);
+        } else {
+            self.meta[i] = meta;
         }
+        i as u32
     }
 
     /// Adds an untyped node with one output named after the node, with one
@@ -614,8 +579,8 @@ impl Graph {
     ) -> Result<NodeId, GraphError> {
         let hash = name_hash(&name);
         self.names.reserve(1);
-        let nodes = &self.nodes;
-        let at = match self.names.probe(hash, |e| entry_name(nodes, e) == Some(name.as_str())) {
+        let g = &self.g;
+        let at = match self.names.probe(hash, |e| entry_name(g, e) == Some(name.as_str())) {
             Ok(_) => return Err(GraphError::DuplicateName(name)),
             Err(at) => at,
         };
@@ -623,7 +588,7 @@ impl Graph {
         let outputs = vec![Output { name: name.clone(), ty: placeholder }];
         let i = self.alloc(Node { name, op, role, precision: None, outputs, origin });
         self.names.fill(at, NameEntry { hash, node: i, slot: 0 });
-        Ok(NodeId(i))
+        Ok(NodeId::at(i))
     }
 
     /// Starts loading the name-table bucket of `hash` into the cache.
@@ -656,7 +621,7 @@ impl Graph {
         let outputs = vec![Output { name: name.clone(), ty: placeholder }];
         let i = self.alloc(Node { name, op, role, precision: None, outputs, origin });
         self.names.fill(at, NameEntry { hash, node: i, slot: 0 });
-        Ok(NodeId(i))
+        Ok(NodeId::at(i))
     }
 
     /// The value whose name has `hash`, trusting the hash: the caller must
@@ -664,7 +629,26 @@ impl Graph {
     #[inline]
     pub(crate) fn value_by_hash(&self, hash: u64) -> Option<ValueId> {
         let e = self.names.table[self.names.probe(hash, |_| true).ok()?];
-        (e.slot != NODE_NAME).then_some(ValueId { node: NodeId(e.node), slot: e.slot })
+        (e.slot != NODE_NAME).then_some(ValueId { node: NodeId::at(e.node), slot: e.slot })
+    }
+
+    /// Starts loading node `id` into the cache (the lines that hold its op
+    /// and its outputs' pointer), for loops that will read it soon.
+    #[inline]
+    pub(crate) fn prefetch_node(&self, id: NodeId) {
+        if let Some(n) = self.g.node_weight(id.0) {
+            prefetch(&n.op);
+            prefetch(&n.outputs);
+        }
+    }
+
+    /// Starts loading the outputs of node `id` into the cache (best after
+    /// [`Graph::prefetch_node`] has brought the node in).
+    #[inline]
+    pub(crate) fn prefetch_outputs(&self, id: NodeId) {
+        if let Some(o) = self.g.node_weight(id.0).and_then(|n| n.outputs.first()) {
+            prefetch(o);
+        }
     }
 
     /// One past the largest node index.
@@ -674,13 +658,14 @@ impl Graph {
 
     /// The id of the node at `index` (which must hold one).
     pub(crate) fn node_id(&self, index: usize) -> NodeId {
-        debug_assert!(self.contains(NodeId(index as u32)));
-        NodeId(index as u32)
+        debug_assert!(self.contains(NodeId::at(index as u32)));
+        NodeId::at(index as u32)
     }
 
-    /// The node at `index`, if the slot holds one.
+    /// The node at `index`, if there is one.
     pub(crate) fn node_at(&self, index: usize) -> Option<NodeId> {
-        self.contains(NodeId(index as u32)).then_some(NodeId(index as u32))
+        let id = NodeId::at(index as u32);
+        self.contains(id).then_some(id)
     }
 
     /// Adds a one-output node named `name`, typed from its inputs, without
@@ -699,7 +684,7 @@ impl Graph {
         let tys = self.infer_for(&name, &op, inputs)?;
         let placeholder = TensorType::scalar(crate::types::DType::F32);
         let outputs = vec![Output { name: name.clone(), ty: placeholder }];
-        let id = NodeId(self.alloc(Node { name, op, role, precision: None, outputs, origin: None }));
+        let id = NodeId::at(self.alloc(Node { name, op, role, precision: None, outputs, origin: None }));
         self.finish_typed(id, tys, inputs);
         Ok(id)
     }
@@ -711,22 +696,22 @@ impl Graph {
     pub(crate) fn register_unnamed(&mut self, ids: &[NodeId]) {
         const AHEAD: usize = 16;
         self.names.reserve(ids.len());
-        let hashes: Vec<u64> = ids.iter().map(|&id| name_hash(&self.node(id).name)).collect();
+        let hashes: Vec<u64> = ids.iter().map(|&id| name_hash(&self.g[id.0].name)).collect();
         for (j, &id) in ids.iter().enumerate() {
             if let Some(&h) = hashes.get(j + AHEAD) {
                 self.prefetch_name(h);
             }
-            let nodes = &self.nodes;
-            let name = nodes.get(id.index()).and_then(Option::as_ref).map(|n| n.name.as_str()).expect("a node");
-            match self.names.probe(hashes[j], |e| entry_name(nodes, e) == Some(name)) {
-                Err(at) => self.names.fill(at, NameEntry { hash: hashes[j], node: id.0, slot: 0 }),
+            let g = &self.g;
+            let name = g[id.0].name.as_str();
+            match self.names.probe(hashes[j], |e| entry_name(g, e) == Some(name)) {
+                Err(at) => self.names.fill(at, NameEntry { hash: hashes[j], node: id.index() as u32, slot: 0 }),
                 Ok(_) => {
                     let fresh = self.fresh_name(name);
                     let hash = name_hash(&fresh);
                     let node = self.node_keep(id);
                     node.outputs[0].name.clone_from(&fresh);
                     node.name = fresh;
-                    self.register(hash, id.0, 0);
+                    self.register(hash, id.index() as u32, 0);
                 }
             }
         }
@@ -774,41 +759,26 @@ impl Graph {
             self.register(node_hash, i, NODE_NAME);
             self.node_names.insert(i);
         }
-        Ok(NodeId(i))
+        Ok(NodeId::at(i))
     }
 
     /// Feeds `v` into input `port` of `to`.
     pub fn connect(&mut self, v: ValueId, to: NodeId, port: u32) {
-        assert!(
-            self.contains(v.node) && self.contains(to),
-            "Graph::connect: node index {} is not a node in the graph",
-            if self.contains(v.node) { to.index() } else { v.node.index() }
-        );
-        self.adj_mut(to.0).ins.push(InEdge { src: v.node.0, slot: v.slot, port });
-        self.adj_mut(v.node.0).outs.push(OutEdge { dst: to.0, slot: v.slot, port });
-        self.edges += 1;
-    }
-
-    /// Removes one edge `src.slot -> dst.port`.
-    fn disconnect(&mut self, src: u32, slot: u32, dst: u32, port: u32) {
-        let ins = &mut self.adj_mut(dst).ins;
-        if let Some(k) = ins.iter().rposition(|e| *e == InEdge { src, slot, port }) {
-            ins.remove(k);
-        }
-        let outs = &mut self.adj_mut(src).outs;
-        if let Some(k) = outs.iter().rposition(|e| *e == OutEdge { dst, slot, port }) {
-            outs.remove(k);
-        }
-        self.edges -= 1;
+        self.g.add_edge(v.node.0, to.0, Edge { slot: v.slot, port });
     }
 
     /// Makes every consumer of `old` read `new` instead.
     pub fn replace_uses(&mut self, old: ValueId, new: ValueId) {
-        let edges: SmallVec<[(u32, u32); 4]> =
-            self.users(old.node).filter(|(_, e)| e.slot == old.slot).map(|(target, e)| (target.0, e.port)).collect();
-        for (target, port) in edges {
-            self.disconnect(old.node.0, old.slot, target, port);
-            self.connect(new, NodeId(target), port);
+        type Rewire = (EdgeIndex<u32>, NodeIndex<u32>, Edge);
+        let edges: SmallVec<[Rewire; 4]> = self
+            .g
+            .edges_directed(old.node.0, Direction::Outgoing)
+            .filter(|e| e.weight().slot == old.slot)
+            .map(|e| (e.id(), e.target(), *e.weight()))
+            .collect();
+        for (e, target, w) in edges {
+            self.g.remove_edge(e);
+            self.g.add_edge(new.node.0, target, Edge { slot: new.slot, port: w.port });
         }
         for r in [&mut self.loss].into_iter().flatten() {
             if *r == old {
@@ -847,10 +817,14 @@ impl Graph {
 
     /// Makes input `port` of `node` read `v`.
     pub fn set_input(&mut self, node: NodeId, port: u32, v: ValueId) {
-        let old: SmallVec<[InEdge; 2]> =
-            self.adj(node.0).ins.iter().rev().filter(|e| e.port == port).copied().collect();
+        let old: SmallVec<[EdgeIndex<u32>; 2]> = self
+            .g
+            .edges_directed(node.0, Direction::Incoming)
+            .filter(|e| e.weight().port == port)
+            .map(|e| e.id())
+            .collect();
         for e in old {
-            self.disconnect(e.src, e.slot, node.0, port);
+            self.g.remove_edge(e);
         }
         self.connect(v, node, port);
     }
@@ -860,30 +834,19 @@ impl Graph {
         if self.users(id).next().is_some() {
             return Err(GraphError::HasUsers(self.node(id).name.clone()));
         }
-        if !self.contains(id) {
-            return Err(GraphError::UnknownValue(format!("node #{}", id.index())));
-        }
         // Names first, while the node still answers for them.
-        let nodes = &self.nodes;
-        let node = nodes.get(id.index()).and_then(Option::as_ref).expect("checked above");
-        for o in node.outputs.iter().map(|o| o.name.as_str()).chain([node.name.as_str()]) {
-            if let Ok(i) = self.names.probe(name_hash(o), |e| entry_name(nodes, e) == Some(o)) {
-                self.names.remove_at(i);
+        let g = &self.g;
+        if let Some(node) = g.node_weight(id.0) {
+            for o in node.outputs.iter().map(|o| o.name.as_str()).chain([node.name.as_str()]) {
+                if let Ok(i) = self.names.probe(name_hash(o), |e| entry_name(g, e) == Some(o)) {
+                    self.names.remove_at(i);
+                }
             }
         }
-        self.node_names.remove(&id.0);
-        let ins = std::mem::take(&mut self.adj_mut(id.0).ins);
-        for e in ins.iter().rev() {
-            let outs = &mut self.adj_mut(e.src).outs;
-            if let Some(k) = outs.iter().rposition(|o| *o == OutEdge { dst: id.0, slot: e.slot, port: e.port }) {
-                outs.remove(k);
-            }
-            self.edges -= 1;
-        }
-        let node = self.nodes.get_mut(id.index()).and_then(Option::take).expect("checked above");
+        let node =
+            *self.g.remove_node(id.0).ok_or_else(|| GraphError::UnknownValue(format!("node #{}", id.index())))?;
         self.meta[id.index()] = VACANT;
-        self.free.push(id.0);
-        self.live -= 1;
+        self.node_names.remove(&(id.index() as u32));
         Ok(node)
     }
 
@@ -906,13 +869,13 @@ impl Graph {
             .collect();
         // 0: not seen, 1: entered (on the current path), 2: emitted.
         let mut state = vec![0u8; bound];
-        let mut order = Vec::with_capacity(self.live);
+        let mut order = Vec::with_capacity(self.g.node_count());
         enum Step {
-            Enter(u32),
-            Exit(u32),
+            Enter(NodeIndex<u32>),
+            Exit(NodeIndex<u32>),
         }
         let mut stack = Vec::new();
-        let mut scratch: Vec<(u32, u32)> = Vec::new();
+        let mut scratch: Vec<(u32, NodeIndex<u32>)> = Vec::new();
         for r in 0..3u8 {
             if counts[r as usize] == 0 {
                 continue;
@@ -921,34 +884,35 @@ impl Graph {
                 if state[root] == 2 {
                     continue;
                 }
+                let root = NodeIndex::new(root);
                 // Most nodes find their inputs emitted already.
-                let ins = &self.adj(root as u32).ins;
-                if ins.iter().all(|e| state[e.src as usize] == 2) {
-                    state[root] = 2;
-                    order.push(NodeId(root as u32));
+                if self.g.neighbors_directed(root, Direction::Incoming).all(|m| state[m.index()] == 2) {
+                    state[root.index()] = 2;
+                    order.push(NodeId(root));
                     continue;
                 }
-                stack.push(Step::Enter(root as u32));
+                stack.push(Step::Enter(root));
                 while let Some(step) = stack.pop() {
                     match step {
                         Step::Exit(n) => {
-                            state[n as usize] = 2;
+                            state[n.index()] = 2;
                             order.push(NodeId(n));
                         }
-                        Step::Enter(n) => match state[n as usize] {
+                        Step::Enter(n) => match state[n.index()] {
                             2 => {}
                             1 => return Err(self.stuck_nodes()),
                             _ => {
-                                state[n as usize] = 1;
+                                state[n.index()] = 1;
                                 stack.push(Step::Exit(n));
                                 scratch.clear();
-                                scratch.extend(self.adj(n).ins.iter().rev().map(|e| (e.port, e.src)));
+                                scratch.extend(
+                                    self.g
+                                        .edges_directed(n, Direction::Incoming)
+                                        .map(|e| (e.weight().port, e.source())),
+                                );
                                 scratch.sort_unstable_by_key(|(p, _)| std::cmp::Reverse(*p));
                                 stack.extend(
-                                    scratch
-                                        .iter()
-                                        .filter(|(_, m)| state[*m as usize] != 2)
-                                        .map(|&(_, m)| Step::Enter(m)),
+                                    scratch.iter().filter(|(_, m)| state[m.index()] != 2).map(|&(_, m)| Step::Enter(m)),
                                 );
                             }
                         },
@@ -961,13 +925,17 @@ impl Graph {
 
     /// Nodes that Kahn's algorithm cannot order: on or behind a cycle.
     fn stuck_nodes(&self) -> Vec<NodeId> {
-        let mut indeg: Vec<u32> = self.adj.iter().map(|a| a.ins.len() as u32).collect();
-        let mut ready: Vec<u32> = self.node_ids().filter(|n| indeg[n.index()] == 0).map(|n| n.0).collect();
+        let mut indeg = vec![0u32; self.g.node_bound()];
+        for e in self.g.edge_indices() {
+            let (_, b) = self.g.edge_endpoints(e).expect("edge index from this graph");
+            indeg[b.index()] += 1;
+        }
+        let mut ready: Vec<NodeIndex<u32>> = self.g.node_indices().filter(|n| indeg[n.index()] == 0).collect();
         while let Some(n) = ready.pop() {
-            for e in self.adj(n).outs.iter().rev() {
-                indeg[e.dst as usize] -= 1;
-                if indeg[e.dst as usize] == 0 {
-                    ready.push(e.dst);
+            for t in self.g.neighbors_directed(n, Direction::Outgoing) {
+                indeg[t.index()] -= 1;
+                if indeg[t.index()] == 0 {
+                    ready.push(t);
                 }
             }
         }
@@ -1020,9 +988,8 @@ impl Graph {
 
     /// Makes room for `nodes` more nodes and `edges` more edges.
     pub fn reserve(&mut self, nodes: usize, edges: usize) {
-        let _ = edges;
-        self.nodes.chunks.reserve(nodes.div_ceil(CHUNK) + 1);
-        self.adj.chunks.reserve(nodes.div_ceil(CHUNK) + 1);
+        self.g.reserve_nodes(nodes);
+        self.g.reserve_edges(edges);
         self.meta.reserve(nodes);
         self.names.reserve(nodes);
     }
@@ -1049,15 +1016,16 @@ impl Graph {
         // its name, as the one-to-one check below would find.
         let mut sum = 0u64;
         let mut count = 0usize;
-        for (i, n) in self.nodes.iter().enumerate() {
-            let Some(n) = n else { continue };
+        for i in self.node_ids() {
+            let n = &self.g[i.0];
+            let i = i.index();
             for (slot, o) in n.outputs.iter().enumerate() {
                 sum = sum.wrapping_add(NameEntry { hash: name_hash(&o.name), node: i as u32, slot: slot as u32 }.mix());
             }
             count += n.outputs.len();
         }
         for &i in &self.node_names {
-            if let Some(Some(n)) = self.nodes.get(i as usize) {
+            if let Some(n) = self.g.node_weight(NodeIndex::new(i as usize)) {
                 sum = sum.wrapping_add(NameEntry { hash: name_hash(&n.name), node: i, slot: NODE_NAME }.mix());
                 count += 1;
             }
