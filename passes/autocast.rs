@@ -10,7 +10,7 @@
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
-use crate::graph::{Graph, NodeId, ValueId};
+use crate::graph::{name_hash, Graph, NodeId, ValueId};
 use crate::infer;
 use crate::op::{Op, OpKind, Precision};
 use crate::types::{DType, TensorType};
@@ -175,12 +175,16 @@ impl Pass for Autocast {
                 *len += 1;
             }
         }
-        let order32: Vec<u32> = order.iter().map(|n| n.index() as u32).collect();
-        let mut painting = paint_with(&kinds, &fanin, &fanout, &order32, low == DType::Bf16);
+        let bf16 = low == DType::Bf16;
+        // The order matters to the painter only for bf16; the rules, only to explain.
+        let order32: Vec<u32> = if bf16 { order.iter().map(|n| n.index() as u32).collect() } else { Vec::new() };
+        let mut painting = paint_with(&kinds, &fanin, &fanout, &order32, bf16, self.explain);
         drop(order32);
         if let Some(l) = g.loss {
-            if g.node(l.node).precision.is_none() && painting.rule[l.node.index()] == Rule::PinnedFp32 {
-                painting.rule[l.node.index()] = Rule::Loss;
+            if let Some(r) = painting.rule.get_mut(l.node.index()) {
+                if g.node(l.node).precision.is_none() && *r == Rule::PinnedFp32 {
+                    *r = Rule::Loss;
+                }
             }
         }
         // Apply: casts on the inputs, then re-type, in topological order.
@@ -296,14 +300,14 @@ struct CastCache {
     /// Casts whose names are not in the name table yet. They are entered
     /// in one batch, in the order the casts were made (so each gets the
     /// name it would have got then), before anything looks names up.
-    unnamed: Vec<NodeId>,
+    unnamed: Vec<(NodeId, u64)>,
 }
 
 impl CastCache {
-    const NONE: u32 = u32::MAX;
-
     fn new(bound: usize, low: DType) -> CastCache {
-        CastCache { low, dense: vec![[Self::NONE; 2]; bound], other: FxHashMap::default(), unnamed: Vec::new() }
+        // Zero means none (entries hold index + 1): the table is allocated
+        // zeroed, and only the pages of cast values are ever touched.
+        CastCache { low, dense: vec![[0; 2]; bound], other: FxHashMap::default(), unnamed: Vec::new() }
     }
 
     /// Enters the names of the casts made so far.
@@ -327,7 +331,7 @@ impl CastCache {
         match self.dense_slot(v, to) {
             Some((i, w)) => {
                 let c = self.dense[i][w];
-                (c != Self::NONE).then(|| ValueId { node: g.node_id(c as usize), slot: 0 })
+                (c != 0).then(|| ValueId { node: g.node_id(c as usize - 1), slot: 0 })
             }
             None => self.other.get(&(v, to)).copied(),
         }
@@ -335,7 +339,7 @@ impl CastCache {
 
     fn insert(&mut self, v: ValueId, to: DType, c: ValueId) {
         match self.dense_slot(v, to) {
-            Some((i, w)) if c.slot == 0 => self.dense[i][w] = c.node.index() as u32,
+            Some((i, w)) if c.slot == 0 => self.dense[i][w] = c.node.index() as u32 + 1,
             _ => {
                 self.other.insert((v, to), c);
             }
@@ -403,8 +407,9 @@ fn cast(g: &mut Graph, cache: &mut CastCache, v: ValueId, to: DType, count: &mut
     base.push_str(to.name());
     let role = g.node(v.node).role;
     // The name is entered later, with the other casts' (see `CastCache::unnamed`).
+    let hash = name_hash(&base);
     let id = g.add_unnamed(base, Op::Cast { to }, role, &[v]).map_err(|e| e.to_string())?;
-    cache.unnamed.push(id);
+    cache.unnamed.push((id, hash));
     let c = ValueId { node: id, slot: 0 };
     cache.insert(v, to, c);
     *count += 1;

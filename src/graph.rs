@@ -164,13 +164,27 @@ pub(crate) fn name_hash_bytes(s: &[u8]) -> u64 {
     h.finish() | 1
 }
 
+impl NameEntry {
+    #[inline]
+    fn load(raw: [u64; 2]) -> NameEntry {
+        NameEntry { hash: raw[0], node: (raw[1] >> 32) as u32, slot: raw[1] as u32 }
+    }
+
+    #[inline]
+    fn store(self) -> [u64; 2] {
+        [self.hash, ((self.node as u64) << 32) | self.slot as u64]
+    }
+}
+
 /// Name -> value (or node) table: open addressing with linear probing.
 /// Entries hold hashes, not strings; the checksum is the wrapping sum of
 /// every entry's [`NameEntry::mix`], which lets the verifier compare the
-/// table with the nodes' current names in one sequential pass.
+/// table with the nodes' current names in one sequential pass. Entries are
+/// stored as `[u64; 2]` (hash, node << 32 | slot) so that a new table comes
+/// zeroed from the allocator.
 #[derive(Clone, Debug, Default)]
 struct Names {
-    table: Vec<NameEntry>,
+    table: Vec<[u64; 2]>,
     /// log2 of the table size (0 when empty).
     bits: u32,
     len: usize,
@@ -190,12 +204,14 @@ impl Names {
             return;
         }
         let size = (need * 4 / 3 + 1).next_power_of_two().max(16);
-        let old = std::mem::replace(&mut self.table, vec![NameEntry::default(); size]);
+        let old = std::mem::replace(&mut self.table, vec![[0; 2]; size]);
         self.bits = size.trailing_zeros();
         let mask = size - 1;
-        for e in old.into_iter().filter(|e| e.hash != 0) {
-            let mut i = self.home(e.hash);
-            while self.table[i].hash != 0 {
+        // The home is the top bits of the hash's product: in the old table's
+        // order, homes in the new one only grow, and the writes sweep it.
+        for e in old.into_iter().filter(|e| e[0] != 0) {
+            let mut i = self.home(e[0]);
+            while self.table[i][0] != 0 {
                 i = (i + 1) & mask;
             }
             self.table[i] = e;
@@ -213,10 +229,10 @@ impl Names {
         let mut i = self.home(hash);
         loop {
             let e = self.table[i];
-            if e.hash == 0 {
+            if e[0] == 0 {
                 return Err(i);
             }
-            if e.hash == hash && is(e) {
+            if e[0] == hash && is(NameEntry::load(e)) {
                 return Ok(i);
             }
             i = (i + 1) & mask;
@@ -226,15 +242,15 @@ impl Names {
     /// Fills the empty index `i` (from [`Names::probe`], with no growth in between).
     #[inline]
     fn fill(&mut self, i: usize, e: NameEntry) {
-        debug_assert_eq!(self.table[i].hash, 0);
-        self.table[i] = e;
+        debug_assert_eq!(self.table[i][0], 0);
+        self.table[i] = e.store();
         self.len += 1;
         self.sum = self.sum.wrapping_add(e.mix());
     }
 
     /// Removes the entry at `i`, shifting later entries of its run back.
     fn remove_at(&mut self, mut i: usize) {
-        let removed = self.table[i];
+        let removed = NameEntry::load(self.table[i]);
         self.len -= 1;
         self.sum = self.sum.wrapping_sub(removed.mix());
         let mask = self.table.len() - 1;
@@ -242,10 +258,10 @@ impl Names {
         loop {
             j = (j + 1) & mask;
             let e = self.table[j];
-            if e.hash == 0 {
+            if e[0] == 0 {
                 break;
             }
-            let home = self.home(e.hash);
+            let home = self.home(e[0]);
             // `e` may stay at `j` only if its home lies cyclically in (i, j].
             let stays = if i <= j { i < home && home <= j } else { i < home || home <= j };
             if !stays {
@@ -253,7 +269,7 @@ impl Names {
                 i = j;
             }
         }
-        self.table[i] = NameEntry::default();
+        self.table[i] = [0; 2];
     }
 }
 
@@ -415,7 +431,7 @@ impl Graph {
     fn lookup(&self, name: &str) -> Option<NameEntry> {
         let g = &self.g;
         let i = self.names.probe(name_hash(name), |e| entry_name(g, e) == Some(name)).ok()?;
-        Some(self.names.table[i])
+        Some(NameEntry::load(self.names.table[i]))
     }
 
     pub fn value(&self, name: &str) -> Option<ValueId> {
@@ -628,7 +644,7 @@ impl Graph {
     /// check that the value's name is the one it looked for.
     #[inline]
     pub(crate) fn value_by_hash(&self, hash: u64) -> Option<ValueId> {
-        let e = self.names.table[self.names.probe(hash, |_| true).ok()?];
+        let e = NameEntry::load(self.names.table[self.names.probe(hash, |_| true).ok()?]);
         (e.slot != NODE_NAME).then_some(ValueId { node: NodeId::at(e.node), slot: e.slot })
     }
 
@@ -689,24 +705,23 @@ impl Graph {
         Ok(id)
     }
 
-    /// Registers the names of nodes from [`Graph::add_unnamed`], in the
-    /// order given; a name already taken is replaced by the first free
+    /// Registers the names of nodes from [`Graph::add_unnamed`] (with their
+    /// hashes), in the order given; a name already taken is replaced by the first free
     /// `name.k`, as [`Graph::fresh_name`] finds it at that point. The result
     /// is what adding the nodes one by one with that fallback gives.
-    pub(crate) fn register_unnamed(&mut self, ids: &[NodeId]) {
+    pub(crate) fn register_unnamed(&mut self, ids: &[(NodeId, u64)]) {
         const AHEAD: usize = 16;
         self.names.reserve(ids.len());
-        let hashes: Vec<u64> = ids.iter().map(|&id| name_hash(&self.g[id.0].name)).collect();
-        for (j, &id) in ids.iter().enumerate() {
-            if let Some(&h) = hashes.get(j + AHEAD) {
+        for (j, &(id, hash)) in ids.iter().enumerate() {
+            debug_assert_eq!(hash, name_hash(&self.g[id.0].name));
+            if let Some(&(_, h)) = ids.get(j + AHEAD) {
                 self.prefetch_name(h);
             }
             let g = &self.g;
-            let name = g[id.0].name.as_str();
-            match self.names.probe(hashes[j], |e| entry_name(g, e) == Some(name)) {
-                Err(at) => self.names.fill(at, NameEntry { hash: hashes[j], node: id.index() as u32, slot: 0 }),
+            match self.names.probe(hash, |e| entry_name(g, e) == Some(g[id.0].name.as_str())) {
+                Err(at) => self.names.fill(at, NameEntry { hash, node: id.index() as u32, slot: 0 }),
                 Ok(_) => {
-                    let fresh = self.fresh_name(name);
+                    let fresh = self.fresh_name(&self.g[id.0].name);
                     let hash = name_hash(&fresh);
                     let node = self.node_keep(id);
                     node.outputs[0].name.clone_from(&fresh);
