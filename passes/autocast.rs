@@ -10,8 +10,7 @@
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
-use crate::graph::{name_hash, Graph, NodeId, ValueId};
-use crate::infer;
+use crate::graph::{name_hash, Graph, InferMemo, NodeId, ValueId};
 use crate::op::{Op, OpKind, Precision};
 use crate::types::{DType, TensorType};
 
@@ -236,7 +235,7 @@ fn apply(
         let Some(target) = target_of(n) else {
             // Types may still change upstream (a cast's input, an int op's float input).
             if !ins.is_empty() {
-                memo.retype(g, n, &ins)?;
+                retype(g, memo, n, &ins)?;
             }
             continue;
         };
@@ -264,7 +263,7 @@ fn apply(
             g.set_input(n, port as u32, c);
             *v = c;
         }
-        memo.retype(g, n, &ins)?;
+        retype(g, memo, n, &ins)?;
     }
     // State updates keep their state's type; step outputs leave in FP32.
     for i in 0..g.updates.len() {
@@ -347,39 +346,21 @@ impl CastCache {
     }
 }
 
-/// Shape inference for re-typing, remembering the last result per op kind:
-/// the nodes of a model repeat, and re-typing with the same op and input
-/// types gives the same outputs (it only ever changes their dtypes here).
-#[derive(Default)]
-struct InferMemo {
-    last: FxHashMap<OpKind, (Op, Vec<TensorType>, Vec<TensorType>)>,
-}
-
-impl InferMemo {
-    fn retype(&mut self, g: &mut Graph, n: NodeId, ins: &[ValueId]) -> Result<(), String> {
-        let node = g.node(n);
-        let kind = node.op.kind();
-        {
-            let tys: SmallVec<[&TensorType; 4]> = ins.iter().map(|&v| g.ty(v)).collect();
-            let hit = self.last.get(&kind).is_some_and(|(op, inputs, _)| {
-                *op == node.op && inputs.len() == tys.len() && inputs.iter().zip(&tys).all(|(a, b)| a == *b)
-            });
-            if !hit {
-                let out = infer::infer(&node.op, &tys).map_err(|m| format!("node `{}`: {m}", node.name))?;
-                let inputs = tys.iter().map(|&t| t.clone()).collect();
-                self.last.insert(kind, (node.op.clone(), inputs, out));
-            }
+/// Re-types `n` from its inputs `ins`, changing only what changed (here,
+/// only dtypes ever do).
+fn retype(g: &mut Graph, memo: &mut InferMemo, n: NodeId, ins: &[ValueId]) -> Result<(), String> {
+    let node = g.node(n);
+    let tys: SmallVec<[&TensorType; 4]> = ins.iter().map(|&v| g.ty(v)).collect();
+    let out = memo.infer(&node.op, &tys).map_err(|m| format!("node `{}`: {m}", node.name))?;
+    drop(tys);
+    for (o, t) in g.outputs_mut(n).iter_mut().zip(out) {
+        if o.ty.shape == t.shape {
+            o.ty.dtype = t.dtype;
+        } else {
+            o.ty = t.clone();
         }
-        let out = &self.last[&kind].2;
-        for (o, t) in g.outputs_mut(n).iter_mut().zip(out) {
-            if o.ty.shape == t.shape {
-                o.ty.dtype = t.dtype;
-            } else {
-                o.ty = t.clone();
-            }
-        }
-        Ok(())
     }
+    Ok(())
 }
 
 /// The cast of `v` to `to`, shared: made once per (value, type). Casting a

@@ -962,6 +962,7 @@ impl Graph {
     pub fn infer_types(&mut self, order: &[NodeId]) -> Vec<(NodeId, String)> {
         let mut failed = vec![false; self.bound()];
         let mut problems = Vec::new();
+        let mut memo = InferMemo::default();
         for &id in order {
             let ins = self.inputs(id);
             if ins.iter().any(|v| failed[v.node.index()]) {
@@ -970,11 +971,11 @@ impl Graph {
             }
             let result = {
                 let tys: SmallVec<[&TensorType; 4]> = ins.iter().map(|&v| self.ty(v)).collect();
-                infer::infer(&self.node(id).op, &tys)
+                memo.infer(&self.g[id.0].op, &tys)
             };
             match result {
                 Ok(tys) => {
-                    let node = self.node_keep(id);
+                    let node = &mut self.g[id.0];
                     if tys.len() != node.outputs.len() {
                         failed[id.index()] = true;
                         problems.push((
@@ -989,7 +990,7 @@ impl Graph {
                         continue;
                     }
                     for (o, t) in node.outputs.iter_mut().zip(tys) {
-                        o.ty = t;
+                        o.ty.clone_from(t);
                     }
                 }
                 Err(m) => {
@@ -1065,6 +1066,36 @@ impl Graph {
             out.push("the name table holds names that no node has (a node was renamed?)".to_string());
         }
         out
+    }
+}
+
+/// Shape inference that remembers its last result per op kind: the nodes
+/// of a model repeat, and the same op on the same input types gives the
+/// same outputs, so a repeat costs a comparison instead of an inference
+/// (and its allocations). Errors are not remembered.
+#[derive(Default)]
+pub(crate) struct InferMemo {
+    last: Vec<Option<Inferred>>,
+}
+
+/// An op, its input types and its output types.
+type Inferred = (Op, SmallVec<[TensorType; 3]>, Vec<TensorType>);
+
+impl InferMemo {
+    /// `infer::infer(op, inputs)`.
+    pub(crate) fn infer(&mut self, op: &Op, inputs: &[&TensorType]) -> Result<&[TensorType], String> {
+        let kind = op.kind() as usize;
+        if self.last.len() <= kind {
+            self.last.resize_with(kind + 1, || None);
+        }
+        let hit = self.last[kind].as_ref().is_some_and(|(o, ins, _)| {
+            o == op && ins.len() == inputs.len() && ins.iter().zip(inputs).all(|(a, b)| a == *b)
+        });
+        if !hit {
+            let out = infer::infer(op, inputs)?;
+            self.last[kind] = Some((op.clone(), inputs.iter().map(|&t| t.clone()).collect(), out));
+        }
+        Ok(&self.last[kind].as_ref().expect("just filled").2)
     }
 }
 

@@ -545,6 +545,7 @@ pub mod fast {
     pub fn parse(text: &str) -> Option<Graph> {
         let mut st = State {
             b: Builder { g: Graph::new(""), problems: Vec::new(), failed: Default::default() },
+            blank: RawNode::default(),
             held: None,
             seen: 0,
             stage: 0,
@@ -575,7 +576,7 @@ pub mod fast {
     }
 
     /// A node's input names with their hashes.
-    type Names<'de> = SmallVec<[(Cow<'de, str>, u64); 4]>;
+    type Names<'de> = SmallVec<[(Cow<'de, str>, u64); 2]>;
 
     /// An input as first seen: resolved, or a name to resolve at the end.
     enum In<'de> {
@@ -608,6 +609,8 @@ pub mod fast {
 
     struct State<'de> {
         b: Builder,
+        /// A `RawNode` with every field unset but `op` and (while checked) `name`.
+        blank: RawNode,
         held: Option<Held<'de>>,
         /// Top-level keys seen (bit per key), to reject repeats.
         seen: u32,
@@ -962,28 +965,34 @@ pub mod fast {
                 return Err(bail());
             };
             let inputs = inputs.unwrap_or_default();
-            let mut raw = if rest.is_empty() {
-                RawNode { op, ..RawNode::default() }
+            let (section, index) = (self.section, self.index);
+            if name.is_empty() {
+                return Err(bail());
+            }
+            // A node with no attributes is checked on the state's blank
+            // `RawNode` (only its name and op set), not on a new one.
+            let mut fresh = None;
+            let raw = if rest.is_empty() {
+                st.blank.op = op;
+                &mut st.blank
             } else {
                 let (n, o) = stand_ins();
                 let fields = rest.into_iter().chain([(Cow::Borrowed("name"), n), (Cow::Borrowed("op"), o)]);
                 let fields = MapDeserializer::<_, serde_json::Error>::new(fields);
-                let mut raw = RawNode::deserialize(fields).map_err(|_| bail::<A::Error>())?;
-                raw.op = op;
-                raw
+                let mut r = RawNode::deserialize(fields).map_err(|_| bail::<A::Error>())?;
+                r.op = op;
+                fresh.insert(r)
             };
             raw.name = name;
-            let (section, index) = (self.section, self.index);
-            if raw.name.is_empty() {
-                return Err(bail());
-            }
-            let Some((op, role, outs)) = st.b.node_parts(section, index, &raw, inputs.len()) else {
+            let parts = st.b.node_parts(section, index, raw, inputs.len());
+            let name = std::mem::take(&mut raw.name);
+            let precision = raw.precision;
+            let Some((op, role, outs)) = parts else {
                 return Err(bail());
             };
-            let name = std::mem::take(&mut raw.name);
             let hash = name_hash(&name);
             let origin = Origin { section, index: index as u32 };
-            st.hold(Held { name, hash, op, role, outs, precision: raw.precision, origin, inputs })
+            st.hold(Held { name, hash, op, role, outs, precision, origin, inputs })
         }
     }
 

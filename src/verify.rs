@@ -7,7 +7,7 @@ use rustc_hash::FxHashSet;
 use smallvec::SmallVec;
 
 use crate::diag::Problem;
-use crate::graph::{Graph, NodeId};
+use crate::graph::{Graph, InferMemo, NodeId};
 use crate::infer;
 use crate::op::{Op, Role};
 
@@ -50,6 +50,7 @@ pub fn problems(g: &Graph) -> Vec<Problem> {
         }
     };
     let mut bad_type = vec![false; g.index_bound()];
+    let mut memo = InferMemo::default();
     let mut has_backward = false;
     for &id in &order {
         let n = g.node(id);
@@ -122,7 +123,7 @@ pub fn problems(g: &Graph) -> Vec<Problem> {
             continue;
         }
         let tys: SmallVec<[&crate::TensorType; 4]> = ins.iter().map(|&v| g.ty(v)).collect();
-        match infer::infer(&n.op, &tys) {
+        match memo.infer(&n.op, &tys) {
             Ok(want) => {
                 if want.len() != n.outputs.len() || want.iter().zip(&n.outputs).any(|(a, o)| *a != o.ty) {
                     let have: Vec<&crate::TensorType> = n.outputs.iter().map(|o| &o.ty).collect();
