@@ -259,7 +259,7 @@ fn apply(
             if !have.is_float() || have == target || kept.contains(&port) {
                 continue;
             }
-            let c = cast(g, cache, *v, target, casts)?;
+            let c = cast(g, cache, memo, *v, target, casts)?;
             g.set_input(n, port as u32, c);
             *v = c;
         }
@@ -270,13 +270,13 @@ fn apply(
         let (s, v) = g.updates[i];
         let want = g.ty(ValueId { node: s, slot: 0 }).dtype;
         if g.ty(v).dtype != want {
-            g.updates[i].1 = cast(g, cache, v, want, casts)?;
+            g.updates[i].1 = cast(g, cache, memo, v, want, casts)?;
         }
     }
     for i in 0..g.outputs.len() {
         let v = g.outputs[i];
         if g.ty(v).dtype.is_low() {
-            g.outputs[i] = cast(g, cache, v, DType::F32, casts)?;
+            g.outputs[i] = cast(g, cache, memo, v, DType::F32, casts)?;
         }
     }
 
@@ -365,14 +365,21 @@ fn retype(g: &mut Graph, memo: &mut InferMemo, n: NodeId, ins: &[ValueId]) -> Re
 
 /// The cast of `v` to `to`, shared: made once per (value, type). Casting a
 /// widened value back to its original type returns the original.
-fn cast(g: &mut Graph, cache: &mut CastCache, v: ValueId, to: DType, count: &mut usize) -> Result<ValueId, String> {
+fn cast(
+    g: &mut Graph,
+    cache: &mut CastCache,
+    memo: &mut InferMemo,
+    v: ValueId,
+    to: DType,
+    count: &mut usize,
+) -> Result<ValueId, String> {
     if g.ty(v).dtype == to {
         return Ok(v);
     }
     if let Some(c) = cache.get(g, v, to) {
         return Ok(c);
     }
-    if let Op::Cast { .. } = g.node(v.node).op {
+    if g.is_cast(v.node) {
         let src = g.inputs(v.node)[0];
         let via = g.ty(v).dtype;
         if g.ty(src).dtype == to && exact_via(to, via) {
@@ -389,7 +396,7 @@ fn cast(g: &mut Graph, cache: &mut CastCache, v: ValueId, to: DType, count: &mut
     let role = g.node(v.node).role;
     // The name is entered later, with the other casts' (see `CastCache::unnamed`).
     let hash = name_hash(&base);
-    let id = g.add_unnamed(base, Op::Cast { to }, role, &[v]).map_err(|e| e.to_string())?;
+    let id = g.add_unnamed(base, Op::Cast { to }, role, &[v], memo).map_err(|e| e.to_string())?;
     cache.unnamed.push((id, hash));
     let c = ValueId { node: id, slot: 0 };
     cache.insert(v, to, c);

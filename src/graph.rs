@@ -695,13 +695,21 @@ impl Graph {
         op: Op,
         role: Role,
         inputs: &[ValueId],
+        memo: &mut InferMemo,
     ) -> Result<NodeId, GraphError> {
-        debug_assert_eq!(infer::num_outputs(&op), 1);
-        let tys = self.infer_for(&name, &op, inputs)?;
-        let placeholder = TensorType::scalar(crate::types::DType::F32);
-        let outputs = vec![Output { name: name.clone(), ty: placeholder }];
+        let ty = {
+            let in_tys: SmallVec<[&TensorType; 4]> = inputs.iter().map(|&v| self.ty(v)).collect();
+            match memo.infer(&op, &in_tys) {
+                Ok([ty]) => ty.clone(),
+                Ok(tys) => panic!("add_unnamed: {} has {} outputs", op.name(), tys.len()),
+                Err(message) => return Err(GraphError::Type { node: name, message }),
+            }
+        };
+        let outputs = vec![Output { name: name.clone(), ty }];
         let id = NodeId::at(self.alloc(Node { name, op, role, precision: None, outputs, origin: None }));
-        self.finish_typed(id, tys, inputs);
+        for (port, &v) in inputs.iter().enumerate() {
+            self.connect(v, id, port as u32);
+        }
         Ok(id)
     }
 
@@ -1069,33 +1077,49 @@ impl Graph {
     }
 }
 
-/// Shape inference that remembers its last result per op kind: the nodes
-/// of a model repeat, and the same op on the same input types gives the
-/// same outputs, so a repeat costs a comparison instead of an inference
+/// Shape inference that remembers its last few results per op kind: the
+/// nodes of a model repeat, and the same op on the same input types gives
+/// the same outputs, so a repeat costs a comparison instead of an inference
 /// (and its allocations). Errors are not remembered.
 #[derive(Default)]
 pub(crate) struct InferMemo {
-    last: Vec<Option<Inferred>>,
+    /// Per op kind: up to `WAYS` results, and the next one to replace.
+    last: Vec<(Vec<Inferred>, usize)>,
 }
 
 /// An op, its input types and its output types.
 type Inferred = (Op, SmallVec<[TensorType; 3]>, Vec<TensorType>);
 
 impl InferMemo {
+    const WAYS: usize = 4;
+
     /// `infer::infer(op, inputs)`.
     pub(crate) fn infer(&mut self, op: &Op, inputs: &[&TensorType]) -> Result<&[TensorType], String> {
         let kind = op.kind() as usize;
         if self.last.len() <= kind {
-            self.last.resize_with(kind + 1, || None);
+            self.last.resize_with(kind + 1, Default::default);
         }
-        let hit = self.last[kind].as_ref().is_some_and(|(o, ins, _)| {
+        let (seen, next) = &mut self.last[kind];
+        let hit = seen.iter().position(|(o, ins, _)| {
             o == op && ins.len() == inputs.len() && ins.iter().zip(inputs).all(|(a, b)| a == *b)
         });
-        if !hit {
-            let out = infer::infer(op, inputs)?;
-            self.last[kind] = Some((op.clone(), inputs.iter().map(|&t| t.clone()).collect(), out));
-        }
-        Ok(&self.last[kind].as_ref().expect("just filled").2)
+        let at = match hit {
+            Some(at) => at,
+            None => {
+                let out = infer::infer(op, inputs)?;
+                let entry = (op.clone(), inputs.iter().map(|&t| t.clone()).collect(), out);
+                if seen.len() < Self::WAYS {
+                    seen.push(entry);
+                    seen.len() - 1
+                } else {
+                    let at = *next;
+                    *next = (at + 1) % Self::WAYS;
+                    seen[at] = entry;
+                    at
+                }
+            }
+        };
+        Ok(&seen[at].2)
     }
 }
 
