@@ -8,11 +8,10 @@
 //! original value (an exact round trip); no other chain is folded.
 
 use rustc_hash::FxHashMap;
-use smallvec::SmallVec;
 
 use crate::graph::{name_hash, Graph, InferMemo, NodeId, ValueId};
 use crate::op::{Op, OpKind, Precision};
-use crate::types::{DType, TensorType};
+use crate::types::DType;
 
 use super::cleanup::exact_via;
 use super::paint::{paint_with, Adjacency, Kind, Packed, Pin, Rule};
@@ -350,7 +349,7 @@ impl CastCache {
 /// only dtypes ever do).
 fn retype(g: &mut Graph, memo: &mut InferMemo, n: NodeId, ins: &[ValueId]) -> Result<(), String> {
     let node = g.node(n);
-    let tys: SmallVec<[&TensorType; 4]> = ins.iter().map(|&v| g.ty(v)).collect();
+    let tys = g.types_of(ins);
     let out = memo.infer(&node.op, &tys).map_err(|m| format!("node `{}`: {m}", node.name))?;
     drop(tys);
     for (o, t) in g.outputs_mut(n).iter_mut().zip(out) {

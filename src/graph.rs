@@ -421,6 +421,16 @@ impl Graph {
         &self.g[v.node.0].outputs[v.slot as usize].ty
     }
 
+    /// The types of some values.
+    #[inline]
+    pub(crate) fn types_of(&self, values: &[ValueId]) -> SmallVec<[&TensorType; 4]> {
+        let mut out = SmallVec::new();
+        for &v in values {
+            out.push(self.ty(v));
+        }
+        out
+    }
+
     #[inline]
     pub fn value_name(&self, v: ValueId) -> &str {
         &self.g[v.node.0].outputs[v.slot as usize].name
@@ -468,9 +478,11 @@ impl Graph {
             n += 1;
         }
         if buf[..n].iter().enumerate().all(|(k, &(p, _))| p as usize == n - 1 - k) {
-            let mut out = Inputs::new();
-            out.extend(buf[..n].iter().rev().map(|&(_, v)| v));
-            return out;
+            let mut out = [ValueId { node: id, slot: 0 }; 4];
+            for k in 0..n {
+                out[k] = buf[n - 1 - k].1;
+            }
+            return Inputs::from_buf_and_len(out, n);
         }
         self.inputs_sorted(id)
     }
@@ -542,7 +554,7 @@ impl Graph {
     }
 
     fn infer_for(&self, name: &str, op: &Op, inputs: &[ValueId]) -> Result<Vec<TensorType>, GraphError> {
-        let in_tys: SmallVec<[&TensorType; 4]> = inputs.iter().map(|&v| self.ty(v)).collect();
+        let in_tys = self.types_of(inputs);
         infer::infer(op, &in_tys).map_err(|message| GraphError::Type { node: name.to_string(), message })
     }
 
@@ -698,7 +710,7 @@ impl Graph {
         memo: &mut InferMemo,
     ) -> Result<NodeId, GraphError> {
         let ty = {
-            let in_tys: SmallVec<[&TensorType; 4]> = inputs.iter().map(|&v| self.ty(v)).collect();
+            let in_tys = self.types_of(inputs);
             match memo.infer(&op, &in_tys) {
                 Ok([ty]) => ty.clone(),
                 Ok(tys) => panic!("add_unnamed: {} has {} outputs", op.name(), tys.len()),
@@ -978,7 +990,7 @@ impl Graph {
                 continue;
             }
             let result = {
-                let tys: SmallVec<[&TensorType; 4]> = ins.iter().map(|&v| self.ty(v)).collect();
+                let tys = self.types_of(&ins);
                 memo.infer(&self.g[id.0].op, &tys)
             };
             match result {

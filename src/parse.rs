@@ -561,9 +561,10 @@ pub mod fast {
             outputs: Vec::new(),
             optimizer: None,
         };
-        // Room for the nodes, from the size of the text (a node takes some
-        // tens of bytes); the name table grows from there if need be.
-        st.b.g.reserve(text.len() / 80, 0);
+        // Room for the nodes and edges, from the size of the text (a node
+        // takes some tens of bytes); only what is used is ever touched, and
+        // the vectors and the name table grow from there if need be.
+        st.b.g.reserve(text.len() / 80, text.len() / 40);
         let mut de = serde_json::Deserializer::from_str(text);
         Top(&mut st).deserialize(&mut de).ok()?;
         de.end().ok()?;

@@ -4,7 +4,6 @@
 //! everything wrong with a graph. Passes may assume a verified graph.
 
 use rustc_hash::FxHashSet;
-use smallvec::SmallVec;
 
 use crate::diag::Problem;
 use crate::graph::{Graph, InferMemo, NodeId};
@@ -122,7 +121,7 @@ pub fn problems(g: &Graph) -> Vec<Problem> {
             bad_type[id.index()] = true;
             continue;
         }
-        let tys: SmallVec<[&crate::TensorType; 4]> = ins.iter().map(|&v| g.ty(v)).collect();
+        let tys = g.types_of(&ins);
         match memo.infer(&n.op, &tys) {
             Ok(want) => {
                 if want.len() != n.outputs.len() || want.iter().zip(&n.outputs).any(|(a, o)| *a != o.ty) {
