@@ -1,7 +1,7 @@
 //! autocast: gives every op a compute precision and inserts the casts.
 //!
 //! The op classes come from a [`Table`] (overridable by file and per node);
-//! [`paint`] decides which nodes compute in the low type. Then, in
+//! [`paint`](super::paint) decides which nodes compute in the low type. Then, in
 //! topological order, every float input of a node that is not already in the
 //! node's compute type gets a cast, one per (value, type) shared by all
 //! consumers. A cast back to the type a value was widened from returns the

@@ -1,4 +1,8 @@
 //! Reading a graph: JSON text -> [`RawGraph`] -> typed [`Graph`].
+//!
+//! [`parse_str`] first reads a valid file in one streaming pass straight
+//! into the graph ([`fast`]); every other file takes the two steps,
+//! [`parse_raw`] and [`from_raw`], which report the problems.
 
 use std::collections::BTreeMap;
 
