@@ -1,7 +1,7 @@
 //! autocast: gives every op a compute precision and inserts the casts.
 //!
 //! The op classes come from a [`Table`] (overridable by file and per node);
-//! [`paint`] decides which nodes compute in the low type. Then, in
+//! [`paint`](super::paint) decides which nodes compute in the low type. Then, in
 //! topological order, every float input of a node that is not already in the
 //! node's compute type gets a cast, one per (value, type) shared by all
 //! consumers. A cast back to the type a value was widened from returns the
@@ -9,13 +9,12 @@
 
 use rustc_hash::FxHashMap;
 
-use crate::graph::{Graph, NodeId, ValueId};
-use crate::infer;
+use crate::graph::{name_hash, Graph, InferMemo, NodeId, ValueId};
 use crate::op::{Op, OpKind, Precision};
 use crate::types::DType;
 
 use super::cleanup::exact_via;
-use super::paint::{paint, Kind, PaintInput, Pin, Rule};
+use super::paint::{paint_with, Adjacency, Kind, Packed, Pin, Rule};
 use super::table::{is_unpainted, Class, Table};
 use super::{Pass, PassError};
 
@@ -107,12 +106,30 @@ impl Pass for Autocast {
         let bound = order.iter().map(|n| n.index() + 1).max().unwrap_or(0);
         let low = self.table.low;
         let (max, min_sub) = low_range(low);
+        // The table as an array over op kinds.
+        let mut classes = vec![None; OpKind::ALL.iter().map(|&k| k as usize + 1).max().unwrap_or(0)];
+        for &k in OpKind::ALL {
+            classes[k as usize] = self.table.class(k);
+        }
 
-        // The painter's view: dense indices are node indices.
+        // The painter's view: dense indices are node indices, and the float
+        // edges, producers per consumer in port order (`fanin`) and
+        // consumers per producer in the same order (`fanout`).
         let mut kinds = vec![Kind::Fixed; bound];
         let mut warnings = Vec::new();
-        for &n in &order {
+        let mut fanin = Packed { span: vec![(0, 0); bound], data: Vec::with_capacity(2 * order.len()) };
+        let mut out_count = vec![0u32; bound];
+        for (k, &n) in order.iter().enumerate() {
+            prefetch_ahead(g, &order, k);
             let node = g.node(n);
+            let start = fanin.data.len() as u32;
+            for v in g.inputs(n) {
+                if g.ty(v).dtype.is_float() {
+                    fanin.data.push(v.node.index() as u32);
+                    out_count[v.node.index()] += 1;
+                }
+            }
+            fanin.span[n.index()] = (start, fanin.data.len() as u32 - start);
             let k = node.op.kind();
             if is_unpainted(k) || !has_float_output(g, n) {
                 continue;
@@ -121,7 +138,7 @@ impl Pass for Autocast {
                 Precision::Low => Pin::Low,
                 Precision::Fp32 => Pin::Fp32,
             });
-            let class = self.table.class(k);
+            let class = classes.get(k as usize).copied().flatten();
             if pin.is_none() && g.loss.is_some_and(|l| l.node == n) {
                 pin = Some(Pin::Fp32);
             }
@@ -143,94 +160,215 @@ impl Pass for Autocast {
             }
             kinds[n.index()] = Kind::Op { class, pin };
         }
-        let mut fanin = vec![Vec::new(); bound];
-        let mut fanout = vec![Vec::new(); bound];
-        let mut all_inputs: Vec<crate::graph::Inputs> = vec![Default::default(); bound];
+        let mut fanout = Packed { span: Vec::with_capacity(bound), data: vec![0; fanin.data.len()] };
+        let mut at = 0u32;
+        for &c in &out_count {
+            fanout.span.push((at, 0));
+            at += c;
+        }
+        drop(out_count);
         for &n in &order {
-            all_inputs[n.index()] = g.inputs(n);
-            for &v in &all_inputs[n.index()] {
-                if g.ty(v).dtype.is_float() {
-                    fanin[n.index()].push(v.node.index() as u32);
-                    fanout[v.node.index()].push(n.index() as u32);
-                }
+            for &p in fanin.of(n.index() as u32) {
+                let (start, len) = &mut fanout.span[p as usize];
+                fanout.data[(*start + *len) as usize] = n.index() as u32;
+                *len += 1;
             }
         }
-        let input = PaintInput { kinds, fanin, fanout, order: order.iter().map(|n| n.index() as u32).collect() };
-        let mut painting = paint(&input, low == DType::Bf16);
+        let bf16 = low == DType::Bf16;
+        // The order matters to the painter only for bf16; the rules, only to explain.
+        let order32: Vec<u32> = if bf16 { order.iter().map(|n| n.index() as u32).collect() } else { Vec::new() };
+        let mut painting = paint_with(&kinds, &fanin, &fanout, &order32, bf16, self.explain);
+        drop(order32);
         if let Some(l) = g.loss {
-            if g.node(l.node).precision.is_none() && painting.rule[l.node.index()] == Rule::PinnedFp32 {
-                painting.rule[l.node.index()] = Rule::Loss;
-            }
-        }
-        // An FP32 constant read by a low op would overflow when cast: say so.
-        for &n in &order {
-            if painting.low[n.index()] {
-                for &v in &all_inputs[n.index()] {
-                    if matches!(input.kinds[v.node.index()], Kind::Op { pin: Some(Pin::Fp32), .. })
-                        && matches!(g.node(v.node).op, Op::Constant { .. })
-                    {
-                        warnings.push(format!(
-                            "node `{}` computes in {low} and reads the out-of-range constant `{}`",
-                            g.node(n).name,
-                            g.node(v.node).name
-                        ));
-                    }
+            if let Some(r) = painting.rule.get_mut(l.node.index()) {
+                if g.node(l.node).precision.is_none() && *r == Rule::PinnedFp32 {
+                    *r = Rule::Loss;
                 }
             }
         }
-
         // Apply: casts on the inputs, then re-type, in topological order.
         // At most one cast per float edge; usually far fewer.
-        g.reserve(order.len() / 2, order.len() / 2);
-        let mut cache: FxHashMap<(ValueId, DType), ValueId> = FxHashMap::default();
+        let mut cache = CastCache::new(bound, low);
+        let mut memo = InferMemo::default();
         let mut casts = 0usize;
-        for &n in &order {
-            let mut ins = std::mem::take(&mut all_inputs[n.index()]);
-            if matches!(input.kinds[n.index()], Kind::Fixed) {
-                // Types may still change upstream (a cast's input, an int op's float input).
-                if !ins.is_empty() {
-                    retype(g, n, &ins).map_err(fail)?;
-                }
-                continue;
-            }
-            let target = if painting.low[n.index()] { low } else { DType::F32 };
-            let kept = kept_ports(&g.node(n).op);
-            for (port, v) in ins.iter_mut().enumerate() {
-                let have = g.ty(*v).dtype;
-                if !have.is_float() || have == target || kept.contains(&port) {
-                    continue;
-                }
-                let c = cast(g, &mut cache, *v, target, &mut casts).map_err(fail)?;
-                g.set_input(n, port as u32, c);
-                *v = c;
-            }
-            retype(g, n, &ins).map_err(fail)?;
-        }
-        // State updates keep their state's type; step outputs leave in FP32.
-        for i in 0..g.updates.len() {
-            let (s, v) = g.updates[i];
-            let want = g.ty(ValueId { node: s, slot: 0 }).dtype;
-            if g.ty(v).dtype != want {
-                g.updates[i].1 = cast(g, &mut cache, v, want, &mut casts).map_err(fail)?;
-            }
-        }
-        for i in 0..g.outputs.len() {
-            let v = g.outputs[i];
-            if g.ty(v).dtype.is_low() {
-                g.outputs[i] = cast(g, &mut cache, v, DType::F32, &mut casts).map_err(fail)?;
-            }
-        }
+        let applied = apply(g, low, &order, &kinds, &painting, &mut cache, &mut memo, &mut casts, &mut warnings);
+        cache.register(g);
+        applied.map_err(fail)?;
 
+        let input = Painted { kinds: &kinds, fanin: &fanin, fanout: &fanout };
         self.report = report(g, &order, &input, &painting, &self.table, self.explain, casts, warnings);
         Ok(casts > 0)
     }
+}
+
+/// Starts loading the nodes a loop over `order` at `k` reads a few steps on.
+#[inline]
+fn prefetch_ahead(g: &Graph, order: &[NodeId], k: usize) {
+    if let Some(&m) = order.get(k + 16) {
+        g.prefetch_node(m);
+    }
+    if let Some(&m) = order.get(k + 8) {
+        g.prefetch_outputs(m);
+    }
+}
+
+/// Puts the casts on the inputs and re-types, in topological order.
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    g: &mut Graph,
+    low: DType,
+    order: &[NodeId],
+    kinds: &[Kind],
+    painting: &super::paint::Painting,
+    cache: &mut CastCache,
+    memo: &mut InferMemo,
+    casts: &mut usize,
+    warnings: &mut Vec<String>,
+) -> Result<(), String> {
+    let target_of = |n: NodeId| match kinds[n.index()] {
+        Kind::Fixed => None,
+        Kind::Op { .. } => Some(if painting.low[n.index()] { low } else { DType::F32 }),
+    };
+    for (k, &n) in order.iter().enumerate() {
+        prefetch_ahead(g, order, k);
+        let mut ins = g.inputs(n);
+        let Some(target) = target_of(n) else {
+            // Types may still change upstream (a cast's input, an int op's float input).
+            if !ins.is_empty() {
+                retype(g, memo, n, &ins)?;
+            }
+            continue;
+        };
+        if painting.low[n.index()] {
+            // An FP32 constant read by a low op would overflow when cast: say so.
+            for v in &ins {
+                if matches!(kinds[v.node.index()], Kind::Op { pin: Some(Pin::Fp32), .. })
+                    && matches!(g.node(v.node).op, Op::Constant { .. })
+                {
+                    warnings.push(format!(
+                        "node `{}` computes in {low} and reads the out-of-range constant `{}`",
+                        g.node(n).name,
+                        g.node(v.node).name
+                    ));
+                }
+            }
+        }
+        let kept = kept_ports(&g.node(n).op);
+        for (port, v) in ins.iter_mut().enumerate() {
+            let have = g.ty(*v).dtype;
+            if !have.is_float() || have == target || kept.contains(&port) {
+                continue;
+            }
+            let c = cast(g, cache, memo, *v, target, casts)?;
+            g.set_input(n, port as u32, c);
+            *v = c;
+        }
+        retype(g, memo, n, &ins)?;
+    }
+    // State updates keep their state's type; step outputs leave in FP32.
+    for i in 0..g.updates.len() {
+        let (s, v) = g.updates[i];
+        let want = g.ty(ValueId { node: s, slot: 0 }).dtype;
+        if g.ty(v).dtype != want {
+            g.updates[i].1 = cast(g, cache, memo, v, want, casts)?;
+        }
+    }
+    for i in 0..g.outputs.len() {
+        let v = g.outputs[i];
+        if g.ty(v).dtype.is_low() {
+            g.outputs[i] = cast(g, cache, memo, v, DType::F32, casts)?;
+        }
+    }
+
+    Ok(())
+}
+
+/// What the painter saw, for the report.
+struct Painted<'a> {
+    kinds: &'a [Kind],
+    fanin: &'a Packed,
+    fanout: &'a Packed,
+}
+
+/// The casts made so far, per (value, type): a dense table for the first
+/// output of each node cast to the low type or to f32, a map for the rest.
+struct CastCache {
+    low: DType,
+    dense: Vec<[u32; 2]>,
+    other: FxHashMap<(ValueId, DType), ValueId>,
+    /// Casts whose names are not in the name table yet. They are entered
+    /// in one batch, in the order the casts were made (so each gets the
+    /// name it would have got then), before anything looks names up.
+    unnamed: Vec<(NodeId, u64)>,
+}
+
+impl CastCache {
+    fn new(bound: usize, low: DType) -> CastCache {
+        // Zero means none (entries hold index + 1): the table is allocated
+        // zeroed, and only the pages of cast values are ever touched.
+        CastCache { low, dense: vec![[0; 2]; bound], other: FxHashMap::default(), unnamed: Vec::new() }
+    }
+
+    /// Enters the names of the casts made so far.
+    fn register(&mut self, g: &mut Graph) {
+        g.register_unnamed(&self.unnamed);
+        self.unnamed.clear();
+    }
+
+    fn dense_slot(&self, v: ValueId, to: DType) -> Option<(usize, usize)> {
+        let which = if to == self.low {
+            0
+        } else if to == DType::F32 {
+            1
+        } else {
+            return None;
+        };
+        (v.slot == 0 && v.node.index() < self.dense.len()).then_some((v.node.index(), which))
+    }
+
+    fn get(&self, g: &Graph, v: ValueId, to: DType) -> Option<ValueId> {
+        match self.dense_slot(v, to) {
+            Some((i, w)) => {
+                let c = self.dense[i][w];
+                (c != 0).then(|| ValueId { node: g.node_id(c as usize - 1), slot: 0 })
+            }
+            None => self.other.get(&(v, to)).copied(),
+        }
+    }
+
+    fn insert(&mut self, v: ValueId, to: DType, c: ValueId) {
+        match self.dense_slot(v, to) {
+            Some((i, w)) if c.slot == 0 => self.dense[i][w] = c.node.index() as u32 + 1,
+            _ => {
+                self.other.insert((v, to), c);
+            }
+        }
+    }
+}
+
+/// Re-types `n` from its inputs `ins`, changing only what changed (here,
+/// only dtypes ever do).
+fn retype(g: &mut Graph, memo: &mut InferMemo, n: NodeId, ins: &[ValueId]) -> Result<(), String> {
+    let node = g.node(n);
+    let tys = g.types_of(ins);
+    let out = memo.infer(&node.op, &tys).map_err(|m| format!("node `{}`: {m}", node.name))?;
+    drop(tys);
+    for (o, t) in g.outputs_mut(n).iter_mut().zip(out) {
+        if o.ty.shape == t.shape {
+            o.ty.dtype = t.dtype;
+        } else {
+            o.ty = t.clone();
+        }
+    }
+    Ok(())
 }
 
 /// The cast of `v` to `to`, shared: made once per (value, type). Casting a
 /// widened value back to its original type returns the original.
 fn cast(
     g: &mut Graph,
-    cache: &mut FxHashMap<(ValueId, DType), ValueId>,
+    cache: &mut CastCache,
+    memo: &mut InferMemo,
     v: ValueId,
     to: DType,
     count: &mut usize,
@@ -238,49 +376,39 @@ fn cast(
     if g.ty(v).dtype == to {
         return Ok(v);
     }
-    if let Some(&c) = cache.get(&(v, to)) {
+    if let Some(c) = cache.get(g, v, to) {
         return Ok(c);
     }
-    if let Op::Cast { .. } = g.node(v.node).op {
+    if g.is_cast(v.node) {
         let src = g.inputs(v.node)[0];
         let via = g.ty(v).dtype;
         if g.ty(src).dtype == to && exact_via(to, via) {
             return Ok(src);
         }
+        // A cast of a cast is named after it: its name must be final.
+        cache.register(g);
     }
-    let base = format!("{}.{to}", g.value_name(v));
+    let value = g.value_name(v);
+    let mut base = String::with_capacity(value.len() + 5);
+    base.push_str(value);
+    base.push('.');
+    base.push_str(to.name());
     let role = g.node(v.node).role;
-    // Usually the plain name is free: try it before searching for a fresh one.
-    let id = match g.add_node(base, Op::Cast { to }, role, &[v]) {
-        Ok(id) => id,
-        Err(crate::graph::GraphError::DuplicateName(base)) => {
-            let name = g.fresh_name(&base);
-            g.add_node(name, Op::Cast { to }, role, &[v]).map_err(|e| e.to_string())?
-        }
-        Err(e) => return Err(e.to_string()),
-    };
+    // The name is entered later, with the other casts' (see `CastCache::unnamed`).
+    let hash = name_hash(&base);
+    let id = g.add_unnamed(base, Op::Cast { to }, role, &[v], memo).map_err(|e| e.to_string())?;
+    cache.unnamed.push((id, hash));
     let c = ValueId { node: id, slot: 0 };
-    cache.insert((v, to), c);
+    cache.insert(v, to, c);
     *count += 1;
     Ok(c)
-}
-
-fn retype(g: &mut Graph, n: NodeId, ins: &[ValueId]) -> Result<(), String> {
-    let tys = {
-        let t: Vec<&crate::TensorType> = ins.iter().map(|&v| g.ty(v)).collect();
-        infer::infer(&g.node(n).op, &t).map_err(|m| format!("node `{}`: {m}", g.node(n).name))?
-    };
-    for (o, t) in g.node_mut(n).outputs.iter_mut().zip(tys) {
-        o.ty = t;
-    }
-    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
 fn report(
     g: &Graph,
     order: &[NodeId],
-    input: &PaintInput,
+    input: &Painted<'_>,
     painting: &super::paint::Painting,
     table: &Table,
     explain: bool,
@@ -293,10 +421,9 @@ fn report(
         names[n.index()] = g.node(n).name.as_str();
     }
     let name_of = |i: u32| names.get(i as usize).copied().unwrap_or("?").to_string();
-    let mut decisions = Vec::with_capacity(order.len());
+    let mut decisions = Vec::with_capacity(if explain { order.len() } else { 0 });
     let (mut low_nodes, mut float_nodes) = (0, 0);
     for &n in order {
-        let node = g.node(n);
         let painted = matches!(input.kinds[n.index()], Kind::Op { .. });
         if painted {
             float_nodes += 1;
@@ -305,6 +432,7 @@ fn report(
         if !explain {
             continue;
         }
+        let node = g.node(n);
         let kind = node.op.kind();
         decisions.push(Decision {
             node: node.name.clone(),
@@ -327,7 +455,7 @@ fn report(
         let mut stack = vec![i];
         seen[i] = true;
         while let Some(j) = stack.pop() {
-            for &k in input.fanin[j].iter().chain(&input.fanout[j]) {
+            for &k in input.fanin.of(j as u32).iter().chain(input.fanout.of(j as u32)) {
                 let k = k as usize;
                 if fp32(k) && !seen[k] {
                     seen[k] = true;

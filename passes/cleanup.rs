@@ -5,11 +5,11 @@
 //! A exactly (f16 -> f32 -> f16); a chain that rounds (f32 -> f16 -> f32)
 //! stays, because it changes the values.
 
-use crate::graph::{Graph, ValueId};
+use crate::graph::{Graph, NodeId, ValueId};
 use crate::op::Op;
 use crate::types::DType;
 
-use super::dce::Dce;
+use super::dce;
 use super::{Pass, PassError};
 
 pub struct Cleanup;
@@ -19,34 +19,66 @@ pub fn exact_via(from: DType, via: DType) -> bool {
     from == via || (from.is_low() && via == DType::F32) || (from == DType::I32 && via == DType::I64)
 }
 
+/// What a cast node folds to in the graph as it is: its input when that
+/// already has the cast's type, or the source of an exact widening it undoes.
+fn fold(g: &Graph, n: NodeId) -> Option<ValueId> {
+    if !g.is_cast(n) {
+        return None;
+    }
+    let Op::Cast { to } = g.node(n).op else { return None };
+    let input = g.first_input(n)?;
+    if g.ty(input).dtype == to {
+        Some(input)
+    } else if !g.is_cast(input.node) {
+        None
+    } else if let Op::Cast { to: via } = g.node(input.node).op {
+        let src = g.first_input(input.node).expect("a cast has an input");
+        (g.ty(src).dtype == to && exact_via(to, via)).then_some(src)
+    } else {
+        None
+    }
+}
+
 impl Pass for Cleanup {
     fn name(&self) -> &'static str {
         "cleanup"
     }
 
     fn run(&mut self, g: &mut Graph) -> Result<bool, PassError> {
-        let order = g
-            .topo_order()
-            .map_err(|_| PassError::Failed { pass: "cleanup", message: "the graph has a cycle".into() })?;
+        let fail = |message: String| PassError::Failed { pass: "cleanup", message };
+        // Casts fold in topological order (a fold can make the next cast in
+        // a chain foldable). When no cast folds in the graph as it is, none
+        // would in that order either, and nothing changes.
+        let casts: Vec<NodeId> = g.casts().collect();
+        let any = casts.iter().enumerate().any(|(k, &n)| {
+            // The casts and what they read, fetched a few casts ahead.
+            if let Some(&m) = casts.get(k + 16) {
+                g.prefetch_node(m);
+            }
+            if let Some(v) = casts.get(k + 8).and_then(|&m| g.first_input(m)) {
+                g.prefetch_node(v.node);
+            }
+            if let Some(v) = casts.get(k + 4).and_then(|&m| g.first_input(m)) {
+                g.prefetch_outputs(v.node);
+            }
+            fold(g, n).is_some()
+        });
         let mut changed = false;
-        for n in order {
-            let Op::Cast { to } = g.node(n).op else { continue };
-            let Some(&input) = g.inputs(n).first() else { continue };
-            let out = ValueId { node: n, slot: 0 };
-            let replacement = if g.ty(input).dtype == to {
-                Some(input)
-            } else if let Op::Cast { to: via } = g.node(input.node).op {
-                let src = g.inputs(input.node)[0];
-                (g.ty(src).dtype == to && exact_via(to, via)).then_some(src)
-            } else {
-                None
-            };
-            if let Some(r) = replacement {
-                g.replace_uses(out, r);
-                changed = true;
+        if any {
+            let order = g.topo_order().map_err(|_| fail(dce::CYCLE.into()))?;
+            for n in order {
+                if let Some(r) = fold(g, n) {
+                    g.replace_uses(ValueId { node: n, slot: 0 }, r);
+                    changed = true;
+                }
             }
         }
-        changed |= Dce.run(g)?;
+        if any || dce::maybe_dead(g) {
+            let live = dce::live(g, |_| {}).ok_or_else(|| fail(dce::CYCLE.into()))?;
+            // A cycle no live node is on shows when the dead are ordered for removal.
+            let pass = if any { "dce" } else { "cleanup" };
+            changed |= dce::remove_dead(g, &live).map_err(|message| PassError::Failed { pass, message })?;
+        }
         Ok(changed)
     }
 }

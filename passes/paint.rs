@@ -95,165 +95,184 @@ pub struct Painting {
     pub rule: Vec<Rule>,
 }
 
-/// Depth-first from `start`: `next` pushes a node's neighbours, `enter`
-/// says whether to go into a (non-start) node, `visit` is called once per
-/// node gone into.
-fn dfs(
-    start: u32,
+/// Node -> neighbour lists, as the painter reads them.
+pub(crate) trait Adjacency {
+    fn of(&self, i: u32) -> &[u32];
+}
+
+impl Adjacency for Vec<Vec<u32>> {
+    #[inline]
+    fn of(&self, i: u32) -> &[u32] {
+        &self[i as usize]
+    }
+}
+
+/// Neighbour lists packed in one vector: node `i` has `data[span[i].0..][..span[i].1]`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Packed {
+    pub span: Vec<(u32, u32)>,
+    pub data: Vec<u32>,
+}
+
+impl Adjacency for Packed {
+    #[inline]
+    fn of(&self, i: u32) -> &[u32] {
+        let (start, len) = self.span[i as usize];
+        &self.data[start as usize..(start + len) as usize]
+    }
+}
+
+// What the painter knows of each node, a bit each (one byte per node).
+const ALLOW: u8 = 1;
+const DENY: u8 = 1 << 1;
+const INFER: u8 = 1 << 2;
+const CLEAR: u8 = 1 << 3;
+const UP: u8 = 1 << 4;
+const DOWN: u8 = 1 << 5;
+const BETWEEN: u8 = 1 << 6;
+const SPREAD: u8 = 1 << 7;
+
+/// Depth-first from `root` (which is not marked here) along `next`, into
+/// the nodes without the `mark` bit whose flags `ok` accepts; sets `mark`
+/// on each node entered and calls `on_mark` on it. `ok` must not depend on
+/// `mark`.
+fn flood<'a>(
+    root: u32,
     stack: &mut Vec<u32>,
-    next: impl Fn(u32, &mut Vec<u32>),
-    mut enter: impl FnMut(u32) -> bool,
-    mut visit: impl FnMut(u32),
+    flags: &mut [u8],
+    mark: u8,
+    next: impl Fn(u32) -> (&'a [u32], &'a [u32]),
+    ok: impl Fn(u8) -> bool,
+    mut on_mark: impl FnMut(usize),
 ) {
     stack.clear();
-    stack.push(start);
-    let mut first = true;
-    while let Some(n) = stack.pop() {
-        if !first && !enter(n) {
+    let push = |stack: &mut Vec<u32>, flags: &[u8], n: u32| {
+        let (a, b) = next(n);
+        stack.extend(a.iter().chain(b).copied().filter(|&i| {
+            let f = flags[i as usize];
+            f & mark == 0 && ok(f)
+        }));
+    };
+    push(stack, flags, root);
+    while let Some(i) = stack.pop() {
+        if flags[i as usize] & mark != 0 {
             continue;
         }
-        first = false;
-        visit(n);
-        next(n, stack);
+        flags[i as usize] |= mark;
+        on_mark(i as usize);
+        push(stack, flags, i);
     }
 }
 
 /// Paints the graph. `follow_low` enables step 5 (TensorFlow does it for BF16).
 pub fn paint(g: &PaintInput, follow_low: bool) -> Painting {
-    let n = g.kinds.len();
-    let mut allow = vec![false; n];
-    let mut deny = vec![false; n];
-    let mut rule = vec![Rule::Fixed; n];
-    let mut infer = vec![false; n];
-    let mut clear = vec![false; n];
-    for (i, k) in g.kinds.iter().enumerate() {
+    paint_with(&g.kinds, &g.fanin, &g.fanout, &g.order, follow_low, true)
+}
+
+/// [`paint`] over any adjacency representation; `order` is read only with
+/// `follow_low`, and `rules: false` leaves [`Painting::rule`] empty.
+pub(crate) fn paint_with(
+    kinds: &[Kind],
+    fanin_of: &impl Adjacency,
+    fanout_of: &impl Adjacency,
+    order: &[u32],
+    follow_low: bool,
+    rules: bool,
+) -> Painting {
+    let n = kinds.len();
+    let mut flags = vec![0u8; n];
+    let mut rule = if rules { vec![Rule::Fixed; n] } else { Vec::new() };
+    let set_rule = |rule: &mut Vec<Rule>, i: usize, r: Rule| {
+        if let Some(x) = rule.get_mut(i) {
+            *x = r;
+        }
+    };
+    for (i, k) in kinds.iter().enumerate() {
         if let Kind::Op { class, pin } = *k {
-            match (pin, class) {
-                (Some(Pin::Low), _) => (allow[i], rule[i]) = (true, Rule::PinnedLow),
-                (Some(Pin::Fp32), _) => (deny[i], rule[i]) = (true, Rule::PinnedFp32),
-                (None, Some(Class::Low)) => (allow[i], rule[i]) = (true, Rule::LowClass),
-                (None, Some(Class::Fp32)) => (deny[i], rule[i]) = (true, Rule::Fp32Class),
-                (None, None) => (deny[i], rule[i]) = (true, Rule::Unknown),
-                (None, Some(Class::Infer)) => (infer[i], rule[i]) = (true, Rule::NotBetweenLow),
-                (None, Some(Class::Clear)) => (clear[i], rule[i]) = (true, Rule::NotBetweenLow),
-                (None, Some(Class::Int)) => rule[i] = Rule::Fixed,
-            }
+            let (f, r) = match (pin, class) {
+                (Some(Pin::Low), _) => (ALLOW, Rule::PinnedLow),
+                (Some(Pin::Fp32), _) => (DENY, Rule::PinnedFp32),
+                (None, Some(Class::Low)) => (ALLOW, Rule::LowClass),
+                (None, Some(Class::Fp32)) => (DENY, Rule::Fp32Class),
+                (None, None) => (DENY, Rule::Unknown),
+                (None, Some(Class::Infer)) => (INFER, Rule::NotBetweenLow),
+                (None, Some(Class::Clear)) => (CLEAR, Rule::NotBetweenLow),
+                (None, Some(Class::Int)) => (0, Rule::Fixed),
+            };
+            flags[i] = f;
+            set_rule(&mut rule, i, r);
         }
     }
-    let fanin = |i: u32, s: &mut Vec<u32>| s.extend_from_slice(&g.fanin[i as usize]);
-    let fanout = |i: u32, s: &mut Vec<u32>| s.extend_from_slice(&g.fanout[i as usize]);
+    let fanin = |i: u32| (fanin_of.of(i), &[][..]);
+    let fanout = |i: u32| (fanout_of.of(i), &[][..]);
+    let both = |i: u32| (fanin_of.of(i), fanout_of.of(i));
+    let has = |f: u8, bit: u8| f & bit != 0;
     let mut stack = Vec::new();
 
     // 2. Deny spreads forward through clear/infer nodes upstream of deny or infer nodes.
-    let mut upstream = vec![false; n];
-    for r in (0..n as u32).filter(|&r| deny[r as usize] || infer[r as usize]) {
-        let up = std::cell::RefCell::new(&mut upstream);
-        dfs(
-            r,
-            &mut stack,
-            fanin,
-            |i| !up.borrow()[i as usize] && clear[i as usize],
-            |i| up.borrow_mut()[i as usize] = true,
-        );
+    for r in 0..n {
+        if has(flags[r], DENY | INFER) {
+            flags[r] |= UP;
+            flood(r as u32, &mut stack, &mut flags, UP, fanin, |f| has(f, CLEAR), |_| {});
+        }
     }
-    let roots: Vec<u32> = (0..n as u32).filter(|&r| deny[r as usize]).collect();
+    let roots: Vec<u32> = (0..n as u32).filter(|&r| has(flags[r as usize], DENY)).collect();
     for r in roots {
-        let d = std::cell::RefCell::new((&mut deny, &mut rule));
-        dfs(
-            r,
-            &mut stack,
-            fanout,
-            |i| !d.borrow().0[i as usize] && upstream[i as usize] && !allow[i as usize],
-            |i| {
-                let mut b = d.borrow_mut();
-                if !b.0[i as usize] {
-                    b.0[i as usize] = true;
-                    b.1[i as usize] = Rule::DenyFrom(r);
-                }
-            },
-        );
+        let ok = |f: u8| has(f, UP) && !has(f, ALLOW);
+        flood(r, &mut stack, &mut flags, DENY, fanout, ok, |i| set_rule(&mut rule, i, Rule::DenyFrom(r)));
     }
 
     // 3. Infer/clear nodes between two allowed nodes are allowed.
-    let open = |i: usize, allow: &[bool], deny: &[bool]| !allow[i] && !deny[i] && (infer[i] || clear[i]);
-    let mut downstream = vec![false; n];
-    let roots: Vec<u32> = (0..n as u32).filter(|&r| allow[r as usize]).collect();
-    for &r in &roots {
-        let down = std::cell::RefCell::new(&mut downstream);
-        dfs(
-            r,
-            &mut stack,
-            fanout,
-            |i| !down.borrow()[i as usize] && open(i as usize, &allow, &deny),
-            |i| down.borrow_mut()[i as usize] = true,
-        );
+    for r in 0..n {
+        if has(flags[r], ALLOW) {
+            flags[r] |= DOWN;
+            let open = |f: u8| !has(f, ALLOW | DENY) && has(f, INFER | CLEAR);
+            flood(r as u32, &mut stack, &mut flags, DOWN, fanout, open, |_| {});
+        }
     }
-    let mut between = vec![false; n];
-    for &r in &roots {
-        let b = std::cell::RefCell::new(&mut between);
-        dfs(
-            r,
-            &mut stack,
-            fanin,
-            |i| !b.borrow()[i as usize] && downstream[i as usize] && !allow[i as usize] && !deny[i as usize],
-            |i| {
-                if i != r {
-                    b.borrow_mut()[i as usize] = true
-                }
-            },
-        );
+    for r in 0..n {
+        if has(flags[r], ALLOW) {
+            let ok = |f: u8| has(f, DOWN) && !has(f, ALLOW | DENY);
+            flood(r as u32, &mut stack, &mut flags, BETWEEN, fanin, ok, |_| {});
+        }
     }
-    for i in 0..n {
-        if between[i] {
-            allow[i] = true;
-            rule[i] = Rule::BetweenLow;
+    for (i, f) in flags.iter_mut().enumerate() {
+        if has(*f, BETWEEN) {
+            *f |= ALLOW;
+            set_rule(&mut rule, i, Rule::BetweenLow);
         }
     }
 
     // 4. Allow spreads both ways through clear nodes.
-    let roots: Vec<u32> = (0..n as u32).filter(|&r| allow[r as usize]).collect();
-    let mut spread = vec![false; n];
-    for r in roots {
-        let s = std::cell::RefCell::new(&mut spread);
-        dfs(
-            r,
-            &mut stack,
-            |i, s| {
-                fanin(i, s);
-                fanout(i, s);
-            },
-            |i| {
-                let i = i as usize;
-                !s.borrow()[i] && clear[i] && !allow[i] && !deny[i]
-            },
-            |i| {
-                if i != r {
-                    s.borrow_mut()[i as usize] = true
-                }
-            },
-        );
+    for r in 0..n {
+        if has(flags[r], ALLOW) && !has(flags[r], SPREAD) {
+            let ok = |f: u8| has(f, CLEAR) && !has(f, ALLOW | DENY);
+            flood(r as u32, &mut stack, &mut flags, SPREAD, both, ok, |_| {});
+        }
     }
-    for i in 0..n {
-        if spread[i] {
-            allow[i] = true;
-            rule[i] = Rule::ClearNextToLow;
+    for (i, f) in flags.iter_mut().enumerate() {
+        if has(*f, SPREAD) {
+            *f |= ALLOW;
+            set_rule(&mut rule, i, Rule::ClearNextToLow);
         }
     }
 
     // 5. (BF16) infer nodes fed by allowed nodes and no denied node.
     if follow_low {
-        for &i in &g.order {
-            let i = i as usize;
-            if infer[i] && !allow[i] && !deny[i] {
-                let ins = &g.fanin[i];
-                if ins.iter().any(|&p| allow[p as usize]) && !ins.iter().any(|&p| deny[p as usize]) {
-                    allow[i] = true;
-                    rule[i] = Rule::FollowsLow;
+        for &i in order {
+            let f = flags[i as usize];
+            if has(f, INFER) && !has(f, ALLOW | DENY) {
+                let ins = fanin_of.of(i);
+                if ins.iter().any(|&p| has(flags[p as usize], ALLOW))
+                    && !ins.iter().any(|&p| has(flags[p as usize], DENY))
+                {
+                    flags[i as usize] |= ALLOW;
+                    set_rule(&mut rule, i as usize, Rule::FollowsLow);
                 }
             }
         }
     }
-    Painting { low: allow, rule }
+    Painting { low: flags.iter().map(|&f| has(f, ALLOW)).collect(), rule }
 }
 
 #[cfg(test)]

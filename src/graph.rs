@@ -5,11 +5,19 @@
 //! Edges run from producer to consumer and carry the producer's output slot
 //! and the consumer's input port; they are the only record of a node's
 //! inputs. Raw petgraph indices do not leave this module.
+//!
+//! Beside the `StableGraph`, two side tables keyed by node index: a byte per
+//! node (vacancy, role rank, whether a cast) that whole-graph walks read
+//! instead of the node, and the name table, which stores no strings: an
+//! entry is the name's hash and the node (and output slot) it names, and a
+//! probe compares against the name held by the node itself.
+
+use std::hash::Hasher;
 
 use petgraph::stable_graph::{EdgeIndex, NodeIndex, StableGraph};
 use petgraph::visit::{EdgeRef, NodeIndexable};
 use petgraph::Direction;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashSet, FxHasher};
 use smallvec::SmallVec;
 
 /// A node's inputs; most nodes have at most four.
@@ -28,6 +36,10 @@ impl NodeId {
     /// A number that identifies the node within its graph (not stable across removals and insertions).
     pub fn index(self) -> usize {
         self.0.index()
+    }
+
+    fn at(index: u32) -> NodeId {
+        NodeId(NodeIndex::new(index as usize))
     }
 }
 
@@ -78,13 +90,6 @@ pub struct Edge {
     pub port: u32,
 }
 
-#[derive(Copy, Clone, Debug)]
-enum Named {
-    Value(ValueId),
-    /// A multi-output node whose own name is not one of its value names.
-    Node(NodeId),
-}
-
 /// An error from a graph mutation.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GraphError {
@@ -98,12 +103,215 @@ pub enum GraphError {
     HasUsers(String),
 }
 
+// The byte per node that whole-graph walks read instead of the node.
+/// The rank of the node's role in topological order (0 forward, 1 backward, 2 the rest).
+const RANK: u8 = 0b11;
+/// The node index is vacant (the node was removed).
+const VACANT: u8 = 1 << 2;
+/// The node was handed out by `node_mut`: the bits below may be out of date.
+const STALE: u8 = 1 << 3;
+/// The node is a cast.
+const CAST: u8 = 1 << 4;
+/// The node is an input, param or state declaration.
+const SOURCE: u8 = 1 << 5;
+
+fn rank(role: Role) -> u8 {
+    match role {
+        Role::Forward => 0,
+        Role::Backward => 1,
+        Role::Optimizer | Role::Scaler => 2,
+    }
+}
+
+fn meta_of(n: &Node) -> u8 {
+    let kind = match n.op {
+        Op::Cast { .. } => CAST,
+        Op::Input { .. } | Op::Param { .. } | Op::State { .. } => SOURCE,
+        _ => 0,
+    };
+    rank(n.role) | kind
+}
+
+/// The `slot` of a name-table entry that names a node rather than a value.
+const NODE_NAME: u32 = u32::MAX;
+
+/// A name-table entry: the hash of the name (0: empty) and what it names.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+struct NameEntry {
+    hash: u64,
+    node: u32,
+    slot: u32,
+}
+
+impl NameEntry {
+    /// This entry's share of the table's checksum.
+    fn mix(self) -> u64 {
+        let mut x = self.hash ^ (((self.node as u64) << 32) | self.slot as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x = (x ^ (x >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x ^ (x >> 29)
+    }
+}
+
+/// The hash of a name in the name table.
+pub(crate) fn name_hash(s: &str) -> u64 {
+    name_hash_bytes(s.as_bytes())
+}
+
+/// [`name_hash`] of a name's bytes.
+pub(crate) fn name_hash_bytes(s: &[u8]) -> u64 {
+    let mut h = FxHasher::default();
+    h.write(s);
+    h.finish() | 1
+}
+
+impl NameEntry {
+    #[inline]
+    fn load(raw: [u64; 2]) -> NameEntry {
+        NameEntry { hash: raw[0], node: (raw[1] >> 32) as u32, slot: raw[1] as u32 }
+    }
+
+    #[inline]
+    fn store(self) -> [u64; 2] {
+        [self.hash, ((self.node as u64) << 32) | self.slot as u64]
+    }
+}
+
+/// Name -> value (or node) table: open addressing with linear probing.
+/// Entries hold hashes, not strings; the checksum is the wrapping sum of
+/// every entry's [`NameEntry::mix`], which lets the verifier compare the
+/// table with the nodes' current names in one sequential pass. Entries are
+/// stored as `[u64; 2]` (hash, node << 32 | slot) so that a new table comes
+/// zeroed from the allocator.
+#[derive(Clone, Debug, Default)]
+struct Names {
+    table: Vec<[u64; 2]>,
+    /// log2 of the table size (0 when empty).
+    bits: u32,
+    len: usize,
+    sum: u64,
+}
+
+impl Names {
+    #[inline]
+    fn home(&self, hash: u64) -> usize {
+        (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.bits)) as usize
+    }
+
+    /// Makes room for `extra` more entries (load factor at most 3/4).
+    fn reserve(&mut self, extra: usize) {
+        let need = self.len + extra;
+        if need * 4 <= self.table.len() * 3 {
+            return;
+        }
+        let size = (need * 4 / 3 + 1).next_power_of_two().max(16);
+        let old = std::mem::replace(&mut self.table, vec![[0; 2]; size]);
+        self.bits = size.trailing_zeros();
+        let mask = size - 1;
+        // The home is the top bits of the hash's product: in the old table's
+        // order, homes in the new one only grow, and the writes sweep it.
+        for e in old.into_iter().filter(|e| e[0] != 0) {
+            let mut i = self.home(e[0]);
+            while self.table[i][0] != 0 {
+                i = (i + 1) & mask;
+            }
+            self.table[i] = e;
+        }
+    }
+
+    /// The index of the entry with `hash` that `is` accepts, or `Err` with
+    /// the empty index where such an entry would go.
+    #[inline]
+    fn probe(&self, hash: u64, mut is: impl FnMut(NameEntry) -> bool) -> Result<usize, usize> {
+        if self.table.is_empty() {
+            return Err(usize::MAX);
+        }
+        let mask = self.table.len() - 1;
+        let mut i = self.home(hash);
+        loop {
+            let e = self.table[i];
+            if e[0] == 0 {
+                return Err(i);
+            }
+            if e[0] == hash && is(NameEntry::load(e)) {
+                return Ok(i);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Fills the empty index `i` (from [`Names::probe`], with no growth in between).
+    #[inline]
+    fn fill(&mut self, i: usize, e: NameEntry) {
+        debug_assert_eq!(self.table[i][0], 0);
+        self.table[i] = e.store();
+        self.len += 1;
+        self.sum = self.sum.wrapping_add(e.mix());
+    }
+
+    /// Removes the entry at `i`, shifting later entries of its run back.
+    fn remove_at(&mut self, mut i: usize) {
+        let removed = NameEntry::load(self.table[i]);
+        self.len -= 1;
+        self.sum = self.sum.wrapping_sub(removed.mix());
+        let mask = self.table.len() - 1;
+        let mut j = i;
+        loop {
+            j = (j + 1) & mask;
+            let e = self.table[j];
+            if e[0] == 0 {
+                break;
+            }
+            let home = self.home(e[0]);
+            // `e` may stay at `j` only if its home lies cyclically in (i, j].
+            let stays = if i <= j { i < home && home <= j } else { i < home || home <= j };
+            if !stays {
+                self.table[i] = e;
+                i = j;
+            }
+        }
+        self.table[i] = [0; 2];
+    }
+}
+
+/// Asks the CPU to start loading `r` into the cache.
+#[inline(always)]
+fn prefetch<T>(r: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint; it reads nothing and cannot fault.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((r as *const T).cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = r;
+}
+
+/// The graph proper. Nodes are boxed: the `StableGraph`'s node vector then
+/// holds a pointer per node, so growing it (a pass adding nodes) copies 16
+/// bytes per node rather than the whole node.
+type Petgraph = StableGraph<Box<Node>, Edge, petgraph::Directed, u32>;
+
+/// The name a table entry refers to, if its node still exists.
+#[inline]
+fn entry_name(g: &Petgraph, e: NameEntry) -> Option<&str> {
+    let n = g.node_weight(NodeIndex::new(e.node as usize))?;
+    if e.slot == NODE_NAME {
+        Some(&n.name)
+    } else {
+        n.outputs.get(e.slot as usize).map(|o| o.name.as_str())
+    }
+}
+
 /// A training graph.
 #[derive(Clone, Debug, Default)]
 pub struct Graph {
     pub name: String,
-    g: StableGraph<Node, Edge, petgraph::Directed, u32>,
-    names: FxHashMap<String, Named>,
+    g: Petgraph,
+    /// A byte per node index (see `RANK`, `VACANT`, `STALE`, `CAST`).
+    meta: Vec<u8>,
+    names: Names,
+    /// Nodes registered under their own name as well as their values' (a
+    /// multi-output node whose own name is not one of its value names).
+    node_names: FxHashSet<u32>,
     /// The scalar loss value.
     pub loss: Option<ValueId>,
     /// For a graph with an explicit backward section: the gradient of each
@@ -132,44 +340,125 @@ impl Graph {
         self.g.edge_count()
     }
 
+    #[inline]
     pub fn node(&self, id: NodeId) -> &Node {
         &self.g[id.0]
     }
 
-    pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
+    /// The node, without marking it as changed (for fields other than `op` and `role`).
+    #[inline]
+    fn node_keep(&mut self, id: NodeId) -> &mut Node {
         &mut self.g[id.0]
     }
 
+    #[inline]
+    pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
+        if let Some(m) = self.meta.get_mut(id.index()) {
+            *m |= STALE;
+        }
+        self.node_keep(id)
+    }
+
+    /// A node's outputs, to re-type them.
+    #[inline]
+    pub(crate) fn outputs_mut(&mut self, id: NodeId) -> &mut [Output] {
+        &mut self.node_keep(id).outputs
+    }
+
+    /// Sets a node's precision pin.
+    pub(crate) fn set_precision(&mut self, id: NodeId, p: Option<Precision>) {
+        self.node_keep(id).precision = p;
+    }
+
     pub fn contains(&self, id: NodeId) -> bool {
-        self.g.contains_node(id.0)
+        self.meta.get(id.index()).is_some_and(|m| m & VACANT == 0)
     }
 
     /// All nodes, in index order.
     pub fn node_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.g.node_indices().map(NodeId)
+        self.meta.iter().enumerate().filter(|(_, m)| *m & VACANT == 0).map(|(i, _)| NodeId::at(i as u32))
     }
 
+    /// One past the largest node index.
+    fn bound(&self) -> usize {
+        self.meta.len()
+    }
+
+    /// The meta bits of node index `i`, fresh.
+    #[inline]
+    fn meta(&self, i: usize) -> u8 {
+        let m = self.meta[i];
+        if m & STALE == 0 {
+            return m;
+        }
+        match self.g.node_weight(NodeIndex::new(i)) {
+            Some(n) => meta_of(n),
+            None => m,
+        }
+    }
+
+    /// Whether the node is a cast (without reading the node, mostly).
+    #[inline]
+    pub(crate) fn is_cast(&self, id: NodeId) -> bool {
+        self.meta(id.index()) & CAST != 0
+    }
+
+    /// The casts, in index order (without reading the other nodes).
+    pub(crate) fn casts(&self) -> impl Iterator<Item = NodeId> + '_ {
+        (0..self.bound()).filter(|&i| self.meta(i) & (CAST | VACANT) == CAST).map(|i| NodeId::at(i as u32))
+    }
+
+    /// The nodes no node reads, in index order (a scan of the node vector).
+    pub(crate) fn sinks(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.g.externals(Direction::Outgoing).map(NodeId)
+    }
+
+    /// Whether the node is an input, param or state declaration (without reading it, mostly).
+    #[inline]
+    pub(crate) fn is_source(&self, id: NodeId) -> bool {
+        self.meta(id.index()) & SOURCE != 0
+    }
+
+    #[inline]
     pub fn ty(&self, v: ValueId) -> &TensorType {
         &self.g[v.node.0].outputs[v.slot as usize].ty
     }
 
+    /// The types of some values.
+    #[inline]
+    pub(crate) fn types_of(&self, values: &[ValueId]) -> SmallVec<[&TensorType; 4]> {
+        let mut out = SmallVec::new();
+        for &v in values {
+            out.push(self.ty(v));
+        }
+        out
+    }
+
+    #[inline]
     pub fn value_name(&self, v: ValueId) -> &str {
         &self.g[v.node.0].outputs[v.slot as usize].name
     }
 
+    /// The table entry of `name`.
+    #[inline]
+    fn lookup(&self, name: &str) -> Option<NameEntry> {
+        let g = &self.g;
+        let i = self.names.probe(name_hash(name), |e| entry_name(g, e) == Some(name)).ok()?;
+        Some(NameEntry::load(self.names.table[i]))
+    }
+
     pub fn value(&self, name: &str) -> Option<ValueId> {
-        match self.names.get(name)? {
-            Named::Value(v) => Some(*v),
-            Named::Node(_) => None,
-        }
+        let e = self.lookup(name)?;
+        (e.slot != NODE_NAME).then_some(ValueId { node: NodeId::at(e.node), slot: e.slot })
     }
 
     /// Looks a node up by its name or by the name of one of its outputs.
     pub fn node_named(&self, name: &str) -> Option<NodeId> {
-        match self.names.get(name)? {
-            Named::Value(v) => Some(v.node),
-            Named::Node(n) => Some(*n),
-        }
+        self.lookup(name).map(|e| NodeId::at(e.node))
+    }
+
+    fn contains_name(&self, name: &str) -> bool {
+        self.lookup(name).is_some()
     }
 
     /// Values of a node, one per output slot.
@@ -179,6 +468,29 @@ impl Graph {
 
     /// The inputs of a node, in port order.
     pub fn inputs(&self, id: NodeId) -> Inputs {
+        // The incoming edges come newest first. A node wired port by port
+        // (the usual case) lists ports n-1, ..., 0: reverse them; anything
+        // else is sorted by port.
+        let mut buf = [(0u32, ValueId { node: id, slot: 0 }); 4];
+        let mut n = 0;
+        for e in self.g.edges_directed(id.0, Direction::Incoming) {
+            if n == buf.len() {
+                return self.inputs_sorted(id);
+            }
+            buf[n] = (e.weight().port, ValueId { node: NodeId(e.source()), slot: e.weight().slot });
+            n += 1;
+        }
+        if buf[..n].iter().enumerate().all(|(k, &(p, _))| p as usize == n - 1 - k) {
+            let mut out = [ValueId { node: id, slot: 0 }; 4];
+            for k in 0..n {
+                out[k] = buf[n - 1 - k].1;
+            }
+            return Inputs::from_buf_and_len(out, n);
+        }
+        self.inputs_sorted(id)
+    }
+
+    fn inputs_sorted(&self, id: NodeId) -> Inputs {
         let mut ins: SmallVec<[(u32, ValueId); 4]> = self
             .g
             .edges_directed(id.0, Direction::Incoming)
@@ -190,8 +502,25 @@ impl Graph {
         ins.into_iter().map(|(_, v)| v).collect()
     }
 
+    /// The input on port 0, for a node with one input (`inputs(id).first()` otherwise).
+    pub(crate) fn first_input(&self, id: NodeId) -> Option<ValueId> {
+        let mut it = self.g.edges_directed(id.0, Direction::Incoming);
+        match (it.next(), it.next()) {
+            (Some(e), None) if e.weight().port == 0 => {
+                Some(ValueId { node: NodeId(e.source()), slot: e.weight().slot })
+            }
+            (None, _) => None,
+            _ => self.inputs(id).first().copied(),
+        }
+    }
+
+    /// The producers of a node's inputs, in no particular order, repeats included.
+    pub(crate) fn input_nodes(&self, id: NodeId) -> impl Iterator<Item = NodeId> + '_ {
+        self.g.neighbors_directed(id.0, Direction::Incoming).map(NodeId)
+    }
+
     /// The input ports of a node's incoming edges, repeats included.
-    pub(crate) fn in_ports(&self, id: NodeId) -> Vec<u32> {
+    pub(crate) fn in_ports(&self, id: NodeId) -> SmallVec<[u32; 8]> {
         self.g.edges_directed(id.0, Direction::Incoming).map(|e| e.weight().port).collect()
     }
 
@@ -215,8 +544,30 @@ impl Graph {
         inputs: &[ValueId],
     ) -> Result<NodeId, GraphError> {
         let name = name.into();
-        let outs = default_output_names(&name, infer::num_outputs(&op));
+        let n = infer::num_outputs(&op);
+        if n == 1 {
+            // The common case: no output-name vector.
+            let tys = self.infer_for(&name, &op, inputs)?;
+            let id = self.add_single(name, op, role, None)?;
+            self.finish_typed(id, tys, inputs);
+            return Ok(id);
+        }
+        let outs = default_output_names(&name, n);
         self.add_node_with_outputs(name, op, role, inputs, outs)
+    }
+
+    fn infer_for(&self, name: &str, op: &Op, inputs: &[ValueId]) -> Result<Vec<TensorType>, GraphError> {
+        let in_tys = self.types_of(inputs);
+        infer::infer(op, &in_tys).map_err(|message| GraphError::Type { node: name.to_string(), message })
+    }
+
+    fn finish_typed(&mut self, id: NodeId, tys: Vec<TensorType>, inputs: &[ValueId]) {
+        for (ty, out) in tys.into_iter().zip(self.node_keep(id).outputs.iter_mut()) {
+            out.ty = ty;
+        }
+        for (port, &v) in inputs.iter().enumerate() {
+            self.connect(v, id, port as u32);
+        }
     }
 
     /// Adds a node with the given output names (the node is named after the
@@ -229,18 +580,187 @@ impl Graph {
         inputs: &[ValueId],
         outs: Vec<String>,
     ) -> Result<NodeId, GraphError> {
-        let tys = {
-            let in_tys: Vec<&TensorType> = inputs.iter().map(|&v| self.ty(v)).collect();
-            infer::infer(&op, &in_tys).map_err(|message| GraphError::Type { node: name.clone(), message })?
-        };
+        let tys = self.infer_for(&name, &op, inputs)?;
         let id = self.add_untyped(name, op, role, outs, None)?;
-        for (ty, out) in tys.into_iter().zip(self.g[id.0].outputs.iter_mut()) {
-            out.ty = ty;
+        self.finish_typed(id, tys, inputs);
+        Ok(id)
+    }
+
+    /// Adds `node` to the `StableGraph` (which reuses the last vacated index
+    /// first) and records its meta byte.
+    fn alloc(&mut self, node: Node) -> u32 {
+        let meta = meta_of(&node);
+        let i = self.g.add_node(Box::new(node)).index();
+        if i == self.meta.len() {
+            self.meta.push(meta);
+        } else {
+            self.meta[i] = meta;
         }
+        i as u32
+    }
+
+    /// Adds an untyped node with one output named after the node, with one
+    /// probe of the name table.
+    pub(crate) fn add_single(
+        &mut self,
+        name: String,
+        op: Op,
+        role: Role,
+        origin: Option<Origin>,
+    ) -> Result<NodeId, GraphError> {
+        let hash = name_hash(&name);
+        self.names.reserve(1);
+        let g = &self.g;
+        let at = match self.names.probe(hash, |e| entry_name(g, e) == Some(name.as_str())) {
+            Ok(_) => return Err(GraphError::DuplicateName(name)),
+            Err(at) => at,
+        };
+        let placeholder = TensorType::scalar(crate::types::DType::F32);
+        let outputs = vec![Output { name: name.clone(), ty: placeholder }];
+        let i = self.alloc(Node { name, op, role, precision: None, outputs, origin });
+        self.names.fill(at, NameEntry { hash, node: i, slot: 0 });
+        Ok(NodeId::at(i))
+    }
+
+    /// Starts loading the name-table bucket of `hash` into the cache.
+    #[inline]
+    pub(crate) fn prefetch_name(&self, hash: u64) {
+        if let Some(e) = self.names.table.get(if self.names.bits == 0 { 0 } else { self.names.home(hash) }) {
+            prefetch(e);
+        }
+    }
+
+    /// [`Graph::add_single`] for a name whose hash is known, trusting the
+    /// hash: any entry with the same hash counts as a duplicate (so a hash
+    /// collision is reported as one). For callers that can afford a false
+    /// duplicate, such as the streaming parser, which then starts over.
+    pub(crate) fn add_single_by_hash(
+        &mut self,
+        name: String,
+        hash: u64,
+        op: Op,
+        role: Role,
+        origin: Option<Origin>,
+    ) -> Result<NodeId, GraphError> {
+        debug_assert_eq!(hash, name_hash(&name));
+        self.names.reserve(1);
+        let at = match self.names.probe(hash, |_| true) {
+            Ok(_) => return Err(GraphError::DuplicateName(name)),
+            Err(at) => at,
+        };
+        let placeholder = TensorType::scalar(crate::types::DType::F32);
+        let outputs = vec![Output { name: name.clone(), ty: placeholder }];
+        let i = self.alloc(Node { name, op, role, precision: None, outputs, origin });
+        self.names.fill(at, NameEntry { hash, node: i, slot: 0 });
+        Ok(NodeId::at(i))
+    }
+
+    /// The value whose name has `hash`, trusting the hash: the caller must
+    /// check that the value's name is the one it looked for.
+    #[inline]
+    pub(crate) fn value_by_hash(&self, hash: u64) -> Option<ValueId> {
+        let e = NameEntry::load(self.names.table[self.names.probe(hash, |_| true).ok()?]);
+        (e.slot != NODE_NAME).then_some(ValueId { node: NodeId::at(e.node), slot: e.slot })
+    }
+
+    /// Starts loading node `id` into the cache (the lines that hold its op
+    /// and its outputs' pointer), for loops that will read it soon.
+    #[inline]
+    pub(crate) fn prefetch_node(&self, id: NodeId) {
+        if let Some(n) = self.g.node_weight(id.0) {
+            prefetch(&n.op);
+            prefetch(&n.outputs);
+        }
+    }
+
+    /// Starts loading the outputs of node `id` into the cache (best after
+    /// [`Graph::prefetch_node`] has brought the node in).
+    #[inline]
+    pub(crate) fn prefetch_outputs(&self, id: NodeId) {
+        if let Some(o) = self.g.node_weight(id.0).and_then(|n| n.outputs.first()) {
+            prefetch(o);
+        }
+    }
+
+    /// One past the largest node index.
+    pub(crate) fn index_bound(&self) -> usize {
+        self.bound()
+    }
+
+    /// The id of the node at `index` (which must hold one).
+    pub(crate) fn node_id(&self, index: usize) -> NodeId {
+        debug_assert!(self.contains(NodeId::at(index as u32)));
+        NodeId::at(index as u32)
+    }
+
+    /// The node at `index`, if there is one.
+    pub(crate) fn node_at(&self, index: usize) -> Option<NodeId> {
+        let id = NodeId::at(index as u32);
+        self.contains(id).then_some(id)
+    }
+
+    /// Adds a one-output node named `name`, typed from its inputs, without
+    /// entering the name in the name table: lookups do not see it until
+    /// [`Graph::register_unnamed`]. For passes that add many nodes in a row
+    /// and register their names in one batch, which overlaps the table's
+    /// cache misses.
+    pub(crate) fn add_unnamed(
+        &mut self,
+        name: String,
+        op: Op,
+        role: Role,
+        inputs: &[ValueId],
+        memo: &mut InferMemo,
+    ) -> Result<NodeId, GraphError> {
+        let ty = {
+            let in_tys = self.types_of(inputs);
+            match memo.infer(&op, &in_tys) {
+                Ok([ty]) => ty.clone(),
+                Ok(tys) => panic!("add_unnamed: {} has {} outputs", op.name(), tys.len()),
+                Err(message) => return Err(GraphError::Type { node: name, message }),
+            }
+        };
+        let outputs = vec![Output { name: name.clone(), ty }];
+        let id = NodeId::at(self.alloc(Node { name, op, role, precision: None, outputs, origin: None }));
         for (port, &v) in inputs.iter().enumerate() {
             self.connect(v, id, port as u32);
         }
         Ok(id)
+    }
+
+    /// Registers the names of nodes from [`Graph::add_unnamed`] (with their
+    /// hashes), in the order given; a name already taken is replaced by the first free
+    /// `name.k`, as [`Graph::fresh_name`] finds it at that point. The result
+    /// is what adding the nodes one by one with that fallback gives.
+    pub(crate) fn register_unnamed(&mut self, ids: &[(NodeId, u64)]) {
+        const AHEAD: usize = 16;
+        self.names.reserve(ids.len());
+        for (j, &(id, hash)) in ids.iter().enumerate() {
+            debug_assert_eq!(hash, name_hash(&self.g[id.0].name));
+            if let Some(&(_, h)) = ids.get(j + AHEAD) {
+                self.prefetch_name(h);
+            }
+            let g = &self.g;
+            match self.names.probe(hash, |e| entry_name(g, e) == Some(g[id.0].name.as_str())) {
+                Err(at) => self.names.fill(at, NameEntry { hash, node: id.index() as u32, slot: 0 }),
+                Ok(_) => {
+                    let fresh = self.fresh_name(&self.g[id.0].name);
+                    let hash = name_hash(&fresh);
+                    let node = self.node_keep(id);
+                    node.outputs[0].name.clone_from(&fresh);
+                    node.name = fresh;
+                    self.register(hash, id.index() as u32, 0);
+                }
+            }
+        }
+    }
+
+    /// Registers `name` for entry `(node, slot)`; the name must be new.
+    fn register(&mut self, name_hash: u64, node: u32, slot: u32) {
+        self.names.reserve(1);
+        // An empty index: the name was checked to be absent.
+        let at = self.names.probe(name_hash, |_| false).expect_err("a new name");
+        self.names.fill(at, NameEntry { hash: name_hash, node, slot });
     }
 
     /// Adds a node without inputs or types; the caller connects its inputs and
@@ -254,41 +774,30 @@ impl Graph {
         origin: Option<Origin>,
     ) -> Result<NodeId, GraphError> {
         let own_value = output_names.first() == Some(&name);
-        let placeholder = TensorType::scalar(crate::types::DType::F32);
         if own_value && output_names.len() == 1 {
-            // The common case, with one probe of the name table.
-            use std::collections::hash_map::Entry;
-            return match self.names.entry(name) {
-                Entry::Occupied(e) => Err(GraphError::DuplicateName(e.key().clone())),
-                Entry::Vacant(e) => {
-                    let name = e.key().clone();
-                    let mut output_names = output_names;
-                    let out = output_names.pop().unwrap_or_else(|| name.clone());
-                    let outputs = vec![Output { name: out, ty: placeholder }];
-                    let id = NodeId(self.g.add_node(Node { name, op, role, precision: None, outputs, origin }));
-                    e.insert(Named::Value(ValueId { node: id, slot: 0 }));
-                    Ok(id)
-                }
-            };
+            return self.add_single(name, op, role, origin);
         }
-        if !own_value && self.names.contains_key(&name) {
+        if !own_value && self.contains_name(&name) {
             return Err(GraphError::DuplicateName(name));
         }
         for (i, o) in output_names.iter().enumerate() {
-            if self.names.contains_key(o) || output_names[..i].contains(o) || (!own_value && *o == name) {
+            if self.contains_name(o) || output_names[..i].contains(o) || (!own_value && *o == name) {
                 return Err(GraphError::DuplicateName(o.clone()));
             }
         }
+        let placeholder = TensorType::scalar(crate::types::DType::F32);
+        let hashes: SmallVec<[u64; 4]> = output_names.iter().map(|o| name_hash(o)).collect();
+        let node_hash = name_hash(&name);
         let outputs = output_names.into_iter().map(|name| Output { name, ty: placeholder.clone() }).collect();
-        let id = NodeId(self.g.add_node(Node { name: String::new(), op, role, precision: None, outputs, origin }));
-        for (slot, o) in self.g[id.0].outputs.iter().enumerate() {
-            self.names.insert(o.name.clone(), Named::Value(ValueId { node: id, slot: slot as u32 }));
+        let i = self.alloc(Node { name, op, role, precision: None, outputs, origin });
+        for (slot, h) in hashes.into_iter().enumerate() {
+            self.register(h, i, slot as u32);
         }
         if !own_value {
-            self.names.insert(name.clone(), Named::Node(id));
+            self.register(node_hash, i, NODE_NAME);
+            self.node_names.insert(i);
         }
-        self.g[id.0].name = name;
-        Ok(id)
+        Ok(NodeId::at(i))
     }
 
     /// Feeds `v` into input `port` of `to`.
@@ -298,7 +807,8 @@ impl Graph {
 
     /// Makes every consumer of `old` read `new` instead.
     pub fn replace_uses(&mut self, old: ValueId, new: ValueId) {
-        let edges: Vec<(EdgeIndex<u32>, NodeIndex<u32>, Edge)> = self
+        type Rewire = (EdgeIndex<u32>, NodeIndex<u32>, Edge);
+        let edges: SmallVec<[Rewire; 4]> = self
             .g
             .edges_directed(old.node.0, Direction::Outgoing)
             .filter(|e| e.weight().slot == old.slot)
@@ -345,7 +855,7 @@ impl Graph {
 
     /// Makes input `port` of `node` read `v`.
     pub fn set_input(&mut self, node: NodeId, port: u32, v: ValueId) {
-        let old: Vec<EdgeIndex<u32>> = self
+        let old: SmallVec<[EdgeIndex<u32>; 2]> = self
             .g
             .edges_directed(node.0, Direction::Incoming)
             .filter(|e| e.weight().port == port)
@@ -362,11 +872,19 @@ impl Graph {
         if self.users(id).next().is_some() {
             return Err(GraphError::HasUsers(self.node(id).name.clone()));
         }
-        let node = self.g.remove_node(id.0).ok_or_else(|| GraphError::UnknownValue(format!("node #{}", id.index())))?;
-        for o in &node.outputs {
-            self.names.remove(&o.name);
+        // Names first, while the node still answers for them.
+        let g = &self.g;
+        if let Some(node) = g.node_weight(id.0) {
+            for o in node.outputs.iter().map(|o| o.name.as_str()).chain([node.name.as_str()]) {
+                if let Ok(i) = self.names.probe(name_hash(o), |e| entry_name(g, e) == Some(o)) {
+                    self.names.remove_at(i);
+                }
+            }
         }
-        self.names.remove(&node.name);
+        let node =
+            *self.g.remove_node(id.0).ok_or_else(|| GraphError::UnknownValue(format!("node #{}", id.index())))?;
+        self.meta[id.index()] = VACANT;
+        self.node_names.remove(&(id.index() as u32));
         Ok(node)
     }
 
@@ -377,28 +895,18 @@ impl Graph {
     /// just before its first reader). `Err` holds the nodes that lie on or
     /// behind a cycle.
     pub fn topo_order(&self) -> Result<Vec<NodeId>, Vec<NodeId>> {
-        let rank = |n: NodeIndex<u32>| match self.g[n].role {
-            Role::Forward => 0usize,
-            Role::Backward => 1,
-            Role::Optimizer | Role::Scaler => 2,
-        };
-        let mut in_order = self.g.edge_indices().all(|e| {
-            let (a, b) = self.g.edge_endpoints(e).expect("edge index from this graph");
-            a.index() < b.index()
-        });
-        if in_order {
-            let mut last = 0;
-            in_order = self.g.node_indices().all(|n| std::mem::replace(&mut last, rank(n)) <= rank(n));
-        }
-        if in_order {
-            return Ok(self.node_ids().collect());
-        }
-        let mut roots: [Vec<NodeIndex<u32>>; 3] = Default::default();
-        for n in self.g.node_indices() {
-            roots[rank(n)].push(n);
-        }
+        let bound = self.bound();
+        let mut counts = [0usize; 4];
+        let rank: Vec<u8> = (0..bound)
+            .map(|i| {
+                let m = self.meta(i);
+                let r = if m & VACANT != 0 { 3 } else { m & RANK };
+                counts[r as usize] += 1;
+                r
+            })
+            .collect();
         // 0: not seen, 1: entered (on the current path), 2: emitted.
-        let mut state = vec![0u8; self.g.node_bound()];
+        let mut state = vec![0u8; bound];
         let mut order = Vec::with_capacity(self.g.node_count());
         enum Step {
             Enter(NodeIndex<u32>),
@@ -406,30 +914,47 @@ impl Graph {
         }
         let mut stack = Vec::new();
         let mut scratch: Vec<(u32, NodeIndex<u32>)> = Vec::new();
-        for r in roots.iter().flatten() {
-            stack.push(Step::Enter(*r));
-            while let Some(step) = stack.pop() {
-                match step {
-                    Step::Exit(n) => {
-                        state[n.index()] = 2;
-                        order.push(NodeId(n));
-                    }
-                    Step::Enter(n) => match state[n.index()] {
-                        2 => {}
-                        1 => return Err(self.stuck_nodes()),
-                        _ => {
-                            state[n.index()] = 1;
-                            stack.push(Step::Exit(n));
-                            scratch.clear();
-                            scratch.extend(
-                                self.g.edges_directed(n, Direction::Incoming).map(|e| (e.weight().port, e.source())),
-                            );
-                            scratch.sort_unstable_by_key(|(p, _)| std::cmp::Reverse(*p));
-                            stack.extend(
-                                scratch.iter().filter(|(_, m)| state[m.index()] != 2).map(|&(_, m)| Step::Enter(m)),
-                            );
+        for r in 0..3u8 {
+            if counts[r as usize] == 0 {
+                continue;
+            }
+            for root in (0..bound).filter(|&i| rank[i] == r) {
+                if state[root] == 2 {
+                    continue;
+                }
+                let root = NodeIndex::new(root);
+                // Most nodes find their inputs emitted already.
+                if self.g.neighbors_directed(root, Direction::Incoming).all(|m| state[m.index()] == 2) {
+                    state[root.index()] = 2;
+                    order.push(NodeId(root));
+                    continue;
+                }
+                stack.push(Step::Enter(root));
+                while let Some(step) = stack.pop() {
+                    match step {
+                        Step::Exit(n) => {
+                            state[n.index()] = 2;
+                            order.push(NodeId(n));
                         }
-                    },
+                        Step::Enter(n) => match state[n.index()] {
+                            2 => {}
+                            1 => return Err(self.stuck_nodes()),
+                            _ => {
+                                state[n.index()] = 1;
+                                stack.push(Step::Exit(n));
+                                scratch.clear();
+                                scratch.extend(
+                                    self.g
+                                        .edges_directed(n, Direction::Incoming)
+                                        .map(|e| (e.weight().port, e.source())),
+                                );
+                                scratch.sort_unstable_by_key(|(p, _)| std::cmp::Reverse(*p));
+                                stack.extend(
+                                    scratch.iter().filter(|(_, m)| state[m.index()] != 2).map(|&(_, m)| Step::Enter(m)),
+                                );
+                            }
+                        },
+                    }
                 }
             }
         }
@@ -458,8 +983,9 @@ impl Graph {
     /// Types every node from its inputs, in topological order. Returns the
     /// problems found, one per node, skipping nodes behind a failed one.
     pub fn infer_types(&mut self, order: &[NodeId]) -> Vec<(NodeId, String)> {
-        let mut failed = vec![false; self.g.node_bound()];
+        let mut failed = vec![false; self.bound()];
         let mut problems = Vec::new();
+        let mut memo = InferMemo::default();
         for &id in order {
             let ins = self.inputs(id);
             if ins.iter().any(|v| failed[v.node.index()]) {
@@ -467,8 +993,8 @@ impl Graph {
                 continue;
             }
             let result = {
-                let tys: Vec<&TensorType> = ins.iter().map(|&v| self.ty(v)).collect();
-                infer::infer(&self.g[id.0].op, &tys)
+                let tys = self.types_of(&ins);
+                memo.infer(&self.g[id.0].op, &tys)
             };
             match result {
                 Ok(tys) => {
@@ -487,7 +1013,7 @@ impl Graph {
                         continue;
                     }
                     for (o, t) in node.outputs.iter_mut().zip(tys) {
-                        o.ty = t;
+                        o.ty.clone_from(t);
                     }
                 }
                 Err(m) => {
@@ -503,15 +1029,16 @@ impl Graph {
     pub fn reserve(&mut self, nodes: usize, edges: usize) {
         self.g.reserve_nodes(nodes);
         self.g.reserve_edges(edges);
+        self.meta.reserve(nodes);
         self.names.reserve(nodes);
     }
 
     /// A name not yet used in the graph, starting from `base`.
     pub fn fresh_name(&self, base: &str) -> String {
-        if !self.names.contains_key(base) {
+        if !self.contains_name(base) {
             return base.to_string();
         }
-        (1..).map(|i| format!("{base}.{i}")).find(|n| !self.names.contains_key(n)).expect("an unused name exists")
+        (1..).map(|i| format!("{base}.{i}")).find(|n| !self.contains_name(n)).expect("an unused name exists")
     }
 
     /// The parameter nodes, in index order.
@@ -521,28 +1048,36 @@ impl Graph {
 
     /// Whether the name map agrees with the nodes (checked by the verifier).
     pub(crate) fn name_map_problems(&self) -> Vec<String> {
-        // Fast path: if every value entry names an output that bears its key,
-        // entries are one-to-one with outputs (distinct keys, equal names), so
-        // equal counts mean every output is registered. One sequential pass
-        // over the table instead of a lookup per output.
-        let mut entries = 0usize;
-        let consistent = self.names.iter().all(|(k, named)| match named {
-            Named::Value(v) => {
-                entries += 1;
-                self.g.node_weight(v.node.0).and_then(|n| n.outputs.get(v.slot as usize)).is_some_and(|o| o.name == *k)
+        // Fast path: the table's checksum is the sum over its entries of
+        // mix(hash of the name, slot it names). Recomputed from the nodes'
+        // current names in one sequential pass, it matches (with the same
+        // entry count) exactly when every entry names an output that bears
+        // its name, as the one-to-one check below would find.
+        let mut sum = 0u64;
+        let mut count = 0usize;
+        for i in self.node_ids() {
+            let n = &self.g[i.0];
+            let i = i.index();
+            for (slot, o) in n.outputs.iter().enumerate() {
+                sum = sum.wrapping_add(NameEntry { hash: name_hash(&o.name), node: i as u32, slot: slot as u32 }.mix());
             }
-            Named::Node(n) => self.g.node_weight(n.0).is_some_and(|n| n.name == *k),
-        });
-        let outputs: usize = self.g.node_weights().map(|n| n.outputs.len()).sum();
-        if consistent && entries == outputs {
+            count += n.outputs.len();
+        }
+        for &i in &self.node_names {
+            if let Some(n) = self.g.node_weight(NodeIndex::new(i as usize)) {
+                sum = sum.wrapping_add(NameEntry { hash: name_hash(&n.name), node: i, slot: NODE_NAME }.mix());
+                count += 1;
+            }
+        }
+        if sum == self.names.sum && count == self.names.len {
             return Vec::new();
         }
         let mut out = Vec::new();
         for id in self.node_ids() {
             let node = self.node(id);
             for (slot, o) in node.outputs.iter().enumerate() {
-                match self.names.get(&o.name) {
-                    Some(Named::Value(v)) if *v == (ValueId { node: id, slot: slot as u32 }) => {}
+                match self.value(&o.name) {
+                    Some(v) if v == (ValueId { node: id, slot: slot as u32 }) => {}
                     _ => out.push(format!(
                         "output `{}` of node `{}` is not registered under its name (duplicate name?)",
                         o.name, node.name
@@ -554,6 +1089,52 @@ impl Graph {
             out.push("the name table holds names that no node has (a node was renamed?)".to_string());
         }
         out
+    }
+}
+
+/// Shape inference that remembers its last few results per op kind: the
+/// nodes of a model repeat, and the same op on the same input types gives
+/// the same outputs, so a repeat costs a comparison instead of an inference
+/// (and its allocations). Errors are not remembered.
+#[derive(Default)]
+pub(crate) struct InferMemo {
+    /// Per op kind: up to `WAYS` results, and the next one to replace.
+    last: Vec<(Vec<Inferred>, usize)>,
+}
+
+/// An op, its input types and its output types.
+type Inferred = (Op, SmallVec<[TensorType; 3]>, Vec<TensorType>);
+
+impl InferMemo {
+    const WAYS: usize = 4;
+
+    /// `infer::infer(op, inputs)`.
+    pub(crate) fn infer(&mut self, op: &Op, inputs: &[&TensorType]) -> Result<&[TensorType], String> {
+        let kind = op.kind() as usize;
+        if self.last.len() <= kind {
+            self.last.resize_with(kind + 1, Default::default);
+        }
+        let (seen, next) = &mut self.last[kind];
+        let hit = seen.iter().position(|(o, ins, _)| {
+            o == op && ins.len() == inputs.len() && ins.iter().zip(inputs).all(|(a, b)| a == *b)
+        });
+        let at = match hit {
+            Some(at) => at,
+            None => {
+                let out = infer::infer(op, inputs)?;
+                let entry = (op.clone(), inputs.iter().map(|&t| t.clone()).collect(), out);
+                if seen.len() < Self::WAYS {
+                    seen.push(entry);
+                    seen.len() - 1
+                } else {
+                    let at = *next;
+                    *next = (at + 1) % Self::WAYS;
+                    seen[at] = entry;
+                    at
+                }
+            }
+        };
+        Ok(&seen[at].2)
     }
 }
 

@@ -6,7 +6,7 @@
 use rustc_hash::FxHashSet;
 
 use crate::diag::Problem;
-use crate::graph::{Graph, NodeId};
+use crate::graph::{Graph, InferMemo, NodeId};
 use crate::infer;
 use crate::op::{Op, Role};
 
@@ -48,12 +48,15 @@ pub fn problems(g: &Graph) -> Vec<Problem> {
             return out;
         }
     };
-    let mut bad_type = vec![false; order.iter().map(|n| n.index() + 1).max().unwrap_or(0)];
+    let mut bad_type = vec![false; g.index_bound()];
+    let mut memo = InferMemo::default();
+    let mut has_backward = false;
     for &id in &order {
         let n = g.node(id);
+        has_backward |= n.role == Role::Backward;
         let ins = g.inputs(id);
         // Ports must be exactly 0..arity, once each.
-        let mut ports: Vec<u32> = g.in_ports(id);
+        let mut ports = g.in_ports(id);
         ports.sort_unstable();
         let ok = infer::arity_ok(&n.op, ports.len()) && ports.iter().enumerate().all(|(i, &p)| p as usize == i);
         if !ok {
@@ -118,11 +121,11 @@ pub fn problems(g: &Graph) -> Vec<Problem> {
             bad_type[id.index()] = true;
             continue;
         }
-        let tys: Vec<&crate::TensorType> = ins.iter().map(|&v| g.ty(v)).collect();
-        match infer::infer(&n.op, &tys) {
+        let tys = g.types_of(&ins);
+        match memo.infer(&n.op, &tys) {
             Ok(want) => {
-                let have: Vec<&crate::TensorType> = n.outputs.iter().map(|o| &o.ty).collect();
-                if want.len() != have.len() || want.iter().zip(&have).any(|(a, b)| a != *b) {
+                if want.len() != n.outputs.len() || want.iter().zip(&n.outputs).any(|(a, o)| *a != o.ty) {
+                    let have: Vec<&crate::TensorType> = n.outputs.iter().map(|o| &o.ty).collect();
                     let show = |v: Vec<String>| v.join(", ");
                     out.push(at(
                         g,
@@ -184,7 +187,6 @@ pub fn problems(g: &Graph) -> Vec<Problem> {
             ));
         }
     }
-    let has_backward = g.node_ids().any(|n| g.node(n).role == Role::Backward);
     if !g.gradients.is_empty() || has_backward {
         for p in g.params() {
             if !seen.contains(&p) {

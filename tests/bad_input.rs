@@ -46,6 +46,7 @@ fn check(text: &str) -> Result<(), TestCaseError> {
 }
 
 fn check_inner(text: &str) -> Result<(), TestCaseError> {
+    same_as_two_step(text)?;
     let g = match mpc::parse_str(text) {
         Ok(g) => g,
         Err(e) => {
@@ -74,9 +75,42 @@ fn check_inner(text: &str) -> Result<(), TestCaseError> {
     }
 }
 
+/// `parse_str` (which reads a valid file in one streaming pass) answers as
+/// the two-step `parse_raw` + `from_raw` does: the same nodes at the same
+/// indices, wired in the same order, or the same error.
+fn same_as_two_step(text: &str) -> Result<(), TestCaseError> {
+    fn layout(g: &mpc::Graph) -> String {
+        let mut s = format!(
+            "{:?} {:?} {:?} {:?} {:?} {:?} {} {}\n",
+            g.name,
+            g.loss,
+            g.gradients,
+            g.updates,
+            g.outputs,
+            g.optimizer,
+            g.node_count(),
+            g.edge_count()
+        );
+        for id in g.node_ids() {
+            let users: Vec<_> = g.users(id).collect();
+            s.push_str(&format!("{} {:?} {:?} {users:?}\n", id.index(), g.node(id), g.inputs(id)));
+        }
+        s
+    }
+    let one = mpc::parse_str(text);
+    let two = mpc::parse::parse_raw(text).and_then(|raw| mpc::parse::from_raw(&raw).map_err(mpc::ParseError::Invalid));
+    match (&one, &two) {
+        (Ok(a), Ok(b)) => prop_assert_eq!(layout(a), layout(b), "streaming and two-step parses differ"),
+        (Err(a), Err(b)) => prop_assert_eq!(a, b),
+        _ => prop_assert!(false, "streaming: {:?}\ntwo-step: {:?}", one.as_ref().err(), two.as_ref().err()),
+    }
+    Ok(())
+}
+
 /// `parse(emit(g)) == g`.
 fn round_trip(g: &mpc::Graph) -> Result<(), TestCaseError> {
     let emitted = mpc::emit::json::to_string(g);
+    same_as_two_step(&emitted)?;
     let again = match mpc::parse_str(&emitted) {
         Ok(again) => again,
         Err(e) => {
