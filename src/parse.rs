@@ -406,6 +406,7 @@ pub fn from_raw(raw: &RawGraph) -> Result<Graph, Vec<Problem>> {
             updates: &raw.updates,
             outputs: &raw.outputs,
             optimizer: raw.optimizer.as_ref(),
+            weights: raw.weights.as_deref(),
         },
     )
 }
@@ -419,6 +420,7 @@ struct Tail<'a> {
     updates: &'a BTreeMap<String, String>,
     outputs: &'a [String],
     optimizer: Option<&'a Optimizer>,
+    weights: Option<&'a str>,
 }
 
 /// Resolves the loss, gradients, updates and outputs, then types the graph.
@@ -461,7 +463,7 @@ fn finish(mut b: Builder, raw: Tail<'_>) -> Result<Graph, Vec<Problem>> {
         }
         b.g.optimizer = Some(opt.clone());
     }
-    b.g.weights = raw.weights.clone();
+    b.g.weights = raw.weights.map(str::to_string);
     if !b.problems.is_empty() {
         return Err(b.problems);
     }
@@ -565,6 +567,7 @@ pub mod fast {
             updates: BTreeMap::new(),
             outputs: Vec::new(),
             optimizer: None,
+            weights: None,
         };
         // Room for the nodes and edges, from the size of the text (a node
         // takes some tens of bytes); only what is used is ever touched, and
@@ -636,6 +639,7 @@ pub mod fast {
         updates: BTreeMap<String, String>,
         outputs: Vec<String>,
         optimizer: Option<Optimizer>,
+        weights: Option<String>,
     }
 
     impl<'de> State<'de> {
@@ -724,6 +728,7 @@ pub mod fast {
                 updates: &self.updates,
                 outputs: &self.outputs,
                 optimizer: self.optimizer.as_ref(),
+                weights: self.weights.as_deref(),
             };
             finish(self.b, tail).ok()
         }
@@ -767,7 +772,7 @@ pub mod fast {
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
             let st = self.0;
             while let Some(Str(key)) = map.next_key()? {
-                const KEYS: [&str; 13] = [
+                const KEYS: [&str; 14] = [
                     "format",
                     "name",
                     "inputs",
@@ -781,6 +786,7 @@ pub mod fast {
                     "updates",
                     "outputs",
                     "optimizer",
+                    "weights",
                 ];
                 let Some(k) = KEYS.iter().position(|&k| k == key) else {
                     return Err(bail());
@@ -820,7 +826,8 @@ pub mod fast {
                     "gradients" => st.gradients = map.next_value()?,
                     "updates" => st.updates = map.next_value()?,
                     "outputs" => st.outputs = map.next_value()?,
-                    _ => st.optimizer = map.next_value()?,
+                    "optimizer" => st.optimizer = map.next_value()?,
+                    _ => st.weights = map.next_value()?,
                 }
             }
             st.flush()

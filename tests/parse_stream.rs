@@ -167,3 +167,21 @@ fn other_layouts_and_every_error_go_the_two_step_way() {
     declined(&G.replace(r#""loss": "loss","#, ""));
     declined(&G.replace(r#""outputs": ["h"]"#, r#""outputs": ["h"], "gradients": {"w": "h"}"#));
 }
+
+#[test]
+fn a_weights_file_streams() {
+    let text = r#"{
+  "format": "mpc/1",
+  "inputs": [{"name": "x", "shape": [2, 3]}],
+  "params": [{"name": "w", "shape": [3, 4], "init": {"kind": "file"}}],
+  "forward": [
+    {"name": "h", "op": "matmul", "inputs": ["x", "w"]},
+    {"name": "loss", "op": "reduce_sum", "inputs": ["h"], "axes": [0, 1]}
+  ],
+  "loss": "loss",
+  "weights": "model.safetensors"
+}"#;
+    streams(text);
+    assert_eq!(fast::parse(text).unwrap().weights.as_deref(), Some("model.safetensors"));
+    assert_eq!(mpc::parse_str(text).unwrap().weights.as_deref(), Some("model.safetensors"));
+}
