@@ -32,7 +32,7 @@ fn fold(g: &Graph, n: NodeId) -> Option<ValueId> {
     } else if !g.is_cast(input.node) {
         None
     } else if let Op::Cast { to: via } = g.node(input.node).op {
-        let src = g.first_input(input.node).expect("a cast has an input");
+        let src = g.first_input(input.node)?;
         (g.ty(src).dtype == to && exact_via(to, via)).then_some(src)
     } else {
         None

@@ -615,11 +615,24 @@ impl Graph {
             Ok(_) => return Err(GraphError::DuplicateName(name)),
             Err(at) => at,
         };
+        Ok(self.insert_single(at, hash, name, op, role, origin))
+    }
+
+    /// Adds a one-output node at name-table slot `at` (found free by a probe).
+    fn insert_single(
+        &mut self,
+        at: usize,
+        hash: u64,
+        name: String,
+        op: Op,
+        role: Role,
+        origin: Option<Origin>,
+    ) -> NodeId {
         let placeholder = TensorType::scalar(crate::types::DType::F32);
         let outputs = vec![Output { name: name.clone(), ty: placeholder }];
         let i = self.alloc(Node { name, op, role, precision: None, outputs, origin });
         self.names.fill(at, NameEntry { hash, node: i, slot: 0 });
-        Ok(NodeId::at(i))
+        NodeId::at(i)
     }
 
     /// Starts loading the name-table bucket of `hash` into the cache.
@@ -648,11 +661,7 @@ impl Graph {
             Ok(_) => return Err(GraphError::DuplicateName(name)),
             Err(at) => at,
         };
-        let placeholder = TensorType::scalar(crate::types::DType::F32);
-        let outputs = vec![Output { name: name.clone(), ty: placeholder }];
-        let i = self.alloc(Node { name, op, role, precision: None, outputs, origin });
-        self.names.fill(at, NameEntry { hash, node: i, slot: 0 });
-        Ok(NodeId::at(i))
+        Ok(self.insert_single(at, hash, name, op, role, origin))
     }
 
     /// The value whose name has `hash`, trusting the hash: the caller must

@@ -532,6 +532,24 @@ fn find_cycle(g: &Graph, stuck: &[NodeId]) -> Vec<NodeId> {
 /// thing it does not accept, and the caller starts over on the slow path,
 /// which produces the error messages.
 #[doc(hidden)]
+/// The keys of a graph file's top-level object, in file order.
+pub const TOP_LEVEL_KEYS: [&str; 14] = [
+    "format",
+    "name",
+    "inputs",
+    "params",
+    "state",
+    "forward",
+    "loss",
+    "backward",
+    "gradients",
+    "update",
+    "updates",
+    "outputs",
+    "optimizer",
+    "weights",
+];
+
 pub mod fast {
     use std::borrow::Cow;
     use std::collections::BTreeMap;
@@ -772,22 +790,7 @@ pub mod fast {
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
             let st = self.0;
             while let Some(Str(key)) = map.next_key()? {
-                const KEYS: [&str; 14] = [
-                    "format",
-                    "name",
-                    "inputs",
-                    "params",
-                    "state",
-                    "forward",
-                    "loss",
-                    "backward",
-                    "gradients",
-                    "update",
-                    "updates",
-                    "outputs",
-                    "optimizer",
-                    "weights",
-                ];
+                const KEYS: [&str; 14] = super::TOP_LEVEL_KEYS;
                 let Some(k) = KEYS.iter().position(|&k| k == key) else {
                     return Err(bail());
                 };

@@ -564,20 +564,8 @@ fn attr_value(name: &str) -> BoxedStrategy<Value> {
 const ATTR_FIELDS: [&str; mpc::attrs::N_ATTRS] = mpc::attrs::ATTRS;
 
 /// Keys of the file's objects, plus a few that belong nowhere.
-const FIELD_NAMES: [&str; 27] = [
-    "format",
-    "name",
-    "inputs",
-    "params",
-    "state",
-    "forward",
-    "loss",
-    "backward",
-    "gradients",
-    "update",
-    "updates",
-    "outputs",
-    "optimizer",
+/// The top-level keys (the parser's own list), then other keys of the file's objects.
+const OTHER_FIELDS: [&str; 14] = [
     "op",
     "shape",
     "dtype",
@@ -594,6 +582,10 @@ const FIELD_NAMES: [&str; 27] = [
     "__proto__",
 ];
 
+fn field_names() -> Vec<&'static str> {
+    mpc::parse::TOP_LEVEL_KEYS.iter().chain(OTHER_FIELDS.iter()).copied().collect()
+}
+
 /// Arbitrary JSON, a few levels deep, with keys that look like the format's.
 fn arb_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
@@ -608,7 +600,7 @@ fn arb_json() -> impl Strategy<Value = Value> {
     leaf.prop_recursive(5, 64, 8, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
-            prop::collection::vec((select(FIELD_NAMES.to_vec()), inner), 0..8)
+            prop::collection::vec((select(field_names()), inner), 0..8)
                 .prop_map(|kv| Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),
         ]
     })
@@ -739,7 +731,7 @@ fn value_edit() -> impl Strategy<Value = ValueEdit> {
     prop_oneof![
         6 => (any::<Index>(), wrong_value()).prop_map(|(i, v)| ValueEdit::Replace(i, v)),
         2 => any::<Index>().prop_map(ValueEdit::Remove),
-        2 => (any::<Index>(), select(FIELD_NAMES.iter().chain(ATTR_FIELDS.iter()).copied().collect::<Vec<_>>()), wrong_value())
+        2 => (any::<Index>(), select(field_names().into_iter().chain(ATTR_FIELDS.iter().copied()).collect::<Vec<_>>()), wrong_value())
             .prop_map(|(i, k, v)| ValueEdit::AddKey(i, k, v)),
         1 => any::<Index>().prop_map(ValueEdit::DuplicateItem),
     ]
@@ -1558,7 +1550,7 @@ proptest! {
 
     /// Arbitrary JSON, at the top level and in place of a seed's section.
     #[test]
-    fn arbitrary_json(v in arb_json(), seed in any::<Index>(), field in select(FIELD_NAMES.to_vec()), whole in any::<bool>()) {
+    fn arbitrary_json(v in arb_json(), seed in any::<Index>(), field in select(field_names()), whole in any::<bool>()) {
         let v = if whole {
             v
         } else {

@@ -272,3 +272,15 @@ fn a_small_cnn_maps_onto_mpc_ops_and_trains() {
         assert_eq!(r.state["m1"].to_f32_vec(), state["m1"].to_f32_vec(), "BN statistics are frozen");
     }
 }
+
+#[test]
+fn an_empty_concat_is_an_error_not_a_panic() {
+    let c = NodeProto {
+        op_type: Some("Concat".into()),
+        name: Some("c".into()),
+        output: vec!["y".into()],
+        ..Default::default()
+    };
+    let e = import(&model(vec![c], vec![], &[1, 4]).encode_to_vec(), &options(Loss::Mse)).unwrap_err().to_string();
+    assert!(e.contains("node `c` (Concat): Concat needs at least one input"), "{e}");
+}

@@ -475,12 +475,8 @@ impl Importer {
                             &[x],
                         )?;
                         let e = self.add(&format!("{name}.erf"), Op::Erf, &[s])?;
-                        let ty = self.g.ty(x).with_dtype(self.g.ty(x).dtype);
-                        let one = self.add(
-                            &format!("{name}.one"),
-                            Op::Constant { value: 1.0, ty: crate::TensorType::scalar(ty.dtype) },
-                            &[],
-                        )?;
+                        let ty = crate::TensorType::scalar(self.g.ty(x).dtype);
+                        let one = self.add(&format!("{name}.one"), Op::Constant { value: 1.0, ty }, &[])?;
                         let p = self.add(&format!("{name}.plus1"), Op::Add, &[e, one])?;
                         let h = self.add(&format!("{name}.half"), Op::Scale { value: 0.5 }, &[x])?;
                         self.add(name, Op::Mul, &[h, p])?
@@ -560,8 +556,9 @@ impl Importer {
 
     fn concat(&mut self, n: &NodeProto, at: &Attrs, name: &str) -> Result<(), String> {
         let out = n.output.first().map(String::as_str).unwrap_or("");
+        let first = n.input.first().ok_or("Concat needs at least one input")?;
         let vals = n.input.iter().map(|i| self.val(i)).collect::<Result<Vec<_>, _>>()?;
-        let rank = self.dims_of(&n.input[0])?.len();
+        let rank = self.dims_of(first)?.len();
         let ax = axis(at.int("axis", 0), rank.max(1))?;
         if vals.iter().all(|v| matches!(v, Val::C(c, _) if !c.float)) {
             // Shape arithmetic: 1-D integer constants.
@@ -670,7 +667,7 @@ fn fold_binary(a: &Const, b: &Const, op: &str) -> Result<Const, String> {
         return Err("arithmetic on two float constants is not folded; make one an input".into());
     };
     let n = x.len().max(y.len());
-    if !(x.len() == y.len() || x.len() == 1 || y.len() == 1) {
+    if x.is_empty() != y.is_empty() || !(x.len() == y.len() || x.len() == 1 || y.len() == 1) {
         return Err(format!("constants of shapes {:?} and {:?} do not broadcast", a.dims, b.dims));
     }
     let at = |v: &[i64], i: usize| if v.len() == 1 { v[0] } else { v[i] };

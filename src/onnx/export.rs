@@ -627,14 +627,9 @@ impl<'a> Exporter<'a> {
             }
             Some(Repr::Fill { value, ty }) if elem == data_type::BFLOAT16 => {
                 // Opset 17's ConstantOfShape has no bfloat16 output: an initializer.
-                let t = Tensor::full(&ty.with_dtype(ty.dtype), *value)?;
-                let name = if elem == store && want == own {
-                    self.name_of(v)
-                } else {
-                    self.fresh(&format!("{vname}.{}", elem_suffix(elem)))
-                };
-                self.inits.push(tensor_proto(&name, &t, elem, &want));
-                name
+                let t = Tensor::full(ty, *value)?;
+                self.repr.insert(v, Repr::Init(t));
+                return self.get_as(v, elem, dims);
             }
             Some(Repr::Fill { value, ty }) => {
                 // The value as the tensor would hold it: rounded to its dtype, then to `elem`.
