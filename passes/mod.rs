@@ -57,6 +57,9 @@ pub struct Options {
     pub verify_each: bool,
     /// Print the text IR to stderr after these passes.
     pub print_after: Vec<String>,
+    /// The graph is an inference graph: verification asks for no loss
+    /// (set by [`lower_inference`]).
+    pub inference: bool,
 }
 
 impl Default for Options {
@@ -69,6 +72,7 @@ impl Default for Options {
             explain: false,
             verify_each: false,
             print_after: Vec::new(),
+            inference: false,
         }
     }
 }
@@ -128,13 +132,23 @@ pub fn lower_fp32(g: &mut Graph, opts: &Options) -> Result<(), PassError> {
     run_passes(g, &mut [&mut p.grad, &mut p.master_weights, &mut p.cleanup], opts)
 }
 
+/// The inference pipeline, for a graph with no loss and no backward part
+/// (an imported ONNX model): autocast and cleanup.
+pub fn lower_inference(g: &mut Graph, opts: &Options) -> Result<Lowered, PassError> {
+    let opts = Options { inference: true, ..opts.clone() };
+    let mut p = Pipeline::new(&opts);
+    run_passes(g, &mut [&mut p.autocast, &mut p.cleanup], &opts)?;
+    Ok(Lowered { autocast: p.autocast.report })
+}
+
 /// Runs the given passes in order, with verification and printing as `opts` say.
 pub fn run_passes(g: &mut Graph, passes: &mut [&mut dyn Pass], opts: &Options) -> Result<(), PassError> {
     let verify_each = opts.verify_each || cfg!(debug_assertions);
     for pass in passes.iter_mut() {
         pass.run(g)?;
         if verify_each {
-            verify::verify(g).map_err(|err| PassError::Invalid { pass: pass.name(), err })?;
+            let checked = if opts.inference { verify::verify_inference(g) } else { verify::verify(g) };
+            checked.map_err(|err| PassError::Invalid { pass: pass.name(), err })?;
         }
         if opts.print_after.iter().any(|p| p == pass.name()) {
             eprintln!("// after {}\n{}", pass.name(), text::to_string(g));

@@ -31,7 +31,7 @@ pub struct ImportArgs {
     input_shapes: Vec<(String, Vec<u64>)>,
 }
 
-fn parse_shape(s: &str) -> Result<(String, Vec<u64>), String> {
+pub fn parse_shape(s: &str) -> Result<(String, Vec<u64>), String> {
     let (name, dims) = s.rsplit_once('=').ok_or("expected NAME=D0,D1,...")?;
     let dims = dims
         .split(',')
@@ -56,19 +56,19 @@ pub fn import(args: ImportArgs) -> Result<(), miette::Report> {
     let optimizer =
         Optimizer { momentum: (kind == OptimizerKind::Sgd).then_some(args.momentum), ..Optimizer::new(kind, args.lr) };
     let opts = ImportOptions {
-        loss: args.loss,
+        loss: Some(args.loss),
         optimizer,
         weights_file: weights_file.clone(),
         input_shapes: args.input_shapes,
         dropout_seed: 0,
     };
     let started = std::time::Instant::now();
-    let im = mpc::onnx::import(&bytes, &opts).map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
+    let im = mpc::onnx::import(bytes, &opts).map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
     let converted = started.elapsed();
     let dir = args.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !im.weights.is_empty() {
         let path = dir.join(&weights_file);
-        mpc::checkpoint::write_tensors(&path, &im.weights).map_err(|e| msg(e.to_string()))?;
+        mpc::onnx::raw::write_safetensors(&path, &im.weights).map_err(msg)?;
     }
     let json = mpc::emit::json::to_string(&im.graph);
     write_atomic(&args.output, json.as_bytes())
@@ -77,7 +77,7 @@ pub fn import(args: ImportArgs) -> Result<(), miette::Report> {
         eprintln!("note: {note}");
     }
     let g = &im.graph;
-    let elements: u64 = im.weights.values().map(|t| t.shape().numel().unwrap_or(0)).sum();
+    let elements: u64 = im.weights.values().map(|t| t.numel() as u64).sum();
     // The conversion time excludes reading the model and writing the files,
     // which are disk time (the weights file is synced before its rename).
     eprintln!(

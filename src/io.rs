@@ -63,12 +63,32 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
 /// Writes `contents` to `path` through a temporary file in the same
 /// directory and a rename, so `path` is either untouched or complete.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    write_atomic_chunks(path, &[contents])
+}
+
+/// A temporary file in `path`'s folder, to be renamed onto `path`: created
+/// with the permissions a new file gets (0666 less the umask), not the
+/// owner-only ones of a temporary file, since it becomes the user's output.
+pub fn temp_beside(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(contents)?;
+    let mut b = tempfile::Builder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    b.tempfile_in(dir)
+}
+
+/// [`write_atomic`] of the concatenation of `chunks` (not made in memory).
+pub fn write_atomic_chunks(path: &Path, chunks: &[impl AsRef<[u8]>]) -> std::io::Result<()> {
+    let mut tmp = temp_beside(path)?;
+    for c in chunks {
+        tmp.write_all(c.as_ref())?;
+    }
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())

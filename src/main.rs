@@ -10,6 +10,7 @@ use mpc::passes;
 
 mod compare;
 mod import_cmd;
+mod lower_onnx;
 
 #[derive(Parser)]
 #[command(name = "mpc", version, about = "A mixed-precision training compiler", long_about = None)]
@@ -85,8 +86,12 @@ enum Command {
         model: PathBuf,
     },
     /// Run the lowering pipeline and write the result.
+    ///
+    /// An ONNX model (a `.onnx` file) is lowered for inference: imported
+    /// with no loss, autocast and cleanup, and emitted (`--emit onnx` for a
+    /// mixed-precision ONNX model), the weights converted once in memory.
     Lower {
-        /// The graph file (JSON, format mpc/1).
+        /// The graph file (JSON, format mpc/1), or an ONNX model (.onnx).
         model: PathBuf,
         /// Write here (atomically) instead of to standard output.
         #[arg(short, long)]
@@ -116,6 +121,14 @@ enum Command {
         /// (ONNX TensorProto, the ONNX test-data layout).
         #[arg(long, value_name = "DIR")]
         onnx_test_data: Option<PathBuf>,
+        /// With an ONNX model: the shape of an input, for symbolic or to
+        /// override dimensions: NAME=D0,D1,... (repeatable).
+        #[arg(long = "input-shape", value_name = "NAME=DIMS", value_parser = import_cmd::parse_shape)]
+        input_shapes: Vec<(String, Vec<u64>)>,
+        /// With an ONNX model: lower it N times in this process and print
+        /// the best and median time (benchmarking); the output is written once.
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        repeat: u32,
     },
     /// Show, for every node, its precision class, chosen type and the rule that chose it.
     Explain {
@@ -262,6 +275,8 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
             onnx_bf16,
             seed,
             onnx_test_data,
+            input_shapes,
+            repeat,
         } => {
             let names = passes::pass_names();
             if let Some(p) = print_after.iter().find(|p| !names.contains(&p.as_str())) {
@@ -277,6 +292,34 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
                 usage_error("--onnx-bf16: only with --precision bf16".into());
             }
             let opts = passes::Options { verify_each, print_after, ..pass_args.options()? };
+            if lower_onnx::is_onnx(&model) {
+                if how == Emit::Json {
+                    usage_error(
+                        "an ONNX model lowers to --emit onnx, text or dot; for a training graph (JSON) \
+                         use `mpc import` first"
+                            .into(),
+                    );
+                }
+                if seed.is_some() || onnx_test_data.is_some() {
+                    usage_error(
+                        "--seed and --onnx-test-data need a graph file: `mpc import` the ONNX model first".into(),
+                    );
+                }
+                return lower_onnx::lower(lower_onnx::OnnxLower {
+                    model,
+                    output,
+                    emit: how,
+                    opts: mpc::onnx::lower::InferenceOptions {
+                        passes: (pass_args.precision != LowType::Fp32).then_some(opts),
+                        bf16: onnx_bf16.unwrap_or_default(),
+                        input_shapes,
+                    },
+                    repeat: repeat as usize,
+                });
+            }
+            if !input_shapes.is_empty() || repeat > 1 {
+                usage_error("--input-shape and --repeat apply only to an ONNX model".into());
+            }
             let started = std::time::Instant::now();
             let g = if pass_args.precision == LowType::Fp32 {
                 let mut g = load_verified(&model)?;
@@ -302,9 +345,12 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
                     let m = mpc::onnx::export::export(&g, &onnx).map_err(fail)?;
                     let data = mpc::onnx::export::test_data(&g, &onnx, &m).map_err(fail)?;
                     write_test_data(dir, &data)?;
-                    prost::Message::encode_to_vec(&m)
+                    mpc::onnx::chunks::encode(m)
                 }
-                None => emit::emit(&g, how, &onnx).map_err(fail)?,
+                None if how == Emit::Onnx => {
+                    mpc::onnx::chunks::encode(mpc::onnx::export::export(&g, &onnx).map_err(fail)?)
+                }
+                None => vec![emit::emit(&g, how, &onnx).map_err(fail)?.into()],
             };
             // Reading, verifying, lowering and emitting (an ONNX export reads the
             // weights file too, and --onnx-test-data runs the executor); writing
@@ -315,13 +361,13 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
                 started.elapsed().as_secs_f64() * 1e3
             );
             match output {
-                Some(path) => write_atomic(&path, &out)
+                Some(path) => mpc::io::write_atomic_chunks(&path, &out)
                     .map_err(|e| miette::Report::msg(format!("cannot write {}: {e}", path.display())))?,
                 None => {
                     use std::io::Write;
                     let mut stdout = std::io::stdout().lock();
                     // A closed pipe (`mpc lower ... | head`) is not an error worth a message.
-                    let _ = stdout.write_all(&out);
+                    let _ = out.iter().try_for_each(|c| stdout.write_all(c));
                 }
             }
             Ok(())

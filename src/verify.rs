@@ -30,7 +30,16 @@ fn top(pointer: &str, message: String) -> Problem {
 
 /// Checks every invariant; `Ok` when none is broken.
 pub fn verify(g: &Graph) -> Result<(), VerifyError> {
-    let problems = problems(g);
+    result(problems(g))
+}
+
+/// [`verify`] for an inference graph (an imported ONNX model lowered for
+/// inference): the same invariants, except that it has no loss.
+pub fn verify_inference(g: &Graph) -> Result<(), VerifyError> {
+    result(problems_of(g, false))
+}
+
+fn result(problems: Vec<Problem>) -> Result<(), VerifyError> {
     if problems.is_empty() {
         Ok(())
     } else {
@@ -40,6 +49,10 @@ pub fn verify(g: &Graph) -> Result<(), VerifyError> {
 
 /// Every broken invariant of `g`.
 pub fn problems(g: &Graph) -> Vec<Problem> {
+    problems_of(g, true)
+}
+
+fn problems_of(g: &Graph, need_loss: bool) -> Vec<Problem> {
     let mut out: Vec<Problem> = g.name_map_problems().into_iter().map(|m| Problem::new(None, None, m)).collect();
     let order = match g.topo_order() {
         Ok(o) => o,
@@ -147,6 +160,7 @@ pub fn problems(g: &Graph) -> Vec<Problem> {
         }
     }
     match g.loss {
+        None if !need_loss => {}
         None => out.push(top("/loss", "the graph has no loss".into())),
         Some(l) => {
             let t = g.ty(l);

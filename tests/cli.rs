@@ -201,3 +201,48 @@ fn emit_onnx_writes_a_file_and_needs_one() {
     assert!(stderr(&o).contains("list the inference outputs"), "{}", stderr(&o));
     assert!(!out.exists());
 }
+
+#[test]
+fn lower_takes_an_onnx_model_directly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sq16.onnx");
+    let model = "tests/data/onnx/light_squeezenet.onnx";
+    let o = mpc(&["lower", model, "--emit", "onnx", "-o", out.to_str().unwrap(), "--repeat", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("ONNX nodes imported, lowered and emitted in"), "{e}");
+    assert!(e.contains("3 runs in this process: best"), "{e}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, b"").unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&out), mode(&plain), "the output has the permissions of any new file");
+    }
+    let m = <mpc::onnx::proto::ModelProto as prost::Message>::decode(&std::fs::read(&out).unwrap()[..]).unwrap();
+    let casts = m.graph.unwrap().node.iter().filter(|n| n.op_type.as_deref() == Some("Cast")).count();
+    assert_eq!(casts, 2, "one cast in, one out");
+    // The text form of the lowered inference graph.
+    let o = mpc(&["lower", model, "--emit", "text", "--precision", "bf16"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(":bf16[1,64,111,111] = conv2d"), "bf16 convs in the text IR");
+}
+
+#[test]
+fn onnx_lowering_refuses_what_needs_a_graph_file() {
+    let model = "tests/data/onnx/light_squeezenet.onnx";
+    for (args, says) in [
+        (vec!["lower", model], "use `mpc import` first"),
+        (vec!["lower", model, "--emit", "onnx", "-o", "x.onnx", "--seed", "1"], "need a graph file"),
+        (vec!["lower", "ir-examples/mlp.json", "--input-shape", "x=1,2"], "only to an ONNX model"),
+        (vec!["lower", "ir-examples/mlp.json", "--repeat", "2"], "only to an ONNX model"),
+    ] {
+        let o = mpc(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+    }
+    let o = mpc(&["lower", "tests/data/onnx/README.md.onnx", "--emit", "onnx", "-o", "x.onnx"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("cannot read tests/data/onnx/README.md.onnx"), "{}", stderr(&o));
+}

@@ -444,15 +444,15 @@ fn conv_bias_adds_fold_into_conv_except_in_emulated_bf16() {
     use mpc::onnx::{import, ImportOptions, Loss};
     let bytes = std::fs::read("tests/data/onnx/light_squeezenet.onnx").unwrap();
     let opts = ImportOptions {
-        loss: Loss::CrossEntropy,
+        loss: Some(Loss::CrossEntropy),
         optimizer: Optimizer::new(OptimizerKind::Sgd, 0.01),
         weights_file: "w.safetensors".into(),
         input_shapes: vec![],
         dropout_seed: 0,
     };
-    let im = import(&bytes, &opts).unwrap();
+    let im = import(bytes, &opts).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    mpc::checkpoint::write_tensors(&dir.path().join("w.safetensors"), &im.weights).unwrap();
+    mpc::onnx::raw::write_safetensors(&dir.path().join("w.safetensors"), &im.weights).unwrap();
     for (low, mode, fused) in [
         (mpc::DType::F16, Bf16Mode::Native, true),
         (mpc::DType::Bf16, Bf16Mode::Native, true),

@@ -99,8 +99,9 @@ fn gather_const(data: &Const, idx: &[i64], idx_dims: &[u64], ax: usize) -> Resul
     }
     let dims: Vec<u64> = d[..ax].iter().chain(idx_dims).chain(&d[ax + 1..]).copied().collect();
     let pick = |o: u64, p: u64, k: u64| ((o * d[ax] + p) * inner + k) as usize;
-    let out = match &data.data {
+    let out = match &*data.data.unpacked() {
         ConstData::Fill(x) => ConstData::Fill(*x),
+        ConstData::Raw(_) => unreachable!("unpacked"),
         ConstData::F32(v) => ConstData::F32(
             (0..outer)
                 .flat_map(|o| picks.iter().flat_map(move |&p| (0..inner).map(move |k| v[pick(o, p, k)])))
@@ -652,7 +653,7 @@ fn constant_attr(at: &Attrs) -> Result<Const, String> {
 }
 
 fn cast_const(c: &Const, to_float: bool) -> Const {
-    let data = match (&c.data, to_float) {
+    let data = match (&*c.data.unpacked(), to_float) {
         (ConstData::I64(v), true) => ConstData::F32(v.iter().map(|&x| x as f32).collect()),
         (ConstData::F32(v), false) => ConstData::I64(v.iter().map(|&x| x as i64).collect()),
         (ConstData::Fill(x), false) => ConstData::Fill(x.trunc()),

@@ -18,6 +18,7 @@
 
 use std::path::PathBuf;
 
+use bytes::Bytes;
 use prost::Message;
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -30,6 +31,7 @@ use super::proto::{
     attr_type, data_type, AttributeProto, Dimension, DimensionValue, GraphProto, ModelProto, NodeProto,
     OperatorSetIdProto, TensorProto, TensorShapeProto, TensorTypeProto, TypeProto, TypeValue, ValueInfoProto,
 };
+use super::raw::{self, RawTensor, RawWeights, Rounding};
 
 /// The ONNX opset the exporter writes (default domain).
 pub const OPSET: i64 = 17;
@@ -135,8 +137,38 @@ fn plan(g: &Graph) -> Result<Plan, ExportError> {
 
 /// Exports the forward part of `g` (a lowered graph) as an ONNX model.
 pub fn export(g: &Graph, opts: &Options) -> Result<ModelProto, ExportError> {
+    export_with(g, opts, None)
+}
+
+/// [`export`], taking the values of `init: file` params and state from
+/// `weights` instead of the graph's weights file (an imported model's
+/// weights, still in memory).
+pub fn export_with(g: &Graph, opts: &Options, weights: Option<&RawWeights>) -> Result<ModelProto, ExportError> {
     let Plan { outputs, nodes, needed } = plan(g)?;
-    let state = initial_values(g, &nodes, opts, false)?;
+    let mut state = RawWeights::new();
+    let mut rest = Vec::new();
+    for &n in &nodes {
+        let node = g.node(n);
+        match (&node.op, weights.and_then(|w| w.get(&node.name))) {
+            (Op::Param { init: Init::File, ty } | Op::State { init: Init::File, ty }, Some(t)) => {
+                if t.dtype != ty.dtype || t.dims != ty.shape.0 {
+                    return Err(ExportError::Graph(format!(
+                        "the weights give `{}` as {} {:?}, but the graph says {ty}",
+                        node.name, t.dtype, t.dims
+                    )));
+                }
+                state.insert(node.name.clone(), t.clone());
+            }
+            _ => rest.push(n),
+        }
+    }
+    let mut sources = opts.clone();
+    if weights.is_some() {
+        // Everything from the file is given; the rest comes from its `init`.
+        sources.base_dir = None;
+    }
+    let computed = initial_values(g, &rest, &sources, false, weights.is_none())?;
+    state.extend(computed.into_iter().map(|(k, t)| (k, RawTensor::from_tensor(t))));
     let mut x = Exporter::new(g, opts.bf16, state, needed);
     for &n in &nodes {
         for v in g.values(n) {
@@ -168,7 +200,7 @@ pub fn test_data(g: &Graph, opts: &Options, model: &ModelProto) -> Result<TestDa
     use crate::exec::rng::{combine, fnv1a, SplitMix64};
     use crate::exec::{CpuBackend, Executor, RunOptions};
     let Plan { outputs, nodes, .. } = plan(g)?;
-    let state = initial_values(g, &nodes, opts, true)?;
+    let state = initial_values(g, &nodes, opts, true, true)?;
     // The exported part alone, dropout off.
     let mut f = g.clone();
     let keep: FxHashSet<NodeId> = nodes.iter().copied().collect();
@@ -238,9 +270,9 @@ pub fn test_data(g: &Graph, opts: &Options, model: &ModelProto) -> Result<TestDa
 /// depends only on its name, type, init and the seed).
 /// Fills are left out unless `fills` (the executor needs every value; the
 /// exporter writes fills as ConstantOfShape).
-fn initial_values(g: &Graph, nodes: &[NodeId], opts: &Options, fills: bool) -> Result<State, ExportError> {
+fn initial_values(g: &Graph, nodes: &[NodeId], opts: &Options, fills: bool, file: bool) -> Result<State, ExportError> {
     let mut sources = Graph::new(g.name.clone());
-    sources.weights = g.weights.clone();
+    sources.weights = if file { g.weights.clone() } else { None };
     for &n in nodes {
         let node = g.node(n);
         if matches!(node.op, Op::Param { .. } | Op::State { .. }) && (fills || fill_value(&node.op).is_none()) {
@@ -348,12 +380,45 @@ enum Repr {
     Act(String),
     /// A constant: an initializer made on first use, in whatever element
     /// type a reader asks for.
-    Init(Tensor),
+    Init(InitVal),
     /// A param or state whose init is one value everywhere (constant, zeros,
     /// ones): a ConstantOfShape node on first use, so that a model whose
     /// weights are fills (the light models) is neither materialised nor
     /// written out element by element.
     Fill { value: f64, ty: TensorType },
+}
+
+/// A constant's values: `raw` converted to `round` (when given), the way a
+/// chain of casts would convert them. Converting lazily lets the one
+/// conversion an initializer needs run in the batch at the end, straight
+/// from the model's bytes.
+#[derive(Clone, Debug)]
+struct InitVal {
+    raw: RawTensor,
+    round: Option<DType>,
+}
+
+impl InitVal {
+    fn of(t: Tensor) -> InitVal {
+        InitVal { raw: RawTensor::from_tensor(t), round: None }
+    }
+
+    /// The values, as a tensor of their own dtype (a conversion, done now).
+    fn settled(&self) -> Result<RawTensor, ExportError> {
+        Ok(match self.round {
+            Some(r) => self.raw.cast(r)?,
+            None => self.raw.clone(),
+        })
+    }
+
+    /// The values after `Cast(to)`.
+    fn cast(&self, to: DType) -> Result<InitVal, ExportError> {
+        let raw = match self.round {
+            Some(r) if r != self.raw.dtype => self.settled()?,
+            _ => self.raw.clone(),
+        };
+        Ok(InitVal { raw, round: Some(to) })
+    }
 }
 
 /// Fills smaller than this are plain initializers.
@@ -377,7 +442,10 @@ fn fill_value(op: &Op) -> Option<f64> {
 struct Exporter<'a> {
     g: &'a Graph,
     mode: Bf16Mode,
-    state: State,
+    state: RawWeights,
+    /// Initializers whose data the batch conversion at the end makes:
+    /// (index in `inits`, f32 source bytes, conversion).
+    pending: Vec<(usize, Bytes, Rounding)>,
     /// Values that some exported node reads or that are outputs.
     needed: FxHashSet<ValueId>,
     /// Every name in use or reserved for an mpc value.
@@ -446,7 +514,7 @@ fn tensor_proto(name: &str, t: &Tensor, elem: i32, dims: &[u64]) -> TensorProto 
         dims: dims.iter().map(|&d| d as i64).collect(),
         data_type: Some(elem),
         name: Some(name.into()),
-        raw_data: Some(raw),
+        raw_data: Some(Bytes::from(raw)),
         ..Default::default()
     }
 }
@@ -461,11 +529,12 @@ fn dims_of(ty: &TensorType) -> Vec<u64> {
 }
 
 impl<'a> Exporter<'a> {
-    fn new(g: &'a Graph, mode: Bf16Mode, state: State, needed: FxHashSet<ValueId>) -> Exporter<'a> {
+    fn new(g: &'a Graph, mode: Bf16Mode, state: RawWeights, needed: FxHashSet<ValueId>) -> Exporter<'a> {
         Exporter {
             g,
             mode,
             state,
+            pending: Vec::new(),
             needed,
             taken: FxHashSet::default(),
             vname: FxHashMap::default(),
@@ -570,6 +639,37 @@ impl<'a> Exporter<'a> {
         name
     }
 
+    /// Appends initializer `name` holding `val` as element type `elem`:
+    /// the source bytes themselves when no conversion is needed, a pending
+    /// batch conversion for f32 to f16/bf16, else converted now.
+    fn push_init(&mut self, name: &str, val: &InitVal, elem: i32, dims: &[u64]) -> Result<(), ExportError> {
+        let target = elem_dtype(elem);
+        let raw = &val.raw;
+        let value_type = val.round.unwrap_or(raw.dtype);
+        let batch = match (raw.dtype, value_type, target) {
+            (DType::F32, DType::F16, DType::F16) | (DType::F32, DType::F32, DType::F16) => Some(Rounding::F16),
+            (DType::F32, DType::Bf16, DType::Bf16) | (DType::F32, DType::F32, DType::Bf16) => Some(Rounding::Bf16),
+            (DType::F32, DType::Bf16, DType::F32) => Some(Rounding::Bf16AsF32),
+            _ => None,
+        };
+        let data = match batch {
+            Some(r) => {
+                self.pending.push((self.inits.len(), raw.data.clone(), r));
+                None
+            }
+            None if value_type == raw.dtype && target == raw.dtype => Some(raw.data.clone()),
+            None => Some(val.settled()?.cast(target)?.data),
+        };
+        self.inits.push(TensorProto {
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: Some(elem),
+            name: Some(name.into()),
+            raw_data: data,
+            ..Default::default()
+        });
+        Ok(())
+    }
+
     /// A scalar initializer of element type `elem`, named after `hint`
     /// when first made and shared by every reader of the same value.
     fn scalar(&mut self, elem: i32, value: f64, hint: &str) -> String {
@@ -594,7 +694,7 @@ impl<'a> Exporter<'a> {
             dims: vec![values.len() as i64],
             data_type: Some(data_type::INT64),
             name: Some(name),
-            raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into()),
             ..Default::default()
         })
     }
@@ -622,13 +722,13 @@ impl<'a> Exporter<'a> {
                 } else {
                     self.fresh(&format!("{vname}.{}.reshaped", elem_suffix(elem)))
                 };
-                self.inits.push(tensor_proto(&name, &t, elem, &want));
+                self.push_init(&name, &t, elem, &want)?;
                 name
             }
             Some(Repr::Fill { value, ty }) if elem == data_type::BFLOAT16 => {
                 // Opset 17's ConstantOfShape has no bfloat16 output: an initializer.
                 let t = Tensor::full(ty, *value)?;
-                self.repr.insert(v, Repr::Init(t));
+                self.repr.insert(v, Repr::Init(InitVal::of(t)));
                 return self.get_as(v, elem, dims);
             }
             Some(Repr::Fill { value, ty }) => {
@@ -787,10 +887,10 @@ impl<'a> Exporter<'a> {
                     .get(&node.name)
                     .cloned()
                     .ok_or_else(|| ExportError::Graph(format!("no initial value for `{}`", node.name)))?;
-                self.repr.insert(v0, Repr::Init(t));
+                self.repr.insert(v0, Repr::Init(InitVal { raw: t, round: None }));
             }
             Op::Constant { value, ty } => {
-                self.repr.insert(v0, Repr::Init(Tensor::full(ty, *value)?));
+                self.repr.insert(v0, Repr::Init(InitVal::of(Tensor::full(ty, *value)?)));
             }
             Op::Cast { to } => match self.repr.get(&ins[0]) {
                 Some(Repr::Fill { value, ty }) => {
@@ -799,7 +899,7 @@ impl<'a> Exporter<'a> {
                     self.repr.insert(v0, Repr::Fill { value, ty: ty.with_dtype(*to) });
                 }
                 Some(Repr::Init(t)) => {
-                    let t = Tensor::new(t.shape().clone(), t.data().cast(*to))?;
+                    let t = t.cast(*to)?;
                     self.repr.insert(v0, Repr::Init(t));
                 }
                 _ => {
@@ -935,20 +1035,25 @@ impl<'a> Exporter<'a> {
                 if let Some((add, param, to)) = self.bias_add(n) {
                     let p = g.node(param);
                     let t = match (fill_value(&p.op), &p.op) {
-                        (Some(value), Op::Param { ty, .. } | Op::State { ty, .. }) => Tensor::full(ty, value)?,
-                        _ => self
-                            .state
-                            .get(&p.name)
-                            .cloned()
-                            .ok_or_else(|| ExportError::Graph(format!("no initial value for `{}`", p.name)))?,
+                        (Some(value), Op::Param { ty, .. } | Op::State { ty, .. }) => {
+                            InitVal::of(Tensor::full(ty, value)?)
+                        }
+                        _ => InitVal {
+                            raw: self
+                                .state
+                                .get(&p.name)
+                                .cloned()
+                                .ok_or_else(|| ExportError::Graph(format!("no initial value for `{}`", p.name)))?,
+                            round: None,
+                        },
                     };
                     let t = match to {
-                        Some(to) => Tensor::new(t.shape().clone(), t.data().cast(to))?,
+                        Some(to) => t.cast(to)?,
                         None => t,
                     };
                     let c = wd[0];
                     let bias = self.fresh(&format!("{}.bias", p.name));
-                    self.inits.push(tensor_proto(&bias, &t, ct, &[c]));
+                    self.push_init(&bias, &t, ct, &[c])?;
                     self.fused.insert(add);
                     self.simple(ValueId { node: add, slot: 0 }, "Conv", vec![x, w, bias], ct, false, attrs)?;
                     return Ok(());
@@ -1196,7 +1301,7 @@ impl<'a> Exporter<'a> {
             let mut name = self.name_of(v);
             if let Some(Repr::Fill { value, ty }) = self.repr.get(&v) {
                 let t = Tensor::full(ty, *value)?;
-                self.repr.insert(v, Repr::Init(t));
+                self.repr.insert(v, Repr::Init(InitVal::of(t)));
             }
             if let Some(Repr::Init(t)) = self.repr.get(&v) {
                 // A graph output must be a node's: copy the constant.
@@ -1209,7 +1314,7 @@ impl<'a> Exporter<'a> {
                     }
                     None => {
                         let src = self.fresh(&format!("{name}.value"));
-                        self.inits.push(tensor_proto(&src, &t, store, &dims_of(ty)));
+                        self.push_init(&src, &t, store, &dims_of(ty))?;
                         src
                     }
                 };
@@ -1224,6 +1329,10 @@ impl<'a> Exporter<'a> {
             .filter(|(n, _, _)| !out_names.contains(n))
             .map(|(n, e, d)| value_info(n, *e, d))
             .collect();
+        let jobs: Vec<(Bytes, Rounding)> = self.pending.iter().map(|(_, b, r)| (b.clone(), *r)).collect();
+        for ((k, _, _), data) in self.pending.iter().zip(raw::convert(&jobs)) {
+            self.inits[*k].raw_data = Some(data);
+        }
         let graph = GraphProto {
             node: self.nodes,
             name: Some(if self.g.name.is_empty() { "mpc".into() } else { self.g.name.clone() }),

@@ -1,4 +1,5 @@
-//! `mpc import`: an ONNX inference model becomes an mpc training graph.
+//! `mpc import`: an ONNX inference model becomes an mpc training graph
+//! (or, with no loss, an inference graph for `mpc lower model.onnx`).
 //!
 //! Float initializers become params (their values go to a safetensors file
 //! beside the graph, `init: file`), BatchNormalization statistics and
@@ -10,12 +11,13 @@
 
 use std::rc::Rc;
 
+use bytes::Bytes;
 use prost::Message;
 use rustc_hash::FxHashMap;
 
 use super::proto::{data_type as dt, DimensionValue, ModelProto, NodeProto, TypeValue};
+use super::raw::{RawTensor, RawWeights};
 use super::tensor::{decode, Const, ConstData};
-use crate::exec::{Data, State, Tensor};
 use crate::format::Optimizer;
 use crate::graph::{Graph, ValueId};
 use crate::op::{Init, Op, Role};
@@ -34,7 +36,9 @@ pub enum Loss {
 /// How to import.
 #[derive(Clone, Debug)]
 pub struct ImportOptions {
-    pub loss: Loss,
+    /// The loss that makes a training graph; `None` imports the inference
+    /// graph as it is (no loss, no optimizer), for `mpc lower model.onnx`.
+    pub loss: Option<Loss>,
     pub optimizer: Optimizer,
     /// The `weights` file name written into the graph (relative to it).
     pub weights_file: String,
@@ -48,8 +52,9 @@ pub struct ImportOptions {
 #[derive(Debug)]
 pub struct Imported {
     pub graph: Graph,
-    /// Values of the `init: file` params and state, by node name.
-    pub weights: State,
+    /// Values of the `init: file` params and state, by node name: slices
+    /// of the model's bytes where the model stores them raw.
+    pub weights: RawWeights,
     /// What the importer decided that a user should know.
     pub notes: Vec<String>,
     pub onnx_nodes: usize,
@@ -133,15 +138,17 @@ pub(super) struct Importer {
     pub vals: FxHashMap<String, Val>,
     /// Constants already turned into param/state nodes, by ONNX name.
     materialized: FxHashMap<String, ValueId>,
-    pub weights: State,
+    pub weights: RawWeights,
     pub notes: Vec<String>,
     pub dropout_seed: u64,
     /// Every value some node or graph output reads.
     pub used: rustc_hash::FxHashSet<String>,
 }
 
-/// Imports an ONNX model from its bytes.
-pub fn import(bytes: &[u8], opts: &ImportOptions) -> Result<Imported, ImportError> {
+/// Imports an ONNX model from its bytes (kept, not copied: float
+/// initializers stored raw become slices of them).
+pub fn import(bytes: impl Into<Bytes>, opts: &ImportOptions) -> Result<Imported, ImportError> {
+    let bytes: Bytes = bytes.into();
     let err = |m: String| ImportError(m);
     let model = ModelProto::decode(bytes).map_err(|e| err(format!("not an ONNX model (protobuf: {e})")))?;
     let graph = model.graph.as_ref().ok_or_else(|| err("the model has no graph".into()))?;
@@ -177,7 +184,7 @@ pub fn import(bytes: &[u8], opts: &ImportOptions) -> Result<Imported, ImportErro
         opset,
         vals: FxHashMap::default(),
         materialized: FxHashMap::default(),
-        weights: State::new(),
+        weights: RawWeights::new(),
         notes: Vec::new(),
         dropout_seed: opts.dropout_seed,
         used: graph
@@ -221,13 +228,15 @@ pub fn import(bytes: &[u8], opts: &ImportOptions) -> Result<Imported, ImportErro
     }
     let first = *outputs.first().ok_or_else(|| err("the model has no outputs".into()))?;
     im.g.outputs = outputs;
-    im.add_loss(first, opts.loss).map_err(|m| err(format!("adding the {:?} loss: {m}", opts.loss)))?;
-    im.g.optimizer = Some(opts.optimizer.clone());
+    if let Some(loss) = opts.loss {
+        im.add_loss(first, loss).map_err(|m| err(format!("adding the {loss:?} loss: {m}")))?;
+        im.g.optimizer = Some(opts.optimizer.clone());
+    }
     if !im.weights.is_empty() {
         im.g.weights = Some(opts.weights_file.clone());
     }
-    crate::verify(&im.g)
-        .map_err(|e| err(format!("the imported graph does not verify (a bug in mpc import): {e:?}")))?;
+    let checked = if opts.loss.is_some() { crate::verify(&im.g) } else { crate::verify::verify_inference(&im.g) };
+    checked.map_err(|e| err(format!("the imported graph does not verify (a bug in mpc import): {e:?}")))?;
     Ok(Imported { graph: im.g, weights: im.weights, notes: im.notes, onnx_nodes: graph.node.len() })
 }
 
@@ -348,13 +357,8 @@ impl Importer {
         let node_name = self.g.fresh_name(name);
         let init = match &c.data {
             ConstData::Fill(x) => Init::Constant { value: *x },
-            ConstData::F32(v) => {
-                let t = Tensor::from_f32(DType::F32, dims, v).map_err(|e| e.to_string())?;
-                self.weights.insert(node_name.clone(), t);
-                Init::File
-            }
-            ConstData::I64(v) => {
-                let t = Tensor::new(dims, Data::I64(v.clone())).map_err(|e| e.to_string())?;
+            data => {
+                let t = RawTensor::new(dtype, dims, data.le_bytes())?;
                 self.weights.insert(node_name.clone(), t);
                 Init::File
             }

@@ -1,15 +1,21 @@
 //! Tensor values of an ONNX model: initializers and constant attributes.
 
+use std::borrow::Cow;
+
+use bytes::Bytes;
 use half::{bf16, f16};
 
 use super::proto::{data_type as dt, TensorProto};
 
 /// The elements of a constant: floats widened to f32, integers and bools to i64.
 /// `Fill` is one value repeated (ConstantOfShape), kept unexpanded because a
-/// light model's weights are gigabytes of it.
+/// light model's weights are gigabytes of it. `Raw` is f32 `raw_data` left
+/// as the model file's bytes (little-endian), so that weights are neither
+/// copied nor decoded on import.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ConstData {
     F32(Vec<f32>),
+    Raw(Bytes),
     I64(Vec<i64>),
     Fill(f64),
 }
@@ -21,6 +27,28 @@ pub struct Const {
     pub data: ConstData,
     /// True for ONNX float types (the data may still be `Fill`).
     pub float: bool,
+}
+
+impl ConstData {
+    /// The data with `Raw` decoded to `F32`, for the few folds that compute on values.
+    pub fn unpacked(&self) -> Cow<'_, ConstData> {
+        match self {
+            ConstData::Raw(b) => Cow::Owned(ConstData::F32(le(b, f32::from_le_bytes))),
+            other => Cow::Borrowed(other),
+        }
+    }
+}
+
+impl ConstData {
+    /// The elements as little-endian bytes (f32 or i64); a fill has none.
+    pub fn le_bytes(&self) -> Bytes {
+        match self {
+            ConstData::Raw(b) => b.clone(),
+            ConstData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ConstData::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ConstData::Fill(_) => Bytes::new(),
+        }
+    }
 }
 
 impl Const {
@@ -43,8 +71,9 @@ impl Const {
             return None;
         }
         Some(match &self.data {
-            ConstData::F32(v) => v[0] as f64,
-            ConstData::I64(v) => v[0] as f64,
+            ConstData::F32(v) => *v.first()? as f64,
+            ConstData::Raw(b) => f32::from_le_bytes([*b.first()?, *b.get(1)?, *b.get(2)?, *b.get(3)?]) as f64,
+            ConstData::I64(v) => *v.first()? as f64,
             ConstData::Fill(x) => *x,
         })
     }
@@ -73,9 +102,13 @@ pub fn decode(t: &TensorProto) -> Result<Const, String> {
     let ty = t.data_type.unwrap_or(0);
     let raw = t.raw_data.as_deref();
     let (data, float) = match ty {
-        dt::FLOAT => {
-            (ConstData::F32(raw.map(|b| le(b, f32::from_le_bytes)).unwrap_or_else(|| t.float_data.clone())), true)
-        }
+        dt::FLOAT => match &t.raw_data {
+            Some(b) if b.len() % 4 != 0 => {
+                return Err(format!("its raw_data has {} bytes, not a whole number of FLOAT elements", b.len()))
+            }
+            Some(b) => (ConstData::Raw(b.clone()), true),
+            None => (ConstData::F32(t.float_data.clone()), true),
+        },
         dt::DOUBLE => {
             let v = raw.map(|b| le(b, f64::from_le_bytes)).unwrap_or_else(|| t.double_data.clone());
             (ConstData::F32(v.into_iter().map(|x| x as f32).collect()), true)
@@ -117,6 +150,7 @@ pub fn decode(t: &TensorProto) -> Result<Const, String> {
     };
     let len = match &data {
         ConstData::F32(v) => v.len(),
+        ConstData::Raw(b) => b.len() / 4,
         ConstData::I64(v) => v.len(),
         ConstData::Fill(_) => n as usize,
     };
@@ -135,10 +169,14 @@ mod tests {
         let t = TensorProto {
             dims: vec![2],
             data_type: Some(dt::FLOAT),
-            raw_data: Some([1.5f32.to_le_bytes(), (-2f32).to_le_bytes()].concat()),
+            raw_data: Some(Bytes::from([1.5f32.to_le_bytes(), (-2f32).to_le_bytes()].concat())),
             ..Default::default()
         };
-        assert_eq!(decode(&t).unwrap().data, ConstData::F32(vec![1.5, -2.0]));
+        let c = decode(&t).unwrap();
+        assert!(matches!(c.data, ConstData::Raw(_)), "f32 raw_data stays bytes");
+        assert_eq!(*c.data.unpacked(), ConstData::F32(vec![1.5, -2.0]));
+        let odd = TensorProto { raw_data: Some(Bytes::from(vec![0u8; 7])), ..t.clone() };
+        assert!(decode(&odd).unwrap_err().contains("7 bytes"));
         let t =
             TensorProto { dims: vec![3], data_type: Some(dt::INT64), int64_data: vec![1, -1, 7], ..Default::default() };
         assert_eq!(decode(&t).unwrap().ints(), Some(vec![1, -1, 7]));

@@ -22,6 +22,11 @@ For each model given:
    then falls the other way, and such 1-ulp flips propagate like rounding
    errors.
 4. Fail when an error (either column) exceeds its bound (below).
+5. For an ONNX model, also lower the reference directly (`mpc lower
+   reference.onnx --emit onnx`, FP16 and BF16 emulated: in memory, no graph
+   file) and fail unless onnxruntime computes exactly the same outputs from
+   it as from the import-then-lower export (rows `fp16-direct`,
+   `bf16e-direct`).
 
 Models:
 
@@ -85,7 +90,8 @@ import onnx
 from onnx import numpy_helper, TensorProto
 import onnxruntime as ort
 
-U = {"fp16": 2.0**-11, "bf16": 2.0**-8, "bf16e": 2.0**-8, "occ-fp16": 2.0**-11}
+U = {"fp16": 2.0**-11, "bf16": 2.0**-8, "bf16e": 2.0**-8, "occ-fp16": 2.0**-11,
+     "fp16-direct": 2.0**-11, "bf16e-direct": 2.0**-8}
 C = 1.0
 # Differences between two FP32 graphs come from summation order only:
 # ~sqrt(K) * 2^-24 for reductions of length K <= 10^6.
@@ -399,6 +405,15 @@ def check(spec, args, work):
         assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(again, inputs)), prec
     mpc_out = {prec: [a for _, a in load_test_data(data[prec], "output")] for prec in data}
     runs = {"fp32": exports["fp32"], "fp16": exports["fp16"], "bf16e": exports["bf16e"]}
+    direct = {}
+    if reference is not None:
+        # `mpc lower model.onnx`: the ONNX model lowered for inference in
+        # memory, no graph file; it must compute exactly what the
+        # import-then-lower export computes.
+        for prec, flags in [("fp16", ["--precision", "fp16"]), ("bf16e", ["--precision", "bf16", "--onnx-bf16", "emulated"])]:
+            direct[prec] = runs[f"{prec}-direct"] = os.path.join(d, f"{prec}-direct.onnx")
+            timings[f"direct {prec}"] = run([args.mpc, "lower", reference, *flags, "--emit", "onnx", "-o", direct[prec]])
+            onnx.checker.check_model(onnx.load(direct[prec]), full_check=True)
     if reference is None:
         reference = exports["fp32"]
     if args.occ:
@@ -417,6 +432,7 @@ def check(spec, args, work):
     out_names = [o.name for o in ref_sess.get_outputs()]
     rows = []
     failed = False
+    outputs = {}
     for prec, p in runs.items():
         t = time.time()
         sess = session(p)
@@ -424,10 +440,17 @@ def check(spec, args, work):
         timings[f"run {prec}"] = time.time() - t
         if len(ys) != len(y32):
             sys.exit(f"{name} {prec}: {len(ys)} outputs, the reference has {len(y32)}")
+        outputs[prec] = ys
+        if prec.endswith("-direct"):
+            same = all(np.array_equal(a, b) for a, b in zip(ys, outputs[prec[: -len("-direct")]]))
+            if not same:
+                print(f"FAIL {name} {prec}: the direct lowering computes other values than import + lower")
+                failed = True
         m = onnx.load(p, load_external_data=False)
         for k, (y, r) in enumerate(zip(ys, y32)):
             err = rel_err(y, r)
-            vs_mpc = rel_err(y, mpc_out[prec][k]) if prec in mpc_out else None
+            base = prec[: -len("-direct")] if prec.endswith("-direct") else prec
+            vs_mpc = rel_err(y, mpc_out[base][k]) if base in mpc_out else None
             out = m.graph.output[k].name
             L = rounding_depth(m, out)
             if prec == "fp32":

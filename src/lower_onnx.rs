@@ -1,0 +1,94 @@
+//! `mpc lower model.onnx`: an ONNX model straight to a mixed-precision ONNX
+//! model (or the text or DOT form of the lowered graph), in memory; see
+//! `mpc::onnx::lower`.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use mpc::emit::{self, Emit};
+use mpc::io::write_atomic_chunks;
+use mpc::onnx::lower::{self, InferenceOptions};
+
+/// What `mpc lower` was asked to do with an ONNX model.
+pub struct OnnxLower {
+    pub model: PathBuf,
+    pub output: Option<PathBuf>,
+    pub emit: Emit,
+    pub opts: InferenceOptions,
+    /// Lower this many times in the process and report the times (benchmarking).
+    pub repeat: usize,
+}
+
+fn at(model: &Path, m: impl std::fmt::Display) -> miette::Report {
+    miette::Report::msg(format!("{}: {m}", model.display()))
+}
+
+/// Lowers and emits once; the chunks of the output.
+fn once(job: &OnnxLower, bytes: &Bytes, quiet: bool) -> Result<(Vec<Bytes>, usize), miette::Report> {
+    let model = &job.model;
+    let l = lower::lower(bytes.clone(), &job.opts).map_err(|e| at(model, e))?;
+    if !quiet {
+        for note in &l.notes {
+            eprintln!("note: {note}");
+        }
+        if let Some(r) = &l.report {
+            for w in &r.warnings {
+                eprintln!("warning: {w}");
+            }
+            eprintln!("{}: {}", model.display(), r.summary());
+        }
+    }
+    let chunks = match job.emit {
+        Emit::Onnx => l.to_onnx(job.opts.bf16).map_err(|e| at(model, e))?,
+        how => {
+            let exp = mpc::onnx::export::Options { bf16: job.opts.bf16, ..Default::default() };
+            vec![Bytes::from(emit::emit(&l.graph, how, &exp).map_err(|e| at(model, e))?)]
+        }
+    };
+    Ok((chunks, l.onnx_nodes))
+}
+
+pub fn lower(job: OnnxLower) -> Result<(), miette::Report> {
+    let model = &job.model;
+    let bytes =
+        std::fs::read(model).map_err(|e| miette::Report::msg(format!("cannot read {}: {e}", model.display())))?;
+    let bytes = Bytes::from(bytes);
+    // From the model's bytes in memory to the output's: reading the file
+    // and writing the output are disk time, not counted.
+    let started = std::time::Instant::now();
+    let (chunks, nodes) = once(&job, &bytes, false)?;
+    let first = started.elapsed().as_secs_f64() * 1e3;
+    eprintln!("{}: {nodes} ONNX nodes imported, lowered and emitted in {first:.3} ms", model.display());
+    if job.repeat > 1 {
+        let mut times = vec![first];
+        for _ in 1..job.repeat {
+            let t = std::time::Instant::now();
+            std::hint::black_box(once(&job, &bytes, true)?);
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        eprintln!(
+            "{}: {} runs in this process: best {:.3} ms, median {:.3} ms, first {first:.3} ms",
+            model.display(),
+            times.len(),
+            times[0],
+            times[times.len() / 2]
+        );
+    }
+    match &job.output {
+        Some(path) => write_atomic_chunks(path, &chunks)
+            .map_err(|e| miette::Report::msg(format!("cannot write {}: {e}", path.display())))?,
+        None => {
+            use std::io::Write;
+            let mut stdout = std::io::stdout().lock();
+            // A closed pipe (`mpc lower ... | head`) is not an error worth a message.
+            let _ = chunks.iter().try_for_each(|c| stdout.write_all(c));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a model path names an ONNX file (by its extension).
+pub fn is_onnx(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+}

@@ -1,0 +1,84 @@
+//! An ONNX model straight to a mixed-precision ONNX model, in memory:
+//! import as an inference graph (no loss, no optimizer), autocast and
+//! cleanup, export. What `mpc lower model.onnx --emit onnx` runs, and the
+//! entry point for a program that embeds mpc as its FP16/BF16 converter.
+//!
+//! The weights are never copied on the way: an initializer's bytes stay a
+//! slice of `bytes` until the export converts them, once, into the buffer
+//! the output is written from (see [`super::raw`] and [`super::chunks`]).
+
+use bytes::Bytes;
+
+use super::export::{self, Bf16Mode};
+use super::raw::RawWeights;
+use super::{import, ImportOptions};
+use crate::format::{Optimizer, OptimizerKind};
+use crate::graph::Graph;
+use crate::passes::{self, autocast};
+
+/// How to lower an ONNX model.
+#[derive(Clone, Debug, Default)]
+pub struct InferenceOptions {
+    /// The mixed-precision settings; `None` keeps FP32 (cleanup only).
+    pub passes: Option<passes::Options>,
+    /// How bf16 values are written.
+    pub bf16: Bf16Mode,
+    /// Sizes for inputs with symbolic dimensions (or to override them).
+    pub input_shapes: Vec<(String, Vec<u64>)>,
+}
+
+/// A lowered inference graph and the weights its params read.
+#[derive(Debug)]
+pub struct Lowered {
+    pub graph: Graph,
+    pub weights: RawWeights,
+    /// What autocast decided (`None` for FP32).
+    pub report: Option<autocast::Report>,
+    /// What the importer decided that a user should know.
+    pub notes: Vec<String>,
+    pub onnx_nodes: usize,
+}
+
+/// Why a model could not be lowered: the message says where and what.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct LowerError(pub String);
+
+/// Imports `bytes` (an ONNX model) as an inference graph and lowers it.
+pub fn lower(bytes: Bytes, opts: &InferenceOptions) -> Result<Lowered, LowerError> {
+    let import_opts = ImportOptions {
+        loss: None,
+        optimizer: Optimizer::new(OptimizerKind::Sgd, 0.0),
+        weights_file: String::new(),
+        input_shapes: opts.input_shapes.clone(),
+        dropout_seed: 0,
+    };
+    let im = import(bytes, &import_opts).map_err(|e| LowerError(e.to_string()))?;
+    let mut graph = im.graph;
+    let report = match &opts.passes {
+        Some(p) => Some(passes::lower_inference(&mut graph, p).map_err(|e| LowerError(e.to_string()))?.autocast),
+        None => {
+            let p = passes::Options { inference: true, ..passes::Options::default() };
+            passes::run_passes(&mut graph, &mut [&mut passes::cleanup::Cleanup], &p)
+                .map_err(|e| LowerError(e.to_string()))?;
+            None
+        }
+    };
+    Ok(Lowered { graph, weights: im.weights, report, notes: im.notes, onnx_nodes: im.onnx_nodes })
+}
+
+impl Lowered {
+    /// The lowered model as ONNX: its protobuf encoding in chunks (their
+    /// concatenation is the file; large weights are chunks of their own).
+    pub fn to_onnx(&self, bf16: Bf16Mode) -> Result<Vec<Bytes>, LowerError> {
+        let exp = export::Options { bf16, ..Default::default() };
+        let m = export::export_with(&self.graph, &exp, Some(&self.weights)).map_err(|e| LowerError(e.to_string()))?;
+        Ok(super::chunks::encode(m))
+    }
+}
+
+/// [`lower`] then [`Lowered::to_onnx`]: ONNX model bytes in, the
+/// mixed-precision model's bytes (in chunks) out.
+pub fn convert(bytes: Bytes, opts: &InferenceOptions) -> Result<Vec<Bytes>, LowerError> {
+    lower(bytes, opts)?.to_onnx(opts.bf16)
+}

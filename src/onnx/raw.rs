@@ -1,0 +1,395 @@
+//! Weight data as shared little-endian bytes, and the bulk conversions of
+//! the export.
+//!
+//! An imported initializer's bytes are a slice of the model file's buffer
+//! (no copy); an exported initializer is either that slice again (same
+//! element type) or the result of one conversion pass that writes straight
+//! into the buffer the output is written from. All conversions of a model
+//! run as one batch, split over the cores, into one allocation (advised to
+//! use huge pages on Linux: for a model of hundreds of MB, page faults on a
+//! fresh buffer otherwise cost as much as the conversion itself).
+
+use std::collections::BTreeMap;
+use std::mem::MaybeUninit;
+use std::path::Path;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use half::{bf16, f16, slice::HalfFloatSliceExt};
+
+use crate::exec::{Data, ExecError, Tensor};
+use crate::types::DType;
+
+/// A tensor's elements as little-endian bytes, shared without copying.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawTensor {
+    pub dtype: DType,
+    pub dims: Vec<u64>,
+    pub data: Bytes,
+}
+
+/// Weights by node name, as [`crate::exec::State`] holds tensors.
+pub type RawWeights = BTreeMap<String, RawTensor>;
+
+/// Wraps a vector of plain values so that [`Bytes`] can own it.
+struct Owned<T>(Vec<T>);
+
+impl<T: bytemuck::Pod> AsRef<[u8]> for Owned<T> {
+    fn as_ref(&self) -> &[u8] {
+        bytemuck::cast_slice(&self.0)
+    }
+}
+
+/// A vector's elements as little-endian bytes, without a copy where the
+/// machine is little-endian.
+fn le_bytes<T, const N: usize>(v: Vec<T>, to_le: impl Fn(&T) -> [u8; N]) -> Bytes
+where
+    T: bytemuck::Pod + Send + 'static,
+{
+    if cfg!(target_endian = "little") {
+        Bytes::from_owner(Owned(v))
+    } else {
+        Bytes::from(v.iter().flat_map(to_le).collect::<Vec<u8>>())
+    }
+}
+
+fn from_le<const N: usize, T>(b: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
+    b.chunks_exact(N)
+        .map(|c| {
+            let mut a = [0u8; N];
+            a.copy_from_slice(c);
+            f(a)
+        })
+        .collect()
+}
+
+impl RawTensor {
+    /// A tensor over `data`, which must hold exactly the elements `dims` count.
+    pub fn new(dtype: DType, dims: Vec<u64>, data: Bytes) -> Result<RawTensor, String> {
+        let n = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).ok_or("its size overflows")?;
+        if (data.len() as u64) != n.saturating_mul(dtype.size_bytes() as u64) {
+            return Err(format!(
+                "it has {} bytes but {} {dtype} elements (dims {dims:?}) need {}",
+                data.len(),
+                n,
+                n.saturating_mul(dtype.size_bytes() as u64)
+            ));
+        }
+        Ok(RawTensor { dtype, dims, data })
+    }
+
+    pub fn numel(&self) -> usize {
+        self.data.len() / self.dtype.size_bytes()
+    }
+
+    /// The tensor's bytes, moved rather than copied on a little-endian machine.
+    pub fn from_tensor(t: Tensor) -> RawTensor {
+        let dims = t.shape().0.clone();
+        let dtype = t.dtype();
+        let data = match t.into_data() {
+            Data::F32(v) => le_bytes(v, |x| x.to_le_bytes()),
+            Data::F16(v) => le_bytes(v, |x| x.to_le_bytes()),
+            Data::Bf16(v) => le_bytes(v, |x| x.to_le_bytes()),
+            Data::I32(v) => le_bytes(v, |x| x.to_le_bytes()),
+            Data::I64(v) => le_bytes(v, |x| x.to_le_bytes()),
+            Data::Bool(v) => Bytes::from(v.into_iter().map(u8::from).collect::<Vec<u8>>()),
+        };
+        RawTensor { dtype, dims, data }
+    }
+
+    /// A tensor for the executor (a copy).
+    pub fn to_tensor(&self) -> Result<Tensor, ExecError> {
+        let b = &self.data[..];
+        let data = match self.dtype {
+            DType::F32 => Data::F32(from_le(b, f32::from_le_bytes)),
+            DType::F16 => Data::F16(from_le(b, f16::from_le_bytes)),
+            DType::Bf16 => Data::Bf16(from_le(b, bf16::from_le_bytes)),
+            DType::I32 => Data::I32(from_le(b, i32::from_le_bytes)),
+            DType::I64 => Data::I64(from_le(b, i64::from_le_bytes)),
+            DType::Bool => Data::Bool(b.iter().map(|&x| x != 0).collect()),
+        };
+        Tensor::new(self.dims.clone(), data)
+    }
+
+    /// The values converted to `to`: the same bytes when the type is the same,
+    /// otherwise as [`Data::cast`] converts (exact widening, nearest-even
+    /// narrowing). For the bulk f32 → f16/bf16 conversions use [`convert`].
+    pub fn cast(&self, to: DType) -> Result<RawTensor, ExecError> {
+        if to == self.dtype {
+            return Ok(self.clone());
+        }
+        let t = self.to_tensor()?;
+        Ok(RawTensor::from_tensor(Tensor::new(t.shape().clone(), t.data().cast(to))?))
+    }
+}
+
+/// A bulk conversion of little-endian f32 values.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Rounding {
+    /// To f16, nearest even.
+    F16,
+    /// To bf16, nearest even.
+    Bf16,
+    /// To bf16 and back: f32 values that a bf16 holds exactly.
+    Bf16AsF32,
+}
+
+impl Rounding {
+    fn out_bytes(self) -> usize {
+        match self {
+            Rounding::F16 | Rounding::Bf16 => 2,
+            Rounding::Bf16AsF32 => 4,
+        }
+    }
+}
+
+/// Values per piece of work handed to a thread.
+const PIECE: usize = 1 << 18;
+/// Below this many values in all, the batch runs on the calling thread.
+const PARALLEL_MIN: usize = 1 << 19;
+/// Values converted through the stack buffers at a time.
+const BLOCK: usize = 1024;
+
+/// Converts each `(f32 little-endian bytes, rounding)` job; returns the
+/// results in order, all slices of one new buffer. A trailing partial
+/// element in a source is ignored (callers pass whole tensors).
+pub fn convert(jobs: &[(Bytes, Rounding)]) -> Vec<Bytes> {
+    let sizes: Vec<usize> = jobs.iter().map(|(src, r)| src.len() / 4 * r.out_bytes()).collect();
+    let total: usize = sizes.iter().sum();
+    let mut arena: Vec<u8> = Vec::with_capacity(total);
+    advise_huge_pages(arena.as_mut_ptr(), total);
+
+    // Pieces of at most PIECE values, each with its slice of the output.
+    let mut pieces = Vec::new();
+    let mut rest: &mut [MaybeUninit<u8>] = &mut arena.spare_capacity_mut()[..total];
+    for ((src, r), &size) in jobs.iter().zip(&sizes) {
+        let (mut dst, tail) = rest.split_at_mut(size);
+        rest = tail;
+        let mut src = &src[..src.len() / 4 * 4];
+        while !src.is_empty() {
+            let n = (src.len() / 4).min(PIECE);
+            let (s, s_tail) = src.split_at(n * 4);
+            let (d, d_tail) = dst.split_at_mut(n * r.out_bytes());
+            pieces.push((s, d, *r));
+            src = s_tail;
+            dst = d_tail;
+        }
+    }
+    let threads = if total / 2 < PARALLEL_MIN {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get()).min(pieces.len()).min(16)
+    };
+    if threads <= 1 {
+        for (s, d, r) in pieces {
+            convert_piece(s, d, r);
+        }
+    } else {
+        let queue = Mutex::new(pieces.into_iter());
+        let work = || loop {
+            let next = queue.lock().map(|mut q| q.next()).unwrap_or(None);
+            match next {
+                Some((s, d, r)) => convert_piece(s, d, r),
+                None => break,
+            }
+        };
+        std::thread::scope(|scope| {
+            for _ in 1..threads {
+                scope.spawn(work);
+            }
+            work();
+        });
+    }
+    // SAFETY: the pieces cover the first `total` bytes of the spare capacity
+    // exactly (split from it above), and convert_piece writes every byte of
+    // its piece.
+    unsafe { arena.set_len(total) };
+    let arena = Bytes::from(arena);
+    let mut at = 0;
+    sizes
+        .iter()
+        .map(|&size| {
+            let b = arena.slice(at..at + size);
+            at += size;
+            b
+        })
+        .collect()
+}
+
+/// Converts `src` (little-endian f32) into `dst`, writing every byte of it.
+fn convert_piece(src: &[u8], dst: &mut [MaybeUninit<u8>], r: Rounding) {
+    let mut f = [0f32; BLOCK];
+    let mut h = [f16::ZERO; BLOCK];
+    let mut b = [bf16::ZERO; BLOCK];
+    let width = r.out_bytes();
+    for (s, d) in src.chunks(BLOCK * 4).zip(dst.chunks_mut(BLOCK * width)) {
+        let n = s.len() / 4;
+        for (x, c) in f[..n].iter_mut().zip(s.chunks_exact(4)) {
+            *x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        let out: &[u8] = match r {
+            Rounding::F16 => {
+                h[..n].convert_from_f32_slice(&f[..n]);
+                to_le(&mut h[..n])
+            }
+            Rounding::Bf16 => {
+                b[..n].convert_from_f32_slice(&f[..n]);
+                to_le(&mut b[..n])
+            }
+            Rounding::Bf16AsF32 => {
+                for x in &mut f[..n] {
+                    *x = bf16::from_f32(*x).to_f32();
+                }
+                to_le(&mut f[..n])
+            }
+        };
+        // One copy of the block (a single memcpy; per-element stores into
+        // uninitialised bytes do not vectorise).
+        for (o, i) in d.iter_mut().zip(out) {
+            o.write(*i);
+        }
+    }
+}
+
+/// The values' little-endian bytes (swapped in place on a big-endian machine).
+fn to_le<T: bytemuck::Pod>(v: &mut [T]) -> &[u8] {
+    let bytes: &mut [u8] = bytemuck::cast_slice_mut(v);
+    if cfg!(target_endian = "big") {
+        for e in bytes.chunks_exact_mut(std::mem::size_of::<T>()) {
+            e.reverse();
+        }
+    }
+    bytes
+}
+
+/// Asks Linux to back `[p, p + len)` with transparent huge pages where it
+/// can (a hint: nothing changes where THP is off).
+fn advise_huge_pages(p: *mut u8, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = (p as usize).next_multiple_of(HUGE);
+        let end = (p as usize).saturating_add(len) / HUGE * HUGE;
+        if len >= 4 * HUGE && end > start {
+            // SAFETY: the range lies inside an allocation this thread owns;
+            // MADV_HUGEPAGE changes no contents and its failure is harmless.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (p, len);
+}
+
+/// Writes weights as a safetensors file, atomically, straight from their bytes.
+pub fn write_safetensors(path: &Path, weights: &RawWeights) -> Result<(), String> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let fail = |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", path.display());
+    let mut views = Vec::with_capacity(weights.len());
+    for (name, t) in weights {
+        let dtype = match t.dtype {
+            DType::F32 => Dtype::F32,
+            DType::F16 => Dtype::F16,
+            DType::Bf16 => Dtype::BF16,
+            DType::I32 => Dtype::I32,
+            DType::I64 => Dtype::I64,
+            DType::Bool => Dtype::BOOL,
+        };
+        let shape = t.dims.iter().map(|&d| d as usize).collect();
+        let view = TensorView::new(dtype, shape, &t.data).map_err(|e| fail(&format!("`{name}`: {e}")))?;
+        views.push((name.as_str(), view));
+    }
+    let tmp = crate::io::temp_beside(path).map_err(|e| fail(&e))?;
+    safetensors::serialize_to_file(views, None, tmp.path()).map_err(|e| fail(&e))?;
+    tmp.as_file().sync_all().map_err(|e| fail(&e))?;
+    tmp.persist(path).map_err(|e| fail(&e.error))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f32_bytes(v: &[f32]) -> Bytes {
+        Bytes::from(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())
+    }
+
+    /// Values that exercise rounding: ties, subnormals, overflow, NaN, signs.
+    fn awkward(n: usize) -> Vec<f32> {
+        let special = [
+            0.0,
+            -0.0,
+            1.0,
+            65504.0,
+            65520.0,
+            1e-8,
+            6.0e-8,
+            -3.0e-5,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+            1.0 + 1.0 / 2048.0,
+            1.0 + 3.0 / 2048.0,
+            1.0 + 1.0 / 256.0,
+        ];
+        (0..n)
+            .map(|i| match special.get(i) {
+                Some(&x) => x,
+                None => f32::from_bits((i as u32).wrapping_mul(2654435761) & 0xbfff_ffff),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn conversions_match_the_executors_rounding_bit_for_bit() {
+        // Sizes below and above the block, the piece and the parallel threshold.
+        for n in [0, 1, 7, BLOCK + 3, PIECE + 5, PARALLEL_MIN * 2 + 11] {
+            let v = awkward(n);
+            let src = f32_bytes(&v);
+            let out =
+                convert(&[(src.clone(), Rounding::F16), (src.clone(), Rounding::Bf16), (src, Rounding::Bf16AsF32)]);
+            let want_h: Vec<u8> = v.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect();
+            let want_b: Vec<u8> = v.iter().flat_map(|&x| bf16::from_f32(x).to_le_bytes()).collect();
+            let want_e: Vec<u8> = v.iter().flat_map(|&x| bf16::from_f32(x).to_f32().to_le_bytes()).collect();
+            assert!(out[0][..] == want_h[..], "f16, n = {n}");
+            assert!(out[1][..] == want_b[..], "bf16, n = {n}");
+            assert!(out[2][..] == want_e[..], "bf16 as f32, n = {n}");
+        }
+    }
+
+    #[test]
+    fn tensors_round_trip_through_bytes() {
+        let t = Tensor::from_f32(DType::F16, vec![2, 3], &[1.0, -2.5, 3.0, 0.5, 65504.0, -0.0]).unwrap();
+        let r = RawTensor::from_tensor(t.clone());
+        assert_eq!(r.data.len(), 12);
+        assert_eq!(&r.data[..2], &f16::from_f32(1.0).to_le_bytes());
+        assert!(r.to_tensor().unwrap().bit_eq(&t));
+        let c = r.cast(DType::F32).unwrap();
+        assert_eq!(c.dtype, DType::F32);
+        assert_eq!(c.to_tensor().unwrap().to_f32_vec(), t.to_f32_vec());
+        let b = RawTensor::from_tensor(Tensor::new(vec![2], Data::Bool(vec![true, false])).unwrap());
+        assert_eq!(&b.data[..], &[1, 0]);
+    }
+
+    #[test]
+    fn a_tensor_with_the_wrong_byte_count_is_refused() {
+        let e = RawTensor::new(DType::F32, vec![2, 2], Bytes::from(vec![0u8; 12])).unwrap_err();
+        assert!(e.contains("12 bytes") && e.contains("need 16"), "{e}");
+        assert!(RawTensor::new(DType::F32, vec![u64::MAX, 4], Bytes::new()).is_err());
+    }
+
+    #[test]
+    fn safetensors_written_from_bytes_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let mut w = RawWeights::new();
+        w.insert("a".into(), RawTensor::new(DType::F32, vec![2], f32_bytes(&[1.5, -2.0])).unwrap());
+        w.insert("b".into(), RawTensor::from_tensor(Tensor::new(vec![1], Data::I64(vec![-7])).unwrap()));
+        write_safetensors(&path, &w).unwrap();
+        let back = crate::checkpoint::read_tensors(&path).unwrap();
+        assert_eq!(back["a"].to_f32_vec(), vec![1.5, -2.0]);
+        assert_eq!(back["b"].data().to_i64_vec(), Some(vec![-7]));
+    }
+}
