@@ -521,6 +521,10 @@ fn tensor_proto(name: &str, t: &Tensor, elem: i32, dims: &[u64]) -> TensorProto 
 
 /// A name with whitespace and control characters replaced by `_`.
 fn sanitize(name: &str) -> String {
+    // Almost every name is printable ASCII: copied as it is.
+    if name.bytes().all(|b| b.is_ascii_graphic()) {
+        return name.to_string();
+    }
     name.chars().map(|c| if c.is_whitespace() || c.is_control() { '_' } else { c }).collect()
 }
 
