@@ -295,7 +295,8 @@ unsafe fn f16_f16c(src: &[u8], dst: &mut [MaybeUninit<u8>]) {
 /// set.
 #[inline(always)]
 fn bf16_bits(x: u32) -> u16 {
-    let rounded = (x + 0x7fff + ((x >> 16) & 1)) >> 16;
+    // Wraps only for NaNs (above 0xff80_0000), whose result is not used.
+    let rounded = x.wrapping_add(0x7fff + ((x >> 16) & 1)) >> 16;
     let quiet_nan = (x >> 16) | 0x0040;
     (if x & 0x7fff_ffff > 0x7f80_0000 { quiet_nan } else { rounded }) as u16
 }
