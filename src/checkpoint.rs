@@ -44,7 +44,21 @@ fn bytes(data: &Data) -> (Dtype, Vec<u8>) {
     }
 }
 
-fn data(dtype: Dtype, b: &[u8]) -> Option<Data> {
+/// The safetensors dtype of an mpc dtype.
+pub(crate) fn st_dtype(d: crate::DType) -> Dtype {
+    use crate::DType;
+    match d {
+        DType::F32 => Dtype::F32,
+        DType::F16 => Dtype::F16,
+        DType::Bf16 => Dtype::BF16,
+        DType::I32 => Dtype::I32,
+        DType::I64 => Dtype::I64,
+        DType::Bool => Dtype::BOOL,
+    }
+}
+
+/// Elements from little-endian bytes.
+pub(crate) fn data(dtype: Dtype, b: &[u8]) -> Option<Data> {
     fn le<const N: usize, T>(b: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
         b.chunks_exact(N).map(|c| f(c.try_into().unwrap_or([0; N]))).collect()
     }

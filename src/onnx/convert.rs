@@ -4,7 +4,7 @@ use std::rc::Rc;
 
 use super::import::{Importer, Port, Source, Val, SOFTMAX_2D};
 use super::proto::{AttributeProto, NodeProto};
-use super::tensor::{decode, Const, ConstData};
+use super::tensor::{decode, le, Const, ConstData};
 use crate::op::{Op, Window};
 
 /// Attribute lookup on one node.
@@ -83,6 +83,24 @@ fn spatial(dims: &[u64], op: &str) -> Result<[u64; 2], String> {
     }
 }
 
+/// Which elements a Gather along one axis keeps, of a row-major tensor
+/// `[outer, along, inner]`.
+struct Rows<'a> {
+    outer: u64,
+    along: u64,
+    inner: u64,
+    picks: &'a [u64],
+}
+
+impl Rows<'_> {
+    fn take<T: Copy>(&self, v: &[T]) -> Vec<T> {
+        let at = |o: u64, p: u64, k: u64| ((o * self.along + p) * self.inner + k) as usize;
+        (0..self.outer)
+            .flat_map(|o| self.picks.iter().flat_map(move |&p| (0..self.inner).map(move |k| v[at(o, p, k)])))
+            .collect()
+    }
+}
+
 /// Folds `data` gathered at `idx` along `axis` (both constants).
 fn gather_const(data: &Const, idx: &[i64], idx_dims: &[u64], ax: usize) -> Result<Const, String> {
     let d = &data.dims;
@@ -98,20 +116,12 @@ fn gather_const(data: &Const, idx: &[i64], idx_dims: &[u64], ax: usize) -> Resul
         picks.push(j as u64);
     }
     let dims: Vec<u64> = d[..ax].iter().chain(idx_dims).chain(&d[ax + 1..]).copied().collect();
-    let pick = |o: u64, p: u64, k: u64| ((o * d[ax] + p) * inner + k) as usize;
-    let out = match &*data.data.unpacked() {
+    let rows = Rows { outer, along: d[ax], inner, picks: &picks };
+    let out = match &data.data {
         ConstData::Fill(x) => ConstData::Fill(*x),
-        ConstData::Raw(_) => unreachable!("unpacked"),
-        ConstData::F32(v) => ConstData::F32(
-            (0..outer)
-                .flat_map(|o| picks.iter().flat_map(move |&p| (0..inner).map(move |k| v[pick(o, p, k)])))
-                .collect(),
-        ),
-        ConstData::I64(v) => ConstData::I64(
-            (0..outer)
-                .flat_map(|o| picks.iter().flat_map(move |&p| (0..inner).map(move |k| v[pick(o, p, k)])))
-                .collect(),
-        ),
+        ConstData::F32(v) => ConstData::F32(rows.take(v)),
+        ConstData::Raw(b) => ConstData::F32(rows.take(&le(b, f32::from_le_bytes))),
+        ConstData::I64(v) => ConstData::I64(rows.take(v)),
     };
     Ok(Const { dims, data: out, float: data.float })
 }

@@ -162,12 +162,8 @@ pub fn export_with(g: &Graph, opts: &Options, weights: Option<&RawWeights>) -> R
             _ => rest.push(n),
         }
     }
-    let mut sources = opts.clone();
-    if weights.is_some() {
-        // Everything from the file is given; the rest comes from its `init`.
-        sources.base_dir = None;
-    }
-    let computed = initial_values(g, &rest, &sources, false, weights.is_none())?;
+    // With weights given, nothing is read from the graph's weights file.
+    let computed = initial_values(g, &rest, opts, false, weights.is_none())?;
     state.extend(computed.into_iter().map(|(k, t)| (k, RawTensor::from_tensor(t))));
     let mut x = Exporter::new(g, opts.bf16, state, needed);
     for &n in &nodes {

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use half::{bf16, f16, slice::HalfFloatSliceExt};
+use half::{f16, slice::HalfFloatSliceExt};
 
 use crate::exec::{Data, ExecError, Tensor};
 use crate::types::DType;
@@ -53,16 +53,6 @@ where
     } else {
         Bytes::from(v.iter().flat_map(to_le).collect::<Vec<u8>>())
     }
-}
-
-fn from_le<const N: usize, T>(b: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
-    b.chunks_exact(N)
-        .map(|c| {
-            let mut a = [0u8; N];
-            a.copy_from_slice(c);
-            f(a)
-        })
-        .collect()
 }
 
 impl RawTensor {
@@ -101,15 +91,8 @@ impl RawTensor {
 
     /// A tensor for the executor (a copy).
     pub fn to_tensor(&self) -> Result<Tensor, ExecError> {
-        let b = &self.data[..];
-        let data = match self.dtype {
-            DType::F32 => Data::F32(from_le(b, f32::from_le_bytes)),
-            DType::F16 => Data::F16(from_le(b, f16::from_le_bytes)),
-            DType::Bf16 => Data::Bf16(from_le(b, bf16::from_le_bytes)),
-            DType::I32 => Data::I32(from_le(b, i32::from_le_bytes)),
-            DType::I64 => Data::I64(from_le(b, i64::from_le_bytes)),
-            DType::Bool => Data::Bool(b.iter().map(|&x| x != 0).collect()),
-        };
+        let data = crate::checkpoint::data(crate::checkpoint::st_dtype(self.dtype), &self.data)
+            .ok_or_else(|| ExecError::Tensor(format!("no {} elements from bytes", self.dtype)))?;
         Tensor::new(self.dims.clone(), data)
     }
 
@@ -334,18 +317,11 @@ fn advise_huge_pages(p: *mut u8, len: usize) {
 
 /// Writes weights as a safetensors file, atomically, straight from their bytes.
 pub fn write_safetensors(path: &Path, weights: &RawWeights) -> Result<(), String> {
-    use safetensors::tensor::{Dtype, TensorView};
+    use safetensors::tensor::TensorView;
     let fail = |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", path.display());
     let mut views = Vec::with_capacity(weights.len());
     for (name, t) in weights {
-        let dtype = match t.dtype {
-            DType::F32 => Dtype::F32,
-            DType::F16 => Dtype::F16,
-            DType::Bf16 => Dtype::BF16,
-            DType::I32 => Dtype::I32,
-            DType::I64 => Dtype::I64,
-            DType::Bool => Dtype::BOOL,
-        };
+        let dtype = crate::checkpoint::st_dtype(t.dtype);
         let shape = t.dims.iter().map(|&d| d as usize).collect();
         let view = TensorView::new(dtype, shape, &t.data).map_err(|e| fail(&format!("`{name}`: {e}")))?;
         views.push((name.as_str(), view));
@@ -360,6 +336,7 @@ pub fn write_safetensors(path: &Path, weights: &RawWeights) -> Result<(), String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::bf16;
 
     fn f32_bytes(v: &[f32]) -> Bytes {
         Bytes::from(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())

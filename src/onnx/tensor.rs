@@ -83,7 +83,8 @@ impl Const {
     }
 }
 
-fn le<const N: usize, T>(b: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
+/// Little-endian elements of `N` bytes each (a trailing partial one is ignored).
+pub(crate) fn le<const N: usize, T>(b: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
     b.chunks_exact(N).map(|c| f(c.try_into().unwrap_or([0; N]))).collect()
 }
 
