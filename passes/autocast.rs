@@ -9,7 +9,7 @@
 
 use rustc_hash::FxHashMap;
 
-use crate::graph::{name_hash, Graph, InferMemo, NodeId, ValueId};
+use crate::graph::{name_hash, Graph, GraphError, InferMemo, NodeId, ValueId};
 use crate::op::{Op, OpKind, Precision};
 use crate::types::DType;
 
@@ -59,13 +59,17 @@ pub struct Autocast {
     pub strict: bool,
     /// Record a decision per node in the report (for `mpc explain`).
     pub explain: bool,
+    /// A bias add of a low matmul or conv computes low with the op (see
+    /// `bias_of`), for targets that fold it into the op. mpc's executors
+    /// round every op's output, where this would add a rounding.
+    pub fold_bias: bool,
     /// Filled in by `run`.
     pub report: Report,
 }
 
 impl Autocast {
     pub fn new(table: Table, strict: bool) -> Autocast {
-        Autocast { table, strict, explain: false, report: Report::default() }
+        Autocast { table, strict, explain: false, fold_bias: false, report: Report::default() }
     }
 }
 
@@ -174,11 +178,23 @@ impl Pass for Autocast {
                 *len += 1;
             }
         }
+        let mut biases = Vec::new();
+        for &n in order.iter().filter(|_| self.fold_bias) {
+            if let Some(p) = bias_of(g, n, &kinds, &fanout) {
+                kinds[n.index()] = Kind::Op { class: Some(Class::Low), pin: None };
+                biases.push((n.index(), p));
+            }
+        }
         let bf16 = low == DType::Bf16;
         // The order matters to the painter only for bf16; the rules, only to explain.
         let order32: Vec<u32> = if bf16 { order.iter().map(|n| n.index() as u32).collect() } else { Vec::new() };
         let mut painting = paint_with(&kinds, &fanin, &fanout, &order32, bf16, self.explain);
         drop(order32);
+        for (n, p) in biases {
+            if let Some(r) = painting.rule.get_mut(n) {
+                *r = Rule::BiasOf(p);
+            }
+        }
         if let Some(l) = g.loss {
             if let Some(r) = painting.rule.get_mut(l.node.index()) {
                 if g.node(l.node).precision.is_none() && *r == Rule::PinnedFp32 {
@@ -191,14 +207,73 @@ impl Pass for Autocast {
         let mut cache = CastCache::new(bound, low);
         let mut memo = InferMemo::default();
         let mut casts = 0usize;
-        let applied = apply(g, low, &order, &kinds, &painting, &mut cache, &mut memo, &mut casts, &mut warnings);
+        let mut named_back = Vec::new();
+        let applied =
+            apply(g, low, &order, &kinds, &painting, &mut cache, &mut memo, &mut casts, &mut warnings, &mut named_back);
         cache.register(g);
         applied.map_err(fail)?;
+        name_outputs_back(g, &named_back).map_err(fail)?;
 
         let input = Painted { kinds: &kinds, fanin: &fanin, fanout: &fanout };
         self.report = report(g, &order, &input, &painting, &self.table, self.explain, casts, warnings);
         Ok(casts > 0)
     }
+}
+
+/// With `fold_bias`: the low matmul or conv whose bias `n` adds, if `n` is
+/// such an add (the op's only reader, adding a param or constant with one
+/// value per output channel; the add has the table's infer class and no
+/// pin). It computes low with its op rather than with its neighbours, as
+/// PyTorch's linear and conv take their bias: a target that folds it into
+/// the op (ONNX Conv's B, Gemm's C, cuBLASLt's bias epilogue) adds it to
+/// the FP32 accumulator before the output's one rounding. Painted by its
+/// neighbours, a bias before FP32 work (a classifier before its softmax)
+/// would be added in FP32 to the rounded product instead: one rounding
+/// either way, but the folded form measured the smaller error in
+/// onnxruntime (docs/ONNX.md).
+fn bias_of(g: &Graph, n: NodeId, kinds: &[Kind], fanout: &Packed) -> Option<u32> {
+    let infer = Kind::Op { class: Some(Class::Infer), pin: None };
+    if g.node(n).op.kind() != OpKind::Add || kinds[n.index()] != infer {
+        return None;
+    }
+    let &[a, b] = g.inputs(n).as_slice() else {
+        return None;
+    };
+    let out = &g.node(n).outputs.first()?.ty;
+    [(a, b), (b, a)].into_iter().find_map(|(x, bias)| {
+        let p = x.node;
+        let low = match kinds[p.index()] {
+            Kind::Op { pin: Some(pin), .. } => pin == Pin::Low,
+            Kind::Op { class, pin: None } => class == Some(Class::Low),
+            Kind::Fixed => false,
+        };
+        // The bias as declared: a param or constant, or (lowered before) a cast of one.
+        let src = if g.is_cast(bias.node) { g.inputs(bias.node)[0].node } else { bias.node };
+        let source = match g.node(src).op.kind() {
+            OpKind::Param => true,
+            // A constant autocast keeps in f32 (out of range) is not one to add low.
+            OpKind::Constant => !matches!(kinds[src.index()], Kind::Op { pin: Some(Pin::Fp32), .. }),
+            _ => false,
+        };
+        let only_reader = x.slot == 0 && fanout.of(p.index() as u32) == [n.index() as u32];
+        let (shape, b) = (&g.ty(x).shape.0, &g.ty(bias).shape.0);
+        let ones = |d: &[u64]| d.iter().all(|&d| d == 1);
+        // One value per output channel: dim 1 of a conv's output, the last of a matmul's.
+        let per_channel = match g.node(p).op.kind() {
+            OpKind::Conv2d => {
+                let r = b.len();
+                shape.len() == 4
+                    && (3..=4).contains(&r)
+                    && b[r - 3] == shape[1]
+                    && ones(&b[r - 2..])
+                    && ones(&b[..r - 3])
+            }
+            OpKind::Matmul => !b.is_empty() && b.last() == shape.last() && ones(&b[..b.len() - 1]),
+            _ => false,
+        };
+        let into = g.ty(x).shape == out.shape && g.ty(bias).dtype.is_float();
+        (low && source && per_channel && only_reader && into).then_some(p.index() as u32)
+    })
 }
 
 /// Starts loading the nodes a loop over `order` at `k` reads a few steps on.
@@ -224,6 +299,7 @@ fn apply(
     memo: &mut InferMemo,
     casts: &mut usize,
     warnings: &mut Vec<String>,
+    named_back: &mut Vec<(ValueId, ValueId)>,
 ) -> Result<(), String> {
     let target_of = |n: NodeId| match kinds[n.index()] {
         Kind::Fixed => None,
@@ -276,10 +352,43 @@ fn apply(
     for i in 0..g.outputs.len() {
         let v = g.outputs[i];
         if g.ty(v).dtype.is_low() {
-            g.outputs[i] = cast(g, cache, memo, v, DType::F32, casts)?;
+            let c = cast(g, cache, memo, v, DType::F32, casts)?;
+            g.outputs[i] = c;
+            if c != v && !named_back.contains(&(v, c)) {
+                named_back.push((v, c));
+            }
         }
     }
 
+    Ok(())
+}
+
+/// Gives each graph output that autocast re-pointed to a cast back to f32
+/// the name of the value it was, so that a step reports its outputs, and
+/// an ONNX export names them, as the user did; the low value is renamed
+/// `<name>.<low type>`. Run once the casts' names are entered.
+fn name_outputs_back(g: &mut Graph, pairs: &[(ValueId, ValueId)]) -> Result<(), String> {
+    for &(v, c) in pairs {
+        let src = g.inputs(c.node).first().copied();
+        if v.slot != 0 || !g.is_cast(c.node) || src != Some(v) || g.outputs.contains(&v) {
+            continue;
+        }
+        let node = g.node(v.node);
+        if node.outputs.len() != 1 || node.outputs[0].name != node.name {
+            continue;
+        }
+        let name = node.name.clone();
+        let base = format!("{name}.{}", g.ty(v).dtype.name());
+        for k in 0.. {
+            let low = if k == 0 { base.clone() } else { format!("{base}.{k}") };
+            match g.rename(v.node, low) {
+                Ok(()) => break,
+                Err(GraphError::DuplicateName(_)) => continue,
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        g.rename(c.node, name).map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
 

@@ -60,6 +60,12 @@ pub struct Options {
     /// The graph is an inference graph: verification asks for no loss
     /// (set by [`lower_inference`]).
     pub inference: bool,
+    /// A bias add of a low matmul or conv computes low with it, for a
+    /// target that folds the bias into the op (ONNX Conv's B, Gemm's C;
+    /// see [`autocast::Autocast::fold_bias`]). Set for an ONNX export
+    /// (`mpc lower --emit onnx`, `mpc lower model.onnx`) unless bf16 is
+    /// emulated; off for the executors, which round every op.
+    pub fold_bias: bool,
 }
 
 impl Default for Options {
@@ -73,6 +79,7 @@ impl Default for Options {
             verify_each: false,
             print_after: Vec::new(),
             inference: false,
+            fold_bias: false,
         }
     }
 }
@@ -92,6 +99,7 @@ impl Pipeline {
         let mode = opts.loss_scale.unwrap_or_else(|| LossScale::default_for(opts.low));
         let mut autocast = autocast::Autocast::new(table, opts.strict);
         autocast.explain = opts.explain;
+        autocast.fold_bias = opts.fold_bias;
         Pipeline {
             grad: grad::Grad,
             autocast,

@@ -68,6 +68,8 @@ pub enum Rule {
     FollowsLow,
     /// An infer or clear node with no low neighbourhood: FP32.
     NotBetweenLow,
+    /// The bias add of the given low matmul or conv: low with it.
+    BiasOf(u32),
 }
 
 impl Rule {
@@ -85,6 +87,7 @@ impl Rule {
             Rule::ClearNextToLow => "clear op next to a low op".into(),
             Rule::FollowsLow => "follows a low op (bf16)".into(),
             Rule::NotBetweenLow => "not between low ops".into(),
+            Rule::BiasOf(n) => format!("bias of low `{}`, added in its accumulator", name(n)),
         }
     }
 }

@@ -876,6 +876,32 @@ impl Graph {
         self.connect(v, node, port);
     }
 
+    /// Renames a node with one output named as the node (the usual kind)
+    /// and its value. `name` must be new.
+    pub fn rename(&mut self, id: NodeId, name: String) -> Result<(), GraphError> {
+        let node = self.node(id);
+        let old = node.name.clone();
+        if node.outputs.len() != 1 || node.outputs[0].name != old || self.node_names.contains(&(id.index() as u32)) {
+            return Err(GraphError::Type {
+                node: old,
+                message: "only a node named as its one value can be renamed".into(),
+            });
+        }
+        if self.contains_name(&name) {
+            return Err(GraphError::DuplicateName(name));
+        }
+        let g = &self.g;
+        if let Ok(i) = self.names.probe(name_hash(&old), |e| entry_name(g, e) == Some(old.as_str())) {
+            self.names.remove_at(i);
+        }
+        let hash = name_hash(&name);
+        let node = self.node_keep(id);
+        node.outputs[0].name.clone_from(&name);
+        node.name = name;
+        self.register(hash, id.index() as u32, 0);
+        Ok(())
+    }
+
     /// Removes a node that no other node reads.
     pub fn remove_node(&mut self, id: NodeId) -> Result<Node, GraphError> {
         if self.users(id).next().is_some() {
@@ -1248,6 +1274,20 @@ mod tests {
         g.set_input(a, 0, ValueId { node: b, slot: 0 });
         let stuck = g.topo_order().unwrap_err();
         assert_eq!(stuck, vec![a, b]);
+    }
+
+    #[test]
+    fn rename_moves_the_name_and_keeps_the_table_sound() {
+        let (mut g, x, w) = small();
+        let r = g.add_node("r", Op::Relu, Role::Forward, &[x]).unwrap();
+        g.rename(r, "s".into()).unwrap();
+        assert_eq!(g.value("s"), Some(ValueId { node: r, slot: 0 }));
+        assert_eq!((g.value("r"), g.node(r).name.as_str()), (None, "s"));
+        assert!(g.name_map_problems().is_empty());
+        assert_eq!(g.rename(r, g.value_name(w).to_string()).unwrap_err(), GraphError::DuplicateName("w".into()));
+        g.rename(r, "r".into()).unwrap();
+        assert!(g.name_map_problems().is_empty());
+        assert!(g.add_node("s", Op::Relu, Role::Forward, &[x]).is_ok(), "the old name is free again");
     }
 
     #[test]

@@ -291,7 +291,12 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
             if onnx_bf16.is_some() && pass_args.precision != LowType::Bf16 {
                 usage_error("--onnx-bf16: only with --precision bf16".into());
             }
-            let opts = passes::Options { verify_each, print_after, ..pass_args.options()? };
+            // The export folds a bias into its Conv or Gemm, unless it emulates
+            // bf16 (which rounds where mpc's executors do): autocast may then add it low.
+            let emulated =
+                pass_args.precision == LowType::Bf16 && onnx_bf16 == Some(mpc::onnx::export::Bf16Mode::Emulated);
+            let fold_bias = (how == Emit::Onnx || lower_onnx::is_onnx(&model)) && !emulated;
+            let opts = passes::Options { verify_each, print_after, fold_bias, ..pass_args.options()? };
             if lower_onnx::is_onnx(&model) {
                 if how == Emit::Json {
                     usage_error(

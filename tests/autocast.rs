@@ -267,3 +267,83 @@ fn clipping_sees_unscaled_gradients() {
         assert_eq!(g.node(v.node).op, Op::Unscale, "`{}` is not unscaled", g.value_name(v));
     }
 }
+
+/// A graph with a weight `w` [8, 8], a bias `b` [8] and `outputs`.
+fn biased(forward: &str, outputs: &str) -> Graph {
+    let text = format!(
+        r#"{{"format": "mpc/1",
+        "inputs": [{{"name": "x", "shape": [4, 8]}}, {{"name": "y", "shape": [4, 8]}}],
+        "params": [{{"name": "w", "shape": [8, 8], "init": {{"kind": "zeros"}}}},
+                   {{"name": "b", "shape": [8], "init": {{"kind": "zeros"}}}}],
+        "forward": [{forward}],
+        "loss": "loss", "outputs": [{outputs}]}}"#
+    );
+    mpc::parse_str(&text).unwrap()
+}
+
+#[test]
+fn with_fold_bias_a_bias_add_computes_with_its_matmul() {
+    let text = r#"{"name": "h", "op": "matmul", "inputs": ["x", "w"]},
+           {"name": "hb", "op": "add", "inputs": ["h", "b"]},
+           {"name": "p", "op": "softmax", "inputs": ["hb"]},
+           {"name": "loss", "op": "reduce_sum", "inputs": ["p"], "axes": [0, 1]}"#;
+    let mut casts = Vec::new();
+    for (fold, want) in [(false, DType::F32), (true, DType::F16)] {
+        let mut g = biased(text, "");
+        let l = passes::lower(&mut g, &Options { fold_bias: fold, explain: true, ..Options::default() }).unwrap();
+        assert_eq!(g.ty(g.value("hb").unwrap()).dtype, want, "fold_bias {fold}");
+        let rule = &l.autocast.decisions.iter().find(|d| d.node == "hb").unwrap().rule;
+        assert_eq!(rule.contains("bias of low `h`"), fold, "{rule}");
+        let cast_of = |v: &str| g.value(v).is_some_and(|c| matches!(g.node(c.node).op, Op::Cast { .. }));
+        assert_eq!((cast_of("h.f32"), cast_of("b.f16"), cast_of("hb.f32")), (!fold, fold, fold));
+        casts.push(l.autocast.casts_inserted);
+    }
+    assert_eq!(casts[1], casts[0] + 1, "the bias's cast; the softmax's input cast moves after the add");
+    // Not a bias: an add of two activations, of a [4, 8] input, of an
+    // out-of-range constant, or of a product that something else reads.
+    for not_bias in [
+        r#"{"name": "h", "op": "matmul", "inputs": ["x", "w"]},
+           {"name": "h2", "op": "matmul", "inputs": ["x", "w"]},
+           {"name": "hb", "op": "add", "inputs": ["h", "h2"]}"#,
+        r#"{"name": "h", "op": "matmul", "inputs": ["x", "w"]},
+           {"name": "hb", "op": "add", "inputs": ["h", "y"]}"#,
+        r#"{"name": "h", "op": "matmul", "inputs": ["x", "w"]},
+           {"name": "big", "op": "constant", "value": 1e6, "shape": [8]},
+           {"name": "hb", "op": "add", "inputs": ["h", "big"]}"#,
+        r#"{"name": "h", "op": "matmul", "inputs": ["x", "w"]},
+           {"name": "hb", "op": "add", "inputs": ["h", "b"]},
+           {"name": "e", "op": "exp", "inputs": ["h"]},
+           {"name": "s", "op": "add", "inputs": ["hb", "e"]}"#,
+    ] {
+        let last = if not_bias.contains("\"s\"") { "s" } else { "hb" };
+        let text = format!(
+            r#"{not_bias}, {{"name": "p", "op": "softmax", "inputs": ["{last}"]}},
+               {{"name": "loss", "op": "reduce_sum", "inputs": ["p"], "axes": [0, 1]}}"#
+        );
+        let mut g = biased(&text, "");
+        passes::lower(&mut g, &Options { fold_bias: true, ..Options::default() }).unwrap();
+        assert_eq!(g.ty(g.value("hb").unwrap()).dtype, DType::F32, "{not_bias}");
+    }
+}
+
+#[test]
+fn an_output_computed_low_keeps_its_name() {
+    // `out.f16` is taken: the low value gets the next free name.
+    let mut g = biased(
+        r#"{"name": "out", "op": "matmul", "inputs": ["x", "w"]},
+           {"name": "out.f16", "op": "relu", "inputs": ["x"]},
+           {"name": "m", "op": "matmul", "inputs": ["out", "w"]},
+           {"name": "loss", "op": "reduce_sum", "inputs": ["m"], "axes": [0, 1]}"#,
+        r#""out", "out.f16""#,
+    );
+    passes::lower(&mut g, &Options { verify_each: true, ..Options::default() }).unwrap();
+    let names: Vec<(&str, DType)> = g.outputs[..2].iter().map(|&v| (g.value_name(v), g.ty(v).dtype)).collect();
+    assert_eq!(names, [("out", DType::F32), ("out.f16", DType::F32)]);
+    let low = g.value("out.f16.1").expect("the low value renamed");
+    assert_eq!(g.ty(low).dtype, DType::F16);
+    assert!(matches!(g.node(low.node).op, Op::Matmul { .. }));
+    // The matmul that reads it reads the low value, not the f32 output.
+    let m = g.value("m").unwrap().node;
+    assert_eq!(g.inputs(m)[0], low);
+    mpc::verify(&g).unwrap();
+}

@@ -132,15 +132,17 @@ fn mlp_in_every_precision() {
     let text = example("mlp", &["logits_b"]);
     let fp32 = export_decoded(&lowered(&text, Prec::Fp32), Bf16Mode::Native);
     check_structure(&fp32);
-    // 3 matmuls, 3 bias adds, relu, and gelu as 6 Mul, 2 Add and a Tanh; no casts.
+    // 3 matmuls with their bias adds as Gemm, relu, and gelu as 6 Mul, 2 Add
+    // and a Tanh; no casts.
     let c = ops(&fp32);
-    assert_eq!(c["MatMul"], 3);
+    assert_eq!(c["Gemm"], 3);
+    assert!(!c.contains_key("MatMul"));
     assert_eq!(c["Relu"], 1);
     assert_eq!(c["Tanh"], 1);
     assert_eq!(c["Mul"], 6);
-    assert_eq!(c["Add"], 3 + 2);
+    assert_eq!(c["Add"], 2);
     assert!(!c.contains_key("Cast"));
-    assert_eq!(c.values().sum::<usize>(), 16);
+    assert_eq!(c.values().sum::<usize>(), 13);
     assert!(init_types(&fp32).values().all(|&t| t == data_type::FLOAT));
     let g = fp32.graph.as_ref().unwrap();
     assert_eq!(g.input.len(), 1, "labels feeds only the loss");
@@ -150,10 +152,14 @@ fn mlp_in_every_precision() {
     let fp16 = export_decoded(&lowered(&text, Prec::Fp16), Bf16Mode::Native);
     check_structure(&fp16);
     let t = init_types(&fp16);
-    for w in ["w1.f16", "w2.f16", "w3.f16", "b1.f16", "b2.f16"] {
+    // b1 and b2, added low, are Gemm's C (an initializer of their own).
+    for w in ["w1.f16", "w2.f16", "w3.f16", "b1.bias", "b2.bias"] {
         assert_eq!(t[w], data_type::FLOAT16, "{w}");
     }
     assert_eq!(t["b3"], data_type::FLOAT, "b3 is added in f32 after the logits' cast");
+    let c = ops(&fp16);
+    assert_eq!((c["Gemm"], c["MatMul"]), (2, 1), "the logits' matmul has its bias added in f32");
+    assert_eq!(c["Add"], 2 + 1, "gelu's two and the f32 bias add");
     assert!(!t.contains_key("w1"), "the f32 master is not exported when only its cast is read");
     // Casts: x to f16, gelu's input up and result down, logits up.
     assert_eq!(ops(&fp16)["Cast"], 4);
@@ -453,14 +459,26 @@ fn conv_bias_adds_fold_into_conv_except_in_emulated_bf16() {
     let im = import(bytes, &opts).unwrap();
     let dir = tempfile::tempdir().unwrap();
     mpc::onnx::raw::write_safetensors(&dir.path().join("w.safetensors"), &im.weights).unwrap();
-    for (low, mode, fused) in [
-        (mpc::DType::F16, Bf16Mode::Native, true),
-        (mpc::DType::Bf16, Bf16Mode::Native, true),
-        (mpc::DType::Bf16, Bf16Mode::Emulated, false),
+    // (low, mode, autocast's fold_bias, Conv nodes with a bias, Add nodes left)
+    for (low, mode, fold, want) in [
+        // Without fold_bias, conv10's bias add stays f32 (it feeds the f32
+        // mean): it reads a cast and is not folded.
+        (mpc::DType::F16, Bf16Mode::Native, false, (25, 1)),
+        // With it (as `--emit onnx` runs autocast), it is added low, in the Conv.
+        (mpc::DType::F16, Bf16Mode::Native, true, (26, 0)),
+        // Under BF16's table the mean is an infer op: every add is low anyway.
+        (mpc::DType::Bf16, Bf16Mode::Native, false, (26, 0)),
+        (mpc::DType::Bf16, Bf16Mode::Native, true, (26, 0)),
+        // Emulated bf16 rounds the conv before its bias, as mpc's executors.
+        (mpc::DType::Bf16, Bf16Mode::Emulated, false, (0, 26)),
     ] {
         let mut g = im.graph.clone();
-        let popts =
-            mpc::passes::Options { low, table: Some(mpc::passes::Table::default_for(low)), ..Default::default() };
+        let popts = mpc::passes::Options {
+            low,
+            table: Some(mpc::passes::Table::default_for(low)),
+            fold_bias: fold,
+            ..Default::default()
+        };
         mpc::passes::lower(&mut g, &popts).unwrap();
         let o = Options { bf16: mode, seed: 0, base_dir: Some(dir.path().to_path_buf()) };
         let m = ModelProto::decode(export::export_bytes(&g, &o).unwrap().as_slice()).unwrap();
@@ -469,14 +487,36 @@ fn conv_bias_adds_fold_into_conv_except_in_emulated_bf16() {
         let adds = nodes.iter().filter(|n| n.op_type.as_deref() == Some("Add")).count();
         assert_eq!(convs.len(), 26, "{low:?} {mode:?}");
         let with_bias = convs.iter().filter(|c| c.input.len() == 3).count();
-        if fused {
-            // In FP16 all but conv10, whose bias add autocast keeps in f32 (it feeds
-            // the f32 mean, an infer op under BF16's table): that add reads a cast.
-            let want = if low == mpc::DType::F16 { (25, 1) } else { (26, 0) };
-            assert_eq!((with_bias, adds), want, "{low:?} {mode:?}");
-        } else {
-            assert!(convs.iter().all(|c| c.input.len() == 2), "emulated bf16 rounds the conv before its bias");
-            assert_eq!(adds, 26);
-        }
+        assert_eq!((with_bias, adds), want, "{low:?} {mode:?} fold_bias {fold}");
+    }
+}
+
+/// With `fold_bias` (what `mpc lower --emit onnx` sets), the classifier's
+/// bias is added in the Gemm, in f16, and the output keeps its name.
+#[test]
+fn a_folded_bias_goes_into_the_gemm_and_the_output_keeps_its_name() {
+    let text = example("mlp", &["logits_b"]);
+    for (low, mode, store) in [
+        (mpc::DType::F16, Bf16Mode::Native, data_type::FLOAT16),
+        (mpc::DType::Bf16, Bf16Mode::Native, data_type::BFLOAT16),
+    ] {
+        let mut g = mpc::parse_str(&text).unwrap();
+        let opts = mpc::passes::Options { low, fold_bias: true, ..Default::default() };
+        mpc::passes::lower(&mut g, &opts).unwrap();
+        let logits = g.outputs[0];
+        assert_eq!((g.value_name(logits), g.ty(logits).dtype), ("logits_b", mpc::DType::F32));
+        let m = export_decoded(&g, mode);
+        check_structure(&m);
+        let c = ops(&m);
+        assert_eq!((c["Gemm"], c.get("MatMul")), (3, None), "{low:?}");
+        let graph = m.graph.as_ref().unwrap();
+        let gemms: Vec<_> = graph.node.iter().filter(|n| n.op_type.as_deref() == Some("Gemm")).collect();
+        assert!(gemms.iter().all(|n| n.input.len() == 3), "every bias in its Gemm");
+        let t = init_types(&m);
+        assert!(t.iter().filter(|(k, _)| k.starts_with('b')).all(|(_, &e)| e == store), "{t:?}");
+        assert_eq!(graph.output[0].name.as_deref(), Some("logits_b"));
+        // The last Gemm's output is cast to f32 as the output itself.
+        let last = graph.node.iter().find(|n| n.output.first().map(String::as_str) == Some("logits_b")).unwrap();
+        assert_eq!(last.op_type.as_deref(), Some("Cast"));
     }
 }

@@ -827,12 +827,13 @@ impl<'a> Exporter<'a> {
         })
     }
 
-    /// A conv2d whose only reader is an `add` of a per-channel bias param
-    /// (or a cast of one): (the add, the bias param, the cast's type). The
-    /// export folds it into Conv's bias input, one rounding instead of two,
-    /// as onnxconverter-common's Conv. Not in emulated BF16, which must
-    /// round exactly where mpc does.
-    fn bias_add(&self, n: NodeId) -> Option<(NodeId, NodeId, Option<DType>)> {
+    /// A conv2d or matmul whose only reader is an `add` of a bias param
+    /// (or a cast of one) shaped `bias`: (the add, the bias param, the
+    /// cast's type). The export folds it into Conv's bias or Gemm's C
+    /// input, one rounding instead of two, as onnxconverter-common's Conv
+    /// and Gemm. Not in emulated BF16, which must round exactly where mpc
+    /// does.
+    fn bias_add(&self, n: NodeId, bias: &[u64]) -> Option<(NodeId, NodeId, Option<DType>)> {
         let g = self.g;
         let v0 = ValueId { node: n, slot: 0 };
         if self.mode == Bf16Mode::Emulated && g.ty(v0).dtype == DType::Bf16 || g.outputs.contains(&v0) {
@@ -846,8 +847,7 @@ impl<'a> Exporter<'a> {
         }
         let b = g.inputs(add)[1 - port as usize];
         let (ty, out) = (g.ty(v0), g.ty(add_v));
-        let c = *ty.shape.0.get(1)?;
-        if g.ty(b).dtype != ty.dtype || g.ty(b).shape.0 != [c, 1, 1] || out != ty {
+        if g.ty(b).dtype != ty.dtype || g.ty(b).shape.0 != bias || out != ty {
             return None;
         }
         match &g.node(b.node).op {
@@ -858,6 +858,30 @@ impl<'a> Exporter<'a> {
             }
             _ => None,
         }
+    }
+
+    /// The initializer of a folded bias: `param`'s value, cast to `to` if
+    /// the add read a cast of it, stored as `ct` with dims `[len]`.
+    fn bias_init(&mut self, param: NodeId, to: Option<DType>, ct: i32, len: u64) -> Result<String, ExportError> {
+        let p = self.g.node(param);
+        let t = match (fill_value(&p.op), &p.op) {
+            (Some(value), Op::Param { ty, .. } | Op::State { ty, .. }) => InitVal::of(Tensor::full(ty, value)?),
+            _ => InitVal {
+                raw: self
+                    .state
+                    .get(&p.name)
+                    .cloned()
+                    .ok_or_else(|| ExportError::Graph(format!("no initial value for `{}`", p.name)))?,
+                round: None,
+            },
+        };
+        let t = match to {
+            Some(to) => t.cast(to)?,
+            None => t,
+        };
+        let bias = self.fresh(&format!("{}.bias", p.name));
+        self.push_init(&bias, &t, ct, &[len])?;
+        Ok(bias)
     }
 
     fn node(&mut self, n: NodeId) -> Result<(), ExportError> {
@@ -973,10 +997,19 @@ impl<'a> Exporter<'a> {
                 let mut a = self.get_as(ins[0], ct, None)?;
                 let mut b = self.get_as(ins[1], ct, None)?;
                 let (ra, rb) = (in_ty(0).shape.rank(), in_ty(1).shape.rank());
-                if ra == 2 && rb == 2 && (*transpose_a || *transpose_b) {
+                let cols = (ra == 2 && rb == 2).then(|| dims_of(g.ty(v0))[1]);
+                let folded = cols.and_then(|c| Some((self.bias_add(n, &[c])?, c)));
+                if ra == 2 && rb == 2 && (*transpose_a || *transpose_b || folded.is_some()) {
                     let attrs =
                         vec![attr_i("transA", i64::from(*transpose_a)), attr_i("transB", i64::from(*transpose_b))];
-                    self.simple(v0, "Gemm", vec![a, b], ct, false, attrs)?;
+                    match folded {
+                        Some(((add, param, to), c)) => {
+                            let bias = self.bias_init(param, to, ct, c)?;
+                            self.fused.insert(add);
+                            self.simple(ValueId { node: add, slot: 0 }, "Gemm", vec![a, b, bias], ct, false, attrs)?;
+                        }
+                        None => self.simple(v0, "Gemm", vec![a, b], ct, false, attrs)?,
+                    }
                 } else {
                     for (flag, x, i) in [(*transpose_a, &mut a, 0), (*transpose_b, &mut b, 1)] {
                         if flag {
@@ -1032,31 +1065,13 @@ impl<'a> Exporter<'a> {
                     attr_ints("pads", pads(padding, padding)),
                     attr_i("group", *groups as i64),
                 ];
-                if let Some((add, param, to)) = self.bias_add(n) {
-                    let p = g.node(param);
-                    let t = match (fill_value(&p.op), &p.op) {
-                        (Some(value), Op::Param { ty, .. } | Op::State { ty, .. }) => {
-                            InitVal::of(Tensor::full(ty, value)?)
-                        }
-                        _ => InitVal {
-                            raw: self
-                                .state
-                                .get(&p.name)
-                                .cloned()
-                                .ok_or_else(|| ExportError::Graph(format!("no initial value for `{}`", p.name)))?,
-                            round: None,
-                        },
-                    };
-                    let t = match to {
-                        Some(to) => t.cast(to)?,
-                        None => t,
-                    };
-                    let c = wd[0];
-                    let bias = self.fresh(&format!("{}.bias", p.name));
-                    self.push_init(&bias, &t, ct, &[c])?;
-                    self.fused.insert(add);
-                    self.simple(ValueId { node: add, slot: 0 }, "Conv", vec![x, w, bias], ct, false, attrs)?;
-                    return Ok(());
+                if let Some(c) = wd.first().copied() {
+                    if let Some((add, param, to)) = self.bias_add(n, &[c, 1, 1]) {
+                        let bias = self.bias_init(param, to, ct, c)?;
+                        self.fused.insert(add);
+                        self.simple(ValueId { node: add, slot: 0 }, "Conv", vec![x, w, bias], ct, false, attrs)?;
+                        return Ok(());
+                    }
                 }
                 self.simple(v0, "Conv", vec![x, w], ct, false, attrs)?;
             }

@@ -15,6 +15,7 @@ use super::{import, ImportOptions};
 use crate::format::{Optimizer, OptimizerKind};
 use crate::graph::Graph;
 use crate::passes::{self, autocast};
+use crate::types::DType;
 
 /// How to lower an ONNX model.
 #[derive(Clone, Debug, Default)]
@@ -56,7 +57,13 @@ pub fn lower(bytes: Bytes, opts: &InferenceOptions) -> Result<Lowered, LowerErro
     let im = import(bytes, &import_opts).map_err(|e| LowerError(e.to_string()))?;
     let mut graph = im.graph;
     let report = match &opts.passes {
-        Some(p) => Some(passes::lower_inference(&mut graph, p).map_err(|e| LowerError(e.to_string()))?.autocast),
+        Some(p) => {
+            // The export folds a bias into its Conv or Gemm (not in emulated
+            // bf16, which rounds every op as mpc's executors do).
+            let emulated = p.low == DType::Bf16 && opts.bf16 == Bf16Mode::Emulated;
+            let p = passes::Options { fold_bias: !emulated, ..p.clone() };
+            Some(passes::lower_inference(&mut graph, &p).map_err(|e| LowerError(e.to_string()))?.autocast)
+        }
         None => {
             let p = passes::Options { inference: true, ..passes::Options::default() };
             passes::run_passes(&mut graph, &mut [&mut passes::cleanup::Cleanup], &p)
