@@ -318,6 +318,7 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
                         passes: (pass_args.precision != LowType::Fp32).then_some(opts),
                         bf16: onnx_bf16.unwrap_or_default(),
                         input_shapes,
+                        ahead: how == Emit::Onnx,
                     },
                     repeat: repeat as usize,
                 });

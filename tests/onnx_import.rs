@@ -355,7 +355,7 @@ fn lowering_an_onnx_model_directly_gives_the_export_of_import_then_lower() {
         let passes = Options { low, table: Some(Table::default_for(low)), ..Options::default() };
         let chunks = direct::convert(
             bytes.clone().into(),
-            &InferenceOptions { passes: Some(passes), bf16, input_shapes: vec![] },
+            &InferenceOptions { passes: Some(passes), bf16, input_shapes: vec![], ahead: true },
         )
         .unwrap();
         let joined = chunks.concat();
@@ -397,4 +397,51 @@ fn an_inference_import_has_no_loss_and_keeps_the_weights_as_the_models_bytes() {
     assert!((lo..hi).contains(&(w.as_ptr() as usize)), "w1 was copied");
     // A lowering for training still asks for a loss.
     assert!(mpc::verify(&im.graph).is_err());
+}
+
+/// Weights converted ahead, on other threads while the graph is lowered,
+/// are the bytes the export converts itself: a model with 600 K weight
+/// values (enough to be converted ahead), a Conv (whose bf16 weights are
+/// stored as FLOAT) and a Gemm, in every mode.
+#[test]
+fn weights_converted_ahead_are_those_the_export_converts() {
+    use mpc::onnx::export::Bf16Mode;
+    use mpc::onnx::lower::{self as direct, InferenceOptions};
+    let pseudo = |i: usize| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.1;
+    let nodes = vec![
+        op(
+            "Conv",
+            &["x", "w1", "b1"],
+            "c1",
+            vec![ints_attr("pads", &[1, 1, 1, 1]), ints_attr("kernel_shape", &[3, 3])],
+        ),
+        op("Relu", &["c1"], "r1", vec![]),
+        op("Flatten", &["r1"], "flat", vec![]),
+        op("Gemm", &["flat", "w2", "b2"], "y", vec![int_attr("transB", 1)]),
+    ];
+    let init = vec![
+        raw(floats("w1", &[64, 8, 3, 3], pseudo)),
+        raw(floats("b1", &[64], |i| 0.01 * i as f32)),
+        raw(floats("w2", &[37, 64 * 16], pseudo)),
+        raw(floats("b2", &[37], |i| 0.1 - 0.01 * i as f32)),
+        // Big enough on its own to start the threads; read by no node.
+        raw(floats("unused", &[600_000], pseudo)),
+    ];
+    let bytes = model(nodes, init, &[1, 8, 4, 4]).encode_to_vec();
+    for (low, bf16) in
+        [(DType::F16, Bf16Mode::Native), (DType::Bf16, Bf16Mode::Native), (DType::Bf16, Bf16Mode::Emulated)]
+    {
+        let passes = Options { low, table: Some(Table::default_for(low)), ..Options::default() };
+        let opts = InferenceOptions { passes: Some(passes), bf16, input_shapes: vec![], ahead: false };
+        let itself = direct::lower(bytes.clone().into(), &opts).unwrap().to_onnx(bf16).unwrap().concat();
+        let l = direct::lower(bytes.clone().into(), &InferenceOptions { ahead: true, ..opts.clone() }).unwrap();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(l.converting_ahead(), cores > 1, "threads are started with a second core");
+        let ahead = l.to_onnx(bf16).unwrap().concat();
+        assert_eq!(ahead, itself, "{low:?} {bf16:?}");
+        let m = ModelProto::decode(&ahead[..]).unwrap();
+        let names: Vec<String> = inits(&m).into_keys().collect();
+        let weights: Vec<&String> = names.iter().filter(|n| !n.starts_with("shape")).collect();
+        assert_eq!(weights.len(), 4, "{low:?} {bf16:?}: w1, b1, w2, b2 (not `unused`) in {names:?}");
+    }
 }

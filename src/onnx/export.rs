@@ -27,6 +27,7 @@ use crate::graph::{Graph, NodeId, ValueId};
 use crate::op::{Init, Op, Role, Window};
 use crate::types::{DType, TensorType};
 
+use super::ahead::{self, Ahead};
 use super::proto::{
     attr_type, data_type, AttributeProto, Dimension, DimensionValue, GraphProto, ModelProto, NodeProto,
     OperatorSetIdProto, TensorProto, TensorShapeProto, TensorTypeProto, TypeProto, TypeValue, ValueInfoProto,
@@ -144,6 +145,17 @@ pub fn export(g: &Graph, opts: &Options) -> Result<ModelProto, ExportError> {
 /// `weights` instead of the graph's weights file (an imported model's
 /// weights, still in memory).
 pub fn export_with(g: &Graph, opts: &Options, weights: Option<&RawWeights>) -> Result<ModelProto, ExportError> {
+    export_ahead(g, opts, weights, None)
+}
+
+/// [`export_with`], taking the weight conversions it needs from `ahead`
+/// where they were started there (see [`super::ahead`]).
+pub fn export_ahead(
+    g: &Graph,
+    opts: &Options,
+    weights: Option<&RawWeights>,
+    ahead: Option<Ahead>,
+) -> Result<ModelProto, ExportError> {
     let Plan { outputs, nodes, needed } = plan(g)?;
     let mut state = RawWeights::new();
     let mut rest = Vec::new();
@@ -166,6 +178,7 @@ pub fn export_with(g: &Graph, opts: &Options, weights: Option<&RawWeights>) -> R
     let computed = initial_values(g, &rest, opts, false, weights.is_none())?;
     state.extend(computed.into_iter().map(|(k, t)| (k, RawTensor::from_tensor(t))));
     let mut x = Exporter::new(g, opts.bf16, state, needed);
+    x.ahead = ahead;
     for &n in &nodes {
         for v in g.values(n) {
             x.reserve(v);
@@ -442,6 +455,8 @@ struct Exporter<'a> {
     /// Initializers whose data the batch conversion at the end makes:
     /// (index in `inits`, f32 source bytes, conversion).
     pending: Vec<(usize, Bytes, Rounding)>,
+    /// Conversions started before the export (taken in `finish`).
+    ahead: Option<Ahead>,
     /// Values that some exported node reads or that are outputs.
     needed: FxHashSet<ValueId>,
     /// Every name in use or reserved for an mpc value.
@@ -535,6 +550,7 @@ impl<'a> Exporter<'a> {
             mode,
             state,
             pending: Vec::new(),
+            ahead: None,
             needed,
             taken: FxHashSet::default(),
             vname: FxHashMap::default(),
@@ -1344,9 +1360,20 @@ impl<'a> Exporter<'a> {
             .filter(|(n, _, _)| !out_names.contains(n))
             .map(|(n, e, d)| value_info(n, *e, d))
             .collect();
-        let jobs: Vec<(Bytes, Rounding)> = self.pending.iter().map(|(_, b, r)| (b.clone(), *r)).collect();
-        for ((k, _, _), data) in self.pending.iter().zip(raw::convert(&jobs)) {
-            self.inits[*k].raw_data = Some(data);
+        // Last, so that conversions started ahead had the graph work to overlap.
+        let done = self.ahead.take().map(Ahead::finish).unwrap_or_default();
+        let (mut jobs, mut slots) = (Vec::new(), Vec::new());
+        for (k, b, r) in &self.pending {
+            match done.get(&ahead::key(b, *r)) {
+                Some(data) => self.inits[*k].raw_data = Some(data.clone()),
+                None => {
+                    jobs.push((b.clone(), *r));
+                    slots.push(*k);
+                }
+            }
+        }
+        for (k, data) in slots.into_iter().zip(raw::convert(&jobs)) {
+            self.inits[k].raw_data = Some(data);
         }
         let graph = GraphProto {
             node: self.nodes,

@@ -148,9 +148,17 @@ pub(super) struct Importer {
 /// Imports an ONNX model from its bytes (kept, not copied: float
 /// initializers stored raw become slices of them).
 pub fn import(bytes: impl Into<Bytes>, opts: &ImportOptions) -> Result<Imported, ImportError> {
-    let bytes: Bytes = bytes.into();
+    import_model(&decode_model(bytes.into())?, opts)
+}
+
+/// Decodes an ONNX model; its raw initializer data stay slices of `bytes`.
+pub fn decode_model(bytes: Bytes) -> Result<ModelProto, ImportError> {
+    ModelProto::decode(bytes).map_err(|e| ImportError(format!("not an ONNX model (protobuf: {e})")))
+}
+
+/// [`import`] of a decoded model.
+pub fn import_model(model: &ModelProto, opts: &ImportOptions) -> Result<Imported, ImportError> {
     let err = |m: String| ImportError(m);
-    let model = ModelProto::decode(bytes).map_err(|e| err(format!("not an ONNX model (protobuf: {e})")))?;
     let graph = model.graph.as_ref().ok_or_else(|| err("the model has no graph".into()))?;
     let opset = model
         .opset_import

@@ -9,8 +9,14 @@
 
 use bytes::Bytes;
 
+use std::sync::Mutex;
+
+use rustc_hash::FxHashSet;
+
+use super::ahead::Ahead;
 use super::export::{self, Bf16Mode};
-use super::raw::RawWeights;
+use super::proto::{data_type, ModelProto};
+use super::raw::{RawWeights, Rounding};
 use super::{import, ImportOptions};
 use crate::format::{Optimizer, OptimizerKind};
 use crate::graph::Graph;
@@ -26,6 +32,10 @@ pub struct InferenceOptions {
     pub bf16: Bf16Mode,
     /// Sizes for inputs with symbolic dimensions (or to override them).
     pub input_shapes: Vec<(String, Vec<u64>)>,
+    /// Start converting the weights on other threads while the graph is
+    /// imported and lowered, for the ONNX export that follows
+    /// ([`Lowered::to_onnx`]; [`convert`] sets it).
+    pub ahead: bool,
 }
 
 /// A lowered inference graph and the weights its params read.
@@ -38,6 +48,8 @@ pub struct Lowered {
     /// What the importer decided that a user should know.
     pub notes: Vec<String>,
     pub onnx_nodes: usize,
+    /// Weight conversions started at decoding, for [`Lowered::to_onnx`].
+    ahead: Mutex<Option<Ahead>>,
 }
 
 /// Why a model could not be lowered: the message says where and what.
@@ -54,7 +66,13 @@ pub fn lower(bytes: Bytes, opts: &InferenceOptions) -> Result<Lowered, LowerErro
         input_shapes: opts.input_shapes.clone(),
         dropout_seed: 0,
     };
-    let im = import(bytes, &import_opts).map_err(|e| LowerError(e.to_string()))?;
+    let model = import::decode_model(bytes).map_err(|e| LowerError(e.to_string()))?;
+    let ahead = match &opts.passes {
+        Some(p) if opts.ahead => Ahead::start(guess_conversions(&model, p.low, opts.bf16)),
+        _ => None,
+    };
+    let im = import::import_model(&model, &import_opts).map_err(|e| LowerError(e.to_string()))?;
+    drop(model);
     let mut graph = im.graph;
     let report = match &opts.passes {
         Some(p) => {
@@ -71,15 +89,60 @@ pub fn lower(bytes: Bytes, opts: &InferenceOptions) -> Result<Lowered, LowerErro
             None
         }
     };
-    Ok(Lowered { graph, weights: im.weights, report, notes: im.notes, onnx_nodes: im.onnx_nodes })
+    Ok(Lowered {
+        graph,
+        weights: im.weights,
+        report,
+        notes: im.notes,
+        onnx_nodes: im.onnx_nodes,
+        ahead: Mutex::new(ahead),
+    })
+}
+
+/// The conversions the export will most likely ask for: every raw f32
+/// initializer rounded to the low type; stored as FLOAT holding bf16
+/// values where bf16 is emulated, and for a bf16 Conv's weight and bias
+/// (opset 17 has no bf16 Conv). A wrong guess only wastes its conversion.
+fn guess_conversions(model: &ModelProto, low: DType, mode: Bf16Mode) -> Vec<(Bytes, Rounding)> {
+    let Some(g) = model.graph.as_ref() else { return Vec::new() };
+    let conv_inputs: FxHashSet<&str> = g
+        .node
+        .iter()
+        .filter(|n| low == DType::Bf16 && n.op_type.as_deref() == Some("Conv"))
+        .flat_map(|n| n.input.iter().skip(1).map(String::as_str))
+        .collect();
+    g.initializer
+        .iter()
+        .filter(|t| t.data_type == Some(data_type::FLOAT))
+        .filter_map(|t| {
+            let raw = t.raw_data.as_ref().filter(|b| !b.is_empty())?;
+            let conv = conv_inputs.contains(t.name.as_deref().unwrap_or(""));
+            let r = match (low, mode) {
+                (DType::F16, _) => Rounding::F16,
+                (DType::Bf16, Bf16Mode::Emulated) => Rounding::Bf16AsF32,
+                (DType::Bf16, Bf16Mode::Native) if conv => Rounding::Bf16AsF32,
+                (DType::Bf16, Bf16Mode::Native) => Rounding::Bf16,
+                _ => return None,
+            };
+            Some((raw.clone(), r))
+        })
+        .collect()
 }
 
 impl Lowered {
+    /// Whether weight conversions run ahead for [`Lowered::to_onnx`].
+    pub fn converting_ahead(&self) -> bool {
+        self.ahead.lock().is_ok_and(|a| a.is_some())
+    }
+
     /// The lowered model as ONNX: its protobuf encoding in chunks (their
     /// concatenation is the file; large weights are chunks of their own).
     pub fn to_onnx(&self, bf16: Bf16Mode) -> Result<Vec<Bytes>, LowerError> {
         let exp = export::Options { bf16, ..Default::default() };
-        let m = export::export_with(&self.graph, &exp, Some(&self.weights)).map_err(|e| LowerError(e.to_string()))?;
+        // A second call converts everything itself.
+        let ahead = self.ahead.lock().ok().and_then(|mut a| a.take());
+        let m = export::export_ahead(&self.graph, &exp, Some(&self.weights), ahead)
+            .map_err(|e| LowerError(e.to_string()))?;
         Ok(super::chunks::encode(m))
     }
 }
@@ -87,5 +150,5 @@ impl Lowered {
 /// [`lower`] then [`Lowered::to_onnx`]: ONNX model bytes in, the
 /// mixed-precision model's bytes (in chunks) out.
 pub fn convert(bytes: Bytes, opts: &InferenceOptions) -> Result<Vec<Bytes>, LowerError> {
-    lower(bytes, opts)?.to_onnx(opts.bf16)
+    lower(bytes, &InferenceOptions { ahead: true, ..opts.clone() })?.to_onnx(opts.bf16)
 }

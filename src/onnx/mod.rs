@@ -1,6 +1,7 @@
 //! ONNX interchange: `mpc import` reads an ONNX model into mpc's IR, and
 //! `--emit onnx` writes the forward part of a lowered graph back out.
 
+pub mod ahead;
 pub mod chunks;
 mod convert;
 pub mod export;

@@ -109,7 +109,7 @@ impl RawTensor {
 }
 
 /// A bulk conversion of little-endian f32 values.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Rounding {
     /// To f16, nearest even.
     F16,
@@ -120,7 +120,7 @@ pub enum Rounding {
 }
 
 impl Rounding {
-    fn out_bytes(self) -> usize {
+    pub(crate) fn out_bytes(self) -> usize {
         match self {
             Rounding::F16 | Rounding::Bf16 => 2,
             Rounding::Bf16AsF32 => 4,
@@ -129,7 +129,7 @@ impl Rounding {
 }
 
 /// Values per piece of work handed to a thread.
-const PIECE: usize = 1 << 18;
+pub(crate) const PIECE: usize = 1 << 18;
 /// Below this many values in all, the batch runs on the calling thread.
 const PARALLEL_MIN: usize = 1 << 19;
 /// Values converted through the stack buffers at a time.
@@ -202,7 +202,7 @@ pub fn convert(jobs: &[(Bytes, Rounding)]) -> Vec<Bytes> {
 }
 
 /// Converts `src` (little-endian f32) into `dst`, writing every byte of it.
-fn convert_piece(src: &[u8], dst: &mut [MaybeUninit<u8>], r: Rounding) {
+pub(crate) fn convert_piece(src: &[u8], dst: &mut [MaybeUninit<u8>], r: Rounding) {
     #[cfg(target_arch = "x86_64")]
     if r == Rounding::F16 && std::arch::is_x86_feature_detected!("avx") && std::arch::is_x86_feature_detected!("f16c") {
         // SAFETY: the CPU has the features the function is compiled for.
@@ -297,7 +297,7 @@ fn to_le<T: bytemuck::Pod>(v: &mut [T]) -> &[u8] {
 
 /// Asks Linux to back `[p, p + len)` with transparent huge pages where it
 /// can (a hint: nothing changes where THP is off).
-fn advise_huge_pages(p: *mut u8, len: usize) {
+pub(crate) fn advise_huge_pages(p: *mut u8, len: usize) {
     #[cfg(target_os = "linux")]
     {
         const HUGE: usize = 2 << 20;
