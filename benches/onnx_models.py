@@ -187,7 +187,7 @@ def main():
             # Weights of 0.02 everywhere overflow FP16 in these models: no errors to show.
             r = r[:6] + (float("nan"),) * 4 + r[10:]
         print(
-            f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {r[6]:.2e} | {r[7]:.2e} | {r[8]:.2e} | {r[9]:.2e} "
+            f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {r[6]:.3e} | {r[7]:.3e} | {r[8]:.3e} | {r[9]:.3e} "
             f"| {r[10]:.2f} | {r[11]:.2f} | {r[12]:.1f} | {r[13]:.1f} | {r[13] / r[10]:.0f}× | {r[13] / r[11]:.0f}× |"
         )
 
