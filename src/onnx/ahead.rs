@@ -12,12 +12,11 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
-use super::raw::{convert_piece, Rounding, PIECE};
+use super::raw::{convert_piece, cores, Rounding, PIECE};
 
 /// A conversion's key: the source bytes (where they are, how many) and the rounding.
 pub type Key = (usize, usize, Rounding);
@@ -41,7 +40,10 @@ struct Piece {
 struct Shared {
     jobs: Vec<(Bytes, Rounding)>,
     pieces: Vec<Piece>,
+    /// The next piece to claim.
     next: AtomicUsize,
+    /// Pieces converted.
+    done: AtomicUsize,
     /// The arena's buffer (owned by [`Ahead::arena`]), as an address so that
     /// the threads can share it: each piece writes only its own range.
     base: usize,
@@ -58,23 +60,34 @@ impl Shared {
             let len = src.len() / 4 * r.out_bytes();
             // SAFETY: the pieces' ranges lie inside the arena's capacity and do
             // not overlap (laid out in `start`); each is claimed by exactly one
-            // thread (the counter), and the arena outlives every thread (joined
-            // in `finish` or on drop before the buffer is freed).
+            // thread (the counter), and the arena is neither read nor freed
+            // before every claimed piece is counted done (`wait`).
             let dst = unsafe {
                 std::slice::from_raw_parts_mut((self.base as *mut std::mem::MaybeUninit<u8>).add(p.dst), len)
             };
             convert_piece(src, dst, *r);
+            // Release: the piece's bytes are written before it counts as done.
+            self.done.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// Waits until `claimed` pieces are converted (the threads are at most
+    /// one piece each from done).
+    fn wait(&self, claimed: usize) {
+        while self.done.load(Ordering::Acquire) < claimed {
+            std::thread::yield_now();
         }
     }
 }
 
-/// Conversions under way. Dropping it stops and joins the threads.
+/// Conversions under way. Dropping it stops handing out pieces and waits
+/// for those being converted.
 pub struct Ahead {
     shared: Arc<Shared>,
-    threads: Vec<JoinHandle<()>>,
     arena: Vec<u8>,
     /// Each job's byte range in the arena.
     spans: Vec<(usize, usize)>,
+    finished: bool,
 }
 
 impl std::fmt::Debug for Ahead {
@@ -85,13 +98,12 @@ impl std::fmt::Debug for Ahead {
 
 impl Ahead {
     /// Starts converting `jobs` (little-endian f32 bytes, rounding) on
-    /// background threads: all but one of the cores, since the caller goes
-    /// on working. `None` when there is too little to convert to be worth
-    /// it or no second core.
+    /// rayon's pool, on all but one of the cores, since the caller goes on
+    /// working. `None` when there is too little to convert to be worth it
+    /// or no second core.
     pub fn start(jobs: Vec<(Bytes, Rounding)>) -> Option<Ahead> {
         let values: usize = jobs.iter().map(|(s, _)| s.len() / 4).sum();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if values < MIN_VALUES || cores < 2 {
+        if values < MIN_VALUES || cores() < 2 {
             return None;
         }
         let mut pieces = Vec::new();
@@ -111,53 +123,47 @@ impl Ahead {
         }
         let mut arena: Vec<u8> = Vec::with_capacity(at);
         super::raw::advise_huge_pages(arena.as_mut_ptr(), at);
-        let threads = (cores - 1).min(pieces.len()).min(15);
-        let shared = Arc::new(Shared { jobs, pieces, next: AtomicUsize::new(0), base: arena.as_mut_ptr() as usize });
-        let mut handles = Vec::with_capacity(threads);
-        for _ in 0..threads {
+        let helpers = (cores() - 1).min(pieces.len()).min(15);
+        let shared = Arc::new(Shared {
+            jobs,
+            pieces,
+            next: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            base: arena.as_mut_ptr() as usize,
+        });
+        for _ in 0..helpers {
             let s = Arc::clone(&shared);
-            match std::thread::Builder::new().name("mpc-convert".into()).spawn(move || s.work()) {
-                Ok(h) => handles.push(h),
-                // No thread: `finish` converts on the caller's.
-                Err(_) => break,
-            }
+            rayon::spawn(move || s.work());
         }
-        Some(Ahead { shared, threads: handles, arena, spans })
+        Some(Ahead { shared, arena, spans, finished: false })
     }
 
-    /// Helps with what is left, waits for the threads, and returns every
-    /// conversion by its [`key`].
+    /// Helps with what is left, waits for the pieces being converted, and
+    /// returns every conversion by its [`key`].
     pub fn finish(mut self) -> FxHashMap<Key, Bytes> {
         self.shared.work();
-        self.join();
+        self.shared.wait(self.shared.pieces.len());
+        self.finished = true;
         let total = self.spans.last().map_or(0, |s| s.1);
         let mut arena = std::mem::take(&mut self.arena);
-        // SAFETY: every piece was converted (the counter passed the last one
-        // and every thread that claimed one has been joined), and the pieces
-        // cover the first `total` bytes exactly.
+        // SAFETY: every piece is converted (`done` counts them all, with
+        // acquire ordering), and the pieces cover the first `total` bytes
+        // exactly.
         unsafe { arena.set_len(total) };
         let arena = Bytes::from(arena);
         self.shared.jobs.iter().zip(&self.spans).map(|((src, r), &(a, b))| (key(src, *r), arena.slice(a..b))).collect()
-    }
-
-    fn join(&mut self) {
-        for h in self.threads.drain(..) {
-            // A conversion does not panic; if one did, `finish` would not be
-            // reached with its piece unwritten: the panic propagates here.
-            if let Err(p) = h.join() {
-                std::panic::resume_unwind(p);
-            }
-        }
     }
 }
 
 impl Drop for Ahead {
     fn drop(&mut self) {
-        // Stop handing out pieces, then wait: the threads write into `arena`.
-        self.shared.next.store(usize::MAX / 2, Ordering::Relaxed);
-        for h in self.threads.drain(..) {
-            let _ = h.join();
+        if self.finished {
+            return;
         }
+        // Stop handing out pieces, then wait for those claimed: they write
+        // into `arena`. A helper that starts later finds nothing to claim.
+        let claimed = self.shared.next.swap(usize::MAX / 2, Ordering::Relaxed).min(self.shared.pieces.len());
+        self.shared.wait(claimed);
     }
 }
 
@@ -195,15 +201,17 @@ mod tests {
                     assert_eq!(got[&key(src, *r)], w, "{r:?}");
                 }
             }
-            None => assert!(std::thread::available_parallelism().map_or(1, |n| n.get()) < 2),
+            None => assert!(cores() < 2),
         }
         // Too little to be worth a thread.
         assert!(Ahead::start(vec![(f32_bytes(100, 5), Rounding::F16)]).is_none());
     }
 
     #[test]
-    fn dropping_unfinished_work_joins_the_threads() {
-        let jobs = vec![(f32_bytes(8 * PIECE, 6), Rounding::F16)];
-        drop(Ahead::start(jobs));
+    fn dropping_unfinished_work_waits_for_the_pieces_under_way() {
+        for _ in 0..20 {
+            let jobs = vec![(f32_bytes(8 * PIECE, 6), Rounding::F16)];
+            drop(Ahead::start(jobs));
+        }
     }
 }

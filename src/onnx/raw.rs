@@ -5,7 +5,9 @@
 //! (no copy); an exported initializer is either that slice again (same
 //! element type) or the result of one conversion pass that writes straight
 //! into the buffer the output is written from. All conversions of a model
-//! run as one batch, split over the cores, into one allocation (advised to
+//! run as one batch, split over the cores (rayon's pool, whose threads
+//! outlive the call: a thread spawned per conversion cost a small model
+//! a fifth of its time), into one allocation (advised to
 //! use huge pages on Linux: with the system allocator, page faults on a
 //! fresh buffer of hundreds of MB cost as much as the conversion itself;
 //! 25 M values took 14.6 ms without the advice and 9.7 ms with it, two
@@ -14,7 +16,6 @@
 use std::collections::BTreeMap;
 use std::mem::MaybeUninit;
 use std::path::Path;
-use std::sync::Mutex;
 
 use bytes::Bytes;
 use half::{f16, slice::HalfFloatSliceExt};
@@ -160,30 +161,13 @@ pub fn convert(jobs: &[(Bytes, Rounding)]) -> Vec<Bytes> {
             dst = d_tail;
         }
     }
-    let threads = if total / 2 < PARALLEL_MIN {
-        1
-    } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get()).min(pieces.len()).min(16)
-    };
-    if threads <= 1 {
+    if total / 2 < PARALLEL_MIN || cores() < 2 {
         for (s, d, r) in pieces {
             convert_piece(s, d, r);
         }
     } else {
-        let queue = Mutex::new(pieces.into_iter());
-        let work = || loop {
-            let next = queue.lock().map(|mut q| q.next()).unwrap_or(None);
-            match next {
-                Some((s, d, r)) => convert_piece(s, d, r),
-                None => break,
-            }
-        };
-        std::thread::scope(|scope| {
-            for _ in 1..threads {
-                scope.spawn(work);
-            }
-            work();
-        });
+        use rayon::prelude::*;
+        pieces.into_par_iter().for_each(|(s, d, r)| convert_piece(s, d, r));
     }
     // SAFETY: the pieces cover the first `total` bytes of the spare capacity
     // exactly (split from it above), and convert_piece writes every byte of
@@ -199,6 +183,14 @@ pub fn convert(jobs: &[(Bytes, Rounding)]) -> Vec<Bytes> {
             b
         })
         .collect()
+}
+
+/// The cores this process may use, asked once: std reads the cgroup
+/// quota files on every call, which cost more than a small model's
+/// whole conversion.
+pub(crate) fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Converts `src` (little-endian f32) into `dst`, writing every byte of it.
