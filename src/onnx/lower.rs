@@ -71,7 +71,9 @@ pub fn lower(bytes: Bytes, opts: &InferenceOptions) -> Result<Lowered, LowerErro
         Some(p) if opts.ahead => Ahead::start(guess_conversions(&model, p.low, opts.bf16)),
         _ => None,
     };
-    let im = import::import_model(&model, &import_opts).map_err(|e| LowerError(e.to_string()))?;
+    // Checked as the passes are: in debug builds, or with --verify-each.
+    let verify = cfg!(debug_assertions) || opts.passes.as_ref().is_some_and(|p| p.verify_each);
+    let im = import::import_verified(&model, &import_opts, verify).map_err(|e| LowerError(e.to_string()))?;
     drop(model);
     let mut graph = im.graph;
     let report = match &opts.passes {
