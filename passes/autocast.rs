@@ -221,9 +221,8 @@ impl Pass for Autocast {
 }
 
 /// With `fold_bias`: the low matmul or conv whose bias `n` adds, if `n` is
-/// such an add (the op's only reader, adding a param or constant with one
-/// value per output channel; the add has the table's infer class and no
-/// pin). It computes low with its op rather than with its neighbours, as
+/// such an add (the op's only reader, adding a param shaped as the ONNX
+/// export folds it; the add has the table's infer class and no pin). It computes low with its op rather than with its neighbours, as
 /// PyTorch's linear and conv take their bias: a target that folds it into
 /// the op (ONNX Conv's B, Gemm's C, cuBLASLt's bias epilogue) adds it to
 /// the FP32 accumulator before the output's one rounding. Painted by its
@@ -247,28 +246,20 @@ fn bias_of(g: &Graph, n: NodeId, kinds: &[Kind], fanout: &Packed) -> Option<u32>
             Kind::Op { class, pin: None } => class == Some(Class::Low),
             Kind::Fixed => false,
         };
-        // The bias as declared: a param or constant, or (lowered before) a cast of one.
-        let src = if g.is_cast(bias.node) { g.inputs(bias.node)[0].node } else { bias.node };
-        let source = match g.node(src).op.kind() {
-            OpKind::Param => true,
-            // A constant autocast keeps in f32 (out of range) is not one to add low.
-            OpKind::Constant => !matches!(kinds[src.index()], Kind::Op { pin: Some(Pin::Fp32), .. }),
-            _ => false,
-        };
+        // The bias as declared: a param, or (lowered before) a cast of one.
+        let src = if g.is_cast(bias.node) { g.inputs(bias.node).first()?.node } else { bias.node };
+        let source = g.node(src).op.kind() == OpKind::Param;
         let only_reader = x.slot == 0 && fanout.of(p.index() as u32) == [n.index() as u32];
-        let (shape, b) = (&g.ty(x).shape.0, &g.ty(bias).shape.0);
-        let ones = |d: &[u64]| d.iter().all(|&d| d == 1);
-        // One value per output channel: dim 1 of a conv's output, the last of a matmul's.
+        // Exactly what the ONNX export folds: Conv's B `[C, 1, 1]`, Gemm's C
+        // `[N]` for a product of two matrices. Another shape would be added
+        // low after the op's rounding: a second rounding.
+        let (shape, b) = (&g.ty(x).shape.0, &g.ty(bias).shape.0[..]);
         let per_channel = match g.node(p).op.kind() {
-            OpKind::Conv2d => {
-                let r = b.len();
-                shape.len() == 4
-                    && (3..=4).contains(&r)
-                    && b[r - 3] == shape[1]
-                    && ones(&b[r - 2..])
-                    && ones(&b[..r - 3])
+            OpKind::Conv2d => shape.len() == 4 && b == [shape[1], 1, 1],
+            OpKind::Matmul => {
+                let matrices = g.inputs(p).iter().all(|&v| g.ty(v).shape.rank() == 2);
+                matrices && shape.len() == 2 && b == [shape[1]]
             }
-            OpKind::Matmul => !b.is_empty() && b.last() == shape.last() && ones(&b[..b.len() - 1]),
             _ => false,
         };
         let into = g.ty(x).shape == out.shape && g.ty(bias).dtype.is_float();
