@@ -445,3 +445,28 @@ fn weights_converted_ahead_are_those_the_export_converts() {
         assert_eq!(weights.len(), 4, "{low:?} {bf16:?}: w1, b1, w2, b2 (not `unused`) in {names:?}");
     }
 }
+
+/// A Dropout's mask output may exist unread; read, it is refused (mpc's
+/// dropout mask is not ONNX's boolean mask).
+#[test]
+fn a_dropout_mask_is_refused_only_where_it_is_read() {
+    let dropout = NodeProto {
+        op_type: Some("Dropout".into()),
+        input: vec!["x".into()],
+        output: vec!["d".into(), "mask".into()],
+        ..Default::default()
+    };
+    let unread = model(vec![dropout.clone(), relu("d", "y")], vec![], &[2, 3]);
+    import(unread.encode_to_vec(), &options(Loss::Mse)).expect("an unread mask is fine");
+    let cast = NodeProto {
+        op_type: Some("Cast".into()),
+        input: vec!["mask".into()],
+        output: vec!["m".into()],
+        attribute: vec![int_attr("to", i64::from(data_type::FLOAT))],
+        ..Default::default()
+    };
+    let add = op("Add", &["d", "m"], "y", vec![]);
+    let read = model(vec![dropout, cast, add], vec![], &[2, 3]);
+    let e = import(read.encode_to_vec(), &options(Loss::Mse)).unwrap_err().to_string();
+    assert!(e.contains("its mask output is used"), "{e}");
+}

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use prost::Message;
 use rustc_hash::FxHashMap;
 
-use super::proto::{data_type as dt, DimensionValue, ModelProto, NodeProto, TypeValue};
+use super::proto::{data_type as dt, DimensionValue, GraphProto, ModelProto, NodeProto, TypeValue};
 use super::raw::{RawTensor, RawWeights};
 use super::tensor::{decode, Const, ConstData};
 use crate::format::Optimizer;
@@ -141,8 +141,31 @@ pub(super) struct Importer {
     pub weights: RawWeights,
     pub notes: Vec<String>,
     pub dropout_seed: u64,
-    /// Every value some node or graph output reads.
+    /// The Dropout mask outputs that some node or graph output reads.
     pub used: rustc_hash::FxHashSet<String>,
+}
+
+/// The Dropout mask outputs that a node or a graph output reads (the only
+/// values whose readers the import asks about; a model rarely has any).
+fn read_masks(graph: &GraphProto) -> rustc_hash::FxHashSet<String> {
+    let masks: rustc_hash::FxHashSet<&str> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type.as_deref() == Some("Dropout"))
+        .filter_map(|n| n.output.get(1).map(String::as_str))
+        .filter(|m| !m.is_empty())
+        .collect();
+    if masks.is_empty() {
+        return Default::default();
+    }
+    graph
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter())
+        .chain(graph.output.iter().filter_map(|o| o.name.as_ref()))
+        .filter(|x| masks.contains(x.as_str()))
+        .cloned()
+        .collect()
 }
 
 /// Imports an ONNX model from its bytes (kept, not copied: float
@@ -202,13 +225,7 @@ pub(crate) fn import_verified(model: &ModelProto, opts: &ImportOptions, verify: 
         weights: RawWeights::new(),
         notes: Vec::new(),
         dropout_seed: opts.dropout_seed,
-        used: graph
-            .node
-            .iter()
-            .flat_map(|n| n.input.iter())
-            .chain(graph.output.iter().filter_map(|o| o.name.as_ref()))
-            .cloned()
-            .collect(),
+        used: read_masks(graph),
     };
     for t in &graph.initializer {
         let tname = t.name.clone().unwrap_or_default();
