@@ -13,7 +13,7 @@ use std::sync::Mutex;
 
 use rustc_hash::FxHashSet;
 
-use super::ahead::Ahead;
+use super::ahead::{self, Ahead};
 use super::export::{self, Bf16Mode};
 use super::proto::{data_type, ModelProto};
 use super::raw::{RawWeights, Rounding};
@@ -66,6 +66,9 @@ pub fn lower(bytes: Bytes, opts: &InferenceOptions) -> Result<Lowered, LowerErro
         input_shapes: opts.input_shapes.clone(),
         dropout_seed: 0,
     };
+    if opts.ahead && opts.passes.is_some() {
+        ahead::wake();
+    }
     let model = import::decode_model(bytes).map_err(|e| LowerError(e.to_string()))?;
     let ahead = match &opts.passes {
         Some(p) if opts.ahead => Ahead::start(guess_conversions(&model, p.low, opts.bf16)),
