@@ -460,7 +460,9 @@ struct Exporter<'a> {
     /// Values that some exported node reads or that are outputs.
     needed: FxHashSet<ValueId>,
     /// Every name in use or reserved for an mpc value.
-    taken: FxHashSet<String>,
+    /// Hashes of the names given so far (`fresh`): two names with one hash
+    /// only make the second take a suffix, still unique, still deterministic.
+    taken: FxHashSet<u64>,
     vname: FxHashMap<ValueId, String>,
     repr: FxHashMap<ValueId, Repr>,
     /// A value in another element type: a Cast output or a converted initializer.
@@ -568,12 +570,16 @@ impl<'a> Exporter<'a> {
     /// An unused name from `base`: `base`, else `base.1`, `base.2`, ...
     fn fresh(&mut self, base: &str) -> String {
         let base = sanitize(base);
-        let name = if self.taken.contains(&base) {
-            (1..).map(|i| format!("{base}.{i}")).find(|n| !self.taken.contains(n)).expect("an unused name exists")
+        let hash = |n: &str| crate::graph::name_hash(n);
+        let name = if self.taken.contains(&hash(&base)) {
+            (1..)
+                .map(|i| format!("{base}.{i}"))
+                .find(|n| !self.taken.contains(&hash(n)))
+                .expect("an unused name exists")
         } else {
             base
         };
-        self.taken.insert(name.clone());
+        self.taken.insert(hash(&name));
         name
     }
 
@@ -803,11 +809,11 @@ impl<'a> Exporter<'a> {
         let round =
             self.mode == Bf16Mode::Emulated && ty.dtype == DType::Bf16 && !exact && produced != data_type::BFLOAT16;
         let dims = dims_of(ty);
-        let base = self.g.value_name(v).to_string();
         let final_name = self.name_of(v);
         if produced == store && !round {
             op(self, final_name.clone())?;
         } else {
+            let base = self.g.value_name(v);
             let mut cur = self.fresh(&format!("{base}.{}", elem_suffix(produced)));
             op(self, cur.clone())?;
             if round {
