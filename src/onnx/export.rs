@@ -725,6 +725,13 @@ impl<'a> Exporter<'a> {
     /// when given, for an initializer or through a Reshape): the value
     /// itself, a converted initializer, or a Cast of an activation.
     fn get_as(&mut self, v: ValueId, elem: i32, dims: Option<&[u64]>) -> Result<String, ExportError> {
+        // The common case, an activation read as it is: nothing to make or remember.
+        if let Some(Repr::Act(name)) = self.repr.get(&v) {
+            let same_dims = dims.is_none_or(|d| d == self.ty(v).shape.0.as_slice());
+            if same_dims && elem == self.store(self.ty(v).dtype) {
+                return Ok(name.clone());
+            }
+        }
         let own = dims_of(self.ty(v));
         let want = dims.map(|d| d.to_vec()).unwrap_or_else(|| own.clone());
         let key = (v, elem, want.clone());
