@@ -250,6 +250,15 @@ fn window_out(x: &TensorType, w: &Window, what: &str) -> Result<Shape> {
     Ok(Shape(vec![d[0], d[1], hw[0], hw[1]]))
 }
 
+/// [`window_out`] for pooling, whose padding must be smaller than the
+/// kernel on each side (a convolution's may be wider: zeros in, zeros out).
+fn pool_out(x: &TensorType, w: &Window, what: &str) -> Result<Shape> {
+    if let Some((field, i)) = w.padding_too_wide() {
+        return Err(format!("{what}: {}", crate::attrs::pool_padding_message(w, field, i)));
+    }
+    window_out(x, w, what)
+}
+
 /// Input channels per group of a convolution with `cin` input and `cout`
 /// output channels, or why `groups` does not divide them.
 fn conv_groups(groups: u64, cin: u64, cout: u64) -> Result<u64> {
@@ -504,7 +513,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
         }
         MaxPool2d(w) | AvgPool2d { window: w, .. } => {
             float(inputs[0], "the input")?;
-            one(TensorType { dtype: inputs[0].dtype, shape: window_out(inputs[0], w, op.name())? })
+            one(TensorType { dtype: inputs[0].dtype, shape: pool_out(inputs[0], w, op.name())? })
         }
         Flatten { axis } => {
             let x = inputs[0];
@@ -717,7 +726,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             let (dy, x) = (inputs[0], inputs[1]);
             same_type(
                 dy,
-                &TensorType { dtype: x.dtype, shape: window_out(x, w, "max_pool2d")? },
+                &TensorType { dtype: x.dtype, shape: pool_out(x, w, "max_pool2d")? },
                 "dy and max_pool2d's output",
             )?;
             one(x.clone())
@@ -728,7 +737,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             float(dy, "dy")?;
             same_type(
                 dy,
-                &TensorType { dtype: dy.dtype, shape: window_out(&x, window, "avg_pool2d")? },
+                &TensorType { dtype: dy.dtype, shape: pool_out(&x, window, "avg_pool2d")? },
                 "dy and avg_pool2d's output",
             )?;
             one(x)

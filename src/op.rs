@@ -115,6 +115,16 @@ impl Window {
         Window { kernel, stride, padding, padding_end: padding }
     }
 
+    /// The first side whose pooling padding is not smaller than the kernel,
+    /// as (field, axis): there a window could lie wholly in the padding,
+    /// with no input to pool (ONNX allows such pads; a ceil_mode import
+    /// widens the end padding, up to `kernel - 1`).
+    pub fn padding_too_wide(&self) -> Option<(&'static str, usize)> {
+        [("padding", self.padding), ("padding_end", self.padding_end)]
+            .into_iter()
+            .find_map(|(field, pad)| (0..2).find(|&i| pad[i] >= self.kernel[i]).map(|i| (field, i)))
+    }
+
     /// Output spatial size for an input of `h x w`; `None` if the window does not fit.
     pub fn output_hw(&self, h: u64, w: u64) -> Option<[u64; 2]> {
         let mut out = [0; 2];

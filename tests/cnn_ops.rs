@@ -229,10 +229,10 @@ fn bad_shapes_and_attributes_are_clear_errors() {
     assert!(e.contains("expected at least 1 channel"), "{e}");
     let e = rejected(
         "p",
-        r#"{"name": "p", "op": "max_pool2d", "inputs": ["l"], "kernel": [3, 3], "stride": [2, 2], "padding_end": [2, 1]}"#,
+        r#"{"name": "p", "op": "max_pool2d", "inputs": ["l"], "kernel": [3, 3], "stride": [2, 2], "padding_end": [3, 1]}"#,
         None,
     );
-    assert!(e.contains("padding_end 2 for kernel 3 (height)"), "{e}");
+    assert!(e.contains("padding_end 3 for kernel 3 (height)"), "{e}");
     let e = rejected(
         "p",
         r#"{"name": "p", "op": "max_pool2d", "inputs": ["l"], "kernel": [3, 3], "count_include_pad": true}"#,

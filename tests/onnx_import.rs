@@ -470,3 +470,21 @@ fn a_dropout_mask_is_refused_only_where_it_is_read() {
     let e = import(read.encode_to_vec(), &options(Loss::Mse)).unwrap_err().to_string();
     assert!(e.contains("its mask output is used"), "{e}");
 }
+
+/// A ceil_mode pool can need end padding beyond half its kernel (here 2 for
+/// kernel 3): the import accepts it, and so does reading the graph it wrote.
+#[test]
+fn a_ceil_mode_pool_round_trips_through_the_graph_file() {
+    let pool = op(
+        "MaxPool",
+        &["x"],
+        "p",
+        vec![ints_attr("kernel_shape", &[3, 3]), ints_attr("strides", &[3, 3]), int_attr("ceil_mode", 1)],
+    );
+    let m = model(vec![pool, relu("p", "y")], vec![], &[1, 1, 7, 7]);
+    let im = import(m.encode_to_vec(), &options(Loss::Mse)).unwrap();
+    let text = mpc::emit::json::to_string(&im.graph);
+    assert!(text.contains(r#""padding_end": [2, 2]"#) || text.contains(r#""padding_end":[2,2]"#), "{text}");
+    let g = mpc::parse_str(&text).expect("the written graph reads back");
+    mpc::verify(&g).expect("and verifies");
+}
