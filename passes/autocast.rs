@@ -9,7 +9,7 @@
 
 use rustc_hash::FxHashMap;
 
-use crate::graph::{name_hash, Graph, GraphError, InferMemo, NodeId, ValueId};
+use crate::graph::{name_hash, Graph, InferMemo, NodeId, ValueId};
 use crate::op::{Op, OpKind, Precision};
 use crate::types::DType;
 
@@ -179,10 +179,12 @@ impl Pass for Autocast {
             }
         }
         let mut biases = Vec::new();
-        for &n in order.iter().filter(|_| self.fold_bias) {
-            if let Some(p) = bias_of(g, n, &kinds, &fanout) {
-                kinds[n.index()] = Kind::Op { class: Some(Class::Low), pin: None };
-                biases.push((n.index(), p));
+        if self.fold_bias {
+            for &n in &order {
+                if let Some(p) = bias_of(g, n, &kinds, &fanout) {
+                    kinds[n.index()] = Kind::Op { class: Some(Class::Low), pin: None };
+                    biases.push((n.index(), p));
+                }
             }
         }
         let bf16 = low == DType::Bf16;
@@ -369,15 +371,8 @@ fn name_outputs_back(g: &mut Graph, pairs: &[(ValueId, ValueId)]) -> Result<(), 
             continue;
         }
         let name = node.name.clone();
-        let base = format!("{name}.{}", g.ty(v).dtype.name());
-        for k in 0.. {
-            let low = if k == 0 { base.clone() } else { format!("{base}.{k}") };
-            match g.rename(v.node, low) {
-                Ok(()) => break,
-                Err(GraphError::DuplicateName(_)) => continue,
-                Err(e) => return Err(e.to_string()),
-            }
-        }
+        let low = g.fresh_name(&format!("{name}.{}", g.ty(v).dtype.name()));
+        g.rename(v.node, low).map_err(|e| e.to_string())?;
         g.rename(c.node, name).map_err(|e| e.to_string())?;
     }
     Ok(())

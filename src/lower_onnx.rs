@@ -75,8 +75,13 @@ pub fn lower(job: OnnxLower) -> Result<(), miette::Report> {
             times[times.len() / 2]
         );
     }
-    match &job.output {
-        Some(path) => write_atomic_chunks(path, &chunks)
+    write_output(job.output.as_deref(), &chunks)
+}
+
+/// Writes `mpc lower`'s output: to `path` atomically, or to stdout.
+pub fn write_output(path: Option<&Path>, chunks: &[Bytes]) -> Result<(), miette::Report> {
+    match path {
+        Some(path) => write_atomic_chunks(path, chunks)
             .map_err(|e| miette::Report::msg(format!("cannot write {}: {e}", path.display())))?,
         None => {
             use std::io::Write;

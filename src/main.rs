@@ -291,12 +291,10 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
             if onnx_bf16.is_some() && pass_args.precision != LowType::Bf16 {
                 usage_error("--onnx-bf16: only with --precision bf16".into());
             }
-            // The export folds a bias into its Conv or Gemm, unless it emulates
-            // bf16 (which rounds where mpc's executors do): autocast may then add it low.
-            let emulated =
-                pass_args.precision == LowType::Bf16 && onnx_bf16 == Some(mpc::onnx::export::Bf16Mode::Emulated);
-            let fold_bias = (how == Emit::Onnx || lower_onnx::is_onnx(&model)) && !emulated;
-            let opts = passes::Options { verify_each, print_after, fold_bias, ..pass_args.options()? };
+            let opts = passes::Options { verify_each, print_after, ..pass_args.options()? };
+            // The export folds a bias into its Conv or Gemm: autocast may then add it low.
+            let fold_bias = how == Emit::Onnx && onnx_bf16.unwrap_or_default().folds_bias(opts.low);
+            let opts = passes::Options { fold_bias, ..opts };
             if lower_onnx::is_onnx(&model) {
                 if how == Emit::Json {
                     usage_error(
@@ -366,17 +364,7 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
                 model.display(),
                 started.elapsed().as_secs_f64() * 1e3
             );
-            match output {
-                Some(path) => mpc::io::write_atomic_chunks(&path, &out)
-                    .map_err(|e| miette::Report::msg(format!("cannot write {}: {e}", path.display())))?,
-                None => {
-                    use std::io::Write;
-                    let mut stdout = std::io::stdout().lock();
-                    // A closed pipe (`mpc lower ... | head`) is not an error worth a message.
-                    let _ = out.iter().try_for_each(|c| stdout.write_all(c));
-                }
-            }
-            Ok(())
+            lower_onnx::write_output(output.as_deref(), &out)
         }
         Command::Explain { model, passes: pass_args, json } => {
             if pass_args.precision == LowType::Fp32 {

@@ -14,13 +14,6 @@ pub enum Emit {
     Onnx,
 }
 
-impl Emit {
-    /// Whether the format is binary (not for a terminal).
-    pub fn is_binary(self) -> bool {
-        matches!(self, Emit::Onnx)
-    }
-}
-
 /// Renders a graph in the given format. Only the ONNX export can fail
 /// (unsupported ops, no inference outputs, initial values); `onnx` holds
 /// its settings and is ignored by the text formats.

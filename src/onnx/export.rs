@@ -53,6 +53,16 @@ pub enum Bf16Mode {
     Emulated,
 }
 
+impl Bf16Mode {
+    /// Whether an export in this mode folds a bias add into its Conv or
+    /// Gemm for a lowering to `low` (so autocast's `fold_bias` applies):
+    /// not where bf16 is emulated, which rounds every op as mpc's
+    /// executors do.
+    pub fn folds_bias(self, low: DType) -> bool {
+        !(low == DType::Bf16 && self == Bf16Mode::Emulated)
+    }
+}
+
 /// Settings of the exporter.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -778,7 +788,6 @@ impl<'a> Exporter<'a> {
                 };
                 self.tmp(&base, "ConstantOfShape", vec![shape], elem, &want, vec![attr])
             }
-            Some(Repr::Act(name)) if elem == store && want == own => name.clone(),
             Some(Repr::Act(_)) if want == own => {
                 let x = self.get_as(v, store, None)?;
                 let base = format!("{vname}.{}", elem_suffix(elem));
@@ -1026,7 +1035,7 @@ impl<'a> Exporter<'a> {
                 let mut a = self.get_as(ins[0], ct, None)?;
                 let mut b = self.get_as(ins[1], ct, None)?;
                 let (ra, rb) = (in_ty(0).shape.rank(), in_ty(1).shape.rank());
-                let cols = (ra == 2 && rb == 2).then(|| dims_of(g.ty(v0))[1]);
+                let cols = (ra == 2 && rb == 2).then(|| g.ty(v0).shape.0[1]);
                 let folded = cols.and_then(|c| Some((self.bias_add(n, &[c])?, c)));
                 if ra == 2 && rb == 2 && (*transpose_a || *transpose_b || folded.is_some()) {
                     let attrs =

@@ -81,10 +81,7 @@ pub fn lower(bytes: Bytes, opts: &InferenceOptions) -> Result<Lowered, LowerErro
     let mut graph = im.graph;
     let report = match &opts.passes {
         Some(p) => {
-            // The export folds a bias into its Conv or Gemm (not in emulated
-            // bf16, which rounds every op as mpc's executors do).
-            let emulated = p.low == DType::Bf16 && opts.bf16 == Bf16Mode::Emulated;
-            let p = passes::Options { fold_bias: !emulated, ..p.clone() };
+            let p = passes::Options { fold_bias: opts.bf16.folds_bias(p.low), ..p.clone() };
             Some(passes::lower_inference(&mut graph, &p).map_err(|e| LowerError(e.to_string()))?.autocast)
         }
         None => {
