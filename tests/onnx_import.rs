@@ -110,6 +110,55 @@ fn bad_models_are_errors_not_panics() {
     }
     let e = import(m.encode_to_vec(), &options(Loss::Mse)).unwrap_err().to_string();
     assert!(e.contains("graph input `x`") && e.contains("symbolic (`N`)") && e.contains("--input-shape"), "{e}");
+    // Attributes and constants that would divide by zero, overflow or
+    // exhaust memory are errors.
+    let bad = |nodes: Vec<NodeProto>, init: Vec<TensorProto>| {
+        import(model(nodes, init, &[1, 1, 7, 7]).encode_to_vec(), &options(Loss::Mse)).unwrap_err().to_string()
+    };
+    let same = vec![NodeProto {
+        attribute: vec![
+            ints_attr("strides", &[0, 0]),
+            ints_attr("kernel_shape", &[3, 3]),
+            AttributeProto { name: Some("auto_pad".into()), s: Some(b"SAME_UPPER".to_vec()), ..Default::default() },
+        ],
+        ..op("Conv", &["x", "w"], "y", vec![])
+    }];
+    let e = bad(same, vec![floats("w", &[1, 1, 3, 3], |_| 0.1)]);
+    assert!(e.contains("strides [0, 0]: expected two values of at least 1"), "{e}");
+    let ceil = op(
+        "MaxPool",
+        &["x"],
+        "y",
+        vec![ints_attr("kernel_shape", &[3, 3]), ints_attr("strides", &[0, 1]), int_attr("ceil_mode", 1)],
+    );
+    assert!(bad(vec![ceil], vec![]).contains("strides [0, 1]"));
+    let huge_pads = op(
+        "MaxPool",
+        &["x"],
+        "y",
+        vec![
+            ints_attr("kernel_shape", &[3, 3]),
+            ints_attr("pads", &[i64::MAX, 0, i64::MAX, 0]),
+            int_attr("ceil_mode", 1),
+        ],
+    );
+    assert!(bad(vec![huge_pads], vec![]).contains("does not fit the padded input"));
+    let fill = vec![
+        op(
+            "ConstantOfShape",
+            &["big"],
+            "f",
+            vec![AttributeProto { name: Some("value".into()), t: Some(ints("v", &[1])), ..Default::default() }],
+        ),
+        op("Concat", &["f", "f"], "s", vec![int_attr("axis", 0)]),
+        op("Reshape", &["x", "s"], "y", vec![]),
+    ];
+    let e = bad(fill, vec![ints("big", &[1 << 40])]);
+    assert!(e.contains("an integer fill of 1099511627776 elements"), "{e}");
+    let reshape = vec![op("Reshape", &["x", "s"], "y", vec![])];
+    let e = bad(reshape, vec![ints("s", &[1 << 32, 1 << 32, 64])]);
+    assert!(e.contains("its size overflows"), "{e}");
+
     let mut o = options(Loss::Mse);
     o.input_shapes = vec![("x".into(), vec![3, 4])];
     let im = import(m.encode_to_vec(), &o).unwrap();

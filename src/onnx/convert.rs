@@ -37,10 +37,11 @@ fn axis(a: i64, rank: usize) -> Result<usize, String> {
     Ok(x as usize)
 }
 
+/// A 2-D kernel size or stride: two values of at least 1.
 fn pair(v: &[i64], what: &str) -> Result<[u64; 2], String> {
     match v {
-        [a, b] if *a >= 0 && *b >= 0 => Ok([*a as u64, *b as u64]),
-        _ => Err(format!("{what} {v:?}: expected two non-negative values (2-D)")),
+        [a, b] if *a >= 1 && *b >= 1 => Ok([*a as u64, *b as u64]),
+        _ => Err(format!("{what} {v:?}: expected two values of at least 1 (2-D)")),
     }
 }
 
@@ -242,11 +243,12 @@ impl Importer {
                     // output size; padded positions never win a max or count
                     // in an average without count_include_pad.
                     for i in 0..2 {
-                        let span = hw[i] + begin[i] + end[i];
-                        if span < kernel[i] {
+                        let span = hw[i].checked_add(begin[i]).and_then(|x| x.checked_add(end[i]));
+                        let Some(span) = span.filter(|&x| x >= kernel[i]) else {
                             return Err(format!("the window {kernel:?} does not fit the padded input"));
-                        }
+                        };
                         let mut out = (span - kernel[i]).div_ceil(stride[i]) + 1;
+                        // (out - 1) * stride <= span - kernel < 2^64: no overflow below.
                         if (out - 1) * stride[i] >= hw[i] + begin[i] {
                             out -= 1; // the last window would start in the end padding
                         }
@@ -422,6 +424,16 @@ impl Importer {
                     }
                     None => (0.0, true),
                 };
+                let n = crate::types::Shape(dims.clone())
+                    .numel()
+                    .ok_or_else(|| format!("the shape {dims:?} has too many elements"))?;
+                // Integer constants are folded (shapes, indices): expanded in memory.
+                if !float && n > INT_FILL_MAX {
+                    return Err(format!(
+                        "an integer fill of {n} elements: mpc folds integer constants (shapes, indices) and takes \
+                         at most {INT_FILL_MAX}"
+                    ));
+                }
                 self.bind(out, Val::C(Rc::new(Const { dims, data: ConstData::Fill(value), float }), Source::Node));
                 return Ok(());
             }
@@ -614,6 +626,10 @@ impl Importer {
     }
 }
 
+/// The most elements of an integer ConstantOfShape (integer constants are
+/// expanded to be folded; they are shapes and indices, never this large).
+const INT_FILL_MAX: u64 = 1 << 24;
+
 fn reshape_dims(input: &[u64], shape: &[i64], allowzero: bool) -> Result<Vec<u64>, String> {
     let total: u64 = input.iter().product();
     let mut dims = Vec::with_capacity(shape.len());
@@ -631,7 +647,10 @@ fn reshape_dims(input: &[u64], shape: &[i64], allowzero: bool) -> Result<Vec<u64
             _ => return Err(format!("shape {shape:?} is not a valid reshape target")),
         }
     }
-    let known: u64 = dims.iter().product();
+    let known = dims
+        .iter()
+        .try_fold(1u64, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| format!("shape {shape:?}: its size overflows"))?;
     if let Some(i) = infer {
         if known == 0 || total % known != 0 {
             return Err(format!("cannot reshape {input:?} to {shape:?}"));

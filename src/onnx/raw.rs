@@ -195,6 +195,8 @@ pub(crate) fn cores() -> usize {
 
 /// Converts `src` (little-endian f32) into `dst`, writing every byte of it.
 pub(crate) fn convert_piece(src: &[u8], dst: &mut [MaybeUninit<u8>], r: Rounding) {
+    // Every caller's SAFETY (an arena whose length is then set) rests on this.
+    debug_assert_eq!(dst.len(), src.len() / 4 * r.out_bytes(), "a piece's output covers its input");
     #[cfg(target_arch = "x86_64")]
     if r == Rounding::F16 && std::arch::is_x86_feature_detected!("avx") && std::arch::is_x86_feature_detected!("f16c") {
         // SAFETY: the CPU has the features the function is compiled for.

@@ -102,11 +102,24 @@ pub fn decode(t: &TensorProto) -> Result<Const, String> {
     let n = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).ok_or("its size overflows")?;
     let ty = t.data_type.unwrap_or(0);
     let raw = t.raw_data.as_deref();
+    // raw_data must hold exactly the elements (a partial one would be dropped).
+    let width: u64 = match ty {
+        dt::DOUBLE | dt::INT64 => 8,
+        dt::FLOAT | dt::INT32 => 4,
+        dt::FLOAT16 | dt::BFLOAT16 => 2,
+        _ => 1,
+    };
+    if let Some(b) = raw {
+        if n.checked_mul(width) != Some(b.len() as u64) {
+            return Err(format!(
+                "its raw_data has {} bytes, but {n} elements of {width} bytes need {}",
+                b.len(),
+                n.saturating_mul(width)
+            ));
+        }
+    }
     let (data, float) = match ty {
         dt::FLOAT => match &t.raw_data {
-            Some(b) if b.len() % 4 != 0 => {
-                return Err(format!("its raw_data has {} bytes, not a whole number of FLOAT elements", b.len()))
-            }
             Some(b) => (ConstData::Raw(b.clone()), true),
             None => (ConstData::F32(t.float_data.clone()), true),
         },
@@ -190,6 +203,14 @@ mod tests {
     fn rejects_inconsistent_tensors() {
         let t = TensorProto { dims: vec![4], data_type: Some(dt::FLOAT), float_data: vec![1.0], ..Default::default() };
         assert!(decode(&t).unwrap_err().contains("1 elements but its dims [4] need 4"));
+        // A trailing partial element is not dropped: 20 bytes are not two INT64s.
+        let t = TensorProto {
+            dims: vec![2],
+            data_type: Some(dt::INT64),
+            raw_data: Some(Bytes::from(vec![0u8; 20])),
+            ..Default::default()
+        };
+        assert!(decode(&t).unwrap_err().contains("20 bytes, but 2 elements of 8 bytes need 16"));
         let t = TensorProto { dims: vec![-1], data_type: Some(dt::FLOAT), ..Default::default() };
         assert!(decode(&t).unwrap_err().contains("negative"));
         let t = TensorProto { dims: vec![1], data_type: Some(8), ..Default::default() };
