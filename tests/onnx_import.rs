@@ -3,8 +3,8 @@
 use mpc::exec::{init_state_with, CpuBackend, Executor, RunOptions, State, Tensor};
 use mpc::format::{Optimizer, OptimizerKind};
 use mpc::onnx::proto::{
-    data_type, AttributeProto, Dimension, DimensionValue, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
-    TensorProto, TensorShapeProto, TensorTypeProto, TypeProto, TypeValue, ValueInfoProto,
+    data_type, AttributeProto, DimensionValue, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TypeValue, ValueInfoProto,
 };
 use mpc::onnx::{import, ImportOptions, Loss};
 use mpc::passes::{self, Options, Table};
@@ -170,22 +170,7 @@ fn relu(i: &str, o: &str) -> NodeProto {
 }
 
 fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(TypeValue::TensorType(TensorTypeProto {
-                elem_type: Some(data_type::FLOAT),
-                shape: Some(TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|&d| Dimension { value: Some(DimensionValue::DimValue(d)), denotation: None })
-                        .collect(),
-                }),
-            })),
-            denotation: None,
-        }),
-        doc_string: None,
-    }
+    ValueInfoProto::tensor(name, data_type::FLOAT, &dims.iter().map(|&d| d as u64).collect::<Vec<_>>())
 }
 
 /// A model with input `x` of `dims` and output `y`.

