@@ -328,7 +328,7 @@ fn apply(
             if !have.is_float() || have == target || kept.contains(&port) {
                 continue;
             }
-            let c = cast(g, cache, memo, *v, target, casts)?;
+            let c = cast(g, cache, *v, target, casts)?;
             g.set_input(n, port as u32, c);
             *v = c;
         }
@@ -339,13 +339,13 @@ fn apply(
         let (s, v) = g.updates[i];
         let want = g.ty(ValueId { node: s, slot: 0 }).dtype;
         if g.ty(v).dtype != want {
-            g.updates[i].1 = cast(g, cache, memo, v, want, casts)?;
+            g.updates[i].1 = cast(g, cache, v, want, casts)?;
         }
     }
     for i in 0..g.outputs.len() {
         let v = g.outputs[i];
         if g.ty(v).dtype.is_low() {
-            let c = cast(g, cache, memo, v, DType::F32, casts)?;
+            let c = cast(g, cache, v, DType::F32, casts)?;
             g.outputs[i] = c;
             if c != v && !named_back.contains(&(v, c)) {
                 named_back.push((v, c));
@@ -460,14 +460,7 @@ fn retype(g: &mut Graph, memo: &mut InferMemo, n: NodeId, ins: &[ValueId]) -> Re
 
 /// The cast of `v` to `to`, shared: made once per (value, type). Casting a
 /// widened value back to its original type returns the original.
-fn cast(
-    g: &mut Graph,
-    cache: &mut CastCache,
-    memo: &mut InferMemo,
-    v: ValueId,
-    to: DType,
-    count: &mut usize,
-) -> Result<ValueId, String> {
+fn cast(g: &mut Graph, cache: &mut CastCache, v: ValueId, to: DType, count: &mut usize) -> Result<ValueId, String> {
     if g.ty(v).dtype == to {
         return Ok(v);
     }
@@ -491,7 +484,9 @@ fn cast(
     let role = g.node(v.node).role;
     // The name is entered later, with the other casts' (see `CastCache::unnamed`).
     let hash = name_hash(&base);
-    let id = g.add_unnamed(base, Op::Cast { to }, role, &[v], memo).map_err(|e| e.to_string())?;
+    // A cast's type is its input's in `to`: nothing to infer.
+    let ty = g.ty(v).with_dtype(to);
+    let id = g.add_unnamed(base, Op::Cast { to }, role, &[v], ty);
     cache.unnamed.push((id, hash));
     let c = ValueId { node: id, slot: 0 };
     cache.insert(v, to, c);

@@ -709,8 +709,9 @@ impl Graph {
         self.contains(id).then_some(id)
     }
 
-    /// Adds a one-output node named `name`, typed from its inputs, without
-    /// entering the name in the name table: lookups do not see it until
+    /// Adds a one-output node named `name` of type `ty` (known to the caller:
+    /// a cast's is its input's in another dtype) without entering the name
+    /// in the name table: lookups do not see it until
     /// [`Graph::register_unnamed`]. For passes that add many nodes in a row
     /// and register their names in one batch, which overlaps the table's
     /// cache misses.
@@ -720,22 +721,14 @@ impl Graph {
         op: Op,
         role: Role,
         inputs: &[ValueId],
-        memo: &mut InferMemo,
-    ) -> Result<NodeId, GraphError> {
-        let ty = {
-            let in_tys = self.types_of(inputs);
-            match memo.infer(&op, &in_tys) {
-                Ok([ty]) => ty.clone(),
-                Ok(tys) => panic!("add_unnamed: {} has {} outputs", op.name(), tys.len()),
-                Err(message) => return Err(GraphError::Type { node: name, message }),
-            }
-        };
+        ty: TensorType,
+    ) -> NodeId {
         let outputs = vec![Output { name: name.clone(), ty }];
         let id = NodeId::at(self.alloc(Node { name, op, role, precision: None, outputs, origin: None }));
         for (port, &v) in inputs.iter().enumerate() {
             self.connect(v, id, port as u32);
         }
-        Ok(id)
+        id
     }
 
     /// Registers the names of nodes from [`Graph::add_unnamed`] (with their
