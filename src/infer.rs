@@ -265,10 +265,10 @@ fn conv_groups(groups: u64, cin: u64, cout: u64) -> Result<u64> {
     if groups == 0 {
         return Err("conv2d: groups must be at least 1".into());
     }
-    if cin % groups != 0 {
+    if !cin.is_multiple_of(groups) {
         return Err(format!("conv2d: groups={groups} does not divide the input's {cin} channels"));
     }
-    if cout % groups != 0 {
+    if !cout.is_multiple_of(groups) {
         return Err(format!("conv2d: groups={groups} does not divide the weight's {cout} output channels"));
     }
     Ok(cin / groups)

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
-use super::raw::{convert_piece, cores, Rounding, PIECE};
+use super::raw::{convert_piece, cores, Rounding, PIECE, STREAM_MIN};
 
 /// Wakes a pool thread, so that it is up when [`Ahead::start`] hands it
 /// work: a sleeping rayon worker takes tens of µs to wake, which delayed
@@ -58,6 +58,8 @@ struct Shared {
     /// The arena's buffer (owned by [`Ahead::arena`]), as an address so that
     /// the threads can share it: each piece writes only its own range.
     base: usize,
+    /// Whether the conversions use non-temporal stores (see [`STREAM_MIN`]).
+    stream: bool,
 }
 
 impl Shared {
@@ -76,7 +78,7 @@ impl Shared {
             let dst = unsafe {
                 std::slice::from_raw_parts_mut((self.base as *mut std::mem::MaybeUninit<u8>).add(p.dst), len)
             };
-            convert_piece(src, dst, *r);
+            convert_piece(src, dst, *r, self.stream);
             // Release: the piece's bytes are written before it counts as done.
             self.done.fetch_add(1, Ordering::Release);
         }
@@ -141,6 +143,7 @@ impl Ahead {
             next: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
             base: arena.as_mut_ptr() as usize,
+            stream: at >= STREAM_MIN,
         });
         for _ in 0..helpers {
             let s = Arc::clone(&shared);

@@ -652,7 +652,7 @@ fn reshape_dims(input: &[u64], shape: &[i64], allowzero: bool) -> Result<Vec<u64
         .try_fold(1u64, |a, &d| a.checked_mul(d))
         .ok_or_else(|| format!("shape {shape:?}: its size overflows"))?;
     if let Some(i) = infer {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(format!("cannot reshape {input:?} to {shape:?}"));
         }
         dims[i] = total / known;

@@ -161,13 +161,14 @@ pub fn convert(jobs: &[(Bytes, Rounding)]) -> Vec<Bytes> {
             dst = d_tail;
         }
     }
+    let stream = total >= STREAM_MIN;
     if total / 2 < PARALLEL_MIN || cores() < 2 {
         for (s, d, r) in pieces {
-            convert_piece(s, d, r);
+            convert_piece(s, d, r, stream);
         }
     } else {
         use rayon::prelude::*;
-        pieces.into_par_iter().for_each(|(s, d, r)| convert_piece(s, d, r));
+        pieces.into_par_iter().for_each(|(s, d, r)| convert_piece(s, d, r, stream));
     }
     // SAFETY: the pieces cover the first `total` bytes of the spare capacity
     // exactly (split from it above), and convert_piece writes every byte of
@@ -193,16 +194,33 @@ pub(crate) fn cores() -> usize {
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// Converts `src` (little-endian f32) into `dst`, writing every byte of it.
-pub(crate) fn convert_piece(src: &[u8], dst: &mut [MaybeUninit<u8>], r: Rounding) {
+/// Conversions that write at least this many bytes in all use non-temporal
+/// stores for f16 (on x86-64): their output cannot stay in the cache for
+/// its reader anyway, and streaming it saves reading each destination line
+/// before writing it (7 M values from memory: 1.02 ms with ordinary stores,
+/// 0.80 with streaming ones, 0.72 with AVX-512's; below the cache's size
+/// ordinary stores are a little faster: 0.083 against 0.086 ms for 1.2 M).
+pub(crate) const STREAM_MIN: usize = 8 << 20;
+
+/// Converts `src` (little-endian f32) into `dst`, writing every byte of it;
+/// `stream`: with non-temporal stores (see [`STREAM_MIN`]).
+pub(crate) fn convert_piece(src: &[u8], dst: &mut [MaybeUninit<u8>], r: Rounding, stream: bool) {
     // Every caller's SAFETY (an arena whose length is then set) rests on this.
     debug_assert_eq!(dst.len(), src.len() / 4 * r.out_bytes(), "a piece's output covers its input");
     #[cfg(target_arch = "x86_64")]
-    if r == Rounding::F16 && std::arch::is_x86_feature_detected!("avx") && std::arch::is_x86_feature_detected!("f16c") {
-        // SAFETY: the CPU has the features the function is compiled for.
-        unsafe { f16_f16c(src, dst) };
-        return;
+    if r == Rounding::F16 {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the features the function is compiled for.
+            unsafe { f16_avx512(src, dst, stream) };
+            return;
+        }
+        if std::arch::is_x86_feature_detected!("avx") && std::arch::is_x86_feature_detected!("f16c") {
+            // SAFETY: as above.
+            unsafe { f16_f16c(src, dst, stream) };
+            return;
+        }
     }
+    let _ = stream;
     let mut f = [0f32; BLOCK];
     let mut h = [f16::ZERO; BLOCK];
     let mut b = [0u16; BLOCK];
@@ -238,33 +256,101 @@ pub(crate) fn convert_piece(src: &[u8], dst: &mut [MaybeUninit<u8>], r: Rounding
     }
 }
 
-/// f32 to f16 eight at a time with F16C (the instruction `half` uses too:
-/// nearest even), straight from the source bytes to the destination, with
-/// no staging copy; the tail goes through `half`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx,f16c")]
-unsafe fn f16_f16c(src: &[u8], dst: &mut [MaybeUninit<u8>]) {
-    use std::arch::x86_64::{__m128i, _mm256_cvtps_ph, _mm256_loadu_ps, _mm_storeu_si128, _MM_FROUND_TO_NEAREST_INT};
-    let n = (src.len() / 4).min(dst.len() / 2);
-    let whole = n / 8 * 8;
-    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
-    let mut i = 0;
-    while i < whole {
-        // SAFETY: i + 8 <= n, so the 32 bytes read and the 16 written lie
-        // inside `src` and `dst`; both accesses are unaligned ones.
-        unsafe {
-            let v = _mm256_loadu_ps(s.add(4 * i) as *const f32);
-            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
-            _mm_storeu_si128(d.add(2 * i) as *mut __m128i, h);
-        }
-        i += 8;
-    }
-    for k in whole..n {
+/// f32 to f16 with `half` (the F16C kernels' leading and trailing values).
+fn f16_scalar(src: &[u8], dst: &mut [MaybeUninit<u8>], values: std::ops::Range<usize>) {
+    for k in values {
         let c = &src[4 * k..4 * k + 4];
         let h = f16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes();
         dst[2 * k].write(h[0]);
         dst[2 * k + 1].write(h[1]);
     }
+}
+
+/// Where a kernel storing `width` values at a time starts its vector loop
+/// (values before it go through [`f16_scalar`]): at 0, or with `stream` at
+/// the first value whose destination is aligned for non-temporal stores,
+/// `None` if there is none (an odd destination address).
+fn vector_start(dst: &[MaybeUninit<u8>], n: usize, width: usize, stream: bool) -> Option<usize> {
+    if !stream {
+        return Some(0);
+    }
+    let align = 2 * width;
+    let addr = dst.as_ptr() as usize;
+    addr.is_multiple_of(2).then(|| ((align - addr % align) % align / 2).min(n))
+}
+
+/// f32 to f16 eight at a time with F16C (the instruction `half` uses too:
+/// nearest even), straight from the source bytes to the destination, with
+/// no staging copy; with `stream`, non-temporal stores.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn f16_f16c(src: &[u8], dst: &mut [MaybeUninit<u8>], stream: bool) {
+    use std::arch::x86_64::{
+        __m128i, _mm256_cvtps_ph, _mm256_loadu_ps, _mm_sfence, _mm_storeu_si128, _mm_stream_si128,
+        _MM_FROUND_TO_NEAREST_INT,
+    };
+    let n = (src.len() / 4).min(dst.len() / 2);
+    let Some(start) = vector_start(dst, n, 8, stream) else { return f16_f16c(src, dst, false) };
+    f16_scalar(src, dst, 0..start);
+    let end = start + (n - start) / 8 * 8;
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut i = start;
+    while i < end {
+        // SAFETY: i + 8 <= n, so the 32 bytes read and the 16 written lie
+        // inside `src` and `dst`; the loads are unaligned ones, and with
+        // `stream` the stores go to 16-byte-aligned addresses (vector_start).
+        unsafe {
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(s.add(4 * i) as *const f32));
+            if stream {
+                _mm_stream_si128(d.add(2 * i) as *mut __m128i, h);
+            } else {
+                _mm_storeu_si128(d.add(2 * i) as *mut __m128i, h);
+            }
+        }
+        i += 8;
+    }
+    if stream {
+        // Streaming stores are weakly ordered: they must be done before the
+        // piece is reported done to the thread that reads it.
+        _mm_sfence();
+    }
+    f16_scalar(src, dst, end..n);
+}
+
+/// [`f16_f16c`] sixteen at a time with AVX-512 (the same instruction on
+/// wider registers, so the same rounding).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn f16_avx512(src: &[u8], dst: &mut [MaybeUninit<u8>], stream: bool) {
+    use std::arch::x86_64::{
+        __m256i, _mm256_storeu_si256, _mm256_stream_si256, _mm512_cvtps_ph, _mm512_loadu_ps, _mm_sfence,
+        _MM_FROUND_TO_NEAREST_INT,
+    };
+    let n = (src.len() / 4).min(dst.len() / 2);
+    let Some(start) = vector_start(dst, n, 16, stream) else { return f16_avx512(src, dst, false) };
+    f16_scalar(src, dst, 0..start);
+    let end = start + (n - start) / 16 * 16;
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut i = start;
+    while i < end {
+        // SAFETY: i + 16 <= n, so the 64 bytes read and the 32 written lie
+        // inside `src` and `dst`; the loads are unaligned ones, and with
+        // `stream` the stores go to 32-byte-aligned addresses (vector_start).
+        unsafe {
+            let h = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm512_loadu_ps(s.add(4 * i) as *const f32));
+            if stream {
+                _mm256_stream_si256(d.add(2 * i) as *mut __m256i, h);
+            } else {
+                _mm256_storeu_si256(d.add(2 * i) as *mut __m256i, h);
+            }
+        }
+        i += 16;
+    }
+    if stream {
+        // As in f16_f16c.
+        _mm_sfence();
+    }
+    f16_scalar(src, dst, end..n);
 }
 
 /// `half::bf16::from_f32(x).to_bits()` without its branches, so that a loop
@@ -369,8 +455,9 @@ mod tests {
 
     #[test]
     fn conversions_match_the_executors_rounding_bit_for_bit() {
-        // Sizes below and above the block, the piece and the parallel threshold.
-        for n in [0, 1, 7, BLOCK + 3, PIECE + 5, PARALLEL_MIN * 2 + 11] {
+        // Sizes below and above the block, the piece, the parallel threshold
+        // and (f16 output) streaming stores.
+        for n in [0, 1, 7, BLOCK + 3, PIECE + 5, PARALLEL_MIN * 2 + 11, STREAM_MIN / 2 + 5] {
             let v = awkward(n);
             let src = f32_bytes(&v);
             let out =
@@ -381,6 +468,39 @@ mod tests {
             assert!(out[0][..] == want_h[..], "f16, n = {n}");
             assert!(out[1][..] == want_b[..], "bf16, n = {n}");
             assert!(out[2][..] == want_e[..], "bf16 as f32, n = {n}");
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn every_f16_kernel_rounds_as_half_at_every_alignment() {
+        let v = awkward(300);
+        let src = f32_bytes(&v);
+        let want: Vec<u8> = v.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect();
+        type Kernel = unsafe fn(&[u8], &mut [MaybeUninit<u8>], bool);
+        let mut kernels: Vec<(&str, Kernel)> = Vec::new();
+        if std::arch::is_x86_feature_detected!("avx") && std::arch::is_x86_feature_detected!("f16c") {
+            kernels.push(("f16c", f16_f16c));
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            kernels.push(("avx512", f16_avx512));
+        }
+        let mut buf = vec![MaybeUninit::new(0xa5u8); want.len() + 64];
+        for (name, kernel) in kernels {
+            // Destinations at every offset, odd ones included (no streaming
+            // there), and lengths that end inside and between vectors.
+            for offset in 0..33 {
+                for n in [0, 1, 15, 16, 17, 31, 33, 300] {
+                    for stream in [false, true] {
+                        let dst = &mut buf[offset..offset + 2 * n];
+                        // SAFETY: the test runs each kernel only where the CPU has its features.
+                        unsafe { kernel(&src[..4 * n], dst, stream) };
+                        // SAFETY: every byte of `buf` is initialised (0xa5 at first).
+                        let got: Vec<u8> = dst.iter().map(|b| unsafe { b.assume_init() }).collect();
+                        assert!(got == want[..2 * n], "{name}, offset {offset}, n {n}, stream {stream}");
+                    }
+                }
+            }
         }
     }
 
