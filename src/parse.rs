@@ -520,18 +520,6 @@ fn find_cycle(g: &Graph, stuck: &[NodeId]) -> Vec<NodeId> {
     }
 }
 
-/// The streaming pass: JSON -> graph with no intermediate `RawGraph`.
-///
-/// It accepts a file only when nothing is wrong with it and its node
-/// sections come in the order `from_raw` adds them (inputs, params, state,
-/// forward, backward, update; other fields anywhere), and then builds the
-/// same graph `from_raw` would: nodes in the same order, edges connected in
-/// the same order (a node's inputs are wired as soon as they all resolve,
-/// until the first node with a forward reference; from there on, wiring
-/// waits for the end, as in `from_raw`). It returns `None` at the first
-/// thing it does not accept, and the caller starts over on the slow path,
-/// which produces the error messages.
-#[doc(hidden)]
 /// The keys of a graph file's top-level object, in file order.
 pub const TOP_LEVEL_KEYS: [&str; 14] = [
     "format",
@@ -550,6 +538,18 @@ pub const TOP_LEVEL_KEYS: [&str; 14] = [
     "weights",
 ];
 
+/// The streaming pass: JSON -> graph with no intermediate `RawGraph`.
+///
+/// It accepts a file only when nothing is wrong with it and its node
+/// sections come in the order `from_raw` adds them (inputs, params, state,
+/// forward, backward, update; other fields anywhere), and then builds the
+/// same graph `from_raw` would: nodes in the same order, edges connected in
+/// the same order (a node's inputs are wired as soon as they all resolve,
+/// until the first node with a forward reference; from there on, wiring
+/// waits for the end, as in `from_raw`). It returns `None` at the first
+/// thing it does not accept, and the caller starts over on the slow path,
+/// which produces the error messages.
+#[doc(hidden)]
 pub mod fast {
     use std::borrow::Cow;
     use std::collections::BTreeMap;

@@ -111,13 +111,18 @@ impl Shape {
 
     /// Normalises a possibly negative axis against this rank.
     pub fn axis(&self, axis: i64) -> Result<usize, String> {
-        let r = self.rank() as i64;
-        let a = if axis < 0 { axis + r } else { axis };
-        if a < 0 || a >= r {
-            return Err(format!("axis {axis} is out of range for rank {r}"));
-        }
-        Ok(a as usize)
+        resolve_axis(axis, self.rank())
     }
+}
+
+/// `axis` of a shape of rank `rank`, counted from the end when negative.
+pub fn resolve_axis(axis: i64, rank: usize) -> Result<usize, String> {
+    let r = rank as i64;
+    let a = if axis < 0 { axis + r } else { axis };
+    if a < 0 || a >= r {
+        return Err(format!("axis {axis} is out of range for rank {r}"));
+    }
+    Ok(a as usize)
 }
 
 impl fmt::Display for Shape {

@@ -100,7 +100,6 @@ pub struct Ahead {
     arena: Vec<u8>,
     /// Each job's byte range in the arena.
     spans: Vec<(usize, usize)>,
-    finished: bool,
 }
 
 impl std::fmt::Debug for Ahead {
@@ -149,7 +148,7 @@ impl Ahead {
             let s = Arc::clone(&shared);
             rayon::spawn(move || s.work());
         }
-        Some(Ahead { shared, arena, spans, finished: false })
+        Some(Ahead { shared, arena, spans })
     }
 
     /// Helps with what is left, waits for the pieces being converted, and
@@ -157,7 +156,6 @@ impl Ahead {
     pub fn finish(mut self) -> FxHashMap<Key, Bytes> {
         self.shared.work();
         self.shared.wait(self.shared.pieces.len());
-        self.finished = true;
         let total = self.spans.last().map_or(0, |s| s.1);
         let mut arena = std::mem::take(&mut self.arena);
         // SAFETY: every piece is converted (`done` counts them all, with
@@ -171,11 +169,9 @@ impl Ahead {
 
 impl Drop for Ahead {
     fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
         // Stop handing out pieces, then wait for those claimed: they write
         // into `arena`. A helper that starts later finds nothing to claim.
+        // (After `finish`, every piece is done: nothing to wait for.)
         let claimed = self.shared.next.swap(usize::MAX / 2, Ordering::Relaxed).min(self.shared.pieces.len());
         self.shared.wait(claimed);
     }

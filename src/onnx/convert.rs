@@ -6,6 +6,7 @@ use super::import::{Importer, Port, Source, Val, SOFTMAX_2D};
 use super::proto::{AttributeProto, NodeProto};
 use super::tensor::{decode, le, Const, ConstData};
 use crate::op::{Op, Window};
+use crate::types::resolve_axis;
 
 /// Attribute lookup on one node.
 struct Attrs<'a>(&'a [AttributeProto]);
@@ -26,15 +27,6 @@ impl Attrs<'_> {
     fn string(&self, name: &str) -> Option<String> {
         self.get(name).and_then(|a| a.s.as_ref()).map(|s| String::from_utf8_lossy(s).into_owned())
     }
-}
-
-fn axis(a: i64, rank: usize) -> Result<usize, String> {
-    let r = rank as i64;
-    let x = if a < 0 { a + r } else { a };
-    if x < 0 || x >= r {
-        return Err(format!("axis {a} is out of range for rank {rank}"));
-    }
-    Ok(x as usize)
 }
 
 /// A 2-D kernel size or stride: two values of at least 1.
@@ -334,13 +326,13 @@ impl Importer {
                 let dims = if op == "Unsqueeze" {
                     let axes = axes.ok_or("the axes are required")?;
                     let r = d.len() + axes.len();
-                    let mut pos = axes.iter().map(|&a| axis(a, r)).collect::<Result<Vec<_>, _>>()?;
+                    let mut pos = axes.iter().map(|&a| resolve_axis(a, r)).collect::<Result<Vec<_>, _>>()?;
                     pos.sort_unstable();
                     let mut src = d.iter();
                     (0..r).map(|i| if pos.contains(&i) { 1 } else { *src.next().unwrap_or(&1) }).collect()
                 } else {
                     let drop: Vec<usize> = match axes {
-                        Some(a) => a.iter().map(|&x| axis(x, d.len())).collect::<Result<_, _>>()?,
+                        Some(a) => a.iter().map(|&x| resolve_axis(x, d.len())).collect::<Result<_, _>>()?,
                         None => (0..d.len()).filter(|&i| d[i] == 1).collect(),
                     };
                     if let Some(&i) = drop.iter().find(|&&i| d[i] != 1) {
@@ -366,7 +358,7 @@ impl Importer {
                 let x = self.tensor(input(0), Port::Data)?;
                 let d = self.dims(x);
                 let default = if self.opset >= 13 { -1 } else { 1 };
-                let a = axis(at.int("axis", default), d.len())?;
+                let a = resolve_axis(at.int("axis", default), d.len())?;
                 let make = |axis: i64| {
                     if op == "Softmax" {
                         Op::Softmax { axis, causal: false }
@@ -472,7 +464,7 @@ impl Importer {
             "LayerNormalization" => {
                 let x = self.tensor(input(0), Port::Data)?;
                 let d = self.dims(x);
-                if axis(at.int("axis", -1), d.len())? + 1 != d.len() {
+                if resolve_axis(at.int("axis", -1), d.len())? + 1 != d.len() {
                     return Err("only normalisation over the last axis is supported".into());
                 }
                 let gamma = self.tensor(input(1), Port::Weight)?;
@@ -582,7 +574,7 @@ impl Importer {
         let first = n.input.first().ok_or("Concat needs at least one input")?;
         let vals = n.input.iter().map(|i| self.val(i)).collect::<Result<Vec<_>, _>>()?;
         let rank = self.dims_of(first)?.len();
-        let ax = axis(at.int("axis", 0), rank.max(1))?;
+        let ax = resolve_axis(at.int("axis", 0), rank.max(1))?;
         if vals.iter().all(|v| matches!(v, Val::C(c, _) if !c.float)) {
             // Shape arithmetic: 1-D integer constants.
             let mut all = Vec::new();
@@ -607,7 +599,7 @@ impl Importer {
         let input = |k: usize| n.input.get(k).map(String::as_str).unwrap_or("");
         let out = n.output.first().map(String::as_str).unwrap_or("");
         let data_dims = self.dims_of(input(0))?;
-        let ax = axis(at.int("axis", 0), data_dims.len())?;
+        let ax = resolve_axis(at.int("axis", 0), data_dims.len())?;
         match (self.val(input(0))?, self.val(input(1))?) {
             (Val::C(data, src), Val::C(idx, _)) => {
                 let ids = idx.ints().ok_or("the indices must be integers")?;
