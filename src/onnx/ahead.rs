@@ -202,6 +202,8 @@ mod tests {
             (f32_bytes(7, 2), Rounding::Bf16),
             (f32_bytes(2 * PIECE, 3), Rounding::Bf16AsF32),
             (f32_bytes(0, 4), Rounding::F16),
+            // Enough for streaming stores (STREAM_MIN bytes written in all).
+            (f32_bytes(STREAM_MIN / 2 + 9, 5), Rounding::F16),
         ];
         let want = convert(&jobs);
         match Ahead::start(jobs.clone()) {
