@@ -85,10 +85,17 @@ pub fn temp_beside(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
 
 /// [`write_atomic`] of the concatenation of `chunks` (not made in memory).
 pub fn write_atomic_chunks(path: &Path, chunks: &[impl AsRef<[u8]>]) -> std::io::Result<()> {
+    write_atomic_with(path, |tmp| chunks.iter().try_for_each(|c| tmp.write_all(c.as_ref())))
+}
+
+/// Writes `path` atomically with `write`, which fills the temporary file
+/// beside it (by its handle or its path); synced, then renamed onto `path`.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut tempfile::NamedTempFile) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let mut tmp = temp_beside(path)?;
-    for c in chunks {
-        tmp.write_all(c.as_ref())?;
-    }
+    write(&mut tmp)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())

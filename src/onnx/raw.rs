@@ -406,11 +406,10 @@ pub fn write_safetensors(path: &Path, weights: &RawWeights) -> Result<(), String
         let view = TensorView::new(dtype, shape, &t.data).map_err(|e| fail(&format!("`{name}`: {e}")))?;
         views.push((name.as_str(), view));
     }
-    let tmp = crate::io::temp_beside(path).map_err(|e| fail(&e))?;
-    safetensors::serialize_to_file(views, None, tmp.path()).map_err(|e| fail(&e))?;
-    tmp.as_file().sync_all().map_err(|e| fail(&e))?;
-    tmp.persist(path).map_err(|e| fail(&e.error))?;
-    Ok(())
+    crate::io::write_atomic_with(path, |tmp| {
+        safetensors::serialize_to_file(views, None, tmp.path()).map_err(std::io::Error::other)
+    })
+    .map_err(|e| fail(&e))
 }
 
 #[cfg(test)]
