@@ -1377,11 +1377,10 @@ impl<'a> Exporter<'a> {
             graph_outputs.push(ValueInfoProto::tensor(&name, store, &dims_of(ty)));
             out_names.insert(name);
         }
-        let value_infos = self
-            .types
-            .iter()
+        let value_infos = std::mem::take(&mut self.types)
+            .into_iter()
             .filter(|(n, _, _)| !out_names.contains(n))
-            .map(|(n, e, d)| ValueInfoProto::tensor(n, *e, d))
+            .map(|(n, e, d)| ValueInfoProto::tensor(n, e, &d))
             .collect();
         // Last, so that conversions started ahead had the graph work to overlap.
         let done = self.ahead.take().map(Ahead::finish).unwrap_or_default();

@@ -171,7 +171,7 @@ pub struct ValueInfoProto {
 
 impl ValueInfoProto {
     /// A tensor of element type `elem` and static `dims`.
-    pub fn tensor(name: &str, elem: i32, dims: &[u64]) -> ValueInfoProto {
+    pub fn tensor(name: impl Into<String>, elem: i32, dims: &[u64]) -> ValueInfoProto {
         let dim = dims.iter().map(|&d| Dimension { value: Some(DimensionValue::DimValue(d as i64)), denotation: None });
         ValueInfoProto {
             name: Some(name.into()),
