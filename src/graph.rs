@@ -723,6 +723,11 @@ impl Graph {
         inputs: &[ValueId],
         ty: TensorType,
     ) -> NodeId {
+        debug_assert_eq!(
+            infer::infer(&op, &self.types_of(inputs)).as_deref(),
+            Ok(std::slice::from_ref(&ty)),
+            "add_unnamed: the type given is the one inference gives"
+        );
         let outputs = vec![Output { name: name.clone(), ty }];
         let id = NodeId::at(self.alloc(Node { name, op, role, precision: None, outputs, origin: None }));
         for (port, &v) in inputs.iter().enumerate() {

@@ -219,14 +219,18 @@ pub(crate) fn import_verified(model: &ModelProto, opts: &ImportOptions, verify: 
     // Sized once (growing the tables was a tenth of a small model's import):
     // a node makes about two mpc nodes (an op and its bias add, a param, a
     // cast) and a name for each output.
+    // Capped: a hostile file's many tiny nodes may fail at the first one.
+    const CAP: usize = 1 << 20;
     let values = graph.initializer.len() + graph.input.len() + graph.node.iter().map(|n| n.output.len()).sum::<usize>();
+    let values = values.min(CAP);
+    let nodes = (2 * graph.node.len() + graph.initializer.len() + graph.input.len() + 4).min(CAP);
     let mut g = Graph::new(name);
-    g.reserve(2 * graph.node.len() + graph.initializer.len() + graph.input.len() + 4, 4 * graph.node.len() + 4);
+    g.reserve(nodes, (4 * graph.node.len() + 4).min(CAP));
     let mut im = Importer {
         g,
         opset,
         vals: FxHashMap::with_capacity_and_hasher(values, Default::default()),
-        materialized: FxHashMap::with_capacity_and_hasher(graph.initializer.len(), Default::default()),
+        materialized: FxHashMap::with_capacity_and_hasher(graph.initializer.len().min(CAP), Default::default()),
         weights: RawWeights::new(),
         notes: Vec::new(),
         dropout_seed: opts.dropout_seed,

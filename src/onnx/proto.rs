@@ -325,6 +325,8 @@ decoding_wrapper!(ForImport, |me, tag, wire, buf, ctx| {
 
 decoding_wrapper!(GraphForImport, |me, tag, wire, buf, ctx| {
     if tag == GRAPH_VALUE_INFO {
+        // Refused as prost refuses it: a value_info that is not a message.
+        prost::encoding::check_wire_type(prost::encoding::WireType::LengthDelimited, wire)?;
         return prost::encoding::skip_field(wire, tag, buf, ctx);
     }
     me.0.merge_field(tag, wire, buf, ctx)
@@ -392,6 +394,13 @@ mod tests {
         let mut want = ModelProto::decode(bytes.clone()).unwrap();
         want.graph.as_mut().unwrap().value_info.clear();
         assert_eq!(decode_for_import(bytes.clone()).unwrap(), want);
+        // A value_info of the wrong wire type (a varint): refused, as by prost.
+        let mut bad = bytes.to_vec();
+        let graph = ModelProto { graph: Some(GraphProto::default()), ..Default::default() }.encode_to_vec();
+        assert_eq!(graph, [0x3a, 0]);
+        bad.extend([0x3a, 2, (13 << 3) as u8, 1]);
+        assert!(ModelProto::decode(&bad[..]).is_err());
+        assert!(decode_for_import(bytes::Bytes::from(bad)).is_err());
         // Truncated inside the graph: an error that says where, as from prost.
         let cut = bytes.slice(..bytes.len() / 2);
         assert!(ModelProto::decode(cut.clone()).is_err());
