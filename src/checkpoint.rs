@@ -113,6 +113,12 @@ pub fn read_tensors(path: &Path) -> Result<State, CheckpointError> {
 fn tensors(path: &Path, buf: &[u8]) -> Result<State, CheckpointError> {
     let at = |m: String| CheckpointError(format!("{}: {m}", path.display()));
     let st = safetensors::SafeTensors::deserialize(buf).map_err(|e| at(format!("not a safetensors file ({e})")))?;
+    tensors_of(path, &st)
+}
+
+/// The tensors of a parsed safetensors file (`path` names it in errors).
+fn tensors_of(path: &Path, st: &safetensors::SafeTensors<'_>) -> Result<State, CheckpointError> {
+    let at = |m: String| CheckpointError(format!("{}: {m}", path.display()));
     let mut state = State::new();
     for (name, view) in st.tensors() {
         let d = data(view.dtype(), view.data())
@@ -146,8 +152,7 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
             .ok_or_else(|| at(format!("not an {FORMAT} file (metadata `{META_KEY}` lacks `{key}`)")))
     };
     let (step, seed) = (num("step")?, num("seed")?);
-    drop(st);
-    Ok(Checkpoint { step, seed, state: tensors(path, &buf)? })
+    Ok(Checkpoint { step, seed, state: tensors_of(path, &st)? })
 }
 
 #[cfg(test)]
