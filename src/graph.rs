@@ -379,9 +379,8 @@ impl Graph {
         self.meta.iter().enumerate().filter(|(_, m)| *m & VACANT == 0).map(|(i, _)| NodeId::at(i as u32))
     }
 
-    /// One past the largest node index: the length of a table indexed by
-    /// [`NodeId::index`].
-    pub fn bound(&self) -> usize {
+    /// One past the largest node index.
+    fn bound(&self) -> usize {
         self.meta.len()
     }
 

@@ -203,19 +203,26 @@ fn node_len(n: &NodeProto, attrs: &mut Vec<usize>) -> usize {
     len + opt_str_len(6, &n.doc_string) + opt_str_len(7, &n.domain)
 }
 
-/// Encodes `n`'s fields (in tag order, as prost does); `attrs` yields its
-/// attributes' lengths.
-fn encode_node(n: &NodeProto, attrs: &mut impl Iterator<Item = usize>, buf: &mut Vec<u8>) {
+/// Encodes `n`'s fields (in tag order, as prost does); `attrs` holds (at
+/// least) its attributes' lengths.
+fn encode_node(n: &NodeProto, attrs: &[usize], buf: &mut Vec<u8>) {
     n.input.iter().for_each(|s| put_str(1, s, buf));
     n.output.iter().for_each(|s| put_str(2, s, buf));
     put_opt_str(3, &n.name, buf);
     put_opt_str(4, &n.op_type, buf);
-    for a in &n.attribute {
-        put_len(5, attrs.next().expect("measured"), buf);
+    for (a, &len) in n.attribute.iter().zip(attrs) {
+        put_len(5, len, buf);
         a.encode_raw(buf);
     }
     put_opt_str(6, &n.doc_string, buf);
     put_opt_str(7, &n.domain, buf);
+}
+
+/// The graph's inputs, outputs and value_infos, each with its field's tag.
+fn tagged_values(g: &GraphProto) -> impl Iterator<Item = (u32, &ValueInfoProto)> {
+    [(GRAPH_INPUT, &g.input), (GRAPH_OUTPUT, &g.output), (GRAPH_VALUE_INFO, &g.value_info)]
+        .into_iter()
+        .flat_map(|(tag, v)| v.iter().map(move |x| (tag, x)))
 }
 
 impl GraphLens {
@@ -223,32 +230,32 @@ impl GraphLens {
     fn of(g: &GraphProto) -> GraphLens {
         let mut attrs = Vec::new();
         let nodes: Vec<usize> = g.node.iter().map(|n| node_len(n, &mut attrs)).collect();
-        let values: Vec<ValueLen> = g.input.iter().chain(&g.output).chain(&g.value_info).map(ValueLen::of).collect();
-        let tags = std::iter::repeat_n(GRAPH_INPUT, g.input.len())
-            .chain(std::iter::repeat_n(GRAPH_OUTPUT, g.output.len()))
-            .chain(std::iter::repeat_n(GRAPH_VALUE_INFO, g.value_info.len()));
+        let (mut values, mut value_bytes) = (Vec::new(), 0);
+        for (tag, v) in tagged_values(g) {
+            let len = ValueLen::of(v);
+            value_bytes += delimited_len(tag, len.whole());
+            values.push(len);
+        }
         let total = nodes.iter().map(|&l| delimited_len(GRAPH_NODE, l)).sum::<usize>()
             + opt_str_len(GRAPH_NAME, &g.name)
             + opt_str_len(GRAPH_DOC, &g.doc_string)
-            + values.iter().zip(tags).map(|(v, tag)| delimited_len(tag, v.whole())).sum::<usize>();
+            + value_bytes;
         GraphLens { nodes, attrs, values, total }
     }
 
     /// Encodes `g`'s fields but its initializers, in tag order (as prost does).
     fn encode(&self, g: &GraphProto, buf: &mut Vec<u8>) {
         debug_assert!(g.initializer.is_empty(), "initializers are encoded separately");
-        let mut attrs = self.attrs.iter().copied();
+        let mut attrs = &self.attrs[..];
         for (n, &len) in g.node.iter().zip(&self.nodes) {
             put_len(GRAPH_NODE, len, buf);
-            encode_node(n, &mut attrs, buf);
+            encode_node(n, attrs, buf);
+            attrs = &attrs[n.attribute.len().min(attrs.len())..];
         }
         put_opt_str(GRAPH_NAME, &g.name, buf);
         put_opt_str(GRAPH_DOC, &g.doc_string, buf);
-        let mut lens = self.values.iter();
-        for (tag, values) in [(GRAPH_INPUT, &g.input), (GRAPH_OUTPUT, &g.output), (GRAPH_VALUE_INFO, &g.value_info)] {
-            for v in values {
-                lens.next().expect("measured").encode(tag, v, buf);
-            }
+        for ((tag, v), len) in tagged_values(g).zip(&self.values) {
+            len.encode(tag, v, buf);
         }
     }
 }

@@ -123,7 +123,7 @@ fn plan(g: &Graph) -> Result<Plan, ExportError> {
         return Err(ExportError::NoOutputs);
     }
     // The nodes the outputs depend on, and the values read by them.
-    let mut reached = vec![false; g.bound()];
+    let mut reached = vec![false; g.index_bound()];
     let mut needed: FxHashSet<ValueId> = FxHashSet::with_capacity_and_hasher(2 * order.len(), Default::default());
     needed.extend(outputs.iter().copied());
     let mut stack: Vec<NodeId> = outputs.iter().map(|v| v.node).collect();

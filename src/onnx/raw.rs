@@ -257,6 +257,7 @@ pub(crate) fn convert_piece(src: &[u8], dst: &mut [MaybeUninit<u8>], r: Rounding
 }
 
 /// f32 to f16 with `half` (the F16C kernels' leading and trailing values).
+#[cfg(target_arch = "x86_64")]
 fn f16_scalar(src: &[u8], dst: &mut [MaybeUninit<u8>], values: std::ops::Range<usize>) {
     for k in values {
         let c = &src[4 * k..4 * k + 4];
@@ -270,6 +271,7 @@ fn f16_scalar(src: &[u8], dst: &mut [MaybeUninit<u8>], values: std::ops::Range<u
 /// (values before it go through [`f16_scalar`]): at 0, or with `stream` at
 /// the first value whose destination is aligned for non-temporal stores,
 /// `None` if there is none (an odd destination address).
+#[cfg(target_arch = "x86_64")]
 fn vector_start(dst: &[MaybeUninit<u8>], n: usize, width: usize, stream: bool) -> Option<usize> {
     if !stream {
         return Some(0);
@@ -279,79 +281,59 @@ fn vector_start(dst: &[MaybeUninit<u8>], n: usize, width: usize, stream: bool) -
     addr.is_multiple_of(2).then(|| ((align - addr % align) % align / 2).min(n))
 }
 
-/// f32 to f16 eight at a time with F16C (the instruction `half` uses too:
-/// nearest even), straight from the source bytes to the destination, with
-/// no staging copy; with `stream`, non-temporal stores.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx,f16c")]
-unsafe fn f16_f16c(src: &[u8], dst: &mut [MaybeUninit<u8>], stream: bool) {
-    use std::arch::x86_64::{
-        __m128i, _mm256_cvtps_ph, _mm256_loadu_ps, _mm_sfence, _mm_storeu_si128, _mm_stream_si128,
-        _MM_FROUND_TO_NEAREST_INT,
-    };
-    let n = (src.len() / 4).min(dst.len() / 2);
-    let Some(start) = vector_start(dst, n, 8, stream) else { return f16_f16c(src, dst, false) };
-    f16_scalar(src, dst, 0..start);
-    let end = start + (n - start) / 8 * 8;
-    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
-    let mut i = start;
-    while i < end {
-        // SAFETY: i + 8 <= n, so the 32 bytes read and the 16 written lie
-        // inside `src` and `dst`; the loads are unaligned ones, and with
-        // `stream` the stores go to 16-byte-aligned addresses (vector_start).
-        unsafe {
-            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(s.add(4 * i) as *const f32));
-            if stream {
-                _mm_stream_si128(d.add(2 * i) as *mut __m128i, h);
-            } else {
-                _mm_storeu_si128(d.add(2 * i) as *mut __m128i, h);
+/// An f32-to-f16 kernel, `$width` values at a time with `$cvt` (F16C's
+/// instruction on registers of that width: nearest even, as `half`),
+/// straight from the source bytes to the destination with no staging copy;
+/// with `stream`, non-temporal stores (to the addresses `vector_start`
+/// aligns). The values before and after the vector loop go through
+/// [`f16_scalar`].
+macro_rules! f16_kernel {
+    ($(#[$doc:meta])* $name:ident, $feature:literal, $width:literal, $vec:ident, $load:ident, $cvt:ident, $store:ident, $stream:ident) => {
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feature)]
+        unsafe fn $name(src: &[u8], dst: &mut [MaybeUninit<u8>], stream: bool) {
+            use std::arch::x86_64::*;
+            let n = (src.len() / 4).min(dst.len() / 2);
+            let Some(start) = vector_start(dst, n, $width, stream) else { return $name(src, dst, false) };
+            f16_scalar(src, dst, 0..start);
+            let end = start + (n - start) / $width * $width;
+            let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+            let mut i = start;
+            while i < end {
+                // SAFETY: i + $width <= n, so the 4 * $width bytes read and
+                // the 2 * $width written lie inside `src` and `dst`; the
+                // loads are unaligned ones, and with `stream` the stores go
+                // to addresses aligned to 2 * $width bytes (vector_start).
+                unsafe {
+                    let h = $cvt::<_MM_FROUND_TO_NEAREST_INT>($load(s.add(4 * i) as *const f32));
+                    if stream {
+                        $stream(d.add(2 * i) as *mut $vec, h);
+                    } else {
+                        $store(d.add(2 * i) as *mut $vec, h);
+                    }
+                }
+                i += $width;
             }
+            if stream {
+                // Streaming stores are weakly ordered: they must be done
+                // before the piece is reported done to the thread that reads it.
+                _mm_sfence();
+            }
+            f16_scalar(src, dst, end..n);
         }
-        i += 8;
-    }
-    if stream {
-        // Streaming stores are weakly ordered: they must be done before the
-        // piece is reported done to the thread that reads it.
-        _mm_sfence();
-    }
-    f16_scalar(src, dst, end..n);
+    };
 }
 
-/// [`f16_f16c`] sixteen at a time with AVX-512 (the same instruction on
-/// wider registers, so the same rounding).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn f16_avx512(src: &[u8], dst: &mut [MaybeUninit<u8>], stream: bool) {
-    use std::arch::x86_64::{
-        __m256i, _mm256_storeu_si256, _mm256_stream_si256, _mm512_cvtps_ph, _mm512_loadu_ps, _mm_sfence,
-        _MM_FROUND_TO_NEAREST_INT,
-    };
-    let n = (src.len() / 4).min(dst.len() / 2);
-    let Some(start) = vector_start(dst, n, 16, stream) else { return f16_avx512(src, dst, false) };
-    f16_scalar(src, dst, 0..start);
-    let end = start + (n - start) / 16 * 16;
-    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
-    let mut i = start;
-    while i < end {
-        // SAFETY: i + 16 <= n, so the 64 bytes read and the 32 written lie
-        // inside `src` and `dst`; the loads are unaligned ones, and with
-        // `stream` the stores go to 32-byte-aligned addresses (vector_start).
-        unsafe {
-            let h = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm512_loadu_ps(s.add(4 * i) as *const f32));
-            if stream {
-                _mm256_stream_si256(d.add(2 * i) as *mut __m256i, h);
-            } else {
-                _mm256_storeu_si256(d.add(2 * i) as *mut __m256i, h);
-            }
-        }
-        i += 16;
-    }
-    if stream {
-        // As in f16_f16c.
-        _mm_sfence();
-    }
-    f16_scalar(src, dst, end..n);
-}
+f16_kernel!(
+    /// Eight values at a time with F16C.
+    f16_f16c, "avx,f16c", 8, __m128i, _mm256_loadu_ps, _mm256_cvtps_ph, _mm_storeu_si128, _mm_stream_si128
+);
+f16_kernel!(
+    /// Sixteen values at a time with AVX-512 (the same instruction on wider
+    /// registers, so the same rounding).
+    f16_avx512, "avx512f", 16, __m256i, _mm512_loadu_ps, _mm512_cvtps_ph, _mm256_storeu_si256, _mm256_stream_si256
+);
 
 /// `half::bf16::from_f32(x).to_bits()` without its branches, so that a loop
 /// of it vectorises: nearest even, and a NaN stays a NaN with its quiet bit
