@@ -13,6 +13,7 @@
 
 pub mod backend;
 pub mod cpu;
+pub mod cuda;
 pub mod rng;
 pub mod run;
 pub mod tensor;

@@ -1,0 +1,110 @@
+//! What a CUDA-like device offers the CUDA backend: memory, kernel launches
+//! by name and GEMMs.
+//!
+//! Two implementations stand behind it: the real device on cudarc (driver
+//! API, NVRTC-compiled `kernels/*.cu`, cuBLASLt) and the SIMT emulation,
+//! which runs the same kernel sources compiled for the host (see
+//! `kernels/emu/`). Everything above this trait (which kernel runs for
+//! which op, launch configurations, the memory plan) is shared, so it is
+//! tested without a GPU.
+
+use crate::types::DType;
+
+/// An error from the device layer (driver, NVRTC, cuBLASLt, emulation).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct GpuError(pub String);
+
+/// Grid and block sizes of one launch, and its dynamic shared memory.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Launch {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    /// Bytes of dynamic shared memory (`extern __shared__`).
+    pub shared_bytes: u32,
+}
+
+impl Launch {
+    /// A 1-D launch of `blocks` blocks of `threads` threads.
+    pub fn linear(blocks: u32, threads: u32) -> Launch {
+        Launch { grid: [blocks, 1, 1], block: [threads, 1, 1], shared_bytes: 0 }
+    }
+}
+
+/// One kernel argument, in the order of the kernel's parameters. A pointer
+/// is an allocation and a byte offset into it (a value planned in the
+/// arena is the arena at its offset).
+#[derive(Copy, Clone, Debug)]
+pub enum KArg<'a, M> {
+    Ptr(&'a M, usize),
+    I32(i32),
+    U32(u32),
+    I64(i64),
+    U64(u64),
+    F32(f32),
+    F64(f64),
+}
+
+/// A (batched) GEMM `C = alpha · op(A) · op(B) + beta · C`, column-major
+/// as cuBLASLt sees it; the CUDA backend maps mpc's row-major `matmul` onto
+/// it (see `layout.rs`). Accumulation is always f32 (`CUBLAS_COMPUTE_32F`,
+/// or `_32F_FAST_TF32` only when `tf32` is set).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gemm {
+    pub m: u64,
+    pub n: u64,
+    pub k: u64,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub lda: u64,
+    pub ldb: u64,
+    pub ldc: u64,
+    /// Element type of A and B.
+    pub ab: DType,
+    /// Element type of C (the output).
+    pub c: DType,
+    pub batch: u64,
+    /// Element strides between consecutive matrices of a batch (0: the
+    /// same matrix for every batch entry, i.e. broadcast).
+    pub stride_a: u64,
+    pub stride_b: u64,
+    pub stride_c: u64,
+    pub alpha: f32,
+    pub beta: f32,
+    pub tf32: bool,
+}
+
+/// A device: allocations, copies, kernel launches, GEMMs. Work is ordered
+/// as issued (one stream); `read` waits for the work before it.
+pub trait Gpu {
+    /// One device allocation.
+    type Mem;
+
+    /// What the device is, for messages ("NVIDIA H100 80GB HBM3 (sm_90)").
+    fn describe(&self) -> String;
+
+    /// A zeroed allocation of `bytes` bytes.
+    fn alloc(&mut self, bytes: usize) -> Result<Self::Mem, GpuError>;
+
+    /// Copies `src` to `dst` at byte `offset`.
+    fn write(&mut self, dst: &Self::Mem, offset: usize, src: &[u8]) -> Result<(), GpuError>;
+
+    /// Copies `dst.len()` bytes from `src` at byte `offset` (waits for the
+    /// work issued before).
+    fn read(&mut self, src: &Self::Mem, offset: usize, dst: &mut [u8]) -> Result<(), GpuError>;
+
+    /// Launches the kernel `name` (an `extern "C"` name from kernels/*.cu).
+    fn launch(&mut self, name: &str, cfg: Launch, args: &[KArg<'_, Self::Mem>]) -> Result<(), GpuError>;
+
+    /// Runs a GEMM on `(allocation, byte offset)` operands.
+    fn gemm(
+        &mut self,
+        g: &Gemm,
+        a: (&Self::Mem, usize),
+        b: (&Self::Mem, usize),
+        c: (&Self::Mem, usize),
+    ) -> Result<(), GpuError>;
+
+    /// Waits for all issued work.
+    fn sync(&mut self) -> Result<(), GpuError>;
+}

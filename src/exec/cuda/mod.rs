@@ -1,0 +1,4 @@
+//! The CUDA backend: the device layer ([`gpu::Gpu`]), implemented on cudarc
+//! for a real GPU and by the SIMT emulation for tests without one.
+
+pub mod gpu;
