@@ -20,12 +20,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use mpc::data::{synthetic_batch, Dataset, Layout};
-use mpc::exec::{init_state_with, CpuBackend, Executor, RunOptions};
+use mpc::exec::{init_state_with, RunOptions};
 use mpc::io::write_atomic;
 use mpc::passes::LossScale;
 use plotters::prelude::*;
 
-use crate::{classifier, load_for_training, test_accuracy, TrainPrecision};
+use crate::{classifier, load_for_training, open_session, test_accuracy, TrainPrecision};
 
 #[derive(clap::Args)]
 pub struct CompareArgs {
@@ -136,9 +136,10 @@ pub fn compare(args: CompareArgs) -> Result<(), miette::Report> {
         let grads = raw_gradients(&g);
         let fetch: Vec<String> = grads.values().cloned().collect();
         let opts = RunOptions { fetch: fetch.clone(), ..Default::default() };
-        let mut state = init_state_with(&g, args.seed, args.model.parent())
+        let state = init_state_with(&g, args.seed, args.model.parent())
             .map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
-        let mut ex = Executor::new(&g, CpuBackend, args.seed).map_err(|e| msg(e.to_string()))?;
+        let mut sess = open_session(&g, args.seed, &state)?;
+        drop(state);
         let mut run = Run::default();
         for s in 0..args.steps {
             let batch = match (&data, &layout) {
@@ -147,13 +148,12 @@ pub fn compare(args: CompareArgs) -> Result<(), miette::Report> {
                 (None, None) => unreachable!("a text always loads data"),
             }
             .map_err(|e| msg(e.to_string()))?;
-            let r = ex.step(&state, &batch, s, &opts).map_err(|e| msg(format!("{}, step {s}: {e}", mode.name)))?;
-            run.losses.push(r.loss_f32().unwrap_or(f32::NAN));
-            let scalar = |k: &str| r.outputs.get(k).and_then(|t| t.item_f32());
-            if let Some(sc) = scalar("loss_scale") {
+            let r = sess.step(&batch, s, &opts).map_err(|e| msg(format!("{}, step {s}: {e}", mode.name)))?;
+            run.losses.push(r.loss.unwrap_or(f32::NAN));
+            if let Some(sc) = r.loss_scale {
                 run.scales.push(sc);
             }
-            run.skipped += u64::from(scalar("found_inf").is_some_and(|f| f != 0.0));
+            run.skipped += u64::from(r.found_inf == Some(true));
             let values: Vec<f32> = fetch.iter().flat_map(|f| r.fetched[f].to_f32_vec()).collect();
             if mode.precision == TrainPrecision::Fp32 {
                 for &v in &values {
@@ -170,11 +170,10 @@ pub fn compare(args: CompareArgs) -> Result<(), miette::Report> {
                 run.compared += values.len() as u64;
                 run.flushed += nz.iter().zip(&values).filter(|(&nz, &v)| nz && v == 0.0).count() as u64;
             }
-            state = r.state;
         }
         if let (Some(d), Some(names)) = (&data, classifier(&g)) {
             if d.test_rows() > 0 {
-                run.accuracy = Some(test_accuracy(&mut ex, &state, d, &names, args.steps)?);
+                run.accuracy = Some(test_accuracy(sess.as_mut(), d, &names, args.steps)?);
             }
         }
         runs.push(run);

@@ -445,20 +445,20 @@ fn classifier(g: &mpc::Graph) -> Option<(String, String)> {
     Some((g.value_name(logits).to_string(), g.value_name(labels).to_string()))
 }
 
-/// The fraction of test rows whose argmax logit is the label.
+/// The fraction of test rows whose argmax logit is the label, computing
+/// only the forward nodes the logits need.
 fn test_accuracy(
-    ex: &mut mpc::exec::Executor<mpc::exec::CpuBackend>,
-    state: &mpc::exec::State,
+    sess: &mut dyn mpc::exec::Trainer,
     data: &mpc::data::Dataset,
     (logits, labels): &(String, String),
     step: u64,
 ) -> Result<f64, miette::Report> {
     let msg = |e: String| miette::Report::msg(format!("evaluating the test set: {e}"));
-    let opts = mpc::exec::RunOptions { fetch: vec![logits.clone()], ..Default::default() };
+    let fetch = [logits.clone()];
     let (mut right, mut total) = (0usize, 0usize);
     for (batch, real) in data.test_batches().map_err(|e| msg(e.to_string()))? {
-        let r = ex.step(state, &batch, step, &opts).map_err(|e| msg(e.to_string()))?;
-        let t = &r.fetched[logits];
+        let fetched = sess.eval(&batch, step, &fetch).map_err(|e| msg(e.to_string()))?;
+        let t = fetched.get(logits).ok_or_else(|| msg(format!("`{logits}` was not computed")))?;
         let classes = t.shape().0.last().copied().unwrap_or(1).max(1) as usize;
         let v = t.to_f32_vec();
         let want = batch[labels].data().to_i64_vec().unwrap_or_default();
@@ -471,10 +471,21 @@ fn test_accuracy(
     Ok(right as f64 / total.max(1) as f64)
 }
 
+/// A training session for `g` on the chosen device, its state uploaded.
+fn open_session(
+    g: &mpc::Graph,
+    seed: u64,
+    state: &mpc::exec::State,
+) -> Result<Box<dyn mpc::exec::Trainer>, miette::Report> {
+    let sess = mpc::exec::Session::new(g, mpc::exec::CpuBackend, seed, state)
+        .map_err(|e| miette::Report::msg(e.to_string()))?;
+    Ok(Box::new(sess))
+}
+
 fn train(args: TrainArgs) -> Result<(), miette::Report> {
     use mpc::checkpoint::{self, Checkpoint};
     use mpc::data::{synthetic_batch, Dataset, Layout};
-    use mpc::exec::{init_state_with, CpuBackend, Executor, RunOptions};
+    use mpc::exec::{init_state_with, RunOptions};
     use std::io::{IsTerminal, Write};
 
     if args.precision == TrainPrecision::Fp32 && args.loss_scale.is_some() {
@@ -510,7 +521,7 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
     };
     let fresh =
         init_state_with(&g, seed, args.model.parent()).map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
-    let (start, mut state) = match resumed {
+    let (start, state) = match resumed {
         Some(Checkpoint { step, state, .. }) => {
             let path = args.resume.as_deref().unwrap_or(std::path::Path::new("")).display().to_string();
             for (name, t) in &fresh {
@@ -548,7 +559,8 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
         }
         None => None,
     };
-    let mut ex = Executor::new(&g, CpuBackend, seed).map_err(|e| msg(e.to_string()))?;
+    let mut sess = open_session(&g, seed, &state)?;
+    drop(state);
     let bar = if std::io::stderr().is_terminal() {
         indicatif::ProgressBar::new(args.steps)
     } else {
@@ -559,9 +571,10 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_position(start);
-    let save = |state: &mpc::exec::State, step: u64| -> Result<(), miette::Report> {
+    let save = |sess: &mut dyn mpc::exec::Trainer, step: u64| -> Result<(), miette::Report> {
         let Some(dir) = &args.checkpoint else { return Ok(()) };
-        let ck = Checkpoint { step, seed, state: state.clone() };
+        let state = sess.state().map_err(|e| msg(format!("step {step}: {e}")))?;
+        let ck = Checkpoint { step, seed, state };
         checkpoint::save(&dir.join(format!("step-{step}.safetensors")), &ck).map_err(|e| msg(e.to_string()))
     };
     let (mut last_loss, mut skipped, mut saved_at) = (None, 0u64, None);
@@ -572,14 +585,12 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
             (None, None) => unreachable!("a text always loads data"),
         }
         .map_err(|e| msg(e.to_string()))?;
-        let r = ex.step(&state, &batch, s, &RunOptions::default()).map_err(|e| msg(format!("step {s}: {e}")))?;
-        let loss = r.loss_f32();
-        let scalar = |k: &str| r.outputs.get(k).and_then(|t| t.item_f32());
-        let (scale, found_inf, grad_norm) = (scalar("loss_scale"), scalar("found_inf"), scalar("grad_norm"));
-        skipped += u64::from(found_inf.is_some_and(|f| f != 0.0));
+        let r = sess.step(&batch, s, &RunOptions::default()).map_err(|e| msg(format!("step {s}: {e}")))?;
+        let (loss, scale, found_inf, grad_norm) = (r.loss, r.loss_scale, r.found_inf, r.grad_norm);
+        skipped += u64::from(found_inf == Some(true));
         if let Some((path, w)) = &mut log {
             let mut line = serde_json::json!({
-                "step": s + 1, "loss": loss, "loss_scale": scale, "found_inf": found_inf.map(|f| f != 0.0),
+                "step": s + 1, "loss": loss, "loss_scale": scale, "found_inf": found_inf,
             });
             if let Some(n) = grad_norm {
                 line["grad_norm"] = serde_json::json!(n);
@@ -596,15 +607,14 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
         bar.set_message(m);
         bar.inc(1);
         last_loss = loss.or(last_loss);
-        state = r.state;
         if args.checkpoint_every.is_some_and(|k| (s + 1) % k == 0) {
-            save(&state, s + 1)?;
+            save(sess.as_mut(), s + 1)?;
             saved_at = Some(s + 1);
         }
     }
     bar.finish_and_clear();
     if saved_at != Some(args.steps) {
-        save(&state, args.steps)?;
+        save(sess.as_mut(), args.steps)?;
     }
     match last_loss {
         Some(l) => println!("step {}: final train loss {l:.6}, {skipped} skipped step(s)", args.steps),
@@ -612,7 +622,7 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
     }
     if let (Some(d), Some(names)) = (&data, classifier(&g)) {
         if d.test_rows() > 0 {
-            let acc = test_accuracy(&mut ex, &state, d, &names, args.steps)?;
+            let acc = test_accuracy(sess.as_mut(), d, &names, args.steps)?;
             println!("test accuracy {acc:.4} ({} {})", d.test_rows(), d.test_unit());
         }
     }

@@ -44,6 +44,13 @@ pub trait Backend {
     /// Copies a device buffer back to the host.
     fn download(&mut self, b: &Self::Buffer) -> Result<Tensor, ExecError>;
 
+    /// A second buffer with the same contents (a session's state update
+    /// that is itself another state value). The default goes through the host.
+    fn duplicate(&mut self, b: &Self::Buffer) -> Result<Self::Buffer, ExecError> {
+        let t = self.download(b)?;
+        self.upload(&t)
+    }
+
     /// Runs `op` on `inputs` (in the op's input order, see
     /// [`crate::infer::input_names`]) and returns one buffer per output,
     /// of the types `out_types` (the node's inferred output types).

@@ -14,13 +14,17 @@
 pub mod backend;
 pub mod cpu;
 pub mod cuda;
+pub mod init;
 pub mod rng;
 pub mod run;
+pub mod session;
 pub mod tensor;
 
 pub use backend::{Backend, OpCtx};
 pub use cpu::CpuBackend;
-pub use run::{init_state, init_state_with, Executor, RunOptions, State, StepResult};
+pub use init::{init_state, init_state_with};
+pub use run::{Executor, Plan, RunOptions, State, StepResult};
+pub use session::{Session, StepReport, Trainer};
 pub use tensor::{Data, Tensor};
 
 /// An error while executing a graph.

@@ -1,23 +1,22 @@
 //! Running a lowered graph: a plan made once, then one step at a time.
 //!
-//! A step is a pure function `(state, batch, step number) -> (state',
-//! loss, outputs)`: the executor keeps nothing between steps. `state`
-//! holds every param and state tensor by node name (see [`init_state`]),
-//! `batch` every graph input by name. The new state applies the graph's
-//! `updates`; state without an update passes through unchanged.
+//! [`Plan`] orders the nodes, numbers every value and computes when each
+//! dies. [`run_steps`] runs a plan (or a part of it) on a [`Backend`];
+//! [`Executor`] and [`super::Session`] are its two callers. An
+//! `Executor` step is a pure function `(state, batch, step number) ->
+//! (state', loss, outputs)`: the executor keeps nothing between steps
+//! (tests use it per op). A `Session` keeps the state on the device.
 
 use std::collections::BTreeMap;
 
-use half::{bf16, f16};
 use rustc_hash::FxHashMap;
 
 use crate::graph::{Graph, ValueId};
-use crate::op::{Init, Op};
-use crate::types::{DType, TensorType};
+use crate::op::Op;
+use crate::types::TensorType;
 
 use super::backend::{node_seed, Backend, OpCtx};
-use super::rng::{combine, fnv1a, SplitMix64};
-use super::tensor::{numel, Data, Tensor};
+use super::tensor::Tensor;
 use super::ExecError;
 
 /// Tensors by name: params and state, or a batch.
@@ -58,48 +57,48 @@ impl StepResult {
 
 /// Where a source value comes from.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Feed {
+pub(crate) enum Feed {
     Batch,
     State,
 }
 
-struct Source {
-    name: String,
-    value: usize,
-    ty: TensorType,
-    from: Feed,
+/// A value the step does not compute: a graph input, param or state.
+pub(crate) struct Source {
+    pub name: String,
+    pub value: usize,
+    pub ty: TensorType,
+    pub from: Feed,
 }
 
-struct Step {
-    name: String,
-    op: Op,
-    inputs: Vec<usize>,
-    outputs: Vec<usize>,
-    out_types: Vec<TensorType>,
-    seed: u64,
+/// One node to run.
+pub(crate) struct Step {
+    pub name: String,
+    pub op: Op,
+    pub inputs: Vec<usize>,
+    pub outputs: Vec<usize>,
+    pub out_types: Vec<TensorType>,
+    pub seed: u64,
     /// Values whose last reader is this node (or that nobody reads).
-    free_after: Vec<usize>,
+    pub free_after: Vec<usize>,
 }
 
-/// Runs a lowered graph on a [`Backend`], one step at a time.
-pub struct Executor<B: Backend> {
-    backend: B,
-    sources: Vec<Source>,
-    steps: Vec<Step>,
-    values: usize,
+/// A graph ordered for execution: sources, steps, and value liveness.
+/// Values are numbered densely; sources come first in the order.
+pub struct Plan {
+    pub(crate) sources: Vec<Source>,
+    pub(crate) steps: Vec<Step>,
+    pub(crate) names: Vec<String>,
     by_name: FxHashMap<String, usize>,
-    names: Vec<String>,
-    loss: Option<usize>,
-    outputs: Vec<usize>,
-    /// The names of the param and state nodes.
-    state: Vec<String>,
-    updates: FxHashMap<String, usize>,
+    pub(crate) loss: Option<usize>,
+    pub(crate) outputs: Vec<usize>,
+    /// `(state source index in `sources`, value holding its new value)`.
+    pub(crate) updates: Vec<(usize, usize)>,
 }
 
-impl<B: Backend> Executor<B> {
-    /// Plans `g` (topological order, value liveness) for `backend`.
-    /// `seed` is the graph seed that dropout masks derive from.
-    pub fn new(g: &Graph, backend: B, seed: u64) -> Result<Executor<B>, ExecError> {
+impl Plan {
+    /// Plans `g` (topological order, value liveness). `seed` is the graph
+    /// seed that dropout masks derive from.
+    pub fn new(g: &Graph, seed: u64) -> Result<Plan, ExecError> {
         let order = g.topo_order().map_err(|_| ExecError::Graph("the graph has a cycle".into()))?;
         let mut index: FxHashMap<ValueId, usize> = FxHashMap::default();
         let mut names = Vec::new();
@@ -119,7 +118,7 @@ impl<B: Backend> Executor<B> {
         };
         let mut sources = Vec::new();
         let mut steps = Vec::new();
-        let mut state = Vec::new();
+        let mut source_of = FxHashMap::default();
         for &n in &order {
             let node = g.node(n);
             let v0 = ValueId { node: n, slot: 0 };
@@ -130,9 +129,7 @@ impl<B: Backend> Executor<B> {
             };
             if let Some(from) = from {
                 let value = idx(v0)?;
-                if from == Feed::State {
-                    state.push(node.name.clone());
-                }
+                source_of.insert(n, sources.len());
                 sources.push(Source { name: node.name.clone(), value, ty: g.ty(v0).clone(), from });
                 continue;
             }
@@ -148,23 +145,24 @@ impl<B: Backend> Executor<B> {
         }
         let loss = g.loss.map(idx).transpose()?;
         let outputs: Vec<usize> = g.outputs.iter().map(|&v| idx(v)).collect::<Result<_, _>>()?;
-        let mut updates = FxHashMap::default();
+        let mut updates = Vec::new();
         for &(n, v) in &g.updates {
-            updates.insert(g.node(n).name.clone(), idx(v)?);
+            let s = source_of.get(&n).copied().filter(|&s| sources[s].from == Feed::State).ok_or_else(|| {
+                ExecError::Graph(format!("`{}` is updated but is not a param or state", g.node(n).name))
+            })?;
+            updates.push((s, idx(v)?));
         }
         // Liveness: a value dies after its last reader, unless the step returns it.
         let mut keep = vec![false; names.len()];
-        for &v in loss.iter().chain(&outputs).chain(updates.values()) {
+        for &v in loss.iter().chain(&outputs).chain(updates.iter().map(|(_, v)| v)) {
             keep[v] = true;
         }
         let mut last: Vec<Option<usize>> = vec![None; names.len()];
+        let mut producer = vec![None; names.len()];
         for (i, s) in steps.iter().enumerate() {
             for &v in &s.inputs {
                 last[v] = Some(i);
             }
-        }
-        let mut producer = vec![None; names.len()];
-        for (i, s) in steps.iter().enumerate() {
             for &v in &s.outputs {
                 producer[v] = Some(i);
             }
@@ -177,12 +175,202 @@ impl<B: Backend> Executor<B> {
                 steps[i].free_after.push(v);
             }
         }
-        Ok(Executor { backend, sources, steps, values: names.len(), by_name, names, loss, outputs, state, updates })
+        Ok(Plan { sources, steps, names, by_name, loss, outputs, updates })
     }
 
     /// The number of values the plan computes or feeds (sources included).
     pub fn num_values(&self) -> usize {
-        self.values
+        self.names.len()
+    }
+
+    /// The value named `name`.
+    pub(crate) fn lookup(&self, name: &str) -> Result<usize, ExecError> {
+        self.by_name
+            .get(name)
+            .copied()
+            .ok_or_else(|| ExecError::Value { name: name.to_string(), message: "no value has this name".into() })
+    }
+
+    /// Which steps compute `wanted` (the steps they transitively read), in
+    /// order: what a forward-only evaluation runs.
+    pub(crate) fn needed_steps(&self, wanted: &[usize]) -> Vec<bool> {
+        let mut producer = vec![usize::MAX; self.names.len()];
+        for (i, s) in self.steps.iter().enumerate() {
+            for &v in &s.outputs {
+                producer[v] = i;
+            }
+        }
+        let mut need = vec![false; self.steps.len()];
+        let mut stack: Vec<usize> = wanted.iter().map(|&v| producer[v]).filter(|&i| i != usize::MAX).collect();
+        while let Some(i) = stack.pop() {
+            if std::mem::replace(&mut need[i], true) {
+                continue;
+            }
+            stack.extend(self.steps[i].inputs.iter().map(|&v| producer[v]).filter(|&p| p != usize::MAX));
+        }
+        need
+    }
+}
+
+/// A value during a step: a buffer the step made, or one it borrows (the
+/// session's resident state).
+pub(crate) enum Slot<'a, T> {
+    Owned(T),
+    Borrowed(&'a T),
+}
+
+impl<T> Slot<'_, T> {
+    pub fn get(&self) -> &T {
+        match self {
+            Slot::Owned(t) => t,
+            Slot::Borrowed(t) => t,
+        }
+    }
+}
+
+/// Gives a step each source's buffer.
+pub(crate) type Feeder<'a, 'f, B> =
+    dyn FnMut(&mut B, &Source) -> Result<Slot<'a, <B as Backend>::Buffer>, ExecError> + 'f;
+
+/// What [`run_steps`] leaves: every value still alive, and the peak count.
+pub(crate) struct Ran<'a, T> {
+    pub vals: Vec<Option<Slot<'a, T>>>,
+    pub peak_live: usize,
+}
+
+/// Runs `plan`'s steps (those marked in `only`, or all) on `backend`.
+/// `feed` gives each source's buffer; values die after their last reader
+/// unless `pinned`.
+pub(crate) fn run_steps<'a, B: Backend>(
+    backend: &mut B,
+    plan: &Plan,
+    feed: &mut Feeder<'a, '_, B>,
+    step: u64,
+    opts: &RunOptions,
+    only: Option<&[bool]>,
+) -> Result<Ran<'a, B::Buffer>, ExecError> {
+    let mut vals: Vec<Option<Slot<'a, B::Buffer>>> = (0..plan.num_values()).map(|_| None).collect();
+    let mut pinned = vec![false; plan.num_values()];
+    for f in &opts.fetch {
+        pinned[plan.lookup(f)?] = true;
+    }
+    let inject = match &opts.inject_inf {
+        Some((name, s)) if *s == step => Some(plan.lookup(name)?),
+        _ => None,
+    };
+    let mut live = 0usize;
+    for s in &plan.sources {
+        let mut b = feed(backend, s)?;
+        if inject == Some(s.value) {
+            b = Slot::Owned(poison(backend, b.get(), &s.name)?);
+        }
+        vals[s.value] = Some(b);
+        live += 1;
+    }
+    let mut peak = live;
+    for (i, st) in plan.steps.iter().enumerate() {
+        if only.is_some_and(|o| !o[i]) {
+            continue;
+        }
+        let ctx = OpCtx { node: &st.name, step, seed: st.seed };
+        let outs = {
+            let mut ins = Vec::with_capacity(st.inputs.len());
+            for &v in &st.inputs {
+                ins.push(vals[v].as_ref().map(Slot::get).ok_or_else(|| ExecError::Op {
+                    node: st.name.clone(),
+                    op: st.op.name(),
+                    message: format!("input `{}` was freed too early or never computed", plan.names[v]),
+                })?);
+            }
+            backend.run(&st.op, &ctx, &ins, &st.out_types)?
+        };
+        if outs.len() != st.outputs.len() {
+            return Err(ExecError::Op {
+                node: st.name.clone(),
+                op: st.op.name(),
+                message: format!("the backend returned {} outputs, expected {}", outs.len(), st.outputs.len()),
+            });
+        }
+        for (b, &v) in outs.into_iter().zip(&st.outputs) {
+            let b = if inject == Some(v) { poison(backend, &b, &plan.names[v])? } else { b };
+            vals[v] = Some(Slot::Owned(b));
+            live += 1;
+        }
+        peak = peak.max(live);
+        for &v in &st.free_after {
+            if !pinned[v] && vals[v].take().is_some() {
+                live -= 1;
+            }
+        }
+    }
+    Ok(Ran { vals, peak_live: peak })
+}
+
+/// Downloads the value `v` of a finished step.
+pub(crate) fn fetch<B: Backend>(
+    backend: &mut B,
+    plan: &Plan,
+    vals: &[Option<Slot<'_, B::Buffer>>],
+    v: usize,
+) -> Result<Tensor, ExecError> {
+    let b = vals[v].as_ref().ok_or_else(|| ExecError::Graph(format!("value `{}` is gone", plan.names[v])))?;
+    backend.download(b.get())
+}
+
+/// The step's loss, outputs and fetched values, downloaded.
+pub(crate) type Returned = (Option<Tensor>, BTreeMap<String, Tensor>, BTreeMap<String, Tensor>);
+
+/// Downloads what a step returns besides the state.
+pub(crate) fn returned<B: Backend>(
+    backend: &mut B,
+    plan: &Plan,
+    vals: &[Option<Slot<'_, B::Buffer>>],
+    opts: &RunOptions,
+) -> Result<Returned, ExecError> {
+    let loss = plan.loss.map(|v| fetch(backend, plan, vals, v)).transpose()?;
+    let mut outputs = BTreeMap::new();
+    for &v in &plan.outputs {
+        outputs.insert(plan.names[v].clone(), fetch(backend, plan, vals, v)?);
+    }
+    let mut fetched = BTreeMap::new();
+    for f in &opts.fetch {
+        fetched.insert(f.clone(), fetch(backend, plan, vals, plan.lookup(f)?)?);
+    }
+    Ok((loss, outputs, fetched))
+}
+
+/// Uploads a host tensor for `s` after checking its type.
+pub(crate) fn upload_checked<B: Backend>(
+    backend: &mut B,
+    s: &Source,
+    t: Option<&Tensor>,
+) -> Result<B::Buffer, ExecError> {
+    let what = if s.from == Feed::Batch { "batch" } else { "state" };
+    let t = t.ok_or_else(|| ExecError::Value { name: s.name.clone(), message: format!("missing from the {what}") })?;
+    if t.ty() != s.ty {
+        return Err(ExecError::Value { name: s.name.clone(), message: format!("expected {}, found {}", s.ty, t.ty()) });
+    }
+    backend.upload(t)
+}
+
+/// Runs a lowered graph on a [`Backend`], one step at a time, with the
+/// state passed in and returned on the host each step (see
+/// [`super::Session`] for state kept on the device).
+pub struct Executor<B: Backend> {
+    backend: B,
+    plan: Plan,
+}
+
+impl<B: Backend> Executor<B> {
+    /// Plans `g` (topological order, value liveness) for `backend`.
+    /// `seed` is the graph seed that dropout masks derive from.
+    pub fn new(g: &Graph, backend: B, seed: u64) -> Result<Executor<B>, ExecError> {
+        Ok(Executor { backend, plan: Plan::new(g, seed)? })
+    }
+
+    /// The number of values the plan computes or feeds (sources included).
+    pub fn num_values(&self) -> usize {
+        self.plan.num_values()
     }
 
     /// The backend.
@@ -198,104 +386,26 @@ impl<B: Backend> Executor<B> {
         step: u64,
         opts: &RunOptions,
     ) -> Result<StepResult, ExecError> {
-        let mut vals: Vec<Option<B::Buffer>> = (0..self.values).map(|_| None).collect();
-        let mut pinned = vec![false; self.values];
-        for f in &opts.fetch {
-            let v = self.lookup(f)?;
-            pinned[v] = true;
-        }
-        let inject = match &opts.inject_inf {
-            Some((name, s)) if *s == step => Some(self.lookup(name)?),
-            _ => None,
-        };
-        let mut live = 0usize;
-        let mut peak = 0usize;
-        for s in &self.sources {
+        let plan = &self.plan;
+        let mut feed = |b: &mut B, s: &Source| {
             let map = if s.from == Feed::Batch { batch } else { state };
-            let what = if s.from == Feed::Batch { "batch" } else { "state" };
-            let t = map.get(&s.name).ok_or_else(|| ExecError::Value {
-                name: s.name.clone(),
-                message: format!("missing from the {what}"),
-            })?;
-            if t.ty() != s.ty {
-                return Err(ExecError::Value {
-                    name: s.name.clone(),
-                    message: format!("expected {}, found {}", s.ty, t.ty()),
-                });
-            }
-            let mut b = self.backend.upload(t)?;
-            if inject == Some(s.value) {
-                b = poison(&mut self.backend, &b, &s.name)?;
-            }
-            vals[s.value] = Some(b);
-            live += 1;
-        }
-        peak = peak.max(live);
-        for st in &self.steps {
-            let ctx = OpCtx { node: &st.name, step, seed: st.seed };
-            let outs = {
-                let mut ins = Vec::with_capacity(st.inputs.len());
-                for &v in &st.inputs {
-                    ins.push(vals[v].as_ref().ok_or_else(|| ExecError::Op {
-                        node: st.name.clone(),
-                        op: st.op.name(),
-                        message: format!("input `{}` was freed too early or never computed", self.names[v]),
-                    })?);
-                }
-                self.backend.run(&st.op, &ctx, &ins, &st.out_types)?
-            };
-            if outs.len() != st.outputs.len() {
-                return Err(ExecError::Op {
-                    node: st.name.clone(),
-                    op: st.op.name(),
-                    message: format!("the backend returned {} outputs, expected {}", outs.len(), st.outputs.len()),
-                });
-            }
-            for (b, &v) in outs.into_iter().zip(&st.outputs) {
-                let b = if inject == Some(v) { poison(&mut self.backend, &b, &self.names[v])? } else { b };
-                vals[v] = Some(b);
-                live += 1;
-            }
-            peak = peak.max(live);
-            for &v in &st.free_after {
-                if !pinned[v] && vals[v].take().is_some() {
-                    live -= 1;
-                }
-            }
-        }
-        let mut get = |v: usize| -> Result<Tensor, ExecError> {
-            let b = vals[v].as_ref().ok_or_else(|| ExecError::Graph(format!("value `{}` is gone", self.names[v])))?;
-            self.backend.download(b)
+            upload_checked(b, s, map.get(&s.name)).map(Slot::Owned)
         };
+        let ran = run_steps(&mut self.backend, plan, &mut feed, step, opts, None)?;
+        let update: FxHashMap<usize, usize> = plan.updates.iter().copied().collect();
         let mut new_state = State::new();
-        for name in &self.state {
-            let t = match self.updates.get(name) {
-                Some(&u) => get(u)?,
-                None => state
-                    .get(name)
-                    .cloned()
-                    .ok_or_else(|| ExecError::Value { name: name.clone(), message: "missing from the state".into() })?,
+        for (i, s) in plan.sources.iter().enumerate().filter(|(_, s)| s.from == Feed::State) {
+            let t = match update.get(&i) {
+                Some(&v) => fetch(&mut self.backend, plan, &ran.vals, v)?,
+                // Fed, so present.
+                None => {
+                    state.get(&s.name).cloned().ok_or_else(|| ExecError::Graph(format!("`{}` vanished", s.name)))?
+                }
             };
-            new_state.insert(name.clone(), t);
+            new_state.insert(s.name.clone(), t);
         }
-        let loss = self.loss.map(&mut get).transpose()?;
-        let mut outputs = BTreeMap::new();
-        for &v in &self.outputs {
-            outputs.insert(self.names[v].clone(), get(v)?);
-        }
-        let mut fetched = BTreeMap::new();
-        for f in &opts.fetch {
-            let v = self.by_name[f.as_str()];
-            fetched.insert(f.clone(), get(v)?);
-        }
-        Ok(StepResult { state: new_state, loss, outputs, fetched, peak_live: peak })
-    }
-
-    fn lookup(&self, name: &str) -> Result<usize, ExecError> {
-        self.by_name
-            .get(name)
-            .copied()
-            .ok_or_else(|| ExecError::Value { name: name.to_string(), message: "no value has this name".into() })
+        let (loss, outputs, fetched) = returned(&mut self.backend, plan, &ran.vals, opts)?;
+        Ok(StepResult { state: new_state, loss, outputs, fetched, peak_live: ran.peak_live })
     }
 }
 
@@ -306,173 +416,4 @@ fn poison<B: Backend>(backend: &mut B, b: &B::Buffer, name: &str) -> Result<B::B
         return Err(ExecError::Value { name: name.to_string(), message: "only a float value can be made inf".into() });
     }
     backend.upload(&Tensor::full(&t.ty(), f64::INFINITY)?)
-}
-
-/// `(fan_in, fan_out)` of a weight, mpc's convention: a 2-D weight is
-/// `[in, out]` (it is used as `x · w`, the transpose of PyTorch's Linear
-/// layout), so `fan_in = shape[0]`, `fan_out = shape[1]`; a conv weight
-/// `[O, C, kh, kw]` (rank ≥ 3) has `fan_in = C·kh·kw` and
-/// `fan_out = O·kh·kw`; a 1-D tensor has both equal to its length, a
-/// scalar both 1.
-pub fn fans(shape: &[u64]) -> (f64, f64) {
-    match shape {
-        [] => (1.0, 1.0),
-        [n] => (*n as f64, *n as f64),
-        [i, o] => (*i as f64, *o as f64),
-        [o, c, rest @ ..] => {
-            let rf: u64 = rest.iter().product();
-            ((c * rf) as f64, (o * rf) as f64)
-        }
-    }
-}
-
-/// Values rounded once from f64 into `dtype`.
-fn from_f64(dtype: DType, v: &[f64]) -> Data {
-    match dtype {
-        DType::F32 => Data::F32(v.iter().map(|&x| x as f32).collect()),
-        DType::F16 => Data::F16(v.iter().map(|&x| f16::from_f64(x)).collect()),
-        DType::Bf16 => Data::Bf16(v.iter().map(|&x| bf16::from_f64(x)).collect()),
-        DType::I32 => Data::I32(v.iter().map(|&x| x as i32).collect()),
-        DType::I64 => Data::I64(v.iter().map(|&x| x as i64).collect()),
-        DType::Bool => Data::Bool(v.iter().map(|&x| x != 0.0).collect()),
-    }
-}
-
-/// One tensor per its `Init`, drawing from a generator seeded by
-/// `combine(seed, fnv1a(name))`: the same seed gives the same bits, and a
-/// tensor's values do not depend on which other tensors exist.
-pub fn init_tensor(name: &str, ty: &TensorType, init: &Init, seed: u64) -> Result<Tensor, ExecError> {
-    let n = numel(&ty.shape)?;
-    let mut rng = SplitMix64::new(combine(seed, fnv1a(name)));
-    let (fan_in, fan_out) = fans(&ty.shape.0);
-    let vals: Vec<f64> = match *init {
-        Init::Zeros => return Tensor::zeros(ty),
-        Init::Ones => return Tensor::full(ty, 1.0),
-        Init::Constant { value } => return Tensor::full(ty, value),
-        Init::Normal { mean, std } => (0..n).map(|_| mean + std * rng.normal()).collect(),
-        Init::Uniform { low, high } => (0..n).map(|_| low + (high - low) * rng.next_f64()).collect(),
-        Init::XavierUniform { gain } => {
-            let b = gain * (6.0 / (fan_in + fan_out)).sqrt();
-            (0..n).map(|_| -b + 2.0 * b * rng.next_f64()).collect()
-        }
-        Init::KaimingNormal { gain } => {
-            let std = gain / fan_in.sqrt();
-            (0..n).map(|_| std * rng.normal()).collect()
-        }
-        Init::File => {
-            return Err(ExecError::Value {
-                name: name.to_string(),
-                message: "init `file` needs a safetensors file, which this executor does not read".into(),
-            })
-        }
-    };
-    Tensor::new(ty.shape.clone(), from_f64(ty.dtype, &vals))
-}
-
-/// Every param and state tensor of `g`, by node name, from its `Init`.
-/// `init: file` values need [`init_state_with`].
-pub fn init_state(g: &Graph, seed: u64) -> Result<State, ExecError> {
-    init_state_with(g, seed, None)
-}
-
-/// As [`init_state`], reading `init: file` values from the graph's `weights`
-/// safetensors file, relative to `base_dir` (the graph file's folder).
-pub fn init_state_with(g: &Graph, seed: u64, base_dir: Option<&std::path::Path>) -> Result<State, ExecError> {
-    let uses_file = g
-        .node_ids()
-        .any(|n| matches!(&g.node(n).op, Op::Param { init: Init::File, .. } | Op::State { init: Init::File, .. }));
-    let mut file = match (&g.weights, uses_file) {
-        (Some(w), true) => {
-            let path = base_dir.map(|d| d.join(w)).unwrap_or_else(|| w.into());
-            crate::checkpoint::read_tensors(&path)
-                .map_err(|e| ExecError::Value { name: w.clone(), message: e.to_string() })?
-        }
-        _ => State::new(),
-    };
-    let mut out = State::new();
-    for n in g.node_ids() {
-        let node = g.node(n);
-        if let Op::Param { ty, init } | Op::State { ty, init } = &node.op {
-            let t = match (init, &g.weights) {
-                (Init::File, Some(w)) => {
-                    let t = file.remove(&node.name).ok_or_else(|| ExecError::Value {
-                        name: node.name.clone(),
-                        message: format!("init is `file` but `{w}` has no tensor of that name"),
-                    })?;
-                    if t.shape() != &ty.shape || t.dtype() != ty.dtype {
-                        return Err(ExecError::Value {
-                            name: node.name.clone(),
-                            message: format!(
-                                "`{w}` holds {}{} but the graph declares {ty}",
-                                t.dtype().name(),
-                                t.shape()
-                            ),
-                        });
-                    }
-                    t
-                }
-                (Init::File, None) => {
-                    return Err(ExecError::Value {
-                        name: node.name.clone(),
-                        message: "init is `file` but the graph names no `weights` file".into(),
-                    })
-                }
-                _ => init_tensor(&node.name, ty, init, seed)?,
-            };
-            out.insert(node.name.clone(), t);
-        }
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fan_convention() {
-        assert_eq!(fans(&[64, 128]), (64.0, 128.0));
-        assert_eq!(fans(&[16, 3, 3, 3]), (27.0, 144.0));
-        assert_eq!(fans(&[10]), (10.0, 10.0));
-    }
-
-    #[test]
-    fn init_is_deterministic_and_scaled() {
-        let ty = TensorType::new(DType::F32, vec![256, 128]);
-        let a = init_tensor("w", &ty, &Init::KaimingNormal { gain: 2f64.sqrt() }, 3).unwrap();
-        let b = init_tensor("w", &ty, &Init::KaimingNormal { gain: 2f64.sqrt() }, 3).unwrap();
-        assert!(a.bit_eq(&b));
-        let c = init_tensor("w", &ty, &Init::KaimingNormal { gain: 2f64.sqrt() }, 4).unwrap();
-        assert!(!a.bit_eq(&c));
-        let v = a.to_f32_vec();
-        let var = v.iter().map(|x| (x * x) as f64).sum::<f64>() / v.len() as f64;
-        assert!((var - 2.0 / 256.0).abs() < 0.1 * 2.0 / 256.0, "{var}");
-        let x = init_tensor("x", &ty, &Init::XavierUniform { gain: 1.0 }, 3).unwrap();
-        let bound = (6.0f64 / 384.0).sqrt() as f32;
-        assert!(x.to_f32_vec().iter().all(|v| v.abs() <= bound));
-        let e = init_tensor("f", &ty, &Init::File, 3).unwrap_err();
-        assert!(e.to_string().contains("needs a safetensors file"), "{e}");
-    }
-
-    #[test]
-    fn file_init_reads_the_weights_file_and_checks_types() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut w = State::new();
-        w.insert("w".into(), Tensor::from_f32(DType::F32, vec![2], &[1.5, -2.0]).unwrap());
-        w.insert("v".into(), Tensor::from_f32(DType::F32, vec![3], &[0.0; 3]).unwrap());
-        crate::checkpoint::write_tensors(&dir.path().join("m.safetensors"), &w).unwrap();
-        let mut g = Graph::new("g");
-        let ty = TensorType::new(DType::F32, vec![2]);
-        g.add_node("w", Op::Param { ty: ty.clone(), init: Init::File }, crate::Role::Forward, &[]).unwrap();
-        let e = init_state_with(&g, 0, Some(dir.path())).unwrap_err();
-        assert!(e.to_string().contains("names no `weights` file"), "{e}");
-        g.weights = Some("m.safetensors".into());
-        let s = init_state_with(&g, 0, Some(dir.path())).unwrap();
-        assert!(s["w"].bit_eq(&w["w"]));
-        g.add_node("v", Op::Param { ty, init: Init::File }, crate::Role::Forward, &[]).unwrap();
-        let e = init_state_with(&g, 0, Some(dir.path())).unwrap_err();
-        assert!(e.to_string().contains("holds f32[3] but the graph declares f32[2]"), "{e}");
-        g.weights = Some("missing.safetensors".into());
-        assert!(init_state_with(&g, 0, Some(dir.path())).unwrap_err().to_string().contains("cannot read"));
-    }
 }

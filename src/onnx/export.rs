@@ -310,7 +310,7 @@ fn initial_values(g: &Graph, nodes: &[NodeId], opts: &Options, fills: bool, file
     if sources.node_count() == 0 {
         return Ok(State::new());
     }
-    Ok(crate::exec::run::init_state_with(&sources, opts.seed, opts.base_dir.as_deref())?)
+    Ok(crate::exec::init::init_state_with(&sources, opts.seed, opts.base_dir.as_deref())?)
 }
 
 /// [`export`], encoded.

@@ -1,0 +1,206 @@
+//! A training session: the state lives on the backend across steps.
+//!
+//! [`Session::new`] uploads params and state once; each [`Session::step`]
+//! uploads only the batch, runs the plan, and keeps the updated state where
+//! the backend made it (nothing crosses back to the host but the loss and
+//! the scaler's scalars). The host sees the state again only when asked:
+//! [`Session::state`] for a checkpoint or the end, and [`Session::eval`]
+//! runs only the forward nodes a fetched value needs (test accuracy).
+
+use std::collections::BTreeMap;
+
+use crate::graph::Graph;
+use crate::op::Op;
+
+use super::backend::Backend;
+use super::run::{fetch, returned, run_steps, upload_checked, Feed, Plan, RunOptions, Slot, Source, State};
+use super::tensor::Tensor;
+use super::ExecError;
+
+/// What one step reports back to the host.
+#[derive(Clone, Debug, Default)]
+pub struct StepReport {
+    /// The loss, when the graph has one.
+    pub loss: Option<f32>,
+    /// The loss scale this step used (loss-scaled graphs).
+    pub loss_scale: Option<f32>,
+    /// Whether a gradient overflowed, so the step was skipped.
+    pub found_inf: Option<bool>,
+    /// The gradients' global norm (graphs that clip it).
+    pub grad_norm: Option<f32>,
+    /// The values asked for in [`RunOptions::fetch`].
+    pub fetched: BTreeMap<String, Tensor>,
+}
+
+/// The values a step reports, found by the ops that make them rather than
+/// by name (a user's value may be called `found_inf`).
+#[derive(Clone, Copy, Debug, Default)]
+struct Metrics {
+    found_inf: Option<usize>,
+    loss_scale: Option<usize>,
+    grad_norm: Option<usize>,
+}
+
+impl Metrics {
+    fn of(plan: &Plan) -> Metrics {
+        let made_by = |want: fn(&Op) -> bool| {
+            plan.outputs.iter().copied().find(|v| plan.steps.iter().any(|s| want(&s.op) && s.outputs.contains(v)))
+        };
+        // The scale is the state that every `unscale` divides by.
+        let loss_scale = plan.outputs.iter().copied().find(|&v| {
+            plan.sources.iter().any(|s| s.value == v && s.from == Feed::State)
+                && plan.steps.iter().any(|s| s.op == Op::Unscale && s.inputs.get(1) == Some(&v))
+        });
+        Metrics {
+            found_inf: made_by(|op| *op == Op::FoundInf),
+            loss_scale,
+            grad_norm: made_by(|op| *op == Op::GlobalNorm),
+        }
+    }
+}
+
+/// A lowered graph and its state, resident on a backend.
+pub struct Session<B: Backend> {
+    backend: B,
+    plan: Plan,
+    /// The state's buffers, by value (`None` but for params and state).
+    resident: Vec<Option<B::Buffer>>,
+    metrics: Metrics,
+}
+
+impl<B: Backend> Session<B> {
+    /// Plans `g` and uploads `state` (every param and state tensor of `g`,
+    /// by name, as [`super::init_state`] makes them or a checkpoint holds
+    /// them). `seed` is the graph seed dropout masks derive from.
+    pub fn new(g: &Graph, mut backend: B, seed: u64, state: &State) -> Result<Session<B>, ExecError> {
+        let plan = Plan::new(g, seed)?;
+        let mut resident: Vec<Option<B::Buffer>> = (0..plan.num_values()).map(|_| None).collect();
+        for s in plan.sources.iter().filter(|s| s.from == Feed::State) {
+            resident[s.value] = Some(upload_checked(&mut backend, s, state.get(&s.name))?);
+        }
+        if let Some(extra) = state.keys().find(|k| !plan.sources.iter().any(|s| s.from == Feed::State && &s.name == *k))
+        {
+            return Err(ExecError::Value {
+                name: extra.clone(),
+                message: "is not a param or state of the graph".into(),
+            });
+        }
+        let metrics = Metrics::of(&plan);
+        Ok(Session { backend, plan, resident, metrics })
+    }
+
+    /// The plan the session runs.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The backend.
+    pub fn backend(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    /// Runs training step number `step` (0-based; dropout masks depend on
+    /// it) on `batch`, and keeps the updated state on the backend.
+    pub fn step(&mut self, batch: &State, step: u64, opts: &RunOptions) -> Result<StepReport, ExecError> {
+        let Session { backend, plan, resident, metrics } = self;
+        let mut feed = feeder::<B>(resident, batch);
+        let ran = run_steps(backend, plan, &mut feed, step, opts, None)?;
+        let scalar = |backend: &mut B, v: Option<usize>| -> Result<Option<f32>, ExecError> {
+            v.map(|v| fetch(backend, plan, &ran.vals, v).map(|t| t.item_f32())).transpose().map(Option::flatten)
+        };
+        let report = StepReport {
+            loss_scale: scalar(backend, metrics.loss_scale)?,
+            found_inf: scalar(backend, metrics.found_inf)?.map(|f| f != 0.0),
+            grad_norm: scalar(backend, metrics.grad_norm)?,
+            loss: scalar(backend, plan.loss)?,
+            fetched: returned(backend, plan, &ran.vals, opts)?.2,
+        };
+        // The new state: each update's buffer moves into the resident slot
+        // (a copy only when the update is itself a source).
+        let mut vals = ran.vals;
+        let mut next = Vec::with_capacity(plan.updates.len());
+        for &(s, v) in &plan.updates {
+            let b = match vals[v].take() {
+                Some(Slot::Owned(b)) => b,
+                Some(Slot::Borrowed(b)) => backend.duplicate(b)?,
+                None => return Err(ExecError::Graph(format!("the update of `{}` is gone", plan.sources[s].name))),
+            };
+            next.push((s, b));
+        }
+        drop(vals);
+        drop(feed);
+        for (s, b) in next {
+            resident[plan.sources[s].value] = Some(b);
+        }
+        Ok(report)
+    }
+
+    /// Computes the values `fetch` (by name) on `batch` with the current
+    /// state, running only the nodes they need; the state is unchanged.
+    pub fn eval(&mut self, batch: &State, step: u64, fetch: &[String]) -> Result<BTreeMap<String, Tensor>, ExecError> {
+        let Session { backend, plan, resident, .. } = self;
+        let wanted = fetch.iter().map(|f| plan.lookup(f)).collect::<Result<Vec<_>, _>>()?;
+        let only = plan.needed_steps(&wanted);
+        let opts = RunOptions { fetch: fetch.to_vec(), ..RunOptions::default() };
+        let mut feed = feeder::<B>(resident, batch);
+        let ran = run_steps(backend, plan, &mut feed, step, &opts, Some(&only))?;
+        let mut out = BTreeMap::new();
+        for (name, &v) in fetch.iter().zip(&wanted) {
+            out.insert(name.clone(), super::run::fetch(backend, plan, &ran.vals, v)?);
+        }
+        Ok(out)
+    }
+
+    /// The current params and state, downloaded, by name.
+    pub fn state(&mut self) -> Result<State, ExecError> {
+        let mut out = State::new();
+        for s in &self.plan.sources {
+            if let Some(b) = &self.resident[s.value] {
+                out.insert(s.name.clone(), self.backend.download(b)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Feeds the resident state by reference and uploads the batch.
+fn feeder<'a, B: Backend>(
+    resident: &'a [Option<B::Buffer>],
+    batch: &'a State,
+) -> impl FnMut(&mut B, &Source) -> Result<Slot<'a, B::Buffer>, ExecError> + 'a {
+    move |backend: &mut B, s: &Source| match s.from {
+        Feed::Batch => upload_checked(backend, s, batch.get(&s.name)).map(Slot::Owned),
+        Feed::State => resident[s.value]
+            .as_ref()
+            .map(Slot::Borrowed)
+            .ok_or_else(|| ExecError::Graph(format!("`{}` is not resident", s.name))),
+    }
+}
+
+/// A session on any backend, as one type: what `mpc train` and `mpc
+/// compare` drive, whichever device was chosen.
+pub trait Trainer {
+    /// The backend's name ("cpu", "cuda").
+    fn device(&self) -> &'static str;
+    /// See [`Session::step`].
+    fn step(&mut self, batch: &State, step: u64, opts: &RunOptions) -> Result<StepReport, ExecError>;
+    /// See [`Session::eval`].
+    fn eval(&mut self, batch: &State, step: u64, fetch: &[String]) -> Result<BTreeMap<String, Tensor>, ExecError>;
+    /// See [`Session::state`].
+    fn state(&mut self) -> Result<State, ExecError>;
+}
+
+impl<B: Backend> Trainer for Session<B> {
+    fn device(&self) -> &'static str {
+        self.backend.name()
+    }
+    fn step(&mut self, batch: &State, step: u64, opts: &RunOptions) -> Result<StepReport, ExecError> {
+        Session::step(self, batch, step, opts)
+    }
+    fn eval(&mut self, batch: &State, step: u64, fetch: &[String]) -> Result<BTreeMap<String, Tensor>, ExecError> {
+        Session::eval(self, batch, step, fetch)
+    }
+    fn state(&mut self) -> Result<State, ExecError> {
+        Session::state(self)
+    }
+}
