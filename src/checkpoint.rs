@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use half::{bf16, f16};
 use safetensors::tensor::{Dtype, TensorView};
 
 use crate::exec::{Data, State, Tensor};
@@ -34,14 +33,7 @@ pub struct Checkpoint {
 }
 
 fn bytes(data: &Data) -> (Dtype, Vec<u8>) {
-    match data {
-        Data::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        Data::F16(v) => (Dtype::F16, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        Data::Bf16(v) => (Dtype::BF16, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        Data::I32(v) => (Dtype::I32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        Data::I64(v) => (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        Data::Bool(v) => (Dtype::BOOL, v.iter().map(|&x| x as u8).collect()),
-    }
+    (st_dtype(data.dtype()), data.to_le_bytes())
 }
 
 /// The safetensors dtype of an mpc dtype.
@@ -59,18 +51,16 @@ pub(crate) fn st_dtype(d: crate::DType) -> Dtype {
 
 /// Elements from little-endian bytes.
 pub(crate) fn data(dtype: Dtype, b: &[u8]) -> Option<Data> {
-    fn le<const N: usize, T>(b: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
-        b.chunks_exact(N).map(|c| f(c.try_into().unwrap_or([0; N]))).collect()
-    }
-    Some(match dtype {
-        Dtype::F32 => Data::F32(le(b, f32::from_le_bytes)),
-        Dtype::F16 => Data::F16(le(b, f16::from_le_bytes)),
-        Dtype::BF16 => Data::Bf16(le(b, bf16::from_le_bytes)),
-        Dtype::I32 => Data::I32(le(b, i32::from_le_bytes)),
-        Dtype::I64 => Data::I64(le(b, i64::from_le_bytes)),
-        Dtype::BOOL => Data::Bool(b.iter().map(|&x| x != 0).collect()),
+    let d = match dtype {
+        Dtype::F32 => crate::DType::F32,
+        Dtype::F16 => crate::DType::F16,
+        Dtype::BF16 => crate::DType::Bf16,
+        Dtype::I32 => crate::DType::I32,
+        Dtype::I64 => crate::DType::I64,
+        Dtype::BOOL => crate::DType::Bool,
         _ => return None,
-    })
+    };
+    Some(Data::from_le_bytes(d, b))
 }
 
 /// Serializes a checkpoint to safetensors bytes.

@@ -44,6 +44,35 @@ macro_rules! each_map {
 }
 
 impl Data {
+    /// The elements as little-endian bytes (bool: one byte, 0 or 1): the
+    /// layout of safetensors files and of device memory.
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        match self {
+            Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::F16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::Bf16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::Bool(v) => v.iter().map(|&x| x as u8).collect(),
+        }
+    }
+
+    /// Elements of `dtype` from little-endian bytes (a trailing partial
+    /// element is dropped: callers check the length).
+    pub fn from_le_bytes(dtype: DType, b: &[u8]) -> Data {
+        fn le<const N: usize, T>(b: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
+            b.chunks_exact(N).map(|c| f(c.try_into().unwrap_or([0; N]))).collect()
+        }
+        match dtype {
+            DType::F32 => Data::F32(le(b, f32::from_le_bytes)),
+            DType::F16 => Data::F16(le(b, f16::from_le_bytes)),
+            DType::Bf16 => Data::Bf16(le(b, bf16::from_le_bytes)),
+            DType::I32 => Data::I32(le(b, i32::from_le_bytes)),
+            DType::I64 => Data::I64(le(b, i64::from_le_bytes)),
+            DType::Bool => Data::Bool(b.iter().map(|&x| x != 0).collect()),
+        }
+    }
+
     /// The element type.
     pub fn dtype(&self) -> DType {
         match self {
