@@ -1,4 +1,6 @@
 //! The CUDA backend: the device layer ([`gpu::Gpu`]), implemented on cudarc
-//! for a real GPU and by the SIMT emulation for tests without one.
+//! for a real GPU and by the SIMT emulation for tests without one, and the
+//! NVRTC compilation of the kernels ([`nvrtc`]).
 
 pub mod gpu;
+pub mod nvrtc;

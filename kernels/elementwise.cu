@@ -1,0 +1,325 @@
+// Elementwise kernels: binary arithmetic with NumPy broadcasting, unary
+// math and its gradients, identity (a copy) and constant fills.
+//
+// Numerics (as src/exec/cpu/elementwise.rs): float inputs widen to f32
+// exactly, the op computes in f32 with the CPU's expression order, and the
+// result rounds once to the output type. Kernels are compiled with
+// --fmad=false, so no multiply-add is contracted and +, -, *, / and sqrtf are
+// IEEE operations, bit for bit as on the CPU. Where results can differ:
+// - expf, logf, tanhf (exp, log, tanh, sigmoid, gelu, gelu_grad,
+//   erf_grad) are CUDA's, within 2 ulp of the exact value (CUDA C
+//   Programming Guide, "Mathematical Functions"); the CPU calls the host
+//   libm (glibc's are correctly rounded in most cases). Expect f32 results to
+//   differ by a few ulp; in f16/bf16 the single rounding mostly hides it, but
+//   a value near a rounding boundary can land one low-type ulp apart.
+// - erf is the CPU's own f64 series (crate::semantics::erf) evaluated the
+//   same way; only the f64 exp inside differs (CUDA's exp is within 1 ulp of
+//   f64), so the f32 result differs only if that moves it across an f32
+//   rounding boundary (rare; allow 1 f32 ulp).
+// - integer div by zero: the CPU reports an error; here the result is 0.
+// - NaN payloads may differ (CUDA's conversions make a canonical NaN).
+#include "common.cuh"
+
+// ---------------------------------------------------------------------------
+// Binary ops with broadcasting.
+//
+// Every binary kernel takes (a, b, y, n, rank, d0..d5, sa0..sa5, sb0..sb5):
+// - rank 0: a, b and y all have n elements in the same (row-major) order;
+//   the dims and strides are ignored (the fast path: no index arithmetic).
+// - rank r in 1..6: the output shape is d0..d5, NumPy's shape padded on the
+//   left with 1s to six axes (d5 is the last, fastest axis); only the last r
+//   axes are read, so d(6-r)..d5 must multiply to n. sa_k and sb_k are a's
+//   and b's element strides along output axis k, 0 where that input is
+//   broadcast (its size is 1 there, or it has fewer axes). The host may
+//   merge adjacent axes that are contiguous for both inputs, which lowers
+//   the rank and so the divisions per element.
+// ---------------------------------------------------------------------------
+
+struct Bcast {
+    int rank;
+    i64 d[6], sa[6], sb[6];
+};
+
+#define MPC_BCAST_PARAMS                                                                                          \
+    i32 rank, i64 d0, i64 d1, i64 d2, i64 d3, i64 d4, i64 d5, i64 sa0, i64 sa1, i64 sa2, i64 sa3, i64 sa4, i64 sa5, \
+        i64 sb0, i64 sb1, i64 sb2, i64 sb3, i64 sb4, i64 sb5
+#define MPC_BCAST_INIT                                                                  \
+    Bcast bc;                                                                           \
+    bc.rank = rank;                                                                     \
+    bc.d[0] = d0; bc.d[1] = d1; bc.d[2] = d2; bc.d[3] = d3; bc.d[4] = d4; bc.d[5] = d5; \
+    bc.sa[0] = sa0; bc.sa[1] = sa1; bc.sa[2] = sa2; bc.sa[3] = sa3; bc.sa[4] = sa4; bc.sa[5] = sa5; \
+    bc.sb[0] = sb0; bc.sb[1] = sb1; bc.sb[2] = sb2; bc.sb[3] = sb3; bc.sb[4] = sb4; bc.sb[5] = sb5;
+
+// The offsets into a and b of output element i.
+__device__ __forceinline__ void bcast_offsets(const Bcast& bc, i64 i, i64* oa, i64* ob) {
+    i64 a = 0, b = 0;
+    for (int k = 5; k >= 6 - bc.rank; --k) {
+        const i64 c = i % bc.d[k];
+        i /= bc.d[k];
+        a += c * bc.sa[k];
+        b += c * bc.sb[k];
+    }
+    *oa = a;
+    *ob = b;
+}
+
+// The ops on floats (widened to f32) and on integers (exact, wrapping on
+// overflow like Rust's wrapping_*; arithmetic in unsigned types, where C++
+// defines the wrap).
+struct OpAdd {
+    __device__ static float f(float p, float q) { return p + q; }
+    __device__ static i32 i(i32 p, i32 q) { return (i32)((u32)p + (u32)q); }
+    __device__ static i64 i(i64 p, i64 q) { return (i64)((u64)p + (u64)q); }
+};
+struct OpSub {
+    __device__ static float f(float p, float q) { return p - q; }
+    __device__ static i32 i(i32 p, i32 q) { return (i32)((u32)p - (u32)q); }
+    __device__ static i64 i(i64 p, i64 q) { return (i64)((u64)p - (u64)q); }
+};
+struct OpMul {
+    __device__ static float f(float p, float q) { return p * q; }
+    __device__ static i32 i(i32 p, i32 q) { return (i32)((u32)p * (u32)q); }
+    __device__ static i64 i(i64 p, i64 q) { return (i64)((u64)p * (u64)q); }
+};
+// Integer division truncates toward zero; MIN / -1 wraps to MIN (Rust's
+// wrapping_div); a zero divisor gives 0 (the CPU reports an error).
+struct OpDiv {
+    __device__ static float f(float p, float q) { return p / q; }
+    __device__ static i32 i(i32 p, i32 q) { return q == 0 ? 0 : q == -1 ? (i32)(0u - (u32)p) : p / q; }
+    __device__ static i64 i(i64 p, i64 q) { return q == 0 ? 0 : q == -1 ? (i64)(0ull - (u64)p) : p / q; }
+};
+
+template <typename Op, typename T>
+__device__ __forceinline__ void binary_float(const T* a, const T* b, T* y, i64 n, const Bcast& bc) {
+    if (bc.rank == 0) {
+        MPC_GRID_STRIDE(i, n) { y[i] = from_f32<T>(Op::f(to_f32(a[i]), to_f32(b[i]))); }
+    } else {
+        MPC_GRID_STRIDE(i, n) {
+            i64 oa, ob;
+            bcast_offsets(bc, i, &oa, &ob);
+            y[i] = from_f32<T>(Op::f(to_f32(a[oa]), to_f32(b[ob])));
+        }
+    }
+}
+
+template <typename Op, typename T>
+__device__ __forceinline__ void binary_int(const T* a, const T* b, T* y, i64 n, const Bcast& bc) {
+    if (bc.rank == 0) {
+        MPC_GRID_STRIDE(i, n) { y[i] = Op::i(a[i], b[i]); }
+    } else {
+        MPC_GRID_STRIDE(i, n) {
+            i64 oa, ob;
+            bcast_offsets(bc, i, &oa, &ob);
+            y[i] = Op::i(a[oa], b[ob]);
+        }
+    }
+}
+
+// <op>_<t>(const T* a, const T* b, T* y, i64 n, i32 rank, i64 d0..d5, i64 sa0..sa5, i64 sb0..sb5)
+#define MPC_BINARY(NAME, OP, KIND, T, TN)                                                              \
+    extern "C" __global__ void NAME##_##TN(const T* a, const T* b, T* y, i64 n, MPC_BCAST_PARAMS) { \
+        MPC_BCAST_INIT                                                                                 \
+        KIND<OP, T>(a, b, y, n, bc);                                                                   \
+    }                                                                                                  \
+    MPC_EXPORT(NAME##_##TN)
+
+#define MPC_BINARY_ALL(NAME, OP)                                  \
+    MPC_BINARY(NAME, OP, binary_float, float, f32)                \
+    MPC_BINARY(NAME, OP, binary_float, __half, f16)               \
+    MPC_BINARY(NAME, OP, binary_float, __nv_bfloat16, bf16)       \
+    MPC_BINARY(NAME, OP, binary_int, i32, i32)                    \
+    MPC_BINARY(NAME, OP, binary_int, i64, i64)
+
+MPC_BINARY_ALL(add, OpAdd)
+MPC_BINARY_ALL(sub, OpSub)
+MPC_BINARY_ALL(mul, OpMul)
+MPC_BINARY_ALL(div, OpDiv)
+
+// ---------------------------------------------------------------------------
+// Unary math, f32 inside.
+// ---------------------------------------------------------------------------
+
+// gelu's constants as the CPU's f32 constants: sqrt(2/pi) and the cubic
+// coefficient of the tanh approximation (GPT-2's).
+#define MPC_GELU_C 0.7978846f
+#define MPC_GELU_A 0.044715f
+// 2/sqrt(pi) as f32 (Rust's FRAC_2_SQRT_PI as f32) and as f64.
+#define MPC_2_SQRT_PI_F32 1.12837916709551257390f
+#define MPC_2_SQRT_PI_F64 1.12837916709551257390
+
+// The error function of the CPU reference (crate::semantics::erf), in f64:
+// for |x| < 6 the series of Abramowitz & Stegun 7.1.6,
+// erf x = 2/sqrt(pi) exp(-x^2) sum_n 2^n x^(2n+1) / (1*3*...*(2n+1)),
+// beyond +-1. The same operations in the same order; the sign comes from the
+// f32 input's sign bit, so erf(-0) = -0 as on the CPU.
+__device__ __forceinline__ float erf_ref(float xf) {
+    if (isnan(xf)) return xf;
+    const bool neg = (__float_as_uint(xf) >> 31) != 0u;
+    const double x = (double)xf;
+    const double a = neg ? -x : x;
+    double r;
+    if (a >= 6.0) {
+        r = 1.0;
+    } else {
+        const double a2 = a * a;
+        double term = a, sum = a, k = 1.0;
+        while (term > sum * 1e-17) {
+            term *= 2.0 * a2 / (2.0 * k + 1.0);
+            sum += term;
+            k += 1.0;
+        }
+        r = MPC_2_SQRT_PI_F64 * exp(-a2) * sum;
+        if (r > 1.0) r = 1.0;
+    }
+    return (float)(neg ? -r : r);
+}
+
+struct OpRelu {
+    // NaN and -0 give +0, as the CPU's `if v > 0 { v } else { 0 }`.
+    __device__ static float f(float v, float) { return v > 0.0f ? v : 0.0f; }
+};
+struct OpGelu {
+    __device__ static float f(float x, float) {
+        return 0.5f * x * (1.0f + tanhf(MPC_GELU_C * (x + MPC_GELU_A * x * x * x)));
+    }
+};
+struct OpTanh {
+    __device__ static float f(float v, float) { return tanhf(v); }
+};
+struct OpSigmoid {
+    __device__ static float f(float v, float) { return 1.0f / (1.0f + expf(-v)); }
+};
+struct OpExp {
+    __device__ static float f(float v, float) { return expf(v); }
+};
+struct OpLog {
+    __device__ static float f(float v, float) { return logf(v); }
+};
+struct OpErf {
+    __device__ static float f(float v, float) { return erf_ref(v); }
+};
+struct OpScale {
+    __device__ static float f(float v, float s) { return v * s; }
+};
+
+template <typename Op, typename T> __device__ __forceinline__ void unary(const T* x, T* y, i64 n, float s) {
+    MPC_GRID_STRIDE(i, n) { y[i] = from_f32<T>(Op::f(to_f32(x[i]), s)); }
+}
+
+// <op>_<t>(const T* x, T* y, i64 n)
+#define MPC_UNARY(NAME, OP, T, TN)                                                                           \
+    extern "C" __global__ void NAME##_##TN(const T* x, T* y, i64 n) { unary<OP, T>(x, y, n, 0.0f); } \
+    MPC_EXPORT(NAME##_##TN)
+
+#define MPC_UNARY_ALL(NAME, OP)             \
+    MPC_UNARY(NAME, OP, float, f32)         \
+    MPC_UNARY(NAME, OP, __half, f16)        \
+    MPC_UNARY(NAME, OP, __nv_bfloat16, bf16)
+
+MPC_UNARY_ALL(relu, OpRelu)
+MPC_UNARY_ALL(gelu, OpGelu)
+MPC_UNARY_ALL(tanh, OpTanh)
+MPC_UNARY_ALL(sigmoid, OpSigmoid)
+MPC_UNARY_ALL(exp, OpExp)
+MPC_UNARY_ALL(log, OpLog)
+MPC_UNARY_ALL(erf, OpErf)
+
+// scale_<t>(const T* x, T* y, i64 n, double value): y = x * f32(value), the
+// attribute rounded to f32 here as the CPU does (`value as f32`).
+#define MPC_SCALE(T, TN)                                                                \
+    extern "C" __global__ void scale_##TN(const T* x, T* y, i64 n, double value) {    \
+        unary<OpScale, T>(x, y, n, (float)value);                                      \
+    }                                                                                   \
+    MPC_EXPORT(scale_##TN)
+
+MPC_SCALE(float, f32)
+MPC_SCALE(__half, f16)
+MPC_SCALE(__nv_bfloat16, bf16)
+
+// ---------------------------------------------------------------------------
+// Gradients of the unary ops: (dy, v) -> dx, v the forward input or output
+// as the op's doc comment says (relu_grad, tanh_grad, sigmoid_grad take the
+// output y; gelu_grad and erf_grad the input x).
+// ---------------------------------------------------------------------------
+
+struct OpReluGrad {
+    __device__ static float f(float d, float y) { return y > 0.0f ? d : 0.0f; }
+};
+struct OpGeluGrad {
+    // The exact derivative of gelu (gelu_derivative on the CPU), times dy.
+    __device__ static float f(float d, float x) {
+        const float t = tanhf(MPC_GELU_C * (x + MPC_GELU_A * x * x * x));
+        const float g = 0.5f * (1.0f + t) +
+                        0.5f * x * (1.0f - t * t) * MPC_GELU_C * (1.0f + 3.0f * MPC_GELU_A * x * x);
+        return d * g;
+    }
+};
+struct OpTanhGrad {
+    __device__ static float f(float d, float y) { return d * (1.0f - y * y); }
+};
+struct OpSigmoidGrad {
+    __device__ static float f(float d, float y) { return d * y * (1.0f - y); }
+};
+struct OpErfGrad {
+    __device__ static float f(float d, float x) { return d * (MPC_2_SQRT_PI_F32 * expf(-(x * x))); }
+};
+
+template <typename Op, typename T> __device__ __forceinline__ void unary_grad(const T* dy, const T* v, T* dx, i64 n) {
+    MPC_GRID_STRIDE(i, n) { dx[i] = from_f32<T>(Op::f(to_f32(dy[i]), to_f32(v[i]))); }
+}
+
+// <op>_grad_<t>(const T* dy, const T* v, T* dx, i64 n)
+#define MPC_GRAD(NAME, OP, T, TN)                                                                                   \
+    extern "C" __global__ void NAME##_##TN(const T* dy, const T* v, T* dx, i64 n) { unary_grad<OP, T>(dy, v, dx, n); } \
+    MPC_EXPORT(NAME##_##TN)
+
+#define MPC_GRAD_ALL(NAME, OP)             \
+    MPC_GRAD(NAME, OP, float, f32)         \
+    MPC_GRAD(NAME, OP, __half, f16)        \
+    MPC_GRAD(NAME, OP, __nv_bfloat16, bf16)
+
+MPC_GRAD_ALL(relu_grad, OpReluGrad)
+MPC_GRAD_ALL(gelu_grad, OpGeluGrad)
+MPC_GRAD_ALL(tanh_grad, OpTanhGrad)
+MPC_GRAD_ALL(sigmoid_grad, OpSigmoidGrad)
+MPC_GRAD_ALL(erf_grad, OpErfGrad)
+
+// ---------------------------------------------------------------------------
+// identity_<t>(const T* x, T* y, i64 n): a bit copy.
+// constant_<t>(T* y, i64 n, double value): every element `value` rounded
+// once to T as the CPU's Data::full (f32: nearest even; f16/bf16: a single
+// rounding from f64; integers: truncation, saturating, NaN 0; bool: != 0).
+// `seed` is constant_f32 with value 1.0.
+// ---------------------------------------------------------------------------
+
+template <typename T> __device__ __forceinline__ void copy_elems(const T* x, T* y, i64 n) {
+    MPC_GRID_STRIDE(i, n) { y[i] = x[i]; }
+}
+
+template <typename T> __device__ __forceinline__ T constant_value(double v);
+template <> __device__ __forceinline__ float constant_value<float>(double v) { return (float)v; }
+template <> __device__ __forceinline__ __half constant_value<__half>(double v) { return from_f64<__half>(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 constant_value<__nv_bfloat16>(double v) {
+    return from_f64<__nv_bfloat16>(v);
+}
+template <> __device__ __forceinline__ i32 constant_value<i32>(double v) { return f64_to_i32_sat(v); }
+template <> __device__ __forceinline__ i64 constant_value<i64>(double v) { return f64_to_i64_sat(v); }
+template <> __device__ __forceinline__ u8 constant_value<u8>(double v) { return v != 0.0 ? 1 : 0; }
+
+template <typename T> __device__ __forceinline__ void fill_elems(T* y, i64 n, double value) {
+    const T v = constant_value<T>(value);
+    MPC_GRID_STRIDE(i, n) { y[i] = v; }
+}
+
+#define MPC_COPY_FILL(T, TN)                                                                            \
+    extern "C" __global__ void identity_##TN(const T* x, T* y, i64 n) { copy_elems<T>(x, y, n); }             \
+    MPC_EXPORT(identity_##TN)                                                                           \
+    extern "C" __global__ void constant_##TN(T* y, i64 n, double value) { fill_elems<T>(y, n, value); }       \
+    MPC_EXPORT(constant_##TN)
+
+MPC_COPY_FILL(float, f32)
+MPC_COPY_FILL(__half, f16)
+MPC_COPY_FILL(__nv_bfloat16, bf16)
+MPC_COPY_FILL(i32, i32)
+MPC_COPY_FILL(i64, i64)
+MPC_COPY_FILL(u8, bool)

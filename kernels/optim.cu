@@ -1,0 +1,128 @@
+// Optimizers: sgd, sgd_momentum, adam (L2 or decoupled AdamW). Each updates
+// a parameter (the f32 master in mixed precision) and its state, elementwise.
+//
+// Numerics: the CPU reference's formulas (src/exec/cpu/optim.rs) in the
+// same f32 operation order. Hyper-parameters arrive as the op's f64
+// attributes and are rounded to f32 here, as the CPU's `as f32`. Adam's bias
+// corrections 1 - beta^step are computed in f64 by the same repeated
+// squaring as Rust's f64::powi (compiler-builtins' __powidf2), then rounded
+// to f32. With --fmad=false (no contraction) and IEEE division and sqrtf,
+// every result is bit for bit the CPU's.
+//
+// Outputs may be the inputs' own buffers (an in-place update): each element
+// is read before it is written, by the same thread.
+#include "common.cuh"
+
+// ---------------------------------------------------------------------------
+// sgd_<t>(const T* p, const T* g, T* p_out, i64 n, double lr, double weight_decay)
+//   p' = p - lr (g + wd p)
+// ---------------------------------------------------------------------------
+template <typename T> __device__ __forceinline__ void sgd(const T* p, const T* g, T* p_out, i64 n, double lr_d, double wd_d) {
+    const float lr = (float)lr_d, wd = (float)wd_d;
+    MPC_GRID_STRIDE(i, n) {
+        const float pv = to_f32(p[i]);
+        p_out[i] = from_f32<T>(pv - lr * (to_f32(g[i]) + wd * pv));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// sgd_momentum_<t>(const T* p, const T* g, const T* buf, T* p_out, T* buf_out,
+//     i64 n, double lr, double momentum, double weight_decay)
+//   buf' = momentum buf + g + wd p;  p' = p - lr buf'
+// ---------------------------------------------------------------------------
+template <typename T>
+__device__ __forceinline__ void sgd_momentum(const T* p, const T* g, const T* buf, T* p_out, T* buf_out, i64 n,
+                                             double lr_d, double mu_d, double wd_d) {
+    const float lr = (float)lr_d, mu = (float)mu_d, wd = (float)wd_d;
+    MPC_GRID_STRIDE(i, n) {
+        const float pv = to_f32(p[i]);
+        const float b2 = mu * to_f32(buf[i]) + to_f32(g[i]) + wd * pv;
+        buf_out[i] = from_f32<T>(b2);
+        p_out[i] = from_f32<T>(pv - lr * b2);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// adam_<t>_<s>(const T* p, const T* g, const T* m, const T* v, const S* step,
+//     T* p_out, T* m_out, T* v_out, i64 n, double lr, double beta1,
+//     double beta2, double eps, double weight_decay, i32 decoupled)
+// step: the 1-based step, a device scalar (i32 or i64). decoupled != 0:
+// AdamW (p *= 1 - lr wd), else L2 (g += wd p); then
+//   m' = b1 m + (1-b1) g,  v' = b2 v + (1-b2) g^2,
+//   p' = p - lr (m'/bc1) / (sqrt(v'/bc2) + eps),  bc = 1 - b^step.
+// A step below 1 is an error on the CPU; here it gives bc1 = 0 (inf/NaN).
+// ---------------------------------------------------------------------------
+
+// Rust's f64::powi(b, e): compiler-builtins' __powidf2, square-and-multiply.
+__device__ __forceinline__ double powi_ref(double a, i32 b) {
+    const bool recip = b < 0;
+    u32 e = recip ? 0u - (u32)b : (u32)b;
+    double r = 1.0;
+    for (;;) {
+        if (e & 1u) r *= a;
+        e >>= 1;
+        if (e == 0u) break;
+        a *= a;
+    }
+    return recip ? 1.0 / r : r;
+}
+
+// The step as the CPU's exponent: i32::try_from(t).unwrap_or(i32::MAX).
+__device__ __forceinline__ i32 step_exponent(i32 t) { return t; }
+__device__ __forceinline__ i32 step_exponent(i64 t) {
+    return (t >= -2147483647LL - 1 && t <= 2147483647LL) ? (i32)t : 2147483647;
+}
+
+template <typename T, typename S>
+__device__ __forceinline__ void adam(const T* p, const T* g, const T* m, const T* v, const S* step, T* p_out, T* m_out,
+                                     T* v_out, i64 n, double lr_d, double beta1_d, double beta2_d, double eps_d,
+                                     double wd_d, i32 decoupled) {
+    const i32 e = step_exponent(step[0]);
+    const float bc1 = (float)(1.0 - powi_ref(beta1_d, e));
+    const float bc2 = (float)(1.0 - powi_ref(beta2_d, e));
+    const float lr = (float)lr_d, b1 = (float)beta1_d, b2 = (float)beta2_d, eps = (float)eps_d, wd = (float)wd_d;
+    MPC_GRID_STRIDE(i, n) {
+        float pv = to_f32(p[i]);
+        float gv = to_f32(g[i]);
+        if (decoupled != 0) {
+            pv *= 1.0f - lr * wd;
+        } else {
+            gv += wd * pv;
+        }
+        const float m2 = b1 * to_f32(m[i]) + (1.0f - b1) * gv;
+        const float v2 = b2 * to_f32(v[i]) + (1.0f - b2) * gv * gv;
+        p_out[i] = from_f32<T>(pv - lr * (m2 / bc1) / (sqrtf(v2 / bc2) + eps));
+        m_out[i] = from_f32<T>(m2);
+        v_out[i] = from_f32<T>(v2);
+    }
+}
+
+#define MPC_SGD(T, TN)                                                                                           \
+    extern "C" __global__ void sgd_##TN(const T* p, const T* g, T* p_out, i64 n, double lr, double weight_decay) { \
+        sgd<T>(p, g, p_out, n, lr, weight_decay);                                                                \
+    }                                                                                                            \
+    MPC_EXPORT(sgd_##TN)                                                                                         \
+    extern "C" __global__ void sgd_momentum_##TN(const T* p, const T* g, const T* buf, T* p_out, T* buf_out,      \
+                                                 i64 n, double lr, double momentum, double weight_decay) {       \
+        sgd_momentum<T>(p, g, buf, p_out, buf_out, n, lr, momentum, weight_decay);                               \
+    }                                                                                                            \
+    MPC_EXPORT(sgd_momentum_##TN)
+
+#define MPC_ADAM(T, TN, S, SN)                                                                                 \
+    extern "C" __global__ void adam_##TN##_##SN(const T* p, const T* g, const T* m, const T* v, const S* step,  \
+                                                T* p_out, T* m_out, T* v_out, i64 n, double lr, double beta1,  \
+                                                double beta2, double eps, double weight_decay, i32 decoupled) { \
+        adam<T, S>(p, g, m, v, step, p_out, m_out, v_out, n, lr, beta1, beta2, eps, weight_decay, decoupled);  \
+    }                                                                                                          \
+    MPC_EXPORT(adam_##TN##_##SN)
+
+MPC_SGD(float, f32)
+MPC_SGD(__half, f16)
+MPC_SGD(__nv_bfloat16, bf16)
+
+MPC_ADAM(float, f32, i32, i32)
+MPC_ADAM(float, f32, i64, i64)
+MPC_ADAM(__half, f16, i32, i32)
+MPC_ADAM(__half, f16, i64, i64)
+MPC_ADAM(__nv_bfloat16, bf16, i32, i32)
+MPC_ADAM(__nv_bfloat16, bf16, i64, i64)

@@ -1,0 +1,89 @@
+//! Every kernel file compiles with NVRTC for sm_80 and sm_90, and the
+//! embedded list of kernel files is the list in kernels/.
+//!
+//! Needs libnvrtc on LD_LIBRARY_PATH and the CUDA headers (the PyPI wheels
+//! nvidia-cuda-nvrtc and nvidia-cuda-runtime are enough; .ci/run installs
+//! them). Without them the compile test prints why and passes, unless
+//! MPC_REQUIRE_NVRTC=1 (set by CI), where it fails.
+
+use std::collections::BTreeMap;
+
+use mpc::exec::cuda::nvrtc;
+
+const ARCHS: &[&str] = &["sm_80", "sm_90"];
+
+#[test]
+fn every_kernel_file_compiles() {
+    let required = std::env::var("MPC_REQUIRE_NVRTC").is_ok_and(|v| v == "1");
+    let tc = match nvrtc::probe() {
+        Ok(tc) => tc,
+        Err(e) if required => panic!("MPC_REQUIRE_NVRTC=1 but NVRTC is not usable: {e}"),
+        Err(e) => {
+            eprintln!("skipping the NVRTC compile of kernels/*.cu: {e}");
+            return;
+        }
+    };
+    eprintln!("NVRTC {}.{}, headers from {}", tc.version.0, tc.version.1, tc.include_dir.display());
+    let mut failures = Vec::new();
+    for &arch in ARCHS {
+        // kernel name -> the file that defines it, to catch a name defined twice.
+        let mut owner: BTreeMap<String, &str> = BTreeMap::new();
+        for &(file, src) in nvrtc::SOURCES {
+            match nvrtc::compile_file(&tc, file, src, arch, &["-Xptxas=-v"]) {
+                Ok(m) => {
+                    let names = m.kernels();
+                    let usage = nvrtc::ptxas_usage(&m.log);
+                    let max_regs = usage.iter().map(|u| u.registers).max().unwrap_or(0);
+                    let spilling: Vec<String> = usage
+                        .iter()
+                        .filter(|u| u.spill_stores + u.spill_loads > 0)
+                        .map(|u| format!("{} ({} B stored, {} B loaded)", u.name, u.spill_stores, u.spill_loads))
+                        .collect();
+                    eprintln!(
+                        "ok   {arch} kernels/{file}: {} kernels, PTX {} B, CUBIN {} B, at most {max_regs} registers, {}",
+                        names.len(),
+                        m.ptx.len(),
+                        m.cubin.len(),
+                        if spilling.is_empty() { "no spills".to_string() } else { format!("spills: {}", spilling.join(", ")) }
+                    );
+                    if names.is_empty() {
+                        failures.push(format!("kernels/{file} ({arch}) defines no kernel"));
+                    }
+                    if m.cubin.is_empty() {
+                        failures.push(format!("kernels/{file} ({arch}) gave no CUBIN"));
+                    }
+                    for n in names {
+                        if let Some(other) = owner.insert(n.to_string(), file) {
+                            failures.push(format!("kernel {n} is defined in kernels/{other} and kernels/{file}"));
+                        }
+                    }
+                }
+                Err(e) => {
+                    eprintln!("FAIL {arch} kernels/{file}");
+                    failures.push(e.to_string());
+                }
+            }
+        }
+        eprintln!("{arch}: {} kernels in {} files", owner.len(), nvrtc::SOURCES.len());
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn the_embedded_sources_are_the_kernel_files() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".cu"))
+        .collect();
+    on_disk.sort();
+    let mut embedded: Vec<String> = nvrtc::SOURCES.iter().map(|s| s.0.to_string()).collect();
+    embedded.sort();
+    assert_eq!(embedded, on_disk, "nvrtc::SOURCES must list every kernels/*.cu file");
+    for &(file, src) in nvrtc::SOURCES {
+        let first = src.lines().find(|l| l.starts_with('#'));
+        assert_eq!(first, Some("#include \"common.cuh\""), "kernels/{file} must include common.cuh first");
+        assert_eq!(std::fs::read_to_string(dir.join(file)).unwrap(), src, "kernels/{file} is embedded as it is");
+    }
+}
