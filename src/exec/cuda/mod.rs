@@ -1,4 +1,5 @@
 //! The CUDA backend: the device layer ([`gpu::Gpu`]), implemented on cudarc
 //! for a real GPU and by the SIMT emulation for tests without one.
 
+pub mod emu;
 pub mod gpu;
