@@ -2,5 +2,6 @@
 //! for a real GPU and by the SIMT emulation for tests without one, and the
 //! NVRTC compilation of the kernels ([`nvrtc`]).
 
+pub mod emu;
 pub mod gpu;
 pub mod nvrtc;
