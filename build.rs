@@ -2,7 +2,7 @@
 //! `kernels/*.cu` compiled as C++20 for the host with `-DMPC_EMU`, plus the
 //! emulation's runtime `kernels/emu/simt.cpp`, into a static library linked
 //! into mpc; and `$OUT_DIR/emu_kernels.rs`, the table of the kernels it
-//! exports (the `MPC_EXPORT(name)` lines), which `exec::cuda::emu` includes.
+//! exports (where `MPC_EXPORT(name)` expands), which `exec::cuda::emu` includes.
 //! Needs a C++20 compiler (g++ 12 or later, or clang), never CUDA.
 
 use std::fmt::Write as _;
@@ -14,21 +14,6 @@ fn main() {
     println!("cargo:rerun-if-changed=kernels");
 
     let sources = cu_files(Path::new("kernels"));
-    let mut exports: Vec<(String, PathBuf)> = Vec::new();
-    for path in &sources {
-        let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-        for (line_no, name) in export_lines(&text) {
-            if !is_identifier(&name) {
-                panic!("{}:{line_no}: MPC_EXPORT({name}): not a C identifier", path.display());
-            }
-            if let Some((_, first)) = exports.iter().find(|(n, _)| *n == name) {
-                panic!("kernel {name} is exported twice: in {} and {}", first.display(), path.display());
-            }
-            exports.push((name, path.clone()));
-        }
-    }
-    exports.sort();
-
     let mut build = cc::Build::new();
     build
         .cpp(true)
@@ -42,8 +27,24 @@ fn main() {
         // input of an unknown language).
         .flag("-x")
         .flag("c++")
-        .file("kernels/emu/simt.cpp")
-        .files(&sources);
+        // The host counterpart of NVRTC's --fmad=false: no fused multiply-add.
+        .flag("-ffp-contract=off");
+    // The exported kernels are found in the preprocessed sources, where
+    // MPC_EXPORT has expanded (kernels instantiate names by macros, e.g.
+    // `MPC_EXPORT(cast_##FN##_##TN)`), so the table is what was compiled.
+    let mut exports: Vec<(String, PathBuf)> = Vec::new();
+    for path in &sources {
+        let expanded = build.clone().file(path).expand();
+        let text = String::from_utf8_lossy(&expanded);
+        for name in exported(&text) {
+            if let Some((_, first)) = exports.iter().find(|(n, _)| *n == name) {
+                panic!("kernel {name} is exported twice: in {} and {}", first.display(), path.display());
+            }
+            exports.push((name, path.clone()));
+        }
+    }
+    exports.sort();
+    build.file("kernels/emu/simt.cpp").files(&sources);
     build.compile("mpc_emu");
 
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -61,34 +62,17 @@ fn cu_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// The names of the `MPC_EXPORT(name)` lines (1-based line numbers): a line
-/// that is only that call, outside comments and preprocessor directives
-/// (a `#define` that expands to MPC_EXPORT registers nothing: its uses need
-/// their own MPC_EXPORT lines).
-fn export_lines(text: &str) -> Vec<(usize, String)> {
+/// The kernels a preprocessed source exports: the names of the
+/// `extern "C" int mpc_emu_<name>(` definitions MPC_EXPORT expands to.
+fn exported(text: &str) -> Vec<String> {
+    const MARK: &str = "extern \"C\" int mpc_emu_";
     let mut out = Vec::new();
-    let mut in_directive = false;
-    let mut in_comment = false;
-    for (i, line) in text.lines().enumerate() {
-        let t = line.trim();
-        let continued = in_directive;
-        in_directive = (continued || t.starts_with('#')) && t.ends_with('\\');
-        if continued || t.starts_with('#') {
-            continue;
-        }
-        if in_comment {
-            in_comment = !t.contains("*/");
-            continue;
-        }
-        if t.starts_with("/*") {
-            in_comment = !t.contains("*/");
-            continue;
-        }
-        let Some(rest) = t.strip_prefix("MPC_EXPORT(") else { continue };
-        let Some((name, tail)) = rest.split_once(')') else { continue };
-        let tail = tail.trim();
-        if tail.is_empty() || tail == ";" || tail.starts_with("//") {
-            out.push((i + 1, name.trim().to_string()));
+    let mut rest = text;
+    while let Some(at) = rest.find(MARK) {
+        rest = &rest[at + MARK.len()..];
+        let name: String = rest.chars().take_while(|c| *c == '_' || c.is_ascii_alphanumeric()).collect();
+        if is_identifier(&name) && rest[name.len()..].starts_with('(') {
+            out.push(name);
         }
     }
     out

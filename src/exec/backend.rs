@@ -38,6 +38,14 @@ pub trait Backend {
     /// A short name for messages ("cpu", "cuda").
     fn name(&self) -> &'static str;
 
+    /// Sees the whole plan once, before any step: a backend checks that it
+    /// can run every op and makes what it needs per node (compiled kernels,
+    /// GEMM descriptors). The default accepts everything.
+    fn prepare(&mut self, plan: &super::run::Plan) -> Result<(), ExecError> {
+        let _ = plan;
+        Ok(())
+    }
+
     /// Copies a host tensor to the device.
     fn upload(&mut self, t: &Tensor) -> Result<Self::Buffer, ExecError>;
 

@@ -365,7 +365,10 @@ impl<B: Backend> Executor<B> {
     /// Plans `g` (topological order, value liveness) for `backend`.
     /// `seed` is the graph seed that dropout masks derive from.
     pub fn new(g: &Graph, backend: B, seed: u64) -> Result<Executor<B>, ExecError> {
-        Ok(Executor { backend, plan: Plan::new(g, seed)? })
+        let plan = Plan::new(g, seed)?;
+        let mut backend = backend;
+        backend.prepare(&plan)?;
+        Ok(Executor { backend, plan })
     }
 
     /// The number of values the plan computes or feeds (sources included).

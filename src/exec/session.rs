@@ -74,6 +74,7 @@ impl<B: Backend> Session<B> {
     /// them). `seed` is the graph seed dropout masks derive from.
     pub fn new(g: &Graph, mut backend: B, seed: u64, state: &State) -> Result<Session<B>, ExecError> {
         let plan = Plan::new(g, seed)?;
+        backend.prepare(&plan)?;
         let mut resident: Vec<Option<B::Buffer>> = (0..plan.num_values()).map(|_| None).collect();
         for s in plan.sources.iter().filter(|s| s.from == Feed::State) {
             resident[s.value] = Some(upload_checked(&mut backend, s, state.get(&s.name))?);

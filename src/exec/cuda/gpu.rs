@@ -34,7 +34,7 @@ impl Launch {
 /// One kernel argument, in the order of the kernel's parameters. A pointer
 /// is an allocation and a byte offset into it (a value planned in the
 /// arena is the arena at its offset).
-#[derive(Copy, Clone, Debug)]
+#[derive(Debug)]
 pub enum KArg<'a, M> {
     Ptr(&'a M, usize),
     I32(i32),
@@ -44,6 +44,14 @@ pub enum KArg<'a, M> {
     F32(f32),
     F64(f64),
 }
+
+// By hand: a derive would ask `M: Copy`, but only a reference to M is held.
+impl<M> Clone for KArg<'_, M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<M> Copy for KArg<'_, M> {}
 
 /// A (batched) GEMM `C = alpha · op(A) · op(B) + beta · C`, column-major
 /// as cuBLASLt sees it; the CUDA backend maps mpc's row-major `matmul` onto

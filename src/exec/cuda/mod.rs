@@ -2,6 +2,8 @@
 //! for a real GPU and by the SIMT emulation for tests without one, and the
 //! NVRTC compilation of the kernels ([`nvrtc`]).
 
+pub mod backend;
 pub mod emu;
 pub mod gpu;
+pub mod launch;
 pub mod nvrtc;

@@ -1,0 +1,447 @@
+//! The CUDA backend: mpc's ops as launches of `kernels/*.cu` and GEMMs,
+//! on any [`Gpu`] (the real device, or the SIMT emulation in tests).
+//!
+//! Which kernel runs for which op, with which arguments and launch sizes,
+//! is decided here, once for both devices; [`super::launch`] holds the pure
+//! host arithmetic (broadcast strides, `sum_to` masks, the GEMM layout),
+//! unit-tested on its own. Buffers come from a pool keyed by size: a value
+//! freed by the executor returns its allocation, so after the first step a
+//! step makes no device allocation.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use crate::exec::backend::{Backend, OpCtx};
+use crate::exec::run::Plan;
+use crate::exec::tensor::{numel, Data, Tensor};
+use crate::exec::ExecError;
+use crate::op::Op;
+use crate::types::{DType, TensorType};
+
+use super::gpu::{Gpu, KArg, Launch};
+use super::launch::{self, blocks, Broadcast, THREADS};
+
+/// Freed allocations by size, for reuse.
+struct Pool<M> {
+    free: HashMap<usize, Vec<M>>,
+    /// Allocations made so far (each a device `alloc`).
+    allocs: u64,
+}
+
+/// A tensor on the device: an allocation of exactly its bytes.
+pub struct CudaBuffer<M> {
+    mem: Option<M>,
+    bytes: usize,
+    ty: TensorType,
+    pool: Rc<RefCell<Pool<M>>>,
+}
+
+impl<M> CudaBuffer<M> {
+    fn mem(&self) -> &M {
+        // Only `drop` takes it.
+        self.mem.as_ref().unwrap_or_else(|| unreachable!("a live buffer has its allocation"))
+    }
+
+    /// The tensor type the buffer holds.
+    pub fn ty(&self) -> &TensorType {
+        &self.ty
+    }
+}
+
+impl<M> Drop for CudaBuffer<M> {
+    fn drop(&mut self) {
+        if let Some(m) = self.mem.take() {
+            self.pool.borrow_mut().free.entry(self.bytes).or_default().push(m);
+        }
+    }
+}
+
+/// Ops the CUDA backend runs today: the MLP family (the examples `mlp`,
+/// `mlp_backward`, `underflow`, `regression_mse`).
+pub fn supports(op: &Op) -> bool {
+    use Op::*;
+    matches!(
+        op,
+        Constant { .. }
+            | Seed
+            | Cast { .. }
+            | Identity
+            | Add
+            | Sub
+            | Mul
+            | Div
+            | Scale { .. }
+            | Relu
+            | Gelu
+            | Tanh
+            | Sigmoid
+            | Exp
+            | Log
+            | Erf
+            | ReluGrad
+            | GeluGrad
+            | TanhGrad
+            | SigmoidGrad
+            | ErfGrad
+            | Matmul { .. }
+            | SumTo { .. }
+            | CrossEntropy
+            | CrossEntropyGrad
+            | Mse
+            | MseGrad
+            | Unscale
+            | FoundInf
+            | ScaleUpdate { .. }
+            | Select
+            | GlobalNorm
+            | Sgd { .. }
+            | SgdMomentum { .. }
+            | Adam { .. }
+    )
+}
+
+/// The CUDA backend over a device `G`.
+pub struct CudaBackend<G: Gpu> {
+    gpu: G,
+    pool: Rc<RefCell<Pool<G::Mem>>>,
+    /// TF32 tensor cores for f32 GEMMs (off: f32 GEMMs are exact f32).
+    tf32: bool,
+}
+
+impl<G: Gpu> CudaBackend<G> {
+    /// A backend on `gpu`; `tf32` allows TF32 for f32 GEMMs.
+    pub fn new(gpu: G, tf32: bool) -> CudaBackend<G> {
+        CudaBackend { gpu, pool: Rc::new(RefCell::new(Pool { free: HashMap::new(), allocs: 0 })), tf32 }
+    }
+
+    /// The device.
+    pub fn gpu(&mut self) -> &mut G {
+        &mut self.gpu
+    }
+
+    /// How many device allocations the backend has made.
+    pub fn allocations(&self) -> u64 {
+        self.pool.borrow().allocs
+    }
+
+    fn buffer(&mut self, ty: &TensorType) -> Result<CudaBuffer<G::Mem>, ExecError> {
+        let n = numel(&ty.shape)?;
+        let bytes = n.checked_mul(ty.dtype.size_bytes()).ok_or_else(|| too_big(ty))?;
+        self.scratch(bytes, ty.clone())
+    }
+
+    fn scratch(&mut self, bytes: usize, ty: TensorType) -> Result<CudaBuffer<G::Mem>, ExecError> {
+        let reused = self.pool.borrow_mut().free.get_mut(&bytes).and_then(Vec::pop);
+        let mem = match reused {
+            Some(m) => m,
+            None => {
+                self.pool.borrow_mut().allocs += 1;
+                // At least one byte: a zero-sized allocation is an error on a GPU.
+                self.gpu.alloc(bytes.max(1)).map_err(gpu_err)?
+            }
+        };
+        Ok(CudaBuffer { mem: Some(mem), bytes, ty, pool: self.pool.clone() })
+    }
+
+    fn launch(&mut self, name: &str, work: u64, args: &[KArg<'_, G::Mem>]) -> Result<(), String> {
+        self.gpu.launch(name, Launch::linear(blocks(work), THREADS), args).map_err(|e| e.to_string())
+    }
+}
+
+fn too_big(ty: &TensorType) -> ExecError {
+    ExecError::Tensor(format!("{ty} is too large to allocate"))
+}
+
+fn gpu_err(e: super::gpu::GpuError) -> ExecError {
+    ExecError::Tensor(e.to_string())
+}
+
+/// A pointer argument to the start of `b`.
+fn p<M>(b: &CudaBuffer<M>) -> KArg<'_, M> {
+    KArg::Ptr(b.mem(), 0)
+}
+
+fn n_of(ty: &TensorType) -> i64 {
+    ty.shape.0.iter().product::<u64>() as i64
+}
+
+/// The dtype suffix of a kernel name.
+fn sfx(d: DType) -> &'static str {
+    d.name()
+}
+
+impl<G: Gpu> Backend for CudaBackend<G> {
+    type Buffer = CudaBuffer<G::Mem>;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn prepare(&mut self, plan: &Plan) -> Result<(), ExecError> {
+        let missing: Vec<String> =
+            plan.steps.iter().filter(|s| !supports(&s.op)).map(|s| format!("`{}` ({})", s.name, s.op.name())).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let shown = missing.iter().take(8).cloned().collect::<Vec<_>>().join(", ");
+        let more = if missing.len() > 8 { format!(" and {} more", missing.len() - 8) } else { String::new() };
+        Err(ExecError::Graph(format!("the CUDA backend does not run these ops yet: {shown}{more} (use --device cpu)")))
+    }
+
+    fn upload(&mut self, t: &Tensor) -> Result<Self::Buffer, ExecError> {
+        let b = self.buffer(&t.ty())?;
+        let bytes = t.data().to_le_bytes();
+        self.gpu.write(b.mem(), 0, &bytes).map_err(gpu_err)?;
+        Ok(b)
+    }
+
+    fn download(&mut self, b: &Self::Buffer) -> Result<Tensor, ExecError> {
+        let mut bytes = vec![0u8; b.bytes];
+        self.gpu.read(b.mem(), 0, &mut bytes).map_err(gpu_err)?;
+        Tensor::new(b.ty.shape.clone(), Data::from_le_bytes(b.ty.dtype, &bytes))
+    }
+
+    fn duplicate(&mut self, b: &Self::Buffer) -> Result<Self::Buffer, ExecError> {
+        let out = self.buffer(&b.ty)?;
+        let d = sfx(b.ty.dtype);
+        let n = n_of(&b.ty);
+        self.launch(&format!("identity_{d}"), n as u64, &[p(b), p(&out), KArg::I64(n)]).map_err(ExecError::Tensor)?;
+        Ok(out)
+    }
+
+    fn run(
+        &mut self,
+        op: &Op,
+        ctx: &OpCtx<'_>,
+        inputs: &[&Self::Buffer],
+        out_types: &[TensorType],
+    ) -> Result<Vec<Self::Buffer>, ExecError> {
+        let err = |message: String| ExecError::Op { node: ctx.node.to_string(), op: op.name(), message };
+        let mut outs = Vec::with_capacity(out_types.len());
+        for ty in out_types {
+            outs.push(self.buffer(ty)?);
+        }
+        self.kernel(op, inputs, &outs).map_err(err)?;
+        Ok(outs)
+    }
+}
+
+impl<G: Gpu> CudaBackend<G> {
+    /// Issues the launches of one op, writing `y`.
+    fn kernel(&mut self, op: &Op, x: &[&CudaBuffer<G::Mem>], y: &[CudaBuffer<G::Mem>]) -> Result<(), String> {
+        use Op::*;
+        let arity = |k: usize| if x.len() == k { Ok(()) } else { Err(format!("expected {k} inputs, got {}", x.len())) };
+        let o = y.first().ok_or("an op without outputs")?;
+        let n = n_of(&o.ty);
+        let t = sfx(o.ty.dtype);
+        match op {
+            Constant { value, .. } => {
+                self.launch(&format!("constant_{t}"), n as u64, &[p(o), KArg::I64(n), KArg::F64(*value)])
+            }
+            Seed => self.launch(&format!("constant_{t}"), n as u64, &[p(o), KArg::I64(n), KArg::F64(1.0)]),
+            Cast { to } => {
+                arity(1)?;
+                let name = format!("cast_{}_{}", sfx(x[0].ty.dtype), sfx(*to));
+                self.launch(&name, n as u64, &[p(x[0]), p(o), KArg::I64(n)])
+            }
+            Identity => {
+                arity(1)?;
+                self.launch(&format!("identity_{t}"), n as u64, &[p(x[0]), p(o), KArg::I64(n)])
+            }
+            Add | Sub | Mul | Div => {
+                arity(2)?;
+                let bc = Broadcast::new(&x[0].ty.shape.0, &x[1].ty.shape.0, &o.ty.shape.0)?;
+                let mut args = vec![p(x[0]), p(x[1]), p(o), KArg::I64(n), KArg::I32(bc.rank)];
+                args.extend(bc.dims.iter().chain(&bc.sa).chain(&bc.sb).map(|&v| KArg::I64(v)));
+                self.launch(&format!("{}_{t}", op.name()), n as u64, &args)
+            }
+            Scale { value } => {
+                arity(1)?;
+                self.launch(&format!("scale_{t}"), n as u64, &[p(x[0]), p(o), KArg::I64(n), KArg::F64(*value)])
+            }
+            Relu | Gelu | Tanh | Sigmoid | Exp | Log | Erf => {
+                arity(1)?;
+                self.launch(&format!("{}_{t}", op.name()), n as u64, &[p(x[0]), p(o), KArg::I64(n)])
+            }
+            ReluGrad | GeluGrad | TanhGrad | SigmoidGrad | ErfGrad => {
+                arity(2)?;
+                self.launch(&format!("{}_{t}", op.name()), n as u64, &[p(x[0]), p(x[1]), p(o), KArg::I64(n)])
+            }
+            Matmul { transpose_a, transpose_b } => {
+                arity(2)?;
+                let g = launch::matmul_gemm(
+                    (&x[0].ty.shape.0, *transpose_a),
+                    (&x[1].ty.shape.0, *transpose_b),
+                    &o.ty.shape.0,
+                    x[0].ty.dtype,
+                    o.ty.dtype,
+                    self.tf32,
+                )?;
+                // Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: B's buffer is cuBLAS's A.
+                self.gpu.gemm(&g, (x[1].mem(), 0), (x[0].mem(), 0), (o.mem(), 0)).map_err(|e| e.to_string())
+            }
+            SumTo { .. } => {
+                arity(1)?;
+                let s = launch::sum_to(&x[0].ty.shape.0, &o.ty.shape.0)?;
+                let work = if s.last_reduced() { s.m as u64 * 32 } else { s.m as u64 };
+                let mut args = vec![p(x[0]), p(o), KArg::I64(s.m), KArg::I64(s.count)];
+                args.extend(s.dims.iter().map(|&d| KArg::I64(d)));
+                args.push(KArg::U32(s.mask));
+                self.launch(&format!("sum_to_{t}"), work, &args)
+            }
+            CrossEntropy => {
+                arity(2)?;
+                let (rows, classes) = launch::rows_classes(&x[0].ty.shape.0)?;
+                let (lt, it) = (sfx(x[0].ty.dtype), sfx(x[1].ty.dtype));
+                let pre = [p(x[0]), p(x[1]), KArg::I64(rows), KArg::I64(classes)];
+                self.two_pass(&format!("cross_entropy_partial_{lt}_{it}"), rows as u64 * 32, o, rows as f64, &pre)
+            }
+            Mse => {
+                arity(2)?;
+                let m = n_of(&x[0].ty);
+                let pre = [p(x[0]), p(x[1]), KArg::I64(m)];
+                self.two_pass(&format!("mse_partial_{}", sfx(x[0].ty.dtype)), m as u64, o, m as f64, &pre)
+            }
+            CrossEntropyGrad => {
+                arity(3)?;
+                need_f32(x[0], "dloss")?;
+                let (rows, classes) = launch::rows_classes(&x[1].ty.shape.0)?;
+                let name = format!("cross_entropy_grad_{t}_{}", sfx(x[2].ty.dtype));
+                let args = [p(x[0]), p(x[1]), p(x[2]), KArg::I64(rows), KArg::I64(classes), p(o)];
+                self.launch(&name, rows as u64 * 32, &args)
+            }
+            MseGrad => {
+                arity(3)?;
+                need_f32(x[0], "dloss")?;
+                self.launch(&format!("mse_grad_{t}"), n as u64, &[p(x[0]), p(x[1]), p(x[2]), KArg::I64(n), p(o)])
+            }
+            Unscale => {
+                arity(2)?;
+                need_f32(x[1], "scale")?;
+                let name = format!("unscale_{}", sfx(x[0].ty.dtype));
+                self.launch(&name, n as u64, &[p(x[0]), p(x[1]), p(o), KArg::I64(n)])
+            }
+            FoundInf => {
+                need_f32(o, "found_inf")?;
+                self.launch("constant_f32", 1, &[p(o), KArg::I64(1), KArg::F64(0.0)])?;
+                for g in x {
+                    let m = n_of(&g.ty);
+                    self.launch(&format!("found_inf_{}", sfx(g.ty.dtype)), m as u64, &[p(g), KArg::I64(m), p(o)])?;
+                }
+                Ok(())
+            }
+            GlobalNorm => {
+                let sizes: Vec<u64> = x.iter().map(|g| n_of(&g.ty) as u64).collect();
+                let parts: Vec<u32> = sizes.iter().map(|&m| launch::partial_blocks(m)).collect();
+                let total: u64 = parts.iter().map(|&b| u64::from(b)).sum();
+                let part =
+                    self.scratch(total as usize * 8, TensorType::new(DType::F32, vec![])).map_err(|e| e.to_string())?;
+                let mut at = 0usize;
+                for ((g, &m), &b) in x.iter().zip(&sizes).zip(&parts) {
+                    let name = format!("global_norm_partial_{}", sfx(g.ty.dtype));
+                    let args = [p(g), KArg::I64(m as i64), KArg::Ptr(part.mem(), at * 8)];
+                    self.gpu.launch(&name, Launch::linear(b, THREADS), &args).map_err(|e| e.to_string())?;
+                    at += b as usize;
+                }
+                let args = [p(&part), KArg::I64(total as i64), p(o)];
+                self.gpu.launch("global_norm_finish_f32", Launch::linear(1, THREADS), &args).map_err(|e| e.to_string())
+            }
+            ScaleUpdate { growth_factor, backoff_factor, growth_interval } => {
+                arity(3)?;
+                let t1 = y.get(1).ok_or("scale_update has two outputs")?;
+                let args = [
+                    p(x[0]),
+                    p(x[1]),
+                    p(x[2]),
+                    p(o),
+                    p(t1),
+                    KArg::F64(*growth_factor),
+                    KArg::F64(*backoff_factor),
+                    KArg::U32(*growth_interval),
+                ];
+                self.gpu.launch("scale_update_f32", Launch::linear(1, 32), &args).map_err(|e| e.to_string())
+            }
+            Select => {
+                arity(3)?;
+                need_f32(x[0], "found_inf")?;
+                self.launch(&format!("select_{t}"), n as u64, &[p(x[0]), p(x[1]), p(x[2]), p(o), KArg::I64(n)])
+            }
+            Sgd { lr, weight_decay } => {
+                arity(2)?;
+                let args = [p(x[0]), p(x[1]), p(o), KArg::I64(n), KArg::F64(*lr), KArg::F64(*weight_decay)];
+                self.launch(&format!("sgd_{t}"), n as u64, &args)
+            }
+            SgdMomentum { lr, momentum, weight_decay } => {
+                arity(3)?;
+                let b1 = y.get(1).ok_or("sgd_momentum has two outputs")?;
+                let args = [
+                    p(x[0]),
+                    p(x[1]),
+                    p(x[2]),
+                    p(o),
+                    p(b1),
+                    KArg::I64(n),
+                    KArg::F64(*lr),
+                    KArg::F64(*momentum),
+                    KArg::F64(*weight_decay),
+                ];
+                self.launch(&format!("sgd_momentum_{t}"), n as u64, &args)
+            }
+            Adam { lr, beta1, beta2, eps, weight_decay, decoupled } => {
+                arity(5)?;
+                let (m1, v1) = match y {
+                    [_, m1, v1] => (m1, v1),
+                    _ => return Err("adam has three outputs".into()),
+                };
+                let args = [
+                    p(x[0]),
+                    p(x[1]),
+                    p(x[2]),
+                    p(x[3]),
+                    p(x[4]),
+                    p(o),
+                    p(m1),
+                    p(v1),
+                    KArg::I64(n),
+                    KArg::F64(*lr),
+                    KArg::F64(*beta1),
+                    KArg::F64(*beta2),
+                    KArg::F64(*eps),
+                    KArg::F64(*weight_decay),
+                    KArg::I32(i32::from(*decoupled)),
+                ];
+                self.launch(&format!("adam_{t}_{}", sfx(x[4].ty.dtype)), n as u64, &args)
+            }
+            other => Err(format!("the CUDA backend has no kernel for `{}` yet", other.name())),
+        }
+    }
+
+    /// A loss: the `_partial` kernel (its arguments `pre`, then the
+    /// scratch) writes one f64 per block, then `loss_mean` divides their sum
+    /// by `count` in one block.
+    fn two_pass(
+        &mut self,
+        partial: &str,
+        work: u64,
+        out: &CudaBuffer<G::Mem>,
+        count: f64,
+        pre: &[KArg<'_, G::Mem>],
+    ) -> Result<(), String> {
+        let b = launch::partial_blocks(work);
+        let part = self.scratch(b as usize * 8, TensorType::new(DType::F32, vec![])).map_err(|e| e.to_string())?;
+        let mut args = pre.to_vec();
+        args.push(p(&part));
+        self.gpu.launch(partial, Launch::linear(b, THREADS), &args).map_err(|e| e.to_string())?;
+        let name = format!("loss_mean_{}", sfx(out.ty.dtype));
+        let args = [p(&part), KArg::I64(i64::from(b)), KArg::F64(count), p(out)];
+        self.gpu.launch(&name, Launch::linear(1, THREADS), &args).map_err(|e| e.to_string())
+    }
+}
+
+fn need_f32<M>(b: &CudaBuffer<M>, what: &str) -> Result<(), String> {
+    match b.ty.dtype {
+        DType::F32 => Ok(()),
+        d => Err(format!("`{what}` must be f32 on the CUDA backend, found {}", d.name())),
+    }
+}

@@ -1,0 +1,298 @@
+//! Host arithmetic of the CUDA backend's launches, as pure functions:
+//! grid sizes, broadcast strides, `sum_to` masks, and the GEMM that a
+//! row-major `matmul` is. Tested here, without a device.
+
+use crate::types::DType;
+
+use super::gpu::Gemm;
+
+/// Threads per block of every 1-D launch (kernels/README.md, "Launches").
+pub const THREADS: u32 = 256;
+
+/// The kernels' axis limit for broadcasting and `sum_to`.
+pub const MAX_RANK: usize = 6;
+
+/// Blocks for `work` threads' worth of work: enough to cover it once, at
+/// most 65536 (every kernel loops grid-stride, so fewer is still correct).
+pub fn blocks(work: u64) -> u32 {
+    work.div_ceil(u64::from(THREADS)).clamp(1, 65536) as u32
+}
+
+/// Blocks of a two-pass reduction's first pass: one f64 partial each, at
+/// most 1024 (the second pass is one block that sums them).
+pub fn partial_blocks(work: u64) -> u32 {
+    work.div_ceil(u64::from(THREADS)).clamp(1, 1024) as u32
+}
+
+/// A binary elementwise op's geometry: `rank` 0 when no index arithmetic
+/// is needed, else the output's dims padded on the left to six axes and
+/// each input's element strides along them (0 where broadcast).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Broadcast {
+    pub rank: i32,
+    pub dims: [i64; MAX_RANK],
+    pub sa: [i64; MAX_RANK],
+    pub sb: [i64; MAX_RANK],
+}
+
+/// Row-major strides of `shape` read as `out` (right-aligned), 0 on the
+/// axes where it is broadcast.
+fn strides_in(shape: &[u64], out: &[u64]) -> Result<Vec<i64>, String> {
+    if shape.len() > out.len() {
+        return Err(format!("cannot broadcast {shape:?} to {out:?}"));
+    }
+    let lead = out.len() - shape.len();
+    let mut st = vec![0i64; out.len()];
+    let mut acc = 1i64;
+    for i in (0..shape.len()).rev() {
+        let (d, o) = (shape[i], out[lead + i]);
+        if d == o && d != 1 {
+            st[lead + i] = acc;
+        } else if d != 1 {
+            return Err(format!("cannot broadcast {shape:?} to {out:?}"));
+        }
+        acc = acc.saturating_mul(d as i64);
+    }
+    Ok(st)
+}
+
+impl Broadcast {
+    /// The geometry of `a ∘ b -> out`. Adjacent axes that both inputs read
+    /// contiguously (or both broadcast) merge, and size-1 axes drop, so
+    /// the kernel divides as little as it can.
+    pub fn new(a: &[u64], b: &[u64], out: &[u64]) -> Result<Broadcast, String> {
+        let none = Broadcast { rank: 0, dims: [0; MAX_RANK], sa: [0; MAX_RANK], sb: [0; MAX_RANK] };
+        if a == out && b == out {
+            return Ok(none);
+        }
+        let (sa, sb) = (strides_in(a, out)?, strides_in(b, out)?);
+        // (dim, stride a, stride b), innermost last, size-1 axes dropped.
+        let mut axes: Vec<(i64, i64, i64)> = Vec::new();
+        for i in 0..out.len() {
+            let d = out[i] as i64;
+            if d == 1 {
+                continue;
+            }
+            if let Some(last) = axes.last_mut() {
+                // Merge the outer axis `last` into this one when each input
+                // steps over the inner axis exactly (or broadcasts both).
+                if last.1 == sa[i] * d && last.2 == sb[i] * d {
+                    *last = (last.0 * d, sa[i], sb[i]);
+                    continue;
+                }
+            }
+            axes.push((d, sa[i], sb[i]));
+        }
+        if axes.len() > MAX_RANK {
+            return Err(format!("broadcasting {a:?} and {b:?} to {out:?} needs more than {MAX_RANK} axes"));
+        }
+        let mut bc =
+            Broadcast { rank: axes.len().max(1) as i32, dims: [1; MAX_RANK], sa: [0; MAX_RANK], sb: [0; MAX_RANK] };
+        let lead = MAX_RANK - axes.len();
+        for (k, &(d, x, y)) in axes.iter().enumerate() {
+            bc.dims[lead + k] = d;
+            bc.sa[lead + k] = x;
+            bc.sb[lead + k] = y;
+        }
+        Ok(bc)
+    }
+}
+
+/// `sum_to`'s geometry: the input's dims padded to six axes, the summed
+/// axes as a bit mask (bit k ↔ `dims[k]`), the output size `m` and the
+/// number of elements summed into each output, `count`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SumTo {
+    pub m: i64,
+    pub count: i64,
+    pub dims: [i64; MAX_RANK],
+    pub mask: u32,
+}
+
+impl SumTo {
+    /// Whether the innermost axis is summed (the kernel then takes a warp
+    /// per output).
+    pub fn last_reduced(&self) -> bool {
+        self.mask & (1 << (MAX_RANK - 1)) != 0
+    }
+}
+
+/// The geometry of `sum_to(x: shape) -> target`.
+pub fn sum_to(shape: &[u64], target: &[u64]) -> Result<SumTo, String> {
+    if shape.len() > MAX_RANK || target.len() > shape.len() {
+        return Err(format!("sum_to from {shape:?} to {target:?} is not supported on the CUDA backend"));
+    }
+    let lead = MAX_RANK - shape.len();
+    let tlead = shape.len() - target.len();
+    let mut s = SumTo { m: 1, count: 1, dims: [1; MAX_RANK], mask: 0 };
+    for (i, &d) in shape.iter().enumerate() {
+        s.dims[lead + i] = d as i64;
+        let kept = i >= tlead && target[i - tlead] == d;
+        if !kept && i >= tlead && target[i - tlead] != 1 {
+            return Err(format!("cannot sum {shape:?} to {target:?}"));
+        }
+        if kept {
+            s.m *= d as i64;
+        } else {
+            s.mask |= 1 << (lead + i);
+            s.count *= d as i64;
+        }
+    }
+    Ok(s)
+}
+
+/// `(rows, classes)` of `[N, C]` logits.
+pub fn rows_classes(shape: &[u64]) -> Result<(i64, i64), String> {
+    match shape {
+        [n, c] => Ok((*n as i64, *c as i64)),
+        _ => Err(format!("logits must be [N, C], found {shape:?}")),
+    }
+}
+
+/// The column-major GEMM that computes mpc's row-major `matmul`.
+///
+/// Row-major `C[M,N] = op(A)·op(B)` is column-major `Cᵀ = op(B)ᵀ·op(A)ᵀ`,
+/// and a row-major buffer read column-major is its transpose; so cuBLAS's
+/// A operand is mpc's B buffer (transposed iff `transpose_b`), its B
+/// operand mpc's A buffer (transposed iff `transpose_a`), `m = N`, `n = M`,
+/// and C needs no transpose (`ldc = N`). Batch axes must be equal, or
+/// absent (size 1) on one side, which then repeats with stride 0.
+pub fn matmul_gemm(
+    (a, ta): (&[u64], bool),
+    (b, tb): (&[u64], bool),
+    out: &[u64],
+    ab: DType,
+    c: DType,
+    tf32: bool,
+) -> Result<Gemm, String> {
+    let split = |s: &[u64]| -> Result<(u64, u64, u64), String> {
+        match s {
+            [batch @ .., r, c] => Ok((batch.iter().product(), *r, *c)),
+            _ => Err(format!("matmul operands need two axes, found {s:?}")),
+        }
+    };
+    let ((ba, ar, ac), (bb, br, bc), (bo, m, n)) = (split(a)?, split(b)?, split(out)?);
+    let (ma, k) = if ta { (ac, ar) } else { (ar, ac) };
+    let (kb, nb) = if tb { (bc, br) } else { (br, bc) };
+    if ma != m || nb != n || kb != k {
+        return Err(format!("matmul of {a:?} and {b:?} cannot give {out:?}"));
+    }
+    let stride = |batch: u64, size: u64, side: &str| match batch {
+        _ if batch == bo => Ok(size),
+        1 => Ok(0),
+        _ => Err(format!("matmul: the batch axes of {side} broadcast partially; not supported on the CUDA backend")),
+    };
+    Ok(Gemm {
+        m: n,
+        n: m,
+        k,
+        trans_a: tb,
+        trans_b: ta,
+        lda: if tb { k } else { n },
+        ldb: if ta { m } else { k },
+        ldc: n,
+        ab,
+        c,
+        batch: bo,
+        stride_a: stride(bb, k * n, "b")?,
+        stride_b: stride(ba, m * k, "a")?,
+        stride_c: m * n,
+        alpha: 1.0,
+        beta: 0.0,
+        tf32,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grids_cover_the_work_and_stay_bounded() {
+        assert_eq!(blocks(0), 1);
+        assert_eq!(blocks(1), 1);
+        assert_eq!(blocks(256), 1);
+        assert_eq!(blocks(257), 2);
+        assert_eq!(blocks(u64::MAX), 65536);
+        assert_eq!(partial_blocks(10_000_000), 1024);
+    }
+
+    #[test]
+    fn a_bias_broadcasts_along_rows() {
+        let bc = Broadcast::new(&[64, 128], &[128], &[64, 128]).unwrap();
+        assert_eq!(bc.rank, 2);
+        assert_eq!((bc.dims[4], bc.dims[5]), (64, 128));
+        assert_eq!((bc.sa[4], bc.sa[5], bc.sb[4], bc.sb[5]), (128, 1, 0, 1));
+        assert_eq!(Broadcast::new(&[3, 4], &[3, 4], &[3, 4]).unwrap().rank, 0);
+    }
+
+    #[test]
+    fn contiguous_axes_merge_and_unit_axes_drop() {
+        // [2,3,4] * scalar: one axis of 24 for a, stride 0 for b.
+        let bc = Broadcast::new(&[2, 3, 4], &[], &[2, 3, 4]).unwrap();
+        assert_eq!((bc.rank, bc.dims[5], bc.sa[5], bc.sb[5]), (1, 24, 1, 0));
+        // [2,1,4] + [3,1]: nothing merges.
+        let bc = Broadcast::new(&[2, 1, 4], &[3, 1], &[2, 3, 4]).unwrap();
+        assert_eq!(bc.rank, 3);
+        assert_eq!(&bc.dims[3..], &[2, 3, 4]);
+        assert_eq!(&bc.sa[3..], &[4, 0, 1]);
+        assert_eq!(&bc.sb[3..], &[0, 1, 0]);
+        assert!(Broadcast::new(&[2, 3], &[4], &[2, 3]).is_err());
+        let eight = [2u64; 8];
+        let alt: Vec<u64> = (0..8).map(|i| if i % 2 == 0 { 2 } else { 1 }).collect();
+        assert!(Broadcast::new(&eight, &alt, &eight).is_err(), "eight axes that cannot merge");
+    }
+
+    #[test]
+    fn sum_to_masks_the_summed_axes() {
+        let s = sum_to(&[64, 128], &[128]).unwrap();
+        assert_eq!((s.m, s.count, s.mask, s.dims[4], s.dims[5]), (128, 64, 0b010000, 64, 128));
+        assert!(!s.last_reduced());
+        let s = sum_to(&[8, 3, 5], &[8, 3, 1]).unwrap();
+        assert_eq!((s.m, s.count, s.mask), (24, 5, 0b100000));
+        assert!(s.last_reduced());
+        let s = sum_to(&[4, 5], &[]).unwrap();
+        assert_eq!((s.m, s.count, s.mask), (1, 20, 0b110000));
+        assert!(sum_to(&[4, 5], &[3]).is_err());
+    }
+
+    /// The GEMM of a row-major matmul, checked by evaluating it with
+    /// cuBLAS's column-major rules on small matrices.
+    #[test]
+    fn matmul_maps_onto_a_column_major_gemm() {
+        fn eval(g: &Gemm, a: &[f32], b: &[f32]) -> Vec<f32> {
+            // cuBLAS: C(i,j) = Σ op(A)(i,l) op(B)(l,j), column-major.
+            let at = |i: u64, l: u64| if g.trans_a { a[(i * g.lda + l) as usize] } else { a[(l * g.lda + i) as usize] };
+            let bt = |l: u64, j: u64| if g.trans_b { b[(l * g.ldb + j) as usize] } else { b[(j * g.ldb + l) as usize] };
+            let mut c = vec![0f32; (g.ldc * g.n) as usize];
+            for j in 0..g.n {
+                for i in 0..g.m {
+                    c[(j * g.ldc + i) as usize] = (0..g.k).map(|l| at(i, l) * bt(l, j)).sum();
+                }
+            }
+            c
+        }
+        let (m, k, n) = (2u64, 3u64, 4u64);
+        let x: Vec<f32> = (0..m * k).map(|v| v as f32 + 1.0).collect(); // [2,3]
+        let w: Vec<f32> = (0..k * n).map(|v| (v as f32) * 0.5 - 1.0).collect(); // [3,4]
+        let want: Vec<f32> = (0..m * n)
+            .map(|e| (0..k).map(|l| x[((e / n) * k + l) as usize] * w[(l * n + e % n) as usize]).sum())
+            .collect();
+        let tr =
+            |v: &[f32], r: u64, c: u64| -> Vec<f32> { (0..r * c).map(|e| v[((e % r) * c + e / r) as usize]).collect() };
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let a = if ta { tr(&x, m, k) } else { x.clone() };
+            let b = if tb { tr(&w, k, n) } else { w.clone() };
+            let ash = if ta { [k, m] } else { [m, k] };
+            let bsh = if tb { [n, k] } else { [k, n] };
+            let g = matmul_gemm((&ash, ta), (&bsh, tb), &[m, n], DType::F32, DType::F32, false).unwrap();
+            // cuBLAS's A is mpc's B buffer.
+            assert_eq!(eval(&g, &b, &a), want, "ta {ta} tb {tb}");
+        }
+        let g = matmul_gemm((&[5, 2, 3], false), (&[3, 4], false), &[5, 2, 4], DType::F16, DType::F16, false).unwrap();
+        assert_eq!((g.batch, g.stride_a, g.stride_b, g.stride_c), (5, 0, 6, 8));
+        assert!(matmul_gemm((&[2, 3], false), (&[4, 4], false), &[2, 4], DType::F32, DType::F32, false).is_err());
+        let e = matmul_gemm((&[6, 2, 3], false), (&[2, 3, 4], false), &[6, 2, 4], DType::F32, DType::F32, false);
+        assert!(e.unwrap_err().contains("partially"));
+    }
+}
