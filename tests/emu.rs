@@ -491,7 +491,7 @@ fn unknown_kernels_wrong_arguments_and_bad_pointers_are_errors() {
         e.contains("no emulated kernel named `selftest_saxpi`") && e.contains("did you mean `selftest_saxpy`"),
         "{e}"
     );
-    assert!(e.contains("selftest_block_sum"), "the list of kernels: {e}");
+    assert!(e.contains(" exported: adam_"), "the list of kernels: {e}");
 
     // Arity and kinds are checked against the kernel's parameters.
     let e = err_text(gpu.launch("selftest_saxpy", lin(1, 1), &[KArg::F32(1.0), KArg::Ptr(&m, 0)]));

@@ -172,7 +172,7 @@ fn last_error() -> String {
 }
 
 fn unknown_kernel(name: &str) -> GpuError {
-    let mut msg = format!("no emulated kernel named `{name}` (no MPC_EXPORT({name}) line in kernels/*.cu)");
+    let mut msg = format!("no emulated kernel named `{name}` (no kernels/*.cu file exports it)");
     let names: Vec<&str> = EmuGpu::kernels().collect();
     if names.is_empty() {
         msg.push_str("; none is exported at all");
