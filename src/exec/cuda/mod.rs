@@ -7,3 +7,4 @@ pub mod emu;
 pub mod gpu;
 pub mod launch;
 pub mod nvrtc;
+pub mod selftest;
