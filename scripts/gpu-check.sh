@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The prepared GPU check (docs/CUDA.md): everything the CUDA backend must
+# show on a real device, in one command that prints one report.
+#
+#   scripts/gpu-check.sh [BIN_DIR]      # BIN_DIR holds a prebuilt `mpc` (default: device-bin)
+#
+# Build here (the GPU machine has no Rust): cargo build --release &&
+# mkdir -p device-bin && cp target/release/mpc device-bin/. Run from the
+# repository root (it reads ir-examples/). Finishes in well under 5 minutes
+# on an H100; exits 1 if any check fails.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BIN=${1:-device-bin}/mpc
+[ -x "$BIN" ] || { echo "no executable $BIN: build it first (see the header of this script)"; exit 2; }
+
+# CUDA's libraries: the driver from the system; NVRTC and cuBLASLt from a
+# CUDA install or from the pip wheels that PyTorch brings.
+libdirs=()
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do [ -d "$d" ] && libdirs+=("$d"); done
+py_libs=$(python3 - <<'PY' 2>/dev/null
+import os, glob
+try:
+    import nvidia
+    for p in nvidia.__path__:
+        for d in sorted(glob.glob(os.path.join(p, "*", "lib"))):
+            print(d)
+except ImportError:
+    pass
+PY
+)
+for d in $py_libs; do libdirs+=("$d"); done
+LD_LIBRARY_PATH=$(IFS=:; echo "${libdirs[*]}")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export LD_LIBRARY_PATH
+
+fail=0
+section() { printf '\n== %s\n' "$1"; }
+run() { echo "\$ mpc $*"; "$BIN" "$@"; local rc=$?; [ $rc -eq 0 ] || { echo "(exit $rc)"; fail=1; }; return $rc; }
+
+section "devices"
+run devices
+
+section "every op of the MLP family on the device against the CPU reference"
+run selftest --device cuda --steps 8
+
+# `mpc train` on both devices: the same data, seed and steps; the final
+# losses must agree to the selftest's loss bound for the precision.
+train_pair() {
+    local name=$1; shift
+    local out_cpu out_gpu
+    out_cpu=$("$BIN" train "$@" --device cpu 2>&1) || { echo "$name: cpu run failed: $out_cpu"; fail=1; return; }
+    local t0=$(date +%s.%N)
+    out_gpu=$("$BIN" train "$@" --device cuda 2>&1) || { echo "$name: cuda run failed: $out_gpu"; fail=1; return; }
+    local t1=$(date +%s.%N)
+    local lc lg
+    lc=$(grep -o 'final train loss [0-9.eE+-]*' <<<"$out_cpu" | awk '{print $4}')
+    lg=$(grep -o 'final train loss [0-9.eE+-]*' <<<"$out_gpu" | awk '{print $4}')
+    python3 - "$name" "$lc" "$lg" "$t0" "$t1" "$out_cpu" "$out_gpu" <<'PY' || fail=1
+import sys
+name, lc, lg, t0, t1, oc, og = sys.argv[1:]
+lc, lg = float(lc), float(lg)
+rel = abs(lc - lg) / max(abs(lc), 1e-12)
+acc = lambda o: next((l for l in o.splitlines() if l.startswith("test accuracy")), "-")
+ok = rel <= 2e-2
+print(f"{name:<28} cpu loss {lc:.6f}  cuda loss {lg:.6f}  rel {rel:.2e}  cuda wall {float(t1)-float(t0):.1f}s  {'ok' if ok else 'FAILED'}")
+print(f"{'':<28} cpu: {acc(oc)} | cuda: {acc(og)}")
+sys.exit(0 if ok else 1)
+PY
+}
+
+section "mpc train on the CPU and on the device"
+train_pair "mlp digits fp16" ir-examples/mlp.json --data ir-examples/data/digits.csv.gz --steps 200 --seed 1
+train_pair "mlp digits bf16" ir-examples/mlp.json --data ir-examples/data/digits.csv.gz --steps 200 --seed 1 --precision bf16
+train_pair "underflow fp16" ir-examples/underflow.json --steps 200 --seed 1
+
+section "result"
+if [ $fail -eq 0 ]; then echo "all GPU checks passed"; else echo "SOME GPU CHECKS FAILED"; fi
+exit $fail
