@@ -28,7 +28,7 @@ fn every_kernel_file_compiles() {
     for &arch in ARCHS {
         // kernel name -> the file that defines it, to catch a name defined twice.
         let mut owner: BTreeMap<String, &str> = BTreeMap::new();
-        for &(file, src) in nvrtc::SOURCES {
+        for &(file, src) in nvrtc::SOURCES.iter().chain([&nvrtc::SELFTEST]) {
             match nvrtc::compile_file(&tc, file, src, arch, &["-Xptxas=-v"]) {
                 Ok(m) => {
                     let names = m.kernels();
@@ -64,7 +64,7 @@ fn every_kernel_file_compiles() {
                 }
             }
         }
-        eprintln!("{arch}: {} kernels in {} files", owner.len(), nvrtc::SOURCES.len());
+        eprintln!("{arch}: {} kernels in {} files", owner.len(), nvrtc::SOURCES.len() + 1);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
@@ -78,10 +78,10 @@ fn the_embedded_sources_are_the_kernel_files() {
         .filter(|n| n.ends_with(".cu"))
         .collect();
     on_disk.sort();
-    let mut embedded: Vec<String> = nvrtc::SOURCES.iter().map(|s| s.0.to_string()).collect();
+    let mut embedded: Vec<String> = nvrtc::SOURCES.iter().chain([&nvrtc::SELFTEST]).map(|s| s.0.to_string()).collect();
     embedded.sort();
-    assert_eq!(embedded, on_disk, "nvrtc::SOURCES must list every kernels/*.cu file");
-    for &(file, src) in nvrtc::SOURCES {
+    assert_eq!(embedded, on_disk, "nvrtc::SOURCES and nvrtc::SELFTEST must list every kernels/*.cu file");
+    for &(file, src) in nvrtc::SOURCES.iter().chain([&nvrtc::SELFTEST]) {
         let first = src.lines().find(|l| l.starts_with('#'));
         assert_eq!(first, Some("#include \"common.cuh\""), "kernels/{file} must include common.cuh first");
         assert_eq!(std::fs::read_to_string(dir.join(file)).unwrap(), src, "kernels/{file} is embedded as it is");

@@ -15,6 +15,7 @@ pub mod backend;
 pub mod cpu;
 pub mod cuda;
 pub mod init;
+pub mod memplan;
 pub mod rng;
 pub mod run;
 pub mod session;

@@ -41,6 +41,11 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("scale.cu", include_str!("../../../kernels/scale.cu")),
 ];
 
+/// The self-test kernels (kernels/selftest.cu): they exercise the features the
+/// kernels use, for the SIMT emulation's tests and for a GPU check, and are
+/// not loaded with [`SOURCES`] since mpc's steps never launch them.
+pub const SELFTEST: (&str, &str) = ("selftest.cu", include_str!("../../../kernels/selftest.cu"));
+
 /// NVRTC options for every file besides the architecture and the include
 /// path. `--fmad=false`: no multiply-add contraction, so the kernels' f32
 /// arithmetic rounds after every operation, as the CPU reference does
