@@ -25,7 +25,7 @@ use mpc::io::write_atomic;
 use mpc::passes::LossScale;
 use plotters::prelude::*;
 
-use crate::{classifier, load_for_training, open_session, test_accuracy, TrainPrecision};
+use crate::{classifier, load_for_training, open_session, test_accuracy, DeviceArgs, TrainPrecision};
 
 #[derive(clap::Args)]
 pub struct CompareArgs {
@@ -47,6 +47,8 @@ pub struct CompareArgs {
     /// Write compare.json, loss.svg, loss_scale.svg and grad_hist.svg here.
     #[arg(long, value_name = "DIR", default_value = "compare")]
     out: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 /// The number of last steps whose mean loss is the final loss.
@@ -138,7 +140,7 @@ pub fn compare(args: CompareArgs) -> Result<(), miette::Report> {
         let opts = RunOptions { fetch: fetch.clone(), ..Default::default() };
         let state = init_state_with(&g, args.seed, args.model.parent())
             .map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
-        let mut sess = open_session(&g, args.seed, &state)?;
+        let mut sess = open_session(&g, args.seed, &state, &args.device)?;
         drop(state);
         let mut run = Run::default();
         for s in 0..args.steps {

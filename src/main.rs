@@ -140,7 +140,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Train a graph on the CPU reference executor.
+    /// Train a graph (on a CUDA GPU when one is usable, else the CPU reference).
     Train(TrainArgs),
     /// Train one graph in FP32, FP16 (no, static and dynamic loss scaling) and BF16; tabulate and plot.
     Compare(compare::CompareArgs),
@@ -148,6 +148,49 @@ enum Command {
     Import(import_cmd::ImportArgs),
     /// Print the JSON Schema of the graph format.
     Schema,
+    /// Show the CUDA driver, NVRTC, cuBLASLt and GPUs found, and whether
+    /// `--device cuda` can run (and if not, why).
+    Devices,
+    /// Train the examples the CUDA backend runs on a device and on the CPU
+    /// reference side by side, and compare losses, loss scale and state.
+    Selftest {
+        /// cuda: the GPU; cuda-emu: the kernels on the CPU through the SIMT emulation.
+        #[arg(long, default_value = "cuda", value_parser = parse_selftest_device)]
+        device: mpc::exec::device::Device,
+        /// Steps per example.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        steps: u64,
+        /// Let f32 GEMMs use TF32 tensor cores (the tolerances assume off).
+        #[arg(long)]
+        tf32: bool,
+    },
+}
+
+/// Where a training session runs.
+#[derive(clap::Args, Clone, Debug)]
+struct DeviceArgs {
+    /// cpu, cuda (a GPU, or an error saying what is missing), cuda-emu (the
+    /// CUDA kernels on the CPU through the SIMT emulation: slow, for
+    /// checking kernels) or auto (cuda when a GPU is usable and runs every
+    /// op of the graph, else cpu with a notice).
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    device: mpc::exec::device::Device,
+    /// Let f32 GEMMs on the GPU use TF32 tensor cores (10-bit mantissa
+    /// products, f32 accumulation); off: f32 GEMMs are exact f32.
+    #[arg(long)]
+    tf32: bool,
+}
+
+fn parse_device(s: &str) -> Result<mpc::exec::device::Device, String> {
+    s.parse()
+}
+
+fn parse_selftest_device(s: &str) -> Result<mpc::exec::device::Device, String> {
+    use mpc::exec::device::Device;
+    match s.parse()? {
+        d @ (Device::Cuda | Device::CudaEmu) => Ok(d),
+        _ => Err("the self-test compares a CUDA device with the CPU: use cuda or cuda-emu".into()),
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -189,6 +232,8 @@ struct TrainArgs {
     /// Resume from a checkpoint written by --checkpoint.
     #[arg(long, value_name = "FILE")]
     resume: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 // glibc's allocator spends much of a large lowering consolidating free lists.
@@ -392,6 +437,11 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
         Command::Train(args) => train(args),
         Command::Compare(args) => compare::compare(args),
         Command::Import(args) => import_cmd::import(args),
+        Command::Devices => {
+            println!("{}", mpc::exec::cuda::probe::probe());
+            Ok(())
+        }
+        Command::Selftest { device, steps, tf32 } => selftest(device, steps, tf32),
         Command::Schema => {
             print!("{}", mpc::format::json_schema());
             Ok(())
@@ -472,14 +522,51 @@ fn test_accuracy(
 }
 
 /// A training session for `g` on the chosen device, its state uploaded.
+/// Opens a training session where `dev` says; prints, once per process,
+/// the device and, when `auto` fell back to the CPU, why (to stderr).
 fn open_session(
     g: &mpc::Graph,
     seed: u64,
     state: &mpc::exec::State,
+    dev: &DeviceArgs,
 ) -> Result<Box<dyn mpc::exec::Trainer>, miette::Report> {
-    let sess = mpc::exec::Session::new(g, mpc::exec::CpuBackend, seed, state)
-        .map_err(|e| miette::Report::msg(e.to_string()))?;
-    Ok(Box::new(sess))
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static TOLD: AtomicBool = AtomicBool::new(false);
+    let opened = mpc::exec::device::open(g, seed, state, dev.device, dev.tf32).map_err(miette::Report::msg)?;
+    if !TOLD.swap(true, Ordering::Relaxed) {
+        if let Some(n) = &opened.notice {
+            eprintln!("note: {n}");
+        }
+        eprintln!("device: {}", opened.describe);
+    }
+    Ok(opened.trainer)
+}
+
+/// `mpc selftest`: the CUDA backend against the CPU on the MLP family.
+fn selftest(device: mpc::exec::device::Device, steps: u64, tf32: bool) -> Result<(), miette::Report> {
+    use mpc::exec::cuda::{backend::CudaBackend, device::CudaGpu, emu::EmuGpu, gpu::Gpu, probe, selftest};
+    use mpc::exec::device::Device;
+    let rows = match device {
+        Device::CudaEmu => {
+            let rows =
+                selftest::run(|| Ok(CudaBackend::new(EmuGpu::new(), tf32)), selftest::Tolerance::Emulated, steps);
+            println!("{}", selftest::table("cuda-emu (SIMT emulation on the CPU)", &rows));
+            rows
+        }
+        _ => {
+            let report = probe::probe();
+            let name = CudaGpu::open(&report, 0).map_err(|e| miette::Report::msg(e.to_string()))?.describe();
+            let open = || CudaGpu::open(&report, 0).map(|g| CudaBackend::new(g, tf32)).map_err(|e| e.to_string());
+            let rows = selftest::run(open, selftest::Tolerance::Device, steps);
+            println!("{}", selftest::table(&name, &rows));
+            rows
+        }
+    };
+    let failed = rows.iter().filter(|r| !r.passed()).count();
+    match failed {
+        0 => Ok(()),
+        n => Err(miette::Report::msg(format!("{n} of {} self-test case(s) failed", rows.len()))),
+    }
 }
 
 fn train(args: TrainArgs) -> Result<(), miette::Report> {
@@ -559,7 +646,10 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
         }
         None => None,
     };
-    let mut sess = open_session(&g, seed, &state)?;
+    let memory =
+        mpc::exec::Plan::new(&g, seed).and_then(|p| mpc::exec::memory::report(&p)).map_err(|e| msg(e.to_string()))?;
+    println!("{memory}");
+    let mut sess = open_session(&g, seed, &state, &args.device)?;
     drop(state);
     let bar = if std::io::stderr().is_terminal() {
         indicatif::ProgressBar::new(args.steps)

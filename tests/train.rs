@@ -1,22 +1,14 @@
 //! `mpc train`: learning the digits, checkpoint/resume bit-identity, and
 //! data errors reported before training starts.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+
+use common::{mpc, text};
 
 const MLP: &str = "ir-examples/mlp.json";
 const DIGITS: &str = "ir-examples/data/digits.csv.gz";
-
-fn mpc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mpc")).args(args).output().unwrap()
-}
-
-/// stdout, and stderr with miette's line wrapping and gutter undone.
-fn text(o: &Output) -> (String, String) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    let err = err.split_whitespace().filter(|w| !matches!(*w, "│" | "×")).collect::<Vec<_>>().join(" ");
-    (String::from_utf8_lossy(&o.stdout).into_owned(), err)
-}
 
 fn train_ok(args: &[&str]) -> String {
     let o = mpc(&[&["train", MLP], args].concat());

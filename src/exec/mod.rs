@@ -14,7 +14,9 @@
 pub mod backend;
 pub mod cpu;
 pub mod cuda;
+pub mod device;
 pub mod init;
+pub mod memory;
 pub mod memplan;
 pub mod rng;
 pub mod run;

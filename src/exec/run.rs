@@ -68,6 +68,8 @@ pub(crate) struct Source {
     pub value: usize,
     pub ty: TensorType,
     pub from: Feed,
+    /// A param (rather than optimizer or scaler state, or a batch input).
+    pub is_param: bool,
 }
 
 /// One node to run.
@@ -130,7 +132,8 @@ impl Plan {
             if let Some(from) = from {
                 let value = idx(v0)?;
                 source_of.insert(n, sources.len());
-                sources.push(Source { name: node.name.clone(), value, ty: g.ty(v0).clone(), from });
+                let is_param = matches!(node.op, Op::Param { .. });
+                sources.push(Source { name: node.name.clone(), value, ty: g.ty(v0).clone(), from, is_param });
                 continue;
             }
             steps.push(Step {

@@ -101,6 +101,19 @@ pub fn supports(op: &Op) -> bool {
     )
 }
 
+/// Why the backend cannot run `plan` (the ops it lacks, by node, the first
+/// eight), or None when it runs every step.
+pub fn refusal(plan: &Plan) -> Option<String> {
+    let missing: Vec<String> =
+        plan.steps.iter().filter(|s| !supports(&s.op)).map(|s| format!("`{}` ({})", s.name, s.op.name())).collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let shown = missing.iter().take(8).cloned().collect::<Vec<_>>().join(", ");
+    let more = if missing.len() > 8 { format!(" and {} more", missing.len() - 8) } else { String::new() };
+    Some(format!("the CUDA backend does not run these ops yet: {shown}{more} (use --device cpu)"))
+}
+
 /// The CUDA backend over a device `G`.
 pub struct CudaBackend<G: Gpu> {
     gpu: G,
@@ -179,14 +192,10 @@ impl<G: Gpu> Backend for CudaBackend<G> {
     }
 
     fn prepare(&mut self, plan: &Plan) -> Result<(), ExecError> {
-        let missing: Vec<String> =
-            plan.steps.iter().filter(|s| !supports(&s.op)).map(|s| format!("`{}` ({})", s.name, s.op.name())).collect();
-        if missing.is_empty() {
-            return Ok(());
+        match refusal(plan) {
+            Some(why) => Err(ExecError::Graph(why)),
+            None => Ok(()),
         }
-        let shown = missing.iter().take(8).cloned().collect::<Vec<_>>().join(", ");
-        let more = if missing.len() > 8 { format!(" and {} more", missing.len() - 8) } else { String::new() };
-        Err(ExecError::Graph(format!("the CUDA backend does not run these ops yet: {shown}{more} (use --device cpu)")))
     }
 
     fn upload(&mut self, t: &Tensor) -> Result<Self::Buffer, ExecError> {

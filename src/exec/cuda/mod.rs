@@ -3,8 +3,10 @@
 //! NVRTC compilation of the kernels ([`nvrtc`]).
 
 pub mod backend;
+pub mod device;
 pub mod emu;
 pub mod gpu;
 pub mod launch;
 pub mod nvrtc;
+pub mod probe;
 pub mod selftest;

@@ -151,11 +151,11 @@ pub fn probe() -> Result<Toolchain, GpuError> {
     // SAFETY: opens and closes the shared library (running its initialisers),
     // which is all cudarc does before its first call into it.
     if !unsafe { sys::is_culib_present() } {
-        return Err(GpuError(format!(
-            "libnvrtc could not be loaded (tried {}); put the directory holding libnvrtc.so.13 \
-             (e.g. site-packages/nvidia/cu13/lib of the nvidia-cuda-nvrtc wheel) on LD_LIBRARY_PATH",
-            cudarc::get_lib_name_candidates("nvrtc").join(", ")
-        )));
+        return Err(GpuError(
+            "libnvrtc.so.13 could not be loaded: put its directory (e.g. site-packages/nvidia/cu13/lib \
+             of the nvidia-cuda-nvrtc wheel) on LD_LIBRARY_PATH"
+                .to_string(),
+        ));
     }
     let (mut major, mut minor): (c_int, c_int) = (0, 0);
     // SAFETY: the library is present; nvrtcVersion writes two ints.
