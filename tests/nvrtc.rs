@@ -87,3 +87,37 @@ fn the_embedded_sources_are_the_kernel_files() {
         assert_eq!(std::fs::read_to_string(dir.join(file)).unwrap(), src, "kernels/{file} is embedded as it is");
     }
 }
+
+/// The disk cache: a cold start compiles and stores every file, a warm one
+/// reads them all back unchanged; a torn entry is compiled again.
+#[test]
+fn compiled_modules_are_cached_on_disk() {
+    use mpc::exec::cuda::kcache;
+    let required = std::env::var("MPC_REQUIRE_NVRTC").is_ok_and(|v| v == "1");
+    let tc = match nvrtc::probe() {
+        Ok(tc) => tc,
+        Err(e) if required => panic!("MPC_REQUIRE_NVRTC=1 but NVRTC is not usable: {e}"),
+        Err(e) => {
+            eprintln!("skipping the kernel cache test: {e}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let n = nvrtc::SOURCES.len();
+    let (cold, stats) = kcache::compile_all(&tc, "sm_80", Some(dir.path())).unwrap();
+    assert_eq!(stats, kcache::Stats { hits: 0, misses: n });
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), n);
+    let (warm, stats) = kcache::compile_all(&tc, "sm_80", Some(dir.path())).unwrap();
+    assert_eq!(stats, kcache::Stats { hits: n, misses: 0 });
+    for (a, b) in cold.iter().zip(&warm) {
+        assert_eq!((a.file, &a.ptx, &a.cubin), (b.file, &b.ptx, &b.cubin));
+    }
+    // Truncate one entry: it is compiled again and rewritten whole.
+    let (file, src) = nvrtc::SOURCES[0];
+    let path = dir.path().join(kcache::entry_name(file, "sm_80", kcache::key(&tc, file, src, "sm_80")));
+    let len = std::fs::metadata(&path).unwrap().len();
+    std::fs::write(&path, &std::fs::read(&path).unwrap()[..100]).unwrap();
+    let (_, stats) = kcache::compile_all(&tc, "sm_80", Some(dir.path())).unwrap();
+    assert_eq!(stats, kcache::Stats { hits: n - 1, misses: 1 });
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+}

@@ -281,8 +281,9 @@ pub fn compile_all(tc: &Toolchain, arch: &str, extra: &[&str]) -> Result<Vec<Mod
 }
 
 /// Every kernel file compiled for `arch`, once per process and
-/// architecture (later calls return the same modules); probes first, so a
-/// missing NVRTC is an error, not a panic.
+/// architecture (later calls return the same modules), and across
+/// processes through the disk cache ([`super::kcache`]); probes first, so
+/// a missing NVRTC is an error, not a panic.
 pub fn compile(arch: &str) -> Result<Arc<[Module]>, GpuError> {
     static CACHE: OnceLock<Mutex<HashMap<String, Arc<[Module]>>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
@@ -292,7 +293,8 @@ pub fn compile(arch: &str) -> Result<Arc<[Module]>, GpuError> {
         return Ok(m.clone());
     }
     let tc = probe()?;
-    let modules: Arc<[Module]> = compile_all(&tc, arch, &[])?.into();
+    let (modules, _) = super::kcache::compile_all(&tc, arch, super::kcache::dir().as_deref())?;
+    let modules: Arc<[Module]> = modules.into();
     map.insert(arch.to_string(), modules.clone());
     Ok(modules)
 }
