@@ -4,6 +4,9 @@
 #
 #   scripts/gpu-check.sh [BIN_DIR]      # BIN_DIR holds a prebuilt `mpc` (default: device-bin)
 #
+# MPC_CHECK_DEVICE=cuda-emu runs the same checks through the SIMT emulation
+# on the CPU: a rehearsal of the script on a machine without a GPU.
+#
 # Build here (the GPU machine has no Rust): cargo build --release &&
 # mkdir -p device-bin && cp target/release/mpc device-bin/. Run from the
 # repository root (it reads ir-examples/). Finishes in well under 5 minutes
@@ -11,6 +14,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-device-bin}/mpc
+DEV=${MPC_CHECK_DEVICE:-cuda}
 [ -x "$BIN" ] || { echo "no executable $BIN: build it first (see the header of this script)"; exit 2; }
 
 # CUDA's libraries: the driver from the system; NVRTC and cuBLASLt from a
@@ -40,7 +44,7 @@ section "devices"
 run devices
 
 section "every op of the MLP family on the device against the CPU reference"
-run selftest --device cuda --steps 8
+run selftest --device "$DEV" --steps 8
 
 # `mpc train` on both devices: the same data, seed and steps; the final
 # losses must agree to the selftest's loss bound for the precision.
@@ -48,21 +52,22 @@ train_pair() {
     local name=$1; shift
     local out_cpu out_gpu
     out_cpu=$("$BIN" train "$@" --device cpu 2>&1) || { echo "$name: cpu run failed: $out_cpu"; fail=1; return; }
-    local t0=$(date +%s.%N)
-    out_gpu=$("$BIN" train "$@" --device cuda 2>&1) || { echo "$name: cuda run failed: $out_gpu"; fail=1; return; }
-    local t1=$(date +%s.%N)
+    local t0 t1
+    t0=$(date +%s.%N)
+    out_gpu=$("$BIN" train "$@" --device "$DEV" 2>&1) || { echo "$name: $DEV run failed: $out_gpu"; fail=1; return; }
+    t1=$(date +%s.%N)
     local lc lg
     lc=$(grep -o 'final train loss [0-9.eE+-]*' <<<"$out_cpu" | awk '{print $4}')
     lg=$(grep -o 'final train loss [0-9.eE+-]*' <<<"$out_gpu" | awk '{print $4}')
-    python3 - "$name" "$lc" "$lg" "$t0" "$t1" "$out_cpu" "$out_gpu" <<'PY' || fail=1
+    python3 - "$name" "$lc" "$lg" "$t0" "$t1" "$out_cpu" "$out_gpu" "$DEV" <<'PY' || fail=1
 import sys
-name, lc, lg, t0, t1, oc, og = sys.argv[1:]
+name, lc, lg, t0, t1, oc, og, dev = sys.argv[1:]
 lc, lg = float(lc), float(lg)
 rel = abs(lc - lg) / max(abs(lc), 1e-12)
 acc = lambda o: next((l for l in o.splitlines() if l.startswith("test accuracy")), "-")
 ok = rel <= 2e-2
-print(f"{name:<28} cpu loss {lc:.6f}  cuda loss {lg:.6f}  rel {rel:.2e}  cuda wall {float(t1)-float(t0):.1f}s  {'ok' if ok else 'FAILED'}")
-print(f"{'':<28} cpu: {acc(oc)} | cuda: {acc(og)}")
+print(f"{name:<20} cpu loss {lc:.6g}  {dev} loss {lg:.6g}  rel {rel:.2e}  {dev} wall {float(t1)-float(t0):.1f}s  {'ok' if ok else 'FAILED'}")
+print(f"{'':<20} cpu: {acc(oc)} | {dev}: {acc(og)}")
 sys.exit(0 if ok else 1)
 PY
 }
