@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use miette::{Diagnostic, LabeledSpan, NamedSource, SourceSpan};
+use miette::{Diagnostic, LabeledSpan, MietteError, MietteSpanContents, SourceCode, SourceSpan, SpanContents};
 
 /// One problem with a graph: which node, where in the file, what was expected.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,11 +70,104 @@ pub fn locate(text: &str, pointer: &str) -> Option<(usize, usize)> {
     Some(found)
 }
 
+/// Lines longer than this are shown as a window around the span (a
+/// minified file is one line: reprinting it whole for every problem made
+/// megabytes of output, and miette cannot pad past column 65,535).
+const LONG_LINE: usize = 400;
+/// Bytes shown before and after a span on a long line.
+const WINDOW: usize = 80;
+/// Problems rendered with snippets; the rest are counted.
+pub const MAX_SHOWN: usize = 20;
+
+/// A file's text as miette reads it: whole, or for a span on a long line,
+/// only a window of that line, with the true line and column numbers.
+#[derive(Debug, Clone)]
+struct Snippet {
+    name: String,
+    text: Arc<str>,
+    /// Byte range of the window in `text`, its 0-based line and column.
+    window: Option<(usize, usize, usize, usize)>,
+}
+
+impl Snippet {
+    /// The snippet for a span `a..b` of `text`, and the span clipped to what
+    /// it shows.
+    fn new(name: &str, text: Arc<str>, a: usize, b: usize) -> (Snippet, SourceSpan) {
+        let a = a.min(text.len());
+        let b = b.clamp(a, text.len());
+        let line_start = text[..a].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = text[a..].find('\n').map_or(text.len(), |i| a + i);
+        let mut snippet = Snippet { name: name.to_string(), text: text.clone(), window: None };
+        if line_end - line_start <= LONG_LINE {
+            return (snippet, SourceSpan::from(a..b));
+        }
+        let floor = |mut i: usize| {
+            while !text.is_char_boundary(i) {
+                i -= 1;
+            }
+            i
+        };
+        let start = floor(a.saturating_sub(WINDOW).max(line_start));
+        let end = floor((a + WINDOW).min(line_end).max(b.min(a + WINDOW)));
+        let line = text[..a].matches('\n').count();
+        snippet.window = Some((start, end, line, start - line_start));
+        (snippet, SourceSpan::from(a..b.min(end)))
+    }
+}
+
+impl SourceCode for Snippet {
+    fn read_span<'a>(
+        &'a self,
+        span: &SourceSpan,
+        before: usize,
+        after: usize,
+    ) -> Result<Box<dyn SpanContents<'a> + 'a>, MietteError> {
+        let Some((start, end, line, column)) = self.window else {
+            let c = self.text.as_ref().read_span(span, before, after)?;
+            let contents = MietteSpanContents::new_named(
+                self.name.clone(),
+                c.data(),
+                *c.span(),
+                c.line(),
+                c.column(),
+                c.line_count(),
+            );
+            return Ok(Box::new(contents));
+        };
+        // Without context (how miette locates a label for the header): the
+        // span itself, at its own column.
+        if before == 0 && after == 0 {
+            let a = span.offset().clamp(start, end);
+            let b = (a + span.len()).min(end);
+            let data = &self.text.as_bytes()[a..b];
+            let contents = MietteSpanContents::new_named(
+                self.name.clone(),
+                data,
+                SourceSpan::from(a..b),
+                line,
+                column + (a - start),
+                1,
+            );
+            return Ok(Box::new(contents));
+        }
+        // With context: the window alone, its neighbours being the rest of the same long line.
+        let data = &self.text.as_bytes()[start..end];
+        Ok(Box::new(MietteSpanContents::new_named(
+            self.name.clone(),
+            data,
+            SourceSpan::from(start..end),
+            line,
+            column,
+            1,
+        )))
+    }
+}
+
 /// A problem with its source, for rendering by miette.
 #[derive(Debug)]
 struct Located {
     problem: Problem,
-    src: NamedSource<Arc<str>>,
+    src: Snippet,
     span: Option<SourceSpan>,
 }
 
@@ -122,17 +215,28 @@ impl Diagnostic for FileReport {
     }
 }
 
-/// Attaches source snippets to problems of the file `path` with contents `text`.
-pub fn report(path: &str, text: &str, summary: String, problems: &[Problem]) -> FileReport {
-    let src = NamedSource::new(path, Arc::<str>::from(text));
+/// Attaches source snippets to problems of the file `path` with contents
+/// `text`; beyond [`MAX_SHOWN`] problems, the summary counts the rest.
+pub fn report(path: &str, text: &str, mut summary: String, problems: &[Problem]) -> FileReport {
+    let text = Arc::<str>::from(text);
     let related = problems
         .iter()
-        .map(|p| Located {
-            problem: p.clone(),
-            src: src.clone(),
-            span: p.pointer.as_deref().and_then(|ptr| locate(text, ptr)).map(|(a, b)| SourceSpan::from(a..b)),
+        .take(MAX_SHOWN)
+        .map(|p| {
+            let at = p.pointer.as_deref().and_then(|ptr| locate(&text, ptr));
+            let (src, span) = match at {
+                Some((a, b)) => {
+                    let (src, span) = Snippet::new(path, text.clone(), a, b);
+                    (src, Some(span))
+                }
+                None => (Snippet { name: path.to_string(), text: text.clone(), window: None }, None),
+            };
+            Located { problem: p.clone(), src, span }
         })
         .collect();
+    if problems.len() > MAX_SHOWN {
+        summary += &format!(" (the first {MAX_SHOWN} shown)");
+    }
     FileReport { path: path.to_string(), summary, related }
 }
 
@@ -145,7 +249,7 @@ pub struct SyntaxReport {
     pub column: usize,
     pub message: String,
     #[source_code]
-    src: NamedSource<Arc<str>>,
+    src: Snippet,
     #[label("here")]
     span: Option<SourceSpan>,
 }
@@ -153,14 +257,8 @@ pub struct SyntaxReport {
 /// Builds a syntax report; `line`/`column` are 1-based as serde_json gives them.
 pub fn syntax_report(path: &str, text: &str, line: usize, column: usize, message: String) -> SyntaxReport {
     let offset = line_col_offset(text, line, column);
-    SyntaxReport {
-        path: path.to_string(),
-        line,
-        column,
-        message,
-        src: NamedSource::new(path, Arc::<str>::from(text)),
-        span: offset.map(|o| SourceSpan::from(o..o)),
-    }
+    let (src, span) = Snippet::new(path, Arc::<str>::from(text), offset.unwrap_or(0), offset.unwrap_or(0));
+    SyntaxReport { path: path.to_string(), line, column, message, src, span: offset.map(|_| span) }
 }
 
 fn line_col_offset(text: &str, line: usize, column: usize) -> Option<usize> {
@@ -204,5 +302,40 @@ mod tests {
     fn pointer_escaping() {
         assert_eq!(pointer_token("a/b~c"), "a~1b~0c");
         assert_eq!(unescape("a~1b~0c"), "a/b~c");
+    }
+}
+
+#[cfg(test)]
+mod long_line_tests {
+    use super::*;
+
+    /// A minified file is one long line: an error far into it shows a
+    /// window around the column with the true line and column, never the
+    /// whole line (and never panics: miette cannot pad past column 65,535).
+    #[test]
+    fn errors_on_long_lines_show_a_window() {
+        let text = format!("{{\"a\": 1,{}\"rleu\": 2,{}}}", " ".repeat(70_000), "x".repeat(5000));
+        let at = text.find("\"rleu\"").unwrap();
+        let r = syntax_report("f.json", &text, 1, at + 1, "unknown field `rleu`".into());
+        let out = crate::io::render_plain(&miette::Report::new(r));
+        assert!(out.contains(&format!("[f.json:1:{}]", at + 1)), "{out}");
+        assert!(out.contains("\"rleu\": 2,xxx"), "{out}");
+        assert!(out.len() < 1000, "{} bytes:\n{out}", out.len());
+        // Problems located by pointer, many of them: a window each, twenty shown.
+        let problems: Vec<Problem> =
+            (0..50).map(|i| Problem::new(Some("n"), Some("/rleu".into()), format!("problem {i}"))).collect();
+        let out =
+            crate::io::render_plain(&miette::Report::new(report("f.json", &text, "50 problems".into(), &problems)));
+        assert!(out.contains("50 problems (the first 20 shown)"), "{}", &out[..200]);
+        assert!(out.contains("problem 19") && !out.contains("problem 20"));
+        assert!(out.len() < 20 * 1000, "{} bytes", out.len());
+    }
+
+    #[test]
+    fn short_lines_keep_their_context() {
+        let text = "{\n  \"a\": 1,\n  \"rleu\": 2\n}\n";
+        let r = syntax_report("f.json", text, 3, 3, "unknown field `rleu`".into());
+        let out = crate::io::render_plain(&miette::Report::new(r));
+        assert!(out.contains("\"a\": 1,") && out.contains("\"rleu\": 2"), "{out}");
     }
 }

@@ -28,6 +28,37 @@ fn bad_input_exits_1_with_file_and_position() {
     assert!(e.contains("bad.json:3:15"), "{e}");
 }
 
+/// A minified graph is one long line. An error past column 65,535 used to
+/// panic in the renderer (exit 101), and every problem reprinted the whole
+/// line (megabytes of stderr): now each shows a window around its column,
+/// and at most twenty are shown.
+#[test]
+fn errors_far_into_a_minified_file_show_a_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let mlp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("ir-examples/mlp.json").unwrap()).unwrap();
+    let mut g = mlp.clone();
+    g["name"] = serde_json::json!("n".repeat(70_000));
+    let text = serde_json::to_string(&g).unwrap();
+    let cases = [
+        ("typo.json", text.replacen("\"relu\"", "\"rleu\"", 1), "did you mean `relu`?"),
+        ("syntax.json", text.replacen("\"relu\"", "\"relu\",,", 1), "syntax.json:1:"),
+        ("names.json", text.replace("\"inputs\":[\"h1\"", "\"inputs\":[\"nope\""), "no value is named `nope`"),
+    ];
+    for (file, bad, expected) in cases {
+        let path = dir.path().join(file);
+        std::fs::write(&path, &bad).unwrap();
+        for cmd in ["check", "lower", "explain", "train"] {
+            let o = mpc(&[cmd, path.to_str().unwrap()]);
+            let e = stderr(&o);
+            assert_eq!(o.status.code(), Some(1), "{cmd} {file}: {e}");
+            let unwrapped = e.split_whitespace().filter(|w| !matches!(*w, "│" | "×")).collect::<Vec<_>>().join(" ");
+            assert!(unwrapped.contains(expected), "{cmd} {file}: {e}");
+            assert!(e.len() < 8_000, "{cmd} {file}: {} bytes of stderr", e.len());
+        }
+    }
+}
+
 #[test]
 fn missing_file_exits_1() {
     let o = mpc(&["check", "no/such.json"]);
