@@ -45,18 +45,21 @@ fn every_example_plans_a_valid_arena() {
             }
         }
         // The resident state, counted from the graph itself.
-        let (mut params, mut state) = (0u64, 0u64);
+        let (mut params, mut state, mut batch) = (0u64, 0u64, 0u64);
         for n in g.node_ids() {
             let node = g.node(n);
             let bytes = || node.outputs[0].ty.shape.numel().unwrap() * node.outputs[0].ty.dtype.size_bytes() as u64;
             match node.op {
                 Op::Param { .. } => params += bytes(),
                 Op::State { .. } => state += bytes(),
+                Op::Input { .. } => batch += bytes(),
                 _ => {}
             }
         }
-        assert_eq!((r.params, r.state), (params, state), "{path}");
-        assert_eq!(r.peak(), params + state + r.arena.arena_bytes);
+        assert_eq!((r.params, r.state, r.batch), (params, state, batch), "{path}");
+        // Every param and every state but constants of the scaler is updated.
+        assert!(r.new_state >= params && r.new_state <= params + state, "{path}: {r}");
+        assert_eq!(r.peak(), params + state + batch + r.new_state + r.arena.arena_bytes);
         eprintln!("{path}: {r}");
     }
 }

@@ -59,6 +59,13 @@ pub trait Backend {
         self.upload(&t)
     }
 
+    /// Takes a buffer the executor holds past its planned life (a value
+    /// fetched at the end of the step): a backend that places values in a
+    /// planned arena moves it out of there. The default keeps it as it is.
+    fn keep(&mut self, b: Self::Buffer) -> Result<Self::Buffer, ExecError> {
+        Ok(b)
+    }
+
     /// Runs `op` on `inputs` (in the op's input order, see
     /// [`crate::infer::input_names`]) and returns one buffer per output,
     /// of the types `out_types` (the node's inferred output types).

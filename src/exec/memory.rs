@@ -1,12 +1,12 @@
 //! The planned device memory of a training step: the resident state
-//! (params with their FP32 masters, optimizer moments, the loss scaler) and
-//! one arena for everything a step makes (the batch, activations,
-//! gradients, the new state before it replaces the old), laid out once by
-//! [`memplan::plan`] from the plan's liveness.
+//! (params with their FP32 masters, optimizer moments, the loss scaler),
+//! the batch, the new state (made during the step, resident after it), and
+//! one arena for everything else a step makes (activations, gradients,
+//! casts, the loss), laid out once by [`memplan::plan`] from the plan's
+//! liveness. The CUDA backend places its values at these offsets.
 //!
-//! A value lives from the step that makes it to its last reader; the
-//! batch from the first step; the loss, the outputs and the new state to
-//! the end of the step.
+//! A value lives from the step that makes it to its last reader; the loss
+//! and the outputs to the end of the step.
 
 use std::fmt;
 
@@ -22,7 +22,12 @@ pub struct MemoryReport {
     pub params: u64,
     /// Optimizer moments, the scaler's scale and growth tracker, counters.
     pub state: u64,
-    /// The step's values: batch, activations, gradients, new state.
+    /// The batch, uploaded each step.
+    pub batch: u64,
+    /// The updated params and state a step makes (they replace the old at
+    /// its end, so both exist at once).
+    pub new_state: u64,
+    /// The other values of a step: activations, gradients, casts, the loss.
     pub arena: MemPlan,
     /// The most bytes of step values live at once: no arena can be smaller.
     pub peak_live: u64,
@@ -33,9 +38,9 @@ pub struct MemoryReport {
 }
 
 impl MemoryReport {
-    /// The planned peak: resident state plus the arena.
+    /// The planned peak: resident state, batch, new state and the arena.
     pub fn peak(&self) -> u64 {
-        self.params + self.state + self.arena.arena_bytes
+        self.params + self.state + self.batch + self.new_state + self.arena.arena_bytes
     }
 }
 
@@ -46,7 +51,8 @@ fn bytes(ty: &TensorType) -> Result<u64, ExecError> {
         .ok_or_else(|| ExecError::Tensor(format!("shape {} is too large", ty.shape)))
 }
 
-/// The requests of a plan's step values: (value index, request).
+/// The arena's requests: every step output but the new state, as
+/// (value index, request), in step order.
 pub fn requests(plan: &Plan) -> Result<Vec<(usize, Request)>, ExecError> {
     let last = plan.steps.len().saturating_sub(1);
     let mut end = vec![last; plan.names.len()];
@@ -55,33 +61,58 @@ pub fn requests(plan: &Plan) -> Result<Vec<(usize, Request)>, ExecError> {
             end[v] = i;
         }
     }
-    let mut out = Vec::new();
-    for src in plan.sources.iter().filter(|s| s.from == Feed::Batch) {
-        out.push((src.value, Request { bytes: bytes(&src.ty)?, start: 0, end: end[src.value] }));
+    let mut update = vec![false; plan.names.len()];
+    for &(_, v) in &plan.updates {
+        update[v] = true;
     }
+    let mut out = Vec::new();
     for (i, s) in plan.steps.iter().enumerate() {
         for (&v, ty) in s.outputs.iter().zip(&s.out_types) {
-            out.push((v, Request { bytes: bytes(ty)?, start: i, end: end[v].max(i) }));
+            if !update[v] {
+                out.push((v, Request { bytes: bytes(ty)?, start: i, end: end[v].max(i) }));
+            }
         }
     }
     Ok(out)
 }
 
-/// Plans the arena of `plan` and sums its resident state.
+/// Plans the arena of `plan` and sums the rest.
 pub fn report(plan: &Plan) -> Result<MemoryReport, ExecError> {
-    let (mut params, mut state) = (0u64, 0u64);
-    for s in plan.sources.iter().filter(|s| s.from == Feed::State) {
+    let (mut params, mut state, mut batch) = (0u64, 0u64, 0u64);
+    for s in &plan.sources {
         let b = bytes(&s.ty)?;
-        match s.is_param {
-            true => params += b,
-            false => state += b,
+        match (s.from, s.is_param) {
+            (Feed::Batch, _) => batch += b,
+            (Feed::State, true) => params += b,
+            (Feed::State, false) => state += b,
+        }
+    }
+    let mut ty_of = vec![None; plan.names.len()];
+    for s in &plan.steps {
+        for (&v, ty) in s.outputs.iter().zip(&s.out_types) {
+            ty_of[v] = Some(ty);
+        }
+    }
+    let mut new_state = 0u64;
+    for &(_, v) in &plan.updates {
+        if let Some(ty) = ty_of[v] {
+            new_state += bytes(ty)?;
         }
     }
     let reqs: Vec<Request> = requests(plan)?.into_iter().map(|(_, r)| r).collect();
     let arena = memplan::plan(&reqs)
         .ok_or_else(|| ExecError::Tensor("the step's values do not fit a 64-bit address space".into()))?;
     let unplanned = reqs.iter().map(|r| r.bytes).sum();
-    Ok(MemoryReport { params, state, peak_live: memplan::peak_live_bytes(&reqs), unplanned, values: reqs.len(), arena })
+    Ok(MemoryReport {
+        params,
+        state,
+        batch,
+        new_state,
+        peak_live: memplan::peak_live_bytes(&reqs),
+        unplanned,
+        values: reqs.len(),
+        arena,
+    })
 }
 
 /// "1.5 MiB", "812 B".
@@ -103,11 +134,13 @@ impl fmt::Display for MemoryReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "planned peak memory {}: params {}, optimizer and scaler state {}, step arena {} for {} values \
-             (at least {} are live at once; {} if each had its own buffer)",
+            "planned peak memory {}: params {}, optimizer and scaler state {}, batch {}, new state {}, \
+             step arena {} for {} values (at least {} are live at once; {} if each had its own buffer)",
             human(self.peak()),
             human(self.params),
             human(self.state),
+            human(self.batch),
+            human(self.new_state),
             human(self.arena.arena_bytes),
             self.values,
             human(self.peak_live),

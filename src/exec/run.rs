@@ -296,6 +296,7 @@ pub(crate) fn run_steps<'a, B: Backend>(
         }
         for (b, &v) in outs.into_iter().zip(&st.outputs) {
             let b = if inject == Some(v) { poison(backend, &b, &plan.names[v])? } else { b };
+            let b = if pinned[v] { backend.keep(b)? } else { b };
             vals[v] = Some(Slot::Owned(b));
             live += 1;
         }

@@ -4,9 +4,11 @@
 //! Which kernel runs for which op, with which arguments and launch sizes,
 //! is decided here, once for both devices; [`super::launch`] holds the pure
 //! host arithmetic (broadcast strides, `sum_to` masks, the GEMM layout),
-//! unit-tested on its own. Buffers come from a pool keyed by size: a value
-//! freed by the executor returns its allocation, so after the first step a
-//! step makes no device allocation.
+//! unit-tested on its own. A step's values live in one arena, at the
+//! offsets the static memory plan gave them (`exec::memory`, allocated once
+//! in `prepare`); what the plan does not place (uploads, the new state,
+//! scratch, values kept past their planned life) comes from a pool keyed
+//! by size. After the first step a step makes no device allocation.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -16,6 +18,7 @@ use crate::exec::backend::{Backend, OpCtx};
 use crate::exec::run::Plan;
 use crate::exec::tensor::{numel, Data, Tensor};
 use crate::exec::ExecError;
+use crate::exec::{memory, memplan};
 use crate::op::Op;
 use crate::types::{DType, TensorType};
 
@@ -29,18 +32,29 @@ struct Pool<M> {
     allocs: u64,
 }
 
-/// A tensor on the device: an allocation of exactly its bytes.
+/// Where a buffer's bytes are.
+enum Storage<M> {
+    /// An allocation of its own, back to the pool on drop (taken only then).
+    Pooled(Option<M>),
+    /// The step arena, at `offset`.
+    Arena(Rc<M>, usize),
+}
+
+/// A tensor on the device.
 pub struct CudaBuffer<M> {
-    mem: Option<M>,
+    storage: Storage<M>,
     bytes: usize,
     ty: TensorType,
     pool: Rc<RefCell<Pool<M>>>,
 }
 
 impl<M> CudaBuffer<M> {
-    fn mem(&self) -> &M {
-        // Only `drop` takes it.
-        self.mem.as_ref().unwrap_or_else(|| unreachable!("a live buffer has its allocation"))
+    /// The allocation and the byte offset of the tensor in it.
+    fn at(&self) -> (&M, usize) {
+        match &self.storage {
+            Storage::Pooled(m) => (m.as_ref().unwrap_or_else(|| unreachable!("a live buffer has its allocation")), 0),
+            Storage::Arena(m, off) => (m, *off),
+        }
     }
 
     /// The tensor type the buffer holds.
@@ -51,8 +65,10 @@ impl<M> CudaBuffer<M> {
 
 impl<M> Drop for CudaBuffer<M> {
     fn drop(&mut self) {
-        if let Some(m) = self.mem.take() {
-            self.pool.borrow_mut().free.entry(self.bytes).or_default().push(m);
+        if let Storage::Pooled(m) = &mut self.storage {
+            if let Some(m) = m.take() {
+                self.pool.borrow_mut().free.entry(self.bytes).or_default().push(m);
+            }
         }
     }
 }
@@ -114,10 +130,22 @@ pub fn refusal(plan: &Plan) -> Option<String> {
     Some(format!("the CUDA backend does not run these ops yet: {shown}{more} (use --device cpu)"))
 }
 
+/// The step arena and where each node's outputs go in it.
+struct Arena<M> {
+    mem: Rc<M>,
+    bytes: u64,
+    /// Node name -> per output, its (offset, bytes), or None when the plan
+    /// leaves it to the pool (the new state).
+    at: HashMap<String, Vec<Option<(usize, usize)>>>,
+}
+
 /// The CUDA backend over a device `G`.
 pub struct CudaBackend<G: Gpu> {
     gpu: G,
     pool: Rc<RefCell<Pool<G::Mem>>>,
+    arena: Option<Arena<G::Mem>>,
+    /// Bytes of every device allocation made (arena, pool).
+    allocated: u64,
     /// TF32 tensor cores for f32 GEMMs (off: f32 GEMMs are exact f32).
     tf32: bool,
 }
@@ -125,7 +153,13 @@ pub struct CudaBackend<G: Gpu> {
 impl<G: Gpu> CudaBackend<G> {
     /// A backend on `gpu`; `tf32` allows TF32 for f32 GEMMs.
     pub fn new(gpu: G, tf32: bool) -> CudaBackend<G> {
-        CudaBackend { gpu, pool: Rc::new(RefCell::new(Pool { free: HashMap::new(), allocs: 0 })), tf32 }
+        CudaBackend {
+            gpu,
+            pool: Rc::new(RefCell::new(Pool { free: HashMap::new(), allocs: 0 })),
+            arena: None,
+            allocated: 0,
+            tf32,
+        }
     }
 
     /// The device.
@@ -135,7 +169,35 @@ impl<G: Gpu> CudaBackend<G> {
 
     /// How many device allocations the backend has made.
     pub fn allocations(&self) -> u64 {
-        self.pool.borrow().allocs
+        self.pool.borrow().allocs + u64::from(self.arena.is_some())
+    }
+
+    /// The bytes of every device allocation the backend has made.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated
+    }
+
+    /// The size of the step arena (0 before `prepare`).
+    pub fn arena_bytes(&self) -> u64 {
+        self.arena.as_ref().map_or(0, |a| a.bytes)
+    }
+
+    /// Output `i` of node `node`: at its planned offset in the arena, else
+    /// from the pool.
+    fn output(&mut self, node: &str, i: usize, ty: &TensorType) -> Result<CudaBuffer<G::Mem>, ExecError> {
+        let n = numel(&ty.shape)?;
+        let bytes = n.checked_mul(ty.dtype.size_bytes()).ok_or_else(|| too_big(ty))?;
+        let planned = self.arena.as_ref().and_then(|a| Some((a, (*a.at.get(node)?.get(i)?)?)));
+        match planned {
+            // The plan sized it from the same type; a mismatch goes to the pool rather than overrun.
+            Some((a, (offset, size))) if size == bytes => Ok(CudaBuffer {
+                storage: Storage::Arena(a.mem.clone(), offset),
+                bytes,
+                ty: ty.clone(),
+                pool: self.pool.clone(),
+            }),
+            _ => self.scratch(bytes, ty.clone()),
+        }
     }
 
     fn buffer(&mut self, ty: &TensorType) -> Result<CudaBuffer<G::Mem>, ExecError> {
@@ -150,11 +212,12 @@ impl<G: Gpu> CudaBackend<G> {
             Some(m) => m,
             None => {
                 self.pool.borrow_mut().allocs += 1;
+                self.allocated += bytes.max(1) as u64;
                 // At least one byte: a zero-sized allocation is an error on a GPU.
                 self.gpu.alloc(bytes.max(1)).map_err(gpu_err)?
             }
         };
-        Ok(CudaBuffer { mem: Some(mem), bytes, ty, pool: self.pool.clone() })
+        Ok(CudaBuffer { storage: Storage::Pooled(Some(mem)), bytes, ty, pool: self.pool.clone() })
     }
 
     fn launch(&mut self, name: &str, work: u64, args: &[KArg<'_, G::Mem>]) -> Result<(), String> {
@@ -172,7 +235,8 @@ fn gpu_err(e: super::gpu::GpuError) -> ExecError {
 
 /// A pointer argument to the start of `b`.
 fn p<M>(b: &CudaBuffer<M>) -> KArg<'_, M> {
-    KArg::Ptr(b.mem(), 0)
+    let (m, off) = b.at();
+    KArg::Ptr(m, off)
 }
 
 fn n_of(ty: &TensorType) -> i64 {
@@ -192,22 +256,44 @@ impl<G: Gpu> Backend for CudaBackend<G> {
     }
 
     fn prepare(&mut self, plan: &Plan) -> Result<(), ExecError> {
-        match refusal(plan) {
-            Some(why) => Err(ExecError::Graph(why)),
-            None => Ok(()),
+        if let Some(why) = refusal(plan) {
+            return Err(ExecError::Graph(why));
         }
+        let reqs = memory::requests(plan)?;
+        let requests: Vec<_> = reqs.iter().map(|(_, r)| *r).collect();
+        let placed = memplan::plan(&requests)
+            .ok_or_else(|| ExecError::Tensor("the step's values do not fit a 64-bit address space".into()))?;
+        let mut offset_of = HashMap::new();
+        for ((v, r), &off) in reqs.iter().zip(&placed.offsets) {
+            let size = usize::try_from(r.bytes).map_err(|_| ExecError::Tensor("a value is too large".into()))?;
+            offset_of.insert(*v, (off as usize, size));
+        }
+        let at = plan
+            .steps
+            .iter()
+            .map(|s| (s.name.clone(), s.outputs.iter().map(|v| offset_of.get(v).copied()).collect()))
+            .collect();
+        let bytes =
+            usize::try_from(placed.arena_bytes).map_err(|_| ExecError::Tensor("the arena is too large".into()))?;
+        self.arena = None;
+        let mem = self.gpu.alloc(bytes.max(1)).map_err(gpu_err)?;
+        self.allocated += bytes.max(1) as u64;
+        self.arena = Some(Arena { mem: Rc::new(mem), bytes: placed.arena_bytes, at });
+        Ok(())
     }
 
     fn upload(&mut self, t: &Tensor) -> Result<Self::Buffer, ExecError> {
         let b = self.buffer(&t.ty())?;
         let bytes = t.data().to_le_bytes();
-        self.gpu.write(b.mem(), 0, &bytes).map_err(gpu_err)?;
+        let (m, off) = b.at();
+        self.gpu.write(m, off, &bytes).map_err(gpu_err)?;
         Ok(b)
     }
 
     fn download(&mut self, b: &Self::Buffer) -> Result<Tensor, ExecError> {
         let mut bytes = vec![0u8; b.bytes];
-        self.gpu.read(b.mem(), 0, &mut bytes).map_err(gpu_err)?;
+        let (m, off) = b.at();
+        self.gpu.read(m, off, &mut bytes).map_err(gpu_err)?;
         Tensor::new(b.ty.shape.clone(), Data::from_le_bytes(b.ty.dtype, &bytes))
     }
 
@@ -219,6 +305,13 @@ impl<G: Gpu> Backend for CudaBackend<G> {
         Ok(out)
     }
 
+    fn keep(&mut self, b: Self::Buffer) -> Result<Self::Buffer, ExecError> {
+        match b.storage {
+            Storage::Arena(..) => self.duplicate(&b),
+            Storage::Pooled(_) => Ok(b),
+        }
+    }
+
     fn run(
         &mut self,
         op: &Op,
@@ -228,8 +321,8 @@ impl<G: Gpu> Backend for CudaBackend<G> {
     ) -> Result<Vec<Self::Buffer>, ExecError> {
         let err = |message: String| ExecError::Op { node: ctx.node.to_string(), op: op.name(), message };
         let mut outs = Vec::with_capacity(out_types.len());
-        for ty in out_types {
-            outs.push(self.buffer(ty)?);
+        for (i, ty) in out_types.iter().enumerate() {
+            outs.push(self.output(ctx.node, i, ty)?);
         }
         self.kernel(op, inputs, &outs).map_err(err)?;
         Ok(outs)
@@ -288,7 +381,7 @@ impl<G: Gpu> CudaBackend<G> {
                     self.tf32,
                 )?;
                 // Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: B's buffer is cuBLAS's A.
-                self.gpu.gemm(&g, (x[1].mem(), 0), (x[0].mem(), 0), (o.mem(), 0)).map_err(|e| e.to_string())
+                self.gpu.gemm(&g, x[1].at(), x[0].at(), o.at()).map_err(|e| e.to_string())
             }
             SumTo { .. } => {
                 arity(1)?;
@@ -349,7 +442,7 @@ impl<G: Gpu> CudaBackend<G> {
                 let mut at = 0usize;
                 for ((g, &m), &b) in x.iter().zip(&sizes).zip(&parts) {
                     let name = format!("global_norm_partial_{}", sfx(g.ty.dtype));
-                    let args = [p(g), KArg::I64(m as i64), KArg::Ptr(part.mem(), at * 8)];
+                    let args = [p(g), KArg::I64(m as i64), KArg::Ptr(part.at().0, part.at().1 + at * 8)];
                     self.gpu.launch(&name, Launch::linear(b, THREADS), &args).map_err(|e| e.to_string())?;
                     at += b as usize;
                 }
