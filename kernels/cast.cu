@@ -5,12 +5,10 @@
 // - float to integer truncates toward zero and saturates, NaN giving 0;
 // - integer to integer keeps the low bits (i64 -> i32 wraps), as Rust's `as`;
 // - integer to float rounds once, nearest even (i64 -> f32 directly; to
-//   f16/bf16 through f64, as the CPU does, then once to the type);
+//   f16/bf16 rounded to odd in f32 from the integer, then once to the type);
 // - anything to bool is `x != 0` (NaN is nonzero); bool reads as 0 or 1.
 // Every result is exact or a single rounding, so it matches the CPU bit for
-// bit, except: NaN payloads may differ (CUDA makes a canonical NaN), and an
-// integer beyond 2^21 cast to f16/bf16 can differ in a rare tie, where the
-// CPU's `half` conversion from f64 is not a single rounding (kernels/README.md).
+// bit, except that NaN payloads may differ (CUDA makes a canonical NaN).
 #include "common.cuh"
 
 // A float source widened to f32 exactly, converted to each target.
@@ -27,9 +25,9 @@ template <> __device__ __forceinline__ u8 cast_from_float<u8>(float v) { return 
 // An integer (or bool) source read as i64, converted to each target.
 template <typename To> __device__ __forceinline__ To cast_from_int(i64 v);
 template <> __device__ __forceinline__ float cast_from_int<float>(i64 v) { return (float)v; }
-template <> __device__ __forceinline__ __half cast_from_int<__half>(i64 v) { return from_f64<__half>((double)v); }
+template <> __device__ __forceinline__ __half cast_from_int<__half>(i64 v) { return from_f32<__half>(i64_to_f32_odd(v)); }
 template <> __device__ __forceinline__ __nv_bfloat16 cast_from_int<__nv_bfloat16>(i64 v) {
-    return from_f64<__nv_bfloat16>((double)v);
+    return from_f32<__nv_bfloat16>(i64_to_f32_odd(v));
 }
 template <> __device__ __forceinline__ i32 cast_from_int<i32>(i64 v) { return (i32)(u32)(u64)v; }
 template <> __device__ __forceinline__ i64 cast_from_int<i64>(i64 v) { return v; }

@@ -71,6 +71,21 @@ __device__ __forceinline__ float f64_to_f32_odd(double d) {
     return f;
 }
 
+// An integer to f32 rounded to odd (as f64_to_f32_odd): through f64 where
+// that is exact (below 2^53), else from the integer's own bits, since
+// (double)v would round once more.
+__device__ __forceinline__ float i64_to_f32_odd(i64 v) {
+    u64 u = v < 0 ? (u64)0 - (u64)v : (u64)v;
+    if (u < (1ull << 53)) return f64_to_f32_odd((double)v);
+    u32 shift = 0;
+    while ((u >> shift) >= (1ull << 24)) shift++;
+    u64 m = u >> shift;
+    if ((u & ((1ull << shift) - 1ull)) != 0ull) m |= 1ull; // sticky: odd when inexact
+    // m < 2^24 is exact in f32, and so is its product with 2^shift (< 2^64).
+    float f = (float)m * __uint_as_float((127u + shift) << 23);
+    return v < 0 ? -f : f;
+}
+
 // Rounding an f64 once to a float storage type, nearest even.
 template <typename T> __device__ __forceinline__ T from_f64(double v) { return from_f32<T>(f64_to_f32_odd(v)); }
 template <> __device__ __forceinline__ float from_f64<float>(double v) { return (float)v; }

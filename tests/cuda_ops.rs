@@ -34,12 +34,11 @@
 //!   nearby values (on either side of a rounding boundary) can be one ulp
 //!   apart however close the values were.
 //!
-//! The f64 -> f16/bf16 conversions of the CPU reference (the `half`
-//! crate's `from_f64`, used by `constant` and by integer -> bf16 casts) are
-//! not a single rounding near ties (kernels/README.md says so); the
-//! kernels round once. The differential cases keep those inputs away from
-//! ties, and `f64_roundings_to_f16_and_bf16_are_single_on_the_device`
-//! checks the device there against an exact rounding instead.
+//! Conversions from f64 and from integers to f16/bf16 (`constant`, integer
+//! casts, the loss means) round once on both sides (round to odd in f32,
+//! then nearest even: `exec::round`, `common.cuh`);
+//! `f64_and_integer_roundings_to_f16_and_bf16_are_single` checks both
+//! against an exact rounding at ties.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -145,8 +144,7 @@ fn cases(src: &mut Src) -> Vec<Case> {
 
 fn constants_and_casts(src: &mut Src, out: &mut Vec<Case>) {
     for d in DType::ALL {
-        // Values the type holds, or rounds to far from a tie (see the module
-        // comment on the CPU's f64 -> f16/bf16 conversion).
+        // Values the type holds or rounds; ties are tested apart (module comment).
         let values: &[f64] = match d {
             F32 => &[0.0, -0.0, 1.0, 0.1, -2.75, 65504.0, 6e-8, 3e38, 1e-45],
             F16 | Bf16 => &[0.0, -0.0, 1.0, 0.1, -2.75, 65504.0, 6e-8, -1e-5],
@@ -167,15 +165,7 @@ fn constants_and_casts(src: &mut Src, out: &mut Vec<Case>) {
     for from in DType::ALL {
         for to in DType::ALL {
             for shape in src.sizes(from) {
-                // Integers cast to bf16 stay below 2^21 in magnitude (or are
-                // the type's ends), where the CPU's conversion is one
-                // rounding (module comment).
-                let x = if to == Bf16 && from.is_int() {
-                    let n = numel(&shape);
-                    ti(from, &shape, &src.ints(from, n, true))
-                } else {
-                    src.values(from, &shape)
-                };
+                let x = src.values(from, &shape);
                 // A cast to the same type is a copy on both sides.
                 let tol = if from == to { Tol::Bits } else { Tol::Exact };
                 out.push(case(Op::Cast { to }, vec![x], tol));
@@ -585,17 +575,6 @@ fn matmul_bound(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Vec<f64> {
     out
 }
 
-/// The CPU's f64 -> f16/bf16 conversion (of the loss means) truncates the
-/// f64 to 20 mantissa bits before rounding (the `half` crate, module
-/// comment): up to 2^-20·|v| beyond a correct rounding.
-fn cpu_from_f64_slack(d: DType, v: f64) -> f64 {
-    if d.is_low() {
-        v.abs() * 2f64.powi(-20)
-    } else {
-        0.0
-    }
-}
-
 /// cross_entropy and its gradient. Row r (logits x, max m, label l, C
 /// classes): the terms e_k = expf(x_k - m) are the same bits on both sides
 /// (the max is exact, then the same f32 subtraction and expf); their f32 sum
@@ -609,8 +588,7 @@ fn cpu_from_f64_slack(d: DType, v: f64) -> f64 {
 /// The loss: Σ_r term_r / N in f64 in another order (the CPU in row order,
 /// the kernel per warp, block and then across blocks): |Δ| is at most
 /// Σ_r|Δterm_r|/N plus 2γ(N)·Σ_r|term_r|/N (u = 2^-53, the division
-/// included), then each side rounds to the output type (`round`, plus
-/// [`cpu_from_f64_slack`]).
+/// included), then each side rounds to the output type (`round`).
 ///
 /// The gradient, element k of row r, with s = dloss/N (the same f32):
 /// - a = x_k - lse:     |Δa| ≤ |Δlse| + ulp(a);
@@ -647,7 +625,7 @@ fn cross_entropy_bounds(logits: &Tensor, labels: &Tensor, dloss: f32) -> (f64, V
     }
     let n = rows as f64;
     let loss = terms / n;
-    let bound = dterms / n + 2.0 * gamma(rows + 1, U64) * loss + cpu_from_f64_slack(logits.dtype(), loss);
+    let bound = dterms / n + 2.0 * gamma(rows + 1, U64) * loss;
     (bound, grad)
 }
 
@@ -655,11 +633,11 @@ fn cross_entropy_bounds(logits: &Tensor, labels: &Tensor, dloss: f32) -> (f64, V
 /// exactly to f64 and summed in another order (the CPU in element order,
 /// the kernel per thread, block and then across blocks); with the division
 /// by n, |Δmean| ≤ 2γ(n)·mean (u = 2^-53); then each side rounds to the
-/// output type (`round`, plus [`cpu_from_f64_slack`]).
+/// output type (`round`).
 fn mse_bound(p: &Tensor, t: &Tensor) -> f64 {
     let d2: Vec<f64> = p.to_f32_vec().iter().zip(t.to_f32_vec()).map(|(&a, b)| f64::from((a - b) * (a - b))).collect();
     let mean = d2.iter().sum::<f64>() / d2.len() as f64;
-    2.0 * gamma(d2.len(), U64) * mean + cpu_from_f64_slack(p.dtype(), mean)
+    2.0 * gamma(d2.len(), U64) * mean
 }
 
 /// global_norm: the squares of the f32-widened elements are exact in f64
@@ -735,15 +713,10 @@ fn edges() -> Vec<f32> {
 }
 
 /// Integer edge values of `d`: 0, ±1, ±2, ±7, the f16 ties at 2049 and
-/// 2051, 65504 and about 65520 (f16's overflow tie), the type's ends;
-/// `narrow`: only those below 2^21 in magnitude, and the ends.
-fn int_edges(d: DType, narrow: bool) -> Vec<i64> {
+/// 2051, 65504 and about 65520 (f16's overflow tie), the type's ends.
+fn int_edges(d: DType) -> Vec<i64> {
     let (min, max) = if d == I32 { (i64::from(i32::MIN), i64::from(i32::MAX)) } else { (i64::MIN, i64::MAX) };
-    let mut edge =
-        vec![0, 1, -1, 2, -2, 7, -7, 2049, 2051, 65504, 65519, 65520, 65536, -65520, min, max, min + 1, max - 1];
-    if narrow {
-        edge.retain(|&v| v.unsigned_abs() < 1 << 21 || v == min || v == max);
-    }
+    let edge = vec![0, 1, -1, 2, -2, 7, -7, 2049, 2051, 65504, 65519, 65520, 65536, -65520, min, max, min + 1, max - 1];
     edge
 }
 
@@ -862,23 +835,21 @@ impl Src {
         } else if d == Bool {
             Data::from_i64(Bool, &(0..n).map(|_| self.below(2) as i64).collect::<Vec<_>>())
         } else {
-            Data::from_i64(d, &self.ints(d, n, false))
+            Data::from_i64(d, &self.ints(d, n))
         };
         Tensor::new(shape.to_vec(), data).expect("consistent")
     }
 
     /// `n` integers of `d`: with n ≥ 64, first every [`int_edges`], then a
-    /// quarter edges and the rest random (`narrow`: below 2^21 in magnitude).
-    fn ints(&mut self, d: DType, n: usize, narrow: bool) -> Vec<i64> {
-        let edge = int_edges(d, narrow);
+    /// quarter edges and the rest random.
+    fn ints(&mut self, d: DType, n: usize) -> Vec<i64> {
+        let edge = int_edges(d);
         (0..n)
             .map(|i| {
                 if n >= 64 && i < edge.len() {
                     edge[i]
                 } else if self.below(4) == 0 {
                     edge[self.below(edge.len() as u64) as usize]
-                } else if narrow {
-                    self.below(1 << 22) as i64 - (1 << 21) + 1
                 } else if d == I32 {
                     i64::from(self.rng.next_u64() as i32)
                 } else {
@@ -916,7 +887,7 @@ impl Src {
 /// Every pair of edge values of `d` ([`edges`], [`int_edges`]) as two flat
 /// tensors.
 fn edge_pairs(d: DType) -> (Tensor, Tensor) {
-    let e = if d.is_float() { Data::from_f32(d, &edges()) } else { Data::from_i64(d, &int_edges(d, false)) };
+    let e = if d.is_float() { Data::from_f32(d, &edges()) } else { Data::from_i64(d, &int_edges(d)) };
     let n = e.len();
     let a: Vec<usize> = (0..n * n).map(|i| i / n).collect();
     let b: Vec<usize> = (0..n * n).map(|i| i % n).collect();
@@ -1200,6 +1171,29 @@ fn every_supported_op_has_cases_in_every_float_type() {
 /// within a factor 2, so the subtraction is exact), ties to the even
 /// pattern; past the largest finite value the next value is taken as the
 /// unbounded exponent's (IEEE overflow: at or past that tie, inf).
+/// The bf16 pattern nearest the integer `v`, ties to even, in integer
+/// arithmetic (every finite bf16 value at or above 1 is an integer, and
+/// those in i64's range are exact in i128).
+fn round_int_exact_bf16(v: i64) -> u16 {
+    let sign = if v < 0 { 0x8000 } else { 0 };
+    let a = i128::from(v).abs();
+    // The largest positive pattern whose value is at most |v| (values grow with patterns).
+    let mut b: u16 = 0;
+    for bit in (0..15).rev() {
+        let c = b | (1 << bit);
+        if c <= 0x7f7f && (low_value(Bf16, c) as i128) <= a {
+            b = c;
+        }
+    }
+    let (lo, hi) = (low_value(Bf16, b) as i128, low_value(Bf16, b + 1) as i128);
+    let up = match (2 * a).cmp(&(lo + hi)) {
+        std::cmp::Ordering::Less => false,
+        std::cmp::Ordering::Greater => true,
+        std::cmp::Ordering::Equal => b % 2 == 1,
+    };
+    sign | (b + u16::from(up))
+}
+
 fn round_exact(d: DType, v: f64) -> u16 {
     let (_, _, inf, beyond) = low_limits(d);
     let value = |b: u16| if b == inf { beyond } else { low_value(d, b) };
@@ -1227,13 +1221,13 @@ fn low_bits(t: &Tensor) -> Vec<u16> {
     }
 }
 
-/// Where the CPU's f64 -> f16/bf16 conversion is two roundings (`constant`
-/// near a tie; an integer beyond 2^21 near a bf16 tie), the device must
-/// round once: its results are checked against [`round_exact`], and the
-/// CPU's departures from it are counted and printed. f32 values at ties
-/// cast to f16/bf16 must round exactly on both sides.
+/// Conversions to f16/bf16 near ties round once on both sides: f32 ties
+/// cast, `constant` values a tie ± 2^-30 relative (which `half`'s
+/// `from_f64`, going through f32 or dropping low bits, used to round the
+/// wrong way), and integers near bf16 ties beyond 2^21 and 2^53 (which
+/// used to go through f64), against [`round_exact`] and integer arithmetic.
 #[test]
-fn f64_roundings_to_f16_and_bf16_are_single_on_the_device() {
+fn f64_and_integer_roundings_to_f16_and_bf16_are_single() {
     let mut rng = SplitMix64::new(SEED ^ 1);
     let mut cpu = CpuBackend::new();
     let mut dev = CudaBackend::new(EmuGpu::new(), false);
@@ -1261,7 +1255,6 @@ fn f64_roundings_to_f16_and_bf16_are_single_on_the_device() {
         // constant(value) near ties: the value a tie plus or minus 2^-30 of
         // itself, which the CPU loses (f64 -> f32 first, or truncation to 20
         // mantissa bits) before rounding.
-        let mut cpu_off = 0;
         let mut values = Vec::new();
         for _ in 0..150 {
             let b = (rng.next_u64() % u64::from(max_finite)) as u16; // below the largest: the tie is finite
@@ -1274,20 +1267,16 @@ fn f64_roundings_to_f16_and_bf16_are_single_on_the_device() {
             let (c, g) = (run(&mut cpu, &op, &[], &outs), run(&mut dev, &op, &[], &outs));
             let (c, g) = (low_bits(&c.expect("constant runs")[0])[0], low_bits(&g.expect("constant runs")[0])[0]);
             let w = round_exact(d, value);
-            if g != w {
-                failures.push(format!("constant {value:e} in {d} on the cuda: {g:#06x}, exact {w:#06x}"));
+            for (side, got) in [("cpu", c), ("cuda", g)] {
+                if got != w {
+                    failures.push(format!("constant {value:e} in {d} on the {side}: {got:#06x}, exact {w:#06x}"));
+                }
             }
-            cpu_off += usize::from(c != w);
         }
-        eprintln!(
-            "constant in {d}: the CPU is not the exact rounding in {cpu_off} of {} values near ties",
-            values.len()
-        );
 
         // Integers near bf16 ties, beyond 2^21 (f16 has no such integers:
-        // past 65520 they are inf), cast to bf16: the integer widens to f64
-        // (exactly below 2^53; beyond, rounded, as Data::from_i64 says), then
-        // one rounding.
+        // past 65520 they are inf), cast to bf16, beyond 2^53 too, where
+        // going through f64 would round twice: against integer arithmetic.
         if d == Bf16 {
             for from in [I32, I64] {
                 let top = if from == I32 { 0x4f00 } else { 0x5f00 }; // 2^31, 2^63
@@ -1306,18 +1295,14 @@ fn f64_roundings_to_f16_and_bf16_are_single_on_the_device() {
                 let op = Op::Cast { to: Bf16 };
                 let c = low_bits(&run(&mut cpu, &op, std::slice::from_ref(&input), &outs).expect("cast runs")[0]);
                 let g = low_bits(&run(&mut dev, &op, &[input], &outs).expect("cast runs")[0]);
-                let mut cpu_off = 0;
                 for ((&v, &c), &g) in ints.iter().zip(&c).zip(&g) {
-                    let w = round_exact(Bf16, v as f64);
-                    if g != w {
-                        failures.push(format!("cast {from} {v} to bf16 on the cuda: {g:#06x}, exact {w:#06x}"));
+                    let w = round_int_exact_bf16(v);
+                    for (side, got) in [("cpu", c), ("cuda", g)] {
+                        if got != w {
+                            failures.push(format!("cast {from} {v} to bf16 on the {side}: {got:#06x}, exact {w:#06x}"));
+                        }
                     }
-                    cpu_off += usize::from(c != w);
                 }
-                eprintln!(
-                    "cast {from} -> bf16: the CPU is not the exact rounding in {cpu_off} of {} integers near ties",
-                    ints.len()
-                );
             }
         }
     }

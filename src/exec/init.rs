@@ -1,8 +1,6 @@
 //! Materialising params and state from their `Init`, or from the graph's
 //! safetensors weights file.
 
-use half::{bf16, f16};
-
 use crate::graph::Graph;
 use crate::op::{Init, Op};
 use crate::types::{DType, TensorType};
@@ -34,8 +32,8 @@ pub fn fans(shape: &[u64]) -> (f64, f64) {
 fn from_f64(dtype: DType, v: &[f64]) -> Data {
     match dtype {
         DType::F32 => Data::F32(v.iter().map(|&x| x as f32).collect()),
-        DType::F16 => Data::F16(v.iter().map(|&x| f16::from_f64(x)).collect()),
-        DType::Bf16 => Data::Bf16(v.iter().map(|&x| bf16::from_f64(x)).collect()),
+        DType::F16 => Data::F16(v.iter().map(|&x| super::round::f16_from_f64(x)).collect()),
+        DType::Bf16 => Data::Bf16(v.iter().map(|&x| super::round::bf16_from_f64(x)).collect()),
         DType::I32 => Data::I32(v.iter().map(|&x| x as i32).collect()),
         DType::I64 => Data::I64(v.iter().map(|&x| x as i64).collect()),
         DType::Bool => Data::Bool(v.iter().map(|&x| x != 0.0).collect()),

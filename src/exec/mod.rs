@@ -19,6 +19,7 @@ pub mod init;
 pub mod memory;
 pub mod memplan;
 pub mod rng;
+pub mod round;
 pub mod run;
 pub mod session;
 pub mod tensor;

@@ -4,7 +4,7 @@ use half::{bf16, f16};
 
 use crate::types::{DType, Shape, TensorType};
 
-use super::ExecError;
+use super::{round, ExecError};
 
 /// The elements of a tensor, row-major, stored in their own type.
 #[derive(Clone, Debug, PartialEq)]
@@ -150,8 +150,8 @@ impl Data {
     pub fn full(dtype: DType, n: usize, value: f64) -> Data {
         match dtype {
             DType::F32 => Data::F32(vec![value as f32; n]),
-            DType::F16 => Data::F16(vec![f16::from_f64(value); n]),
-            DType::Bf16 => Data::Bf16(vec![bf16::from_f64(value); n]),
+            DType::F16 => Data::F16(vec![round::f16_from_f64(value); n]),
+            DType::Bf16 => Data::Bf16(vec![round::bf16_from_f64(value); n]),
             DType::I32 => Data::I32(vec![value as i32; n]),
             DType::I64 => Data::I64(vec![value as i64; n]),
             DType::Bool => Data::Bool(vec![value != 0.0; n]),
@@ -180,16 +180,15 @@ impl Data {
         }
     }
 
-    /// Integers (exact) into `dtype`; floats round to nearest even from
-    /// f64, which is exact for every i32 and for i64 up to 2^53.
+    /// Integers (exact) into `dtype`; floats round once to nearest even.
     pub fn from_i64(dtype: DType, values: &[i64]) -> Data {
         match dtype {
             DType::I32 => Data::I32(values.iter().map(|&x| x as i32).collect()),
             DType::I64 => Data::I64(values.to_vec()),
             DType::Bool => Data::Bool(values.iter().map(|&x| x != 0).collect()),
             DType::F32 => Data::F32(values.iter().map(|&x| x as f32).collect()),
-            DType::F16 => Data::F16(values.iter().map(|&x| f16::from_f64(x as f64)).collect()),
-            DType::Bf16 => Data::Bf16(values.iter().map(|&x| bf16::from_f64(x as f64)).collect()),
+            DType::F16 => Data::F16(values.iter().map(|&x| round::f16_from_i64(x)).collect()),
+            DType::Bf16 => Data::Bf16(values.iter().map(|&x| round::bf16_from_i64(x)).collect()),
         }
     }
 
@@ -213,8 +212,8 @@ impl Data {
         };
         match to {
             DType::F32 => Data::F32(wide.iter().map(|&x| x as f32).collect()),
-            DType::F16 => Data::F16(wide.iter().map(|&x| f16::from_f64(x)).collect()),
-            DType::Bf16 => Data::Bf16(wide.iter().map(|&x| bf16::from_f64(x)).collect()),
+            DType::F16 => Data::F16(wide.iter().map(|&x| round::f16_from_f64(x)).collect()),
+            DType::Bf16 => Data::Bf16(wide.iter().map(|&x| round::bf16_from_f64(x)).collect()),
             DType::I32 => Data::I32(wide.iter().map(|&x| x as i32).collect()),
             DType::I64 => Data::I64(wide.iter().map(|&x| x as i64).collect()),
             DType::Bool => Data::Bool(wide.iter().map(|&x| x != 0.0).collect()),
