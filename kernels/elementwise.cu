@@ -175,8 +175,8 @@ __device__ __forceinline__ float erf_ref(float xf) {
 }
 
 struct OpRelu {
-    // NaN and -0 give +0, as the CPU's `if v > 0 { v } else { 0 }`.
-    __device__ static float f(float v, float) { return v > 0.0f ? v : 0.0f; }
+    // NaN propagates and -0 gives +0, as the CPU's relu.
+    __device__ static float f(float v, float) { return (v > 0.0f || isnan(v)) ? v : 0.0f; }
 };
 struct OpGelu {
     __device__ static float f(float x, float) {

@@ -67,8 +67,9 @@ pub fn unary(op: &Op, x: &Tensor, out: &TensorType) -> KResult<Tensor> {
     let f = |v: f32| -> f32 {
         match op {
             Op::Scale { .. } => v * s,
+            // NaN propagates, as in PyTorch and onnxruntime (max(NaN, 0) is NaN there).
             Op::Relu => {
-                if v > 0.0 {
+                if v > 0.0 || v.is_nan() {
                     v
                 } else {
                     0.0
@@ -149,6 +150,18 @@ pub fn select(found: &Tensor, on_inf: &Tensor, otherwise: &Tensor) -> KResult<Te
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// relu(NaN) is NaN (PyTorch, onnxruntime); negatives and -0 give +0.
+    #[test]
+    fn relu_propagates_nan() {
+        let x = Tensor::from_f32(crate::DType::F32, vec![5], &[f32::NAN, -0.0, -3.0, 2.5, f32::INFINITY]).unwrap();
+        let y = unary(&Op::Relu, &x, &x.ty()).unwrap().to_f32_vec();
+        assert!(y[0].is_nan());
+        assert_eq!(
+            y[1..].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            [0, 0, 2.5f32.to_bits(), f32::INFINITY.to_bits()]
+        );
+    }
 
     #[test]
     fn erf_at_known_points() {
