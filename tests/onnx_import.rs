@@ -110,6 +110,12 @@ fn bad_models_are_errors_not_panics() {
     }
     let e = import(m.encode_to_vec(), &options(Loss::Mse)).unwrap_err().to_string();
     assert!(e.contains("graph input `x`") && e.contains("symbolic (`N`)") && e.contains("--input-shape"), "{e}");
+    // An --input-shape for a name that is not an input is an error, not ignored.
+    let opts = ImportOptions { input_shapes: vec![("data".into(), vec![2, 4])], ..options(Loss::Mse) };
+    let e = import(m.encode_to_vec(), &opts).unwrap_err().to_string();
+    assert!(e.contains("--input-shape data=...: the model has no input named `data` (its inputs: x)"), "{e}");
+    let opts = ImportOptions { input_shapes: vec![("x".into(), vec![2, 4])], ..options(Loss::Mse) };
+    assert!(import(m.encode_to_vec(), &opts).is_ok());
     // Attributes and constants that would divide by zero, overflow or
     // exhaust memory are errors.
     let bad = |nodes: Vec<NodeProto>, init: Vec<TensorProto>| {

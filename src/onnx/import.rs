@@ -12,7 +12,7 @@
 use std::rc::Rc;
 
 use bytes::Bytes;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::proto::{data_type as dt, DimensionValue, GraphProto, ModelProto, NodeProto, TypeValue};
 use super::raw::{RawTensor, RawWeights};
@@ -213,6 +213,19 @@ pub(crate) fn import_verified(model: &ModelProto, opts: &ImportOptions, verify: 
             unsupported.join("\n"),
             SUPPORTED.join(", ")
         )));
+    }
+
+    // An --input-shape for a name that is not an input would be ignored silently.
+    let inits: FxHashSet<&str> = graph.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
+    let inputs: Vec<&str> =
+        graph.input.iter().filter_map(|v| v.name.as_deref()).filter(|n| !inits.contains(n)).collect();
+    for (n, _) in &opts.input_shapes {
+        if !inputs.contains(&n.as_str()) {
+            let known = if inputs.is_empty() { "none".to_string() } else { inputs.join(", ") };
+            return Err(err(format!(
+                "--input-shape {n}=...: the model has no input named `{n}` (its inputs: {known})"
+            )));
+        }
     }
 
     let name = graph.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "onnx_model".into());
