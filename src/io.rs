@@ -22,13 +22,19 @@ pub enum LoadError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{}: {err}", .path.display())]
     Parse { path: PathBuf, text: String, err: ParseError },
+    #[error(
+        "{}: an ONNX model, not an mpc graph file: `mpc import {0} -o model.json` makes a training graph of it, \
+         `mpc lower {0} --emit onnx` converts it to FP16/BF16 directly",
+        .path.display()
+    )]
+    Onnx { path: PathBuf },
 }
 
 impl LoadError {
     /// A report with source snippets, for a terminal.
     pub fn into_report(self) -> miette::Report {
         match self {
-            LoadError::Io { .. } => miette::Report::msg(self.to_string()),
+            LoadError::Io { .. } | LoadError::Onnx { .. } => miette::Report::msg(self.to_string()),
             LoadError::Parse { path, text, err } => {
                 let p = path.display().to_string();
                 match err {
@@ -53,6 +59,9 @@ pub fn problems_report(path: &str, text: &str, problems: &[Problem]) -> miette::
 
 /// Reads and parses a graph file.
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
+        return Err(LoadError::Onnx { path: path.to_path_buf() });
+    }
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
     match parse_str(&text) {
         Ok(graph) => Ok(Loaded { path: path.to_path_buf(), text, graph }),

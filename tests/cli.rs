@@ -59,6 +59,22 @@ fn errors_far_into_a_minified_file_show_a_window() {
     }
 }
 
+/// A graph command given an ONNX model says what to run instead (it
+/// reported a UTF-8 error).
+#[test]
+fn graph_commands_point_an_onnx_model_to_import_and_lower() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.onnx");
+    std::fs::write(&path, b"\x08\x07\x12\x04test\xff\xfe").unwrap();
+    for cmd in ["check", "explain", "train", "compare"] {
+        let o = mpc(&[cmd, path.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1), "{cmd}");
+        let e = stderr(&o).split_whitespace().filter(|w| *w != "│").collect::<Vec<_>>().join(" ");
+        assert!(e.contains("an ONNX model, not an mpc graph file: `mpc import"), "{cmd}: {e}");
+        assert!(e.contains("--emit onnx` converts it"), "{cmd}: {e}");
+    }
+}
+
 #[test]
 fn missing_file_exits_1() {
     let o = mpc(&["check", "no/such.json"]);
