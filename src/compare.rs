@@ -19,13 +19,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use mpc::data::{synthetic_batch, Dataset, Layout};
+use mpc::data::{synthetic_batch, Dataset};
 use mpc::exec::{init_state_with, RunOptions};
 use mpc::io::write_atomic;
 use mpc::passes::LossScale;
 use plotters::prelude::*;
 
-use crate::{classifier, load_for_training, open_session, test_accuracy, DeviceArgs, TrainPrecision};
+use crate::{classifier, data_layout, load_for_training, open_session, test_accuracy, DeviceArgs, TrainPrecision};
 
 #[derive(clap::Args)]
 pub struct CompareArgs {
@@ -122,7 +122,7 @@ pub fn compare(args: CompareArgs) -> Result<(), miette::Report> {
         // dimension; everything else is laid out by `Layout`.
         let layout = match args.data.as_deref().is_some_and(mpc::data::is_text) {
             true => None,
-            false => Some(Layout::of(&source).map_err(|e| msg(format!("{}: {e}", args.model.display())))?),
+            false => Some(data_layout(&args.model, &source)?),
         };
         if data.is_none() {
             data = match (&args.data, &layout) {

@@ -542,6 +542,19 @@ fn open_session(
     Ok(opened.trainer)
 }
 
+/// How synthetic or CSV data feeds `source`'s inputs; for a language model
+/// (token ids into an embedding) the error says to give it a text.
+fn data_layout(path: &std::path::Path, source: &mpc::Graph) -> Result<mpc::data::Layout, miette::Report> {
+    mpc::data::Layout::of(source).map_err(|e| {
+        let lm = source.node_ids().any(|n| matches!(source.node(n).op, mpc::Op::Embedding));
+        let hint = match lm {
+            true => " (a language model: train it on a text, e.g. --data ir-examples/data/declaration.txt)",
+            false => "",
+        };
+        miette::Report::msg(format!("{}: {e}{hint}", path.display()))
+    })
+}
+
 /// `mpc selftest`: the CUDA backend against the CPU on the MLP family.
 fn selftest(device: mpc::exec::device::Device, steps: u64, tf32: bool) -> Result<(), miette::Report> {
     use mpc::exec::cuda::{backend::CudaBackend, device::CudaGpu, emu::EmuGpu, gpu::Gpu, probe, selftest};
@@ -571,7 +584,7 @@ fn selftest(device: mpc::exec::device::Device, steps: u64, tf32: bool) -> Result
 
 fn train(args: TrainArgs) -> Result<(), miette::Report> {
     use mpc::checkpoint::{self, Checkpoint};
-    use mpc::data::{synthetic_batch, Dataset, Layout};
+    use mpc::data::{synthetic_batch, Dataset};
     use mpc::exec::{init_state_with, RunOptions};
     use std::io::{IsTerminal, Write};
 
@@ -588,7 +601,7 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
     let text = args.data.as_deref().is_some_and(mpc::data::is_text);
     let layout = match text {
         true => None,
-        false => Some(Layout::of(&source).map_err(|e| msg(format!("{}: {e}", args.model.display())))?),
+        false => Some(data_layout(&args.model, &source)?),
     };
     let resumed = match &args.resume {
         Some(path) => Some(checkpoint::load(path).map_err(|e| msg(e.to_string()))?),

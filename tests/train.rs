@@ -234,3 +234,16 @@ fn bad_text_is_reported_before_training() {
     fails(GPT, "abc", "is too short");
     fails(MLP, &"abc ".repeat(100), "exactly one integer input feeding an `embedding`");
 }
+
+/// A language model without `--data` says to give it a text (the batch
+/// error alone left the user guessing).
+#[test]
+fn a_language_model_without_data_asks_for_a_text() {
+    let o = mpc(&["train", "ir-examples/gpt_block.json", "--steps", "1"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+    assert!(
+        err.contains("a language model: train it on a text, e.g. --data ir-examples/data/declaration.txt"),
+        "{err}"
+    );
+}
