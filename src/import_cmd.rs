@@ -14,8 +14,9 @@ pub struct ImportArgs {
     /// The graph file to write; the weights go beside it as STEM.safetensors.
     #[arg(short, long)]
     output: PathBuf,
-    /// The loss added on the model's first output.
-    #[arg(long, value_enum)]
+    /// The loss added on the model's first output (cross-entropy: the
+    /// model is a classifier whose first output is logits or probabilities).
+    #[arg(long, value_enum, default_value = "cross-entropy")]
     loss: Loss,
     /// The optimizer of the training graph.
     #[arg(long, value_parser = ["sgd", "adam", "adamw"], default_value = "sgd")]

@@ -276,6 +276,21 @@ fn lower_takes_an_onnx_model_directly() {
     assert!(String::from_utf8_lossy(&o.stdout).contains(":bf16[1,64,111,111] = conv2d"), "bf16 convs in the text IR");
 }
 
+/// `mpc import model.onnx -o model.json`, as the README writes it (no
+/// --loss: cross-entropy), then the graph checks and lowers.
+#[test]
+fn import_as_the_readme_writes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.json");
+    let o = mpc(&["import", "tests/data/onnx/light_squeezenet.onnx", "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(dir.path().join("model.safetensors").exists());
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.contains("cross_entropy"), "the default loss");
+    let o = mpc(&["check", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 #[test]
 fn onnx_lowering_refuses_what_needs_a_graph_file() {
     let model = "tests/data/onnx/light_squeezenet.onnx";
