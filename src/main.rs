@@ -232,6 +232,9 @@ struct TrainArgs {
     /// Resume from a checkpoint written by --checkpoint.
     #[arg(long, value_name = "FILE")]
     resume: Option<PathBuf>,
+    /// Stop after this many skipped (overflowing) steps in a row (0: never).
+    #[arg(long, value_name = "N", default_value_t = mpc::training::MAX_SKIPPED)]
+    max_skipped: u64,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -636,6 +639,11 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
             if let Some(extra) = state.keys().find(|k| !fresh.contains_key(*k)) {
                 return Err(msg(format!("{path}: `{extra}` is not a param or state of this graph")));
             }
+            mpc::training::check_resumable(&g, &state).map_err(|e| msg(format!("{path}: cannot resume: {e}")))?;
+            if let Some(log) = &args.log {
+                mpc::training::truncate_log(log, step)
+                    .map_err(|e| msg(format!("cannot rewrite {}: {e}", log.display())))?;
+            }
             (step, state)
         }
         None => (0, fresh),
@@ -680,7 +688,10 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
         let ck = Checkpoint { step, seed, state };
         checkpoint::save(&dir.join(format!("step-{step}.safetensors")), &ck).map_err(|e| msg(e.to_string()))
     };
-    let (mut last_loss, mut skipped, mut saved_at) = (None, 0u64, None);
+    let (mut last_loss, mut saved_at) = (None, None);
+    let mut watch = mpc::training::Watch::new(args.max_skipped);
+    // Without a terminal, a progress line every tenth of the run.
+    let every = if std::io::stderr().is_terminal() { u64::MAX } else { ((args.steps - start) / 10).max(1) };
     for s in start..args.steps {
         let batch = match (&data, &layout) {
             (Some(d), _) => d.train_batch(s),
@@ -689,24 +700,39 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
         }
         .map_err(|e| msg(e.to_string()))?;
         let r = sess.step(&batch, s, &RunOptions::default()).map_err(|e| msg(format!("step {s}: {e}")))?;
+        let verdict = watch.observe(s + 1, &r);
         let (loss, scale, found_inf, grad_norm) = (r.loss, r.loss_scale, r.found_inf, r.grad_norm);
-        skipped += u64::from(found_inf == Some(true));
         if let Some((path, w)) = &mut log {
+            use mpc::training::json_metric;
             let mut line = serde_json::json!({
-                "step": s + 1, "loss": loss, "loss_scale": scale, "found_inf": found_inf,
+                "step": s + 1, "loss": json_metric(loss), "loss_scale": json_metric(scale), "found_inf": found_inf,
             });
-            if let Some(n) = grad_norm {
-                line["grad_norm"] = serde_json::json!(n);
+            if grad_norm.is_some() {
+                line["grad_norm"] = json_metric(grad_norm);
             }
             writeln!(w, "{line}")
                 .and_then(|_| w.flush())
                 .map_err(|e| msg(format!("cannot write {}: {e}", path.display())))?;
         }
+        if let Err(why) = verdict {
+            bar.finish_and_clear();
+            let kept = match (saved_at, &args.checkpoint) {
+                (Some(k), Some(dir)) => {
+                    format!("; the last checkpoint is {}", dir.join(format!("step-{k}.safetensors")).display())
+                }
+                (None, Some(_)) => "; no checkpoint was written".to_string(),
+                _ => String::new(),
+            };
+            return Err(msg(format!("{why}{kept}")));
+        }
         let mut m = format!("loss {:.4}", loss.unwrap_or(f32::NAN));
         if let Some(sc) = scale {
             m += &format!(" scale {sc}");
         }
-        m += &format!(" skipped {skipped}");
+        m += &format!(" skipped {}", watch.skipped);
+        if every != u64::MAX && ((s + 1 - start) % every == 0 || s + 1 == args.steps) {
+            eprintln!("step {}/{}: {m}", s + 1, args.steps);
+        }
         bar.set_message(m);
         bar.inc(1);
         last_loss = loss.or(last_loss);
@@ -719,9 +745,13 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
     if saved_at != Some(args.steps) {
         save(sess.as_mut(), args.steps)?;
     }
+    let skipped = watch.skipped;
     match last_loss {
         Some(l) => println!("step {}: final train loss {l:.6}, {skipped} skipped step(s)", args.steps),
         None => println!("step {}: no steps run", args.steps),
+    }
+    if skipped > 0 && skipped == args.steps - start {
+        eprintln!("warning: every step overflowed and was skipped: the weights did not change");
     }
     if let (Some(d), Some(names)) = (&data, classifier(&g)) {
         if d.test_rows() > 0 {

@@ -247,3 +247,102 @@ fn a_language_model_without_data_asks_for_a_text() {
         "{err}"
     );
 }
+
+/// The MLP with a learning rate of 1e12: the weights blow up at once.
+fn diverging_mlp(dir: &Path) -> String {
+    let mut g: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(MLP).unwrap()).unwrap();
+    g["optimizer"]["lr"] = serde_json::json!(1e12);
+    let path = dir.join("hot.json");
+    std::fs::write(&path, g.to_string()).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// FP32 has no scaler to skip a step: a NaN loss stops the run with an
+/// error naming the step and the last checkpoint, which stays intact (the
+/// NaN state is never saved); the log says "NaN", not null. In FP16 the
+/// overflowing steps are skipped, and too many in a row stop the run.
+#[test]
+fn a_diverging_run_stops_with_the_step_and_keeps_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let hot = diverging_mlp(dir.path());
+    let p = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+    let o = mpc(&[
+        "train",
+        &hot,
+        "--precision",
+        "fp32",
+        "--steps",
+        "30",
+        "--checkpoint",
+        &p("ck"),
+        "--checkpoint-every",
+        "1",
+        "--log",
+        &p("l.jsonl"),
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+    assert!(err.contains("step 2: the loss is NaN: with no loss scaler to skip the step"), "{err}");
+    assert!(err.contains("the last checkpoint is") && err.contains("step-1.safetensors"), "{err}");
+    assert!(!out.contains("final train loss"), "{out}");
+    let ck = state_of(&dir.path().join("ck/step-1.safetensors"));
+    assert!(ck.state.values().all(|t| t.to_f32_vec().iter().all(|x| x.is_finite())));
+    assert!(!dir.path().join("ck/step-2.safetensors").exists(), "the NaN state is not saved");
+    let log = std::fs::read_to_string(p("l.jsonl")).unwrap();
+    assert!(log.lines().last().unwrap().contains("\"loss\":\"NaN\""), "{log}");
+
+    let o = mpc(&["train", &hot, "--precision", "fp16", "--steps", "200", "--max-skipped", "5"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+    assert!(err.contains("5 steps in a row overflowed and were skipped"), "{err}");
+}
+
+/// A checkpoint holding a non-finite value is refused on --resume.
+#[test]
+fn resume_refuses_a_diverged_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    train_ok(&["--steps", "2", "--checkpoint", ck.to_str().unwrap()]);
+    let path = ck.join("step-2.safetensors");
+    let mut c = state_of(&path);
+    let w = c.state.get_mut("w1").unwrap();
+    let mut v = w.to_f32_vec();
+    v[3] = f32::INFINITY;
+    *w = mpc::exec::Tensor::from_f32(w.dtype(), w.shape().clone(), &v).unwrap();
+    mpc::checkpoint::save(&path, &c).unwrap();
+    let o = mpc(&["train", MLP, "--steps", "4", "--resume", path.to_str().unwrap()]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+    assert!(err.contains("cannot resume: `w1` holds inf (element 3)"), "{err}");
+}
+
+/// A run killed after its last checkpoint had logged more steps; resuming
+/// cuts the log back to the checkpoint's step, so no step is logged twice.
+#[test]
+fn resume_cuts_the_log_back_to_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ck, log) = (dir.path().join("ck"), dir.path().join("m.jsonl"));
+    let (ck_s, log_s) = (ck.to_str().unwrap(), log.to_str().unwrap());
+    train_ok(&["--steps", "8", "--checkpoint", ck_s, "--checkpoint-every", "5", "--log", log_s]);
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 8);
+    let resume = ck.join("step-5.safetensors");
+    train_ok(&["--steps", "10", "--resume", resume.to_str().unwrap(), "--log", log_s]);
+    let steps: Vec<u64> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=10).collect::<Vec<_>>());
+}
+
+/// Without a terminal, progress is a line on stderr every tenth of the run.
+#[test]
+fn progress_lines_without_a_terminal() {
+    let o = mpc(&["train", MLP, "--steps", "20"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    let raw = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<&str> = raw.lines().filter(|l| l.starts_with("step ")).collect();
+    assert_eq!(lines.len(), 10, "{raw}");
+    assert!(lines[9].starts_with("step 20/20: loss "), "{raw}");
+}
