@@ -138,6 +138,7 @@ pub fn compare(args: CompareArgs) -> Result<(), miette::Report> {
         let grads = raw_gradients(&g);
         let fetch: Vec<String> = grads.values().cloned().collect();
         let opts = RunOptions { fetch: fetch.clone(), ..Default::default() };
+        args.device.plan_memory(&g, args.seed).map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
         let state = init_state_with(&g, args.seed, args.model.parent())
             .map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
         let mut sess = open_session(&g, args.seed, &state, &args.device)?;

@@ -125,6 +125,10 @@ enum Command {
         /// override dimensions: NAME=D0,D1,... (repeatable).
         #[arg(long = "input-shape", value_name = "NAME=DIMS", value_parser = import_cmd::parse_shape)]
         input_shapes: Vec<(String, Vec<u64>)>,
+        /// With --emit onnx: the most memory the params, state and constants
+        /// may take (e.g. 64G); a bigger graph is refused before allocating.
+        #[arg(long, value_name = "SIZE", default_value = "32G", value_parser = mpc::exec::memory::parse_size)]
+        max_memory: u64,
         /// With an ONNX model: lower it N times in this process and print
         /// the best and median time (benchmarking); the output is written once.
         #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -179,6 +183,22 @@ struct DeviceArgs {
     /// products, f32 accumulation); off: f32 GEMMs are exact f32.
     #[arg(long)]
     tf32: bool,
+    /// The most memory a training step may plan (params, state, batch and
+    /// step values), e.g. 64G; a bigger graph is refused before allocating.
+    #[arg(long, value_name = "SIZE", default_value = "32G", value_parser = mpc::exec::memory::parse_size)]
+    max_memory: u64,
+}
+
+impl DeviceArgs {
+    /// The planned step memory of `g`, refused above `--max-memory`.
+    fn plan_memory(&self, g: &mpc::Graph, seed: u64) -> Result<mpc::exec::memory::MemoryReport, miette::Report> {
+        let msg = |e: String| miette::Report::msg(e);
+        let r = mpc::exec::Plan::new(g, seed)
+            .and_then(|p| mpc::exec::memory::report(&p))
+            .map_err(|e| msg(e.to_string()))?;
+        mpc::exec::memory::check_limit("a training step of this graph", r.peak(), self.max_memory).map_err(msg)?;
+        Ok(r)
+    }
 }
 
 fn parse_device(s: &str) -> Result<mpc::exec::device::Device, String> {
@@ -324,6 +344,7 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
             seed,
             onnx_test_data,
             input_shapes,
+            max_memory,
             repeat,
         } => {
             let names = passes::pass_names();
@@ -392,6 +413,11 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
                 base_dir: model.parent().map(|p| p.to_path_buf()),
             };
             let fail = |e: mpc::onnx::export::ExportError| miette::Report::msg(format!("{}: {e}", model.display()));
+            if how == Emit::Onnx {
+                let bytes = mpc::exec::memory::materialized_bytes(&g);
+                mpc::exec::memory::check_limit("its params, state and constants", bytes, max_memory)
+                    .map_err(|e| miette::Report::msg(format!("{}: {e}", model.display())))?;
+            }
             let out = match &onnx_test_data {
                 Some(dir) => {
                     let m = mpc::onnx::export::export(&g, &onnx).map_err(fail)?;
@@ -404,6 +430,15 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
                 }
                 None => vec![emit::emit(&g, how, &onnx).map_err(fail)?.into()],
             };
+            // Protobuf cannot hold a message of 2 GiB or more (and onnx refuses it).
+            let size: usize = out.iter().map(|c| c.len()).sum();
+            if how == Emit::Onnx && size > i32::MAX as usize {
+                return Err(miette::Report::msg(format!(
+                    "{}: the ONNX model would be {size} bytes, over protobuf's 2 GiB limit (mpc does not write \
+                     external data yet); nothing was written",
+                    model.display()
+                )));
+            }
             // Reading, verifying, lowering and emitting (an ONNX export reads the
             // weights file too, and --onnx-test-data runs the executor); writing
             // the output is not counted.
@@ -622,6 +657,7 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
         (Some(path), None) => Some(Dataset::load_text(path, &source, seed).map_err(|e| msg(e.to_string()))?),
         (None, _) => None,
     };
+    let memory = args.device.plan_memory(&g, seed).map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
     let fresh =
         init_state_with(&g, seed, args.model.parent()).map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
     let (start, state) = match resumed {
@@ -667,8 +703,6 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
         }
         None => None,
     };
-    let memory =
-        mpc::exec::Plan::new(&g, seed).and_then(|p| mpc::exec::memory::report(&p)).map_err(|e| msg(e.to_string()))?;
     println!("{memory}");
     let mut sess = open_session(&g, seed, &state, &args.device)?;
     drop(state);

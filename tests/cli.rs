@@ -75,6 +75,38 @@ fn graph_commands_point_an_onnx_model_to_import_and_lower() {
     }
 }
 
+/// A graph that checks but whose tensors would take terabytes is refused
+/// before anything is allocated (it aborted the process), by train,
+/// compare and --emit onnx; --max-memory raises the limit.
+#[test]
+fn graphs_too_big_to_allocate_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("ir-examples/mlp.json").unwrap()).unwrap();
+    // A hidden layer of 2^30 units: w1 alone is 256 GiB in f32.
+    let big = 1u64 << 30;
+    g["params"][0]["shape"] = serde_json::json!([64, big]);
+    g["params"][1]["shape"] = serde_json::json!([big]);
+    g["params"][2]["shape"] = serde_json::json!([big, 128]);
+    let path = dir.path().join("big.json");
+    std::fs::write(&path, g.to_string()).unwrap();
+    let p = path.to_str().unwrap();
+    let onnx = dir.path().join("big.onnx");
+    for args in [
+        vec!["train", p, "--steps", "1"],
+        vec!["compare", p, "--steps", "1", "--out", dir.path().to_str().unwrap()],
+        vec!["lower", p, "--emit", "onnx", "-o", onnx.to_str().unwrap()],
+    ] {
+        let o = mpc(&args);
+        let e = stderr(&o).split_whitespace().filter(|w| *w != "│").collect::<Vec<_>>().join(" ");
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {e}");
+        assert!(e.contains("above the limit of 32.0 GiB (--max-memory raises it)"), "{args:?}: {e}");
+    }
+    assert!(!onnx.exists());
+    let o = mpc(&["train", p, "--steps", "1", "--max-memory", "1x"]);
+    assert_eq!(o.status.code(), Some(2), "a bad size is a usage error");
+}
+
 #[test]
 fn missing_file_exits_1() {
     let o = mpc(&["check", "no/such.json"]);

@@ -115,6 +115,60 @@ pub fn report(plan: &Plan) -> Result<MemoryReport, ExecError> {
     })
 }
 
+/// The default of `--max-memory`: what a session may plan, or an export
+/// materialise, before mpc refuses (a checked graph may declare tensors of
+/// petabytes; allocating them aborts the process).
+pub const DEFAULT_LIMIT: u64 = 32 << 30;
+
+/// A size as people write it: bytes, or with a suffix K, M, G, T (powers
+/// of 1024; `KiB`, `MB`... read the same), e.g. `64G`, `512MiB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a size (e.g. 64G, 512M, 1000000)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().trim_end_matches("ib").trim_end_matches('b') {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (K, M, G or T)")),
+    };
+    let bytes = n * (1u64 << shift) as f64;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(format!("`{s}` is not a size between 1 byte and 16 EiB"));
+    }
+    Ok(bytes as u64)
+}
+
+/// The bytes of every tensor `g` holds outside a step: params, state and
+/// constants (what an export writes as initializers), saturating.
+pub fn materialized_bytes(g: &crate::graph::Graph) -> u64 {
+    use crate::op::Op;
+    let mut total = 0u64;
+    for n in g.node_ids() {
+        let node = g.node(n);
+        if matches!(node.op, Op::Param { .. } | Op::State { .. } | Op::Constant { .. }) {
+            for o in &node.outputs {
+                let b = o.ty.shape.numel().unwrap_or(u64::MAX).saturating_mul(o.ty.dtype.size_bytes() as u64);
+                total = total.saturating_add(b);
+            }
+        }
+    }
+    total
+}
+
+/// Err when `bytes` (what `what` needs) is above `limit`, saying how to raise it.
+pub fn check_limit(what: &str, bytes: u64, limit: u64) -> Result<(), String> {
+    match bytes > limit {
+        true => {
+            Err(format!("{what} needs {}, above the limit of {} (--max-memory raises it)", human(bytes), human(limit)))
+        }
+        false => Ok(()),
+    }
+}
+
 /// "1.5 MiB", "812 B".
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -152,6 +206,20 @@ impl fmt::Display for MemoryReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse_as_people_write_them() {
+        assert_eq!(parse_size("64G"), Ok(64 << 30));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("1.5k"), Ok(1536));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert!(parse_size("12Q").unwrap_err().contains("unknown unit `Q`"));
+        assert!(parse_size("G").is_err() && parse_size("0").is_err() && parse_size("1e30T").is_err());
+        assert!(check_limit("the step", 2 << 30, 1 << 30)
+            .unwrap_err()
+            .contains("needs 2.0 GiB, above the limit of 1.0 GiB"));
+        assert!(check_limit("the step", 1 << 30, 1 << 30).is_ok());
+    }
 
     #[test]
     fn sizes_read_as_people_write_them() {
