@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use mpc::data::{synthetic_batch, Dataset};
-use mpc::exec::{init_state_with, RunOptions};
+use mpc::exec::{init::init_state_from, RunOptions};
 use mpc::io::write_atomic;
 use mpc::passes::LossScale;
 use plotters::prelude::*;
@@ -47,6 +47,9 @@ pub struct CompareArgs {
     /// Write compare.json, loss.svg, loss_scale.svg and grad_hist.svg here.
     #[arg(long, value_name = "DIR", default_value = "compare")]
     out: PathBuf,
+    /// Read the graph's `weights` file even when it is outside the graph's folder.
+    #[arg(long)]
+    allow_outside_weights: bool,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -139,7 +142,7 @@ pub fn compare(args: CompareArgs) -> Result<(), miette::Report> {
         let fetch: Vec<String> = grads.values().cloned().collect();
         let opts = RunOptions { fetch: fetch.clone(), ..Default::default() };
         args.device.plan_memory(&g, args.seed).map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
-        let state = init_state_with(&g, args.seed, args.model.parent())
+        let state = init_state_from(&g, args.seed, args.model.parent(), args.allow_outside_weights)
             .map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
         let mut sess = open_session(&g, args.seed, &state, &args.device)?;
         drop(state);

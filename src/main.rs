@@ -125,6 +125,9 @@ enum Command {
         /// override dimensions: NAME=D0,D1,... (repeatable).
         #[arg(long = "input-shape", value_name = "NAME=DIMS", value_parser = import_cmd::parse_shape)]
         input_shapes: Vec<(String, Vec<u64>)>,
+        /// Read the graph's `weights` file even when it is outside the graph's folder.
+        #[arg(long)]
+        allow_outside_weights: bool,
         /// With --emit onnx: the most memory the params, state and constants
         /// may take (e.g. 64G); a bigger graph is refused before allocating.
         #[arg(long, value_name = "SIZE", default_value = "32G", value_parser = mpc::exec::memory::parse_size)]
@@ -252,6 +255,9 @@ struct TrainArgs {
     /// Resume from a checkpoint written by --checkpoint.
     #[arg(long, value_name = "FILE")]
     resume: Option<PathBuf>,
+    /// Read the graph's `weights` file even when it is outside the graph's folder.
+    #[arg(long)]
+    allow_outside_weights: bool,
     /// Stop after this many skipped (overflowing) steps in a row (0: never).
     #[arg(long, value_name = "N", default_value_t = mpc::training::MAX_SKIPPED)]
     max_skipped: u64,
@@ -344,6 +350,7 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
             seed,
             onnx_test_data,
             input_shapes,
+            allow_outside_weights,
             max_memory,
             repeat,
         } => {
@@ -411,6 +418,7 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
                 bf16: onnx_bf16.unwrap_or_default(),
                 seed: seed.unwrap_or(0),
                 base_dir: model.parent().map(|p| p.to_path_buf()),
+                allow_outside_weights,
             };
             let fail = |e: mpc::onnx::export::ExportError| miette::Report::msg(format!("{}: {e}", model.display()));
             if how == Emit::Onnx {
@@ -623,7 +631,7 @@ fn selftest(device: mpc::exec::device::Device, steps: u64, tf32: bool) -> Result
 fn train(args: TrainArgs) -> Result<(), miette::Report> {
     use mpc::checkpoint::{self, Checkpoint};
     use mpc::data::{synthetic_batch, Dataset};
-    use mpc::exec::{init_state_with, RunOptions};
+    use mpc::exec::{init::init_state_from, RunOptions};
     use std::io::{IsTerminal, Write};
 
     if args.precision == TrainPrecision::Fp32 && args.loss_scale.is_some() {
@@ -658,8 +666,8 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
         (None, _) => None,
     };
     let memory = args.device.plan_memory(&g, seed).map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
-    let fresh =
-        init_state_with(&g, seed, args.model.parent()).map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
+    let fresh = init_state_from(&g, seed, args.model.parent(), args.allow_outside_weights)
+        .map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
     let (start, state) = match resumed {
         Some(Checkpoint { step, state, .. }) => {
             let path = args.resume.as_deref().unwrap_or(std::path::Path::new("")).display().to_string();

@@ -323,6 +323,33 @@ fn import_as_the_readme_writes_it() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// The `weights` field cannot reach outside the graph's folder (or name a
+/// device or FIFO) unless --allow-outside-weights says so.
+#[test]
+fn weights_outside_the_graph_folder_need_a_flag() {
+    let top = tempfile::tempdir().unwrap();
+    let dir = top.path().join("m");
+    std::fs::create_dir(&dir).unwrap();
+    let out = dir.join("model.json");
+    let o = mpc(&["import", "tests/data/onnx/light_squeezenet.onnx", "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::rename(dir.join("model.safetensors"), top.path().join("w.safetensors")).unwrap();
+    let text = std::fs::read_to_string(&out).unwrap().replace("\"model.safetensors\"", "\"../w.safetensors\"");
+    std::fs::write(&out, text).unwrap();
+    let p = out.to_str().unwrap();
+    let o = mpc(&["train", p, "--steps", "0", "--device", "cpu"]);
+    let e = stderr(&o).split_whitespace().filter(|w| *w != "│").collect::<Vec<_>>().join(" ");
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("outside the graph's folder") && e.contains("--allow-outside-weights"), "{e}");
+    let o = mpc(&["train", p, "--steps", "0", "--device", "cpu", "--allow-outside-weights"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let onnx = dir.join("m.onnx");
+    let o = mpc(&["lower", p, "--emit", "onnx", "-o", onnx.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let o = mpc(&["lower", p, "--emit", "onnx", "-o", onnx.to_str().unwrap(), "--allow-outside-weights"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 #[test]
 fn onnx_lowering_refuses_what_needs_a_graph_file() {
     let model = "tests/data/onnx/light_squeezenet.onnx";

@@ -37,7 +37,7 @@ fn lowered(text: &str, p: Prec) -> mpc::Graph {
 
 /// Exports, encodes and decodes again (what a reader of the file sees).
 fn export_decoded(g: &mpc::Graph, bf16: Bf16Mode) -> ModelProto {
-    let bytes = export::export_bytes(g, &Options { bf16, seed: 0, base_dir: None }).unwrap();
+    let bytes = export::export_bytes(g, &Options { bf16, seed: 0, ..Default::default() }).unwrap();
     ModelProto::decode(bytes.as_slice()).unwrap()
 }
 
@@ -412,7 +412,7 @@ fn the_onnx_cnn_ops_export() {
 fn test_data_is_what_the_executor_computes() {
     let text = example("gpt_block", &["logits"]);
     let g = lowered(&text, Prec::Bf16);
-    let opts = Options { bf16: Bf16Mode::Emulated, seed: 3, base_dir: None };
+    let opts = Options { bf16: Bf16Mode::Emulated, seed: 3, ..Default::default() };
     let m = export::export(&g, &opts).unwrap();
     let data = export::test_data(&g, &opts, &m).unwrap();
     let graph = m.graph.as_ref().unwrap();
@@ -480,7 +480,7 @@ fn conv_bias_adds_fold_into_conv_except_in_emulated_bf16() {
             ..Default::default()
         };
         mpc::passes::lower(&mut g, &popts).unwrap();
-        let o = Options { bf16: mode, seed: 0, base_dir: Some(dir.path().to_path_buf()) };
+        let o = Options { bf16: mode, seed: 0, base_dir: Some(dir.path().to_path_buf()), ..Default::default() };
         let m = ModelProto::decode(export::export_bytes(&g, &o).unwrap().as_slice()).unwrap();
         let nodes = &m.graph.as_ref().unwrap().node;
         let convs: Vec<_> = nodes.iter().filter(|n| n.op_type.as_deref() == Some("Conv")).collect();

@@ -390,7 +390,8 @@ fn lowering_an_onnx_model_directly_gives_the_export_of_import_then_lower() {
         let fold_bias = bf16 == Bf16Mode::Native;
         passes::lower(&mut g, &Options { low, table: Some(Table::default_for(low)), fold_bias, ..Options::default() })
             .unwrap();
-        let opts = export::Options { bf16, seed: 0, base_dir: Some(dir.path().to_path_buf()) };
+        let opts =
+            export::Options { bf16, seed: 0, base_dir: Some(dir.path().to_path_buf()), allow_outside_weights: false };
         let two_step = export::export(&g, &opts).unwrap();
         let passes = Options { low, table: Some(Table::default_for(low)), ..Options::default() };
         let chunks = direct::convert(

@@ -1,6 +1,8 @@
 //! Materialising params and state from their `Init`, or from the graph's
 //! safetensors weights file.
 
+use std::path::{Path, PathBuf};
+
 use crate::graph::Graph;
 use crate::op::{Init, Op};
 use crate::types::{DType, TensorType};
@@ -77,17 +79,51 @@ pub fn init_state(g: &Graph, seed: u64) -> Result<State, ExecError> {
     init_state_with(g, seed, None)
 }
 
+/// The file a graph's `weights` field names: relative to `base_dir` (the
+/// graph file's folder; the current one when None), a regular file (not a
+/// FIFO, which would hang, or a device such as /dev/zero, which never ends)
+/// and, unless `allow_outside`, inside that folder once `..` and symlinks
+/// are resolved (a graph file from elsewhere must not read any file).
+pub fn weights_path(base_dir: Option<&Path>, w: &str, allow_outside: bool) -> Result<PathBuf, String> {
+    let base = base_dir.filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let path = base.join(w);
+    let real = path.canonicalize().map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let meta = std::fs::metadata(&real).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    if !allow_outside {
+        let root = base.canonicalize().map_err(|e| format!("cannot read {}: {e}", base.display()))?;
+        if !real.starts_with(&root) {
+            return Err(format!(
+                "{} is {}, outside the graph's folder {} (--allow-outside-weights reads it anyway)",
+                path.display(),
+                real.display(),
+                root.display()
+            ));
+        }
+    }
+    Ok(real)
+}
+
 /// As [`init_state`], reading `init: file` values from the graph's `weights`
-/// safetensors file, relative to `base_dir` (the graph file's folder).
-pub fn init_state_with(g: &Graph, seed: u64, base_dir: Option<&std::path::Path>) -> Result<State, ExecError> {
+/// safetensors file, relative to `base_dir` (the graph file's folder), which
+/// it must not leave (see [`weights_path`]).
+pub fn init_state_with(g: &Graph, seed: u64, base_dir: Option<&Path>) -> Result<State, ExecError> {
+    init_state_from(g, seed, base_dir, false)
+}
+
+/// [`init_state_with`], reading a `weights` file outside the graph's
+/// folder too when `allow_outside`.
+pub fn init_state_from(g: &Graph, seed: u64, base_dir: Option<&Path>, allow_outside: bool) -> Result<State, ExecError> {
     let uses_file = g
         .node_ids()
         .any(|n| matches!(&g.node(n).op, Op::Param { init: Init::File, .. } | Op::State { init: Init::File, .. }));
     let mut file = match (&g.weights, uses_file) {
         (Some(w), true) => {
-            let path = base_dir.map(|d| d.join(w)).unwrap_or_else(|| w.into());
-            crate::checkpoint::read_tensors(&path)
-                .map_err(|e| ExecError::Value { name: w.clone(), message: e.to_string() })?
+            let value = |message: String| ExecError::Value { name: w.clone(), message };
+            let path = weights_path(base_dir, w, allow_outside).map_err(value)?;
+            crate::checkpoint::read_tensors(&path).map_err(|e| value(e.to_string()))?
         }
         _ => State::new(),
     };
@@ -130,6 +166,37 @@ pub fn init_state_with(g: &Graph, seed: u64, base_dir: Option<&std::path::Path>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The weights file stays inside the graph's folder (after `..` and
+    /// symlinks), is a regular file, and the flag lets it leave.
+    #[test]
+    fn weights_paths_stay_in_the_graph_folder() {
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("model");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("w.safetensors"), b"x").unwrap();
+        std::fs::write(top.path().join("outside.safetensors"), b"x").unwrap();
+        assert!(weights_path(Some(&dir), "w.safetensors", false).is_ok());
+        let e = weights_path(Some(&dir), "../outside.safetensors", false).unwrap_err();
+        assert!(e.contains("outside the graph's folder") && e.contains("--allow-outside-weights"), "{e}");
+        assert!(weights_path(Some(&dir), "../outside.safetensors", true).is_ok());
+        let abs = top.path().join("outside.safetensors");
+        assert!(weights_path(Some(&dir), abs.to_str().unwrap(), false).is_err());
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(top.path().join("outside.safetensors"), dir.join("link.safetensors")).unwrap();
+            assert!(weights_path(Some(&dir), "link.safetensors", false).unwrap_err().contains("outside"));
+            let e = weights_path(Some(&dir), "/dev/zero", true).unwrap_err();
+            assert!(e.contains("is not a regular file"), "{e}");
+            // A FIFO would block a reader forever.
+            if std::process::Command::new("mkfifo").arg(dir.join("fifo")).status().is_ok_and(|s| s.success()) {
+                assert!(weights_path(Some(&dir), "fifo", false).unwrap_err().contains("not a regular file"));
+            }
+        }
+        std::fs::create_dir(dir.join("sub")).unwrap();
+        assert!(weights_path(Some(&dir), "sub", false).unwrap_err().contains("not a regular file"));
+        assert!(weights_path(Some(&dir), "missing.safetensors", false).unwrap_err().starts_with("cannot read"));
+    }
 
     #[test]
     fn fan_convention() {

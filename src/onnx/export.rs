@@ -73,6 +73,8 @@ pub struct Options {
     pub seed: u64,
     /// The graph file's folder: the graph's `weights` file is relative to it.
     pub base_dir: Option<PathBuf>,
+    /// Read a `weights` file outside `base_dir` too (see `exec::init::weights_path`).
+    pub allow_outside_weights: bool,
 }
 
 /// Why a graph cannot be exported.
@@ -310,7 +312,7 @@ fn initial_values(g: &Graph, nodes: &[NodeId], opts: &Options, fills: bool, file
     if sources.node_count() == 0 {
         return Ok(State::new());
     }
-    Ok(crate::exec::init::init_state_with(&sources, opts.seed, opts.base_dir.as_deref())?)
+    Ok(crate::exec::init::init_state_from(&sources, opts.seed, opts.base_dir.as_deref(), opts.allow_outside_weights)?)
 }
 
 /// [`export`], encoded.
