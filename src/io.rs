@@ -75,15 +75,49 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     write_atomic_chunks(path, &[contents])
 }
 
+/// The name prefix of mpc's temporary files; the writer's process id follows.
+const TEMP_PREFIX: &str = ".mpc-tmp-";
+
+/// Removes the temporary files that killed mpc processes left in `dir`
+/// (named with a process id that no longer runs), once per folder and
+/// process. Only Linux says cheaply whether a process runs (/proc); elsewhere
+/// nothing is removed.
+fn clean_stale(dir: &Path) {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static DONE: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let first = DONE.get_or_init(Default::default).lock().map(|mut d| d.insert(dir.to_path_buf())).unwrap_or(false);
+    if !first {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(TEMP_PREFIX)) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// A temporary file in `path`'s folder, to be renamed onto `path`: created
 /// with the permissions a new file gets (0666 less the umask), not the
 /// owner-only ones of a temporary file, since it becomes the user's output.
+/// Named `.mpc-tmp-PID-...`, so that the leftovers of a killed process are
+/// removed by the next one (see `clean_stale`).
 pub fn temp_beside(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    clean_stale(dir);
+    let prefix = format!("{TEMP_PREFIX}{}-", std::process::id());
     let mut b = tempfile::Builder::new();
+    b.prefix(&prefix);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -108,6 +142,29 @@ pub fn write_atomic_with(
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod temp_tests {
+    use super::*;
+
+    /// A killed process's temporary files go at the next write into their
+    /// folder; a running process's stay.
+    #[test]
+    fn stale_temporary_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        // Beyond Linux's largest process id (2^22): no such process runs.
+        let stale = dir.path().join(format!("{TEMP_PREFIX}4194399-abc123"));
+        let live = dir.path().join(format!("{TEMP_PREFIX}{}-def456", std::process::id()));
+        let other = dir.path().join(".tmpXYZ");
+        for f in [&stale, &live, &other] {
+            std::fs::write(f, b"partial").unwrap();
+        }
+        write_atomic(&dir.path().join("out.json"), b"{}").unwrap();
+        assert_eq!(!stale.exists(), Path::new("/proc/self").exists());
+        assert!(live.exists() && other.exists());
+        assert_eq!(std::fs::read(dir.path().join("out.json")).unwrap(), b"{}");
+    }
 }
 
 /// Renders a report as plain text (no colours), as tests and logs want it.
