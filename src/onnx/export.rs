@@ -1216,8 +1216,12 @@ impl<'a> Exporter<'a> {
                     self.simple(v0, "Identity", vec![x], ct, true, vec![])?;
                 } else {
                     let a = self.ints("axes", &axes);
-                    let kept: Vec<u64> =
-                        xd.iter().enumerate().map(|(i, &s)| if axes.contains(&(i as i64)) { 1 } else { s }).collect();
+                    // `axes` ascends: a binary search, not `contains` (r² at rank r).
+                    let kept: Vec<u64> = xd
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &s)| if axes.binary_search(&(i as i64)).is_ok() { 1 } else { s })
+                        .collect();
                     let base = format!("{}.sum", g.value_name(v0));
                     let s = self.tmp(&base, "ReduceSum", vec![x, a], ct, &kept, vec![attr_i("keepdims", 1)]);
                     let target = self.ints("shape", &shape.iter().map(|&d| d as i64).collect::<Vec<_>>());
