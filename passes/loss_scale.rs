@@ -46,21 +46,74 @@ impl LossScale {
 impl std::str::FromStr for LossScale {
     type Err = String;
 
-    /// `none`, `dynamic` or `static:S` with S a positive finite number.
+    /// `none`, `static:S`, `dynamic`, or `dynamic:` with any of
+    /// `init=S,growth=G,backoff=B,interval=N` (GradScaler's defaults for the
+    /// rest), checked as GradScaler checks them: S positive and finite in
+    /// f32, G > 1, 0 < B < 1, N ≥ 1.
     fn from_str(s: &str) -> Result<LossScale, String> {
+        let positive = |what: &str, v: &str| -> Result<f64, String> {
+            let x: f64 = v.parse().map_err(|_| format!("{what}: `{v}` is not a number"))?;
+            match x > 0.0 && x.is_finite() && (x as f32).is_finite() {
+                true => Ok(x),
+                false => Err(format!("{what} must be positive and fit f32, found {v}")),
+            }
+        };
         match s {
             "none" => Ok(LossScale::None),
             "dynamic" => Ok(LossScale::DYNAMIC),
-            _ => {
-                let v = s
-                    .strip_prefix("static:")
-                    .ok_or_else(|| format!("expected none, dynamic or static:S, found `{s}`"))?;
-                let scale: f64 = v.parse().map_err(|_| format!("`{v}` is not a number"))?;
-                if scale > 0.0 && scale.is_finite() && (scale as f32).is_finite() {
-                    Ok(LossScale::Static(scale))
-                } else {
-                    Err(format!("a static scale must be positive and fit f32, found {v}"))
+            _ if s.starts_with("static:") => Ok(LossScale::Static(positive("a static scale", &s[7..])?)),
+            _ if s.starts_with("dynamic:") => {
+                let LossScale::Dynamic { mut init, mut growth_factor, mut backoff_factor, mut growth_interval } =
+                    LossScale::DYNAMIC
+                else {
+                    unreachable!("DYNAMIC is dynamic")
+                };
+                for part in s[8..].split(',') {
+                    let (k, v) = part.split_once('=').ok_or_else(|| format!("`{part}`: expected KEY=VALUE"))?;
+                    match k.trim() {
+                        "init" => init = positive("init", v)?,
+                        "growth" => {
+                            growth_factor = positive("growth", v)?;
+                            if growth_factor <= 1.0 {
+                                return Err(format!("growth must be above 1 (the scale grows), found {v}"));
+                            }
+                        }
+                        "backoff" => {
+                            backoff_factor = positive("backoff", v)?;
+                            if backoff_factor >= 1.0 {
+                                return Err(format!("backoff must be between 0 and 1 (the scale shrinks), found {v}"));
+                            }
+                        }
+                        "interval" => {
+                            growth_interval = v
+                                .parse::<u32>()
+                                .ok()
+                                .filter(|&n| n >= 1)
+                                .ok_or_else(|| format!("interval must be a whole number of steps ≥ 1, found {v}"))?
+                        }
+                        other => return Err(format!("unknown key `{other}` (init, growth, backoff, interval)")),
+                    }
                 }
+                Ok(LossScale::Dynamic { init, growth_factor, backoff_factor, growth_interval })
+            }
+            _ => Err(format!(
+                "expected none, static:S, dynamic or dynamic:init=S,growth=G,backoff=B,interval=N, found `{s}`"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for LossScale {
+    /// The form [`FromStr`](std::str::FromStr) reads.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LossScale::None => f.write_str("none"),
+            LossScale::Static(s) => write!(f, "static:{s}"),
+            LossScale::Dynamic { init, growth_factor, backoff_factor, growth_interval } => {
+                write!(
+                    f,
+                    "dynamic:init={init},growth={growth_factor},backoff={backoff_factor},interval={growth_interval}"
+                )
             }
         }
     }
@@ -68,6 +121,38 @@ impl std::str::FromStr for LossScale {
 
 pub struct LossScaling {
     pub mode: LossScale,
+    /// The mode was asked for (not the low type's default): a graph that
+    /// already has a scaler is then an error unless it is that mode.
+    pub explicit: bool,
+}
+
+/// The loss scaling a lowered graph carries (its `scale_update`'s factors;
+/// the init is the scale state's init, which training changes).
+pub fn existing(g: &Graph) -> LossScale {
+    let mut init = None;
+    let mut update = None;
+    for n in g.node_ids() {
+        match &g.node(n).op {
+            Op::ScaleUpdate { growth_factor, backoff_factor, growth_interval } => {
+                update = Some((*growth_factor, *backoff_factor, *growth_interval))
+            }
+            Op::Unscale => {
+                if let Some(v) = g.inputs(n).get(1) {
+                    if let Op::State { init: Init::Constant { value }, .. } = &g.node(v.node).op {
+                        init = Some(*value);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    match (init, update) {
+        (_, Some((growth_factor, backoff_factor, growth_interval))) => {
+            LossScale::Dynamic { init: init.unwrap_or(65536.0), growth_factor, backoff_factor, growth_interval }
+        }
+        (Some(s), None) => LossScale::Static(s),
+        (None, None) => LossScale::None,
+    }
 }
 
 fn fail(message: impl Into<String>) -> PassError {
@@ -80,6 +165,18 @@ impl Pass for LossScaling {
     }
 
     fn run(&mut self, g: &mut Graph) -> Result<bool, PassError> {
+        if g.node_ids().any(|n| g.node(n).role == Role::Scaler) {
+            // Already scaled (a lowered file lowered again): keep it, unless a
+            // different mode was asked for, which would be silently ignored.
+            let has = existing(g);
+            if self.explicit && has != self.mode {
+                return Err(fail(format!(
+                    "--loss-scale {}: the graph already has loss scaling ({}); lower the unlowered graph instead",
+                    self.mode, has
+                )));
+            }
+            return Ok(false);
+        }
         let (init, dynamic) = match self.mode {
             LossScale::None => return Ok(false),
             LossScale::Static(s) => (s, None),
@@ -87,9 +184,6 @@ impl Pass for LossScaling {
                 (init, Some(Op::ScaleUpdate { growth_factor, backoff_factor, growth_interval }))
             }
         };
-        if g.node_ids().any(|n| g.node(n).role == Role::Scaler) {
-            return Ok(false);
-        }
         if g.gradients.is_empty() {
             // Nothing trains: there is nothing to scale.
             return Ok(false);
@@ -171,5 +265,39 @@ mod tests {
         assert!("static:1e40".parse::<LossScale>().is_err());
         assert!("static".parse::<LossScale>().is_err());
         assert!("dynamo".parse::<LossScale>().is_err());
+    }
+
+    /// GradScaler's checks: growth above 1, backoff in (0, 1), interval ≥ 1,
+    /// a finite positive init; what Display writes parses back.
+    #[test]
+    fn parses_and_checks_dynamic_settings() {
+        let d: LossScale = "dynamic:init=1024,growth=4,backoff=0.25,interval=500".parse().unwrap();
+        assert_eq!(
+            d,
+            LossScale::Dynamic { init: 1024.0, growth_factor: 4.0, backoff_factor: 0.25, growth_interval: 500 }
+        );
+        assert_eq!(d.to_string().parse::<LossScale>(), Ok(d));
+        let d: LossScale = "dynamic:interval=7".parse().unwrap();
+        assert_eq!(
+            d,
+            LossScale::Dynamic { init: 65536.0, growth_factor: 2.0, backoff_factor: 0.5, growth_interval: 7 }
+        );
+        for (bad, says) in [
+            ("dynamic:growth=1", "growth must be above 1"),
+            ("dynamic:growth=0.5", "growth must be above 1"),
+            ("dynamic:backoff=1", "backoff must be between 0 and 1"),
+            ("dynamic:backoff=0", "backoff must be positive"),
+            ("dynamic:interval=0", "interval must be a whole number of steps"),
+            ("dynamic:interval=2.5", "interval must be a whole number of steps"),
+            ("dynamic:init=inf", "init must be positive and fit f32"),
+            ("dynamic:speed=2", "unknown key `speed`"),
+            ("dynamic:init", "expected KEY=VALUE"),
+        ] {
+            let e = bad.parse::<LossScale>().unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        for m in [LossScale::None, LossScale::Static(512.0), LossScale::DYNAMIC] {
+            assert_eq!(m.to_string().parse::<LossScale>(), Ok(m));
+        }
     }
 }

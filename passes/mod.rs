@@ -103,7 +103,7 @@ impl Pipeline {
         Pipeline {
             grad: grad::Grad,
             autocast,
-            loss_scale: loss_scale::LossScaling { mode },
+            loss_scale: loss_scale::LossScaling { mode, explicit: opts.loss_scale.is_some() },
             master_weights: master_weights::MasterWeights,
             cleanup: cleanup::Cleanup,
         }

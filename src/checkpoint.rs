@@ -1,7 +1,8 @@
 //! Training checkpoints: every param and state tensor (master weights,
 //! optimizer moments, loss scaler, step counter) by node name, in one
 //! safetensors file, with the number of completed steps and the seed in its
-//! metadata (key `mpc`: `{"format":"mpc-checkpoint/1","step":K,"seed":S}`).
+//! metadata (key `mpc`: `{"format":"mpc-checkpoint/1","step":K,"seed":S}`,
+//! and `"loss_scale"`, the loss scaler's settings, when the run had one).
 //! Written atomically; the same state gives the same bytes.
 
 use std::collections::HashMap;
@@ -30,6 +31,10 @@ pub struct Checkpoint {
     pub seed: u64,
     /// Params and state, by node name.
     pub state: State,
+    /// The loss scaling the run trained with, as `--loss-scale` writes it
+    /// (e.g. `dynamic:init=65536,growth=2,backoff=0.5,interval=2000`), so a
+    /// resumed run can check it keeps the same scaler.
+    pub loss_scale: Option<String>,
 }
 
 fn bytes(data: &Data) -> (Dtype, Vec<u8>) {
@@ -67,7 +72,10 @@ pub(crate) fn data(dtype: Dtype, b: &[u8]) -> Option<Data> {
 pub fn to_bytes(ck: &Checkpoint) -> Result<Vec<u8>, CheckpointError> {
     // One metadata key, so that the header (and the file) is the same bytes
     // every time: safetensors writes a HashMap in arbitrary order.
-    let info = serde_json::json!({"format": FORMAT, "step": ck.step, "seed": ck.seed});
+    let mut info = serde_json::json!({"format": FORMAT, "step": ck.step, "seed": ck.seed});
+    if let Some(ls) = &ck.loss_scale {
+        info["loss_scale"] = serde_json::json!(ls);
+    }
     serialize(&ck.state, Some(HashMap::from([(META_KEY.to_string(), info.to_string())])))
 }
 
@@ -142,7 +150,8 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
             .ok_or_else(|| at(format!("not an {FORMAT} file (metadata `{META_KEY}` lacks `{key}`)")))
     };
     let (step, seed) = (num("step")?, num("seed")?);
-    Ok(Checkpoint { step, seed, state: tensors_of(path, &st)? })
+    let loss_scale = info.as_ref().and_then(|i| i["loss_scale"].as_str()).map(str::to_string);
+    Ok(Checkpoint { step, seed, state: tensors_of(path, &st)?, loss_scale })
 }
 
 #[cfg(test)]
@@ -158,13 +167,13 @@ mod tests {
         state.insert("s".into(), Tensor::scalar_i32(7));
         state.insert("l".into(), Tensor::new(vec![2], Data::I64(vec![-1, 5])).unwrap());
         state.insert("m".into(), Tensor::new(vec![2], Data::Bool(vec![true, false])).unwrap());
-        let ck = Checkpoint { step: 12, seed: 3, state };
+        let ck = Checkpoint { step: 12, seed: 3, state, loss_scale: Some("static:1024".into()) };
         let b = to_bytes(&ck).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.safetensors");
         std::fs::write(&p, b).unwrap();
         let back = load(&p).unwrap();
-        assert_eq!((back.step, back.seed), (12, 3));
+        assert_eq!((back.step, back.seed, back.loss_scale.as_deref()), (12, 3, Some("static:1024")));
         assert_eq!(back.state.len(), ck.state.len());
         for (k, t) in &ck.state {
             assert!(back.state[k].bit_eq(t), "{k}");

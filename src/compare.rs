@@ -44,6 +44,9 @@ pub struct CompareArgs {
     /// The scale of the FP16 static mode.
     #[arg(long, value_name = "S", default_value_t = 1024.0)]
     static_scale: f64,
+    /// The scaler of the fp16-dynamic mode, e.g. dynamic:init=1024,growth=2,backoff=0.5,interval=500.
+    #[arg(long, value_name = "MODE", default_value = "dynamic")]
+    dynamic: LossScale,
     /// Write compare.json, loss.svg, loss_scale.svg and grad_hist.svg here.
     #[arg(long, value_name = "DIR", default_value = "compare")]
     out: PathBuf,
@@ -96,6 +99,9 @@ fn raw_gradients(g: &mpc::Graph) -> BTreeMap<String, String> {
 
 pub fn compare(args: CompareArgs) -> Result<(), miette::Report> {
     let msg = miette::Report::msg;
+    if !matches!(args.dynamic, LossScale::Dynamic { .. }) {
+        crate::usage_error(format!("--dynamic: expected dynamic or dynamic:KEY=VALUE,..., found {}", args.dynamic));
+    }
     if !(args.static_scale.is_finite() && args.static_scale > 0.0 && args.static_scale <= f32::MAX as f64) {
         crate::usage_error(format!("--static-scale: must be positive and fit f32, found {}", args.static_scale));
     }
@@ -107,11 +113,7 @@ pub fn compare(args: CompareArgs) -> Result<(), miette::Report> {
             precision: TrainPrecision::Fp16,
             loss_scale: Some(LossScale::Static(args.static_scale)),
         },
-        Mode {
-            name: "fp16-dynamic",
-            precision: TrainPrecision::Fp16,
-            loss_scale: Some(LossScale::default_for(mpc::DType::F16)),
-        },
+        Mode { name: "fp16-dynamic", precision: TrainPrecision::Fp16, loss_scale: Some(args.dynamic) },
         Mode { name: "bf16", precision: TrainPrecision::Bf16, loss_scale: None },
     ];
     let mut runs: Vec<Run> = Vec::new();
@@ -229,6 +231,7 @@ pub fn compare(args: CompareArgs) -> Result<(), miette::Report> {
         "seed": args.seed,
         "data": args.data.as_ref().map(|p| p.display().to_string()),
         "static_scale": args.static_scale,
+        "dynamic": args.dynamic.to_string(),
         "final_window": FINAL_WINDOW,
         "modes": rows,
         "fp32_grad_log2_hist": {"first_binade": HIST_LO, "counts": hist},

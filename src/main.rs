@@ -53,7 +53,7 @@ impl PassArgs {
                 for (set, flag) in [
                     (self.table.is_some(), "--table"),
                     (self.strict, "--strict"),
-                    (self.loss_scale.is_some(), "--loss-scale"),
+                    (self.loss_scale.is_some_and(|m| m != passes::LossScale::None), "--loss-scale"),
                 ] {
                     if set {
                         usage_error(format!("{flag}: --precision fp32 has no autocast and no loss scaling"));
@@ -634,8 +634,8 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
     use mpc::exec::{init::init_state_from, RunOptions};
     use std::io::{IsTerminal, Write};
 
-    if args.precision == TrainPrecision::Fp32 && args.loss_scale.is_some() {
-        usage_error("--loss-scale: fp32 training has no loss scaling".into());
+    if args.precision == TrainPrecision::Fp32 && args.loss_scale.is_some_and(|m| m != passes::LossScale::None) {
+        usage_error("--loss-scale: fp32 training has no loss scaling (only `none`)".into());
     }
     if args.checkpoint_every == Some(0) {
         usage_error("--checkpoint-every: must be at least 1".into());
@@ -669,7 +669,7 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
     let fresh = init_state_from(&g, seed, args.model.parent(), args.allow_outside_weights)
         .map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
     let (start, state) = match resumed {
-        Some(Checkpoint { step, state, .. }) => {
+        Some(Checkpoint { step, state, loss_scale, .. }) => {
             let path = args.resume.as_deref().unwrap_or(std::path::Path::new("")).display().to_string();
             for (name, t) in &fresh {
                 match state.get(name) {
@@ -684,6 +684,9 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
                 return Err(msg(format!("{path}: `{extra}` is not a param or state of this graph")));
             }
             mpc::training::check_resumable(&g, &state).map_err(|e| msg(format!("{path}: cannot resume: {e}")))?;
+            if let Some(was) = loss_scale {
+                mpc::training::check_same_scaler(&g, &was).map_err(|e| msg(format!("{path}: cannot resume: {e}")))?;
+            }
             if let Some(log) = &args.log {
                 mpc::training::truncate_log(log, step)
                     .map_err(|e| msg(format!("cannot rewrite {}: {e}", log.display())))?;
@@ -724,10 +727,14 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_position(start);
+    let scaler = match passes::loss_scale::existing(&g) {
+        passes::LossScale::None => None,
+        ls => Some(ls.to_string()),
+    };
     let save = |sess: &mut dyn mpc::exec::Trainer, step: u64| -> Result<(), miette::Report> {
         let Some(dir) = &args.checkpoint else { return Ok(()) };
         let state = sess.state().map_err(|e| msg(format!("step {step}: {e}")))?;
-        let ck = Checkpoint { step, seed, state };
+        let ck = Checkpoint { step, seed, state, loss_scale: scaler.clone() };
         checkpoint::save(&dir.join(format!("step-{step}.safetensors")), &ck).map_err(|e| msg(e.to_string()))
     };
     let (mut last_loss, mut saved_at) = (None, None);
@@ -751,6 +758,9 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
             });
             if grad_norm.is_some() {
                 line["grad_norm"] = json_metric(grad_norm);
+            }
+            if r.growth_tracker.is_some() {
+                line["growth_tracker"] = json_metric(r.growth_tracker);
             }
             writeln!(w, "{line}")
                 .and_then(|_| w.flush())

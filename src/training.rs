@@ -138,6 +138,27 @@ pub fn check_resumable(g: &Graph, state: &State) -> Result<(), String> {
     Ok(())
 }
 
+/// Err when `g`'s loss scaler is not the one a checkpoint was written with
+/// (`was`, as `--loss-scale` writes it): a resumed run would change its
+/// scaler's factors silently. A dynamic scaler's init is not compared: the
+/// checkpoint holds the scale reached.
+pub fn check_same_scaler(g: &Graph, was: &str) -> Result<(), String> {
+    use crate::passes::LossScale;
+    let before: LossScale = was.parse().map_err(|e| format!("its loss scaler `{was}` does not read: {e}"))?;
+    let now = crate::passes::loss_scale::existing(g);
+    let same = match (&before, &now) {
+        (
+            LossScale::Dynamic { init: _, growth_factor: g1, backoff_factor: b1, growth_interval: i1 },
+            LossScale::Dynamic { init: _, growth_factor: g2, backoff_factor: b2, growth_interval: i2 },
+        ) => (g1, b1, i1) == (g2, b2, i2),
+        _ => before == now,
+    };
+    match same {
+        true => Ok(()),
+        false => Err(format!("it was trained with --loss-scale {before}, this run has {now}")),
+    }
+}
+
 /// Cuts a JSON-lines metrics log back to the lines of steps up to `step`
 /// (a run killed after its last checkpoint logged steps that the resumed
 /// run does again); rewritten atomically. A missing log is fine.
@@ -163,7 +184,14 @@ mod tests {
     use super::*;
 
     fn report(loss: f32, scale: Option<f32>, found_inf: Option<bool>) -> StepReport {
-        StepReport { loss: Some(loss), loss_scale: scale, found_inf, grad_norm: None, fetched: Default::default() }
+        StepReport {
+            loss: Some(loss),
+            loss_scale: scale,
+            found_inf,
+            grad_norm: None,
+            growth_tracker: None,
+            fetched: Default::default(),
+        }
     }
 
     #[test]

@@ -107,6 +107,29 @@ fn graphs_too_big_to_allocate_are_refused() {
     assert_eq!(o.status.code(), Some(2), "a bad size is a usage error");
 }
 
+/// An already lowered graph keeps its scaler; asking for another one is an
+/// error (it was ignored silently), asking for the same is fine.
+#[test]
+fn a_lowered_graph_refuses_another_loss_scale() {
+    let dir = tempfile::tempdir().unwrap();
+    let lowered = dir.path().join("l.json");
+    let o = mpc(&["lower", "ir-examples/mlp.json", "-o", lowered.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let l = lowered.to_str().unwrap();
+    for mode in ["none", "static:1024", "dynamic:growth=3"] {
+        let o = mpc(&["lower", l, "--loss-scale", mode]);
+        let e = stderr(&o).split_whitespace().filter(|w| *w != "│").collect::<Vec<_>>().join(" ");
+        assert_eq!(o.status.code(), Some(1), "{mode}: {e}");
+        assert!(e.contains("the graph already has loss scaling (dynamic:init=65536,growth=2"), "{mode}: {e}");
+    }
+    for args in [vec!["lower", l], vec!["lower", l, "--loss-scale", "dynamic"]] {
+        let o = mpc(&args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    }
+    let o = mpc(&["lower", "ir-examples/mlp.json", "--precision", "fp32", "--loss-scale", "none"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 #[test]
 fn missing_file_exits_1() {
     let o = mpc(&["check", "no/such.json"]);
@@ -232,7 +255,7 @@ fn emit_onnx_writes_a_file_and_needs_one() {
     for bad in [
         vec!["lower", m, "--emit", "onnx", "-o", "x.onnx", "--onnx-bf16", "emulated"],
         vec!["lower", m, "--seed", "3"],
-        vec!["lower", m, "--precision", "fp32", "--loss-scale", "none"],
+        vec!["lower", m, "--precision", "fp32", "--loss-scale", "static:8"],
         vec!["explain", m, "--precision", "fp32"],
     ] {
         let o = mpc(&bad);

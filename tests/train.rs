@@ -144,7 +144,7 @@ fn synthetic_data_and_usage_errors() {
     let out = train_ok(&["--steps", "2", "--precision", "bf16"]);
     assert!(out.contains("step 2: final train loss"), "{out}");
     assert!(!out.contains("test accuracy"), "{out}");
-    let o = mpc(&["train", MLP, "--precision", "fp32", "--loss-scale", "none"]);
+    let o = mpc(&["train", MLP, "--precision", "fp32", "--loss-scale", "dynamic"]);
     assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
     let o = mpc(&["train", MLP, "--checkpoint", "x", "--checkpoint-every", "0"]);
     assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
@@ -345,4 +345,47 @@ fn progress_lines_without_a_terminal() {
     let lines: Vec<&str> = raw.lines().filter(|l| l.starts_with("step ")).collect();
     assert_eq!(lines.len(), 10, "{raw}");
     assert!(lines[9].starts_with("step 20/20: loss "), "{raw}");
+}
+
+/// The scaler's settings: given on the command line, logged (growth
+/// tracker), stored in checkpoints and held on --resume; `none` is fine
+/// with fp32.
+#[test]
+fn loss_scaler_settings_are_used_logged_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ck, log) = (dir.path().join("ck"), dir.path().join("m.jsonl"));
+    let (ck_s, log_s) = (ck.to_str().unwrap(), log.to_str().unwrap());
+    let spec = "dynamic:init=1024,growth=4,backoff=0.25,interval=2";
+    train_ok(&["--steps", "4", "--loss-scale", spec, "--checkpoint", ck_s, "--log", log_s]);
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let scales: Vec<f64> = lines.iter().map(|l| l["loss_scale"].as_f64().unwrap()).collect();
+    let trackers: Vec<f64> = lines.iter().map(|l| l["growth_tracker"].as_f64().unwrap()).collect();
+    // Two clean steps, then x4; the tracker restarts.
+    assert_eq!(scales, [1024.0, 1024.0, 4096.0, 4096.0]);
+    assert_eq!(trackers, [1.0, 0.0, 1.0, 0.0]);
+    let c = state_of(&ck.join("step-4.safetensors"));
+    assert_eq!(c.loss_scale.as_deref(), Some(spec));
+    // Resuming with other factors is refused; with the same, or none given
+    // for a graph lowered the same way, it goes on.
+    let resume = ck.join("step-4.safetensors");
+    let o = mpc(&["train", MLP, "--steps", "6", "--resume", resume.to_str().unwrap()]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+    assert!(err.contains("cannot resume: it was trained with --loss-scale dynamic:init=1024,growth=4"), "{err}");
+    train_ok(&[
+        "--steps",
+        "6",
+        "--resume",
+        resume.to_str().unwrap(),
+        "--loss-scale",
+        "dynamic:growth=4,backoff=0.25,interval=2",
+    ]);
+    // Bad factors are usage errors; fp32 takes `none`.
+    let o = mpc(&["train", MLP, "--loss-scale", "dynamic:backoff=2"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("backoff must be between 0 and 1"), "{:?}", text(&o));
+    train_ok(&["--steps", "1", "--precision", "fp32", "--loss-scale", "none"]);
+    let o = mpc(&["train", MLP, "--precision", "fp32", "--loss-scale", "static:8"]);
+    assert_eq!(o.status.code(), Some(2));
 }

@@ -28,6 +28,9 @@ pub struct StepReport {
     pub found_inf: Option<bool>,
     /// The gradients' global norm (graphs that clip it).
     pub grad_norm: Option<f32>,
+    /// The dynamic scaler's count of clean steps since the scale last
+    /// changed, after this step (it grows the scale at its interval).
+    pub growth_tracker: Option<f32>,
     /// The values asked for in [`RunOptions::fetch`].
     pub fetched: BTreeMap<String, Tensor>,
 }
@@ -39,6 +42,7 @@ struct Metrics {
     found_inf: Option<usize>,
     loss_scale: Option<usize>,
     grad_norm: Option<usize>,
+    growth_tracker: Option<usize>,
 }
 
 impl Metrics {
@@ -51,10 +55,19 @@ impl Metrics {
             plan.sources.iter().any(|s| s.value == v && s.from == Feed::State)
                 && plan.steps.iter().any(|s| s.op == Op::Unscale && s.inputs.get(1) == Some(&v))
         });
+        // The tracker after the step: scale_update's second output, kept to
+        // the end of the step as the new state.
+        let growth_tracker = plan
+            .steps
+            .iter()
+            .find(|s| matches!(s.op, Op::ScaleUpdate { .. }))
+            .and_then(|s| s.outputs.get(1).copied())
+            .filter(|v| plan.updates.iter().any(|(_, u)| u == v));
         Metrics {
             found_inf: made_by(|op| *op == Op::FoundInf),
             loss_scale,
             grad_norm: made_by(|op| *op == Op::GlobalNorm),
+            growth_tracker,
         }
     }
 }
@@ -113,6 +126,7 @@ impl<B: Backend> Session<B> {
             loss_scale: scalar(backend, metrics.loss_scale)?,
             found_inf: scalar(backend, metrics.found_inf)?.map(|f| f != 0.0),
             grad_norm: scalar(backend, metrics.grad_norm)?,
+            growth_tracker: scalar(backend, metrics.growth_tracker)?,
             loss: scalar(backend, plan.loss)?,
             fetched: returned(backend, plan, &ran.vals, opts)?.2,
         };
