@@ -323,3 +323,62 @@ MPC_COPY_FILL(__nv_bfloat16, bf16)
 MPC_COPY_FILL(i32, i32)
 MPC_COPY_FILL(i64, i64)
 MPC_COPY_FILL(u8, bool)
+
+// ---------------------------------------------------------------------------
+// Dropout, with the CPU's counter-based masks (src/exec/rng.rs,
+// src/exec/cpu/elementwise.rs `dropout_mask`): element i is kept when
+// hash_u01(seed, i) >= f32(p), where the host passes
+// seed = combine(node seed, combine(seed attribute, step)). The 64-bit
+// integer mixing is exact on both sides and hash_u01 is a 24-bit integer
+// times 2^-24 (exact in f32), so the mask is the CPU's bit for bit; kept
+// values are scaled by f32(1/(1 - p)) (computed in f64, rounded once).
+//
+// dropout_<t>(const T* x, T* y, u8* mask, i64 n, u64 seed, double p)
+//   y = keep ? x·scale : 0, mask = keep
+// dropout_grad_<t>(const T* dy, const u8* mask, T* dx, i64 n, double p)
+//   dx = mask ? dy·scale : 0
+// ---------------------------------------------------------------------------
+
+// SplitMix64's finaliser (rng::mix64).
+__device__ __forceinline__ u64 rng_mix64(u64 z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+// rng::combine
+__device__ __forceinline__ u64 rng_combine(u64 a, u64 b) { return rng_mix64(a ^ rng_mix64(b + 0x9e3779b97f4a7c15ull)); }
+
+// rng::hash_u01: the top 24 bits of combine(seed, counter), times 2^-24.
+__device__ __forceinline__ float rng_hash_u01(u64 seed, u64 counter) {
+    return (float)(rng_combine(seed, counter) >> 40) * (1.0f / 16777216.0f);
+}
+
+template <typename T> __device__ __forceinline__ void dropout_elems(const T* x, T* y, u8* mask, i64 n, u64 seed, double p) {
+    const float pf = (float)p;
+    const float s = (float)(1.0 / (1.0 - p));
+    MPC_GRID_STRIDE(i, n) {
+        const bool keep = rng_hash_u01(seed, (u64)i) >= pf;
+        y[i] = from_f32<T>(keep ? to_f32(x[i]) * s : 0.0f);
+        mask[i] = keep ? 1 : 0;
+    }
+}
+
+template <typename T> __device__ __forceinline__ void dropout_grad_elems(const T* dy, const u8* mask, T* dx, i64 n, double p) {
+    const float s = (float)(1.0 / (1.0 - p));
+    MPC_GRID_STRIDE(i, n) { dx[i] = from_f32<T>(mask[i] != 0 ? to_f32(dy[i]) * s : 0.0f); }
+}
+
+#define MPC_DROPOUT(T, TN)                                                                                     \
+    extern "C" __global__ void dropout_##TN(const T* x, T* y, u8* mask, i64 n, u64 seed, double p) {          \
+        dropout_elems<T>(x, y, mask, n, seed, p);                                                              \
+    }                                                                                                          \
+    MPC_EXPORT(dropout_##TN)                                                                                   \
+    extern "C" __global__ void dropout_grad_##TN(const T* dy, const u8* mask, T* dx, i64 n, double p) {       \
+        dropout_grad_elems<T>(dy, mask, dx, n, p);                                                             \
+    }                                                                                                          \
+    MPC_EXPORT(dropout_grad_##TN)
+
+MPC_DROPOUT(float, f32)
+MPC_DROPOUT(__half, f16)
+MPC_DROPOUT(__nv_bfloat16, bf16)

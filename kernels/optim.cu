@@ -126,3 +126,16 @@ MPC_ADAM(__half, f16, i32, i32)
 MPC_ADAM(__half, f16, i64, i64)
 MPC_ADAM(__nv_bfloat16, bf16, i32, i32)
 MPC_ADAM(__nv_bfloat16, bf16, i64, i64)
+
+// ---------------------------------------------------------------------------
+// clip_coef_f32(const float* norm, float* out, double max_norm), one thread:
+//   out = f32(min(1, max_norm / (f64(norm) + 1e-6))) in f64 (semantics::clip_coef).
+// A NaN quotient gives 1, as Rust's f64::min(NaN, 1.0).
+// ---------------------------------------------------------------------------
+extern "C" __global__ void clip_coef_f32(const float* norm, float* out, double max_norm) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        const double c = max_norm / ((double)norm[0] + 1e-6);
+        out[0] = (float)(c < 1.0 ? c : 1.0);
+    }
+}
+MPC_EXPORT(clip_coef_f32)

@@ -76,6 +76,8 @@ enum Tol {
     /// to that type. Non-finite results must agree (the same infinity, or
     /// both NaN).
     Within { bound: Vec<f64>, round: Option<DType> },
+    /// One of the above per output, for ops with several outputs.
+    PerOutput(Vec<Tol>),
 }
 
 struct Case {
@@ -139,8 +141,12 @@ fn cases(src: &mut Src) -> Vec<Case> {
     losses(src, &mut v);
     loss_scaling(src, &mut v);
     optimizers(src, &mut v);
+    transformer::cases(src, &mut v);
     v
 }
+
+#[path = "cuda_ops/transformer.rs"]
+mod transformer;
 
 fn constants_and_casts(src: &mut Src, out: &mut Vec<Case>) {
     for d in DType::ALL {
@@ -966,6 +972,10 @@ struct Seen {
 
 fn compare(c: &Case, k: usize, cpu: &Tensor, dev: &Tensor, seen: &mut Seen) {
     let label = c.label();
+    let tol = match &c.tol {
+        Tol::PerOutput(per) => per.get(k).expect("a tolerance per output"),
+        t => t,
+    };
     if cpu.ty() != dev.ty() {
         seen.failures.push(format!("{label}: output {k} is {} on the CPU but {} on the device", cpu.ty(), dev.ty()));
         return;
@@ -975,7 +985,8 @@ fn compare(c: &Case, k: usize, cpu: &Tensor, dev: &Tensor, seen: &mut Seen) {
     seen.elements += a.len();
     let mut bad = 0;
     for (i, (&(x, xb), &(y, yb))) in a.iter().zip(&b).enumerate() {
-        let (ok, allowed) = match &c.tol {
+        let (ok, allowed) = match tol {
+            Tol::PerOutput(_) => panic!("{label}: nested PerOutput"),
             Tol::Bits => (xb == yb, 0.0),
             Tol::Exact => (xb == yb || (x.is_nan() && y.is_nan()), 0.0),
             Tol::Within { bound, round } => {
@@ -1061,10 +1072,12 @@ fn every_supported_op_matches_the_cpu_reference() {
             (Err(e), _) => seen.failures.push(format!("{}: the CPU fails: {e}", c.label())),
             (_, Err(e)) => seen.failures.push(format!("{}: the device fails: {e}", c.label())),
         }
-        let tol = match c.tol {
+        let tol = match &c.tol {
             Tol::Bits => "bits",
             Tol::Exact => "exact",
             Tol::Within { .. } => "bound",
+            Tol::PerOutput(per) if per.iter().any(|t| matches!(t, Tol::Within { .. })) => "bound",
+            Tol::PerOutput(_) => "exact",
         };
         let s = summary.entry((c.op.name(), c.dtypes(&outs), tol)).or_default();
         s.cases += 1;
@@ -1140,7 +1153,7 @@ fn every_supported_op_has_cases_in_every_float_type() {
     for k in [OpKind::Adam, OpKind::Matmul, OpKind::CrossEntropy, OpKind::Cast] {
         assert!(supported.contains(&k), "{k}");
     }
-    assert!(!supported.contains(&OpKind::Softmax) && !supported.contains(&OpKind::Input));
+    assert!(!supported.contains(&OpKind::Conv2d) && !supported.contains(&OpKind::Input));
 
     let mut seen: BTreeMap<OpKind, Vec<DType>> = BTreeMap::new();
     for c in cases(&mut Src::new(SEED)) {
@@ -1151,8 +1164,9 @@ fn every_supported_op_has_cases_in_every_float_type() {
     let missing: Vec<&OpKind> = supported.iter().filter(|k| !seen.contains_key(k)).collect();
     assert!(missing.is_empty(), "supported ops without a case: {missing:?}");
     for (kind, types) in &seen {
-        // scale_update's types are fixed: f32 scale and found_inf, i32 tracker.
-        if *kind == OpKind::ScaleUpdate {
+        // scale_update's types are fixed: f32 scale and found_inf, i32 tracker;
+        // clip_coef's: an f32 norm and coefficient.
+        if matches!(kind, OpKind::ScaleUpdate | OpKind::ClipCoef) {
             continue;
         }
         for d in FLOATS {

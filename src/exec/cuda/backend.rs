@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::exec::backend::{Backend, OpCtx};
+use crate::exec::rng;
 use crate::exec::run::Plan;
 use crate::exec::tensor::{numel, Data, Tensor};
 use crate::exec::ExecError;
@@ -23,6 +24,8 @@ use crate::op::Op;
 use crate::types::{DType, TensorType};
 
 use super::gpu::{Gpu, KArg, Launch};
+
+mod transformer;
 use super::launch::{self, blocks, Broadcast, THREADS};
 
 /// Freed allocations by size, for reuse.
@@ -74,7 +77,9 @@ impl<M> Drop for CudaBuffer<M> {
 }
 
 /// Ops the CUDA backend runs today: the MLP family (the examples `mlp`,
-/// `mlp_backward`, `underflow`, `regression_mse`).
+/// `mlp_backward`, `underflow`, `regression_mse`) and the transformer
+/// family (`gpt_block`: layouts, norms, softmax, dropout, embeddings,
+/// gradient clipping).
 pub fn supports(op: &Op) -> bool {
     use Op::*;
     matches!(
@@ -114,6 +119,17 @@ pub fn supports(op: &Op) -> bool {
             | Sgd { .. }
             | SgdMomentum { .. }
             | Adam { .. }
+            | Reshape { .. }
+            | Transpose { .. }
+            | LayerNorm { .. }
+            | LayerNormGrad
+            | Softmax { .. }
+            | SoftmaxGrad { .. }
+            | Dropout { .. }
+            | DropoutGrad { .. }
+            | Embedding
+            | EmbeddingGrad { .. }
+            | ClipCoef { .. }
     )
 }
 
@@ -324,14 +340,20 @@ impl<G: Gpu> Backend for CudaBackend<G> {
         for (i, ty) in out_types.iter().enumerate() {
             outs.push(self.output(ctx.node, i, ty)?);
         }
-        self.kernel(op, inputs, &outs).map_err(err)?;
+        self.kernel(op, ctx, inputs, &outs).map_err(err)?;
         Ok(outs)
     }
 }
 
 impl<G: Gpu> CudaBackend<G> {
     /// Issues the launches of one op, writing `y`.
-    fn kernel(&mut self, op: &Op, x: &[&CudaBuffer<G::Mem>], y: &[CudaBuffer<G::Mem>]) -> Result<(), String> {
+    fn kernel(
+        &mut self,
+        op: &Op,
+        ctx: &OpCtx<'_>,
+        x: &[&CudaBuffer<G::Mem>],
+        y: &[CudaBuffer<G::Mem>],
+    ) -> Result<(), String> {
         use Op::*;
         let arity = |k: usize| if x.len() == k { Ok(()) } else { Err(format!("expected {k} inputs, got {}", x.len())) };
         let o = y.first().ok_or("an op without outputs")?;
@@ -514,6 +536,28 @@ impl<G: Gpu> CudaBackend<G> {
                     KArg::I32(i32::from(*decoupled)),
                 ];
                 self.launch(&format!("adam_{t}_{}", sfx(x[4].ty.dtype)), n as u64, &args)
+            }
+            Reshape { .. } | Transpose { .. } | Embedding | EmbeddingGrad { .. } => self.layout(op, x, o),
+            LayerNorm { .. } | LayerNormGrad | Softmax { .. } | SoftmaxGrad { .. } => self.norm(op, x, y),
+            Dropout { p: keep_p, seed } => {
+                arity(1)?;
+                let mask = y.get(1).ok_or("dropout has two outputs")?;
+                // The CPU's mask seed (cpu::elementwise::dropout_mask), mixed on the host.
+                let s = rng::combine(ctx.seed, rng::combine(*seed, ctx.step));
+                let args = [p(x[0]), p(o), p(mask), KArg::I64(n), KArg::U64(s), KArg::F64(*keep_p)];
+                self.launch(&format!("dropout_{t}"), n as u64, &args)
+            }
+            DropoutGrad { p: keep_p } => {
+                arity(2)?;
+                let args = [p(x[0]), p(x[1]), p(o), KArg::I64(n), KArg::F64(*keep_p)];
+                self.launch(&format!("dropout_grad_{t}"), n as u64, &args)
+            }
+            ClipCoef { max_norm } => {
+                arity(1)?;
+                need_f32(x[0], "norm")?;
+                self.gpu
+                    .launch("clip_coef_f32", Launch::linear(1, 32), &[p(x[0]), p(o), KArg::F64(*max_norm)])
+                    .map_err(|e| e.to_string())
             }
             other => Err(format!("the CUDA backend has no kernel for `{}` yet", other.name())),
         }

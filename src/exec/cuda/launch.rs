@@ -149,6 +149,61 @@ pub fn rows_classes(shape: &[u64]) -> Result<(i64, i64), String> {
     }
 }
 
+/// A transpose's geometry: y's dims padded on the left to six axes and x's
+/// element strides along them (kernels/layout.cu).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Permute {
+    pub rank: i32,
+    pub dims: [i64; MAX_RANK],
+    pub strides: [i64; MAX_RANK],
+}
+
+/// The geometry of `transpose(x: shape, perm)`: output axis `i` is input
+/// axis `perm[i]`. Size-1 axes drop and output axes that stay adjacent in
+/// x merge (x's stride over the outer one is the inner one's extent), so
+/// an identity permutation is one contiguous axis.
+pub fn transpose(shape: &[u64], perm: &[usize]) -> Result<Permute, String> {
+    let mut sorted = perm.to_vec();
+    sorted.sort_unstable();
+    if sorted != (0..shape.len()).collect::<Vec<_>>() {
+        return Err(format!("perm {perm:?} does not permute the axes of {shape:?}"));
+    }
+    let mut st = vec![1i64; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        st[i] = st[i + 1].saturating_mul(shape[i + 1] as i64);
+    }
+    // (dim, x's stride), outermost first.
+    let mut axes: Vec<(i64, i64)> = Vec::new();
+    for &p in perm {
+        let (d, s) = (shape[p] as i64, st[p]);
+        if d == 1 {
+            continue;
+        }
+        match axes.last_mut() {
+            Some(last) if last.1 == s * d => *last = (last.0 * d, s),
+            _ => axes.push((d, s)),
+        }
+    }
+    if axes.len() > MAX_RANK {
+        return Err(format!("transpose of {shape:?} by {perm:?} needs more than {MAX_RANK} axes"));
+    }
+    let mut g = Permute { rank: axes.len() as i32, dims: [1; MAX_RANK], strides: [0; MAX_RANK] };
+    let lead = MAX_RANK - axes.len();
+    for (i, &(d, s)) in axes.iter().enumerate() {
+        g.dims[lead + i] = d;
+        g.strides[lead + i] = s;
+    }
+    Ok(g)
+}
+
+/// `(outer, len, inner)`: `shape` seen as three axes around `axis`
+/// (negative counts from the end), for the row kernels of softmax.
+pub fn around(shape: &[u64], axis: i64) -> Result<(i64, i64, i64), String> {
+    let ax = crate::types::resolve_axis(axis, shape.len())?;
+    let prod = |s: &[u64]| s.iter().product::<u64>() as i64;
+    Ok((prod(&shape[..ax]), shape[ax] as i64, prod(&shape[ax + 1..])))
+}
+
 /// The column-major GEMM that computes mpc's row-major `matmul`.
 ///
 /// Row-major `C[M,N] = op(A)·op(B)` is column-major `Cᵀ = op(B)ᵀ·op(A)ᵀ`,
@@ -254,6 +309,34 @@ mod tests {
         let s = sum_to(&[4, 5], &[]).unwrap();
         assert_eq!((s.m, s.count, s.mask), (1, 20, 0b110000));
         assert!(sum_to(&[4, 5], &[3]).is_err());
+    }
+
+    #[test]
+    fn transposes_merge_adjacent_axes() {
+        // The heads split of attention: [8,32,4,16] by [0,2,1,3].
+        let g = transpose(&[8, 32, 4, 16], &[0, 2, 1, 3]).unwrap();
+        assert_eq!(g.rank, 4);
+        assert_eq!(&g.dims[2..], &[8, 4, 32, 16]);
+        assert_eq!(&g.strides[2..], &[2048, 16, 64, 1]);
+        // An identity (with a size-1 axis) is one contiguous axis.
+        let g = transpose(&[3, 1, 5], &[0, 1, 2]).unwrap();
+        assert_eq!((g.rank, g.dims[5], g.strides[5]), (1, 15, 1));
+        // [2,3,4] by [2,0,1]: the axes 0 and 1 stay adjacent and merge.
+        let g = transpose(&[2, 3, 4], &[2, 0, 1]).unwrap();
+        assert_eq!((g.rank, &g.dims[4..], &g.strides[4..]), (2, &[4, 6][..], &[1, 4][..]));
+        assert!(transpose(&[2, 3], &[0, 0]).is_err());
+        assert!(transpose(&[2, 3], &[1]).is_err());
+        let seven: Vec<u64> = vec![2; 7];
+        assert!(transpose(&seven, &[6, 5, 4, 3, 2, 1, 0]).is_err());
+        assert!(transpose(&[], &[]).unwrap().rank == 0);
+    }
+
+    #[test]
+    fn rows_around_an_axis() {
+        assert_eq!(around(&[2, 3, 4], -1).unwrap(), (6, 4, 1));
+        assert_eq!(around(&[2, 3, 4], 1).unwrap(), (2, 3, 4));
+        assert_eq!(around(&[5], 0).unwrap(), (1, 5, 1));
+        assert!(around(&[2, 3], 2).is_err());
     }
 
     /// The GEMM of a row-major matmul, checked by evaluating it with

@@ -39,6 +39,9 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("loss.cu", include_str!("../../../kernels/loss.cu")),
     ("optim.cu", include_str!("../../../kernels/optim.cu")),
     ("scale.cu", include_str!("../../../kernels/scale.cu")),
+    ("layout.cu", include_str!("../../../kernels/layout.cu")),
+    ("norm.cu", include_str!("../../../kernels/norm.cu")),
+    ("embed.cu", include_str!("../../../kernels/embed.cu")),
 ];
 
 /// The self-test kernels (kernels/selftest.cu): they exercise the features the
