@@ -24,6 +24,22 @@ pub enum Class {
 }
 
 impl Class {
+    /// Every class, in the order `mpc table` prints them.
+    pub const ALL: [Class; 5] = [Class::Low, Class::Infer, Class::Clear, Class::Fp32, Class::Int];
+
+    /// What the class means, in a sentence (for `mpc table` and docs).
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Class::Low => "always computes in the low type (tensor-core work: matmul, conv)",
+            Class::Infer => {
+                "elementwise math: in the low type when its neighbours are, else FP32 (TensorFlow's gray list)"
+            }
+            Class::Clear => "layout and pass-through: takes its input's type, never a reason for a cast",
+            Class::Fp32 => "always FP32: reductions, softmax, losses, norms, exp/log, loss scaling and the optimizer",
+            Class::Int => "integer and index ops: never cast",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Class::Low => "low",
@@ -45,6 +61,35 @@ pub struct Table {
 /// Ops with no class: sources and casts are not painted, they keep their type.
 pub fn is_unpainted(k: OpKind) -> bool {
     matches!(k, OpKind::Input | OpKind::Param | OpKind::State | OpKind::Cast | OpKind::Unset)
+}
+
+/// Ops of loss scaling, gradient clipping and the optimizer: always FP32,
+/// whatever a table file says (a clipped or unscaled gradient in FP16 would
+/// lose what loss scaling keeps).
+pub fn is_pinned(k: OpKind) -> bool {
+    use OpKind::*;
+    matches!(k, Seed | Unscale | FoundInf | ScaleUpdate | Select | GlobalNorm | ClipCoef | Sgd | SgdMomentum | Adam)
+}
+
+/// The gradient ops of a forward op, found by name: `K_grad` and `K_grad_*`
+/// (the IR's naming rule for gradient ops).
+pub fn gradients_of(k: OpKind) -> &'static [OpKind] {
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+    static BY_OP: OnceLock<HashMap<OpKind, Vec<OpKind>>> = OnceLock::new();
+    let map = BY_OP.get_or_init(|| {
+        let mut m: HashMap<OpKind, Vec<OpKind>> = HashMap::new();
+        for &f in OpKind::ALL {
+            let stem = format!("{}_grad", f.name());
+            for &g in OpKind::ALL {
+                if g.name() == stem || g.name().starts_with(&format!("{stem}_")) {
+                    m.entry(f).or_default().push(g);
+                }
+            }
+        }
+        m
+    });
+    map.get(&k).map_or(&[], Vec::as_slice)
 }
 
 impl Table {
@@ -156,7 +201,10 @@ impl Table {
     ///
     /// The file is a JSON object from class name to a list of op names,
     /// e.g. `{"fp32": ["gelu"], "low": ["add"]}`; an op listed under two
-    /// classes is an error.
+    /// classes is an error. A forward op's gradient ops (`gelu_grad` for
+    /// `gelu`, `conv2d_grad_input` for `conv2d`) move with it unless the
+    /// file lists them itself. Loss scaling, gradient clipping and the
+    /// optimizer stay FP32: moving them is an error.
     pub fn apply_file(&mut self, text: &str) -> Result<(), String> {
         let over: BTreeMap<Class, Vec<OpKind>> = serde_json::from_str(text).map_err(|e| e.to_string())?;
         let mut seen: BTreeMap<OpKind, Class> = BTreeMap::new();
@@ -167,6 +215,11 @@ impl Table {
                         "`{op}` has no precision class: inputs, params, state and casts keep their type"
                     ));
                 }
+                if is_pinned(op) && class != Class::Fp32 {
+                    return Err(format!(
+                        "`{op}` belongs to loss scaling, gradient clipping or the optimizer, which stay fp32"
+                    ));
+                }
                 if let Some(prev) = seen.insert(op, class) {
                     if prev != class {
                         return Err(format!("`{op}` is listed under both `{}` and `{}`", prev.name(), class.name()));
@@ -174,7 +227,13 @@ impl Table {
                 }
             }
         }
-        self.classes.extend(seen);
+        let mut moved = seen.clone();
+        for (&op, &class) in &seen {
+            for &g in gradients_of(op) {
+                moved.entry(g).or_insert(class);
+            }
+        }
+        self.classes.extend(moved);
         Ok(())
     }
 
@@ -187,6 +246,30 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gradients_follow_their_forward_op() {
+        use OpKind::*;
+        assert_eq!(gradients_of(Gelu), &[GeluGrad]);
+        assert_eq!(gradients_of(Conv2d), &[Conv2dGradInput, Conv2dGradWeight]);
+        assert_eq!(gradients_of(MaxPool2d), &[MaxPool2dGrad]);
+        assert!(gradients_of(Exp).is_empty());
+        let mut t = Table::default_for(DType::F16);
+        t.apply_file(r#"{"fp32": ["gelu", "batch_norm"], "infer": ["batch_norm_grad"]}"#).unwrap();
+        assert_eq!(t.class(Gelu), Some(Class::Fp32));
+        assert_eq!(t.class(GeluGrad), Some(Class::Fp32), "moved with gelu");
+        assert_eq!(t.class(BatchNormGrad), Some(Class::Infer), "listed itself: stays where the file says");
+    }
+
+    #[test]
+    fn scaling_clipping_and_the_optimizer_stay_fp32() {
+        let mut t = Table::default_for(DType::F16);
+        for op in ["global_norm", "clip_coef", "unscale", "adam"] {
+            let e = t.apply_file(&format!(r#"{{"low": ["{op}"]}}"#)).unwrap_err();
+            assert!(e.contains("stay fp32"), "{op}: {e}");
+        }
+        assert!(t.apply_file(r#"{"fp32": ["clip_coef"]}"#).is_ok());
+    }
 
     #[test]
     fn every_paintable_op_has_a_default_class() {

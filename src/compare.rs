@@ -50,6 +50,9 @@ pub struct CompareArgs {
     /// Write compare.json, loss.svg, loss_scale.svg and grad_hist.svg here.
     #[arg(long, value_name = "DIR", default_value = "compare")]
     out: PathBuf,
+    /// A JSON file that moves ops between precision classes for the fp16 and bf16 modes.
+    #[arg(long, value_name = "FILE")]
+    table: Option<PathBuf>,
     /// Read the graph's `weights` file even when it is outside the graph's folder.
     #[arg(long)]
     allow_outside_weights: bool,
@@ -122,7 +125,7 @@ pub fn compare(args: CompareArgs) -> Result<(), miette::Report> {
     let mut data = None;
     for mode in &modes {
         eprintln!("{}: training {} for {} steps", args.model.display(), mode.name, args.steps);
-        let (source, g) = load_for_training(&args.model, mode.precision, mode.loss_scale)?;
+        let (source, g) = load_for_training(&args.model, mode.precision, mode.loss_scale, args.table.as_deref())?;
         // A text feeds a language model whose inputs need not share a batch
         // dimension; everything else is laid out by `Layout`.
         let layout = match args.data.as_deref().is_some_and(mpc::data::is_text) {

@@ -62,12 +62,7 @@ impl PassArgs {
                 return Ok(passes::Options::default());
             }
         };
-        let mut table = passes::Table::default_for(low);
-        if let Some(path) = &self.table {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| miette::Report::msg(format!("cannot read {}: {e}", path.display())))?;
-            table.apply_file(&text).map_err(|e| miette::Report::msg(format!("{}: {e}", path.display())))?;
-        }
+        let table = precision_table(low, self.table.as_deref())?;
         Ok(passes::Options {
             low,
             table: Some(table),
@@ -155,6 +150,18 @@ enum Command {
     Import(import_cmd::ImportArgs),
     /// Print the JSON Schema of the graph format.
     Schema,
+    /// Print the op precision table: each class, what it means, its ops.
+    Table {
+        /// The low type whose default table to print.
+        #[arg(long, value_enum, default_value = "fp16")]
+        precision: TableType,
+        /// A table file to apply first (as lower, train and compare take it).
+        #[arg(long, value_name = "FILE")]
+        table: Option<PathBuf>,
+        /// Print JSON ({"class": ["op", ...]}) for tools instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the CUDA driver, NVRTC, cuBLASLt and GPUs found, and whether
     /// `--device cuda` can run (and if not, why).
     Devices,
@@ -217,6 +224,59 @@ fn parse_selftest_device(s: &str) -> Result<mpc::exec::device::Device, String> {
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum TableType {
+    Fp16,
+    Bf16,
+}
+
+/// The default table for `low`, with a table file applied.
+fn precision_table(low: mpc::DType, file: Option<&std::path::Path>) -> Result<passes::Table, miette::Report> {
+    let mut table = passes::Table::default_for(low);
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| miette::Report::msg(format!("cannot read {}: {e}", path.display())))?;
+        table.apply_file(&text).map_err(|e| miette::Report::msg(format!("{}: {e}", path.display())))?;
+    }
+    Ok(table)
+}
+
+/// `mpc table`: the classes, what they mean and their ops.
+fn print_table(precision: TableType, file: Option<&std::path::Path>, json: bool) -> Result<(), miette::Report> {
+    let low = if precision == TableType::Fp16 { mpc::DType::F16 } else { mpc::DType::Bf16 };
+    let table = precision_table(low, file)?;
+    let mut by_class: std::collections::BTreeMap<passes::Class, Vec<&str>> = Default::default();
+    for (op, class) in table.entries() {
+        by_class.entry(class).or_default().push(op.name());
+    }
+    if json {
+        let obj: serde_json::Map<String, serde_json::Value> =
+            by_class.iter().map(|(c, ops)| (c.name().to_string(), serde_json::json!(ops))).collect();
+        println!("{}", serde_json::to_string_pretty(&obj).unwrap_or_default());
+        return Ok(());
+    }
+    println!("op precision table for {} (autocast; --table FILE moves ops between classes, a forward op's", low);
+    println!("gradient ops moving with it; loss scaling, clipping and the optimizer stay fp32)");
+    for class in passes::Class::ALL {
+        let ops = by_class.get(&class).cloned().unwrap_or_default();
+        println!("\n{:<6} {}", class.name(), class.meaning());
+        let mut line = String::from("      ");
+        for op in ops {
+            if line.len() + op.len() > 78 {
+                println!("{line}");
+                line = String::from("      ");
+            }
+            line += " ";
+            line += op;
+        }
+        if line.trim().is_empty() {
+            line += " (none)";
+        }
+        println!("{line}");
+    }
+    Ok(())
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum TrainPrecision {
     Fp32,
     Fp16,
@@ -255,6 +315,9 @@ struct TrainArgs {
     /// Resume from a checkpoint written by --checkpoint.
     #[arg(long, value_name = "FILE")]
     resume: Option<PathBuf>,
+    /// A JSON file that moves ops between precision classes, e.g. {"fp32": ["gelu"]} (`mpc table` shows them).
+    #[arg(long, value_name = "FILE")]
+    table: Option<PathBuf>,
     /// Read the graph's `weights` file even when it is outside the graph's folder.
     #[arg(long)]
     allow_outside_weights: bool,
@@ -483,6 +546,7 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
         Command::Train(args) => train(args),
         Command::Compare(args) => compare::compare(args),
         Command::Import(args) => import_cmd::import(args),
+        Command::Table { precision, table, json } => print_table(precision, table.as_deref(), json),
         Command::Devices => {
             println!("{}", mpc::exec::cuda::probe::probe());
             Ok(())
@@ -501,6 +565,7 @@ fn load_for_training(
     model: &std::path::Path,
     precision: TrainPrecision,
     loss_scale: Option<passes::LossScale>,
+    table: Option<&std::path::Path>,
 ) -> Result<(mpc::Graph, mpc::Graph), miette::Report> {
     let loaded = load(model).map_err(|e| e.into_report())?;
     let source = loaded.graph;
@@ -519,7 +584,8 @@ fn load_for_training(
         }
         TrainPrecision::Fp16 | TrainPrecision::Bf16 => {
             let low = if precision == TrainPrecision::Fp16 { mpc::DType::F16 } else { mpc::DType::Bf16 };
-            let opts = passes::Options { low, loss_scale, ..passes::Options::default() };
+            let table = Some(precision_table(low, table)?);
+            let opts = passes::Options { low, loss_scale, table, ..passes::Options::default() };
             passes::lower(&mut g, &opts).map_err(fail)?;
         }
     }
@@ -641,7 +707,10 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
         usage_error("--checkpoint-every: must be at least 1".into());
     }
     let msg = miette::Report::msg;
-    let (source, g) = load_for_training(&args.model, args.precision, args.loss_scale)?;
+    if args.precision == TrainPrecision::Fp32 && args.table.is_some() {
+        usage_error("--table: fp32 training has no autocast".into());
+    }
+    let (source, g) = load_for_training(&args.model, args.precision, args.loss_scale, args.table.as_deref())?;
     // A text feeds a language model whose inputs need not share a batch
     // dimension; everything else is laid out by `Layout`.
     let text = args.data.as_deref().is_some_and(mpc::data::is_text);

@@ -130,6 +130,35 @@ fn a_lowered_graph_refuses_another_loss_scale() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// `mpc table` prints each class, its meaning and its ops, per low type,
+/// with a table file applied (gradients moving with their forward op).
+#[test]
+fn table_prints_the_classes_and_applies_a_file() {
+    let o = mpc(&["table"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    for class in ["low ", "infer ", "clear ", "fp32 ", "int "] {
+        assert!(out.lines().any(|l| l.starts_with(class)), "no `{class}` line:\n{out}");
+    }
+    let json = |args: &[&str]| -> serde_json::Value {
+        let o = mpc(&[&["table", "--json"], args].concat());
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let has = |v: &serde_json::Value, class: &str, op: &str| v[class].as_array().unwrap().iter().any(|x| x == op);
+    assert!(has(&json(&[]), "fp32", "reduce_sum"));
+    assert!(has(&json(&["--precision", "bf16"]), "infer", "reduce_sum"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.json");
+    std::fs::write(&file, r#"{"fp32": ["gelu"]}"#).unwrap();
+    let v = json(&["--table", file.to_str().unwrap()]);
+    assert!(has(&v, "fp32", "gelu") && has(&v, "fp32", "gelu_grad"), "{v}");
+    std::fs::write(&file, r#"{"low": ["global_norm"]}"#).unwrap();
+    let o = mpc(&["table", "--table", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("stay fp32"), "{}", stderr(&o));
+}
+
 #[test]
 fn missing_file_exits_1() {
     let o = mpc(&["check", "no/such.json"]);

@@ -389,3 +389,18 @@ fn loss_scaler_settings_are_used_logged_and_kept() {
     let o = mpc(&["train", MLP, "--precision", "fp32", "--loss-scale", "static:8"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// `--table` reaches training: matmul moved to fp32 trains differently
+/// from the default fp16 table (where matmul is low); fp32 takes no table.
+#[test]
+fn train_takes_a_table_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.json");
+    std::fs::write(&file, r#"{"fp32": ["matmul"]}"#).unwrap();
+    let final_line = |out: String| out.lines().find(|l| l.contains("final train loss")).unwrap().to_string();
+    let with = final_line(train_ok(&["--steps", "3", "--table", file.to_str().unwrap()]));
+    let without = final_line(train_ok(&["--steps", "3"]));
+    assert_ne!(with, without, "the table changed nothing");
+    let o = mpc(&["train", MLP, "--precision", "fp32", "--table", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
+}
