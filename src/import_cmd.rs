@@ -49,6 +49,13 @@ pub fn import(args: ImportArgs) -> Result<(), miette::Report> {
     let bytes = std::fs::read(&args.model).map_err(|e| msg(format!("cannot read {}: {e}", args.model.display())))?;
     let stem = args.output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     let weights_file = format!("{stem}.safetensors");
+    if args.output.file_name().is_some_and(|n| n.to_string_lossy() == weights_file) {
+        return Err(msg(format!(
+            "-o {}: the graph would overwrite its own weights file ({weights_file}, named after the graph); \
+             give the graph a .json name",
+            args.output.display()
+        )));
+    }
     let kind = match args.optimizer.as_str() {
         "adam" => OptimizerKind::Adam,
         "adamw" => OptimizerKind::Adamw,

@@ -133,10 +133,34 @@ pub fn write_atomic_chunks(path: &Path, chunks: &[impl AsRef<[u8]>]) -> std::io:
 
 /// Writes `path` atomically with `write`, which fills the temporary file
 /// beside it (by its handle or its path); synced, then renamed onto `path`.
+/// A symbolic link is written through (its target is replaced, the link
+/// stays); a device or FIFO (`-o /dev/stdout`) is written into, since a
+/// rename would replace it; a directory is an error.
 pub fn write_atomic_with(
     path: &Path,
     write: impl FnOnce(&mut tempfile::NamedTempFile) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            let target = std::fs::canonicalize(path).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("{} is a symbolic link to nothing: {e}", path.display()))
+            })?;
+            return write_atomic_with(&target, write);
+        }
+        Ok(m) if m.is_dir() => {
+            return Err(std::io::Error::other(format!("{} is a directory", path.display())));
+        }
+        Ok(m) if !m.is_file() => {
+            // Made in the temporary folder (a device's folder is seldom writable), then copied in.
+            let mut tmp = tempfile::NamedTempFile::new()?;
+            write(&mut tmp)?;
+            let mut from = std::fs::File::open(tmp.path())?;
+            let mut to = std::fs::OpenOptions::new().write(true).open(path)?;
+            std::io::copy(&mut from, &mut to)?;
+            return Ok(());
+        }
+        _ => {}
+    }
     let mut tmp = temp_beside(path)?;
     write(&mut tmp)?;
     tmp.as_file().sync_all()?;
@@ -164,6 +188,30 @@ mod temp_tests {
         assert_eq!(!stale.exists(), Path::new("/proc/self").exists());
         assert!(live.exists() && other.exists());
         assert_eq!(std::fs::read(dir.path().join("out.json")).unwrap(), b"{}");
+    }
+
+    /// A link is written through and stays a link; a device is written
+    /// into, not replaced; a directory is refused.
+    #[cfg(unix)]
+    #[test]
+    fn links_and_devices_are_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (real, link) = (dir.path().join("real.json"), dir.path().join("link.json"));
+        std::fs::write(&real, b"old").unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        write_atomic(&link, b"new").unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read(&real).unwrap(), b"new");
+        write_atomic(Path::new("/dev/null"), b"gone").unwrap();
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+        let e = write_atomic(dir.path(), b"x").unwrap_err();
+        assert!(e.to_string().contains("is a directory"), "{e}");
+        std::os::unix::fs::symlink(dir.path().join("none"), dir.path().join("dangling")).unwrap();
+        assert!(write_atomic(&dir.path().join("dangling"), b"x")
+            .unwrap_err()
+            .to_string()
+            .contains("symbolic link to nothing"));
     }
 }
 

@@ -402,6 +402,17 @@ fn weights_outside_the_graph_folder_need_a_flag() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// `-o w.safetensors` would write the graph over its own weights file.
+#[test]
+fn import_refuses_to_overwrite_its_weights_with_the_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("w.safetensors");
+    let o = mpc(&["import", "tests/data/onnx/light_squeezenet.onnx", "-o", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("the graph would overwrite its own"), "{}", stderr(&o));
+    assert!(!out.exists());
+}
+
 #[test]
 fn onnx_lowering_refuses_what_needs_a_graph_file() {
     let model = "tests/data/onnx/light_squeezenet.onnx";
