@@ -228,7 +228,40 @@ fn problems_of(g: &Graph, need_loss: bool) -> Vec<Problem> {
             out.push(top(&ptr, format!("`{name}` is {ty} but its update `{}` is {}", g.value_name(v), g.ty(v))));
         }
     }
+    out.extend(dead_optimizer_nodes(g, &order));
     out
+}
+
+/// Optimizer (`update` section) nodes whose values reach no `updates`
+/// entry, output or loss: lowering deletes them as dead code, and the
+/// graph would train nothing (an `update` section without its `updates` map).
+fn dead_optimizer_nodes(g: &Graph, order: &[NodeId]) -> Vec<Problem> {
+    let mut live = vec![false; g.index_bound()];
+    let roots = g.updates.iter().map(|&(_, v)| v).chain(g.outputs.iter().copied()).chain(g.loss);
+    for v in roots {
+        live[v.node.index()] = true;
+    }
+    for &id in order.iter().rev() {
+        if live[id.index()] {
+            for v in g.inputs(id) {
+                live[v.node.index()] = true;
+            }
+        }
+    }
+    order
+        .iter()
+        .filter(|&&id| g.node(id).role == Role::Optimizer && !live[id.index()])
+        .map(|&id| {
+            at(
+                g,
+                id,
+                None,
+                "this update node reaches no `updates` entry, so lowering would delete it and nothing would \
+                 train: map the param or state it updates in `updates`"
+                    .into(),
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]

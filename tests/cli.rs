@@ -159,6 +159,25 @@ fn table_prints_the_classes_and_applies_a_file() {
     assert!(stderr(&o).contains("stay fp32"), "{}", stderr(&o));
 }
 
+/// An `update` section without its `updates` map trains nothing (lowering
+/// deleted the optimizer as dead code): check refuses it.
+#[test]
+fn update_nodes_without_updates_are_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let lowered = dir.path().join("l.json");
+    let o = mpc(&["lower", "ir-examples/mlp.json", "-o", lowered.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = mpc(&["check", lowered.to_str().unwrap()]);
+    assert!(o.status.success(), "a lowered graph checks: {}", stderr(&o));
+    let mut g: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&lowered).unwrap()).unwrap();
+    g.as_object_mut().unwrap().remove("updates");
+    std::fs::write(&lowered, g.to_string()).unwrap();
+    let o = mpc(&["check", lowered.to_str().unwrap()]);
+    let e = stderr(&o).split_whitespace().filter(|w| *w != "│").collect::<Vec<_>>().join(" ");
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("reaches no `updates` entry, so lowering would delete it"), "{e}");
+}
+
 #[test]
 fn missing_file_exits_1() {
     let o = mpc(&["check", "no/such.json"]);
