@@ -110,7 +110,7 @@ impl Pass for MasterWeights {
             let pv = ValueId { node: p, slot: 0 };
             let ty = b.g.ty(pv).clone();
             let pname = b.g.node(p).name.clone();
-            let (lr, wd) = (opt.lr, opt.weight_decay());
+            let (lr, wd) = (opt.lr, opt.weight_decay_of(&pname));
             match (opt.kind, step) {
                 (OptimizerKind::Sgd, _) if opt.momentum() == 0.0 => {
                     let next = b.value(

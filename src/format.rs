@@ -274,6 +274,36 @@ pub struct Optimizer {
     /// Accumulate gradients over this many micro-batches per step (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accumulate: Option<u32>,
+    /// Params that get no weight decay, by name pattern (`*` matches any
+    /// run of characters, `?` one character), e.g. `["b*", "*.bias", "ln*"]`
+    /// for biases and norm gains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_decay: Option<Vec<String>>,
+}
+
+/// Whether `name` matches `pattern`: `*` any run of characters (none
+/// too), `?` exactly one, anything else itself.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    // Greedy with one backtrack point (the last `*`): linear in practice.
+    let (mut i, mut j, mut star, mut mark) = (0, 0, None, 0);
+    while j < n.len() {
+        if i < p.len() && (p[i] == '?' || p[i] == n[j]) {
+            i += 1;
+            j += 1;
+        } else if i < p.len() && p[i] == '*' {
+            star = Some(i);
+            mark = j;
+            i += 1;
+        } else if let Some(s) = star {
+            i = s + 1;
+            mark += 1;
+            j = mark;
+        } else {
+            return false;
+        }
+    }
+    p[i..].iter().all(|&c| c == '*')
 }
 
 impl Optimizer {
@@ -289,6 +319,15 @@ impl Optimizer {
             weight_decay: None,
             clip_grad_norm: None,
             accumulate: None,
+            no_decay: None,
+        }
+    }
+
+    /// The weight decay of the param `name`: none when a `no_decay` pattern matches it.
+    pub fn weight_decay_of(&self, name: &str) -> f64 {
+        match self.no_decay.iter().flatten().any(|p| glob_match(p, name)) {
+            true => 0.0,
+            false => self.weight_decay(),
         }
     }
 
@@ -328,6 +367,9 @@ impl Optimizer {
         check("eps", self.eps, |v| v > 0.0, "a positive eps");
         check("weight_decay", self.weight_decay, |v| v >= 0.0 && v.is_finite(), "a weight decay ≥ 0");
         check("clip_grad_norm", self.clip_grad_norm, |v| v > 0.0 && v.is_finite(), "a positive norm");
+        if self.no_decay.iter().flatten().any(|p| p.is_empty()) {
+            out.push(("no_decay", "expected name patterns, found an empty one".into()));
+        }
         if self.accumulate == Some(0) {
             out.push(("accumulate", "expected at least 1 micro-batch, found 0".into()));
         }
@@ -352,4 +394,36 @@ pub fn json_schema() -> String {
     let mut s = serde_json::to_string_pretty(&schema).expect("a schema serialises");
     s.push('\n');
     s
+}
+
+#[cfg(test)]
+mod glob_tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_names() {
+        for (p, n, want) in [
+            ("b*", "b1", true),
+            ("b*", "w1", false),
+            ("*.bias", "layer1.bias", true),
+            ("*.bias", "layer1.bias2", false),
+            ("l?_g*", "l0_gamma", true),
+            ("*", "", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+            ("w1", "w1", true),
+            ("w1", "w10", false),
+        ] {
+            assert_eq!(glob_match(p, n), want, "{p} ~ {n}");
+        }
+        let opt = Optimizer {
+            no_decay: Some(vec!["b*".into(), "*_gain".into()]),
+            ..Optimizer::new(OptimizerKind::Adamw, 1e-3)
+        };
+        assert_eq!(opt.weight_decay_of("w1"), 0.01);
+        assert_eq!(opt.weight_decay_of("b1"), 0.0);
+        assert_eq!(opt.weight_decay_of("ln_gain"), 0.0);
+        let bad = Optimizer { no_decay: Some(vec![String::new()]), ..opt };
+        assert!(bad.problems().iter().any(|(f, _)| *f == "no_decay"));
+    }
 }

@@ -318,6 +318,10 @@ struct TrainArgs {
     /// A JSON file that moves ops between precision classes, e.g. {"fp32": ["gelu"]} (`mpc table` shows them).
     #[arg(long, value_name = "FILE")]
     table: Option<PathBuf>,
+    /// Params that get no weight decay, by name pattern (`*`, `?`; repeatable), added to the
+    /// graph's `optimizer.no_decay`, e.g. --no-decay 'b*' --no-decay '*_gain'.
+    #[arg(long, value_name = "PATTERN", value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    no_decay: Vec<String>,
     /// Read the graph's `weights` file even when it is outside the graph's folder.
     #[arg(long)]
     allow_outside_weights: bool,
@@ -566,9 +570,13 @@ fn load_for_training(
     precision: TrainPrecision,
     loss_scale: Option<passes::LossScale>,
     table: Option<&std::path::Path>,
+    no_decay: &[String],
 ) -> Result<(mpc::Graph, mpc::Graph), miette::Report> {
     let loaded = load(model).map_err(|e| e.into_report())?;
-    let source = loaded.graph;
+    let mut source = loaded.graph;
+    if let (Some(opt), false) = (source.optimizer.as_mut(), no_decay.is_empty()) {
+        opt.no_decay.get_or_insert_with(Vec::new).extend(no_decay.iter().cloned());
+    }
     if let Err(e) = mpc::verify(&source) {
         return Err(problems_report(&model.display().to_string(), &loaded.text, &e.0));
     }
@@ -710,7 +718,8 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
     if args.precision == TrainPrecision::Fp32 && args.table.is_some() {
         usage_error("--table: fp32 training has no autocast".into());
     }
-    let (source, g) = load_for_training(&args.model, args.precision, args.loss_scale, args.table.as_deref())?;
+    let (source, g) =
+        load_for_training(&args.model, args.precision, args.loss_scale, args.table.as_deref(), &args.no_decay)?;
     // A text feeds a language model whose inputs need not share a batch
     // dimension; everything else is laid out by `Layout`.
     let text = args.data.as_deref().is_some_and(mpc::data::is_text);

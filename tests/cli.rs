@@ -178,6 +178,38 @@ fn update_nodes_without_updates_are_an_error() {
     assert!(e.contains("reaches no `updates` entry, so lowering would delete it"), "{e}");
 }
 
+/// `optimizer.no_decay` patterns (and train's --no-decay) exempt params
+/// from weight decay: biases get 0, weights AdamW's 0.01.
+#[test]
+fn no_decay_patterns_exempt_params() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("ir-examples/mlp.json").unwrap()).unwrap();
+    g["optimizer"]["no_decay"] = serde_json::json!(["b*"]);
+    let path = dir.path().join("nd.json");
+    std::fs::write(&path, g.to_string()).unwrap();
+    let o = mpc(&["lower", path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lowered: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let decay: Vec<(String, f64)> = lowered["update"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["op"] == "adam")
+        .map(|n| (n["name"].as_str().unwrap().to_string(), n["weight_decay"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(decay.len(), 6);
+    for (name, wd) in decay {
+        assert_eq!(wd, if name.starts_with('b') { 0.0 } else { 0.01 }, "{name}");
+    }
+    g["optimizer"]["no_decay"] = serde_json::json!([""]);
+    std::fs::write(&path, g.to_string()).unwrap();
+    let o = mpc(&["check", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "an empty pattern: {}", stderr(&o));
+    let o = mpc(&["train", "ir-examples/mlp.json", "--steps", "1", "--no-decay", "b*", "--no-decay", "w3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 #[test]
 fn missing_file_exits_1() {
     let o = mpc(&["check", "no/such.json"]);
