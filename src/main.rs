@@ -123,6 +123,10 @@ enum Command {
         /// Read the graph's `weights` file even when it is outside the graph's folder.
         #[arg(long)]
         allow_outside_weights: bool,
+        /// With --emit dot: only the forward part (a training graph's backward and
+        /// optimizer parts make big graphs too slow for Graphviz to lay out).
+        #[arg(long)]
+        dot_forward_only: bool,
         /// With --emit onnx: the most memory the params, state and constants
         /// may take (e.g. 64G); a bigger graph is refused before allocating.
         #[arg(long, value_name = "SIZE", default_value = "32G", value_parser = mpc::exec::memory::parse_size)]
@@ -418,6 +422,7 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
             onnx_test_data,
             input_shapes,
             allow_outside_weights,
+            dot_forward_only,
             max_memory,
             repeat,
         } => {
@@ -502,6 +507,10 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
                 }
                 None if how == Emit::Onnx => {
                     mpc::onnx::chunks::encode(mpc::onnx::export::export(&g, &onnx).map_err(fail)?)
+                }
+                None if how == Emit::Dot => {
+                    let opts = mpc::emit::dot::Options { forward_only: dot_forward_only };
+                    vec![mpc::emit::dot::to_string_with(&g, &opts).into_bytes().into()]
                 }
                 None => vec![emit::emit(&g, how, &onnx).map_err(fail)?.into()],
             };
