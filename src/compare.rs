@@ -60,6 +60,37 @@ pub struct CompareArgs {
     device: DeviceArgs,
 }
 
+/// Final losses within this relative distance of FP32's "match" it.
+const MATCH: f64 = 0.01;
+
+/// One line on a mode: how its final loss compares with FP32's, and what
+/// the low type did to it (skipped steps, gradients lost to underflow).
+fn verdict(mode: &str, loss: f64, fp32: f64, skipped: u64, steps: u64, underflow: Option<f64>) -> String {
+    if mode == "fp32" {
+        return "the reference".into();
+    }
+    let mut v = if !loss.is_finite() {
+        "diverged (the final loss is not finite)".to_string()
+    } else if !fp32.is_finite() || fp32 == 0.0 {
+        format!("final loss {loss:.5e} (FP32's is {fp32:.5e}: no ratio)")
+    } else {
+        let rel = (loss - fp32) / fp32.abs();
+        match rel.abs() <= MATCH {
+            true => format!("matches FP32 (final loss within {:.2}%)", 100.0 * rel.abs()),
+            false => {
+                format!("final loss {:.1}% {} FP32's", 100.0 * rel.abs(), if rel > 0.0 { "above" } else { "below" })
+            }
+        }
+    };
+    if skipped > 0 {
+        v += &format!("; {skipped} of {steps} steps skipped on overflow");
+    }
+    if let Some(u) = underflow.filter(|&u| u > MATCH) {
+        v += &format!("; {:.1}% of the gradient elements underflow to zero", 100.0 * u);
+    }
+    v
+}
+
 /// The number of last steps whose mean loss is the final loss.
 const FINAL_WINDOW: usize = 10;
 
@@ -190,7 +221,7 @@ pub fn compare(args: CompareArgs) -> Result<(), miette::Report> {
         runs.push(run);
     }
 
-    let rows: Vec<serde_json::Value> = modes
+    let mut rows: Vec<serde_json::Value> = modes
         .iter()
         .zip(&runs)
         .map(|(m, r)| {
@@ -225,6 +256,19 @@ pub fn compare(args: CompareArgs) -> Result<(), miette::Report> {
         );
     }
     println!("(final loss: mean of the last {FINAL_WINDOW} steps; underflow: gradient elements nonzero in FP32, zero in the low type)");
+    let fp32 = rows.first().and_then(|r| r["final_loss"].as_f64()).unwrap_or(f64::NAN);
+    for row in &mut rows {
+        let v = verdict(
+            row["mode"].as_str().unwrap_or(""),
+            row["final_loss"].as_f64().unwrap_or(f64::NAN),
+            fp32,
+            row["skipped"].as_u64().unwrap_or(0),
+            args.steps,
+            row["underflow_share"].as_f64(),
+        );
+        println!("{:13}  {v}", row["mode"].as_str().unwrap_or(""));
+        row["verdict"] = serde_json::json!(v);
+    }
 
     let out = &args.out;
     std::fs::create_dir_all(out).map_err(|e| msg(format!("cannot create {}: {e}", out.display())))?;
@@ -363,4 +407,24 @@ fn hist_svg(hist: &[u64]) -> Result<String, String> {
         root.present().map_err(|x| e(&x))?;
     }
     Ok(svg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_say_how_a_mode_did() {
+        assert_eq!(verdict("fp32", 1.0, 1.0, 0, 10, None), "the reference");
+        assert_eq!(verdict("bf16", 1.005, 1.0, 0, 10, Some(0.0)), "matches FP32 (final loss within 0.50%)");
+        assert_eq!(
+            verdict("fp16-none", 1.5, 1.0, 0, 10, Some(0.98)),
+            "final loss 50.0% above FP32's; 98.0% of the gradient elements underflow to zero"
+        );
+        assert_eq!(
+            verdict("fp16-dynamic", 1.0, 1.0, 3, 10, Some(0.001)),
+            "matches FP32 (final loss within 0.00%); 3 of 10 steps skipped on overflow"
+        );
+        assert!(verdict("fp16-static", f64::NAN, 1.0, 0, 10, None).starts_with("diverged"));
+    }
 }

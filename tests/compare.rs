@@ -55,6 +55,11 @@ fn underflow_example_shows_what_loss_scaling_is_for() {
     // no rounding noise explains.
     assert!(lnone > 5.0 * l32, "fp16-none {lnone} vs fp32 {l32}");
     assert_eq!(f(dynamic, "skipped"), 0.0, "{dynamic}");
+    // A one-line verdict per mode, printed and in compare.json.
+    assert_eq!(fp32["verdict"], "the reference");
+    assert!(none["verdict"].as_str().unwrap().contains("of the gradient elements underflow to zero"), "{none}");
+    assert!(dynamic["verdict"].as_str().unwrap().starts_with("matches FP32"), "{dynamic}");
+    assert!(stdout.lines().any(|l| l.starts_with("fp16-none") && l.contains("underflow to zero")), "{stdout}");
 
     for svg in ["loss.svg", "loss_scale.svg", "grad_hist.svg"] {
         let text = std::fs::read_to_string(out.join(svg)).unwrap_or_else(|e| panic!("{svg}: {e}"));
