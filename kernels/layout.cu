@@ -42,3 +42,28 @@ MPC_TRANSPOSE(__nv_bfloat16, bf16)
 MPC_TRANSPOSE(i32, i32)
 MPC_TRANSPOSE(i64, i64)
 MPC_TRANSPOSE(u8, bool)
+
+// ---------------------------------------------------------------------------
+// slab_copy_<t>(const T* x, T* y, i64 n, i64 len, i64 xrow, i64 xoff, i64
+// yrow, i64 yoff): for i < n, with o = i / len and k = i % len,
+// y[o·yrow + yoff + k] = x[o·xrow + xoff + k]. `concat` is one launch per
+// input (its rows of len = size·inner elements into the output's rows at the
+// input's offset), `split` one per piece (the reverse); bits are copied, as
+// src/exec/cpu/layout.rs `concat`/`split` do.
+// ---------------------------------------------------------------------------
+#define MPC_SLAB_COPY(T, TN)                                                                                        \
+    extern "C" __global__ void slab_copy_##TN(const T* x, T* y, i64 n, i64 len, i64 xrow, i64 xoff, i64 yrow,        \
+                                              i64 yoff) {                                                           \
+        MPC_GRID_STRIDE(i, n) {                                                                                     \
+            const i64 o = i / len, k = i % len;                                                                     \
+            y[o * yrow + yoff + k] = x[o * xrow + xoff + k];                                                        \
+        }                                                                                                           \
+    }                                                                                                               \
+    MPC_EXPORT(slab_copy_##TN)
+
+MPC_SLAB_COPY(float, f32)
+MPC_SLAB_COPY(__half, f16)
+MPC_SLAB_COPY(__nv_bfloat16, bf16)
+MPC_SLAB_COPY(i32, i32)
+MPC_SLAB_COPY(i64, i64)
+MPC_SLAB_COPY(u8, bool)

@@ -142,11 +142,15 @@ fn cases(src: &mut Src) -> Vec<Case> {
     loss_scaling(src, &mut v);
     optimizers(src, &mut v);
     transformer::cases(src, &mut v);
+    cnn::cases(src, &mut v);
     v
 }
 
 #[path = "cuda_ops/transformer.rs"]
 mod transformer;
+
+#[path = "cuda_ops/cnn.rs"]
+mod cnn;
 
 fn constants_and_casts(src: &mut Src, out: &mut Vec<Case>) {
     for d in DType::ALL {
@@ -1153,7 +1157,7 @@ fn every_supported_op_has_cases_in_every_float_type() {
     for k in [OpKind::Adam, OpKind::Matmul, OpKind::CrossEntropy, OpKind::Cast] {
         assert!(supported.contains(&k), "{k}");
     }
-    assert!(!supported.contains(&OpKind::Conv2d) && !supported.contains(&OpKind::Input));
+    assert!(!supported.contains(&OpKind::ReduceSum) && !supported.contains(&OpKind::Input));
 
     let mut seen: BTreeMap<OpKind, Vec<DType>> = BTreeMap::new();
     for c in cases(&mut Src::new(SEED)) {

@@ -25,6 +25,7 @@ use crate::types::{DType, TensorType};
 
 use super::gpu::{Gpu, KArg, Launch};
 
+mod cnn;
 mod transformer;
 use super::launch::{self, blocks, Broadcast, THREADS};
 
@@ -77,9 +78,10 @@ impl<M> Drop for CudaBuffer<M> {
 }
 
 /// Ops the CUDA backend runs today: the MLP family (the examples `mlp`,
-/// `mlp_backward`, `underflow`, `regression_mse`) and the transformer
+/// `mlp_backward`, `underflow`, `regression_mse`), the transformer
 /// family (`gpt_block`: layouts, norms, softmax, dropout, embeddings,
-/// gradient clipping).
+/// gradient clipping) and the CNN family (`cnn`, `tests/onnx/cnn_ops.json`:
+/// convolutions, pooling, batch norms, LRN, flatten, concat, split).
 pub fn supports(op: &Op) -> bool {
     use Op::*;
     matches!(
@@ -130,6 +132,22 @@ pub fn supports(op: &Op) -> bool {
             | Embedding
             | EmbeddingGrad { .. }
             | ClipCoef { .. }
+            | Conv2d { .. }
+            | Conv2dGradInput { .. }
+            | Conv2dGradWeight { .. }
+            | MaxPool2d(_)
+            | MaxPool2dGrad(_)
+            | AvgPool2d { .. }
+            | AvgPool2dGrad { .. }
+            | BatchNorm { .. }
+            | BatchNormGrad { .. }
+            | FrozenBatchNorm { .. }
+            | FrozenBatchNormGrad { .. }
+            | Lrn { .. }
+            | LrnGrad { .. }
+            | Flatten { .. }
+            | Concat { .. }
+            | Split { .. }
     )
 }
 
@@ -539,6 +557,22 @@ impl<G: Gpu> CudaBackend<G> {
             }
             Reshape { .. } | Transpose { .. } | Embedding | EmbeddingGrad { .. } => self.layout(op, x, o),
             LayerNorm { .. } | LayerNormGrad | Softmax { .. } | SoftmaxGrad { .. } => self.norm(op, x, y),
+            Conv2d { .. }
+            | Conv2dGradInput { .. }
+            | Conv2dGradWeight { .. }
+            | MaxPool2d(_)
+            | MaxPool2dGrad(_)
+            | AvgPool2d { .. }
+            | AvgPool2dGrad { .. }
+            | BatchNorm { .. }
+            | BatchNormGrad { .. }
+            | FrozenBatchNorm { .. }
+            | FrozenBatchNormGrad { .. }
+            | Lrn { .. }
+            | LrnGrad { .. }
+            | Flatten { .. }
+            | Concat { .. }
+            | Split { .. } => self.cnn(op, x, y),
             Dropout { p: keep_p, seed } => {
                 arity(1)?;
                 let mask = y.get(1).ok_or("dropout has two outputs")?;

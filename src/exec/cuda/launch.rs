@@ -258,6 +258,64 @@ pub fn matmul_gemm(
     })
 }
 
+/// The dimension arguments of kernels/conv.cu, in order: `n, c, h, w` of the
+/// input, `o, oh, ow` of the output, `kh, kw` of the weight `[O, C/groups,
+/// kh, kw]`, then stride, padding and groups. The shapes are the op's
+/// (inferred and checked); this checks what the kernels rely on.
+pub fn conv(
+    x: &[u64],
+    w: &[u64],
+    y: &[u64],
+    stride: [u64; 2],
+    padding: [u64; 2],
+    groups: u64,
+) -> Result<[i64; 14], String> {
+    let [n, c, h, wd] = four(x)?;
+    let [o, cg, kh, kw] = four(w)?;
+    let [yn, yo, oh, ow] = four(y)?;
+    if groups == 0 || c != cg * groups || o % groups != 0 || yn != n || yo != o || stride.contains(&0) {
+        return Err(format!("conv2d: input {x:?}, weight {w:?}, output {y:?} and groups {groups} do not fit"));
+    }
+    let v = [n, c, h, wd, o, oh, ow, kh, kw, stride[0], stride[1], padding[0], padding[1], groups];
+    Ok(v.map(|d| d as i64))
+}
+
+fn four(s: &[u64]) -> Result<[u64; 4], String> {
+    <[u64; 4]>::try_from(s).map_err(|_| format!("expected an NCHW shape, found {s:?}"))
+}
+
+/// The dimension arguments of kernels/pool.cu, in order: `planes` (N·C),
+/// `h, w` of the input, `oh, ow` of the output, the window's kernel,
+/// stride and leading padding (the trailing padding only sizes the output).
+pub fn pool(x: &[u64], y: &[u64], win: &crate::op::Window) -> Result<[i64; 11], String> {
+    let [n, c, h, w] = four(x)?;
+    let [yn, yc, oh, ow] = four(y)?;
+    if yn != n || yc != c || win.stride.contains(&0) {
+        return Err(format!("pooling: input {x:?} and output {y:?} do not fit"));
+    }
+    let [kh, kw] = win.kernel;
+    let [sh, sw] = win.stride;
+    let [ph, pw] = win.padding;
+    Ok([n * c, h, w, oh, ow, kh, kw, sh, sw, ph, pw].map(|d| d as i64))
+}
+
+/// `(n, c, s)` of an `[N, C, ...]` tensor: the batch, the channels and the
+/// product of the remaining axes (the layout of batch norm and LRN).
+pub fn ncs(shape: &[u64]) -> Result<(i64, i64, i64), String> {
+    match shape {
+        [n, c, rest @ ..] => Ok((*n as i64, *c as i64, rest.iter().product::<u64>() as i64)),
+        _ => Err(format!("expected an [N, C, ...] shape, found {shape:?}")),
+    }
+}
+
+/// concat and split as slab copies: `(outer, inner)` around `axis` of
+/// `shape` (a piece's rows are `size · inner` elements long).
+pub fn slabs(shape: &[u64], axis: usize) -> (i64, i64) {
+    let outer: u64 = shape[..axis].iter().product();
+    let inner: u64 = shape[axis + 1..].iter().product();
+    (outer as i64, inner as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,5 +435,21 @@ mod tests {
         assert!(matmul_gemm((&[2, 3], false), (&[4, 4], false), &[2, 4], DType::F32, DType::F32, false).is_err());
         let e = matmul_gemm((&[6, 2, 3], false), (&[2, 3, 4], false), &[6, 2, 4], DType::F32, DType::F32, false);
         assert!(e.unwrap_err().contains("partially"));
+    }
+
+    #[test]
+    fn conv_and_pool_dimensions() {
+        // [2, 4, 8, 8] * [8, 2, 3, 3], groups 2, stride 1, padding 1.
+        let d = conv(&[2, 4, 8, 8], &[8, 2, 3, 3], &[2, 8, 8, 8], [1, 1], [1, 1], 2).unwrap();
+        assert_eq!(d, [2, 4, 8, 8, 8, 8, 8, 3, 3, 1, 1, 1, 1, 2]);
+        assert!(conv(&[2, 4, 8, 8], &[8, 4, 3, 3], &[2, 8, 8, 8], [1, 1], [1, 1], 2).is_err());
+        assert!(conv(&[2, 4, 8], &[8, 4, 3, 3], &[2, 8, 8, 8], [1, 1], [1, 1], 1).is_err());
+        let w = crate::op::Window { padding_end: [1, 0], ..crate::op::Window::new([3, 2], [2, 1], [0, 1]) };
+        assert_eq!(pool(&[2, 3, 8, 7], &[2, 3, 4, 8], &w).unwrap(), [6, 8, 7, 4, 8, 3, 2, 2, 1, 0, 1]);
+        assert_eq!(ncs(&[2, 3, 4, 5]).unwrap(), (2, 3, 20));
+        assert_eq!(ncs(&[2, 3]).unwrap(), (2, 3, 1));
+        assert!(ncs(&[2]).is_err());
+        assert_eq!(slabs(&[2, 3, 4, 5], 1), (2, 20));
+        assert_eq!(slabs(&[2, 3], 0), (1, 3));
     }
 }

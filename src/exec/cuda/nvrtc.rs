@@ -40,6 +40,10 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("optim.cu", include_str!("../../../kernels/optim.cu")),
     ("scale.cu", include_str!("../../../kernels/scale.cu")),
     ("layout.cu", include_str!("../../../kernels/layout.cu")),
+    ("conv.cu", include_str!("../../../kernels/conv.cu")),
+    ("pool.cu", include_str!("../../../kernels/pool.cu")),
+    ("bnorm.cu", include_str!("../../../kernels/bnorm.cu")),
+    ("lrn.cu", include_str!("../../../kernels/lrn.cu")),
     ("norm.cu", include_str!("../../../kernels/norm.cu")),
     ("embed.cu", include_str!("../../../kernels/embed.cu")),
 ];
