@@ -76,6 +76,7 @@ section "mpc train on the CPU and on the device"
 train_pair "mlp digits fp16" ir-examples/mlp.json --data ir-examples/data/digits.csv.gz --steps 200 --seed 1
 train_pair "mlp digits bf16" ir-examples/mlp.json --data ir-examples/data/digits.csv.gz --steps 200 --seed 1 --precision bf16
 train_pair "underflow fp16" ir-examples/underflow.json --steps 200 --seed 1
+train_pair "cnn synthetic fp16" ir-examples/cnn.json --steps 100 --seed 1
 train_pair "gpt_block text fp16" ir-examples/gpt_block.json --data ir-examples/data/declaration.txt --steps 100 --seed 1
 train_pair "gpt_block text bf16" ir-examples/gpt_block.json --data ir-examples/data/declaration.txt --steps 100 --seed 1 --precision bf16
 
