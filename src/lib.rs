@@ -18,6 +18,7 @@ pub mod diag;
 pub mod emit;
 pub mod exec;
 pub mod format;
+pub mod gen;
 pub mod graph;
 pub mod infer;
 pub mod io;

@@ -154,6 +154,15 @@ enum Command {
     Import(import_cmd::ImportArgs),
     /// Print the JSON Schema of the graph format.
     Schema,
+    /// Write a generated training graph (mpc/1 JSON).
+    #[command(subcommand)]
+    Gen(GenCommand),
+    /// Lower a graph in fp32, fp16 and bf16 and print each one's planned
+    /// step memory, allocating nothing (for graphs too big to try).
+    Plan {
+        /// The graph file (JSON, format mpc/1).
+        model: PathBuf,
+    },
     /// Print the op precision table: each class, what it means, its ops.
     Table {
         /// The low type whose default table to print.
@@ -225,6 +234,63 @@ fn parse_selftest_device(s: &str) -> Result<mpc::exec::device::Device, String> {
         d @ (Device::Cuda | Device::CudaEmu) => Ok(d),
         _ => Err("the self-test compares a CUDA device with the CPU: use cuda or cuda-emu".into()),
     }
+}
+
+#[derive(Subcommand)]
+enum GenCommand {
+    /// A GPT (GPT-2's layout) trained with AdamW; GPT-2 small by default.
+    Gpt {
+        #[arg(long, default_value_t = 12)]
+        layers: u64,
+        #[arg(long, default_value_t = 768)]
+        d_model: u64,
+        #[arg(long, default_value_t = 12)]
+        heads: u64,
+        /// Sequence length (positions).
+        #[arg(long, default_value_t = 1024)]
+        seq: u64,
+        #[arg(long, default_value_t = 50257)]
+        vocab: u64,
+        #[arg(long, default_value_t = 8)]
+        batch: u64,
+        /// Dropout on the attention weights (0: none).
+        #[arg(long, default_value_t = 0.1)]
+        dropout: f64,
+        /// Write here (atomically) instead of to standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+fn gen(cmd: GenCommand) -> Result<(), miette::Report> {
+    let GenCommand::Gpt { layers, d_model, heads, seq, vocab, batch, dropout, output } = cmd;
+    let cfg = mpc::gen::Gpt { layers, d_model, heads, seq, vocab, batch, dropout, ..mpc::gen::Gpt::gpt2_small() };
+    if let Some(why) = cfg.problem() {
+        usage_error(why);
+    }
+    let text = serde_json::to_string_pretty(&cfg.graph()).unwrap_or_default() + "\n";
+    match output {
+        Some(path) => {
+            write_atomic(&path, text.as_bytes())
+                .map_err(|e| miette::Report::msg(format!("cannot write {}: {e}", path.display())))?;
+            eprintln!("{}: {} parameters", path.display(), cfg.parameters());
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+/// `mpc plan`: the planned step memory in each precision.
+fn plan(model: &std::path::Path) -> Result<(), miette::Report> {
+    for precision in [TrainPrecision::Fp32, TrainPrecision::Fp16, TrainPrecision::Bf16] {
+        let (_, g) = load_for_training(model, precision, None, None, &[])?;
+        let r = mpc::exec::Plan::new(&g, 0)
+            .and_then(|p| mpc::exec::memory::report(&p))
+            .map_err(|e| miette::Report::msg(format!("{}: {e}", model.display())))?;
+        let name = format!("{precision:?}").to_lowercase();
+        println!("{name:<5} {r}");
+    }
+    Ok(())
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -559,6 +625,8 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
         Command::Train(args) => train(args),
         Command::Compare(args) => compare::compare(args),
         Command::Import(args) => import_cmd::import(args),
+        Command::Gen(cmd) => gen(cmd),
+        Command::Plan { model } => plan(&model),
         Command::Table { precision, table, json } => print_table(precision, table.as_deref(), json),
         Command::Devices => {
             println!("{}", mpc::exec::cuda::probe::probe());

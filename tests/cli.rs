@@ -210,6 +210,29 @@ fn no_decay_patterns_exempt_params() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// `mpc gen gpt` writes a graph that checks; `mpc plan` lowers it in each
+/// precision and prints the planned memory without allocating.
+#[test]
+fn gen_gpt_and_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gpt.json");
+    let p = path.to_str().unwrap();
+    let o = mpc(&["gen", "gpt", "--layers", "2", "--d-model", "32", "--heads", "4", "--seq", "16", "--vocab", "50", "-o", p]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("parameters"), "{}", stderr(&o));
+    let o = mpc(&["check", p]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = mpc(&["plan", p]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for precision in ["fp32 ", "fp16 ", "bf16 "] {
+        assert!(out.lines().any(|l| l.starts_with(precision) && l.contains("planned peak memory")), "{out}");
+    }
+    let o = mpc(&["gen", "gpt", "--d-model", "30", "--heads", "4"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("not a multiple of heads"), "{}", stderr(&o));
+}
+
 #[test]
 fn missing_file_exits_1() {
     let o = mpc(&["check", "no/such.json"]);
