@@ -195,3 +195,75 @@ __device__ __forceinline__ void softmax_grad_rows(const T* dy, const T* y, T* dx
 MPC_SOFTMAX(float, f32)
 MPC_SOFTMAX(__half, f16)
 MPC_SOFTMAX(__nv_bfloat16, bf16)
+
+// ---------------------------------------------------------------------------
+// log_softmax_<t>(const T* x, T* y, i64 outer, i64 len, i64 inner)
+// Along an axis of length `len`, x seen as [outer, len, inner] (rows as for
+// softmax): y = x - max - logf(Σ expf(x - max)). A thread per row (work =
+// outer · inner) walks the row in index order, the CPU's order
+// (src/exec/cpu/nn.rs `softmax` with `log`): the max is a fold of fmaxf from
+// -inf, the sum starts from -0.0 as Rust's f32 `sum` does, so every f32
+// operation is the CPU's and the output rounds once. The same bits wherever
+// expf/logf are the CPU's (the emulation); CUDA's are within 2 ulp.
+// log_softmax_grad_<dy>_<y>(const DY* dy, const Y* y, DY* dx, i64 outer,
+//     i64 len, i64 inner): dx = dy - expf(y)·Σ dy along the same rows, a
+// thread per row, the sum in index order from -0.0 (dy and y may differ in
+// type; dx is dy's).
+// ---------------------------------------------------------------------------
+template <typename T>
+__device__ __forceinline__ void log_softmax_rows(const T* x, T* y, i64 outer, i64 len, i64 inner) {
+    MPC_GRID_STRIDE(r, outer * inner) {
+        const i64 o = r / inner, i = r % inner;
+        const i64 base = o * len * inner + i;
+        float m = -mpc_inf_f32();
+        for (i64 j = 0; j < len; ++j) m = fmaxf(m, to_f32(x[base + j * inner]));
+        float s = -0.0f;
+        for (i64 j = 0; j < len; ++j) s += expf(to_f32(x[base + j * inner]) - m);
+        const float ls = logf(s);
+        for (i64 j = 0; j < len; ++j) {
+            const i64 at = base + j * inner;
+            y[at] = from_f32<T>(to_f32(x[at]) - m - ls);
+        }
+    }
+}
+
+template <typename DY, typename Y>
+__device__ __forceinline__ void log_softmax_grad_rows(const DY* dy, const Y* y, DY* dx, i64 outer, i64 len,
+                                                      i64 inner) {
+    MPC_GRID_STRIDE(r, outer * inner) {
+        const i64 o = r / inner, i = r % inner;
+        const i64 base = o * len * inner + i;
+        float s = -0.0f;
+        for (i64 j = 0; j < len; ++j) s += to_f32(dy[base + j * inner]);
+        for (i64 j = 0; j < len; ++j) {
+            const i64 at = base + j * inner;
+            dx[at] = from_f32<DY>(to_f32(dy[at]) - expf(to_f32(y[at])) * s);
+        }
+    }
+}
+
+#define MPC_LOG_SOFTMAX(T, TN)                                                                          \
+    extern "C" __global__ void log_softmax_##TN(const T* x, T* y, i64 outer, i64 len, i64 inner) {      \
+        log_softmax_rows<T>(x, y, outer, len, inner);                                                   \
+    }                                                                                                   \
+    MPC_EXPORT(log_softmax_##TN)
+
+MPC_LOG_SOFTMAX(float, f32)
+MPC_LOG_SOFTMAX(__half, f16)
+MPC_LOG_SOFTMAX(__nv_bfloat16, bf16)
+
+#define MPC_LOG_SOFTMAX_GRAD(DY, DN, Y, YN)                                                                      \
+    extern "C" __global__ void log_softmax_grad_##DN##_##YN(const DY* dy, const Y* y, DY* dx, i64 outer, i64 len, \
+                                                            i64 inner) {                                         \
+        log_softmax_grad_rows<DY, Y>(dy, y, dx, outer, len, inner);                                              \
+    }                                                                                                            \
+    MPC_EXPORT(log_softmax_grad_##DN##_##YN)
+
+#define MPC_LOG_SOFTMAX_GRAD_ALL(DY, DN)                  \
+    MPC_LOG_SOFTMAX_GRAD(DY, DN, float, f32)              \
+    MPC_LOG_SOFTMAX_GRAD(DY, DN, __half, f16)             \
+    MPC_LOG_SOFTMAX_GRAD(DY, DN, __nv_bfloat16, bf16)
+
+MPC_LOG_SOFTMAX_GRAD_ALL(float, f32)
+MPC_LOG_SOFTMAX_GRAD_ALL(__half, f16)
+MPC_LOG_SOFTMAX_GRAD_ALL(__nv_bfloat16, bf16)

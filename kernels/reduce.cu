@@ -1,4 +1,5 @@
-// Reductions: sum_to (to a broadcast-compatible smaller shape), global_norm
+// Reductions: sum_to (to a broadcast-compatible smaller shape), reduce_sum and
+// reduce_mean (a thread per output in the CPU's order: its bits), global_norm
 // (two passes, f64) and found_inf.
 //
 // Numerics: sum_to accumulates in f32 and rounds once to the output type,
@@ -92,6 +93,77 @@ __device__ __forceinline__ void sum_to(const T* x, T* y, i64 m, i64 count, const
 MPC_SUM_TO(float, f32)
 MPC_SUM_TO(__half, f16)
 MPC_SUM_TO(__nv_bfloat16, bf16)
+
+// ---------------------------------------------------------------------------
+// reduce_<t>(const T* x, T* y, i64 m, i64 count, i64 d0..d5, u32 reduce_mask,
+//     i32 mean)
+// reduce_sum / reduce_mean over any set of axes (keepdims changes only y's
+// shape, not its order). The geometry is sum_to's: d0..d5 x's dims padded on
+// the left to six axes, bit k of reduce_mask set for a reduced axis, m the
+// product of the kept axes (y's size, in their row-major order) and count
+// the product of the reduced ones. A thread per output (work = m) walks its
+// reduced elements like an odometer, last axis fastest, i.e. in increasing
+// index order, as the CPU does (src/exec/cpu/layout.rs `reduce`): floats
+// accumulate in f32 from +0.0, with mean != 0 divide by (float)count, and
+// round once; i32/i64 add in i64 wrapping (modulo 2^64, as u64 here), then
+// i32 keeps the low 32 bits (Rust's `as i32`). The same bits as the CPU.
+// ---------------------------------------------------------------------------
+__device__ __forceinline__ float red_add(float a, float v) { return a + v; }
+__device__ __forceinline__ float red_add(float a, __half v) { return a + to_f32(v); }
+__device__ __forceinline__ float red_add(float a, __nv_bfloat16 v) { return a + to_f32(v); }
+__device__ __forceinline__ u64 red_add(u64 a, i32 v) { return a + (u64)(i64)v; }
+__device__ __forceinline__ u64 red_add(u64 a, i64 v) { return a + (u64)v; }
+
+__device__ __forceinline__ void red_store(float* y, float a, int mean, i64 count) {
+    *y = from_f32<float>(mean ? a / (float)count : a);
+}
+__device__ __forceinline__ void red_store(__half* y, float a, int mean, i64 count) {
+    *y = from_f32<__half>(mean ? a / (float)count : a);
+}
+__device__ __forceinline__ void red_store(__nv_bfloat16* y, float a, int mean, i64 count) {
+    *y = from_f32<__nv_bfloat16>(mean ? a / (float)count : a);
+}
+// Integer means are refused by the type checker; the sum is stored as is.
+__device__ __forceinline__ void red_store(i32* y, u64 a, int, i64) { *y = (i32)(u32)a; }
+__device__ __forceinline__ void red_store(i64* y, u64 a, int, i64) { *y = (i64)a; }
+
+template <typename T, typename A>
+__device__ __forceinline__ void reduce_axes(const T* x, T* y, i64 m, i64 count, const i64* d, u32 mask, int mean) {
+    i64 st[6];
+    st[5] = 1;
+    for (int k = 4; k >= 0; --k) st[k] = st[k + 1] * d[k + 1];
+    MPC_GRID_STRIDE(o, m) {
+        const i64 base = axes_offset(o, d, st, mask, 0u);
+        i64 c[6] = {0, 0, 0, 0, 0, 0};
+        i64 off = 0;
+        A acc = (A)0;
+        for (i64 r = 0; r < count; ++r) {
+            acc = red_add(acc, x[base + off]);
+            for (int k = 5; k >= 0; --k) {
+                if (((mask >> k) & 1u) == 0u) continue;
+                off += st[k];
+                if (++c[k] < d[k]) break;
+                off -= st[k] * d[k];
+                c[k] = 0;
+            }
+        }
+        red_store(y + o, acc, mean, count);
+    }
+}
+
+#define MPC_REDUCE(T, TN, A)                                                                                 \
+    extern "C" __global__ void reduce_##TN(const T* x, T* y, i64 m, i64 count, i64 d0, i64 d1, i64 d2, i64 d3, \
+                                           i64 d4, i64 d5, u32 reduce_mask, i32 mean) {                      \
+        const i64 d[6] = {d0, d1, d2, d3, d4, d5};                                                           \
+        reduce_axes<T, A>(x, y, m, count, d, reduce_mask, mean);                                             \
+    }                                                                                                        \
+    MPC_EXPORT(reduce_##TN)
+
+MPC_REDUCE(float, f32, float)
+MPC_REDUCE(__half, f16, float)
+MPC_REDUCE(__nv_bfloat16, bf16, float)
+MPC_REDUCE(i32, i32, u64)
+MPC_REDUCE(i64, i64, u64)
 
 // ---------------------------------------------------------------------------
 // global_norm(g1, ..., gn) = sqrt(sum of every element squared), in f64:

@@ -217,7 +217,22 @@ fn gen_gpt_and_plan() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gpt.json");
     let p = path.to_str().unwrap();
-    let o = mpc(&["gen", "gpt", "--layers", "2", "--d-model", "32", "--heads", "4", "--seq", "16", "--vocab", "50", "-o", p]);
+    let o = mpc(&[
+        "gen",
+        "gpt",
+        "--layers",
+        "2",
+        "--d-model",
+        "32",
+        "--heads",
+        "4",
+        "--seq",
+        "16",
+        "--vocab",
+        "50",
+        "-o",
+        p,
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("parameters"), "{}", stderr(&o));
     let o = mpc(&["check", p]);

@@ -9,8 +9,9 @@
 //!
 //! Tolerances, per op class (u = 2^-24, the unit roundoff of f32):
 //! - [`Tol::Exact`] for the elementwise ops, casts, constants, mse_grad,
-//!   sum_to with the last axis kept (a thread per output adds in the CPU's
-//!   order), loss scaling and the optimizers: the kernels widen their
+//!   sum_to with the last axis kept and reduce_sum/reduce_mean (a thread
+//!   per output adds in the CPU's order), log_softmax and its gradient (a
+//!   thread per row, the CPU's order), loss scaling and the optimizers: the kernels widen their
 //!   inputs to f32 exactly, do the CPU's f32 operations in the CPU's order
 //!   (no contraction: `--fmad=false` on a GPU, `-ffp-contract=off` here;
 //!   IEEE `/` and `sqrtf`; adam's `1 - b^step` by the same square and
@@ -20,7 +21,7 @@
 //!   here. So the results must be the same bits; a NaN matches any NaN
 //!   (a GPU's conversions may make a canonical NaN).
 //! - [`Tol::Bits`] for bit copies (identity, a cast to the same type,
-//!   select): every bit, NaN payloads included.
+//!   select, broadcast_to): every bit, NaN payloads included.
 //! - [`Tol::Within`] for what sums in another order (sum_to with the last
 //!   axis summed, cross_entropy and its gradient, mse, global_norm,
 //!   matmul): a bound per output, computed from the inputs by
@@ -143,6 +144,7 @@ fn cases(src: &mut Src) -> Vec<Case> {
     optimizers(src, &mut v);
     transformer::cases(src, &mut v);
     cnn::cases(src, &mut v);
+    reduce::cases(src, &mut v);
     v
 }
 
@@ -151,6 +153,9 @@ mod transformer;
 
 #[path = "cuda_ops/cnn.rs"]
 mod cnn;
+
+#[path = "cuda_ops/reduce.rs"]
+mod reduce;
 
 fn constants_and_casts(src: &mut Src, out: &mut Vec<Case>) {
     for d in DType::ALL {
@@ -1157,7 +1162,9 @@ fn every_supported_op_has_cases_in_every_float_type() {
     for k in [OpKind::Adam, OpKind::Matmul, OpKind::CrossEntropy, OpKind::Cast] {
         assert!(supported.contains(&k), "{k}");
     }
-    assert!(!supported.contains(&OpKind::ReduceSum) && !supported.contains(&OpKind::Input));
+    for k in [OpKind::Input, OpKind::Param, OpKind::State] {
+        assert!(!supported.contains(&k), "{k}");
+    }
 
     let mut seen: BTreeMap<OpKind, Vec<DType>> = BTreeMap::new();
     for c in cases(&mut Src::new(SEED)) {

@@ -80,8 +80,10 @@ impl<M> Drop for CudaBuffer<M> {
 /// Ops the CUDA backend runs today: the MLP family (the examples `mlp`,
 /// `mlp_backward`, `underflow`, `regression_mse`), the transformer
 /// family (`gpt_block`: layouts, norms, softmax, dropout, embeddings,
-/// gradient clipping) and the CNN family (`cnn`, `tests/onnx/cnn_ops.json`:
-/// convolutions, pooling, batch norms, LRN, flatten, concat, split).
+/// gradient clipping), the CNN family (`cnn`, `tests/onnx/cnn_ops.json`:
+/// convolutions, pooling, batch norms, LRN, flatten, concat, split) and
+/// the rest of the IR's ops: `reduce_sum`, `reduce_mean`, `broadcast_to`,
+/// `log_softmax` and its gradient (ONNX imports such as SqueezeNet).
 pub fn supports(op: &Op) -> bool {
     use Op::*;
     matches!(
@@ -109,6 +111,9 @@ pub fn supports(op: &Op) -> bool {
             | ErfGrad
             | Matmul { .. }
             | SumTo { .. }
+            | ReduceSum { .. }
+            | ReduceMean { .. }
+            | BroadcastTo { .. }
             | CrossEntropy
             | CrossEntropyGrad
             | Mse
@@ -127,6 +132,8 @@ pub fn supports(op: &Op) -> bool {
             | LayerNormGrad
             | Softmax { .. }
             | SoftmaxGrad { .. }
+            | LogSoftmax { .. }
+            | LogSoftmaxGrad { .. }
             | Dropout { .. }
             | DropoutGrad { .. }
             | Embedding
@@ -432,6 +439,18 @@ impl<G: Gpu> CudaBackend<G> {
                 args.push(KArg::U32(s.mask));
                 self.launch(&format!("sum_to_{t}"), work, &args)
             }
+            ReduceSum { axes, .. } | ReduceMean { axes, .. } => {
+                arity(1)?;
+                if x[0].ty.dtype != o.ty.dtype {
+                    return Err(format!("{} keeps its input's type", op.name()));
+                }
+                let s = launch::reduce(&x[0].ty.shape.0, axes)?;
+                let mut args = vec![p(x[0]), p(o), KArg::I64(s.m), KArg::I64(s.count)];
+                args.extend(s.dims.iter().map(|&d| KArg::I64(d)));
+                args.push(KArg::U32(s.mask));
+                args.push(KArg::I32(i32::from(matches!(op, ReduceMean { .. }))));
+                self.launch(&format!("reduce_{t}"), s.m as u64, &args)
+            }
             CrossEntropy => {
                 arity(2)?;
                 let (rows, classes) = launch::rows_classes(&x[0].ty.shape.0)?;
@@ -555,8 +574,15 @@ impl<G: Gpu> CudaBackend<G> {
                 ];
                 self.launch(&format!("adam_{t}_{}", sfx(x[4].ty.dtype)), n as u64, &args)
             }
-            Reshape { .. } | Transpose { .. } | Embedding | EmbeddingGrad { .. } => self.layout(op, x, o),
-            LayerNorm { .. } | LayerNormGrad | Softmax { .. } | SoftmaxGrad { .. } => self.norm(op, x, y),
+            Reshape { .. } | Transpose { .. } | BroadcastTo { .. } | Embedding | EmbeddingGrad { .. } => {
+                self.layout(op, x, o)
+            }
+            LayerNorm { .. }
+            | LayerNormGrad
+            | Softmax { .. }
+            | SoftmaxGrad { .. }
+            | LogSoftmax { .. }
+            | LogSoftmaxGrad { .. } => self.norm(op, x, y),
             Conv2d { .. }
             | Conv2dGradInput { .. }
             | Conv2dGradWeight { .. }

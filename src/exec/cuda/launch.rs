@@ -141,6 +141,77 @@ pub fn sum_to(shape: &[u64], target: &[u64]) -> Result<SumTo, String> {
     Ok(s)
 }
 
+/// The geometry of `reduce_sum`/`reduce_mean(x: shape, axes)` for the
+/// `reduce_<t>` kernel (kernels/reduce.cu), in `sum_to`'s terms: `m` outputs
+/// (the kept axes, row-major, whether or not they are kept as size 1),
+/// `count` elements each, the reduced axes as the mask. Size-1 axes drop and
+/// adjacent axes of the same kind merge (neither changes the order in which
+/// an output's elements are visited: increasing index), so any rank works
+/// whose kept and reduced axes alternate at most six times. Negative axes
+/// count from the end; an axis named twice is reduced once (as on the CPU).
+pub fn reduce(shape: &[u64], axes: &[i64]) -> Result<SumTo, String> {
+    let mut reduced = vec![false; shape.len()];
+    for &a in axes {
+        reduced[crate::types::resolve_axis(a, shape.len())?] = true;
+    }
+    // (dim, reduced), outermost first.
+    let mut merged: Vec<(u64, bool)> = Vec::new();
+    for (&d, &r) in shape.iter().zip(&reduced) {
+        if d == 1 {
+            continue;
+        }
+        match merged.last_mut() {
+            Some(last) if last.1 == r => last.0 *= d,
+            _ => merged.push((d, r)),
+        }
+    }
+    if merged.len() > MAX_RANK {
+        return Err(format!("reducing {shape:?} over {axes:?} needs more than {MAX_RANK} axes"));
+    }
+    let mut s = SumTo { m: 1, count: 1, dims: [1; MAX_RANK], mask: 0 };
+    let lead = MAX_RANK - merged.len();
+    for (i, &(d, r)) in merged.iter().enumerate() {
+        s.dims[lead + i] = d as i64;
+        if r {
+            s.mask |= 1 << (lead + i);
+            s.count *= d as i64;
+        } else {
+            s.m *= d as i64;
+        }
+    }
+    Ok(s)
+}
+
+/// The geometry of `broadcast_to(x: shape) -> out` as a gather by the
+/// `transpose_<t>` kernel (kernels/layout.cu): out's dims and x's element
+/// strides along them, 0 where x is broadcast (right-aligned, NumPy's
+/// rule). Size-1 output axes drop and adjacent axes merge where x steps
+/// over them contiguously or broadcasts both.
+pub fn broadcast_to(shape: &[u64], out: &[u64]) -> Result<Permute, String> {
+    let st = strides_in(shape, out)?;
+    let mut axes: Vec<(i64, i64)> = Vec::new();
+    for (&d, &s) in out.iter().zip(&st) {
+        let d = d as i64;
+        if d == 1 {
+            continue;
+        }
+        match axes.last_mut() {
+            Some(last) if last.1 == s * d => *last = (last.0 * d, s),
+            _ => axes.push((d, s)),
+        }
+    }
+    if axes.len() > MAX_RANK {
+        return Err(format!("broadcasting {shape:?} to {out:?} needs more than {MAX_RANK} axes"));
+    }
+    let mut g = Permute { rank: axes.len() as i32, dims: [1; MAX_RANK], strides: [0; MAX_RANK] };
+    let lead = MAX_RANK - axes.len();
+    for (i, &(d, s)) in axes.iter().enumerate() {
+        g.dims[lead + i] = d;
+        g.strides[lead + i] = s;
+    }
+    Ok(g)
+}
+
 /// `(rows, classes)` of `[N, C]` logits.
 pub fn rows_classes(shape: &[u64]) -> Result<(i64, i64), String> {
     match shape {
@@ -387,6 +458,48 @@ mod tests {
         let seven: Vec<u64> = vec![2; 7];
         assert!(transpose(&seven, &[6, 5, 4, 3, 2, 1, 0]).is_err());
         assert!(transpose(&[], &[]).unwrap().rank == 0);
+    }
+
+    #[test]
+    fn reductions_merge_axes_of_one_kind() {
+        // Global average pooling: [N, C, H, W] over (2, 3).
+        let s = reduce(&[2, 3, 4, 5], &[2, -1]).unwrap();
+        assert_eq!((s.m, s.count, s.mask), (6, 20, 0b100000));
+        assert_eq!(&s.dims[4..], &[6, 20]);
+        // The middle axis; size-1 axes drop, a repeated axis counts once.
+        let s = reduce(&[3, 1, 4, 5], &[2, 2, -2]).unwrap();
+        assert_eq!((s.m, s.count, s.mask, &s.dims[3..]), (15, 4, 0b010000, &[3, 4, 5][..]));
+        // Every axis, and an all-ones shape.
+        let s = reduce(&[3, 4], &[0, 1]).unwrap();
+        assert_eq!((s.m, s.count, s.mask, s.dims[5]), (1, 12, 0b100000, 12));
+        let s = reduce(&[1, 1], &[0]).unwrap();
+        assert_eq!((s.m, s.count, s.mask, s.dims), (1, 1, 0, [1; MAX_RANK]));
+        // Alternating axes: seven cannot merge, six can be run.
+        let seven = [2u64; 7];
+        assert!(reduce(&seven, &[0, 2, 4, 6]).is_err());
+        let s = reduce(&[2, 3, 2, 3, 2, 3, 1], &[1, 3, 5]).unwrap();
+        assert_eq!((s.m, s.count, s.mask), (8, 27, 0b101010));
+        assert!(reduce(&[2, 3], &[2]).is_err());
+    }
+
+    #[test]
+    fn broadcasts_are_gathers_with_zero_strides() {
+        // A bias [C] to [N, C].
+        let g = broadcast_to(&[5], &[3, 5]).unwrap();
+        assert_eq!((g.rank, &g.dims[4..], &g.strides[4..]), (2, &[3, 5][..], &[0, 1][..]));
+        // [C, 1, 1] to [N, C, H, W]: H and W merge (both broadcast).
+        let g = broadcast_to(&[4, 1, 1], &[2, 4, 3, 3]).unwrap();
+        assert_eq!((g.rank, &g.dims[3..], &g.strides[3..]), (3, &[2, 4, 9][..], &[0, 1, 0][..]));
+        // A copy is one contiguous axis; a scalar is stride 0.
+        let g = broadcast_to(&[2, 3], &[2, 3]).unwrap();
+        assert_eq!((g.rank, g.dims[5], g.strides[5]), (1, 6, 1));
+        let g = broadcast_to(&[], &[7, 1]).unwrap();
+        assert_eq!((g.rank, g.dims[5], g.strides[5]), (1, 7, 0));
+        assert_eq!(broadcast_to(&[1], &[1, 1]).unwrap().rank, 0);
+        assert!(broadcast_to(&[3], &[4]).is_err());
+        assert!(broadcast_to(&[2, 3], &[3]).is_err());
+        let alt: Vec<u64> = (0..8).map(|i| if i % 2 == 0 { 2 } else { 1 }).collect();
+        assert!(broadcast_to(&alt, &[2u64; 8]).is_err(), "eight axes that cannot merge");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::super::launch;
 use super::{n_of, p, sfx, CudaBackend, CudaBuffer};
 
 impl<G: Gpu> CudaBackend<G> {
-    /// reshape, transpose, embedding, embedding_grad: writes `o`.
+    /// reshape, transpose, broadcast_to, embedding, embedding_grad: writes `o`.
     pub(super) fn layout(&mut self, op: &Op, x: &[&CudaBuffer<G::Mem>], o: &CudaBuffer<G::Mem>) -> Result<(), String> {
         let n = n_of(&o.ty);
         let t = sfx(o.ty.dtype);
@@ -23,6 +23,14 @@ impl<G: Gpu> CudaBackend<G> {
             Op::Transpose { perm } => {
                 one(x)?;
                 let g = launch::transpose(&x[0].ty.shape.0, perm)?;
+                let mut args = vec![p(x[0]), p(o), KArg::I64(n), KArg::I32(g.rank)];
+                args.extend(g.dims.iter().chain(&g.strides).map(|&v| KArg::I64(v)));
+                self.launch(&format!("transpose_{t}"), n as u64, &args)
+            }
+            // A gather with stride 0 along the broadcast axes: bits are copied.
+            Op::BroadcastTo { .. } => {
+                one(x)?;
+                let g = launch::broadcast_to(&x[0].ty.shape.0, &o.ty.shape.0)?;
                 let mut args = vec![p(x[0]), p(o), KArg::I64(n), KArg::I32(g.rank)];
                 args.extend(g.dims.iter().chain(&g.strides).map(|&v| KArg::I64(v)));
                 self.launch(&format!("transpose_{t}"), n as u64, &args)
@@ -45,8 +53,9 @@ impl<G: Gpu> CudaBackend<G> {
         }
     }
 
-    /// layer_norm, layer_norm_grad, softmax, softmax_grad: writes `y`. The
-    /// row kernels take a warp per row (work = rows · 32).
+    /// layer_norm, layer_norm_grad, softmax, softmax_grad, log_softmax,
+    /// log_softmax_grad: writes `y`. The layer_norm and softmax row kernels
+    /// take a warp per row (work = rows · 32), log_softmax's a thread.
     pub(super) fn norm(&mut self, op: &Op, x: &[&CudaBuffer<G::Mem>], y: &[CudaBuffer<G::Mem>]) -> Result<(), String> {
         match (op, y) {
             (Op::LayerNorm { eps }, [out, mean, rstd]) => {
@@ -94,6 +103,20 @@ impl<G: Gpu> CudaBackend<G> {
                 let (outer, len, inner) = launch::around(&x[1].ty.shape.0, *axis)?;
                 let args = [p(x[0]), p(x[1]), p(dx), KArg::I64(outer), KArg::I64(len), KArg::I64(inner)];
                 self.launch(&format!("softmax_grad_{}", sfx(dx.ty.dtype)), (outer * inner) as u64 * 32, &args)
+            }
+            // A thread per row (work = rows), in the CPU's order.
+            (Op::LogSoftmax { axis }, [out]) => {
+                one(x)?;
+                let (outer, len, inner) = launch::around(&x[0].ty.shape.0, *axis)?;
+                let args = [p(x[0]), p(out), KArg::I64(outer), KArg::I64(len), KArg::I64(inner)];
+                self.launch(&format!("log_softmax_{}", sfx(out.ty.dtype)), (outer * inner) as u64, &args)
+            }
+            (Op::LogSoftmaxGrad { axis }, [dx]) => {
+                two(x)?;
+                let (outer, len, inner) = launch::around(&x[1].ty.shape.0, *axis)?;
+                let name = format!("log_softmax_grad_{}_{}", sfx(dx.ty.dtype), sfx(x[1].ty.dtype));
+                let args = [p(x[0]), p(x[1]), p(dx), KArg::I64(outer), KArg::I64(len), KArg::I64(inner)];
+                self.launch(&name, (outer * inner) as u64, &args)
             }
             (op, _) => Err(format!("`{}`: not a row op, or the wrong number of outputs", op.name())),
         }
