@@ -139,23 +139,7 @@ pub fn supports(op: &Op) -> bool {
             | Embedding
             | EmbeddingGrad { .. }
             | ClipCoef { .. }
-            | Conv2d { .. }
-            | Conv2dGradInput { .. }
-            | Conv2dGradWeight { .. }
-            | MaxPool2d(_)
-            | MaxPool2dGrad(_)
-            | AvgPool2d { .. }
-            | AvgPool2dGrad { .. }
-            | BatchNorm { .. }
-            | BatchNormGrad { .. }
-            | FrozenBatchNorm { .. }
-            | FrozenBatchNormGrad { .. }
-            | Lrn { .. }
-            | LrnGrad { .. }
-            | Flatten { .. }
-            | Concat { .. }
-            | Split { .. }
-    )
+    ) || cnn::handles(op)
 }
 
 /// Why the backend cannot run `plan` (the ops it lacks, by node, the first
@@ -583,22 +567,6 @@ impl<G: Gpu> CudaBackend<G> {
             | SoftmaxGrad { .. }
             | LogSoftmax { .. }
             | LogSoftmaxGrad { .. } => self.norm(op, x, y),
-            Conv2d { .. }
-            | Conv2dGradInput { .. }
-            | Conv2dGradWeight { .. }
-            | MaxPool2d(_)
-            | MaxPool2dGrad(_)
-            | AvgPool2d { .. }
-            | AvgPool2dGrad { .. }
-            | BatchNorm { .. }
-            | BatchNormGrad { .. }
-            | FrozenBatchNorm { .. }
-            | FrozenBatchNormGrad { .. }
-            | Lrn { .. }
-            | LrnGrad { .. }
-            | Flatten { .. }
-            | Concat { .. }
-            | Split { .. } => self.cnn(op, x, y),
             Dropout { p: keep_p, seed } => {
                 arity(1)?;
                 let mask = y.get(1).ok_or("dropout has two outputs")?;
@@ -619,6 +587,7 @@ impl<G: Gpu> CudaBackend<G> {
                     .launch("clip_coef_f32", Launch::linear(1, 32), &[p(x[0]), p(o), KArg::F64(*max_norm)])
                     .map_err(|e| e.to_string())
             }
+            _ if cnn::handles(op) => self.cnn(op, x, y),
             other => Err(format!("the CUDA backend has no kernel for `{}` yet", other.name())),
         }
     }

@@ -189,27 +189,8 @@ pub fn reduce(shape: &[u64], axes: &[i64]) -> Result<SumTo, String> {
 /// over them contiguously or broadcasts both.
 pub fn broadcast_to(shape: &[u64], out: &[u64]) -> Result<Permute, String> {
     let st = strides_in(shape, out)?;
-    let mut axes: Vec<(i64, i64)> = Vec::new();
-    for (&d, &s) in out.iter().zip(&st) {
-        let d = d as i64;
-        if d == 1 {
-            continue;
-        }
-        match axes.last_mut() {
-            Some(last) if last.1 == s * d => *last = (last.0 * d, s),
-            _ => axes.push((d, s)),
-        }
-    }
-    if axes.len() > MAX_RANK {
-        return Err(format!("broadcasting {shape:?} to {out:?} needs more than {MAX_RANK} axes"));
-    }
-    let mut g = Permute { rank: axes.len() as i32, dims: [1; MAX_RANK], strides: [0; MAX_RANK] };
-    let lead = MAX_RANK - axes.len();
-    for (i, &(d, s)) in axes.iter().enumerate() {
-        g.dims[lead + i] = d;
-        g.strides[lead + i] = s;
-    }
-    Ok(g)
+    let axes = out.iter().zip(&st).map(|(&d, &s)| (d as i64, s));
+    Permute::of(axes).ok_or_else(|| format!("broadcasting {shape:?} to {out:?} needs more than {MAX_RANK} axes"))
 }
 
 /// `(rows, classes)` of `[N, C]` logits.
@@ -229,6 +210,31 @@ pub struct Permute {
     pub strides: [i64; MAX_RANK],
 }
 
+impl Permute {
+    /// The geometry of output axes given as (dim, x's stride), outermost
+    /// first: size-1 axes drop, an axis whose stride is the next one's
+    /// extent merges with it; None past [`MAX_RANK`] axes.
+    fn of(axes: impl Iterator<Item = (i64, i64)>) -> Option<Permute> {
+        let mut merged: Vec<(i64, i64)> = Vec::new();
+        for (d, s) in axes.filter(|&(d, _)| d != 1) {
+            match merged.last_mut() {
+                Some(last) if last.1 == s * d => *last = (last.0 * d, s),
+                _ => merged.push((d, s)),
+            }
+        }
+        if merged.len() > MAX_RANK {
+            return None;
+        }
+        let mut g = Permute { rank: merged.len() as i32, dims: [1; MAX_RANK], strides: [0; MAX_RANK] };
+        let lead = MAX_RANK - merged.len();
+        for (i, &(d, s)) in merged.iter().enumerate() {
+            g.dims[lead + i] = d;
+            g.strides[lead + i] = s;
+        }
+        Some(g)
+    }
+}
+
 /// The geometry of `transpose(x: shape, perm)`: output axis `i` is input
 /// axis `perm[i]`. Size-1 axes drop and output axes that stay adjacent in
 /// x merge (x's stride over the outer one is the inner one's extent), so
@@ -243,28 +249,8 @@ pub fn transpose(shape: &[u64], perm: &[usize]) -> Result<Permute, String> {
     for i in (0..shape.len().saturating_sub(1)).rev() {
         st[i] = st[i + 1].saturating_mul(shape[i + 1] as i64);
     }
-    // (dim, x's stride), outermost first.
-    let mut axes: Vec<(i64, i64)> = Vec::new();
-    for &p in perm {
-        let (d, s) = (shape[p] as i64, st[p]);
-        if d == 1 {
-            continue;
-        }
-        match axes.last_mut() {
-            Some(last) if last.1 == s * d => *last = (last.0 * d, s),
-            _ => axes.push((d, s)),
-        }
-    }
-    if axes.len() > MAX_RANK {
-        return Err(format!("transpose of {shape:?} by {perm:?} needs more than {MAX_RANK} axes"));
-    }
-    let mut g = Permute { rank: axes.len() as i32, dims: [1; MAX_RANK], strides: [0; MAX_RANK] };
-    let lead = MAX_RANK - axes.len();
-    for (i, &(d, s)) in axes.iter().enumerate() {
-        g.dims[lead + i] = d;
-        g.strides[lead + i] = s;
-    }
-    Ok(g)
+    let axes = perm.iter().map(|&p| (shape[p] as i64, st[p]));
+    Permute::of(axes).ok_or_else(|| format!("transpose of {shape:?} by {perm:?} needs more than {MAX_RANK} axes"))
 }
 
 /// `(outer, len, inner)`: `shape` seen as three axes around `axis`
