@@ -122,8 +122,9 @@ pub fn scale_names(g: &Graph) -> Vec<String> {
 pub fn check_resumable(g: &Graph, state: &State) -> Result<(), String> {
     for (name, t) in state {
         if t.dtype().is_float() {
-            if let Some(i) = t.to_f32_vec().iter().position(|x| !x.is_finite()) {
-                let v = t.to_f32_vec()[i];
+            let values = t.to_f32_vec();
+            if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+                let v = values[i];
                 return Err(format!("`{name}` holds {} (element {i}): the run that wrote it had diverged", number(v)));
             }
         }
