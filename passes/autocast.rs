@@ -105,6 +105,34 @@ impl Pass for Autocast {
     }
 
     fn run(&mut self, g: &mut Graph) -> Result<bool, PassError> {
+        // A lowered graph lowers again only to itself: a new autocast over
+        // its casts would round twice (an f16 copy cast to f32, or to bf16)
+        // where lowering the source would round once.
+        let Some(mark) = super::lowered_mark(g) else { return self.paint_and_cast(g) };
+        let dtype = |g: &Graph, n: NodeId| g.node(n).outputs.first().map(|o| o.ty.dtype);
+        let before: Vec<_> = g.node_ids().map(|n| (n, dtype(g, n))).collect();
+        let changed = self.paint_and_cast(g)?;
+        let moved = before.iter().find(|&&(n, dt)| g.contains(n) && dtype(g, n) != dt);
+        let known: rustc_hash::FxHashSet<NodeId> = before.iter().map(|&(n, _)| n).collect();
+        let what = match (moved, g.node_ids().find(|n| !known.contains(n))) {
+            (Some(&(n, _)), _) => format!("node `{}` would compute in another type", g.node(n).name),
+            (None, Some(n)) => format!("it would gain casts, e.g. `{}`", g.node(n).name),
+            (None, None) => return Ok(changed),
+        };
+        Err(PassError::Failed {
+            pass: "autocast",
+            message: format!(
+                "the graph was lowered already (it has optimizer node `{}`) and these options would change its \
+                 precisions ({what}), rounding twice where one lowering rounds once; lower the unlowered graph \
+                 with these options instead",
+                g.node(mark).name
+            ),
+        })
+    }
+}
+
+impl Autocast {
+    fn paint_and_cast(&mut self, g: &mut Graph) -> Result<bool, PassError> {
         let fail = |message: String| PassError::Failed { pass: "autocast", message };
         let order = g.topo_order().map_err(|_| fail("the graph has a cycle".into()))?;
         let bound = order.iter().map(|n| n.index() + 1).max().unwrap_or(0);

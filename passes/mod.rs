@@ -136,6 +136,23 @@ pub fn lower(g: &mut Graph, opts: &Options) -> Result<Lowered, PassError> {
 /// The FP32 pipeline (`--precision fp32`): grad, master-weights and
 /// cleanup; no autocast and no loss scaling.
 pub fn lower_fp32(g: &mut Graph, opts: &Options) -> Result<(), PassError> {
+    if let Some(mark) = lowered_mark(g) {
+        let low = g
+            .node_ids()
+            .find_map(|n| g.node(n).outputs.iter().map(|o| o.ty.dtype).find(|d| d.is_low()).map(|d| (n, d)));
+        if let Some((n, low)) = low {
+            return Err(PassError::Failed {
+                pass: "autocast",
+                message: format!(
+                    "the graph is already lowered (it has optimizer node `{}`) and computes in {} (node `{}`); \
+                     lower the unlowered graph for fp32 instead",
+                    g.node(mark).name,
+                    low,
+                    g.node(n).name
+                ),
+            });
+        }
+    }
     let mut p = Pipeline::new(opts);
     run_passes(g, &mut [&mut p.grad, &mut p.master_weights, &mut p.cleanup], opts)
 }
@@ -163,4 +180,10 @@ pub fn run_passes(g: &mut Graph, passes: &mut [&mut dyn Pass], opts: &Options) -
         }
     }
     Ok(())
+}
+
+/// A node showing that `g` was lowered already (master-weights' optimizer
+/// nodes), or `None`.
+pub fn lowered_mark(g: &Graph) -> Option<crate::graph::NodeId> {
+    g.node_ids().find(|&n| g.node(n).role == crate::op::Role::Optimizer)
 }

@@ -77,6 +77,38 @@ fn lowering_twice_changes_nothing() {
     }
 }
 
+/// A lowered graph lowered with other precisions would get a second autocast
+/// over its casts (an f16 copy cast to f32 or bf16: two roundings where a
+/// lowering of the source makes one); it is an error naming the way out.
+#[test]
+fn relowering_with_other_precisions_is_an_error() {
+    let mut moved = Table::default_for(DType::F16);
+    moved.apply_file(r#"{"fp32": ["relu", "add"]}"#).unwrap();
+    for (name, g, _) in lowered(DType::F16) {
+        let other = [
+            Options { low: DType::F16, table: Some(moved.clone()), ..Options::default() },
+            Options { low: DType::Bf16, ..Options::default() },
+        ];
+        for opts in other {
+            let mut again = g.clone();
+            let err = passes::lower(&mut again, &opts).expect_err(&format!("{name}: {:?} relowered", opts.low));
+            let msg = err.to_string();
+            assert!(msg.contains("lowered already") && msg.contains("lower the unlowered graph"), "{name}: {msg}");
+        }
+        let mut again = g.clone();
+        let err = passes::lower_fp32(&mut again, &Options::default()).expect_err(&format!("{name}: fp32"));
+        assert!(err.to_string().contains("lower the unlowered graph for fp32"), "{name}: {err}");
+    }
+    for (name, mut g) in examples() {
+        passes::lower_fp32(&mut g, &Options::default()).unwrap();
+        let mut fp32 = g.clone();
+        passes::lower_fp32(&mut fp32, &Options::default()).unwrap();
+        assert!(fp32 == g, "{name}: a second fp32 lowering changed the graph");
+        let err = passes::lower(&mut g, &Options::default()).expect_err(&format!("{name}: fp32 then fp16"));
+        assert!(err.to_string().contains("lowered already"), "{name}: {err}");
+    }
+}
+
 #[test]
 fn low_ops_dominate_and_casts_are_few() {
     let (_, g, l) = lowered(DType::F16).into_iter().find(|(n, _, _)| n.ends_with("gpt_block.json")).unwrap();
