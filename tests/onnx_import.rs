@@ -529,3 +529,43 @@ fn a_ceil_mode_pool_round_trips_through_the_graph_file() {
     let g = mpc::parse_str(&text).expect("the written graph reads back");
     mpc::verify(&g).expect("and verifies");
 }
+
+/// A float ConstantOfShape of an initializer's shape stands in for a weight
+/// (the zoo's light DenseNet-121 writes its 242 scale-layer weights so,
+/// reshaped by Unsqueeze into a Mul and an Add): it trains as the same
+/// weight written as an initializer does. A fill of a computed shape stays
+/// a constant (state).
+#[test]
+fn a_constant_of_shape_weight_trains_as_an_initializer_does() {
+    let value = AttributeProto {
+        name: Some("value".into()),
+        r#type: Some(4),
+        t: Some(floats("", &[1], |_| 0.5)),
+        ..Default::default()
+    };
+    let nodes = |w: bool| {
+        let mut n = Vec::new();
+        if w {
+            n.push(op("ConstantOfShape", &["w_shape"], "w", vec![value.clone()]));
+        }
+        n.push(op("Unsqueeze", &["w"], "w2", vec![ints_attr("axes", &[0])]));
+        n.push(op("Mul", &["x", "w2"], "m", vec![]));
+        n.push(op("Shape", &["x"], "xs", vec![]));
+        n.push(op("ConstantOfShape", &["xs"], "fill", vec![value.clone()]));
+        n.push(op("Add", &["m", "fill"], "y", vec![]));
+        n
+    };
+    let via_fill = model(nodes(true), vec![ints("w_shape", &[3])], &[2, 3]);
+    let via_init = model(nodes(false), vec![floats("w", &[3], |_| 0.5)], &[2, 3]);
+    for (how, m) in [("ConstantOfShape", via_fill), ("initializer", via_init)] {
+        let im = import(m.encode_to_vec(), &options(Loss::Mse)).unwrap_or_else(|e| panic!("{how}: {e}"));
+        let g = &im.graph;
+        // The graph's one float source besides `x` feeding each op.
+        let source_of = |name: &str, port: usize| {
+            let n = g.node_named(name).unwrap_or_else(|| panic!("{how}: no node `{name}`"));
+            g.node(g.inputs(n).get(port).expect("an input").node).op.kind().name()
+        };
+        assert_eq!(source_of("m", 1), "param", "{how}: the weight trains");
+        assert_eq!(source_of("y", 1), "state", "{how}: a run-time fill does not");
+    }
+}

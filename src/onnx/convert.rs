@@ -404,6 +404,14 @@ impl Importer {
                 return Ok(());
             }
             "ConstantOfShape" => {
+                // A fill of a fixed shape (an initializer's) stands in for a
+                // weight, as the ONNX zoo's light models write theirs, and
+                // trains as the initializer would; one of a computed shape is
+                // a run-time fill.
+                let source = match self.val(input(0))? {
+                    Val::C(_, Source::Initializer) => Source::Initializer,
+                    _ => Source::Node,
+                };
                 let dims = self.constant(input(0), "the shape")?.ints().ok_or("the shape must be integers")?;
                 let dims = dims
                     .iter()
@@ -426,7 +434,7 @@ impl Importer {
                          at most {INT_FILL_MAX}"
                     ));
                 }
-                self.bind(out, Val::C(Rc::new(Const { dims, data: ConstData::Fill(value), float }), Source::Node));
+                self.bind(out, Val::C(Rc::new(Const { dims, data: ConstData::Fill(value), float }), source));
                 return Ok(());
             }
             "Shape" => {
