@@ -114,6 +114,15 @@ pub fn temp_beside(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    // Said before the temporary file's name can stand in the error.
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(std::io::Error::other(format!("{} is not a folder", dir.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(std::io::Error::new(e.kind(), format!("the folder {} does not exist", dir.display())))
+        }
+        Err(e) => return Err(std::io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
+    }
     clean_stale(dir);
     let prefix = format!("{TEMP_PREFIX}{}-", std::process::id());
     let mut b = tempfile::Builder::new();
@@ -188,6 +197,18 @@ mod temp_tests {
         assert_eq!(!stale.exists(), Path::new("/proc/self").exists());
         assert!(live.exists() && other.exists());
         assert_eq!(std::fs::read(dir.path().join("out.json")).unwrap(), b"{}");
+    }
+
+    /// A missing folder is named, not the temporary file that could not be made in it.
+    #[test]
+    fn a_missing_folder_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no/such");
+        let err = write_atomic(&missing.join("out.json"), b"{}").unwrap_err().to_string();
+        assert_eq!(err, format!("the folder {} does not exist", missing.display()));
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        let err = write_atomic(&dir.path().join("file/out.json"), b"{}").unwrap_err().to_string();
+        assert!(err.ends_with("file is not a folder"), "{err}");
     }
 
     /// A link is written through and stays a link; a device is written
