@@ -23,7 +23,8 @@ use mpc::data::{synthetic_batch, Dataset};
 use mpc::exec::{init::init_state_from, RunOptions};
 use mpc::io::write_atomic;
 use mpc::passes::LossScale;
-use plotters::prelude::*;
+
+mod plots;
 
 use crate::{classifier, data_layout, load_for_training, open_session, test_accuracy, DeviceArgs, TrainPrecision};
 
@@ -110,6 +111,8 @@ struct Run {
     losses: Vec<f32>,
     scales: Vec<f32>,
     skipped: u64,
+    /// The steps (from 0) whose gradients overflowed, skipped.
+    skipped_steps: Vec<usize>,
     accuracy: Option<f64>,
     /// Elements nonzero in FP32 and zero here, and elements compared.
     flushed: u64,
@@ -195,7 +198,10 @@ pub fn compare(args: CompareArgs) -> Result<(), miette::Report> {
             if let Some(sc) = r.loss_scale {
                 run.scales.push(sc);
             }
-            run.skipped += u64::from(r.found_inf == Some(true));
+            if r.found_inf == Some(true) {
+                run.skipped += 1;
+                run.skipped_steps.push(s as usize);
+            }
             let values: Vec<f32> = fetch.iter().flat_map(|f| r.fetched[f].to_f32_vec()).collect();
             if mode.precision == TrainPrecision::Fp32 {
                 for &v in &values {
@@ -290,123 +296,11 @@ pub fn compare(args: CompareArgs) -> Result<(), miette::Report> {
     write("compare.json", &(serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"))?;
     let plot = |e: String| msg(format!("plotting: {e}"));
     let curves: Vec<(&str, &[f32])> = modes.iter().zip(&runs).map(|(m, r)| (m.name, &r.losses[..])).collect();
-    write("loss.svg", &loss_svg(&curves).map_err(plot)?)?;
-    write("loss_scale.svg", &scale_svg(&runs[3].scales).map_err(plot)?)?;
-    write("grad_hist.svg", &hist_svg(&hist).map_err(plot)?)?;
+    write("loss.svg", &plots::loss_svg(&curves).map_err(plot)?)?;
+    write("loss_scale.svg", &plots::scale_svg(&runs[3].scales, &runs[3].skipped_steps).map_err(plot)?)?;
+    write("grad_hist.svg", &plots::hist_svg(&hist, HIST_LO).map_err(plot)?)?;
     eprintln!("wrote {}", Path::new(out).join("{compare.json,loss.svg,loss_scale.svg,grad_hist.svg}").display());
     Ok(())
-}
-
-const SIZE: (u32, u32) = (800, 500);
-
-/// All modes' loss curves on one chart, log y axis.
-fn loss_svg(curves: &[(&str, &[f32])]) -> Result<String, String> {
-    let e = |e: &dyn std::fmt::Display| e.to_string();
-    let finite = curves.iter().flat_map(|(_, c)| c.iter()).filter(|v| v.is_finite() && **v > 0.0);
-    let (lo, hi) = finite.fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v as f64), hi.max(v as f64)));
-    let (lo, hi) = if lo <= hi { (lo / 1.5, hi * 1.5) } else { (1e-3, 1.0) };
-    let steps = curves.iter().map(|(_, c)| c.len()).max().unwrap_or(0).max(2);
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        root.fill(&WHITE).map_err(|x| e(&x))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("training loss", ("sans-serif", 22))
-            .margin(15)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(1..steps, (lo..hi).log_scale())
-            .map_err(|x| e(&x))?;
-        chart.configure_mesh().x_desc("step").y_desc("loss").draw().map_err(|x| e(&x))?;
-        for (i, (name, c)) in curves.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            let points =
-                c.iter().enumerate().filter(|(_, v)| v.is_finite() && **v > 0.0).map(|(s, &v)| (s + 1, v as f64));
-            chart
-                .draw_series(LineSeries::new(points, color.stroke_width(2)))
-                .map_err(|x| e(&x))?
-                .label(*name)
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
-        }
-        chart.configure_series_labels().background_style(WHITE).border_style(BLACK).draw().map_err(|x| e(&x))?;
-        root.present().map_err(|x| e(&x))?;
-    }
-    Ok(svg)
-}
-
-/// The dynamic mode's loss scale over steps, on a log2 axis.
-fn scale_svg(scales: &[f32]) -> Result<String, String> {
-    let e = |e: &dyn std::fmt::Display| e.to_string();
-    let logs: Vec<f64> = scales.iter().map(|&s| (s as f64).log2()).filter(|v| v.is_finite()).collect();
-    let lo = logs.iter().copied().fold(f64::MAX, f64::min).min(0.0);
-    let hi = logs.iter().copied().fold(f64::MIN, f64::max).max(17.0);
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        root.fill(&WHITE).map_err(|x| e(&x))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("fp16-dynamic loss scale", ("sans-serif", 22))
-            .margin(15)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(1..scales.len().max(2), (lo - 1.0)..(hi + 1.0))
-            .map_err(|x| e(&x))?;
-        chart.configure_mesh().x_desc("step").y_desc("log2 loss scale").draw().map_err(|x| e(&x))?;
-        let points = scales.iter().enumerate().map(|(s, &v)| (s + 1, (v as f64).log2()));
-        chart.draw_series(LineSeries::new(points, BLUE.stroke_width(2))).map_err(|x| e(&x))?;
-        root.present().map_err(|x| e(&x))?;
-    }
-    Ok(svg)
-}
-
-/// The histogram of log2 |g| of the FP32 parameter gradients, with FP16's
-/// smallest subnormal, smallest normal and largest value marked.
-fn hist_svg(hist: &[u64]) -> Result<String, String> {
-    let e = |e: &dyn std::fmt::Display| e.to_string();
-    let used: Vec<usize> = (0..hist.len()).filter(|&i| hist[i] > 0).collect();
-    let first = used.first().map_or(-40, |&i| i as i32 + HIST_LO).min(-26);
-    let last = used.last().map_or(0, |&i| i as i32 + HIST_LO + 1).max(17);
-    let total: u64 = hist.iter().sum();
-    let top = hist.iter().map(|&c| c as f64 / total.max(1) as f64).fold(0.0, f64::max).max(0.01) * 1.1;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        root.fill(&WHITE).map_err(|x| e(&x))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("FP32 parameter gradients vs FP16 range", ("sans-serif", 22))
-            .margin(15)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(first as f64..last as f64, 0.0..top)
-            .map_err(|x| e(&x))?;
-        chart
-            .configure_mesh()
-            .x_desc("log2 |gradient| (zeros omitted)")
-            .y_desc("share of values")
-            .draw()
-            .map_err(|x| e(&x))?;
-        let bars = hist.iter().enumerate().filter(|(_, &c)| c > 0).map(|(i, &c)| {
-            let x = (i as i32 + HIST_LO) as f64;
-            Rectangle::new([(x, 0.0), (x + 1.0, c as f64 / total as f64)], BLUE.mix(0.6).filled())
-        });
-        chart.draw_series(bars).map_err(|x| e(&x))?;
-        let marks = [
-            (-24.0, "fp16 min subnormal 2^-24"),
-            (-14.0, "fp16 min normal 2^-14"),
-            (65504f64.log2(), "fp16 max 65504"),
-        ];
-        for (i, (x, name)) in marks.into_iter().enumerate() {
-            let color = [RED, MAGENTA, BLACK][i];
-            chart
-                .draw_series(LineSeries::new([(x, 0.0), (x, top)], color.stroke_width(2)))
-                .map_err(|x| e(&x))?
-                .label(name)
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
-        }
-        chart.configure_series_labels().background_style(WHITE).border_style(BLACK).draw().map_err(|x| e(&x))?;
-        root.present().map_err(|x| e(&x))?;
-    }
-    Ok(svg)
 }
 
 #[cfg(test)]
