@@ -455,6 +455,16 @@ fn load_and_lower(
     Ok((g, lowered))
 }
 
+/// Says which value an export takes when the graph lists no forward output.
+fn note_default_output(g: &mpc::Graph) {
+    if let Some(v) = mpc::onnx::default_output(g) {
+        eprintln!(
+            "note: `outputs` lists no forward value: exporting `{}`, the loss's first input (list the outputs to choose)",
+            g.value_name(v)
+        );
+    }
+}
+
 fn run(cli: Cli) -> Result<(), miette::Report> {
     match cli.command {
         Command::Check { model } => {
@@ -545,7 +555,14 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
                     .map_err(|e| miette::Report::msg(format!("{}: {e}", model.display())))?;
                 g
             } else {
-                let (g, lowered) = load_and_lower(&model, &opts)?;
+                let (g, lowered) = if how == Emit::Onnx {
+                    let g = load_verified(&model)?;
+                    note_default_output(&g);
+                    mpc::onnx::lower_forward(&g, &opts)
+                        .map_err(|e| miette::Report::msg(format!("{}: {e}", model.display())))?
+                } else {
+                    load_and_lower(&model, &opts)?
+                };
                 for w in &lowered.autocast.warnings {
                     eprintln!("warning: {w}");
                 }

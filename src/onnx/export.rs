@@ -113,32 +113,7 @@ struct Plan {
 }
 
 fn plan(g: &Graph) -> Result<Plan, ExportError> {
-    let order = g.topo_order().map_err(|_| ExportError::Graph("the graph has a cycle".into()))?;
-    let mut outputs: Vec<ValueId> = Vec::new();
-    for &v in &g.outputs {
-        let node = g.node(v.node);
-        if node.role == Role::Forward && !node.op.is_source() && !outputs.contains(&v) {
-            outputs.push(v);
-        }
-    }
-    if outputs.is_empty() {
-        return Err(ExportError::NoOutputs);
-    }
-    // The nodes the outputs depend on, and the values read by them.
-    let mut reached = vec![false; g.index_bound()];
-    let mut needed: FxHashSet<ValueId> = FxHashSet::with_capacity_and_hasher(2 * order.len(), Default::default());
-    needed.extend(outputs.iter().copied());
-    let mut stack: Vec<NodeId> = outputs.iter().map(|v| v.node).collect();
-    while let Some(n) = stack.pop() {
-        if std::mem::replace(&mut reached[n.index()], true) {
-            continue;
-        }
-        for v in g.inputs(n) {
-            needed.insert(v);
-            stack.push(v.node);
-        }
-    }
-    let nodes: Vec<NodeId> = order.into_iter().filter(|n| reached[n.index()]).collect();
+    let super::forward::Reach { outputs, nodes, needed } = super::forward::reach(g)?;
     let unsupported: Vec<(String, &'static str)> = nodes
         .iter()
         .filter(|&&n| !supported(&g.node(n).op))
@@ -230,18 +205,7 @@ pub fn test_data(g: &Graph, opts: &Options, model: &ModelProto) -> Result<TestDa
     let Plan { outputs, nodes, .. } = plan(g)?;
     let state = initial_values(g, &nodes, opts, true, true)?;
     // The exported part alone, dropout off.
-    let mut f = g.clone();
-    let keep: FxHashSet<NodeId> = nodes.iter().copied().collect();
-    let order = f.topo_order().map_err(|_| ExportError::Graph("the graph has a cycle".into()))?;
-    for &n in order.iter().rev() {
-        if !keep.contains(&n) {
-            f.remove_node(n).map_err(|e| ExportError::Graph(e.to_string()))?;
-        }
-    }
-    f.loss = None;
-    f.gradients.clear();
-    f.updates.clear();
-    f.outputs = outputs.clone();
+    let mut f = super::forward::forward_part_of(g, &outputs, &nodes)?;
     for &n in &nodes {
         if let Op::Dropout { seed, .. } = f.node(n).op {
             f.node_mut(n).op = Op::Dropout { p: 0.0, seed };
