@@ -1,5 +1,5 @@
 // 2-D convolution (NCHW input, OIHW weight, cross-correlation with zero
-// padding, stride and groups) and its two gradients (src/exec/cpu/linalg.rs
+// padding, stride, dilation and groups) and its two gradients (src/exec/cpu/linalg.rs
 // `conv2d`, `conv2d_grad_input`, `conv2d_grad_weight`). Direct kernels: a
 // thread per output element, products and sums in f32 from the widened
 // operands, one rounding to the output type.
@@ -19,15 +19,19 @@
 //   o, oh, ow        the output channels and spatial size [N, O, OH, OW]
 //   kh, kw           the kernel (the weight is [O, C/groups, kh, kw])
 //   sh, sw, ph, pw   stride and (symmetric) padding
+//   dh, dl           dilation (height, width): tap (i, j) reads input row
+//                    oy·sh + i·dh - ph, column ox·sw + j·dl - pw
 //   groups
 #define MPC_CONV_DIMS                                                                                               \
-    i64 n, i64 c, i64 h, i64 w, i64 o, i64 oh, i64 ow, i64 kh, i64 kw, i64 sh, i64 sw, i64 ph, i64 pw, i64 groups
-#define MPC_CONV_ARGS n, c, h, w, o, oh, ow, kh, kw, sh, sw, ph, pw, groups
+    i64 n, i64 c, i64 h, i64 w, i64 o, i64 oh, i64 ow, i64 kh, i64 kw, i64 sh, i64 sw, i64 ph, i64 pw, i64 dh,      \
+        i64 dl, i64 groups
+#define MPC_CONV_ARGS n, c, h, w, o, oh, ow, kh, kw, sh, sw, ph, pw, dh, dl, groups
 
 // ---------------------------------------------------------------------------
 // conv2d_<t>(const T* x, const T* wt, T* y, dims): work = N·O·OH·OW.
 // y[b, oc, oy, ox] = Σ_{ci, i, j} wt[oc, ci, i, j] · x[b, g·C/groups + ci,
-// oy·sh + i - ph, ox·sw + j - pw], in (ci, i, j) order (the CPU's im2col row).
+// oy·sh + i·dh - ph, ox·sw + j·dl - pw], in (ci, i, j) order (the CPU's
+// im2col row).
 // ---------------------------------------------------------------------------
 template <typename T>
 __device__ __forceinline__ void conv_fwd(const T* x, const T* wt, T* y, MPC_CONV_DIMS) {
@@ -40,9 +44,9 @@ __device__ __forceinline__ void conv_fwd(const T* x, const T* wt, T* y, MPC_CONV
             const T* plane = x + (b * c + g * cg + ci) * h * w;
             const T* wk = wt + (oc * cg + ci) * kh * kw;
             for (i64 i = 0; i < kh; ++i) {
-                const i64 iy = oy * sh + i - ph;
+                const i64 iy = oy * sh + i * dh - ph;
                 for (i64 j = 0; j < kw; ++j) {
-                    const i64 ix = ox * sw + j - pw;
+                    const i64 ix = ox * sw + j * dl - pw;
                     const float xv = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? to_f32(plane[iy * w + ix]) : 0.0f;
                     acc += to_f32(wk[i * kw + j]) * xv;
                 }
@@ -56,7 +60,7 @@ __device__ __forceinline__ void conv_fwd(const T* x, const T* wt, T* y, MPC_CONV
 // conv2d_grad_input_<t>(const T* dy, const T* wt, T* dx, dims): work =
 // N·C·H·W. dx[b, ci, iy, ix] = Σ_{i, j} (Σ_{oc in the group} wt[oc, ci, i, j]
 // · dy[b, oc, oy, ox]) over the taps (i, j) whose output (oy, ox) =
-// ((iy + ph - i)/sh, (ix + pw - j)/sw) exists: the CPU's col2im order (i, j),
+// ((iy + ph - i·dh)/sh, (ix + pw - j·dl)/sw) exists: the CPU's col2im order (i, j),
 // each term its GEMM entry (Wᵀ·dy).
 // ---------------------------------------------------------------------------
 template <typename T>
@@ -67,11 +71,11 @@ __device__ __forceinline__ void conv_dx(const T* dy, const T* wt, T* dx, MPC_CON
         const i64 g = ch / cg, cl = ch % cg;
         float acc = 0.0f;
         for (i64 i = 0; i < kh; ++i) {
-            const i64 ty = iy + ph - i;
+            const i64 ty = iy + ph - i * dh;
             if (ty < 0 || ty % sh != 0 || ty / sh >= oh) continue;
             const i64 oy = ty / sh;
             for (i64 j = 0; j < kw; ++j) {
-                const i64 tx = ix + pw - j;
+                const i64 tx = ix + pw - j * dl;
                 if (tx < 0 || tx % sw != 0 || tx / sw >= ow) continue;
                 const i64 ox = tx / sw;
                 float inner = 0.0f;
@@ -90,7 +94,7 @@ __device__ __forceinline__ void conv_dx(const T* dy, const T* wt, T* dx, MPC_CON
 // ---------------------------------------------------------------------------
 // conv2d_grad_weight_<t>(const T* dy, const T* x, T* dw, dims): work =
 // O·(C/groups)·kh·kw. dw[oc, ci, i, j] = Σ_b (Σ_{oy, ox} dy[b, oc, oy, ox] ·
-// x[b, g·C/groups + ci, oy·sh + i - ph, ox·sw + j - pw]) (a tap in the
+// x[b, g·C/groups + ci, oy·sh + i·dh - ph, ox·sw + j·dl - pw]) (a tap in the
 // padding reads 0): per image a GEMM entry, added image after image as the
 // CPU's GEMMs accumulate into dw.
 // ---------------------------------------------------------------------------
@@ -106,9 +110,9 @@ __device__ __forceinline__ void conv_dw(const T* dy, const T* x, T* dw, MPC_CONV
             const T* d = dy + (b * o + oc) * oh * ow;
             float inner = 0.0f;
             for (i64 oy = 0; oy < oh; ++oy) {
-                const i64 iy = oy * sh + i - ph;
+                const i64 iy = oy * sh + i * dh - ph;
                 for (i64 ox = 0; ox < ow; ++ox) {
-                    const i64 ix = ox * sw + j - pw;
+                    const i64 ix = ox * sw + j * dl - pw;
                     const float xv = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? to_f32(plane[iy * w + ix]) : 0.0f;
                     inner += to_f32(d[oy * ow + ox]) * xv;
                 }

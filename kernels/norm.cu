@@ -143,8 +143,9 @@ MPC_LN_ALL(__nv_bfloat16, bf16)
 // inner is 1), entry j of row o is masked when j > o mod causal: it takes no
 // part in the max and the sum, and its output is 0. A warp per row (work =
 // outer · inner · 32).
-// softmax_grad_<t>(const T* dy, const T* y, T* dx, i64 outer, i64 len,
-//     i64 inner): dx = y (dy - Σ dy·y) along the same rows.
+// softmax_grad_<dy>_<y>(const DY* dy, const Y* y, DY* dx, i64 outer,
+//     i64 len, i64 inner): dx = y (dy - Σ dy·y) along the same rows (dy and
+//     y may differ in type, as the CPU reference allows; dx is dy's).
 // ---------------------------------------------------------------------------
 template <typename T>
 __device__ __forceinline__ void softmax_rows(const T* x, T* y, i64 outer, i64 len, i64 inner, i64 causal) {
@@ -166,8 +167,8 @@ __device__ __forceinline__ void softmax_rows(const T* x, T* y, i64 outer, i64 le
     }
 }
 
-template <typename T>
-__device__ __forceinline__ void softmax_grad_rows(const T* dy, const T* y, T* dx, i64 outer, i64 len, i64 inner) {
+template <typename DY, typename Y>
+__device__ __forceinline__ void softmax_grad_rows(const DY* dy, const Y* y, DY* dx, i64 outer, i64 len, i64 inner) {
     MPC_WARP_ROWS
     for (i64 r = warp0; r < outer * inner; r += warps) {
         const i64 o = r / inner, i = r % inner;
@@ -177,7 +178,7 @@ __device__ __forceinline__ void softmax_grad_rows(const T* dy, const T* y, T* dx
         s = warp_sum_all(s);
         for (i64 j = lane; j < len; j += MPC_WARP) {
             const i64 at = base + j * inner;
-            dx[at] = from_f32<T>(to_f32(y[at]) * (to_f32(dy[at]) - s));
+            dx[at] = from_f32<DY>(to_f32(y[at]) * (to_f32(dy[at]) - s));
         }
     }
 }
@@ -186,11 +187,7 @@ __device__ __forceinline__ void softmax_grad_rows(const T* dy, const T* y, T* dx
     extern "C" __global__ void softmax_##TN(const T* x, T* y, i64 outer, i64 len, i64 inner, i64 causal) {      \
         softmax_rows<T>(x, y, outer, len, inner, causal);                                                       \
     }                                                                                                           \
-    MPC_EXPORT(softmax_##TN)                                                                                    \
-    extern "C" __global__ void softmax_grad_##TN(const T* dy, const T* y, T* dx, i64 outer, i64 len, i64 inner) { \
-        softmax_grad_rows<T>(dy, y, dx, outer, len, inner);                                                     \
-    }                                                                                                           \
-    MPC_EXPORT(softmax_grad_##TN)
+    MPC_EXPORT(softmax_##TN)
 
 MPC_SOFTMAX(float, f32)
 MPC_SOFTMAX(__half, f16)
@@ -252,18 +249,25 @@ MPC_LOG_SOFTMAX(float, f32)
 MPC_LOG_SOFTMAX(__half, f16)
 MPC_LOG_SOFTMAX(__nv_bfloat16, bf16)
 
-#define MPC_LOG_SOFTMAX_GRAD(DY, DN, Y, YN)                                                                      \
+// The two row gradients for one (dy, y) type pair: softmax_grad_<dy>_<y>
+// (a warp per row) and log_softmax_grad_<dy>_<y> (a thread per row).
+#define MPC_ROW_GRADS(DY, DN, Y, YN)                                                                             \
+    extern "C" __global__ void softmax_grad_##DN##_##YN(const DY* dy, const Y* y, DY* dx, i64 outer, i64 len,     \
+                                                        i64 inner) {                                             \
+        softmax_grad_rows<DY, Y>(dy, y, dx, outer, len, inner);                                                  \
+    }                                                                                                            \
+    MPC_EXPORT(softmax_grad_##DN##_##YN)                                                                         \
     extern "C" __global__ void log_softmax_grad_##DN##_##YN(const DY* dy, const Y* y, DY* dx, i64 outer, i64 len, \
                                                             i64 inner) {                                         \
         log_softmax_grad_rows<DY, Y>(dy, y, dx, outer, len, inner);                                              \
     }                                                                                                            \
     MPC_EXPORT(log_softmax_grad_##DN##_##YN)
 
-#define MPC_LOG_SOFTMAX_GRAD_ALL(DY, DN)                  \
-    MPC_LOG_SOFTMAX_GRAD(DY, DN, float, f32)              \
-    MPC_LOG_SOFTMAX_GRAD(DY, DN, __half, f16)             \
-    MPC_LOG_SOFTMAX_GRAD(DY, DN, __nv_bfloat16, bf16)
+#define MPC_ROW_GRADS_ALL(DY, DN)                  \
+    MPC_ROW_GRADS(DY, DN, float, f32)              \
+    MPC_ROW_GRADS(DY, DN, __half, f16)             \
+    MPC_ROW_GRADS(DY, DN, __nv_bfloat16, bf16)
 
-MPC_LOG_SOFTMAX_GRAD_ALL(float, f32)
-MPC_LOG_SOFTMAX_GRAD_ALL(__half, f16)
-MPC_LOG_SOFTMAX_GRAD_ALL(__nv_bfloat16, bf16)
+MPC_ROW_GRADS_ALL(float, f32)
+MPC_ROW_GRADS_ALL(__half, f16)
+MPC_ROW_GRADS_ALL(__nv_bfloat16, bf16)

@@ -278,15 +278,15 @@ fn rule(
             let mask = ValueId { node: n, slot: 1 };
             out.push((0, emit(g, &base(g, 0), Op::DropoutGrad { p }, &[dy, mask])?));
         }
-        Op::Conv2d { stride, padding, groups } => {
+        Op::Conv2d(conv) => {
             if want[0] {
                 let s = shape(g, 0).0;
-                let op = Op::Conv2dGradInput { stride, padding, groups, shape: s };
+                let op = Op::Conv2dGradInput { conv, shape: s };
                 out.push((0, emit(g, &base(g, 0), op, &[dy, ins[1]])?));
             }
             if want[1] {
                 let w = shape(g, 1).0;
-                let op = Op::Conv2dGradWeight { stride, padding, groups, kernel: [w[2], w[3]] };
+                let op = Op::Conv2dGradWeight { conv, kernel: [w[2], w[3]] };
                 out.push((1, emit(g, &base(g, 1), op, &[dy, ins[0]])?));
             }
         }

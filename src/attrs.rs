@@ -1,7 +1,7 @@
 //! Op attributes: between the flat fields of a [`RawNode`] and [`Op`].
 
 use crate::format::RawNode;
-use crate::op::{Op, OpKind, Window};
+use crate::op::{Conv, Op, OpKind, Window};
 use crate::types::{DType, TensorType};
 
 /// An attribute problem: the field and what was expected.
@@ -33,6 +33,7 @@ pub const ATTRS: [&str; N_ATTRS] = [
     "stride",
     "padding",
     "padding_end",
+    "dilation",
     "count_include_pad",
     "groups",
     "num_embeddings",
@@ -46,7 +47,7 @@ pub const ATTRS: [&str; N_ATTRS] = [
     "growth_interval",
     "max_norm",
 ];
-pub const N_ATTRS: usize = 36;
+pub const N_ATTRS: usize = 37;
 
 fn present(n: &RawNode) -> impl Iterator<Item = &'static str> {
     // Same length as ATTRS, checked by the type.
@@ -75,6 +76,7 @@ fn present(n: &RawNode) -> impl Iterator<Item = &'static str> {
         n.stride.is_some(),
         n.padding.is_some(),
         n.padding_end.is_some(),
+        n.dilation.is_some(),
         n.count_include_pad.is_some(),
         n.groups.is_some(),
         n.num_embeddings.is_some(),
@@ -110,9 +112,9 @@ pub fn allowed(kind: OpKind) -> &'static [&'static str] {
         LayerNorm | BatchNormGrad | FrozenBatchNorm | FrozenBatchNormGrad => &["eps"],
         Lrn | LrnGrad => &["size", "alpha", "beta", "bias"],
         BatchNorm => &["eps", "momentum"],
-        Conv2d => &["stride", "padding", "groups"],
-        Conv2dGradInput => &["stride", "padding", "groups", "shape"],
-        Conv2dGradWeight => &["stride", "padding", "groups", "kernel"],
+        Conv2d => &["stride", "padding", "dilation", "groups"],
+        Conv2dGradInput => &["stride", "padding", "dilation", "groups", "shape"],
+        Conv2dGradWeight => &["stride", "padding", "dilation", "groups", "kernel"],
         MaxPool2d | MaxPool2dGrad => &["kernel", "stride", "padding", "padding_end"],
         AvgPool2d => &["kernel", "stride", "padding", "padding_end", "count_include_pad"],
         AvgPool2dGrad => &["kernel", "stride", "padding", "padding_end", "count_include_pad", "shape"],
@@ -174,17 +176,21 @@ fn count_include_pad(n: &RawNode) -> bool {
     n.count_include_pad.unwrap_or(true)
 }
 
-/// A convolution's `(stride, padding, groups)`.
-fn conv_window(n: &RawNode) -> Result<([u64; 2], [u64; 2], u64), AttrError> {
+/// A convolution's attributes.
+fn conv(n: &RawNode) -> Result<Conv, AttrError> {
     let stride = n.stride.unwrap_or([1, 1]);
     if stride.contains(&0) {
         return Err(("stride", "strides must be at least 1".into()));
+    }
+    let dilation = n.dilation.unwrap_or([1, 1]);
+    if dilation.contains(&0) {
+        return Err(("dilation", format!("dilations must be at least 1, found {dilation:?}")));
     }
     let groups = n.groups.unwrap_or(1);
     if groups == 0 {
         return Err(("groups", "groups must be at least 1".into()));
     }
-    Ok((stride, n.padding.unwrap_or([0, 0]), groups))
+    Ok(Conv { stride, padding: n.padding.unwrap_or([0, 0]), dilation, groups })
 }
 
 fn in_range(v: f64, field: &'static str, ok: bool, want: &str) -> Result<f64, AttrError> {
@@ -280,10 +286,7 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
         K::Softmax => Op::Softmax { axis: n.axis.unwrap_or(-1), causal: n.causal.unwrap_or(false) },
         K::LogSoftmax => Op::LogSoftmax { axis: n.axis.unwrap_or(-1) },
         K::Dropout => Op::Dropout { p: prob(need(&n.p, "p", kind)?)?, seed: n.seed.unwrap_or(0) },
-        K::Conv2d => {
-            let (stride, padding, groups) = conv_window(n)?;
-            Op::Conv2d { stride, padding, groups }
-        }
+        K::Conv2d => Op::Conv2d(conv(n)?),
         K::BatchNorm => {
             let m = n.momentum.unwrap_or(0.1);
             let momentum = in_range(m, "momentum", (0.0..=1.0).contains(&m), "a momentum in [0, 1]")?;
@@ -337,16 +340,15 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
         K::LayerNormGrad => Op::LayerNormGrad,
         K::DropoutGrad => Op::DropoutGrad { p: prob(need(&n.p, "p", kind)?)? },
         K::Conv2dGradInput => {
-            let (stride, padding, groups) = conv_window(n)?;
-            Op::Conv2dGradInput { stride, padding, groups, shape: dims(&need(&n.shape, "shape", kind)?, "shape")? }
+            Op::Conv2dGradInput { conv: conv(n)?, shape: dims(&need(&n.shape, "shape", kind)?, "shape")? }
         }
         K::Conv2dGradWeight => {
-            let (stride, padding, groups) = conv_window(n)?;
+            let conv = conv(n)?;
             let kernel = need(&n.kernel, "kernel", kind)?;
             if kernel.contains(&0) {
                 return Err(("kernel", "kernel sizes must be at least 1".into()));
             }
-            Op::Conv2dGradWeight { stride, padding, groups, kernel }
+            Op::Conv2dGradWeight { conv, kernel }
         }
         K::BatchNormGrad => Op::BatchNormGrad { eps: eps(n)? },
         K::FrozenBatchNormGrad => Op::FrozenBatchNormGrad { eps: eps(n)? },
@@ -395,11 +397,12 @@ fn set_window(n: &mut RawNode, w: &Window) {
     n.padding_end = (w.padding_end != w.padding).then_some(w.padding_end);
 }
 
-fn set_conv(n: &mut RawNode, stride: [u64; 2], padding: [u64; 2], groups: u64) {
-    n.stride = Some(stride);
-    n.padding = Some(padding);
-    // Written only when grouped, so ungrouped convolutions read as before.
-    n.groups = (groups != 1).then_some(groups);
+fn set_conv(n: &mut RawNode, c: &Conv) {
+    n.stride = Some(c.stride);
+    n.padding = Some(c.padding);
+    // Written only when dilated or grouped, so plain convolutions read as before.
+    n.dilation = (c.dilation != [1, 1]).then_some(c.dilation);
+    n.groups = (c.groups != 1).then_some(c.groups);
 }
 
 fn ishape(s: &[u64]) -> Option<Vec<i64>> {
@@ -444,13 +447,13 @@ pub fn op_to_raw(op: &Op, n: &mut RawNode) {
             n.seed = Some(*seed);
         }
         Op::DropoutGrad { p } => n.p = Some(*p),
-        Op::Conv2d { stride, padding, groups } => set_conv(n, *stride, *padding, *groups),
-        Op::Conv2dGradInput { stride, padding, groups, shape } => {
-            set_conv(n, *stride, *padding, *groups);
+        Op::Conv2d(c) => set_conv(n, c),
+        Op::Conv2dGradInput { conv, shape } => {
+            set_conv(n, conv);
             n.shape = ishape(shape);
         }
-        Op::Conv2dGradWeight { stride, padding, groups, kernel } => {
-            set_conv(n, *stride, *padding, *groups);
+        Op::Conv2dGradWeight { conv, kernel } => {
+            set_conv(n, conv);
             n.kernel = Some(*kernel);
         }
         Op::BatchNorm { eps, momentum } => {
@@ -574,11 +577,17 @@ mod tests {
             Op::Matmul { transpose_a: true, transpose_b: false },
             Op::Softmax { axis: -1, causal: true },
             Op::Dropout { p: 0.1, seed: 7 },
-            Op::Conv2dGradInput { stride: [1, 1], padding: [1, 1], groups: 1, shape: vec![2, 3, 8, 8] },
-            Op::Conv2dGradInput { stride: [1, 1], padding: [1, 1], groups: 3, shape: vec![2, 3, 8, 8] },
-            Op::Conv2dGradWeight { stride: [2, 1], padding: [0, 1], groups: 2, kernel: [3, 1] },
-            Op::Conv2d { stride: [1, 1], padding: [0, 0], groups: 1 },
-            Op::Conv2d { stride: [2, 2], padding: [1, 1], groups: 4 },
+            Op::Conv2dGradInput { conv: Conv::new([1, 1], [1, 1], 1), shape: vec![2, 3, 8, 8] },
+            Op::Conv2dGradInput { conv: Conv::new([1, 1], [1, 1], 3), shape: vec![2, 3, 8, 8] },
+            Op::Conv2dGradInput {
+                conv: Conv { dilation: [2, 3], ..Conv::new([1, 2], [1, 1], 3) },
+                shape: vec![2, 3, 8, 8],
+            },
+            Op::Conv2dGradWeight { conv: Conv::new([2, 1], [0, 1], 2), kernel: [3, 1] },
+            Op::Conv2dGradWeight { conv: Conv { dilation: [1, 2], ..Conv::new([2, 1], [0, 1], 2) }, kernel: [3, 1] },
+            Op::Conv2d(Conv::new([1, 1], [0, 0], 1)),
+            Op::Conv2d(Conv::new([2, 2], [1, 1], 4)),
+            Op::Conv2d(Conv { dilation: [3, 1], ..Conv::new([2, 2], [1, 1], 4) }),
             Op::AvgPool2dGrad { window: w, count_include_pad: true, shape: vec![1, 1, 4, 4] },
             Op::AvgPool2dGrad { window: asym, count_include_pad: false, shape: vec![1, 1, 4, 4] },
             Op::MaxPool2d(w),
@@ -618,12 +627,15 @@ mod tests {
             Op::AvgPool2d { window: w, count_include_pad: true },
             Op::AvgPool2dGrad { window: w, count_include_pad: true, shape: vec![1, 1, 4, 4] },
             Op::MaxPool2d(w),
-            Op::Conv2d { stride: [1, 1], padding: [1, 1], groups: 1 },
+            Op::Conv2d(Conv::new([1, 1], [1, 1], 1)),
+            Op::Conv2dGradWeight { conv: Conv::new([1, 1], [1, 1], 1), kernel: [3, 3] },
         ] {
             let mut n = RawNode { name: "n".into(), op: op.kind(), ..RawNode::default() };
             op_to_raw(&op, &mut n);
-            assert_eq!((n.padding_end, n.count_include_pad, n.groups), (None, None, None), "{op:?}");
+            assert_eq!((n.padding_end, n.count_include_pad, n.groups, n.dilation), (None, None, None, None), "{op:?}");
         }
+        let dilated = Op::Conv2d(Conv { dilation: [2, 1], ..Conv::new([1, 1], [2, 0], 1) });
+        assert_eq!(op_attrs_text(&dilated), " stride=[1,1] padding=[2,0] dilation=[2,1]");
         let mut n = RawNode { name: "n".into(), op: OpKind::AvgPool2d, ..RawNode::default() };
         op_to_raw(&Op::AvgPool2d { window: Window { padding_end: [0, 1], ..w }, count_include_pad: false }, &mut n);
         assert_eq!((n.padding_end, n.count_include_pad), (Some([0, 1]), Some(false)));
@@ -644,6 +656,16 @@ mod tests {
         assert!(msg.contains("padding_end 3 for kernel 3 (width)"), "{msg}");
         // Up to kernel - 1 (what a ceil_mode ONNX pool can need) is fine.
         op_from_raw(&RawNode { padding_end: Some([2, 2]), ..n }).expect("padding_end 2 for kernel 3");
+    }
+
+    #[test]
+    fn a_zero_dilation_is_refused() {
+        for (op, kernel) in [(OpKind::Conv2d, None), (OpKind::Conv2dGradWeight, Some([3, 3]))] {
+            let n = RawNode { name: "n".into(), op, dilation: Some([1, 0]), kernel, ..RawNode::default() };
+            let (field, msg) = op_from_raw(&n).unwrap_err();
+            assert_eq!(field, "dilation");
+            assert!(msg.contains("dilations must be at least 1, found [1, 0]"), "{msg}");
+        }
     }
 
     #[test]

@@ -193,6 +193,10 @@ pub struct RawNode {
     /// `padding`; written only when it differs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub padding_end: Option<[u64; 2]>,
+    /// conv2d and its grads: the step between kernel taps, [height, width]
+    /// (default [1, 1]; written only when not [1, 1]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dilation: Option<[u64; 2]>,
     /// avg_pool2d, avg_pool2d_grad: divide by the whole window, padding
     /// included (default true), or by the in-bounds taps only (false).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -444,16 +444,17 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             float(x, "the input")?;
             Ok(vec![x.clone(), x.with_dtype(DType::Bool)])
         }
-        Conv2d { stride, padding, groups } => {
+        Conv2d(cv) => {
             let (x, w) = (inputs[0], inputs[1]);
             float(x, "x")?;
             same_dtype(x, w, "conv2d")?;
             rank(w, 4, "the conv2d weight (OIHW)")?;
             rank(x, 4, "the conv2d input (NCHW)")?;
             let (xd, wd) = (x.shape.dims(), w.shape.dims());
-            let per_group = conv_groups(*groups, xd[1], wd[0])?;
+            let groups = cv.groups;
+            let per_group = conv_groups(groups, xd[1], wd[0])?;
             if per_group != wd[1] {
-                return Err(if *groups == 1 {
+                return Err(if groups == 1 {
                     format!("conv2d: input has {} channels but the weight expects {}", xd[1], wd[1])
                 } else {
                     format!(
@@ -462,8 +463,19 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
                     )
                 });
             }
-            let win = Window::new([wd[2], wd[3]], *stride, *padding);
-            let mut s = window_out(x, &win, "conv2d")?;
+            if cv.dilation.contains(&0) {
+                return Err(format!("conv2d: dilations must be at least 1, found {:?}", cv.dilation));
+            }
+            let kernel = cv.extent([wd[2], wd[3]]).ok_or_else(|| {
+                format!("conv2d: the kernel {:?} dilated by {:?} is too large", [wd[2], wd[3]], cv.dilation)
+            })?;
+            let what = if cv.dilation == [1, 1] {
+                "conv2d".to_string()
+            } else {
+                format!("conv2d (the {}x{} kernel dilated by {:?})", wd[2], wd[3], cv.dilation)
+            };
+            let win = Window::new(kernel, cv.stride, cv.padding);
+            let mut s = window_out(x, &win, &what)?;
             s.0[1] = wd[0];
             one(TensorType { dtype: x.dtype, shape: s })
         }
@@ -692,23 +704,23 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             same_type(mask, &dy.with_dtype(DType::Bool), "the mask and dy (as bool)")?;
             one(dy.clone())
         }
-        Conv2dGradInput { stride, padding, groups, shape } => {
+        Conv2dGradInput { conv, shape } => {
             let (dy, w) = (inputs[0], inputs[1]);
             let x = TensorType { dtype: dy.dtype, shape: checked(Shape(shape.clone()))? };
-            let fwd = infer(&Conv2d { stride: *stride, padding: *padding, groups: *groups }, &[&x, w])?;
+            let fwd = infer(&Conv2d(*conv), &[&x, w])?;
             same_type(dy, &fwd[0], "dy and conv2d's output")?;
             one(x)
         }
-        Conv2dGradWeight { stride, padding, groups, kernel } => {
+        Conv2dGradWeight { conv, kernel } => {
             let (dy, x) = (inputs[0], inputs[1]);
             rank(dy, 4, "dy (NCHW)")?;
             rank(x, 4, "x (NCHW)")?;
-            let per_group = conv_groups(*groups, x.shape.0[1], dy.shape.0[1])?;
+            let per_group = conv_groups(conv.groups, x.shape.0[1], dy.shape.0[1])?;
             let w = TensorType {
                 dtype: x.dtype,
                 shape: checked(Shape(vec![dy.shape.0[1], per_group, kernel[0], kernel[1]]))?,
             };
-            let fwd = infer(&Conv2d { stride: *stride, padding: *padding, groups: *groups }, &[x, &w])?;
+            let fwd = infer(&Conv2d(*conv), &[x, &w])?;
             same_type(dy, &fwd[0], "dy and conv2d's output")?;
             one(w)
         }
@@ -884,6 +896,7 @@ mod reduce_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::op::Conv;
 
     fn t(dtype: DType, s: &[u64]) -> TensorType {
         TensorType::new(dtype, s.to_vec())
@@ -924,26 +937,23 @@ mod tests {
     fn conv_and_pool() {
         let x = t(DType::F32, &[8, 1, 8, 8]);
         let w = t(DType::F32, &[4, 1, 3, 3]);
-        let y = infer(&Op::Conv2d { stride: [1, 1], padding: [1, 1], groups: 1 }, &[&x, &w]).unwrap();
+        let y = infer(&Op::Conv2d(Conv::new([1, 1], [1, 1], 1)), &[&x, &w]).unwrap();
         assert_eq!(y[0], t(DType::F32, &[8, 4, 8, 8]));
         let win = Window::new([2, 2], [2, 2], [0, 0]);
         let p = infer(&Op::MaxPool2d(win), &[&y[0]]).unwrap();
         assert_eq!(p[0], t(DType::F32, &[8, 4, 4, 4]));
-        let dx = infer(
-            &Op::Conv2dGradInput { stride: [1, 1], padding: [1, 1], groups: 1, shape: vec![8, 1, 8, 8] },
-            &[&y[0], &w],
-        )
-        .unwrap();
+        let dx =
+            infer(&Op::Conv2dGradInput { conv: Conv::new([1, 1], [1, 1], 1), shape: vec![8, 1, 8, 8] }, &[&y[0], &w])
+                .unwrap();
         assert_eq!(dx[0], x);
         let dw =
-            infer(&Op::Conv2dGradWeight { stride: [1, 1], padding: [1, 1], groups: 1, kernel: [3, 3] }, &[&y[0], &x])
-                .unwrap();
+            infer(&Op::Conv2dGradWeight { conv: Conv::new([1, 1], [1, 1], 1), kernel: [3, 3] }, &[&y[0], &x]).unwrap();
         assert_eq!(dw[0], w);
     }
 
     #[test]
     fn grouped_conv() {
-        let conv = |groups| Op::Conv2d { stride: [1, 1], padding: [0, 0], groups };
+        let conv = |groups| Op::Conv2d(Conv::new([1, 1], [0, 0], groups));
         let x = t(DType::F32, &[2, 6, 5, 5]);
         let w = t(DType::F32, &[4, 3, 3, 3]);
         assert_eq!(infer(&conv(2), &[&x, &w]).unwrap()[0], t(DType::F32, &[2, 4, 3, 3]));
@@ -955,12 +965,37 @@ mod tests {
         assert!(err.contains("6 channels in 2 groups (3 per group)"), "{err}");
         assert!(infer(&conv(0), &[&x, &w]).unwrap_err().contains("at least 1"));
         let dy = t(DType::F32, &[2, 4, 3, 3]);
-        let dw = Op::Conv2dGradWeight { stride: [1, 1], padding: [0, 0], groups: 2, kernel: [3, 3] };
+        let dw = Op::Conv2dGradWeight { conv: Conv::new([1, 1], [0, 0], 2), kernel: [3, 3] };
         assert_eq!(infer(&dw, &[&dy, &x]).unwrap()[0], w);
-        let dx = Op::Conv2dGradInput { stride: [1, 1], padding: [0, 0], groups: 2, shape: vec![2, 6, 5, 5] };
+        let dx = Op::Conv2dGradInput { conv: Conv::new([1, 1], [0, 0], 2), shape: vec![2, 6, 5, 5] };
         assert_eq!(infer(&dx, &[&dy, &w]).unwrap()[0], x);
-        let bad = Op::Conv2dGradWeight { stride: [1, 1], padding: [0, 0], groups: 4, kernel: [3, 3] };
+        let bad = Op::Conv2dGradWeight { conv: Conv::new([1, 1], [0, 0], 4), kernel: [3, 3] };
         assert!(infer(&bad, &[&dy, &x]).unwrap_err().contains("does not divide"));
+    }
+
+    #[test]
+    fn dilated_conv() {
+        // A 3x2 kernel dilated by [2, 3] spans 5x4: (9 + 2·1 − 5)/2 + 1 = 4, (7 − 4)/1 + 1 = 4.
+        let cv = Conv { dilation: [2, 3], ..Conv::new([2, 1], [1, 0], 2) };
+        let x = t(DType::F32, &[2, 4, 9, 7]);
+        let w = t(DType::F32, &[6, 2, 3, 2]);
+        let y = infer(&Op::Conv2d(cv), &[&x, &w]).unwrap().remove(0);
+        assert_eq!(y, t(DType::F32, &[2, 6, 4, 4]));
+        let dx = Op::Conv2dGradInput { conv: cv, shape: vec![2, 4, 9, 7] };
+        assert_eq!(infer(&dx, &[&y, &w]).unwrap()[0], x);
+        let dw = Op::Conv2dGradWeight { conv: cv, kernel: [3, 2] };
+        assert_eq!(infer(&dw, &[&y, &x]).unwrap()[0], w);
+        // The undilated conv's output does not fit the dilated gradients.
+        let y1 = infer(&Op::Conv2d(Conv { dilation: [1, 1], ..cv }), &[&x, &w]).unwrap().remove(0);
+        assert!(infer(&dw, &[&y1, &x]).unwrap_err().contains("conv2d's output"));
+        // Too wide a dilation for the input, and a zero one.
+        let wide = Op::Conv2d(Conv { dilation: [6, 1], ..cv });
+        let err = infer(&wide, &[&x, &w]).unwrap_err();
+        assert!(err.contains("conv2d (the 3x2 kernel dilated by [6, 1]): window kernel=[13, 2]"), "{err}");
+        let zero = Op::Conv2d(Conv { dilation: [0, 1], ..cv });
+        assert!(infer(&zero, &[&x, &w]).unwrap_err().contains("dilations must be at least 1"));
+        let huge = Op::Conv2d(Conv { dilation: [u64::MAX, 1], ..cv });
+        assert!(infer(&huge, &[&x, &w]).unwrap_err().contains("too large"));
     }
 
     #[test]

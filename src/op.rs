@@ -139,6 +139,38 @@ impl Window {
     }
 }
 
+/// A 2-D convolution's attributes (height, width), shared by `conv2d` and
+/// its two gradients.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Conv {
+    pub stride: [u64; 2],
+    /// Zero padding on both sides: [top and bottom, left and right].
+    pub padding: [u64; 2],
+    /// The step between a kernel's taps (1: adjacent): a kernel of size `k`
+    /// spans `(k - 1)·dilation + 1` input positions.
+    pub dilation: [u64; 2],
+    pub groups: u64,
+}
+
+impl Conv {
+    /// An undilated convolution.
+    pub fn new(stride: [u64; 2], padding: [u64; 2], groups: u64) -> Conv {
+        Conv { stride, padding, dilation: [1, 1], groups }
+    }
+
+    /// The input positions a kernel of size `kernel` spans, `(k - 1)·d + 1`
+    /// per axis; `None` on overflow or a zero size or dilation.
+    pub fn extent(&self, kernel: [u64; 2]) -> Option<[u64; 2]> {
+        let span = |i: usize| {
+            if kernel[i] == 0 || self.dilation[i] == 0 {
+                return None;
+            }
+            (kernel[i] - 1).checked_mul(self.dilation[i])?.checked_add(1)
+        };
+        Some([span(0)?, span(1)?])
+    }
+}
+
 macro_rules! op_kinds {
     ($($kind:ident => $name:literal,)*) => {
         /// The name of an op, as written in the `"op"` field.
@@ -267,7 +299,9 @@ impl fmt::Display for OpKind {
 ///   `y = x / (bias + alpha/size · sq)^beta`, in f32.
 /// - `dropout` returns `(y, mask)`; kept values are scaled by `1/(1-p)`.
 /// - `conv2d(x [N, C, H, W], w [O, C/groups, kh, kw])` is a cross-correlation
-///   with zero padding `padding` on each side; with `groups` > 1 the input
+///   with zero padding `padding` on each side, its taps `dilation` apart
+///   (`y[.., oy, ox]` reads `x[.., oy·sh + i·dh − ph, ox·sw + j·dw − pw]`
+///   for tap `(i, j)`); with `groups` > 1 the input
 ///   channels and the output channels are split into `groups` equal,
 ///   consecutive blocks, and output block `g` reads only input block `g`.
 /// - `concat(x1, …, xn)` joins its inputs along `axis` (one dtype, one rank,
@@ -341,7 +375,7 @@ pub enum Op {
     Softmax { axis: i64, causal: bool },
     LogSoftmax { axis: i64 },
     Dropout { p: f64, seed: u64 },
-    Conv2d { stride: [u64; 2], padding: [u64; 2], groups: u64 },
+    Conv2d(Conv),
     BatchNorm { eps: f64, momentum: f64 },
     FrozenBatchNorm { eps: f64 },
     Lrn { size: u64, alpha: f64, beta: f64, bias: f64 },
@@ -370,8 +404,8 @@ pub enum Op {
     EmbeddingGrad { num_embeddings: u64 },
     LayerNormGrad,
     DropoutGrad { p: f64 },
-    Conv2dGradInput { stride: [u64; 2], padding: [u64; 2], groups: u64, shape: Vec<u64> },
-    Conv2dGradWeight { stride: [u64; 2], padding: [u64; 2], groups: u64, kernel: [u64; 2] },
+    Conv2dGradInput { conv: Conv, shape: Vec<u64> },
+    Conv2dGradWeight { conv: Conv, kernel: [u64; 2] },
     BatchNormGrad { eps: f64 },
     FrozenBatchNormGrad { eps: f64 },
     LrnGrad { size: u64, alpha: f64, beta: f64, bias: f64 },
@@ -416,7 +450,7 @@ impl Op {
             Op::Softmax { .. } => OpKind::Softmax,
             Op::LogSoftmax { .. } => OpKind::LogSoftmax,
             Op::Dropout { .. } => OpKind::Dropout,
-            Op::Conv2d { .. } => OpKind::Conv2d,
+            Op::Conv2d(_) => OpKind::Conv2d,
             Op::BatchNorm { .. } => OpKind::BatchNorm,
             Op::FrozenBatchNorm { .. } => OpKind::FrozenBatchNorm,
             Op::Lrn { .. } => OpKind::Lrn,

@@ -553,7 +553,9 @@ fn attr_value(name: &str) -> BoxedStrategy<Value> {
         "dtype" | "to" => dtype(),
         "value" | "p" | "eps" | "momentum" | "alpha" | "beta" | "bias" => float_edge().prop_map(|v| json!(v)).boxed(),
         "seed" | "num_embeddings" | "groups" | "size" => u64_edge().prop_map(|v| json!(v)).boxed(),
-        "kernel" | "stride" | "padding" | "padding_end" => [u64_edge(), u64_edge()].prop_map(|v| json!(v)).boxed(),
+        "kernel" | "stride" | "padding" | "padding_end" | "dilation" => {
+            [u64_edge(), u64_edge()].prop_map(|v| json!(v)).boxed()
+        }
         _ => wrong_value(),
     };
     prop_oneof![19 => right, 1 => wrong_value()].boxed()
@@ -1284,6 +1286,7 @@ struct Conv {
     k: [i64; 2],
     stride: [u64; 2],
     padding: [u64; 2],
+    dilation: [u64; 2],
     groups: u64,
     /// Kernel, max (else avg), padding_end, count_include_pad.
     pool: Option<([u64; 2], bool, [u64; 2], bool)>,
@@ -1298,10 +1301,11 @@ fn conv() -> impl Strategy<Value = Conv> {
         [1i64..=5, 1i64..=5],
         [1u64..=3, 1u64..=3],
         [0u64..=2, 0u64..=2],
+        [1u64..=3, 1u64..=3],
         1u64..=3,
         prop::option::of(([1u64..=3, 1u64..=3], any::<bool>(), [0u64..=1, 0u64..=1], any::<bool>())),
     )
-        .prop_map(|(n, c, hw, o, k, stride, padding, groups, pool)| Conv {
+        .prop_map(|(n, c, hw, o, k, stride, padding, dilation, groups, pool)| Conv {
             n,
             c,
             hw,
@@ -1309,6 +1313,7 @@ fn conv() -> impl Strategy<Value = Conv> {
             k,
             stride,
             padding,
+            dilation,
             groups,
             pool,
         })
@@ -1320,6 +1325,9 @@ impl Conv {
             json!({"name": "c", "op": "conv2d", "inputs": ["x", "w"], "stride": self.stride, "padding": self.padding});
         if self.groups != 1 {
             c["groups"] = json!(self.groups);
+        }
+        if self.dilation != [1, 1] {
+            c["dilation"] = json!(self.dilation);
         }
         let mut forward = vec![c];
         let mut h = "c";
@@ -1363,7 +1371,7 @@ impl Conv {
         }
         let out = |i: usize| -> Option<u64> {
             let padded = self.hw[i] as u64 + 2 * self.padding[i];
-            let k = self.k[i] as u64;
+            let k = (self.k[i] as u64 - 1) * self.dilation[i] + 1;
             (padded >= k).then(|| (padded - k) / self.stride[i] + 1)
         };
         let (Some(h), Some(w)) = (out(0), out(1)) else { return false };

@@ -1,5 +1,5 @@
 //! The ops and attributes that ONNX CNNs need (concat, split, lrn,
-//! frozen_batch_norm, erf, grouped conv2d, asymmetric pooling padding,
+//! frozen_batch_norm, erf, grouped and dilated conv2d, asymmetric pooling padding,
 //! avg_pool2d's count_include_pad) through the whole compiler: they parse,
 //! verify and round-trip through JSON, lower in fp16 and bf16 (grad writes
 //! every gradient op), and a lowered step runs on the CPU executor.
@@ -7,6 +7,7 @@
 use mpc::emit::{json, text};
 use mpc::exec::rng::SplitMix64;
 use mpc::exec::{init_state, CpuBackend, Data, Executor, RunOptions, State, Tensor};
+use mpc::op::Conv;
 use mpc::passes::{self, Options};
 use mpc::{DType, Graph, Op, OpKind};
 
@@ -29,7 +30,7 @@ const CNN: &str = r#"{
     {"name": "var", "shape": [8], "init": {"kind": "ones"}}
   ],
   "forward": [
-    {"name": "c1", "op": "conv2d", "inputs": ["x", "w1"], "padding": [1, 1], "groups": 2},
+    {"name": "c1", "op": "conv2d", "inputs": ["x", "w1"], "padding": [2, 1], "dilation": [2, 1], "groups": 2},
     {"name": "bn", "op": "frozen_batch_norm", "inputs": ["c1", "gamma", "beta", "mean", "var"], "eps": 0.001},
     {"name": "e", "op": "erf", "inputs": ["bn"]},
     {"name": "l", "op": "lrn", "inputs": ["e"], "size": 3, "alpha": 0.001, "beta": 0.75, "bias": 2.0},
@@ -78,14 +79,17 @@ fn every_new_op_and_attribute_round_trips() {
     // Attributes at their defaults are not written; the others are.
     let out = json::to_string(&g);
     let line = |name: &str| out.lines().find(|l| l.contains(&format!("{{\"name\":\"{name}\""))).unwrap().to_string();
-    assert!(line("c1").contains("\"groups\":2"), "{}", line("c1"));
+    assert!(line("c1").contains("\"dilation\":[2,1],\"groups\":2"), "{}", line("c1"));
     assert!(line("p").contains("\"padding_end\":[1,1]") && !line("p").contains("count_include_pad"));
     assert!(line("a1").contains("\"padding_end\":[0,0]") && line("a1").contains("\"count_include_pad\":false"));
     assert!(!line("a2").contains("padding_end") && !line("a2").contains("count_include_pad"), "{}", line("a2"));
     assert!(line("s").contains("\"sizes\":[3,5]"), "{}", line("s"));
     assert!(line("l").contains("\"size\":3") && line("l").contains("\"bias\":2.0"), "{}", line("l"));
     let t = text::to_string(&g);
-    assert!(t.contains("groups=2") && t.contains("count_include_pad=false") && t.contains("sizes=[3,5]"), "{t}");
+    assert!(
+        t.contains("dilation=[2,1] groups=2") && t.contains("count_include_pad=false") && t.contains("sizes=[3,5]"),
+        "{t}"
+    );
 }
 
 fn batch(g: &Graph) -> State {
@@ -136,8 +140,10 @@ fn lowers_in_fp16_and_bf16_and_runs_a_step() {
         ] {
             assert!(kinds.contains(&k), "{low}: no {k} in the lowered graph");
         }
-        let grouped = g.node_ids().any(|n| matches!(g.node(n).op, Op::Conv2dGradWeight { groups: 2, .. }));
-        assert!(grouped, "{low}: the weight gradient lost its groups");
+        let grouped = g.node_ids().any(|n| {
+            matches!(g.node(n).op, Op::Conv2dGradWeight { conv: Conv { groups: 2, dilation: [2, 1], .. }, .. })
+        });
+        assert!(grouped, "{low}: the weight gradient lost its groups or dilation");
         let uncounted = g.node_ids().any(|n| {
             matches!(&g.node(n).op, Op::AvgPool2dGrad { count_include_pad: false, window, .. } if window.padding_end == [0, 0])
         });
@@ -219,6 +225,18 @@ fn bad_shapes_and_attributes_are_clear_errors() {
         Some((r#""shape": [8, 2, 3, 3]"#, r#""shape": [8, 4, 3, 3]"#)),
     );
     assert!(e.contains("4 channels in 2 groups (2 per group)"), "{e}");
+    let e = rejected(
+        "c1",
+        r#"{"name": "c1", "op": "conv2d", "inputs": ["x", "w1"], "dilation": [0, 1], "groups": 2}"#,
+        None,
+    );
+    assert!(e.contains("/dilation") && e.contains("dilations must be at least 1, found [0, 1]"), "{e}");
+    let e = rejected(
+        "c1",
+        r#"{"name": "c1", "op": "conv2d", "inputs": ["x", "w1"], "dilation": [4, 1], "groups": 2}"#,
+        None,
+    );
+    assert!(e.contains("the 3x3 kernel dilated by [4, 1]): window kernel=[9, 3]"), "{e}");
     let e = rejected(
         "bn",
         r#"{"name": "bn", "op": "frozen_batch_norm", "inputs": ["c1", "gamma", "beta", "mean", "var"]}"#,

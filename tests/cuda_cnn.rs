@@ -2,8 +2,9 @@
 //! against the CPU reference, from the same state and the same synthetic
 //! batches: ir-examples/cnn.json (conv2d, batch_norm, relu, max and avg
 //! pooling, flatten, matmul, SGD with momentum) and tests/onnx/cnn_ops.json
-//! (grouped conv2d, frozen_batch_norm, erf, lrn, max pooling with ceil-mode
-//! padding, split, avg pooling with and without count_include_pad, concat),
+//! (grouped, dilated conv2d, frozen_batch_norm, erf, lrn, max pooling with
+//! ceil-mode padding, split, avg pooling with and without
+//! count_include_pad, concat),
 //! lowered in FP16 and BF16 (autocast, loss scaling for FP16) and in FP32
 //! (`--precision fp32`: gradients and the optimizer only).
 //! SqueezeNet imported from ONNX (tests/data/onnx/light_squeezenet.onnx:

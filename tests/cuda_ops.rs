@@ -1117,7 +1117,7 @@ const SAMPLE_ATTRS: &str = r#"{
     "keepdims": false, "sizes": [1], "shape": [1], "perm": [0], "dtype": "f32", "to": "f32",
     "value": 1.0, "p": 0.5, "seed": 0, "eps": 1e-5, "momentum": 0.5, "size": 1, "alpha": 1e-4,
     "beta": 0.75, "bias": 1.0, "kernel": [1, 1], "stride": [1, 1], "padding": [0, 0],
-    "padding_end": [0, 0], "count_include_pad": true, "groups": 1, "num_embeddings": 1,
+    "padding_end": [0, 0], "dilation": [1, 1], "count_include_pad": true, "groups": 1, "num_embeddings": 1,
     "lr": 0.1, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0, "decoupled": true,
     "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 1, "max_norm": 1.0
 }"#;

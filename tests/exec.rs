@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use half::f16;
 use mpc::exec::rng::SplitMix64;
 use mpc::exec::{init_state, Backend, CpuBackend, Data, ExecError, Executor, OpCtx, RunOptions, State, Tensor};
-use mpc::op::{Init, Op, Window};
+use mpc::op::{Conv, Init, Op, Window};
 use mpc::passes::grad::Grad;
 use mpc::passes::Pass;
 use mpc::{DType, Graph, Role, TensorType, ValueId};
@@ -354,7 +354,7 @@ fn fd_conv2d_stride_2_padding_1() {
     let mut c = Case::new(8);
     let x = c.random_param("x", &[2, 2, 5, 5]);
     let w = c.random_param("w", &[3, 2, 3, 3]);
-    let y = c.op("y", Op::Conv2d { stride: [2, 2], padding: [1, 1], groups: 1 }, &[x, w]);
+    let y = c.op("y", Op::Conv2d(Conv::new([2, 2], [1, 1], 1)), &[x, w]);
     assert_eq!(c.g.ty(y).shape.0, vec![2, 3, 3, 3]);
     c.weighted_loss(y);
     c.check();
@@ -366,13 +366,13 @@ fn fd_grouped_conv2d() {
     let mut c = Case::new(15);
     let x = c.random_param("x", &[2, 4, 5, 5]);
     let w = c.random_param("w", &[6, 2, 3, 3]);
-    let y = c.op("y", Op::Conv2d { stride: [2, 1], padding: [1, 0], groups: 2 }, &[x, w]);
+    let y = c.op("y", Op::Conv2d(Conv::new([2, 1], [1, 0], 2)), &[x, w]);
     assert_eq!(c.g.ty(y).shape.0, vec![2, 6, 3, 3]);
     c.weighted_loss(y);
     let (g, state, _, _) = c.check();
     // Both gradients come from grouped ops.
     let grouped = g.node_ids().filter(|&n| match g.node(n).op {
-        Op::Conv2dGradInput { groups, .. } | Op::Conv2dGradWeight { groups, .. } => groups == 2,
+        Op::Conv2dGradInput { conv, .. } | Op::Conv2dGradWeight { conv, .. } => conv.groups == 2,
         _ => false,
     });
     assert_eq!(grouped.count(), 2);
@@ -382,7 +382,7 @@ fn fd_grouped_conv2d() {
     let xv = state["x"].to_f32_vec();
     let x = d.param("x", &[2, 4, 5, 5], xv.clone());
     let w = d.random_param("w", &[4, 1, 3, 3]);
-    let y = d.op("y", Op::Conv2d { stride: [1, 1], padding: [1, 1], groups: 4 }, &[x, w]);
+    let y = d.op("y", Op::Conv2d(Conv::new([1, 1], [1, 1], 4)), &[x, w]);
     d.weighted_loss(y);
     let mut ex = Executor::new(&d.g, CpuBackend, 7).unwrap();
     let opts = RunOptions { fetch: vec!["y".into()], ..RunOptions::default() };
@@ -393,12 +393,49 @@ fn fd_grouped_conv2d() {
         let xc: Vec<f32> = (0..2).flat_map(|n| xv[(n * 4 + ch) * 25..(n * 4 + ch + 1) * 25].to_vec()).collect();
         let xe = e.param("x", &[2, 1, 5, 5], xc);
         let we = e.param("w", &[1, 1, 3, 3], wv[ch * 9..(ch + 1) * 9].to_vec());
-        let ye = e.op("y", Op::Conv2d { stride: [1, 1], padding: [1, 1], groups: 1 }, &[xe, we]);
+        let ye = e.op("y", Op::Conv2d(Conv::new([1, 1], [1, 1], 1)), &[xe, we]);
         e.weighted_loss(ye);
         let mut ex = Executor::new(&e.g, CpuBackend, 7).unwrap();
         let got = ex.step(&e.state, &e.batch, 0, &opts).unwrap().fetched["y"].to_f32_vec();
         for n in 0..2 {
             assert_eq!(got[n * 25..(n + 1) * 25], yv[(n * 4 + ch) * 25..(n * 4 + ch + 1) * 25], "channel {ch}");
+        }
+    }
+}
+
+#[test]
+fn fd_dilated_conv2d_with_groups_stride_and_padding() {
+    // Odd sizes; a 3x2 kernel dilated by [2, 3] spans 5x4:
+    // OH = (7 + 2·2 − 5)/2 + 1 = 4, OW = (6 + 2·1 − 4)/1 + 1 = 5.
+    let cv = Conv { dilation: [2, 3], ..Conv::new([2, 1], [2, 1], 2) };
+    let mut c = Case::new(18);
+    let x = c.random_param("x", &[2, 4, 7, 6]);
+    let w = c.random_param("w", &[6, 2, 3, 2]);
+    let y = c.op("y", Op::Conv2d(cv), &[x, w]);
+    assert_eq!(c.g.ty(y).shape.0, vec![2, 6, 4, 5]);
+    c.weighted_loss(y);
+    let (g, _, _, _) = c.check();
+    // grad forwards the whole convolution to both gradients.
+    let dilated = g.node_ids().filter(|&n| match g.node(n).op {
+        Op::Conv2dGradInput { conv, .. } | Op::Conv2dGradWeight { conv, .. } => conv == cv,
+        _ => false,
+    });
+    assert_eq!(dilated.count(), 2);
+    // Ungrouped, unit stride, a dilation that leaves input rows no tap reads
+    // (rows 1, 3 and 5 of 7 under a 2-tap kernel dilated by 4, stride 2:
+    // their gradient is exactly 0).
+    let mut d = Case::new(19);
+    let x = d.random_param("x", &[1, 3, 7, 5]);
+    let w = d.random_param("w", &[2, 3, 2, 3]);
+    let y = d.op("y", Op::Conv2d(Conv { dilation: [4, 1], ..Conv::new([2, 1], [0, 1], 1) }), &[x, w]);
+    assert_eq!(d.g.ty(y).shape.0, vec![1, 2, 2, 5]);
+    d.weighted_loss(y);
+    let (_, _, _, grads) = d.check();
+    let dx = grads["dx"].to_f32_vec();
+    for (i, v) in dx.iter().enumerate() {
+        let row = (i / 5) % 7;
+        if row % 2 == 1 {
+            assert_eq!(*v, 0.0, "dx[{i}] (row {row}) is read by no tap");
         }
     }
 }

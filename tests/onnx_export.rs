@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use half::{bf16, f16};
 use mpc::onnx::export::{self, Bf16Mode, ExportError, Options};
 use mpc::onnx::proto::{data_type, ModelProto, TensorProto, TypeValue};
+use mpc::op::{Conv, Op, OpKind};
 use prost::Message;
 
 #[derive(Copy, Clone, Debug, PartialEq)]
@@ -236,6 +237,8 @@ fn cnn_in_every_precision() {
     assert_eq!(t["fc_w.bf16"], data_type::BFLOAT16);
     let g = bf16.graph.as_ref().unwrap();
     let conv = g.node.iter().find(|n| n.op_type.as_deref() == Some("Conv")).unwrap();
+    // An undilated conv writes no `dilations` (ONNX's default), so exports stay as they were.
+    assert!(conv.attribute.iter().all(|a| a.name.as_deref() != Some("dilations")));
     let info: HashMap<&str, i32> = g
         .value_info
         .iter()
@@ -381,8 +384,9 @@ fn a_constant_output_and_an_output_read_by_another() {
 
 #[test]
 fn the_onnx_cnn_ops_export() {
-    // concat, split, lrn, frozen_batch_norm, erf, grouped conv, asymmetric
-    // pooling and count_include_pad (tests/onnx/cnn_ops.json, also run by check_ort.py).
+    // concat, split, lrn, frozen_batch_norm, erf, grouped and dilated conv,
+    // asymmetric pooling and count_include_pad (tests/onnx/cnn_ops.json, also
+    // run by check_ort.py).
     let text = std::fs::read_to_string("tests/onnx/cnn_ops.json").unwrap();
     for (p, mode) in [
         (Prec::Fp32, Bf16Mode::Native),
@@ -403,6 +407,8 @@ fn the_onnx_cnn_ops_export() {
             n.attribute.iter().find(|x| x.name.as_deref() == Some(a)).cloned()
         };
         assert_eq!(attr(node("Conv"), "group").unwrap().i, Some(2));
+        assert_eq!(attr(node("Conv"), "dilations").unwrap().ints, vec![2, 2]);
+        assert_eq!(attr(node("Conv"), "pads").unwrap().ints, vec![2, 2, 2, 2]);
         assert_eq!(attr(node("MaxPool"), "pads").unwrap().ints, vec![0, 0, 1, 1]);
         let avg: Vec<_> = g.node.iter().filter(|n| n.op_type.as_deref() == Some("AveragePool")).collect();
         assert_eq!(attr(avg[0], "pads").unwrap().ints, vec![1, 1, 0, 0]);
@@ -412,6 +418,40 @@ fn the_onnx_cnn_ops_export() {
         assert_eq!(split.output, vec!["s_a", "s_b"]);
         assert_eq!(g.output.len(), 2);
     }
+}
+
+#[test]
+fn a_dilated_conv_round_trips_through_onnx() {
+    let text = r#"{
+      "format": "mpc/1",
+      "inputs": [{"name": "x", "shape": [1, 2, 9, 8]}],
+      "params": [{"name": "w", "shape": [4, 1, 3, 2], "init": {"kind": "kaiming_normal"}}],
+      "forward": [
+        {"name": "c", "op": "conv2d", "inputs": ["x", "w"], "stride": [1, 2], "padding": [2, 1], "dilation": [2, 3], "groups": 2},
+        {"name": "loss", "op": "reduce_mean", "inputs": ["c"], "axes": [0, 1, 2, 3]}
+      ],
+      "loss": "loss",
+      "outputs": ["c"]
+    }"#;
+    let want = Op::Conv2d(Conv { dilation: [2, 3], ..Conv::new([1, 2], [2, 1], 2) });
+    let m = export_decoded(&lowered(text, Prec::Fp32), Bf16Mode::Native);
+    check_structure(&m);
+    let g = m.graph.as_ref().unwrap();
+    let conv = g.node.iter().find(|n| n.op_type.as_deref() == Some("Conv")).unwrap();
+    let attr = |a: &str| conv.attribute.iter().find(|x| x.name.as_deref() == Some(a)).unwrap().ints.clone();
+    assert_eq!((attr("dilations"), attr("strides"), attr("pads")), (vec![2, 3], vec![1, 2], vec![2, 1, 2, 1]));
+    // Importing the export gives back the same convolution.
+    let opts = mpc::onnx::ImportOptions {
+        loss: None,
+        optimizer: mpc::format::Optimizer::new(mpc::format::OptimizerKind::Sgd, 0.1),
+        weights_file: "model.safetensors".into(),
+        input_shapes: vec![],
+        dropout_seed: 0,
+    };
+    let im = mpc::onnx::import(m.encode_to_vec(), &opts).unwrap();
+    let ig = &im.graph;
+    let convs: Vec<Op> = ig.node_ids().map(|n| ig.node(n).op.clone()).filter(|o| o.kind() == OpKind::Conv2d).collect();
+    assert_eq!(convs, vec![want]);
 }
 
 #[test]

@@ -7,6 +7,7 @@ use mpc::onnx::proto::{
     TypeValue, ValueInfoProto,
 };
 use mpc::onnx::{import, ImportOptions, Loss};
+use mpc::op::Conv;
 use mpc::passes::{self, Options, Table};
 use mpc::{DType, Op};
 use prost::Message;
@@ -531,6 +532,59 @@ fn a_dropout_mask_is_refused_only_where_it_is_read() {
     let read = model(vec![dropout, cast, add], vec![], &[2, 3]);
     let e = import(read.encode_to_vec(), &options(Loss::Mse)).unwrap_err().to_string();
     assert!(e.contains("its mask output is used"), "{e}");
+}
+
+/// Conv's `dilations` map onto conv2d's `dilation` (and `auto_pad` pads for
+/// the dilated kernel's extent, as onnxruntime does), and the gradients
+/// keep them; a dilated pool is still refused.
+#[test]
+fn a_dilated_conv_imports() {
+    let w = floats("w", &[2, 1, 3, 2], |i| 0.1 * i as f32 - 0.5);
+    let conv = |attrs: Vec<AttributeProto>| {
+        let mut a = vec![ints_attr("dilations", &[2, 3]), ints_attr("strides", &[1, 2])];
+        a.extend(attrs);
+        model(vec![op("Conv", &["x", "w"], "c", a), relu("c", "y")], vec![w.clone()], &[1, 1, 9, 8])
+    };
+    let explicit = conv(vec![ints_attr("pads", &[2, 1, 2, 1])]);
+    let im = import(explicit.encode_to_vec(), &options(Loss::Mse)).unwrap();
+    let g = &im.graph;
+    let want = Conv { dilation: [2, 3], ..Conv::new([1, 2], [2, 1], 1) };
+    assert_eq!(g.node(g.node_named("c").unwrap()).op, Op::Conv2d(want));
+    // (9 + 4 − 5)/1 + 1 = 9, (8 + 2 − 4)/2 + 1 = 4.
+    assert_eq!(g.ty(g.value("c").unwrap()).shape.0, vec![1, 2, 9, 4]);
+    let text = mpc::emit::json::to_string(g);
+    assert!(text.contains(r#""dilation": [2, 3]"#) || text.contains(r#""dilation":[2,3]"#), "{text}");
+    let back = mpc::parse_str(&text).expect("reads back");
+    assert_eq!(back.node(back.node_named("c").unwrap()).op, Op::Conv2d(want));
+    // SAME_UPPER over the 5x4 extent: out = ceil(9/1) = 9 rows, total pad 4
+    // (2 + 2); ceil(8/2) = 4 columns, total pad (4 − 1)·2 + 4 − 8 = 2 (1 + 1).
+    let same = conv(vec![AttributeProto {
+        name: Some("auto_pad".into()),
+        s: Some(b"SAME_UPPER".to_vec()),
+        ..Default::default()
+    }]);
+    let im2 = import(same.encode_to_vec(), &options(Loss::Mse)).unwrap();
+    assert_eq!(im2.graph.node(im2.graph.node_named("c").unwrap()).op, Op::Conv2d(want));
+    // The lowered graph keeps them (the export writes them back: tests/onnx_export.rs).
+    let (lowered, _) = lower(g, DType::F16);
+    let dilated = lowered.node_ids().filter(|&n| match &lowered.node(n).op {
+        Op::Conv2d(c) | Op::Conv2dGradInput { conv: c, .. } | Op::Conv2dGradWeight { conv: c, .. } => *c == want,
+        _ => false,
+    });
+    assert_eq!(dilated.count(), 2, "conv2d and conv2d_grad_weight (x is an input: no grad_input)");
+    // Zero or malformed dilations are errors naming the attribute.
+    for bad in [&[0, 1][..], &[2][..]] {
+        let m = model(
+            vec![op("Conv", &["x", "w"], "c", vec![ints_attr("dilations", bad)]), relu("c", "y")],
+            vec![w.clone()],
+            &[1, 1, 9, 8],
+        );
+        let e = import(m.encode_to_vec(), &options(Loss::Mse)).unwrap_err().to_string();
+        assert!(e.contains("dilations") && e.contains("expected two values of at least 1"), "{e}");
+    }
+    let pool = op("MaxPool", &["x"], "y", vec![ints_attr("kernel_shape", &[2, 2]), ints_attr("dilations", &[2, 2])]);
+    let e = import(model(vec![pool], vec![], &[1, 1, 9, 8]).encode_to_vec(), &options(Loss::Mse)).unwrap_err();
+    assert!(e.to_string().contains("dilations [2, 2] are not supported"), "{e}");
 }
 
 /// A ceil_mode pool can need end padding beyond half its kernel (here 2 for

@@ -5,7 +5,7 @@ use std::rc::Rc;
 use super::import::{Importer, Port, Source, Val, SOFTMAX_2D};
 use super::proto::{AttributeProto, NodeProto};
 use super::tensor::{decode, le, Const, ConstData};
-use crate::op::{Op, Window};
+use crate::op::{Conv, Op, Window};
 use crate::types::resolve_axis;
 
 /// Attribute lookup on one node.
@@ -197,20 +197,25 @@ impl Importer {
                         return Err(format!("kernel_shape {k:?} disagrees with the weight {wd:?}"));
                     }
                 }
-                no_dilation(&at)?;
                 let stride = pair(&at.ints("strides").unwrap_or(vec![1, 1]), "strides")?;
-                let (begin, end) = pads(&at, hw, kernel, stride)?;
+                let dilation = pair(&at.ints("dilations").unwrap_or(vec![1, 1]), "dilations")?;
+                let groups = at.int("group", 1);
+                if groups < 1 {
+                    return Err(format!("group {groups} must be at least 1"));
+                }
+                let cv = Conv { dilation, ..Conv::new(stride, [0, 0], groups as u64) };
+                // auto_pad pads for the dilated kernel's extent, as ONNX defines it.
+                let extent = cv
+                    .extent(kernel)
+                    .ok_or_else(|| format!("the kernel {kernel:?} dilated by {dilation:?} is too large"))?;
+                let (begin, end) = pads(&at, hw, extent, stride)?;
                 if begin != end {
                     return Err(format!(
                         "asymmetric convolution padding (begin {begin:?}, end {end:?}) is not supported"
                     ));
                 }
-                let groups = at.int("group", 1);
-                if groups < 1 {
-                    return Err(format!("group {groups} must be at least 1"));
-                }
                 let conv_name = if has(2) { format!("{name}.conv") } else { name.to_string() };
-                let op = Op::Conv2d { stride, padding: begin, groups: groups as u64 };
+                let op = Op::Conv2d(Conv { padding: begin, ..cv });
                 let y = self.add(&conv_name, op, &[x, w])?;
                 if has(2) {
                     let b = self.tensor_shaped(input(2), Port::Weight, Some(&[wd[0], 1, 1]))?;

@@ -312,7 +312,7 @@ pub fn supported(op: &Op) -> bool {
             | Softmax { .. }
             | LogSoftmax { .. }
             | Dropout { .. }
-            | Conv2d { .. }
+            | Conv2d(_)
             | BatchNorm { .. }
             | MaxPool2d(_)
             | AvgPool2d { .. }
@@ -1059,17 +1059,21 @@ impl<'a> Exporter<'a> {
                 let x = self.get_as(ins[0], ct, None)?;
                 self.simple(v0, "LogSoftmax", vec![x], ct, false, vec![attr_i("axis", *axis)])?;
             }
-            Op::Conv2d { stride, padding, groups } => {
+            Op::Conv2d(cv) => {
                 let ct = self.compute(d, false);
                 let x = self.get_as(ins[0], ct, None)?;
                 let w = self.get_as(ins[1], ct, None)?;
                 let wd = dims_of(in_ty(1));
-                let attrs = vec![
+                let mut attrs = vec![
                     attr_ints("kernel_shape", vec![wd[2] as i64, wd[3] as i64]),
-                    attr_ints("strides", stride.iter().map(|&s| s as i64).collect()),
-                    attr_ints("pads", pads(padding, padding)),
-                    attr_i("group", *groups as i64),
+                    attr_ints("strides", cv.stride.iter().map(|&s| s as i64).collect()),
+                    attr_ints("pads", pads(&cv.padding, &cv.padding)),
+                    attr_i("group", cv.groups as i64),
                 ];
+                // ONNX's default is 1; written only when dilated, so other exports stay as they were.
+                if cv.dilation != [1, 1] {
+                    attrs.push(attr_ints("dilations", cv.dilation.iter().map(|&v| v as i64).collect()));
+                }
                 if let Some(c) = wd.first().copied() {
                     if let Some((add, param, to)) = self.bias_add(n, &[c, 1, 1]) {
                         let bias = self.bias_init(param, to, ct, c)?;

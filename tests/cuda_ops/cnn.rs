@@ -27,7 +27,7 @@
 //! - flatten, concat, split: [`Tol::Bits`] (copies).
 
 use super::*;
-use mpc::op::Window;
+use mpc::op::{Conv, Window};
 
 pub fn cases(src: &mut Src, out: &mut Vec<Case>) {
     convs(src, out);
@@ -37,36 +37,47 @@ pub fn cases(src: &mut Src, out: &mut Vec<Case>) {
     copies(src, out);
 }
 
-/// (x shape, weight shape, stride, padding, groups): one element; odd
-/// sizes with a non-square kernel and different paddings per axis; groups
-/// with stride; stride larger than the kernel; depthwise; more outputs than
-/// a block (and, for grad_weight, long sums).
-/// x shape, weight shape, stride, padding, groups.
-type ConvCase = ([u64; 4], [u64; 4], [u64; 2], [u64; 2], u64);
+/// (x shape, weight shape, convolution): one element; odd sizes with a
+/// non-square kernel and different paddings per axis; groups with stride;
+/// stride larger than the kernel; depthwise; more outputs than a block
+/// (and, for grad_weight, long sums); then dilated: per axis with odd sizes,
+/// with groups, stride and padding together (leaving inputs no tap reads),
+/// depthwise, and a dilation wider than the input reaching only padding
+/// on some taps.
+type ConvCase = ([u64; 4], [u64; 4], Conv);
 
-const CONVS: [ConvCase; 6] = [
-    ([1, 1, 1, 1], [1, 1, 1, 1], [1, 1], [0, 0], 1),
-    ([2, 3, 7, 5], [4, 3, 3, 2], [1, 1], [1, 0], 1),
-    ([2, 4, 9, 8], [6, 2, 3, 3], [2, 3], [1, 2], 2),
-    ([1, 2, 7, 7], [3, 2, 2, 2], [3, 3], [1, 1], 1),
-    ([2, 6, 5, 5], [6, 1, 3, 3], [1, 1], [1, 1], 6),
-    ([4, 8, 12, 12], [16, 8, 3, 3], [1, 1], [1, 1], 1),
+const fn cv(stride: [u64; 2], padding: [u64; 2], dilation: [u64; 2], groups: u64) -> Conv {
+    Conv { stride, padding, dilation, groups }
+}
+
+const CONVS: [ConvCase; 10] = [
+    ([1, 1, 1, 1], [1, 1, 1, 1], cv([1, 1], [0, 0], [1, 1], 1)),
+    ([2, 3, 7, 5], [4, 3, 3, 2], cv([1, 1], [1, 0], [1, 1], 1)),
+    ([2, 4, 9, 8], [6, 2, 3, 3], cv([2, 3], [1, 2], [1, 1], 2)),
+    ([1, 2, 7, 7], [3, 2, 2, 2], cv([3, 3], [1, 1], [1, 1], 1)),
+    ([2, 6, 5, 5], [6, 1, 3, 3], cv([1, 1], [1, 1], [1, 1], 6)),
+    ([4, 8, 12, 12], [16, 8, 3, 3], cv([1, 1], [1, 1], [1, 1], 1)),
+    ([2, 3, 9, 7], [4, 3, 3, 2], cv([1, 1], [0, 1], [2, 3], 1)),
+    ([2, 4, 11, 9], [6, 2, 3, 3], cv([2, 3], [2, 1], [3, 2], 2)),
+    ([2, 6, 7, 7], [6, 1, 3, 3], cv([1, 1], [2, 2], [2, 2], 6)),
+    ([1, 2, 3, 4], [2, 2, 2, 2], cv([1, 2], [2, 3], [4, 5], 1)),
 ];
 
 fn convs(src: &mut Src, out: &mut Vec<Case>) {
     for d in FLOATS {
-        for (xs, ws, stride, padding, groups) in CONVS {
+        for (xs, ws, conv) in CONVS {
             let x = src.mixed(d, &xs);
             let w = src.normals(d, &ws, 0.5);
-            let op = Op::Conv2d { stride, padding, groups };
+            let op = Op::Conv2d(conv);
             let yt = mpc::infer::infer(&op, &[&x.ty(), &w.ty()]).unwrap().remove(0);
             let dy = src.mixed(d, yt.shape.dims());
-            let b = conv_bounds(&x, &w, &dy, stride, padding, groups);
-            let note = format!("stride {stride:?} padding {padding:?} groups {groups}");
+            let b = conv_bounds(&x, &w, &dy, &conv);
+            let Conv { stride, padding, dilation, groups } = conv;
+            let note = format!("stride {stride:?} padding {padding:?} dilation {dilation:?} groups {groups}");
             out.push(case(op, vec![x.clone(), w.clone()], Tol::Within { bound: b.y, round: low(d) }).note(&note));
-            let gi = Op::Conv2dGradInput { stride, padding, groups, shape: xs.to_vec() };
+            let gi = Op::Conv2dGradInput { conv, shape: xs.to_vec() };
             out.push(case(gi, vec![dy.clone(), w], Tol::Within { bound: b.dx, round: low(d) }).note(&note));
-            let gw = Op::Conv2dGradWeight { stride, padding, groups, kernel: [ws[2], ws[3]] };
+            let gw = Op::Conv2dGradWeight { conv, kernel: [ws[2], ws[3]] };
             out.push(case(gw, vec![dy, x], Tol::Within { bound: b.dw, round: low(d) }).note(&note));
         }
     }
@@ -81,7 +92,8 @@ struct ConvBounds {
 
 /// 2·γ(n)·Σ|products| per output of conv2d(x, w), conv2d_grad_input(dy, w)
 /// and conv2d_grad_weight(dy, x), n the products the CPU forms for it.
-fn conv_bounds(x: &Tensor, w: &Tensor, dy: &Tensor, stride: [u64; 2], pad: [u64; 2], groups: u64) -> ConvBounds {
+fn conv_bounds(x: &Tensor, w: &Tensor, dy: &Tensor, cv: &Conv) -> ConvBounds {
+    let Conv { stride, padding: pad, dilation: dil, groups } = *cv;
     let [n, c, h, wd] = <[u64; 4]>::try_from(x.shape().dims()).unwrap().map(|v| v as usize);
     let [o, cg, kh, kw] = <[u64; 4]>::try_from(w.shape().dims()).unwrap().map(|v| v as usize);
     let [_, _, oh, ow] = <[u64; 4]>::try_from(dy.shape().dims()).unwrap().map(|v| v as usize);
@@ -101,8 +113,11 @@ fn conv_bounds(x: &Tensor, w: &Tensor, dy: &Tensor, stride: [u64; 2], pad: [u64;
                         for oy in 0..oh {
                             for ox in 0..ow {
                                 let yi = ((b * o + oc) * oh + oy) * ow + ox;
-                                let iy = (oy * stride[0] as usize + i).checked_sub(pad[0] as usize).filter(|&v| v < h);
-                                let ix = (ox * stride[1] as usize + j).checked_sub(pad[1] as usize).filter(|&v| v < wd);
+                                let at = |o: usize, t: usize, a: usize| {
+                                    (o * stride[a] as usize + t * dil[a] as usize).checked_sub(pad[a] as usize)
+                                };
+                                let iy = at(oy, i, 0).filter(|&v| v < h);
+                                let ix = at(ox, j, 1).filter(|&v| v < wd);
                                 ny[yi] += 1;
                                 ndw[wi] += 1;
                                 if let (Some(iy), Some(ix)) = (iy, ix) {

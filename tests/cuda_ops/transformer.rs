@@ -118,10 +118,17 @@ fn softmaxes(src: &mut Src, out: &mut Vec<Case>) {
                 case(op.clone(), vec![x.clone()], Tol::Within { bound, round: low(d) })
                     .note(format!("axis {axis}{}", if causal { " causal" } else { "" })),
             );
-            let y = CpuBackend::new().run(&op, &OpCtx { node: "n", step: 0, seed: 0 }, &[&x], &[x.ty()]).unwrap();
-            let dy = src.mixed(d, shape);
-            let bound = softmax_grad_bound(&dy, &y[0], axis);
-            out.push(case(Op::SoftmaxGrad { axis }, vec![dy, y[0].clone()], Tol::Within { bound, round: low(d) }));
+            // y of every float type under dy of type d (the CPU takes any pair).
+            for yd in FLOATS {
+                let xy = tf(yd, shape, &v);
+                let y = CpuBackend::new().run(&op, &OpCtx { node: "n", step: 0, seed: 0 }, &[&xy], &[xy.ty()]).unwrap();
+                let dy = src.mixed(d, shape);
+                let bound = softmax_grad_bound(&dy, &y[0], axis);
+                let grad = Op::SoftmaxGrad { axis };
+                out.push(
+                    case(grad, vec![dy, y[0].clone()], Tol::Within { bound, round: low(d) }).note(format!("y {yd}")),
+                );
+            }
         }
     }
 }

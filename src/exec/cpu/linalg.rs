@@ -2,7 +2,7 @@
 //! their gradients. Products accumulate in f32 over the contracted index
 //! in increasing order.
 
-use crate::op::Window;
+use crate::op::{Conv, Window};
 use crate::types::TensorType;
 
 use super::super::tensor::Tensor;
@@ -101,10 +101,12 @@ struct Geom {
     ow: usize,
     stride: [usize; 2],
     pad: [usize; 2],
+    /// The step between kernel taps (1 for pooling).
+    dil: [usize; 2],
 }
 
 impl Geom {
-    fn new(x: &[usize], kernel: [usize; 2], y: &[usize], stride: [u64; 2], pad: [u64; 2]) -> Geom {
+    fn new(x: &[usize], kernel: [usize; 2], y: &[usize], stride: [u64; 2], pad: [u64; 2], dil: [u64; 2]) -> Geom {
         Geom {
             n: x[0],
             c: x[1],
@@ -116,12 +118,13 @@ impl Geom {
             ow: y[3],
             stride: [stride[0] as usize, stride[1] as usize],
             pad: [pad[0] as usize, pad[1] as usize],
+            dil: [dil[0] as usize, dil[1] as usize],
         }
     }
 
     /// The input position read by output `(o, kernel offset)` along axis `ax`, if inside.
     fn src(&self, ax: usize, o: usize, i: usize) -> Option<usize> {
-        let p = (o * self.stride[ax] + i).checked_sub(self.pad[ax])?;
+        let p = (o * self.stride[ax] + i * self.dil[ax]).checked_sub(self.pad[ax])?;
         (p < if ax == 0 { self.h } else { self.w }).then_some(p)
     }
 
@@ -154,28 +157,20 @@ impl Geom {
     }
 }
 
-/// A convolution's attributes.
-#[derive(Clone, Copy, Debug)]
-pub struct Conv {
-    pub stride: [u64; 2],
-    pub padding: [u64; 2],
-    pub groups: usize,
-}
-
 /// The geometry of one group of a convolution with input `x`, weight `w`
 /// (`[O, C/groups, kh, kw]`) and output `y`, and `(O/groups, C/groups·kh·kw, OH·OW)`.
-fn group_geom(x: &[usize], w: &[usize], y: &[usize], cv: Conv) -> (Geom, usize, usize, usize) {
-    let g = Geom::new(&[x[0], w[1], x[2], x[3]], [w[2], w[3]], y, cv.stride, cv.padding);
-    let (og, kk, p) = (w[0] / cv.groups, g.c * g.kh * g.kw, g.oh * g.ow);
+fn group_geom(x: &[usize], w: &[usize], y: &[usize], cv: &Conv) -> (Geom, usize, usize, usize) {
+    let g = Geom::new(&[x[0], w[1], x[2], x[3]], [w[2], w[3]], y, cv.stride, cv.padding, cv.dilation);
+    let (og, kk, p) = (w[0] / cv.groups as usize, g.c * g.kh * g.kw, g.oh * g.ow);
     (g, og, kk, p)
 }
 
-/// `conv2d(x [N,C,H,W], w [O,C/groups,kh,kw])` with stride, zero padding
-/// and groups: per image and group `g`, `W_g · im2col(x_g)`.
-pub fn conv2d(x: &Tensor, w: &Tensor, cv: Conv, out: &TensorType) -> KResult<Tensor> {
+/// `conv2d(x [N,C,H,W], w [O,C/groups,kh,kw])` with stride, zero padding,
+/// dilation and groups: per image and group `g`, `W_g · im2col(x_g)`.
+pub fn conv2d(x: &Tensor, w: &Tensor, cv: &Conv, out: &TensorType) -> KResult<Tensor> {
     let (xd, wd, yd) = (dims(x.shape()), dims(w.shape()), dims(&out.shape));
     let (g, og, kk, p) = group_geom(&xd, &wd, &yd, cv);
-    let (o, groups) = (wd[0], cv.groups);
+    let (o, groups) = (wd[0], cv.groups as usize);
     let (xv, wv) = (x.to_f32_vec(), w.to_f32_vec());
     let mut y = vec![0f32; g.n * o * p];
     // One group's slice of an image: its C/groups channels are consecutive.
@@ -192,10 +187,10 @@ pub fn conv2d(x: &Tensor, w: &Tensor, cv: Conv, out: &TensorType) -> KResult<Ten
 }
 
 /// `conv2d_grad_input(dy, w)`: `W_gᵀ·dy_g` per image and group, scattered back (col2im).
-pub fn conv2d_grad_input(dy: &Tensor, w: &Tensor, cv: Conv, out: &TensorType) -> KResult<Tensor> {
+pub fn conv2d_grad_input(dy: &Tensor, w: &Tensor, cv: &Conv, out: &TensorType) -> KResult<Tensor> {
     let (xd, wd, yd) = (dims(&out.shape), dims(w.shape()), dims(dy.shape()));
     let (g, og, kk, p) = group_geom(&xd, &wd, &yd, cv);
-    let (o, groups) = (wd[0], cv.groups);
+    let (o, groups) = (wd[0], cv.groups as usize);
     let wv = w.to_f32_vec();
     let wt: Vec<Vec<f32>> = (0..groups).map(|gi| transposed(&wv[gi * og * kk..(gi + 1) * og * kk], og, kk)).collect();
     let d = dy.to_f32_vec();
@@ -215,10 +210,10 @@ pub fn conv2d_grad_input(dy: &Tensor, w: &Tensor, cv: Conv, out: &TensorType) ->
 }
 
 /// `conv2d_grad_weight(dy, x)`: `Σₙ dyₙ,g · im2col(xₙ,g)ᵀ` per group.
-pub fn conv2d_grad_weight(dy: &Tensor, x: &Tensor, cv: Conv, out: &TensorType) -> KResult<Tensor> {
+pub fn conv2d_grad_weight(dy: &Tensor, x: &Tensor, cv: &Conv, out: &TensorType) -> KResult<Tensor> {
     let (xd, wd, yd) = (dims(x.shape()), dims(&out.shape), dims(dy.shape()));
     let (g, og, kk, p) = group_geom(&xd, &wd, &yd, cv);
-    let (o, groups) = (wd[0], cv.groups);
+    let (o, groups) = (wd[0], cv.groups as usize);
     let (xv, d) = (x.to_f32_vec(), dy.to_f32_vec());
     let img = g.c * g.h * g.w;
     let mut dw = vec![0f32; o * kk];
@@ -235,7 +230,7 @@ pub fn conv2d_grad_weight(dy: &Tensor, x: &Tensor, cv: Conv, out: &TensorType) -
 
 /// Calls `f(plane, output index, in-bounds input indices)` for every pooling window.
 fn pool_windows(xd: &[usize], win: &Window, yd: &[usize], mut f: impl FnMut(usize, usize, &[usize])) {
-    let g = Geom::new(xd, [win.kernel[0] as usize, win.kernel[1] as usize], yd, win.stride, win.padding);
+    let g = Geom::new(xd, [win.kernel[0] as usize, win.kernel[1] as usize], yd, win.stride, win.padding, [1, 1]);
     let mut taps = Vec::with_capacity(g.kh * g.kw);
     for plane in 0..g.n * g.c {
         for oy in 0..g.oh {
@@ -344,8 +339,8 @@ mod tests {
     fn conv_identity_kernel() {
         let x = Tensor::from_f32(DType::F32, vec![1, 1, 2, 2], &[1., 2., 3., 4.]).unwrap();
         let w = Tensor::from_f32(DType::F32, vec![1, 1, 1, 1], &[2.]).unwrap();
-        let cv = Conv { stride: [1, 1], padding: [0, 0], groups: 1 };
-        let y = conv2d(&x, &w, cv, &TensorType::new(DType::F32, vec![1, 1, 2, 2])).unwrap();
+        let cv = Conv::new([1, 1], [0, 0], 1);
+        let y = conv2d(&x, &w, &cv, &TensorType::new(DType::F32, vec![1, 1, 2, 2])).unwrap();
         assert_eq!(y.to_f32_vec(), vec![2., 4., 6., 8.]);
     }
 
@@ -355,13 +350,48 @@ mod tests {
         // channel scales only its own input channel.
         let x = Tensor::from_f32(DType::F32, vec![1, 2, 1, 2], &[1., 2., 3., 4.]).unwrap();
         let w = Tensor::from_f32(DType::F32, vec![2, 1, 1, 1], &[10., 100.]).unwrap();
-        let cv = Conv { stride: [1, 1], padding: [0, 0], groups: 2 };
-        let y = conv2d(&x, &w, cv, &x.ty()).unwrap();
+        let cv = Conv::new([1, 1], [0, 0], 2);
+        let y = conv2d(&x, &w, &cv, &x.ty()).unwrap();
         assert_eq!(y.to_f32_vec(), vec![10., 20., 300., 400.]);
-        let dx = conv2d_grad_input(&x, &w, cv, &x.ty()).unwrap();
+        let dx = conv2d_grad_input(&x, &w, &cv, &x.ty()).unwrap();
         assert_eq!(dx.to_f32_vec(), vec![10., 20., 300., 400.]);
-        let dw = conv2d_grad_weight(&x, &x, cv, &w.ty()).unwrap();
+        let dw = conv2d_grad_weight(&x, &x, &cv, &w.ty()).unwrap();
         assert_eq!(dw.to_f32_vec(), vec![1. + 4., 9. + 16.]);
+    }
+
+    #[test]
+    fn dilated_conv_reads_every_other_input() {
+        // x = 1..16 as 4x4, a 2x2 kernel dilated by 2 spans 3x3: y[oy, ox] =
+        // 1·x[oy, ox] + 2·x[oy, ox+2] + 3·x[oy+2, ox] + 4·x[oy+2, ox+2].
+        let x = ramp(4, 4);
+        let w = Tensor::from_f32(DType::F32, vec![1, 1, 2, 2], &[1., 2., 3., 4.]).unwrap();
+        let cv = Conv { dilation: [2, 2], ..Conv::new([1, 1], [0, 0], 1) };
+        let yt = TensorType::new(DType::F32, vec![1, 1, 2, 2]);
+        let y = conv2d(&x, &w, &cv, &yt).unwrap();
+        assert_eq!(y.to_f32_vec(), vec![78., 88., 118., 128.]);
+        // With dy = 1 each input is read by exactly one (output, tap) pair:
+        // dx[r, c] = w[r/2, c/2]; dw[i, j] sums the 2x2 block at (2i, 2j).
+        let dy = Tensor::from_f32(DType::F32, vec![1, 1, 2, 2], &[1., 1., 1., 1.]).unwrap();
+        let dx = conv2d_grad_input(&dy, &w, &cv, &x.ty()).unwrap();
+        assert_eq!(dx.to_f32_vec(), vec![1., 1., 2., 2., 1., 1., 2., 2., 3., 3., 4., 4., 3., 3., 4., 4.]);
+        let dw = conv2d_grad_weight(&dy, &x, &cv, &w.ty()).unwrap();
+        assert_eq!(dw.to_f32_vec(), vec![14., 22., 46., 54.]);
+    }
+
+    #[test]
+    fn dilated_strided_padded_conv() {
+        // x = 1..15 as 3x5, padding [1, 2], stride [2, 3], dilation [2, 3], a
+        // 2x2 kernel [[1, 10], [100, 1000]]: the taps of output (oy, ox) are
+        // rows 2·oy − 1 + {0, 2}, columns 3·ox − 2 + {0, 3}; output 2x2.
+        let x = ramp(3, 5);
+        let w = Tensor::from_f32(DType::F32, vec![1, 1, 2, 2], &[1., 10., 100., 1000.]).unwrap();
+        let cv = Conv { dilation: [2, 3], ..Conv::new([2, 3], [1, 2], 1) };
+        let y = conv2d(&x, &w, &cv, &TensorType::new(DType::F32, vec![1, 1, 2, 2])).unwrap();
+        // (0,0): rows -1, 1; cols -2, 1 → only x[1,1] = 7 under w[1,1].
+        // (0,1): rows -1, 1; cols 1, 4 → x[1,1] = 7 (w[1,0]), x[1,4] = 10 (w[1,1]).
+        // (1,0): rows 1, 3; cols -2, 1 → x[1,1] = 7 (w[0,1]).
+        // (1,1): rows 1, 3; cols 1, 4 → x[1,1] = 7 (w[0,0]), x[1,4] = 10 (w[0,1]).
+        assert_eq!(y.to_f32_vec(), vec![7000., 700. + 10000., 70., 7. + 100.]);
     }
 
     #[test]
@@ -373,8 +403,14 @@ mod tests {
         assert_eq!(dx.to_f32_vec(), vec![3., 0., 0., 0.]);
     }
 
+    /// `1, 2, …, h·w` as one `[1, 1, h, w]` image.
+    fn ramp(h: u64, w: u64) -> Tensor {
+        let v: Vec<f32> = (1..=h * w).map(|v| v as f32).collect();
+        Tensor::from_f32(DType::F32, vec![1, 1, h, w], &v).unwrap()
+    }
+
     fn three_by_three() -> Tensor {
-        Tensor::from_f32(DType::F32, vec![1, 1, 3, 3], &[1., 2., 3., 4., 5., 6., 7., 8., 9.]).unwrap()
+        ramp(3, 3)
     }
 
     #[test]

@@ -103,13 +103,9 @@ fn kernel(op: &Op, ctx: &OpCtx<'_>, x: &[&Tensor], out: &[TensorType]) -> KResul
         DropoutGrad { p } => one(elementwise::dropout_grad(*p, x[0], x[1], o)),
         Select => one(elementwise::select(x[0], x[1], x[2])),
         Matmul { transpose_a, transpose_b } => one(linalg::matmul(x[0], x[1], *transpose_a, *transpose_b, o)),
-        Conv2d { stride, padding, groups } => one(linalg::conv2d(x[0], x[1], conv(*stride, *padding, *groups), o)),
-        Conv2dGradInput { stride, padding, groups, .. } => {
-            one(linalg::conv2d_grad_input(x[0], x[1], conv(*stride, *padding, *groups), o))
-        }
-        Conv2dGradWeight { stride, padding, groups, .. } => {
-            one(linalg::conv2d_grad_weight(x[0], x[1], conv(*stride, *padding, *groups), o))
-        }
+        Conv2d(cv) => one(linalg::conv2d(x[0], x[1], cv, o)),
+        Conv2dGradInput { conv, .. } => one(linalg::conv2d_grad_input(x[0], x[1], conv, o)),
+        Conv2dGradWeight { conv, .. } => one(linalg::conv2d_grad_weight(x[0], x[1], conv, o)),
         MaxPool2d(w) => one(linalg::max_pool(x[0], w, o)),
         MaxPool2dGrad(w) => one(linalg::max_pool_grad(x[0], x[1], w, o)),
         AvgPool2d { window, count_include_pad } => one(linalg::avg_pool(x[0], window, *count_include_pad, o)),
@@ -168,10 +164,6 @@ fn kernel(op: &Op, ctx: &OpCtx<'_>, x: &[&Tensor], out: &[TensorType]) -> KResul
             optim::adam(x[0], x[1], x[2], x[3], x[4], &h, out)
         }
     }
-}
-
-fn conv(stride: [u64; 2], padding: [u64; 2], groups: u64) -> linalg::Conv {
-    linalg::Conv { stride, padding, groups: groups as usize }
 }
 
 /// An [`ExecError`] from tensor construction as a kernel message.

@@ -2,6 +2,7 @@
 //! grid sizes, broadcast strides, `sum_to` masks, and the GEMM that a
 //! row-major `matmul` is. Tested here, without a device.
 
+use crate::op::Conv;
 use crate::types::DType;
 
 use super::gpu::Gemm;
@@ -317,24 +318,20 @@ pub fn matmul_gemm(
 
 /// The dimension arguments of kernels/conv.cu, in order: `n, c, h, w` of the
 /// input, `o, oh, ow` of the output, `kh, kw` of the weight `[O, C/groups,
-/// kh, kw]`, then stride, padding and groups. The shapes are the op's
-/// (inferred and checked); this checks what the kernels rely on.
-pub fn conv(
-    x: &[u64],
-    w: &[u64],
-    y: &[u64],
-    stride: [u64; 2],
-    padding: [u64; 2],
-    groups: u64,
-) -> Result<[i64; 14], String> {
+/// kh, kw]`, then stride, padding, dilation and groups. The shapes are the
+/// op's (inferred and checked); this checks what the kernels rely on.
+pub fn conv(x: &[u64], w: &[u64], y: &[u64], cv: &Conv) -> Result<[i64; 16], String> {
     let [n, c, h, wd] = four(x)?;
     let [o, cg, kh, kw] = four(w)?;
     let [yn, yo, oh, ow] = four(y)?;
-    if groups == 0 || c != cg * groups || o % groups != 0 || yn != n || yo != o || stride.contains(&0) {
+    let Conv { stride: [sh, sw], padding: [ph, pw], dilation: [dh, dw], groups } = *cv;
+    if groups == 0 || c != cg * groups || o % groups != 0 || yn != n || yo != o || sh == 0 || sw == 0 {
         return Err(format!("conv2d: input {x:?}, weight {w:?}, output {y:?} and groups {groups} do not fit"));
     }
-    let v = [n, c, h, wd, o, oh, ow, kh, kw, stride[0], stride[1], padding[0], padding[1], groups];
-    Ok(v.map(|d| d as i64))
+    if dh == 0 || dw == 0 {
+        return Err(format!("conv2d: dilations must be at least 1, found {:?}", cv.dilation));
+    }
+    Ok([n, c, h, wd, o, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, groups].map(|d| d as i64))
 }
 
 fn four(s: &[u64]) -> Result<[u64; 4], String> {
@@ -539,10 +536,15 @@ mod tests {
     #[test]
     fn conv_and_pool_dimensions() {
         // [2, 4, 8, 8] * [8, 2, 3, 3], groups 2, stride 1, padding 1.
-        let d = conv(&[2, 4, 8, 8], &[8, 2, 3, 3], &[2, 8, 8, 8], [1, 1], [1, 1], 2).unwrap();
-        assert_eq!(d, [2, 4, 8, 8, 8, 8, 8, 3, 3, 1, 1, 1, 1, 2]);
-        assert!(conv(&[2, 4, 8, 8], &[8, 4, 3, 3], &[2, 8, 8, 8], [1, 1], [1, 1], 2).is_err());
-        assert!(conv(&[2, 4, 8], &[8, 4, 3, 3], &[2, 8, 8, 8], [1, 1], [1, 1], 1).is_err());
+        let cv = Conv::new([1, 1], [1, 1], 2);
+        let d = conv(&[2, 4, 8, 8], &[8, 2, 3, 3], &[2, 8, 8, 8], &cv).unwrap();
+        assert_eq!(d, [2, 4, 8, 8, 8, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 2]);
+        let dilated = Conv { dilation: [2, 3], ..cv };
+        let d = conv(&[2, 4, 8, 8], &[8, 2, 3, 3], &[2, 8, 6, 4], &dilated).unwrap();
+        assert_eq!(d[13..], [2, 3, 2]);
+        assert!(conv(&[2, 4, 8, 8], &[8, 4, 3, 3], &[2, 8, 8, 8], &cv).is_err());
+        assert!(conv(&[2, 4, 8], &[8, 4, 3, 3], &[2, 8, 8, 8], &Conv { groups: 1, ..cv }).is_err());
+        assert!(conv(&[2, 4, 8, 8], &[8, 2, 3, 3], &[2, 8, 8, 8], &Conv { dilation: [0, 1], ..cv }).is_err());
         let w = crate::op::Window { padding_end: [1, 0], ..crate::op::Window::new([3, 2], [2, 1], [0, 1]) };
         assert_eq!(pool(&[2, 3, 8, 7], &[2, 3, 4, 8], &w).unwrap(), [6, 8, 7, 4, 8, 3, 2, 2, 1, 0, 1]);
         assert_eq!(ncs(&[2, 3, 4, 5]).unwrap(), (2, 3, 20));

@@ -21,7 +21,7 @@ pub(super) fn handles(op: &Op) -> bool {
     use Op::*;
     matches!(
         op,
-        Conv2d { .. }
+        Conv2d(_)
             | Conv2dGradInput { .. }
             | Conv2dGradWeight { .. }
             | MaxPool2d(_)
@@ -47,19 +47,19 @@ impl<G: Gpu> CudaBackend<G> {
         let t = sfx(o.ty.dtype);
         let shape = |b: &Buf<G>| b.ty.shape.0.clone();
         match op {
-            Op::Conv2d { stride, padding, groups } => {
+            Op::Conv2d(cv) => {
                 arity(x, 2)?;
-                let d = launch::conv(&shape(x[0]), &shape(x[1]), &shape(o), *stride, *padding, *groups)?;
+                let d = launch::conv(&shape(x[0]), &shape(x[1]), &shape(o), cv)?;
                 self.conv_launch(&format!("conv2d_{t}"), n_of(&o.ty), x[0], x[1], o, d)
             }
-            Op::Conv2dGradInput { stride, padding, groups, .. } => {
+            Op::Conv2dGradInput { conv, .. } => {
                 arity(x, 2)?;
-                let d = launch::conv(&shape(o), &shape(x[1]), &shape(x[0]), *stride, *padding, *groups)?;
+                let d = launch::conv(&shape(o), &shape(x[1]), &shape(x[0]), conv)?;
                 self.conv_launch(&format!("conv2d_grad_input_{t}"), n_of(&o.ty), x[0], x[1], o, d)
             }
-            Op::Conv2dGradWeight { stride, padding, groups, .. } => {
+            Op::Conv2dGradWeight { conv, .. } => {
                 arity(x, 2)?;
-                let d = launch::conv(&shape(x[1]), &shape(o), &shape(x[0]), *stride, *padding, *groups)?;
+                let d = launch::conv(&shape(x[1]), &shape(o), &shape(x[0]), conv)?;
                 self.conv_launch(&format!("conv2d_grad_weight_{t}"), n_of(&o.ty), x[0], x[1], o, d)
             }
             Op::MaxPool2d(win) => {
@@ -223,7 +223,7 @@ impl<G: Gpu> CudaBackend<G> {
         a: &Buf<G>,
         b: &Buf<G>,
         out: &Buf<G>,
-        dims: [i64; 14],
+        dims: [i64; 16],
     ) -> Result<(), String> {
         let mut args = vec![p(a), p(b), p(out)];
         args.extend(dims.iter().map(|&v| KArg::I64(v)));

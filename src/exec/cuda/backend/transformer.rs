@@ -101,8 +101,9 @@ impl<G: Gpu> CudaBackend<G> {
             (Op::SoftmaxGrad { axis }, [dx]) => {
                 two(x)?;
                 let (outer, len, inner) = launch::around(&x[1].ty.shape.0, *axis)?;
+                let name = format!("softmax_grad_{}_{}", sfx(dx.ty.dtype), sfx(x[1].ty.dtype));
                 let args = [p(x[0]), p(x[1]), p(dx), KArg::I64(outer), KArg::I64(len), KArg::I64(inner)];
-                self.launch(&format!("softmax_grad_{}", sfx(dx.ty.dtype)), (outer * inner) as u64 * 32, &args)
+                self.launch(&name, (outer * inner) as u64 * 32, &args)
             }
             // A thread per row (work = rows), in the CPU's order.
             (Op::LogSoftmax { axis }, [out]) => {
