@@ -896,14 +896,19 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
     let mut watch = mpc::training::Watch::new(args.max_skipped);
     // Without a terminal, a progress line every tenth of the run.
     let every = if std::io::stderr().is_terminal() { u64::MAX } else { ((args.steps - start) / 10).max(1) };
+    // One step is one optimizer step: `micro` runs of the graph, one per micro-batch.
+    let micro = mpc::training::micro_batches(&g);
     for s in start..args.steps {
-        let batch = match (&data, &layout) {
-            (Some(d), _) => d.train_batch(s),
-            (None, Some(layout)) => synthetic_batch(layout, seed, s),
-            (None, None) => unreachable!("a text always loads data"),
-        }
-        .map_err(|e| msg(e.to_string()))?;
-        let r = sess.step(&batch, s, &RunOptions::default()).map_err(|e| msg(format!("step {s}: {e}")))?;
+        let batch = |m: u64| {
+            match (&data, &layout) {
+                (Some(d), _) => d.train_batch(m),
+                (None, Some(layout)) => synthetic_batch(layout, seed, m),
+                (None, None) => unreachable!("a text always loads data"),
+            }
+            .map_err(|e| msg(e.to_string()))
+        };
+        let failed = |m: u64, e| msg(format!("{}: {e}", mpc::training::micro_step_label(micro, m)));
+        let r = mpc::training::optimizer_step(sess.as_mut(), micro, s, &RunOptions::default(), batch, failed)?;
         let verdict = watch.observe(s + 1, &r);
         let (loss, scale, found_inf, grad_norm) = (r.loss, r.loss_scale, r.found_inf, r.grad_norm);
         if let Some((path, w)) = &mut log {

@@ -404,3 +404,68 @@ fn train_takes_a_table_file() {
     let o = mpc(&["train", MLP, "--precision", "fp32", "--table", file.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
 }
+
+/// `ir-examples/mlp.json` with batch `batch` and `accumulate` micro-batches
+/// per step, written into `dir`.
+fn mlp_accumulating(dir: &Path, batch: u64, accumulate: u32) -> String {
+    let mut g: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(MLP).unwrap()).unwrap();
+    for input in g["inputs"].as_array_mut().unwrap() {
+        input["shape"][0] = batch.into();
+    }
+    g["optimizer"]["accumulate"] = accumulate.into();
+    let path = dir.join(format!("mlp_b{batch}_acc{accumulate}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(&g).unwrap()).unwrap();
+    path.display().to_string()
+}
+
+/// `accumulate: 4` with batch 16 trains on the same rows as batch 64 (a
+/// CSV's micro-batches partition its big batch): the first step's loss is
+/// the big batch's within the summation bound (tests/accumulate.rs), and
+/// the runs stay close; a step is an optimizer step (12 log lines, Adam's
+/// step counter at 12); resuming is bit-identical, accumulators included.
+#[test]
+fn accumulation_trains_like_a_big_batch_and_resumes_bit_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |s: &str| dir.path().join(s).display().to_string();
+    let small = mlp_accumulating(dir.path(), 16, 4);
+    let run = |model: &str, args: &[&str]| {
+        let o = mpc(&[&["train", model, "--data", DIGITS, "--seed", "5"], args].concat());
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "mpc train {model} {args:?} failed:\n{out}\n{err}");
+        out
+    };
+    run(MLP, &["--precision", "fp32", "--steps", "12", "--log", &p("big.jsonl")]);
+    let out = run(&small, &["--precision", "fp32", "--steps", "12", "--log", &p("small.jsonl")]);
+    assert!(out.contains("step 12: final train loss"), "{out}");
+    let (big, small_losses) = (losses(&dir.path().join("big.jsonl")), losses(&dir.path().join("small.jsonl")));
+    assert_eq!((big.len(), small_losses.len()), (12, 12));
+    // γ_64 + γ_19 + u of the loss: about 5e-6 relative.
+    assert!((big[0] - small_losses[0]).abs() <= 5e-6 * big[0], "{} vs {}", big[0], small_losses[0]);
+    for (s, (a, b)) in big.iter().zip(&small_losses).enumerate() {
+        assert!((a - b).abs() <= 1e-3 * a, "step {}: {a} vs {b}", s + 1);
+    }
+
+    // fp16: one go against 6 steps, then a resume to 12.
+    let fp16 = ["--precision", "fp16"];
+    run(&small, &[&fp16[..], &["--steps", "12", "--checkpoint", &p("a"), "--log", &p("a.jsonl")]].concat());
+    run(&small, &[&fp16[..], &["--steps", "6", "--checkpoint", &p("b"), "--log", &p("b.jsonl")]].concat());
+    let resume = p("b/step-6.safetensors");
+    run(
+        &small,
+        &[&fp16[..], &["--steps", "12", "--resume", &resume, "--checkpoint", &p("b"), "--log", &p("b.jsonl")]].concat(),
+    );
+    let (a, b) =
+        (state_of(&dir.path().join("a/step-12.safetensors")), state_of(&dir.path().join("b/step-12.safetensors")));
+    assert_eq!(a.state.len(), b.state.len());
+    for (name, t) in &a.state {
+        assert!(b.state[name].bit_eq(t), "`{name}` differs after resuming");
+    }
+    assert_eq!(a.state["optimizer_step"].item_f32(), Some(12.0), "Adam counts optimizer steps");
+    assert_eq!(a.state["accumulate_step"].item_f32(), Some(0.0), "a checkpoint falls between steps");
+    assert!(a.state["w1.grad_acc"].to_f32_vec().iter().all(|&v| v == 0.0));
+    let (la, lb) = (std::fs::read_to_string(p("a.jsonl")).unwrap(), std::fs::read_to_string(p("b.jsonl")).unwrap());
+    assert_eq!(la.lines().count(), 12);
+    assert_eq!(la, lb, "the metrics differ after resuming");
+    let first: serde_json::Value = serde_json::from_str(la.lines().next().unwrap()).unwrap();
+    assert_eq!((first["step"].as_u64(), first["growth_tracker"].as_f64()), (Some(1), Some(1.0)));
+}

@@ -55,14 +55,16 @@ impl Metrics {
             plan.sources.iter().any(|s| s.value == v && s.from == Feed::State)
                 && plan.steps.iter().any(|s| s.op == Op::Unscale && s.inputs.get(1) == Some(&v))
         });
-        // The tracker after the step: scale_update's second output, kept to
-        // the end of the step as the new state.
+        // The tracker after the step: the new value of the state that
+        // scale_update reads as its tracker (its second output, or, when
+        // gradients accumulate, the select that keeps it between steps).
         let growth_tracker = plan
             .steps
             .iter()
             .find(|s| matches!(s.op, Op::ScaleUpdate { .. }))
-            .and_then(|s| s.outputs.get(1).copied())
-            .filter(|v| plan.updates.iter().any(|(_, u)| u == v));
+            .and_then(|s| s.inputs.get(1).copied())
+            .and_then(|t| plan.updates.iter().find(|&&(src, _)| plan.sources[src].value == t))
+            .map(|&(_, v)| v);
         Metrics {
             found_inf: made_by(|op| *op == Op::FoundInf),
             loss_scale,
