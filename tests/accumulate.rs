@@ -269,16 +269,22 @@ fn four_micro_batches_match_one_batch_in_fp16_with_loss_scaling() {
     micro_batches_match_one_big_batch(Precision::Fp16);
 }
 
+/// The fp16 model with batch B accumulating N, its data layout, and its
+/// initial state for `seed`.
+fn accumulating_fp16(seed: u64) -> (Graph, Layout, State) {
+    let g = lowered(&model(B, N as u32, SGD), Precision::Fp16);
+    let layout = Layout::of(&mpc::parse_str(&model(B, N as u32, SGD)).unwrap()).unwrap();
+    let state = init_state(&g, seed).unwrap();
+    (g, layout, state)
+}
+
 /// An overflow in the second of four micro-batches: the micro-steps before
 /// the last change nothing but the accumulators and the counter; the last
 /// finds the inf in the sum, skips the whole step (params bit-identical)
 /// and backs the scale off once; the next step trains at the halved scale.
 #[test]
 fn an_overflow_in_one_micro_batch_skips_the_whole_step() {
-    let g = lowered(&model(B, N as u32, SGD), Precision::Fp16);
-    let source = mpc::parse_str(&model(B, N as u32, SGD)).unwrap();
-    let layout = Layout::of(&source).unwrap();
-    let state0 = init_state(&g, 3).unwrap();
+    let (g, layout, state0) = accumulating_fp16(3);
     let mut sess = Session::new(&g, CpuBackend, 3, &state0).unwrap();
     let opts = RunOptions { inject_inf: Some(("dw1".into(), 1)), ..RunOptions::default() };
     for m in 0..N as u64 - 1 {
@@ -359,10 +365,7 @@ fn micro_gradients_are_the_backward_values() {
 #[test]
 fn the_emulated_device_accumulates_as_the_cpu_does() {
     use mpc::exec::cuda::{backend::CudaBackend, emu::EmuGpu};
-    let g = lowered(&model(B, N as u32, SGD), Precision::Fp16);
-    let source = mpc::parse_str(&model(B, N as u32, SGD)).unwrap();
-    let layout = Layout::of(&source).unwrap();
-    let state0 = init_state(&g, 5).unwrap();
+    let (g, layout, state0) = accumulating_fp16(5);
     let mut cpu = Session::new(&g, CpuBackend, 5, &state0).unwrap();
     let mut emu = Session::new(&g, CudaBackend::new(EmuGpu::new(), false), 5, &state0).unwrap();
     let opts = RunOptions { inject_inf: Some(("dw2".into(), 2)), ..RunOptions::default() };
