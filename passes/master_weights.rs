@@ -16,7 +16,7 @@
 //! is the gradient of the whole batch), clips them, and steps or skips;
 //! the other runs keep every parameter, optimizer and scaler state.
 
-use crate::format::OptimizerKind;
+use crate::format::{OptimizerKind, Schedule};
 use crate::graph::{Graph, NodeId, ValueId};
 use crate::op::{Init, Op, Role};
 use crate::types::{DType, TensorType};
@@ -206,7 +206,14 @@ impl Pass for MasterWeights {
             b.g.outputs.push(norm);
         }
 
-        let step = if matches!(opt.kind, OptimizerKind::Adam | OptimizerKind::Adamw) {
+        let schedule = match opt.schedule {
+            Some(Schedule::Cosine { warmup, total, min_lr }) => {
+                Some(Op::LrSchedule { lr: opt.lr, warmup, total, min_lr })
+            }
+            Some(Schedule::Constant) | None => None,
+        };
+        let adam = matches!(opt.kind, OptimizerKind::Adam | OptimizerKind::Adamw);
+        let step = if adam || schedule.is_some() {
             let step = b.state("optimizer_step", TensorType::scalar(DType::I32))?;
             let one = b.value(
                 "optimizer_step.one",
@@ -218,6 +225,16 @@ impl Pass for MasterWeights {
             Some((step, next))
         } else {
             None
+        };
+        // A schedule's rate follows the steps taken (a skipped step keeps
+        // `optimizer_step`, so the schedule waits with it).
+        let lr_input: Vec<ValueId> = match (schedule, step) {
+            (Some(op), Some((step, _))) => {
+                let lr = b.value("lr", op, Role::Optimizer, &[step])?;
+                b.g.outputs.push(lr);
+                vec![lr]
+            }
+            _ => Vec::new(),
         };
 
         let mut updates: Vec<(ValueId, ValueId)> = Vec::new();
@@ -232,7 +249,7 @@ impl Pass for MasterWeights {
                         &format!("{pname}.next"),
                         Op::Sgd { lr, weight_decay: wd },
                         Role::Optimizer,
-                        &[pv, grad],
+                        &[&[pv, grad][..], &lr_input].concat(),
                     )?;
                     updates.push((pv, next));
                 }
@@ -240,7 +257,7 @@ impl Pass for MasterWeights {
                     let buf = b.state(&format!("{pname}.momentum"), ty)?;
                     let op = Op::SgdMomentum { lr, momentum: opt.momentum(), weight_decay: wd };
                     let names = [format!("{pname}.next"), format!("{pname}.momentum.next")];
-                    let n = b.multi(&names, op, &[pv, grad, buf])?;
+                    let n = b.multi(&names, op, &[&[pv, grad, buf][..], &lr_input].concat())?;
                     updates.push((pv, ValueId { node: n, slot: 0 }));
                     updates.push((buf, ValueId { node: n, slot: 1 }));
                 }
@@ -257,7 +274,7 @@ impl Pass for MasterWeights {
                     };
                     let names =
                         [format!("{pname}.next"), format!("{pname}.adam_m.next"), format!("{pname}.adam_v.next")];
-                    let n = b.multi(&names, op, &[pv, grad, m, v, step_next])?;
+                    let n = b.multi(&names, op, &[&[pv, grad, m, v, step_next][..], &lr_input].concat())?;
                     for (slot, s) in [pv, m, v].into_iter().enumerate() {
                         updates.push((s, ValueId { node: n, slot: slot as u32 }));
                     }

@@ -155,7 +155,8 @@ pub fn compare(args: CompareArgs) -> Result<(), miette::Report> {
     let mut data = None;
     for mode in &modes {
         eprintln!("{}: training {} for {} steps", args.model.display(), mode.name, args.steps);
-        let (source, g) = load_for_training(&args.model, mode.precision, mode.loss_scale, args.table.as_deref(), &[])?;
+        let (source, g) =
+            load_for_training(&args.model, mode.precision, mode.loss_scale, args.table.as_deref(), &[], None)?;
         // A text feeds a language model whose inputs need not share a batch
         // dimension; everything else is laid out by `Layout`.
         let layout = match args.data.as_deref().is_some_and(mpc::data::is_text) {

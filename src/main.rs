@@ -283,7 +283,7 @@ fn gen(cmd: GenCommand) -> Result<(), miette::Report> {
 /// `mpc plan`: the planned step memory in each precision.
 fn plan(model: &std::path::Path) -> Result<(), miette::Report> {
     for precision in [TrainPrecision::Fp32, TrainPrecision::Fp16, TrainPrecision::Bf16] {
-        let (_, g) = load_for_training(model, precision, None, None, &[])?;
+        let (_, g) = load_for_training(model, precision, None, None, &[], None)?;
         let r = mpc::exec::Plan::new(&g, 0)
             .and_then(|p| mpc::exec::memory::report(&p))
             .map_err(|e| miette::Report::msg(format!("{}: {e}", model.display())))?;
@@ -392,6 +392,11 @@ struct TrainArgs {
     /// graph's `optimizer.no_decay`, e.g. --no-decay 'b*' --no-decay '*_gain'.
     #[arg(long, value_name = "PATTERN", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     no_decay: Vec<String>,
+    /// The learning-rate schedule, replacing the graph's `optimizer.schedule`:
+    /// constant, or cosine:warmup=W,total=T,min=M (linear warmup over W steps,
+    /// cosine decay to M at step T; Hugging Face's, see docs/FORMAT.md).
+    #[arg(long, value_name = "SCHEDULE")]
+    lr_schedule: Option<mpc::format::Schedule>,
     /// Read the graph's `weights` file even when it is outside the graph's folder.
     #[arg(long)]
     allow_outside_weights: bool,
@@ -648,11 +653,18 @@ fn load_for_training(
     loss_scale: Option<passes::LossScale>,
     table: Option<&std::path::Path>,
     no_decay: &[String],
+    schedule: Option<&mpc::format::Schedule>,
 ) -> Result<(mpc::Graph, mpc::Graph), miette::Report> {
     let loaded = load(model).map_err(|e| e.into_report())?;
     let mut source = loaded.graph;
     if let (Some(opt), false) = (source.optimizer.as_mut(), no_decay.is_empty()) {
         opt.no_decay.get_or_insert_with(Vec::new).extend(no_decay.iter().cloned());
+    }
+    if let (Some(opt), Some(schedule)) = (source.optimizer.as_mut(), schedule) {
+        opt.schedule = Some(schedule.clone());
+        if let Some((_, m)) = opt.problems().into_iter().find(|(f, _)| *f == "schedule") {
+            usage_error(format!("--lr-schedule: {m}"));
+        }
     }
     if let Err(e) = mpc::verify(&source) {
         return Err(problems_report(&model.display().to_string(), &loaded.text, &e.0));
@@ -795,8 +807,14 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
     if args.precision == TrainPrecision::Fp32 && args.table.is_some() {
         usage_error("--table: fp32 training has no autocast".into());
     }
-    let (source, g) =
-        load_for_training(&args.model, args.precision, args.loss_scale, args.table.as_deref(), &args.no_decay)?;
+    let (source, g) = load_for_training(
+        &args.model,
+        args.precision,
+        args.loss_scale,
+        args.table.as_deref(),
+        &args.no_decay,
+        args.lr_schedule.as_ref(),
+    )?;
     // A text feeds a language model whose inputs need not share a batch
     // dimension; everything else is laid out by `Layout`.
     let text = args.data.as_deref().is_some_and(mpc::data::is_text);
@@ -921,6 +939,9 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
             }
             if r.growth_tracker.is_some() {
                 line["growth_tracker"] = json_metric(r.growth_tracker);
+            }
+            if r.lr.is_some() {
+                line["lr"] = json_metric(r.lr);
             }
             writeln!(w, "{line}")
                 .and_then(|_| w.flush())

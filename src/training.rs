@@ -238,6 +238,7 @@ mod tests {
             loss_scale: scale,
             found_inf,
             grad_norm: None,
+            lr: None,
             growth_tracker: None,
             fetched: Default::default(),
         }

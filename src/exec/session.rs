@@ -28,6 +28,8 @@ pub struct StepReport {
     pub found_inf: Option<bool>,
     /// The gradients' global norm (graphs that clip it).
     pub grad_norm: Option<f32>,
+    /// The learning rate of this step (graphs with a schedule).
+    pub lr: Option<f32>,
     /// The dynamic scaler's count of clean steps since the scale last
     /// changed, after this step (it grows the scale at its interval).
     pub growth_tracker: Option<f32>,
@@ -43,6 +45,7 @@ struct Metrics {
     loss_scale: Option<usize>,
     grad_norm: Option<usize>,
     growth_tracker: Option<usize>,
+    lr: Option<usize>,
 }
 
 impl Metrics {
@@ -70,6 +73,7 @@ impl Metrics {
             loss_scale,
             grad_norm: made_by(|op| *op == Op::GlobalNorm),
             growth_tracker,
+            lr: made_by(|op| matches!(op, Op::LrSchedule { .. })),
         }
     }
 }
@@ -128,6 +132,7 @@ impl<B: Backend> Session<B> {
             loss_scale: scalar(backend, metrics.loss_scale)?,
             found_inf: scalar(backend, metrics.found_inf)?.map(|f| f != 0.0),
             grad_norm: scalar(backend, metrics.grad_norm)?,
+            lr: scalar(backend, metrics.lr)?,
             growth_tracker: scalar(backend, metrics.growth_tracker)?,
             loss: scalar(backend, plan.loss)?,
             fetched: returned(backend, plan, &ran.vals, opts)?.2,
