@@ -315,6 +315,18 @@ pub enum Schedule {
     },
 }
 
+impl std::fmt::Display for Schedule {
+    /// The form [`FromStr`](std::str::FromStr) reads.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Schedule::Constant => f.write_str("constant"),
+            Schedule::Cosine { warmup, total, min_lr } => {
+                write!(f, "cosine:warmup={warmup},total={total},min={min_lr}")
+            }
+        }
+    }
+}
+
 impl std::str::FromStr for Schedule {
     type Err = String;
 
@@ -480,6 +492,30 @@ pub fn json_schema() -> String {
 #[cfg(test)]
 mod glob_tests {
     use super::*;
+
+    #[test]
+    fn schedules_parse_and_print_back() {
+        let s: Schedule = "cosine:warmup=100,total=10000,min=0.00001".parse().unwrap();
+        assert_eq!(s, Schedule::Cosine { warmup: 100, total: 10000, min_lr: 1e-5 });
+        assert_eq!(s.to_string().parse::<Schedule>(), Ok(s));
+        assert_eq!("cosine:total=5".parse::<Schedule>(), Ok(Schedule::Cosine { warmup: 0, total: 5, min_lr: 0.0 }));
+        assert_eq!("constant".parse::<Schedule>(), Ok(Schedule::Constant));
+        for (bad, says) in [
+            ("linear", "expected constant or cosine"),
+            ("cosine:warmup=5", "cosine needs total=T"),
+            ("cosine:total=-1", "total must be a whole number"),
+            ("cosine:total=9,min=-1", "min must be a learning rate"),
+            ("cosine:total=9,cycles=2", "unknown key `cycles`"),
+        ] {
+            let e = bad.parse::<Schedule>().unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let mut opt = Optimizer::new(OptimizerKind::Sgd, 0.1);
+        opt.schedule = Some(Schedule::Cosine { warmup: 3, total: 2, min_lr: 0.2 });
+        let problems: Vec<_> = opt.problems().into_iter().map(|(_, m)| m).collect();
+        assert!(problems.iter().any(|m| m.contains("warmup ≤ total")), "{problems:?}");
+        assert!(problems.iter().any(|m| m.contains("min_lr in [0, lr = 0.1]")), "{problems:?}");
+    }
 
     #[test]
     fn patterns_match_names() {

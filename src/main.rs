@@ -842,7 +842,7 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
     let fresh = init_state_from(&g, seed, args.model.parent(), args.allow_outside_weights)
         .map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
     let (start, state) = match resumed {
-        Some(Checkpoint { step, state, loss_scale, .. }) => {
+        Some(Checkpoint { step, state, loss_scale, lr_schedule, .. }) => {
             let path = args.resume.as_deref().unwrap_or(std::path::Path::new("")).display().to_string();
             for (name, t) in &fresh {
                 match state.get(name) {
@@ -860,6 +860,8 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
             if let Some(was) = loss_scale {
                 mpc::training::check_same_scaler(&g, &was).map_err(|e| msg(format!("{path}: cannot resume: {e}")))?;
             }
+            mpc::training::check_same_schedule(&g, lr_schedule.as_deref())
+                .map_err(|e| msg(format!("{path}: cannot resume: {e}")))?;
             if let Some(log) = &args.log {
                 mpc::training::truncate_log(log, step)
                     .map_err(|e| msg(format!("cannot rewrite {}: {e}", log.display())))?;
@@ -904,10 +906,11 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
         passes::LossScale::None => None,
         ls => Some(ls.to_string()),
     };
+    let schedule = mpc::training::schedule_of(&g);
     let save = |sess: &mut dyn mpc::exec::Trainer, step: u64| -> Result<(), miette::Report> {
         let Some(dir) = &args.checkpoint else { return Ok(()) };
         let state = sess.state().map_err(|e| msg(format!("step {step}: {e}")))?;
-        let ck = Checkpoint { step, seed, state, loss_scale: scaler.clone() };
+        let ck = Checkpoint { step, seed, state, loss_scale: scaler.clone(), lr_schedule: schedule.clone() };
         checkpoint::save(&dir.join(format!("step-{step}.safetensors")), &ck).map_err(|e| msg(e.to_string()))
     };
     let (mut last_loss, mut saved_at) = (None, None);

@@ -208,6 +208,31 @@ pub fn check_same_scaler(g: &Graph, was: &str) -> Result<(), String> {
     }
 }
 
+/// The learning-rate schedule `g` trains with, as `--lr-schedule` writes
+/// it, when it is not constant (what a checkpoint records).
+pub fn schedule_of(g: &Graph) -> Option<String> {
+    use crate::format::Schedule;
+    match g.optimizer.as_ref()?.schedule.as_ref()? {
+        Schedule::Constant => None,
+        s => Some(s.to_string()),
+    }
+}
+
+/// Err when `g`'s learning-rate schedule is not the one a checkpoint was
+/// written with (`was`, as [`schedule_of`] gives it; none: constant): the
+/// resumed run would jump to another rate at the same step.
+pub fn check_same_schedule(g: &Graph, was: Option<&str>) -> Result<(), String> {
+    let now = schedule_of(g);
+    match now.as_deref() == was {
+        true => Ok(()),
+        false => Err(format!(
+            "it was trained with --lr-schedule {}, this run has {}",
+            was.unwrap_or("constant"),
+            now.as_deref().unwrap_or("constant")
+        )),
+    }
+}
+
 /// Cuts a JSON-lines metrics log back to the lines of steps up to `step`
 /// (a run killed after its last checkpoint logged steps that the resumed
 /// run does again); rewritten atomically. A missing log is fine.

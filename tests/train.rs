@@ -503,6 +503,18 @@ fn lr_schedule_is_logged_and_resumes_bit_identically() {
     assert_eq!(&lrs[10..], &[0.0001, 0.0001]);
     assert!(lrs[4..10].windows(2).all(|w| w[1] < w[0]), "{lrs:?}");
 
+    // A resume under another schedule, or none, is refused.
+    let resume = dir.path().join("b/step-6.safetensors").display().to_string();
+    for other in [&["--lr-schedule", "cosine:warmup=3,total=20,min=0.0001"][..], &[]] {
+        let o = mpc(&[&["train", MLP, "--data", DIGITS, "--steps", "12", "--resume", &resume], other].concat());
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+        assert!(
+            err.contains("cannot resume: it was trained with --lr-schedule cosine:warmup=3,total=10,min=0.0001"),
+            "{err}"
+        );
+    }
+
     // A bad schedule is a usage error.
     let o = mpc(&["train", MLP, "--lr-schedule", "cosine:warmup=20,total=10"]);
     assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
