@@ -396,6 +396,7 @@ fn rule(
         | Op::Select
         | Op::GlobalNorm
         | Op::ClipCoef { .. }
+        | Op::LrSchedule { .. }
         | Op::Sgd { .. }
         | Op::SgdMomentum { .. }
         | Op::Adam { .. } => {

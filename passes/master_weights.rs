@@ -7,8 +7,16 @@
 //! (momentum, Adam moments) is FP32 state too. When loss scaling found an
 //! inf or NaN, `select` keeps every parameter and every optimizer state
 //! bit for bit: the step is skipped.
+//!
+//! With `optimizer.accumulate: N > 1` one optimizer step takes N runs of
+//! the graph, one per micro-batch (see [`Builder::accumulate`]): each run
+//! adds its (scaled) gradients into FP32 accumulators; the N-th unscales
+//! the sums once, checks them for inf/NaN once, divides them by N (the
+//! loss is a mean over the batch, so the mean of the micro-batch gradients
+//! is the gradient of the whole batch), clips them, and steps or skips;
+//! the other runs keep every parameter, optimizer and scaler state.
 
-use crate::format::OptimizerKind;
+use crate::format::{OptimizerKind, Schedule};
 use crate::graph::{Graph, NodeId, ValueId};
 use crate::op::{Init, Op, Role};
 use crate::types::{DType, TensorType};
@@ -16,6 +24,30 @@ use crate::types::{DType, TensorType};
 use super::{Pass, PassError};
 
 pub struct MasterWeights;
+
+/// The gradient that backward computed for one micro-batch behind `v`, a
+/// value of a lowered graph's `gradients`: `v` itself; what its `unscale`
+/// reads, after loss scaling; and with gradient accumulation, the term
+/// added to the accumulator (before its cast to f32).
+pub fn micro_gradient(g: &Graph, v: ValueId) -> ValueId {
+    let mut v = v;
+    let first = |v: ValueId| g.inputs(v.node).first().copied().unwrap_or(v);
+    if g.node(v.node).op == Op::Unscale {
+        v = first(v);
+    }
+    if g.optimizer.as_ref().is_some_and(|o| o.accumulate() > 1) && g.node(v.node).op == Op::Add {
+        let ins = g.inputs(v.node);
+        if let (Some(acc), Some(&term)) = (ins.first(), ins.get(1)) {
+            if matches!(g.node(acc.node).op, Op::State { .. }) {
+                v = term;
+                if let Op::Cast { to: DType::F32 } = g.node(v.node).op {
+                    v = first(v);
+                }
+            }
+        }
+    }
+    v
+}
 
 fn fail(message: impl Into<String>) -> PassError {
     PassError::Failed { pass: "master-weights", message: message.into() }
@@ -45,6 +77,80 @@ impl Builder<'_> {
     fn state(&mut self, base: &str, ty: TensorType) -> Result<ValueId, PassError> {
         self.value(base, Op::State { ty, init: Init::Zeros }, Role::Forward, &[])
     }
+
+    fn constant(&mut self, base: &str, value: f64, ty: TensorType) -> Result<ValueId, PassError> {
+        self.value(base, Op::Constant { value, ty }, Role::Optimizer, &[])
+    }
+
+    /// Gradient accumulation over `n` micro-batches, one per run of the
+    /// graph. Adds the state `accumulate_step: i32[]` (micro-batches taken
+    /// in the current step before this run) and, per parameter,
+    /// `<param>.grad_acc: f32` (the sum of their gradients, as backward
+    /// computed them: scaled when the loss is):
+    ///
+    /// - `accumulate.pending = f32(n − (accumulate_step + 1))`, nonzero
+    ///   while micro-batches of the step are still to come; the counter's
+    ///   update wraps to 0 when it is zero;
+    /// - `<param>.grad_acc.sum = grad_acc + f32(grad)`, which the gradient's
+    ///   `unscale` now reads (or, unscaled, `gradients` now names), so the
+    ///   inf/NaN check sees the whole step's sum; the accumulator keeps the
+    ///   sum while pending, else restarts from zero;
+    /// - the scaler's state (`scale_update`'s outputs) changes only when
+    ///   nothing is pending: one scale per step, one backoff or growth.
+    ///
+    /// Returns `accumulate.pending`; the caller skips the optimizer step
+    /// while it is nonzero, and divides the gradients by `n`.
+    fn accumulate(&mut self, n: u32) -> Result<ValueId, PassError> {
+        let int = TensorType::scalar(DType::I32);
+        let count = self.state("accumulate_step", int.clone())?;
+        let one = self.constant("accumulate_step.one", 1.0, int.clone())?;
+        let next = self.value("accumulate_step.next", Op::Add, Role::Optimizer, &[count, one])?;
+        let total = self.constant("accumulate_step.total", f64::from(n), int.clone())?;
+        let left = self.value("accumulate.left", Op::Sub, Role::Optimizer, &[total, next])?;
+        let pending = self.value("accumulate.pending", Op::Cast { to: DType::F32 }, Role::Optimizer, &[left])?;
+        let zero = self.constant("accumulate_step.zero", 0.0, int)?;
+        let wrapped =
+            self.value("accumulate_step.next.wrapped", Op::Select, Role::Optimizer, &[pending, next, zero])?;
+        self.g.updates.push((count.node, wrapped));
+
+        for i in 0..self.g.gradients.len() {
+            let (p, gv) = self.g.gradients[i];
+            let unscale = (self.g.node(gv.node).op == Op::Unscale).then_some(gv.node);
+            let raw = match unscale {
+                Some(u) => self.g.inputs(u).first().copied().ok_or_else(|| fail("an `unscale` without inputs"))?,
+                None => gv,
+            };
+            let pname = self.g.node(p).name.clone();
+            let ty = TensorType { dtype: DType::F32, ..self.g.ty(ValueId { node: p, slot: 0 }).clone() };
+            let acc = self.state(&format!("{pname}.grad_acc"), ty.clone())?;
+            let raw = if self.g.ty(raw).dtype == DType::F32 {
+                raw
+            } else {
+                let role = self.g.node(raw.node).role;
+                let base = format!("{}.f32", self.g.value_name(raw));
+                self.value(&base, Op::Cast { to: DType::F32 }, role, &[raw])?
+            };
+            let sum = self.value(&format!("{pname}.grad_acc.sum"), Op::Add, Role::Backward, &[acc, raw])?;
+            let zeros = self.constant(&format!("{pname}.grad_acc.zero"), 0.0, ty)?;
+            let kept =
+                self.value(&format!("{pname}.grad_acc.next"), Op::Select, Role::Optimizer, &[pending, sum, zeros])?;
+            self.g.updates.push((acc.node, kept));
+            match unscale {
+                Some(u) => self.g.set_input(u, 0, sum),
+                None => self.g.gradients[i].1 = sum,
+            }
+        }
+
+        for i in 0..self.g.updates.len() {
+            let (state, next) = self.g.updates[i];
+            if matches!(self.g.node(next.node).op, Op::ScaleUpdate { .. }) {
+                let base = format!("{}.kept", self.g.value_name(next));
+                let inputs = [pending, ValueId { node: state, slot: 0 }, next];
+                self.g.updates[i].1 = self.value(&base, Op::Select, Role::Scaler, &inputs)?;
+            }
+        }
+        Ok(pending)
+    }
 }
 
 impl Pass for MasterWeights {
@@ -57,16 +163,18 @@ impl Pass for MasterWeights {
         if g.node_ids().any(|n| g.node(n).role == Role::Optimizer) {
             return Ok(false);
         }
-        if opt.accumulate() > 1 {
-            return Err(fail("gradient accumulation (optimizer.accumulate > 1) is not supported yet"));
-        }
         if g.gradients.is_empty() {
             return Ok(false);
         }
         let found: Option<ValueId> =
             g.node_ids().find(|&n| g.node(n).op == Op::FoundInf).map(|n| ValueId { node: n, slot: 0 });
-        let grads = g.gradients.clone();
         let mut b = Builder { g };
+        let n = opt.accumulate();
+        let pending = match n {
+            1 => None,
+            _ => Some(b.accumulate(n)?),
+        };
+        let grads = b.g.gradients.clone();
 
         // Gradients enter the optimizer in the parameter's (FP32) type.
         let mut inputs = Vec::with_capacity(grads.len());
@@ -81,6 +189,13 @@ impl Pass for MasterWeights {
             };
             inputs.push(v);
         }
+        if pending.is_some() {
+            // The mean of the micro-batch gradients (exact for a power of two).
+            for v in inputs.iter_mut() {
+                let base = format!("{}.mean", b.g.value_name(*v));
+                *v = b.value(&base, Op::Scale { value: 1.0 / f64::from(n) }, Role::Optimizer, &[*v])?;
+            }
+        }
         if let Some(max_norm) = opt.clip_grad_norm {
             let norm = b.value("grad_norm", Op::GlobalNorm, Role::Optimizer, &inputs)?;
             let coef = b.value("clip_coef", Op::ClipCoef { max_norm }, Role::Optimizer, &[norm])?;
@@ -91,7 +206,14 @@ impl Pass for MasterWeights {
             b.g.outputs.push(norm);
         }
 
-        let step = if matches!(opt.kind, OptimizerKind::Adam | OptimizerKind::Adamw) {
+        let schedule = match opt.schedule {
+            Some(Schedule::Cosine { warmup, total, min_lr }) => {
+                Some(Op::LrSchedule { lr: opt.lr, warmup, total, min_lr })
+            }
+            Some(Schedule::Constant) | None => None,
+        };
+        let adam = matches!(opt.kind, OptimizerKind::Adam | OptimizerKind::Adamw);
+        let step = if adam || schedule.is_some() {
             let step = b.state("optimizer_step", TensorType::scalar(DType::I32))?;
             let one = b.value(
                 "optimizer_step.one",
@@ -103,6 +225,16 @@ impl Pass for MasterWeights {
             Some((step, next))
         } else {
             None
+        };
+        // A schedule's rate follows the steps taken (a skipped step keeps
+        // `optimizer_step`, so the schedule waits with it).
+        let lr_input: Vec<ValueId> = match (schedule, step) {
+            (Some(op), Some((step, _))) => {
+                let lr = b.value("lr", op, Role::Optimizer, &[step])?;
+                b.g.outputs.push(lr);
+                vec![lr]
+            }
+            _ => Vec::new(),
         };
 
         let mut updates: Vec<(ValueId, ValueId)> = Vec::new();
@@ -117,7 +249,7 @@ impl Pass for MasterWeights {
                         &format!("{pname}.next"),
                         Op::Sgd { lr, weight_decay: wd },
                         Role::Optimizer,
-                        &[pv, grad],
+                        &[&[pv, grad][..], &lr_input].concat(),
                     )?;
                     updates.push((pv, next));
                 }
@@ -125,7 +257,7 @@ impl Pass for MasterWeights {
                     let buf = b.state(&format!("{pname}.momentum"), ty)?;
                     let op = Op::SgdMomentum { lr, momentum: opt.momentum(), weight_decay: wd };
                     let names = [format!("{pname}.next"), format!("{pname}.momentum.next")];
-                    let n = b.multi(&names, op, &[pv, grad, buf])?;
+                    let n = b.multi(&names, op, &[&[pv, grad, buf][..], &lr_input].concat())?;
                     updates.push((pv, ValueId { node: n, slot: 0 }));
                     updates.push((buf, ValueId { node: n, slot: 1 }));
                 }
@@ -142,7 +274,7 @@ impl Pass for MasterWeights {
                     };
                     let names =
                         [format!("{pname}.next"), format!("{pname}.adam_m.next"), format!("{pname}.adam_v.next")];
-                    let n = b.multi(&names, op, &[pv, grad, m, v, step_next])?;
+                    let n = b.multi(&names, op, &[&[pv, grad, m, v, step_next][..], &lr_input].concat())?;
                     for (slot, s) in [pv, m, v].into_iter().enumerate() {
                         updates.push((s, ValueId { node: n, slot: slot as u32 }));
                     }
@@ -153,9 +285,14 @@ impl Pass for MasterWeights {
         if let Some((step, next)) = step {
             updates.push((step, next));
         }
-        // A skipped step keeps every state as it was.
+        // A skipped step (an overflow, or micro-batches still to come)
+        // keeps every state as it was.
+        let skip = match (found, pending) {
+            (Some(f), Some(p)) => Some(b.value("skip_step", Op::Add, Role::Optimizer, &[f, p])?),
+            (f, p) => f.or(p),
+        };
         for (state, next) in updates {
-            let value = match found {
+            let value = match skip {
                 Some(f) => {
                     let base = format!("{}.kept", b.g.value_name(next));
                     b.value(&base, Op::Select, Role::Optimizer, &[f, state, next])?

@@ -68,7 +68,19 @@ pub fn is_unpainted(k: OpKind) -> bool {
 /// lose what loss scaling keeps).
 pub fn is_pinned(k: OpKind) -> bool {
     use OpKind::*;
-    matches!(k, Seed | Unscale | FoundInf | ScaleUpdate | Select | GlobalNorm | ClipCoef | Sgd | SgdMomentum | Adam)
+    matches!(
+        k,
+        Seed | Unscale
+            | FoundInf
+            | ScaleUpdate
+            | Select
+            | GlobalNorm
+            | ClipCoef
+            | LrSchedule
+            | Sgd
+            | SgdMomentum
+            | Adam
+    )
 }
 
 /// The gradient ops of a forward op, found by name: `K_grad` and `K_grad_*`
@@ -129,6 +141,7 @@ impl Table {
                 Select,
                 GlobalNorm,
                 ClipCoef,
+                LrSchedule,
                 Sgd,
                 SgdMomentum,
                 Adam,

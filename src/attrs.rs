@@ -46,8 +46,11 @@ pub const ATTRS: [&str; N_ATTRS] = [
     "backoff_factor",
     "growth_interval",
     "max_norm",
+    "warmup",
+    "total",
+    "min_lr",
 ];
-pub const N_ATTRS: usize = 37;
+pub const N_ATTRS: usize = 40;
 
 fn present(n: &RawNode) -> impl Iterator<Item = &'static str> {
     // Same length as ATTRS, checked by the type.
@@ -89,6 +92,9 @@ fn present(n: &RawNode) -> impl Iterator<Item = &'static str> {
         n.backoff_factor.is_some(),
         n.growth_interval.is_some(),
         n.max_norm.is_some(),
+        n.warmup.is_some(),
+        n.total.is_some(),
+        n.min_lr.is_some(),
     ];
     ATTRS.into_iter().zip(set).filter_map(|(a, s)| s.then_some(a))
 }
@@ -121,6 +127,7 @@ pub fn allowed(kind: OpKind) -> &'static [&'static str] {
         EmbeddingGrad => &["num_embeddings"],
         ScaleUpdate => &["growth_factor", "backoff_factor", "growth_interval"],
         ClipCoef => &["max_norm"],
+        LrSchedule => &["lr", "warmup", "total", "min_lr"],
         Sgd => &["lr", "weight_decay"],
         SgdMomentum => &["lr", "momentum", "weight_decay"],
         Adam => &["lr", "beta1", "beta2", "eps", "weight_decay", "decoupled"],
@@ -367,6 +374,12 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
         K::Select => Op::Select,
         K::GlobalNorm => Op::GlobalNorm,
         K::ClipCoef => Op::ClipCoef { max_norm: need(&n.max_norm, "max_norm", kind)? },
+        K::LrSchedule => Op::LrSchedule {
+            lr: need(&n.lr, "lr", kind)?,
+            warmup: n.warmup.unwrap_or(0),
+            total: need(&n.total, "total", kind)?,
+            min_lr: n.min_lr.unwrap_or(0.0),
+        },
         K::Sgd => Op::Sgd { lr: need(&n.lr, "lr", kind)?, weight_decay: n.weight_decay.unwrap_or(0.0) },
         K::SgdMomentum => Op::SgdMomentum {
             lr: need(&n.lr, "lr", kind)?,
@@ -489,6 +502,12 @@ pub fn op_to_raw(op: &Op, n: &mut RawNode) {
             n.growth_interval = Some(*growth_interval);
         }
         Op::ClipCoef { max_norm } => n.max_norm = Some(*max_norm),
+        Op::LrSchedule { lr, warmup, total, min_lr } => {
+            n.lr = Some(*lr);
+            n.warmup = Some(*warmup);
+            n.total = Some(*total);
+            n.min_lr = Some(*min_lr);
+        }
         Op::Sgd { lr, weight_decay } => {
             n.lr = Some(*lr);
             n.weight_decay = Some(*weight_decay);
@@ -612,6 +631,7 @@ mod tests {
             Op::Adam { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, decoupled: true },
             Op::SgdMomentum { lr: 0.1, momentum: 0.9, weight_decay: 0.0 },
             Op::ClipCoef { max_norm: 1.0 },
+            Op::LrSchedule { lr: 0.1, warmup: 10, total: 100, min_lr: 0.001 },
         ];
         for op in ops {
             let mut n = RawNode { name: "n".into(), op: op.kind(), ..RawNode::default() };

@@ -35,6 +35,10 @@ pub struct Checkpoint {
     /// (e.g. `dynamic:init=65536,growth=2,backoff=0.5,interval=2000`), so a
     /// resumed run can check it keeps the same scaler.
     pub loss_scale: Option<String>,
+    /// The learning-rate schedule, as `--lr-schedule` writes it, when the
+    /// run had one other than constant (its position is the state
+    /// `optimizer_step`).
+    pub lr_schedule: Option<String>,
 }
 
 fn bytes(data: &Data) -> (Dtype, Vec<u8>) {
@@ -75,6 +79,9 @@ pub fn to_bytes(ck: &Checkpoint) -> Result<Vec<u8>, CheckpointError> {
     let mut info = serde_json::json!({"format": FORMAT, "step": ck.step, "seed": ck.seed});
     if let Some(ls) = &ck.loss_scale {
         info["loss_scale"] = serde_json::json!(ls);
+    }
+    if let Some(s) = &ck.lr_schedule {
+        info["lr_schedule"] = serde_json::json!(s);
     }
     serialize(&ck.state, Some(HashMap::from([(META_KEY.to_string(), info.to_string())])))
 }
@@ -151,7 +158,8 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
     };
     let (step, seed) = (num("step")?, num("seed")?);
     let loss_scale = info.as_ref().and_then(|i| i["loss_scale"].as_str()).map(str::to_string);
-    Ok(Checkpoint { step, seed, state: tensors_of(path, &st)?, loss_scale })
+    let lr_schedule = info.as_ref().and_then(|i| i["lr_schedule"].as_str()).map(str::to_string);
+    Ok(Checkpoint { step, seed, state: tensors_of(path, &st)?, loss_scale, lr_schedule })
 }
 
 #[cfg(test)]
@@ -167,13 +175,20 @@ mod tests {
         state.insert("s".into(), Tensor::scalar_i32(7));
         state.insert("l".into(), Tensor::new(vec![2], Data::I64(vec![-1, 5])).unwrap());
         state.insert("m".into(), Tensor::new(vec![2], Data::Bool(vec![true, false])).unwrap());
-        let ck = Checkpoint { step: 12, seed: 3, state, loss_scale: Some("static:1024".into()) };
+        let ck = Checkpoint {
+            step: 12,
+            seed: 3,
+            state,
+            loss_scale: Some("static:1024".into()),
+            lr_schedule: Some("cosine:warmup=1,total=9,min=0".into()),
+        };
         let b = to_bytes(&ck).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.safetensors");
         std::fs::write(&p, b).unwrap();
         let back = load(&p).unwrap();
         assert_eq!((back.step, back.seed, back.loss_scale.as_deref()), (12, 3, Some("static:1024")));
+        assert_eq!(back.lr_schedule, ck.lr_schedule);
         assert_eq!(back.state.len(), ck.state.len());
         for (k, t) in &ck.state {
             assert!(back.state[k].bit_eq(t), "{k}");

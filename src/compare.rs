@@ -128,8 +128,7 @@ fn raw_gradients(g: &mpc::Graph) -> BTreeMap<String, String> {
     g.gradients
         .iter()
         .map(|&(p, v)| {
-            let raw = if matches!(g.node(v.node).op, mpc::Op::Unscale) { g.inputs(v.node)[0] } else { v };
-            (g.node(p).name.clone(), g.value_name(raw).to_string())
+            (g.node(p).name.clone(), g.value_name(mpc::passes::master_weights::micro_gradient(g, v)).to_string())
         })
         .collect()
 }
@@ -159,7 +158,8 @@ pub fn compare(args: CompareArgs) -> Result<(), miette::Report> {
     let mut data = None;
     for mode in &modes {
         eprintln!("{}: training {} for {} steps", args.model.display(), mode.name, args.steps);
-        let (source, g) = load_for_training(&args.model, mode.precision, mode.loss_scale, args.table.as_deref(), &[])?;
+        let (source, g) =
+            load_for_training(&args.model, mode.precision, mode.loss_scale, args.table.as_deref(), &[], None)?;
         // A text feeds a language model whose inputs need not share a batch
         // dimension; everything else is laid out by `Layout`.
         let layout = match args.data.as_deref().is_some_and(mpc::data::is_text) {
@@ -186,14 +186,18 @@ pub fn compare(args: CompareArgs) -> Result<(), miette::Report> {
         let mut sess = open_session(&g, args.seed, &state, &args.device)?;
         drop(state);
         let mut run = Run::default();
+        let micro = mpc::training::micro_batches(&g);
         for s in 0..args.steps {
-            let batch = match (&data, &layout) {
-                (Some(d), _) => d.train_batch(s),
-                (None, Some(layout)) => synthetic_batch(layout, args.seed, s),
-                (None, None) => unreachable!("a text always loads data"),
-            }
-            .map_err(|e| msg(e.to_string()))?;
-            let r = sess.step(&batch, s, &opts).map_err(|e| msg(format!("{}, step {s}: {e}", mode.name)))?;
+            let batch = |m: u64| {
+                match (&data, &layout) {
+                    (Some(d), _) => d.train_batch(m),
+                    (None, Some(layout)) => synthetic_batch(layout, args.seed, m),
+                    (None, None) => unreachable!("a text always loads data"),
+                }
+                .map_err(|e| msg(e.to_string()))
+            };
+            let failed = |m: u64, e| msg(format!("{}, {}: {e}", mode.name, mpc::training::micro_step_label(micro, m)));
+            let r = mpc::training::optimizer_step(sess.as_mut(), micro, s, &opts, batch, failed)?;
             run.losses.push(r.loss.unwrap_or(f32::NAN));
             if let Some(sc) = r.loss_scale {
                 run.scales.push(sc);

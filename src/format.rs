@@ -208,7 +208,7 @@ pub struct RawNode {
     /// embedding_grad: rows of the embedding table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_embeddings: Option<u64>,
-    /// sgd, sgd_momentum, adam: learning rate.
+    /// sgd, sgd_momentum, adam: learning rate; lr_schedule: the peak rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lr: Option<f64>,
     /// adam: first-moment decay (default 0.9).
@@ -235,6 +235,15 @@ pub struct RawNode {
     /// clip_coef: the largest global gradient norm.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_norm: Option<f64>,
+    /// lr_schedule: steps of linear warmup (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<u32>,
+    /// lr_schedule: the step at which the cosine decay ends (required, ≥ 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u32>,
+    /// lr_schedule: the learning rate at the end of the decay (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_lr: Option<f64>,
 }
 
 /// Optimizer kinds.
@@ -283,6 +292,78 @@ pub struct Optimizer {
     /// for biases and norm gains.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_decay: Option<Vec<String>>,
+    /// The learning rate over the steps (default constant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+}
+
+/// A learning-rate schedule: the factor on `lr` at optimizer step k (k =
+/// 0, 1, … counts the steps taken, not the skipped ones).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Schedule {
+    /// `lr` at every step.
+    Constant,
+    /// Linear warmup from 0 over `warmup` steps, then cosine decay to
+    /// `min_lr` at step `total` (Hugging Face's
+    /// `get_cosine_with_min_lr_schedule_with_warmup`), `min_lr` after it.
+    Cosine {
+        /// Steps of linear warmup (default 0).
+        #[serde(default)]
+        warmup: u32,
+        /// The step at which the decay reaches `min_lr` (≥ 1, ≥ warmup).
+        total: u32,
+        /// The learning rate at the end of the decay (default 0).
+        #[serde(default)]
+        min_lr: f64,
+    },
+}
+
+impl std::fmt::Display for Schedule {
+    /// The form [`FromStr`](std::str::FromStr) reads.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Schedule::Constant => f.write_str("constant"),
+            Schedule::Cosine { warmup, total, min_lr } => {
+                write!(f, "cosine:warmup={warmup},total={total},min={min_lr}")
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for Schedule {
+    type Err = String;
+
+    /// `constant`, or `cosine:total=T` with any of `warmup=W,min=M`
+    /// (the CLI's form).
+    fn from_str(s: &str) -> Result<Schedule, String> {
+        if s == "constant" {
+            return Ok(Schedule::Constant);
+        }
+        let Some(rest) = s.strip_prefix("cosine:") else {
+            return Err(format!("expected constant or cosine:warmup=W,total=T,min=M, found `{s}`"));
+        };
+        let (mut warmup, mut total, mut min_lr) = (0, None, 0.0);
+        for part in rest.split(',') {
+            let (k, v) = part.split_once('=').ok_or_else(|| format!("`{part}`: expected KEY=VALUE"))?;
+            let steps =
+                |what: &str| v.parse::<u32>().map_err(|_| format!("{what} must be a whole number of steps, found {v}"));
+            match k.trim() {
+                "warmup" => warmup = steps("warmup")?,
+                "total" => total = Some(steps("total")?),
+                "min" => {
+                    min_lr = v
+                        .parse()
+                        .ok()
+                        .filter(|m: &f64| m.is_finite() && *m >= 0.0)
+                        .ok_or_else(|| format!("min must be a learning rate ≥ 0, found {v}"))?
+                }
+                other => return Err(format!("unknown key `{other}` (warmup, total, min)")),
+            }
+        }
+        let total = total.ok_or("cosine needs total=T, the step at which the decay ends")?;
+        Ok(Schedule::Cosine { warmup, total, min_lr })
+    }
 }
 
 /// Whether `name` matches `pattern`: `*` any run of characters (none
@@ -324,6 +405,7 @@ impl Optimizer {
             clip_grad_norm: None,
             accumulate: None,
             no_decay: None,
+            schedule: None,
         }
     }
 
@@ -374,6 +456,17 @@ impl Optimizer {
         if self.no_decay.iter().flatten().any(|p| p.is_empty()) {
             out.push(("no_decay", "expected name patterns, found an empty one".into()));
         }
+        if let Some(Schedule::Cosine { warmup, total, min_lr }) = self.schedule {
+            if total == 0 || warmup > total {
+                out.push((
+                    "schedule",
+                    format!("expected 1 ≤ total and warmup ≤ total, found warmup {warmup}, total {total}"),
+                ));
+            }
+            if !(min_lr >= 0.0 && min_lr <= self.lr) {
+                out.push(("schedule", format!("expected min_lr in [0, lr = {}], found {min_lr}", self.lr)));
+            }
+        }
         if self.accumulate == Some(0) {
             out.push(("accumulate", "expected at least 1 micro-batch, found 0".into()));
         }
@@ -403,6 +496,30 @@ pub fn json_schema() -> String {
 #[cfg(test)]
 mod glob_tests {
     use super::*;
+
+    #[test]
+    fn schedules_parse_and_print_back() {
+        let s: Schedule = "cosine:warmup=100,total=10000,min=0.00001".parse().unwrap();
+        assert_eq!(s, Schedule::Cosine { warmup: 100, total: 10000, min_lr: 1e-5 });
+        assert_eq!(s.to_string().parse::<Schedule>(), Ok(s));
+        assert_eq!("cosine:total=5".parse::<Schedule>(), Ok(Schedule::Cosine { warmup: 0, total: 5, min_lr: 0.0 }));
+        assert_eq!("constant".parse::<Schedule>(), Ok(Schedule::Constant));
+        for (bad, says) in [
+            ("linear", "expected constant or cosine"),
+            ("cosine:warmup=5", "cosine needs total=T"),
+            ("cosine:total=-1", "total must be a whole number"),
+            ("cosine:total=9,min=-1", "min must be a learning rate"),
+            ("cosine:total=9,cycles=2", "unknown key `cycles`"),
+        ] {
+            let e = bad.parse::<Schedule>().unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let mut opt = Optimizer::new(OptimizerKind::Sgd, 0.1);
+        opt.schedule = Some(Schedule::Cosine { warmup: 3, total: 2, min_lr: 0.2 });
+        let problems: Vec<_> = opt.problems().into_iter().map(|(_, m)| m).collect();
+        assert!(problems.iter().any(|m| m.contains("warmup ≤ total")), "{problems:?}");
+        assert!(problems.iter().any(|m| m.contains("min_lr in [0, lr = 0.1]")), "{problems:?}");
+    }
 
     #[test]
     fn patterns_match_names() {

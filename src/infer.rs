@@ -40,7 +40,8 @@ pub fn arity(op: &Op) -> (usize, usize) {
         | Softmax { .. }
         | LogSoftmax { .. }
         | AvgPool2dGrad { .. }
-        | ClipCoef { .. } => 1,
+        | ClipCoef { .. }
+        | LrSchedule { .. } => 1,
         Add
         | Sub
         | Mul
@@ -63,16 +64,13 @@ pub fn arity(op: &Op) -> (usize, usize) {
         | Conv2dGradInput { .. }
         | Conv2dGradWeight { .. }
         | MaxPool2dGrad(_)
-        | Unscale
-        | Sgd { .. } => 2,
-        LayerNorm { .. }
-        | BatchNorm { .. }
-        | CrossEntropyGrad
-        | MseGrad
-        | ScaleUpdate { .. }
-        | Select
-        | SgdMomentum { .. } => 3,
-        BatchNormGrad { .. } | LayerNormGrad | FrozenBatchNorm { .. } | FrozenBatchNormGrad { .. } | Adam { .. } => 5,
+        | Unscale => 2,
+        // The optimizer ops' optional last input is the learning rate.
+        Sgd { .. } => return (2, 3),
+        SgdMomentum { .. } => return (3, 4),
+        Adam { .. } => return (5, 6),
+        LayerNorm { .. } | BatchNorm { .. } | CrossEntropyGrad | MseGrad | ScaleUpdate { .. } | Select => 3,
+        BatchNormGrad { .. } | LayerNormGrad | FrozenBatchNorm { .. } | FrozenBatchNormGrad { .. } => 5,
     };
     (n, n)
 }
@@ -138,9 +136,10 @@ pub fn input_names(op: &Op) -> &'static [&'static str] {
         ScaleUpdate { .. } => &["scale", "tracker", "found_inf"],
         Select => &["found_inf", "on_inf", "otherwise"],
         ClipCoef { .. } => &["norm"],
-        Sgd { .. } => &["param", "grad"],
-        SgdMomentum { .. } => &["param", "grad", "momentum_buffer"],
-        Adam { .. } => &["param", "grad", "m", "v", "step"],
+        LrSchedule { .. } => &["step"],
+        Sgd { .. } => &["param", "grad", "lr"],
+        SgdMomentum { .. } => &["param", "grad", "momentum_buffer", "lr"],
+        Adam { .. } => &["param", "grad", "m", "v", "step", "lr"],
         _ => &["x"],
     }
 }
@@ -795,7 +794,20 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             same_type(inputs[0], &TensorType::scalar(DType::F32), "the norm and an f32 scalar")?;
             one(TensorType::scalar(DType::F32))
         }
+        LrSchedule { lr, warmup, total, min_lr } => {
+            positive(*lr, "lr")?;
+            if *total == 0 || warmup > total {
+                return Err(format!("expected 1 ≤ total and warmup ≤ total, found warmup {warmup}, total {total}"));
+            }
+            if !(*min_lr >= 0.0 && min_lr <= lr) {
+                return Err(format!("min_lr must be in [0, lr], found {min_lr}"));
+            }
+            int(inputs[0], "the step")?;
+            rank(inputs[0], 0, "the step")?;
+            one(TensorType::scalar(DType::F32))
+        }
         Sgd { lr, weight_decay } => {
+            lr_input(inputs, 2)?;
             positive(*lr, "lr")?;
             non_negative(*weight_decay, "weight_decay")?;
             float(inputs[0], "the parameter")?;
@@ -803,6 +815,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             one(inputs[0].clone())
         }
         SgdMomentum { lr, momentum, weight_decay } => {
+            lr_input(inputs, 3)?;
             positive(*lr, "lr")?;
             non_negative(*weight_decay, "weight_decay")?;
             if !(0.0..1.0).contains(momentum) {
@@ -814,6 +827,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             Ok(vec![inputs[0].clone(), inputs[0].clone()])
         }
         Adam { lr, beta1, beta2, eps, weight_decay, .. } => {
+            lr_input(inputs, 5)?;
             positive(*lr, "lr")?;
             positive(*eps, "eps")?;
             non_negative(*weight_decay, "weight_decay")?;
@@ -831,6 +845,14 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             let p = inputs[0].clone();
             Ok(vec![p.clone(), p.clone(), p])
         }
+    }
+}
+
+/// An optimizer op's optional `lr` input, at `i`: an f32 scalar.
+fn lr_input(inputs: &[&TensorType], i: usize) -> Result<()> {
+    match inputs.get(i) {
+        Some(t) => same_type(t, &TensorType::scalar(DType::F32), "the lr input and an f32 scalar"),
+        None => Ok(()),
     }
 }
 

@@ -283,7 +283,7 @@ fn gen(cmd: GenCommand) -> Result<(), miette::Report> {
 /// `mpc plan`: the planned step memory in each precision.
 fn plan(model: &std::path::Path) -> Result<(), miette::Report> {
     for precision in [TrainPrecision::Fp32, TrainPrecision::Fp16, TrainPrecision::Bf16] {
-        let (_, g) = load_for_training(model, precision, None, None, &[])?;
+        let (_, g) = load_for_training(model, precision, None, None, &[], None)?;
         let r = mpc::exec::Plan::new(&g, 0)
             .and_then(|p| mpc::exec::memory::report(&p))
             .map_err(|e| miette::Report::msg(format!("{}: {e}", model.display())))?;
@@ -392,6 +392,11 @@ struct TrainArgs {
     /// graph's `optimizer.no_decay`, e.g. --no-decay 'b*' --no-decay '*_gain'.
     #[arg(long, value_name = "PATTERN", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     no_decay: Vec<String>,
+    /// The learning-rate schedule, replacing the graph's `optimizer.schedule`:
+    /// constant, or cosine:warmup=W,total=T,min=M (linear warmup over W steps,
+    /// cosine decay to M at step T; Hugging Face's, see docs/FORMAT.md).
+    #[arg(long, value_name = "SCHEDULE")]
+    lr_schedule: Option<mpc::format::Schedule>,
     /// Read the graph's `weights` file even when it is outside the graph's folder.
     #[arg(long)]
     allow_outside_weights: bool,
@@ -665,11 +670,18 @@ fn load_for_training(
     loss_scale: Option<passes::LossScale>,
     table: Option<&std::path::Path>,
     no_decay: &[String],
+    schedule: Option<&mpc::format::Schedule>,
 ) -> Result<(mpc::Graph, mpc::Graph), miette::Report> {
     let loaded = load(model).map_err(|e| e.into_report())?;
     let mut source = loaded.graph;
     if let (Some(opt), false) = (source.optimizer.as_mut(), no_decay.is_empty()) {
         opt.no_decay.get_or_insert_with(Vec::new).extend(no_decay.iter().cloned());
+    }
+    if let (Some(opt), Some(schedule)) = (source.optimizer.as_mut(), schedule) {
+        opt.schedule = Some(schedule.clone());
+        if let Some((_, m)) = opt.problems().into_iter().find(|(f, _)| *f == "schedule") {
+            usage_error(format!("--lr-schedule: {m}"));
+        }
     }
     if let Err(e) = mpc::verify(&source) {
         return Err(problems_report(&model.display().to_string(), &loaded.text, &e.0));
@@ -812,8 +824,14 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
     if args.precision == TrainPrecision::Fp32 && args.table.is_some() {
         usage_error("--table: fp32 training has no autocast".into());
     }
-    let (source, g) =
-        load_for_training(&args.model, args.precision, args.loss_scale, args.table.as_deref(), &args.no_decay)?;
+    let (source, g) = load_for_training(
+        &args.model,
+        args.precision,
+        args.loss_scale,
+        args.table.as_deref(),
+        &args.no_decay,
+        args.lr_schedule.as_ref(),
+    )?;
     // A text feeds a language model whose inputs need not share a batch
     // dimension; everything else is laid out by `Layout`.
     let text = args.data.as_deref().is_some_and(mpc::data::is_text);
@@ -841,7 +859,7 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
     let fresh = init_state_from(&g, seed, args.model.parent(), args.allow_outside_weights)
         .map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
     let (start, state) = match resumed {
-        Some(Checkpoint { step, state, loss_scale, .. }) => {
+        Some(Checkpoint { step, state, loss_scale, lr_schedule, .. }) => {
             let path = args.resume.as_deref().unwrap_or(std::path::Path::new("")).display().to_string();
             for (name, t) in &fresh {
                 match state.get(name) {
@@ -859,6 +877,8 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
             if let Some(was) = loss_scale {
                 mpc::training::check_same_scaler(&g, &was).map_err(|e| msg(format!("{path}: cannot resume: {e}")))?;
             }
+            mpc::training::check_same_schedule(&g, lr_schedule.as_deref())
+                .map_err(|e| msg(format!("{path}: cannot resume: {e}")))?;
             if let Some(log) = &args.log {
                 mpc::training::truncate_log(log, step)
                     .map_err(|e| msg(format!("cannot rewrite {}: {e}", log.display())))?;
@@ -903,24 +923,30 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
         passes::LossScale::None => None,
         ls => Some(ls.to_string()),
     };
+    let schedule = mpc::training::schedule_of(&g);
     let save = |sess: &mut dyn mpc::exec::Trainer, step: u64| -> Result<(), miette::Report> {
         let Some(dir) = &args.checkpoint else { return Ok(()) };
         let state = sess.state().map_err(|e| msg(format!("step {step}: {e}")))?;
-        let ck = Checkpoint { step, seed, state, loss_scale: scaler.clone() };
+        let ck = Checkpoint { step, seed, state, loss_scale: scaler.clone(), lr_schedule: schedule.clone() };
         checkpoint::save(&dir.join(format!("step-{step}.safetensors")), &ck).map_err(|e| msg(e.to_string()))
     };
     let (mut last_loss, mut saved_at) = (None, None);
     let mut watch = mpc::training::Watch::new(args.max_skipped);
     // Without a terminal, a progress line every tenth of the run.
     let every = if std::io::stderr().is_terminal() { u64::MAX } else { ((args.steps - start) / 10).max(1) };
+    // One step is one optimizer step: `micro` runs of the graph, one per micro-batch.
+    let micro = mpc::training::micro_batches(&g);
     for s in start..args.steps {
-        let batch = match (&data, &layout) {
-            (Some(d), _) => d.train_batch(s),
-            (None, Some(layout)) => synthetic_batch(layout, seed, s),
-            (None, None) => unreachable!("a text always loads data"),
-        }
-        .map_err(|e| msg(e.to_string()))?;
-        let r = sess.step(&batch, s, &RunOptions::default()).map_err(|e| msg(format!("step {s}: {e}")))?;
+        let batch = |m: u64| {
+            match (&data, &layout) {
+                (Some(d), _) => d.train_batch(m),
+                (None, Some(layout)) => synthetic_batch(layout, seed, m),
+                (None, None) => unreachable!("a text always loads data"),
+            }
+            .map_err(|e| msg(e.to_string()))
+        };
+        let failed = |m: u64, e| msg(format!("{}: {e}", mpc::training::micro_step_label(micro, m)));
+        let r = mpc::training::optimizer_step(sess.as_mut(), micro, s, &RunOptions::default(), batch, failed)?;
         let verdict = watch.observe(s + 1, &r);
         let (loss, scale, found_inf, grad_norm) = (r.loss, r.loss_scale, r.found_inf, r.grad_norm);
         if let Some((path, w)) = &mut log {
@@ -933,6 +959,9 @@ fn train(args: TrainArgs) -> Result<(), miette::Report> {
             }
             if r.growth_tracker.is_some() {
                 line["growth_tracker"] = json_metric(r.growth_tracker);
+            }
+            if r.lr.is_some() {
+                line["lr"] = json_metric(r.lr);
             }
             writeln!(w, "{line}")
                 .and_then(|_| w.flush())

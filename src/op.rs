@@ -264,6 +264,7 @@ op_kinds! {
     Select => "select",
     GlobalNorm => "global_norm",
     ClipCoef => "clip_coef",
+    LrSchedule => "lr_schedule",
     Sgd => "sgd",
     SgdMomentum => "sgd_momentum",
     Adam => "adam",
@@ -342,6 +343,14 @@ impl fmt::Display for OpKind {
 ///   found_inf is nonzero: how a skipped step keeps params and state.
 /// - `global_norm(g1, …, gn)` is the L2 norm of all elements (f64 sum);
 ///   `clip_coef(norm)` is `min(1, max_norm / (norm + 1e-6))` (PyTorch's).
+/// - `lr_schedule(step)`, `step` the optimizer steps taken before this
+///   one (an int scalar k ≥ 0), is the learning rate of this step, f32:
+///   `lr·k/warmup` while k < warmup, then
+///   `min_lr + (lr - min_lr)·(1 + cos(π·min(1, (k - warmup)/max(1, total - warmup))))/2`,
+///   computed in f64 (see [`crate::semantics::lr_schedule`]).
+/// - The optimizer ops take an optional last input `lr` (an f32 scalar,
+///   what `lr_schedule` makes): when given, it is the learning rate and
+///   the `lr` attribute is not used.
 /// - `sgd(p, g)` = `p - lr (g + wd p)`; `sgd_momentum(p, g, buf)` sets
 ///   `buf' = momentum buf + g + wd p`, `p' = p - lr buf'`.
 /// - `adam(p, g, m, v, step)` with `step` the 1-based step number:
@@ -417,6 +426,7 @@ pub enum Op {
     Select,
     GlobalNorm,
     ClipCoef { max_norm: f64 },
+    LrSchedule { lr: f64, warmup: u32, total: u32, min_lr: f64 },
     Sgd { lr: f64, weight_decay: f64 },
     SgdMomentum { lr: f64, momentum: f64, weight_decay: f64 },
     Adam { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, decoupled: bool },
@@ -492,6 +502,7 @@ impl Op {
             Op::Select => OpKind::Select,
             Op::GlobalNorm => OpKind::GlobalNorm,
             Op::ClipCoef { .. } => OpKind::ClipCoef,
+            Op::LrSchedule { .. } => OpKind::LrSchedule,
             Op::Sgd { .. } => OpKind::Sgd,
             Op::SgdMomentum { .. } => OpKind::SgdMomentum,
             Op::Adam { .. } => OpKind::Adam,

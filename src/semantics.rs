@@ -35,6 +35,25 @@ pub fn clip_coef(norm: f32, max_norm: f64) -> f32 {
     c.min(1.0) as f32
 }
 
+/// The learning rate of optimizer step `k` (0-based, the steps taken
+/// before it) under linear warmup and cosine decay, in f64 rounded to f32:
+/// `lr·k/warmup` while `k < warmup`, then
+/// `min_lr + (lr − min_lr)·(1 + cos(π·p))/2` with
+/// `p = min(1, (k − warmup)/max(1, total − warmup))`. This is Hugging Face's
+/// `get_cosine_with_min_lr_schedule_with_warmup` (num_cycles 0.5), whose
+/// LambdaLR gives the first step k = 0 (so a warmup starts at 0), except
+/// that past `total` the rate stays at `min_lr` where Hugging Face's cosine
+/// would rise again.
+pub fn lr_schedule(k: i64, lr: f64, warmup: u32, total: u32, min_lr: f64) -> f32 {
+    let k = k.max(0) as f64;
+    let w = f64::from(warmup);
+    if k < w {
+        return (lr * k / w) as f32;
+    }
+    let p = ((k - w) / (f64::from(total) - w).max(1.0)).min(1.0);
+    (min_lr + (lr - min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())) as f32
+}
+
 /// The error function in f64, accurate to a few ulps.
 ///
 /// For |x| < 6 the series of Abramowitz & Stegun 7.1.6,
@@ -64,6 +83,27 @@ pub fn erf(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hand-computed values of a warmup of 4 steps from 0, then a cosine
+    /// from 0.1 to 0.001 over steps 4..=12.
+    #[test]
+    fn lr_schedule_warms_up_then_decays() {
+        let at = |k| lr_schedule(k, 0.1, 4, 12, 0.001);
+        assert_eq!([at(0), at(1), at(2), at(3)], [0.0, 0.025, 0.05, 0.075]);
+        assert_eq!(at(4), 0.1);
+        // p = 1/4: 0.001 + 0.099·(1 + cos(π/4))/2 = 0.001 + 0.099·0.853553390593 = 0.0855017856687.
+        assert_eq!(at(6), 0.085_501_785_669_f64 as f32);
+        // p = 1/2: the midpoint, 0.0505.
+        assert_eq!(at(8), 0.0505);
+        // p = 3/4: 0.001 + 0.099·0.146446609407 = 0.0154982143313.
+        assert_eq!(at(10), 0.015_498_214_331_f64 as f32);
+        assert_eq!([at(12), at(13), at(1000)], [0.001; 3]);
+        // No warmup: the first step has the peak rate. total = warmup: the
+        // peak at step `total`, min_lr after it (the decay takes one step, as
+        // Hugging Face's max(1, total - warmup)).
+        assert_eq!(lr_schedule(0, 0.1, 0, 10, 0.0), 0.1);
+        assert_eq!([lr_schedule(5, 0.1, 5, 5, 0.0), lr_schedule(6, 0.1, 5, 5, 0.0)], [0.1, 0.0]);
+    }
 
     #[test]
     fn erf_matches_known_values() {

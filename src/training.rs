@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use crate::exec::{State, StepReport};
+use crate::exec::{ExecError, RunOptions, State, StepReport, Trainer};
 use crate::graph::Graph;
 use crate::op::Op;
 
@@ -76,6 +76,54 @@ impl Watch {
             ));
         }
         Ok(())
+    }
+}
+
+/// The micro-batches one optimizer step of `g` takes: its optimizer's
+/// `accumulate` (1 without an optimizer).
+pub fn micro_batches(g: &Graph) -> u64 {
+    g.optimizer.as_ref().map_or(1, |o| u64::from(o.accumulate()))
+}
+
+/// Runs optimizer step `step` (0-based) of a graph lowered with
+/// `accumulate: n`: the graph runs once per micro-batch, as micro-steps
+/// `step·n` to `step·n + n − 1`, the numbers that `batch`, dropout masks
+/// and [`RunOptions::inject_inf`] see. (A CSV's batch `step·n + k` of B
+/// rows is rows `k·B..(k+1)·B` of its batch `step` of `n·B` rows.) The
+/// report is the last micro-step's, where the step is taken or skipped:
+/// `found_inf`, the scale the step used, the gradient norm, the tracker and
+/// the fetched values; its `loss` is the mean of the micro-batches' losses
+/// (summed in f64), the loss of the whole batch. `failed` turns an error of
+/// micro-step `m` into the caller's. With n = 1 this is one
+/// [`Trainer::step`].
+pub fn optimizer_step<E>(
+    sess: &mut dyn Trainer,
+    n: u64,
+    step: u64,
+    opts: &RunOptions,
+    mut batch: impl FnMut(u64) -> Result<State, E>,
+    mut failed: impl FnMut(u64, ExecError) -> E,
+) -> Result<StepReport, E> {
+    let mut report = StepReport::default();
+    let mut sum = 0.0f64;
+    for micro in step * n..(step + 1) * n {
+        let b = batch(micro)?;
+        report = sess.step(&b, micro, opts).map_err(|e| failed(micro, e))?;
+        sum += report.loss.map_or(0.0, f64::from);
+    }
+    if n > 1 {
+        report.loss = report.loss.map(|_| (sum / n as f64) as f32);
+    }
+    Ok(report)
+}
+
+/// Where micro-step `micro` of a run with `n` micro-batches per step is,
+/// for messages: `step S` (S 0-based, as `n` = 1 runs write it), with the
+/// micro-batch when n > 1.
+pub fn micro_step_label(n: u64, micro: u64) -> String {
+    match n {
+        0 | 1 => format!("step {micro}"),
+        _ => format!("step {}, micro-batch {} of {n}", micro / n, micro % n + 1),
     }
 }
 
@@ -160,6 +208,31 @@ pub fn check_same_scaler(g: &Graph, was: &str) -> Result<(), String> {
     }
 }
 
+/// The learning-rate schedule `g` trains with, as `--lr-schedule` writes
+/// it, when it is not constant (what a checkpoint records).
+pub fn schedule_of(g: &Graph) -> Option<String> {
+    use crate::format::Schedule;
+    match g.optimizer.as_ref()?.schedule.as_ref()? {
+        Schedule::Constant => None,
+        s => Some(s.to_string()),
+    }
+}
+
+/// Err when `g`'s learning-rate schedule is not the one a checkpoint was
+/// written with (`was`, as [`schedule_of`] gives it; none: constant): the
+/// resumed run would jump to another rate at the same step.
+pub fn check_same_schedule(g: &Graph, was: Option<&str>) -> Result<(), String> {
+    let now = schedule_of(g);
+    match now.as_deref() == was {
+        true => Ok(()),
+        false => Err(format!(
+            "it was trained with --lr-schedule {}, this run has {}",
+            was.unwrap_or("constant"),
+            now.as_deref().unwrap_or("constant")
+        )),
+    }
+}
+
 /// Cuts a JSON-lines metrics log back to the lines of steps up to `step`
 /// (a run killed after its last checkpoint logged steps that the resumed
 /// run does again); rewritten atomically. A missing log is fine.
@@ -190,6 +263,7 @@ mod tests {
             loss_scale: scale,
             found_inf,
             grad_norm: None,
+            lr: None,
             growth_tracker: None,
             fetched: Default::default(),
         }
@@ -231,6 +305,12 @@ mod tests {
         for s in 1..500 {
             assert!(w.observe(s, &report(1.0, Some(1.0), Some(true))).is_ok());
         }
+    }
+
+    #[test]
+    fn micro_steps_are_named_by_their_step() {
+        assert_eq!(micro_step_label(1, 7), "step 7");
+        assert_eq!(micro_step_label(4, 9), "step 2, micro-batch 2 of 4");
     }
 
     #[test]

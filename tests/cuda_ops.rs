@@ -1119,7 +1119,8 @@ const SAMPLE_ATTRS: &str = r#"{
     "beta": 0.75, "bias": 1.0, "kernel": [1, 1], "stride": [1, 1], "padding": [0, 0],
     "padding_end": [0, 0], "dilation": [1, 1], "count_include_pad": true, "groups": 1, "num_embeddings": 1,
     "lr": 0.1, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0, "decoupled": true,
-    "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 1, "max_norm": 1.0
+    "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 1, "max_norm": 1.0,
+    "warmup": 1, "total": 2, "min_lr": 0.0
 }"#;
 
 /// The kinds `supports` accepts, asked of one op of every kind (built from

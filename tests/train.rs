@@ -404,3 +404,119 @@ fn train_takes_a_table_file() {
     let o = mpc(&["train", MLP, "--precision", "fp32", "--table", file.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
 }
+
+/// Trains `model` with `args` for 12 steps in one go (checkpoints in
+/// `dir/a`) and for 6 steps then resumed to 12 (`dir/b`): the step-12
+/// checkpoints and the metrics logs must be bit-identical. Returns the
+/// checkpoint and the log.
+fn resume_matches(dir: &Path, model: &str, args: &[&str]) -> (mpc::checkpoint::Checkpoint, String) {
+    let p = |s: &str| dir.join(s).display().to_string();
+    let run = |more: &[&str]| {
+        let o = mpc(&[&["train", model], args, more].concat());
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "mpc train {model} {args:?} {more:?} failed:\n{out}\n{err}");
+    };
+    run(&["--steps", "12", "--checkpoint", &p("a"), "--log", &p("a.jsonl")]);
+    run(&["--steps", "6", "--checkpoint", &p("b"), "--log", &p("b.jsonl")]);
+    let resume = p("b/step-6.safetensors");
+    run(&["--steps", "12", "--resume", &resume, "--checkpoint", &p("b"), "--log", &p("b.jsonl")]);
+    let (a, b) = (state_of(&dir.join("a/step-12.safetensors")), state_of(&dir.join("b/step-12.safetensors")));
+    assert_eq!(a.state.len(), b.state.len());
+    for (name, t) in &a.state {
+        assert!(b.state[name].bit_eq(t), "`{name}` differs after resuming");
+    }
+    let (la, lb) = (std::fs::read_to_string(p("a.jsonl")).unwrap(), std::fs::read_to_string(p("b.jsonl")).unwrap());
+    assert_eq!(la, lb, "the metrics differ after resuming");
+    (a, la)
+}
+
+/// `ir-examples/mlp.json` with batch `batch` and `accumulate` micro-batches
+/// per step, written into `dir`.
+fn mlp_accumulating(dir: &Path, batch: u64, accumulate: u32) -> String {
+    let mut g: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(MLP).unwrap()).unwrap();
+    for input in g["inputs"].as_array_mut().unwrap() {
+        input["shape"][0] = batch.into();
+    }
+    g["optimizer"]["accumulate"] = accumulate.into();
+    let path = dir.join(format!("mlp_b{batch}_acc{accumulate}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(&g).unwrap()).unwrap();
+    path.display().to_string()
+}
+
+/// `accumulate: 4` with batch 16 trains on the same rows as batch 64 (a
+/// CSV's micro-batches partition its big batch): the first step's loss is
+/// the big batch's within the summation bound (tests/accumulate.rs), and
+/// the runs stay close; a step is an optimizer step (12 log lines, Adam's
+/// step counter at 12); resuming is bit-identical, accumulators included.
+#[test]
+fn accumulation_trains_like_a_big_batch_and_resumes_bit_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |s: &str| dir.path().join(s).display().to_string();
+    let small = mlp_accumulating(dir.path(), 16, 4);
+    let run = |model: &str, args: &[&str]| {
+        let o = mpc(&[&["train", model, "--data", DIGITS, "--seed", "5"], args].concat());
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "mpc train {model} {args:?} failed:\n{out}\n{err}");
+        out
+    };
+    run(MLP, &["--precision", "fp32", "--steps", "12", "--log", &p("big.jsonl")]);
+    let out = run(&small, &["--precision", "fp32", "--steps", "12", "--log", &p("small.jsonl")]);
+    assert!(out.contains("step 12: final train loss"), "{out}");
+    let (big, small_losses) = (losses(&dir.path().join("big.jsonl")), losses(&dir.path().join("small.jsonl")));
+    assert_eq!((big.len(), small_losses.len()), (12, 12));
+    // γ_64 + γ_19 + u of the loss: about 5e-6 relative.
+    assert!((big[0] - small_losses[0]).abs() <= 5e-6 * big[0], "{} vs {}", big[0], small_losses[0]);
+    for (s, (a, b)) in big.iter().zip(&small_losses).enumerate() {
+        assert!((a - b).abs() <= 1e-3 * a, "step {}: {a} vs {b}", s + 1);
+    }
+
+    // fp16: one go against 6 steps, then a resume to 12.
+    let (a, la) = resume_matches(dir.path(), &small, &["--data", DIGITS, "--seed", "5", "--precision", "fp16"]);
+    assert_eq!(a.state["optimizer_step"].item_f32(), Some(12.0), "Adam counts optimizer steps");
+    assert_eq!(a.state["accumulate_step"].item_f32(), Some(0.0), "a checkpoint falls between steps");
+    assert!(a.state["w1.grad_acc"].to_f32_vec().iter().all(|&v| v == 0.0));
+    assert_eq!(la.lines().count(), 12);
+    let first: serde_json::Value = serde_json::from_str(la.lines().next().unwrap()).unwrap();
+    assert_eq!((first["step"].as_u64(), first["growth_tracker"].as_f64()), (Some(1), Some(1.0)));
+}
+
+/// `--lr-schedule cosine:...` on the MLP (adamw, lr 0.001): the log's `lr`
+/// is the schedule's rate at each step (hand-computed below), and a run
+/// resumed at step 6 continues it bit for bit.
+#[test]
+fn lr_schedule_is_logged_and_resumes_bit_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--data", DIGITS, "--seed", "3", "--lr-schedule", "cosine:warmup=3,total=10,min=0.0001"];
+    let (_, la) = resume_matches(dir.path(), MLP, &args);
+    let lrs: Vec<f32> = la
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64().unwrap() as f32)
+        .collect();
+    // Warmup k/3 of 0.001; the peak at k = 3; k = 6: p = 3/7,
+    // 0.0001 + 0.0009·(1 + cos(3π/7))/2 = 0.0001 + 0.0009·0.6112604670 = 0.000650134420;
+    // min_lr from k = 10.
+    let want = [0.0, 0.001 / 3.0, 0.002 / 3.0, 0.001];
+    for (k, w) in want.iter().enumerate() {
+        assert_eq!(lrs[k], *w as f32, "step {}", k + 1);
+    }
+    assert_eq!(lrs[6], 0.000_650_134_420_f64 as f32);
+    assert_eq!(&lrs[10..], &[0.0001, 0.0001]);
+    assert!(lrs[4..10].windows(2).all(|w| w[1] < w[0]), "{lrs:?}");
+
+    // A resume under another schedule, or none, is refused.
+    let resume = dir.path().join("b/step-6.safetensors").display().to_string();
+    for other in [&["--lr-schedule", "cosine:warmup=3,total=20,min=0.0001"][..], &[]] {
+        let o = mpc(&[&["train", MLP, "--data", DIGITS, "--steps", "12", "--resume", &resume], other].concat());
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+        assert!(
+            err.contains("cannot resume: it was trained with --lr-schedule cosine:warmup=3,total=10,min=0.0001"),
+            "{err}"
+        );
+    }
+
+    // A bad schedule is a usage error.
+    let o = mpc(&["train", MLP, "--lr-schedule", "cosine:warmup=20,total=10"]);
+    assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
+    assert!(text(&o).1.contains("warmup ≤ total"), "{:?}", text(&o));
+}

@@ -28,6 +28,8 @@ pub struct StepReport {
     pub found_inf: Option<bool>,
     /// The gradients' global norm (graphs that clip it).
     pub grad_norm: Option<f32>,
+    /// The learning rate of this step (graphs with a schedule).
+    pub lr: Option<f32>,
     /// The dynamic scaler's count of clean steps since the scale last
     /// changed, after this step (it grows the scale at its interval).
     pub growth_tracker: Option<f32>,
@@ -43,6 +45,7 @@ struct Metrics {
     loss_scale: Option<usize>,
     grad_norm: Option<usize>,
     growth_tracker: Option<usize>,
+    lr: Option<usize>,
 }
 
 impl Metrics {
@@ -55,19 +58,22 @@ impl Metrics {
             plan.sources.iter().any(|s| s.value == v && s.from == Feed::State)
                 && plan.steps.iter().any(|s| s.op == Op::Unscale && s.inputs.get(1) == Some(&v))
         });
-        // The tracker after the step: scale_update's second output, kept to
-        // the end of the step as the new state.
+        // The tracker after the step: the new value of the state that
+        // scale_update reads as its tracker (its second output, or, when
+        // gradients accumulate, the select that keeps it between steps).
         let growth_tracker = plan
             .steps
             .iter()
             .find(|s| matches!(s.op, Op::ScaleUpdate { .. }))
-            .and_then(|s| s.outputs.get(1).copied())
-            .filter(|v| plan.updates.iter().any(|(_, u)| u == v));
+            .and_then(|s| s.inputs.get(1).copied())
+            .and_then(|t| plan.updates.iter().find(|&&(src, _)| plan.sources[src].value == t))
+            .map(|&(_, v)| v);
         Metrics {
             found_inf: made_by(|op| *op == Op::FoundInf),
             loss_scale,
             grad_norm: made_by(|op| *op == Op::GlobalNorm),
             growth_tracker,
+            lr: made_by(|op| matches!(op, Op::LrSchedule { .. })),
         }
     }
 }
@@ -126,6 +132,7 @@ impl<B: Backend> Session<B> {
             loss_scale: scalar(backend, metrics.loss_scale)?,
             found_inf: scalar(backend, metrics.found_inf)?.map(|f| f != 0.0),
             grad_norm: scalar(backend, metrics.grad_norm)?,
+            lr: scalar(backend, metrics.lr)?,
             growth_tracker: scalar(backend, metrics.growth_tracker)?,
             loss: scalar(backend, plan.loss)?,
             fetched: returned(backend, plan, &ran.vals, opts)?.2,

@@ -148,13 +148,14 @@ fn kernel(op: &Op, ctx: &OpCtx<'_>, x: &[&Tensor], out: &[TensorType]) -> KResul
         }
         GlobalNorm => Ok(vec![optim::global_norm(x)]),
         ClipCoef { max_norm } => one(optim::clip_coef(x[0], *max_norm)),
-        Sgd { lr, weight_decay } => one(optim::sgd(x[0], x[1], *lr, *weight_decay, o)),
+        LrSchedule { lr, warmup, total, min_lr } => one(optim::lr_schedule(x[0], *lr, *warmup, *total, *min_lr)),
+        Sgd { lr, weight_decay } => one(optim::sgd(x[0], x[1], optim::lr(x.get(2), *lr)?, *weight_decay, o)),
         SgdMomentum { lr, momentum, weight_decay } => {
-            optim::sgd_momentum(x[0], x[1], x[2], *lr, *momentum, *weight_decay, out)
+            optim::sgd_momentum(x[0], x[1], x[2], optim::lr(x.get(3), *lr)?, *momentum, *weight_decay, out)
         }
         Adam { lr, beta1, beta2, eps, weight_decay, decoupled } => {
             let h = optim::AdamHyper {
-                lr: *lr,
+                lr: optim::lr(x.get(5), *lr)?,
                 beta1: *beta1,
                 beta2: *beta2,
                 eps: *eps,

@@ -56,6 +56,21 @@ pub fn clip_coef(norm: &Tensor, max_norm: f64) -> KResult<Tensor> {
     Ok(Tensor::scalar_f32(semantics::clip_coef(scalar(norm, "the norm")?, max_norm)))
 }
 
+/// The learning rate of an optimizer op: its optional `lr` input (an f32
+/// scalar), else its attribute.
+pub fn lr(given: Option<&&Tensor>, attr: f64) -> KResult<f64> {
+    match given {
+        Some(t) => Ok(f64::from(scalar(t, "the lr input")?)),
+        None => Ok(attr),
+    }
+}
+
+/// `lr_schedule(step)`: see [`semantics::lr_schedule`].
+pub fn lr_schedule(step: &Tensor, lr: f64, warmup: u32, total: u32, min_lr: f64) -> KResult<Tensor> {
+    let k = step.data().to_i64_vec().and_then(|s| s.first().copied()).ok_or("the step must be an integer scalar")?;
+    Ok(Tensor::scalar_f32(semantics::lr_schedule(k, lr, warmup, total, min_lr)))
+}
+
 /// `sgd(p, g)`: `p - lr (g + wd p)`.
 pub fn sgd(p: &Tensor, g: &Tensor, lr: f64, wd: f64, out: &TensorType) -> KResult<Tensor> {
     let (lr, wd) = (lr as f32, wd as f32);
