@@ -41,7 +41,7 @@ from onnx import numpy_helper, shape_inference
 from onnxconverter_common import float16
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "onnx"))
-from check_ort import outputs_via_identity, randomize  # noqa: E402  (one randomization for the check and the bench)
+from check_ort import light_path, outputs_via_identity, randomize  # noqa: E402  (one randomization for the check and the bench)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -93,7 +93,12 @@ def main():
     ap.add_argument("--mpc", default=os.path.join(ROOT, "target", "release", "mpc"))
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--inputs", type=int, default=8, help="seeded inputs the errors are averaged over")
-    ap.add_argument("--models", nargs="*", default=MODELS)
+    ap.add_argument(
+        "--models",
+        nargs="*",
+        default=MODELS,
+        help="light model names (tests/data/onnx/light_NAME.onnx, else the onnx wheel's) or paths to .onnx files",
+    )
     ap.add_argument(
         "--as-shipped",
         action="store_true",
@@ -104,9 +109,15 @@ def main():
     ort.set_default_logger_severity(3)
     rows = []
     with tempfile.TemporaryDirectory() as d:
-        for name in args.models:
+        for spec in args.models:
+            if spec.endswith(".onnx") or os.sep in spec:
+                # A model anywhere: a path, not a light model's name.
+                shipped, name = os.path.abspath(spec), os.path.splitext(os.path.basename(spec))[0]
+            else:
+                shipped, name = light_path(spec), spec
+            if not os.path.exists(shipped):
+                sys.exit(f"{spec}: no such model ({shipped})")
             src = os.path.join(d, f"{name}.onnx")
-            shipped = os.path.join(ROOT, "tests", "data", "onnx", f"light_{name}.onnx")
             if args.as_shipped:
                 # Initializers listed as inputs make onnxconverter-common's
                 # output fail to load; drop them from the inputs only.
