@@ -17,8 +17,8 @@
 // sgd_<t>(const T* p, const T* g, T* p_out, i64 n, double lr, double weight_decay)
 //   p' = p - lr (g + wd p)
 // ---------------------------------------------------------------------------
-template <typename T> __device__ __forceinline__ void sgd(const T* p, const T* g, T* p_out, i64 n, double lr_d, double wd_d) {
-    const float lr = (float)lr_d, wd = (float)wd_d;
+template <typename T> __device__ __forceinline__ void sgd(const T* p, const T* g, T* p_out, i64 n, float lr, double wd_d) {
+    const float wd = (float)wd_d;
     MPC_GRID_STRIDE(i, n) {
         const float pv = to_f32(p[i]);
         p_out[i] = from_f32<T>(pv - lr * (to_f32(g[i]) + wd * pv));
@@ -32,8 +32,8 @@ template <typename T> __device__ __forceinline__ void sgd(const T* p, const T* g
 // ---------------------------------------------------------------------------
 template <typename T>
 __device__ __forceinline__ void sgd_momentum(const T* p, const T* g, const T* buf, T* p_out, T* buf_out, i64 n,
-                                             double lr_d, double mu_d, double wd_d) {
-    const float lr = (float)lr_d, mu = (float)mu_d, wd = (float)wd_d;
+                                             float lr, double mu_d, double wd_d) {
+    const float mu = (float)mu_d, wd = (float)wd_d;
     MPC_GRID_STRIDE(i, n) {
         const float pv = to_f32(p[i]);
         const float b2 = mu * to_f32(buf[i]) + to_f32(g[i]) + wd * pv;
@@ -75,12 +75,12 @@ __device__ __forceinline__ i32 step_exponent(i64 t) {
 
 template <typename T, typename S>
 __device__ __forceinline__ void adam(const T* p, const T* g, const T* m, const T* v, const S* step, T* p_out, T* m_out,
-                                     T* v_out, i64 n, double lr_d, double beta1_d, double beta2_d, double eps_d,
+                                     T* v_out, i64 n, float lr, double beta1_d, double beta2_d, double eps_d,
                                      double wd_d, i32 decoupled) {
     const i32 e = step_exponent(step[0]);
     const float bc1 = (float)(1.0 - powi_ref(beta1_d, e));
     const float bc2 = (float)(1.0 - powi_ref(beta2_d, e));
-    const float lr = (float)lr_d, b1 = (float)beta1_d, b2 = (float)beta2_d, eps = (float)eps_d, wd = (float)wd_d;
+    const float b1 = (float)beta1_d, b2 = (float)beta2_d, eps = (float)eps_d, wd = (float)wd_d;
     MPC_GRID_STRIDE(i, n) {
         float pv = to_f32(p[i]);
         float gv = to_f32(g[i]);
@@ -97,24 +97,47 @@ __device__ __forceinline__ void adam(const T* p, const T* g, const T* m, const T
     }
 }
 
+// Each optimizer twice: `_<t>` takes lr as the op's attribute, `_lr_<t>` as
+// a device f32 scalar (a learning-rate schedule's output, the op's last
+// input); the CPU rounds either to f32 alike.
 #define MPC_SGD(T, TN)                                                                                           \
     extern "C" __global__ void sgd_##TN(const T* p, const T* g, T* p_out, i64 n, double lr, double weight_decay) { \
-        sgd<T>(p, g, p_out, n, lr, weight_decay);                                                                \
+        sgd<T>(p, g, p_out, n, (float)lr, weight_decay);                                                         \
     }                                                                                                            \
     MPC_EXPORT(sgd_##TN)                                                                                         \
+    extern "C" __global__ void sgd_lr_##TN(const T* p, const T* g, const float* lr, T* p_out, i64 n,             \
+                                           double weight_decay) {                                                \
+        sgd<T>(p, g, p_out, n, lr[0], weight_decay);                                                             \
+    }                                                                                                            \
+    MPC_EXPORT(sgd_lr_##TN)                                                                                      \
     extern "C" __global__ void sgd_momentum_##TN(const T* p, const T* g, const T* buf, T* p_out, T* buf_out,      \
                                                  i64 n, double lr, double momentum, double weight_decay) {       \
-        sgd_momentum<T>(p, g, buf, p_out, buf_out, n, lr, momentum, weight_decay);                               \
+        sgd_momentum<T>(p, g, buf, p_out, buf_out, n, (float)lr, momentum, weight_decay);                        \
     }                                                                                                            \
-    MPC_EXPORT(sgd_momentum_##TN)
+    MPC_EXPORT(sgd_momentum_##TN)                                                                                \
+    extern "C" __global__ void sgd_momentum_lr_##TN(const T* p, const T* g, const T* buf, const float* lr,        \
+                                                    T* p_out, T* buf_out, i64 n, double momentum,                \
+                                                    double weight_decay) {                                       \
+        sgd_momentum<T>(p, g, buf, p_out, buf_out, n, lr[0], momentum, weight_decay);                            \
+    }                                                                                                            \
+    MPC_EXPORT(sgd_momentum_lr_##TN)
 
 #define MPC_ADAM(T, TN, S, SN)                                                                                 \
     extern "C" __global__ void adam_##TN##_##SN(const T* p, const T* g, const T* m, const T* v, const S* step,  \
                                                 T* p_out, T* m_out, T* v_out, i64 n, double lr, double beta1,  \
                                                 double beta2, double eps, double weight_decay, i32 decoupled) { \
-        adam<T, S>(p, g, m, v, step, p_out, m_out, v_out, n, lr, beta1, beta2, eps, weight_decay, decoupled);  \
+        adam<T, S>(p, g, m, v, step, p_out, m_out, v_out, n, (float)lr, beta1, beta2, eps, weight_decay,       \
+                   decoupled);                                                                                 \
     }                                                                                                          \
-    MPC_EXPORT(adam_##TN##_##SN)
+    MPC_EXPORT(adam_##TN##_##SN)                                                                               \
+    extern "C" __global__ void adam_lr_##TN##_##SN(const T* p, const T* g, const T* m, const T* v,             \
+                                                   const S* step, const float* lr, T* p_out, T* m_out,         \
+                                                   T* v_out, i64 n, double beta1, double beta2, double eps,    \
+                                                   double weight_decay, i32 decoupled) {                       \
+        adam<T, S>(p, g, m, v, step, p_out, m_out, v_out, n, lr[0], beta1, beta2, eps, weight_decay,          \
+                   decoupled);                                                                                 \
+    }                                                                                                          \
+    MPC_EXPORT(adam_lr_##TN##_##SN)
 
 MPC_SGD(float, f32)
 MPC_SGD(__half, f16)
@@ -139,3 +162,38 @@ extern "C" __global__ void clip_coef_f32(const float* norm, float* out, double m
     }
 }
 MPC_EXPORT(clip_coef_f32)
+
+// ---------------------------------------------------------------------------
+// lr_schedule_<s>(const S* step, float* out, double lr, u32 warmup, u32 total,
+//     double min_lr), one thread: semantics::lr_schedule in f64, rounded to f32.
+//   k = max(step, 0); k < warmup: lr k / warmup;
+//   else min_lr + (lr - min_lr) (1 + cos(pi p)) / 2, p = min((k - w) / max(total - w, 1), 1).
+// The host's cos (the emulation) is the CPU's; a GPU's double cos is within
+// 2 ulp of f64, which moves the f32 result only at a rounding boundary.
+// ---------------------------------------------------------------------------
+template <typename S>
+__device__ __forceinline__ void lr_schedule(const S* step, float* out, double lr, u32 warmup, u32 total,
+                                            double min_lr) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    const i64 s = (i64)step[0];
+    const double k = (double)(s > 0 ? s : 0);
+    const double w = (double)warmup;
+    if (k < w) {
+        out[0] = (float)(lr * k / w);
+        return;
+    }
+    const double span = (double)total - w;
+    const double frac = (k - w) / (span > 1.0 ? span : 1.0);
+    const double pr = frac < 1.0 ? frac : 1.0;
+    out[0] = (float)(min_lr + (lr - min_lr) * 0.5 * (1.0 + cos(3.141592653589793 * pr)));
+}
+
+#define MPC_LR_SCHEDULE(S, SN)                                                                                   \
+    extern "C" __global__ void lr_schedule_##SN(const S* step, float* out, double lr, u32 warmup, u32 total,      \
+                                                double min_lr) {                                                 \
+        lr_schedule<S>(step, out, lr, warmup, total, min_lr);                                                    \
+    }                                                                                                            \
+    MPC_EXPORT(lr_schedule_##SN)
+
+MPC_LR_SCHEDULE(i32, i32)
+MPC_LR_SCHEDULE(i64, i64)

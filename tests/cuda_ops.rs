@@ -142,6 +142,7 @@ fn cases(src: &mut Src) -> Vec<Case> {
     losses(src, &mut v);
     loss_scaling(src, &mut v);
     optimizers(src, &mut v);
+    lr_schedules(&mut v);
     transformer::cases(src, &mut v);
     cnn::cases(src, &mut v);
     reduce::cases(src, &mut v);
@@ -474,10 +475,15 @@ fn optimizers(src: &mut Src, out: &mut Vec<Case>) {
             let g = src.values(d, &shape);
             let buf = src.normals(d, &shape, 0.1);
             let (lr, weight_decay) = [(0.1, 0.0), (1e-3, 1e-4), (0.5, 0.01)][i % 3];
+            // The lr as a last input (a schedule's f32 output) overrides the attribute.
+            let lr_in = tf(F32, &[], &[[0.037, 3e-4, 0.0][i % 3]]);
             out.push(case(Op::Sgd { lr, weight_decay }, vec![p.clone(), g.clone()], Tol::Exact));
+            let with_lr = vec![p.clone(), g.clone(), lr_in.clone()];
+            out.push(case(Op::Sgd { lr, weight_decay }, with_lr, Tol::Exact).note("lr input"));
             let momentum = [0.9, 0.5, 0.0][i % 3];
             let op = Op::SgdMomentum { lr, momentum, weight_decay };
-            out.push(case(op, vec![p.clone(), g.clone(), buf], Tol::Exact));
+            out.push(case(op.clone(), vec![p.clone(), g.clone(), buf.clone()], Tol::Exact));
+            out.push(case(op, vec![p.clone(), g.clone(), buf, lr_in.clone()], Tol::Exact).note("lr input"));
             for (j, step_type) in [I32, I64].into_iter().enumerate() {
                 for decoupled in [false, true] {
                     let m = src.normals(d, &shape, 0.1);
@@ -485,9 +491,29 @@ fn optimizers(src: &mut Src, out: &mut Vec<Case>) {
                     let step = [1, 10, 1000, 100_000][(i + j) % 4];
                     let weight_decay = [0.0, 0.01][(i + j) % 2];
                     let op = Op::Adam { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, decoupled };
-                    let inputs = vec![p.clone(), g.clone(), m, tf(d, &shape, &v), ti(step_type, &[], &[step])];
-                    out.push(case(op, inputs, Tol::Exact).note(format!("step {step} wd {weight_decay}")));
+                    let mut inputs = vec![p.clone(), g.clone(), m, tf(d, &shape, &v), ti(step_type, &[], &[step])];
+                    out.push(
+                        case(op.clone(), inputs.clone(), Tol::Exact).note(format!("step {step} wd {weight_decay}")),
+                    );
+                    inputs.push(lr_in.clone());
+                    out.push(case(op, inputs, Tol::Exact).note(format!("step {step} wd {weight_decay}, lr input")));
                 }
+            }
+        }
+    }
+}
+
+/// The learning-rate schedule at steps around its warmup and its end, from
+/// both integer step types. Exact: the kernel is semantics::lr_schedule's
+/// f64 arithmetic in its order, and cos is the host's libm on both sides
+/// here (a GPU's is within 2 ulp of f64, which can move the f32 result only
+/// at a rounding boundary).
+fn lr_schedules(out: &mut Vec<Case>) {
+    for (lr, warmup, total, min_lr) in [(3e-4, 10, 100, 0.0), (0.1, 0, 1000, 1e-5), (1.0, 5, 5, 0.5)] {
+        for step_type in [I32, I64] {
+            for step in [-3, 0, 1, 4, 5, 9, 10, 11, 50, 99, 100, 101, 999, 1000, 5000] {
+                let op = Op::LrSchedule { lr, warmup, total, min_lr };
+                out.push(case(op, vec![ti(step_type, &[], &[step])], Tol::Exact).note(format!("step {step}")));
             }
         }
     }
@@ -1177,8 +1203,9 @@ fn every_supported_op_has_cases_in_every_float_type() {
     assert!(missing.is_empty(), "supported ops without a case: {missing:?}");
     for (kind, types) in &seen {
         // scale_update's types are fixed: f32 scale and found_inf, i32 tracker;
-        // clip_coef's: an f32 norm and coefficient.
-        if matches!(kind, OpKind::ScaleUpdate | OpKind::ClipCoef) {
+        // clip_coef's: an f32 norm and coefficient; lr_schedule's: an integer
+        // step and an f32 rate.
+        if matches!(kind, OpKind::ScaleUpdate | OpKind::ClipCoef | OpKind::LrSchedule) {
             continue;
         }
         for d in FLOATS {

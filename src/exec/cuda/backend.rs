@@ -139,6 +139,7 @@ pub fn supports(op: &Op) -> bool {
             | Embedding
             | EmbeddingGrad { .. }
             | ClipCoef { .. }
+            | LrSchedule { .. }
     ) || cnn::handles(op)
 }
 
@@ -247,6 +248,39 @@ impl<G: Gpu> CudaBackend<G> {
 
     fn launch(&mut self, name: &str, work: u64, args: &[KArg<'_, G::Mem>]) -> Result<(), String> {
         self.gpu.launch(name, Launch::linear(blocks(work), THREADS), args).map_err(|e| e.to_string())
+    }
+}
+
+/// An optimizer's input arguments, and its lr attribute's when it has no lr input.
+type OptimizerArgs<'a, M> = (Vec<KArg<'a, M>>, Option<KArg<'a, M>>);
+
+/// An optimizer's inputs as kernel arguments, its `base` inputs with the lr
+/// input among them when given, and the lr attribute as the argument after
+/// the outputs and size when not.
+fn optimizer_args<'a, M>(
+    x: &[&'a CudaBuffer<M>],
+    base: usize,
+    name: &str,
+    lr: f64,
+) -> Result<OptimizerArgs<'a, M>, String> {
+    match x.len() {
+        n if n == base => Ok((x.iter().map(|b| p(b)).collect(), Some(KArg::F64(lr)))),
+        n if n == base + 1 => {
+            if x[base].ty.dtype != DType::F32 || x[base].ty.shape.numel() != Some(1) {
+                return Err(format!("{name}: the lr input must be an f32 scalar, found {}", x[base].ty));
+            }
+            Ok((x.iter().map(|b| p(b)).collect(), None))
+        }
+        n => Err(format!("{name} takes {base} inputs, or {} with an lr, not {n}", base + 1)),
+    }
+}
+
+/// `lr_` for an optimizer given its lr as an input (`base` inputs without it).
+fn lr_tag<M>(x: &[&CudaBuffer<M>], base: usize) -> &'static str {
+    if x.len() > base {
+        "lr_"
+    } else {
+        ""
     }
 }
 
@@ -512,51 +546,45 @@ impl<G: Gpu> CudaBackend<G> {
                 need_f32(x[0], "found_inf")?;
                 self.launch(&format!("select_{t}"), n as u64, &[p(x[0]), p(x[1]), p(x[2]), p(o), KArg::I64(n)])
             }
+            // An optimizer's lr is its attribute, or its last input (a
+            // schedule's f32 scalar on the device): the `_lr_` kernels.
             Sgd { lr, weight_decay } => {
-                arity(2)?;
-                let args = [p(x[0]), p(x[1]), p(o), KArg::I64(n), KArg::F64(*lr), KArg::F64(*weight_decay)];
-                self.launch(&format!("sgd_{t}"), n as u64, &args)
+                let (mut args, lr) = optimizer_args(x, 2, "sgd", *lr)?;
+                args.extend([p(o), KArg::I64(n)]);
+                args.extend(lr);
+                args.push(KArg::F64(*weight_decay));
+                self.launch(&format!("sgd_{}{t}", lr_tag(x, 2)), n as u64, &args)
             }
             SgdMomentum { lr, momentum, weight_decay } => {
-                arity(3)?;
                 let b1 = y.get(1).ok_or("sgd_momentum has two outputs")?;
-                let args = [
-                    p(x[0]),
-                    p(x[1]),
-                    p(x[2]),
-                    p(o),
-                    p(b1),
-                    KArg::I64(n),
-                    KArg::F64(*lr),
-                    KArg::F64(*momentum),
-                    KArg::F64(*weight_decay),
-                ];
-                self.launch(&format!("sgd_momentum_{t}"), n as u64, &args)
+                let (mut args, lr) = optimizer_args(x, 3, "sgd_momentum", *lr)?;
+                args.extend([p(o), p(b1), KArg::I64(n)]);
+                args.extend(lr);
+                args.extend([KArg::F64(*momentum), KArg::F64(*weight_decay)]);
+                self.launch(&format!("sgd_momentum_{}{t}", lr_tag(x, 3)), n as u64, &args)
             }
             Adam { lr, beta1, beta2, eps, weight_decay, decoupled } => {
-                arity(5)?;
                 let (m1, v1) = match y {
                     [_, m1, v1] => (m1, v1),
                     _ => return Err("adam has three outputs".into()),
                 };
-                let args = [
-                    p(x[0]),
-                    p(x[1]),
-                    p(x[2]),
-                    p(x[3]),
-                    p(x[4]),
-                    p(o),
-                    p(m1),
-                    p(v1),
-                    KArg::I64(n),
-                    KArg::F64(*lr),
+                let (mut args, lr) = optimizer_args(x, 5, "adam", *lr)?;
+                args.extend([p(o), p(m1), p(v1), KArg::I64(n)]);
+                args.extend(lr);
+                args.extend([
                     KArg::F64(*beta1),
                     KArg::F64(*beta2),
                     KArg::F64(*eps),
                     KArg::F64(*weight_decay),
                     KArg::I32(i32::from(*decoupled)),
-                ];
-                self.launch(&format!("adam_{t}_{}", sfx(x[4].ty.dtype)), n as u64, &args)
+                ]);
+                self.launch(&format!("adam_{}{t}_{}", lr_tag(x, 5), sfx(x[4].ty.dtype)), n as u64, &args)
+            }
+            LrSchedule { lr, warmup, total, min_lr } => {
+                arity(1)?;
+                let args = [p(x[0]), p(o), KArg::F64(*lr), KArg::U32(*warmup), KArg::U32(*total), KArg::F64(*min_lr)];
+                let name = format!("lr_schedule_{}", sfx(x[0].ty.dtype));
+                self.gpu.launch(&name, Launch::linear(1, 32), &args).map_err(|e| e.to_string())
             }
             Reshape { .. } | Transpose { .. } | BroadcastTo { .. } | Embedding | EmbeddingGrad { .. } => {
                 self.layout(op, x, o)
