@@ -13,6 +13,7 @@
 
 pub mod attrs;
 pub mod checkpoint;
+pub mod cost;
 pub mod data;
 pub mod diag;
 pub mod emit;

@@ -9,6 +9,7 @@ use mpc::io::{load, problems_report, write_atomic};
 use mpc::passes;
 
 mod compare;
+mod cost_cmd;
 mod import_cmd;
 mod lower_onnx;
 
@@ -145,6 +146,16 @@ enum Command {
         /// Print JSON for tools instead of a table.
         #[arg(long)]
         json: bool,
+        /// Instead of autocast's decisions: each kernel's FLOPs and bytes moved, and a
+        /// roofline estimate of the training step in fp32, fp16 and bf16 on --gpu.
+        #[arg(long)]
+        cost: bool,
+        /// The GPU of --cost: h100, h200 or a100.
+        #[arg(long, default_value = "h100", requires = "cost")]
+        gpu: String,
+        /// With --cost: f32 GEMMs on the tensor cores as TF32 (as `train --tf32`).
+        #[arg(long, requires = "cost")]
+        tf32: bool,
     },
     /// Train a graph (on a CUDA GPU when one is usable, else the CPU reference).
     Train(TrainArgs),
@@ -621,7 +632,13 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
             );
             lower_onnx::write_output(output.as_deref(), &out)
         }
-        Command::Explain { model, passes: pass_args, json } => {
+        Command::Explain { model, passes: pass_args, json, cost, gpu, tf32 } => {
+            if cost {
+                if pass_args.table.is_some() || pass_args.strict || pass_args.loss_scale.is_some() {
+                    usage_error("--cost lowers the graph in fp32, fp16 and bf16 with their defaults".into());
+                }
+                return cost_cmd::explain_cost(&model, cost_cmd::gpu(&gpu), tf32, json);
+            }
             if pass_args.precision == LowType::Fp32 {
                 usage_error("--precision fp32: explain shows autocast's decisions, and fp32 has none".into());
             }

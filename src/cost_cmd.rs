@@ -1,0 +1,113 @@
+//! `mpc explain --cost`: the step-time model of `mpc::cost` for a graph
+//! lowered in fp32, fp16 and bf16, on a named GPU.
+
+use std::path::Path;
+
+use mpc::cost::{self, Estimate, Gpu, Kernel};
+
+use crate::{load_for_training, TrainPrecision};
+
+/// How many of the slowest kernels are listed.
+const TOP: usize = 12;
+
+/// The GPU `--gpu` names, or a usage error listing them.
+pub fn gpu(name: &str) -> Gpu {
+    match cost::GPUS.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        Some((_, g)) => *g,
+        None => {
+            let names: Vec<&str> = cost::GPUS.iter().map(|(n, _)| *n).collect();
+            crate::usage_error(format!("--gpu: no GPU is named `{name}`; known: {}", names.join(", ")))
+        }
+    }
+}
+
+pub fn explain_cost(model: &Path, gpu: Gpu, tf32: bool, json: bool) -> Result<(), miette::Report> {
+    let mut rows: Vec<(&str, Vec<Kernel>, Estimate)> = Vec::new();
+    for (name, precision) in
+        [("fp32", TrainPrecision::Fp32), ("fp16", TrainPrecision::Fp16), ("bf16", TrainPrecision::Bf16)]
+    {
+        let (_, g) = load_for_training(model, precision, None, None, &[], None)?;
+        let ks = cost::kernels(&g);
+        let e = cost::estimate(&ks, &gpu, tf32);
+        rows.push((name, ks, e));
+    }
+    let fp32 = rows[0].2.seconds;
+    if json {
+        let modes: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(name, ks, e)| {
+                serde_json::json!({
+                    "precision": name,
+                    "estimate": e,
+                    "speedup_vs_fp32": fp32 / e.seconds,
+                    "kernels": ks.iter().map(|k| serde_json::json!({
+                        "kernel": k,
+                        "seconds": k.seconds(&gpu, tf32),
+                        "memory_bound": k.memory_bound(&gpu, tf32),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let gpu_json = serde_json::json!({
+            "name": gpu.name, "fp32": gpu.fp32, "tf32": gpu.tf32, "low": gpu.low, "bandwidth": gpu.bandwidth,
+        });
+        let report =
+            serde_json::json!({"model": model.display().to_string(), "gpu": gpu_json, "tf32": tf32, "modes": modes});
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        return Ok(());
+    }
+    println!(
+        "{}: one training step on {} by the roofline (f32 {:.0} TFLOP/s{}, f16/bf16 tensor cores {:.0} TFLOP/s dense, {:.2} TB/s)",
+        model.display(),
+        gpu.name,
+        gpu.fp32 / 1e12,
+        if tf32 { format!(", tf32 {:.0}", gpu.tf32 / 1e12) } else { String::new() },
+        gpu.low / 1e12,
+        gpu.bandwidth / 1e12
+    );
+    println!(
+        "{:9}  {:>7}  {:>11}  {:>11}  {:>9}  {:>10}  {:>12}  {:>8}",
+        "precision", "kernels", "GEMM GFLOP", "other GFLOP", "GB moved", "step ms", "memory-bound", "speed-up"
+    );
+    for (name, _, e) in &rows {
+        println!(
+            "{:9}  {:>7}  {:>11.3}  {:>11.3}  {:>9.3}  {:>10.4}  {:>11.0}%  {:>7.2}x",
+            name,
+            e.kernels,
+            e.gemm_flops / 1e9,
+            (e.flops - e.gemm_flops) / 1e9,
+            e.bytes / 1e9,
+            e.seconds * 1e3,
+            100.0 * e.memory_bound_seconds / e.seconds.max(f64::MIN_POSITIVE),
+            fp32 / e.seconds.max(f64::MIN_POSITIVE),
+        );
+    }
+    println!(
+        "(a lower bound: each kernel at its peak or at full bandwidth, reading its inputs and writing its outputs \
+         once; no launch gaps, caches or fusion. memory-bound: the share of the step in kernels limited by traffic)"
+    );
+    let (name, ks, e) = &rows[1];
+    let mut slow: Vec<&Kernel> = ks.iter().collect();
+    slow.sort_by(|a, b| b.seconds(&gpu, tf32).total_cmp(&a.seconds(&gpu, tf32)));
+    println!("\n{name}: the {} slowest kernels", TOP.min(slow.len()));
+    let w = slow.iter().take(TOP).map(|k| k.node.len()).max().unwrap_or(4).max(4);
+    println!(
+        "{:w$}  {:18}  {:5}  {:>10}  {:>9}  {:6}  {:>9}  {:>6}",
+        "node", "op", "type", "GFLOP", "MB", "bound", "µs", "share"
+    );
+    for k in slow.iter().take(TOP) {
+        let s = k.seconds(&gpu, tf32);
+        println!(
+            "{:w$}  {:18}  {:5}  {:>10.4}  {:>9.3}  {:6}  {:>9.2}  {:>5.1}%",
+            k.node,
+            k.op,
+            k.dtype.to_string(),
+            k.flops / 1e9,
+            k.bytes / 1e6,
+            if k.memory_bound(&gpu, tf32) { "memory" } else { "math" },
+            s * 1e6,
+            100.0 * s / e.seconds.max(f64::MIN_POSITIVE)
+        );
+    }
+    Ok(())
+}
