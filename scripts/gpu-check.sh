@@ -17,24 +17,7 @@ BIN=${1:-device-bin}/mpc
 DEV=${MPC_CHECK_DEVICE:-cuda}
 [ -x "$BIN" ] || { echo "no executable $BIN: build it first (see the header of this script)"; exit 2; }
 
-# CUDA's libraries: the driver from the system; NVRTC and cuBLASLt from a
-# CUDA install or from the pip wheels that PyTorch brings.
-libdirs=()
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do [ -d "$d" ] && libdirs+=("$d"); done
-py_libs=$(python3 - <<'PY' 2>/dev/null
-import os, glob
-try:
-    import nvidia
-    for p in nvidia.__path__:
-        for d in sorted(glob.glob(os.path.join(p, "*", "lib"))):
-            print(d)
-except ImportError:
-    pass
-PY
-)
-for d in $py_libs; do libdirs+=("$d"); done
-LD_LIBRARY_PATH=$(IFS=:; echo "${libdirs[*]}")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-export LD_LIBRARY_PATH
+. scripts/cuda-env.sh
 
 fail=0
 section() { printf '\n== %s\n' "$1"; }

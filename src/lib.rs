@@ -12,6 +12,7 @@
 //! ```
 
 pub mod attrs;
+pub mod bench;
 pub mod checkpoint;
 pub mod cost;
 pub mod data;

@@ -8,6 +8,7 @@ use mpc::emit::{self, Emit};
 use mpc::io::{load, problems_report, write_atomic};
 use mpc::passes;
 
+mod bench_cmd;
 mod compare;
 mod cost_cmd;
 mod import_cmd;
@@ -168,6 +169,8 @@ enum Command {
     /// Write a generated training graph (mpc/1 JSON).
     #[command(subcommand)]
     Gen(GenCommand),
+    /// Time training steps in fp32, fp16 and bf16 on a device: ms/step, tokens/s, MFU, memory.
+    Bench(bench_cmd::BenchArgs),
     /// Lower a graph in fp32, fp16 and bf16 and print each one's planned
     /// step memory, allocating nothing (for graphs too big to try).
     Plan {
@@ -666,6 +669,7 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
         Command::Import(args) => import_cmd::import(args),
         Command::Gen(cmd) => gen(cmd),
         Command::Plan { model } => plan(&model),
+        Command::Bench(args) => bench_cmd::bench(args),
         Command::Table { precision, table, json } => print_table(precision, table.as_deref(), json),
         Command::Devices => {
             println!("{}", mpc::exec::cuda::probe::probe());

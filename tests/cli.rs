@@ -546,3 +546,36 @@ fn explain_cost_estimates_the_step() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("known: h100, h200, a100"), "{}", stderr(&o));
 }
+
+/// `mpc bench`: timed steps per precision with tokens/s and memory; a
+/// language model's tokens are batch x sequence.
+#[test]
+fn bench_times_steps_per_precision() {
+    let o = mpc(&[
+        "bench",
+        "ir-examples/gpt_block.json",
+        "--device",
+        "cpu",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+        "--precision",
+        "bf16",
+        "--precision",
+        "fp32",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["precision"], "bf16");
+    assert_eq!(rows[1]["precision"], "fp32");
+    for r in &rows {
+        assert_eq!(r["tokens_per_step"], 8 * 32, "{r}");
+        assert!(r["stats"]["median"].as_f64().unwrap() > 0.0 && r["planned_bytes"].as_u64().unwrap() > 0, "{r}");
+    }
+    let o = mpc(&["bench", "ir-examples/mlp.json", "--steps", "0"]);
+    assert_eq!(o.status.code(), Some(2));
+}

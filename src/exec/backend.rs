@@ -38,6 +38,11 @@ pub trait Backend {
     /// A short name for messages ("cpu", "cuda").
     fn name(&self) -> &'static str;
 
+    /// Device memory in use in bytes, where the device can say (a GPU).
+    fn memory_in_use(&self) -> Option<u64> {
+        None
+    }
+
     /// Sees the whole plan once, before any step: a backend checks that it
     /// can run every op and makes what it needs per node (compiled kernels,
     /// GEMM descriptors). The default accepts everything.

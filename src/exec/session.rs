@@ -210,6 +210,8 @@ pub trait Trainer {
     fn eval(&mut self, batch: &State, step: u64, fetch: &[String]) -> Result<BTreeMap<String, Tensor>, ExecError>;
     /// See [`Session::state`].
     fn state(&mut self) -> Result<State, ExecError>;
+    /// Device memory in use in bytes, where the device can say (a GPU).
+    fn memory_in_use(&self) -> Option<u64>;
 }
 
 impl<B: Backend> Trainer for Session<B> {
@@ -224,5 +226,8 @@ impl<B: Backend> Trainer for Session<B> {
     }
     fn state(&mut self) -> Result<State, ExecError> {
         Session::state(self)
+    }
+    fn memory_in_use(&self) -> Option<u64> {
+        self.backend.memory_in_use()
     }
 }

@@ -314,6 +314,10 @@ impl<G: Gpu> Backend for CudaBackend<G> {
         "cuda"
     }
 
+    fn memory_in_use(&self) -> Option<u64> {
+        self.gpu.memory_in_use()
+    }
+
     fn prepare(&mut self, plan: &Plan) -> Result<(), ExecError> {
         if let Some(why) = refusal(plan) {
             return Err(ExecError::Graph(why));

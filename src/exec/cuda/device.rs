@@ -111,6 +111,10 @@ enum Val {
 impl Gpu for CudaGpu {
     type Mem = CudaSlice<u8>;
 
+    fn memory_in_use(&self) -> Option<u64> {
+        self.memory().ok().map(|(free, total)| total.saturating_sub(free) as u64)
+    }
+
     fn describe(&self) -> String {
         format!("{} ({})", self.info.name, self.info.arch())
     }

@@ -115,4 +115,10 @@ pub trait Gpu {
 
     /// Waits for all issued work.
     fn sync(&mut self) -> Result<(), GpuError>;
+
+    /// Device memory in use (total less free) in bytes, where the device
+    /// says (a real GPU; not the emulation).
+    fn memory_in_use(&self) -> Option<u64> {
+        None
+    }
 }
