@@ -106,7 +106,7 @@ pub fn gradients_of(k: OpKind) -> &'static [OpKind] {
 
 impl Table {
     /// The default table for `low` (f16 or bf16), from PyTorch's CUDA
-    /// autocast lists and TensorFlow's AMP lists (see DESIGN.md).
+    /// autocast lists and TensorFlow's AMP lists (see docs/DESIGN.md).
     pub fn default_for(low: DType) -> Table {
         use OpKind::*;
         let mut classes = BTreeMap::new();

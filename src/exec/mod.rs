@@ -3,7 +3,7 @@
 //! [`Backend`] is what a device implements: buffers that live on the device
 //! and one kernel launch per op. [`CpuBackend`] is the reference: it
 //! implements every [`crate::Op`] exactly as the op's doc comment says, with
-//! the numerics of DESIGN.md ("Numerics of the CPU reference executor"):
+//! the numerics of docs/DESIGN.md ("Numerics of the CPU reference executor"):
 //! values of a low type are stored in that type, an op reads its inputs,
 //! computes in f32 (accumulating in f32) and rounds its output once to the
 //! output dtype, round to nearest even. A CUDA backend is tested against it.
