@@ -19,6 +19,7 @@ pub mod loss_scale;
 pub mod master_weights;
 pub mod paint;
 pub mod table;
+pub mod table_file;
 
 pub use loss_scale::LossScale;
 pub use table::{Class, Table};

@@ -215,6 +215,13 @@ impl Diagnostic for FileReport {
     }
 }
 
+/// The candidate nearest to a misspelt `bad` (Damerau-Levenshtein), if near
+/// enough to be the one meant: within 2 edits, or a third of its length.
+pub fn closest<'a>(bad: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let (d, best) = candidates.iter().map(|&c| (strsim::damerau_levenshtein(bad, c), c)).min()?;
+    (d <= 2.max(bad.len() / 3)).then_some(best)
+}
+
 /// Attaches source snippets to problems of the file `path` with contents
 /// `text`; beyond [`MAX_SHOWN`] problems, the summary counts the rest.
 pub fn report(path: &str, text: &str, mut summary: String, problems: &[Problem]) -> FileReport {

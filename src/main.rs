@@ -319,7 +319,13 @@ fn precision_table(low: mpc::DType, file: Option<&std::path::Path>) -> Result<pa
     if let Some(path) = file {
         let text = std::fs::read_to_string(path)
             .map_err(|e| miette::Report::msg(format!("cannot read {}: {e}", path.display())))?;
-        table.apply_file(&text).map_err(|e| miette::Report::msg(format!("{}: {e}", path.display())))?;
+        let name = path.display().to_string();
+        table.apply_file(&text).map_err(|e| match e {
+            passes::table_file::TableFileError::Syntax { line, column, message } => {
+                miette::Report::new(mpc::diag::syntax_report(&name, &text, line, column, message))
+            }
+            passes::table_file::TableFileError::Problems(problems) => problems_report(&name, &text, &problems),
+        })?;
     }
     Ok(table)
 }

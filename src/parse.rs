@@ -74,13 +74,10 @@ fn suggest_variant(message: &str) -> String {
     let Some((bad, expected)) = rest.split_once("`, expected one of ") else {
         return message.to_string();
     };
-    let best =
-        expected.split(", ").map(|v| v.trim_matches('`')).map(|v| (strsim::damerau_levenshtein(bad, v), v)).min();
-    match best {
-        Some((d, v)) if d <= 2.max(bad.len() / 3) => {
-            format!("unknown variant `{bad}`, did you mean `{v}`? (expected one of {expected})")
-        }
-        _ => message.to_string(),
+    let candidates: Vec<&str> = expected.split(", ").map(|v| v.trim_matches('`')).collect();
+    match crate::diag::closest(bad, &candidates) {
+        Some(v) => format!("unknown variant `{bad}`, did you mean `{v}`? (expected one of {expected})"),
+        None => message.to_string(),
     }
 }
 

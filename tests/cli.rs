@@ -579,3 +579,27 @@ fn bench_times_steps_per_precision() {
     let o = mpc(&["bench", "ir-examples/mlp.json", "--steps", "0"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// A table file's errors are reported as a graph file's are: every problem,
+/// each with its line in a snippet and a suggestion for a misspelt class or
+/// op; a syntax error with file:line:column.
+#[test]
+fn table_file_errors_point_into_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{\n  \"fp32\": [\"gelux\", \"relu\"],\n  \"lwo\": [\"add\"],\n  \"low\": [\"adam\"]\n}\n")
+        .unwrap();
+    let o = mpc(&["lower", "ir-examples/mlp.json", "--table", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    let flat = e.split_whitespace().filter(|w| !matches!(*w, "│" | "×" | "·")).collect::<Vec<_>>().join(" ");
+    assert!(flat.contains("3 problems"), "{e}");
+    assert!(flat.contains("no op is named `gelux`, did you mean `gelu`?"), "{e}");
+    assert!(flat.contains("no class is named `lwo`, did you mean `low`?"), "{e}");
+    assert!(flat.contains("`adam` belongs to loss scaling, gradient clipping or the optimizer"), "{e}");
+    assert!(e.contains("bad.json:2:") && e.contains("bad.json:3:") && e.contains("bad.json:4:"), "{e}");
+    std::fs::write(&bad, "{\"fp32\": [gelu]}").unwrap();
+    let o = mpc(&["train", "ir-examples/mlp.json", "--steps", "1", "--table", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("bad.json:1:11"), "{}", stderr(&o));
+}
