@@ -172,6 +172,7 @@ pub fn run_passes(g: &mut Graph, passes: &mut [&mut dyn Pass], opts: &Options) -
     let verify_each = opts.verify_each || cfg!(debug_assertions);
     for pass in passes.iter_mut() {
         pass.run(g)?;
+        crate::timings::mark(pass.name());
         if verify_each {
             let checked = if opts.inference { verify::verify_inference(g) } else { verify::verify(g) };
             checked.map_err(|err| PassError::Invalid { pass: pass.name(), err })?;

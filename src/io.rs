@@ -63,7 +63,10 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
         return Err(LoadError::Onnx { path: path.to_path_buf() });
     }
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
-    match parse_str(&text) {
+    crate::timings::mark("read");
+    let parsed = parse_str(&text);
+    crate::timings::mark("parse");
+    match parsed {
         Ok(graph) => Ok(Loaded { path: path.to_path_buf(), text, graph }),
         Err(err) => Err(LoadError::Parse { path: path.to_path_buf(), text, err }),
     }

@@ -28,6 +28,7 @@ pub mod onnx;
 pub mod op;
 pub mod parse;
 pub mod semantics;
+pub mod timings;
 pub mod training;
 pub mod types;
 pub mod verify;

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use mpc::emit::{self, Emit};
-use mpc::io::write_atomic_chunks;
+use std::io::{BufWriter, Write};
+
+use mpc::io::write_atomic_with;
 use mpc::onnx::lower::{self, InferenceOptions};
 
 /// What `mpc lower` was asked to do with an ONNX model.
@@ -80,14 +82,28 @@ pub fn lower(job: OnnxLower) -> Result<(), miette::Report> {
 
 /// Writes `mpc lower`'s output: to `path` atomically, or to stdout.
 pub fn write_output(path: Option<&Path>, chunks: &[Bytes]) -> Result<(), miette::Report> {
+    write_output_with(path, |w| chunks.iter().try_for_each(|c| w.write_all(c)))
+}
+
+/// Writes `mpc lower`'s output as `write` makes it, through a buffer: to
+/// `path` atomically (see `write_atomic_with`), or to stdout.
+pub fn write_output_with(
+    path: Option<&Path>,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), miette::Report> {
+    // Large enough that a streamed emitter's small writes reach the file in few calls.
+    const BUFFER: usize = 1 << 20;
     match path {
-        Some(path) => write_atomic_chunks(path, chunks)
-            .map_err(|e| miette::Report::msg(format!("cannot write {}: {e}", path.display())))?,
+        Some(path) => write_atomic_with(path, |tmp| {
+            let mut w = BufWriter::with_capacity(BUFFER, tmp);
+            write(&mut w)?;
+            w.flush()
+        })
+        .map_err(|e| miette::Report::msg(format!("cannot write {}: {e}", path.display())))?,
         None => {
-            use std::io::Write;
-            let mut stdout = std::io::stdout().lock();
+            let mut w = BufWriter::with_capacity(BUFFER, std::io::stdout().lock());
             // A closed pipe (`mpc lower ... | head`) is not an error worth a message.
-            let _ = chunks.iter().try_for_each(|c| stdout.write_all(c));
+            let _ = write(&mut w).and_then(|()| w.flush());
         }
     }
     Ok(())

@@ -435,6 +435,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const BAD_INPUT: u8 = 1;
 
 fn main() -> ExitCode {
+    mpc::timings::start();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -443,6 +444,13 @@ fn main() -> ExitCode {
             ExitCode::from(BAD_INPUT)
         }
     }
+}
+
+/// Leaves a graph for the process's exit to free: `mpc lower` is done with
+/// it, and freeing millions of nodes one allocation at a time is work that
+/// unmapping the heap at exit does at once.
+fn exit_without_freeing(g: mpc::Graph) {
+    std::mem::forget(g);
 }
 
 fn usage_error(message: String) -> ! {
@@ -468,6 +476,7 @@ fn load_verified(model: &std::path::Path) -> Result<mpc::Graph, miette::Report> 
     if let Err(e) = mpc::verify(&loaded.graph) {
         return Err(problems_report(&model.display().to_string(), &loaded.text, &e.0));
     }
+    mpc::timings::mark("verify");
     Ok(loaded.graph)
 }
 
@@ -606,6 +615,20 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
                 mpc::exec::memory::check_limit("its params, state and constants", bytes, max_memory)
                     .map_err(|e| miette::Report::msg(format!("{}: {e}", model.display())))?;
             }
+            if how == Emit::Json {
+                // Streamed into the output: the text of a large graph is never whole in memory.
+                let lowered = started.elapsed().as_secs_f64() * 1e3;
+                let written = std::time::Instant::now();
+                lower_onnx::write_output_with(output.as_deref(), |w| emit::json::write(&g, w))?;
+                mpc::timings::mark("emit+write");
+                exit_without_freeing(g);
+                eprintln!(
+                    "{}: read and lowered in {lowered:.3} ms, emitted and written in {:.3} ms",
+                    model.display(),
+                    written.elapsed().as_secs_f64() * 1e3
+                );
+                return Ok(());
+            }
             let out = match &onnx_test_data {
                 Some(dir) => {
                     let m = mpc::onnx::export::export(&g, &onnx).map_err(fail)?;
@@ -639,7 +662,11 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
                 model.display(),
                 started.elapsed().as_secs_f64() * 1e3
             );
-            lower_onnx::write_output(output.as_deref(), &out)
+            mpc::timings::mark("emit");
+            lower_onnx::write_output(output.as_deref(), &out)?;
+            mpc::timings::mark("write");
+            exit_without_freeing(g);
+            Ok(())
         }
         Command::Explain { model, passes: pass_args, json, cost, gpu, tf32 } => {
             if cost {

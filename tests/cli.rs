@@ -603,3 +603,27 @@ fn table_file_errors_point_into_the_file() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("bad.json:1:11"), "{}", stderr(&o));
 }
+
+/// `MPC_TIMINGS=1` reports every phase of a lowering on stderr, and the
+/// streamed JSON written to a file is the JSON written to stdout.
+#[test]
+fn timings_name_every_phase_and_the_streamed_file_is_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_mpc"))
+        .args(["lower", "ir-examples/mlp.json", "-o", out.to_str().unwrap()])
+        .env("MPC_TIMINGS", "1")
+        .output()
+        .expect("mpc runs");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    for phase in
+        ["read", "parse", "verify", "grad", "autocast", "loss-scale", "master-weights", "cleanup", "emit+write"]
+    {
+        assert!(e.lines().any(|l| l.starts_with(&format!("mpc-timings: {phase} "))), "{phase}: {e}");
+    }
+    let o = mpc(&["lower", "ir-examples/mlp.json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("mpc-timings"), "timings only when asked");
+    assert_eq!(std::fs::read(&out).unwrap(), o.stdout);
+}
