@@ -2,85 +2,29 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
-
-use crate::op::OpKind;
+use crate::op::{OpKind, OPS};
 use crate::types::DType;
 
-/// Precision classes, after TensorFlow's lists.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Class {
-    /// Always computes in the low type (matmul, conv).
-    Low,
-    /// Elementwise math: low when between low ops and nothing FP32 needs it wide.
-    Infer,
-    /// Layout and pass-through: takes its neighbours' type, never a reason for a cast.
-    Clear,
-    /// Always FP32 (reductions, softmax, losses, norms, exp/log, optimizer).
-    Fp32,
-    /// Integer or index ops: never cast.
-    Int,
-}
-
-impl Class {
-    /// Every class, in the order `mpc table` prints them.
-    pub const ALL: [Class; 5] = [Class::Low, Class::Infer, Class::Clear, Class::Fp32, Class::Int];
-
-    /// What the class means, in a sentence (for `mpc table` and docs).
-    pub fn meaning(self) -> &'static str {
-        match self {
-            Class::Low => "always computes in the low type (tensor-core work: matmul, conv)",
-            Class::Infer => {
-                "elementwise math: in the low type when its neighbours are, else FP32 (TensorFlow's gray list)"
-            }
-            Class::Clear => "layout and pass-through: takes its input's type, never a reason for a cast",
-            Class::Fp32 => "always FP32: reductions, softmax, losses, norms, exp/log, loss scaling and the optimizer",
-            Class::Int => "integer and index ops: never cast",
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Class::Low => "low",
-            Class::Infer => "infer",
-            Class::Clear => "clear",
-            Class::Fp32 => "fp32",
-            Class::Int => "int",
-        }
-    }
-}
+pub use crate::opinfo::Class;
 
 /// The class of every op, for one low type.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Table {
     pub low: DType,
-    classes: BTreeMap<OpKind, Class>,
+    /// Indexed by `OpKind as usize`.
+    classes: [Option<Class>; OPS.len()],
 }
 
 /// Ops with no class: sources and casts are not painted, they keep their type.
 pub fn is_unpainted(k: OpKind) -> bool {
-    matches!(k, OpKind::Input | OpKind::Param | OpKind::State | OpKind::Cast | OpKind::Unset)
+    k.info().class == [None, None]
 }
 
 /// Ops of loss scaling, gradient clipping and the optimizer: always FP32,
 /// whatever a table file says (a clipped or unscaled gradient in FP16 would
 /// lose what loss scaling keeps).
 pub fn is_pinned(k: OpKind) -> bool {
-    use OpKind::*;
-    matches!(
-        k,
-        Seed | Unscale
-            | FoundInf
-            | ScaleUpdate
-            | Select
-            | GlobalNorm
-            | ClipCoef
-            | LrSchedule
-            | Sgd
-            | SgdMomentum
-            | Adam
-    )
+    k.info().pinned
 }
 
 /// The gradient ops of a forward op, found by name: `K_grad` and `K_grad_*`
@@ -106,108 +50,21 @@ pub fn gradients_of(k: OpKind) -> &'static [OpKind] {
 
 impl Table {
     /// The default table for `low` (f16 or bf16), from PyTorch's CUDA
-    /// autocast lists and TensorFlow's AMP lists (see docs/DESIGN.md).
+    /// autocast lists and TensorFlow's AMP lists (see docs/DESIGN.md): the
+    /// classes of the op table's rows (`src/op.rs`). There LRN is `infer`:
+    /// its sums of squares would overflow FP16, but every executor computes
+    /// an op in f32 and rounds only its output, which is at most |x|, so
+    /// storing it low is safe, and an FP32 LRN costs two casts each
+    /// (onnxconverter-common runs it in FP16). Under BF16, which has FP32's
+    /// range, sums do not overflow and may stay low (`infer`).
     pub fn default_for(low: DType) -> Table {
-        use OpKind::*;
-        let mut classes = BTreeMap::new();
-        let mut set = |ops: &[OpKind], c: Class| {
-            for &o in ops {
-                classes.insert(o, c);
-            }
-        };
-        set(&[Matmul, Conv2d, Conv2dGradInput, Conv2dGradWeight], Class::Low);
-        set(
-            &[
-                Softmax,
-                LogSoftmax,
-                CrossEntropy,
-                Mse,
-                LayerNorm,
-                Exp,
-                Log,
-                ReduceSum,
-                ReduceMean,
-                SumTo,
-                Seed,
-                SoftmaxGrad,
-                LogSoftmaxGrad,
-                CrossEntropyGrad,
-                MseGrad,
-                LayerNormGrad,
-                EmbeddingGrad,
-                Unscale,
-                FoundInf,
-                ScaleUpdate,
-                Select,
-                GlobalNorm,
-                ClipCoef,
-                LrSchedule,
-                Sgd,
-                SgdMomentum,
-                Adam,
-            ],
-            Class::Fp32,
-        );
-        set(
-            &[
-                Add,
-                Sub,
-                Mul,
-                Div,
-                Scale,
-                Gelu,
-                Tanh,
-                Sigmoid,
-                BatchNorm,
-                BatchNormGrad,
-                FrozenBatchNorm,
-                FrozenBatchNormGrad,
-                Erf,
-                ErfGrad,
-                // LRN's sums of squares would overflow FP16, but every
-                // executor computes an op in f32 and rounds only its output,
-                // which is at most |x|: storing it low is safe, and an FP32
-                // LRN costs two casts each (onnxconverter-common runs it in FP16).
-                Lrn,
-                LrnGrad,
-                AvgPool2d,
-                AvgPool2dGrad,
-                GeluGrad,
-                TanhGrad,
-                SigmoidGrad,
-                DropoutGrad,
-            ],
-            Class::Infer,
-        );
-        set(
-            &[
-                Reshape,
-                Transpose,
-                Concat,
-                Split,
-                Flatten,
-                Relu,
-                ReluGrad,
-                MaxPool2d,
-                MaxPool2dGrad,
-                Dropout,
-                Identity,
-                BroadcastTo,
-                Embedding,
-                Constant,
-            ],
-            Class::Clear,
-        );
-        if low == DType::Bf16 {
-            // BF16 has FP32's range: sums do not overflow, so they may stay low.
-            set(&[ReduceSum, ReduceMean, SumTo], Class::Infer);
-        }
-        Table { low, classes }
+        Table { low, classes: std::array::from_fn(|i| OPS[i].class_for(low)) }
     }
 
     /// The class of an op; `None` for ops the table does not know.
+    #[inline]
     pub fn class(&self, k: OpKind) -> Option<Class> {
-        self.classes.get(&k).copied()
+        self.classes[k as usize]
     }
 
     /// Moves ops between classes as a table file says.
@@ -229,13 +86,15 @@ impl Table {
                 moved.entry(g).or_insert(class);
             }
         }
-        self.classes.extend(moved);
+        for (op, class) in moved {
+            self.classes[op as usize] = Some(class);
+        }
         Ok(())
     }
 
     /// Every (op, class) pair, for documentation and `mpc explain`.
     pub fn entries(&self) -> impl Iterator<Item = (OpKind, Class)> + '_ {
-        self.classes.iter().map(|(&k, &c)| (k, c))
+        OpKind::ALL.iter().filter_map(|&k| Some((k, self.class(k)?)))
     }
 }
 

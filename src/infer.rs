@@ -4,75 +4,14 @@
 //! the parser uses it to type a graph and the verifier re-runs it to check one.
 
 use crate::op::{Op, Window};
+use crate::opinfo::Outputs;
 use crate::types::{DType, Shape, TensorType};
 
 type Result<T> = std::result::Result<T, String>;
 
-/// Number of inputs each op takes: (at least, at most).
+/// Number of inputs each op takes: (at least, at most), from the op table.
 pub fn arity(op: &Op) -> (usize, usize) {
-    use Op::*;
-    let n = match op {
-        FoundInf | GlobalNorm | Concat { .. } => return (1, usize::MAX),
-        Input { .. } | Param { .. } | State { .. } | Constant { .. } => 0,
-        Seed
-        | Cast { .. }
-        | Identity
-        | Scale { .. }
-        | Relu
-        | Gelu
-        | Tanh
-        | Sigmoid
-        | Exp
-        | Log
-        | Erf
-        | Lrn { .. }
-        | Dropout { .. }
-        | MaxPool2d(_)
-        | AvgPool2d { .. }
-        | Flatten { .. }
-        | Reshape { .. }
-        | Transpose { .. }
-        | Split { .. }
-        | ReduceSum { .. }
-        | ReduceMean { .. }
-        | SumTo { .. }
-        | BroadcastTo { .. }
-        | Softmax { .. }
-        | LogSoftmax { .. }
-        | AvgPool2dGrad { .. }
-        | ClipCoef { .. }
-        | LrSchedule { .. } => 1,
-        Add
-        | Sub
-        | Mul
-        | Div
-        | Matmul { .. }
-        | Embedding
-        | Conv2d { .. }
-        | CrossEntropy
-        | Mse
-        | ReluGrad
-        | GeluGrad
-        | ErfGrad
-        | LrnGrad { .. }
-        | TanhGrad
-        | SigmoidGrad
-        | SoftmaxGrad { .. }
-        | LogSoftmaxGrad { .. }
-        | EmbeddingGrad { .. }
-        | DropoutGrad { .. }
-        | Conv2dGradInput { .. }
-        | Conv2dGradWeight { .. }
-        | MaxPool2dGrad(_)
-        | Unscale => 2,
-        // The optimizer ops' optional last input is the learning rate.
-        Sgd { .. } => return (2, 3),
-        SgdMomentum { .. } => return (3, 4),
-        Adam { .. } => return (5, 6),
-        LayerNorm { .. } | BatchNorm { .. } | CrossEntropyGrad | MseGrad | ScaleUpdate { .. } | Select => 3,
-        BatchNormGrad { .. } | LayerNormGrad | FrozenBatchNorm { .. } | FrozenBatchNormGrad { .. } => 5,
-    };
-    (n, n)
+    op.info().arity()
 }
 
 /// Whether `n` inputs fit the op's arity.
@@ -89,59 +28,19 @@ pub fn arity_text(op: &Op) -> String {
     }
 }
 
-/// Number of outputs each op produces.
+/// Number of outputs each op produces, from the op table.
 pub fn num_outputs(op: &Op) -> usize {
-    match op {
-        Op::LayerNorm { .. }
-        | Op::BatchNorm { .. }
-        | Op::LayerNormGrad
-        | Op::BatchNormGrad { .. }
-        | Op::FrozenBatchNormGrad { .. } => 3,
-        Op::Dropout { .. } | Op::ScaleUpdate { .. } | Op::SgdMomentum { .. } => 2,
-        Op::Adam { .. } => 3,
+    match (op.info().outputs, op) {
+        (Outputs::Fixed(n), _) => n,
         // One output per piece; at least one, so that a node always has a value.
-        Op::Split { sizes, .. } => sizes.len().max(1),
-        _ => 1,
+        (Outputs::PerSize, Op::Split { sizes, .. }) => sizes.len().max(1),
+        (Outputs::PerSize, other) => unreachable!("only split has an output per size, not {}", other.name()),
     }
 }
 
-/// Names of the inputs, for error messages and documentation.
+/// Names of the inputs, for error messages and documentation (the table's).
 pub fn input_names(op: &Op) -> &'static [&'static str] {
-    use Op::*;
-    match op {
-        Add | Sub | Mul | Div => &["a", "b"],
-        Matmul { .. } => &["a", "b"],
-        Embedding => &["table", "ids"],
-        Conv2d { .. } => &["x", "weight"],
-        CrossEntropy => &["logits", "labels"],
-        Mse => &["prediction", "target"],
-        LayerNorm { .. } | BatchNorm { .. } => &["x", "gamma", "beta"],
-        ReluGrad | TanhGrad | SigmoidGrad | SoftmaxGrad { .. } | LogSoftmaxGrad { .. } => &["dy", "y"],
-        GeluGrad | ErfGrad | LrnGrad { .. } | MaxPool2dGrad(_) => &["dy", "x"],
-        FrozenBatchNorm { .. } => &["x", "gamma", "beta", "mean", "var"],
-        FrozenBatchNormGrad { .. } => &["dy", "x", "gamma", "mean", "var"],
-        CrossEntropyGrad => &["dloss", "logits", "labels"],
-        MseGrad => &["dloss", "prediction", "target"],
-        EmbeddingGrad { .. } => &["dy", "ids"],
-        DropoutGrad { .. } => &["dy", "mask"],
-        Conv2dGradInput { .. } => &["dy", "weight"],
-        Conv2dGradWeight { .. } => &["dy", "x"],
-        LayerNormGrad => &["dy", "x", "gamma", "mean", "rstd"],
-        BatchNormGrad { .. } => &["dy", "x", "gamma", "mean", "var"],
-        AvgPool2dGrad { .. } => &["dy"],
-        Seed => &["loss"],
-        Unscale => &["grad", "scale"],
-        FoundInf | GlobalNorm => &["grads..."],
-        Concat { .. } => &["inputs..."],
-        ScaleUpdate { .. } => &["scale", "tracker", "found_inf"],
-        Select => &["found_inf", "on_inf", "otherwise"],
-        ClipCoef { .. } => &["norm"],
-        LrSchedule { .. } => &["step"],
-        Sgd { .. } => &["param", "grad", "lr"],
-        SgdMomentum { .. } => &["param", "grad", "momentum_buffer", "lr"],
-        Adam { .. } => &["param", "grad", "m", "v", "step", "lr"],
-        _ => &["x"],
-    }
+    op.info().inputs
 }
 
 fn float(t: &TensorType, what: &str) -> Result<()> {

@@ -26,6 +26,7 @@ pub mod infer;
 pub mod io;
 pub mod onnx;
 pub mod op;
+pub mod opinfo;
 pub mod parse;
 pub mod semantics;
 pub mod timings;

@@ -10,6 +10,9 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::opinfo::Class::*;
+use crate::opinfo::Onnx::*;
+use crate::opinfo::OpInfo;
 use crate::types::{DType, TensorType};
 
 /// How a parameter or state tensor is initialised.
@@ -171,8 +174,16 @@ impl Conv {
     }
 }
 
-macro_rules! op_kinds {
-    ($($kind:ident => $name:literal,)*) => {
+/// The op table: one declaration per op makes its [`OpKind`], its [`Op`]
+/// variant (with the attributes as fields), `Op::kind`, `Op::plain` and
+/// its row in [`OPS`] (see [`crate::opinfo`]).
+macro_rules! ops {
+    (
+        $(#[$meta:meta])*
+        pub enum Op {
+            $($kind:ident $({ $($f:ident : $ft:ty),* $(,)? })? $(( $($tt:ty),* ))? => $name:literal : $info:expr,)*
+        }
+    ) => {
         /// The name of an op, as written in the `"op"` field.
         #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
         pub enum OpKind {
@@ -185,89 +196,42 @@ macro_rules! op_kinds {
 
         impl OpKind {
             pub const ALL: &'static [OpKind] = &[$(OpKind::$kind,)*];
+        }
 
-            pub fn name(self) -> &'static str {
+        /// Every op's row, indexed by `OpKind as usize` (`Unset` first).
+        pub static OPS: [OpInfo; 1 + OpKind::ALL.len()] = [
+            OpInfo { name: "unset", ..OpInfo::new(&[]) },
+            $(OpInfo { name: $name, ..$info },)*
+        ];
+
+        $(#[$meta])*
+        #[derive(Clone, Debug, PartialEq)]
+        pub enum Op {
+            $($kind $({ $($f: $ft),* })? $(( $($tt),* ))?,)*
+        }
+
+        impl Op {
+            pub fn kind(&self) -> OpKind {
                 match self {
-                    OpKind::Unset => "unset",
-                    $(OpKind::$kind => $name,)*
+                    $(Op::$kind { .. } => OpKind::$kind,)*
+                }
+            }
+
+            /// The op of `kind` when its variant has no fields (no attributes).
+            pub fn plain(kind: OpKind) -> Option<Op> {
+                match kind {
+                    OpKind::Unset => None,
+                    $(OpKind::$kind => ops!(@plain $kind $({ $($f)* })? $(( $($tt)* ))?),)*
                 }
             }
         }
     };
-}
-
-op_kinds! {
-    Input => "input",
-    Param => "param",
-    State => "state",
-    Constant => "constant",
-    Seed => "seed",
-    Cast => "cast",
-    Identity => "identity",
-    Add => "add",
-    Sub => "sub",
-    Mul => "mul",
-    Div => "div",
-    Scale => "scale",
-    Relu => "relu",
-    Gelu => "gelu",
-    Tanh => "tanh",
-    Sigmoid => "sigmoid",
-    Exp => "exp",
-    Log => "log",
-    Erf => "erf",
-    Matmul => "matmul",
-    Embedding => "embedding",
-    LayerNorm => "layer_norm",
-    Softmax => "softmax",
-    LogSoftmax => "log_softmax",
-    Dropout => "dropout",
-    Conv2d => "conv2d",
-    BatchNorm => "batch_norm",
-    FrozenBatchNorm => "frozen_batch_norm",
-    Lrn => "lrn",
-    MaxPool2d => "max_pool2d",
-    AvgPool2d => "avg_pool2d",
-    Flatten => "flatten",
-    Reshape => "reshape",
-    Transpose => "transpose",
-    Concat => "concat",
-    Split => "split",
-    ReduceSum => "reduce_sum",
-    ReduceMean => "reduce_mean",
-    SumTo => "sum_to",
-    BroadcastTo => "broadcast_to",
-    CrossEntropy => "cross_entropy",
-    Mse => "mse",
-    ReluGrad => "relu_grad",
-    GeluGrad => "gelu_grad",
-    ErfGrad => "erf_grad",
-    TanhGrad => "tanh_grad",
-    SigmoidGrad => "sigmoid_grad",
-    SoftmaxGrad => "softmax_grad",
-    LogSoftmaxGrad => "log_softmax_grad",
-    CrossEntropyGrad => "cross_entropy_grad",
-    MseGrad => "mse_grad",
-    EmbeddingGrad => "embedding_grad",
-    LayerNormGrad => "layer_norm_grad",
-    DropoutGrad => "dropout_grad",
-    Conv2dGradInput => "conv2d_grad_input",
-    Conv2dGradWeight => "conv2d_grad_weight",
-    BatchNormGrad => "batch_norm_grad",
-    FrozenBatchNormGrad => "frozen_batch_norm_grad",
-    LrnGrad => "lrn_grad",
-    MaxPool2dGrad => "max_pool2d_grad",
-    AvgPool2dGrad => "avg_pool2d_grad",
-    Unscale => "unscale",
-    FoundInf => "found_inf",
-    ScaleUpdate => "scale_update",
-    Select => "select",
-    GlobalNorm => "global_norm",
-    ClipCoef => "clip_coef",
-    LrSchedule => "lr_schedule",
-    Sgd => "sgd",
-    SgdMomentum => "sgd_momentum",
-    Adam => "adam",
+    (@plain $kind:ident) => {
+        Some(Op::$kind)
+    };
+    (@plain $kind:ident $($fields:tt)+) => {
+        None
+    };
 }
 
 impl fmt::Display for OpKind {
@@ -276,245 +240,205 @@ impl fmt::Display for OpKind {
     }
 }
 
-/// An operation with its attributes.
-///
-/// Semantics (the executors implement exactly these):
-/// - Binary elementwise ops broadcast NumPy-style; operands have one dtype.
-/// - `matmul` follows NumPy `matmul` on the last two axes (batch axes
-///   broadcast), after transposing the last two axes of an operand whose
-///   flag is set.
-/// - `gelu` is the tanh approximation (GPT-2's). `erf` is the error
-///   function (evaluated in f64 and rounded to f32 before the output type).
-/// - `softmax`/`log_softmax` act on `axis`; `causal` masks entries above the
-///   diagonal of the last two axes (the softmax axis must then be the last).
-/// - `layer_norm` normalises the last axis and returns `(y, mean, rstd)`.
-/// - `batch_norm` normalises over every axis but 1 with batch statistics and
-///   returns `(y, mean, var)` (biased variance), statistics in f32.
-/// - `frozen_batch_norm(x, gamma, beta, mean, var)` is batch norm with
-///   given statistics (ONNX BatchNormalization in inference mode):
-///   `y = (x - mean[c]) / sqrt(var[c] + eps) · gamma[c] + beta[c]` with
-///   `c` the index on axis 1, in f32; `y` has x's dtype.
-/// - `lrn(x)` (ONNX LRN) over the channels of `x [N, C, ...]`: with
-///   `sq[n,c,…] = Σ x[n,c',…]²` over `c'` in
-///   `[c - ⌊(size-1)/2⌋, c + ⌈(size-1)/2⌉] ∩ [0, C)`,
-///   `y = x / (bias + alpha/size · sq)^beta`, in f32.
-/// - `dropout` returns `(y, mask)`; kept values are scaled by `1/(1-p)`.
-/// - `conv2d(x [N, C, H, W], w [O, C/groups, kh, kw])` is a cross-correlation
-///   with zero padding `padding` on each side, its taps `dilation` apart
-///   (`y[.., oy, ox]` reads `x[.., oy·sh + i·dh − ph, ox·sw + j·dw − pw]`
-///   for tap `(i, j)`); with `groups` > 1 the input
-///   channels and the output channels are split into `groups` equal,
-///   consecutive blocks, and output block `g` reads only input block `g`.
-/// - `concat(x1, …, xn)` joins its inputs along `axis` (one dtype, one rank,
-///   equal sizes on every other axis); `split(x)` cuts `axis` into
-///   consecutive pieces of `sizes` (which sum to the axis' size), one output
-///   per piece. Both copy bits.
-/// - Pooling windows (NCHW) pad `padding` = [top, left] before and
-///   `padding_end` = [bottom, right] after the input; the output size is
-///   `(H + top + bottom - kh) / sh + 1` (floor). `max_pool2d` takes the
-///   maximum of the in-bounds taps (padding acts as -inf; the gradient goes
-///   to the first maximum). `avg_pool2d` sums the in-bounds taps and divides
-///   by `kh·kw` with `count_include_pad` (padding counts as zeros, PyTorch's
-///   default), else by the number of in-bounds taps (ONNX's default).
-/// - `cross_entropy` takes logits `[N, C]` and integer labels `[N]` and
-///   returns the mean loss; `mse` returns the mean squared error.
-/// - `seed` is the gradient of the loss with respect to itself: ones shaped
-///   like its input. Loss scaling rewrites it.
-/// - A `*_grad` op computes the gradient of its forward op's first input
-///   (for `layer_norm_grad`, `batch_norm_grad` and `frozen_batch_norm_grad`:
-///   `(dx, dgamma, dbeta)`). `erf_grad(dy, x)` = `dy · 2/√π · exp(-x²)`;
-///   `lrn_grad(dy, x)` = `dy·d^-beta - (2·alpha·beta/size) · x ·
-///   Σ dy·x·d^(-beta-1)`, `d = bias + alpha/size · sq`, the sum over the
-///   channels whose window holds the channel; `frozen_batch_norm_grad(dy, x,
-///   gamma, mean, var)` = `(dy·gamma·r, Σ dy·(x - mean)·r, Σ dy)` with
-///   `r = 1/sqrt(var + eps)`, sums over every axis but 1 (the statistics
-///   get no gradient).
-///
-/// Loss scaling and optimizer ops (all compute in f32):
-/// - `unscale(grad, scale)` = `f32(grad) * inv`, `inv = 1/scale` computed in
-///   f64 and rounded to f32 (as PyTorch's GradScaler).
-/// - `found_inf(g1, …, gn)` is 1.0 when any element of any input is inf or
-///   NaN, else 0.0.
-/// - `scale_update(scale, tracker, found_inf)` returns `(scale', tracker')`:
-///   on found_inf, `scale * backoff_factor` and 0; else `t = tracker + 1`,
-///   and when `t == growth_interval`, `scale * growth_factor` (if finite) and
-///   0, otherwise `scale` and `t`.
-/// - `select(found_inf, on_inf, otherwise)` picks `on_inf` bit for bit when
-///   found_inf is nonzero: how a skipped step keeps params and state.
-/// - `global_norm(g1, …, gn)` is the L2 norm of all elements (f64 sum);
-///   `clip_coef(norm)` is `min(1, max_norm / (norm + 1e-6))` (PyTorch's).
-/// - `lr_schedule(step)`, `step` the optimizer steps taken before this
-///   one (an int scalar k ≥ 0), is the learning rate of this step, f32:
-///   `lr·k/warmup` while k < warmup, then
-///   `min_lr + (lr - min_lr)·(1 + cos(π·min(1, (k - warmup)/max(1, total - warmup))))/2`,
-///   computed in f64 (see [`crate::semantics::lr_schedule`]).
-/// - The optimizer ops take an optional last input `lr` (an f32 scalar,
-///   what `lr_schedule` makes): when given, it is the learning rate and
-///   the `lr` attribute is not used.
-/// - `sgd(p, g)` = `p - lr (g + wd p)`; `sgd_momentum(p, g, buf)` sets
-///   `buf' = momentum buf + g + wd p`, `p' = p - lr buf'`.
-/// - `adam(p, g, m, v, step)` with `step` the 1-based step number:
-///   L2 (`decoupled` false: `g += wd p`) or AdamW (`p *= 1 - lr wd`),
-///   `m' = b1 m + (1-b1) g`, `v' = b2 v + (1-b2) g²`,
-///   `p' = p - lr (m'/(1-b1^step)) / (sqrt(v'/(1-b2^step)) + eps)`.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Op {
-    Input { ty: TensorType },
-    Param { ty: TensorType, init: Init },
-    State { ty: TensorType, init: Init },
-    Constant { value: f64, ty: TensorType },
-    Seed,
-    Cast { to: DType },
-    Identity,
-    Add,
-    Sub,
-    Mul,
-    Div,
-    Scale { value: f64 },
-    Relu,
-    Gelu,
-    Tanh,
-    Sigmoid,
-    Exp,
-    Log,
-    Erf,
-    Matmul { transpose_a: bool, transpose_b: bool },
-    Embedding,
-    LayerNorm { eps: f64 },
-    Softmax { axis: i64, causal: bool },
-    LogSoftmax { axis: i64 },
-    Dropout { p: f64, seed: u64 },
-    Conv2d(Conv),
-    BatchNorm { eps: f64, momentum: f64 },
-    FrozenBatchNorm { eps: f64 },
-    Lrn { size: u64, alpha: f64, beta: f64, bias: f64 },
-    MaxPool2d(Window),
-    AvgPool2d { window: Window, count_include_pad: bool },
-    Flatten { axis: i64 },
-    Reshape { shape: Vec<i64> },
-    Transpose { perm: Vec<usize> },
-    Concat { axis: i64 },
-    Split { axis: i64, sizes: Vec<u64> },
-    ReduceSum { axes: Vec<i64>, keepdims: bool },
-    ReduceMean { axes: Vec<i64>, keepdims: bool },
-    SumTo { shape: Vec<u64> },
-    BroadcastTo { shape: Vec<u64> },
-    CrossEntropy,
-    Mse,
-    ReluGrad,
-    GeluGrad,
-    ErfGrad,
-    TanhGrad,
-    SigmoidGrad,
-    SoftmaxGrad { axis: i64 },
-    LogSoftmaxGrad { axis: i64 },
-    CrossEntropyGrad,
-    MseGrad,
-    EmbeddingGrad { num_embeddings: u64 },
-    LayerNormGrad,
-    DropoutGrad { p: f64 },
-    Conv2dGradInput { conv: Conv, shape: Vec<u64> },
-    Conv2dGradWeight { conv: Conv, kernel: [u64; 2] },
-    BatchNormGrad { eps: f64 },
-    FrozenBatchNormGrad { eps: f64 },
-    LrnGrad { size: u64, alpha: f64, beta: f64, bias: f64 },
-    MaxPool2dGrad(Window),
-    AvgPool2dGrad { window: Window, count_include_pad: bool, shape: Vec<u64> },
-    Unscale,
-    FoundInf,
-    ScaleUpdate { growth_factor: f64, backoff_factor: f64, growth_interval: u32 },
-    Select,
-    GlobalNorm,
-    ClipCoef { max_norm: f64 },
-    LrSchedule { lr: f64, warmup: u32, total: u32, min_lr: f64 },
-    Sgd { lr: f64, weight_decay: f64 },
-    SgdMomentum { lr: f64, momentum: f64, weight_decay: f64 },
-    Adam { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, decoupled: bool },
-}
+/// Shorthands for the rows below: the common input lists.
+const X: OpInfo = OpInfo::new(&["x"]);
+const AB: OpInfo = OpInfo::new(&["a", "b"]);
+const DY_Y: OpInfo = OpInfo::new(&["dy", "y"]);
+const DY_X: OpInfo = OpInfo::new(&["dy", "x"]);
+const WINDOW: &[&str] = &["kernel", "stride", "padding", "padding_end"];
 
-impl Op {
-    pub fn kind(&self) -> OpKind {
-        match self {
-            Op::Input { .. } => OpKind::Input,
-            Op::Param { .. } => OpKind::Param,
-            Op::State { .. } => OpKind::State,
-            Op::Constant { .. } => OpKind::Constant,
-            Op::Seed => OpKind::Seed,
-            Op::Cast { .. } => OpKind::Cast,
-            Op::Identity => OpKind::Identity,
-            Op::Add => OpKind::Add,
-            Op::Sub => OpKind::Sub,
-            Op::Mul => OpKind::Mul,
-            Op::Div => OpKind::Div,
-            Op::Scale { .. } => OpKind::Scale,
-            Op::Relu => OpKind::Relu,
-            Op::Gelu => OpKind::Gelu,
-            Op::Tanh => OpKind::Tanh,
-            Op::Sigmoid => OpKind::Sigmoid,
-            Op::Exp => OpKind::Exp,
-            Op::Log => OpKind::Log,
-            Op::Erf => OpKind::Erf,
-            Op::Matmul { .. } => OpKind::Matmul,
-            Op::Embedding => OpKind::Embedding,
-            Op::LayerNorm { .. } => OpKind::LayerNorm,
-            Op::Softmax { .. } => OpKind::Softmax,
-            Op::LogSoftmax { .. } => OpKind::LogSoftmax,
-            Op::Dropout { .. } => OpKind::Dropout,
-            Op::Conv2d(_) => OpKind::Conv2d,
-            Op::BatchNorm { .. } => OpKind::BatchNorm,
-            Op::FrozenBatchNorm { .. } => OpKind::FrozenBatchNorm,
-            Op::Lrn { .. } => OpKind::Lrn,
-            Op::MaxPool2d(_) => OpKind::MaxPool2d,
-            Op::AvgPool2d { .. } => OpKind::AvgPool2d,
-            Op::Flatten { .. } => OpKind::Flatten,
-            Op::Reshape { .. } => OpKind::Reshape,
-            Op::Transpose { .. } => OpKind::Transpose,
-            Op::Concat { .. } => OpKind::Concat,
-            Op::Split { .. } => OpKind::Split,
-            Op::ReduceSum { .. } => OpKind::ReduceSum,
-            Op::ReduceMean { .. } => OpKind::ReduceMean,
-            Op::SumTo { .. } => OpKind::SumTo,
-            Op::BroadcastTo { .. } => OpKind::BroadcastTo,
-            Op::CrossEntropy => OpKind::CrossEntropy,
-            Op::Mse => OpKind::Mse,
-            Op::ReluGrad => OpKind::ReluGrad,
-            Op::GeluGrad => OpKind::GeluGrad,
-            Op::ErfGrad => OpKind::ErfGrad,
-            Op::TanhGrad => OpKind::TanhGrad,
-            Op::SigmoidGrad => OpKind::SigmoidGrad,
-            Op::SoftmaxGrad { .. } => OpKind::SoftmaxGrad,
-            Op::LogSoftmaxGrad { .. } => OpKind::LogSoftmaxGrad,
-            Op::CrossEntropyGrad => OpKind::CrossEntropyGrad,
-            Op::MseGrad => OpKind::MseGrad,
-            Op::EmbeddingGrad { .. } => OpKind::EmbeddingGrad,
-            Op::LayerNormGrad => OpKind::LayerNormGrad,
-            Op::DropoutGrad { .. } => OpKind::DropoutGrad,
-            Op::Conv2dGradInput { .. } => OpKind::Conv2dGradInput,
-            Op::Conv2dGradWeight { .. } => OpKind::Conv2dGradWeight,
-            Op::BatchNormGrad { .. } => OpKind::BatchNormGrad,
-            Op::FrozenBatchNormGrad { .. } => OpKind::FrozenBatchNormGrad,
-            Op::LrnGrad { .. } => OpKind::LrnGrad,
-            Op::MaxPool2dGrad(_) => OpKind::MaxPool2dGrad,
-            Op::AvgPool2dGrad { .. } => OpKind::AvgPool2dGrad,
-            Op::Unscale => OpKind::Unscale,
-            Op::FoundInf => OpKind::FoundInf,
-            Op::ScaleUpdate { .. } => OpKind::ScaleUpdate,
-            Op::Select => OpKind::Select,
-            Op::GlobalNorm => OpKind::GlobalNorm,
-            Op::ClipCoef { .. } => OpKind::ClipCoef,
-            Op::LrSchedule { .. } => OpKind::LrSchedule,
-            Op::Sgd { .. } => OpKind::Sgd,
-            Op::SgdMomentum { .. } => OpKind::SgdMomentum,
-            Op::Adam { .. } => OpKind::Adam,
-        }
-    }
-
-    /// Input, param and state nodes: values that enter the step from outside.
-    pub fn is_source(&self) -> bool {
-        matches!(self, Op::Input { .. } | Op::Param { .. } | Op::State { .. })
-    }
-
-    pub fn name(&self) -> &'static str {
-        self.kind().name()
+ops! {
+    /// An operation with its attributes.
+    ///
+    /// Semantics (the executors implement exactly these):
+    /// - Binary elementwise ops broadcast NumPy-style; operands have one dtype.
+    /// - `matmul` follows NumPy `matmul` on the last two axes (batch axes
+    ///   broadcast), after transposing the last two axes of an operand whose
+    ///   flag is set.
+    /// - `gelu` is the tanh approximation (GPT-2's). `erf` is the error
+    ///   function (evaluated in f64 and rounded to f32 before the output type).
+    /// - `softmax`/`log_softmax` act on `axis`; `causal` masks entries above the
+    ///   diagonal of the last two axes (the softmax axis must then be the last).
+    /// - `layer_norm` normalises the last axis and returns `(y, mean, rstd)`.
+    /// - `batch_norm` normalises over every axis but 1 with batch statistics and
+    ///   returns `(y, mean, var)` (biased variance), statistics in f32.
+    /// - `frozen_batch_norm(x, gamma, beta, mean, var)` is batch norm with
+    ///   given statistics (ONNX BatchNormalization in inference mode):
+    ///   `y = (x - mean[c]) / sqrt(var[c] + eps) · gamma[c] + beta[c]` with
+    ///   `c` the index on axis 1, in f32; `y` has x's dtype.
+    /// - `lrn(x)` (ONNX LRN) over the channels of `x [N, C, ...]`: with
+    ///   `sq[n,c,…] = Σ x[n,c',…]²` over `c'` in
+    ///   `[c - ⌊(size-1)/2⌋, c + ⌈(size-1)/2⌉] ∩ [0, C)`,
+    ///   `y = x / (bias + alpha/size · sq)^beta`, in f32.
+    /// - `dropout` returns `(y, mask)`; kept values are scaled by `1/(1-p)`.
+    /// - `conv2d(x [N, C, H, W], w [O, C/groups, kh, kw])` is a cross-correlation
+    ///   with zero padding `padding` on each side, its taps `dilation` apart
+    ///   (`y[.., oy, ox]` reads `x[.., oy·sh + i·dh − ph, ox·sw + j·dw − pw]`
+    ///   for tap `(i, j)`); with `groups` > 1 the input
+    ///   channels and the output channels are split into `groups` equal,
+    ///   consecutive blocks, and output block `g` reads only input block `g`.
+    /// - `concat(x1, …, xn)` joins its inputs along `axis` (one dtype, one rank,
+    ///   equal sizes on every other axis); `split(x)` cuts `axis` into
+    ///   consecutive pieces of `sizes` (which sum to the axis' size), one output
+    ///   per piece. Both copy bits.
+    /// - Pooling windows (NCHW) pad `padding` = [top, left] before and
+    ///   `padding_end` = [bottom, right] after the input; the output size is
+    ///   `(H + top + bottom - kh) / sh + 1` (floor). `max_pool2d` takes the
+    ///   maximum of the in-bounds taps (padding acts as -inf; the gradient goes
+    ///   to the first maximum). `avg_pool2d` sums the in-bounds taps and divides
+    ///   by `kh·kw` with `count_include_pad` (padding counts as zeros, PyTorch's
+    ///   default), else by the number of in-bounds taps (ONNX's default).
+    /// - `cross_entropy` takes logits `[N, C]` and integer labels `[N]` and
+    ///   returns the mean loss; `mse` returns the mean squared error.
+    /// - `seed` is the gradient of the loss with respect to itself: ones shaped
+    ///   like its input. Loss scaling rewrites it.
+    /// - A `*_grad` op computes the gradient of its forward op's first input
+    ///   (for `layer_norm_grad`, `batch_norm_grad` and `frozen_batch_norm_grad`:
+    ///   `(dx, dgamma, dbeta)`). `erf_grad(dy, x)` = `dy · 2/√π · exp(-x²)`;
+    ///   `lrn_grad(dy, x)` = `dy·d^-beta - (2·alpha·beta/size) · x ·
+    ///   Σ dy·x·d^(-beta-1)`, `d = bias + alpha/size · sq`, the sum over the
+    ///   channels whose window holds the channel; `frozen_batch_norm_grad(dy, x,
+    ///   gamma, mean, var)` = `(dy·gamma·r, Σ dy·(x - mean)·r, Σ dy)` with
+    ///   `r = 1/sqrt(var + eps)`, sums over every axis but 1 (the statistics
+    ///   get no gradient).
+    ///
+    /// Loss scaling and optimizer ops (all compute in f32):
+    /// - `unscale(grad, scale)` = `f32(grad) * inv`, `inv = 1/scale` computed in
+    ///   f64 and rounded to f32 (as PyTorch's GradScaler).
+    /// - `found_inf(g1, …, gn)` is 1.0 when any element of any input is inf or
+    ///   NaN, else 0.0.
+    /// - `scale_update(scale, tracker, found_inf)` returns `(scale', tracker')`:
+    ///   on found_inf, `scale * backoff_factor` and 0; else `t = tracker + 1`,
+    ///   and when `t == growth_interval`, `scale * growth_factor` (if finite) and
+    ///   0, otherwise `scale` and `t`.
+    /// - `select(found_inf, on_inf, otherwise)` picks `on_inf` bit for bit when
+    ///   found_inf is nonzero: how a skipped step keeps params and state.
+    /// - `global_norm(g1, …, gn)` is the L2 norm of all elements (f64 sum);
+    ///   `clip_coef(norm)` is `min(1, max_norm / (norm + 1e-6))` (PyTorch's).
+    /// - `lr_schedule(step)`, `step` the optimizer steps taken before this
+    ///   one (an int scalar k ≥ 0), is the learning rate of this step, f32:
+    ///   `lr·k/warmup` while k < warmup, then
+    ///   `min_lr + (lr - min_lr)·(1 + cos(π·min(1, (k - warmup)/max(1, total - warmup))))/2`,
+    ///   computed in f64 (see [`crate::semantics::lr_schedule`]).
+    /// - The optimizer ops take an optional last input `lr` (an f32 scalar,
+    ///   what `lr_schedule` makes): when given, it is the learning rate and
+    ///   the `lr` attribute is not used.
+    /// - `sgd(p, g)` = `p - lr (g + wd p)`; `sgd_momentum(p, g, buf)` sets
+    ///   `buf' = momentum buf + g + wd p`, `p' = p - lr buf'`.
+    /// - `adam(p, g, m, v, step)` with `step` the 1-based step number:
+    ///   L2 (`decoupled` false: `g += wd p`) or AdamW (`p *= 1 - lr wd`),
+    ///   `m' = b1 m + (1-b1) g`, `v' = b2 v + (1-b2) g²`,
+    ///   `p' = p - lr (m'/(1-b1^step)) / (sqrt(v'/(1-b2^step)) + eps)`.
+    pub enum Op {
+    Input { ty: TensorType } => "input": OpInfo::new(&[]).source().onnx(As("graph input")),
+    Param { ty: TensorType, init: Init } => "param": OpInfo::new(&[]).source().onnx(As("initializer")),
+    State { ty: TensorType, init: Init } => "state": OpInfo::new(&[]).source().onnx(As("initializer")),
+    Constant { value: f64, ty: TensorType } => "constant":
+        OpInfo::new(&[]).attrs(&["value", "shape", "dtype"]).class(Clear).onnx(As("initializer")),
+    Seed => "seed": OpInfo::new(&["loss"]).pinned(),
+    Cast { to: DType } => "cast": X.attrs(&["to"]).onnx(As("Cast")),
+    Identity => "identity": X.class(Clear).onnx(As("Identity")),
+    Add => "add": AB.class(Infer).onnx(Direct("Add")),
+    Sub => "sub": AB.class(Infer).onnx(Direct("Sub")),
+    Mul => "mul": AB.class(Infer).onnx(Direct("Mul")),
+    Div => "div": AB.class(Infer).onnx(Direct("Div")),
+    Scale { value: f64 } => "scale": X.attrs(&["value"]).class(Infer).onnx(As("Mul")),
+    Relu => "relu": X.class(Clear).onnx(Direct("Relu")),
+    Gelu => "gelu": X.class(Infer).onnx(As("Gelu")),
+    Tanh => "tanh": X.class(Infer).onnx(Direct("Tanh")),
+    Sigmoid => "sigmoid": X.class(Infer).onnx(Direct("Sigmoid")),
+    Exp => "exp": X.class(Fp32).onnx(Direct("Exp")),
+    Log => "log": X.class(Fp32).onnx(Direct("Log")),
+    Erf => "erf": X.class(Infer).onnx(Direct("Erf")),
+    Matmul { transpose_a: bool, transpose_b: bool } => "matmul":
+        AB.attrs(&["transpose_a", "transpose_b"]).class(Low).onnx(As("MatMul")),
+    Embedding => "embedding": OpInfo::new(&["table", "ids"]).class(Clear).onnx(As("Gather")),
+    LayerNorm { eps: f64 } => "layer_norm":
+        OpInfo::new(&["x", "gamma", "beta"]).outputs(3).attrs(&["eps"]).class(Fp32).onnx(As("LayerNormalization")),
+    Softmax { axis: i64, causal: bool } => "softmax": X.attrs(&["axis", "causal"]).class(Fp32).onnx(As("Softmax")),
+    LogSoftmax { axis: i64 } => "log_softmax": X.attrs(&["axis"]).class(Fp32).onnx(As("LogSoftmax")),
+    Dropout { p: f64, seed: u64 } => "dropout": X.outputs(2).attrs(&["p", "seed"]).class(Clear).onnx(As("Identity")),
+    Conv2d(Conv) => "conv2d":
+        OpInfo::new(&["x", "weight"]).attrs(&["stride", "padding", "dilation", "groups"]).class(Low).onnx(As("Conv")),
+    BatchNorm { eps: f64, momentum: f64 } => "batch_norm": OpInfo::new(&["x", "gamma", "beta"])
+        .outputs(3)
+        .attrs(&["eps", "momentum"])
+        .class(Infer)
+        .onnx(As("BatchNormalization")),
+    FrozenBatchNorm { eps: f64 } => "frozen_batch_norm": OpInfo::new(&["x", "gamma", "beta", "mean", "var"])
+        .attrs(&["eps"])
+        .class(Infer)
+        .onnx(As("BatchNormalization")),
+    Lrn { size: u64, alpha: f64, beta: f64, bias: f64 } => "lrn":
+        X.attrs(&["size", "alpha", "beta", "bias"]).class(Infer).onnx(As("LRN")),
+    MaxPool2d(Window) => "max_pool2d": X.attrs(WINDOW).class(Clear).onnx(As("MaxPool")),
+    AvgPool2d { window: Window, count_include_pad: bool } => "avg_pool2d":
+        X.attrs(&["kernel", "stride", "padding", "padding_end", "count_include_pad"]).class(Infer).onnx(As("AveragePool")),
+    Flatten { axis: i64 } => "flatten": X.attrs(&["axis"]).class(Clear).onnx(As("Flatten")),
+    Reshape { shape: Vec<i64> } => "reshape": X.attrs(&["shape"]).class(Clear).onnx(As("Reshape")),
+    Transpose { perm: Vec<usize> } => "transpose": X.attrs(&["perm"]).class(Clear).onnx(As("Transpose")),
+    Concat { axis: i64 } => "concat": OpInfo::new(&["inputs..."]).variadic().attrs(&["axis"]).class(Clear).onnx(As("Concat")),
+    Split { axis: i64, sizes: Vec<u64> } => "split": X.per_size().attrs(&["axis", "sizes"]).class(Clear).onnx(As("Split")),
+    ReduceSum { axes: Vec<i64>, keepdims: bool } => "reduce_sum":
+        X.attrs(&["axes", "keepdims"]).classes(Fp32, Infer).onnx(As("ReduceSum")),
+    ReduceMean { axes: Vec<i64>, keepdims: bool } => "reduce_mean":
+        X.attrs(&["axes", "keepdims"]).classes(Fp32, Infer).onnx(As("ReduceMean")),
+    SumTo { shape: Vec<u64> } => "sum_to": X.attrs(&["shape"]).classes(Fp32, Infer).onnx(As("ReduceSum")),
+    BroadcastTo { shape: Vec<u64> } => "broadcast_to": X.attrs(&["shape"]).class(Clear).onnx(As("Expand")),
+    CrossEntropy => "cross_entropy": OpInfo::new(&["logits", "labels"]).class(Fp32),
+    Mse => "mse": OpInfo::new(&["prediction", "target"]).class(Fp32),
+    ReluGrad => "relu_grad": DY_Y.class(Clear),
+    GeluGrad => "gelu_grad": DY_X.class(Infer),
+    ErfGrad => "erf_grad": DY_X.class(Infer),
+    TanhGrad => "tanh_grad": DY_Y.class(Infer),
+    SigmoidGrad => "sigmoid_grad": DY_Y.class(Infer),
+    SoftmaxGrad { axis: i64 } => "softmax_grad": DY_Y.attrs(&["axis"]).class(Fp32),
+    LogSoftmaxGrad { axis: i64 } => "log_softmax_grad": DY_Y.attrs(&["axis"]).class(Fp32),
+    CrossEntropyGrad => "cross_entropy_grad": OpInfo::new(&["dloss", "logits", "labels"]).class(Fp32),
+    MseGrad => "mse_grad": OpInfo::new(&["dloss", "prediction", "target"]).class(Fp32),
+    EmbeddingGrad { num_embeddings: u64 } => "embedding_grad":
+        OpInfo::new(&["dy", "ids"]).attrs(&["num_embeddings"]).class(Fp32),
+    LayerNormGrad => "layer_norm_grad": OpInfo::new(&["dy", "x", "gamma", "mean", "rstd"]).outputs(3).class(Fp32),
+    DropoutGrad { p: f64 } => "dropout_grad": OpInfo::new(&["dy", "mask"]).attrs(&["p"]).class(Infer),
+    Conv2dGradInput { conv: Conv, shape: Vec<u64> } => "conv2d_grad_input":
+        OpInfo::new(&["dy", "weight"]).attrs(&["stride", "padding", "dilation", "groups", "shape"]).class(Low),
+    Conv2dGradWeight { conv: Conv, kernel: [u64; 2] } => "conv2d_grad_weight":
+        DY_X.attrs(&["stride", "padding", "dilation", "groups", "kernel"]).class(Low),
+    BatchNormGrad { eps: f64 } => "batch_norm_grad":
+        OpInfo::new(&["dy", "x", "gamma", "mean", "var"]).outputs(3).attrs(&["eps"]).class(Infer),
+    FrozenBatchNormGrad { eps: f64 } => "frozen_batch_norm_grad":
+        OpInfo::new(&["dy", "x", "gamma", "mean", "var"]).outputs(3).attrs(&["eps"]).class(Infer),
+    LrnGrad { size: u64, alpha: f64, beta: f64, bias: f64 } => "lrn_grad":
+        DY_X.attrs(&["size", "alpha", "beta", "bias"]).class(Infer),
+    MaxPool2dGrad(Window) => "max_pool2d_grad": DY_X.attrs(WINDOW).class(Clear),
+    AvgPool2dGrad { window: Window, count_include_pad: bool, shape: Vec<u64> } => "avg_pool2d_grad":
+        OpInfo::new(&["dy"]).attrs(&["kernel", "stride", "padding", "padding_end", "count_include_pad", "shape"]).class(Infer),
+    Unscale => "unscale": OpInfo::new(&["grad", "scale"]).pinned(),
+    FoundInf => "found_inf": OpInfo::new(&["grads..."]).variadic().pinned(),
+    ScaleUpdate { growth_factor: f64, backoff_factor: f64, growth_interval: u32 } => "scale_update":
+        OpInfo::new(&["scale", "tracker", "found_inf"])
+            .outputs(2)
+            .attrs(&["growth_factor", "backoff_factor", "growth_interval"])
+            .pinned(),
+    Select => "select": OpInfo::new(&["found_inf", "on_inf", "otherwise"]).pinned(),
+    GlobalNorm => "global_norm": OpInfo::new(&["grads..."]).variadic().pinned(),
+    ClipCoef { max_norm: f64 } => "clip_coef": OpInfo::new(&["norm"]).attrs(&["max_norm"]).pinned(),
+    LrSchedule { lr: f64, warmup: u32, total: u32, min_lr: f64 } => "lr_schedule":
+        OpInfo::new(&["step"]).attrs(&["lr", "warmup", "total", "min_lr"]).pinned(),
+    // The optimizer ops' optional last input is the learning rate.
+    Sgd { lr: f64, weight_decay: f64 } => "sgd":
+        OpInfo::new(&["param", "grad", "lr"]).optional(1).attrs(&["lr", "weight_decay"]).pinned(),
+    SgdMomentum { lr: f64, momentum: f64, weight_decay: f64 } => "sgd_momentum":
+        OpInfo::new(&["param", "grad", "momentum_buffer", "lr"])
+            .optional(1)
+            .outputs(2)
+            .attrs(&["lr", "momentum", "weight_decay"])
+            .pinned(),
+    Adam { lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, decoupled: bool } => "adam":
+        OpInfo::new(&["param", "grad", "m", "v", "step", "lr"])
+            .optional(1)
+            .outputs(3)
+            .attrs(&["lr", "beta1", "beta2", "eps", "weight_decay", "decoupled"])
+            .pinned(),
     }
 }

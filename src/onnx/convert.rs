@@ -134,18 +134,6 @@ impl Importer {
                 self.bind(out, v);
                 return Ok(());
             }
-            "Relu" | "Tanh" | "Sigmoid" | "Exp" | "Log" | "Erf" => {
-                let x = self.tensor(input(0), Port::Data)?;
-                let o = match op {
-                    "Relu" => Op::Relu,
-                    "Tanh" => Op::Tanh,
-                    "Sigmoid" => Op::Sigmoid,
-                    "Exp" => Op::Exp,
-                    "Log" => Op::Log,
-                    _ => Op::Erf,
-                };
-                self.add(name, o, &[x])?
-            }
             "Add" | "Sub" | "Mul" | "Div" => return self.binary(n, op, name),
             "Sum" => {
                 let mut acc = self.tensor(input(0), Port::Data)?;
@@ -512,7 +500,14 @@ impl Importer {
                     Some(other) => return Err(format!("approximate `{other}` is not `none` or `tanh`")),
                 }
             }
-            other => return Err(format!("no conversion for {other}")),
+            // The op table's `Onnx::Direct` ops with one input (relu, exp, ...).
+            other => match direct(other) {
+                Some(o) if o.info().arity() == (1, 1) => {
+                    let x = self.tensor(input(0), Port::Data)?;
+                    self.add(name, o, &[x])?
+                }
+                _ => return Err(format!("no conversion for {other}")),
+            },
         };
         self.bind(out, Val::T(v));
         Ok(())
@@ -571,12 +566,7 @@ impl Importer {
             return Ok(());
         }
         let (x, y) = (self.tensor(a, Port::Data)?, self.tensor(b, Port::Data)?);
-        let o = match op {
-            "Add" => Op::Add,
-            "Sub" => Op::Sub,
-            "Mul" => Op::Mul,
-            _ => Op::Div,
-        };
+        let o = direct(op).ok_or_else(|| format!("no conversion for {op}"))?;
         let v = self.add(name, o, &[x, y])?;
         self.bind(out, Val::T(v));
         Ok(())
@@ -718,6 +708,11 @@ fn fold_binary(a: &Const, b: &Const, op: &str) -> Result<Const, String> {
     }
     let dims = if x.len() >= y.len() { a.dims.clone() } else { b.dims.clone() };
     Ok(Const::from_ints(dims, out))
+}
+
+/// The op a table-driven (`Onnx::Direct`) ONNX type converts to.
+fn direct(op_type: &str) -> Option<Op> {
+    crate::opinfo::from_onnx(op_type).and_then(Op::plain)
 }
 
 #[cfg(test)]

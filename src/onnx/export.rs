@@ -26,6 +26,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use crate::exec::{ExecError, State, Tensor};
 use crate::graph::{Graph, NodeId, ValueId};
 use crate::op::{Init, Op, Role, Window};
+use crate::opinfo::Onnx;
 use crate::types::{DType, TensorType};
 
 use super::ahead::{self, Ahead};
@@ -284,51 +285,9 @@ pub fn export_bytes(g: &Graph, opts: &Options) -> Result<Vec<u8>, ExportError> {
     Ok(export(g, opts)?.encode_to_vec())
 }
 
-/// Whether an op has an ONNX form.
+/// Whether an op has an ONNX form (the op table's `onnx` column).
 pub fn supported(op: &Op) -> bool {
-    use Op::*;
-    matches!(
-        op,
-        Input { .. }
-            | Param { .. }
-            | State { .. }
-            | Constant { .. }
-            | Cast { .. }
-            | Identity
-            | Add
-            | Sub
-            | Mul
-            | Div
-            | Scale { .. }
-            | Relu
-            | Gelu
-            | Tanh
-            | Sigmoid
-            | Exp
-            | Log
-            | Matmul { .. }
-            | Embedding
-            | LayerNorm { .. }
-            | Softmax { .. }
-            | LogSoftmax { .. }
-            | Dropout { .. }
-            | Conv2d(_)
-            | BatchNorm { .. }
-            | MaxPool2d(_)
-            | AvgPool2d { .. }
-            | Erf
-            | FrozenBatchNorm { .. }
-            | Lrn { .. }
-            | Concat { .. }
-            | Split { .. }
-            | Flatten { .. }
-            | Reshape { .. }
-            | Transpose { .. }
-            | ReduceSum { .. }
-            | ReduceMean { .. }
-            | SumTo { .. }
-            | BroadcastTo { .. }
-    )
+    op.info().onnx != Onnx::No
 }
 
 /// The ONNX element type of an mpc dtype (bf16 as BFLOAT16).
@@ -967,34 +926,21 @@ impl<'a> Exporter<'a> {
                     }
                 }
             }
-            Op::Add | Op::Sub | Op::Mul | Op::Div => {
-                let ct = self.compute(d, true);
-                let (a, b) = (self.get_as(ins[0], ct, None)?, self.get_as(ins[1], ct, None)?);
-                let op = match node.op {
-                    Op::Add => "Add",
-                    Op::Sub => "Sub",
-                    Op::Mul => "Mul",
-                    _ => "Div",
+            // One ONNX node of the table's type, computing in the output's type.
+            Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Relu | Op::Tanh | Op::Sigmoid | Op::Exp | Op::Log | Op::Erf => {
+                let Onnx::Direct(op_type) = node.op.info().onnx else {
+                    return Err(ExportError::Unsupported(vec![(node.name.clone(), node.op.name())]));
                 };
-                self.simple(v0, op, vec![a, b], ct, false, vec![])?;
+                let ct = self.compute(d, true);
+                let xs = ins.iter().map(|&v| self.get_as(v, ct, None)).collect::<Result<Vec<_>, _>>()?;
+                // relu only selects: exact in any type.
+                self.simple(v0, op_type, xs, ct, matches!(node.op, Op::Relu), vec![])?;
             }
             Op::Scale { value } => {
                 let ct = self.compute(d, true);
                 let x = self.get_as(ins[0], ct, None)?;
                 let s = self.scalar(ct, *value, &format!("{}.value", node.name));
                 self.simple(v0, "Mul", vec![x, s], ct, false, vec![])?;
-            }
-            Op::Relu | Op::Tanh | Op::Sigmoid | Op::Exp | Op::Log => {
-                let ct = self.compute(d, true);
-                let x = self.get_as(ins[0], ct, None)?;
-                let op = match node.op {
-                    Op::Relu => "Relu",
-                    Op::Tanh => "Tanh",
-                    Op::Sigmoid => "Sigmoid",
-                    Op::Exp => "Exp",
-                    _ => "Log",
-                };
-                self.simple(v0, op, vec![x], ct, matches!(node.op, Op::Relu), vec![])?;
             }
             Op::Gelu => self.gelu(v0, ins[0])?,
             Op::Matmul { transpose_a, transpose_b } => {
@@ -1096,11 +1042,6 @@ impl<'a> Exporter<'a> {
                 attrs.push(attr_i("count_include_pad", i64::from(*count_include_pad)));
                 self.simple(v0, "AveragePool", vec![x], ct, false, attrs)?;
             }
-            Op::Erf => {
-                let ct = self.compute(d, true);
-                let x = self.get_as(ins[0], ct, None)?;
-                self.simple(v0, "Erf", vec![x], ct, false, vec![])?;
-            }
             Op::Lrn { size, alpha, beta, bias } => {
                 let ct = self.compute(d, true);
                 let x = self.get_as(ins[0], ct, None)?;
@@ -1201,8 +1142,40 @@ impl<'a> Exporter<'a> {
                 let s = self.ints("shape", &shape.iter().map(|&d| d as i64).collect::<Vec<_>>());
                 self.simple(v0, "Expand", vec![x, s], self.store(d), true, vec![])?;
             }
-            other => {
-                return Err(ExportError::Unsupported(vec![(node.name.clone(), other.name())]));
+            // No ONNX form (the table's `Onnx::No`): `supported` refused them before.
+            Op::CrossEntropy
+            | Op::Mse
+            | Op::Seed
+            | Op::ReluGrad
+            | Op::GeluGrad
+            | Op::ErfGrad
+            | Op::TanhGrad
+            | Op::SigmoidGrad
+            | Op::SoftmaxGrad { .. }
+            | Op::LogSoftmaxGrad { .. }
+            | Op::CrossEntropyGrad
+            | Op::MseGrad
+            | Op::EmbeddingGrad { .. }
+            | Op::LayerNormGrad
+            | Op::DropoutGrad { .. }
+            | Op::Conv2dGradInput { .. }
+            | Op::Conv2dGradWeight { .. }
+            | Op::BatchNormGrad { .. }
+            | Op::FrozenBatchNormGrad { .. }
+            | Op::LrnGrad { .. }
+            | Op::MaxPool2dGrad(_)
+            | Op::AvgPool2dGrad { .. }
+            | Op::Unscale
+            | Op::FoundInf
+            | Op::ScaleUpdate { .. }
+            | Op::Select
+            | Op::GlobalNorm
+            | Op::ClipCoef { .. }
+            | Op::LrSchedule { .. }
+            | Op::Sgd { .. }
+            | Op::SgdMomentum { .. }
+            | Op::Adam { .. } => {
+                return Err(ExportError::Unsupported(vec![(node.name.clone(), node.op.name())]));
             }
         }
         Ok(())

@@ -64,8 +64,9 @@ pub struct Imported {
 #[error("{0}")]
 pub struct ImportError(pub String);
 
-/// The ONNX ops (default domain) mpc imports.
-pub const SUPPORTED: &[&str] = &[
+/// The ONNX ops (default domain) that `onnx/convert.rs` converts by its
+/// own rules; the table's `Onnx::Direct` ops are imported too.
+const CONVERTED: &[&str] = &[
     "Add",
     "AveragePool",
     "BatchNormalization",
@@ -76,8 +77,6 @@ pub const SUPPORTED: &[&str] = &[
     "Conv",
     "Div",
     "Dropout",
-    "Erf",
-    "Exp",
     "Flatten",
     "Gather",
     "Gelu",
@@ -87,23 +86,34 @@ pub const SUPPORTED: &[&str] = &[
     "Identity",
     "LRN",
     "LayerNormalization",
-    "Log",
     "LogSoftmax",
     "MatMul",
     "MaxPool",
     "Mul",
-    "Relu",
     "Reshape",
     "Shape",
-    "Sigmoid",
     "Softmax",
     "Squeeze",
     "Sub",
     "Sum",
-    "Tanh",
     "Transpose",
     "Unsqueeze",
 ];
+
+/// The ONNX ops (default domain) mpc imports, sorted.
+pub fn supported() -> &'static [&'static str] {
+    static ALL: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    ALL.get_or_init(|| {
+        let direct = crate::op::OPS.iter().filter_map(|r| match r.onnx {
+            crate::opinfo::Onnx::Direct(t) => Some(t),
+            _ => None,
+        });
+        let mut all: Vec<&'static str> = CONVERTED.iter().copied().chain(direct).collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    })
+}
 
 /// The name suffix of the reshape to 2-D before an old-opset Softmax.
 pub(super) const SOFTMAX_2D: &str = ".softmax2d";
@@ -202,7 +212,7 @@ pub(crate) fn import_verified(model: &ModelProto, opts: &ImportOptions, verify: 
         .enumerate()
         .filter(|(_, n)| {
             !matches!(n.domain.as_deref(), None | Some("") | Some("ai.onnx"))
-                || !SUPPORTED.contains(&n.op_type.as_deref().unwrap_or(""))
+                || supported().binary_search(&n.op_type.as_deref().unwrap_or("")).is_err()
         })
         .map(|(i, n)| format!("  {}: {}", node_label(n, i), op_label(n)))
         .collect();
@@ -211,7 +221,7 @@ pub(crate) fn import_verified(model: &ModelProto, opts: &ImportOptions, verify: 
             "the model uses {} node(s) with ops mpc cannot import:\n{}\nmpc imports: {}",
             unsupported.len(),
             unsupported.join("\n"),
-            SUPPORTED.join(", ")
+            supported().join(", ")
         )));
     }
 

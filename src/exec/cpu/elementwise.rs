@@ -29,8 +29,9 @@ pub fn binary(op: &Op, a: &Tensor, b: &Tensor, out: &TensorType) -> KResult<Tens
                 Op::Add => p.wrapping_add(q),
                 Op::Sub => p.wrapping_sub(q),
                 Op::Mul => p.wrapping_mul(q),
-                _ if q == 0 => return Err("integer division by zero".into()),
-                _ => p.wrapping_div(q),
+                Op::Div if q == 0 => return Err("integer division by zero".into()),
+                Op::Div => p.wrapping_div(q),
+                other => return Err(format!("`{}` is not a binary op", other.name())),
             });
         }
         return wrap(Tensor::new(out.shape.clone(), Data::from_i64(out.dtype, &v)));
@@ -40,7 +41,8 @@ pub fn binary(op: &Op, a: &Tensor, b: &Tensor, out: &TensorType) -> KResult<Tens
         Op::Add => |p, q| p + q,
         Op::Sub => |p, q| p - q,
         Op::Mul => |p, q| p * q,
-        _ => |p, q| p / q,
+        Op::Div => |p, q| p / q,
+        other => return Err(format!("`{}` is not a binary op", other.name())),
     };
     let v: Vec<f32> = ia.iter().zip(&ib).map(|(&i, &j)| f(x[i], y[j])).collect();
     from_f32(out, &v)
@@ -57,57 +59,66 @@ pub fn gelu_derivative(x: f32) -> f32 {
     0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * GELU_A * x * x)
 }
 
-/// `scale`, `relu`, `gelu`, `tanh`, `sigmoid`, `exp`, `log`, `erf` (in f64,
-/// rounded to f32, see [`crate::semantics::erf`]).
-pub fn unary(op: &Op, x: &Tensor, out: &TensorType) -> KResult<Tensor> {
-    let s = match op {
-        Op::Scale { value } => *value as f32,
-        _ => 0.0,
-    };
-    let f = |v: f32| -> f32 {
-        match op {
-            Op::Scale { .. } => v * s,
-            // NaN propagates, as in PyTorch and onnxruntime (max(NaN, 0) is NaN there).
-            Op::Relu => {
-                if v > 0.0 || v.is_nan() {
-                    v
-                } else {
-                    0.0
-                }
-            }
-            Op::Gelu => gelu(v),
-            Op::Tanh => v.tanh(),
-            Op::Sigmoid => 1.0 / (1.0 + (-v).exp()),
-            Op::Exp => v.exp(),
-            Op::Erf => crate::semantics::erf(v as f64) as f32,
-            _ => v.ln(),
-        }
-    };
+/// A unary op: `f` on every element, computed in f32 and rounded once to
+/// the output type (the kernel names `f`: `f32::exp`, [`relu`], ...).
+pub fn unary(x: &Tensor, out: &TensorType, f: impl Fn(f32) -> f32) -> KResult<Tensor> {
     let v: Vec<f32> = x.to_f32_vec().into_iter().map(f).collect();
     from_f32(out, &v)
 }
 
-/// `relu_grad(dy, y)`, `gelu_grad(dy, x)`, `erf_grad(dy, x)`, `tanh_grad(dy, y)`,
-/// `sigmoid_grad(dy, y)`.
-pub fn unary_grad(op: &Op, dy: &Tensor, v: &Tensor, out: &TensorType) -> KResult<Tensor> {
+/// relu; NaN propagates, as in PyTorch and onnxruntime (max(NaN, 0) is NaN there).
+pub fn relu(v: f32) -> f32 {
+    if v > 0.0 || v.is_nan() {
+        v
+    } else {
+        0.0
+    }
+}
+
+pub fn sigmoid(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+/// erf in f64, rounded to f32 (see [`crate::semantics::erf`]).
+pub fn erf(v: f32) -> f32 {
+    crate::semantics::erf(v as f64) as f32
+}
+
+/// The gradient of a unary op: `g(dy, v)` on every element pair, in f32,
+/// rounded once (`v` is the forward output or input, as the op says).
+pub fn unary_grad(dy: &Tensor, v: &Tensor, out: &TensorType, g: impl Fn(f32, f32) -> f32) -> KResult<Tensor> {
     let (d, y) = (dy.to_f32_vec(), v.to_f32_vec());
-    let g = |d: f32, y: f32| -> f32 {
-        match op {
-            Op::ReluGrad => {
-                if y > 0.0 {
-                    d
-                } else {
-                    0.0
-                }
-            }
-            Op::GeluGrad => d * gelu_derivative(y),
-            Op::ErfGrad => d * (std::f32::consts::FRAC_2_SQRT_PI * (-(y * y)).exp()),
-            Op::TanhGrad => d * (1.0 - y * y),
-            _ => d * y * (1.0 - y),
-        }
-    };
     let r: Vec<f32> = d.iter().zip(&y).map(|(&d, &y)| g(d, y)).collect();
     from_f32(out, &r)
+}
+
+/// `relu_grad(dy, y)`.
+pub fn relu_grad(d: f32, y: f32) -> f32 {
+    if y > 0.0 {
+        d
+    } else {
+        0.0
+    }
+}
+
+/// `gelu_grad(dy, x)`.
+pub fn gelu_grad(d: f32, x: f32) -> f32 {
+    d * gelu_derivative(x)
+}
+
+/// `erf_grad(dy, x)`: `dy · 2/√π · exp(-x²)`.
+pub fn erf_grad(d: f32, x: f32) -> f32 {
+    d * (std::f32::consts::FRAC_2_SQRT_PI * (-(x * x)).exp())
+}
+
+/// `tanh_grad(dy, y)`.
+pub fn tanh_grad(d: f32, y: f32) -> f32 {
+    d * (1.0 - y * y)
+}
+
+/// `sigmoid_grad(dy, y)`.
+pub fn sigmoid_grad(d: f32, y: f32) -> f32 {
+    d * y * (1.0 - y)
 }
 
 /// The dropout keep mask: element `i` is kept when
@@ -155,7 +166,7 @@ mod tests {
     #[test]
     fn relu_propagates_nan() {
         let x = Tensor::from_f32(crate::DType::F32, vec![5], &[f32::NAN, -0.0, -3.0, 2.5, f32::INFINITY]).unwrap();
-        let y = unary(&Op::Relu, &x, &x.ty()).unwrap().to_f32_vec();
+        let y = unary(&x, &x.ty(), relu).unwrap().to_f32_vec();
         assert!(y[0].is_nan());
         assert_eq!(
             y[1..].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
@@ -166,7 +177,7 @@ mod tests {
     #[test]
     fn erf_at_known_points() {
         let x = Tensor::from_f32(crate::DType::F32, vec![5], &[0.5, 1.0, -1.0, 2.0, 0.0]).unwrap();
-        let y = unary(&Op::Erf, &x, &x.ty()).unwrap().to_f32_vec();
+        let y = unary(&x, &x.ty(), erf).unwrap().to_f32_vec();
         // erf(0.5) = 0.5204998778, erf(1) = 0.8427007929, erf(2) = 0.9953222650,
         // each the nearest f32.
         let want = [0.520_499_88f64, 0.842_700_79, -0.842_700_79, 0.995_322_27, 0.0];
@@ -178,7 +189,7 @@ mod tests {
         // erf_grad at 0 is dy·2/√π; at 1, dy·2/√π·e^-1 = 3 · 0.4151074974.
         let dy = Tensor::from_f32(crate::DType::F32, vec![2], &[1.0, 3.0]).unwrap();
         let at = Tensor::from_f32(crate::DType::F32, vec![2], &[0.0, 1.0]).unwrap();
-        let g = unary_grad(&Op::ErfGrad, &dy, &at, &dy.ty()).unwrap().to_f32_vec();
+        let g = unary_grad(&dy, &at, &dy.ty(), erf_grad).unwrap().to_f32_vec();
         assert!((g[0] - std::f32::consts::FRAC_2_SQRT_PI).abs() < 1e-6, "{}", g[0]);
         assert!((g[1] - 1.245_322_5).abs() < 1e-6, "{}", g[1]);
     }

@@ -97,8 +97,22 @@ fn kernel(op: &Op, ctx: &OpCtx<'_>, x: &[&Tensor], out: &[TensorType]) -> KResul
         Cast { to } => one(wrap(Tensor::new(x[0].shape().clone(), x[0].data().cast(*to)))),
         Identity => Ok(vec![x[0].clone()]),
         Add | Sub | Mul | Div => one(elementwise::binary(op, x[0], x[1], o)),
-        Scale { .. } | Relu | Gelu | Tanh | Sigmoid | Exp | Log | Erf => one(elementwise::unary(op, x[0], o)),
-        ReluGrad | GeluGrad | ErfGrad | TanhGrad | SigmoidGrad => one(elementwise::unary_grad(op, x[0], x[1], o)),
+        Scale { value } => {
+            let s = *value as f32;
+            one(elementwise::unary(x[0], o, |v| v * s))
+        }
+        Relu => one(elementwise::unary(x[0], o, elementwise::relu)),
+        Gelu => one(elementwise::unary(x[0], o, elementwise::gelu)),
+        Tanh => one(elementwise::unary(x[0], o, f32::tanh)),
+        Sigmoid => one(elementwise::unary(x[0], o, elementwise::sigmoid)),
+        Exp => one(elementwise::unary(x[0], o, f32::exp)),
+        Log => one(elementwise::unary(x[0], o, f32::ln)),
+        Erf => one(elementwise::unary(x[0], o, elementwise::erf)),
+        ReluGrad => one(elementwise::unary_grad(x[0], x[1], o, elementwise::relu_grad)),
+        GeluGrad => one(elementwise::unary_grad(x[0], x[1], o, elementwise::gelu_grad)),
+        ErfGrad => one(elementwise::unary_grad(x[0], x[1], o, elementwise::erf_grad)),
+        TanhGrad => one(elementwise::unary_grad(x[0], x[1], o, elementwise::tanh_grad)),
+        SigmoidGrad => one(elementwise::unary_grad(x[0], x[1], o, elementwise::sigmoid_grad)),
         Dropout { p, seed } => elementwise::dropout(*p, *seed, ctx, x[0], out),
         DropoutGrad { p } => one(elementwise::dropout_grad(*p, x[0], x[1], o)),
         Select => one(elementwise::select(x[0], x[1], x[2])),

@@ -77,70 +77,10 @@ impl<M> Drop for CudaBuffer<M> {
     }
 }
 
-/// Ops the CUDA backend runs today: the MLP family (the examples `mlp`,
-/// `mlp_backward`, `underflow`, `regression_mse`), the transformer
-/// family (`gpt_block`: layouts, norms, softmax, dropout, embeddings,
-/// gradient clipping), the CNN family (`cnn`, `tests/onnx/cnn_ops.json`:
-/// convolutions, pooling, batch norms, LRN, flatten, concat, split) and
-/// the rest of the IR's ops: `reduce_sum`, `reduce_mean`, `broadcast_to`,
-/// `log_softmax` and its gradient (ONNX imports such as SqueezeNet).
+/// Whether the CUDA backend runs an op: the op table's `cuda` column
+/// (today every op but the sources, which are fed, not computed).
 pub fn supports(op: &Op) -> bool {
-    use Op::*;
-    matches!(
-        op,
-        Constant { .. }
-            | Seed
-            | Cast { .. }
-            | Identity
-            | Add
-            | Sub
-            | Mul
-            | Div
-            | Scale { .. }
-            | Relu
-            | Gelu
-            | Tanh
-            | Sigmoid
-            | Exp
-            | Log
-            | Erf
-            | ReluGrad
-            | GeluGrad
-            | TanhGrad
-            | SigmoidGrad
-            | ErfGrad
-            | Matmul { .. }
-            | SumTo { .. }
-            | ReduceSum { .. }
-            | ReduceMean { .. }
-            | BroadcastTo { .. }
-            | CrossEntropy
-            | CrossEntropyGrad
-            | Mse
-            | MseGrad
-            | Unscale
-            | FoundInf
-            | ScaleUpdate { .. }
-            | Select
-            | GlobalNorm
-            | Sgd { .. }
-            | SgdMomentum { .. }
-            | Adam { .. }
-            | Reshape { .. }
-            | Transpose { .. }
-            | LayerNorm { .. }
-            | LayerNormGrad
-            | Softmax { .. }
-            | SoftmaxGrad { .. }
-            | LogSoftmax { .. }
-            | LogSoftmaxGrad { .. }
-            | Dropout { .. }
-            | DropoutGrad { .. }
-            | Embedding
-            | EmbeddingGrad { .. }
-            | ClipCoef { .. }
-            | LrSchedule { .. }
-    ) || cnn::handles(op)
+    op.info().cuda
 }
 
 /// Why the backend cannot run `plan` (the ops it lacks, by node, the first
@@ -619,8 +559,25 @@ impl<G: Gpu> CudaBackend<G> {
                     .launch("clip_coef_f32", Launch::linear(1, 32), &[p(x[0]), p(o), KArg::F64(*max_norm)])
                     .map_err(|e| e.to_string())
             }
-            _ if cnn::handles(op) => self.cnn(op, x, y),
-            other => Err(format!("the CUDA backend has no kernel for `{}` yet", other.name())),
+            Conv2d(_)
+            | Conv2dGradInput { .. }
+            | Conv2dGradWeight { .. }
+            | MaxPool2d(_)
+            | MaxPool2dGrad(_)
+            | AvgPool2d { .. }
+            | AvgPool2dGrad { .. }
+            | BatchNorm { .. }
+            | BatchNormGrad { .. }
+            | FrozenBatchNorm { .. }
+            | FrozenBatchNormGrad { .. }
+            | Lrn { .. }
+            | LrnGrad { .. }
+            | Flatten { .. }
+            | Concat { .. }
+            | Split { .. } => self.cnn(op, x, y),
+            Input { .. } | Param { .. } | State { .. } => {
+                Err(format!("`{}` values are fed to the step, not computed", op.name()))
+            }
         }
     }
 

@@ -16,30 +16,6 @@ use super::{n_of, need_f32, p, sfx, CudaBackend, CudaBuffer};
 
 type Buf<G> = CudaBuffer<<G as Gpu>::Mem>;
 
-/// The ops of this family (what `supports` and the op mapping both use).
-pub(super) fn handles(op: &Op) -> bool {
-    use Op::*;
-    matches!(
-        op,
-        Conv2d(_)
-            | Conv2dGradInput { .. }
-            | Conv2dGradWeight { .. }
-            | MaxPool2d(_)
-            | MaxPool2dGrad(_)
-            | AvgPool2d { .. }
-            | AvgPool2dGrad { .. }
-            | BatchNorm { .. }
-            | BatchNormGrad { .. }
-            | FrozenBatchNorm { .. }
-            | FrozenBatchNormGrad { .. }
-            | Lrn { .. }
-            | LrnGrad { .. }
-            | Flatten { .. }
-            | Concat { .. }
-            | Split { .. }
-    )
-}
-
 impl<G: Gpu> CudaBackend<G> {
     /// Every CNN-family op: writes `y`.
     pub(super) fn cnn(&mut self, op: &Op, x: &[&Buf<G>], y: &[Buf<G>]) -> Result<(), String> {
