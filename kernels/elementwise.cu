@@ -198,6 +198,10 @@ struct OpLog {
 struct OpErf {
     __device__ static float f(float v, float) { return erf_ref(v); }
 };
+struct OpSqrt {
+    // IEEE (--fmad=false keeps sqrtf correctly rounded): bit for bit the CPU's.
+    __device__ static float f(float v, float) { return sqrtf(v); }
+};
 struct OpScale {
     __device__ static float f(float v, float s) { return v * s; }
 };
@@ -223,6 +227,7 @@ MPC_UNARY_ALL(sigmoid, OpSigmoid)
 MPC_UNARY_ALL(exp, OpExp)
 MPC_UNARY_ALL(log, OpLog)
 MPC_UNARY_ALL(erf, OpErf)
+MPC_UNARY_ALL(sqrt, OpSqrt)
 
 // scale_<t>(const T* x, T* y, i64 n, double value): y = x * f32(value), the
 // attribute rounded to f32 here as the CPU does (`value as f32`).

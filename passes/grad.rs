@@ -207,6 +207,11 @@ fn rule(
         Op::Exp => out.push((0, emit(g, &base(g, 0), Op::Mul, &[dy, y])?)),
         Op::Log => out.push((0, emit(g, &base(g, 0), Op::Div, &[dy, ins[0]])?)),
         Op::Erf => out.push((0, emit(g, &base(g, 0), Op::ErfGrad, &[dy, ins[0]])?)),
+        Op::Sqrt => {
+            // d sqrt(x)/dx = 1/(2 sqrt(x)) = 0.5/y
+            let t = emit(g, &base(g, 0), Op::Div, &[dy, y])?;
+            out.push((0, emit(g, &base(g, 0), Op::Scale { value: 0.5 }, &[t])?));
+        }
         Op::Lrn { size, alpha, beta, bias } => {
             out.push((0, emit(g, &base(g, 0), Op::LrnGrad { size, alpha, beta, bias }, &[dy, ins[0]])?));
         }

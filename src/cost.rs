@@ -151,6 +151,8 @@ pub fn per_element(op: &Op) -> f64 {
         Reshape { .. } | Transpose { .. } | Flatten { .. } | Concat { .. } | Split { .. } | BroadcastTo { .. } => 0.0,
         Embedding | Cast { .. } | Select | MaxPool2d(_) => 0.0,
         Add | Sub | Mul | Div | Scale { .. } | Relu | ReluGrad | Unscale | FoundInf | EmbeddingGrad { .. } => 1.0,
+        // An IEEE operation, as division.
+        Sqrt => 1.0,
         ReduceSum { .. } | ReduceMean { .. } | SumTo { .. } | MaxPool2dGrad(_) => 1.0,
         Dropout { .. } | DropoutGrad { .. } | GlobalNorm | Mse | MseGrad => 2.0,
         Sgd { .. } => 3.0,

@@ -280,7 +280,7 @@ fn infer_unchecked(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
             }
             one(TensorType { dtype: a.dtype, shape: broadcast(&a.shape, &b.shape)? })
         }
-        Scale { .. } | Relu | Gelu | Tanh | Sigmoid | Exp | Log | Erf => {
+        Scale { .. } | Relu | Gelu | Tanh | Sigmoid | Exp | Log | Erf | Sqrt => {
             float(inputs[0], "the input")?;
             one(inputs[0].clone())
         }

@@ -257,6 +257,7 @@ ops! {
     ///   flag is set.
     /// - `gelu` is the tanh approximation (GPT-2's). `erf` is the error
     ///   function (evaluated in f64 and rounded to f32 before the output type).
+    ///   `sqrt` is the IEEE square root in f32 (NaN below zero).
     /// - `softmax`/`log_softmax` act on `axis`; `causal` masks entries above the
     ///   diagonal of the last two axes (the softmax axis must then be the last).
     /// - `layer_norm` normalises the last axis and returns `(y, mean, rstd)`.
@@ -350,6 +351,9 @@ ops! {
     Exp => "exp": X.class(Fp32).onnx(Direct("Exp")),
     Log => "log": X.class(Fp32).onnx(Direct("Log")),
     Erf => "erf": X.class(Infer).onnx(Direct("Erf")),
+    // As TensorFlow's infer list (PyTorch's autocast keeps the input's type):
+    // unlike exp, sqrt cannot overflow, and |y| lies between 1 and |x|.
+    Sqrt => "sqrt": X.class(Infer).onnx(Direct("Sqrt")),
     Matmul { transpose_a: bool, transpose_b: bool } => "matmul":
         AB.attrs(&["transpose_a", "transpose_b"]).class(Low).onnx(As("MatMul")),
     Embedding => "embedding": OpInfo::new(&["table", "ids"]).class(Clear).onnx(As("Gather")),

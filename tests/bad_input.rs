@@ -1055,25 +1055,16 @@ impl Structural {
 // small random sources, so that shape inference sees odd attributes.
 // ---------------------------------------------------------------------------
 
-fn arity(op: &str) -> usize {
-    match op {
-        "input" | "param" | "state" | "constant" => 0,
-        "add" | "sub" | "mul" | "div" | "matmul" | "embedding" | "conv2d" | "cross_entropy" | "mse" | "relu_grad"
-        | "gelu_grad" | "tanh_grad" | "sigmoid_grad" | "softmax_grad" | "log_softmax_grad" | "embedding_grad"
-        | "dropout_grad" | "conv2d_grad_input" | "conv2d_grad_weight" | "max_pool2d_grad" | "erf_grad" | "lrn_grad" => {
-            2
-        }
-        "layer_norm" | "batch_norm" | "cross_entropy_grad" | "mse_grad" => 3,
-        "batch_norm_grad" | "layer_norm_grad" | "frozen_batch_norm" | "frozen_batch_norm_grad" => 5,
-        _ => 1,
-    }
+/// The fewest inputs an op takes (the op table's).
+fn arity(kind: OpKind) -> usize {
+    kind.info().arity().0
 }
 
-fn num_outputs(op: &str) -> usize {
-    match op {
-        "layer_norm" | "batch_norm" | "layer_norm_grad" | "batch_norm_grad" | "frozen_batch_norm_grad" => 3,
-        "dropout" => 2,
-        _ => 1,
+/// The outputs an op makes (one for split: its sizes are random).
+fn num_outputs(kind: OpKind) -> usize {
+    match kind.info().outputs {
+        mpc::opinfo::Outputs::Fixed(n) => n,
+        mpc::opinfo::Outputs::PerSize => 1,
     }
 }
 
@@ -1139,7 +1130,7 @@ impl AttrGraph {
         let mut forward = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
             let op = n.kind.name();
-            let k = if n.exact_arity { arity(op) } else { n.extra_inputs };
+            let k = if n.exact_arity { arity(n.kind) } else { n.extra_inputs };
             let ins: Vec<String> = (0..k)
                 .map(|j| {
                     // Prefer the latest values so that chains form.
@@ -1156,7 +1147,7 @@ impl AttrGraph {
             }
             forward.push(Value::Object(o));
             values.push(format!("n{i}"));
-            for slot in 1..num_outputs(op) {
+            for slot in 1..num_outputs(n.kind) {
                 values.push(format!("n{i}:{slot}"));
             }
         }

@@ -198,7 +198,7 @@ fn constants_and_casts(src: &mut Src, out: &mut Vec<Case>) {
 /// The unary ops and their gradients, on every size; the largest size holds
 /// every edge value (and for f16/bf16 every bit pattern).
 fn elementwise(src: &mut Src, out: &mut Vec<Case>) {
-    let unary = [Op::Relu, Op::Gelu, Op::Tanh, Op::Sigmoid, Op::Exp, Op::Log, Op::Erf];
+    let unary = [Op::Relu, Op::Gelu, Op::Tanh, Op::Sigmoid, Op::Exp, Op::Log, Op::Erf, Op::Sqrt];
     let grads = [Op::ReluGrad, Op::GeluGrad, Op::TanhGrad, Op::SigmoidGrad, Op::ErfGrad];
     // `value as f32` on both sides: exact, inexact (1/3), a power of two
     // beyond f16, small, and an f32 subnormal.

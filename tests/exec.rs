@@ -240,6 +240,12 @@ fn fd_erf() {
 }
 
 #[test]
+fn fd_sqrt() {
+    let mut r = Case::new(22);
+    check_unary(Op::Sqrt, &[3, 4], Some(r.uniform(12, 0.5, 2.0)));
+}
+
+#[test]
 fn fd_lrn() {
     // alpha large enough that the window term is a sizeable part of the
     // gradient; an even size (asymmetric window) and one wider than C.

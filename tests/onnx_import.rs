@@ -644,3 +644,24 @@ fn a_constant_of_shape_weight_trains_as_an_initializer_does() {
         assert_eq!(source_of("y", 1), "state", "{how}: a run-time fill does not");
     }
 }
+
+/// `Sqrt` imports as `sqrt` and `sqrt` exports as `Sqrt`, both from the op
+/// table's `Onnx::Direct` entry alone, in FP16 and BF16 (an `infer` op
+/// between casts: it computes in the low type there).
+#[test]
+fn sqrt_imports_and_exports_from_the_op_table() {
+    use mpc::onnx::export::{self, Bf16Mode};
+    let m = model(vec![op("Sqrt", &["x"], "y", vec![])], vec![], &[2, 3]);
+    let im = import(m.encode_to_vec(), &ImportOptions { loss: None, ..options(Loss::Mse) }).unwrap();
+    let y = im.graph.node_named("y").expect("y");
+    assert_eq!(im.graph.node(y).op, Op::Sqrt);
+    assert!(mpc::onnx::import::supported().contains(&"Sqrt"));
+    for low in [DType::F16, DType::Bf16] {
+        let passes = Options { low, table: Some(Table::default_for(low)), ..Options::default() };
+        let (g, _) = mpc::onnx::lower_forward(&im.graph, &passes).unwrap();
+        let opts = export::Options { bf16: Bf16Mode::Native, seed: 0, base_dir: None, allow_outside_weights: false };
+        let out = export::export(&g, &opts).unwrap();
+        let types: Vec<&str> = out.graph.as_ref().unwrap().node.iter().filter_map(|n| n.op_type.as_deref()).collect();
+        assert!(types.contains(&"Sqrt"), "{low:?}: {types:?}");
+    }
+}

@@ -927,7 +927,17 @@ impl<'a> Exporter<'a> {
                 }
             }
             // One ONNX node of the table's type, computing in the output's type.
-            Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Relu | Op::Tanh | Op::Sigmoid | Op::Exp | Op::Log | Op::Erf => {
+            Op::Add
+            | Op::Sub
+            | Op::Mul
+            | Op::Div
+            | Op::Relu
+            | Op::Tanh
+            | Op::Sigmoid
+            | Op::Exp
+            | Op::Log
+            | Op::Erf
+            | Op::Sqrt => {
                 let Onnx::Direct(op_type) = node.op.info().onnx else {
                     return Err(ExportError::Unsupported(vec![(node.name.clone(), node.op.name())]));
                 };

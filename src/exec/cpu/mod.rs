@@ -108,6 +108,7 @@ fn kernel(op: &Op, ctx: &OpCtx<'_>, x: &[&Tensor], out: &[TensorType]) -> KResul
         Exp => one(elementwise::unary(x[0], o, f32::exp)),
         Log => one(elementwise::unary(x[0], o, f32::ln)),
         Erf => one(elementwise::unary(x[0], o, elementwise::erf)),
+        Sqrt => one(elementwise::unary(x[0], o, f32::sqrt)),
         ReluGrad => one(elementwise::unary_grad(x[0], x[1], o, elementwise::relu_grad)),
         GeluGrad => one(elementwise::unary_grad(x[0], x[1], o, elementwise::gelu_grad)),
         ErfGrad => one(elementwise::unary_grad(x[0], x[1], o, elementwise::erf_grad)),

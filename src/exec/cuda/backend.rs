@@ -371,7 +371,7 @@ impl<G: Gpu> CudaBackend<G> {
                 arity(1)?;
                 self.launch(&format!("scale_{t}"), n as u64, &[p(x[0]), p(o), KArg::I64(n), KArg::F64(*value)])
             }
-            Relu | Gelu | Tanh | Sigmoid | Exp | Log | Erf => {
+            Relu | Gelu | Tanh | Sigmoid | Exp | Log | Erf | Sqrt => {
                 arity(1)?;
                 self.launch(&format!("{}_{t}", op.name()), n as u64, &[p(x[0]), p(o), KArg::I64(n)])
             }
