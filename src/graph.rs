@@ -88,7 +88,9 @@ pub struct Node {
     pub role: Role,
     /// A per-node override of the precision table.
     pub precision: Option<Precision>,
-    pub outputs: Vec<Output>,
+    /// Inline: nearly every node has one output, and a vector would be a
+    /// second allocation per node.
+    pub outputs: SmallVec<[Output; 1]>,
     pub origin: Option<Origin>,
 }
 
@@ -656,7 +658,7 @@ impl Graph {
         origin: Option<Origin>,
     ) -> NodeId {
         let placeholder = TensorType::scalar(crate::types::DType::F32);
-        let outputs = vec![Output { name: None, ty: placeholder }];
+        let outputs = smallvec::smallvec![Output { name: None, ty: placeholder }];
         let i = self.alloc(Node { name, op, role, precision: None, outputs, origin });
         self.names.fill(at, NameEntry { hash, node: i, slot: 0 });
         NodeId::at(i)
@@ -754,7 +756,7 @@ impl Graph {
             Ok(std::slice::from_ref(&ty)),
             "add_unnamed: the type given is the one inference gives"
         );
-        let outputs = vec![Output { name: None, ty }];
+        let outputs = smallvec::smallvec![Output { name: None, ty }];
         let id = NodeId::at(self.alloc(Node { name, op, role, precision: None, outputs, origin: None }));
         for (port, &v) in inputs.iter().enumerate() {
             self.connect(v, id, port as u32);
