@@ -395,7 +395,7 @@ fn name_outputs_back(g: &mut Graph, pairs: &[(ValueId, ValueId)]) -> Result<(), 
             continue;
         }
         let node = g.node(v.node);
-        if node.outputs.len() != 1 || node.outputs[0].name != node.name {
+        if node.outputs.len() != 1 || node.output_name(0) != node.name {
             continue;
         }
         let name = node.name.clone();

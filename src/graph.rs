@@ -68,8 +68,17 @@ impl Origin {
 /// One output of a node: its name and type.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Output {
-    pub name: String,
+    /// The name; `None` when it is the node's own (the usual first output),
+    /// which then is not stored twice. Read it with [`Node::output_name`].
+    name: Option<Box<str>>,
     pub ty: TensorType,
+}
+
+impl Output {
+    /// An output named `name` of a node named `node`.
+    fn new(name: String, node: &str, ty: TensorType) -> Output {
+        Output { name: (name != node).then(|| name.into_boxed_str()), ty }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -79,8 +88,28 @@ pub struct Node {
     pub role: Role,
     /// A per-node override of the precision table.
     pub precision: Option<Precision>,
-    pub outputs: Vec<Output>,
+    /// Inline: nearly every node has one output, and a vector would be a
+    /// second allocation per node.
+    pub outputs: SmallVec<[Output; 1]>,
     pub origin: Option<Origin>,
+}
+
+impl Node {
+    /// The name of output `slot`.
+    #[inline]
+    pub fn output_name(&self, slot: usize) -> &str {
+        self.outputs[slot].name.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The names of the outputs, in slot order.
+    pub fn output_names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.outputs.iter().map(|o| o.name.as_deref().unwrap_or(&self.name))
+    }
+
+    /// Names output `slot` (not the graph's name table: see [`Graph::rename`]).
+    pub fn set_output_name(&mut self, slot: usize, name: &str) {
+        self.outputs[slot].name = (name != self.name).then(|| name.into());
+    }
 }
 
 /// An edge: producer output `slot` feeds consumer input `port`.
@@ -297,7 +326,7 @@ fn entry_name(g: &Petgraph, e: NameEntry) -> Option<&str> {
     if e.slot == NODE_NAME {
         Some(&n.name)
     } else {
-        n.outputs.get(e.slot as usize).map(|o| o.name.as_str())
+        n.outputs.get(e.slot as usize).map(|o| o.name.as_deref().unwrap_or(&n.name))
     }
 }
 
@@ -436,7 +465,7 @@ impl Graph {
 
     #[inline]
     pub fn value_name(&self, v: ValueId) -> &str {
-        &self.g[v.node.0].outputs[v.slot as usize].name
+        self.g[v.node.0].output_name(v.slot as usize)
     }
 
     /// The table entry of `name`.
@@ -629,7 +658,7 @@ impl Graph {
         origin: Option<Origin>,
     ) -> NodeId {
         let placeholder = TensorType::scalar(crate::types::DType::F32);
-        let outputs = vec![Output { name: name.clone(), ty: placeholder }];
+        let outputs = smallvec::smallvec![Output { name: None, ty: placeholder }];
         let i = self.alloc(Node { name, op, role, precision: None, outputs, origin });
         self.names.fill(at, NameEntry { hash, node: i, slot: 0 });
         NodeId::at(i)
@@ -727,7 +756,7 @@ impl Graph {
             Ok(std::slice::from_ref(&ty)),
             "add_unnamed: the type given is the one inference gives"
         );
-        let outputs = vec![Output { name: name.clone(), ty }];
+        let outputs = smallvec::smallvec![Output { name: None, ty }];
         let id = NodeId::at(self.alloc(Node { name, op, role, precision: None, outputs, origin: None }));
         for (port, &v) in inputs.iter().enumerate() {
             self.connect(v, id, port as u32);
@@ -754,7 +783,6 @@ impl Graph {
                     let fresh = self.fresh_name(&self.g[id.0].name);
                     let hash = name_hash(&fresh);
                     let node = self.node_keep(id);
-                    node.outputs[0].name.clone_from(&fresh);
                     node.name = fresh;
                     self.register(hash, id.index() as u32, 0);
                 }
@@ -795,7 +823,7 @@ impl Graph {
         let placeholder = TensorType::scalar(crate::types::DType::F32);
         let hashes: SmallVec<[u64; 4]> = output_names.iter().map(|o| name_hash(o)).collect();
         let node_hash = name_hash(&name);
-        let outputs = output_names.into_iter().map(|name| Output { name, ty: placeholder.clone() }).collect();
+        let outputs = output_names.into_iter().map(|o| Output::new(o, &name, placeholder.clone())).collect();
         let i = self.alloc(Node { name, op, role, precision: None, outputs, origin });
         for (slot, h) in hashes.into_iter().enumerate() {
             self.register(h, i, slot as u32);
@@ -879,7 +907,7 @@ impl Graph {
     pub fn rename(&mut self, id: NodeId, name: String) -> Result<(), GraphError> {
         let node = self.node(id);
         let old = node.name.clone();
-        if node.outputs.len() != 1 || node.outputs[0].name != old || self.node_names.contains(&(id.index() as u32)) {
+        if node.outputs.len() != 1 || node.outputs[0].name.is_some() || self.node_names.contains(&(id.index() as u32)) {
             return Err(GraphError::Type {
                 node: old,
                 message: "only a node named as its one value can be renamed".into(),
@@ -894,7 +922,6 @@ impl Graph {
         }
         let hash = name_hash(&name);
         let node = self.node_keep(id);
-        node.outputs[0].name.clone_from(&name);
         node.name = name;
         self.register(hash, id.index() as u32, 0);
         Ok(())
@@ -908,7 +935,7 @@ impl Graph {
         // Names first, while the node still answers for them.
         let g = &self.g;
         if let Some(node) = g.node_weight(id.0) {
-            for o in node.outputs.iter().map(|o| o.name.as_str()).chain([node.name.as_str()]) {
+            for o in node.output_names().chain([node.name.as_str()]) {
                 if let Ok(i) = self.names.probe(name_hash(o), |e| entry_name(g, e) == Some(o)) {
                     self.names.remove_at(i);
                 }
@@ -1091,8 +1118,8 @@ impl Graph {
         for i in self.node_ids() {
             let n = &self.g[i.0];
             let i = i.index();
-            for (slot, o) in n.outputs.iter().enumerate() {
-                sum = sum.wrapping_add(NameEntry { hash: name_hash(&o.name), node: i as u32, slot: slot as u32 }.mix());
+            for (slot, o) in n.output_names().enumerate() {
+                sum = sum.wrapping_add(NameEntry { hash: name_hash(o), node: i as u32, slot: slot as u32 }.mix());
             }
             count += n.outputs.len();
         }
@@ -1108,12 +1135,12 @@ impl Graph {
         let mut out = Vec::new();
         for id in self.node_ids() {
             let node = self.node(id);
-            for (slot, o) in node.outputs.iter().enumerate() {
-                match self.value(&o.name) {
+            for (slot, o) in node.output_names().enumerate() {
+                match self.value(o) {
                     Some(v) if v == (ValueId { node: id, slot: slot as u32 }) => {}
                     _ => out.push(format!(
                         "output `{}` of node `{}` is not registered under its name (duplicate name?)",
-                        o.name, node.name
+                        o, node.name
                     )),
                 }
             }
@@ -1292,11 +1319,12 @@ mod tests {
     fn a_renamed_output_is_caught_by_the_name_check() {
         let (mut g, x, _) = small();
         assert!(g.name_map_problems().is_empty());
-        g.node_mut(x.node).outputs[0].name = "y".into();
+        g.node_mut(x.node).set_output_name(0, "y");
         assert!(!g.name_map_problems().is_empty());
-        g.node_mut(x.node).outputs[0].name = "x".into();
+        g.node_mut(x.node).set_output_name(0, "x");
+        assert!(g.name_map_problems().is_empty());
         g.node_mut(x.node).name = "renamed".into();
-        assert!(g.name_map_problems().is_empty(), "the node name of a single-output node is its value's");
+        assert!(!g.name_map_problems().is_empty(), "the value named as its node follows the node's name");
     }
 
     #[test]

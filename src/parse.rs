@@ -314,7 +314,7 @@ impl Builder {
             let hint = match self.g.node_named(name) {
                 Some(id) => format!(
                     "; `{name}` is a node with outputs {}",
-                    self.g.node(id).outputs.iter().map(|o| format!("`{}`", o.name)).collect::<Vec<_>>().join(", ")
+                    self.g.node(id).output_names().map(|o| format!("`{o}`")).collect::<Vec<_>>().join(", ")
                 ),
                 None => String::new(),
             };

@@ -62,7 +62,7 @@ fn train_both(low: DType) {
         .node_ids()
         .map(|n| g.node(n))
         .filter(|n| matches!(n.op, Op::Dropout { .. }))
-        .map(|n| n.outputs[1].name.clone())
+        .map(|n| n.output_name(1).to_string())
         .collect();
     assert_eq!(masks.len(), 2, "{masks:?}");
     let opts = RunOptions { fetch: masks.clone(), ..RunOptions::default() };

@@ -71,10 +71,9 @@ fn raw_state(n: &Node) -> RawState {
 fn default_names(n: &Node) -> bool {
     // `default_output_names` gives a node of no outputs its name all the same.
     !n.outputs.is_empty()
-        && n.outputs.iter().enumerate().all(|(k, o)| match k {
-            0 => o.name == n.name,
+        && n.output_names().enumerate().all(|(k, o)| match k {
+            0 => o == n.name,
             k => o
-                .name
                 .strip_prefix(n.name.as_str())
                 .and_then(|r| r.strip_prefix(':'))
                 .is_some_and(|r| r.parse::<usize>().is_ok_and(|i| i == k) && !r.starts_with(['0', '+'])),
@@ -110,7 +109,7 @@ fn fill_raw_node(g: &Graph, id: NodeId, rn: &mut RawNode) {
         name,
         op: n.op.kind(),
         inputs,
-        outputs: (!default_names(n)).then(|| n.outputs.iter().map(|o| o.name.clone()).collect()),
+        outputs: (!default_names(n)).then(|| n.output_names().map(str::to_string).collect()),
         role: (n.role == Role::Scaler).then_some(Role::Scaler),
         precision: n.precision,
         ..RawNode::default()

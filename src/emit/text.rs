@@ -24,14 +24,14 @@ fn write(g: &Graph, s: &mut String) -> std::fmt::Result {
             writeln!(s, "  // {}", n.role.name())?;
         }
         s.push_str("  ");
-        if n.outputs.first().map(|o| o.name.as_str()) != Some(n.name.as_str()) {
+        if n.output_names().next() != Some(n.name.as_str()) {
             write!(s, "{}: ", n.name)?;
         }
-        for (i, o) in n.outputs.iter().enumerate() {
+        for (i, (o, name)) in n.outputs.iter().zip(n.output_names()).enumerate() {
             if i > 0 {
                 s.push_str(", ");
             }
-            write!(s, "%{}:{}", o.name, o.ty)?;
+            write!(s, "%{}:{}", name, o.ty)?;
         }
         write!(s, " = {}", n.op.name())?;
         match &n.op {
