@@ -54,6 +54,9 @@ pub struct CompareArgs {
     /// A JSON file that moves ops between precision classes for the fp16 and bf16 modes.
     #[arg(long, value_name = "FILE")]
     table: Option<PathBuf>,
+    /// The learning-rate schedule of every mode, replacing the graph's (as `train --lr-schedule`).
+    #[arg(long, value_name = "SCHEDULE")]
+    lr_schedule: Option<mpc::format::Schedule>,
     /// Read the graph's `weights` file even when it is outside the graph's folder.
     #[arg(long)]
     allow_outside_weights: bool,
@@ -158,8 +161,14 @@ pub fn compare(args: CompareArgs) -> Result<(), miette::Report> {
     let mut data = None;
     for mode in &modes {
         eprintln!("{}: training {} for {} steps", args.model.display(), mode.name, args.steps);
-        let (source, g) =
-            load_for_training(&args.model, mode.precision, mode.loss_scale, args.table.as_deref(), &[], None)?;
+        let (source, g) = load_for_training(
+            &args.model,
+            mode.precision,
+            mode.loss_scale,
+            args.table.as_deref(),
+            &[],
+            args.lr_schedule.as_ref(),
+        )?;
         // A text feeds a language model whose inputs need not share a batch
         // dimension; everything else is laid out by `Layout`.
         let layout = match args.data.as_deref().is_some_and(mpc::data::is_text) {
@@ -289,6 +298,7 @@ pub fn compare(args: CompareArgs) -> Result<(), miette::Report> {
         "data": args.data.as_ref().map(|p| p.display().to_string()),
         "static_scale": args.static_scale,
         "dynamic": args.dynamic.to_string(),
+        "lr_schedule": args.lr_schedule.as_ref().map(|s| s.to_string()),
         "final_window": FINAL_WINDOW,
         "modes": rows,
         "fp32_grad_log2_hist": {"first_binade": HIST_LO, "counts": hist},

@@ -627,3 +627,32 @@ fn timings_name_every_phase_and_the_streamed_file_is_stdout() {
     assert!(!stderr(&o).contains("mpc-timings"), "timings only when asked");
     assert_eq!(std::fs::read(&out).unwrap(), o.stdout);
 }
+
+/// `compare --lr-schedule` trains every mode under the schedule (it took
+/// only the graph's) and records it in compare.json; a bad one is a usage
+/// error.
+#[test]
+fn compare_takes_a_learning_rate_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |out: &str, extra: &[&str]| -> serde_json::Value {
+        let out = dir.path().join(out);
+        let mut args = vec!["compare", "ir-examples/regression_mse.json", "--steps", "3", "--device", "cpu"];
+        args.extend_from_slice(extra);
+        args.extend(["--out", out.to_str().unwrap()]);
+        let o = mpc(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).unwrap()).unwrap()
+    };
+    let plain = run("plain", &[]);
+    let warm = run("warm", &["--lr-schedule", "cosine:warmup=3,total=10,min=0"]);
+    assert_eq!(warm["lr_schedule"], "cosine:warmup=3,total=10,min=0");
+    assert!(plain["lr_schedule"].is_null());
+    // A constant schedule trains as the graph does, bit for bit; a warmup from
+    // a rate of 0 trains otherwise.
+    let constant = run("constant", &["--lr-schedule", "constant"]);
+    let loss = |v: &serde_json::Value| v["modes"][0]["final_loss"].as_f64().unwrap();
+    assert_eq!(loss(&constant), loss(&plain));
+    assert_ne!(loss(&warm), loss(&plain));
+    let o = mpc(&["compare", "ir-examples/regression_mse.json", "--lr-schedule", "cosine:warmup=-1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
