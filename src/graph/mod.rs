@@ -28,6 +28,16 @@ use crate::infer;
 use crate::op::{Op, Precision, Role};
 use crate::types::TensorType;
 
+mod eq;
+mod memo;
+mod meta;
+mod names;
+
+pub(crate) use memo::InferMemo;
+use meta::*;
+pub(crate) use names::name_hash;
+use names::*;
+
 /// A node of a [`Graph`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(NodeIndex<u32>);
@@ -133,202 +143,11 @@ pub enum GraphError {
 }
 
 // The byte per node that whole-graph walks read instead of the node.
-/// The rank of the node's role in topological order (0 forward, 1 backward, 2 the rest).
-const RANK: u8 = 0b11;
-/// The node index is vacant (the node was removed).
-const VACANT: u8 = 1 << 2;
-/// The node was handed out by `node_mut`: the bits below may be out of date.
-const STALE: u8 = 1 << 3;
-/// The node is a cast.
-const CAST: u8 = 1 << 4;
-/// The node is an input, param or state declaration.
-const SOURCE: u8 = 1 << 5;
-
-fn rank(role: Role) -> u8 {
-    match role {
-        Role::Forward => 0,
-        Role::Backward => 1,
-        Role::Optimizer | Role::Scaler => 2,
-    }
-}
-
-fn meta_of(n: &Node) -> u8 {
-    let kind = match n.op {
-        Op::Cast { .. } => CAST,
-        Op::Input { .. } | Op::Param { .. } | Op::State { .. } => SOURCE,
-        _ => 0,
-    };
-    rank(n.role) | kind
-}
-
-/// The `slot` of a name-table entry that names a node rather than a value.
-const NODE_NAME: u32 = u32::MAX;
-
-/// A name-table entry: the hash of the name (0: empty) and what it names.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
-struct NameEntry {
-    hash: u64,
-    node: u32,
-    slot: u32,
-}
-
-impl NameEntry {
-    /// This entry's share of the table's checksum.
-    fn mix(self) -> u64 {
-        let mut x = self.hash ^ (((self.node as u64) << 32) | self.slot as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        x = (x ^ (x >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x ^ (x >> 29)
-    }
-}
-
-/// The hash of a name in the name table.
-pub(crate) fn name_hash(s: &str) -> u64 {
-    name_hash_bytes(s.as_bytes())
-}
-
-/// [`name_hash`] of a name's bytes.
-pub(crate) fn name_hash_bytes(s: &[u8]) -> u64 {
-    let mut h = FxHasher::default();
-    h.write(s);
-    h.finish() | 1
-}
-
-impl NameEntry {
-    #[inline]
-    fn load(raw: [u64; 2]) -> NameEntry {
-        NameEntry { hash: raw[0], node: (raw[1] >> 32) as u32, slot: raw[1] as u32 }
-    }
-
-    #[inline]
-    fn store(self) -> [u64; 2] {
-        [self.hash, ((self.node as u64) << 32) | self.slot as u64]
-    }
-}
-
-/// Name -> value (or node) table: open addressing with linear probing.
-/// Entries hold hashes, not strings; the checksum is the wrapping sum of
-/// every entry's [`NameEntry::mix`], which lets the verifier compare the
-/// table with the nodes' current names in one sequential pass. Entries are
-/// stored as `[u64; 2]` (hash, node << 32 | slot) so that a new table comes
-/// zeroed from the allocator.
-#[derive(Clone, Debug, Default)]
-struct Names {
-    table: Vec<[u64; 2]>,
-    /// log2 of the table size (0 when empty).
-    bits: u32,
-    len: usize,
-    sum: u64,
-}
-
-impl Names {
-    #[inline]
-    fn home(&self, hash: u64) -> usize {
-        (hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.bits)) as usize
-    }
-
-    /// Makes room for `extra` more entries (load factor at most 3/4).
-    fn reserve(&mut self, extra: usize) {
-        let need = self.len + extra;
-        if need * 4 <= self.table.len() * 3 {
-            return;
-        }
-        let size = (need * 4 / 3 + 1).next_power_of_two().max(16);
-        let old = std::mem::replace(&mut self.table, vec![[0; 2]; size]);
-        self.bits = size.trailing_zeros();
-        let mask = size - 1;
-        // The home is the top bits of the hash's product: in the old table's
-        // order, homes in the new one only grow, and the writes sweep it.
-        for e in old.into_iter().filter(|e| e[0] != 0) {
-            let mut i = self.home(e[0]);
-            while self.table[i][0] != 0 {
-                i = (i + 1) & mask;
-            }
-            self.table[i] = e;
-        }
-    }
-
-    /// The index of the entry with `hash` that `is` accepts, or `Err` with
-    /// the empty index where such an entry would go.
-    #[inline]
-    fn probe(&self, hash: u64, mut is: impl FnMut(NameEntry) -> bool) -> Result<usize, usize> {
-        if self.table.is_empty() {
-            return Err(usize::MAX);
-        }
-        let mask = self.table.len() - 1;
-        let mut i = self.home(hash);
-        loop {
-            let e = self.table[i];
-            if e[0] == 0 {
-                return Err(i);
-            }
-            if e[0] == hash && is(NameEntry::load(e)) {
-                return Ok(i);
-            }
-            i = (i + 1) & mask;
-        }
-    }
-
-    /// Fills the empty index `i` (from [`Names::probe`], with no growth in between).
-    #[inline]
-    fn fill(&mut self, i: usize, e: NameEntry) {
-        debug_assert_eq!(self.table[i][0], 0);
-        self.table[i] = e.store();
-        self.len += 1;
-        self.sum = self.sum.wrapping_add(e.mix());
-    }
-
-    /// Removes the entry at `i`, shifting later entries of its run back.
-    fn remove_at(&mut self, mut i: usize) {
-        let removed = NameEntry::load(self.table[i]);
-        self.len -= 1;
-        self.sum = self.sum.wrapping_sub(removed.mix());
-        let mask = self.table.len() - 1;
-        let mut j = i;
-        loop {
-            j = (j + 1) & mask;
-            let e = self.table[j];
-            if e[0] == 0 {
-                break;
-            }
-            let home = self.home(e[0]);
-            // `e` may stay at `j` only if its home lies cyclically in (i, j].
-            let stays = if i <= j { i < home && home <= j } else { i < home || home <= j };
-            if !stays {
-                self.table[i] = e;
-                i = j;
-            }
-        }
-        self.table[i] = [0; 2];
-    }
-}
-
-/// Asks the CPU to start loading `r` into the cache.
-#[inline(always)]
-fn prefetch<T>(r: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is only a hint; it reads nothing and cannot fault.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((r as *const T).cast::<i8>());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = r;
-}
 
 /// The graph proper. Nodes are boxed: the `StableGraph`'s node vector then
 /// holds a pointer per node, so growing it (a pass adding nodes) copies 16
 /// bytes per node rather than the whole node.
 type Petgraph = StableGraph<Box<Node>, Edge, petgraph::Directed, u32>;
-
-/// The name a table entry refers to, if its node still exists.
-#[inline]
-fn entry_name(g: &Petgraph, e: NameEntry) -> Option<&str> {
-    let n = g.node_weight(NodeIndex::new(e.node as usize))?;
-    if e.slot == NODE_NAME {
-        Some(&n.name)
-    } else {
-        n.outputs.get(e.slot as usize).map(|o| o.name.as_deref().unwrap_or(&n.name))
-    }
-}
 
 /// A training graph.
 #[derive(Clone, Debug, Default)]
@@ -1152,52 +971,6 @@ impl Graph {
     }
 }
 
-/// Shape inference that remembers its last few results per op kind: the
-/// nodes of a model repeat, and the same op on the same input types gives
-/// the same outputs, so a repeat costs a comparison instead of an inference
-/// (and its allocations). Errors are not remembered.
-#[derive(Default)]
-pub(crate) struct InferMemo {
-    /// Per op kind: up to `WAYS` results, and the next one to replace.
-    last: Vec<(Vec<Inferred>, usize)>,
-}
-
-/// An op, its input types and its output types.
-type Inferred = (Op, SmallVec<[TensorType; 3]>, Vec<TensorType>);
-
-impl InferMemo {
-    const WAYS: usize = 4;
-
-    /// `infer::infer(op, inputs)`.
-    pub(crate) fn infer(&mut self, op: &Op, inputs: &[&TensorType]) -> Result<&[TensorType], String> {
-        let kind = op.kind() as usize;
-        if self.last.len() <= kind {
-            self.last.resize_with(kind + 1, Default::default);
-        }
-        let (seen, next) = &mut self.last[kind];
-        let hit = seen.iter().position(|(o, ins, _)| {
-            o == op && ins.len() == inputs.len() && ins.iter().zip(inputs).all(|(a, b)| a == *b)
-        });
-        let at = match hit {
-            Some(at) => at,
-            None => {
-                let out = infer::infer(op, inputs)?;
-                let entry = (op.clone(), inputs.iter().map(|&t| t.clone()).collect(), out);
-                if seen.len() < Self::WAYS {
-                    seen.push(entry);
-                    seen.len() - 1
-                } else {
-                    let at = *next;
-                    *next = (at + 1) % Self::WAYS;
-                    seen[at] = entry;
-                    at
-                }
-            }
-        };
-        Ok(&seen[at].2)
-    }
-}
-
 /// `name` for slot 0, `name:k` for slot k.
 pub fn default_output_names(name: &str, n: usize) -> Vec<String> {
     let mut v = Vec::with_capacity(n);
@@ -1208,131 +981,5 @@ pub fn default_output_names(name: &str, n: usize) -> Vec<String> {
     v
 }
 
-/// Two graphs are equal when they have the same metadata and the same nodes
-/// (compared by name, op, role, precision, outputs and inputs) in the same
-/// topological order; node indices do not matter.
-impl PartialEq for Graph {
-    fn eq(&self, other: &Graph) -> bool {
-        let (Ok(a), Ok(b)) = (self.topo_order(), other.topo_order()) else {
-            return false;
-        };
-        if self.name != other.name
-            || a.len() != b.len()
-            || self.optimizer != other.optimizer
-            || self.weights != other.weights
-        {
-            return false;
-        }
-        let vname = |g: &Graph, v: Option<ValueId>| v.map(|v| g.value_name(v).to_string());
-        let pairs = |g: &Graph, ps: &[(NodeId, ValueId)]| -> Vec<(String, String)> {
-            ps.iter().map(|&(n, v)| (g.node(n).name.clone(), g.value_name(v).to_string())).collect()
-        };
-        let outs = |g: &Graph| -> Vec<String> { g.outputs.iter().map(|&v| g.value_name(v).to_string()).collect() };
-        if vname(self, self.loss) != vname(other, other.loss)
-            || pairs(self, &self.gradients) != pairs(other, &other.gradients)
-            || pairs(self, &self.updates) != pairs(other, &other.updates)
-            || outs(self) != outs(other)
-        {
-            return false;
-        }
-        a.iter().zip(&b).all(|(&x, &y)| {
-            let (nx, ny) = (self.node(x), other.node(y));
-            let ix: Vec<&str> = self.inputs(x).into_iter().map(|v| self.value_name(v)).collect();
-            let iy: Vec<&str> = other.inputs(y).into_iter().map(|v| other.value_name(v)).collect();
-            nx.name == ny.name
-                && nx.op == ny.op
-                && nx.role == ny.role
-                && nx.precision == ny.precision
-                && nx.outputs == ny.outputs
-                && ix == iy
-        })
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::types::{DType, TensorType};
-
-    fn small() -> (Graph, ValueId, ValueId) {
-        let mut g = Graph::new("t");
-        let x = g.add_node("x", Op::Input { ty: TensorType::new(DType::F32, vec![4, 8]) }, Role::Forward, &[]).unwrap();
-        let w = g
-            .add_node(
-                "w",
-                Op::Param { ty: TensorType::new(DType::F32, vec![8, 2]), init: crate::op::Init::Zeros },
-                Role::Forward,
-                &[],
-            )
-            .unwrap();
-        let x = ValueId { node: x, slot: 0 };
-        let w = ValueId { node: w, slot: 0 };
-        (g, x, w)
-    }
-
-    #[test]
-    fn intercept_rewires_every_consumer() {
-        let (mut g, x, w) = small();
-        let mm =
-            g.add_node("y", Op::Matmul { transpose_a: false, transpose_b: false }, Role::Forward, &[x, w]).unwrap();
-        let r = g.add_node("r", Op::Relu, Role::Forward, &[ValueId { node: mm, slot: 0 }]).unwrap();
-        let c = g.intercept(x, "x.f16", Op::Cast { to: DType::F16 }, Role::Forward).unwrap();
-        assert_eq!(g.inputs(mm).as_slice(), [c, w]);
-        assert_eq!(g.uses(x).len(), 1);
-        assert_eq!(g.ty(c).dtype, DType::F16);
-        let order = g.topo_order().unwrap();
-        let pos = |n: NodeId| order.iter().position(|&m| m == n).unwrap();
-        assert!(pos(c.node) < pos(mm) && pos(mm) < pos(r));
-    }
-
-    #[test]
-    fn duplicate_names_are_rejected() {
-        let (mut g, x, _) = small();
-        assert_eq!(g.add_node("x", Op::Relu, Role::Forward, &[x]).unwrap_err(), GraphError::DuplicateName("x".into()));
-    }
-
-    #[test]
-    fn cycle_is_found() {
-        let (mut g, x, _) = small();
-        let a = g.add_node("a", Op::Relu, Role::Forward, &[x]).unwrap();
-        let b = g.add_node("b", Op::Relu, Role::Forward, &[ValueId { node: a, slot: 0 }]).unwrap();
-        g.set_input(a, 0, ValueId { node: b, slot: 0 });
-        let stuck = g.topo_order().unwrap_err();
-        assert_eq!(stuck, vec![a, b]);
-    }
-
-    #[test]
-    fn rename_moves_the_name_and_keeps_the_table_sound() {
-        let (mut g, x, w) = small();
-        let r = g.add_node("r", Op::Relu, Role::Forward, &[x]).unwrap();
-        g.rename(r, "s".into()).unwrap();
-        assert_eq!(g.value("s"), Some(ValueId { node: r, slot: 0 }));
-        assert_eq!((g.value("r"), g.node(r).name.as_str()), (None, "s"));
-        assert!(g.name_map_problems().is_empty());
-        assert_eq!(g.rename(r, g.value_name(w).to_string()).unwrap_err(), GraphError::DuplicateName("w".into()));
-        g.rename(r, "r".into()).unwrap();
-        assert!(g.name_map_problems().is_empty());
-        assert!(g.add_node("s", Op::Relu, Role::Forward, &[x]).is_ok(), "the old name is free again");
-    }
-
-    #[test]
-    fn a_renamed_output_is_caught_by_the_name_check() {
-        let (mut g, x, _) = small();
-        assert!(g.name_map_problems().is_empty());
-        g.node_mut(x.node).set_output_name(0, "y");
-        assert!(!g.name_map_problems().is_empty());
-        g.node_mut(x.node).set_output_name(0, "x");
-        assert!(g.name_map_problems().is_empty());
-        g.node_mut(x.node).name = "renamed".into();
-        assert!(!g.name_map_problems().is_empty(), "the value named as its node follows the node's name");
-    }
-
-    #[test]
-    fn remove_refuses_a_used_node() {
-        let (mut g, x, _) = small();
-        let a = g.add_node("a", Op::Relu, Role::Forward, &[x]).unwrap();
-        assert!(g.remove_node(x.node).is_err());
-        g.remove_node(a).unwrap();
-        assert!(g.value("a").is_none());
-    }
-}
+mod tests;

@@ -1,0 +1,83 @@
+use super::*;
+use crate::types::{DType, TensorType};
+
+fn small() -> (Graph, ValueId, ValueId) {
+    let mut g = Graph::new("t");
+    let x = g.add_node("x", Op::Input { ty: TensorType::new(DType::F32, vec![4, 8]) }, Role::Forward, &[]).unwrap();
+    let w = g
+        .add_node(
+            "w",
+            Op::Param { ty: TensorType::new(DType::F32, vec![8, 2]), init: crate::op::Init::Zeros },
+            Role::Forward,
+            &[],
+        )
+        .unwrap();
+    let x = ValueId { node: x, slot: 0 };
+    let w = ValueId { node: w, slot: 0 };
+    (g, x, w)
+}
+
+#[test]
+fn intercept_rewires_every_consumer() {
+    let (mut g, x, w) = small();
+    let mm = g.add_node("y", Op::Matmul { transpose_a: false, transpose_b: false }, Role::Forward, &[x, w]).unwrap();
+    let r = g.add_node("r", Op::Relu, Role::Forward, &[ValueId { node: mm, slot: 0 }]).unwrap();
+    let c = g.intercept(x, "x.f16", Op::Cast { to: DType::F16 }, Role::Forward).unwrap();
+    assert_eq!(g.inputs(mm).as_slice(), [c, w]);
+    assert_eq!(g.uses(x).len(), 1);
+    assert_eq!(g.ty(c).dtype, DType::F16);
+    let order = g.topo_order().unwrap();
+    let pos = |n: NodeId| order.iter().position(|&m| m == n).unwrap();
+    assert!(pos(c.node) < pos(mm) && pos(mm) < pos(r));
+}
+
+#[test]
+fn duplicate_names_are_rejected() {
+    let (mut g, x, _) = small();
+    assert_eq!(g.add_node("x", Op::Relu, Role::Forward, &[x]).unwrap_err(), GraphError::DuplicateName("x".into()));
+}
+
+#[test]
+fn cycle_is_found() {
+    let (mut g, x, _) = small();
+    let a = g.add_node("a", Op::Relu, Role::Forward, &[x]).unwrap();
+    let b = g.add_node("b", Op::Relu, Role::Forward, &[ValueId { node: a, slot: 0 }]).unwrap();
+    g.set_input(a, 0, ValueId { node: b, slot: 0 });
+    let stuck = g.topo_order().unwrap_err();
+    assert_eq!(stuck, vec![a, b]);
+}
+
+#[test]
+fn rename_moves_the_name_and_keeps_the_table_sound() {
+    let (mut g, x, w) = small();
+    let r = g.add_node("r", Op::Relu, Role::Forward, &[x]).unwrap();
+    g.rename(r, "s".into()).unwrap();
+    assert_eq!(g.value("s"), Some(ValueId { node: r, slot: 0 }));
+    assert_eq!((g.value("r"), g.node(r).name.as_str()), (None, "s"));
+    assert!(g.name_map_problems().is_empty());
+    assert_eq!(g.rename(r, g.value_name(w).to_string()).unwrap_err(), GraphError::DuplicateName("w".into()));
+    g.rename(r, "r".into()).unwrap();
+    assert!(g.name_map_problems().is_empty());
+    assert!(g.add_node("s", Op::Relu, Role::Forward, &[x]).is_ok(), "the old name is free again");
+}
+
+#[test]
+fn a_renamed_output_is_caught_by_the_name_check() {
+    let (mut g, x, _) = small();
+    assert!(g.name_map_problems().is_empty());
+    g.node_mut(x.node).set_output_name(0, "y");
+    assert!(!g.name_map_problems().is_empty());
+    g.node_mut(x.node).set_output_name(0, "x");
+    assert!(g.name_map_problems().is_empty());
+    g.node_mut(x.node).name = "renamed".into();
+    assert!(!g.name_map_problems().is_empty(), "the value named as its node follows the node's name");
+}
+
+#[test]
+fn remove_refuses_a_used_node() {
+    let (mut g, x, _) = small();
+    let a = g.add_node("a", Op::Relu, Role::Forward, &[x]).unwrap();
+    assert!(g.remove_node(x.node).is_err());
+    g.remove_node(a).unwrap();
+    assert!(g.value("a").is_none());
+}
