@@ -18,7 +18,7 @@ use std::time::Instant;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use mpc::op::{Init, Op, Role};
+use mpc::ir::op::{Init, Op, Role};
 use mpc::passes::{self, Options, Pass};
 use mpc::{DType, Graph, TensorType, ValueId};
 

@@ -133,10 +133,10 @@ fn split(target: usize, runs: usize) -> [f64; 4] {
         plain.push(t0.elapsed());
         std::mem::drop(raw);
         let t0 = Instant::now();
-        let raw = mpc::parse::parse_raw(black_box(&text)).expect("the synthetic graph parses");
+        let raw = mpc::format::parse::parse_raw(black_box(&text)).expect("the synthetic graph parses");
         serde.push(t0.elapsed());
         let t0 = Instant::now();
-        let g = mpc::parse::from_raw(black_box(&raw)).expect("the synthetic graph is valid");
+        let g = mpc::format::parse::from_raw(black_box(&raw)).expect("the synthetic graph is valid");
         build.push(t0.elapsed());
         let t0 = Instant::now();
         std::mem::drop(raw);

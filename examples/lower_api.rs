@@ -3,7 +3,7 @@
 //!
 //! Run: `cargo run --example lower_api`
 
-use mpc::op::{Init, Op, Role};
+use mpc::ir::op::{Init, Op, Role};
 use mpc::passes::{self, LossScale, Options};
 use mpc::{DType, Graph, TensorType, ValueId};
 
@@ -37,7 +37,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let opts = Options { low: DType::F16, loss_scale: Some(LossScale::DYNAMIC), explain: true, ..Options::default() };
     let lowered = passes::lower(&mut g, &opts)?;
-    print!("{}", mpc::emit::text::to_string(&g));
+    print!("{}", mpc::format::emit::text::to_string(&g));
     println!("{}", lowered.autocast.summary());
     for d in lowered.autocast.decisions.iter().filter(|d| d.class.is_some()) {
         println!("  {:<8} {:<20} {:<5} {}", d.node, d.op, d.dtype, d.rule);

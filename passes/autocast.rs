@@ -9,9 +9,9 @@
 
 use rustc_hash::FxHashMap;
 
-use crate::graph::{name_hash, Graph, InferMemo, NodeId, ValueId};
-use crate::op::{Op, OpKind, Precision};
-use crate::types::DType;
+use crate::ir::graph::{name_hash, Graph, InferMemo, NodeId, ValueId};
+use crate::ir::op::{Op, OpKind, Precision};
+use crate::ir::types::DType;
 
 use super::cleanup::exact_via;
 use super::paint::{paint_with, Adjacency, Kind, Packed, Pin, Rule};

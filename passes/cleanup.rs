@@ -5,9 +5,9 @@
 //! A exactly (f16 -> f32 -> f16); a chain that rounds (f32 -> f16 -> f32)
 //! stays, because it changes the values.
 
-use crate::graph::{Graph, NodeId, ValueId};
-use crate::op::Op;
-use crate::types::DType;
+use crate::ir::graph::{Graph, NodeId, ValueId};
+use crate::ir::op::Op;
+use crate::ir::types::DType;
 
 use super::dce;
 use super::{Pass, PassError};
@@ -86,8 +86,8 @@ impl Pass for Cleanup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::op::Role;
-    use crate::types::TensorType;
+    use crate::ir::op::Role;
+    use crate::ir::types::TensorType;
 
     fn chain(first: DType, via: DType) -> (Graph, ValueId, ValueId) {
         let mut g = Graph::new("t");

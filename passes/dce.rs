@@ -4,7 +4,7 @@
 //! and every input, param and state declaration (they are the step's
 //! interface, so they stay even when unread).
 
-use crate::graph::{Graph, NodeId};
+use crate::ir::graph::{Graph, NodeId};
 
 use super::{Pass, PassError};
 
@@ -108,8 +108,8 @@ pub(crate) fn remove_dead(g: &mut Graph, live: &[bool]) -> Result<bool, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::op::{Op, Role};
-    use crate::types::{DType, TensorType};
+    use crate::ir::op::{Op, Role};
+    use crate::ir::types::{DType, TensorType};
     use crate::ValueId;
 
     #[test]

@@ -10,8 +10,8 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
-use crate::op::Role;
-use crate::types::DType;
+use crate::ir::op::Role;
+use crate::ir::types::DType;
 
 use super::paint::{paint, Kind, PaintInput, Pin, Rule};
 use super::table::Class;

@@ -11,10 +11,10 @@
 
 use rustc_hash::FxHashMap;
 
-use crate::graph::{Graph, NodeId, ValueId};
-use crate::infer::arity_ok;
-use crate::op::{Op, Role};
-use crate::types::{DType, Shape};
+use crate::ir::graph::{Graph, NodeId, ValueId};
+use crate::ir::infer::arity_ok;
+use crate::ir::op::{Op, Role};
+use crate::ir::types::{DType, Shape};
 
 use super::{Pass, PassError};
 

@@ -7,9 +7,9 @@
 //! The optimizer step itself is made skippable by master-weights, which
 //! reads `found_inf`.
 
-use crate::graph::{Graph, ValueId};
-use crate::op::{Init, Op, Role};
-use crate::types::{DType, TensorType};
+use crate::ir::graph::{Graph, ValueId};
+use crate::ir::op::{Init, Op, Role};
+use crate::ir::types::{DType, TensorType};
 
 use super::{Pass, PassError};
 
@@ -195,7 +195,7 @@ impl Pass for LossScaling {
                 seeds.len()
             )));
         };
-        let err = |e: crate::graph::GraphError| fail(e.to_string());
+        let err = |e: crate::ir::graph::GraphError| fail(e.to_string());
         let scalar = |d| TensorType::scalar(d);
         let name = g.fresh_name("loss_scale");
         let scale_node = g

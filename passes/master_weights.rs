@@ -17,9 +17,9 @@
 //! the other runs keep every parameter, optimizer and scaler state.
 
 use crate::format::{OptimizerKind, Schedule};
-use crate::graph::{Graph, NodeId, ValueId};
-use crate::op::{Init, Op, Role};
-use crate::types::{DType, TensorType};
+use crate::ir::graph::{Graph, NodeId, ValueId};
+use crate::ir::op::{Init, Op, Role};
+use crate::ir::types::{DType, TensorType};
 
 use super::{Pass, PassError};
 

@@ -5,10 +5,10 @@
 //! pass when asked (always in debug builds and tests) so that a broken
 //! invariant is reported as "after <pass>".
 
-use crate::emit::text;
-use crate::graph::Graph;
-use crate::types::DType;
-use crate::verify::{self, VerifyError};
+use crate::format::emit::text;
+use crate::ir::graph::Graph;
+use crate::ir::types::DType;
+use crate::ir::verify::{self, VerifyError};
 
 pub mod autocast;
 pub mod cleanup;
@@ -186,6 +186,6 @@ pub fn run_passes(g: &mut Graph, passes: &mut [&mut dyn Pass], opts: &Options) -
 
 /// A node showing that `g` was lowered already (master-weights' optimizer
 /// nodes), or `None`.
-pub fn lowered_mark(g: &Graph) -> Option<crate::graph::NodeId> {
-    g.node_ids().find(|&n| g.node(n).role == crate::op::Role::Optimizer)
+pub fn lowered_mark(g: &Graph) -> Option<crate::ir::graph::NodeId> {
+    g.node_ids().find(|&n| g.node(n).role == crate::ir::op::Role::Optimizer)
 }

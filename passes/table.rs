@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::op::{OpKind, OPS};
-use crate::types::DType;
+use crate::ir::op::{OpKind, OPS};
+use crate::ir::types::DType;
 
-pub use crate::opinfo::Class;
+pub use crate::ir::opinfo::Class;
 
 /// The class of every op, for one low type.
 #[derive(Clone, Debug, PartialEq)]
@@ -51,7 +51,7 @@ pub fn gradients_of(k: OpKind) -> &'static [OpKind] {
 impl Table {
     /// The default table for `low` (f16 or bf16), from PyTorch's CUDA
     /// autocast lists and TensorFlow's AMP lists (see docs/DESIGN.md): the
-    /// classes of the op table's rows (`src/op.rs`). There LRN is `infer`:
+    /// classes of the op table's rows (`src/ir/op.rs`). There LRN is `infer`:
     /// its sums of squares would overflow FP16, but every executor computes
     /// an op in f32 and rounds only its output, which is at most |x|, so
     /// storing it low is safe, and an FP32 LRN costs two casts each

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::diag::{closest, Problem};
-use crate::op::OpKind;
+use crate::ir::op::OpKind;
 
 use super::table::{is_pinned, is_unpainted, Class};
 

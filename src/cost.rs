@@ -22,9 +22,9 @@
 //! [`per_element`]); they are memory-bound on every GPU here, so those
 //! constants do not move the estimate.
 
-use crate::graph::{Graph, NodeId};
-use crate::op::Op;
-use crate::types::{DType, TensorType};
+use crate::ir::graph::{Graph, NodeId};
+use crate::ir::op::Op;
+use crate::ir::types::{DType, TensorType};
 
 /// A GPU's peak rates (dense, no sparsity), from its vendor's data sheet.
 #[derive(Clone, Copy, Debug, PartialEq)]

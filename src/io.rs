@@ -5,8 +5,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::diag::{report, syntax_report, Problem};
-use crate::graph::Graph;
-use crate::parse::{parse_str, ParseError};
+use crate::format::parse::{parse_str, ParseError};
+use crate::ir::graph::Graph;
 
 /// A graph read from a file, with the text kept for error messages.
 pub struct Loaded {

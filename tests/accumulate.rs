@@ -31,9 +31,9 @@
 
 use std::collections::BTreeMap;
 
-use mpc::data::{synthetic_batch, Layout};
 use mpc::exec::{init_state, CpuBackend, RunOptions, Session, State, Tensor};
 use mpc::passes::{self, LossScale, Options};
+use mpc::train::data::{synthetic_batch, Layout};
 use mpc::{DType, Graph, Op};
 
 const B: usize = 8;
@@ -196,7 +196,7 @@ fn micro_batches_match_one_big_batch(p: Precision) {
     let fetch: Vec<String> = grads_small.values().cloned().collect();
     let opts = RunOptions { fetch, ..RunOptions::default() };
     let mut sess = Session::new(&small, CpuBackend, 1, &small_state).unwrap();
-    let rs = mpc::training::optimizer_step(
+    let rs = mpc::train::optimizer_step(
         &mut sess,
         N as u64,
         0,
@@ -309,13 +309,13 @@ fn an_overflow_in_one_micro_batch_skips_the_whole_step() {
 
     // The next optimizer step is clean and trains.
     let batch = |m: u64| synthetic_batch(&layout, 3, m).map_err(|e| e.to_string());
-    let r = mpc::training::optimizer_step(&mut sess, N as u64, 1, &opts, batch, |_, e| e.to_string()).unwrap();
+    let r = mpc::train::optimizer_step(&mut sess, N as u64, 1, &opts, batch, |_, e| e.to_string()).unwrap();
     assert_eq!((r.found_inf, r.loss_scale), (Some(false), Some((SCALE / 2.0) as f32)));
     let s = sess.state().unwrap();
     assert!(!s["w1"].bit_eq(&state0["w1"]));
     assert_eq!(s["loss_scale_tracker"].item_f32(), Some(1.0));
     // Growth (interval 2) comes after two clean optimizer steps, not two micro-steps.
-    let r = mpc::training::optimizer_step(&mut sess, N as u64, 2, &opts, batch, |_, e| e.to_string()).unwrap();
+    let r = mpc::train::optimizer_step(&mut sess, N as u64, 2, &opts, batch, |_, e| e.to_string()).unwrap();
     assert_eq!(r.found_inf, Some(false));
     assert_eq!(sess.state().unwrap()["loss_scale"].item_f32(), Some(SCALE as f32));
 }
@@ -327,16 +327,16 @@ fn lowered_accumulation_snapshots() {
     let text = model(4, 2, r#""kind": "adamw", "lr": 0.001, "clip_grad_norm": 1.0"#);
     let mut g = mpc::parse_str(&text).unwrap();
     passes::lower(&mut g, &Options { verify_each: true, ..Options::default() }).unwrap();
-    insta::assert_snapshot!("fp16_adamw_accumulate_2", mpc::emit::text::to_string(&g));
+    insta::assert_snapshot!("fp16_adamw_accumulate_2", mpc::format::emit::text::to_string(&g));
     // Lowering the lowered graph changes nothing.
-    let again = mpc::parse_str(&mpc::emit::json::to_string(&g)).unwrap();
+    let again = mpc::parse_str(&mpc::format::emit::json::to_string(&g)).unwrap();
     let mut twice = again.clone();
     passes::lower(&mut twice, &Options { verify_each: true, ..Options::default() }).unwrap();
-    assert_eq!(mpc::emit::text::to_string(&twice), mpc::emit::text::to_string(&again));
+    assert_eq!(mpc::format::emit::text::to_string(&twice), mpc::format::emit::text::to_string(&again));
 
     let mut g = mpc::parse_str(&model(4, 2, SGD)).unwrap();
     passes::lower_fp32(&mut g, &Options { verify_each: true, ..Options::default() }).unwrap();
-    insta::assert_snapshot!("fp32_sgd_accumulate_2", mpc::emit::text::to_string(&g));
+    insta::assert_snapshot!("fp32_sgd_accumulate_2", mpc::format::emit::text::to_string(&g));
 }
 
 /// The micro-batch gradient behind each `gradients` value is what backward
@@ -371,8 +371,8 @@ fn the_emulated_device_accumulates_as_the_cpu_does() {
     let opts = RunOptions { inject_inf: Some(("dw2".into(), 2)), ..RunOptions::default() };
     let batch = |m: u64| synthetic_batch(&layout, 5, m).map_err(|e| e.to_string());
     for s in 0..3 {
-        let a = mpc::training::optimizer_step(&mut cpu, N as u64, s, &opts, batch, |_, e| e.to_string()).unwrap();
-        let b = mpc::training::optimizer_step(&mut emu, N as u64, s, &opts, batch, |_, e| e.to_string()).unwrap();
+        let a = mpc::train::optimizer_step(&mut cpu, N as u64, s, &opts, batch, |_, e| e.to_string()).unwrap();
+        let b = mpc::train::optimizer_step(&mut emu, N as u64, s, &opts, batch, |_, e| e.to_string()).unwrap();
         assert_eq!((a.found_inf, a.loss_scale), (b.found_inf, b.loss_scale), "step {s}");
         assert_eq!(a.found_inf, Some(s == 0), "step {s}");
         let (la, lb) = (a.loss.unwrap(), b.loss.unwrap());

@@ -259,7 +259,7 @@ fn fp16_scales_and_bf16_does_not_by_default() {
 fn dynamic_scaling_declares_gradscaler_state_and_reports_it() {
     let (_, g, _) = lowered(DType::F16).into_iter().find(|(n, _, _)| n.ends_with("mlp.json")).unwrap();
     let scale = g.node(g.node_named("loss_scale").unwrap());
-    assert!(matches!(scale.op, Op::State { init: mpc::op::Init::Constant { value: 65536.0 }, .. }));
+    assert!(matches!(scale.op, Op::State { init: mpc::ir::op::Init::Constant { value: 65536.0 }, .. }));
     let up = g.node_ids().find(|&n| matches!(g.node(n).op, Op::ScaleUpdate { .. })).unwrap();
     assert_eq!(g.node(up).op, Op::ScaleUpdate { growth_factor: 2.0, backoff_factor: 0.5, growth_interval: 2000 });
     let outs: Vec<&str> = g.outputs.iter().map(|&v| g.value_name(v)).collect();

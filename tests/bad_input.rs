@@ -64,7 +64,7 @@ fn check_inner(text: &str) -> Result<(), TestCaseError> {
             // verify, and write something that parses again; equality is
             // only promised for verified graphs (see
             // `known_bug_gradient_order_of_unverified_graph`).
-            let emitted = mpc::emit::json::to_string(&g);
+            let emitted = mpc::format::emit::json::to_string(&g);
             if let Err(e) = mpc::parse_str(&emitted) {
                 return Err(TestCaseError::fail(format!(
                     "the emitted form of a parsed (unverified) graph does not parse: {e}\n--- emitted:\n{emitted}"
@@ -98,7 +98,8 @@ fn same_as_two_step(text: &str) -> Result<(), TestCaseError> {
         s
     }
     let one = mpc::parse_str(text);
-    let two = mpc::parse::parse_raw(text).and_then(|raw| mpc::parse::from_raw(&raw).map_err(mpc::ParseError::Invalid));
+    let two = mpc::format::parse::parse_raw(text)
+        .and_then(|raw| mpc::format::parse::from_raw(&raw).map_err(mpc::ParseError::Invalid));
     match (&one, &two) {
         (Ok(a), Ok(b)) => prop_assert_eq!(layout(a), layout(b), "streaming and two-step parses differ"),
         (Err(a), Err(b)) => prop_assert_eq!(a, b),
@@ -109,7 +110,7 @@ fn same_as_two_step(text: &str) -> Result<(), TestCaseError> {
 
 /// `parse(emit(g)) == g`.
 fn round_trip(g: &mpc::Graph) -> Result<(), TestCaseError> {
-    let emitted = mpc::emit::json::to_string(g);
+    let emitted = mpc::format::emit::json::to_string(g);
     same_as_two_step(&emitted)?;
     let again = match mpc::parse_str(&emitted) {
         Ok(again) => again,
@@ -118,7 +119,7 @@ fn round_trip(g: &mpc::Graph) -> Result<(), TestCaseError> {
         }
     };
     if again != *g {
-        let re = mpc::emit::json::to_string(&again);
+        let re = mpc::format::emit::json::to_string(&again);
         return Err(TestCaseError::fail(format!(
             "parse(emit(g)) != g\n--- emit(g):\n{emitted}\n--- emit(parse(emit(g))):\n{re}"
         )));
@@ -563,7 +564,7 @@ fn attr_value(name: &str) -> BoxedStrategy<Value> {
 
 /// Every attribute field a node may carry (the parser's own list, so new
 /// attributes are fuzzed too).
-const ATTR_FIELDS: [&str; mpc::attrs::N_ATTRS] = mpc::attrs::ATTRS;
+const ATTR_FIELDS: [&str; mpc::format::attrs::N_ATTRS] = mpc::format::attrs::ATTRS;
 
 /// Keys of the file's objects, plus a few that belong nowhere.
 /// The top-level keys (the parser's own list), then other keys of the file's objects.
@@ -585,7 +586,7 @@ const OTHER_FIELDS: [&str; 14] = [
 ];
 
 fn field_names() -> Vec<&'static str> {
-    mpc::parse::TOP_LEVEL_KEYS.iter().chain(OTHER_FIELDS.iter()).copied().collect()
+    mpc::format::parse::TOP_LEVEL_KEYS.iter().chain(OTHER_FIELDS.iter()).copied().collect()
 }
 
 /// Arbitrary JSON, a few levels deep, with keys that look like the format's.
@@ -1063,8 +1064,8 @@ fn arity(kind: OpKind) -> usize {
 /// The outputs an op makes (one for split: its sizes are random).
 fn num_outputs(kind: OpKind) -> usize {
     match kind.info().outputs {
-        mpc::opinfo::Outputs::Fixed(n) => n,
-        mpc::opinfo::Outputs::PerSize => 1,
+        mpc::ir::opinfo::Outputs::Fixed(n) => n,
+        mpc::ir::opinfo::Outputs::PerSize => 1,
     }
 }
 
@@ -1079,7 +1080,7 @@ struct ANode {
 
 fn anode() -> impl Strategy<Value = ANode> {
     select(OpKind::ALL.to_vec()).prop_flat_map(|kind| {
-        let allowed = mpc::attrs::allowed(kind);
+        let allowed = mpc::format::attrs::allowed(kind);
         let attrs: Vec<BoxedStrategy<Option<(String, Value)>>> = allowed
             .iter()
             .map(|&a| {
@@ -1852,7 +1853,7 @@ fn pathological_inputs_finish() {
     ];
     // Also the emitted form of the big chain round-trips.
     let chain = mpc::parse_str(&cases[0].1).expect("the chain parses");
-    let emitted = mpc::emit::json::to_string(&chain);
+    let emitted = mpc::format::emit::json::to_string(&chain);
     assert!(mpc::parse_str(&emitted).expect("re-parse") == chain);
     cases.push(("the emitted chain", emitted, true));
 
@@ -1872,7 +1873,7 @@ fn pathological_inputs_finish() {
 // ---------------------------------------------------------------------------
 
 /// A pooling window's padding near `u64::MAX / 2`: `check_window` in
-/// src/attrs.rs computes `2 * p > k`, which overflows (a panic in debug
+/// src/format/attrs.rs computes `2 * p > k`, which overflows (a panic in debug
 /// builds, a wrapped and wrong comparison in release).
 #[test]
 fn regression_pool_padding_overflow() {
@@ -1883,9 +1884,9 @@ fn regression_pool_padding_overflow() {
     must_reject(text);
 }
 
-/// A conv2d padding near `u64::MAX / 2`: `Window::output_hw` in src/op.rs
+/// A conv2d padding near `u64::MAX / 2`: `Window::output_hw` in src/ir/op.rs
 /// computes `size.checked_add(2 * padding)`, and the `2 * padding` overflows.
-/// conv2d does not bound its padding at all (`conv_window` in src/attrs.rs).
+/// conv2d does not bound its padding at all (`conv_window` in src/format/attrs.rs).
 #[test]
 fn regression_conv_padding_overflow() {
     let text = r#"{"format": "mpc/1", "inputs": [{"name": "x", "shape": [1, 1, 4, 4]}],
@@ -1897,7 +1898,7 @@ fn regression_conv_padding_overflow() {
 }
 
 /// Broadcasting never checks the element count of its result (`broadcast`
-/// in src/infer.rs), so two 2^48-element operands give a 2^96-element sum;
+/// in src/ir/infer.rs), so two 2^48-element operands give a 2^96-element sum;
 /// `flatten` then multiplies the dimensions with `Iterator::product` and
 /// overflows.
 #[test]
@@ -1917,7 +1918,7 @@ fn regression_flatten_after_broadcast_overflow() {
 
 /// The same overflow in `flatten`, reached through a convolution whose
 /// output is never checked against the element limit (`window_out` in
-/// src/infer.rs): padding 2^61 on a 1x1 input gives a (2^62+1)^2 map.
+/// src/ir/infer.rs): padding 2^61 on a 1x1 input gives a (2^62+1)^2 map.
 #[test]
 fn regression_flatten_after_huge_conv_output() {
     let text = r#"{"format": "mpc/1", "inputs": [{"name": "x", "shape": [1, 1, 1, 1]}],

@@ -4,10 +4,10 @@
 //! verify and round-trip through JSON, lower in fp16 and bf16 (grad writes
 //! every gradient op), and a lowered step runs on the CPU executor.
 
-use mpc::emit::{json, text};
 use mpc::exec::rng::SplitMix64;
 use mpc::exec::{init_state, CpuBackend, Data, Executor, RunOptions, State, Tensor};
-use mpc::op::Conv;
+use mpc::format::emit::{json, text};
+use mpc::ir::op::Conv;
 use mpc::passes::{self, Options};
 use mpc::{DType, Graph, Op, OpKind};
 
@@ -61,7 +61,7 @@ fn round_trips(g: &Graph) {
     assert_eq!(json::to_string(&again), emitted, "emit is not a fixed point");
 }
 
-fn node<'a>(g: &'a Graph, name: &str) -> &'a mpc::graph::Node {
+fn node<'a>(g: &'a Graph, name: &str) -> &'a mpc::ir::graph::Node {
     g.node(g.node_named(name).unwrap_or_else(|| panic!("no node `{name}`")))
 }
 

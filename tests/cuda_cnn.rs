@@ -47,7 +47,6 @@
 
 use std::time::Instant;
 
-use mpc::data::{synthetic_batch, Layout};
 use mpc::exec::cuda::backend::CudaBackend;
 use mpc::exec::cuda::emu::EmuGpu;
 use mpc::exec::rng::SplitMix64;
@@ -55,6 +54,7 @@ use mpc::exec::{init_state, CpuBackend, RunOptions, Session};
 use mpc::format::{Optimizer, OptimizerKind};
 use mpc::onnx::{import, ImportOptions, Loss};
 use mpc::passes::{self, Options};
+use mpc::train::data::{synthetic_batch, Layout};
 use mpc::{DType, Op};
 
 const STEPS: u64 = 4;

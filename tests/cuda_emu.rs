@@ -10,12 +10,12 @@
 //! was written: losses bit-equal in all but one of 21 steps (that one 8e-8
 //! relative), params within one f32 ulp after four steps.
 
-use mpc::data::{synthetic_batch, Layout};
 use mpc::exec::cuda::backend::CudaBackend;
 use mpc::exec::cuda::emu::EmuGpu;
 use mpc::exec::cuda::selftest::{self, Tolerance};
 use mpc::exec::{init_state, Backend, CpuBackend, ExecError, OpCtx, RunOptions, Session, Tensor};
 use mpc::passes::{self, Options};
+use mpc::train::data::{synthetic_batch, Layout};
 use mpc::DType;
 use mpc::{Op, TensorType};
 
@@ -99,7 +99,7 @@ fn the_check_fails_when_a_kernel_is_wrong() {
 fn batches(path: &str, source: &mpc::Graph) -> Box<dyn Fn(u64) -> mpc::exec::State> {
     if path.ends_with("gpt_block.json") {
         let text = std::path::Path::new("ir-examples/data/declaration.txt");
-        let data = mpc::data::Dataset::load_text(text, source, 0).unwrap();
+        let data = mpc::train::data::Dataset::load_text(text, source, 0).unwrap();
         return Box::new(move |s| data.train_batch(s).unwrap());
     }
     let layout = Layout::of(source).unwrap();

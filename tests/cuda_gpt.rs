@@ -38,12 +38,12 @@
 use std::path::Path;
 use std::time::Instant;
 
-use mpc::data::Dataset;
 use mpc::exec::cuda::backend::CudaBackend;
 use mpc::exec::cuda::emu::EmuGpu;
 use mpc::exec::cuda::selftest::Tolerance;
 use mpc::exec::{init_state, CpuBackend, RunOptions, Session};
 use mpc::passes::{self, Options};
+use mpc::train::data::Dataset;
 use mpc::{DType, Op};
 
 const STEPS: u64 = 3;

@@ -45,14 +45,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use half::{bf16, f16};
-use mpc::attrs::{allowed, op_from_raw, ATTRS};
 use mpc::exec::cuda::backend::{supports, CudaBackend};
 use mpc::exec::cuda::emu::EmuGpu;
 use mpc::exec::rng::SplitMix64;
 use mpc::exec::{Backend, CpuBackend, Data, ExecError, OpCtx, Tensor};
+use mpc::format::attrs::{allowed, op_from_raw, ATTRS};
 use mpc::format::RawNode;
-use mpc::op::Init;
-use mpc::types::DType::{Bf16, Bool, F16, F32, I32, I64};
+use mpc::ir::op::Init;
+use mpc::ir::types::DType::{Bf16, Bool, F16, F32, I32, I64};
 use mpc::{DType, Op, OpKind, TensorType};
 
 const FLOATS: [DType; 3] = [F32, F16, Bf16];
@@ -979,7 +979,7 @@ fn run<B: Backend>(be: &mut B, op: &Op, inputs: &[Tensor], outs: &[TensorType]) 
 fn out_types(c: &Case) -> Vec<TensorType> {
     let types: Vec<TensorType> = c.inputs.iter().map(Tensor::ty).collect();
     let refs: Vec<&TensorType> = types.iter().collect();
-    mpc::infer::infer(&c.op, &refs).unwrap_or_else(|e| panic!("{}: {e}", c.label()))
+    mpc::ir::infer::infer(&c.op, &refs).unwrap_or_else(|e| panic!("{}: {e}", c.label()))
 }
 
 /// Each element as (value, bits).

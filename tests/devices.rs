@@ -105,7 +105,7 @@ fn cuda_emu_trains_like_the_cpu() {
         ]);
         let (out, err) = text(&o);
         assert!(o.status.success(), "{device}: {out}\n{err}");
-        (losses(&log), mpc::checkpoint::load(&ck.join("step-8.safetensors")).unwrap())
+        (losses(&log), mpc::train::checkpoint::load(&ck.join("step-8.safetensors")).unwrap())
     };
     let (emu, emu_ck) = run("cuda-emu");
     let (cpu, cpu_ck) = run("cpu");

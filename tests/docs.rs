@@ -1,12 +1,12 @@
-//! docs/FORMAT.md's op reference against the op table (`src/op.rs`): every
+//! docs/FORMAT.md's op reference against the op table (`src/ir/op.rs`): every
 //! op of the table has a row there and every op named there is in the
 //! table, with the table's number of inputs and outputs and its attributes,
 //! so the documentation cannot drift from the code.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use mpc::attrs::ATTRS;
-use mpc::opinfo::Outputs;
+use mpc::format::attrs::ATTRS;
+use mpc::ir::opinfo::Outputs;
 use mpc::OpKind;
 
 /// One op's cells: (inputs, attributes, outputs).

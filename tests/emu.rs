@@ -8,7 +8,7 @@ use bytemuck::Pod;
 use half::{bf16, f16};
 use mpc::exec::cuda::emu::{EmuGpu, EmuMem};
 use mpc::exec::cuda::gpu::{Gemm, Gpu, GpuError, KArg, Launch};
-use mpc::types::DType;
+use mpc::ir::types::DType;
 
 fn up<T: Pod>(gpu: &mut EmuGpu, data: &[T]) -> EmuMem {
     let m = gpu.alloc(std::mem::size_of_val(data)).unwrap();

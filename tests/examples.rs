@@ -1,7 +1,7 @@
 //! Every ir-example: parses, verifies, round-trips through JSON, and its text
 //! form after each pipeline stage matches the committed snapshot.
 
-use mpc::emit::{json, text};
+use mpc::format::emit::{json, text};
 use mpc::passes::{self, Options};
 
 fn load(path: &std::path::Path) -> mpc::Graph {
@@ -54,7 +54,7 @@ fn examples_after_each_pass() {
 #[test]
 fn dot_output_colours_every_node() {
     let g = load(std::path::Path::new("ir-examples/mlp.json"));
-    let dot = mpc::emit::dot::to_string(&g);
+    let dot = mpc::format::emit::dot::to_string(&g);
     assert!(dot.starts_with("digraph \"mlp_digits\" {"));
     let coloured = dot.lines().filter(|l| l.trim_start().starts_with('n') && l.contains("fillcolor")).count();
     assert_eq!(coloured, g.node_count());

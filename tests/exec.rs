@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use half::f16;
 use mpc::exec::rng::SplitMix64;
 use mpc::exec::{init_state, Backend, CpuBackend, Data, ExecError, Executor, OpCtx, RunOptions, State, Tensor};
-use mpc::op::{Conv, Init, Op, Window};
+use mpc::ir::op::{Conv, Init, Op, Window};
 use mpc::passes::grad::Grad;
 use mpc::passes::Pass;
 use mpc::{DType, Graph, Role, TensorType, ValueId};

@@ -2,12 +2,12 @@
 
 use mpc::exec::{init_state_with, CpuBackend, Executor, RunOptions, State, Tensor};
 use mpc::format::{Optimizer, OptimizerKind};
+use mpc::ir::op::Conv;
 use mpc::onnx::proto::{
     data_type, AttributeProto, DimensionValue, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
     TypeValue, ValueInfoProto,
 };
 use mpc::onnx::{import, ImportOptions, Loss};
-use mpc::op::Conv;
 use mpc::passes::{self, Options, Table};
 use mpc::{DType, Op};
 use prost::Message;
@@ -453,7 +453,7 @@ fn an_inference_import_has_no_loss_and_keeps_the_weights_as_the_models_bytes() {
     let im = import(bytes.clone(), &opts).unwrap();
     assert!(im.graph.loss.is_none() && im.graph.optimizer.is_none());
     assert!(im.graph.node_named("labels").is_none());
-    mpc::verify::verify_inference(&im.graph).unwrap();
+    mpc::ir::verify::verify_inference(&im.graph).unwrap();
     // The weight's bytes point into the model's buffer: no copy was made.
     let w = &im.weights["w1"].data;
     let (lo, hi) = (bytes.as_ptr() as usize, bytes.as_ptr() as usize + bytes.len());
@@ -552,7 +552,7 @@ fn a_dilated_conv_imports() {
     assert_eq!(g.node(g.node_named("c").unwrap()).op, Op::Conv2d(want));
     // (9 + 4 − 5)/1 + 1 = 9, (8 + 2 − 4)/2 + 1 = 4.
     assert_eq!(g.ty(g.value("c").unwrap()).shape.0, vec![1, 2, 9, 4]);
-    let text = mpc::emit::json::to_string(g);
+    let text = mpc::format::emit::json::to_string(g);
     assert!(text.contains(r#""dilation": [2, 3]"#) || text.contains(r#""dilation":[2,3]"#), "{text}");
     let back = mpc::parse_str(&text).expect("reads back");
     assert_eq!(back.node(back.node_named("c").unwrap()).op, Op::Conv2d(want));
@@ -599,7 +599,7 @@ fn a_ceil_mode_pool_round_trips_through_the_graph_file() {
     );
     let m = model(vec![pool, relu("p", "y")], vec![], &[1, 1, 7, 7]);
     let im = import(m.encode_to_vec(), &options(Loss::Mse)).unwrap();
-    let text = mpc::emit::json::to_string(&im.graph);
+    let text = mpc::format::emit::json::to_string(&im.graph);
     assert!(text.contains(r#""padding_end": [2, 2]"#) || text.contains(r#""padding_end":[2,2]"#), "{text}");
     let g = mpc::parse_str(&text).expect("the written graph reads back");
     mpc::verify(&g).expect("and verifies");

@@ -1,10 +1,10 @@
-//! The streaming parse (`mpc::parse::fast`, which `parse_str` tries first)
+//! The streaming parse (`mpc::format::parse::fast`, which `parse_str` tries first)
 //! builds exactly the graph the two-step `parse_raw` + `from_raw` builds, and
 //! hands everything else (errors, unusual layouts) to the two-step path.
 
 use std::path::Path;
 
-use mpc::parse::{fast, from_raw, parse_raw};
+use mpc::format::parse::{fast, from_raw, parse_raw};
 use mpc::ParseError;
 
 /// Everything observable about a graph, indices and edge order included.
@@ -73,7 +73,7 @@ fn lowered_examples_stream() {
             let mut g = mpc::parse_str(&text).unwrap();
             mpc::passes::lower(&mut g, &mpc::passes::Options { low, ..Default::default() })
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
-            streams(&mpc::emit::json::to_string(&g));
+            streams(&mpc::format::emit::json::to_string(&g));
         }
     }
 }

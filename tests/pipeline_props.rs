@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use mpc::op::{Init, Op, Precision, Role};
+use mpc::ir::op::{Init, Op, Precision, Role};
 use mpc::passes::{self, Class, LossScale, Options, Table};
 use mpc::{DType, Graph, TensorType, ValueId};
 use proptest::prelude::*;
@@ -204,17 +204,17 @@ fn canon(g: &Graph, v: ValueId) -> String {
         return g.value_name(v).to_string();
     }
     let args: Vec<String> = g.inputs(v.node).into_iter().map(|i| canon(g, i)).collect();
-    format!("{}#{}{}({})", n.op.name(), v.slot, mpc::attrs::op_attrs_text(&n.op), args.join(", "))
+    format!("{}#{}{}({})", n.op.name(), v.slot, mpc::format::attrs::op_attrs_text(&n.op), args.join(", "))
 }
 
 #[test]
 fn derived_backward_equals_the_hand_written_one() {
     let text = std::fs::read_to_string("ir-examples/mlp_backward.json").unwrap();
     let hand = mpc::parse_str(&text).unwrap();
-    let mut raw = mpc::parse::parse_raw(&text).unwrap();
+    let mut raw = mpc::format::parse::parse_raw(&text).unwrap();
     raw.backward = None;
     raw.gradients.clear();
-    let mut derived = mpc::parse::from_raw(&raw).unwrap();
+    let mut derived = mpc::format::parse::from_raw(&raw).unwrap();
     let mut grad = passes::grad::Grad;
     passes::Pass::run(&mut grad, &mut derived).unwrap();
     mpc::verify(&derived).unwrap();

@@ -2,10 +2,10 @@
 //! what master-weights writes, the rate each step gets, and that a skipped
 //! step does not advance the schedule.
 
-use mpc::data::{synthetic_batch, Layout};
 use mpc::exec::{init_state, CpuBackend, RunOptions, Session};
+use mpc::ir::semantics::lr_schedule;
 use mpc::passes::{self, Options};
-use mpc::semantics::lr_schedule;
+use mpc::train::data::{synthetic_batch, Layout};
 
 const MODEL: &str = r#"{
   "format": "mpc/1",
@@ -35,7 +35,7 @@ const MODEL: &str = r#"{
 fn lowered_schedule_snapshot() {
     let mut g = mpc::parse_str(MODEL).unwrap();
     passes::lower_fp32(&mut g, &Options { verify_each: true, ..Options::default() }).unwrap();
-    insta::assert_snapshot!("fp32_sgd_momentum_cosine", mpc::emit::text::to_string(&g));
+    insta::assert_snapshot!("fp32_sgd_momentum_cosine", mpc::format::emit::text::to_string(&g));
     // A constant schedule changes nothing.
     let constant =
         MODEL.replace(r#"{"kind": "cosine", "warmup": 2, "total": 6, "min_lr": 0.01}"#, r#"{"kind": "constant"}"#);
@@ -48,7 +48,7 @@ fn lowered_schedule_snapshot() {
         let mut g = mpc::parse_str(text).unwrap();
         passes::lower_fp32(&mut g, &Options::default()).unwrap();
         g.optimizer = None;
-        mpc::emit::text::to_string(&g)
+        mpc::format::emit::text::to_string(&g)
     };
     assert_ne!(constant, none);
     assert_eq!(lower(&constant), lower(&none));

@@ -2,9 +2,9 @@
 //! the same bits as the host-state executor; evaluation leaves the state
 //! alone; the reported metrics are found by op, not by name.
 
-use mpc::data::{synthetic_batch, Layout};
 use mpc::exec::{init_state, CpuBackend, Executor, RunOptions, Session, State};
 use mpc::passes::{self, Options};
+use mpc::train::data::{synthetic_batch, Layout};
 
 fn lowered(path: &str) -> (mpc::Graph, mpc::Graph) {
     let source = mpc::parse_str(&std::fs::read_to_string(path).unwrap()).unwrap();

@@ -36,8 +36,8 @@ fn mlp_learns_the_digits_in_fp32_and_fp16() {
     }
 }
 
-fn state_of(path: &Path) -> mpc::checkpoint::Checkpoint {
-    mpc::checkpoint::load(path).unwrap_or_else(|e| panic!("{e}"))
+fn state_of(path: &Path) -> mpc::train::checkpoint::Checkpoint {
+    mpc::train::checkpoint::load(path).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Resuming at step 20 and going on to 30 (past the first epoch boundary at
@@ -309,7 +309,7 @@ fn resume_refuses_a_diverged_checkpoint() {
     let mut v = w.to_f32_vec();
     v[3] = f32::INFINITY;
     *w = mpc::exec::Tensor::from_f32(w.dtype(), w.shape().clone(), &v).unwrap();
-    mpc::checkpoint::save(&path, &c).unwrap();
+    mpc::train::checkpoint::save(&path, &c).unwrap();
     let o = mpc(&["train", MLP, "--steps", "4", "--resume", path.to_str().unwrap()]);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
@@ -409,7 +409,7 @@ fn train_takes_a_table_file() {
 /// `dir/a`) and for 6 steps then resumed to 12 (`dir/b`): the step-12
 /// checkpoints and the metrics logs must be bit-identical. Returns the
 /// checkpoint and the log.
-fn resume_matches(dir: &Path, model: &str, args: &[&str]) -> (mpc::checkpoint::Checkpoint, String) {
+fn resume_matches(dir: &Path, model: &str, args: &[&str]) -> (mpc::train::checkpoint::Checkpoint, String) {
     let p = |s: &str| dir.join(s).display().to_string();
     let run = |more: &[&str]| {
         let o = mpc(&[&["train", model], args, more].concat());

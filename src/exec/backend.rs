@@ -1,7 +1,7 @@
 //! The interface a device implements.
 
-use crate::op::Op;
-use crate::types::TensorType;
+use crate::ir::op::Op;
+use crate::ir::types::TensorType;
 
 use super::rng;
 use super::tensor::Tensor;
@@ -72,7 +72,7 @@ pub trait Backend {
     }
 
     /// Runs `op` on `inputs` (in the op's input order, see
-    /// [`crate::infer::input_names`]) and returns one buffer per output,
+    /// [`crate::ir::infer::input_names`]) and returns one buffer per output,
     /// of the types `out_types` (the node's inferred output types).
     fn run(
         &mut self,

@@ -15,7 +15,7 @@ use super::cuda::device::CudaGpu;
 use super::cuda::emu::EmuGpu;
 use super::cuda::probe::{self, Report};
 use super::{CpuBackend, Plan, Session, State, Trainer};
-use crate::graph::Graph;
+use crate::ir::graph::Graph;
 
 /// A `--device` choice.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]

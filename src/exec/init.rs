@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::graph::Graph;
-use crate::op::{Init, Op};
-use crate::types::{DType, TensorType};
+use crate::ir::graph::Graph;
+use crate::ir::op::{Init, Op};
+use crate::ir::types::{DType, TensorType};
 
 use super::rng::{combine, fnv1a, SplitMix64};
 use super::run::State;
@@ -123,7 +123,7 @@ pub fn init_state_from(g: &Graph, seed: u64, base_dir: Option<&Path>, allow_outs
         (Some(w), true) => {
             let value = |message: String| ExecError::Value { name: w.clone(), message };
             let path = weights_path(base_dir, w, allow_outside).map_err(value)?;
-            crate::checkpoint::read_tensors(&path).map_err(|e| value(e.to_string()))?
+            crate::train::checkpoint::read_tensors(&path).map_err(|e| value(e.to_string()))?
         }
         _ => State::new(),
     };
@@ -229,7 +229,7 @@ mod tests {
         let mut w = State::new();
         w.insert("w".into(), Tensor::from_f32(DType::F32, vec![2], &[1.5, -2.0]).unwrap());
         w.insert("v".into(), Tensor::from_f32(DType::F32, vec![3], &[0.0; 3]).unwrap());
-        crate::checkpoint::write_tensors(&dir.path().join("m.safetensors"), &w).unwrap();
+        crate::train::checkpoint::write_tensors(&dir.path().join("m.safetensors"), &w).unwrap();
         let mut g = Graph::new("g");
         let ty = TensorType::new(DType::F32, vec![2]);
         g.add_node("w", Op::Param { ty: ty.clone(), init: Init::File }, crate::Role::Forward, &[]).unwrap();

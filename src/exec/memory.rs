@@ -13,7 +13,7 @@ use std::fmt;
 use super::memplan::{self, MemPlan, Request};
 use super::run::{Feed, Plan};
 use super::ExecError;
-use crate::types::TensorType;
+use crate::ir::types::TensorType;
 
 /// What a step needs on the device, in bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -144,8 +144,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 /// The bytes of every tensor `g` holds outside a step: params, state and
 /// constants (what an export writes as initializers), saturating.
-pub fn materialized_bytes(g: &crate::graph::Graph) -> u64 {
-    use crate::op::Op;
+pub fn materialized_bytes(g: &crate::ir::graph::Graph) -> u64 {
+    use crate::ir::op::Op;
     let mut total = 0u64;
     for n in g.node_ids() {
         let node = g.node(n);

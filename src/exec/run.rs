@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
 
-use crate::graph::{Graph, ValueId};
-use crate::op::Op;
-use crate::types::TensorType;
+use crate::ir::graph::{Graph, ValueId};
+use crate::ir::op::Op;
+use crate::ir::types::TensorType;
 
 use super::backend::{node_seed, Backend, OpCtx};
 use super::tensor::Tensor;

@@ -9,8 +9,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::graph::Graph;
-use crate::op::Op;
+use crate::ir::graph::Graph;
+use crate::ir::op::Op;
 
 use super::backend::Backend;
 use super::run::{fetch, returned, run_steps, upload_checked, Feed, Plan, RunOptions, Slot, Source, State};

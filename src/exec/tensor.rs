@@ -2,7 +2,7 @@
 
 use half::{bf16, f16};
 
-use crate::types::{DType, Shape, TensorType};
+use crate::ir::types::{DType, Shape, TensorType};
 
 use super::{round, ExecError};
 

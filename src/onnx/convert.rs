@@ -5,8 +5,8 @@ use std::rc::Rc;
 use super::import::{Importer, Port, Source, Val, SOFTMAX_2D};
 use super::proto::{AttributeProto, NodeProto};
 use super::tensor::{decode, le, Const, ConstData};
-use crate::op::{Conv, Op, Window};
-use crate::types::resolve_axis;
+use crate::ir::op::{Conv, Op, Window};
+use crate::ir::types::resolve_axis;
 
 /// Attribute lookup on one node.
 struct Attrs<'a>(&'a [AttributeProto]);
@@ -417,7 +417,7 @@ impl Importer {
                     }
                     None => (0.0, true),
                 };
-                let n = crate::types::Shape(dims.clone())
+                let n = crate::ir::types::Shape(dims.clone())
                     .numel()
                     .ok_or_else(|| format!("the shape {dims:?} has too many elements"))?;
                 // Integer constants are folded (shapes, indices): expanded in memory.
@@ -712,7 +712,7 @@ fn fold_binary(a: &Const, b: &Const, op: &str) -> Result<Const, String> {
 
 /// The op a table-driven (`Onnx::Direct`) ONNX type converts to.
 fn direct(op_type: &str) -> Option<Op> {
-    crate::opinfo::from_onnx(op_type).and_then(Op::plain)
+    crate::ir::opinfo::from_onnx(op_type).and_then(Op::plain)
 }
 
 #[cfg(test)]

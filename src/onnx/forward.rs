@@ -5,8 +5,8 @@
 use rustc_hash::FxHashSet;
 
 use super::export::ExportError;
-use crate::graph::{Graph, NodeId, ValueId};
-use crate::op::Role;
+use crate::ir::graph::{Graph, NodeId, ValueId};
+use crate::ir::op::Role;
 
 /// The exported outputs (the graph's `outputs` that forward nodes compute),
 /// the nodes they depend on in topological order, and the values those read.

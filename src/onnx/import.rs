@@ -18,18 +18,37 @@ use super::proto::{data_type as dt, DimensionValue, GraphProto, ModelProto, Node
 use super::raw::{RawTensor, RawWeights};
 use super::tensor::{decode, Const, ConstData};
 use crate::format::Optimizer;
-use crate::graph::{Graph, ValueId};
-use crate::op::{Init, Op, Role};
-use crate::types::{DType, TensorType};
+use crate::ir::graph::{Graph, ValueId};
+use crate::ir::op::{Init, Op, Role};
+use crate::ir::types::{DType, TensorType};
 
-/// The loss added on the model's first output.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// The loss added on the model's first output (each one's
+/// [`Choice::help`](crate::choice::Choice::help) says what it needs).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Loss {
-    /// Cross-entropy against integer labels (a `labels` input `[N]` is added).
-    /// A final Softmax is skipped: the loss reads the logits before it.
     CrossEntropy,
-    /// Mean squared error against a `target` input shaped like the output.
     Mse,
+}
+
+impl crate::choice::Choice for Loss {
+    const ALL: &'static [Loss] = &[Loss::CrossEntropy, Loss::Mse];
+
+    fn name(self) -> &'static str {
+        match self {
+            Loss::CrossEntropy => "cross-entropy",
+            Loss::Mse => "mse",
+        }
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            Loss::CrossEntropy => {
+                "Cross-entropy against integer labels (a `labels` input `[N]` is added). A final Softmax is skipped: \
+                 the loss reads the logits before it"
+            }
+            Loss::Mse => "Mean squared error against a `target` input shaped like the output",
+        }
+    }
 }
 
 /// How to import.
@@ -104,8 +123,8 @@ const CONVERTED: &[&str] = &[
 pub fn supported() -> &'static [&'static str] {
     static ALL: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
     ALL.get_or_init(|| {
-        let direct = crate::op::OPS.iter().filter_map(|r| match r.onnx {
-            crate::opinfo::Onnx::Direct(t) => Some(t),
+        let direct = crate::ir::op::OPS.iter().filter_map(|r| match r.onnx {
+            crate::ir::opinfo::Onnx::Direct(t) => Some(t),
             _ => None,
         });
         let mut all: Vec<&'static str> = CONVERTED.iter().copied().chain(direct).collect();
@@ -302,7 +321,7 @@ pub(crate) fn import_verified(model: &ModelProto, opts: &ImportOptions, verify: 
     let checked = match (verify, opts.loss) {
         (false, _) => Ok(()),
         (true, Some(_)) => crate::verify(&im.g),
-        (true, None) => crate::verify::verify_inference(&im.g),
+        (true, None) => crate::ir::verify::verify_inference(&im.g),
     };
     checked.map_err(|e| err(format!("the imported graph does not verify (a bug in mpc import): {e:?}")))?;
     Ok(Imported { graph: im.g, weights: im.weights, notes: im.notes, onnx_nodes: graph.node.len() })

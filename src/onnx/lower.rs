@@ -19,9 +19,9 @@ use super::proto::{data_type, ModelProto};
 use super::raw::{RawWeights, Rounding};
 use super::{import, ImportOptions};
 use crate::format::{Optimizer, OptimizerKind};
-use crate::graph::Graph;
+use crate::ir::graph::Graph;
+use crate::ir::types::DType;
 use crate::passes::{self, autocast};
-use crate::types::DType;
 
 /// How to lower an ONNX model.
 #[derive(Clone, Debug, Default)]

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use half::{f16, slice::HalfFloatSliceExt};
 
 use crate::exec::{Data, ExecError, Tensor};
-use crate::types::DType;
+use crate::ir::types::DType;
 
 /// A tensor's elements as little-endian bytes, shared without copying.
 #[derive(Clone, Debug, PartialEq)]
@@ -92,7 +92,7 @@ impl RawTensor {
 
     /// A tensor for the executor (a copy).
     pub fn to_tensor(&self) -> Result<Tensor, ExecError> {
-        let data = crate::checkpoint::data(crate::checkpoint::st_dtype(self.dtype), &self.data)
+        let data = crate::train::checkpoint::data(crate::train::checkpoint::st_dtype(self.dtype), &self.data)
             .ok_or_else(|| ExecError::Tensor(format!("no {} elements from bytes", self.dtype)))?;
         Tensor::new(self.dims.clone(), data)
     }
@@ -383,7 +383,7 @@ pub fn write_safetensors(path: &Path, weights: &RawWeights) -> Result<(), String
     let fail = |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", path.display());
     let mut views = Vec::with_capacity(weights.len());
     for (name, t) in weights {
-        let dtype = crate::checkpoint::st_dtype(t.dtype);
+        let dtype = crate::train::checkpoint::st_dtype(t.dtype);
         let shape = t.dims.iter().map(|&d| d as usize).collect();
         let view = TensorView::new(dtype, shape, &t.data).map_err(|e| fail(&format!("`{name}`: {e}")))?;
         views.push((name.as_str(), view));
@@ -530,7 +530,7 @@ mod tests {
         w.insert("a".into(), RawTensor::new(DType::F32, vec![2], f32_bytes(&[1.5, -2.0])).unwrap());
         w.insert("b".into(), RawTensor::from_tensor(Tensor::new(vec![1], Data::I64(vec![-7])).unwrap()));
         write_safetensors(&path, &w).unwrap();
-        let back = crate::checkpoint::read_tensors(&path).unwrap();
+        let back = crate::train::checkpoint::read_tensors(&path).unwrap();
         assert_eq!(back["a"].to_f32_vec(), vec![1.5, -2.0]);
         assert_eq!(back["b"].data().to_i64_vec(), Some(vec![-7]));
     }

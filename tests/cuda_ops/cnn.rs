@@ -27,7 +27,7 @@
 //! - flatten, concat, split: [`Tol::Bits`] (copies).
 
 use super::*;
-use mpc::op::{Conv, Window};
+use mpc::ir::op::{Conv, Window};
 
 pub fn cases(src: &mut Src, out: &mut Vec<Case>) {
     convs(src, out);
@@ -69,7 +69,7 @@ fn convs(src: &mut Src, out: &mut Vec<Case>) {
             let x = src.mixed(d, &xs);
             let w = src.normals(d, &ws, 0.5);
             let op = Op::Conv2d(conv);
-            let yt = mpc::infer::infer(&op, &[&x.ty(), &w.ty()]).unwrap().remove(0);
+            let yt = mpc::ir::infer::infer(&op, &[&x.ty(), &w.ty()]).unwrap().remove(0);
             let dy = src.mixed(d, yt.shape.dims());
             let b = conv_bounds(&x, &w, &dy, &conv);
             let Conv { stride, padding, dilation, groups } = conv;
@@ -169,7 +169,7 @@ fn pools(src: &mut Src, out: &mut Vec<Case>) {
                 win.kernel, win.stride, win.padding, win.padding_end
             );
             let op = Op::MaxPool2d(win);
-            let yt = mpc::infer::infer(&op, &[&x.ty()]).unwrap().remove(0);
+            let yt = mpc::ir::infer::infer(&op, &[&x.ty()]).unwrap().remove(0);
             let dy = src.mixed(d, yt.shape.dims());
             out.push(case(op, vec![x.clone()], Tol::Exact).note(&note));
             out.push(case(Op::MaxPool2dGrad(win), vec![dy.clone(), x.clone()], Tol::Exact).note(&note));
@@ -214,7 +214,7 @@ fn batch_norms(src: &mut Src, out: &mut Vec<Case>) {
                         .note(format!("eps {eps}")),
                 );
                 let t = [x.ty(), gamma.ty(), beta.ty()];
-                let outs = mpc::infer::infer(&op, &[&t[0], &t[1], &t[2]]).unwrap();
+                let outs = mpc::ir::infer::infer(&op, &[&t[0], &t[1], &t[2]]).unwrap();
                 let stats = CpuBackend::new().run(&op, &ctx, &[&x, &gamma, &beta], &outs).unwrap();
                 let dy = src.mixed(d, shape);
                 let inputs = vec![dy.clone(), x.clone(), gamma.clone(), stats[1].clone(), stats[2].clone()];

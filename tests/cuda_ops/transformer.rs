@@ -77,7 +77,7 @@ fn norms(src: &mut Src, out: &mut Vec<Case>) {
                 let stats = CpuBackend::new()
                     .run(&op, &OpCtx { node: "n", step: 0, seed: 0 }, &[&x, &gamma, &beta], &{
                         let t = [x.ty(), gamma.ty(), beta.ty()];
-                        mpc::infer::infer(&op, &[&t[0], &t[1], &t[2]]).unwrap()
+                        mpc::ir::infer::infer(&op, &[&t[0], &t[1], &t[2]]).unwrap()
                     })
                     .unwrap();
                 let dy = src.mixed(d, shape);
@@ -264,7 +264,7 @@ fn layer_norm_grad_bound(dy: &Tensor, x: &Tensor, gamma: &Tensor, mean: &Tensor,
 
 /// The flat indices of row `(o, i)` of `shape` along `axis`, and the rows.
 fn rows_along(shape: &[u64], axis: i64) -> Vec<Vec<usize>> {
-    let ax = mpc::types::resolve_axis(axis, shape.len()).unwrap();
+    let ax = mpc::ir::types::resolve_axis(axis, shape.len()).unwrap();
     let (outer, len, inner) = (numel(&shape[..ax]), shape[ax] as usize, numel(&shape[ax + 1..]));
     let mut rows = Vec::with_capacity(outer * inner);
     for o in 0..outer {

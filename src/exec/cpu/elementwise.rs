@@ -1,8 +1,8 @@
 //! Elementwise kernels: binary arithmetic with broadcasting, unary math and
 //! its gradients, dropout, select.
 
-use crate::op::Op;
-use crate::types::TensorType;
+use crate::ir::op::Op;
+use crate::ir::types::TensorType;
 
 use super::super::backend::OpCtx;
 use super::super::rng;
@@ -79,9 +79,9 @@ pub fn sigmoid(v: f32) -> f32 {
     1.0 / (1.0 + (-v).exp())
 }
 
-/// erf in f64, rounded to f32 (see [`crate::semantics::erf`]).
+/// erf in f64, rounded to f32 (see [`crate::ir::semantics::erf`]).
 pub fn erf(v: f32) -> f32 {
-    crate::semantics::erf(v as f64) as f32
+    crate::ir::semantics::erf(v as f64) as f32
 }
 
 /// The gradient of a unary op: `g(dy, v)` on every element pair, in f32,

@@ -1,7 +1,7 @@
 //! Layout and reduction kernels: transpose, concat, split, broadcast_to,
 //! sum_to, reduce_sum/mean, embedding and its gradient.
 
-use crate::types::TensorType;
+use crate::ir::types::TensorType;
 
 use super::super::tensor::{Data, Tensor};
 use super::{broadcast_map, dims, from_f32, strides, wrap, KResult};
@@ -160,7 +160,7 @@ pub fn embedding_grad(dy: &Tensor, id: &Tensor, out: &TensorType) -> KResult<Ten
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{DType, Shape};
+    use crate::ir::types::{DType, Shape};
 
     fn shape_of(d: &[usize]) -> Shape {
         Shape(d.iter().map(|&v| v as u64).collect())

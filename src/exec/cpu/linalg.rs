@@ -2,8 +2,8 @@
 //! their gradients. Products accumulate in f32 over the contracted index
 //! in increasing order.
 
-use crate::op::{Conv, Window};
-use crate::types::TensorType;
+use crate::ir::op::{Conv, Window};
+use crate::ir::types::TensorType;
 
 use super::super::tensor::Tensor;
 use super::{broadcast_map, dims, from_f32, KResult};
@@ -326,7 +326,7 @@ pub fn avg_pool_grad(dy: &Tensor, win: &Window, count_include_pad: bool, out: &T
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::DType;
+    use crate::ir::types::DType;
 
     #[test]
     fn gemm_small() {

@@ -13,9 +13,9 @@
 //! reduction ops, embedding), [`linalg`] (matmul, conv, pooling), [`nn`]
 //! (softmax, norms, losses) and [`optim`] (loss scaling and optimizers).
 
-use crate::infer;
-use crate::op::Op;
-use crate::types::{Shape, TensorType};
+use crate::ir::infer;
+use crate::ir::op::Op;
+use crate::ir::types::{Shape, TensorType};
 
 use super::backend::{Backend, OpCtx};
 use super::tensor::Tensor;

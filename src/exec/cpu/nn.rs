@@ -1,7 +1,7 @@
 //! softmax and log_softmax, layer_norm, batch_norm and frozen_batch_norm,
 //! lrn, cross_entropy and mse, with their gradients.
 
-use crate::types::TensorType;
+use crate::ir::types::TensorType;
 
 use super::super::tensor::Tensor;
 use super::{dims, from_f32, wrap, KResult};
@@ -358,7 +358,7 @@ pub fn mse_grad(dl: &Tensor, p: &Tensor, t: &Tensor, out: &TensorType) -> KResul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::DType;
+    use crate::ir::types::DType;
 
     #[test]
     fn causal_softmax_masks_the_future() {

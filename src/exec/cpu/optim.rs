@@ -1,8 +1,8 @@
 //! Loss-scaling and optimizer kernels. All compute in f32 (the scalar
-//! rules come from [`crate::semantics`]); global_norm and found_inf scan in f64.
+//! rules come from [`crate::ir::semantics`]); global_norm and found_inf scan in f64.
 
-use crate::semantics;
-use crate::types::TensorType;
+use crate::ir::semantics;
+use crate::ir::types::TensorType;
 
 use super::super::tensor::Tensor;
 use super::{from_f32, KResult};
@@ -155,7 +155,7 @@ pub fn adam(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::DType;
+    use crate::ir::types::DType;
 
     #[test]
     fn first_adam_step_moves_by_lr() {

@@ -20,8 +20,8 @@ use crate::exec::run::Plan;
 use crate::exec::tensor::{numel, Data, Tensor};
 use crate::exec::ExecError;
 use crate::exec::{memory, memplan};
-use crate::op::Op;
-use crate::types::{DType, TensorType};
+use crate::ir::op::Op;
+use crate::ir::types::{DType, TensorType};
 
 use super::gpu::{Gpu, KArg, Launch};
 

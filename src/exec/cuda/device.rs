@@ -20,7 +20,7 @@ use cudarc::driver::{
 use super::gpu::{Gemm, Gpu, GpuError, KArg, Launch};
 use super::nvrtc;
 use super::probe::{GpuInfo, Report};
-use crate::types::DType;
+use crate::ir::types::DType;
 
 fn err<E: std::fmt::Debug>(what: &str) -> impl Fn(E) -> GpuError + '_ {
     move |e| GpuError(format!("{what}: {e:?}"))

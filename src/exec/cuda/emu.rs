@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use half::{bf16, f16};
 
 use super::gpu::{Gemm, Gpu, GpuError, KArg, Launch};
-use crate::types::DType;
+use crate::ir::types::DType;
 
 /// `struct MpcEmuLaunch` of `kernels/emu/simt.h`: what `mpc_emu_<name>`
 /// takes besides the argument array.

@@ -8,7 +8,7 @@
 //! which op, launch configurations, the memory plan) is shared, so it is
 //! tested without a GPU.
 
-use crate::types::DType;
+use crate::ir::types::DType;
 
 /// An error from the device layer (driver, NVRTC, cuBLASLt, emulation).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

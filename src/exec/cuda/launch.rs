@@ -2,8 +2,8 @@
 //! grid sizes, broadcast strides, `sum_to` masks, and the GEMM that a
 //! row-major `matmul` is. Tested here, without a device.
 
-use crate::op::Conv;
-use crate::types::DType;
+use crate::ir::op::Conv;
+use crate::ir::types::DType;
 
 use super::gpu::Gemm;
 
@@ -153,7 +153,7 @@ pub fn sum_to(shape: &[u64], target: &[u64]) -> Result<SumTo, String> {
 pub fn reduce(shape: &[u64], axes: &[i64]) -> Result<SumTo, String> {
     let mut reduced = vec![false; shape.len()];
     for &a in axes {
-        reduced[crate::types::resolve_axis(a, shape.len())?] = true;
+        reduced[crate::ir::types::resolve_axis(a, shape.len())?] = true;
     }
     // (dim, reduced), outermost first.
     let mut merged: Vec<(u64, bool)> = Vec::new();
@@ -257,7 +257,7 @@ pub fn transpose(shape: &[u64], perm: &[usize]) -> Result<Permute, String> {
 /// `(outer, len, inner)`: `shape` seen as three axes around `axis`
 /// (negative counts from the end), for the row kernels of softmax.
 pub fn around(shape: &[u64], axis: i64) -> Result<(i64, i64, i64), String> {
-    let ax = crate::types::resolve_axis(axis, shape.len())?;
+    let ax = crate::ir::types::resolve_axis(axis, shape.len())?;
     let prod = |s: &[u64]| s.iter().product::<u64>() as i64;
     Ok((prod(&shape[..ax]), shape[ax] as i64, prod(&shape[ax + 1..])))
 }
@@ -341,7 +341,7 @@ fn four(s: &[u64]) -> Result<[u64; 4], String> {
 /// The dimension arguments of kernels/pool.cu, in order: `planes` (N·C),
 /// `h, w` of the input, `oh, ow` of the output, the window's kernel,
 /// stride and leading padding (the trailing padding only sizes the output).
-pub fn pool(x: &[u64], y: &[u64], win: &crate::op::Window) -> Result<[i64; 11], String> {
+pub fn pool(x: &[u64], y: &[u64], win: &crate::ir::op::Window) -> Result<[i64; 11], String> {
     let [n, c, h, w] = four(x)?;
     let [yn, yc, oh, ow] = four(y)?;
     if yn != n || yc != c || win.stride.contains(&0) {
@@ -545,7 +545,7 @@ mod tests {
         assert!(conv(&[2, 4, 8, 8], &[8, 4, 3, 3], &[2, 8, 8, 8], &cv).is_err());
         assert!(conv(&[2, 4, 8], &[8, 4, 3, 3], &[2, 8, 8, 8], &Conv { groups: 1, ..cv }).is_err());
         assert!(conv(&[2, 4, 8, 8], &[8, 2, 3, 3], &[2, 8, 8, 8], &Conv { dilation: [0, 1], ..cv }).is_err());
-        let w = crate::op::Window { padding_end: [1, 0], ..crate::op::Window::new([3, 2], [2, 1], [0, 1]) };
+        let w = crate::ir::op::Window { padding_end: [1, 0], ..crate::ir::op::Window::new([3, 2], [2, 1], [0, 1]) };
         assert_eq!(pool(&[2, 3, 8, 7], &[2, 3, 4, 8], &w).unwrap(), [6, 8, 7, 4, 8, 3, 2, 2, 1, 0, 1]);
         assert_eq!(ncs(&[2, 3, 4, 5]).unwrap(), (2, 3, 20));
         assert_eq!(ncs(&[2, 3]).unwrap(), (2, 3, 1));

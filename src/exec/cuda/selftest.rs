@@ -11,10 +11,10 @@
 
 use std::time::Instant;
 
-use crate::data::{synthetic_batch, Layout};
 use crate::exec::{init_state, Backend, CpuBackend, RunOptions, Session, State};
+use crate::ir::types::DType;
 use crate::passes::{self, Options};
-use crate::types::DType;
+use crate::train::data::{synthetic_batch, Layout};
 use crate::Op;
 
 /// The examples of the MLP family, by file name.

@@ -24,10 +24,10 @@ use prost::Message;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::exec::{ExecError, State, Tensor};
-use crate::graph::{Graph, NodeId, ValueId};
-use crate::op::{Init, Op, Role, Window};
-use crate::opinfo::Onnx;
-use crate::types::{DType, TensorType};
+use crate::ir::graph::{Graph, NodeId, ValueId};
+use crate::ir::op::{Init, Op, Role, Window};
+use crate::ir::opinfo::Onnx;
+use crate::ir::types::{DType, TensorType};
 
 use super::ahead::{self, Ahead};
 use super::proto::{
@@ -48,18 +48,37 @@ pub const OPSET: i64 = 17;
 /// The ONNX IR version the exporter writes.
 pub const IR_VERSION: i64 = 8;
 
-/// How bf16 values are written.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+/// How bf16 values are written (each mode's [`Choice::help`](crate::choice::Choice::help) says how).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub enum Bf16Mode {
-    /// As `BFLOAT16` tensors. Conv and pooling, which opset 17 defines for
-    /// no bf16 type, compute in FLOAT between casts.
     #[default]
     Native,
-    /// As `FLOAT` tensors holding bf16-rounded values: every op computes in
-    /// FLOAT and each bf16 value is rounded by `Cast(→BFLOAT16)`,
-    /// `Cast(→FLOAT)` after the op that produces it. Runs on any
-    /// onnxruntime provider and reproduces mpc's reference numerics.
     Emulated,
+}
+
+impl crate::choice::Choice for Bf16Mode {
+    const ALL: &'static [Bf16Mode] = &[Bf16Mode::Native, Bf16Mode::Emulated];
+
+    fn name(self) -> &'static str {
+        match self {
+            Bf16Mode::Native => "native",
+            Bf16Mode::Emulated => "emulated",
+        }
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            Bf16Mode::Native => {
+                "As `BFLOAT16` tensors. Conv and pooling, which opset 17 defines for no bf16 type, compute in FLOAT \
+                 between casts"
+            }
+            Bf16Mode::Emulated => {
+                "As `FLOAT` tensors holding bf16-rounded values: every op computes in FLOAT and each bf16 value is \
+                 rounded by `Cast(→BFLOAT16)`, `Cast(→FLOAT)` after the op that produces it. Runs on any onnxruntime \
+                 provider and reproduces mpc's reference numerics"
+            }
+        }
+    }
 }
 
 impl Bf16Mode {
@@ -418,7 +437,7 @@ impl<'a> Exporter<'a> {
     /// An unused name from `base`: `base`, else `base.1`, `base.2`, ...
     fn fresh(&mut self, base: &str) -> String {
         let base = sanitize(base);
-        let hash = |n: &str| crate::graph::name_hash(n);
+        let hash = |n: &str| crate::ir::graph::name_hash(n);
         let name = if self.taken.contains(&hash(&base)) {
             (1..)
                 .map(|i| format!("{base}.{i}"))

@@ -7,8 +7,8 @@
 //! a low-type dgamma/dbeta is summed into f32 scratch and rounded once to
 //! its type afterwards, as the CPU's `to_f32_vec`/`from_f32` do.
 
-use crate::op::Op;
-use crate::types::{DType, TensorType};
+use crate::ir::op::Op;
+use crate::ir::types::{DType, TensorType};
 
 use super::super::gpu::{Gpu, KArg};
 use super::super::launch;

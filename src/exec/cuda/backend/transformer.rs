@@ -2,7 +2,7 @@
 //! kernels (kernels/layout.cu, embed.cu, norm.cu), apart from the MLP
 //! family's in the parent module.
 
-use crate::op::Op;
+use crate::ir::op::Op;
 
 use super::super::gpu::{Gpu, KArg};
 use super::super::launch;

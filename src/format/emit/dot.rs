@@ -2,9 +2,9 @@
 
 use std::fmt::Write;
 
-use crate::graph::Graph;
-use crate::op::Role;
-use crate::types::DType;
+use crate::ir::graph::Graph;
+use crate::ir::op::Role;
+use crate::ir::types::DType;
 
 fn colour(d: DType) -> &'static str {
     match d {

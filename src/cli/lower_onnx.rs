@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use mpc::emit::{self, Emit};
+use mpc::format::emit::{self, Emit};
 use std::io::{BufWriter, Write};
 
 use mpc::io::write_atomic_with;

@@ -2,7 +2,7 @@
 //! it computes.
 //!
 //! Every op has one row, declared with its [`crate::Op`] variant in
-//! `src/op.rs` (the `ops!` table). The lists that used to sit beside the
+//! `src/ir/op.rs` (the `ops!` table). The lists that used to sit beside the
 //! code (input names, arity, outputs, attributes, precision classes, ONNX
 //! names, backends) are read from the row, by [`OpKind`] as an index:
 //! `OPS[kind as usize]`, no search and no hashing.
@@ -12,8 +12,8 @@
 
 use serde::Deserialize;
 
-use crate::op::{Op, OpKind, OPS};
-use crate::types::DType;
+use crate::ir::op::{Op, OpKind, OPS};
+use crate::ir::types::DType;
 
 /// Precision classes, after TensorFlow's lists.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, Deserialize)]

@@ -8,10 +8,10 @@
 
 use std::io::{self, Write};
 
-use crate::attrs::op_to_raw;
+use crate::format::attrs::op_to_raw;
 use crate::format::{RawGraph, RawNode, RawState, RawTensor, FORMAT_VERSION};
-use crate::graph::{Graph, Node};
-use crate::op::{Op, Role};
+use crate::ir::graph::{Graph, Node};
+use crate::ir::op::{Op, Role};
 use crate::NodeId;
 
 fn ishape(t: &crate::TensorType) -> Vec<i64> {

@@ -4,16 +4,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mpc::emit::{self, Emit};
+use mpc::format::emit::{self, Emit};
 use mpc::io::{load, problems_report, write_atomic};
 use mpc::passes;
 
-mod bench_cmd;
+mod bench;
+mod choice;
 mod compare;
-mod cost_cmd;
-mod import_cmd;
+mod cost;
+mod import;
 mod lower_onnx;
-mod train_cmd;
+mod train;
 
 #[derive(Parser)]
 #[command(name = "mpc", version, about = "A mixed-precision training compiler", long_about = None)]
@@ -95,7 +96,7 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
         /// Output format.
-        #[arg(long, value_enum, default_value = "json")]
+        #[arg(long, value_parser = choice::of::<Emit>(), default_value = "json")]
         emit: Emit,
         #[command(flatten)]
         passes: PassArgs,
@@ -109,7 +110,7 @@ enum Command {
         /// tensors; `emulated` writes FLOAT tensors holding bf16-rounded
         /// values, rounding after every op, so that onnxruntime's CPU
         /// provider (which has almost no BF16 kernels) can run it.
-        #[arg(long, value_enum, value_name = "MODE")]
+        #[arg(long, value_parser = choice::of::<mpc::onnx::export::Bf16Mode>(), value_name = "MODE")]
         onnx_bf16: Option<mpc::onnx::export::Bf16Mode>,
         /// With --emit onnx: the seed of the params' init (as `mpc train --seed`).
         #[arg(long)]
@@ -121,7 +122,7 @@ enum Command {
         onnx_test_data: Option<PathBuf>,
         /// With an ONNX model: the shape of an input, for symbolic or to
         /// override dimensions: NAME=D0,D1,... (repeatable).
-        #[arg(long = "input-shape", value_name = "NAME=DIMS", value_parser = import_cmd::parse_shape)]
+        #[arg(long = "input-shape", value_name = "NAME=DIMS", value_parser = import::parse_shape)]
         input_shapes: Vec<(String, Vec<u64>)>,
         /// Read the graph's `weights` file even when it is outside the graph's folder.
         #[arg(long)]
@@ -160,18 +161,18 @@ enum Command {
         tf32: bool,
     },
     /// Train a graph (on a CUDA GPU when one is usable, else the CPU reference).
-    Train(train_cmd::TrainArgs),
+    Train(train::TrainArgs),
     /// Train one graph in FP32, FP16 (no, static and dynamic loss scaling) and BF16; tabulate and plot.
     Compare(compare::CompareArgs),
     /// Import an ONNX model as a training graph (weights beside it as safetensors).
-    Import(import_cmd::ImportArgs),
+    Import(import::ImportArgs),
     /// Print the JSON Schema of the graph format.
     Schema,
     /// Write a generated training graph (mpc/1 JSON).
     #[command(subcommand)]
     Gen(GenCommand),
     /// Time training steps in fp32, fp16 and bf16 on a device: ms/step, tokens/s, MFU, memory.
-    Bench(bench_cmd::BenchArgs),
+    Bench(bench::BenchArgs),
     /// Lower a graph in fp32, fp16 and bf16 and print each one's planned
     /// step memory, allocating nothing (for graphs too big to try).
     Plan {
@@ -587,8 +588,8 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
                     mpc::onnx::chunks::encode(mpc::onnx::export::export(&g, &onnx).map_err(fail)?)
                 }
                 None if how == Emit::Dot => {
-                    let opts = mpc::emit::dot::Options { forward_only: dot_forward_only };
-                    vec![mpc::emit::dot::to_string_with(&g, &opts).into_bytes().into()]
+                    let opts = mpc::format::emit::dot::Options { forward_only: dot_forward_only };
+                    vec![mpc::format::emit::dot::to_string_with(&g, &opts).into_bytes().into()]
                 }
                 None => vec![emit::emit(&g, how, &onnx).map_err(fail)?.into()],
             };
@@ -620,7 +621,7 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
                 if pass_args.table.is_some() || pass_args.strict || pass_args.loss_scale.is_some() {
                     usage_error("--cost lowers the graph in fp32, fp16 and bf16 with their defaults".into());
                 }
-                return cost_cmd::explain_cost(&model, cost_cmd::gpu(&gpu), tf32, json);
+                return cost::explain_cost(&model, cost::gpu(&gpu), tf32, json);
             }
             if pass_args.precision == LowType::Fp32 {
                 usage_error("--precision fp32: explain shows autocast's decisions, and fp32 has none".into());
@@ -644,12 +645,12 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
             println!("{}", r.summary());
             Ok(())
         }
-        Command::Train(args) => train_cmd::train(args),
+        Command::Train(args) => train::train(args),
         Command::Compare(args) => compare::compare(args),
-        Command::Import(args) => import_cmd::import(args),
+        Command::Import(args) => import::import(args),
         Command::Gen(cmd) => gen(cmd),
         Command::Plan { model } => plan(&model),
-        Command::Bench(args) => bench_cmd::bench(args),
+        Command::Bench(args) => bench::bench(args),
         Command::Table { precision, table, json } => print_table(precision, table.as_deref(), json),
         Command::Devices => {
             println!("{}", mpc::exec::cuda::probe::probe());
@@ -726,7 +727,7 @@ fn classifier(g: &mpc::Graph) -> Option<(String, String)> {
 /// only the forward nodes the logits need.
 fn test_accuracy(
     sess: &mut dyn mpc::exec::Trainer,
-    data: &mpc::data::Dataset,
+    data: &mpc::train::data::Dataset,
     (logits, labels): &(String, String),
     step: u64,
 ) -> Result<f64, miette::Report> {
@@ -771,8 +772,8 @@ fn open_session(
 
 /// How synthetic or CSV data feeds `source`'s inputs; for a language model
 /// (token ids into an embedding) the error says to give it a text.
-fn data_layout(path: &std::path::Path, source: &mpc::Graph) -> Result<mpc::data::Layout, miette::Report> {
-    mpc::data::Layout::of(source).map_err(|e| {
+fn data_layout(path: &std::path::Path, source: &mpc::Graph) -> Result<mpc::train::data::Layout, miette::Report> {
+    mpc::train::data::Layout::of(source).map_err(|e| {
         let lm = source.node_ids().any(|n| matches!(source.node(n).op, mpc::Op::Embedding));
         let hint = match lm {
             true => " (a language model: train it on a text, e.g. --data ir-examples/data/declaration.txt)",

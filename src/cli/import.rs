@@ -16,7 +16,7 @@ pub struct ImportArgs {
     output: PathBuf,
     /// The loss added on the model's first output (cross-entropy: the
     /// model is a classifier whose first output is logits or probabilities).
-    #[arg(long, value_enum, default_value = "cross-entropy")]
+    #[arg(long, value_parser = crate::choice::of::<Loss>(), default_value = "cross-entropy")]
     loss: Loss,
     /// The optimizer of the training graph.
     #[arg(long, value_parser = ["sgd", "adam", "adamw"], default_value = "sgd")]
@@ -78,7 +78,7 @@ pub fn import(args: ImportArgs) -> Result<(), miette::Report> {
         let path = dir.join(&weights_file);
         mpc::onnx::raw::write_safetensors(&path, &im.weights).map_err(msg)?;
     }
-    let json = mpc::emit::json::to_string(&im.graph);
+    let json = mpc::format::emit::json::to_string(&im.graph);
     write_atomic(&args.output, json.as_bytes())
         .map_err(|e| msg(format!("cannot write {}: {e}", args.output.display())))?;
     for note in &im.notes {

@@ -19,10 +19,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use mpc::data::{synthetic_batch, Dataset};
 use mpc::exec::{init::init_state_from, RunOptions};
 use mpc::io::write_atomic;
 use mpc::passes::LossScale;
+use mpc::train::data::{synthetic_batch, Dataset};
 
 mod plots;
 
@@ -171,7 +171,7 @@ pub fn compare(args: CompareArgs) -> Result<(), miette::Report> {
         )?;
         // A text feeds a language model whose inputs need not share a batch
         // dimension; everything else is laid out by `Layout`.
-        let layout = match args.data.as_deref().is_some_and(mpc::data::is_text) {
+        let layout = match args.data.as_deref().is_some_and(mpc::train::data::is_text) {
             true => None,
             false => Some(data_layout(&args.model, &source)?),
         };
@@ -195,7 +195,7 @@ pub fn compare(args: CompareArgs) -> Result<(), miette::Report> {
         let mut sess = open_session(&g, args.seed, &state, &args.device)?;
         drop(state);
         let mut run = Run::default();
-        let micro = mpc::training::micro_batches(&g);
+        let micro = mpc::train::micro_batches(&g);
         for s in 0..args.steps {
             let batch = |m: u64| {
                 match (&data, &layout) {
@@ -205,8 +205,8 @@ pub fn compare(args: CompareArgs) -> Result<(), miette::Report> {
                 }
                 .map_err(|e| msg(e.to_string()))
             };
-            let failed = |m: u64, e| msg(format!("{}, {}: {e}", mode.name, mpc::training::micro_step_label(micro, m)));
-            let r = mpc::training::optimizer_step(sess.as_mut(), micro, s, &opts, batch, failed)?;
+            let failed = |m: u64, e| msg(format!("{}, {}: {e}", mode.name, mpc::train::micro_step_label(micro, m)));
+            let r = mpc::train::optimizer_step(sess.as_mut(), micro, s, &opts, batch, failed)?;
             run.losses.push(r.loss.unwrap_or(f32::NAN));
             if let Some(sc) = r.loss_scale {
                 run.scales.push(sc);

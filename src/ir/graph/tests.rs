@@ -1,5 +1,5 @@
 use super::*;
-use crate::types::{DType, TensorType};
+use crate::ir::types::{DType, TensorType};
 
 fn small() -> (Graph, ValueId, ValueId) {
     let mut g = Graph::new("t");
@@ -7,7 +7,7 @@ fn small() -> (Graph, ValueId, ValueId) {
     let w = g
         .add_node(
             "w",
-            Op::Param { ty: TensorType::new(DType::F32, vec![8, 2]), init: crate::op::Init::Zeros },
+            Op::Param { ty: TensorType::new(DType::F32, vec![8, 2]), init: crate::ir::op::Init::Zeros },
             Role::Forward,
             &[],
         )

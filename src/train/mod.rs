@@ -5,11 +5,15 @@
 //! as strings, which JSON has no numbers for), and what a checkpoint must
 //! hold to be resumed.
 
+pub mod bench;
+pub mod checkpoint;
+pub mod data;
+
 use std::path::Path;
 
 use crate::exec::{ExecError, RunOptions, State, StepReport, Trainer};
-use crate::graph::Graph;
-use crate::op::Op;
+use crate::ir::graph::Graph;
+use crate::ir::op::Op;
 
 /// The default of `--max-skipped`: consecutive skipped steps before a run
 /// stops (PyTorch's GradScaler never stops; 100 halvings take a scale of

@@ -41,9 +41,9 @@ use std::path::Path;
 
 use crate::exec::rng::{combine, SplitMix64};
 use crate::exec::{Data, State, Tensor};
-use crate::graph::Graph;
-use crate::op::Op;
-use crate::types::DType;
+use crate::ir::graph::Graph;
+use crate::ir::op::Op;
+use crate::ir::types::DType;
 
 /// The fraction of rows held out as the test set.
 pub const TEST_FRACTION: f64 = 0.2;
@@ -110,7 +110,7 @@ impl Layout {
             let cols = shape[1..].iter().product::<u64>() as usize;
             let mut classes = None;
             if ty.dtype.is_int() {
-                for (user, port) in g.uses(crate::graph::ValueId { node: n, slot: 0 }) {
+                for (user, port) in g.uses(crate::ir::graph::ValueId { node: n, slot: 0 }) {
                     let ins = g.inputs(user);
                     let first = || ins.first().map(|&v| g.ty(v).shape.0.clone()).unwrap_or_default();
                     match (&g.node(user).op, port) {
@@ -419,7 +419,7 @@ impl Text {
             let feed = Feed { name: node.name.clone(), dtype: ty.dtype, shape: ty.shape.0.clone() };
             let (mut rows, mut classes) = (None, None);
             if ty.dtype.is_int() {
-                for (user, port) in g.uses(crate::graph::ValueId { node: n, slot: 0 }) {
+                for (user, port) in g.uses(crate::ir::graph::ValueId { node: n, slot: 0 }) {
                     let ins = g.inputs(user);
                     let first = || ins.first().map(|&v| g.ty(v).shape.0.clone()).unwrap_or_default();
                     match (&g.node(user).op, port) {

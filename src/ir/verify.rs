@@ -6,9 +6,9 @@
 use rustc_hash::FxHashSet;
 
 use crate::diag::Problem;
-use crate::graph::{Graph, InferMemo, NodeId};
-use crate::infer;
-use crate::op::{Op, Role};
+use crate::ir::graph::{Graph, InferMemo, NodeId};
+use crate::ir::infer;
+use crate::ir::op::{Op, Role};
 
 /// The problems a graph failed verification with.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -57,7 +57,7 @@ fn problems_of(g: &Graph, need_loss: bool) -> Vec<Problem> {
     let order = match g.topo_order() {
         Ok(o) => o,
         Err(stuck) => {
-            out.push(crate::parse::cycle_problem(g, &stuck));
+            out.push(cycle_problem(g, &stuck));
             return out;
         }
     };
@@ -264,12 +264,45 @@ fn dead_optimizer_nodes(g: &Graph, order: &[NodeId]) -> Vec<Problem> {
         .collect()
 }
 
+/// A problem naming the nodes of one cycle among the `stuck` nodes.
+pub fn cycle_problem(g: &Graph, stuck: &[NodeId]) -> Problem {
+    let cycle = find_cycle(g, stuck);
+    let names: Vec<&str> = cycle.iter().map(|&n| g.node(n).name.as_str()).collect();
+    let first = cycle.first().copied().unwrap_or(stuck[0]);
+    Problem::new(
+        Some(&g.node(first).name),
+        g.node(first).origin.map(|o| o.pointer()),
+        format!("the graph has a cycle: {} -> {}", names.join(" -> "), names.first().unwrap_or(&"?")),
+    )
+}
+
+/// Walks backwards through stuck nodes until one repeats.
+fn find_cycle(g: &Graph, stuck: &[NodeId]) -> Vec<NodeId> {
+    let stuck_set: rustc_hash::FxHashSet<NodeId> = stuck.iter().copied().collect();
+    let mut path = vec![stuck[0]];
+    let mut seen: rustc_hash::FxHashMap<NodeId, usize> = Default::default();
+    seen.insert(stuck[0], 0);
+    loop {
+        let cur = *path.last().expect("path is never empty");
+        let Some(prev) = g.inputs(cur).into_iter().map(|v| v.node).find(|n| stuck_set.contains(n)) else {
+            return path;
+        };
+        if let Some(&i) = seen.get(&prev) {
+            let mut cyc = path[i..].to_vec();
+            cyc.reverse();
+            return cyc;
+        }
+        seen.insert(prev, path.len());
+        path.push(prev);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::ValueId;
-    use crate::op::Init;
-    use crate::types::{DType, TensorType};
+    use crate::ir::graph::ValueId;
+    use crate::ir::op::Init;
+    use crate::ir::types::{DType, TensorType};
 
     #[test]
     fn forward_may_not_read_backward() {

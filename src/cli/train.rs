@@ -56,16 +56,16 @@ pub struct TrainArgs {
     #[arg(long)]
     allow_outside_weights: bool,
     /// Stop after this many skipped (overflowing) steps in a row (0: never).
-    #[arg(long, value_name = "N", default_value_t = mpc::training::MAX_SKIPPED)]
+    #[arg(long, value_name = "N", default_value_t = mpc::train::MAX_SKIPPED)]
     max_skipped: u64,
     #[command(flatten)]
     device: DeviceArgs,
 }
 
 pub fn train(args: TrainArgs) -> Result<(), miette::Report> {
-    use mpc::checkpoint::{self, Checkpoint};
-    use mpc::data::{synthetic_batch, Dataset};
     use mpc::exec::{init::init_state_from, RunOptions};
+    use mpc::train::checkpoint::{self, Checkpoint};
+    use mpc::train::data::{synthetic_batch, Dataset};
     use std::io::{IsTerminal, Write};
 
     if args.precision == TrainPrecision::Fp32 && args.loss_scale.is_some_and(|m| m != passes::LossScale::None) {
@@ -88,7 +88,7 @@ pub fn train(args: TrainArgs) -> Result<(), miette::Report> {
     )?;
     // A text feeds a language model whose inputs need not share a batch
     // dimension; everything else is laid out by `Layout`.
-    let text = args.data.as_deref().is_some_and(mpc::data::is_text);
+    let text = args.data.as_deref().is_some_and(mpc::train::data::is_text);
     let layout = match text {
         true => None,
         false => Some(data_layout(&args.model, &source)?),
@@ -127,14 +127,14 @@ pub fn train(args: TrainArgs) -> Result<(), miette::Report> {
             if let Some(extra) = state.keys().find(|k| !fresh.contains_key(*k)) {
                 return Err(msg(format!("{path}: `{extra}` is not a param or state of this graph")));
             }
-            mpc::training::check_resumable(&g, &state).map_err(|e| msg(format!("{path}: cannot resume: {e}")))?;
+            mpc::train::check_resumable(&g, &state).map_err(|e| msg(format!("{path}: cannot resume: {e}")))?;
             if let Some(was) = loss_scale {
-                mpc::training::check_same_scaler(&g, &was).map_err(|e| msg(format!("{path}: cannot resume: {e}")))?;
+                mpc::train::check_same_scaler(&g, &was).map_err(|e| msg(format!("{path}: cannot resume: {e}")))?;
             }
-            mpc::training::check_same_schedule(&g, lr_schedule.as_deref())
+            mpc::train::check_same_schedule(&g, lr_schedule.as_deref())
                 .map_err(|e| msg(format!("{path}: cannot resume: {e}")))?;
             if let Some(log) = &args.log {
-                mpc::training::truncate_log(log, step)
+                mpc::train::truncate_log(log, step)
                     .map_err(|e| msg(format!("cannot rewrite {}: {e}", log.display())))?;
             }
             (step, state)
@@ -177,7 +177,7 @@ pub fn train(args: TrainArgs) -> Result<(), miette::Report> {
         passes::LossScale::None => None,
         ls => Some(ls.to_string()),
     };
-    let schedule = mpc::training::schedule_of(&g);
+    let schedule = mpc::train::schedule_of(&g);
     let save = |sess: &mut dyn mpc::exec::Trainer, step: u64| -> Result<(), miette::Report> {
         let Some(dir) = &args.checkpoint else { return Ok(()) };
         let state = sess.state().map_err(|e| msg(format!("step {step}: {e}")))?;
@@ -185,11 +185,11 @@ pub fn train(args: TrainArgs) -> Result<(), miette::Report> {
         checkpoint::save(&dir.join(format!("step-{step}.safetensors")), &ck).map_err(|e| msg(e.to_string()))
     };
     let (mut last_loss, mut saved_at) = (None, None);
-    let mut watch = mpc::training::Watch::new(args.max_skipped);
+    let mut watch = mpc::train::Watch::new(args.max_skipped);
     // Without a terminal, a progress line every tenth of the run.
     let every = if std::io::stderr().is_terminal() { u64::MAX } else { ((args.steps - start) / 10).max(1) };
     // One step is one optimizer step: `micro` runs of the graph, one per micro-batch.
-    let micro = mpc::training::micro_batches(&g);
+    let micro = mpc::train::micro_batches(&g);
     for s in start..args.steps {
         let batch = |m: u64| {
             match (&data, &layout) {
@@ -199,12 +199,12 @@ pub fn train(args: TrainArgs) -> Result<(), miette::Report> {
             }
             .map_err(|e| msg(e.to_string()))
         };
-        let failed = |m: u64, e| msg(format!("{}: {e}", mpc::training::micro_step_label(micro, m)));
-        let r = mpc::training::optimizer_step(sess.as_mut(), micro, s, &RunOptions::default(), batch, failed)?;
+        let failed = |m: u64, e| msg(format!("{}: {e}", mpc::train::micro_step_label(micro, m)));
+        let r = mpc::train::optimizer_step(sess.as_mut(), micro, s, &RunOptions::default(), batch, failed)?;
         let verdict = watch.observe(s + 1, &r);
         let (loss, scale, found_inf, grad_norm) = (r.loss, r.loss_scale, r.found_inf, r.grad_norm);
         if let Some((path, w)) = &mut log {
-            use mpc::training::json_metric;
+            use mpc::train::json_metric;
             let mut line = serde_json::json!({
                 "step": s + 1, "loss": json_metric(loss), "loss_scale": json_metric(scale), "found_inf": found_inf,
             });

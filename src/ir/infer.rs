@@ -3,9 +3,9 @@
 //! `infer` is the single definition of what types an op accepts and returns;
 //! the parser uses it to type a graph and the verifier re-runs it to check one.
 
-use crate::op::{Op, Window};
-use crate::opinfo::Outputs;
-use crate::types::{DType, Shape, TensorType};
+use crate::ir::op::{Op, Window};
+use crate::ir::opinfo::Outputs;
+use crate::ir::types::{DType, Shape, TensorType};
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -152,7 +152,7 @@ fn window_out(x: &TensorType, w: &Window, what: &str) -> Result<Shape> {
 /// kernel on each side (a convolution's may be wider: zeros in, zeros out).
 fn pool_out(x: &TensorType, w: &Window, what: &str) -> Result<Shape> {
     if let Some((field, i)) = w.padding_too_wide() {
-        return Err(format!("{what}: {}", crate::attrs::pool_padding_message(w, field, i)));
+        return Err(format!("{what}: {}", w.padding_message(field, i)));
     }
     window_out(x, w, what)
 }
@@ -224,7 +224,7 @@ fn reshape_shape(x: &Shape, target: &[i64]) -> Result<Shape> {
 }
 
 /// The output types of `op` applied to `inputs`, or why they do not fit.
-/// Every output shape is checked against [`crate::types::MAX_ELEMENTS`].
+/// Every output shape is checked against [`crate::ir::types::MAX_ELEMENTS`].
 pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
     let out = infer_unchecked(op, inputs)?;
     for t in &out {
@@ -817,7 +817,7 @@ mod reduce_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::op::Conv;
+    use crate::ir::op::Conv;
 
     fn t(dtype: DType, s: &[u64]) -> TensorType {
         TensorType::new(dtype, s.to_vec())

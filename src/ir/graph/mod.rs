@@ -23,10 +23,10 @@ use smallvec::SmallVec;
 /// A node's inputs; most nodes have at most four.
 pub type Inputs = SmallVec<[ValueId; 4]>;
 
-use crate::format::Optimizer;
-use crate::infer;
-use crate::op::{Op, Precision, Role};
-use crate::types::TensorType;
+use crate::ir::infer;
+use crate::ir::op::{Op, Precision, Role};
+use crate::ir::optimizer::Optimizer;
+use crate::ir::types::TensorType;
 
 mod eq;
 mod memo;
@@ -476,7 +476,7 @@ impl Graph {
         role: Role,
         origin: Option<Origin>,
     ) -> NodeId {
-        let placeholder = TensorType::scalar(crate::types::DType::F32);
+        let placeholder = TensorType::scalar(crate::ir::types::DType::F32);
         let outputs = smallvec::smallvec![Output { name: None, ty: placeholder }];
         let i = self.alloc(Node { name, op, role, precision: None, outputs, origin });
         self.names.fill(at, NameEntry { hash, node: i, slot: 0 });
@@ -639,7 +639,7 @@ impl Graph {
                 return Err(GraphError::DuplicateName(o.clone()));
             }
         }
-        let placeholder = TensorType::scalar(crate::types::DType::F32);
+        let placeholder = TensorType::scalar(crate::ir::types::DType::F32);
         let hashes: SmallVec<[u64; 4]> = output_names.iter().map(|o| name_hash(o)).collect();
         let node_hash = name_hash(&name);
         let outputs = output_names.into_iter().map(|o| Output::new(o, &name, placeholder.clone())).collect();

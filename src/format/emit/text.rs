@@ -3,9 +3,9 @@
 
 use std::fmt::Write;
 
-use crate::attrs::op_attrs_text;
-use crate::graph::Graph;
-use crate::op::{Op, Precision};
+use crate::format::attrs::op_attrs_text;
+use crate::ir::graph::Graph;
+use crate::ir::op::{Op, Precision};
 
 pub fn to_string(g: &Graph) -> String {
     let mut s = String::with_capacity(64 * g.node_count());

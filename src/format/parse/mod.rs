@@ -6,13 +6,14 @@
 
 use std::collections::BTreeMap;
 
-use crate::attrs::op_from_raw;
 use crate::diag::{pointer_token, Problem};
+use crate::format::attrs::op_from_raw;
 use crate::format::{Optimizer, RawGraph, RawNode, RawState, RawTensor, FORMAT_VERSION};
-use crate::graph::{default_output_names, Graph, GraphError, NodeId, Origin, ValueId};
-use crate::infer;
-use crate::op::{Init, Op, Role};
-use crate::types::{Shape, TensorType};
+use crate::ir::graph::{default_output_names, Graph, GraphError, NodeId, Origin, ValueId};
+use crate::ir::infer;
+use crate::ir::op::{Init, Op, Role};
+use crate::ir::types::{Shape, TensorType};
+use crate::ir::verify::cycle_problem;
 
 /// Why a graph could not be read.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -482,39 +483,6 @@ fn finish(mut b: Builder, raw: Tail<'_>) -> Result<Graph, Vec<Problem>> {
             .collect());
     }
     Ok(b.g)
-}
-
-/// A problem naming the nodes of one cycle among the `stuck` nodes.
-pub fn cycle_problem(g: &Graph, stuck: &[NodeId]) -> Problem {
-    let cycle = find_cycle(g, stuck);
-    let names: Vec<&str> = cycle.iter().map(|&n| g.node(n).name.as_str()).collect();
-    let first = cycle.first().copied().unwrap_or(stuck[0]);
-    Problem::new(
-        Some(&g.node(first).name),
-        g.node(first).origin.map(|o| o.pointer()),
-        format!("the graph has a cycle: {} -> {}", names.join(" -> "), names.first().unwrap_or(&"?")),
-    )
-}
-
-/// Walks backwards through stuck nodes until one repeats.
-fn find_cycle(g: &Graph, stuck: &[NodeId]) -> Vec<NodeId> {
-    let stuck_set: rustc_hash::FxHashSet<NodeId> = stuck.iter().copied().collect();
-    let mut path = vec![stuck[0]];
-    let mut seen: rustc_hash::FxHashMap<NodeId, usize> = Default::default();
-    seen.insert(stuck[0], 0);
-    loop {
-        let cur = *path.last().expect("path is never empty");
-        let Some(prev) = g.inputs(cur).into_iter().map(|v| v.node).find(|n| stuck_set.contains(n)) else {
-            return path;
-        };
-        if let Some(&i) = seen.get(&prev) {
-            let mut cyc = path[i..].to_vec();
-            cyc.reverse();
-            return cyc;
-        }
-        seen.insert(prev, path.len());
-        path.push(prev);
-    }
 }
 
 /// The keys of a graph file's top-level object, in file order.

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use mpc::exec::RunOptions;
 
-use crate::{cost_cmd, load_for_training, open_session, DeviceArgs, TrainPrecision};
+use crate::{cost, load_for_training, open_session, DeviceArgs, TrainPrecision};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -35,7 +35,7 @@ pub struct BenchArgs {
 }
 
 pub fn bench(args: BenchArgs) -> Result<(), miette::Report> {
-    let gpu = cost_cmd::gpu(&args.gpu);
+    let gpu = cost::gpu(&args.gpu);
     if args.steps == 0 {
         crate::usage_error("--steps: time at least one step".into());
     }
@@ -59,7 +59,7 @@ pub fn bench(args: BenchArgs) -> Result<(), miette::Report> {
         let opts = RunOptions::default();
         let mut times = Vec::new();
         for s in 0..args.warmup + args.steps {
-            let batch = mpc::bench::batch(&source, args.seed, s).map_err(|e| at(&e))?;
+            let batch = mpc::train::bench::batch(&source, args.seed, s).map_err(|e| at(&e))?;
             let t = Instant::now();
             // The step returns its loss on the host: the device has finished.
             sess.step(&batch, s, &opts).map_err(|e| at(&format!("step {s}: {e}")))?;
@@ -67,11 +67,11 @@ pub fn bench(args: BenchArgs) -> Result<(), miette::Report> {
                 times.push(t.elapsed().as_secs_f64());
             }
         }
-        let Some(stats) = mpc::bench::Stats::of(&times) else { continue };
+        let Some(stats) = mpc::train::bench::Stats::of(&times) else { continue };
         let model_flops = mpc::cost::estimate(&mpc::cost::kernels(&g), &gpu, args.device.tf32).gemm_flops;
-        let tokens = mpc::bench::tokens(&source);
-        let mfu = mpc::bench::mfu(model_flops, stats.median, gpu.low);
-        let measured = sess.memory_in_use().or_else(mpc::bench::peak_rss);
+        let tokens = mpc::train::bench::tokens(&source);
+        let mfu = mpc::train::bench::mfu(model_flops, stats.median, gpu.low);
+        let measured = sess.memory_in_use().or_else(mpc::train::bench::peak_rss);
         let name = format!("{precision:?}").to_lowercase();
         let human = |b: Option<u64>| b.map_or("-".to_string(), mpc::exec::memory::human);
         if args.json {

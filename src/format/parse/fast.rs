@@ -22,8 +22,8 @@ use smallvec::SmallVec;
 
 use super::{finish, Builder, Tail};
 use crate::format::{Optimizer, RawNode, RawState, RawTensor, FORMAT_VERSION};
-use crate::graph::{name_hash, Graph, NodeId, Origin, ValueId};
-use crate::op::{Op, OpKind, Precision, Role};
+use crate::ir::graph::{name_hash, Graph, NodeId, Origin, ValueId};
+use crate::ir::op::{Op, OpKind, Precision, Role};
 
 /// Parses `text` if the streaming pass accepts it.
 pub fn parse(text: &str) -> Option<Graph> {

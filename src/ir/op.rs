@@ -10,10 +10,10 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::opinfo::Class::*;
-use crate::opinfo::Onnx::*;
-use crate::opinfo::OpInfo;
-use crate::types::{DType, TensorType};
+use crate::ir::opinfo::Class::*;
+use crate::ir::opinfo::Onnx::*;
+use crate::ir::opinfo::OpInfo;
+use crate::ir::types::{DType, TensorType};
 
 /// How a parameter or state tensor is initialised.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -118,6 +118,17 @@ impl Window {
         Window { kernel, stride, padding, padding_end: padding }
     }
 
+    /// Why a pooling window's padding on `field`, axis `i`, is refused.
+    pub fn padding_message(&self, field: &str, i: usize) -> String {
+        let pad = if field == "padding" { self.padding[i] } else { self.padding_end[i] };
+        format!(
+            "pooling padding must be smaller than the kernel (a window would hold only padding), found {field} {pad} \
+             for kernel {} ({})",
+            self.kernel[i],
+            ["height", "width"][i]
+        )
+    }
+
     /// The first side whose pooling padding is not smaller than the kernel,
     /// as (field, axis): there a window could lie wholly in the padding,
     /// with no input to pool (ONNX allows such pads; a ceil_mode import
@@ -176,7 +187,7 @@ impl Conv {
 
 /// The op table: one declaration per op makes its [`OpKind`], its [`Op`]
 /// variant (with the attributes as fields), `Op::kind`, `Op::plain` and
-/// its row in [`OPS`] (see [`crate::opinfo`]).
+/// its row in [`OPS`] (see [`crate::ir::opinfo`]).
 macro_rules! ops {
     (
         $(#[$meta:meta])*
@@ -320,7 +331,7 @@ ops! {
     ///   one (an int scalar k ≥ 0), is the learning rate of this step, f32:
     ///   `lr·k/warmup` while k < warmup, then
     ///   `min_lr + (lr - min_lr)·(1 + cos(π·min(1, (k - warmup)/max(1, total - warmup))))/2`,
-    ///   computed in f64 (see [`crate::semantics::lr_schedule`]).
+    ///   computed in f64 (see [`crate::ir::semantics::lr_schedule`]).
     /// - The optimizer ops take an optional last input `lr` (an f32 scalar,
     ///   what `lr_schedule` makes): when given, it is the learning rate and
     ///   the `lr` attribute is not used.

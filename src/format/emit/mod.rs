@@ -5,13 +5,33 @@ pub mod json;
 pub mod text;
 
 /// The output formats of `mpc lower --emit`.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Emit {
     Json,
     Text,
     Dot,
     /// The forward (inference) part as an ONNX model (binary protobuf).
     Onnx,
+}
+
+impl crate::choice::Choice for Emit {
+    const ALL: &'static [Emit] = &[Emit::Json, Emit::Text, Emit::Dot, Emit::Onnx];
+
+    fn name(self) -> &'static str {
+        match self {
+            Emit::Json => "json",
+            Emit::Text => "text",
+            Emit::Dot => "dot",
+            Emit::Onnx => "onnx",
+        }
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            Emit::Onnx => "The forward (inference) part as an ONNX model (binary protobuf)",
+            _ => "",
+        }
+    }
 }
 
 /// Renders a graph in the given format. Only the ONNX export can fail

@@ -4,8 +4,8 @@
 
 use crate::exec::rng::{combine, fnv1a, SplitMix64};
 use crate::exec::{State, Tensor};
-use crate::graph::{Graph, NodeId};
-use crate::op::Op;
+use crate::ir::graph::{Graph, NodeId};
+use crate::ir::op::Op;
 
 /// Seeded inputs for step `step`: floats N(0, 1); integers uniform below
 /// the bound of what reads them (an embedding's rows, a cross-entropy's

@@ -1,8 +1,8 @@
 //! Op attributes: between the flat fields of a [`RawNode`] and [`Op`].
 
 use crate::format::RawNode;
-use crate::op::{Conv, Op, OpKind, Window};
-use crate::types::{DType, TensorType};
+use crate::ir::op::{Conv, Op, OpKind, Window};
+use crate::ir::types::{DType, TensorType};
 
 /// An attribute problem: the field and what was expected.
 pub type AttrError = (&'static str, String);
@@ -123,17 +123,6 @@ fn window(n: &RawNode, kind: OpKind) -> Result<Window, AttrError> {
     Ok(w)
 }
 
-/// Why a pooling window's padding on `field`, axis `i`, is refused.
-pub(crate) fn pool_padding_message(w: &Window, field: &str, i: usize) -> String {
-    let pad = if field == "padding" { w.padding[i] } else { w.padding_end[i] };
-    format!(
-        "pooling padding must be smaller than the kernel (a window would hold only padding), found {field} {pad} \
-         for kernel {} ({})",
-        w.kernel[i],
-        ["height", "width"][i]
-    )
-}
-
 fn check_window(w: &Window) -> Result<(), AttrError> {
     if w.kernel.contains(&0) {
         return Err(("kernel", "kernel sizes must be at least 1".into()));
@@ -142,7 +131,7 @@ fn check_window(w: &Window) -> Result<(), AttrError> {
         return Err(("stride", "strides must be at least 1".into()));
     }
     if let Some((field, i)) = w.padding_too_wide() {
-        return Err((field, pool_padding_message(w, field, i)));
+        return Err((field, w.padding_message(field, i)));
     }
     Ok(())
 }
