@@ -5,7 +5,8 @@
 //! ([`format::emit`]) or run ([`exec`]).
 //!
 //! The layers, each using only those before it: [`diag`] and [`io`]
-//! (problems with places, atomic files); [`ir`] (graph, op table, types,
+//! (problems with places, atomic files); [`tensor`] (host tensors,
+//! roundings, safetensors files); [`ir`] (graph, op table, types,
 //! inference, verifier); [`format`] (the file format); [`passes`]; [`exec`]
 //! (executors: the CPU reference and CUDA); [`onnx`] (import and export);
 //! [`train`] (training runs: data, checkpoints, benchmarks). The `mpc`
@@ -29,6 +30,7 @@ pub mod gen;
 pub mod io;
 pub mod ir;
 pub mod onnx;
+pub mod tensor;
 pub mod timings;
 pub mod train;
 

@@ -337,7 +337,7 @@ fn file_inits_come_from_the_weights_file() {
     let w: Vec<f32> = (0..6).map(|i| i as f32 * 0.1 - 0.2).collect();
     let mut s = mpc::exec::State::new();
     s.insert("w".into(), mpc::exec::Tensor::from_f32(mpc::DType::F32, vec![3, 2], &w).unwrap());
-    mpc::train::checkpoint::write_tensors(&dir.path().join("m.safetensors"), &s).unwrap();
+    mpc::tensor::safetensors::write(&dir.path().join("m.safetensors"), &s).unwrap();
     let text = r#"{
       "format": "mpc/1",
       "weights": "m.safetensors",

@@ -4,8 +4,8 @@ use crate::ir::op::Op;
 use crate::ir::types::TensorType;
 
 use super::rng;
-use super::tensor::Tensor;
 use super::ExecError;
+use crate::tensor::Tensor;
 
 /// What a kernel knows about the node it runs for.
 #[derive(Clone, Copy, Debug)]

@@ -9,8 +9,8 @@ use crate::ir::types::{DType, TensorType};
 
 use super::rng::{combine, fnv1a, SplitMix64};
 use super::run::State;
-use super::tensor::{numel, Data, Tensor};
 use super::ExecError;
+use crate::tensor::{numel, Data, Tensor};
 
 /// `(fan_in, fan_out)` of a weight, mpc's convention: a 2-D weight is
 /// `[in, out]` (it is used as `x · w`, the transpose of PyTorch's Linear
@@ -34,8 +34,8 @@ pub fn fans(shape: &[u64]) -> (f64, f64) {
 fn from_f64(dtype: DType, v: &[f64]) -> Data {
     match dtype {
         DType::F32 => Data::F32(v.iter().map(|&x| x as f32).collect()),
-        DType::F16 => Data::F16(v.iter().map(|&x| super::round::f16_from_f64(x)).collect()),
-        DType::Bf16 => Data::Bf16(v.iter().map(|&x| super::round::bf16_from_f64(x)).collect()),
+        DType::F16 => Data::F16(v.iter().map(|&x| crate::tensor::round::f16_from_f64(x)).collect()),
+        DType::Bf16 => Data::Bf16(v.iter().map(|&x| crate::tensor::round::bf16_from_f64(x)).collect()),
         DType::I32 => Data::I32(v.iter().map(|&x| x as i32).collect()),
         DType::I64 => Data::I64(v.iter().map(|&x| x as i64).collect()),
         DType::Bool => Data::Bool(v.iter().map(|&x| x != 0.0).collect()),
@@ -50,9 +50,9 @@ pub fn init_tensor(name: &str, ty: &TensorType, init: &Init, seed: u64) -> Resul
     let mut rng = SplitMix64::new(combine(seed, fnv1a(name)));
     let (fan_in, fan_out) = fans(&ty.shape.0);
     let vals: Vec<f64> = match *init {
-        Init::Zeros => return Tensor::zeros(ty),
-        Init::Ones => return Tensor::full(ty, 1.0),
-        Init::Constant { value } => return Tensor::full(ty, value),
+        Init::Zeros => return Ok(Tensor::zeros(ty)?),
+        Init::Ones => return Ok(Tensor::full(ty, 1.0)?),
+        Init::Constant { value } => return Ok(Tensor::full(ty, value)?),
         Init::Normal { mean, std } => (0..n).map(|_| mean + std * rng.normal()).collect(),
         Init::Uniform { low, high } => (0..n).map(|_| low + (high - low) * rng.next_f64()).collect(),
         Init::XavierUniform { gain } => {
@@ -70,7 +70,7 @@ pub fn init_tensor(name: &str, ty: &TensorType, init: &Init, seed: u64) -> Resul
             })
         }
     };
-    Tensor::new(ty.shape.clone(), from_f64(ty.dtype, &vals))
+    Ok(Tensor::new(ty.shape.clone(), from_f64(ty.dtype, &vals))?)
 }
 
 /// Every param and state tensor of `g`, by node name, from its `Init`.
@@ -123,7 +123,7 @@ pub fn init_state_from(g: &Graph, seed: u64, base_dir: Option<&Path>, allow_outs
         (Some(w), true) => {
             let value = |message: String| ExecError::Value { name: w.clone(), message };
             let path = weights_path(base_dir, w, allow_outside).map_err(value)?;
-            crate::train::checkpoint::read_tensors(&path).map_err(|e| value(e.to_string()))?
+            crate::tensor::safetensors::read(&path).map_err(|e| value(e.to_string()))?.0
         }
         _ => State::new(),
     };
@@ -229,7 +229,7 @@ mod tests {
         let mut w = State::new();
         w.insert("w".into(), Tensor::from_f32(DType::F32, vec![2], &[1.5, -2.0]).unwrap());
         w.insert("v".into(), Tensor::from_f32(DType::F32, vec![3], &[0.0; 3]).unwrap());
-        crate::train::checkpoint::write_tensors(&dir.path().join("m.safetensors"), &w).unwrap();
+        crate::tensor::safetensors::write(&dir.path().join("m.safetensors"), &w).unwrap();
         let mut g = Graph::new("g");
         let ty = TensorType::new(DType::F32, vec![2]);
         g.add_node("w", Op::Param { ty: ty.clone(), init: Init::File }, crate::Role::Forward, &[]).unwrap();

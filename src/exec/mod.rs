@@ -19,17 +19,15 @@ pub mod init;
 pub mod memory;
 pub mod memplan;
 pub mod rng;
-pub mod round;
 pub mod run;
 pub mod session;
-pub mod tensor;
 
+pub use crate::tensor::{Data, Tensor};
 pub use backend::{Backend, OpCtx};
 pub use cpu::CpuBackend;
 pub use init::{init_state, init_state_with};
 pub use run::{Executor, Plan, RunOptions, State, StepResult};
 pub use session::{Session, StepReport, Trainer};
-pub use tensor::{Data, Tensor};
 
 /// An error while executing a graph.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -58,4 +56,10 @@ pub enum ExecError {
     /// A tensor was built from inconsistent parts.
     #[error("tensor: {0}")]
     Tensor(String),
+}
+
+impl From<crate::tensor::TensorError> for ExecError {
+    fn from(e: crate::tensor::TensorError) -> ExecError {
+        ExecError::Tensor(e.0)
+    }
 }

@@ -16,11 +16,11 @@ use crate::ir::op::Op;
 use crate::ir::types::TensorType;
 
 use super::backend::{node_seed, Backend, OpCtx};
-use super::tensor::Tensor;
 use super::ExecError;
+use crate::tensor::Tensor;
 
 /// Tensors by name: params and state, or a batch.
-pub type State = BTreeMap<String, Tensor>;
+pub type State = crate::tensor::Tensors;
 
 /// Per-step options, mostly for tests.
 #[derive(Clone, Debug, Default)]

@@ -14,8 +14,8 @@ use crate::ir::op::Op;
 
 use super::backend::Backend;
 use super::run::{fetch, returned, run_steps, upload_checked, Feed, Plan, RunOptions, Slot, Source, State};
-use super::tensor::Tensor;
 use super::ExecError;
+use crate::tensor::Tensor;
 
 /// What one step reports back to the host.
 #[derive(Clone, Debug, Default)]

@@ -92,9 +92,7 @@ impl RawTensor {
 
     /// A tensor for the executor (a copy).
     pub fn to_tensor(&self) -> Result<Tensor, ExecError> {
-        let data = crate::train::checkpoint::data(crate::train::checkpoint::st_dtype(self.dtype), &self.data)
-            .ok_or_else(|| ExecError::Tensor(format!("no {} elements from bytes", self.dtype)))?;
-        Tensor::new(self.dims.clone(), data)
+        Ok(Tensor::new(self.dims.clone(), crate::tensor::Data::from_le_bytes(self.dtype, &self.data))?)
     }
 
     /// The values converted to `to`: the same bytes when the type is the same,
@@ -379,19 +377,8 @@ pub(crate) fn advise_huge_pages(p: *mut u8, len: usize) {
 
 /// Writes weights as a safetensors file, atomically, straight from their bytes.
 pub fn write_safetensors(path: &Path, weights: &RawWeights) -> Result<(), String> {
-    use safetensors::tensor::TensorView;
-    let fail = |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", path.display());
-    let mut views = Vec::with_capacity(weights.len());
-    for (name, t) in weights {
-        let dtype = crate::train::checkpoint::st_dtype(t.dtype);
-        let shape = t.dims.iter().map(|&d| d as usize).collect();
-        let view = TensorView::new(dtype, shape, &t.data).map_err(|e| fail(&format!("`{name}`: {e}")))?;
-        views.push((name.as_str(), view));
-    }
-    crate::io::write_atomic_with(path, |tmp| {
-        safetensors::serialize_to_file(views, None, tmp.path()).map_err(std::io::Error::other)
-    })
-    .map_err(|e| fail(&e))
+    let raw = weights.iter().map(|(name, t)| (name.as_str(), t.dtype, t.dims.as_slice(), t.data.as_ref()));
+    crate::tensor::safetensors::write_raw(path, raw).map_err(|e| e.0)
 }
 
 #[cfg(test)]
@@ -530,7 +517,7 @@ mod tests {
         w.insert("a".into(), RawTensor::new(DType::F32, vec![2], f32_bytes(&[1.5, -2.0])).unwrap());
         w.insert("b".into(), RawTensor::from_tensor(Tensor::new(vec![1], Data::I64(vec![-7])).unwrap()));
         write_safetensors(&path, &w).unwrap();
-        let back = crate::train::checkpoint::read_tensors(&path).unwrap();
+        let back = crate::tensor::safetensors::read(&path).unwrap().0;
         assert_eq!(back["a"].to_f32_vec(), vec![1.5, -2.0]);
         assert_eq!(back["b"].data().to_i64_vec(), Some(vec![-7]));
     }

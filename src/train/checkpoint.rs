@@ -8,9 +8,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use safetensors::tensor::{Dtype, TensorView};
-
-use crate::exec::{Data, State, Tensor};
+use crate::exec::State;
+use crate::tensor::safetensors;
 
 /// The safetensors metadata key that holds `{"format", "step", "seed"}` as JSON.
 pub const META_KEY: &str = "mpc";
@@ -41,37 +40,6 @@ pub struct Checkpoint {
     pub lr_schedule: Option<String>,
 }
 
-fn bytes(data: &Data) -> (Dtype, Vec<u8>) {
-    (st_dtype(data.dtype()), data.to_le_bytes())
-}
-
-/// The safetensors dtype of an mpc dtype.
-pub(crate) fn st_dtype(d: crate::DType) -> Dtype {
-    use crate::DType;
-    match d {
-        DType::F32 => Dtype::F32,
-        DType::F16 => Dtype::F16,
-        DType::Bf16 => Dtype::BF16,
-        DType::I32 => Dtype::I32,
-        DType::I64 => Dtype::I64,
-        DType::Bool => Dtype::BOOL,
-    }
-}
-
-/// Elements from little-endian bytes.
-pub(crate) fn data(dtype: Dtype, b: &[u8]) -> Option<Data> {
-    let d = match dtype {
-        Dtype::F32 => crate::DType::F32,
-        Dtype::F16 => crate::DType::F16,
-        Dtype::BF16 => crate::DType::Bf16,
-        Dtype::I32 => crate::DType::I32,
-        Dtype::I64 => crate::DType::I64,
-        Dtype::BOOL => crate::DType::Bool,
-        _ => return None,
-    };
-    Some(Data::from_le_bytes(d, b))
-}
-
 /// Serializes a checkpoint to safetensors bytes.
 pub fn to_bytes(ck: &Checkpoint) -> Result<Vec<u8>, CheckpointError> {
     // One metadata key, so that the header (and the file) is the same bytes
@@ -83,73 +51,20 @@ pub fn to_bytes(ck: &Checkpoint) -> Result<Vec<u8>, CheckpointError> {
     if let Some(s) = &ck.lr_schedule {
         info["lr_schedule"] = serde_json::json!(s);
     }
-    serialize(&ck.state, Some(HashMap::from([(META_KEY.to_string(), info.to_string())])))
-}
-
-fn serialize(state: &State, meta: Option<HashMap<String, String>>) -> Result<Vec<u8>, CheckpointError> {
-    let raw: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = state
-        .iter()
-        .map(|(name, t)| {
-            let (dtype, b) = bytes(t.data());
-            (name.clone(), t.shape().0.iter().map(|&d| d as usize).collect(), dtype, b)
-        })
-        .collect();
-    let mut views = Vec::with_capacity(raw.len());
-    for (name, shape, dtype, b) in &raw {
-        let view = TensorView::new(*dtype, shape.clone(), b).map_err(|e| CheckpointError(format!("`{name}`: {e}")))?;
-        views.push((name.clone(), view));
-    }
-    safetensors::serialize(views, meta).map_err(|e| CheckpointError(e.to_string()))
+    let meta = HashMap::from([(META_KEY.to_string(), info.to_string())]);
+    safetensors::to_bytes(&ck.state, Some(meta)).map_err(|e| CheckpointError(e.0))
 }
 
 /// Writes a checkpoint atomically.
 pub fn save(path: &Path, ck: &Checkpoint) -> Result<(), CheckpointError> {
-    let b = to_bytes(ck)?;
-    crate::io::write_atomic(path, &b).map_err(|e| CheckpointError(format!("cannot write {}: {e}", path.display())))
-}
-
-/// Every tensor of a safetensors file, by name (no metadata needed): the
-/// `weights` file of a graph whose params have `init: file`.
-pub fn read_tensors(path: &Path) -> Result<State, CheckpointError> {
-    let buf = std::fs::read(path).map_err(|e| CheckpointError(format!("cannot read {}: {e}", path.display())))?;
-    tensors(path, &buf)
-}
-
-fn tensors(path: &Path, buf: &[u8]) -> Result<State, CheckpointError> {
-    let at = |m: String| CheckpointError(format!("{}: {m}", path.display()));
-    let st = safetensors::SafeTensors::deserialize(buf).map_err(|e| at(format!("not a safetensors file ({e})")))?;
-    tensors_of(path, &st)
-}
-
-/// The tensors of a parsed safetensors file (`path` names it in errors).
-fn tensors_of(path: &Path, st: &safetensors::SafeTensors<'_>) -> Result<State, CheckpointError> {
-    let at = |m: String| CheckpointError(format!("{}: {m}", path.display()));
-    let mut state = State::new();
-    for (name, view) in st.tensors() {
-        let d = data(view.dtype(), view.data())
-            .ok_or_else(|| at(format!("`{name}`: unsupported dtype {:?}", view.dtype())))?;
-        let shape: Vec<u64> = view.shape().iter().map(|&d| d as u64).collect();
-        let t = Tensor::new(shape, d).map_err(|e| at(format!("`{name}`: {e}")))?;
-        state.insert(name, t);
-    }
-    Ok(state)
-}
-
-/// Writes tensors as a safetensors file, atomically, with no metadata.
-pub fn write_tensors(path: &Path, state: &State) -> Result<(), CheckpointError> {
-    let b = serialize(state, None)?;
-    crate::io::write_atomic(path, &b).map_err(|e| CheckpointError(format!("cannot write {}: {e}", path.display())))
+    safetensors::write_bytes(path, &to_bytes(ck)?).map_err(|e| CheckpointError(e.0))
 }
 
 /// Reads a checkpoint written by [`save`].
 pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
     let at = |m: String| CheckpointError(format!("{}: {m}", path.display()));
-    let buf = std::fs::read(path).map_err(|e| CheckpointError(format!("cannot read {}: {e}", path.display())))?;
-    let (_, meta) =
-        safetensors::SafeTensors::read_metadata(&buf).map_err(|e| at(format!("not a safetensors file ({e})")))?;
-    let st = safetensors::SafeTensors::deserialize(&buf).map_err(|e| at(e.to_string()))?;
-    let info: Option<serde_json::Value> =
-        meta.metadata().as_ref().and_then(|m| m.get(META_KEY)).and_then(|v| serde_json::from_str(v).ok());
+    let (state, meta) = safetensors::read(path).map_err(|e| CheckpointError(e.0))?;
+    let info: Option<serde_json::Value> = meta.get(META_KEY).and_then(|v| serde_json::from_str(v).ok());
     let num = |key: &str| -> Result<u64, CheckpointError> {
         info.as_ref()
             .filter(|i| i["format"] == FORMAT)
@@ -159,12 +74,13 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
     let (step, seed) = (num("step")?, num("seed")?);
     let loss_scale = info.as_ref().and_then(|i| i["loss_scale"].as_str()).map(str::to_string);
     let lr_schedule = info.as_ref().and_then(|i| i["lr_schedule"].as_str()).map(str::to_string);
-    Ok(Checkpoint { step, seed, state: tensors_of(path, &st)?, loss_scale, lr_schedule })
+    Ok(Checkpoint { step, seed, state, loss_scale, lr_schedule })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exec::{Data, Tensor};
 
     #[test]
     fn round_trip_is_bit_exact() {

@@ -6,8 +6,8 @@ use crate::ir::types::TensorType;
 
 use super::super::backend::OpCtx;
 use super::super::rng;
-use super::super::tensor::{Data, Tensor};
 use super::{broadcast_map, dims, from_f32, wrap, KResult};
+use crate::tensor::{Data, Tensor};
 
 /// √(2/π), the constant of the tanh approximation of gelu.
 const GELU_C: f32 = 0.797_884_6;

@@ -3,8 +3,8 @@
 
 use crate::ir::types::TensorType;
 
-use super::super::tensor::{Data, Tensor};
 use super::{broadcast_map, dims, from_f32, strides, wrap, KResult};
+use crate::tensor::{Data, Tensor};
 
 /// `transpose(x, perm)`: output axis `i` is input axis `perm[i]`; bits are copied.
 pub fn transpose(x: &Tensor, perm: &[usize]) -> KResult<Tensor> {

@@ -5,8 +5,8 @@
 use crate::ir::op::{Conv, Window};
 use crate::ir::types::TensorType;
 
-use super::super::tensor::Tensor;
 use super::{broadcast_map, dims, from_f32, KResult};
+use crate::tensor::Tensor;
 
 /// `c[m×n] += a[m×k] · b[k×n]`, all row-major f32.
 pub fn gemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {

@@ -18,8 +18,8 @@ use crate::ir::op::Op;
 use crate::ir::types::{Shape, TensorType};
 
 use super::backend::{Backend, OpCtx};
-use super::tensor::Tensor;
 use super::ExecError;
+use crate::tensor::Tensor;
 
 pub mod elementwise;
 pub mod layout;
@@ -183,7 +183,7 @@ fn kernel(op: &Op, ctx: &OpCtx<'_>, x: &[&Tensor], out: &[TensorType]) -> KResul
 }
 
 /// An [`ExecError`] from tensor construction as a kernel message.
-pub(crate) fn wrap(t: Result<Tensor, ExecError>) -> KResult<Tensor> {
+pub(crate) fn wrap<E: std::fmt::Display>(t: Result<Tensor, E>) -> KResult<Tensor> {
     t.map_err(|e| e.to_string())
 }
 

@@ -3,8 +3,8 @@
 
 use crate::ir::types::TensorType;
 
-use super::super::tensor::Tensor;
 use super::{dims, from_f32, wrap, KResult};
+use crate::tensor::Tensor;
 
 /// `(outer, len, inner)`: the layout of `shape` around `axis`.
 fn around(d: &[usize], ax: usize) -> (usize, usize, usize) {

@@ -4,8 +4,8 @@
 use crate::ir::semantics;
 use crate::ir::types::TensorType;
 
-use super::super::tensor::Tensor;
 use super::{from_f32, KResult};
+use crate::tensor::Tensor;
 
 fn scalar(t: &Tensor, what: &str) -> KResult<f32> {
     t.item_f32().ok_or_else(|| format!("{what} must be a scalar"))

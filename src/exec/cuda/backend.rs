@@ -17,11 +17,11 @@ use std::rc::Rc;
 use crate::exec::backend::{Backend, OpCtx};
 use crate::exec::rng;
 use crate::exec::run::Plan;
-use crate::exec::tensor::{numel, Data, Tensor};
 use crate::exec::ExecError;
 use crate::exec::{memory, memplan};
 use crate::ir::op::Op;
 use crate::ir::types::{DType, TensorType};
+use crate::tensor::{numel, Data, Tensor};
 
 use super::gpu::{Gpu, KArg, Launch};
 
@@ -297,7 +297,7 @@ impl<G: Gpu> Backend for CudaBackend<G> {
         let mut bytes = vec![0u8; b.bytes];
         let (m, off) = b.at();
         self.gpu.read(m, off, &mut bytes).map_err(gpu_err)?;
-        Tensor::new(b.ty.shape.clone(), Data::from_le_bytes(b.ty.dtype, &bytes))
+        Ok(Tensor::new(b.ty.shape.clone(), Data::from_le_bytes(b.ty.dtype, &bytes))?)
     }
 
     fn duplicate(&mut self, b: &Self::Buffer) -> Result<Self::Buffer, ExecError> {

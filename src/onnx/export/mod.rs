@@ -124,6 +124,12 @@ pub enum ExportError {
     Graph(String),
 }
 
+impl From<crate::tensor::TensorError> for ExportError {
+    fn from(e: crate::tensor::TensorError) -> ExportError {
+        ExportError::Init(e.into())
+    }
+}
+
 fn unsupported_message(nodes: &[(String, &'static str)]) -> String {
     let list: Vec<String> = nodes.iter().map(|(n, op)| format!("`{n}` ({op})")).collect();
     let what = if nodes.len() == 1 { "1 node has an op" } else { "nodes have ops" };

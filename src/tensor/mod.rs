@@ -1,10 +1,22 @@
-//! Host tensors: a shape and a typed buffer.
+//! Host tensors: a shape and a typed buffer, the ground floor that the
+//! executors, checkpoints, weights files and ONNX initializers share, with
+//! the single roundings into the 16-bit floats ([`round`]) and the one
+//! reader and writer of safetensors files ([`safetensors`]).
 
 use half::{bf16, f16};
 
 use crate::ir::types::{DType, Shape, TensorType};
 
-use super::{round, ExecError};
+pub mod round;
+pub mod safetensors;
+
+/// Tensors by name: params and state, a batch, a weights file.
+pub type Tensors = std::collections::BTreeMap<String, Tensor>;
+
+/// A tensor built from inconsistent parts, or too large for this machine.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("tensor: {0}")]
+pub struct TensorError(pub String);
 
 /// The elements of a tensor, row-major, stored in their own type.
 #[derive(Clone, Debug, PartialEq)]
@@ -249,20 +261,20 @@ pub struct Tensor {
 }
 
 /// The element count of a shape as usize, or an error.
-pub(crate) fn numel(shape: &Shape) -> Result<usize, ExecError> {
+pub(crate) fn numel(shape: &Shape) -> Result<usize, TensorError> {
     shape
         .numel()
         .and_then(|n| usize::try_from(n).ok())
-        .ok_or_else(|| ExecError::Tensor(format!("shape {shape} is too large")))
+        .ok_or_else(|| TensorError(format!("shape {shape} is too large")))
 }
 
 impl Tensor {
     /// A tensor from its parts; the lengths must agree.
-    pub fn new(shape: impl Into<Shape>, data: Data) -> Result<Tensor, ExecError> {
+    pub fn new(shape: impl Into<Shape>, data: Data) -> Result<Tensor, TensorError> {
         let shape = shape.into();
         let n = numel(&shape)?;
         if n != data.len() {
-            return Err(ExecError::Tensor(format!(
+            return Err(TensorError(format!(
                 "shape {shape} has {n} elements but {} {} values were given",
                 data.len(),
                 data.dtype()
@@ -273,18 +285,18 @@ impl Tensor {
 
     /// A tensor of `dtype` from f32 values, each rounded once to nearest
     /// even (see [`Data::from_f32`]).
-    pub fn from_f32(dtype: DType, shape: impl Into<Shape>, values: &[f32]) -> Result<Tensor, ExecError> {
+    pub fn from_f32(dtype: DType, shape: impl Into<Shape>, values: &[f32]) -> Result<Tensor, TensorError> {
         Tensor::new(shape, Data::from_f32(dtype, values))
     }
 
     /// Every element `value`, rounded once to the type.
-    pub fn full(ty: &TensorType, value: f64) -> Result<Tensor, ExecError> {
+    pub fn full(ty: &TensorType, value: f64) -> Result<Tensor, TensorError> {
         let n = numel(&ty.shape)?;
         Ok(Tensor { shape: ty.shape.clone(), data: Data::full(ty.dtype, n, value) })
     }
 
     /// Zeros of a type.
-    pub fn zeros(ty: &TensorType) -> Result<Tensor, ExecError> {
+    pub fn zeros(ty: &TensorType) -> Result<Tensor, TensorError> {
         Tensor::full(ty, 0.0)
     }
 
@@ -352,7 +364,7 @@ impl Tensor {
     }
 
     /// The same elements under another shape with the same element count.
-    pub fn reshaped(self, shape: impl Into<Shape>) -> Result<Tensor, ExecError> {
+    pub fn reshaped(self, shape: impl Into<Shape>) -> Result<Tensor, TensorError> {
         Tensor::new(shape, self.data)
     }
 
