@@ -16,9 +16,9 @@
 //! is the gradient of the whole batch), clips them, and steps or skips;
 //! the other runs keep every parameter, optimizer and scaler state.
 
-use crate::format::{OptimizerKind, Schedule};
 use crate::ir::graph::{Graph, NodeId, ValueId};
 use crate::ir::op::{Init, Op, Role};
+use crate::ir::optimizer::{OptimizerKind, Schedule};
 use crate::ir::types::{DType, TensorType};
 
 use super::{Pass, PassError};

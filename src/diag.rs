@@ -282,6 +282,15 @@ fn line_col_offset(text: &str, line: usize, column: usize) -> Option<usize> {
     Some(off)
 }
 
+/// Renders problems of a file with snippets.
+pub fn problems_report(path: &str, text: &str, problems: &[Problem]) -> miette::Report {
+    let summary = match problems.len() {
+        1 => "1 problem".to_string(),
+        n => format!("{n} problems"),
+    };
+    miette::Report::new(report(path, text, summary, problems))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

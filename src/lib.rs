@@ -5,9 +5,9 @@
 //! ([`format::emit`]) or run ([`exec`]).
 //!
 //! The layers, each using only those before it: [`diag`] and [`io`]
-//! (problems with places, atomic files); [`tensor`] (host tensors,
-//! roundings, safetensors files); [`ir`] (graph, op table, types,
-//! inference, verifier); [`format`] (the file format); [`passes`]; [`exec`]
+//! (problems with places, atomic files); [`ir`] (graph, op table, types,
+//! inference, verifier); [`tensor`] (host tensors, roundings, safetensors
+//! files); [`format`] (the file format); [`passes`]; [`exec`]
 //! (executors: the CPU reference and CUDA); [`onnx`] (import and export);
 //! [`train`] (training runs: data, checkpoints, benchmarks). The `mpc`
 //! binary (`src/cli/`) is a thin layer over them and the only place that

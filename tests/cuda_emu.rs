@@ -12,10 +12,10 @@
 
 use mpc::exec::cuda::backend::CudaBackend;
 use mpc::exec::cuda::emu::EmuGpu;
-use mpc::exec::cuda::selftest::{self, Tolerance};
 use mpc::exec::{init_state, Backend, CpuBackend, ExecError, OpCtx, RunOptions, Session, Tensor};
 use mpc::passes::{self, Options};
 use mpc::train::data::{synthetic_batch, Layout};
+use mpc::train::selftest::{self, Tolerance};
 use mpc::DType;
 use mpc::{Op, TensorType};
 

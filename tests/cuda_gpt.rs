@@ -40,10 +40,10 @@ use std::time::Instant;
 
 use mpc::exec::cuda::backend::CudaBackend;
 use mpc::exec::cuda::emu::EmuGpu;
-use mpc::exec::cuda::selftest::Tolerance;
 use mpc::exec::{init_state, CpuBackend, RunOptions, Session};
 use mpc::passes::{self, Options};
 use mpc::train::data::Dataset;
+use mpc::train::selftest::Tolerance;
 use mpc::{DType, Op};
 
 const STEPS: u64 = 3;

@@ -1,14 +1,16 @@
 //! Rendered error messages for bad graphs, as snapshots: each must name the
 //! file, the place (line:column, or node and JSON pointer) and what was expected.
 
-use mpc::io::{problems_report, render_plain, LoadError};
+use mpc::diag::problems_report;
+use mpc::format::load::LoadError;
+use mpc::io::render_plain;
 
 /// Loads `text` as if from `bad.json` and renders every error it has.
 fn errors(text: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.json");
     std::fs::write(&path, text).unwrap();
-    let rendered = match mpc::io::load(&path) {
+    let rendered = match mpc::format::load::load(&path) {
         Err(e) => render_plain(&e.into_report()),
         Ok(l) => match mpc::verify(&l.graph) {
             Ok(()) => panic!("expected an error"),
@@ -121,7 +123,7 @@ fn forward_reads_backward_and_bad_update_found_by_verifier() {
 
 #[test]
 fn unreadable_file() {
-    let e = mpc::io::load(std::path::Path::new("no/such/file.json")).err().unwrap();
+    let e = mpc::format::load::load(std::path::Path::new("no/such/file.json")).err().unwrap();
     assert!(matches!(e, LoadError::Io { .. }));
     assert!(e.to_string().starts_with("cannot read no/such/file.json"), "{e}");
 }

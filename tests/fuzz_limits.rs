@@ -54,11 +54,11 @@ proptest! {
         let text = damage(&minified_mlp(pad), kind, at);
         std::fs::write(&path, &text).unwrap();
         // As the CLI reports them: a parse error, or the checker's problems.
-        let report = match mpc::io::load(&path) {
+        let report = match mpc::format::load::load(&path) {
             Err(e) => e.into_report(),
             Ok(l) => match mpc::verify(&l.graph) {
                 Ok(()) => return Ok(()),
-                Err(v) => mpc::io::problems_report("g.json", &l.text, &v.0),
+                Err(v) => mpc::diag::problems_report("g.json", &l.text, &v.0),
             },
         };
         let shown = format!("{report:?}");

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::emit::{self, Emit};
 use bytes::Bytes;
-use mpc::format::emit::{self, Emit};
 use std::io::{BufWriter, Write};
 
 use mpc::io::write_atomic_with;

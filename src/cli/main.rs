@@ -4,14 +4,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mpc::format::emit::{self, Emit};
-use mpc::io::{load, problems_report, write_atomic};
+use emit::Emit;
+use mpc::diag::problems_report;
+use mpc::format::load::load;
+use mpc::io::write_atomic;
 use mpc::passes;
 
 mod bench;
 mod choice;
 mod compare;
 mod cost;
+mod emit;
 mod import;
 mod lower_onnx;
 mod train;
@@ -96,7 +99,7 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
         /// Output format.
-        #[arg(long, value_parser = choice::of::<Emit>(), default_value = "json")]
+        #[arg(long, value_enum, default_value = "json")]
         emit: Emit,
         #[command(flatten)]
         passes: PassArgs,
@@ -567,7 +570,7 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
                 // Streamed into the output: the text of a large graph is never whole in memory.
                 let lowered = started.elapsed().as_secs_f64() * 1e3;
                 let written = std::time::Instant::now();
-                lower_onnx::write_output_with(output.as_deref(), |w| emit::json::write(&g, w))?;
+                lower_onnx::write_output_with(output.as_deref(), |w| mpc::format::emit::json::write(&g, w))?;
                 mpc::timings::mark("emit+write");
                 exit_without_freeing(g);
                 eprintln!(
@@ -785,8 +788,9 @@ fn data_layout(path: &std::path::Path, source: &mpc::Graph) -> Result<mpc::train
 
 /// `mpc selftest`: the CUDA backend against the CPU on the MLP family.
 fn selftest(device: mpc::exec::device::Device, steps: u64, tf32: bool) -> Result<(), miette::Report> {
-    use mpc::exec::cuda::{backend::CudaBackend, device::CudaGpu, emu::EmuGpu, gpu::Gpu, probe, selftest};
+    use mpc::exec::cuda::{backend::CudaBackend, device::CudaGpu, emu::EmuGpu, gpu::Gpu, probe};
     use mpc::exec::device::Device;
+    use mpc::train::selftest;
     let rows = match device {
         Device::CudaEmu => {
             let rows =

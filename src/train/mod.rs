@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod data;
+pub mod selftest;
 
 use std::path::Path;
 

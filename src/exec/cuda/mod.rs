@@ -10,4 +10,3 @@ pub mod kcache;
 pub mod launch;
 pub mod nvrtc;
 pub mod probe;
-pub mod selftest;

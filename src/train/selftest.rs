@@ -19,10 +19,10 @@ use crate::Op;
 
 /// The examples of the MLP family, by file name.
 pub const EXAMPLES: &[(&str, &str)] = &[
-    ("mlp.json", include_str!("../../../ir-examples/mlp.json")),
-    ("mlp_backward.json", include_str!("../../../ir-examples/mlp_backward.json")),
-    ("underflow.json", include_str!("../../../ir-examples/underflow.json")),
-    ("regression_mse.json", include_str!("../../../ir-examples/regression_mse.json")),
+    ("mlp.json", include_str!("../../ir-examples/mlp.json")),
+    ("mlp_backward.json", include_str!("../../ir-examples/mlp_backward.json")),
+    ("underflow.json", include_str!("../../ir-examples/underflow.json")),
+    ("regression_mse.json", include_str!("../../ir-examples/regression_mse.json")),
 ];
 
 /// How far the device may be from the CPU reference.
