@@ -582,6 +582,12 @@ mod tests {
             op_to_raw(&op, &mut back);
             assert_eq!(present(&back).collect::<Vec<_>>(), present(&raw).collect::<Vec<_>>(), "{kind}");
             assert_eq!(op_from_raw(&back).unwrap(), op, "{kind}");
+            // Type inference reaches the op's family (it may refuse these inputs).
+            let x = crate::TensorType::new(crate::DType::F32, vec![2, 2]);
+            let inputs = vec![&x; crate::ir::infer::arity(&op).0];
+            if let Err(e) = crate::ir::infer::infer(&op, &inputs) {
+                assert!(!e.contains("dispatch"), "{kind}: {e}");
+            }
         }
     }
 
