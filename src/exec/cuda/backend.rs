@@ -186,6 +186,32 @@ impl<G: Gpu> CudaBackend<G> {
         Ok(CudaBuffer { storage: Storage::Pooled(Some(mem)), bytes, ty, pool: self.pool.clone() })
     }
 
+    /// A matmul operand whose batch axes broadcast partially against the
+    /// output's (`[2, 1, m, k]` against `[2, 3, ...]`), gathered into the
+    /// full batch: a strided batched GEMM can repeat an operand only whole
+    /// (stride 0). None when it is used as it is.
+    fn full_batch(&mut self, x: &CudaBuffer<G::Mem>, out: &[u64]) -> Result<Option<CudaBuffer<G::Mem>>, String> {
+        let (s, r) = (&x.ty.shape.0, out.len());
+        if s.len() < 2 || r < 2 {
+            return Ok(None);
+        }
+        let (batch, out_batch) = (&s[..s.len() - 2], &out[..r - 2]);
+        let (b, bo) = (batch.iter().product::<u64>(), out_batch.iter().product::<u64>());
+        if b == bo || b == 1 {
+            return Ok(None);
+        }
+        let mut full = out_batch.to_vec();
+        full.extend_from_slice(&s[s.len() - 2..]);
+        let ty = TensorType::new(x.ty.dtype, full.clone());
+        let buf = self.buffer(&ty).map_err(|e| e.to_string())?;
+        let g = launch::broadcast_to(s, &full)?;
+        let n = n_of(&ty);
+        let mut args = vec![p(x), p(&buf), KArg::I64(n), KArg::I32(g.rank)];
+        args.extend(g.dims.iter().chain(&g.strides).map(|&v| KArg::I64(v)));
+        self.launch(&format!("transpose_{}", sfx(ty.dtype)), n as u64, &args)?;
+        Ok(Some(buf))
+    }
+
     fn launch(&mut self, name: &str, work: u64, args: &[KArg<'_, G::Mem>]) -> Result<(), String> {
         self.gpu.launch(name, Launch::linear(blocks(work), THREADS), args).map_err(|e| e.to_string())
     }
@@ -381,16 +407,18 @@ impl<G: Gpu> CudaBackend<G> {
             }
             Matmul { transpose_a, transpose_b } => {
                 arity(2)?;
+                let (fa, fb) = (self.full_batch(x[0], &o.ty.shape.0)?, self.full_batch(x[1], &o.ty.shape.0)?);
+                let (a, b) = (fa.as_ref().unwrap_or(x[0]), fb.as_ref().unwrap_or(x[1]));
                 let g = launch::matmul_gemm(
-                    (&x[0].ty.shape.0, *transpose_a),
-                    (&x[1].ty.shape.0, *transpose_b),
+                    (&a.ty.shape.0, *transpose_a),
+                    (&b.ty.shape.0, *transpose_b),
                     &o.ty.shape.0,
-                    x[0].ty.dtype,
+                    a.ty.dtype,
                     o.ty.dtype,
                     self.tf32,
                 )?;
                 // Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: B's buffer is cuBLAS's A.
-                self.gpu.gemm(&g, x[1].at(), x[0].at(), o.at()).map_err(|e| e.to_string())
+                self.gpu.gemm(&g, b.at(), a.at(), o.at()).map_err(|e| e.to_string())
             }
             SumTo { .. } => {
                 arity(1)?;
