@@ -37,9 +37,13 @@ use super::proto::{
 use super::raw::{self, RawTensor, RawWeights, Rounding};
 
 /// The ONNX opset the exporter writes (default domain).
+mod layout;
+mod linalg;
+mod nn;
 mod norm;
 mod operands;
 mod test_data;
+mod values;
 
 use test_data::initial_values;
 pub use test_data::{test_data, TestData};
@@ -538,82 +542,17 @@ impl<'a> Exporter<'a> {
         if self.fused.contains(&n) {
             return Ok(());
         }
-        let g = self.g;
-        let node = g.node(n);
-        let ins = g.inputs(n);
-        let v0 = ValueId { node: n, slot: 0 };
-        let out = self.ty(v0);
-        let d = out.dtype;
-        let in_ty = |i: usize| g.ty(ins[i]);
+        let node = self.g.node(n);
+        // One exhaustive dispatch; each family's file writes its ops.
         match &node.op {
-            Op::Input { ty } => {
-                let name = self.name_of(v0);
-                self.inputs.push(ValueInfoProto::tensor(&name, self.store(ty.dtype), &dims_of(ty)));
-                self.repr.insert(v0, Repr::Act(name));
-            }
-            Op::Param { ty, .. } | Op::State { ty, .. } if fill_value(&node.op).is_some() => {
-                let value = fill_value(&node.op).unwrap_or(0.0);
-                self.repr.insert(v0, Repr::Fill { value, ty: ty.clone() });
-            }
-            Op::Param { .. } | Op::State { .. } => {
-                let t = self
-                    .state
-                    .get(&n)
-                    .map(|t| t.as_ref().clone())
-                    .ok_or_else(|| ExportError::Graph(format!("no initial value for `{}`", node.name)))?;
-                self.repr.insert(v0, Repr::Init(InitVal { raw: t, round: None }));
-            }
-            Op::Constant { value, ty } => {
-                self.repr.insert(v0, Repr::Init(InitVal::of(Tensor::full(ty, *value)?)));
-            }
-            Op::Cast { to } => match self.repr.get(&ins[0]) {
-                Some(Repr::Fill { value, ty }) => {
-                    let rounded = Tensor::full(&TensorType::scalar(ty.dtype), *value)?.data().cast(*to);
-                    let value = Tensor::new(Vec::<u64>::new(), rounded)?.to_f32_vec()[0] as f64;
-                    self.repr.insert(v0, Repr::Fill { value, ty: ty.with_dtype(*to) });
-                }
-                Some(Repr::Init(t)) => {
-                    let t = t.cast(*to)?;
-                    self.repr.insert(v0, Repr::Init(t));
-                }
-                _ => {
-                    let x = self.get(ins[0])?;
-                    let from = self.store(in_ty(0).dtype);
-                    let to_elem = elem_type(*to);
-                    if from == to_elem {
-                        // Also emulated bf16 to f32: the stored values are already exact.
-                        self.simple(v0, "Identity", vec![x], from, true, vec![])?;
-                    } else {
-                        self.simple(v0, "Cast", vec![x], to_elem, true, vec![attr_i("to", to_elem as i64)])?;
-                    }
-                }
-            },
-            Op::Identity | Op::Dropout { .. } => {
-                if self.needed.contains(&v0) {
-                    let x = self.get(ins[0])?;
-                    self.simple(v0, "Identity", vec![x], self.store(d), true, vec![])?;
-                }
-                if let Op::Dropout { .. } = node.op {
-                    let mask = ValueId { node: n, slot: 1 };
-                    if self.needed.contains(&mask) {
-                        // Inference keeps every element.
-                        let dims = dims_of(self.ty(mask));
-                        let shape = self.ints("shape", &dims.iter().map(|&d| d as i64).collect::<Vec<_>>());
-                        let one = Tensor::full(&TensorType::new(DType::Bool, vec![1]), 1.0)?;
-                        let value = tensor_proto("value", &one, data_type::BOOL, &[1]);
-                        self.simple(
-                            mask,
-                            "ConstantOfShape",
-                            vec![shape],
-                            data_type::BOOL,
-                            true,
-                            vec![attr_t("value", value)],
-                        )?;
-                    }
-                }
-            }
-            // One ONNX node of the table's type, computing in the output's type.
-            Op::Add
+            Op::Input { .. }
+            | Op::Param { .. }
+            | Op::State { .. }
+            | Op::Constant { .. }
+            | Op::Cast { .. }
+            | Op::Identity
+            | Op::Dropout { .. }
+            | Op::Add
             | Op::Sub
             | Op::Mul
             | Op::Div
@@ -623,221 +562,26 @@ impl<'a> Exporter<'a> {
             | Op::Exp
             | Op::Log
             | Op::Erf
-            | Op::Sqrt => {
-                let Onnx::Direct(op_type) = node.op.info().onnx else {
-                    return Err(ExportError::Unsupported(vec![(node.name.clone(), node.op.name())]));
-                };
-                let ct = self.compute(d, true);
-                let xs = ins.iter().map(|&v| self.get_as(v, ct, None)).collect::<Result<Vec<_>, _>>()?;
-                // relu only selects: exact in any type.
-                self.simple(v0, op_type, xs, ct, matches!(node.op, Op::Relu), vec![])?;
-            }
-            Op::Scale { value } => {
-                let ct = self.compute(d, true);
-                let x = self.get_as(ins[0], ct, None)?;
-                let s = self.scalar(ct, *value, &format!("{}.value", node.name));
-                self.simple(v0, "Mul", vec![x, s], ct, false, vec![])?;
-            }
-            Op::Gelu => self.gelu(v0, ins[0])?,
-            Op::Matmul { transpose_a, transpose_b } => {
-                let ct = self.compute(d, true);
-                let mut a = self.get_as(ins[0], ct, None)?;
-                let mut b = self.get_as(ins[1], ct, None)?;
-                let (ra, rb) = (in_ty(0).shape.rank(), in_ty(1).shape.rank());
-                let cols = (ra == 2 && rb == 2).then(|| g.ty(v0).shape.0[1]);
-                let folded = cols.and_then(|c| Some((self.bias_add(n, &[c])?, c)));
-                if ra == 2 && rb == 2 && (*transpose_a || *transpose_b || folded.is_some()) {
-                    let attrs =
-                        vec![attr_i("transA", i64::from(*transpose_a)), attr_i("transB", i64::from(*transpose_b))];
-                    match folded {
-                        Some(((add, param, to), c)) => {
-                            let bias = self.bias_init(param, to, ct, c)?;
-                            self.fused.insert(add);
-                            self.simple(ValueId { node: add, slot: 0 }, "Gemm", vec![a, b, bias], ct, false, attrs)?;
-                        }
-                        None => self.simple(v0, "Gemm", vec![a, b], ct, false, attrs)?,
-                    }
-                } else {
-                    for (flag, x, i) in [(*transpose_a, &mut a, 0), (*transpose_b, &mut b, 1)] {
-                        if flag {
-                            let mut dims = dims_of(in_ty(i));
-                            let r = dims.len();
-                            dims.swap(r - 2, r - 1);
-                            let mut perm: Vec<i64> = (0..r as i64).collect();
-                            perm.swap(r - 2, r - 1);
-                            let base = format!("{}.t", g.value_name(ins[i]));
-                            *x =
-                                self.tmp(&base, "Transpose", vec![x.clone()], ct, &dims, vec![attr_ints("perm", perm)]);
-                        }
-                    }
-                    self.simple(v0, "MatMul", vec![a, b], ct, false, vec![])?;
-                }
-            }
-            Op::Embedding => {
-                let table = self.get(ins[0])?;
-                let ids = self.get(ins[1])?;
-                self.simple(v0, "Gather", vec![table, ids], self.store(d), true, vec![attr_i("axis", 0)])?;
-            }
-            Op::LayerNorm { eps } => self.layer_norm(n, &ins, *eps)?,
-            Op::Softmax { axis, causal } => {
-                let ct = self.compute(d, true);
-                let mut x = self.get_as(ins[0], ct, None)?;
-                if *causal {
-                    let dims = dims_of(in_ty(0));
-                    let t = dims[dims.len() - 1] as usize;
-                    let mask = self.constant(format!("causal_mask.{t}"), |name| {
-                        let keep: Vec<f32> = (0..t * t).map(|k| if k % t <= k / t { 1.0 } else { 0.0 }).collect();
-                        let m = Tensor::from_f32(DType::Bool, vec![t as u64, t as u64], &keep).expect("a mask");
-                        tensor_proto(&name, &m, data_type::BOOL, &[t as u64, t as u64])
-                    });
-                    let ninf = self.scalar(ct, f64::NEG_INFINITY, &format!("neg_inf.{}", elem_suffix(ct)));
-                    let base = format!("{}.masked", g.value_name(ins[0]));
-                    x = self.tmp(&base, "Where", vec![mask, x, ninf], ct, &dims, vec![]);
-                }
-                self.simple(v0, "Softmax", vec![x], ct, false, vec![attr_i("axis", *axis)])?;
-            }
-            Op::LogSoftmax { axis } => {
-                let ct = self.compute(d, true);
-                let x = self.get_as(ins[0], ct, None)?;
-                self.simple(v0, "LogSoftmax", vec![x], ct, false, vec![attr_i("axis", *axis)])?;
-            }
-            Op::Conv2d(cv) => {
-                let ct = self.compute(d, false);
-                let x = self.get_as(ins[0], ct, None)?;
-                let w = self.get_as(ins[1], ct, None)?;
-                let wd = dims_of(in_ty(1));
-                let mut attrs = vec![
-                    attr_ints("kernel_shape", vec![wd[2] as i64, wd[3] as i64]),
-                    attr_ints("strides", cv.stride.iter().map(|&s| s as i64).collect()),
-                    attr_ints("pads", pads(&cv.padding, &cv.padding)),
-                    attr_i("group", cv.groups as i64),
-                ];
-                // ONNX's default is 1; written only when dilated, so other exports stay as they were.
-                if cv.dilation != [1, 1] {
-                    attrs.push(attr_ints("dilations", cv.dilation.iter().map(|&v| v as i64).collect()));
-                }
-                if let Some(c) = wd.first().copied() {
-                    if let Some((add, param, to)) = self.bias_add(n, &[c, 1, 1]) {
-                        let bias = self.bias_init(param, to, ct, c)?;
-                        self.fused.insert(add);
-                        self.simple(ValueId { node: add, slot: 0 }, "Conv", vec![x, w, bias], ct, false, attrs)?;
-                        return Ok(());
-                    }
-                }
-                self.simple(v0, "Conv", vec![x, w], ct, false, attrs)?;
-            }
-            Op::MaxPool2d(w) => {
-                let ct = self.compute(d, false);
-                let x = self.get_as(ins[0], ct, None)?;
-                self.simple(v0, "MaxPool", vec![x], ct, true, window_attrs(w))?;
-            }
-            Op::AvgPool2d { window, count_include_pad } => {
-                let ct = self.compute(d, false);
-                let x = self.get_as(ins[0], ct, None)?;
-                let mut attrs = window_attrs(window);
-                attrs.push(attr_i("count_include_pad", i64::from(*count_include_pad)));
-                self.simple(v0, "AveragePool", vec![x], ct, false, attrs)?;
-            }
-            Op::Lrn { size, alpha, beta, bias } => {
-                let ct = self.compute(d, true);
-                let x = self.get_as(ins[0], ct, None)?;
-                let attrs = vec![
-                    attr_i("size", *size as i64),
-                    attr_f("alpha", *alpha as f32),
-                    attr_f("beta", *beta as f32),
-                    attr_f("bias", *bias as f32),
-                ];
-                self.simple(v0, "LRN", vec![x], ct, false, attrs)?;
-            }
-            Op::FrozenBatchNorm { eps } => {
-                // One type for x and the statistics. Statistics that are
-                // constants are stored in x's type (as onnxconverter-common
-                // does: no casts); activations that differ compute in FLOAT.
-                let consts =
-                    ins[1..].iter().all(|v| matches!(self.repr.get(v), Some(Repr::Init(_) | Repr::Fill { .. })));
-                let ct = if in_ty(1).dtype == d || consts { self.compute(d, true) } else { data_type::FLOAT };
-                let mut args = Vec::new();
-                for &v in ins.iter() {
-                    args.push(self.get_as(v, ct, None)?);
-                }
-                let attrs = vec![attr_f("epsilon", *eps as f32)];
-                self.simple(v0, "BatchNormalization", args, ct, false, attrs)?;
-            }
-            Op::Concat { axis } => {
-                let mut args = Vec::new();
-                for &v in ins.iter() {
-                    args.push(self.get(v)?);
-                }
-                self.simple(v0, "Concat", args, self.store(d), true, vec![attr_i("axis", *axis)])?;
-            }
-            Op::Split { axis, sizes } => {
-                let x = self.get(ins[0])?;
-                let split = self.ints("split", &sizes.iter().map(|&s| s as i64).collect::<Vec<_>>());
-                let e = self.store(d);
-                let outs: Vec<(String, i32, Vec<u64>)> =
-                    g.values(n).map(|v| (self.name_of(v), e, dims_of(self.ty(v)))).collect();
-                self.push("Split", vec![x, split], outs, vec![attr_i("axis", *axis)]);
-                for v in g.values(n) {
-                    let name = self.name_of(v);
-                    self.repr.insert(v, Repr::Act(name));
-                }
-            }
-            Op::BatchNorm { eps, .. } => self.batch_norm(n, &ins, *eps)?,
-            Op::Flatten { axis } => {
-                let x = self.get(ins[0])?;
-                self.simple(v0, "Flatten", vec![x], self.store(d), true, vec![attr_i("axis", *axis)])?;
-            }
-            Op::Reshape { .. } => {
-                let x = self.get(ins[0])?;
-                let shape = self.ints("shape", &out.shape.0.iter().map(|&d| d as i64).collect::<Vec<_>>());
-                self.simple(v0, "Reshape", vec![x, shape], self.store(d), true, vec![])?;
-            }
-            Op::Transpose { perm } => {
-                let x = self.get(ins[0])?;
-                let perm = perm.iter().map(|&p| p as i64).collect();
-                self.simple(v0, "Transpose", vec![x], self.store(d), true, vec![attr_ints("perm", perm)])?;
-            }
-            Op::ReduceSum { axes, keepdims } | Op::ReduceMean { axes, keepdims } => {
-                let ct = self.compute(d, true);
-                let x = self.get_as(ins[0], ct, None)?;
-                let keep = attr_i("keepdims", i64::from(*keepdims));
-                if matches!(node.op, Op::ReduceSum { .. }) {
-                    let a = self.ints("axes", axes);
-                    self.simple(v0, "ReduceSum", vec![x, a], ct, false, vec![keep])?;
-                } else {
-                    self.simple(v0, "ReduceMean", vec![x], ct, false, vec![attr_ints("axes", axes.clone()), keep])?;
-                }
-            }
-            Op::SumTo { shape } => {
-                let ct = self.compute(d, true);
-                let x = self.get_as(ins[0], ct, None)?;
-                let xd = dims_of(in_ty(0));
-                let lead = xd.len() - shape.len();
-                let axes: Vec<i64> = (0..xd.len())
-                    .filter(|&i| i < lead || (shape[i - lead] == 1 && xd[i] != 1))
-                    .map(|i| i as i64)
-                    .collect();
-                if axes.is_empty() {
-                    self.simple(v0, "Identity", vec![x], ct, true, vec![])?;
-                } else {
-                    let a = self.ints("axes", &axes);
-                    // `axes` ascends: a binary search, not `contains` (r² at rank r).
-                    let kept: Vec<u64> = xd
-                        .iter()
-                        .enumerate()
-                        .map(|(i, &s)| if axes.binary_search(&(i as i64)).is_ok() { 1 } else { s })
-                        .collect();
-                    let base = format!("{}.sum", g.value_name(v0));
-                    let s = self.tmp(&base, "ReduceSum", vec![x, a], ct, &kept, vec![attr_i("keepdims", 1)]);
-                    let target = self.ints("shape", &shape.iter().map(|&d| d as i64).collect::<Vec<_>>());
-                    self.simple(v0, "Reshape", vec![s, target], ct, false, vec![])?;
-                }
-            }
-            Op::BroadcastTo { shape } => {
-                let x = self.get(ins[0])?;
-                let s = self.ints("shape", &shape.iter().map(|&d| d as i64).collect::<Vec<_>>());
-                self.simple(v0, "Expand", vec![x, s], self.store(d), true, vec![])?;
-            }
+            | Op::Sqrt
+            | Op::Scale { .. }
+            | Op::Gelu => self.export_values(n)?,
+            Op::Matmul { .. } | Op::Conv2d(..) | Op::MaxPool2d(..) | Op::AvgPool2d { .. } => self.export_linalg(n)?,
+            Op::LayerNorm { .. }
+            | Op::Softmax { .. }
+            | Op::LogSoftmax { .. }
+            | Op::Lrn { .. }
+            | Op::FrozenBatchNorm { .. }
+            | Op::BatchNorm { .. } => self.export_nn(n)?,
+            Op::Embedding
+            | Op::Concat { .. }
+            | Op::Split { .. }
+            | Op::Flatten { .. }
+            | Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::ReduceSum { .. }
+            | Op::ReduceMean { .. }
+            | Op::SumTo { .. }
+            | Op::BroadcastTo { .. } => self.export_layout(n)?,
             // No ONNX form (the table's `Onnx::No`): `supported` refused them before.
             Op::CrossEntropy
             | Op::Mse
