@@ -286,7 +286,7 @@ fn rule(
         Op::Conv2d(conv) => {
             if want[0] {
                 let s = shape(g, 0).0;
-                let op = Op::Conv2dGradInput { conv, shape: s };
+                let op = Op::Conv2dGradInput { conv: conv.clone(), shape: s };
                 out.push((0, emit(g, &base(g, 0), op, &[dy, ins[1]])?));
             }
             if want[1] {

@@ -433,7 +433,7 @@ fn a_dilated_conv_round_trips_through_onnx() {
       "loss": "loss",
       "outputs": ["c"]
     }"#;
-    let want = Op::Conv2d(Conv { dilation: [2, 3], ..Conv::new([1, 2], [2, 1], 2) });
+    let want = Op::Conv2d(Box::new(Conv { dilation: [2, 3], ..Conv::new([1, 2], [2, 1], 2) }));
     let m = export_decoded(&lowered(text, Prec::Fp32), Bf16Mode::Native);
     check_structure(&m);
     let g = m.graph.as_ref().unwrap();

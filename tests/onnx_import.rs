@@ -549,13 +549,13 @@ fn a_dilated_conv_imports() {
     let im = import(explicit.encode_to_vec(), &options(Loss::Mse)).unwrap();
     let g = &im.graph;
     let want = Conv { dilation: [2, 3], ..Conv::new([1, 2], [2, 1], 1) };
-    assert_eq!(g.node(g.node_named("c").unwrap()).op, Op::Conv2d(want));
+    assert_eq!(g.node(g.node_named("c").unwrap()).op, Op::Conv2d(Box::new(want)));
     // (9 + 4 − 5)/1 + 1 = 9, (8 + 2 − 4)/2 + 1 = 4.
     assert_eq!(g.ty(g.value("c").unwrap()).shape.0, vec![1, 2, 9, 4]);
     let text = mpc::format::emit::json::to_string(g);
     assert!(text.contains(r#""dilation": [2, 3]"#) || text.contains(r#""dilation":[2,3]"#), "{text}");
     let back = mpc::parse_str(&text).expect("reads back");
-    assert_eq!(back.node(back.node_named("c").unwrap()).op, Op::Conv2d(want));
+    assert_eq!(back.node(back.node_named("c").unwrap()).op, Op::Conv2d(Box::new(want)));
     // SAME_UPPER over the 5x4 extent: out = ceil(9/1) = 9 rows, total pad 4
     // (2 + 2); ceil(8/2) = 4 columns, total pad (4 − 1)·2 + 4 − 8 = 2 (1 + 1).
     let same = conv(vec![AttributeProto {
@@ -564,11 +564,13 @@ fn a_dilated_conv_imports() {
         ..Default::default()
     }]);
     let im2 = import(same.encode_to_vec(), &options(Loss::Mse)).unwrap();
-    assert_eq!(im2.graph.node(im2.graph.node_named("c").unwrap()).op, Op::Conv2d(want));
+    assert_eq!(im2.graph.node(im2.graph.node_named("c").unwrap()).op, Op::Conv2d(Box::new(want)));
     // The lowered graph keeps them (the export writes them back: tests/onnx_export.rs).
     let (lowered, _) = lower(g, DType::F16);
     let dilated = lowered.node_ids().filter(|&n| match &lowered.node(n).op {
-        Op::Conv2d(c) | Op::Conv2dGradInput { conv: c, .. } | Op::Conv2dGradWeight { conv: c, .. } => *c == want,
+        Op::Conv2d(c) | Op::Conv2dGradInput { conv: c, .. } | Op::Conv2dGradWeight { conv: c, .. } => {
+            *c == Box::new(want)
+        }
         _ => false,
     });
     assert_eq!(dilated.count(), 2, "conv2d and conv2d_grad_weight (x is an input: no grad_input)");

@@ -241,7 +241,7 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
         K::Softmax => Op::Softmax { axis: n.axis.unwrap_or(-1), causal: n.causal.unwrap_or(false) },
         K::LogSoftmax => Op::LogSoftmax { axis: n.axis.unwrap_or(-1) },
         K::Dropout => Op::Dropout { p: prob(need(&n.p, "p", kind)?)?, seed: n.seed.unwrap_or(0) },
-        K::Conv2d => Op::Conv2d(conv(n)?),
+        K::Conv2d => Op::Conv2d(conv(n)?.into()),
         K::BatchNorm => {
             let m = n.momentum.unwrap_or(0.1);
             let momentum = in_range(m, "momentum", (0.0..=1.0).contains(&m), "a momentum in [0, 1]")?;
@@ -252,8 +252,8 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
             let (size, alpha, beta, bias) = lrn(n, kind)?;
             Op::Lrn { size, alpha, beta, bias }
         }
-        K::MaxPool2d => Op::MaxPool2d(window(n, kind)?),
-        K::AvgPool2d => Op::AvgPool2d { window: window(n, kind)?, count_include_pad: count_include_pad(n) },
+        K::MaxPool2d => Op::MaxPool2d(window(n, kind)?.into()),
+        K::AvgPool2d => Op::AvgPool2d { window: window(n, kind)?.into(), count_include_pad: count_include_pad(n) },
         K::Flatten => Op::Flatten { axis: n.axis.unwrap_or(1) },
         K::Reshape => Op::Reshape { shape: need(&n.shape, "shape", kind)? },
         K::Transpose => Op::Transpose {
@@ -285,7 +285,7 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
         }
         K::DropoutGrad => Op::DropoutGrad { p: prob(need(&n.p, "p", kind)?)? },
         K::Conv2dGradInput => {
-            Op::Conv2dGradInput { conv: conv(n)?, shape: dims(&need(&n.shape, "shape", kind)?, "shape")? }
+            Op::Conv2dGradInput { conv: conv(n)?.into(), shape: dims(&need(&n.shape, "shape", kind)?, "shape")? }
         }
         K::Conv2dGradWeight => {
             let conv = conv(n)?;
@@ -293,7 +293,7 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
             if kernel.contains(&0) {
                 return Err(("kernel", "kernel sizes must be at least 1".into()));
             }
-            Op::Conv2dGradWeight { conv, kernel }
+            Op::Conv2dGradWeight { conv: conv.into(), kernel }
         }
         K::BatchNormGrad => Op::BatchNormGrad { eps: eps(n)? },
         K::FrozenBatchNormGrad => Op::FrozenBatchNormGrad { eps: eps(n)? },
@@ -301,7 +301,7 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
             let (size, alpha, beta, bias) = lrn(n, kind)?;
             Op::LrnGrad { size, alpha, beta, bias }
         }
-        K::MaxPool2dGrad => Op::MaxPool2dGrad(window(n, kind)?),
+        K::MaxPool2dGrad => Op::MaxPool2dGrad(window(n, kind)?.into()),
         K::ScaleUpdate => Op::ScaleUpdate {
             growth_factor: n.growth_factor.unwrap_or(2.0),
             backoff_factor: n.backoff_factor.unwrap_or(0.5),
@@ -329,7 +329,7 @@ pub fn op_from_raw(n: &RawNode) -> Result<Op, AttrError> {
             decoupled: n.decoupled.unwrap_or(false),
         },
         K::AvgPool2dGrad => Op::AvgPool2dGrad {
-            window: window(n, kind)?,
+            window: window(n, kind)?.into(),
             count_include_pad: count_include_pad(n),
             shape: dims(&need(&n.shape, "shape", kind)?, "shape")?,
         },
@@ -506,24 +506,27 @@ mod tests {
             Op::Matmul { transpose_a: true, transpose_b: false },
             Op::Softmax { axis: -1, causal: true },
             Op::Dropout { p: 0.1, seed: 7 },
-            Op::Conv2dGradInput { conv: Conv::new([1, 1], [1, 1], 1), shape: vec![2, 3, 8, 8] },
-            Op::Conv2dGradInput { conv: Conv::new([1, 1], [1, 1], 3), shape: vec![2, 3, 8, 8] },
+            Op::Conv2dGradInput { conv: Box::new(Conv::new([1, 1], [1, 1], 1)), shape: vec![2, 3, 8, 8] },
+            Op::Conv2dGradInput { conv: Box::new(Conv::new([1, 1], [1, 1], 3)), shape: vec![2, 3, 8, 8] },
             Op::Conv2dGradInput {
-                conv: Conv { dilation: [2, 3], ..Conv::new([1, 2], [1, 1], 3) },
+                conv: Box::new(Conv { dilation: [2, 3], ..Conv::new([1, 2], [1, 1], 3) }),
                 shape: vec![2, 3, 8, 8],
             },
-            Op::Conv2dGradWeight { conv: Conv::new([2, 1], [0, 1], 2), kernel: [3, 1] },
-            Op::Conv2dGradWeight { conv: Conv { dilation: [1, 2], ..Conv::new([2, 1], [0, 1], 2) }, kernel: [3, 1] },
-            Op::Conv2d(Conv::new([1, 1], [0, 0], 1)),
-            Op::Conv2d(Conv::new([2, 2], [1, 1], 4)),
-            Op::Conv2d(Conv { dilation: [3, 1], ..Conv::new([2, 2], [1, 1], 4) }),
-            Op::AvgPool2dGrad { window: w, count_include_pad: true, shape: vec![1, 1, 4, 4] },
-            Op::AvgPool2dGrad { window: asym, count_include_pad: false, shape: vec![1, 1, 4, 4] },
-            Op::MaxPool2d(w),
-            Op::MaxPool2d(asym),
-            Op::MaxPool2dGrad(asym),
-            Op::AvgPool2d { window: w, count_include_pad: true },
-            Op::AvgPool2d { window: asym, count_include_pad: false },
+            Op::Conv2dGradWeight { conv: Box::new(Conv::new([2, 1], [0, 1], 2)), kernel: [3, 1] },
+            Op::Conv2dGradWeight {
+                conv: Box::new(Conv { dilation: [1, 2], ..Conv::new([2, 1], [0, 1], 2) }),
+                kernel: [3, 1],
+            },
+            Op::Conv2d(Box::new(Conv::new([1, 1], [0, 0], 1))),
+            Op::Conv2d(Box::new(Conv::new([2, 2], [1, 1], 4))),
+            Op::Conv2d(Box::new(Conv { dilation: [3, 1], ..Conv::new([2, 2], [1, 1], 4) })),
+            Op::AvgPool2dGrad { window: Box::new(w), count_include_pad: true, shape: vec![1, 1, 4, 4] },
+            Op::AvgPool2dGrad { window: Box::new(asym), count_include_pad: false, shape: vec![1, 1, 4, 4] },
+            Op::MaxPool2d(Box::new(w)),
+            Op::MaxPool2d(Box::new(asym)),
+            Op::MaxPool2dGrad(Box::new(asym)),
+            Op::AvgPool2d { window: Box::new(w), count_include_pad: true },
+            Op::AvgPool2d { window: Box::new(asym), count_include_pad: false },
             Op::Reshape { shape: vec![-1, 4] },
             Op::Transpose { perm: vec![0, 2, 1, 3] },
             Op::Concat { axis: -1 },
@@ -595,22 +598,25 @@ mod tests {
     fn later_attributes_at_their_defaults_are_not_written() {
         let w = Window::new([3, 3], [2, 2], [1, 1]);
         for op in [
-            Op::AvgPool2d { window: w, count_include_pad: true },
-            Op::AvgPool2dGrad { window: w, count_include_pad: true, shape: vec![1, 1, 4, 4] },
-            Op::MaxPool2d(w),
-            Op::Conv2d(Conv::new([1, 1], [1, 1], 1)),
-            Op::Conv2dGradWeight { conv: Conv::new([1, 1], [1, 1], 1), kernel: [3, 3] },
+            Op::AvgPool2d { window: Box::new(w), count_include_pad: true },
+            Op::AvgPool2dGrad { window: Box::new(w), count_include_pad: true, shape: vec![1, 1, 4, 4] },
+            Op::MaxPool2d(Box::new(w)),
+            Op::Conv2d(Box::new(Conv::new([1, 1], [1, 1], 1))),
+            Op::Conv2dGradWeight { conv: Box::new(Conv::new([1, 1], [1, 1], 1)), kernel: [3, 3] },
         ] {
             let mut n = RawNode { name: "n".into(), op: op.kind(), ..RawNode::default() };
             op_to_raw(&op, &mut n);
             assert_eq!((n.padding_end, n.count_include_pad, n.groups, n.dilation), (None, None, None, None), "{op:?}");
         }
-        let dilated = Op::Conv2d(Conv { dilation: [2, 1], ..Conv::new([1, 1], [2, 0], 1) });
+        let dilated = Op::Conv2d(Box::new(Conv { dilation: [2, 1], ..Conv::new([1, 1], [2, 0], 1) }));
         assert_eq!(op_attrs_text(&dilated), " stride=[1,1] padding=[2,0] dilation=[2,1]");
         let mut n = RawNode { name: "n".into(), op: OpKind::AvgPool2d, ..RawNode::default() };
-        op_to_raw(&Op::AvgPool2d { window: Window { padding_end: [0, 1], ..w }, count_include_pad: false }, &mut n);
+        op_to_raw(
+            &Op::AvgPool2d { window: Box::new(Window { padding_end: [0, 1], ..w }), count_include_pad: false },
+            &mut n,
+        );
         assert_eq!((n.padding_end, n.count_include_pad), (Some([0, 1]), Some(false)));
-        assert_eq!(op_attrs_text(&Op::MaxPool2d(w)), " kernel=[3,3] stride=[2,2] padding=[1,1]");
+        assert_eq!(op_attrs_text(&Op::MaxPool2d(Box::new(w))), " kernel=[3,3] stride=[2,2] padding=[1,1]");
     }
 
     #[test]

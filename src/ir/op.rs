@@ -373,7 +373,7 @@ ops! {
     Softmax { axis: i64, causal: bool } => "softmax": X.attrs(&["axis", "causal"]).class(Fp32).onnx(As("Softmax")),
     LogSoftmax { axis: i64 } => "log_softmax": X.attrs(&["axis"]).class(Fp32).onnx(As("LogSoftmax")),
     Dropout { p: f64, seed: u64 } => "dropout": X.outputs(2).attrs(&["p", "seed"]).class(Clear).onnx(As("Identity")),
-    Conv2d(Conv) => "conv2d":
+    Conv2d(Box<Conv>) => "conv2d":
         OpInfo::new(&["x", "weight"]).attrs(&["stride", "padding", "dilation", "groups"]).class(Low).onnx(As("Conv")),
     BatchNorm { eps: f64, momentum: f64 } => "batch_norm": OpInfo::new(&["x", "gamma", "beta"])
         .outputs(3)
@@ -386,8 +386,8 @@ ops! {
         .onnx(As("BatchNormalization")),
     Lrn { size: u64, alpha: f64, beta: f64, bias: f64 } => "lrn":
         X.attrs(&["size", "alpha", "beta", "bias"]).class(Infer).onnx(As("LRN")),
-    MaxPool2d(Window) => "max_pool2d": X.attrs(WINDOW).class(Clear).onnx(As("MaxPool")),
-    AvgPool2d { window: Window, count_include_pad: bool } => "avg_pool2d":
+    MaxPool2d(Box<Window>) => "max_pool2d": X.attrs(WINDOW).class(Clear).onnx(As("MaxPool")),
+    AvgPool2d { window: Box<Window>, count_include_pad: bool } => "avg_pool2d":
         X.attrs(&["kernel", "stride", "padding", "padding_end", "count_include_pad"]).class(Infer).onnx(As("AveragePool")),
     Flatten { axis: i64 } => "flatten": X.attrs(&["axis"]).class(Clear).onnx(As("Flatten")),
     Reshape { shape: Vec<i64> } => "reshape": X.attrs(&["shape"]).class(Clear).onnx(As("Reshape")),
@@ -415,9 +415,9 @@ ops! {
         OpInfo::new(&["dy", "ids"]).attrs(&["num_embeddings"]).class(Fp32),
     LayerNormGrad => "layer_norm_grad": OpInfo::new(&["dy", "x", "gamma", "mean", "rstd"]).outputs(3).class(Fp32),
     DropoutGrad { p: f64 } => "dropout_grad": OpInfo::new(&["dy", "mask"]).attrs(&["p"]).class(Infer),
-    Conv2dGradInput { conv: Conv, shape: Vec<u64> } => "conv2d_grad_input":
+    Conv2dGradInput { conv: Box<Conv>, shape: Vec<u64> } => "conv2d_grad_input":
         OpInfo::new(&["dy", "weight"]).attrs(&["stride", "padding", "dilation", "groups", "shape"]).class(Low),
-    Conv2dGradWeight { conv: Conv, kernel: [u64; 2] } => "conv2d_grad_weight":
+    Conv2dGradWeight { conv: Box<Conv>, kernel: [u64; 2] } => "conv2d_grad_weight":
         DY_X.attrs(&["stride", "padding", "dilation", "groups", "kernel"]).class(Low),
     BatchNormGrad { eps: f64 } => "batch_norm_grad":
         OpInfo::new(&["dy", "x", "gamma", "mean", "var"]).outputs(3).attrs(&["eps"]).class(Infer),
@@ -425,8 +425,8 @@ ops! {
         OpInfo::new(&["dy", "x", "gamma", "mean", "var"]).outputs(3).attrs(&["eps"]).class(Infer),
     LrnGrad { size: u64, alpha: f64, beta: f64, bias: f64 } => "lrn_grad":
         DY_X.attrs(&["size", "alpha", "beta", "bias"]).class(Infer),
-    MaxPool2dGrad(Window) => "max_pool2d_grad": DY_X.attrs(WINDOW).class(Clear),
-    AvgPool2dGrad { window: Window, count_include_pad: bool, shape: Vec<u64> } => "avg_pool2d_grad":
+    MaxPool2dGrad(Box<Window>) => "max_pool2d_grad": DY_X.attrs(WINDOW).class(Clear),
+    AvgPool2dGrad { window: Box<Window>, count_include_pad: bool, shape: Vec<u64> } => "avg_pool2d_grad":
         OpInfo::new(&["dy"]).attrs(&["kernel", "stride", "padding", "padding_end", "count_include_pad", "shape"]).class(Infer),
     Unscale => "unscale": OpInfo::new(&["grad", "scale"]).pinned(),
     FoundInf => "found_inf": OpInfo::new(&["grads..."]).variadic().pinned(),

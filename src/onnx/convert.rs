@@ -203,7 +203,7 @@ impl Importer {
                     ));
                 }
                 let conv_name = if has(2) { format!("{name}.conv") } else { name.to_string() };
-                let op = Op::Conv2d(Conv { padding: begin, ..cv });
+                let op = Op::Conv2d(Conv { padding: begin, ..cv }.into());
                 let y = self.add(&conv_name, op, &[x, w])?;
                 if has(2) {
                     let b = self.tensor_shaped(input(2), Port::Weight, Some(&[wd[0], 1, 1]))?;
@@ -242,9 +242,9 @@ impl Importer {
                 }
                 let window = Window { kernel, stride, padding: begin, padding_end: end };
                 let o = if op == "MaxPool" {
-                    Op::MaxPool2d(window)
+                    Op::MaxPool2d(window.into())
                 } else {
-                    Op::AvgPool2d { window, count_include_pad: include_pad }
+                    Op::AvgPool2d { window: window.into(), count_include_pad: include_pad }
                 };
                 self.add(name, o, &[x])?
             }
@@ -261,7 +261,7 @@ impl Importer {
                 let x = self.tensor(input(0), Port::Data)?;
                 let kernel = spatial(&self.dims(x), op)?;
                 let window = Window { kernel, stride: [1, 1], padding: [0, 0], padding_end: [0, 0] };
-                self.add(name, Op::MaxPool2d(window), &[x])?
+                self.add(name, Op::MaxPool2d(window.into()), &[x])?
             }
             "BatchNormalization" => {
                 if at.int("training_mode", 0) != 0 || n.output.iter().skip(1).any(|o| !o.is_empty()) {

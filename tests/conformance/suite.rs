@@ -367,7 +367,7 @@ fn fd_conv2d_stride_2_padding_1() {
     let mut c = Case::new(8);
     let x = c.random_param("x", &[2, 2, 5, 5]);
     let w = c.random_param("w", &[3, 2, 3, 3]);
-    let y = c.op("y", Op::Conv2d(Conv::new([2, 2], [1, 1], 1)), &[x, w]);
+    let y = c.op("y", Op::Conv2d(Box::new(Conv::new([2, 2], [1, 1], 1))), &[x, w]);
     assert_eq!(c.g.ty(y).shape.0, vec![2, 3, 3, 3]);
     c.weighted_loss(y);
     c.check();
@@ -379,12 +379,12 @@ fn fd_grouped_conv2d() {
     let mut c = Case::new(15);
     let x = c.random_param("x", &[2, 4, 5, 5]);
     let w = c.random_param("w", &[6, 2, 3, 3]);
-    let y = c.op("y", Op::Conv2d(Conv::new([2, 1], [1, 0], 2)), &[x, w]);
+    let y = c.op("y", Op::Conv2d(Box::new(Conv::new([2, 1], [1, 0], 2))), &[x, w]);
     assert_eq!(c.g.ty(y).shape.0, vec![2, 6, 3, 3]);
     c.weighted_loss(y);
     let (g, state, _, _) = c.check();
     // Both gradients come from grouped ops.
-    let grouped = g.node_ids().filter(|&n| match g.node(n).op {
+    let grouped = g.node_ids().filter(|&n| match &g.node(n).op {
         Op::Conv2dGradInput { conv, .. } | Op::Conv2dGradWeight { conv, .. } => conv.groups == 2,
         _ => false,
     });
@@ -395,7 +395,7 @@ fn fd_grouped_conv2d() {
     let xv = state["x"].to_f32_vec();
     let x = d.param("x", &[2, 4, 5, 5], xv.clone());
     let w = d.random_param("w", &[4, 1, 3, 3]);
-    let y = d.op("y", Op::Conv2d(Conv::new([1, 1], [1, 1], 4)), &[x, w]);
+    let y = d.op("y", Op::Conv2d(Box::new(Conv::new([1, 1], [1, 1], 4))), &[x, w]);
     d.weighted_loss(y);
     let mut ex = Executor::new(&d.g, backend(), 7).unwrap();
     let opts = RunOptions { fetch: vec!["y".into()], ..RunOptions::default() };
@@ -406,7 +406,7 @@ fn fd_grouped_conv2d() {
         let xc: Vec<f32> = (0..2).flat_map(|n| xv[(n * 4 + ch) * 25..(n * 4 + ch + 1) * 25].to_vec()).collect();
         let xe = e.param("x", &[2, 1, 5, 5], xc);
         let we = e.param("w", &[1, 1, 3, 3], wv[ch * 9..(ch + 1) * 9].to_vec());
-        let ye = e.op("y", Op::Conv2d(Conv::new([1, 1], [1, 1], 1)), &[xe, we]);
+        let ye = e.op("y", Op::Conv2d(Box::new(Conv::new([1, 1], [1, 1], 1))), &[xe, we]);
         e.weighted_loss(ye);
         let mut ex = Executor::new(&e.g, backend(), 7).unwrap();
         let got = ex.step(&e.state, &e.batch, 0, &opts).unwrap().fetched["y"].to_f32_vec();
@@ -424,13 +424,13 @@ fn fd_dilated_conv2d_with_groups_stride_and_padding() {
     let mut c = Case::new(18);
     let x = c.random_param("x", &[2, 4, 7, 6]);
     let w = c.random_param("w", &[6, 2, 3, 2]);
-    let y = c.op("y", Op::Conv2d(cv), &[x, w]);
+    let y = c.op("y", Op::Conv2d(Box::new(cv)), &[x, w]);
     assert_eq!(c.g.ty(y).shape.0, vec![2, 6, 4, 5]);
     c.weighted_loss(y);
     let (g, _, _, _) = c.check();
     // grad forwards the whole convolution to both gradients.
-    let dilated = g.node_ids().filter(|&n| match g.node(n).op {
-        Op::Conv2dGradInput { conv, .. } | Op::Conv2dGradWeight { conv, .. } => conv == cv,
+    let dilated = g.node_ids().filter(|&n| match &g.node(n).op {
+        Op::Conv2dGradInput { conv, .. } | Op::Conv2dGradWeight { conv, .. } => **conv == cv,
         _ => false,
     });
     assert_eq!(dilated.count(), 2);
@@ -440,7 +440,7 @@ fn fd_dilated_conv2d_with_groups_stride_and_padding() {
     let mut d = Case::new(19);
     let x = d.random_param("x", &[1, 3, 7, 5]);
     let w = d.random_param("w", &[2, 3, 2, 3]);
-    let y = d.op("y", Op::Conv2d(Conv { dilation: [4, 1], ..Conv::new([2, 1], [0, 1], 1) }), &[x, w]);
+    let y = d.op("y", Op::Conv2d(Box::new(Conv { dilation: [4, 1], ..Conv::new([2, 1], [0, 1], 1) })), &[x, w]);
     assert_eq!(d.g.ty(y).shape.0, vec![1, 2, 2, 5]);
     d.weighted_loss(y);
     let (_, _, _, grads) = d.check();
@@ -473,11 +473,11 @@ fn fd_pooling() {
         let mut c = Case::new(9);
         let v = distinct(&mut c, 50);
         let x = c.param("x", &[1, 2, 5, 5], v);
-        let y = c.op("y", Op::MaxPool2d(w), &[x]);
+        let y = c.op("y", Op::MaxPool2d(Box::new(w)), &[x]);
         c.weighted_loss(y);
         c.check();
         for count_include_pad in [true, false] {
-            check_unary(Op::AvgPool2d { window: w, count_include_pad }, &[1, 2, 5, 5], None);
+            check_unary(Op::AvgPool2d { window: Box::new(w), count_include_pad }, &[1, 2, 5, 5], None);
         }
     }
 }

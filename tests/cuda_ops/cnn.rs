@@ -68,16 +68,16 @@ fn convs(src: &mut Src, out: &mut Vec<Case>) {
         for (xs, ws, conv) in CONVS {
             let x = src.mixed(d, &xs);
             let w = src.normals(d, &ws, 0.5);
-            let op = Op::Conv2d(conv);
+            let op = Op::Conv2d(Box::new(conv));
             let yt = mpc::ir::infer::infer(&op, &[&x.ty(), &w.ty()]).unwrap().remove(0);
             let dy = src.mixed(d, yt.shape.dims());
             let b = conv_bounds(&x, &w, &dy, &conv);
             let Conv { stride, padding, dilation, groups } = conv;
             let note = format!("stride {stride:?} padding {padding:?} dilation {dilation:?} groups {groups}");
             out.push(case(op, vec![x.clone(), w.clone()], Tol::Within { bound: b.y, round: low(d) }).note(&note));
-            let gi = Op::Conv2dGradInput { conv, shape: xs.to_vec() };
+            let gi = Op::Conv2dGradInput { conv: Box::new(conv), shape: xs.to_vec() };
             out.push(case(gi, vec![dy.clone(), w], Tol::Within { bound: b.dx, round: low(d) }).note(&note));
-            let gw = Op::Conv2dGradWeight { conv, kernel: [ws[2], ws[3]] };
+            let gw = Op::Conv2dGradWeight { conv: Box::new(conv), kernel: [ws[2], ws[3]] };
             out.push(case(gw, vec![dy, x], Tol::Within { bound: b.dw, round: low(d) }).note(&note));
         }
     }
@@ -168,16 +168,16 @@ fn pools(src: &mut Src, out: &mut Vec<Case>) {
                 "kernel {:?} stride {:?} padding {:?}/{:?}",
                 win.kernel, win.stride, win.padding, win.padding_end
             );
-            let op = Op::MaxPool2d(win);
+            let op = Op::MaxPool2d(Box::new(win));
             let yt = mpc::ir::infer::infer(&op, &[&x.ty()]).unwrap().remove(0);
             let dy = src.mixed(d, yt.shape.dims());
             out.push(case(op, vec![x.clone()], Tol::Exact).note(&note));
-            out.push(case(Op::MaxPool2dGrad(win), vec![dy.clone(), x.clone()], Tol::Exact).note(&note));
+            out.push(case(Op::MaxPool2dGrad(Box::new(win)), vec![dy.clone(), x.clone()], Tol::Exact).note(&note));
             for cip in [true, false] {
                 let note = format!("{note} count_include_pad {cip}");
-                let op = Op::AvgPool2d { window: win, count_include_pad: cip };
+                let op = Op::AvgPool2d { window: Box::new(win), count_include_pad: cip };
                 out.push(case(op, vec![x.clone()], Tol::Exact).note(&note));
-                let op = Op::AvgPool2dGrad { window: win, count_include_pad: cip, shape: xs.to_vec() };
+                let op = Op::AvgPool2dGrad { window: Box::new(win), count_include_pad: cip, shape: xs.to_vec() };
                 out.push(case(op, vec![dy.clone()], Tol::Exact).note(&note));
             }
         }

@@ -54,7 +54,7 @@ pub(super) fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> 
         Conv2dGradInput { conv, shape } => {
             let (dy, w) = (inputs[0], inputs[1]);
             let x = TensorType { dtype: dy.dtype, shape: checked(Shape(shape.clone()))? };
-            let fwd = infer(&Conv2d(*conv), &[&x, w])?;
+            let fwd = infer(&Conv2d(conv.clone()), &[&x, w])?;
             same_type(dy, &fwd[0], "dy and conv2d's output")?;
             one(x)
         }
@@ -67,7 +67,7 @@ pub(super) fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> 
                 dtype: x.dtype,
                 shape: checked(Shape(vec![dy.shape.0[1], per_group, kernel[0], kernel[1]]))?,
             };
-            let fwd = infer(&Conv2d(*conv), &[x, &w])?;
+            let fwd = infer(&Conv2d(conv.clone()), &[x, &w])?;
             same_type(dy, &fwd[0], "dy and conv2d's output")?;
             one(w)
         }

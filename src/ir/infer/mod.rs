@@ -319,23 +319,26 @@ mod tests {
     fn conv_and_pool() {
         let x = t(DType::F32, &[8, 1, 8, 8]);
         let w = t(DType::F32, &[4, 1, 3, 3]);
-        let y = infer(&Op::Conv2d(Conv::new([1, 1], [1, 1], 1)), &[&x, &w]).unwrap();
+        let y = infer(&Op::Conv2d(Box::new(Conv::new([1, 1], [1, 1], 1))), &[&x, &w]).unwrap();
         assert_eq!(y[0], t(DType::F32, &[8, 4, 8, 8]));
         let win = Window::new([2, 2], [2, 2], [0, 0]);
-        let p = infer(&Op::MaxPool2d(win), &[&y[0]]).unwrap();
+        let p = infer(&Op::MaxPool2d(Box::new(win)), &[&y[0]]).unwrap();
         assert_eq!(p[0], t(DType::F32, &[8, 4, 4, 4]));
-        let dx =
-            infer(&Op::Conv2dGradInput { conv: Conv::new([1, 1], [1, 1], 1), shape: vec![8, 1, 8, 8] }, &[&y[0], &w])
-                .unwrap();
+        let dx = infer(
+            &Op::Conv2dGradInput { conv: Box::new(Conv::new([1, 1], [1, 1], 1)), shape: vec![8, 1, 8, 8] },
+            &[&y[0], &w],
+        )
+        .unwrap();
         assert_eq!(dx[0], x);
         let dw =
-            infer(&Op::Conv2dGradWeight { conv: Conv::new([1, 1], [1, 1], 1), kernel: [3, 3] }, &[&y[0], &x]).unwrap();
+            infer(&Op::Conv2dGradWeight { conv: Box::new(Conv::new([1, 1], [1, 1], 1)), kernel: [3, 3] }, &[&y[0], &x])
+                .unwrap();
         assert_eq!(dw[0], w);
     }
 
     #[test]
     fn grouped_conv() {
-        let conv = |groups| Op::Conv2d(Conv::new([1, 1], [0, 0], groups));
+        let conv = |groups| Op::Conv2d(Box::new(Conv::new([1, 1], [0, 0], groups)));
         let x = t(DType::F32, &[2, 6, 5, 5]);
         let w = t(DType::F32, &[4, 3, 3, 3]);
         assert_eq!(infer(&conv(2), &[&x, &w]).unwrap()[0], t(DType::F32, &[2, 4, 3, 3]));
@@ -347,11 +350,11 @@ mod tests {
         assert!(err.contains("6 channels in 2 groups (3 per group)"), "{err}");
         assert!(infer(&conv(0), &[&x, &w]).unwrap_err().contains("at least 1"));
         let dy = t(DType::F32, &[2, 4, 3, 3]);
-        let dw = Op::Conv2dGradWeight { conv: Conv::new([1, 1], [0, 0], 2), kernel: [3, 3] };
+        let dw = Op::Conv2dGradWeight { conv: Box::new(Conv::new([1, 1], [0, 0], 2)), kernel: [3, 3] };
         assert_eq!(infer(&dw, &[&dy, &x]).unwrap()[0], w);
-        let dx = Op::Conv2dGradInput { conv: Conv::new([1, 1], [0, 0], 2), shape: vec![2, 6, 5, 5] };
+        let dx = Op::Conv2dGradInput { conv: Box::new(Conv::new([1, 1], [0, 0], 2)), shape: vec![2, 6, 5, 5] };
         assert_eq!(infer(&dx, &[&dy, &w]).unwrap()[0], x);
-        let bad = Op::Conv2dGradWeight { conv: Conv::new([1, 1], [0, 0], 4), kernel: [3, 3] };
+        let bad = Op::Conv2dGradWeight { conv: Box::new(Conv::new([1, 1], [0, 0], 4)), kernel: [3, 3] };
         assert!(infer(&bad, &[&dy, &x]).unwrap_err().contains("does not divide"));
     }
 
@@ -361,22 +364,22 @@ mod tests {
         let cv = Conv { dilation: [2, 3], ..Conv::new([2, 1], [1, 0], 2) };
         let x = t(DType::F32, &[2, 4, 9, 7]);
         let w = t(DType::F32, &[6, 2, 3, 2]);
-        let y = infer(&Op::Conv2d(cv), &[&x, &w]).unwrap().remove(0);
+        let y = infer(&Op::Conv2d(Box::new(cv)), &[&x, &w]).unwrap().remove(0);
         assert_eq!(y, t(DType::F32, &[2, 6, 4, 4]));
-        let dx = Op::Conv2dGradInput { conv: cv, shape: vec![2, 4, 9, 7] };
+        let dx = Op::Conv2dGradInput { conv: Box::new(cv), shape: vec![2, 4, 9, 7] };
         assert_eq!(infer(&dx, &[&y, &w]).unwrap()[0], x);
-        let dw = Op::Conv2dGradWeight { conv: cv, kernel: [3, 2] };
+        let dw = Op::Conv2dGradWeight { conv: Box::new(cv), kernel: [3, 2] };
         assert_eq!(infer(&dw, &[&y, &x]).unwrap()[0], w);
         // The undilated conv's output does not fit the dilated gradients.
-        let y1 = infer(&Op::Conv2d(Conv { dilation: [1, 1], ..cv }), &[&x, &w]).unwrap().remove(0);
+        let y1 = infer(&Op::Conv2d(Box::new(Conv { dilation: [1, 1], ..cv })), &[&x, &w]).unwrap().remove(0);
         assert!(infer(&dw, &[&y1, &x]).unwrap_err().contains("conv2d's output"));
         // Too wide a dilation for the input, and a zero one.
-        let wide = Op::Conv2d(Conv { dilation: [6, 1], ..cv });
+        let wide = Op::Conv2d(Box::new(Conv { dilation: [6, 1], ..cv }));
         let err = infer(&wide, &[&x, &w]).unwrap_err();
         assert!(err.contains("conv2d (the 3x2 kernel dilated by [6, 1]): window kernel=[13, 2]"), "{err}");
-        let zero = Op::Conv2d(Conv { dilation: [0, 1], ..cv });
+        let zero = Op::Conv2d(Box::new(Conv { dilation: [0, 1], ..cv }));
         assert!(infer(&zero, &[&x, &w]).unwrap_err().contains("dilations must be at least 1"));
-        let huge = Op::Conv2d(Conv { dilation: [u64::MAX, 1], ..cv });
+        let huge = Op::Conv2d(Box::new(Conv { dilation: [u64::MAX, 1], ..cv }));
         assert!(infer(&huge, &[&x, &w]).unwrap_err().contains("too large"));
     }
 
