@@ -11,6 +11,7 @@ use mpc::passes;
 mod bench_cmd;
 mod compare;
 mod cost_cmd;
+mod fusion_cmd;
 mod import_cmd;
 mod lower_onnx;
 mod train_cmd;
@@ -158,6 +159,10 @@ enum Command {
         /// With --cost: f32 GEMMs on the tensor cores as TF32 (as `train --tf32`).
         #[arg(long, requires = "cost")]
         tf32: bool,
+        /// Instead of autocast's decisions: the fusion groups of the lowered step (each
+        /// group one kernel), the values they no longer store and the planned peak memory.
+        #[arg(long, conflicts_with = "cost")]
+        fusion: bool,
     },
     /// Train a graph (on a CUDA GPU when one is usable, else the CPU reference).
     Train(train_cmd::TrainArgs),
@@ -615,7 +620,12 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
             exit_without_freeing(g);
             Ok(())
         }
-        Command::Explain { model, passes: pass_args, json, cost, gpu, tf32 } => {
+        Command::Explain { model, passes: pass_args, json, cost, gpu, tf32, fusion } => {
+            if fusion {
+                let opts = pass_args.options()?;
+                let (g, _) = load_and_lower(&model, &opts)?;
+                return fusion_cmd::explain_fusion(&model, &g, json);
+            }
             if cost {
                 if pass_args.table.is_some() || pass_args.strict || pass_args.loss_scale.is_some() {
                     usage_error("--cost lowers the graph in fp32, fp16 and bf16 with their defaults".into());

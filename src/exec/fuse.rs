@@ -1,0 +1,168 @@
+//! The fusion decision: which runs of consecutive plan steps could run as
+//! one kernel. It reads a [`Plan`] (the lowered graph in execution order)
+//! and changes nothing: the emitted graph stays as it was, and a backend
+//! decides which of the groups it claims ([`super::Backend::claim`]).
+//!
+//! A group is a run of consecutive steps whose ops the op table marks
+//! `fusable` (elementwise, casts included), every value of a float type,
+//! every step's output of the one shape the group writes (inputs from
+//! outside may broadcast to it, so element i of every step is computed
+//! from element i of the steps before: one thread per output element
+//! computes the whole chain). Every value made inside but the last is
+//! read exactly once, by a later step of the group, and is not returned
+//! by the step (the loss, an output, a state update): those values are
+//! never stored. Consecutive, so that running the group where its last
+//! step stood keeps every other value's lifetime as the plan made it.
+
+use crate::op::Op;
+use crate::types::{DType, TensorType};
+
+use super::run::Plan;
+
+/// One fusion group of a plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    /// The plan steps `first..=last` (at least two).
+    pub first: usize,
+    pub last: usize,
+    /// The values the group reads and does not make, in order of first read.
+    pub inputs: Vec<usize>,
+    /// The value it writes: the last step's output.
+    pub output: usize,
+    /// The values made inside and never stored, in step order.
+    pub hidden: Vec<usize>,
+}
+
+impl Group {
+    /// The plan steps of the group.
+    pub fn steps(&self) -> std::ops::RangeInclusive<usize> {
+        self.first..=self.last
+    }
+
+    /// Kernel launches the group saves (one launch instead of one per step).
+    pub fn launches_saved(&self) -> usize {
+        self.last - self.first
+    }
+}
+
+fn float(d: DType) -> bool {
+    matches!(d, DType::F32 | DType::F16 | DType::Bf16)
+}
+
+/// Whether step `i` may be a member: a fusable op with one output, every
+/// value a float, every input broadcastable to the output (its rank no
+/// greater; the op's own inference checked the sizes).
+fn member(plan: &Plan, i: usize) -> bool {
+    let s = &plan.steps[i];
+    if !s.op.info().fusable || s.outputs.len() != 1 {
+        return false;
+    }
+    let out = &s.out_types[0];
+    let attrs_ok = match &s.op {
+        // The attribute goes into the generated source as a literal.
+        Op::Scale { value } => value.is_finite(),
+        _ => true,
+    };
+    attrs_ok
+        && float(out.dtype)
+        && s.inputs.iter().all(|&v| {
+            let t = &plan.types[v];
+            float(t.dtype) && t.shape.0.len() <= out.shape.0.len()
+        })
+}
+
+/// The groups of `plan`, in step order, none overlapping.
+pub fn groups(plan: &Plan) -> Vec<Group> {
+    let n = plan.steps.len();
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); plan.num_values()];
+    for (i, s) in plan.steps.iter().enumerate() {
+        for &v in &s.inputs {
+            readers[v].push(i);
+        }
+    }
+    let mut kept = vec![false; plan.num_values()];
+    for &v in plan.loss.iter().chain(&plan.outputs).chain(plan.updates.iter().map(|(_, v)| v)) {
+        kept[v] = true;
+    }
+    let is_member: Vec<bool> = (0..n).map(|i| member(plan, i)).collect();
+    let shape = |i: usize| &plan.steps[i].out_types[0].shape;
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < n {
+        if !is_member[i] {
+            i += 1;
+            continue;
+        }
+        // Extend over the run of members of one shape; [i, j] is a group
+        // when every value made before j is read once, by a step up to j.
+        let mut best = i;
+        let mut furthest = i;
+        let mut j = i + 1;
+        while j < n && is_member[j] && shape(j) == shape(i) {
+            let v = plan.steps[j - 1].outputs[0];
+            match readers[v].as_slice() {
+                [r] if !kept[v] => furthest = furthest.max(*r),
+                _ => break,
+            }
+            if furthest <= j {
+                best = j;
+            }
+            j += 1;
+        }
+        if best == i {
+            i += 1;
+            continue;
+        }
+        let hidden: Vec<usize> = (i..best).map(|k| plan.steps[k].outputs[0]).collect();
+        let mut inputs = Vec::new();
+        for k in i..=best {
+            for &v in &plan.steps[k].inputs {
+                if !hidden.contains(&v) && !inputs.contains(&v) {
+                    inputs.push(v);
+                }
+            }
+        }
+        out.push(Group { first: i, last: best, inputs, output: plan.steps[best].outputs[0], hidden });
+        i = best + 1;
+    }
+    out
+}
+
+/// The bytes of a value of type `ty` (0 when it overflows, which inference refuses).
+pub fn bytes(ty: &TensorType) -> u64 {
+    ty.shape.numel().and_then(|n| n.checked_mul(ty.dtype.size_bytes() as u64)).unwrap_or(0)
+}
+
+/// A fusion plan in words: one paragraph per group (its steps, ops, the
+/// values no longer stored and their bytes), then the totals.
+pub fn describe(plan: &Plan, groups: &[Group]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let (mut saved, mut launches) = (0u64, 0usize);
+    for (k, g) in groups.iter().enumerate() {
+        let hidden: u64 = g.hidden.iter().map(|&v| bytes(&plan.types[v])).sum();
+        saved += hidden;
+        launches += g.launches_saved();
+        let _ = writeln!(
+            s,
+            "group {k}: {} steps -> `{}` {}",
+            g.last - g.first + 1,
+            plan.names[g.output],
+            plan.types[g.output]
+        );
+        for i in g.steps() {
+            let st = &plan.steps[i];
+            let ins: Vec<&str> = st.inputs.iter().map(|&v| plan.names[v].as_str()).collect();
+            let _ = writeln!(s, "  {:24} {:14} ({})", st.name, st.op.name(), ins.join(", "));
+        }
+        let names: Vec<String> = g.hidden.iter().map(|&v| format!("`{}` {}", plan.names[v], plan.types[v])).collect();
+        let _ = writeln!(s, "  not stored: {} ({hidden} bytes)", names.join(", "));
+    }
+    let _ = writeln!(
+        s,
+        "{} groups over {} steps: {launches} launches and {saved} bytes of intermediates fewer",
+        groups.len(),
+        groups.iter().map(|g| g.last - g.first + 1).sum::<usize>()
+    );
+    s
+}
