@@ -67,3 +67,18 @@ fn claimed_groups_are_not_planned() {
     assert!(after.unplanned < before.unplanned);
     assert!(after.peak() <= before.peak(), "{} > {}", after.peak(), before.peak());
 }
+
+/// The generated source of the MLP's groups (fp16 and bf16), to read as
+/// generated code: each step a call of its scalar definition, rounded to
+/// its own type; broadcast inputs read at their strided offsets.
+#[test]
+fn generated_kernels_of_the_mlp() {
+    use mpc::exec::cuda::fused;
+    let mut text = String::new();
+    for low in [DType::F16, DType::Bf16] {
+        let plan = Plan::new(&lowered(std::path::Path::new("ir-examples/mlp.json"), low), 0).unwrap();
+        let kernels: Vec<_> = plan.fusion_groups().iter().map(|g| fused::generate(&plan, g).unwrap()).collect();
+        text.push_str(&fused::module(&kernels));
+    }
+    insta::assert_snapshot!(text);
+}

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::exec::backend::{Backend, OpCtx};
+use crate::exec::fuse::Group;
 use crate::exec::rng;
 use crate::exec::run::Plan;
 use crate::exec::tensor::{numel, Data, Tensor};
@@ -114,6 +115,10 @@ pub struct CudaBackend<G: Gpu> {
     allocated: u64,
     /// TF32 tensor cores for f32 GEMMs (off: f32 GEMMs are exact f32).
     tf32: bool,
+    /// Whether to claim fusion groups (see [`CudaBackend::with_fusion`]).
+    fuse: bool,
+    /// The kernel of each claimed group, by its index in the plan's claims.
+    fused: Vec<super::fused::FusedKernel>,
 }
 
 impl<G: Gpu> CudaBackend<G> {
@@ -125,7 +130,22 @@ impl<G: Gpu> CudaBackend<G> {
             arena: None,
             allocated: 0,
             tf32,
+            fuse: false,
+            fused: Vec::new(),
         }
+    }
+
+    /// Runs each fusion group of the plan ([`crate::exec::fuse`]) as one
+    /// generated kernel ([`super::fused`]), compiled when the plan is
+    /// prepared; the results are the unfused kernels' bit for bit.
+    pub fn with_fusion(mut self, on: bool) -> CudaBackend<G> {
+        self.fuse = on;
+        self
+    }
+
+    /// How many fused kernels the backend runs per step.
+    pub fn fused_kernels(&self) -> usize {
+        self.fused.len()
     }
 
     /// The device.
@@ -283,6 +303,43 @@ impl<G: Gpu> Backend for CudaBackend<G> {
         self.allocated += bytes.max(1) as u64;
         self.arena = Some(Arena { mem: Rc::new(mem), bytes: placed.arena_bytes, at });
         Ok(())
+    }
+
+    fn claim(&mut self, plan: &Plan, groups: &[Group]) -> Result<Vec<usize>, ExecError> {
+        self.fused.clear();
+        if !self.fuse {
+            return Ok(Vec::new());
+        }
+        let mut taken = Vec::new();
+        for (k, g) in groups.iter().enumerate() {
+            // A group the generator cannot express runs unfused.
+            let Ok(kernel) = super::fused::generate(plan, g) else { continue };
+            self.fused.push(kernel);
+            taken.push(k);
+        }
+        if !self.fused.is_empty() {
+            let names: Vec<String> = self.fused.iter().map(|k| k.name.clone()).collect();
+            self.gpu.load(&names, &super::fused::module(&self.fused)).map_err(gpu_err)?;
+        }
+        Ok(taken)
+    }
+
+    fn run_group(
+        &mut self,
+        group: usize,
+        ctx: &OpCtx<'_>,
+        inputs: &[&Self::Buffer],
+        out_type: &TensorType,
+    ) -> Result<Self::Buffer, ExecError> {
+        let err = |message: String| ExecError::Op { node: ctx.node.to_string(), op: "fused", message };
+        let name =
+            self.fused.get(group).map(|k| k.name.clone()).ok_or_else(|| err(format!("no fused group {group}")))?;
+        let out = self.output(ctx.node, 0, out_type)?;
+        let n = n_of(out_type);
+        let mut args: Vec<KArg<'_, G::Mem>> = inputs.iter().map(|b| p(b)).collect();
+        args.extend([p(&out), KArg::I64(n)]);
+        self.launch(&name, n as u64, &args).map_err(err)?;
+        Ok(out)
     }
 
     fn upload(&mut self, t: &Tensor) -> Result<Self::Buffer, ExecError> {
