@@ -226,6 +226,10 @@ struct DeviceArgs {
     /// products, f32 accumulation); off: f32 GEMMs are exact f32.
     #[arg(long)]
     tf32: bool,
+    /// On a CUDA device: run each elementwise chain (`mpc explain --fusion`)
+    /// as one generated kernel; results are the unfused kernels' bit for bit.
+    #[arg(long)]
+    fuse: bool,
     /// The most memory a training step may plan (params, state, batch and
     /// step values), e.g. 64G; a bigger graph is refused before allocating.
     #[arg(long, value_name = "SIZE", default_value = "32G", value_parser = mpc::exec::memory::parse_size)]
@@ -769,7 +773,8 @@ fn open_session(
 ) -> Result<Box<dyn mpc::exec::Trainer>, miette::Report> {
     use std::sync::atomic::{AtomicBool, Ordering};
     static TOLD: AtomicBool = AtomicBool::new(false);
-    let opened = mpc::exec::device::open(g, seed, state, dev.device, dev.tf32).map_err(miette::Report::msg)?;
+    let opened =
+        mpc::exec::device::open(g, seed, state, dev.device, dev.tf32, dev.fuse).map_err(miette::Report::msg)?;
     if !TOLD.swap(true, Ordering::Relaxed) {
         if let Some(n) = &opened.notice {
             eprintln!("note: {n}");

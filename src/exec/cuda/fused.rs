@@ -181,3 +181,46 @@ pub fn generate(plan: &Plan, g: &Group) -> Result<FusedKernel, String> {
     let source = format!("// The steps `{first}` to `{last}`.\n{}", text.replace(NAME, &name));
     Ok(FusedKernel { name, source })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::op::OpKind;
+
+    /// Whether [`generate`] has a scalar form of `op`.
+    fn expressible(op: &Op) -> bool {
+        matches!(op, Op::Identity | Op::Cast { .. } | Op::Scale { .. } | Op::Unscale) || scalar_op(op).is_some()
+    }
+
+    /// The op table's `fusable` column and the generator agree: every op
+    /// marked has a scalar form here, and no other op has one.
+    #[test]
+    fn the_fusable_ops_are_the_generated_ones() {
+        for &k in OpKind::ALL {
+            let op = match k {
+                OpKind::Cast => Op::Cast { to: DType::F32 },
+                OpKind::Scale => Op::Scale { value: 2.0 },
+                k => match Op::plain(k) {
+                    Some(op) => op,
+                    None => {
+                        assert!(!k.info().fusable, "{k} is fusable but has attributes the generator does not read");
+                        continue;
+                    }
+                },
+            };
+            assert_eq!(expressible(&op), k.info().fusable, "{k}");
+        }
+    }
+
+    #[test]
+    fn broadcast_inputs_are_read_at_their_strided_offsets() {
+        let t = |shape: &[u64]| TensorType::new(DType::F32, shape.to_vec());
+        assert_eq!(index(&t(&[4, 3]), &[4, 3]).unwrap(), "i");
+        assert_eq!(index(&t(&[1]), &[4, 3]).unwrap(), "0");
+        assert_eq!(index(&t(&[3]), &[4, 3]).unwrap(), "(i / 1LL % 3LL) * 1LL");
+        // A column [4, 1]: row i / 3, stride 1.
+        assert_eq!(index(&t(&[4, 1]), &[4, 3]).unwrap(), "(i / 3LL % 4LL) * 1LL");
+        assert_eq!(index(&t(&[2, 1, 5]), &[2, 3, 5]).unwrap(), "(i / 15LL % 2LL) * 5LL + (i / 1LL % 5LL) * 1LL");
+        assert!(index(&t(&[2]), &[4, 3]).is_err());
+    }
+}
