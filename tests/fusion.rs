@@ -33,10 +33,15 @@ fn groups_hide_only_values_read_once_inside() {
         let plan = Plan::new(&g, 0).unwrap();
         let groups = plan.fusion_groups();
         for gr in &groups {
-            assert!(gr.first < gr.last, "{}: {gr:?}", path.display());
+            assert!(gr.first < gr.last || gr.tail.is_some(), "{}: {gr:?}", path.display());
             let shape = &plan.value_type(gr.output).shape;
-            for i in gr.steps() {
+            for i in gr.first..=gr.last {
                 assert!(plan.step(i).1.info().fusable, "{}: step {i}", path.display());
+            }
+            if let Some(t) = gr.tail {
+                assert_eq!(t, gr.last + 1);
+                assert!(matches!(plan.step(t).1, mpc::Op::LayerNorm { .. }));
+                assert_eq!(plan.step_inputs(t)[0], gr.output);
             }
             for &v in &gr.hidden {
                 assert_eq!(&plan.value_type(v).shape, shape);
@@ -81,4 +86,17 @@ fn generated_kernels_of_the_mlp() {
         text.push_str(&fused::module(&kernels));
     }
     insta::assert_snapshot!(text);
+}
+
+/// The generated source of gpt_block's first group: the embedding sum and
+/// the layer_norm after it, one kernel (a warp per row).
+#[test]
+fn generated_kernel_with_a_layer_norm_tail() {
+    use mpc::exec::cuda::fused;
+    let plan = Plan::new(&lowered(std::path::Path::new("ir-examples/gpt_block.json"), DType::F16), 0).unwrap();
+    let groups = plan.fusion_groups();
+    let g = groups.iter().find(|g| g.tail.is_some()).unwrap();
+    let k = fused::generate(&plan, g).unwrap();
+    assert_eq!(k.work, fused::Work::Rows { rows: 8 * 32, width: 64 });
+    insta::assert_snapshot!(k.source);
 }

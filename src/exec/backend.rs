@@ -65,15 +65,16 @@ pub trait Backend {
 
     /// Runs claimed group `group` (its index in [`super::run::Plan::claimed`])
     /// on its inputs (in [`super::fuse::Group::inputs`]' order) and returns
-    /// its output, of type `out_type`. `ctx` is the group's last step's.
+    /// its outputs ([`super::fuse::Group::outputs`]), of types `out_types`.
+    /// `ctx` is that of the step where it runs ([`super::fuse::Group::at`]).
     fn run_group(
         &mut self,
         group: usize,
         ctx: &OpCtx<'_>,
         inputs: &[&Self::Buffer],
-        out_type: &TensorType,
-    ) -> Result<Self::Buffer, ExecError> {
-        let _ = (inputs, out_type);
+        out_types: &[TensorType],
+    ) -> Result<Vec<Self::Buffer>, ExecError> {
+        let _ = (inputs, out_types);
         Err(ExecError::Graph(format!("`{}`: the backend claimed no fusion group {group}", ctx.node)))
     }
 

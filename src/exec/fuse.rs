@@ -13,6 +13,11 @@
 //! by the step (the loss, an output, a state update): those values are
 //! never stored. Consecutive, so that running the group where its last
 //! step stood keeps every other value's lifetime as the plan made it.
+//!
+//! A `layer_norm` right after a run, normalising the run's output (the
+//! residual add before a transformer's norms), joins it as the group's tail:
+//! the run's output is then stored and read back by the same threads in
+//! the same kernel, which saves a launch and a pass over memory.
 
 use crate::op::Op;
 use crate::types::{DType, TensorType};
@@ -22,26 +27,36 @@ use super::run::Plan;
 /// One fusion group of a plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Group {
-    /// The plan steps `first..=last` (at least two).
+    /// The elementwise steps `first..=last` (at least two without a tail).
     pub first: usize,
     pub last: usize,
     /// The values the group reads and does not make, in order of first read.
     pub inputs: Vec<usize>,
-    /// The value it writes: the last step's output.
+    /// The value the elementwise chain writes: step `last`'s output.
     pub output: usize,
     /// The values made inside and never stored, in step order.
     pub hidden: Vec<usize>,
+    /// A `layer_norm` at step `last + 1` that normalises `output`: it
+    /// runs in the same kernel (the chain's output is still stored).
+    pub tail: Option<usize>,
+    /// Every value the group writes: `output`, then the tail's outputs.
+    pub outputs: Vec<usize>,
 }
 
 impl Group {
-    /// The plan steps of the group.
+    /// The step where the group runs: its last, the tail if it has one.
+    pub fn at(&self) -> usize {
+        self.tail.unwrap_or(self.last)
+    }
+
+    /// The plan steps of the group, its tail included.
     pub fn steps(&self) -> std::ops::RangeInclusive<usize> {
-        self.first..=self.last
+        self.first..=self.at()
     }
 
     /// Kernel launches the group saves (one launch instead of one per step).
     pub fn launches_saved(&self) -> usize {
-        self.last - self.first
+        self.at() - self.first
     }
 }
 
@@ -71,7 +86,19 @@ fn member(plan: &Plan, i: usize) -> bool {
         })
 }
 
-/// The groups of `plan`, in step order, none overlapping.
+/// Whether step `t` is a layer_norm of `x` that a group ending in `x` can
+/// run as its tail: float types and an eps the source can spell.
+fn ln_tail(plan: &Plan, t: usize, x: usize) -> bool {
+    let s = &plan.steps[t];
+    matches!(s.op, Op::LayerNorm { eps } if eps.is_finite())
+        && s.inputs.first() == Some(&x)
+        && s.inputs.iter().all(|&v| float(plan.types[v].dtype))
+        && !plan.types[x].shape.0.is_empty()
+}
+
+/// The groups of `plan`, in step order, none overlapping: elementwise runs
+/// of two or more steps, and any elementwise run (one step will do) whose
+/// output the next step layer-normalises, with that layer_norm as its tail.
 pub fn groups(plan: &Plan) -> Vec<Group> {
     let n = plan.steps.len();
     let mut readers: Vec<Vec<usize>> = vec![Vec::new(); plan.num_values()];
@@ -109,21 +136,25 @@ pub fn groups(plan: &Plan) -> Vec<Group> {
             }
             j += 1;
         }
-        if best == i {
+        let tail = Some(best + 1).filter(|&t| t < n && ln_tail(plan, t, plan.steps[best].outputs[0]));
+        if best == i && tail.is_none() {
             i += 1;
             continue;
         }
         let hidden: Vec<usize> = (i..best).map(|k| plan.steps[k].outputs[0]).collect();
+        let output = plan.steps[best].outputs[0];
         let mut inputs = Vec::new();
-        for k in i..=best {
+        for k in (i..=best).chain(tail) {
             for &v in &plan.steps[k].inputs {
-                if !hidden.contains(&v) && !inputs.contains(&v) {
+                if v != output && !hidden.contains(&v) && !inputs.contains(&v) {
                     inputs.push(v);
                 }
             }
         }
-        out.push(Group { first: i, last: best, inputs, output: plan.steps[best].outputs[0], hidden });
-        i = best + 1;
+        let mut outputs = vec![output];
+        outputs.extend(tail.iter().flat_map(|&t| plan.steps[t].outputs.iter().copied()));
+        out.push(Group { first: i, last: best, inputs, output, hidden, tail, outputs });
+        i = tail.unwrap_or(best) + 1;
     }
     out
 }
@@ -143,26 +174,25 @@ pub fn describe(plan: &Plan, groups: &[Group]) -> String {
         let hidden: u64 = g.hidden.iter().map(|&v| bytes(&plan.types[v])).sum();
         saved += hidden;
         launches += g.launches_saved();
-        let _ = writeln!(
-            s,
-            "group {k}: {} steps -> `{}` {}",
-            g.last - g.first + 1,
-            plan.names[g.output],
-            plan.types[g.output]
-        );
+        let outs: Vec<String> = g.outputs.iter().map(|&v| format!("`{}` {}", plan.names[v], plan.types[v])).collect();
+        let _ = writeln!(s, "group {k}: {} steps -> {}", g.at() - g.first + 1, outs.join(", "));
         for i in g.steps() {
             let st = &plan.steps[i];
             let ins: Vec<&str> = st.inputs.iter().map(|&v| plan.names[v].as_str()).collect();
             let _ = writeln!(s, "  {:24} {:14} ({})", st.name, st.op.name(), ins.join(", "));
         }
         let names: Vec<String> = g.hidden.iter().map(|&v| format!("`{}` {}", plan.names[v], plan.types[v])).collect();
-        let _ = writeln!(s, "  not stored: {} ({hidden} bytes)", names.join(", "));
+        if names.is_empty() {
+            let _ = writeln!(s, "  not stored: nothing (the layer_norm reads its input where the chain wrote it)");
+        } else {
+            let _ = writeln!(s, "  not stored: {} ({hidden} bytes)", names.join(", "));
+        }
     }
     let _ = writeln!(
         s,
         "{} groups over {} steps: {launches} launches and {saved} bytes of intermediates fewer",
         groups.len(),
-        groups.iter().map(|g| g.last - g.first + 1).sum::<usize>()
+        groups.iter().map(|g| g.at() - g.first + 1).sum::<usize>()
     );
     s
 }

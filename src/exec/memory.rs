@@ -65,7 +65,7 @@ pub fn requests(plan: &Plan) -> Result<Vec<(usize, Request)>, ExecError> {
     for &(_, v) in &plan.updates {
         update[v] = true;
     }
-    // A claimed group runs where its last step stands: its inputs live to
+    // A claimed group runs where its last step (or tail) stands: its inputs live to
     // there, and what it hides is never stored.
     let mut hidden = vec![false; plan.names.len()];
     for g in &plan.claimed {
@@ -73,7 +73,7 @@ pub fn requests(plan: &Plan) -> Result<Vec<(usize, Request)>, ExecError> {
             hidden[v] = true;
         }
         for &v in &g.inputs {
-            end[v] = end[v].max(g.last);
+            end[v] = end[v].max(g.at());
         }
     }
     let mut out = Vec::new();

@@ -204,10 +204,11 @@ impl Plan {
     pub fn claim(&mut self, groups: Vec<Group>) -> Result<(), ExecError> {
         let mut group_of = vec![None; self.steps.len()];
         for (k, g) in groups.iter().enumerate() {
-            if g.first >= g.last || g.last >= self.steps.len() {
+            if g.first >= g.at() || g.at() >= self.steps.len() {
                 return Err(ExecError::Graph(format!(
                     "fusion group {k}: steps {}..={} are not a run",
-                    g.first, g.last
+                    g.first,
+                    g.at()
                 )));
             }
             for i in g.steps() {
@@ -360,10 +361,10 @@ pub(crate) fn run_steps<'a, B: Backend>(
         let ctx = OpCtx { node: &st.name, step, seed: st.seed };
         if let Some(k) = plan.group_of[i].filter(|&k| fused[k]) {
             let g = &plan.claimed[k];
-            if i != g.last {
+            if i != g.at() {
                 continue;
             }
-            let out = {
+            let outs = {
                 let mut ins = Vec::with_capacity(g.inputs.len());
                 for &v in &g.inputs {
                     ins.push(vals[v].as_ref().map(Slot::get).ok_or_else(|| ExecError::Op {
@@ -372,13 +373,22 @@ pub(crate) fn run_steps<'a, B: Backend>(
                         message: format!("fused input `{}` was freed too early or never computed", plan.names[v]),
                     })?);
                 }
-                backend.run_group(k, &ctx, &ins, &st.out_types[0])?
+                let types: Vec<TensorType> = g.outputs.iter().map(|&v| plan.types[v].clone()).collect();
+                backend.run_group(k, &ctx, &ins, &types)?
             };
-            let v = g.output;
-            let b = if inject == Some(v) { poison(backend, &out, &plan.names[v])? } else { out };
-            let b = if pinned[v] { backend.keep(b)? } else { b };
-            vals[v] = Some(Slot::Owned(b));
-            live += 1;
+            if outs.len() != g.outputs.len() {
+                return Err(ExecError::Op {
+                    node: st.name.clone(),
+                    op: "fused",
+                    message: format!("the backend returned {} outputs, expected {}", outs.len(), g.outputs.len()),
+                });
+            }
+            for (b, &v) in outs.into_iter().zip(&g.outputs) {
+                let b = if inject == Some(v) { poison(backend, &b, &plan.names[v])? } else { b };
+                let b = if pinned[v] { backend.keep(b)? } else { b };
+                vals[v] = Some(Slot::Owned(b));
+                live += 1;
+            }
             peak = peak.max(live);
             for m in g.steps() {
                 for &v in &plan.steps[m].free_after {

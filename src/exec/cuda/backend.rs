@@ -117,8 +117,9 @@ pub struct CudaBackend<G: Gpu> {
     tf32: bool,
     /// Whether to claim fusion groups (see [`CudaBackend::with_fusion`]).
     fuse: bool,
-    /// The kernel of each claimed group, by its index in the plan's claims.
-    fused: Vec<super::fused::FusedKernel>,
+    /// The kernel of each claimed group, by its index in the plan's claims,
+    /// and where its outputs go: (node, output slot) of each.
+    fused: Vec<(super::fused::FusedKernel, Vec<(String, usize)>)>,
 }
 
 impl<G: Gpu> CudaBackend<G> {
@@ -314,12 +315,17 @@ impl<G: Gpu> Backend for CudaBackend<G> {
         for (k, g) in groups.iter().enumerate() {
             // A group the generator cannot express runs unfused.
             let Ok(kernel) = super::fused::generate(plan, g) else { continue };
-            self.fused.push(kernel);
+            let mut outs = vec![(plan.step(g.last).0.to_string(), 0)];
+            if let Some(t) = g.tail {
+                outs.extend((0..g.outputs.len() - 1).map(|i| (plan.step(t).0.to_string(), i)));
+            }
+            self.fused.push((kernel, outs));
             taken.push(k);
         }
         if !self.fused.is_empty() {
-            let names: Vec<String> = self.fused.iter().map(|k| k.name.clone()).collect();
-            self.gpu.load(&names, &super::fused::module(&self.fused)).map_err(gpu_err)?;
+            let kernels: Vec<_> = self.fused.iter().map(|(k, _)| k.clone()).collect();
+            let names: Vec<String> = kernels.iter().map(|k| k.name.clone()).collect();
+            self.gpu.load(&names, &super::fused::module(&kernels)).map_err(gpu_err)?;
         }
         Ok(taken)
     }
@@ -329,17 +335,32 @@ impl<G: Gpu> Backend for CudaBackend<G> {
         group: usize,
         ctx: &OpCtx<'_>,
         inputs: &[&Self::Buffer],
-        out_type: &TensorType,
-    ) -> Result<Self::Buffer, ExecError> {
+        out_types: &[TensorType],
+    ) -> Result<Vec<Self::Buffer>, ExecError> {
         let err = |message: String| ExecError::Op { node: ctx.node.to_string(), op: "fused", message };
-        let name =
-            self.fused.get(group).map(|k| k.name.clone()).ok_or_else(|| err(format!("no fused group {group}")))?;
-        let out = self.output(ctx.node, 0, out_type)?;
-        let n = n_of(out_type);
+        let (kernel, places) = self.fused.get(group).cloned().ok_or_else(|| err(format!("no fused group {group}")))?;
+        if places.len() != out_types.len() {
+            return Err(err(format!("{} outputs, expected {}", out_types.len(), places.len())));
+        }
+        let mut outs = Vec::with_capacity(out_types.len());
+        for ((node, slot), ty) in places.iter().zip(out_types) {
+            outs.push(self.output(node, *slot, ty)?);
+        }
         let mut args: Vec<KArg<'_, G::Mem>> = inputs.iter().map(|b| p(b)).collect();
-        args.extend([p(&out), KArg::I64(n)]);
-        self.launch(&name, n as u64, &args).map_err(err)?;
-        Ok(out)
+        args.extend(outs.iter().map(|b| p(b)));
+        let work = match kernel.work {
+            super::fused::Work::Elements => {
+                let n = n_of(&out_types[0]);
+                args.push(KArg::I64(n));
+                n as u64
+            }
+            super::fused::Work::Rows { rows, width } => {
+                args.extend([KArg::I64(rows), KArg::I64(width)]);
+                rows as u64 * 32
+            }
+        };
+        self.launch(&kernel.name, work, &args).map_err(err)?;
+        Ok(outs)
     }
 
     fn upload(&mut self, t: &Tensor) -> Result<Self::Buffer, ExecError> {

@@ -34,8 +34,12 @@ pub const COMMON: (&str, &str) = ("common.cuh", include_str!("../../../kernels/c
 /// generated fused kernels (see `kernels/scalar.cuh`).
 pub const SCALAR: (&str, &str) = ("scalar.cuh", include_str!("../../../kernels/scalar.cuh"));
 
+/// layer_norm's forward pass, shared by norm.cu and the fused kernels that
+/// end in a layer_norm (see `kernels/norm.cuh`).
+pub const NORM: (&str, &str) = ("norm.cuh", include_str!("../../../kernels/norm.cuh"));
+
 /// The headers every program is given, in memory.
-pub const HEADERS: &[(&str, &str)] = &[COMMON, SCALAR];
+pub const HEADERS: &[(&str, &str)] = &[COMMON, SCALAR, NORM];
 
 /// Every kernel file as (file name, source); each is one NVRTC program and
 /// one loaded module. Kernel names are unique across all of them.
