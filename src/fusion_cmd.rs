@@ -33,6 +33,7 @@ pub fn explain_fusion(model: &Path, g: &mpc::Graph, json: bool) -> Result<(), mi
             "groups": rows,
             "launches_saved": groups.iter().map(fuse::Group::launches_saved).sum::<usize>(),
             "planned_peak_bytes": {"unfused": before.peak(), "fused": after.peak()},
+            "peak_live_bytes": {"unfused": before.peak_live, "fused": after.peak_live},
         });
         println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
         return Ok(());
@@ -40,11 +41,13 @@ pub fn explain_fusion(model: &Path, g: &mpc::Graph, json: bool) -> Result<(), mi
     println!("{}: fusion of the lowered step ({} steps)", model.display(), g.node_count());
     print!("{}", fuse::describe(&plan, &groups));
     println!(
-        "planned peak: {} unfused, {} fused (arena {} -> {})",
+        "planned peak: {} unfused, {} fused (arena {} -> {}; step values live at once at most {} -> {})",
         memory::human(before.peak()),
         memory::human(after.peak()),
         memory::human(before.arena.arena_bytes),
-        memory::human(after.arena.arena_bytes)
+        memory::human(after.arena.arena_bytes),
+        memory::human(before.peak_live),
+        memory::human(after.peak_live)
     );
     Ok(())
 }
