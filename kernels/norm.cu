@@ -111,24 +111,11 @@ MPC_LN_ALL(__nv_bfloat16, bf16)
 //     i64 len, i64 inner): dx = y (dy - Σ dy·y) along the same rows (dy and
 //     y may differ in type, as the CPU reference allows; dx is dy's).
 // ---------------------------------------------------------------------------
+// softmax_rows_with (the rows, the max, the sum and the output in
+// norm.cuh) reads x through `load`; here a load from memory.
 template <typename T>
 __device__ __forceinline__ void softmax_rows(const T* x, T* y, i64 outer, i64 len, i64 inner, i64 causal) {
-    MPC_WARP_ROWS
-    for (i64 r = warp0; r < outer * inner; r += warps) {
-        const i64 o = r / inner, i = r % inner;
-        const i64 base = o * len * inner + i;
-        const i64 visible = causal > 0 ? o % causal + 1 : len;
-        float m = -mpc_inf_f32();
-        for (i64 j = lane; j < visible; j += MPC_WARP) m = fmaxf(m, to_f32(x[base + j * inner]));
-        m = warp_max_all(m);
-        float s = -0.0f;
-        for (i64 j = lane; j < visible; j += MPC_WARP) s += expf(to_f32(x[base + j * inner]) - m);
-        s = warp_sum_all(s);
-        for (i64 j = lane; j < len; j += MPC_WARP) {
-            const float v = j < visible ? expf(to_f32(x[base + j * inner]) - m) / s : 0.0f;
-            y[base + j * inner] = from_f32<T>(v);
-        }
-    }
+    softmax_rows_with<T>([&](i64 k) { return to_f32(x[k]); }, y, outer, len, inner, causal);
 }
 
 template <typename DY, typename Y>

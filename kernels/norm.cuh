@@ -1,9 +1,10 @@
-// layer_norm's forward pass, shared by norm.cu's layer_norm kernels and
-// the generated kernels that fuse an elementwise chain with the
-// layer_norm after it (src/exec/cuda/fused.rs): there the chain writes its
-// output row by row with the same warp-per-row, lane-strided mapping, so
-// each lane of ln_forward reads back only elements it wrote itself, and
-// the statistics are those of the unfused layer_norm bit for bit.
+// The row passes that fused kernels share with norm.cu: layer_norm's
+// forward pass and softmax. A generated kernel that fuses an elementwise
+// chain with the layer_norm after it (src/exec/cuda/fused.rs) writes the
+// chain's output row by row with the same warp-per-row, lane-strided
+// mapping, so each lane of ln_forward reads back only elements it wrote
+// itself, and the statistics are those of the unfused layer_norm bit for
+// bit; one that ends in a softmax recomputes the chain at each read.
 #pragma once
 #include "common.cuh"
 
@@ -46,3 +47,27 @@ __device__ __forceinline__ void ln_forward(const X* x, const G* gamma, const G* 
     }
 }
 
+
+// softmax along rows, as softmax_<t> of norm.cu (see there): `load(k)` is
+// element k of x widened to f32. The unfused kernel loads from memory; a
+// fused kernel (src/exec/cuda/fused.rs) computes the elementwise chain that
+// made x instead, rounded to x's type, so every pass sees the same bits.
+template <typename T, typename Load>
+__device__ __forceinline__ void softmax_rows_with(Load load, T* y, i64 outer, i64 len, i64 inner, i64 causal) {
+    MPC_WARP_ROWS
+    for (i64 r = warp0; r < outer * inner; r += warps) {
+        const i64 o = r / inner, i = r % inner;
+        const i64 base = o * len * inner + i;
+        const i64 visible = causal > 0 ? o % causal + 1 : len;
+        float m = -mpc_inf_f32();
+        for (i64 j = lane; j < visible; j += MPC_WARP) m = fmaxf(m, load(base + j * inner));
+        m = warp_max_all(m);
+        float s = -0.0f;
+        for (i64 j = lane; j < visible; j += MPC_WARP) s += expf(load(base + j * inner) - m);
+        s = warp_sum_all(s);
+        for (i64 j = lane; j < len; j += MPC_WARP) {
+            const float v = j < visible ? expf(load(base + j * inner) - m) / s : 0.0f;
+            y[base + j * inner] = from_f32<T>(v);
+        }
+    }
+}

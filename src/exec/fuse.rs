@@ -17,7 +17,10 @@
 //! A `layer_norm` right after a run, normalising the run's output (the
 //! residual add before a transformer's norms), joins it as the group's tail:
 //! the run's output is then stored and read back by the same threads in
-//! the same kernel, which saves a launch and a pass over memory.
+//! the same kernel, which saves a launch and a pass over memory. A
+//! `softmax` right after a run whose output only it reads (the scaled
+//! attention scores) joins it too, and then the run's output is not
+//! stored at all: the softmax recomputes the chain at each of its reads.
 
 use crate::op::Op;
 use crate::types::{DType, TensorType};
@@ -32,14 +35,16 @@ pub struct Group {
     pub last: usize,
     /// The values the group reads and does not make, in order of first read.
     pub inputs: Vec<usize>,
-    /// The value the elementwise chain writes: step `last`'s output.
+    /// The elementwise chain's result: step `last`'s output (stored, but
+    /// for a softmax tail, which recomputes it where it reads it).
     pub output: usize,
     /// The values made inside and never stored, in step order.
     pub hidden: Vec<usize>,
-    /// A `layer_norm` at step `last + 1` that normalises `output`: it
-    /// runs in the same kernel (the chain's output is still stored).
+    /// A `layer_norm` or `softmax` at step `last + 1` of `output`: it runs
+    /// in the same kernel.
     pub tail: Option<usize>,
-    /// Every value the group writes: `output`, then the tail's outputs.
+    /// Every value the group writes: `output` (unless hidden), then the
+    /// tail's outputs.
     pub outputs: Vec<usize>,
 }
 
@@ -96,6 +101,17 @@ fn ln_tail(plan: &Plan, t: usize, x: usize) -> bool {
         && !plan.types[x].shape.0.is_empty()
 }
 
+/// Whether step `t` is a softmax of `x` (read by it alone) that a group
+/// ending in `x` can run as its tail, recomputing the chain at each of the
+/// softmax's reads: float types, x's type in and out.
+fn softmax_tail(plan: &Plan, t: usize, x: usize) -> bool {
+    let s = &plan.steps[t];
+    matches!(s.op, Op::Softmax { .. })
+        && s.inputs.first() == Some(&x)
+        && float(plan.types[x].dtype)
+        && s.out_types[0].dtype == plan.types[x].dtype
+}
+
 /// The groups of `plan`, in step order, none overlapping: elementwise runs
 /// of two or more steps, and any elementwise run (one step will do) whose
 /// output the next step layer-normalises, with that layer_norm as its tail.
@@ -136,12 +152,18 @@ pub fn groups(plan: &Plan) -> Vec<Group> {
             }
             j += 1;
         }
-        let tail = Some(best + 1).filter(|&t| t < n && ln_tail(plan, t, plan.steps[best].outputs[0]));
+        let last = plan.steps[best].outputs[0];
+        let sole = readers[last].len() == 1 && !kept[last];
+        let tail =
+            Some(best + 1).filter(|&t| t < n && (ln_tail(plan, t, last) || (sole && softmax_tail(plan, t, last))));
+        let softmax = tail.is_some_and(|t| matches!(plan.steps[t].op, Op::Softmax { .. }));
         if best == i && tail.is_none() {
             i += 1;
             continue;
         }
-        let hidden: Vec<usize> = (i..best).map(|k| plan.steps[k].outputs[0]).collect();
+        // Before a softmax, the chain's own result is not stored either.
+        let stored = if softmax { best + 1 } else { best };
+        let hidden: Vec<usize> = (i..stored).map(|k| plan.steps[k].outputs[0]).collect();
         let output = plan.steps[best].outputs[0];
         let mut inputs = Vec::new();
         for k in (i..=best).chain(tail) {
@@ -151,7 +173,7 @@ pub fn groups(plan: &Plan) -> Vec<Group> {
                 }
             }
         }
-        let mut outputs = vec![output];
+        let mut outputs = if softmax { Vec::new() } else { vec![output] };
         outputs.extend(tail.iter().flat_map(|&t| plan.steps[t].outputs.iter().copied()));
         out.push(Group { first: i, last: best, inputs, output, hidden, tail, outputs });
         i = tail.unwrap_or(best) + 1;

@@ -315,9 +315,14 @@ impl<G: Gpu> Backend for CudaBackend<G> {
         for (k, g) in groups.iter().enumerate() {
             // A group the generator cannot express runs unfused.
             let Ok(kernel) = super::fused::generate(plan, g) else { continue };
-            let mut outs = vec![(plan.step(g.last).0.to_string(), 0)];
+            // The chain's output (when stored), then the tail's in slot order.
+            let mut outs = Vec::new();
+            if g.outputs.first() == Some(&g.output) {
+                outs.push((plan.step(g.last).0.to_string(), 0));
+            }
             if let Some(t) = g.tail {
-                outs.extend((0..g.outputs.len() - 1).map(|i| (plan.step(t).0.to_string(), i)));
+                let n = g.outputs.len() - outs.len();
+                outs.extend((0..n).map(|i| (plan.step(t).0.to_string(), i)));
             }
             self.fused.push((kernel, outs));
             taken.push(k);
@@ -357,6 +362,10 @@ impl<G: Gpu> Backend for CudaBackend<G> {
             super::fused::Work::Rows { rows, width } => {
                 args.extend([KArg::I64(rows), KArg::I64(width)]);
                 rows as u64 * 32
+            }
+            super::fused::Work::Softmax { outer, len, inner, causal } => {
+                args.extend([KArg::I64(outer), KArg::I64(len), KArg::I64(inner), KArg::I64(causal)]);
+                (outer * inner) as u64 * 32
             }
         };
         self.launch(&kernel.name, work, &args).map_err(err)?;

@@ -37,6 +37,9 @@ pub enum Work {
     Elements,
     /// A warp per row (a layer_norm tail): `z, mean, rstd, i64 rows, i64 width`.
     Rows { rows: i64, width: i64 },
+    /// A warp per row of a softmax tail (y is its output):
+    /// `i64 outer, i64 len, i64 inner, i64 causal` as `softmax_<t>`'s.
+    Softmax { outer: i64, len: i64, inner: i64, causal: i64 },
 }
 
 /// One source defining `kernels` (one program to compile, one module or
@@ -131,6 +134,10 @@ pub fn generate(plan: &Plan, g: &Group) -> Result<FusedKernel, String> {
     let mut params = Vec::new();
     let mut prologue = String::new();
     let mut body: Vec<String> = Vec::new();
+    let softmax = match g.tail.map(|t| plan.step(t).1) {
+        Some(Op::Softmax { axis, causal }) => Some((*axis, *causal)),
+        _ => None,
+    };
     for (k, &v) in g.inputs.iter().enumerate() {
         params.push(format!("const {}* x{k}", ctype(plan.value_type(v).dtype)?));
     }
@@ -146,7 +153,7 @@ pub fn generate(plan: &Plan, g: &Group) -> Result<FusedKernel, String> {
     for (m, i) in (g.first..=g.last).enumerate() {
         let (name, op) = plan.step(i);
         let ins = plan.step_inputs(i);
-        let made = if i == g.last { g.output } else { g.hidden[m] };
+        let made = g.hidden.get(m).copied().unwrap_or(g.output);
         let ty = plan.value_type(made);
         let t = ctype(ty.dtype)?;
         let arg = |n: usize| -> Result<String, String> {
@@ -174,15 +181,33 @@ pub fn generate(plan: &Plan, g: &Group) -> Result<FusedKernel, String> {
                 format!("from_f32<{t}>({f}::f(to_f32({}), {b}))", arg(0)?)
             }
         };
-        if i == g.last {
+        if i == g.last && softmax.is_some() {
+            body.push(format!("const {t} v{m} = {expr}; // `{}` ({})", shown(name), op.name()));
+            body.push(format!("return to_f32(v{m});"));
+        } else if i == g.last {
             body.push(format!("y[i] = {expr}; // `{}` ({})", shown(name), op.name()));
         } else {
             body.push(format!("const {t} v{m} = {expr}; // `{}` ({})", shown(name), op.name()));
         }
     }
+    // y is the softmax's output when it is the tail (of the chain's type).
     params.push(format!("{}* y", ctype(out_ty.dtype)?));
-    let (text, work) = match g.tail {
-        None => {
+    let (text, work) = match (g.tail, softmax) {
+        (Some(t), Some((axis, causal))) => {
+            // Every read of the softmax's input computes the chain instead.
+            params.push("i64 outer".into());
+            params.extend(["i64 len".into(), "i64 inner".into(), "i64 causal".into()]);
+            let body: String = body.iter().map(|l| format!("        {l}\n")).collect();
+            let text = format!(
+                "extern \"C\" __global__ void {NAME}({}) {{\n{prologue}    auto load = [&](i64 i) -> float {{\n{body}    }};\n    \
+                 softmax_rows_with(load, y, outer, len, inner, causal); // `{}` (softmax)\n}}\nMPC_EXPORT({NAME})\n",
+                params.join(", "),
+                shown(plan.step(t).0)
+            );
+            let (outer, len, inner) = super::launch::around(out, axis)?;
+            (text, Work::Softmax { outer, len, inner, causal: if causal { len } else { 0 } })
+        }
+        (None, _) => {
             params.push("i64 n".into());
             let body: String = body.iter().map(|l| format!("        {l}\n")).collect();
             let text = format!(
@@ -191,7 +216,7 @@ pub fn generate(plan: &Plan, g: &Group) -> Result<FusedKernel, String> {
             );
             (text, Work::Elements)
         }
-        Some(t) => {
+        (Some(t), None) => {
             // The chain writes y row by row as ln_forward reads it (a warp
             // per row, lane-strided), so each lane reads back its own writes.
             let (name, op) = plan.step(t);
