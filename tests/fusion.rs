@@ -100,3 +100,17 @@ fn generated_kernel_with_a_layer_norm_tail() {
     assert_eq!(k.work, fused::Work::Rows { rows: 8 * 32, width: 64 });
     insta::assert_snapshot!(k.source);
 }
+
+/// The generated source of gpt_block's first softmax group: the scores'
+/// cast and scale recomputed at each read of the causal softmax.
+#[test]
+fn generated_kernel_with_a_softmax_tail() {
+    use mpc::exec::cuda::fused;
+    let plan = Plan::new(&lowered(std::path::Path::new("ir-examples/gpt_block.json"), DType::F16), 0).unwrap();
+    let groups = plan.fusion_groups();
+    let g = groups.iter().find(|g| g.tail.is_some_and(|t| matches!(plan.step(t).1, mpc::Op::Softmax { .. }))).unwrap();
+    let k = fused::generate(&plan, g).unwrap();
+    assert_eq!(k.work, fused::Work::Softmax { outer: 8 * 4 * 32, len: 32, inner: 1, causal: 32 });
+    assert!(!g.outputs.contains(&g.output), "the scaled scores are not stored");
+    insta::assert_snapshot!(k.source);
+}
