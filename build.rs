@@ -44,6 +44,9 @@ fn main() {
         }
     }
     exports.sort();
+    // The generated (fused) kernels are compiled for the emulation at run
+    // time by the same compiler (src/exec/cuda/emu_jit.rs).
+    println!("cargo:rustc-env=MPC_HOST_CXX={}", build.get_compiler().path().display());
     build.file("kernels/emu/simt.cpp").files(&sources);
     build.compile("mpc_emu");
 

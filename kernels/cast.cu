@@ -10,17 +10,9 @@
 // Every result is exact or a single rounding, so it matches the CPU bit for
 // bit, except that NaN payloads may differ (CUDA makes a canonical NaN).
 #include "common.cuh"
+#include "scalar.cuh"
 
-// A float source widened to f32 exactly, converted to each target.
-template <typename To> __device__ __forceinline__ To cast_from_float(float v);
-template <> __device__ __forceinline__ float cast_from_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half cast_from_float<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 cast_from_float<__nv_bfloat16>(float v) {
-    return __float2bfloat16_rn(v);
-}
-template <> __device__ __forceinline__ i32 cast_from_float<i32>(float v) { return f64_to_i32_sat((double)v); }
-template <> __device__ __forceinline__ i64 cast_from_float<i64>(float v) { return f64_to_i64_sat((double)v); }
-template <> __device__ __forceinline__ u8 cast_from_float<u8>(float v) { return v != 0.0f ? 1 : 0; }
+// cast_from_float<To>, a float source's conversion, is in scalar.cuh.
 
 // An integer (or bool) source read as i64, converted to each target.
 template <typename To> __device__ __forceinline__ To cast_from_int(i64 v);

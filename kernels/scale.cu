@@ -6,6 +6,7 @@
 // bit for bit: 1/scale is an f64 division rounded to f32, the scale update
 // multiplies in f64 and rounds to f32, select copies bits.
 #include "common.cuh"
+#include "scalar.cuh"
 
 // ---------------------------------------------------------------------------
 // unscale_<t>(const T* grad, const float* scale, float* out, i64 n)
@@ -13,8 +14,8 @@
 //   for every gradient type.
 // ---------------------------------------------------------------------------
 template <typename T> __device__ __forceinline__ void unscale(const T* grad, const float* scale, float* out, i64 n) {
-    const float inv = (float)(1.0 / (double)scale[0]);
-    MPC_GRID_STRIDE(i, n) { out[i] = to_f32(grad[i]) * inv; }
+    const float inv = unscale_inverse(scale[0]);
+    MPC_GRID_STRIDE(i, n) { out[i] = OpUnscale::f(to_f32(grad[i]), inv); }
 }
 
 #define MPC_UNSCALE(T, TN)                                                                                  \

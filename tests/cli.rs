@@ -547,6 +547,35 @@ fn explain_cost_estimates_the_step() {
     assert!(stderr(&o).contains("known: h100, h200, a100"), "{}", stderr(&o));
 }
 
+/// `explain --fusion`: the MLP's two groups (bias add + relu, the logits'
+/// cast + bias add), the values they hide, and JSON for tools; `--fuse`
+/// trains on the emulated device exactly as without it.
+#[test]
+fn explain_fusion_shows_the_groups() {
+    let o = mpc(&["explain", "--fusion", "ir-examples/mlp.json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("not stored: `h1b` f16[64,128] (16384 bytes)"), "{out}");
+    assert!(out.contains("2 groups over 4 steps: 2 launches"), "{out}");
+    assert!(out.contains("planned peak:"), "{out}");
+    let o = mpc(&["explain", "--fusion", "--json", "ir-examples/mlp.json", "--precision", "bf16"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["launches_saved"].as_u64(), Some(2));
+    assert_eq!(v["groups"][0]["hidden"][0].as_str(), Some("h1b"));
+    assert!(v["planned_peak_bytes"]["fused"].as_u64() <= v["planned_peak_bytes"]["unfused"].as_u64());
+    let train = |fuse: bool| {
+        let mut args = vec!["train", "ir-examples/mlp.json", "--device", "cuda-emu", "--steps", "2"];
+        if fuse {
+            args.push("--fuse");
+        }
+        let o = mpc(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_eq!(train(true), train(false));
+}
+
 /// `mpc bench`: timed steps per precision with tokens/s and memory; a
 /// language model's tokens are batch x sequence.
 #[test]

@@ -121,3 +121,43 @@ fn compiled_modules_are_cached_on_disk() {
     assert_eq!(stats, kcache::Stats { hits: n - 1, misses: 1 });
     assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
 }
+
+/// The fused kernels of every ir-example (each fusion group of the lowered
+/// step, fp16 and bf16, generated from kernels/scalar.cuh) compile, as the
+/// one program per plan the CUDA backend loads, for sm_80 and sm_90.
+#[test]
+fn every_examples_fused_kernels_compile() {
+    use mpc::exec::cuda::fused;
+    let required = std::env::var("MPC_REQUIRE_NVRTC").is_ok_and(|v| v == "1");
+    let tc = match nvrtc::probe() {
+        Ok(tc) => tc,
+        Err(e) if required => panic!("MPC_REQUIRE_NVRTC=1 but NVRTC is not usable: {e}"),
+        Err(e) => {
+            eprintln!("skipping the NVRTC compile of the fused kernels: {e}");
+            return;
+        }
+    };
+    let mut total = 0;
+    insta::glob!("../ir-examples", "*.json", |path| {
+        for low in [mpc::DType::F16, mpc::DType::Bf16] {
+            let mut g = mpc::parse_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+            mpc::passes::lower(&mut g, &mpc::passes::Options { low, ..Default::default() }).unwrap();
+            let plan = mpc::exec::Plan::new(&g, 0).unwrap();
+            let kernels: Vec<fused::FusedKernel> =
+                plan.fusion_groups().iter().map(|gr| fused::generate(&plan, gr).unwrap()).collect();
+            assert!(!kernels.is_empty(), "{}: no group to fuse", path.display());
+            let source = fused::module(&kernels);
+            for &arch in ARCHS {
+                let (ptx, cubin) = nvrtc::compile_generated(&tc, "fused.cu", &source, arch)
+                    .unwrap_or_else(|e| panic!("{} {low}: {e}\n{source}", path.display()));
+                let entries = nvrtc::entries(&ptx);
+                for k in &kernels {
+                    assert!(entries.contains(&k.name.as_str()), "{}: {} is not in the PTX", path.display(), k.name);
+                }
+                assert!(!cubin.is_empty());
+            }
+            total += kernels.len();
+        }
+    });
+    eprintln!("{total} fused kernels compiled for {ARCHS:?}");
+}

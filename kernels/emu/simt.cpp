@@ -27,7 +27,7 @@
 
 namespace mpc_emu {
 
-__thread const ThreadIds* cur_ids __attribute__((tls_model("initial-exec"))) = nullptr;
+__thread const ThreadIds* cur_ids MPC_EMU_TLS_MODEL = nullptr;
 
 namespace {
 

@@ -102,8 +102,16 @@ struct ThreadIds {
 };
 
 // The running fiber's ids, set by the scheduler before it switches to a
-// fiber (initial-exec: one load from the thread pointer).
-extern __thread const ThreadIds* cur_ids __attribute__((tls_model("initial-exec")));
+// fiber (initial-exec: one load from the thread pointer). A copy of the
+// runtime in a library loaded later with dlopen (generated kernels,
+// src/exec/cuda/emu_jit.rs) defines MPC_EMU_DLOPEN and takes the default
+// model: the static TLS block has no room left for it by then.
+#ifdef MPC_EMU_DLOPEN
+#define MPC_EMU_TLS_MODEL
+#else
+#define MPC_EMU_TLS_MODEL __attribute__((tls_model("initial-exec")))
+#endif
+extern __thread const ThreadIds* cur_ids MPC_EMU_TLS_MODEL;
 
 void syncthreads();
 // Writes `bits` to the calling lane's slot, waits until every lane in `mask`

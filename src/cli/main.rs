@@ -15,6 +15,7 @@ mod choice;
 mod compare;
 mod cost;
 mod emit;
+mod fusion;
 mod import;
 mod lower_onnx;
 mod train;
@@ -162,6 +163,10 @@ enum Command {
         /// With --cost: f32 GEMMs on the tensor cores as TF32 (as `train --tf32`).
         #[arg(long, requires = "cost")]
         tf32: bool,
+        /// Instead of autocast's decisions: the fusion groups of the lowered step (each
+        /// group one kernel), the values they no longer store and the planned peak memory.
+        #[arg(long, conflicts_with = "cost")]
+        fusion: bool,
     },
     /// Train a graph (on a CUDA GPU when one is usable, else the CPU reference).
     Train(train::TrainArgs),
@@ -225,6 +230,10 @@ struct DeviceArgs {
     /// products, f32 accumulation); off: f32 GEMMs are exact f32.
     #[arg(long)]
     tf32: bool,
+    /// On a CUDA device: run each elementwise chain (`mpc explain --fusion`)
+    /// as one generated kernel; results are the unfused kernels' bit for bit.
+    #[arg(long)]
+    fuse: bool,
     /// The most memory a training step may plan (params, state, batch and
     /// step values), e.g. 64G; a bigger graph is refused before allocating.
     #[arg(long, value_name = "SIZE", default_value = "32G", value_parser = mpc::exec::memory::parse_size)]
@@ -619,7 +628,12 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
             exit_without_freeing(g);
             Ok(())
         }
-        Command::Explain { model, passes: pass_args, json, cost, gpu, tf32 } => {
+        Command::Explain { model, passes: pass_args, json, cost, gpu, tf32, fusion } => {
+            if fusion {
+                let opts = pass_args.options()?;
+                let (g, _) = load_and_lower(&model, &opts)?;
+                return fusion::explain_fusion(&model, &g, json);
+            }
             if cost {
                 if pass_args.table.is_some() || pass_args.strict || pass_args.loss_scale.is_some() {
                     usage_error("--cost lowers the graph in fp32, fp16 and bf16 with their defaults".into());
@@ -763,7 +777,8 @@ fn open_session(
 ) -> Result<Box<dyn mpc::exec::Trainer>, miette::Report> {
     use std::sync::atomic::{AtomicBool, Ordering};
     static TOLD: AtomicBool = AtomicBool::new(false);
-    let opened = mpc::exec::device::open(g, seed, state, dev.device, dev.tf32).map_err(miette::Report::msg)?;
+    let opened =
+        mpc::exec::device::open(g, seed, state, dev.device, dev.tf32, dev.fuse).map_err(miette::Report::msg)?;
     if !TOLD.swap(true, Ordering::Relaxed) {
         if let Some(n) = &opened.notice {
             eprintln!("note: {n}");

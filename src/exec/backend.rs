@@ -51,6 +51,33 @@ pub trait Backend {
         Ok(())
     }
 
+    /// Which of `groups` (the plan's fusion groups, [`super::fuse`]) the
+    /// backend runs as one launch each, by index; asked once, before
+    /// [`Backend::prepare`], which then sees them claimed. A claimed group
+    /// runs through [`Backend::run_group`] where its last step stands, and
+    /// its hidden values are never made; per-node [`Backend::run`] remains
+    /// the fallback (a step that fetches a hidden value runs the group's
+    /// steps one by one). The default claims nothing.
+    fn claim(&mut self, plan: &super::run::Plan, groups: &[super::fuse::Group]) -> Result<Vec<usize>, ExecError> {
+        let _ = (plan, groups);
+        Ok(Vec::new())
+    }
+
+    /// Runs claimed group `group` (its index in [`super::run::Plan::claimed`])
+    /// on its inputs (in [`super::fuse::Group::inputs`]' order) and returns
+    /// its outputs ([`super::fuse::Group::outputs`]), of types `out_types`.
+    /// `ctx` is that of the step where it runs ([`super::fuse::Group::at`]).
+    fn run_group(
+        &mut self,
+        group: usize,
+        ctx: &OpCtx<'_>,
+        inputs: &[&Self::Buffer],
+        out_types: &[TensorType],
+    ) -> Result<Vec<Self::Buffer>, ExecError> {
+        let _ = (inputs, out_types);
+        Err(ExecError::Graph(format!("`{}`: the backend claimed no fusion group {group}", ctx.node)))
+    }
+
     /// Copies a host tensor to the device.
     fn upload(&mut self, t: &Tensor) -> Result<Self::Buffer, ExecError>;
 

@@ -99,8 +99,9 @@ pub struct Opened {
 }
 
 /// Opens a training session of `g` on `device`, its state uploaded once.
-/// `tf32` lets f32 GEMMs use TF32 tensor cores on a GPU.
-pub fn open(g: &Graph, seed: u64, state: &State, device: Device, tf32: bool) -> Result<Opened, String> {
+/// `tf32` lets f32 GEMMs use TF32 tensor cores on a GPU; `fuse` runs each
+/// fusion group as one generated kernel there (the CPU fuses nothing).
+pub fn open(g: &Graph, seed: u64, state: &State, device: Device, tf32: bool, fuse: bool) -> Result<Opened, String> {
     // Without a driver the rest need not be looked at (NVRTC's probe compiles).
     let no_driver = match device {
         Device::Cuda | Device::Auto => probe::no_driver(),
@@ -120,14 +121,14 @@ pub fn open(g: &Graph, seed: u64, state: &State, device: Device, tf32: bool) -> 
     let (trainer, describe): (Box<dyn Trainer>, String) = match resolved {
         Resolved::Cpu => (Box::new(Session::new(g, CpuBackend, seed, state).map_err(e)?), "cpu".into()),
         Resolved::CudaEmu => {
-            let b = CudaBackend::new(EmuGpu::new(), tf32);
+            let b = CudaBackend::new(EmuGpu::new(), tf32).with_fusion(fuse);
             (Box::new(Session::new(g, b, seed, state).map_err(e)?), "cuda-emu (SIMT emulation on the CPU)".into())
         }
         Resolved::Cuda(ordinal) => {
             let report = report.as_ref().ok_or("the GPU was not probed")?;
             let gpu = CudaGpu::open(report, ordinal).map_err(|x| x.to_string())?;
             let describe = super::cuda::gpu::Gpu::describe(&gpu);
-            let b = CudaBackend::new(gpu, tf32);
+            let b = CudaBackend::new(gpu, tf32).with_fusion(fuse);
             (Box::new(Session::new(g, b, seed, state).map_err(e)?), describe)
         }
     };

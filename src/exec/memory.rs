@@ -65,10 +65,21 @@ pub fn requests(plan: &Plan) -> Result<Vec<(usize, Request)>, ExecError> {
     for &(_, v) in &plan.updates {
         update[v] = true;
     }
+    // A claimed group runs where its last step (or tail) stands: its inputs live to
+    // there, and what it hides is never stored.
+    let mut hidden = vec![false; plan.names.len()];
+    for g in &plan.claimed {
+        for &v in &g.hidden {
+            hidden[v] = true;
+        }
+        for &v in &g.inputs {
+            end[v] = end[v].max(g.at());
+        }
+    }
     let mut out = Vec::new();
     for (i, s) in plan.steps.iter().enumerate() {
         for (&v, ty) in s.outputs.iter().zip(&s.out_types) {
-            if !update[v] {
+            if !update[v] && !hidden[v] {
                 out.push((v, Request { bytes: bytes(ty)?, start: i, end: end[v].max(i) }));
             }
         }

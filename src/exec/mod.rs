@@ -15,6 +15,7 @@ pub mod backend;
 pub mod cpu;
 pub mod cuda;
 pub mod device;
+pub mod fuse;
 pub mod init;
 pub mod memory;
 pub mod memplan;

@@ -16,6 +16,7 @@ use crate::ir::op::Op;
 use crate::ir::types::TensorType;
 
 use super::backend::{node_seed, Backend, OpCtx};
+use super::fuse::Group;
 use super::ExecError;
 use crate::tensor::Tensor;
 
@@ -95,6 +96,12 @@ pub struct Plan {
     pub(crate) outputs: Vec<usize>,
     /// `(state source index in `sources`, value holding its new value)`.
     pub(crate) updates: Vec<(usize, usize)>,
+    /// Every value's type, by value index.
+    pub(crate) types: Vec<TensorType>,
+    /// The fusion groups a backend claimed: each runs as one launch.
+    pub(crate) claimed: Vec<Group>,
+    /// Per step, the claimed group it belongs to.
+    pub(crate) group_of: Vec<Option<usize>>,
 }
 
 impl Plan {
@@ -118,6 +125,10 @@ impl Plan {
                 .copied()
                 .ok_or_else(|| ExecError::Graph(format!("value `{}` is not planned", g.value_name(v))))
         };
+        let mut types = Vec::with_capacity(names.len());
+        for &n in &order {
+            types.extend(g.values(n).map(|v| g.ty(v).clone()));
+        }
         let mut sources = Vec::new();
         let mut steps = Vec::new();
         let mut source_of = FxHashMap::default();
@@ -178,7 +189,70 @@ impl Plan {
                 steps[i].free_after.push(v);
             }
         }
-        Ok(Plan { sources, steps, names, by_name, loss, outputs, updates })
+        let group_of = vec![None; steps.len()];
+        Ok(Plan { sources, steps, names, by_name, loss, outputs, updates, types, claimed: Vec::new(), group_of })
+    }
+
+    /// The fusion groups of the plan (see [`super::fuse`]), claimed or not.
+    pub fn fusion_groups(&self) -> Vec<Group> {
+        super::fuse::groups(self)
+    }
+
+    /// Makes `groups` (from [`Plan::fusion_groups`]) run as one launch
+    /// each, replacing any claimed before: their hidden values are no
+    /// longer planned, stored or returned.
+    pub fn claim(&mut self, groups: Vec<Group>) -> Result<(), ExecError> {
+        let mut group_of = vec![None; self.steps.len()];
+        for (k, g) in groups.iter().enumerate() {
+            if g.first >= g.at() || g.at() >= self.steps.len() {
+                return Err(ExecError::Graph(format!(
+                    "fusion group {k}: steps {}..={} are not a run",
+                    g.first,
+                    g.at()
+                )));
+            }
+            for i in g.steps() {
+                if group_of[i].replace(k).is_some() {
+                    return Err(ExecError::Graph(format!(
+                        "fusion group {k}: step `{}` is in two groups",
+                        self.steps[i].name
+                    )));
+                }
+            }
+        }
+        self.claimed = groups;
+        self.group_of = group_of;
+        Ok(())
+    }
+
+    /// The groups claimed, in step order.
+    pub fn claimed(&self) -> &[Group] {
+        &self.claimed
+    }
+
+    /// The name of value `v`.
+    pub fn value_name(&self, v: usize) -> &str {
+        &self.names[v]
+    }
+
+    /// The type of value `v`.
+    pub fn value_type(&self, v: usize) -> &TensorType {
+        &self.types[v]
+    }
+
+    /// The name and op of step `i`.
+    pub fn step(&self, i: usize) -> (&str, &Op) {
+        (&self.steps[i].name, &self.steps[i].op)
+    }
+
+    /// The values step `i` reads, in the op's input order.
+    pub fn step_inputs(&self, i: usize) -> &[usize] {
+        &self.steps[i].inputs
+    }
+
+    /// The number of steps (nodes that compute).
+    pub fn num_steps(&self) -> usize {
+        self.steps.len()
     }
 
     /// The number of values the plan computes or feeds (sources included).
@@ -271,11 +345,60 @@ pub(crate) fn run_steps<'a, B: Backend>(
         live += 1;
     }
     let mut peak = live;
+    // A claimed group runs fused unless a value it hides is wanted (fetched
+    // or poisoned) or only part of it is to run.
+    let fused: Vec<bool> = plan
+        .claimed
+        .iter()
+        .map(|g| {
+            g.hidden.iter().all(|&v| !pinned[v] && inject != Some(v)) && g.steps().all(|i| only.is_none_or(|o| o[i]))
+        })
+        .collect();
     for (i, st) in plan.steps.iter().enumerate() {
         if only.is_some_and(|o| !o[i]) {
             continue;
         }
         let ctx = OpCtx { node: &st.name, step, seed: st.seed };
+        if let Some(k) = plan.group_of[i].filter(|&k| fused[k]) {
+            let g = &plan.claimed[k];
+            if i != g.at() {
+                continue;
+            }
+            let outs = {
+                let mut ins = Vec::with_capacity(g.inputs.len());
+                for &v in &g.inputs {
+                    ins.push(vals[v].as_ref().map(Slot::get).ok_or_else(|| ExecError::Op {
+                        node: st.name.clone(),
+                        op: st.op.name(),
+                        message: format!("fused input `{}` was freed too early or never computed", plan.names[v]),
+                    })?);
+                }
+                let types: Vec<TensorType> = g.outputs.iter().map(|&v| plan.types[v].clone()).collect();
+                backend.run_group(k, &ctx, &ins, &types)?
+            };
+            if outs.len() != g.outputs.len() {
+                return Err(ExecError::Op {
+                    node: st.name.clone(),
+                    op: "fused",
+                    message: format!("the backend returned {} outputs, expected {}", outs.len(), g.outputs.len()),
+                });
+            }
+            for (b, &v) in outs.into_iter().zip(&g.outputs) {
+                let b = if inject == Some(v) { poison(backend, &b, &plan.names[v])? } else { b };
+                let b = if pinned[v] { backend.keep(b)? } else { b };
+                vals[v] = Some(Slot::Owned(b));
+                live += 1;
+            }
+            peak = peak.max(live);
+            for m in g.steps() {
+                for &v in &plan.steps[m].free_after {
+                    if !pinned[v] && vals[v].take().is_some() {
+                        live -= 1;
+                    }
+                }
+            }
+            continue;
+        }
         let outs = {
             let mut ins = Vec::with_capacity(st.inputs.len());
             for &v in &st.inputs {
@@ -369,8 +492,9 @@ impl<B: Backend> Executor<B> {
     /// Plans `g` (topological order, value liveness) for `backend`.
     /// `seed` is the graph seed that dropout masks derive from.
     pub fn new(g: &Graph, backend: B, seed: u64) -> Result<Executor<B>, ExecError> {
-        let plan = Plan::new(g, seed)?;
+        let mut plan = Plan::new(g, seed)?;
         let mut backend = backend;
+        claim(&mut backend, &mut plan)?;
         backend.prepare(&plan)?;
         Ok(Executor { backend, plan })
     }
@@ -414,6 +538,20 @@ impl<B: Backend> Executor<B> {
         let (loss, outputs, fetched) = returned(&mut self.backend, plan, &ran.vals, opts)?;
         Ok(StepResult { state: new_state, loss, outputs, fetched, peak_live: ran.peak_live })
     }
+}
+
+/// Offers `backend` the plan's fusion groups and claims those it takes.
+pub(crate) fn claim<B: Backend>(backend: &mut B, plan: &mut Plan) -> Result<(), ExecError> {
+    let groups = plan.fusion_groups();
+    let taken = backend.claim(plan, &groups)?;
+    let mut picked = Vec::with_capacity(taken.len());
+    for k in taken {
+        let g = groups
+            .get(k)
+            .ok_or_else(|| ExecError::Graph(format!("the backend claimed fusion group {k} of {}", groups.len())))?;
+        picked.push(g.clone());
+    }
+    plan.claim(picked)
 }
 
 /// A copy of `b` with every element +inf (the overflow test hook).

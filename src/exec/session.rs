@@ -92,7 +92,8 @@ impl<B: Backend> Session<B> {
     /// by name, as [`super::init_state`] makes them or a checkpoint holds
     /// them). `seed` is the graph seed dropout masks derive from.
     pub fn new(g: &Graph, mut backend: B, seed: u64, state: &State) -> Result<Session<B>, ExecError> {
-        let plan = Plan::new(g, seed)?;
+        let mut plan = Plan::new(g, seed)?;
+        super::run::claim(&mut backend, &mut plan)?;
         backend.prepare(&plan)?;
         let mut resident: Vec<Option<B::Buffer>> = (0..plan.num_values()).map(|_| None).collect();
         for s in plan.sources.iter().filter(|s| s.from == Feed::State) {

@@ -103,6 +103,11 @@ pub struct OpInfo {
     pub onnx: Onnx,
     /// The CUDA backend has a kernel for it.
     pub cuda: bool,
+    /// Elementwise with a scalar definition in `kernels/scalar.cuh`: output
+    /// element i depends only on input element i (after broadcasting), so
+    /// a chain of such ops can run as one generated kernel
+    /// (`exec::fuse`, `exec::cuda::fused`).
+    pub fusable: bool,
 }
 
 impl OpInfo {
@@ -121,6 +126,7 @@ impl OpInfo {
             source: false,
             onnx: Onnx::No,
             cuda: true,
+            fusable: false,
         }
     }
 
@@ -161,6 +167,10 @@ impl OpInfo {
 
     pub const fn source(self) -> OpInfo {
         OpInfo { source: true, cuda: false, ..self }
+    }
+
+    pub const fn fusable(self) -> OpInfo {
+        OpInfo { fusable: true, ..self }
     }
 
     pub const fn onnx(self, onnx: Onnx) -> OpInfo {

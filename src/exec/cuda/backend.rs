@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::exec::backend::{Backend, OpCtx};
+use crate::exec::fuse::Group;
 use crate::exec::rng;
 use crate::exec::run::Plan;
 use crate::exec::ExecError;
@@ -114,6 +115,11 @@ pub struct CudaBackend<G: Gpu> {
     allocated: u64,
     /// TF32 tensor cores for f32 GEMMs (off: f32 GEMMs are exact f32).
     tf32: bool,
+    /// Whether to claim fusion groups (see [`CudaBackend::with_fusion`]).
+    fuse: bool,
+    /// The kernel of each claimed group, by its index in the plan's claims,
+    /// and where its outputs go: (node, output slot) of each.
+    fused: Vec<(super::fused::FusedKernel, Vec<(String, usize)>)>,
 }
 
 impl<G: Gpu> CudaBackend<G> {
@@ -125,7 +131,22 @@ impl<G: Gpu> CudaBackend<G> {
             arena: None,
             allocated: 0,
             tf32,
+            fuse: false,
+            fused: Vec::new(),
         }
+    }
+
+    /// Runs each fusion group of the plan ([`crate::exec::fuse`]) as one
+    /// generated kernel ([`super::fused`]), compiled when the plan is
+    /// prepared; the results are the unfused kernels' bit for bit.
+    pub fn with_fusion(mut self, on: bool) -> CudaBackend<G> {
+        self.fuse = on;
+        self
+    }
+
+    /// How many fused kernels the backend runs per step.
+    pub fn fused_kernels(&self) -> usize {
+        self.fused.len()
     }
 
     /// The device.
@@ -309,6 +330,72 @@ impl<G: Gpu> Backend for CudaBackend<G> {
         self.allocated += bytes.max(1) as u64;
         self.arena = Some(Arena { mem: Rc::new(mem), bytes: placed.arena_bytes, at });
         Ok(())
+    }
+
+    fn claim(&mut self, plan: &Plan, groups: &[Group]) -> Result<Vec<usize>, ExecError> {
+        self.fused.clear();
+        if !self.fuse {
+            return Ok(Vec::new());
+        }
+        let mut taken = Vec::new();
+        for (k, g) in groups.iter().enumerate() {
+            // A group the generator cannot express runs unfused.
+            let Ok(kernel) = super::fused::generate(plan, g) else { continue };
+            // The chain's output (when stored), then the tail's in slot order.
+            let mut outs = Vec::new();
+            if g.outputs.first() == Some(&g.output) {
+                outs.push((plan.step(g.last).0.to_string(), 0));
+            }
+            if let Some(t) = g.tail {
+                let n = g.outputs.len() - outs.len();
+                outs.extend((0..n).map(|i| (plan.step(t).0.to_string(), i)));
+            }
+            self.fused.push((kernel, outs));
+            taken.push(k);
+        }
+        if !self.fused.is_empty() {
+            let kernels: Vec<_> = self.fused.iter().map(|(k, _)| k.clone()).collect();
+            let names: Vec<String> = kernels.iter().map(|k| k.name.clone()).collect();
+            self.gpu.load(&names, &super::fused::module(&kernels)).map_err(gpu_err)?;
+        }
+        Ok(taken)
+    }
+
+    fn run_group(
+        &mut self,
+        group: usize,
+        ctx: &OpCtx<'_>,
+        inputs: &[&Self::Buffer],
+        out_types: &[TensorType],
+    ) -> Result<Vec<Self::Buffer>, ExecError> {
+        let err = |message: String| ExecError::Op { node: ctx.node.to_string(), op: "fused", message };
+        let (kernel, places) = self.fused.get(group).cloned().ok_or_else(|| err(format!("no fused group {group}")))?;
+        if places.len() != out_types.len() {
+            return Err(err(format!("{} outputs, expected {}", out_types.len(), places.len())));
+        }
+        let mut outs = Vec::with_capacity(out_types.len());
+        for ((node, slot), ty) in places.iter().zip(out_types) {
+            outs.push(self.output(node, *slot, ty)?);
+        }
+        let mut args: Vec<KArg<'_, G::Mem>> = inputs.iter().map(|b| p(b)).collect();
+        args.extend(outs.iter().map(|b| p(b)));
+        let work = match kernel.work {
+            super::fused::Work::Elements => {
+                let n = n_of(&out_types[0]);
+                args.push(KArg::I64(n));
+                n as u64
+            }
+            super::fused::Work::Rows { rows, width } => {
+                args.extend([KArg::I64(rows), KArg::I64(width)]);
+                rows as u64 * 32
+            }
+            super::fused::Work::Softmax { outer, len, inner, causal } => {
+                args.extend([KArg::I64(outer), KArg::I64(len), KArg::I64(inner), KArg::I64(causal)]);
+                (outer * inner) as u64 * 32
+            }
+        };
+        self.launch(&kernel.name, work, &args).map_err(err)?;
+        Ok(outs)
     }
 
     fn upload(&mut self, t: &Tensor) -> Result<Self::Buffer, ExecError> {

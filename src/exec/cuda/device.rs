@@ -176,6 +176,23 @@ impl Gpu for CudaGpu {
         unsafe { b.launch(lc) }.map(|_| ()).map_err(|e| GpuError(format!("launch of {name}: {e:?}")))
     }
 
+    fn load(&mut self, names: &[String], source: &str) -> Result<(), GpuError> {
+        if names.iter().all(|n| self.functions.contains_key(n)) {
+            return Ok(());
+        }
+        let tc = nvrtc::probe()?;
+        let arch = self.info.arch();
+        let (ptx, cubin) = nvrtc::compile_generated(&tc, "fused.cu", source, &arch)?;
+        let m = nvrtc::Module { file: "generated", arch, ptx, cubin, log: String::new() };
+        let module =
+            self.ctx.load_module(m.image()).map_err(|e| GpuError(format!("cannot load the fused kernels: {e:?}")))?;
+        for name in names {
+            let f = module.load_function(name).map_err(|e| GpuError(format!("kernel {name}: {e:?}")))?;
+            self.functions.insert(name.clone(), f);
+        }
+        Ok(())
+    }
+
     fn gemm(
         &mut self,
         g: &Gemm,

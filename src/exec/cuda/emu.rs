@@ -76,6 +76,8 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 #[derive(Debug)]
 pub struct EmuGpu {
     id: u64,
+    /// Generated kernels loaded by [`Gpu::load`], by name.
+    loaded: std::collections::HashMap<String, super::emu_jit::Loaded>,
 }
 
 impl Default for EmuGpu {
@@ -86,7 +88,7 @@ impl Default for EmuGpu {
 
 impl EmuGpu {
     pub fn new() -> EmuGpu {
-        EmuGpu { id: NEXT_ID.fetch_add(1, Ordering::Relaxed) }
+        EmuGpu { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), loaded: Default::default() }
     }
 
     /// The names of the kernels the emulation has, sorted.
@@ -160,10 +162,11 @@ union Slot {
     ptr: *mut c_void,
 }
 
-fn last_error() -> String {
-    // SAFETY: mpc_emu_last_error returns null or a NUL-terminated string in a
-    // thread-local buffer, unchanged until this thread's next launch.
-    let p = unsafe { mpc_emu_last_error() };
+fn last_error(error: super::emu_jit::LastError) -> String {
+    // SAFETY: mpc_emu_last_error (the static runtime's or a loaded
+    // library's) returns null or a NUL-terminated string in a thread-local
+    // buffer, unchanged until this thread's next launch.
+    let p = unsafe { error() };
     if p.is_null() {
         return "unknown error".to_string();
     }
@@ -290,7 +293,10 @@ impl Gpu for EmuGpu {
     }
 
     fn launch(&mut self, name: &str, cfg: Launch, args: &[KArg<'_, EmuMem>]) -> Result<(), GpuError> {
-        let kernel = table::find(name).ok_or_else(|| unknown_kernel(name))?;
+        let (kernel, error): (EmuKernel, super::emu_jit::LastError) = match table::find(name) {
+            Some(k) => (k, mpc_emu_last_error),
+            None => self.loaded.get(name).map(|l| (l.kernel, l.last_error)).ok_or_else(|| unknown_kernel(name))?,
+        };
         let mut slots = Vec::with_capacity(args.len());
         let mut kinds = Vec::with_capacity(args.len());
         for (i, arg) in args.iter().enumerate() {
@@ -343,8 +349,17 @@ impl Gpu for EmuGpu {
         if rc == 0 {
             Ok(())
         } else {
-            Err(GpuError(format!("emulated launch: {}", last_error())))
+            Err(GpuError(format!("emulated launch: {}", last_error(error))))
         }
+    }
+
+    /// Compiles `source` for the host (see [`super::emu_jit`]) and loads
+    /// its kernels `names`.
+    fn load(&mut self, names: &[String], source: &str) -> Result<(), GpuError> {
+        for (name, l) in super::emu_jit::load(names, source)? {
+            self.loaded.insert(name, l);
+        }
+        Ok(())
     }
 
     /// `C = alpha · op(A) · op(B) + beta · C` per batch entry, in cuBLAS's

@@ -104,6 +104,13 @@ pub trait Gpu {
     /// Launches the kernel `name` (an `extern "C"` name from kernels/*.cu).
     fn launch(&mut self, name: &str, cfg: Launch, args: &[KArg<'_, Self::Mem>]) -> Result<(), GpuError>;
 
+    /// Compiles a generated source (`#include`s of kernels/*.cuh only) and
+    /// makes its kernels `names` launchable. The default cannot.
+    fn load(&mut self, names: &[String], source: &str) -> Result<(), GpuError> {
+        let _ = source;
+        Err(GpuError(format!("{}: cannot load the generated kernels {}", self.describe(), names.join(", "))))
+    }
+
     /// Runs a GEMM on `(allocation, byte offset)` operands.
     fn gemm(
         &mut self,

@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use super::gpu::GpuError;
-use super::nvrtc::{self, Module, Toolchain, COMMON, OPTIONS, SOURCES};
+use super::nvrtc::{self, Module, Toolchain, HEADERS, OPTIONS, SOURCES};
 use crate::exec::rng::fnv1a;
 
 /// The environment variable naming the cache directory; `off` (or empty)
@@ -38,7 +38,7 @@ pub fn dir() -> Option<PathBuf> {
 /// The key of one compile: every input that changes its output.
 pub fn key(tc: &Toolchain, file: &str, src: &str, arch: &str) -> u64 {
     let mut text = format!("nvrtc {}.{}\0arch {arch}\0options {}\0", tc.version.0, tc.version.1, OPTIONS.join(" "));
-    for part in [file, src, COMMON.0, COMMON.1] {
+    for part in [file, src].into_iter().chain(HEADERS.iter().flat_map(|h| [h.0, h.1])) {
         text.push_str(&format!("{}\0{part}\0", part.len()));
     }
     fnv1a(&text)

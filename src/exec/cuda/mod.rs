@@ -5,6 +5,8 @@
 pub mod backend;
 pub mod device;
 pub mod emu;
+mod emu_jit;
+pub mod fused;
 pub mod gpu;
 pub mod kcache;
 pub mod launch;

@@ -30,6 +30,17 @@ use super::gpu::GpuError;
 /// The header every kernel file includes first, as (include name, source).
 pub const COMMON: (&str, &str) = ("common.cuh", include_str!("../../../kernels/common.cuh"));
 
+/// The ops' scalar definitions, shared by the elementwise kernels and the
+/// generated fused kernels (see `kernels/scalar.cuh`).
+pub const SCALAR: (&str, &str) = ("scalar.cuh", include_str!("../../../kernels/scalar.cuh"));
+
+/// layer_norm's forward pass, shared by norm.cu and the fused kernels that
+/// end in a layer_norm (see `kernels/norm.cuh`).
+pub const NORM: (&str, &str) = ("norm.cuh", include_str!("../../../kernels/norm.cuh"));
+
+/// The headers every program is given, in memory.
+pub const HEADERS: &[(&str, &str)] = &[COMMON, SCALAR, NORM];
+
 /// Every kernel file as (file name, source); each is one NVRTC program and
 /// one loaded module. Kernel names are unique across all of them.
 pub const SOURCES: &[(&str, &str)] = &[
@@ -259,7 +270,7 @@ pub fn options(tc: &Toolchain, arch: &str, extra: &[&str]) -> Vec<String> {
     o
 }
 
-/// Compiles one kernel file (with [`COMMON`] as its header) for `arch`
+/// Compiles one kernel file (with [`HEADERS`]) for `arch`
 /// (`sm_XX` gives PTX and a CUBIN, `compute_XX` PTX only); `extra` options
 /// follow the standard ones (e.g. `-Xptxas=-v` for register counts in the
 /// log). The error names the file and carries NVRTC's log.
@@ -270,9 +281,17 @@ pub fn compile_file(
     arch: &str,
     extra: &[&str],
 ) -> Result<Module, GpuError> {
-    let (ptx, cubin, log) = program(file, src, &[COMMON], &options(tc, arch, extra))
+    let (ptx, cubin, log) = program(file, src, HEADERS, &options(tc, arch, extra))
         .map_err(|e| GpuError(format!("kernels/{file} for {arch}: {e}")))?;
     Ok(Module { file, arch: arch.to_string(), ptx, cubin, log })
+}
+
+/// Compiles a generated kernel source (a fused group's, see
+/// [`super::fused`]) for `arch`, with [`HEADERS`]: (PTX, CUBIN).
+pub fn compile_generated(tc: &Toolchain, name: &str, src: &str, arch: &str) -> Result<(String, Vec<u8>), GpuError> {
+    let (ptx, cubin, _) = program(name, src, HEADERS, &options(tc, arch, &[]))
+        .map_err(|e| GpuError(format!("generated kernel {name} for {arch}: {e}")))?;
+    Ok((ptx, cubin))
 }
 
 /// Every file of [`SOURCES`] compiled for `arch` (in parallel, one thread

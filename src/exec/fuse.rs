@@ -1,0 +1,220 @@
+//! The fusion decision: which runs of consecutive plan steps could run as
+//! one kernel. It reads a [`Plan`] (the lowered graph in execution order)
+//! and changes nothing: the emitted graph stays as it was, and a backend
+//! decides which of the groups it claims ([`super::Backend::claim`]).
+//!
+//! A group is a run of consecutive steps whose ops the op table marks
+//! `fusable` (elementwise, casts included), every value of a float type,
+//! every step's output of the one shape the group writes (inputs from
+//! outside may broadcast to it, so element i of every step is computed
+//! from element i of the steps before: one thread per output element
+//! computes the whole chain). Every value made inside but the last is
+//! read exactly once, by a later step of the group, and is not returned
+//! by the step (the loss, an output, a state update): those values are
+//! never stored. Consecutive, so that running the group where its last
+//! step stood keeps every other value's lifetime as the plan made it.
+//!
+//! A `layer_norm` right after a run, normalising the run's output (the
+//! residual add before a transformer's norms), joins it as the group's tail:
+//! the run's output is then stored and read back by the same threads in
+//! the same kernel, which saves a launch and a pass over memory. A
+//! `softmax` right after a run whose output only it reads (the scaled
+//! attention scores) joins it too, and then the run's output is not
+//! stored at all: the softmax recomputes the chain at each of its reads.
+
+use crate::ir::op::Op;
+use crate::ir::types::{DType, TensorType};
+
+use super::run::Plan;
+
+/// One fusion group of a plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    /// The elementwise steps `first..=last` (at least two without a tail).
+    pub first: usize,
+    pub last: usize,
+    /// The values the group reads and does not make, in order of first read.
+    pub inputs: Vec<usize>,
+    /// The elementwise chain's result: step `last`'s output (stored, but
+    /// for a softmax tail, which recomputes it where it reads it).
+    pub output: usize,
+    /// The values made inside and never stored, in step order.
+    pub hidden: Vec<usize>,
+    /// A `layer_norm` or `softmax` at step `last + 1` of `output`: it runs
+    /// in the same kernel.
+    pub tail: Option<usize>,
+    /// Every value the group writes: `output` (unless hidden), then the
+    /// tail's outputs.
+    pub outputs: Vec<usize>,
+}
+
+impl Group {
+    /// The step where the group runs: its last, the tail if it has one.
+    pub fn at(&self) -> usize {
+        self.tail.unwrap_or(self.last)
+    }
+
+    /// The plan steps of the group, its tail included.
+    pub fn steps(&self) -> std::ops::RangeInclusive<usize> {
+        self.first..=self.at()
+    }
+
+    /// Kernel launches the group saves (one launch instead of one per step).
+    pub fn launches_saved(&self) -> usize {
+        self.at() - self.first
+    }
+}
+
+fn float(d: DType) -> bool {
+    matches!(d, DType::F32 | DType::F16 | DType::Bf16)
+}
+
+/// Whether step `i` may be a member: a fusable op with one output, every
+/// value a float, every input broadcastable to the output (its rank no
+/// greater; the op's own inference checked the sizes).
+fn member(plan: &Plan, i: usize) -> bool {
+    let s = &plan.steps[i];
+    if !s.op.info().fusable || s.outputs.len() != 1 {
+        return false;
+    }
+    let out = &s.out_types[0];
+    let attrs_ok = match &s.op {
+        // The attribute goes into the generated source as a literal.
+        Op::Scale { value } => value.is_finite(),
+        _ => true,
+    };
+    attrs_ok
+        && float(out.dtype)
+        && s.inputs.iter().all(|&v| {
+            let t = &plan.types[v];
+            float(t.dtype) && t.shape.0.len() <= out.shape.0.len()
+        })
+}
+
+/// Whether step `t` is a layer_norm of `x` that a group ending in `x` can
+/// run as its tail: float types and an eps the source can spell.
+fn ln_tail(plan: &Plan, t: usize, x: usize) -> bool {
+    let s = &plan.steps[t];
+    matches!(s.op, Op::LayerNorm { eps } if eps.is_finite())
+        && s.inputs.first() == Some(&x)
+        && s.inputs.iter().all(|&v| float(plan.types[v].dtype))
+        && !plan.types[x].shape.0.is_empty()
+}
+
+/// Whether step `t` is a softmax of `x` (read by it alone) that a group
+/// ending in `x` can run as its tail, recomputing the chain at each of the
+/// softmax's reads: float types, x's type in and out.
+fn softmax_tail(plan: &Plan, t: usize, x: usize) -> bool {
+    let s = &plan.steps[t];
+    matches!(s.op, Op::Softmax { .. })
+        && s.inputs.first() == Some(&x)
+        && float(plan.types[x].dtype)
+        && s.out_types[0].dtype == plan.types[x].dtype
+}
+
+/// The groups of `plan`, in step order, none overlapping: elementwise runs
+/// of two or more steps, and any elementwise run (one step will do) whose
+/// output the next step layer-normalises, with that layer_norm as its tail.
+pub fn groups(plan: &Plan) -> Vec<Group> {
+    let n = plan.steps.len();
+    let mut readers: Vec<Vec<usize>> = vec![Vec::new(); plan.num_values()];
+    for (i, s) in plan.steps.iter().enumerate() {
+        for &v in &s.inputs {
+            readers[v].push(i);
+        }
+    }
+    let mut kept = vec![false; plan.num_values()];
+    for &v in plan.loss.iter().chain(&plan.outputs).chain(plan.updates.iter().map(|(_, v)| v)) {
+        kept[v] = true;
+    }
+    let is_member: Vec<bool> = (0..n).map(|i| member(plan, i)).collect();
+    let shape = |i: usize| &plan.steps[i].out_types[0].shape;
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < n {
+        if !is_member[i] {
+            i += 1;
+            continue;
+        }
+        // Extend over the run of members of one shape; [i, j] is a group
+        // when every value made before j is read once, by a step up to j.
+        let mut best = i;
+        let mut furthest = i;
+        let mut j = i + 1;
+        while j < n && is_member[j] && shape(j) == shape(i) {
+            let v = plan.steps[j - 1].outputs[0];
+            match readers[v].as_slice() {
+                [r] if !kept[v] => furthest = furthest.max(*r),
+                _ => break,
+            }
+            if furthest <= j {
+                best = j;
+            }
+            j += 1;
+        }
+        let last = plan.steps[best].outputs[0];
+        let sole = readers[last].len() == 1 && !kept[last];
+        let tail =
+            Some(best + 1).filter(|&t| t < n && (ln_tail(plan, t, last) || (sole && softmax_tail(plan, t, last))));
+        let softmax = tail.is_some_and(|t| matches!(plan.steps[t].op, Op::Softmax { .. }));
+        if best == i && tail.is_none() {
+            i += 1;
+            continue;
+        }
+        // Before a softmax, the chain's own result is not stored either.
+        let stored = if softmax { best + 1 } else { best };
+        let hidden: Vec<usize> = (i..stored).map(|k| plan.steps[k].outputs[0]).collect();
+        let output = plan.steps[best].outputs[0];
+        let mut inputs = Vec::new();
+        for k in (i..=best).chain(tail) {
+            for &v in &plan.steps[k].inputs {
+                if v != output && !hidden.contains(&v) && !inputs.contains(&v) {
+                    inputs.push(v);
+                }
+            }
+        }
+        let mut outputs = if softmax { Vec::new() } else { vec![output] };
+        outputs.extend(tail.iter().flat_map(|&t| plan.steps[t].outputs.iter().copied()));
+        out.push(Group { first: i, last: best, inputs, output, hidden, tail, outputs });
+        i = tail.unwrap_or(best) + 1;
+    }
+    out
+}
+
+/// The bytes of a value of type `ty` (0 when it overflows, which inference refuses).
+pub fn bytes(ty: &TensorType) -> u64 {
+    ty.shape.numel().and_then(|n| n.checked_mul(ty.dtype.size_bytes() as u64)).unwrap_or(0)
+}
+
+/// A fusion plan in words: one paragraph per group (its steps, ops, the
+/// values no longer stored and their bytes), then the totals.
+pub fn describe(plan: &Plan, groups: &[Group]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let (mut saved, mut launches) = (0u64, 0usize);
+    for (k, g) in groups.iter().enumerate() {
+        let hidden: u64 = g.hidden.iter().map(|&v| bytes(&plan.types[v])).sum();
+        saved += hidden;
+        launches += g.launches_saved();
+        let outs: Vec<String> = g.outputs.iter().map(|&v| format!("`{}` {}", plan.names[v], plan.types[v])).collect();
+        let _ = writeln!(s, "group {k}: {} steps -> {}", g.at() - g.first + 1, outs.join(", "));
+        for i in g.steps() {
+            let st = &plan.steps[i];
+            let ins: Vec<&str> = st.inputs.iter().map(|&v| plan.names[v].as_str()).collect();
+            let _ = writeln!(s, "  {:24} {:14} ({})", st.name, st.op.name(), ins.join(", "));
+        }
+        let names: Vec<String> = g.hidden.iter().map(|&v| format!("`{}` {}", plan.names[v], plan.types[v])).collect();
+        if names.is_empty() {
+            let _ = writeln!(s, "  not stored: nothing (the layer_norm reads its input where the chain wrote it)");
+        } else {
+            let _ = writeln!(s, "  not stored: {} ({hidden} bytes)", names.join(", "));
+        }
+    }
+    let _ = writeln!(
+        s,
+        "{} groups over {} steps: {launches} launches and {saved} bytes of intermediates fewer",
+        groups.len(),
+        groups.iter().map(|g| g.at() - g.first + 1).sum::<usize>()
+    );
+    s
+}

@@ -1,0 +1,120 @@
+//! Fused elementwise kernels (exec::fuse, exec::cuda::fused) in the SIMT
+//! emulation: each fusion group is generated as one kernel, compiled for the
+//! host and loaded (exec::cuda::emu_jit), and every example trains with
+//! fusion on exactly as without it. The fused kernel rounds every step's
+//! result to the step's type, as the unfused kernel stores it, and calls
+//! the same scalar definitions (kernels/scalar.cuh), so the expected
+//! difference is none: losses, reported metrics and the final state are
+//! compared bit for bit.
+
+use mpc::exec::cuda::backend::CudaBackend;
+use mpc::exec::cuda::emu::EmuGpu;
+use mpc::exec::{fuse, init_state, memory, Plan, RunOptions, Session, State};
+use mpc::passes::{self, Options};
+use mpc::train::data::{synthetic_batch, Layout};
+use mpc::DType;
+
+fn lowered(path: &std::path::Path, low: DType) -> (mpc::Graph, mpc::Graph) {
+    let source = mpc::parse_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut g = source.clone();
+    passes::lower(&mut g, &Options { low, ..Options::default() }).unwrap();
+    (source, g)
+}
+
+fn batches(path: &std::path::Path, source: &mpc::Graph) -> Box<dyn Fn(u64) -> State> {
+    if path.ends_with("gpt_block.json") {
+        let text = std::path::Path::new("ir-examples/data/declaration.txt");
+        let data = mpc::train::data::Dataset::load_text(text, source, 0).unwrap();
+        return Box::new(move |s| data.train_batch(s).unwrap());
+    }
+    let layout = Layout::of(source).unwrap();
+    Box::new(move |s| synthetic_batch(&layout, 0, s).unwrap())
+}
+
+fn bits(t: &mpc::exec::Tensor) -> Vec<u8> {
+    t.data().to_le_bytes()
+}
+
+const STEPS: u64 = 3;
+
+#[test]
+fn every_example_trains_bit_for_bit_alike_fused() {
+    let mut report = String::new();
+    insta::glob!("../ir-examples", "*.json", |path| {
+        for low in [DType::F16, DType::Bf16] {
+            let (source, g) = lowered(path, low);
+            let batch = batches(path, &source);
+            let state = init_state(&g, 0).unwrap();
+            let groups = Plan::new(&g, 0).unwrap().fusion_groups();
+            let mut plain = Session::new(&g, CudaBackend::new(EmuGpu::new(), false), 0, &state).unwrap();
+            let mut fused =
+                Session::new(&g, CudaBackend::new(EmuGpu::new(), false).with_fusion(true), 0, &state).unwrap();
+            assert_eq!(fused.plan().claimed().len(), groups.len(), "{}: every group is claimed", path.display());
+            assert_eq!(fused.backend().fused_kernels(), groups.len());
+            for s in 0..STEPS {
+                let a = plain.step(&batch(s), s, &RunOptions::default()).unwrap();
+                let b = fused.step(&batch(s), s, &RunOptions::default()).unwrap();
+                let at = format!("{} {low} step {s}", path.display());
+                assert_eq!(a.loss.map(f32::to_bits), b.loss.map(f32::to_bits), "{at}: loss");
+                assert_eq!(a.loss_scale.map(f32::to_bits), b.loss_scale.map(f32::to_bits), "{at}: loss scale");
+                assert_eq!(a.found_inf, b.found_inf, "{at}: found_inf");
+                assert_eq!(a.grad_norm.map(f32::to_bits), b.grad_norm.map(f32::to_bits), "{at}: grad norm");
+            }
+            // A hidden value made after all (a node run alone) would come
+            // from the pool, the arena having no place for it.
+            assert!(
+                fused.backend().allocations() <= plain.backend().allocations(),
+                "{}: the fused session allocated more",
+                path.display()
+            );
+            let (sa, sb) = (plain.state().unwrap(), fused.state().unwrap());
+            assert_eq!(sa.keys().collect::<Vec<_>>(), sb.keys().collect::<Vec<_>>());
+            for (name, t) in &sa {
+                assert!(bits(t) == bits(&sb[name]), "{} {low}: `{name}` differs after {STEPS} steps", path.display());
+            }
+            report.push_str(&format!(
+                "{} {low}: {} groups, {} launches fewer per step\n",
+                path.display(),
+                groups.len(),
+                groups.iter().map(fuse::Group::launches_saved).sum::<usize>()
+            ));
+        }
+    });
+    eprint!("{report}");
+}
+
+/// A fetched value that a group hides makes that step run the group's
+/// nodes one by one (the fallback), and it is the unfused value.
+#[test]
+fn fetching_a_hidden_value_falls_back_to_the_unfused_nodes() {
+    let path = std::path::Path::new("ir-examples/mlp.json");
+    let (source, g) = lowered(path, DType::F16);
+    let batch = batches(path, &source)(0);
+    let state = init_state(&g, 0).unwrap();
+    let groups = Plan::new(&g, 0).unwrap().fusion_groups();
+    let plan = Plan::new(&g, 0).unwrap();
+    let hidden = plan.value_name(groups[0].hidden[0]).to_string();
+    let opts = RunOptions { fetch: vec![hidden.clone()], ..RunOptions::default() };
+    let mut plain = Session::new(&g, CudaBackend::new(EmuGpu::new(), false), 0, &state).unwrap();
+    let mut fused = Session::new(&g, CudaBackend::new(EmuGpu::new(), false).with_fusion(true), 0, &state).unwrap();
+    let a = plain.step(&batch, 0, &opts).unwrap();
+    let b = fused.step(&batch, 0, &opts).unwrap();
+    assert_eq!(bits(&a.fetched[&hidden]), bits(&b.fetched[&hidden]));
+    assert_eq!(a.loss.map(f32::to_bits), b.loss.map(f32::to_bits));
+}
+
+/// The fused session's arena is the plan with the groups claimed, and no
+/// larger than the unfused one.
+#[test]
+fn the_fused_arena_is_the_claimed_plan() {
+    let path = std::path::Path::new("ir-examples/gpt_block.json");
+    let (_, g) = lowered(path, DType::F16);
+    let state = init_state(&g, 0).unwrap();
+    let mut plan = Plan::new(&g, 0).unwrap();
+    let unfused = memory::report(&plan).unwrap();
+    plan.claim(plan.fusion_groups()).unwrap();
+    let claimed = memory::report(&plan).unwrap();
+    let mut fused = Session::new(&g, CudaBackend::new(EmuGpu::new(), false).with_fusion(true), 0, &state).unwrap();
+    assert_eq!(fused.backend().arena_bytes(), claimed.arena.arena_bytes);
+    assert!(claimed.arena.arena_bytes <= unfused.arena.arena_bytes);
+}
