@@ -11,11 +11,10 @@
 //! by size. After the first step a step makes no device allocation.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
-use crate::exec::backend::{Backend, OpCtx};
-use crate::exec::rng;
+use crate::exec::backend::{Backend, OpCtx, StepRun};
 use crate::exec::run::Plan;
 use crate::exec::tensor::{numel, Data, Tensor};
 use crate::exec::ExecError;
@@ -24,6 +23,7 @@ use crate::op::Op;
 use crate::types::{DType, TensorType};
 
 use super::gpu::{Gpu, KArg, Launch};
+use super::graph::{self, Verdict, Work};
 
 mod cnn;
 mod transformer;
@@ -42,6 +42,27 @@ enum Storage<M> {
     Pooled(Option<M>),
     /// The step arena, at `offset`.
     Arena(Rc<M>, usize),
+    /// An allocation pinned to one request of a recorded step (see [`Pinned`]).
+    Pinned(Rc<M>),
+}
+
+/// The allocations of recorded steps, by request: the i-th buffer a step
+/// asks for outside the arena (new state, scratch, kept values) is the one
+/// the i-th request got before, when free, so that a step's addresses
+/// repeat and its work can be replayed as a graph. The new state is still
+/// held (as the state) while the next step makes its own: that request
+/// then gets a second allocation, and the two alternate.
+struct Pinned<M> {
+    /// Per request index: (bytes, allocation); free when only this holds it.
+    slots: Vec<Vec<(usize, Rc<M>)>>,
+    /// The next request's index, while a step is recorded.
+    next: Option<usize>,
+}
+
+/// The graphs of a backend, and the last steps' work to find repeats in.
+struct Graphs<Gr> {
+    captured: Vec<(Vec<Work>, Gr)>,
+    recent: VecDeque<Vec<Work>>,
 }
 
 /// A tensor on the device.
@@ -58,6 +79,7 @@ impl<M> CudaBuffer<M> {
         match &self.storage {
             Storage::Pooled(m) => (m.as_ref().unwrap_or_else(|| unreachable!("a live buffer has its allocation")), 0),
             Storage::Arena(m, off) => (m, *off),
+            Storage::Pinned(m) => (m, 0),
         }
     }
 
@@ -107,11 +129,17 @@ struct Arena<M> {
 
 /// The CUDA backend over a device `G`.
 pub struct CudaBackend<G: Gpu> {
+    // Before the memory: a graph's addresses must not outlive their allocations.
+    graphs: Graphs<G::Graph>,
+    pinned: Pinned<G::Mem>,
     gpu: G,
     pool: Rc<RefCell<Pool<G::Mem>>>,
     arena: Option<Arena<G::Mem>>,
     /// Bytes of every device allocation made (arena, pool).
     allocated: u64,
+    /// The step number on the device (dropout combines its seeds there, so
+    /// that a step's arguments repeat) and the step it holds.
+    step_mem: Option<(Rc<G::Mem>, u64)>,
     /// TF32 tensor cores for f32 GEMMs (off: f32 GEMMs are exact f32).
     tf32: bool,
 }
@@ -120,10 +148,13 @@ impl<G: Gpu> CudaBackend<G> {
     /// A backend on `gpu`; `tf32` allows TF32 for f32 GEMMs.
     pub fn new(gpu: G, tf32: bool) -> CudaBackend<G> {
         CudaBackend {
+            graphs: Graphs { captured: Vec::new(), recent: VecDeque::new() },
+            pinned: Pinned { slots: Vec::new(), next: None },
             gpu,
             pool: Rc::new(RefCell::new(Pool { free: HashMap::new(), allocs: 0 })),
             arena: None,
             allocated: 0,
+            step_mem: None,
             tf32,
         }
     }
@@ -173,17 +204,61 @@ impl<G: Gpu> CudaBackend<G> {
     }
 
     fn scratch(&mut self, bytes: usize, ty: TensorType) -> Result<CudaBuffer<G::Mem>, ExecError> {
+        let storage = match self.pinned.next {
+            Some(i) => {
+                self.pinned.next = Some(i + 1);
+                if self.pinned.slots.len() <= i {
+                    self.pinned.slots.resize_with(i + 1, Vec::new);
+                }
+                let free = self.pinned.slots[i].iter().find(|(b, m)| *b == bytes && Rc::strong_count(m) == 1);
+                match free {
+                    Some((_, m)) => Storage::Pinned(m.clone()),
+                    None => {
+                        let m = Rc::new(self.fresh(bytes)?);
+                        self.pinned.slots[i].push((bytes, m.clone()));
+                        Storage::Pinned(m)
+                    }
+                }
+            }
+            None => Storage::Pooled(Some(self.fresh(bytes)?)),
+        };
+        Ok(CudaBuffer { storage, bytes, ty, pool: self.pool.clone() })
+    }
+
+    /// An allocation of `bytes` from the pool, or a new one.
+    fn fresh(&mut self, bytes: usize) -> Result<G::Mem, ExecError> {
         let reused = self.pool.borrow_mut().free.get_mut(&bytes).and_then(Vec::pop);
-        let mem = match reused {
-            Some(m) => m,
+        match reused {
+            Some(m) => Ok(m),
             None => {
                 self.pool.borrow_mut().allocs += 1;
                 self.allocated += bytes.max(1) as u64;
                 // At least one byte: a zero-sized allocation is an error on a GPU.
-                self.gpu.alloc(bytes.max(1)).map_err(gpu_err)?
+                self.gpu.alloc(bytes.max(1)).map_err(gpu_err)
+            }
+        }
+    }
+
+    /// How many launches and GEMMs the last recorded step issued (or its
+    /// part after a read or write in its middle).
+    pub fn last_step_work(&self) -> Option<usize> {
+        self.graphs.recent.back().map(Vec::len)
+    }
+
+    /// The device's copy of step number `step`, written when it changes.
+    fn device_step(&mut self, step: u64) -> Result<Rc<G::Mem>, ExecError> {
+        let m = match &self.step_mem {
+            Some((m, at)) if *at == step => return Ok(m.clone()),
+            Some((m, _)) => m.clone(),
+            None => {
+                self.pool.borrow_mut().allocs += 1;
+                self.allocated += 8;
+                Rc::new(self.gpu.alloc(8).map_err(gpu_err)?)
             }
         };
-        Ok(CudaBuffer { storage: Storage::Pooled(Some(mem)), bytes, ty, pool: self.pool.clone() })
+        self.gpu.write(&m, 0, &step.to_le_bytes()).map_err(gpu_err)?;
+        self.step_mem = Some((m.clone(), step));
+        Ok(m)
     }
 
     fn launch(&mut self, name: &str, work: u64, args: &[KArg<'_, G::Mem>]) -> Result<(), String> {
@@ -286,7 +361,13 @@ impl<G: Gpu> Backend for CudaBackend<G> {
     }
 
     fn upload(&mut self, t: &Tensor) -> Result<Self::Buffer, ExecError> {
-        let b = self.buffer(&t.ty())?;
+        // From the pool, not pinned: an upload in the middle of a step makes
+        // it unreplayable already, and must not shift the pinned requests
+        // after it (the steps after would not repeat the ones before).
+        let pinned = self.pinned.next.take();
+        let b = self.buffer(&t.ty());
+        self.pinned.next = pinned;
+        let b = b?;
         let bytes = t.data().to_le_bytes();
         let (m, off) = b.at();
         self.gpu.write(m, off, &bytes).map_err(gpu_err)?;
@@ -311,8 +392,59 @@ impl<G: Gpu> Backend for CudaBackend<G> {
     fn keep(&mut self, b: Self::Buffer) -> Result<Self::Buffer, ExecError> {
         match b.storage {
             Storage::Arena(..) => self.duplicate(&b),
-            Storage::Pooled(_) => Ok(b),
+            Storage::Pooled(_) | Storage::Pinned(_) => Ok(b),
         }
+    }
+
+    fn upload_into(&mut self, t: &Tensor, b: &mut Self::Buffer) -> Result<(), ExecError> {
+        if b.ty != t.ty() || matches!(b.storage, Storage::Arena(..)) {
+            *b = self.upload(t)?;
+            return Ok(());
+        }
+        let (m, off) = b.at();
+        self.gpu.write(m, off, &t.data().to_le_bytes()).map_err(gpu_err)
+    }
+
+    fn begin_step(&mut self, step: u64) -> bool {
+        // Before recording: a write in the middle of a step's work would make it unreplayable.
+        // On failure the step runs unrecorded, and meets the error where it needs the step.
+        if self.step_mem.is_some() && self.device_step(step).is_err() {
+            return false;
+        }
+        self.pinned.next = Some(0);
+        self.gpu.start_recording();
+        true
+    }
+
+    fn end_step(&mut self) -> Result<StepRun, ExecError> {
+        self.pinned.next = None;
+        let rec = self.gpu.stop_recording();
+        let verdict = {
+            let captured: Vec<&[Work]> = self.graphs.captured.iter().map(|(w, _)| w.as_slice()).collect();
+            let recent: Vec<&[Work]> = self.graphs.recent.iter().map(Vec::as_slice).collect();
+            graph::decide(&rec, &captured, &recent)
+        };
+        let run = match verdict {
+            Verdict::Replay(i) => {
+                self.gpu.replay(&self.graphs.captured[i].1).map_err(gpu_err)?;
+                StepRun::Replayed
+            }
+            Verdict::Capture => {
+                let g = self.gpu.capture(&rec.work).map_err(gpu_err)?;
+                self.gpu.replay(&g).map_err(gpu_err)?;
+                self.graphs.captured.push((rec.work.clone(), g));
+                StepRun::Captured
+            }
+            Verdict::Direct(why) => {
+                self.gpu.run_work(&rec.work).map_err(gpu_err)?;
+                StepRun::Direct(why)
+            }
+        };
+        self.graphs.recent.push_back(rec.work);
+        if self.graphs.recent.len() > 2 {
+            self.graphs.recent.pop_front();
+        }
+        Ok(run)
     }
 
     fn run(
@@ -542,10 +674,19 @@ impl<G: Gpu> CudaBackend<G> {
             Dropout { p: keep_p, seed } => {
                 arity(1)?;
                 let mask = y.get(1).ok_or("dropout has two outputs")?;
-                // The CPU's mask seed (cpu::elementwise::dropout_mask), mixed on the host.
-                let s = rng::combine(ctx.seed, rng::combine(*seed, ctx.step));
-                let args = [p(x[0]), p(o), p(mask), KArg::I64(n), KArg::U64(s), KArg::F64(*keep_p)];
-                self.launch(&format!("dropout_{t}"), n as u64, &args)
+                // The CPU's mask seed (cpu::elementwise::dropout_mask), mixed on the device.
+                let step = self.device_step(ctx.step).map_err(|e| e.to_string())?;
+                let args = [
+                    p(x[0]),
+                    p(o),
+                    p(mask),
+                    KArg::I64(n),
+                    KArg::U64(ctx.seed),
+                    KArg::U64(*seed),
+                    KArg::Ptr(&step, 0),
+                    KArg::F64(*keep_p),
+                ];
+                self.launch(&format!("dropout_step_{t}"), n as u64, &args)
             }
             DropoutGrad { p: keep_p } => {
                 arity(2)?;

@@ -10,6 +10,8 @@
 
 use crate::types::DType;
 
+use super::graph::{Recording, Work};
+
 /// An error from the device layer (driver, NVRTC, cuBLASLt, emulation).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]
@@ -121,4 +123,29 @@ pub trait Gpu {
     fn memory_in_use(&self) -> Option<u64> {
         None
     }
+
+    /// A captured list of work, replayable ([`Gpu::capture`]).
+    type Graph;
+
+    /// Starts recording: launches and GEMMs are kept as [`Work`] (their
+    /// arguments resolved to bits) instead of issued, until
+    /// [`Gpu::stop_recording`]. A `read` or `write` meanwhile issues what
+    /// was kept first and marks the recording as not replayable.
+    fn start_recording(&mut self);
+
+    /// Stops recording and returns what was kept.
+    fn stop_recording(&mut self) -> Recording;
+
+    /// Issues recorded work, as the calls it was recorded from would have.
+    fn run_work(&mut self, work: &[Work]) -> Result<(), GpuError>;
+
+    /// Makes a replayable graph of `work` (a CUDA graph; the emulation keeps
+    /// the list) without running it.
+    fn capture(&mut self, work: &[Work]) -> Result<Self::Graph, GpuError>;
+
+    /// Runs a captured graph. The allocations its work points into must be
+    /// the live ones the work was recorded on: the caller replays only a
+    /// graph whose work it has just recorded again, bit for bit (the
+    /// emulation checks every address against its live allocations).
+    fn replay(&mut self, g: &Self::Graph) -> Result<(), GpuError>;
 }

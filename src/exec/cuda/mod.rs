@@ -6,6 +6,7 @@ pub mod backend;
 pub mod device;
 pub mod emu;
 pub mod gpu;
+pub mod graph;
 pub mod kcache;
 pub mod launch;
 pub mod nvrtc;
