@@ -302,6 +302,10 @@ pub trait Trainer {
     fn state(&mut self) -> Result<State, ExecError>;
     /// Device memory in use in bytes, where the device can say (a GPU).
     fn memory_in_use(&self) -> Option<u64>;
+    /// See [`Session::set_graphs`].
+    fn set_graphs(&mut self, on: bool);
+    /// See [`Session::graph_runs`].
+    fn graph_runs(&self) -> GraphRuns;
 }
 
 impl<B: Backend> Trainer for Session<B> {
@@ -319,5 +323,30 @@ impl<B: Backend> Trainer for Session<B> {
     }
     fn memory_in_use(&self) -> Option<u64> {
         self.backend.memory_in_use()
+    }
+    fn set_graphs(&mut self, on: bool) {
+        Session::set_graphs(self, on)
+    }
+    fn graph_runs(&self) -> GraphRuns {
+        self.runs.clone()
+    }
+}
+
+impl GraphRuns {
+    /// One line for people, or None when no step was recorded (graphs off,
+    /// or a backend without them).
+    pub fn summary(&self) -> Option<String> {
+        let total = self.direct + self.captured + self.replayed;
+        if total == 0 {
+            return None;
+        }
+        let mut line = format!(
+            "cuda graphs: {} of {total} steps replayed, {} captured, {} launched one by one",
+            self.replayed, self.captured, self.direct
+        );
+        if let Some(why) = &self.last_reason {
+            line.push_str(&format!(" (the last because {why})"));
+        }
+        Some(line)
     }
 }
