@@ -228,6 +228,10 @@ impl Gpu for CudaGpu {
         self.sync()
     }
 
+    fn address(&self, m: &CudaSlice<u8>, offset: usize) -> Result<u64, GpuError> {
+        self.ptr(m, offset, 0)
+    }
+
     fn launch(&mut self, name: &str, cfg: Launch, args: &[KArg<'_, CudaSlice<u8>>]) -> Result<(), GpuError> {
         let mut bits = Vec::with_capacity(args.len());
         for a in args {

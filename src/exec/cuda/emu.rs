@@ -399,6 +399,14 @@ impl Gpu for EmuGpu {
         Ok(())
     }
 
+    fn address(&self, m: &EmuMem, offset: usize) -> Result<u64, GpuError> {
+        self.own(m, "address")?;
+        match offset <= m.len {
+            true => Ok((m.ptr.as_ptr() as usize + offset) as u64),
+            false => Err(GpuError(format!("address: offset {offset} is past the end of an allocation of {}", m.len))),
+        }
+    }
+
     fn launch(&mut self, name: &str, cfg: Launch, args: &[KArg<'_, EmuMem>]) -> Result<(), GpuError> {
         let mut bits = Vec::with_capacity(args.len());
         for (i, arg) in args.iter().enumerate() {

@@ -103,6 +103,10 @@ pub trait Gpu {
     /// work issued before).
     fn read(&mut self, src: &Self::Mem, offset: usize, dst: &mut [u8]) -> Result<(), GpuError>;
 
+    /// The device address of byte `offset` of `m` (for tables of pointers
+    /// that kernels read, see `multi`).
+    fn address(&self, m: &Self::Mem, offset: usize) -> Result<u64, GpuError>;
+
     /// Launches the kernel `name` (an `extern "C"` name from kernels/*.cu).
     fn launch(&mut self, name: &str, cfg: Launch, args: &[KArg<'_, Self::Mem>]) -> Result<(), GpuError>;
 

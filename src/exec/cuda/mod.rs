@@ -9,6 +9,7 @@ pub mod gpu;
 pub mod graph;
 pub mod kcache;
 pub mod launch;
+pub mod multi;
 pub mod nvrtc;
 pub mod probe;
 pub mod selftest;
