@@ -26,6 +26,8 @@ use super::gpu::{Gpu, KArg, Launch};
 use super::graph::{self, Verdict, Work};
 
 mod cnn;
+mod groups;
+mod multi_run;
 mod transformer;
 use super::launch::{self, blocks, Broadcast, THREADS};
 
@@ -131,6 +133,7 @@ struct Arena<M> {
 pub struct CudaBackend<G: Gpu> {
     // Before the memory: a graph's addresses must not outlive their allocations.
     graphs: Graphs<G::Graph>,
+    multi: multi_run::Multi<G::Mem>,
     pinned: Pinned<G::Mem>,
     gpu: G,
     pool: Rc<RefCell<Pool<G::Mem>>>,
@@ -149,6 +152,7 @@ impl<G: Gpu> CudaBackend<G> {
     pub fn new(gpu: G, tf32: bool) -> CudaBackend<G> {
         CudaBackend {
             graphs: Graphs { captured: Vec::new(), recent: VecDeque::new() },
+            multi: multi_run::Multi::new(),
             pinned: Pinned { slots: Vec::new(), next: None },
             gpu,
             pool: Rc::new(RefCell::new(Pool { free: HashMap::new(), allocs: 0 })),
@@ -157,6 +161,19 @@ impl<G: Gpu> CudaBackend<G> {
             step_mem: None,
             tf32,
         }
+    }
+
+    /// Runs groups of optimizer and unscale nodes as one multi-tensor launch
+    /// each (on by default); set before the session opens (`prepare` finds
+    /// the groups).
+    pub fn with_multi_tensor(mut self, on: bool) -> CudaBackend<G> {
+        self.multi.enabled = on;
+        self
+    }
+
+    /// The bytes of the multi-tensor launches' tables.
+    pub fn table_bytes(&self) -> u64 {
+        self.multi.table_bytes
     }
 
     /// The device.
@@ -339,8 +356,16 @@ impl<G: Gpu> Backend for CudaBackend<G> {
         }
         let reqs = memory::requests(plan)?;
         let requests: Vec<_> = reqs.iter().map(|(_, r)| *r).collect();
-        let placed = memplan::plan(&requests)
+        let mut placed = memplan::plan(&requests)
             .ok_or_else(|| ExecError::Tensor("the step's values do not fit a 64-bit address space".into()))?;
+        // Multi-tensor groups read their members' inputs at the last member:
+        // planned with those lives lengthened, when that costs no arena byte.
+        if self.multi.enabled {
+            let longer = groups::lengthened(plan, &reqs);
+            if let Some(p) = memplan::plan(&longer).filter(|p| p.arena_bytes == placed.arena_bytes) {
+                placed = p;
+            }
+        }
         let mut offset_of = HashMap::new();
         for ((v, r), &off) in reqs.iter().zip(&placed.offsets) {
             let size = usize::try_from(r.bytes).map_err(|_| ExecError::Tensor("a value is too large".into()))?;
@@ -357,10 +382,11 @@ impl<G: Gpu> Backend for CudaBackend<G> {
         let mem = self.gpu.alloc(bytes.max(1)).map_err(gpu_err)?;
         self.allocated += bytes.max(1) as u64;
         self.arena = Some(Arena { mem: Rc::new(mem), bytes: placed.arena_bytes, at });
-        Ok(())
+        self.prepare_groups(plan, &offset_of)
     }
 
     fn upload(&mut self, t: &Tensor) -> Result<Self::Buffer, ExecError> {
+        self.flush_groups()?;
         // From the pool, not pinned: an upload in the middle of a step makes
         // it unreplayable already, and must not shift the pinned requests
         // after it (the steps after would not repeat the ones before).
@@ -375,6 +401,7 @@ impl<G: Gpu> Backend for CudaBackend<G> {
     }
 
     fn download(&mut self, b: &Self::Buffer) -> Result<Tensor, ExecError> {
+        self.flush_groups()?;
         let mut bytes = vec![0u8; b.bytes];
         let (m, off) = b.at();
         self.gpu.read(m, off, &mut bytes).map_err(gpu_err)?;
@@ -382,6 +409,7 @@ impl<G: Gpu> Backend for CudaBackend<G> {
     }
 
     fn duplicate(&mut self, b: &Self::Buffer) -> Result<Self::Buffer, ExecError> {
+        self.flush_groups()?;
         let out = self.buffer(&b.ty)?;
         let d = sfx(b.ty.dtype);
         let n = n_of(&b.ty);
@@ -397,6 +425,7 @@ impl<G: Gpu> Backend for CudaBackend<G> {
     }
 
     fn upload_into(&mut self, t: &Tensor, b: &mut Self::Buffer) -> Result<(), ExecError> {
+        self.flush_groups()?;
         if b.ty != t.ty() || matches!(b.storage, Storage::Arena(..)) {
             *b = self.upload(t)?;
             return Ok(());
@@ -411,12 +440,14 @@ impl<G: Gpu> Backend for CudaBackend<G> {
         if self.step_mem.is_some() && self.device_step(step).is_err() {
             return false;
         }
+        self.multi.forget_pending();
         self.pinned.next = Some(0);
         self.gpu.start_recording();
         true
     }
 
     fn end_step(&mut self) -> Result<StepRun, ExecError> {
+        let flushed = self.flush_groups();
         self.pinned.next = None;
         let rec = self.gpu.stop_recording();
         let verdict = {
@@ -440,10 +471,11 @@ impl<G: Gpu> Backend for CudaBackend<G> {
                 StepRun::Direct(why)
             }
         };
-        self.graphs.recent.push_back(rec.work);
+        self.graphs.recent.push_back(rec.whole());
         if self.graphs.recent.len() > 2 {
             self.graphs.recent.pop_front();
         }
+        flushed?;
         Ok(run)
     }
 
@@ -455,9 +487,18 @@ impl<G: Gpu> Backend for CudaBackend<G> {
         out_types: &[TensorType],
     ) -> Result<Vec<Self::Buffer>, ExecError> {
         let err = |message: String| ExecError::Op { node: ctx.node.to_string(), op: op.name(), message };
+        let member = self.multi.member_of(ctx.node);
+        if member.is_none() {
+            self.flush_groups()?;
+        }
         let mut outs = Vec::with_capacity(out_types.len());
         for (i, ty) in out_types.iter().enumerate() {
             outs.push(self.output(ctx.node, i, ty)?);
+        }
+        if let Some((g, k)) = member {
+            if self.note(g, k, op, inputs, &outs).map_err(err)? {
+                return Ok(outs);
+            }
         }
         self.kernel(op, ctx, inputs, &outs).map_err(err)?;
         Ok(outs)

@@ -237,6 +237,7 @@ impl Gpu for CudaGpu {
         for a in args {
             bits.push(match *a {
                 KArg::Ptr(m, off) => Arg::Ptr(self.ptr(m, off, 0)?),
+                KArg::Addr(a) => Arg::Ptr(a),
                 KArg::I32(v) => Arg::I32(v),
                 KArg::U32(v) => Arg::U32(v),
                 KArg::I64(v) => Arg::I64(v),

@@ -425,6 +425,7 @@ impl Gpu for EmuGpu {
                     }
                     Arg::Ptr((m.ptr.as_ptr() as usize + offset) as u64)
                 }
+                KArg::Addr(a) => Arg::Ptr(a),
                 KArg::I32(v) => Arg::I32(v),
                 KArg::U32(v) => Arg::U32(v),
                 KArg::I64(v) => Arg::I64(v),

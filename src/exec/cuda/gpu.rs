@@ -39,6 +39,9 @@ impl Launch {
 #[derive(Debug)]
 pub enum KArg<'a, M> {
     Ptr(&'a M, usize),
+    /// A device address from [`Gpu::address`] (a table's, or a buffer's
+    /// noted earlier in the step); the emulation checks it when it runs.
+    Addr(u64),
     I32(i32),
     U32(u32),
     I64(i64),

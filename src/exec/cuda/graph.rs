@@ -116,6 +116,7 @@ pub fn difference(now: &[Work], then: &[Work]) -> Option<String> {
 pub struct Recorder {
     on: bool,
     work: Vec<Work>,
+    issued: Vec<Work>,
     broken: Option<String>,
 }
 
@@ -126,6 +127,20 @@ pub struct Recorder {
 pub struct Recording {
     pub work: Vec<Work>,
     pub broken: Option<String>,
+    /// What was issued at the reads or writes, before `work`: with it, the
+    /// step's whole list, which a later step may repeat (the reads and
+    /// writes are not device work: a later step without them can be
+    /// captured).
+    pub issued: Vec<Work>,
+}
+
+impl Recording {
+    /// The step's whole list of work, issued early or not.
+    pub fn whole(self) -> Vec<Work> {
+        let mut all = self.issued;
+        all.extend(self.work);
+        all
+    }
 }
 
 impl Recorder {
@@ -154,13 +169,15 @@ impl Recorder {
         if self.broken.is_none() {
             self.broken = Some(format!("the step {what} in the middle of its work"));
         }
-        std::mem::take(&mut self.work)
+        let w = std::mem::take(&mut self.work);
+        self.issued.extend(w.iter().cloned());
+        w
     }
 
     /// Stops recording.
     pub fn stop(&mut self) -> Recording {
         let r = std::mem::take(self);
-        Recording { work: r.work, broken: r.broken }
+        Recording { work: r.work, broken: r.broken, issued: r.issued }
     }
 }
 
@@ -241,7 +258,7 @@ mod tests {
     }
 
     fn rec(work: Vec<Work>) -> Recording {
-        Recording { work, broken: None }
+        Recording { work, broken: None, issued: Vec::new() }
     }
 
     #[test]
@@ -300,9 +317,10 @@ mod tests {
         assert_eq!(r.interrupt("reads a device value on the host").len(), 1);
         assert!(r.keep(at(1)[0].clone()).is_none());
         let stopped = r.stop();
-        assert_eq!(stopped.work.len(), 1);
+        assert_eq!((stopped.work.len(), stopped.issued.len()), (1, 1));
         let v = decide(&stopped, &[&at(1)], &[&at(1)]);
         assert_eq!(v, Verdict::Direct("the step reads a device value on the host in the middle of its work".into()));
+        assert_eq!(difference(&stopped.whole(), &[at(1)[0].clone(), at(1)[0].clone()]), None);
         // Not recording: work is issued at once, and reads interrupt nothing.
         assert!(r.keep(at(1)[0].clone()).is_some());
         assert!(r.interrupt("reads").is_empty());
