@@ -237,3 +237,28 @@ fn multi_tensor_launches_cut_the_launches_per_step() {
         );
     }
 }
+
+/// Multi-tensor launches without graphs (`--cuda-graph off`): the same
+/// bits as the per-tensor launches, on the CNN (an unscale group and an
+/// SGD-momentum group) and gpt_block (unscale and AdamW groups).
+#[test]
+fn multi_tensor_launches_without_graphs_train_alike() {
+    for path in ["ir-examples/cnn.json", "ir-examples/gpt_block.json"] {
+        let (source, g) = lowered(path, DType::F16);
+        let batch = batches(path, &source);
+        let state = init_state(&g, 0).unwrap();
+        let mut runs = Vec::new();
+        for multi in [true, false] {
+            let backend = CudaBackend::new(EmuGpu::new(), false).with_multi_tensor(multi);
+            let mut sess = Session::new(&g, backend, 0, &state).unwrap();
+            sess.set_graphs(false);
+            let losses: Vec<Option<u32>> = (0..3)
+                .map(|s| sess.step(&batch(s), s, &RunOptions::default()).unwrap().loss.map(f32::to_bits))
+                .collect();
+            runs.push((losses, sess.state().unwrap(), sess.backend().table_bytes()));
+        }
+        assert!(runs[0].2 > 0 && runs[1].2 == 0, "{path}: groups formed with multi-tensor launches on only");
+        assert_eq!(runs[0].0, runs[1].0, "{path}");
+        same_state(&runs[0].1, &runs[1].1, path);
+    }
+}

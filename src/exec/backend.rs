@@ -91,12 +91,14 @@ pub trait Backend {
         Ok(())
     }
 
-    /// Starts step number `step`, whose device work the backend may
-    /// capture and replay as a graph: until [`Backend::end_step`] it
-    /// records the work rather than issuing it. False (the default) when
-    /// it cannot; `end_step` is then not called.
-    fn begin_step(&mut self, step: u64) -> bool {
-        let _ = step;
+    /// Starts step number `step` of a session (its fed values resident to
+    /// the end of the step). With `record`, the backend may capture the
+    /// step's device work and replay it as a graph: until
+    /// [`Backend::end_step`] it records the work rather than issuing it.
+    /// False (the default) when it does not record; `end_step` is then
+    /// not called.
+    fn begin_step(&mut self, step: u64, record: bool) -> bool {
+        let _ = (step, record);
         false
     }
 

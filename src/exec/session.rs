@@ -177,7 +177,7 @@ impl<B: Backend> Session<B> {
                 slot => *slot = Some(backend.upload(t)?),
             }
         }
-        let recording = *graphs && backend.begin_step(step);
+        let recording = backend.begin_step(step, *graphs);
         let mut feed = feeder::<B>(resident, Some(held), batch);
         let stepped = run_steps(backend, plan, &mut feed, step, opts, None).and_then(|ran| {
             let mut vals = ran.vals;

@@ -434,13 +434,14 @@ impl<G: Gpu> Backend for CudaBackend<G> {
         self.gpu.write(m, off, &t.data().to_le_bytes()).map_err(gpu_err)
     }
 
-    fn begin_step(&mut self, step: u64) -> bool {
+    fn begin_step(&mut self, step: u64, record: bool) -> bool {
+        self.multi.in_session = true;
+        self.multi.forget_pending();
         // Before recording: a write in the middle of a step's work would make it unreplayable.
         // On failure the step runs unrecorded, and meets the error where it needs the step.
-        if self.step_mem.is_some() && self.device_step(step).is_err() {
+        if !record || (self.step_mem.is_some() && self.device_step(step).is_err()) {
             return false;
         }
-        self.multi.forget_pending();
         self.pinned.next = Some(0);
         self.gpu.start_recording();
         true
@@ -487,7 +488,9 @@ impl<G: Gpu> Backend for CudaBackend<G> {
         out_types: &[TensorType],
     ) -> Result<Vec<Self::Buffer>, ExecError> {
         let err = |message: String| ExecError::Op { node: ctx.node.to_string(), op: op.name(), message };
-        let member = self.multi.member_of(ctx.node);
+        // Only a session's: its fed values are resident, so deferred reads
+        // find them (an executor's uploads die after their last reader).
+        let member = self.multi.member_of(ctx.node).filter(|_| self.multi.in_session);
         if member.is_none() {
             self.flush_groups()?;
         }

@@ -48,6 +48,8 @@ pub(super) struct Group<M> {
 /// The groups of a session.
 pub(super) struct Multi<M> {
     pub enabled: bool,
+    /// Whether a session drives the backend (see `Backend::begin_step`).
+    pub in_session: bool,
     groups: Vec<Group<M>>,
     member_of: HashMap<String, (usize, usize)>,
     /// Where the flag of unscales launched before their `found_inf` goes.
@@ -57,7 +59,14 @@ pub(super) struct Multi<M> {
 
 impl<M> Multi<M> {
     pub fn new() -> Multi<M> {
-        Multi { enabled: true, groups: Vec::new(), member_of: HashMap::new(), sink: None, table_bytes: 0 }
+        Multi {
+            enabled: true,
+            in_session: false,
+            groups: Vec::new(),
+            member_of: HashMap::new(),
+            sink: None,
+            table_bytes: 0,
+        }
     }
 
     /// The group and position of node `node`, when it is a member.
@@ -81,9 +90,9 @@ impl<G: Gpu> CudaBackend<G> {
         plan: &Plan,
         placed: &HashMap<usize, (usize, usize)>,
     ) -> Result<(), ExecError> {
-        let enabled = self.multi.enabled;
+        let (enabled, in_session) = (self.multi.enabled, self.multi.in_session);
         self.multi = Multi::new();
-        self.multi.enabled = enabled;
+        (self.multi.enabled, self.multi.in_session) = (enabled, in_session);
         if !enabled {
             return Ok(());
         }
