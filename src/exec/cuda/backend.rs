@@ -11,7 +11,7 @@
 //! by size. After the first step a step makes no device allocation.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::exec::backend::{Backend, OpCtx, StepRun};
@@ -23,11 +23,12 @@ use crate::op::Op;
 use crate::types::{DType, TensorType};
 
 use super::gpu::{Gpu, KArg, Launch};
-use super::graph::{self, Verdict, Work};
 
 mod cnn;
 mod groups;
 mod multi_run;
+mod steps;
+use steps::{Graphs, Pinned};
 mod transformer;
 use super::launch::{self, blocks, Broadcast, THREADS};
 
@@ -46,25 +47,6 @@ enum Storage<M> {
     Arena(Rc<M>, usize),
     /// An allocation pinned to one request of a recorded step (see [`Pinned`]).
     Pinned(Rc<M>),
-}
-
-/// The allocations of recorded steps, by request: the i-th buffer a step
-/// asks for outside the arena (new state, scratch, kept values) is the one
-/// the i-th request got before, when free, so that a step's addresses
-/// repeat and its work can be replayed as a graph. The new state is still
-/// held (as the state) while the next step makes its own: that request
-/// then gets a second allocation, and the two alternate.
-struct Pinned<M> {
-    /// Per request index: (bytes, allocation); free when only this holds it.
-    slots: Vec<Vec<(usize, Rc<M>)>>,
-    /// The next request's index, while a step is recorded.
-    next: Option<usize>,
-}
-
-/// The graphs of a backend, and the last steps' work to find repeats in.
-struct Graphs<Gr> {
-    captured: Vec<(Vec<Work>, Gr)>,
-    recent: VecDeque<Vec<Work>>,
 }
 
 /// A tensor on the device.
@@ -151,9 +133,9 @@ impl<G: Gpu> CudaBackend<G> {
     /// A backend on `gpu`; `tf32` allows TF32 for f32 GEMMs.
     pub fn new(gpu: G, tf32: bool) -> CudaBackend<G> {
         CudaBackend {
-            graphs: Graphs { captured: Vec::new(), recent: VecDeque::new() },
+            graphs: Graphs::new(),
             multi: multi_run::Multi::new(),
-            pinned: Pinned { slots: Vec::new(), next: None },
+            pinned: Pinned::new(),
             gpu,
             pool: Rc::new(RefCell::new(Pool { free: HashMap::new(), allocs: 0 })),
             arena: None,
@@ -254,28 +236,6 @@ impl<G: Gpu> CudaBackend<G> {
                 self.gpu.alloc(bytes.max(1)).map_err(gpu_err)
             }
         }
-    }
-
-    /// How many launches and GEMMs the last recorded step issued (or its
-    /// part after a read or write in its middle).
-    pub fn last_step_work(&self) -> Option<usize> {
-        self.graphs.recent.back().map(Vec::len)
-    }
-
-    /// The device's copy of step number `step`, written when it changes.
-    fn device_step(&mut self, step: u64) -> Result<Rc<G::Mem>, ExecError> {
-        let m = match &self.step_mem {
-            Some((m, at)) if *at == step => return Ok(m.clone()),
-            Some((m, _)) => m.clone(),
-            None => {
-                self.pool.borrow_mut().allocs += 1;
-                self.allocated += 8;
-                Rc::new(self.gpu.alloc(8).map_err(gpu_err)?)
-            }
-        };
-        self.gpu.write(&m, 0, &step.to_le_bytes()).map_err(gpu_err)?;
-        self.step_mem = Some((m.clone(), step));
-        Ok(m)
     }
 
     fn launch(&mut self, name: &str, work: u64, args: &[KArg<'_, G::Mem>]) -> Result<(), String> {
@@ -435,49 +395,11 @@ impl<G: Gpu> Backend for CudaBackend<G> {
     }
 
     fn begin_step(&mut self, step: u64, record: bool) -> bool {
-        self.multi.in_session = true;
-        self.multi.forget_pending();
-        // Before recording: a write in the middle of a step's work would make it unreplayable.
-        // On failure the step runs unrecorded, and meets the error where it needs the step.
-        if !record || (self.step_mem.is_some() && self.device_step(step).is_err()) {
-            return false;
-        }
-        self.pinned.next = Some(0);
-        self.gpu.start_recording();
-        true
+        self.start_step(step, record)
     }
 
     fn end_step(&mut self) -> Result<StepRun, ExecError> {
-        let flushed = self.flush_groups();
-        self.pinned.next = None;
-        let rec = self.gpu.stop_recording();
-        let verdict = {
-            let captured: Vec<&[Work]> = self.graphs.captured.iter().map(|(w, _)| w.as_slice()).collect();
-            let recent: Vec<&[Work]> = self.graphs.recent.iter().map(Vec::as_slice).collect();
-            graph::decide(&rec, &captured, &recent)
-        };
-        let run = match verdict {
-            Verdict::Replay(i) => {
-                self.gpu.replay(&self.graphs.captured[i].1).map_err(gpu_err)?;
-                StepRun::Replayed
-            }
-            Verdict::Capture => {
-                let g = self.gpu.capture(&rec.work).map_err(gpu_err)?;
-                self.gpu.replay(&g).map_err(gpu_err)?;
-                self.graphs.captured.push((rec.work.clone(), g));
-                StepRun::Captured
-            }
-            Verdict::Direct(why) => {
-                self.gpu.run_work(&rec.work).map_err(gpu_err)?;
-                StepRun::Direct(why)
-            }
-        };
-        self.graphs.recent.push_back(rec.whole());
-        if self.graphs.recent.len() > 2 {
-            self.graphs.recent.pop_front();
-        }
-        flushed?;
-        Ok(run)
+        self.finish_step()
     }
 
     fn run(
