@@ -177,3 +177,76 @@ pub(super) fn outlives_the_step(plan: &Plan, v: usize) -> bool {
         || plan.loss == Some(v)
         || plan.outputs.contains(&v)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::memory;
+    use crate::exec::memplan;
+
+    fn plan(low: DType) -> Plan {
+        let text = include_str!("../../../../ir-examples/mlp.json");
+        let mut g = crate::parse_str(text).unwrap();
+        let opts = crate::passes::Options { low, ..crate::passes::Options::default() };
+        crate::passes::lower(&mut g, &opts).unwrap();
+        Plan::new(&g, 0).unwrap()
+    }
+
+    /// Every arena value at its own bytes: nothing overlaps.
+    fn apart(plan: &Plan) -> HashMap<usize, (usize, usize)> {
+        let mut at = 0;
+        let mut out = HashMap::new();
+        for (v, r) in memory::requests(plan).unwrap() {
+            out.insert(v, (at, r.bytes as usize));
+            at += r.bytes as usize;
+        }
+        out
+    }
+
+    #[test]
+    fn the_mlp_has_an_unscale_run_and_an_adam_run() {
+        let p = plan(DType::F16);
+        let runs = runs(&p);
+        let kinds: Vec<(Kind, usize)> = runs.iter().map(|f| (f.kind, f.steps.len())).collect();
+        // Six unscales and their found_inf; the six AdamW updates.
+        assert_eq!(kinds, [(Kind::Unscale, 7), (Kind::Adam, 6)]);
+        assert_eq!(p.steps[*runs[0].steps.last().unwrap()].op, Op::FoundInf);
+        // With every value apart, both keep their inputs.
+        assert_eq!(find(&p, &apart(&p)).len(), 2);
+        // fp32: no scaler, only the optimizer run.
+        let kinds: Vec<Kind> = super::runs(&plan(DType::F32)).iter().map(|f| f.kind).collect();
+        assert_eq!(kinds, [Kind::Adam]);
+    }
+
+    #[test]
+    fn a_run_whose_input_shares_bytes_with_an_output_is_refused() {
+        let p = plan(DType::F16);
+        let adam = runs(&p).into_iter().find(|f| f.kind == Kind::Adam).unwrap();
+        let mut placed = apart(&p);
+        // The first update's gradient where the last update's param output goes.
+        let grad = p.steps[adam.steps[0]].inputs[1];
+        let out = p.steps[*adam.steps.last().unwrap()].outputs[0];
+        placed.insert(grad, placed[&out]);
+        assert!(!keeps_its_inputs(&p, &placed, &adam.steps, false));
+        assert_eq!(find(&p, &placed).len(), 1, "the unscale run still forms");
+        // An input that is neither in the arena nor kept to the end of the step.
+        let mut placed = apart(&p);
+        placed.remove(&grad);
+        assert!(!keeps_its_inputs(&p, &placed, &adam.steps, false));
+    }
+
+    #[test]
+    fn lengthened_lives_reach_the_last_member() {
+        let p = plan(DType::F16);
+        let reqs = memory::requests(&p).unwrap();
+        let longer = lengthened(&p, &reqs);
+        let adam = runs(&p).into_iter().find(|f| f.kind == Kind::Adam).unwrap();
+        let last = *adam.steps.last().unwrap();
+        let grad = p.steps[adam.steps[0]].inputs[1];
+        let k = reqs.iter().position(|(v, _)| *v == grad).unwrap();
+        assert!(reqs[k].1.end < last && longer[k].end == last);
+        // Lengthening never shortens, and plans: the arena holds every value.
+        assert!(reqs.iter().zip(&longer).all(|((_, a), b)| b.end >= a.end && b.start == a.start));
+        assert!(memplan::plan(&longer).unwrap().arena_bytes >= memplan::peak_live_bytes(&longer));
+    }
+}
