@@ -215,6 +215,7 @@ impl Gpu for CudaGpu {
     }
 
     fn write(&mut self, dst: &CudaSlice<u8>, offset: usize, src: &[u8]) -> Result<(), GpuError> {
+        self.flush("writes device memory from the host")?;
         let p = self.ptr(dst, offset, src.len())?;
         // SAFETY: p..p+len is inside `dst` (checked); from pageable memory the
         // driver stages `src` before returning, so it may go away after.
@@ -222,6 +223,7 @@ impl Gpu for CudaGpu {
     }
 
     fn read(&mut self, src: &CudaSlice<u8>, offset: usize, dst: &mut [u8]) -> Result<(), GpuError> {
+        self.flush("reads a device value on the host")?;
         let p = self.ptr(src, offset, dst.len())?;
         // SAFETY: as in `write`; the synchronize keeps `dst` borrowed until the copy is done.
         unsafe { drv::memcpy_dtoh_async(dst, p, self.stream.cu_stream()) }.map_err(err("device to host copy"))?;
