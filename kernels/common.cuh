@@ -31,6 +31,19 @@ typedef unsigned char u8;
 #define MPC_GRID_STRIDE(i, n) \
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)blockDim.x * gridDim.x)
 
+// Multi-tensor launches (apex's multi_tensor_apply): one launch updates many
+// tensors. `tensors` is a table of u64 words, `words` per tensor: its
+// element count, its pointers, then per-tensor values as bits; `chunks`
+// holds, per block b, the tensor chunks[2b] and its first element
+// chunks[2b+1]: the block runs elements [first, min(first + chunk, n)) of
+// that tensor, its threads striding by the block size. Packed on the host
+// by src/exec/cuda/multi.rs.
+#define MPC_CHUNK(tensors, words, chunks, chunk, rec, lo, hi)                 \
+    const u64* rec = (tensors) + (i64)(words) * (chunks)[2 * (i64)blockIdx.x]; \
+    const i64 lo = (chunks)[2 * (i64)blockIdx.x + 1];                          \
+    const i64 hi = lo + (chunk) < (i64)rec[0] ? lo + (chunk) : (i64)rec[0]
+#define MPC_CHUNK_STRIDE(i, lo, hi) for (i64 i = (lo) + threadIdx.x; i < (hi); i += (i64)blockDim.x)
+
 // Lanes per warp; every block is a multiple of it (kernels/README.md).
 #define MPC_WARP 32
 

@@ -232,6 +232,11 @@ MPC_COPY_FILL(u8, bool)
 //
 // dropout_<t>(const T* x, T* y, u8* mask, i64 n, u64 seed, double p)
 //   y = keep ? x·scale : 0, mask = keep
+// dropout_step_<t>(const T* x, T* y, u8* mask, i64 n, u64 node_seed, u64 seed, const u64* step, double p)
+//   the same, with the step number read from the device: the seed is
+//   combined there (rng_combine is the host's), so that a step's launch
+//   arguments do not change from step to step and the step can be
+//   replayed as a CUDA graph
 // dropout_grad_<t>(const T* dy, const u8* mask, T* dx, i64 n, double p)
 //   dx = mask ? dy·scale : 0
 // ---------------------------------------------------------------------------
@@ -271,6 +276,11 @@ template <typename T> __device__ __forceinline__ void dropout_grad_elems(const T
         dropout_elems<T>(x, y, mask, n, seed, p);                                                              \
     }                                                                                                          \
     MPC_EXPORT(dropout_##TN)                                                                                   \
+    extern "C" __global__ void dropout_step_##TN(const T* x, T* y, u8* mask, i64 n, u64 node_seed, u64 seed,  \
+                                                 const u64* step, double p) {                                 \
+        dropout_elems<T>(x, y, mask, n, rng_combine(node_seed, rng_combine(seed, *step)), p);                  \
+    }                                                                                                          \
+    MPC_EXPORT(dropout_step_##TN)                                                                              \
     extern "C" __global__ void dropout_grad_##TN(const T* dy, const u8* mask, T* dx, i64 n, double p) {       \
         dropout_grad_elems<T>(dy, mask, dx, n, p);                                                             \
     }                                                                                                          \

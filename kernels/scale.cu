@@ -18,11 +18,40 @@ template <typename T> __device__ __forceinline__ void unscale(const T* grad, con
     MPC_GRID_STRIDE(i, n) { out[i] = OpUnscale::f(to_f32(grad[i]), inv); }
 }
 
+// ---------------------------------------------------------------------------
+// multi_unscale_found_inf_<t>(const u64* tensors, const i64* chunks, i64 chunk,
+//     const float* scale, u32* flag)
+//   every tensor's unscale (the same element arithmetic as unscale_<t>) and
+//   found_inf of the outputs (as found_inf_f32: the flag, set to 0.0 first,
+//   gets the bits of 1.0f ORed in by a thread that saw an inf or NaN), in
+//   one launch. Per tensor 3 words: n, grad, out (see MPC_CHUNK).
+// ---------------------------------------------------------------------------
+template <typename T>
+__device__ __forceinline__ void multi_unscale_found_inf(const u64* tensors, const i64* chunks, i64 chunk,
+                                                        const float* scale, u32* flag) {
+    MPC_CHUNK(tensors, 3, chunks, chunk, rec, lo, hi);
+    const T* grad = (const T*)rec[1];
+    float* out = (float*)rec[2];
+    const float inv = unscale_inverse(scale[0]);
+    bool bad = false;
+    MPC_CHUNK_STRIDE(i, lo, hi) {
+        const float u = OpUnscale::f(to_f32(grad[i]), inv);
+        out[i] = u;
+        bad = bad || !isfinite(u);
+    }
+    if (bad) atomicOr(flag, 0x3f800000u);
+}
+
 #define MPC_UNSCALE(T, TN)                                                                                  \
     extern "C" __global__ void unscale_##TN(const T* grad, const float* scale, float* out, i64 n) {         \
         unscale<T>(grad, scale, out, n);                                                                    \
     }                                                                                                       \
-    MPC_EXPORT(unscale_##TN)
+    MPC_EXPORT(unscale_##TN)                                                                                \
+    extern "C" __global__ void multi_unscale_found_inf_##TN(const u64* tensors, const i64* chunks, i64 chunk, \
+                                                            const float* scale, u32* flag) {                \
+        multi_unscale_found_inf<T>(tensors, chunks, chunk, scale, flag);                                    \
+    }                                                                                                       \
+    MPC_EXPORT(multi_unscale_found_inf_##TN)
 
 MPC_UNSCALE(float, f32)
 MPC_UNSCALE(__half, f16)

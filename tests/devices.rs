@@ -145,3 +145,37 @@ fn compare_runs_on_the_emulation() {
     assert!(err.contains("device: cuda-emu"), "{err}");
     assert!(dir.path().join("compare.json").exists());
 }
+
+/// `--cuda-graph on` (the default) replays the step as a graph once it
+/// repeats and says so at the end; `off` runs every step launch by launch:
+/// the same losses to the bit, and no graph line.
+#[test]
+fn cuda_graphs_replay_on_the_emulation_and_train_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |graph: &str| {
+        let log = dir.path().join(format!("log-{graph}.jsonl"));
+        let o = mpc(&[
+            "train",
+            MLP,
+            "--steps",
+            "8",
+            "--device",
+            "cuda-emu",
+            "--cuda-graph",
+            graph,
+            "--log",
+            log.to_str().unwrap(),
+        ]);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{graph}: {out}\n{err}");
+        (std::fs::read_to_string(&log).unwrap(), out, err)
+    };
+    let (on_log, on_out, on_err) = run("on");
+    let (off_log, off_out, off_err) = run("off");
+    assert_eq!(on_log, off_log);
+    assert_eq!(on_out, off_out);
+    assert!(on_err.contains("cuda graphs: 3 of 8 steps replayed, 2 captured, 3 launched one by one"), "{on_err}");
+    assert!(!off_err.contains("cuda graphs"), "{off_err}");
+    let o = mpc(&["train", MLP, "--steps", "1", "--device", "cuda-emu", "--cuda-graph", "maybe"]);
+    assert!(text(&o).1.contains("`maybe`: expected on or off"), "{:?}", text(&o));
+}

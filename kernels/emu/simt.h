@@ -217,6 +217,7 @@ inline unsigned int atomicOr(unsigned int* address, unsigned int val) {
 
 inline unsigned int __float_as_uint(float x) { return std::bit_cast<unsigned int>(x); }
 inline float __uint_as_float(unsigned int x) { return std::bit_cast<float>(x); }
+inline double __longlong_as_double(long long x) { return std::bit_cast<double>(x); }
 
 struct __half {
     unsigned short __x;

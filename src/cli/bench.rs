@@ -19,8 +19,10 @@ pub struct BenchArgs {
     /// Steps timed, after the warmup.
     #[arg(long, default_value_t = 10)]
     steps: u64,
-    /// Steps run first and not timed (kernel loading, the memory pool).
-    #[arg(long, default_value_t = 3)]
+    /// Steps run first and not timed (kernel loading, the memory pool, and
+    /// on a CUDA device the two steps captured as graphs: the fifth step is
+    /// the first replayed).
+    #[arg(long, default_value_t = 5)]
     warmup: u64,
     /// The GPU whose peak MFU is measured against: h100, h200 or a100.
     #[arg(long, default_value = "h100")]
@@ -79,6 +81,7 @@ pub fn bench(args: BenchArgs) -> Result<(), miette::Report> {
                 "precision": name, "device": sess.device(), "stats": stats, "tokens_per_step": tokens,
                 "tokens_per_s": tokens as f64 / stats.median, "model_flops": model_flops, "mfu": mfu,
                 "gpu": gpu.name, "planned_bytes": planned.peak(), "measured_bytes": measured,
+                "graph_replays": sess.graph_runs().replayed,
             });
             println!("{row}");
         } else {
@@ -93,6 +96,9 @@ pub fn bench(args: BenchArgs) -> Result<(), miette::Report> {
                 human(Some(planned.peak())),
                 human(measured),
             );
+            if let Some(line) = sess.graph_runs().summary() {
+                println!("  {line}");
+            }
         }
     }
     if !args.json {

@@ -238,6 +238,12 @@ struct DeviceArgs {
     /// step values), e.g. 64G; a bigger graph is refused before allocating.
     #[arg(long, value_name = "SIZE", default_value = "32G", value_parser = mpc::exec::memory::parse_size)]
     max_memory: u64,
+    /// on: on a CUDA device, capture a training step as one CUDA graph once
+    /// its launches repeat exactly, and replay it (steps that do not repeat
+    /// run launch by launch, and the end of training says why); off: every
+    /// step launch by launch.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    cuda_graph: bool,
 }
 
 impl DeviceArgs {
@@ -249,6 +255,14 @@ impl DeviceArgs {
             .map_err(|e| msg(e.to_string()))?;
         mpc::exec::memory::check_limit("a training step of this graph", r.peak(), self.max_memory).map_err(msg)?;
         Ok(r)
+    }
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("`{s}`: expected on or off")),
     }
 }
 
@@ -777,8 +791,9 @@ fn open_session(
 ) -> Result<Box<dyn mpc::exec::Trainer>, miette::Report> {
     use std::sync::atomic::{AtomicBool, Ordering};
     static TOLD: AtomicBool = AtomicBool::new(false);
-    let opened =
+    let mut opened =
         mpc::exec::device::open(g, seed, state, dev.device, dev.tf32, dev.fuse).map_err(miette::Report::msg)?;
+    opened.trainer.set_graphs(dev.cuda_graph);
     if !TOLD.swap(true, Ordering::Relaxed) {
         if let Some(n) = &opened.notice {
             eprintln!("note: {n}");

@@ -257,6 +257,9 @@ pub fn train(args: TrainArgs) -> Result<(), miette::Report> {
         Some(l) => println!("step {}: final train loss {l:.6}, {skipped} skipped step(s)", args.steps),
         None => println!("step {}: no steps run", args.steps),
     }
+    if let Some(line) = sess.graph_runs().summary() {
+        eprintln!("{line}");
+    }
     if skipped > 0 && skipped == args.steps - start {
         eprintln!("warning: every step overflowed and was skipped: the weights did not change");
     }

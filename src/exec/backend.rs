@@ -25,6 +25,18 @@ pub fn node_seed(graph_seed: u64, node: &str) -> u64 {
     rng::combine(graph_seed, rng::fnv1a(node))
 }
 
+/// How a step ran on a backend that can replay steps as graphs (see
+/// [`Backend::begin_step`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StepRun {
+    /// Issued launch by launch, and why it was not a graph.
+    Direct(String),
+    /// Captured into a graph (its work repeated a recent step's), then run.
+    Captured,
+    /// Replayed from a graph captured before.
+    Replayed,
+}
+
 /// A device that runs ops on its own buffers.
 ///
 /// The executor moves data to the device only at the edges of a step
@@ -96,6 +108,31 @@ pub trait Backend {
     /// planned arena moves it out of there. The default keeps it as it is.
     fn keep(&mut self, b: Self::Buffer) -> Result<Self::Buffer, ExecError> {
         Ok(b)
+    }
+
+    /// Copies a host tensor into `b`, which holds its type, in place where
+    /// the backend can (a session's batch keeps its address from step to
+    /// step). The default makes a new buffer.
+    fn upload_into(&mut self, t: &Tensor, b: &mut Self::Buffer) -> Result<(), ExecError> {
+        *b = self.upload(t)?;
+        Ok(())
+    }
+
+    /// Starts step number `step` of a session (its fed values resident to
+    /// the end of the step). With `record`, the backend may capture the
+    /// step's device work and replay it as a graph: until
+    /// [`Backend::end_step`] it records the work rather than issuing it.
+    /// False (the default) when it does not record; `end_step` is then
+    /// not called.
+    fn begin_step(&mut self, step: u64, record: bool) -> bool {
+        let _ = (step, record);
+        false
+    }
+
+    /// Ends the step [`Backend::begin_step`] started and issues its work:
+    /// from a graph when an identical step was captured.
+    fn end_step(&mut self) -> Result<StepRun, ExecError> {
+        Ok(StepRun::Direct("the backend has no graphs".into()))
     }
 
     /// Runs `op` on `inputs` (in the op's input order, see

@@ -24,11 +24,11 @@ pub mod run;
 pub mod session;
 
 pub use crate::tensor::{Data, Tensor};
-pub use backend::{Backend, OpCtx};
+pub use backend::{Backend, OpCtx, StepRun};
 pub use cpu::CpuBackend;
 pub use init::{init_state, init_state_with};
 pub use run::{Executor, Plan, RunOptions, State, StepResult};
-pub use session::{Session, StepReport, Trainer};
+pub use session::{GraphRuns, Session, StepReport, Trainer};
 
 /// An error while executing a graph.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -472,12 +472,17 @@ pub(crate) fn upload_checked<B: Backend>(
     s: &Source,
     t: Option<&Tensor>,
 ) -> Result<B::Buffer, ExecError> {
+    backend.upload(checked(s, t)?)
+}
+
+/// `t`, when it is there and of `s`'s type.
+pub(crate) fn checked<'t>(s: &Source, t: Option<&'t Tensor>) -> Result<&'t Tensor, ExecError> {
     let what = if s.from == Feed::Batch { "batch" } else { "state" };
     let t = t.ok_or_else(|| ExecError::Value { name: s.name.clone(), message: format!("missing from the {what}") })?;
     if t.ty() != s.ty {
         return Err(ExecError::Value { name: s.name.clone(), message: format!("expected {}, found {}", s.ty, t.ty()) });
     }
-    backend.upload(t)
+    Ok(t)
 }
 
 /// Runs a lowered graph on a [`Backend`], one step at a time, with the

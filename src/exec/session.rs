@@ -1,9 +1,12 @@
 //! A training session: the state lives on the backend across steps.
 //!
 //! [`Session::new`] uploads params and state once; each [`Session::step`]
-//! uploads only the batch, runs the plan, and keeps the updated state where
-//! the backend made it (nothing crosses back to the host but the loss and
-//! the scaler's scalars). The host sees the state again only when asked:
+//! uploads only the batch (into the same buffers each step), runs the plan,
+//! and keeps the updated state where the backend made it (nothing crosses
+//! back to the host but the loss and the scaler's scalars, read after the
+//! step's work is issued). On a backend with graphs (CUDA), a step's work
+//! is recorded and, once it repeats, replayed as one graph (see
+//! [`super::backend::Backend::begin_step`] and `cuda::graph`). The host sees the state again only when asked:
 //! [`Session::state`] for a checkpoint or the end, and [`Session::eval`]
 //! runs only the forward nodes a fetched value needs (test accuracy).
 
@@ -12,8 +15,8 @@ use std::collections::BTreeMap;
 use crate::ir::graph::Graph;
 use crate::ir::op::Op;
 
-use super::backend::Backend;
-use super::run::{fetch, returned, run_steps, upload_checked, Feed, Plan, RunOptions, Slot, Source, State};
+use super::backend::{Backend, StepRun};
+use super::run::{checked, fetch, returned, run_steps, upload_checked, Feed, Plan, RunOptions, Slot, Source, State};
 use super::ExecError;
 use crate::tensor::Tensor;
 
@@ -78,13 +81,45 @@ impl Metrics {
     }
 }
 
+/// How a session's steps ran on a backend with graphs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GraphRuns {
+    /// Steps issued launch by launch.
+    pub direct: u64,
+    /// Steps captured into a graph (each also ran it).
+    pub captured: u64,
+    /// Steps replayed from a graph captured before.
+    pub replayed: u64,
+    /// Why the last step that was not a graph was not.
+    pub last_reason: Option<String>,
+}
+
+impl GraphRuns {
+    fn note(&mut self, run: StepRun) {
+        match run {
+            StepRun::Direct(why) => {
+                self.direct += 1;
+                self.last_reason = Some(why);
+            }
+            StepRun::Captured => self.captured += 1,
+            StepRun::Replayed => self.replayed += 1,
+        }
+    }
+}
+
 /// A lowered graph and its state, resident on a backend.
 pub struct Session<B: Backend> {
     backend: B,
     plan: Plan,
     /// The state's buffers, by value (`None` but for params and state).
     resident: Vec<Option<B::Buffer>>,
+    /// The batch's buffers, by value, written in place each step so that
+    /// their addresses repeat (`None` but for the inputs, until the first step).
+    held: Vec<Option<B::Buffer>>,
     metrics: Metrics,
+    /// Whether steps may be captured and replayed as graphs.
+    graphs: bool,
+    runs: GraphRuns,
 }
 
 impl<B: Backend> Session<B> {
@@ -107,7 +142,19 @@ impl<B: Backend> Session<B> {
             });
         }
         let metrics = Metrics::of(&plan);
-        Ok(Session { backend, plan, resident, metrics })
+        let held = (0..plan.num_values()).map(|_| None).collect();
+        Ok(Session { backend, plan, resident, held, metrics, graphs: true, runs: GraphRuns::default() })
+    }
+
+    /// Lets steps be captured and replayed as graphs where the backend can
+    /// (on by default), or runs every step launch by launch.
+    pub fn set_graphs(&mut self, on: bool) {
+        self.graphs = on;
+    }
+
+    /// How the steps so far ran (all direct on a backend without graphs).
+    pub fn graph_runs(&self) -> &GraphRuns {
+        &self.runs
     }
 
     /// The plan the session runs.
@@ -123,11 +170,29 @@ impl<B: Backend> Session<B> {
     /// Runs training step number `step` (0-based; dropout masks depend on
     /// it) on `batch`, and keeps the updated state on the backend.
     pub fn step(&mut self, batch: &State, step: u64, opts: &RunOptions) -> Result<StepReport, ExecError> {
-        let Session { backend, plan, resident, metrics } = self;
-        let mut feed = feeder::<B>(resident, batch);
-        let ran = run_steps(backend, plan, &mut feed, step, opts, None)?;
+        let Session { backend, plan, resident, held, metrics, graphs, runs } = self;
+        for s in plan.sources.iter().filter(|s| s.from == Feed::Batch) {
+            let t = checked(s, batch.get(&s.name))?;
+            match &mut held[s.value] {
+                Some(b) => backend.upload_into(t, b)?,
+                slot => *slot = Some(backend.upload(t)?),
+            }
+        }
+        let recording = backend.begin_step(step, *graphs);
+        let mut feed = feeder::<B>(resident, Some(held), batch);
+        let stepped = run_steps(backend, plan, &mut feed, step, opts, None).and_then(|ran| {
+            let mut vals = ran.vals;
+            own_updates(backend, plan, &mut vals)?;
+            Ok(vals)
+        });
+        // The recording ends even when the step failed, so that the device issues again.
+        let ended = recording.then(|| backend.end_step());
+        let mut vals = stepped?;
+        if let Some(run) = ended.transpose()? {
+            runs.note(run);
+        }
         let scalar = |backend: &mut B, v: Option<usize>| -> Result<Option<f32>, ExecError> {
-            v.map(|v| fetch(backend, plan, &ran.vals, v).map(|t| t.item_f32())).transpose().map(Option::flatten)
+            v.map(|v| fetch(backend, plan, &vals, v).map(|t| t.item_f32())).transpose().map(Option::flatten)
         };
         let report = StepReport {
             loss_scale: scalar(backend, metrics.loss_scale)?,
@@ -136,17 +201,18 @@ impl<B: Backend> Session<B> {
             lr: scalar(backend, metrics.lr)?,
             growth_tracker: scalar(backend, metrics.growth_tracker)?,
             loss: scalar(backend, plan.loss)?,
-            fetched: returned(backend, plan, &ran.vals, opts)?.2,
+            fetched: returned(backend, plan, &vals, opts)?.2,
         };
-        // The new state: each update's buffer moves into the resident slot
-        // (a copy only when the update is itself a source).
-        let mut vals = ran.vals;
+        // The new state: each update's buffer moves into the resident slot.
         let mut next = Vec::with_capacity(plan.updates.len());
         for &(s, v) in &plan.updates {
             let b = match vals[v].take() {
                 Some(Slot::Owned(b)) => b,
-                Some(Slot::Borrowed(b)) => backend.duplicate(b)?,
-                None => return Err(ExecError::Graph(format!("the update of `{}` is gone", plan.sources[s].name))),
+                // One value updating two states: the second gets a copy.
+                _ => match next.iter().find(|(s2, _)| plan.updates.iter().any(|&(x, w)| x == *s2 && w == v)) {
+                    Some((_, b)) => backend.duplicate(b)?,
+                    None => return Err(ExecError::Graph(format!("the update of `{}` is gone", plan.sources[s].name))),
+                },
             };
             next.push((s, b));
         }
@@ -165,7 +231,7 @@ impl<B: Backend> Session<B> {
         let wanted = fetch.iter().map(|f| plan.lookup(f)).collect::<Result<Vec<_>, _>>()?;
         let only = plan.needed_steps(&wanted);
         let opts = RunOptions { fetch: fetch.to_vec(), ..RunOptions::default() };
-        let mut feed = feeder::<B>(resident, batch);
+        let mut feed = feeder::<B>(resident, None, batch);
         let ran = run_steps(backend, plan, &mut feed, step, &opts, Some(&only))?;
         let mut out = BTreeMap::new();
         for (name, &v) in fetch.iter().zip(&wanted) {
@@ -186,13 +252,37 @@ impl<B: Backend> Session<B> {
     }
 }
 
-/// Feeds the resident state by reference and uploads the batch.
+/// Makes every update of the step a buffer of its own: one that is itself
+/// a source (the state fed in, held by reference) is copied, on the device
+/// and within the step's work.
+fn own_updates<B: Backend>(
+    backend: &mut B,
+    plan: &Plan,
+    vals: &mut [Option<Slot<'_, B::Buffer>>],
+) -> Result<(), ExecError> {
+    for &(s, v) in &plan.updates {
+        let copy = match &vals[v] {
+            Some(Slot::Owned(_)) => continue,
+            Some(Slot::Borrowed(b)) => backend.duplicate(b)?,
+            None => return Err(ExecError::Graph(format!("the update of `{}` is gone", plan.sources[s].name))),
+        };
+        vals[v] = Some(Slot::Owned(copy));
+    }
+    Ok(())
+}
+
+/// Feeds the resident state by reference, and the batch from `held` (the
+/// session's batch buffers, already written) or uploaded.
 fn feeder<'a, B: Backend>(
     resident: &'a [Option<B::Buffer>],
+    held: Option<&'a [Option<B::Buffer>]>,
     batch: &'a State,
 ) -> impl FnMut(&mut B, &Source) -> Result<Slot<'a, B::Buffer>, ExecError> + 'a {
     move |backend: &mut B, s: &Source| match s.from {
-        Feed::Batch => upload_checked(backend, s, batch.get(&s.name)).map(Slot::Owned),
+        Feed::Batch => match held.and_then(|h| h[s.value].as_ref()) {
+            Some(b) => Ok(Slot::Borrowed(b)),
+            None => upload_checked(backend, s, batch.get(&s.name)).map(Slot::Owned),
+        },
         Feed::State => resident[s.value]
             .as_ref()
             .map(Slot::Borrowed)
@@ -213,6 +303,10 @@ pub trait Trainer {
     fn state(&mut self) -> Result<State, ExecError>;
     /// Device memory in use in bytes, where the device can say (a GPU).
     fn memory_in_use(&self) -> Option<u64>;
+    /// See [`Session::set_graphs`].
+    fn set_graphs(&mut self, on: bool);
+    /// See [`Session::graph_runs`].
+    fn graph_runs(&self) -> GraphRuns;
 }
 
 impl<B: Backend> Trainer for Session<B> {
@@ -230,5 +324,30 @@ impl<B: Backend> Trainer for Session<B> {
     }
     fn memory_in_use(&self) -> Option<u64> {
         self.backend.memory_in_use()
+    }
+    fn set_graphs(&mut self, on: bool) {
+        Session::set_graphs(self, on)
+    }
+    fn graph_runs(&self) -> GraphRuns {
+        self.runs.clone()
+    }
+}
+
+impl GraphRuns {
+    /// One line for people, or None when no step was recorded (graphs off,
+    /// or a backend without them).
+    pub fn summary(&self) -> Option<String> {
+        let total = self.direct + self.captured + self.replayed;
+        if total == 0 {
+            return None;
+        }
+        let mut line = format!(
+            "cuda graphs: {} of {total} steps replayed, {} captured, {} launched one by one",
+            self.replayed, self.captured, self.direct
+        );
+        if let Some(why) = &self.last_reason {
+            line.push_str(&format!(" (the last because {why})"));
+        }
+        Some(line)
     }
 }

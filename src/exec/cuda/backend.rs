@@ -14,9 +14,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::exec::backend::{Backend, OpCtx};
+use crate::exec::backend::{Backend, OpCtx, StepRun};
 use crate::exec::fuse::Group;
-use crate::exec::rng;
 use crate::exec::run::Plan;
 use crate::exec::ExecError;
 use crate::exec::{memory, memplan};
@@ -27,6 +26,10 @@ use crate::tensor::{numel, Data, Tensor};
 use super::gpu::{Gpu, KArg, Launch};
 
 mod cnn;
+mod groups;
+mod multi_run;
+mod steps;
+use steps::{Graphs, Pinned};
 mod transformer;
 use super::launch::{self, blocks, Broadcast, THREADS};
 
@@ -43,6 +46,8 @@ enum Storage<M> {
     Pooled(Option<M>),
     /// The step arena, at `offset`.
     Arena(Rc<M>, usize),
+    /// An allocation pinned to one request of a recorded step (see [`Pinned`]).
+    Pinned(Rc<M>),
 }
 
 /// A tensor on the device.
@@ -59,6 +64,7 @@ impl<M> CudaBuffer<M> {
         match &self.storage {
             Storage::Pooled(m) => (m.as_ref().unwrap_or_else(|| unreachable!("a live buffer has its allocation")), 0),
             Storage::Arena(m, off) => (m, *off),
+            Storage::Pinned(m) => (m, 0),
         }
     }
 
@@ -108,11 +114,18 @@ struct Arena<M> {
 
 /// The CUDA backend over a device `G`.
 pub struct CudaBackend<G: Gpu> {
+    // Before the memory: a graph's addresses must not outlive their allocations.
+    graphs: Graphs<G::Graph>,
+    multi: multi_run::Multi<G::Mem>,
+    pinned: Pinned<G::Mem>,
     gpu: G,
     pool: Rc<RefCell<Pool<G::Mem>>>,
     arena: Option<Arena<G::Mem>>,
     /// Bytes of every device allocation made (arena, pool).
     allocated: u64,
+    /// The step number on the device (dropout combines its seeds there, so
+    /// that a step's arguments repeat) and the step it holds.
+    step_mem: Option<(Rc<G::Mem>, u64)>,
     /// TF32 tensor cores for f32 GEMMs (off: f32 GEMMs are exact f32).
     tf32: bool,
     /// Whether to claim fusion groups (see [`CudaBackend::with_fusion`]).
@@ -126,10 +139,14 @@ impl<G: Gpu> CudaBackend<G> {
     /// A backend on `gpu`; `tf32` allows TF32 for f32 GEMMs.
     pub fn new(gpu: G, tf32: bool) -> CudaBackend<G> {
         CudaBackend {
+            graphs: Graphs::new(),
+            multi: multi_run::Multi::new(),
+            pinned: Pinned::new(),
             gpu,
             pool: Rc::new(RefCell::new(Pool { free: HashMap::new(), allocs: 0 })),
             arena: None,
             allocated: 0,
+            step_mem: None,
             tf32,
             fuse: false,
             fused: Vec::new(),
@@ -147,6 +164,19 @@ impl<G: Gpu> CudaBackend<G> {
     /// How many fused kernels the backend runs per step.
     pub fn fused_kernels(&self) -> usize {
         self.fused.len()
+    }
+
+    /// Runs groups of optimizer and unscale nodes as one multi-tensor launch
+    /// each (on by default); set before the session opens (`prepare` finds
+    /// the groups).
+    pub fn with_multi_tensor(mut self, on: bool) -> CudaBackend<G> {
+        self.multi.enabled = on;
+        self
+    }
+
+    /// The bytes of the multi-tensor launches' tables.
+    pub fn table_bytes(&self) -> u64 {
+        self.multi.table_bytes
     }
 
     /// The device.
@@ -194,17 +224,39 @@ impl<G: Gpu> CudaBackend<G> {
     }
 
     fn scratch(&mut self, bytes: usize, ty: TensorType) -> Result<CudaBuffer<G::Mem>, ExecError> {
+        let storage = match self.pinned.next {
+            Some(i) => {
+                self.pinned.next = Some(i + 1);
+                if self.pinned.slots.len() <= i {
+                    self.pinned.slots.resize_with(i + 1, Vec::new);
+                }
+                let free = self.pinned.slots[i].iter().find(|(b, m)| *b == bytes && Rc::strong_count(m) == 1);
+                match free {
+                    Some((_, m)) => Storage::Pinned(m.clone()),
+                    None => {
+                        let m = Rc::new(self.fresh(bytes)?);
+                        self.pinned.slots[i].push((bytes, m.clone()));
+                        Storage::Pinned(m)
+                    }
+                }
+            }
+            None => Storage::Pooled(Some(self.fresh(bytes)?)),
+        };
+        Ok(CudaBuffer { storage, bytes, ty, pool: self.pool.clone() })
+    }
+
+    /// An allocation of `bytes` from the pool, or a new one.
+    fn fresh(&mut self, bytes: usize) -> Result<G::Mem, ExecError> {
         let reused = self.pool.borrow_mut().free.get_mut(&bytes).and_then(Vec::pop);
-        let mem = match reused {
-            Some(m) => m,
+        match reused {
+            Some(m) => Ok(m),
             None => {
                 self.pool.borrow_mut().allocs += 1;
                 self.allocated += bytes.max(1) as u64;
                 // At least one byte: a zero-sized allocation is an error on a GPU.
-                self.gpu.alloc(bytes.max(1)).map_err(gpu_err)?
+                self.gpu.alloc(bytes.max(1)).map_err(gpu_err)
             }
-        };
-        Ok(CudaBuffer { storage: Storage::Pooled(Some(mem)), bytes, ty, pool: self.pool.clone() })
+        }
     }
 
     /// A matmul operand whose batch axes broadcast partially against the
@@ -311,8 +363,16 @@ impl<G: Gpu> Backend for CudaBackend<G> {
         }
         let reqs = memory::requests(plan)?;
         let requests: Vec<_> = reqs.iter().map(|(_, r)| *r).collect();
-        let placed = memplan::plan(&requests)
+        let mut placed = memplan::plan(&requests)
             .ok_or_else(|| ExecError::Tensor("the step's values do not fit a 64-bit address space".into()))?;
+        // Multi-tensor groups read their members' inputs at the last member:
+        // planned with those lives lengthened, when that costs no arena byte.
+        if self.multi.enabled {
+            let longer = groups::lengthened(plan, &reqs);
+            if let Some(p) = memplan::plan(&longer).filter(|p| p.arena_bytes == placed.arena_bytes) {
+                placed = p;
+            }
+        }
         let mut offset_of = HashMap::new();
         for ((v, r), &off) in reqs.iter().zip(&placed.offsets) {
             let size = usize::try_from(r.bytes).map_err(|_| ExecError::Tensor("a value is too large".into()))?;
@@ -329,7 +389,7 @@ impl<G: Gpu> Backend for CudaBackend<G> {
         let mem = self.gpu.alloc(bytes.max(1)).map_err(gpu_err)?;
         self.allocated += bytes.max(1) as u64;
         self.arena = Some(Arena { mem: Rc::new(mem), bytes: placed.arena_bytes, at });
-        Ok(())
+        self.prepare_groups(plan, &offset_of)
     }
 
     fn claim(&mut self, plan: &Plan, groups: &[Group]) -> Result<Vec<usize>, ExecError> {
@@ -399,7 +459,14 @@ impl<G: Gpu> Backend for CudaBackend<G> {
     }
 
     fn upload(&mut self, t: &Tensor) -> Result<Self::Buffer, ExecError> {
-        let b = self.buffer(&t.ty())?;
+        self.flush_groups()?;
+        // From the pool, not pinned: an upload in the middle of a step makes
+        // it unreplayable already, and must not shift the pinned requests
+        // after it (the steps after would not repeat the ones before).
+        let pinned = self.pinned.next.take();
+        let b = self.buffer(&t.ty());
+        self.pinned.next = pinned;
+        let b = b?;
         let bytes = t.data().to_le_bytes();
         let (m, off) = b.at();
         self.gpu.write(m, off, &bytes).map_err(gpu_err)?;
@@ -407,6 +474,7 @@ impl<G: Gpu> Backend for CudaBackend<G> {
     }
 
     fn download(&mut self, b: &Self::Buffer) -> Result<Tensor, ExecError> {
+        self.flush_groups()?;
         let mut bytes = vec![0u8; b.bytes];
         let (m, off) = b.at();
         self.gpu.read(m, off, &mut bytes).map_err(gpu_err)?;
@@ -414,6 +482,7 @@ impl<G: Gpu> Backend for CudaBackend<G> {
     }
 
     fn duplicate(&mut self, b: &Self::Buffer) -> Result<Self::Buffer, ExecError> {
+        self.flush_groups()?;
         let out = self.buffer(&b.ty)?;
         let d = sfx(b.ty.dtype);
         let n = n_of(&b.ty);
@@ -424,8 +493,26 @@ impl<G: Gpu> Backend for CudaBackend<G> {
     fn keep(&mut self, b: Self::Buffer) -> Result<Self::Buffer, ExecError> {
         match b.storage {
             Storage::Arena(..) => self.duplicate(&b),
-            Storage::Pooled(_) => Ok(b),
+            Storage::Pooled(_) | Storage::Pinned(_) => Ok(b),
         }
+    }
+
+    fn upload_into(&mut self, t: &Tensor, b: &mut Self::Buffer) -> Result<(), ExecError> {
+        self.flush_groups()?;
+        if b.ty != t.ty() || matches!(b.storage, Storage::Arena(..)) {
+            *b = self.upload(t)?;
+            return Ok(());
+        }
+        let (m, off) = b.at();
+        self.gpu.write(m, off, &t.data().to_le_bytes()).map_err(gpu_err)
+    }
+
+    fn begin_step(&mut self, step: u64, record: bool) -> bool {
+        self.start_step(step, record)
+    }
+
+    fn end_step(&mut self) -> Result<StepRun, ExecError> {
+        self.finish_step()
     }
 
     fn run(
@@ -436,9 +523,20 @@ impl<G: Gpu> Backend for CudaBackend<G> {
         out_types: &[TensorType],
     ) -> Result<Vec<Self::Buffer>, ExecError> {
         let err = |message: String| ExecError::Op { node: ctx.node.to_string(), op: op.name(), message };
+        // Only a session's: its fed values are resident, so deferred reads
+        // find them (an executor's uploads die after their last reader).
+        let member = self.multi.member_of(ctx.node).filter(|_| self.multi.in_session);
+        if member.is_none() {
+            self.flush_groups()?;
+        }
         let mut outs = Vec::with_capacity(out_types.len());
         for (i, ty) in out_types.iter().enumerate() {
             outs.push(self.output(ctx.node, i, ty)?);
+        }
+        if let Some((g, k)) = member {
+            if self.note(g, k, op, inputs, &outs).map_err(err)? {
+                return Ok(outs);
+            }
         }
         self.kernel(op, ctx, inputs, &outs).map_err(err)?;
         Ok(outs)
@@ -657,10 +755,19 @@ impl<G: Gpu> CudaBackend<G> {
             Dropout { p: keep_p, seed } => {
                 arity(1)?;
                 let mask = y.get(1).ok_or("dropout has two outputs")?;
-                // The CPU's mask seed (cpu::elementwise::dropout_mask), mixed on the host.
-                let s = rng::combine(ctx.seed, rng::combine(*seed, ctx.step));
-                let args = [p(x[0]), p(o), p(mask), KArg::I64(n), KArg::U64(s), KArg::F64(*keep_p)];
-                self.launch(&format!("dropout_{t}"), n as u64, &args)
+                // The CPU's mask seed (cpu::elementwise::dropout_mask), mixed on the device.
+                let step = self.device_step(ctx.step).map_err(|e| e.to_string())?;
+                let args = [
+                    p(x[0]),
+                    p(o),
+                    p(mask),
+                    KArg::I64(n),
+                    KArg::U64(ctx.seed),
+                    KArg::U64(*seed),
+                    KArg::Ptr(&step, 0),
+                    KArg::F64(*keep_p),
+                ];
+                self.launch(&format!("dropout_step_{t}"), n as u64, &args)
             }
             DropoutGrad { p: keep_p } => {
                 arity(2)?;

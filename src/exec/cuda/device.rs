@@ -14,10 +14,12 @@ use std::sync::Arc;
 
 use cudarc::cublaslt::{result as lt, sys as ltsys};
 use cudarc::driver::{
-    result as drv, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+    result as drv, sys as drvsys, CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
+    PushKernelArg,
 };
 
 use super::gpu::{Gemm, Gpu, GpuError, KArg, Launch};
+use super::graph::{Arg, Recorder, Recording, Work};
 use super::nvrtc;
 use super::probe::{GpuInfo, Report};
 use crate::ir::types::DType;
@@ -35,6 +37,7 @@ pub struct CudaGpu {
     lt: ltsys::cublasLtHandle_t,
     workspace: CudaSlice<u8>,
     plans: HashMap<GemmKey, LtPlan>,
+    rec: Recorder,
 }
 
 impl CudaGpu {
@@ -47,7 +50,8 @@ impl CudaGpu {
         // multi-stream safety) are only overhead.
         // SAFETY: no other stream is ever used with these buffers.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of its own: the legacy default stream cannot be captured into a graph.
+        let stream = ctx.new_stream().map_err(err("cannot create a CUDA stream"))?;
         let modules = nvrtc::compile(&info.arch())?;
         let mut functions = HashMap::new();
         for m in modules.iter() {
@@ -63,7 +67,7 @@ impl CudaGpu {
         // NVIDIA's advice for the workspace: 32 MiB on Hopper, 4 MiB before.
         let ws = if info.capability.0 >= 9 { 32 << 20 } else { 4 << 20 };
         let workspace = stream.alloc_zeros::<u8>(ws).map_err(err("cuBLASLt workspace"))?;
-        Ok(CudaGpu { info, ctx, stream, functions, lt, workspace, plans: HashMap::new() })
+        Ok(CudaGpu { info, ctx, stream, functions, lt, workspace, plans: HashMap::new(), rec: Recorder::default() })
     }
 
     /// The GPU this runs on.
@@ -85,6 +89,90 @@ impl CudaGpu {
         }
         let (p, _sync) = m.device_ptr(&self.stream);
         Ok(p + offset as u64)
+    }
+
+    fn run_one(&mut self, w: &Work) -> Result<(), GpuError> {
+        match w {
+            Work::Launch { name, cfg, args } => self.run_launch(name, *cfg, args),
+            Work::Gemm { gemm, a, b, c } => self.run_gemm(gemm, *a, *b, *c),
+        }
+    }
+
+    /// A read or write: what a recording kept so far is issued first.
+    fn flush(&mut self, what: &str) -> Result<(), GpuError> {
+        let work = self.rec.interrupt(what);
+        work.iter().try_for_each(|w| self.run_one(w))
+    }
+
+    fn run_launch(&mut self, name: &str, cfg: Launch, args: &[Arg]) -> Result<(), GpuError> {
+        let f = self.functions.get(name).ok_or_else(|| GpuError(format!("no kernel named `{name}` was loaded")))?;
+        let vals: Vec<Val> = args
+            .iter()
+            .map(|a| match *a {
+                Arg::Ptr(x) | Arg::U64(x) => Val::U64(x),
+                Arg::I32(x) => Val::I32(x),
+                Arg::U32(x) => Val::U32(x),
+                Arg::I64(x) => Val::I64(x),
+                Arg::F32(x) => Val::F32(f32::from_bits(x)),
+                Arg::F64(x) => Val::F64(f64::from_bits(x)),
+            })
+            .collect();
+        let mut b = self.stream.launch_builder(f);
+        for v in &vals {
+            match v {
+                Val::U64(x) => b.arg(x),
+                Val::I32(x) => b.arg(x),
+                Val::U32(x) => b.arg(x),
+                Val::I64(x) => b.arg(x),
+                Val::F32(x) => b.arg(x),
+                Val::F64(x) => b.arg(x),
+            };
+        }
+        let lc = LaunchConfig {
+            grid_dim: (cfg.grid[0], cfg.grid[1], cfg.grid[2]),
+            block_dim: (cfg.block[0], cfg.block[1], cfg.block[2]),
+            shared_mem_bytes: cfg.shared_bytes,
+        };
+        // SAFETY: the arguments follow the kernel's parameter list (the
+        // backend's launch table, checked against the same sources in the
+        // emulation); pointers were inside their allocations when recorded,
+        // and recorded work runs only while those allocations are the ones
+        // the step holds (see `Gpu::replay`).
+        unsafe { b.launch(lc) }.map(|_| ()).map_err(|e| GpuError(format!("launch of {name}: {e:?}")))
+    }
+
+    fn run_gemm(&mut self, g: &Gemm, pa: u64, pb: u64, pc: u64) -> Result<(), GpuError> {
+        let shape = LtShape::of(g)?;
+        let key = GemmKey::of(g);
+        if !self.plans.contains_key(&key) {
+            let plan = LtPlan::new(self.lt, &shape, self.workspace.len())?;
+            self.plans.insert(key.clone(), plan);
+        }
+        let plan = &self.plans[&key];
+        let (w, _sync) = self.workspace.device_ptr(&self.stream);
+        // SAFETY: operands were inside their allocations (checked for the
+        // whole batch when recorded); the plan was made for exactly this shape.
+        unsafe {
+            lt::matmul(
+                self.lt,
+                plan.desc,
+                &g.alpha as *const f32 as *const c_void,
+                &g.beta as *const f32 as *const c_void,
+                pa as *const c_void,
+                plan.a,
+                pb as *const c_void,
+                plan.b,
+                pc as *const c_void,
+                plan.c,
+                pc as *mut c_void,
+                plan.c,
+                &plan.algo,
+                w as *mut c_void,
+                self.workspace.len(),
+                self.stream.cu_stream() as ltsys::cudaStream_t,
+            )
+        }
+        .map_err(|e| GpuError(format!("cublasLtMatmul {}x{}x{} (batch {}): {e:?}", g.m, g.n, g.k, g.batch)))
     }
 }
 
@@ -127,6 +215,7 @@ impl Gpu for CudaGpu {
     }
 
     fn write(&mut self, dst: &CudaSlice<u8>, offset: usize, src: &[u8]) -> Result<(), GpuError> {
+        self.flush("writes device memory from the host")?;
         let p = self.ptr(dst, offset, src.len())?;
         // SAFETY: p..p+len is inside `dst` (checked); from pageable memory the
         // driver stages `src` before returning, so it may go away after.
@@ -134,46 +223,35 @@ impl Gpu for CudaGpu {
     }
 
     fn read(&mut self, src: &CudaSlice<u8>, offset: usize, dst: &mut [u8]) -> Result<(), GpuError> {
+        self.flush("reads a device value on the host")?;
         let p = self.ptr(src, offset, dst.len())?;
         // SAFETY: as in `write`; the synchronize keeps `dst` borrowed until the copy is done.
         unsafe { drv::memcpy_dtoh_async(dst, p, self.stream.cu_stream()) }.map_err(err("device to host copy"))?;
         self.sync()
     }
 
+    fn address(&self, m: &CudaSlice<u8>, offset: usize) -> Result<u64, GpuError> {
+        self.ptr(m, offset, 0)
+    }
+
     fn launch(&mut self, name: &str, cfg: Launch, args: &[KArg<'_, CudaSlice<u8>>]) -> Result<(), GpuError> {
-        let f = self.functions.get(name).ok_or_else(|| GpuError(format!("no kernel named `{name}` was loaded")))?;
-        let mut vals = Vec::with_capacity(args.len());
+        let mut bits = Vec::with_capacity(args.len());
         for a in args {
-            vals.push(match *a {
-                KArg::Ptr(m, off) => Val::U64(self.ptr(m, off, 0)?),
-                KArg::I32(v) => Val::I32(v),
-                KArg::U32(v) => Val::U32(v),
-                KArg::I64(v) => Val::I64(v),
-                KArg::U64(v) => Val::U64(v),
-                KArg::F32(v) => Val::F32(v),
-                KArg::F64(v) => Val::F64(v),
+            bits.push(match *a {
+                KArg::Ptr(m, off) => Arg::Ptr(self.ptr(m, off, 0)?),
+                KArg::Addr(a) => Arg::Ptr(a),
+                KArg::I32(v) => Arg::I32(v),
+                KArg::U32(v) => Arg::U32(v),
+                KArg::I64(v) => Arg::I64(v),
+                KArg::U64(v) => Arg::U64(v),
+                KArg::F32(v) => Arg::F32(v.to_bits()),
+                KArg::F64(v) => Arg::F64(v.to_bits()),
             });
         }
-        let mut b = self.stream.launch_builder(f);
-        for v in &vals {
-            match v {
-                Val::U64(x) => b.arg(x),
-                Val::I32(x) => b.arg(x),
-                Val::U32(x) => b.arg(x),
-                Val::I64(x) => b.arg(x),
-                Val::F32(x) => b.arg(x),
-                Val::F64(x) => b.arg(x),
-            };
+        match self.rec.keep(Work::Launch { name: name.to_string(), cfg, args: bits }) {
+            Some(w) => self.run_one(&w),
+            None => Ok(()),
         }
-        let lc = LaunchConfig {
-            grid_dim: (cfg.grid[0], cfg.grid[1], cfg.grid[2]),
-            block_dim: (cfg.block[0], cfg.block[1], cfg.block[2]),
-            shared_mem_bytes: cfg.shared_bytes,
-        };
-        // SAFETY: the arguments follow the kernel's parameter list (the
-        // backend's launch table, checked against the same sources in the
-        // emulation); pointers are inside their allocations.
-        unsafe { b.launch(lc) }.map(|_| ()).map_err(|e| GpuError(format!("launch of {name}: {e:?}")))
     }
 
     fn load(&mut self, names: &[String], source: &str) -> Result<(), GpuError> {
@@ -201,44 +279,58 @@ impl Gpu for CudaGpu {
         c: (&CudaSlice<u8>, usize),
     ) -> Result<(), GpuError> {
         let shape = LtShape::of(g)?;
-        let key = GemmKey::of(g);
-        if !self.plans.contains_key(&key) {
-            let plan = LtPlan::new(self.lt, &shape, self.workspace.len())?;
-            self.plans.insert(key.clone(), plan);
-        }
-        let plan = &self.plans[&key];
         let [sa, sb, sc] = shape.spans();
         let pa = self.ptr(a.0, a.1, sa)?;
         let pb = self.ptr(b.0, b.1, sb)?;
         let pc = self.ptr(c.0, c.1, sc)?;
-        let (w, _sync) = self.workspace.device_ptr(&self.stream);
-        // SAFETY: operands are inside their allocations (checked above for the
-        // whole batch); the plan was made for exactly this shape.
-        unsafe {
-            lt::matmul(
-                self.lt,
-                plan.desc,
-                &g.alpha as *const f32 as *const c_void,
-                &g.beta as *const f32 as *const c_void,
-                pa as *const c_void,
-                plan.a,
-                pb as *const c_void,
-                plan.b,
-                pc as *const c_void,
-                plan.c,
-                pc as *mut c_void,
-                plan.c,
-                &plan.algo,
-                w as *mut c_void,
-                self.workspace.len(),
-                self.stream.cu_stream() as ltsys::cudaStream_t,
-            )
+        match self.rec.keep(Work::Gemm { gemm: g.clone(), a: pa, b: pb, c: pc }) {
+            Some(w) => self.run_one(&w),
+            None => Ok(()),
         }
-        .map_err(|e| GpuError(format!("cublasLtMatmul {}x{}x{} (batch {}): {e:?}", g.m, g.n, g.k, g.batch)))
     }
 
     fn sync(&mut self) -> Result<(), GpuError> {
+        self.flush("waits for the device")?;
         self.stream.synchronize().map_err(err("stream synchronize"))
+    }
+
+    type Graph = CudaGraph;
+
+    fn start_recording(&mut self) {
+        self.rec.start();
+    }
+
+    fn stop_recording(&mut self) -> Recording {
+        self.rec.stop()
+    }
+
+    fn run_work(&mut self, work: &[Work]) -> Result<(), GpuError> {
+        work.iter().try_for_each(|w| self.run_one(w))
+    }
+
+    fn capture(&mut self, work: &[Work]) -> Result<CudaGraph, GpuError> {
+        // The GEMM plans are made before capturing: their heuristic query is not stream work.
+        for w in work {
+            if let Work::Gemm { gemm, .. } = w {
+                let key = GemmKey::of(gemm);
+                if !self.plans.contains_key(&key) {
+                    let plan = LtPlan::new(self.lt, &LtShape::of(gemm)?, self.workspace.len())?;
+                    self.plans.insert(key, plan);
+                }
+            }
+        }
+        self.stream
+            .begin_capture(drvsys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL)
+            .map_err(err("cuStreamBeginCapture"))?;
+        let issued = self.run_work(work);
+        // Capture ends whatever happened, so that the stream is usable again.
+        let ended = self.stream.end_capture(drvsys::CUgraphInstantiate_flags(0)).map_err(err("cuStreamEndCapture"));
+        issued?;
+        ended?.ok_or_else(|| GpuError("the stream capture was invalidated (no graph came back)".into()))
+    }
+
+    fn replay(&mut self, g: &CudaGraph) -> Result<(), GpuError> {
+        g.launch().map_err(err("cuGraphLaunch"))
     }
 }
 

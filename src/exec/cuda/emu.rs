@@ -21,14 +21,17 @@
 //! allocation's bytes at any time.
 
 use std::alloc::{self, Layout};
+use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::fmt::Write as _;
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use half::{bf16, f16};
 
 use super::gpu::{Gemm, Gpu, GpuError, KArg, Launch};
+use super::graph::{Arg, Recorder, Recording, Work};
 use crate::ir::types::DType;
 
 /// `struct MpcEmuLaunch` of `kernels/emu/simt.h`: what `mpc_emu_<name>`
@@ -71,6 +74,11 @@ const ALIGN: usize = 256;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// The live allocations of one emulated device, by address: start -> length.
+/// Recorded work holds addresses, not allocations, so running it checks
+/// each address here (a freed allocation is an error, not a stray write).
+type Live = Arc<Mutex<BTreeMap<usize, usize>>>;
+
 /// The emulated device. Launches run on the calling thread (blocks one after
 /// the other, each block's threads as fibers); GEMMs run on the CPU in f32.
 #[derive(Debug)]
@@ -78,6 +86,22 @@ pub struct EmuGpu {
     id: u64,
     /// Generated kernels loaded by [`Gpu::load`], by name.
     loaded: std::collections::HashMap<String, super::emu_jit::Loaded>,
+    live: Live,
+    rec: Recorder,
+}
+
+/// A captured step of the emulation: the recorded work, replayed as it was.
+#[derive(Debug)]
+pub struct EmuGraph {
+    gpu: u64,
+    work: Vec<Work>,
+}
+
+impl EmuGraph {
+    /// The launches and GEMMs the graph replays.
+    pub fn work(&self) -> &[Work] {
+        &self.work
+    }
 }
 
 impl Default for EmuGpu {
@@ -88,7 +112,12 @@ impl Default for EmuGpu {
 
 impl EmuGpu {
     pub fn new() -> EmuGpu {
-        EmuGpu { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), loaded: Default::default() }
+        EmuGpu {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            loaded: Default::default(),
+            live: Live::default(),
+            rec: Recorder::default(),
+        }
     }
 
     /// The names of the kernels the emulation has, sorted.
@@ -115,6 +144,90 @@ impl EmuGpu {
             ))),
         }
     }
+
+    /// `bytes` bytes at address `addr`, checked to lie in one live
+    /// allocation of this device (`bytes` = 0: a pointer into or one past one).
+    fn region(&self, addr: usize, bytes: usize, what: &str) -> Result<*mut u8, GpuError> {
+        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some((&start, &len)) = live.range(..=addr).next_back().filter(|(&start, &len)| addr - start <= len) else {
+            return Err(GpuError(format!("{what}: address {addr:#x} is not inside a live allocation of this device")));
+        };
+        let offset = addr - start;
+        match offset.checked_add(bytes) {
+            Some(end) if end <= len => Ok(addr as *mut u8),
+            _ => Err(GpuError(format!(
+                "{what}: {bytes} bytes at offset {offset} do not fit the allocation of {len} bytes"
+            ))),
+        }
+    }
+
+    /// Runs one recorded launch.
+    fn run_launch(&mut self, name: &str, cfg: Launch, args: &[Arg]) -> Result<(), GpuError> {
+        let (kernel, error): (EmuKernel, super::emu_jit::LastError) = match table::find(name) {
+            Some(k) => (k, mpc_emu_last_error),
+            None => self.loaded.get(name).map(|l| (l.kernel, l.last_error)).ok_or_else(|| unknown_kernel(name))?,
+        };
+        let mut slots = Vec::with_capacity(args.len());
+        let mut kinds = Vec::with_capacity(args.len());
+        for (i, arg) in args.iter().enumerate() {
+            let (slot, kind) = match *arg {
+                Arg::Ptr(a) => {
+                    let addr = usize::try_from(a)
+                        .map_err(|_| GpuError(format!("kernel {name}, argument {i}: address {a:#x}")))?;
+                    let p = self.region(addr, 0, &format!("kernel {name}, argument {i}"))?;
+                    (Slot { ptr: p.cast() }, ARG_PTR)
+                }
+                Arg::I32(v) => (Slot { i32: v }, ARG_I32),
+                Arg::U32(v) => (Slot { u32: v }, ARG_U32),
+                Arg::I64(v) => (Slot { i64: v }, ARG_I64),
+                Arg::U64(v) => (Slot { u64: v }, ARG_U64),
+                Arg::F32(v) => (Slot { f32: f32::from_bits(v) }, ARG_F32),
+                Arg::F64(v) => (Slot { f64: f64::from_bits(v) }, ARG_F64),
+            };
+            slots.push(slot);
+            kinds.push(kind);
+        }
+        let num_args =
+            u32::try_from(args.len()).map_err(|_| GpuError(format!("kernel {name}: {} arguments", args.len())))?;
+        let mut argv: Vec<*mut c_void> = slots.iter_mut().map(|s| ptr::from_mut(s).cast::<c_void>()).collect();
+        let launch = MpcEmuLaunch {
+            grid: cfg.grid,
+            block: cfg.block,
+            shared_bytes: cfg.shared_bytes,
+            num_args,
+            arg_kinds: kinds.as_ptr(),
+        };
+        // SAFETY: `kernel` has the EmuKernel signature (declared so by
+        // build.rs from MPC_EXPORT, which defines it). `launch` and `argv`
+        // live across the call; argv[i] points to slots[i], which holds a
+        // value of the kind kinds[i] says, and the C side checks those kinds
+        // against the kernel's parameter types before reading any. Pointer
+        // arguments are addresses within live allocations of this device
+        // (checked above; `&mut self` keeps any from being freed meanwhile),
+        // reached only through raw pointers (see the module documentation).
+        // What the kernel then does with them is the kernel's contract, as
+        // with any foreign code: kernels/*.cu are part of this crate and are
+        // tested here.
+        let rc = unsafe { kernel(&launch, argv.as_mut_ptr()) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(GpuError(format!("emulated launch: {}", last_error(error))))
+        }
+    }
+
+    fn run_one(&mut self, w: &Work) -> Result<(), GpuError> {
+        match w {
+            Work::Launch { name, cfg, args } => self.run_launch(name, *cfg, args),
+            Work::Gemm { gemm, a, b, c } => self.run_gemm(gemm, [*a, *b, *c]),
+        }
+    }
+
+    /// A read or write: what a recording kept so far is issued first.
+    fn flush(&mut self, what: &str) -> Result<(), GpuError> {
+        let work = self.rec.interrupt(what);
+        self.run_work(&work)
+    }
 }
 
 /// One allocation of an [`EmuGpu`]: `len` zeroed bytes aligned to 256.
@@ -124,6 +237,7 @@ pub struct EmuMem {
     len: usize,
     layout: Layout,
     gpu: u64,
+    live: Live,
 }
 
 // SAFETY: an EmuMem owns its buffer; moving it to another thread moves that
@@ -143,6 +257,7 @@ impl EmuMem {
 
 impl Drop for EmuMem {
     fn drop(&mut self) {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner).remove(&(self.ptr.as_ptr() as usize));
         // SAFETY: allocated in EmuGpu::alloc with this layout, freed once.
         unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) }
     }
@@ -274,10 +389,12 @@ impl Gpu for EmuGpu {
         let ptr = unsafe { alloc::alloc_zeroed(layout) };
         let ptr =
             NonNull::new(ptr).ok_or_else(|| GpuError(format!("emulated alloc: out of host memory ({bytes} bytes)")))?;
-        Ok(EmuMem { ptr, len: bytes, layout, gpu: self.id })
+        self.live.lock().unwrap_or_else(PoisonError::into_inner).insert(ptr.as_ptr() as usize, bytes);
+        Ok(EmuMem { ptr, len: bytes, layout, gpu: self.id, live: self.live.clone() })
     }
 
     fn write(&mut self, dst: &EmuMem, offset: usize, src: &[u8]) -> Result<(), GpuError> {
+        self.flush("writes device memory from the host")?;
         let p = self.span(dst, offset, src.len(), "emulated write")?;
         // SAFETY: `p` is valid for src.len() bytes (checked); `src` cannot
         // overlap the allocation, whose bytes no reference ever covers.
@@ -286,21 +403,25 @@ impl Gpu for EmuGpu {
     }
 
     fn read(&mut self, src: &EmuMem, offset: usize, dst: &mut [u8]) -> Result<(), GpuError> {
+        self.flush("reads a device value on the host")?;
         let p = self.span(src, offset, dst.len(), "emulated read")?;
         // SAFETY: as in `write`.
         unsafe { ptr::copy_nonoverlapping(p, dst.as_mut_ptr(), dst.len()) };
         Ok(())
     }
 
+    fn address(&self, m: &EmuMem, offset: usize) -> Result<u64, GpuError> {
+        self.own(m, "address")?;
+        match offset <= m.len {
+            true => Ok((m.ptr.as_ptr() as usize + offset) as u64),
+            false => Err(GpuError(format!("address: offset {offset} is past the end of an allocation of {}", m.len))),
+        }
+    }
+
     fn launch(&mut self, name: &str, cfg: Launch, args: &[KArg<'_, EmuMem>]) -> Result<(), GpuError> {
-        let (kernel, error): (EmuKernel, super::emu_jit::LastError) = match table::find(name) {
-            Some(k) => (k, mpc_emu_last_error),
-            None => self.loaded.get(name).map(|l| (l.kernel, l.last_error)).ok_or_else(|| unknown_kernel(name))?,
-        };
-        let mut slots = Vec::with_capacity(args.len());
-        let mut kinds = Vec::with_capacity(args.len());
+        let mut bits = Vec::with_capacity(args.len());
         for (i, arg) in args.iter().enumerate() {
-            let (slot, kind) = match *arg {
+            bits.push(match *arg {
                 KArg::Ptr(m, offset) => {
                     // One past the end is a valid pointer (a kernel given an
                     // empty range); the kernel's own accesses are its business,
@@ -313,43 +434,20 @@ impl Gpu for EmuGpu {
                             m.len
                         )));
                     }
-                    (Slot { ptr: m.ptr.as_ptr().wrapping_add(offset).cast() }, ARG_PTR)
+                    Arg::Ptr((m.ptr.as_ptr() as usize + offset) as u64)
                 }
-                KArg::I32(v) => (Slot { i32: v }, ARG_I32),
-                KArg::U32(v) => (Slot { u32: v }, ARG_U32),
-                KArg::I64(v) => (Slot { i64: v }, ARG_I64),
-                KArg::U64(v) => (Slot { u64: v }, ARG_U64),
-                KArg::F32(v) => (Slot { f32: v }, ARG_F32),
-                KArg::F64(v) => (Slot { f64: v }, ARG_F64),
-            };
-            slots.push(slot);
-            kinds.push(kind);
+                KArg::Addr(a) => Arg::Ptr(a),
+                KArg::I32(v) => Arg::I32(v),
+                KArg::U32(v) => Arg::U32(v),
+                KArg::I64(v) => Arg::I64(v),
+                KArg::U64(v) => Arg::U64(v),
+                KArg::F32(v) => Arg::F32(v.to_bits()),
+                KArg::F64(v) => Arg::F64(v.to_bits()),
+            });
         }
-        let num_args =
-            u32::try_from(args.len()).map_err(|_| GpuError(format!("kernel {name}: {} arguments", args.len())))?;
-        let mut argv: Vec<*mut c_void> = slots.iter_mut().map(|s| ptr::from_mut(s).cast::<c_void>()).collect();
-        let launch = MpcEmuLaunch {
-            grid: cfg.grid,
-            block: cfg.block,
-            shared_bytes: cfg.shared_bytes,
-            num_args,
-            arg_kinds: kinds.as_ptr(),
-        };
-        // SAFETY: `kernel` has the EmuKernel signature (declared so by
-        // build.rs from MPC_EXPORT, which defines it). `launch` and `argv`
-        // live across the call; argv[i] points to slots[i], which holds a
-        // value of the kind kinds[i] says, and the C side checks those kinds
-        // against the kernel's parameter types before reading any. Pointer
-        // arguments are addresses within live allocations (borrowed for the
-        // call), reached only through raw pointers (see the module
-        // documentation). What the kernel then does with them is the
-        // kernel's contract, as with any foreign code: kernels/*.cu are
-        // part of this crate and are tested here.
-        let rc = unsafe { kernel(&launch, argv.as_mut_ptr()) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(GpuError(format!("emulated launch: {}", last_error(error))))
+        match self.rec.keep(Work::Launch { name: name.to_string(), cfg, args: bits }) {
+            Some(w) => self.run_one(&w),
+            None => Ok(()),
         }
     }
 
@@ -379,6 +477,54 @@ impl Gpu for EmuGpu {
         b: (&EmuMem, usize),
         c: (&EmuMem, usize),
     ) -> Result<(), GpuError> {
+        let mut at = [0u64; 3];
+        for ((mem, offset), (addr, name)) in [a, b, c].into_iter().zip(at.iter_mut().zip(["A", "B", "C"])) {
+            let what = format!("emulated gemm, {name}");
+            self.own(mem, &what)?;
+            if offset > mem.len {
+                return Err(GpuError(format!("{what}: byte offset {offset} is past the end of its allocation")));
+            }
+            *addr = (mem.ptr.as_ptr() as usize + offset) as u64;
+        }
+        match self.rec.keep(Work::Gemm { gemm: g.clone(), a: at[0], b: at[1], c: at[2] }) {
+            Some(w) => self.run_one(&w),
+            None => Ok(()),
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), GpuError> {
+        self.flush("waits for the device")
+    }
+
+    type Graph = EmuGraph;
+
+    fn start_recording(&mut self) {
+        self.rec.start();
+    }
+
+    fn stop_recording(&mut self) -> Recording {
+        self.rec.stop()
+    }
+
+    fn run_work(&mut self, work: &[Work]) -> Result<(), GpuError> {
+        work.iter().try_for_each(|w| self.run_one(w))
+    }
+
+    fn capture(&mut self, work: &[Work]) -> Result<EmuGraph, GpuError> {
+        Ok(EmuGraph { gpu: self.id, work: work.to_vec() })
+    }
+
+    fn replay(&mut self, g: &EmuGraph) -> Result<(), GpuError> {
+        if g.gpu != self.id {
+            return Err(GpuError("replay: the graph was captured on another emulated device".into()));
+        }
+        self.run_work(&g.work)
+    }
+}
+
+impl EmuGpu {
+    /// Runs a recorded GEMM on the device addresses of A, B and C.
+    fn run_gemm(&mut self, g: &Gemm, at: [u64; 3]) -> Result<(), GpuError> {
         let err = |msg: String| GpuError(format!("emulated gemm: {msg}"));
         match (g.ab, g.c) {
             (DType::F32, DType::F32)
@@ -397,10 +543,10 @@ impl Gpu for EmuGpu {
             Operand { name: "B", dtype: g.ab, rows: rb, cols: cb, ld: g.ldb, stride: g.stride_b },
             Operand { name: "C", dtype: g.c, rows: g.m, cols: g.n, ld: g.ldc, stride: g.stride_c },
         ];
-        let mems = [a, b, c];
         let mut bases = [ptr::null_mut::<u8>(); 3];
         let mut spans = [0usize; 3];
-        for ((op, (mem, offset)), (base, span)) in ops.iter().zip(mems).zip(bases.iter_mut().zip(spans.iter_mut())) {
+        for ((op, addr), (base, span)) in ops.iter().zip(at).zip(bases.iter_mut().zip(spans.iter_mut())) {
+            let offset = usize::try_from(addr).map_err(|_| err(format!("address {addr:#x}")))?;
             let name = op.name;
             if op.ld < op.rows.max(1) {
                 return Err(err(format!(
@@ -411,8 +557,9 @@ impl Gpu for EmuGpu {
                 )));
             }
             let size = op.dtype.size_bytes();
+            // Allocations are 256-aligned: the address's alignment is the offset's.
             if offset % size != 0 {
-                return Err(err(format!("{name} at byte offset {offset} is not aligned to its {size}-byte elements")));
+                return Err(err(format!("{name} at address {offset:#x} is not aligned to its {size}-byte elements")));
             }
             let one = op.span().ok_or_else(|| err(format!("{name}'s extent overflows")))?;
             // Elements from the first matrix's start to the last one's end.
@@ -424,7 +571,7 @@ impl Gpu for EmuGpu {
             let bytes = to_usize(total, name)?
                 .checked_mul(size)
                 .ok_or_else(|| err(format!("{name}'s extent over the batch overflows")))?;
-            *base = self.span(mem, offset, bytes, &format!("emulated gemm, {name}"))?;
+            *base = self.region(offset, bytes, &format!("emulated gemm, {name}"))?;
             *span = to_usize(one, name)?;
         }
         if g.batch > 1 && g.m > 0 && g.n > 0 && g.stride_c < ops[2].span().unwrap_or(u64::MAX) {
@@ -489,10 +636,6 @@ impl Gpu for EmuGpu {
                 unsafe { store(dst, &col[..m], g.c) };
             }
         }
-        Ok(())
-    }
-
-    fn sync(&mut self) -> Result<(), GpuError> {
         Ok(())
     }
 }

@@ -10,6 +10,8 @@
 
 use crate::ir::types::DType;
 
+use super::graph::{Recording, Work};
+
 /// An error from the device layer (driver, NVRTC, cuBLASLt, emulation).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]
@@ -37,6 +39,9 @@ impl Launch {
 #[derive(Debug)]
 pub enum KArg<'a, M> {
     Ptr(&'a M, usize),
+    /// A device address from [`Gpu::address`] (a table's, or a buffer's
+    /// noted earlier in the step); the emulation checks it when it runs.
+    Addr(u64),
     I32(i32),
     U32(u32),
     I64(i64),
@@ -101,6 +106,10 @@ pub trait Gpu {
     /// work issued before).
     fn read(&mut self, src: &Self::Mem, offset: usize, dst: &mut [u8]) -> Result<(), GpuError>;
 
+    /// The device address of byte `offset` of `m` (for tables of pointers
+    /// that kernels read, see `multi`).
+    fn address(&self, m: &Self::Mem, offset: usize) -> Result<u64, GpuError>;
+
     /// Launches the kernel `name` (an `extern "C"` name from kernels/*.cu).
     fn launch(&mut self, name: &str, cfg: Launch, args: &[KArg<'_, Self::Mem>]) -> Result<(), GpuError>;
 
@@ -128,4 +137,29 @@ pub trait Gpu {
     fn memory_in_use(&self) -> Option<u64> {
         None
     }
+
+    /// A captured list of work, replayable ([`Gpu::capture`]).
+    type Graph;
+
+    /// Starts recording: launches and GEMMs are kept as [`Work`] (their
+    /// arguments resolved to bits) instead of issued, until
+    /// [`Gpu::stop_recording`]. A `read` or `write` meanwhile issues what
+    /// was kept first and marks the recording as not replayable.
+    fn start_recording(&mut self);
+
+    /// Stops recording and returns what was kept.
+    fn stop_recording(&mut self) -> Recording;
+
+    /// Issues recorded work, as the calls it was recorded from would have.
+    fn run_work(&mut self, work: &[Work]) -> Result<(), GpuError>;
+
+    /// Makes a replayable graph of `work` (a CUDA graph; the emulation keeps
+    /// the list) without running it.
+    fn capture(&mut self, work: &[Work]) -> Result<Self::Graph, GpuError>;
+
+    /// Runs a captured graph. The allocations its work points into must be
+    /// the live ones the work was recorded on: the caller replays only a
+    /// graph whose work it has just recorded again, bit for bit (the
+    /// emulation checks every address against its live allocations).
+    fn replay(&mut self, g: &Self::Graph) -> Result<(), GpuError>;
 }
