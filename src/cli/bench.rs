@@ -7,15 +7,16 @@ use std::time::Instant;
 
 use mpc::exec::RunOptions;
 
-use crate::{cost, load_for_training, open_session, DeviceArgs, TrainPrecision};
+use crate::{cost, load_for_training, open_session, DeviceArgs};
+use mpc::train::setup::Precision;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// The graph file (JSON, format mpc/1).
     model: PathBuf,
     /// The precisions to time, in order (repeatable) [default: fp32, fp16, bf16].
-    #[arg(long, value_enum)]
-    precision: Vec<TrainPrecision>,
+    #[arg(long, value_parser = crate::choice::of::<Precision>())]
+    precision: Vec<Precision>,
     /// Steps timed, after the warmup.
     #[arg(long, default_value_t = 10)]
     steps: u64,
@@ -42,7 +43,7 @@ pub fn bench(args: BenchArgs) -> Result<(), miette::Report> {
         crate::usage_error("--steps: time at least one step".into());
     }
     let precisions = match args.precision.is_empty() {
-        true => vec![TrainPrecision::Fp32, TrainPrecision::Fp16, TrainPrecision::Bf16],
+        true => vec![Precision::Fp32, Precision::Fp16, Precision::Bf16],
         false => args.precision.clone(),
     };
     let at = |e: &dyn std::fmt::Display| miette::Report::msg(format!("{}: {e}", args.model.display()));

@@ -5,7 +5,8 @@ use std::path::Path;
 
 use mpc::cost::{self, Estimate, Gpu, Kernel};
 
-use crate::{load_for_training, TrainPrecision};
+use crate::load_for_training;
+use mpc::train::setup::Precision;
 
 /// How many of the slowest kernels are listed.
 const TOP: usize = 12;
@@ -23,9 +24,7 @@ pub fn gpu(name: &str) -> Gpu {
 
 pub fn explain_cost(model: &Path, gpu: Gpu, tf32: bool, json: bool) -> Result<(), miette::Report> {
     let mut rows: Vec<(&str, Vec<Kernel>, Estimate)> = Vec::new();
-    for (name, precision) in
-        [("fp32", TrainPrecision::Fp32), ("fp16", TrainPrecision::Fp16), ("bf16", TrainPrecision::Bf16)]
-    {
+    for (name, precision) in [("fp32", Precision::Fp32), ("fp16", Precision::Fp16), ("bf16", Precision::Bf16)] {
         let (_, g) = load_for_training(model, precision, None, None, &[], None)?;
         let ks = cost::kernels(&g);
         let e = cost::estimate(&ks, &gpu, tf32);

@@ -9,6 +9,7 @@ use mpc::diag::problems_report;
 use mpc::format::load::load;
 use mpc::io::write_atomic;
 use mpc::passes;
+use mpc::train::setup::{precision_table, Precision};
 
 mod bench;
 mod choice;
@@ -249,12 +250,7 @@ struct DeviceArgs {
 impl DeviceArgs {
     /// The planned step memory of `g`, refused above `--max-memory`.
     fn plan_memory(&self, g: &mpc::Graph, seed: u64) -> Result<mpc::exec::memory::MemoryReport, miette::Report> {
-        let msg = |e: String| miette::Report::msg(e);
-        let r = mpc::exec::Plan::new(g, seed)
-            .and_then(|p| mpc::exec::memory::report(&p))
-            .map_err(|e| msg(e.to_string()))?;
-        mpc::exec::memory::check_limit("a training step of this graph", r.peak(), self.max_memory).map_err(msg)?;
-        Ok(r)
+        mpc::train::setup::plan_memory(g, seed, self.max_memory).map_err(miette::Report::msg)
     }
 }
 
@@ -324,7 +320,7 @@ fn gen(cmd: GenCommand) -> Result<(), miette::Report> {
 
 /// `mpc plan`: the planned step memory in each precision.
 fn plan(model: &std::path::Path) -> Result<(), miette::Report> {
-    for precision in [TrainPrecision::Fp32, TrainPrecision::Fp16, TrainPrecision::Bf16] {
+    for precision in [Precision::Fp32, Precision::Fp16, Precision::Bf16] {
         let (_, g) = load_for_training(model, precision, None, None, &[], None)?;
         let r = mpc::exec::Plan::new(&g, 0)
             .and_then(|p| mpc::exec::memory::report(&p))
@@ -339,23 +335,6 @@ fn plan(model: &std::path::Path) -> Result<(), miette::Report> {
 enum TableType {
     Fp16,
     Bf16,
-}
-
-/// The default table for `low`, with a table file applied.
-fn precision_table(low: mpc::DType, file: Option<&std::path::Path>) -> Result<passes::Table, miette::Report> {
-    let mut table = passes::Table::default_for(low);
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| miette::Report::msg(format!("cannot read {}: {e}", path.display())))?;
-        let name = path.display().to_string();
-        table.apply_file(&text).map_err(|e| match e {
-            passes::table_file::TableFileError::Syntax { line, column, message } => {
-                miette::Report::new(mpc::diag::syntax_report(&name, &text, line, column, message))
-            }
-            passes::table_file::TableFileError::Problems(problems) => problems_report(&name, &text, &problems),
-        })?;
-    }
-    Ok(table)
 }
 
 /// `mpc table`: the classes, what they mean and their ops.
@@ -394,13 +373,6 @@ fn print_table(precision: TableType, file: Option<&std::path::Path>, json: bool)
     Ok(())
 }
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum TrainPrecision {
-    Fp32,
-    Fp16,
-    Bf16,
-}
-
 // glibc's allocator spends much of a large lowering consolidating free lists.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -425,6 +397,26 @@ fn main() -> ExitCode {
 /// unmapping the heap at exit does at once.
 fn exit_without_freeing(g: mpc::Graph) {
     std::mem::forget(g);
+}
+
+/// [`mpc::train::setup::load_for_training`], its errors reported as the CLI does.
+fn load_for_training(
+    model: &std::path::Path,
+    precision: Precision,
+    loss_scale: Option<passes::LossScale>,
+    table: Option<&std::path::Path>,
+    no_decay: &[String],
+    schedule: Option<&mpc::format::Schedule>,
+) -> Result<(mpc::Graph, mpc::Graph), miette::Report> {
+    mpc::train::setup::load_for_training(model, precision, loss_scale, table, no_decay, schedule).map_err(setup_error)
+}
+
+/// A training setup's error: bad usage exits as clap does, the rest is reported.
+fn setup_error(e: mpc::train::setup::SetupError) -> miette::Report {
+    match e {
+        mpc::train::setup::SetupError::Usage(m) => usage_error(m),
+        mpc::train::setup::SetupError::Input(r) => r,
+    }
 }
 
 fn usage_error(message: String) -> ! {
@@ -695,91 +687,6 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
     }
 }
 
-/// Reads, verifies and lowers a graph for training; returns the graph as
-/// parsed (for the data layout) and lowered.
-fn load_for_training(
-    model: &std::path::Path,
-    precision: TrainPrecision,
-    loss_scale: Option<passes::LossScale>,
-    table: Option<&std::path::Path>,
-    no_decay: &[String],
-    schedule: Option<&mpc::format::Schedule>,
-) -> Result<(mpc::Graph, mpc::Graph), miette::Report> {
-    let loaded = load(model).map_err(|e| e.into_report())?;
-    let mut source = loaded.graph;
-    if let (Some(opt), false) = (source.optimizer.as_mut(), no_decay.is_empty()) {
-        opt.no_decay.get_or_insert_with(Vec::new).extend(no_decay.iter().cloned());
-    }
-    if let (Some(opt), Some(schedule)) = (source.optimizer.as_mut(), schedule) {
-        opt.schedule = Some(schedule.clone());
-        if let Some((_, m)) = opt.problems().into_iter().find(|(f, _)| *f == "schedule") {
-            usage_error(format!("--lr-schedule: {m}"));
-        }
-    }
-    if let Err(e) = mpc::verify(&source) {
-        return Err(problems_report(&model.display().to_string(), &loaded.text, &e.0));
-    }
-    if source.optimizer.is_none() {
-        return Err(miette::Report::msg(format!("{}: the graph has no optimizer: nothing to train", model.display())));
-    }
-    let mut g = source.clone();
-    let fail = |e: passes::PassError| miette::Report::msg(format!("{}: {e}", model.display()));
-    match precision {
-        TrainPrecision::Fp32 => {
-            // Backward and FP32 optimizer only: no autocast, no loss scaling.
-            passes::lower_fp32(&mut g, &passes::Options::default()).map_err(fail)?;
-        }
-        TrainPrecision::Fp16 | TrainPrecision::Bf16 => {
-            let low = if precision == TrainPrecision::Fp16 { mpc::DType::F16 } else { mpc::DType::Bf16 };
-            let table = Some(precision_table(low, table)?);
-            let opts = passes::Options { low, loss_scale, table, ..passes::Options::default() };
-            passes::lower(&mut g, &opts).map_err(fail)?;
-        }
-    }
-    Ok((source, g))
-}
-
-/// The names of the logits and labels values when the loss is a
-/// `cross_entropy` whose labels are a graph input.
-fn classifier(g: &mpc::Graph) -> Option<(String, String)> {
-    let loss = g.loss?;
-    if !matches!(g.node(loss.node).op, mpc::Op::CrossEntropy) {
-        return None;
-    }
-    let ins = g.inputs(loss.node);
-    let (logits, labels) = (*ins.first()?, *ins.get(1)?);
-    if !matches!(g.node(labels.node).op, mpc::Op::Input { .. }) {
-        return None;
-    }
-    Some((g.value_name(logits).to_string(), g.value_name(labels).to_string()))
-}
-
-/// The fraction of test rows whose argmax logit is the label, computing
-/// only the forward nodes the logits need.
-fn test_accuracy(
-    sess: &mut dyn mpc::exec::Trainer,
-    data: &mpc::train::data::Dataset,
-    (logits, labels): &(String, String),
-    step: u64,
-) -> Result<f64, miette::Report> {
-    let msg = |e: String| miette::Report::msg(format!("evaluating the test set: {e}"));
-    let fetch = [logits.clone()];
-    let (mut right, mut total) = (0usize, 0usize);
-    for (batch, real) in data.test_batches().map_err(|e| msg(e.to_string()))? {
-        let fetched = sess.eval(&batch, step, &fetch).map_err(|e| msg(e.to_string()))?;
-        let t = fetched.get(logits).ok_or_else(|| msg(format!("`{logits}` was not computed")))?;
-        let classes = t.shape().0.last().copied().unwrap_or(1).max(1) as usize;
-        let v = t.to_f32_vec();
-        let want = batch[labels].data().to_i64_vec().unwrap_or_default();
-        for (i, row) in v.chunks(classes).take(real).enumerate() {
-            let best = row.iter().enumerate().fold(0, |b, (j, &x)| if x > row[b] { j } else { b });
-            right += usize::from(want.get(i) == Some(&(best as i64)));
-            total += 1;
-        }
-    }
-    Ok(right as f64 / total.max(1) as f64)
-}
-
 /// A training session for `g` on the chosen device, its state uploaded.
 /// Opens a training session where `dev` says; prints, once per process,
 /// the device and, when `auto` fell back to the CPU, why (to stderr).
@@ -801,19 +708,6 @@ fn open_session(
         eprintln!("device: {}", opened.describe);
     }
     Ok(opened.trainer)
-}
-
-/// How synthetic or CSV data feeds `source`'s inputs; for a language model
-/// (token ids into an embedding) the error says to give it a text.
-fn data_layout(path: &std::path::Path, source: &mpc::Graph) -> Result<mpc::train::data::Layout, miette::Report> {
-    mpc::train::data::Layout::of(source).map_err(|e| {
-        let lm = source.node_ids().any(|n| matches!(source.node(n).op, mpc::Op::Embedding));
-        let hint = match lm {
-            true => " (a language model: train it on a text, e.g. --data ir-examples/data/declaration.txt)",
-            false => "",
-        };
-        miette::Report::msg(format!("{}: {e}{hint}", path.display()))
-    })
 }
 
 /// `mpc selftest`: the CUDA backend against the CPU on the MLP family.

@@ -3,10 +3,9 @@
 use std::path::PathBuf;
 
 use mpc::passes;
+use mpc::train::setup::{classifier, data_layout, test_accuracy, Precision};
 
-use crate::{
-    classifier, data_layout, load_for_training, open_session, test_accuracy, usage_error, DeviceArgs, TrainPrecision,
-};
+use crate::{load_for_training, open_session, usage_error, DeviceArgs};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -16,8 +15,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 100)]
     steps: u64,
     /// fp32: grad and master-weights only; fp16/bf16: the full pipeline.
-    #[arg(long, value_enum, default_value = "fp16")]
-    precision: TrainPrecision,
+    #[arg(long, value_parser = crate::choice::of::<Precision>(), default_value = "fp16")]
+    precision: Precision,
     /// Loss scaling: dynamic, static:S or none [default: dynamic for fp16, none for bf16].
     #[arg(long, value_name = "MODE")]
     loss_scale: Option<passes::LossScale>,
@@ -68,14 +67,14 @@ pub fn train(args: TrainArgs) -> Result<(), miette::Report> {
     use mpc::train::data::{synthetic_batch, Dataset};
     use std::io::{IsTerminal, Write};
 
-    if args.precision == TrainPrecision::Fp32 && args.loss_scale.is_some_and(|m| m != passes::LossScale::None) {
+    if args.precision == Precision::Fp32 && args.loss_scale.is_some_and(|m| m != passes::LossScale::None) {
         usage_error("--loss-scale: fp32 training has no loss scaling (only `none`)".into());
     }
     if args.checkpoint_every == Some(0) {
         usage_error("--checkpoint-every: must be at least 1".into());
     }
     let msg = miette::Report::msg;
-    if args.precision == TrainPrecision::Fp32 && args.table.is_some() {
+    if args.precision == Precision::Fp32 && args.table.is_some() {
         usage_error("--table: fp32 training has no autocast".into());
     }
     let (source, g) = load_for_training(
@@ -91,7 +90,7 @@ pub fn train(args: TrainArgs) -> Result<(), miette::Report> {
     let text = args.data.as_deref().is_some_and(mpc::train::data::is_text);
     let layout = match text {
         true => None,
-        false => Some(data_layout(&args.model, &source)?),
+        false => Some(data_layout(&args.model, &source).map_err(miette::Report::msg)?),
     };
     let resumed = match &args.resume {
         Some(path) => Some(checkpoint::load(path).map_err(|e| msg(e.to_string()))?),
@@ -113,26 +112,10 @@ pub fn train(args: TrainArgs) -> Result<(), miette::Report> {
     let fresh = init_state_from(&g, seed, args.model.parent(), args.allow_outside_weights)
         .map_err(|e| msg(format!("{}: {e}", args.model.display())))?;
     let (start, state) = match resumed {
-        Some(Checkpoint { step, state, loss_scale, lr_schedule, .. }) => {
-            let path = args.resume.as_deref().unwrap_or(std::path::Path::new("")).display().to_string();
-            for (name, t) in &fresh {
-                match state.get(name) {
-                    None => return Err(msg(format!("{path}: `{name}` is missing (another graph or precision?)"))),
-                    Some(c) if c.ty() != t.ty() => {
-                        return Err(msg(format!("{path}: `{name}` is {}, the graph wants {}", c.ty(), t.ty())))
-                    }
-                    _ => {}
-                }
-            }
-            if let Some(extra) = state.keys().find(|k| !fresh.contains_key(*k)) {
-                return Err(msg(format!("{path}: `{extra}` is not a param or state of this graph")));
-            }
-            mpc::train::check_resumable(&g, &state).map_err(|e| msg(format!("{path}: cannot resume: {e}")))?;
-            if let Some(was) = loss_scale {
-                mpc::train::check_same_scaler(&g, &was).map_err(|e| msg(format!("{path}: cannot resume: {e}")))?;
-            }
-            mpc::train::check_same_schedule(&g, lr_schedule.as_deref())
-                .map_err(|e| msg(format!("{path}: cannot resume: {e}")))?;
+        Some(ck) => {
+            let path = args.resume.as_deref().unwrap_or(std::path::Path::new(""));
+            let (step, state) =
+                mpc::train::resume(&g, &fresh, ck).map_err(|e| msg(format!("{}: {e}", path.display())))?;
             if let Some(log) = &args.log {
                 mpc::train::truncate_log(log, step)
                     .map_err(|e| msg(format!("cannot rewrite {}: {e}", log.display())))?;
@@ -265,7 +248,7 @@ pub fn train(args: TrainArgs) -> Result<(), miette::Report> {
     }
     if let (Some(d), Some(names)) = (&data, classifier(&g)) {
         if d.test_rows() > 0 {
-            let acc = test_accuracy(sess.as_mut(), d, &names, args.steps)?;
+            let acc = test_accuracy(sess.as_mut(), d, &names, args.steps).map_err(miette::Report::msg)?;
             println!("test accuracy {acc:.4} ({} {})", d.test_rows(), d.test_unit());
         }
     }

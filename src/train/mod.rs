@@ -7,8 +7,11 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod compare;
 pub mod data;
+pub mod plots;
 pub mod selftest;
+pub mod setup;
 
 use std::path::Path;
 
@@ -168,6 +171,31 @@ pub fn scale_names(g: &Graph) -> Vec<String> {
         }
     }
     out
+}
+
+/// The step and state to resume `g` from `ck`, checked against the
+/// graph's `fresh` state (every name there, of the same type, nothing
+/// else), the values (finite, a live loss scale), the scaler and the
+/// learning-rate schedule; the error names what differs.
+pub fn resume(g: &Graph, fresh: &State, ck: checkpoint::Checkpoint) -> Result<(u64, State), String> {
+    let checkpoint::Checkpoint { step, state, loss_scale, lr_schedule, .. } = ck;
+    for (name, t) in fresh {
+        match state.get(name) {
+            None => return Err(format!("`{name}` is missing (another graph or precision?)")),
+            Some(c) if c.ty() != t.ty() => return Err(format!("`{name}` is {}, the graph wants {}", c.ty(), t.ty())),
+            _ => {}
+        }
+    }
+    if let Some(extra) = state.keys().find(|k| !fresh.contains_key(*k)) {
+        return Err(format!("`{extra}` is not a param or state of this graph"));
+    }
+    let cannot = |e: String| format!("cannot resume: {e}");
+    check_resumable(g, &state).map_err(cannot)?;
+    if let Some(was) = loss_scale {
+        check_same_scaler(g, &was).map_err(cannot)?;
+    }
+    check_same_schedule(g, lr_schedule.as_deref()).map_err(cannot)?;
+    Ok((step, state))
 }
 
 /// Why `state` (a checkpoint of `g`) cannot be resumed: a non-finite
