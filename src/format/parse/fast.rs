@@ -349,7 +349,7 @@ impl<'de> Visitor<'de> for Section<'_, 'de> {
         let source = |name: String, op: Option<Op>, st: &mut State<'de>, index: usize| -> Result<(), A::Error> {
             let op = op.ok_or_else(bail)?;
             let hash = name_hash(&name);
-            let origin = Origin { section, index: index as u32 };
+            let origin = Origin::new(section, index as u32);
             let held = Held {
                 name,
                 hash,
@@ -466,7 +466,7 @@ impl<'de> Visitor<'de> for NodeSeed<'_, 'de> {
             return Err(bail());
         };
         let hash = name_hash(&name);
-        let origin = Origin { section, index: index as u32 };
+        let origin = Origin::new(section, index as u32);
         st.hold(Held { name, hash, op, role, outs, precision, origin, inputs })
     }
 }

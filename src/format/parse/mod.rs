@@ -161,14 +161,7 @@ impl Builder {
     /// Declares a graph input.
     fn input(&mut self, index: usize, t: &RawTensor) -> Option<NodeId> {
         let op = self.input_op(index, t)?;
-        self.add(
-            &t.name,
-            Ptr("inputs", index),
-            op,
-            Role::Forward,
-            None,
-            Origin { section: "inputs", index: index as u32 },
-        )
+        self.add(&t.name, Ptr("inputs", index), op, Role::Forward, None, Origin::new("inputs", index as u32))
     }
 
     /// Checks a graph input and builds its op.
@@ -184,7 +177,7 @@ impl Builder {
 
     fn declare(&mut self, section: &'static str, index: usize, s: &RawState) -> Option<NodeId> {
         let op = self.declare_op(section, index, s)?;
-        let origin = Origin { section, index: index as u32 };
+        let origin = Origin::new(section, index as u32);
         self.add(&s.name, Ptr(section, index), op, Role::Forward, None, origin)
     }
 
@@ -304,7 +297,7 @@ impl Builder {
     /// Adds a node (its inputs are wired later).
     fn node(&mut self, section: &'static str, index: usize, n: &RawNode) -> Option<NodeId> {
         let (op, role, outs) = self.node_parts(section, index, n, n.inputs.len())?;
-        let id = self.add(&n.name, Ptr(section, index), op, role, outs, Origin { section, index: index as u32 })?;
+        let id = self.add(&n.name, Ptr(section, index), op, role, outs, Origin::new(section, index as u32))?;
         self.g.set_precision(id, n.precision);
         Some(id)
     }
