@@ -235,19 +235,7 @@ impl Gpu for CudaGpu {
     }
 
     fn launch(&mut self, name: &str, cfg: Launch, args: &[KArg<'_, CudaSlice<u8>>]) -> Result<(), GpuError> {
-        let mut bits = Vec::with_capacity(args.len());
-        for a in args {
-            bits.push(match *a {
-                KArg::Ptr(m, off) => Arg::Ptr(self.ptr(m, off, 0)?),
-                KArg::Addr(a) => Arg::Ptr(a),
-                KArg::I32(v) => Arg::I32(v),
-                KArg::U32(v) => Arg::U32(v),
-                KArg::I64(v) => Arg::I64(v),
-                KArg::U64(v) => Arg::U64(v),
-                KArg::F32(v) => Arg::F32(v.to_bits()),
-                KArg::F64(v) => Arg::F64(v.to_bits()),
-            });
-        }
+        let bits = args.iter().map(|a| Arg::of(a, |m, off| self.ptr(m, off, 0))).collect::<Result<Vec<_>, _>>()?;
         match self.rec.keep(Work::Launch { name: name.to_string(), cfg, args: bits }) {
             Some(w) => self.run_one(&w),
             None => Ok(()),

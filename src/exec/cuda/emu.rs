@@ -421,29 +421,20 @@ impl Gpu for EmuGpu {
     fn launch(&mut self, name: &str, cfg: Launch, args: &[KArg<'_, EmuMem>]) -> Result<(), GpuError> {
         let mut bits = Vec::with_capacity(args.len());
         for (i, arg) in args.iter().enumerate() {
-            bits.push(match *arg {
-                KArg::Ptr(m, offset) => {
-                    // One past the end is a valid pointer (a kernel given an
-                    // empty range); the kernel's own accesses are its business,
-                    // as on a GPU.
-                    let what = format!("kernel {name}, argument {i}");
-                    self.own(m, &what)?;
-                    if offset > m.len {
-                        return Err(GpuError(format!(
-                            "{what}: byte offset {offset} is past the end of its allocation of {} bytes",
-                            m.len
-                        )));
-                    }
-                    Arg::Ptr((m.ptr.as_ptr() as usize + offset) as u64)
+            bits.push(Arg::of(arg, |m, offset| {
+                // One past the end is a valid pointer (a kernel given an
+                // empty range); the kernel's own accesses are its business,
+                // as on a GPU.
+                let what = format!("kernel {name}, argument {i}");
+                self.own(m, &what)?;
+                if offset > m.len {
+                    return Err(GpuError(format!(
+                        "{what}: byte offset {offset} is past the end of its allocation of {} bytes",
+                        m.len
+                    )));
                 }
-                KArg::Addr(a) => Arg::Ptr(a),
-                KArg::I32(v) => Arg::I32(v),
-                KArg::U32(v) => Arg::U32(v),
-                KArg::I64(v) => Arg::I64(v),
-                KArg::U64(v) => Arg::U64(v),
-                KArg::F32(v) => Arg::F32(v.to_bits()),
-                KArg::F64(v) => Arg::F64(v.to_bits()),
-            });
+                Ok((m.ptr.as_ptr() as usize + offset) as u64)
+            })?);
         }
         match self.rec.keep(Work::Launch { name: name.to_string(), cfg, args: bits }) {
             Some(w) => self.run_one(&w),

@@ -27,6 +27,27 @@ pub enum Arg {
     F64(u64),
 }
 
+impl Arg {
+    /// `a` as the kernel receives it; `address` gives a buffer's device
+    /// address at a byte offset (each device checks the offset its way).
+    pub fn of<M>(
+        a: &super::gpu::KArg<'_, M>,
+        address: impl FnOnce(&M, usize) -> Result<u64, super::gpu::GpuError>,
+    ) -> Result<Arg, super::gpu::GpuError> {
+        use super::gpu::KArg;
+        Ok(match *a {
+            KArg::Ptr(m, offset) => Arg::Ptr(address(m, offset)?),
+            KArg::Addr(a) => Arg::Ptr(a),
+            KArg::I32(v) => Arg::I32(v),
+            KArg::U32(v) => Arg::U32(v),
+            KArg::I64(v) => Arg::I64(v),
+            KArg::U64(v) => Arg::U64(v),
+            KArg::F32(v) => Arg::F32(v.to_bits()),
+            KArg::F64(v) => Arg::F64(v.to_bits()),
+        })
+    }
+}
+
 impl std::fmt::Display for Arg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match *self {
