@@ -3,7 +3,7 @@
 //! A pass is a graph rewrite behind the [`Pass`] trait. [`lower`] runs the
 //! pipeline, written out in [`Pipeline`], verifying the graph after every
 //! pass when asked (always in debug builds and tests) so that a broken
-//! invariant is reported as "after <pass>".
+//! invariant is reported as "after `<pass>`".
 
 use crate::format::emit::text;
 use crate::ir::graph::Graph;

@@ -7,7 +7,7 @@
 //! The layers, each using only those before it: [`diag`] and [`io`]
 //! (problems with places, atomic files); [`ir`] (graph, op table, types,
 //! inference, verifier); [`tensor`] (host tensors, roundings, safetensors
-//! files); [`format`] (the file format); [`passes`]; [`exec`]
+//! files); [`format`](mod@format) (the file format); [`passes`]; [`exec`]
 //! (executors: the CPU reference and CUDA); [`onnx`] (import and export);
 //! [`train`] (training runs: data, checkpoints, benchmarks). The `mpc`
 //! binary (`src/cli/`) is a thin layer over them and the only place that

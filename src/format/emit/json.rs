@@ -1,6 +1,6 @@
 //! Graph -> the JSON file format; `parse(emit(g)) == g`.
 //!
-//! [`write`] streams the file: each item is serialised straight to the
+//! [`write`](fn@write) streams the file: each item is serialised straight to the
 //! writer as its turn comes, so emitting a graph of millions of nodes holds
 //! one item at a time, not a `serde_json::Value` tree of the whole file and
 //! the text (together 9.9 GB for a graph of 6 M nodes). [`to_raw`] is the
