@@ -32,6 +32,10 @@ mod eq;
 mod memo;
 mod meta;
 mod names;
+mod node;
+mod order;
+
+pub use node::{Node, Origin, Output, SECTIONS};
 
 pub(crate) use memo::InferMemo;
 use meta::*;
@@ -58,84 +62,6 @@ impl NodeId {
 pub struct ValueId {
     pub node: NodeId,
     pub slot: u32,
-}
-
-/// Where a node was written in its source file, for error messages.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct Origin {
-    /// The section, by its place in [`SECTIONS`]: 8 bytes in all rather
-    /// than a 16-byte string, so that a node fits mimalloc's 160-byte class.
-    section: u8,
-    pub index: u32,
-}
-
-/// The JSON sections that declare nodes, in file order.
-pub const SECTIONS: [&str; 6] = ["inputs", "params", "state", "forward", "backward", "update"];
-
-impl Origin {
-    /// Node `index` of `section` (one of [`SECTIONS`]; another name reads
-    /// back as `update`, the last).
-    pub fn new(section: &str, index: u32) -> Origin {
-        let section = SECTIONS.iter().position(|&s| s == section).unwrap_or(SECTIONS.len() - 1) as u8;
-        Origin { section, index }
-    }
-
-    /// The JSON section.
-    pub fn section(&self) -> &'static str {
-        SECTIONS[usize::from(self.section).min(SECTIONS.len() - 1)]
-    }
-
-    /// RFC 6901 pointer to the node's object in the source file.
-    pub fn pointer(&self) -> String {
-        format!("/{}/{}", self.section(), self.index)
-    }
-}
-
-/// One output of a node: its name and type.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Output {
-    /// The name; `None` when it is the node's own (the usual first output),
-    /// which then is not stored twice. Read it with [`Node::output_name`].
-    name: Option<Box<str>>,
-    pub ty: TensorType,
-}
-
-impl Output {
-    /// An output named `name` of a node named `node`.
-    fn new(name: String, node: &str, ty: TensorType) -> Output {
-        Output { name: (name != node).then(|| name.into_boxed_str()), ty }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct Node {
-    pub name: String,
-    pub op: Op,
-    pub role: Role,
-    /// A per-node override of the precision table.
-    pub precision: Option<Precision>,
-    /// Inline: nearly every node has one output, and a vector would be a
-    /// second allocation per node.
-    pub outputs: SmallVec<[Output; 1]>,
-    pub origin: Option<Origin>,
-}
-
-impl Node {
-    /// The name of output `slot`.
-    #[inline]
-    pub fn output_name(&self, slot: usize) -> &str {
-        self.outputs[slot].name.as_deref().unwrap_or(&self.name)
-    }
-
-    /// The names of the outputs, in slot order.
-    pub fn output_names(&self) -> impl Iterator<Item = &str> + '_ {
-        self.outputs.iter().map(|o| o.name.as_deref().unwrap_or(&self.name))
-    }
-
-    /// Names output `slot` (not the graph's name table: see [`Graph::rename`]).
-    pub fn set_output_name(&mut self, slot: usize, name: &str) {
-        self.outputs[slot].name = (name != self.name).then(|| name.into());
-    }
 }
 
 /// An edge: producer output `slot` feeds consumer input `port`.
@@ -781,143 +707,6 @@ impl Graph {
         self.meta[id.index()] = VACANT;
         self.node_names.remove(&(id.index() as u32));
         Ok(node)
-    }
-
-    /// A topological order, deterministic: forward nodes first, then
-    /// backward, then optimizer and scaler nodes; within a role, nodes go in
-    /// index order, each right after the inputs it still waits for (so a
-    /// graph written in order keeps its order, and an inserted cast stands
-    /// just before its first reader). `Err` holds the nodes that lie on or
-    /// behind a cycle.
-    pub fn topo_order(&self) -> Result<Vec<NodeId>, Vec<NodeId>> {
-        let bound = self.bound();
-        let mut counts = [0usize; 4];
-        let rank: Vec<u8> = (0..bound)
-            .map(|i| {
-                let m = self.meta(i);
-                let r = if m & VACANT != 0 { 3 } else { m & RANK };
-                counts[r as usize] += 1;
-                r
-            })
-            .collect();
-        // 0: not seen, 1: entered (on the current path), 2: emitted.
-        let mut state = vec![0u8; bound];
-        let mut order = Vec::with_capacity(self.g.node_count());
-        enum Step {
-            Enter(NodeIndex<u32>),
-            Exit(NodeIndex<u32>),
-        }
-        let mut stack = Vec::new();
-        let mut scratch: Vec<(u32, NodeIndex<u32>)> = Vec::new();
-        for r in 0..3u8 {
-            if counts[r as usize] == 0 {
-                continue;
-            }
-            for root in (0..bound).filter(|&i| rank[i] == r) {
-                if state[root] == 2 {
-                    continue;
-                }
-                let root = NodeIndex::new(root);
-                // Most nodes find their inputs emitted already.
-                if self.g.neighbors_directed(root, Direction::Incoming).all(|m| state[m.index()] == 2) {
-                    state[root.index()] = 2;
-                    order.push(NodeId(root));
-                    continue;
-                }
-                stack.push(Step::Enter(root));
-                while let Some(step) = stack.pop() {
-                    match step {
-                        Step::Exit(n) => {
-                            state[n.index()] = 2;
-                            order.push(NodeId(n));
-                        }
-                        Step::Enter(n) => match state[n.index()] {
-                            2 => {}
-                            1 => return Err(self.stuck_nodes()),
-                            _ => {
-                                state[n.index()] = 1;
-                                stack.push(Step::Exit(n));
-                                scratch.clear();
-                                scratch.extend(
-                                    self.g
-                                        .edges_directed(n, Direction::Incoming)
-                                        .map(|e| (e.weight().port, e.source())),
-                                );
-                                scratch.sort_unstable_by_key(|(p, _)| std::cmp::Reverse(*p));
-                                stack.extend(
-                                    scratch.iter().filter(|(_, m)| state[m.index()] != 2).map(|&(_, m)| Step::Enter(m)),
-                                );
-                            }
-                        },
-                    }
-                }
-            }
-        }
-        Ok(order)
-    }
-
-    /// Nodes that Kahn's algorithm cannot order: on or behind a cycle.
-    fn stuck_nodes(&self) -> Vec<NodeId> {
-        let mut indeg = vec![0u32; self.g.node_bound()];
-        for e in self.g.edge_indices() {
-            let (_, b) = self.g.edge_endpoints(e).expect("edge index from this graph");
-            indeg[b.index()] += 1;
-        }
-        let mut ready: Vec<NodeIndex<u32>> = self.g.node_indices().filter(|n| indeg[n.index()] == 0).collect();
-        while let Some(n) = ready.pop() {
-            for t in self.g.neighbors_directed(n, Direction::Outgoing) {
-                indeg[t.index()] -= 1;
-                if indeg[t.index()] == 0 {
-                    ready.push(t);
-                }
-            }
-        }
-        self.node_ids().filter(|n| indeg[n.index()] > 0).collect()
-    }
-
-    /// Types every node from its inputs, in topological order. Returns the
-    /// problems found, one per node, skipping nodes behind a failed one.
-    pub fn infer_types(&mut self, order: &[NodeId]) -> Vec<(NodeId, String)> {
-        let mut failed = vec![false; self.bound()];
-        let mut problems = Vec::new();
-        let mut memo = InferMemo::default();
-        for &id in order {
-            let ins = self.inputs(id);
-            if ins.iter().any(|v| failed[v.node.index()]) {
-                failed[id.index()] = true;
-                continue;
-            }
-            let result = {
-                let tys = self.types_of(&ins);
-                memo.infer(&self.g[id.0].op, &tys)
-            };
-            match result {
-                Ok(tys) => {
-                    let node = &mut self.g[id.0];
-                    if tys.len() != node.outputs.len() {
-                        failed[id.index()] = true;
-                        problems.push((
-                            id,
-                            format!(
-                                "{} produces {} outputs but {} are named",
-                                node.op.name(),
-                                tys.len(),
-                                node.outputs.len()
-                            ),
-                        ));
-                        continue;
-                    }
-                    for (o, t) in node.outputs.iter_mut().zip(tys) {
-                        o.ty.clone_from(t);
-                    }
-                }
-                Err(m) => {
-                    failed[id.index()] = true;
-                    problems.push((id, m));
-                }
-            }
-        }
-        problems
     }
 
     /// Makes room for `nodes` more nodes and `edges` more edges.

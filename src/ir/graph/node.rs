@@ -1,0 +1,85 @@
+//! What a graph holds per node: the node itself, its outputs, and where
+//! it was written in its source file.
+
+use smallvec::SmallVec;
+
+use crate::ir::op::{Op, Precision, Role};
+use crate::ir::types::TensorType;
+
+/// Where a node was written in its source file, for error messages.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// The section, by its place in [`SECTIONS`]: 8 bytes in all rather
+    /// than a 16-byte string, so that a node fits mimalloc's 160-byte class.
+    section: u8,
+    pub index: u32,
+}
+
+/// The JSON sections that declare nodes, in file order.
+pub const SECTIONS: [&str; 6] = ["inputs", "params", "state", "forward", "backward", "update"];
+
+impl Origin {
+    /// Node `index` of `section` (one of [`SECTIONS`]; another name reads
+    /// back as `update`, the last).
+    pub fn new(section: &str, index: u32) -> Origin {
+        let section = SECTIONS.iter().position(|&s| s == section).unwrap_or(SECTIONS.len() - 1) as u8;
+        Origin { section, index }
+    }
+
+    /// The JSON section.
+    pub fn section(&self) -> &'static str {
+        SECTIONS[usize::from(self.section).min(SECTIONS.len() - 1)]
+    }
+
+    /// RFC 6901 pointer to the node's object in the source file.
+    pub fn pointer(&self) -> String {
+        format!("/{}/{}", self.section(), self.index)
+    }
+}
+
+/// One output of a node: its name and type.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Output {
+    /// The name; `None` when it is the node's own (the usual first output),
+    /// which then is not stored twice. Read it with [`Node::output_name`].
+    pub(super) name: Option<Box<str>>,
+    pub ty: TensorType,
+}
+
+impl Output {
+    /// An output named `name` of a node named `node`.
+    pub(super) fn new(name: String, node: &str, ty: TensorType) -> Output {
+        Output { name: (name != node).then(|| name.into_boxed_str()), ty }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub name: String,
+    pub op: Op,
+    pub role: Role,
+    /// A per-node override of the precision table.
+    pub precision: Option<Precision>,
+    /// Inline: nearly every node has one output, and a vector would be a
+    /// second allocation per node.
+    pub outputs: SmallVec<[Output; 1]>,
+    pub origin: Option<Origin>,
+}
+
+impl Node {
+    /// The name of output `slot`.
+    #[inline]
+    pub fn output_name(&self, slot: usize) -> &str {
+        self.outputs[slot].name.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The names of the outputs, in slot order.
+    pub fn output_names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.outputs.iter().map(|o| o.name.as_deref().unwrap_or(&self.name))
+    }
+
+    /// Names output `slot` (not the graph's name table: see [`Graph::rename`]).
+    pub fn set_output_name(&mut self, slot: usize, name: &str) {
+        self.outputs[slot].name = (name != self.name).then(|| name.into());
+    }
+}
