@@ -331,6 +331,16 @@ fn fill_value(op: &Op) -> Option<f64> {
     }
 }
 
+/// The node being written and what most of its ops read: its inputs, its
+/// first output and that output's type.
+struct At<'g> {
+    n: NodeId,
+    node: &'g crate::ir::graph::Node,
+    ins: crate::ir::graph::Inputs,
+    v0: ValueId,
+    d: DType,
+}
+
 struct Exporter<'a> {
     g: &'a Graph,
     mode: Bf16Mode,
@@ -543,6 +553,8 @@ impl<'a> Exporter<'a> {
             return Ok(());
         }
         let node = self.g.node(n);
+        let v0 = ValueId { node: n, slot: 0 };
+        let at = At { n, node, ins: self.g.inputs(n), v0, d: self.ty(v0).dtype };
         // One exhaustive dispatch; each family's file writes its ops.
         match &node.op {
             Op::Input { .. }
@@ -564,14 +576,14 @@ impl<'a> Exporter<'a> {
             | Op::Erf
             | Op::Sqrt
             | Op::Scale { .. }
-            | Op::Gelu => self.export_values(n)?,
-            Op::Matmul { .. } | Op::Conv2d(..) | Op::MaxPool2d(..) | Op::AvgPool2d { .. } => self.export_linalg(n)?,
+            | Op::Gelu => self.export_values(&at)?,
+            Op::Matmul { .. } | Op::Conv2d(..) | Op::MaxPool2d(..) | Op::AvgPool2d { .. } => self.export_linalg(&at)?,
             Op::LayerNorm { .. }
             | Op::Softmax { .. }
             | Op::LogSoftmax { .. }
             | Op::Lrn { .. }
             | Op::FrozenBatchNorm { .. }
-            | Op::BatchNorm { .. } => self.export_nn(n)?,
+            | Op::BatchNorm { .. } => self.export_nn(&at)?,
             Op::Embedding
             | Op::Concat { .. }
             | Op::Split { .. }
@@ -581,7 +593,7 @@ impl<'a> Exporter<'a> {
             | Op::ReduceSum { .. }
             | Op::ReduceMean { .. }
             | Op::SumTo { .. }
-            | Op::BroadcastTo { .. } => self.export_layout(n)?,
+            | Op::BroadcastTo { .. } => self.export_layout(&at)?,
             // No ONNX form (the table's `Onnx::No`): `supported` refused them before.
             Op::CrossEntropy
             | Op::Mse

@@ -4,15 +4,12 @@ use super::*;
 
 impl Exporter<'_> {
     /// Writes node `n`, one of this family's ops (see [`Exporter::node`]).
-    pub(super) fn export_nn(&mut self, n: NodeId) -> Result<(), ExportError> {
-        let node = self.g.node(n);
+    pub(super) fn export_nn(&mut self, at: &At<'_>) -> Result<(), ExportError> {
+        let &At { n, node, ref ins, v0, d } = at;
         let g = self.g;
-        let ins = g.inputs(n);
-        let v0 = ValueId { node: n, slot: 0 };
-        let d = self.ty(v0).dtype;
         let in_ty = |i: usize| g.ty(ins[i]);
         match &node.op {
-            Op::LayerNorm { eps } => self.layer_norm(n, &ins, *eps)?,
+            Op::LayerNorm { eps } => self.layer_norm(n, ins, *eps)?,
             Op::Softmax { axis, causal } => {
                 let ct = self.compute(d, true);
                 let mut x = self.get_as(ins[0], ct, None)?;
@@ -60,7 +57,7 @@ impl Exporter<'_> {
                 let attrs = vec![attr_f("epsilon", *eps as f32)];
                 self.simple(v0, "BatchNormalization", args, ct, false, attrs)?;
             }
-            Op::BatchNorm { eps, .. } => self.batch_norm(n, &ins, *eps)?,
+            Op::BatchNorm { eps, .. } => self.batch_norm(n, ins, *eps)?,
             other => {
                 return Err(ExportError::Graph(format!("{} is not exported by the nn family", other.name())));
             }

@@ -4,12 +4,9 @@ use super::*;
 
 impl Exporter<'_> {
     /// Writes node `n`, one of this family's ops (see [`Exporter::node`]).
-    pub(super) fn export_values(&mut self, n: NodeId) -> Result<(), ExportError> {
-        let node = self.g.node(n);
+    pub(super) fn export_values(&mut self, at: &At<'_>) -> Result<(), ExportError> {
+        let &At { n, node, ref ins, v0, d } = at;
         let g = self.g;
-        let ins = g.inputs(n);
-        let v0 = ValueId { node: n, slot: 0 };
-        let d = self.ty(v0).dtype;
         let in_ty = |i: usize| g.ty(ins[i]);
         match &node.op {
             Op::Input { ty } => {
