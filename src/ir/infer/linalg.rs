@@ -1,6 +1,7 @@
 //! Type inference of matmul, convolution and pooling.
 
 use super::*;
+use crate::ir::op::Conv;
 
 pub(super) fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
     let one = |t: TensorType| Ok(vec![t]);
@@ -12,41 +13,7 @@ pub(super) fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> 
             same_dtype(a, b, "matmul")?;
             one(TensorType { dtype: a.dtype, shape: matmul_shape(a, b, *transpose_a, *transpose_b)? })
         }
-        Conv2d(cv) => {
-            let (x, w) = (inputs[0], inputs[1]);
-            float(x, "x")?;
-            same_dtype(x, w, "conv2d")?;
-            rank(w, 4, "the conv2d weight (OIHW)")?;
-            rank(x, 4, "the conv2d input (NCHW)")?;
-            let (xd, wd) = (x.shape.dims(), w.shape.dims());
-            let groups = cv.groups;
-            let per_group = conv_groups(groups, xd[1], wd[0])?;
-            if per_group != wd[1] {
-                return Err(if groups == 1 {
-                    format!("conv2d: input has {} channels but the weight expects {}", xd[1], wd[1])
-                } else {
-                    format!(
-                        "conv2d: input has {} channels in {groups} groups ({per_group} per group) but the weight {} expects {} per group",
-                        xd[1], w.shape, wd[1]
-                    )
-                });
-            }
-            if cv.dilation.contains(&0) {
-                return Err(format!("conv2d: dilations must be at least 1, found {:?}", cv.dilation));
-            }
-            let kernel = cv.extent([wd[2], wd[3]]).ok_or_else(|| {
-                format!("conv2d: the kernel {:?} dilated by {:?} is too large", [wd[2], wd[3]], cv.dilation)
-            })?;
-            let what = if cv.dilation == [1, 1] {
-                "conv2d".to_string()
-            } else {
-                format!("conv2d (the {}x{} kernel dilated by {:?})", wd[2], wd[3], cv.dilation)
-            };
-            let win = Window::new(kernel, cv.stride, cv.padding);
-            let mut s = window_out(x, &win, &what)?;
-            s.0[1] = wd[0];
-            one(TensorType { dtype: x.dtype, shape: s })
-        }
+        Conv2d(cv) => one(conv2d(cv, inputs[0], inputs[1])?),
         MaxPool2d(w) | AvgPool2d { window: w, .. } => {
             float(inputs[0], "the input")?;
             one(TensorType { dtype: inputs[0].dtype, shape: pool_out(inputs[0], w, op.name())? })
@@ -54,8 +21,7 @@ pub(super) fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> 
         Conv2dGradInput { conv, shape } => {
             let (dy, w) = (inputs[0], inputs[1]);
             let x = TensorType { dtype: dy.dtype, shape: checked(Shape(shape.clone()))? };
-            let fwd = infer(&Conv2d(conv.clone()), &[&x, w])?;
-            same_type(dy, &fwd[0], "dy and conv2d's output")?;
+            same_type(dy, &conv2d(conv, &x, w)?, "dy and conv2d's output")?;
             one(x)
         }
         Conv2dGradWeight { conv, kernel } => {
@@ -67,8 +33,7 @@ pub(super) fn infer(op: &Op, inputs: &[&TensorType]) -> Result<Vec<TensorType>> 
                 dtype: x.dtype,
                 shape: checked(Shape(vec![dy.shape.0[1], per_group, kernel[0], kernel[1]]))?,
             };
-            let fwd = infer(&Conv2d(conv.clone()), &[x, &w])?;
-            same_type(dy, &fwd[0], "dy and conv2d's output")?;
+            same_type(dy, &conv2d(conv, x, &w)?, "dy and conv2d's output")?;
             one(w)
         }
         MaxPool2dGrad(w) => {
@@ -139,4 +104,41 @@ fn matmul_shape(a: &TensorType, b: &TensorType, ta: bool, tb: bool) -> Result<Sh
     let mut out = batch.0;
     out.extend([m, n]);
     checked(Shape(out))
+}
+
+/// conv2d's output type for input `x` and weight `w` (its gradients check
+/// their `dy` against it).
+fn conv2d(cv: &Conv, x: &TensorType, w: &TensorType) -> Result<TensorType> {
+    float(x, "x")?;
+    same_dtype(x, w, "conv2d")?;
+    rank(w, 4, "the conv2d weight (OIHW)")?;
+    rank(x, 4, "the conv2d input (NCHW)")?;
+    let (xd, wd) = (x.shape.dims(), w.shape.dims());
+    let groups = cv.groups;
+    let per_group = conv_groups(groups, xd[1], wd[0])?;
+    if per_group != wd[1] {
+        return Err(if groups == 1 {
+            format!("conv2d: input has {} channels but the weight expects {}", xd[1], wd[1])
+        } else {
+            format!(
+                "conv2d: input has {} channels in {groups} groups ({per_group} per group) but the weight {} expects {} per group",
+                xd[1], w.shape, wd[1]
+            )
+        });
+    }
+    if cv.dilation.contains(&0) {
+        return Err(format!("conv2d: dilations must be at least 1, found {:?}", cv.dilation));
+    }
+    let kernel = cv
+        .extent([wd[2], wd[3]])
+        .ok_or_else(|| format!("conv2d: the kernel {:?} dilated by {:?} is too large", [wd[2], wd[3]], cv.dilation))?;
+    let what = if cv.dilation == [1, 1] {
+        "conv2d".to_string()
+    } else {
+        format!("conv2d (the {}x{} kernel dilated by {:?})", wd[2], wd[3], cv.dilation)
+    };
+    let win = Window::new(kernel, cv.stride, cv.padding);
+    let mut s = window_out(x, &win, &what)?;
+    s.0[1] = wd[0];
+    Ok(TensorType { dtype: x.dtype, shape: s })
 }
