@@ -7,7 +7,7 @@
 use bytemuck::Pod;
 use half::{bf16, f16};
 use mpc::exec::cuda::emu::{EmuGpu, EmuMem};
-use mpc::exec::cuda::gpu::{Gemm, Gpu, GpuError, KArg, Launch};
+use mpc::exec::cuda::gpu::{Epilogue, Gemm, Gpu, GpuError, KArg, Launch};
 use mpc::ir::types::DType;
 
 fn up<T: Pod>(gpu: &mut EmuGpu, data: &[T]) -> EmuMem {
@@ -648,11 +648,34 @@ fn gemm_case(gpu: &mut EmuGpu, rng: &mut Rng, g: &Gemm) {
     gpu.write(&am, 8 * ea, &encode(&a, g.ab)).unwrap();
     gpu.write(&bm, 0, &encode(&b, g.ab)).unwrap();
     gpu.write(&cm, 2 * ec, &encode(&c, g.c)).unwrap();
-    gpu.gemm(g, (&am, 8 * ea), (&bm, 0), (&cm, 2 * ec)).unwrap();
+    // The epilogue's bias: C's type, m elements, at an offset.
+    let bias: Vec<f32> = (0..g.m).map(|_| rng.small() / 4.0).collect();
+    let biasm = gpu.alloc(ec + bias.len() * ec).unwrap();
+    gpu.write(&biasm, ec, &encode(&bias, g.c)).unwrap();
+    let bias_at = g.epilogue.has_bias().then_some((&biasm, ec));
+    gpu.gemm_bias(g, (&am, 8 * ea), (&bm, 0), (&cm, 2 * ec), bias_at).unwrap();
     let mut raw = vec![0u8; nc * ec];
     gpu.read(&cm, 2 * ec, &mut raw).unwrap();
     let got = decode(&raw, g.c);
-    let want = naive(g, &a, &b, &c);
+    let mut want = naive(g, &a, &b, &c);
+    if g.epilogue.has_bias() {
+        // The sums are exact in f32 (below), and so is the bias: the f32
+        // activation of the exact pre-activation is what the GEMM rounds.
+        let (m, ldc) = (g.m as usize, g.ldc as usize);
+        for e in 0..g.batch as usize {
+            for j in 0..g.n as usize {
+                for (i, b) in bias.iter().enumerate().take(m) {
+                    let at = e * g.stride_c as usize + i + j * ldc;
+                    let x = (want[at] + *b as f64) as f32;
+                    want[at] = match g.epilogue {
+                        Epilogue::ReluBias => mpc::exec::cpu::elementwise::relu(x),
+                        Epilogue::GeluBias => mpc::exec::cpu::elementwise::gelu(x),
+                        _ => x,
+                    } as f64;
+                }
+            }
+        }
+    }
     // Products of quarters sum exactly in f32 here; the only error is C's
     // rounding to its type.
     let rel = match g.c {
@@ -660,8 +683,15 @@ fn gemm_case(gpu: &mut EmuGpu, rng: &mut Rng, g: &Gemm) {
         DType::Bf16 => 1.0 / 128.0,
         _ => 1e-6,
     };
+    // Below the normal range the rounding is absolute: half the subnormal
+    // spacing (gelu's small negative outputs reach it in f16).
+    let abs = match g.c {
+        DType::F16 => 2f64.powi(-25),
+        DType::Bf16 => 2f64.powi(-134),
+        _ => 1e-30,
+    };
     for (i, (g_, w)) in got.iter().zip(&want).enumerate() {
-        let ok = if w.is_nan() { g_.is_nan() } else { (*g_ as f64 - w).abs() <= rel * w.abs() + 1e-30 };
+        let ok = if w.is_nan() { g_.is_nan() } else { (*g_ as f64 - w).abs() <= rel * w.abs() + abs };
         assert!(ok, "{g:?}: C[{i}] = {g_}, want {w}");
     }
 }
@@ -686,6 +716,7 @@ fn gemm(m: u64, n: u64, k: u64, ta: bool, tb: bool, ab: DType, c: DType) -> Gemm
         alpha: 1.0,
         beta: 0.0,
         tf32: false,
+        epilogue: Epilogue::None,
     }
 }
 
@@ -723,6 +754,12 @@ fn gemm_matches_a_naive_loop() {
                     &mut rng,
                     &Gemm { batch: 2, stride_a: sa, stride_b: 0, stride_c: sc, ..g2.clone() },
                 );
+                // The epilogues, after alpha and beta, one bias for every batch entry.
+                for epilogue in [Epilogue::Bias, Epilogue::ReluBias, Epilogue::GeluBias] {
+                    gemm_case(&mut gpu, &mut rng, &Gemm { epilogue, ..g2.clone() });
+                    let batched = Gemm { batch: 3, stride_a: sa, stride_b: sb, stride_c: sc, epilogue, ..g2.clone() };
+                    gemm_case(&mut gpu, &mut rng, &batched);
+                }
             }
         }
     }
@@ -771,6 +808,15 @@ fn gemm_fields_are_checked_against_the_buffers() {
     let mut other = EmuGpu::new();
     let e = other.gemm(&g, (&mem, 0), (&mem, 0), (&mem, 0)).unwrap_err().0;
     assert!(e.contains("another emulated device"), "{e}");
+    // A bias exactly when the epilogue adds one, of m elements in a live allocation.
+    let biased = Gemm { epilogue: Epilogue::Bias, ..g.clone() };
+    let e = gpu.gemm(&biased, (&mem, 0), (&mem, 0), (&mem, 0)).unwrap_err().0;
+    assert!(e.contains("no bias vector"), "{e}");
+    let e = gpu.gemm_bias(&g, (&mem, 0), (&mem, 0), (&mem, 0), Some((&small, 0))).unwrap_err().0;
+    assert!(e.contains("a bias vector was given"), "{e}");
+    let e = gpu.gemm_bias(&biased, (&mem, 0), (&mem, 0), (&mem, 0), Some((&small, 20))).unwrap_err().0;
+    assert!(e.contains("bias") && e.contains("do not fit"), "{e}");
+    gpu.gemm_bias(&biased, (&mem, 0), (&mem, 0), (&mem, 0), Some((&small, 16))).unwrap();
 }
 
 #[test]

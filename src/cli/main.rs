@@ -714,19 +714,22 @@ fn open_session(
 fn selftest(device: mpc::exec::device::Device, steps: u64, tf32: bool) -> Result<(), miette::Report> {
     use mpc::exec::cuda::{backend::CudaBackend, device::CudaGpu, emu::EmuGpu, gpu::Gpu, probe};
     use mpc::exec::device::Device;
-    use mpc::train::selftest;
+    use mpc::train::{epilogue_check, selftest};
     let rows = match device {
         Device::CudaEmu => {
-            let rows =
+            let mut rows =
                 selftest::run(|| Ok(CudaBackend::new(EmuGpu::new(), tf32)), selftest::Tolerance::Emulated, steps);
+            rows.extend(epilogue_check::run(&mut EmuGpu::new(), true));
             println!("{}", selftest::table("cuda-emu (SIMT emulation on the CPU)", &rows));
             rows
         }
         _ => {
             let report = probe::probe();
-            let name = CudaGpu::open(&report, 0).map_err(|e| miette::Report::msg(e.to_string()))?.describe();
+            let mut gpu = CudaGpu::open(&report, 0).map_err(|e| miette::Report::msg(e.to_string()))?;
+            let name = gpu.describe();
             let open = || CudaGpu::open(&report, 0).map(|g| CudaBackend::new(g, tf32)).map_err(|e| e.to_string());
-            let rows = selftest::run(open, selftest::Tolerance::Device, steps);
+            let mut rows = selftest::run(open, selftest::Tolerance::Device, steps);
+            rows.extend(epilogue_check::run(&mut gpu, false));
             println!("{}", selftest::table(&name, &rows));
             rows
         }

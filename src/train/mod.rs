@@ -9,6 +9,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod compare;
 pub mod data;
+pub mod epilogue_check;
 pub mod plots;
 pub mod selftest;
 pub mod setup;

@@ -18,7 +18,7 @@ use cudarc::driver::{
     PushKernelArg,
 };
 
-use super::gpu::{Gemm, Gpu, GpuError, KArg, Launch};
+use super::gpu::{Epilogue, Gemm, Gpu, GpuError, KArg, Launch};
 use super::graph::{Arg, Recorder, Recording, Work};
 use super::nvrtc;
 use super::probe::{GpuInfo, Report};
@@ -94,7 +94,7 @@ impl CudaGpu {
     fn run_one(&mut self, w: &Work) -> Result<(), GpuError> {
         match w {
             Work::Launch { name, cfg, args } => self.run_launch(name, *cfg, args),
-            Work::Gemm { gemm, a, b, c } => self.run_gemm(gemm, *a, *b, *c),
+            Work::Gemm { gemm, a, b, c, bias } => self.run_gemm(gemm, [*a, *b, *c], *bias),
         }
     }
 
@@ -141,7 +141,7 @@ impl CudaGpu {
         unsafe { b.launch(lc) }.map(|_| ()).map_err(|e| GpuError(format!("launch of {name}: {e:?}")))
     }
 
-    fn run_gemm(&mut self, g: &Gemm, pa: u64, pb: u64, pc: u64) -> Result<(), GpuError> {
+    fn run_gemm(&mut self, g: &Gemm, [pa, pb, pc]: [u64; 3], bias: u64) -> Result<(), GpuError> {
         let shape = LtShape::of(g)?;
         let key = GemmKey::of(g);
         if !self.plans.contains_key(&key) {
@@ -149,6 +149,21 @@ impl CudaGpu {
             self.plans.insert(key.clone(), plan);
         }
         let plan = &self.plans[&key];
+        if g.epilogue.has_bias() {
+            // The bias pointer is the descriptor's, shared by every GEMM of
+            // this shape: set before each one (a captured graph keeps the
+            // value it had when the call was captured).
+            // SAFETY: a live descriptor; the attribute's value is a device pointer.
+            unsafe {
+                lt::set_matmul_desc_attribute(
+                    plan.desc,
+                    ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                    &bias as *const u64 as *const c_void,
+                    std::mem::size_of::<u64>(),
+                )
+            }
+            .map_err(|e| GpuError(format!("cuBLASLt bias pointer: {e:?}")))?;
+        }
         let (w, _sync) = self.workspace.device_ptr(&self.stream);
         // SAFETY: operands were inside their allocations (checked for the
         // whole batch when recorded); the plan was made for exactly this shape.
@@ -259,19 +274,25 @@ impl Gpu for CudaGpu {
         Ok(())
     }
 
-    fn gemm(
+    fn gemm_bias(
         &mut self,
         g: &Gemm,
         a: (&CudaSlice<u8>, usize),
         b: (&CudaSlice<u8>, usize),
         c: (&CudaSlice<u8>, usize),
+        bias: Option<(&CudaSlice<u8>, usize)>,
     ) -> Result<(), GpuError> {
         let shape = LtShape::of(g)?;
         let [sa, sb, sc] = shape.spans();
         let pa = self.ptr(a.0, a.1, sa)?;
         let pb = self.ptr(b.0, b.1, sb)?;
         let pc = self.ptr(c.0, c.1, sc)?;
-        match self.rec.keep(Work::Gemm { gemm: g.clone(), a: pa, b: pb, c: pc }) {
+        g.epilogue.check_bias(bias.is_some())?;
+        let pbias = match bias {
+            Some((m, off)) => self.ptr(m, off, shape.bias_bytes())?,
+            None => 0,
+        };
+        match self.rec.keep(Work::Gemm { gemm: g.clone(), a: pa, b: pb, c: pc, bias: pbias }) {
             Some(w) => self.run_one(&w),
             None => Ok(()),
         }
@@ -344,6 +365,7 @@ pub struct LtShape {
     pub trans_b: bool,
     /// `CUBLAS_COMPUTE_32F_FAST_TF32` rather than `_32F`.
     pub tf32: bool,
+    pub epilogue: Epilogue,
 }
 
 impl LtShape {
@@ -370,6 +392,7 @@ impl LtShape {
             trans_b: g.trans_b,
             // TF32 only speeds up f32 inputs; for 16-bit inputs it means nothing.
             tf32: g.tf32 && g.ab == DType::F32,
+            epilogue: g.epilogue,
         };
         if s.batch == 1 {
             s.a.stride = 0;
@@ -388,10 +411,26 @@ impl LtShape {
         };
         [span(&self.a), span(&self.b), span(&self.c)]
     }
+
+    /// Bytes of the epilogue's bias: one of C's elements per row.
+    pub fn bias_bytes(&self) -> usize {
+        self.c.rows as usize * self.c.dtype.size_bytes()
+    }
+
+    /// cuBLASLt's name for the epilogue.
+    fn lt_epilogue(&self) -> ltsys::cublasLtEpilogue_t {
+        use ltsys::cublasLtEpilogue_t as E;
+        match self.epilogue {
+            Epilogue::None => E::CUBLASLT_EPILOGUE_DEFAULT,
+            Epilogue::Bias => E::CUBLASLT_EPILOGUE_BIAS,
+            Epilogue::ReluBias => E::CUBLASLT_EPILOGUE_RELU_BIAS,
+            Epilogue::GeluBias => E::CUBLASLT_EPILOGUE_GELU_BIAS,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct GemmKey([u64; 10], [bool; 3], [DType; 2]);
+struct GemmKey([u64; 10], [bool; 3], [DType; 2], Epilogue);
 
 impl GemmKey {
     fn of(g: &Gemm) -> GemmKey {
@@ -399,6 +438,7 @@ impl GemmKey {
             [g.m, g.n, g.k, g.lda, g.ldb, g.ldc, g.batch, g.stride_a, g.stride_b, g.stride_c],
             [g.trans_a, g.trans_b, g.tf32],
             [g.ab, g.c],
+            g.epilogue,
         )
     }
 }
@@ -471,6 +511,33 @@ impl LtPlan {
         plan.c = layout(&s.c).inspect_err(|_| plan.destroy_ref())?;
         let ta = s.trans_a as i32;
         let tb = s.trans_b as i32;
+        if s.epilogue != Epilogue::None {
+            let epilogue = s.lt_epilogue() as u32;
+            // The bias is the same for every batch entry.
+            let bias_stride = 0i64;
+            // SAFETY: a live descriptor; the values are the attributes' types
+            // (the epilogue enum is 32 bits, the batch stride 64).
+            unsafe {
+                lt::set_matmul_desc_attribute(
+                    desc,
+                    D::CUBLASLT_MATMUL_DESC_EPILOGUE,
+                    &epilogue as *const u32 as *const c_void,
+                    4,
+                )
+                .and_then(|_| {
+                    lt::set_matmul_desc_attribute(
+                        desc,
+                        D::CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE,
+                        &bias_stride as *const i64 as *const c_void,
+                        8,
+                    )
+                })
+            }
+            .map_err(|x| {
+                plan.destroy_ref();
+                GpuError(format!("cuBLASLt epilogue {:?}: {x:?}", s.epilogue))
+            })?;
+        }
         let pref = lt::create_matmul_pref().map_err(e("matmul preference"))?;
         // SAFETY: live descriptors; attribute values of the documented types.
         let found = unsafe {
@@ -503,13 +570,14 @@ impl LtPlan {
             Err(x) => {
                 plan.destroy_ref();
                 Err(GpuError(format!(
-                    "cuBLASLt has no algorithm for {}x{}x{} {} -> {} (batch {}): {x:?}",
+                    "cuBLASLt has no algorithm for {}x{}x{} {} -> {} (batch {}, epilogue {:?}): {x:?}",
                     s.c.rows,
                     s.c.cols,
                     if s.trans_a { s.a.rows } else { s.a.cols },
                     s.a.dtype.name(),
                     s.c.dtype.name(),
-                    s.batch
+                    s.batch,
+                    s.epilogue
                 )))
             }
         }
@@ -556,6 +624,26 @@ mod tests {
             alpha: 1.0,
             beta: 0.0,
             tf32: true,
+            epilogue: Epilogue::None,
+        }
+    }
+
+    #[test]
+    fn an_epilogue_names_cublaslts_and_its_bias_spans_the_rows() {
+        let mut g = gemm(5, 3, 7, false, false);
+        for (e, lt) in [
+            (Epilogue::None, ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT),
+            (Epilogue::Bias, ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS),
+            (Epilogue::ReluBias, ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_RELU_BIAS),
+            (Epilogue::GeluBias, ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_BIAS),
+        ] {
+            g.epilogue = e;
+            let s = LtShape::of(&g).unwrap();
+            assert_eq!(s.lt_epilogue(), lt);
+            // One f16 per row of C (m = 5), whatever the batch.
+            assert_eq!(s.bias_bytes(), 10);
+            // A plan is made per epilogue: the key tells them apart.
+            assert_eq!(GemmKey::of(&g) == GemmKey::of(&gemm(5, 3, 7, false, false)), e == Epilogue::None);
         }
     }
 

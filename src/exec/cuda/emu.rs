@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use half::{bf16, f16};
 
-use super::gpu::{Gemm, Gpu, GpuError, KArg, Launch};
+use super::gpu::{Epilogue, Gemm, Gpu, GpuError, KArg, Launch};
 use super::graph::{Arg, Recorder, Recording, Work};
 use crate::ir::types::DType;
 
@@ -219,7 +219,7 @@ impl EmuGpu {
     fn run_one(&mut self, w: &Work) -> Result<(), GpuError> {
         match w {
             Work::Launch { name, cfg, args } => self.run_launch(name, *cfg, args),
-            Work::Gemm { gemm, a, b, c } => self.run_gemm(gemm, [*a, *b, *c]),
+            Work::Gemm { gemm, a, b, c, bias } => self.run_gemm(gemm, [*a, *b, *c], *bias),
         }
     }
 
@@ -461,15 +461,18 @@ impl Gpu for EmuGpu {
     /// With beta = 0, C is not read (NaNs there do not propagate). The
     /// products accumulate in f32 (an order other than the GPU's, and full
     /// f32 even with `tf32`) and are rounded once to `g.c`.
-    fn gemm(
+    fn gemm_bias(
         &mut self,
         g: &Gemm,
         a: (&EmuMem, usize),
         b: (&EmuMem, usize),
         c: (&EmuMem, usize),
+        bias: Option<(&EmuMem, usize)>,
     ) -> Result<(), GpuError> {
-        let mut at = [0u64; 3];
-        for ((mem, offset), (addr, name)) in [a, b, c].into_iter().zip(at.iter_mut().zip(["A", "B", "C"])) {
+        let mut at = [0u64; 4];
+        let named = [a, b, c].into_iter().map(Some).chain([bias]).zip(["A", "B", "C", "bias"]);
+        for ((operand, name), addr) in named.zip(at.iter_mut()) {
+            let Some((mem, offset)) = operand else { continue };
             let what = format!("emulated gemm, {name}");
             self.own(mem, &what)?;
             if offset > mem.len {
@@ -477,7 +480,8 @@ impl Gpu for EmuGpu {
             }
             *addr = (mem.ptr.as_ptr() as usize + offset) as u64;
         }
-        match self.rec.keep(Work::Gemm { gemm: g.clone(), a: at[0], b: at[1], c: at[2] }) {
+        g.epilogue.check_bias(bias.is_some())?;
+        match self.rec.keep(Work::Gemm { gemm: g.clone(), a: at[0], b: at[1], c: at[2], bias: at[3] }) {
             Some(w) => self.run_one(&w),
             None => Ok(()),
         }
@@ -514,8 +518,9 @@ impl Gpu for EmuGpu {
 }
 
 impl EmuGpu {
-    /// Runs a recorded GEMM on the device addresses of A, B and C.
-    fn run_gemm(&mut self, g: &Gemm, at: [u64; 3]) -> Result<(), GpuError> {
+    /// Runs a recorded GEMM on the device addresses of A, B and C, and of
+    /// its epilogue's bias (0: none).
+    fn run_gemm(&mut self, g: &Gemm, at: [u64; 3], bias_at: u64) -> Result<(), GpuError> {
         let err = |msg: String| GpuError(format!("emulated gemm: {msg}"));
         match (g.ab, g.c) {
             (DType::F32, DType::F32)
@@ -577,6 +582,19 @@ impl EmuGpu {
             return Ok(());
         }
         let (m, n, k) = (to_usize(g.m, "m")?, to_usize(g.n, "n")?, to_usize(g.k, "k")?);
+        let bias = match g.epilogue.has_bias() {
+            false => Vec::new(),
+            true => {
+                let offset = usize::try_from(bias_at).map_err(|_| err(format!("bias address {bias_at:#x}")))?;
+                let size = g.c.size_bytes();
+                if offset % size != 0 {
+                    return Err(err(format!("the bias at {offset:#x} is not aligned to its {size}-byte elements")));
+                }
+                let base = self.region(offset, m * size, "emulated gemm, bias")?;
+                // SAFETY: `region` checked that m elements lie in one live allocation.
+                unsafe { load(base, m, g.c) }
+            }
+        };
         let (lda, ldb, ldc) = (to_isize(g.lda, "lda")?, to_isize(g.ldb, "ldb")?, to_isize(g.ldc, "ldc")?);
         let ldc_elems = to_usize(g.ldc, "ldc")?;
         // Row and column strides of op(A) and op(B) in their stored buffers.
@@ -621,6 +639,11 @@ impl EmuGpu {
             };
             // Only the m rows of each column: the gap up to ldc is not C's.
             let size = g.c.size_bytes();
+            if g.epilogue.has_bias() {
+                for col in cv.chunks_mut(ldc_elems).take(n) {
+                    epilogue(g.epilogue, &mut col[..m], &bias);
+                }
+            }
             for (j, col) in cv.chunks(ldc_elems).take(n).enumerate() {
                 let dst = bases[2].wrapping_add(off_c + j * ldc_elems * size);
                 // SAFETY: column j of entry `entry` lies within C's checked extent.
@@ -628,6 +651,21 @@ impl EmuGpu {
             }
         }
         Ok(())
+    }
+}
+
+/// A column of a GEMM's f32 result through the epilogue, in f32 as
+/// cuBLASLt computes it before the rounding to C's type: the bias (C's
+/// type, exact in f32), then the activation with the CPU's formula.
+fn epilogue(e: Epilogue, col: &mut [f32], bias: &[f32]) {
+    use crate::exec::cpu::elementwise::{gelu, relu};
+    for (v, b) in col.iter_mut().zip(bias) {
+        let x = *v + b;
+        *v = match e {
+            Epilogue::None | Epilogue::Bias => x,
+            Epilogue::ReluBias => relu(x),
+            Epilogue::GeluBias => gelu(x),
+        };
     }
 }
 

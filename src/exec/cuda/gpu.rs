@@ -58,6 +58,40 @@ impl<M> Clone for KArg<'_, M> {
 }
 impl<M> Copy for KArg<'_, M> {}
 
+/// What a GEMM applies to its f32 result before the one rounding to C's
+/// type (cuBLASLt's `CUBLASLT_MATMUL_DESC_EPILOGUE`): the bias add of a
+/// matmul and the activation after it, fused into the GEMM, so that the
+/// product is neither stored nor read back and rounds once, not per op.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Epilogue {
+    #[default]
+    None,
+    /// `c[i, j] += bias[i]`: a vector of `m` elements of C's type, the same
+    /// for every column and batch entry (mpc's bias over a row-major
+    /// matmul's last axis, which is cuBLAS's rows).
+    Bias,
+    /// The bias, then `relu`.
+    ReluBias,
+    /// The bias, then `gelu` (its tanh form, as mpc's `gelu`).
+    GeluBias,
+}
+
+impl Epilogue {
+    /// Whether the GEMM reads a bias vector.
+    pub fn has_bias(self) -> bool {
+        self != Epilogue::None
+    }
+
+    /// Whether a bias vector, `given` or not, is what the epilogue reads.
+    pub fn check_bias(self, given: bool) -> Result<(), GpuError> {
+        match (self.has_bias(), given) {
+            (true, false) => Err(GpuError(format!("GEMM with epilogue {self:?}: no bias vector was given"))),
+            (false, true) => Err(GpuError("GEMM without a bias epilogue: a bias vector was given".into())),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A (batched) GEMM `C = alpha · op(A) · op(B) + beta · C`, column-major
 /// as cuBLASLt sees it; the CUDA backend maps mpc's row-major `matmul` onto
 /// it (see `layout.rs`). Accumulation is always f32 (`CUBLAS_COMPUTE_32F`,
@@ -85,6 +119,9 @@ pub struct Gemm {
     pub alpha: f32,
     pub beta: f32,
     pub tf32: bool,
+    /// Applied after `alpha` and `beta`: `C = act(alpha · op(A) · op(B) +
+    /// beta · C + bias)`.
+    pub epilogue: Epilogue,
 }
 
 /// A device: allocations, copies, kernel launches, GEMMs. Work is ordered
@@ -127,6 +164,19 @@ pub trait Gpu {
         a: (&Self::Mem, usize),
         b: (&Self::Mem, usize),
         c: (&Self::Mem, usize),
+    ) -> Result<(), GpuError> {
+        self.gemm_bias(g, a, b, c, None)
+    }
+
+    /// [`Gpu::gemm`] with the bias vector of its epilogue, which must be
+    /// given exactly when [`Epilogue::has_bias`].
+    fn gemm_bias(
+        &mut self,
+        g: &Gemm,
+        a: (&Self::Mem, usize),
+        b: (&Self::Mem, usize),
+        c: (&Self::Mem, usize),
+        bias: Option<(&Self::Mem, usize)>,
     ) -> Result<(), GpuError>;
 
     /// Waits for all issued work.

@@ -12,7 +12,7 @@
 //! decision) issues what was recorded so far and makes the step one that
 //! cannot be replayed.
 
-use super::gpu::{Gemm, Launch};
+use super::gpu::{Epilogue, Gemm, Launch};
 
 /// A kernel argument as the kernel receives it: a pointer's device
 /// address, or a scalar's bits (floats as bits, so that equality is exact).
@@ -70,22 +70,25 @@ pub enum Work {
         cfg: Launch,
         args: Vec<Arg>,
     },
-    /// A GEMM on the device addresses of A, B and C.
+    /// A GEMM on the device addresses of A, B and C, and of its epilogue's
+    /// bias (0 when it has none).
     Gemm {
         gemm: Gemm,
         a: u64,
         b: u64,
         c: u64,
+        bias: u64,
     },
 }
 
 /// A GEMM's description as bits, for exact comparison.
-fn gemm_bits(g: &Gemm) -> ([u64; 10], [bool; 3], [u32; 2], [&'static str; 2]) {
+fn gemm_bits(g: &Gemm) -> ([u64; 10], [bool; 3], [u32; 2], [&'static str; 2], Epilogue) {
     (
         [g.m, g.n, g.k, g.lda, g.ldb, g.ldc, g.batch, g.stride_a, g.stride_b, g.stride_c],
         [g.trans_a, g.trans_b, g.tf32],
         [g.alpha.to_bits(), g.beta.to_bits()],
         [g.ab.name(), g.c.name()],
+        g.epilogue,
     )
 }
 
@@ -107,14 +110,16 @@ impl Work {
                 let i = args.iter().zip(a2).position(|(a, b)| a != b)?;
                 Some(format!("`{name}` argument {i}: {} where {} was", args[i], a2[i]))
             }
-            (Work::Gemm { gemm, a, b, c }, Work::Gemm { gemm: g2, a: a2, b: b2, c: c2 }) => {
+            (Work::Gemm { gemm, a, b, c, bias }, Work::Gemm { gemm: g2, a: a2, b: b2, c: c2, bias: bias2 }) => {
                 if gemm_bits(gemm) != gemm_bits(g2) {
                     return Some(format!(
-                        "a GEMM {}x{}x{} where {}x{}x{} was",
-                        gemm.m, gemm.n, gemm.k, g2.m, g2.n, g2.k
+                        "a GEMM {}x{}x{} (epilogue {:?}) where {}x{}x{} (epilogue {:?}) was",
+                        gemm.m, gemm.n, gemm.k, gemm.epilogue, g2.m, g2.n, g2.k, g2.epilogue
                     ));
                 }
-                let at = [(a, a2, "A"), (b, b2, "B"), (c, c2, "C")].into_iter().find(|(x, y, _)| x != y)?;
+                let at = [(a, a2, "A"), (b, b2, "B"), (c, c2, "C"), (bias, bias2, "bias")]
+                    .into_iter()
+                    .find(|(x, y, _)| x != y)?;
                 Some(format!("GEMM operand {} at {:#x} where {:#x} was", at.2, at.0, at.1))
             }
             (Work::Launch { name, .. }, Work::Gemm { .. }) => Some(format!("`{name}` where a GEMM was")),
@@ -274,8 +279,9 @@ mod tests {
             alpha: 1.0,
             beta: 0.0,
             tf32: false,
+            epilogue: Epilogue::None,
         };
-        Work::Gemm { gemm: g, a: 0x1000, b: 0x2000, c }
+        Work::Gemm { gemm: g, a: 0x1000, b: 0x2000, c, bias: 0 }
     }
 
     fn rec(work: Vec<Work>) -> Recording {

@@ -5,7 +5,7 @@
 use crate::ir::op::Conv;
 use crate::ir::types::DType;
 
-use super::gpu::Gemm;
+use super::gpu::{Epilogue, Gemm};
 
 /// Threads per block of every 1-D launch (kernels/README.md, "Launches").
 pub const THREADS: u32 = 256;
@@ -313,6 +313,7 @@ pub fn matmul_gemm(
         alpha: 1.0,
         beta: 0.0,
         tf32,
+        epilogue: Epilogue::None,
     })
 }
 
