@@ -118,3 +118,36 @@ fn the_fused_arena_is_the_claimed_plan() {
     assert_eq!(fused.backend().arena_bytes(), claimed.arena.arena_bytes);
     assert!(claimed.arena.arena_bytes <= unfused.arena.arena_bytes);
 }
+
+/// The cross-entropy pair (one kernel for the loss and its gradient, run
+/// at the gradient's step) is claimed on the MLP and gpt_block in fp16 and
+/// bf16, and the loss and the logits' gradient it writes are the unfused
+/// kernels' bits at every step.
+#[test]
+fn the_cross_entropy_pair_writes_the_unfused_loss_and_gradient() {
+    for file in ["mlp.json", "gpt_block.json"] {
+        let path = std::path::Path::new("ir-examples").join(file);
+        for low in [DType::F16, DType::Bf16] {
+            let (source, g) = lowered(&path, low);
+            let batch = batches(&path, &source);
+            let state = init_state(&g, 0).unwrap();
+            let plan = Plan::new(&g, 0).unwrap();
+            let pairs: Vec<_> =
+                plan.fusion_groups().into_iter().filter(|gr| gr.kind == fuse::Kind::CrossEntropy).collect();
+            assert_eq!(pairs.len(), 1, "{file} {low}");
+            let fetch: Vec<String> = pairs[0].outputs.iter().map(|&v| plan.value_name(v).to_string()).collect();
+            let opts = RunOptions { fetch: fetch.clone(), ..RunOptions::default() };
+            let mut plain = Session::new(&g, CudaBackend::new(EmuGpu::new(), false), 0, &state).unwrap();
+            let mut fused =
+                Session::new(&g, CudaBackend::new(EmuGpu::new(), false).with_fusion(true), 0, &state).unwrap();
+            assert!(fused.plan().claimed().contains(&pairs[0]), "{file} {low}: the pair is claimed");
+            for s in 0..STEPS {
+                let a = plain.step(&batch(s), s, &opts).unwrap();
+                let b = fused.step(&batch(s), s, &opts).unwrap();
+                for name in &fetch {
+                    assert!(bits(&a.fetched[name]) == bits(&b.fetched[name]), "{file} {low} step {s}: `{name}`");
+                }
+            }
+        }
+    }
+}

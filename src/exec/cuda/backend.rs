@@ -401,20 +401,22 @@ impl<G: Gpu> Backend for CudaBackend<G> {
         for (k, g) in groups.iter().enumerate() {
             // A group the generator cannot express runs unfused.
             let Ok(kernel) = super::fused::generate(plan, g) else { continue };
-            // The chain's output (when stored), then the tail's in slot order.
-            let mut outs = Vec::new();
-            if g.outputs.first() == Some(&g.output) {
-                outs.push((plan.step(g.last).0.to_string(), 0));
-            }
-            if let Some(t) = g.tail {
-                let n = g.outputs.len() - outs.len();
-                outs.extend((0..n).map(|i| (plan.step(t).0.to_string(), i)));
+            // Each output goes where the member step that makes it puts it.
+            let mut outs = Vec::with_capacity(g.outputs.len());
+            for &v in &g.outputs {
+                let place = g.steps().find_map(|m| {
+                    let slot = plan.steps[m].outputs.iter().position(|&o| o == v)?;
+                    Some((plan.steps[m].name.clone(), slot))
+                });
+                outs.push(place.ok_or_else(|| {
+                    ExecError::Graph(format!("fusion group {k} writes `{}`, which no member makes", plan.value_name(v)))
+                })?);
             }
             self.fused.push((kernel, outs));
             taken.push(k);
         }
-        if !self.fused.is_empty() {
-            let kernels: Vec<_> = self.fused.iter().map(|(k, _)| k.clone()).collect();
+        let kernels: Vec<_> = self.fused.iter().map(|(k, _)| k.clone()).filter(|k| k.generated()).collect();
+        if !kernels.is_empty() {
             let names: Vec<String> = kernels.iter().map(|k| k.name.clone()).collect();
             self.gpu.load(&names, &super::fused::module(&kernels)).map_err(gpu_err)?;
         }
@@ -433,9 +435,18 @@ impl<G: Gpu> Backend for CudaBackend<G> {
         if places.len() != out_types.len() {
             return Err(err(format!("{} outputs, expected {}", out_types.len(), places.len())));
         }
+        self.flush_groups()?;
         let mut outs = Vec::with_capacity(out_types.len());
         for ((node, slot), ty) in places.iter().zip(out_types) {
             outs.push(self.output(node, *slot, ty)?);
+        }
+        if let super::fused::Work::CrossEntropy { rows, classes } = kernel.work {
+            let ([dloss, logits, labels], [loss, dx]) = (inputs, outs.as_slice()) else {
+                return Err(err("a cross-entropy pair reads 3 values and writes 2".into()));
+            };
+            let pre = [p(dloss), p(logits), p(labels), KArg::I64(rows), KArg::I64(classes), p(dx)];
+            self.two_pass(&kernel.name, rows as u64 * 32, loss, rows as f64, &pre).map_err(err)?;
+            return Ok(outs);
         }
         let mut args: Vec<KArg<'_, G::Mem>> = inputs.iter().map(|b| p(b)).collect();
         args.extend(outs.iter().map(|b| p(b)));
@@ -453,6 +464,7 @@ impl<G: Gpu> Backend for CudaBackend<G> {
                 args.extend([KArg::I64(outer), KArg::I64(len), KArg::I64(inner), KArg::I64(causal)]);
                 (outer * inner) as u64 * 32
             }
+            super::fused::Work::CrossEntropy { .. } => return Err(err("a cross-entropy pair ran as a chain".into())),
         };
         self.launch(&kernel.name, work, &args).map_err(err)?;
         Ok(outs)
