@@ -151,3 +151,34 @@ fn the_cross_entropy_pair_writes_the_unfused_loss_and_gradient() {
         }
     }
 }
+
+/// gpt_block's residual adds after its layer_norm_grads (four of five: the
+/// final norm's dx has no add) run in the gradient's kernel, in fp16 and
+/// bf16: dx is not stored, and the sums, dgamma and dbeta are the unfused
+/// kernels' bits at every step.
+#[test]
+fn the_residual_add_joins_the_layer_norm_gradient() {
+    let path = std::path::Path::new("ir-examples/gpt_block.json");
+    for low in [DType::F16, DType::Bf16] {
+        let (source, g) = lowered(path, low);
+        let batch = batches(path, &source);
+        let state = init_state(&g, 0).unwrap();
+        let plan = Plan::new(&g, 0).unwrap();
+        let adds: Vec<_> =
+            plan.fusion_groups().into_iter().filter(|gr| gr.kind == fuse::Kind::LayerNormGradAdd).collect();
+        assert_eq!(adds.len(), 4, "{low}");
+        let fetch: Vec<String> =
+            adds.iter().flat_map(|gr| &gr.outputs).map(|&v| plan.value_name(v).to_string()).collect();
+        let opts = RunOptions { fetch: fetch.clone(), ..RunOptions::default() };
+        let mut plain = Session::new(&g, CudaBackend::new(EmuGpu::new(), false), 0, &state).unwrap();
+        let mut fused = Session::new(&g, CudaBackend::new(EmuGpu::new(), false).with_fusion(true), 0, &state).unwrap();
+        assert!(adds.iter().all(|gr| fused.plan().claimed().contains(gr)), "{low}: claimed");
+        for s in 0..STEPS {
+            let a = plain.step(&batch(s), s, &opts).unwrap();
+            let b = fused.step(&batch(s), s, &opts).unwrap();
+            for name in &fetch {
+                assert!(bits(&a.fetched[name]) == bits(&b.fetched[name]), "{low} step {s}: `{name}`");
+            }
+        }
+    }
+}

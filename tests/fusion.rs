@@ -25,13 +25,23 @@ fn fusion_plan_of_every_example() {
 }
 
 /// Every group obeys the rule it was made by: consecutive fusable steps of
-/// one output shape, each hidden value read once and inside, none returned.
+/// one output shape, each hidden value read once and inside, none returned;
+/// a layer_norm_grad's dx hidden only when the add at the next step is its
+/// one reader.
 #[test]
 fn groups_hide_only_values_read_once_inside() {
     insta::glob!("../ir-examples", "*.json", |path| {
         let g = lowered(path, DType::F16);
         let plan = Plan::new(&g, 0).unwrap();
         let groups = plan.fusion_groups();
+        for gr in groups.iter().filter(|gr| gr.kind == fuse::Kind::LayerNormGradAdd) {
+            assert_eq!((plan.step(gr.first).1, plan.step(gr.last).1), (&mpc::Op::LayerNormGrad, &mpc::Op::Add));
+            assert_eq!(gr.last, gr.first + 1);
+            let dx = plan.step_outputs(gr.first)[0];
+            assert_eq!(gr.hidden, [dx]);
+            let readers: Vec<usize> = (0..plan.num_steps()).filter(|&i| plan.step_inputs(i).contains(&dx)).collect();
+            assert_eq!(readers, [gr.last], "{}", path.display());
+        }
         for gr in groups.iter().filter(|gr| gr.kind == fuse::Kind::Chain) {
             assert!(gr.first < gr.last || gr.tail.is_some(), "{}: {gr:?}", path.display());
             let shape = &plan.value_type(gr.output).shape;

@@ -32,6 +32,11 @@
 //! later than before (every step in between that reads the loss must be a
 //! seed, which needs its type only), so no value lives longer and the
 //! pair costs no arena byte.
+//!
+//! A `layer_norm_grad` whose dx only the `add` right after it reads (the
+//! residual branch's gradient plus the norm's, in a transformer's backward)
+//! joins that add ([`Kind::LayerNormGradAdd`]): the kernel writes the sum
+//! and dx is never stored.
 
 use crate::ir::op::Op;
 use crate::ir::types::{DType, TensorType};
@@ -46,6 +51,9 @@ pub enum Kind {
     /// The `cross_entropy` at `first` and its gradient at `last` (the
     /// steps between are not members and run as they are).
     CrossEntropy,
+    /// The `layer_norm_grad` at `first` and the `add` of its dx at `last`
+    /// (`first + 1`).
+    LayerNormGradAdd,
 }
 
 impl Kind {
@@ -54,6 +62,7 @@ impl Kind {
         match self {
             Kind::Chain => "chain",
             Kind::CrossEntropy => "cross_entropy",
+            Kind::LayerNormGradAdd => "layer_norm_grad_add",
         }
     }
 }
@@ -78,7 +87,8 @@ pub struct Group {
     /// in the same kernel.
     pub tail: Option<usize>,
     /// Every value the group writes: `output` (unless hidden), then the
-    /// tail's outputs; a pair's loss, then its gradient.
+    /// tail's outputs; a pair's loss, then its gradient; the add's sum,
+    /// then dgamma and dbeta.
     pub outputs: Vec<usize>,
 }
 
@@ -149,7 +159,9 @@ fn softmax_tail(plan: &Plan, t: usize, x: usize) -> bool {
 /// The groups of `plan`, in order of their first steps, none sharing a
 /// step: elementwise runs of two or more steps, any elementwise run (one
 /// step will do) whose output the next step layer-normalises or (read by it
-/// alone) softmaxes, with that step as its tail, and the cross-entropy pairs.
+/// alone) softmaxes, with that step as its tail, the cross-entropy pairs,
+/// and the layer_norm_grads with the add of their dx (those first: their
+/// adds are no chain's).
 pub fn groups(plan: &Plan) -> Vec<Group> {
     let mut readers: Vec<Vec<usize>> = vec![Vec::new(); plan.num_values()];
     for (i, s) in plan.steps.iter().enumerate() {
@@ -161,7 +173,12 @@ pub fn groups(plan: &Plan) -> Vec<Group> {
     for &v in plan.loss.iter().chain(&plan.outputs).chain(plan.updates.iter().map(|(_, v)| v)) {
         kept[v] = true;
     }
-    let mut out = chains(plan, &readers, &kept);
+    let mut out = layer_norm_grad_adds(plan, &readers, &kept);
+    let mut taken = vec![false; plan.steps.len()];
+    for g in &out {
+        taken[g.first..=g.last].fill(true);
+    }
+    out.extend(chains(plan, &readers, &kept, &taken));
     out.extend(cross_entropy_pairs(plan, &readers));
     out.sort_by_key(|g| g.first);
     out
@@ -204,10 +221,53 @@ fn cross_entropy_pairs(plan: &Plan, readers: &[Vec<usize>]) -> Vec<Group> {
     out
 }
 
-/// The elementwise chains (with their tails), in step order.
-fn chains(plan: &Plan, readers: &[Vec<usize>], kept: &[bool]) -> Vec<Group> {
+/// The `layer_norm_grad`s whose dx is read only by the `add` at the next
+/// step, of another value of dx's type (no broadcast).
+fn layer_norm_grad_adds(plan: &Plan, readers: &[Vec<usize>], kept: &[bool]) -> Vec<Group> {
+    let mut out = Vec::new();
+    for (i, s) in plan.steps.iter().enumerate() {
+        let ([.., x, _, _, _], [dx, dgamma, dbeta]) = (s.inputs.as_slice(), s.outputs.as_slice()) else { continue };
+        if !matches!(s.op, Op::LayerNormGrad) || s.inputs.len() != 5 || readers[*dx] != [i + 1] || kept[*dx] {
+            continue;
+        }
+        let Some(add) = plan.steps.get(i + 1) else { continue };
+        let ty = &plan.types[*dx];
+        let dres = match add.inputs.as_slice() {
+            [a, b] if a == dx && b != dx => *b,
+            [a, b] if b == dx && a != dx => *a,
+            _ => continue,
+        };
+        let sum = add.outputs[0];
+        if !matches!(add.op, Op::Add)
+            || !float(ty.dtype)
+            || &plan.types[dres] != ty
+            || &plan.types[sum] != ty
+            || &plan.types[*x] != ty
+            || &plan.types[s.inputs[0]] != ty
+        {
+            continue;
+        }
+        let mut inputs = s.inputs.clone();
+        inputs.push(dres);
+        out.push(Group {
+            kind: Kind::LayerNormGradAdd,
+            first: i,
+            last: i + 1,
+            inputs,
+            output: sum,
+            hidden: vec![*dx],
+            tail: None,
+            outputs: vec![sum, *dgamma, *dbeta],
+        });
+    }
+    out
+}
+
+/// The elementwise chains (with their tails), in step order, of steps not
+/// `taken` by another group.
+fn chains(plan: &Plan, readers: &[Vec<usize>], kept: &[bool], taken: &[bool]) -> Vec<Group> {
     let n = plan.steps.len();
-    let is_member: Vec<bool> = (0..n).map(|i| member(plan, i)).collect();
+    let is_member: Vec<bool> = (0..n).map(|i| !taken[i] && member(plan, i)).collect();
     let shape = |i: usize| &plan.steps[i].out_types[0].shape;
     let mut out = Vec::new();
     let mut i = 0;

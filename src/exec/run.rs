@@ -250,6 +250,11 @@ impl Plan {
         &self.steps[i].inputs
     }
 
+    /// The values step `i` makes, in slot order.
+    pub fn step_outputs(&self, i: usize) -> &[usize] {
+        &self.steps[i].outputs
+    }
+
     /// The number of steps (nodes that compute).
     pub fn num_steps(&self) -> usize {
         self.steps.len()

@@ -448,6 +448,20 @@ impl<G: Gpu> Backend for CudaBackend<G> {
             self.two_pass(&kernel.name, rows as u64 * 32, loss, rows as f64, &pre).map_err(err)?;
             return Ok(outs);
         }
+        if let super::fused::Work::LayerNormGradAdd { rows, width, dx_first } = kernel.work {
+            let ([dy, x, gamma, mean, rstd, dres], [sum, dgamma, dbeta]) = (inputs, outs.as_slice()) else {
+                return Err(err("a layer_norm_grad with its add reads 6 values and writes 3".into()));
+            };
+            let (r, w) = (KArg::I64(rows), KArg::I64(width));
+            let order = KArg::I64(i64::from(dx_first));
+            let args = [p(dy), p(x), p(gamma), p(mean), p(rstd), p(dres), p(sum), r, w, order];
+            self.launch(&kernel.name, rows as u64 * 32, &args).map_err(err)?;
+            // The params kernel is the unfused one's, named alike.
+            let params = kernel.name.replacen("_add_", "_params_", 1);
+            let args = [p(dy), p(x), p(mean), p(rstd), p(dgamma), p(dbeta), r, w];
+            self.launch(&params, width as u64, &args).map_err(err)?;
+            return Ok(outs);
+        }
         let mut args: Vec<KArg<'_, G::Mem>> = inputs.iter().map(|b| p(b)).collect();
         args.extend(outs.iter().map(|b| p(b)));
         let work = match kernel.work {
@@ -464,7 +478,9 @@ impl<G: Gpu> Backend for CudaBackend<G> {
                 args.extend([KArg::I64(outer), KArg::I64(len), KArg::I64(inner), KArg::I64(causal)]);
                 (outer * inner) as u64 * 32
             }
-            super::fused::Work::CrossEntropy { .. } => return Err(err("a cross-entropy pair ran as a chain".into())),
+            super::fused::Work::CrossEntropy { .. } | super::fused::Work::LayerNormGradAdd { .. } => {
+                return Err(err("a kernel of kernels/*.cu ran as a generated one".into()));
+            }
         };
         self.launch(&kernel.name, work, &args).map_err(err)?;
         Ok(outs)

@@ -43,12 +43,16 @@ pub enum Work {
     /// A cross-entropy pair: kernels/loss.cu's `cross_entropy_fused_<t>_<l>`
     /// (not generated: [`FusedKernel::source`] is empty), then `loss_mean`.
     CrossEntropy { rows: i64, classes: i64 },
+    /// A layer_norm_grad with the add of its dx: kernels/norm.cu's
+    /// `layer_norm_grad_add_<x>_<g>` (not generated either), then
+    /// `layer_norm_grad_params_<x>_<g>`.
+    LayerNormGradAdd { rows: i64, width: i64, dx_first: bool },
 }
 
 impl FusedKernel {
     /// Whether the kernel is generated (else it is one of kernels/*.cu).
     pub fn generated(&self) -> bool {
-        !matches!(self.work, Work::CrossEntropy { .. })
+        !matches!(self.work, Work::CrossEntropy { .. } | Work::LayerNormGradAdd { .. })
     }
 }
 
@@ -157,10 +161,27 @@ fn cross_entropy(plan: &Plan, g: &Group) -> Result<FusedKernel, String> {
     Ok(FusedKernel { name, source: String::new(), work: Work::CrossEntropy { rows, classes } })
 }
 
+/// The kernel of a layer_norm_grad with its add: norm.cu's, for x's and
+/// gamma's types. Its name is the params kernel's with `_params` for `_add`.
+fn layer_norm_grad_add(plan: &Plan, g: &Group) -> Result<FusedKernel, String> {
+    let (&[_, x, gamma, _, _, _], &[dx]) = (g.inputs.as_slice(), g.hidden.as_slice()) else {
+        return Err("a layer_norm_grad reads dy, x, gamma, mean and rstd, and the add dres".into());
+    };
+    let (xt, gt) = (plan.value_type(x).dtype, plan.value_type(gamma).dtype);
+    ctype(xt)?;
+    ctype(gt)?;
+    let (rows, width) = super::launch::last_axis(&plan.value_type(x).shape.0);
+    let dx_first = plan.step_inputs(g.last).first() == Some(&dx);
+    let name = format!("layer_norm_grad_add_{}_{}", xt.name(), gt.name());
+    Ok(FusedKernel { name, source: String::new(), work: Work::LayerNormGradAdd { rows, width, dx_first } })
+}
+
 /// The kernel of group `g` of `plan`.
 pub fn generate(plan: &Plan, g: &Group) -> Result<FusedKernel, String> {
-    if g.kind == Kind::CrossEntropy {
-        return cross_entropy(plan, g);
+    match g.kind {
+        Kind::CrossEntropy => return cross_entropy(plan, g),
+        Kind::LayerNormGradAdd => return layer_norm_grad_add(plan, g),
+        Kind::Chain => {}
     }
     let out_ty = plan.value_type(g.output);
     let out = &out_ty.shape.0;
