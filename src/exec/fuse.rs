@@ -226,24 +226,19 @@ fn cross_entropy_pairs(plan: &Plan, readers: &[Vec<usize>]) -> Vec<Group> {
 fn layer_norm_grad_adds(plan: &Plan, readers: &[Vec<usize>], kept: &[bool]) -> Vec<Group> {
     let mut out = Vec::new();
     for (i, s) in plan.steps.iter().enumerate() {
-        let ([.., x, _, _, _], [dx, dgamma, dbeta]) = (s.inputs.as_slice(), s.outputs.as_slice()) else { continue };
-        if !matches!(s.op, Op::LayerNormGrad) || s.inputs.len() != 5 || readers[*dx] != [i + 1] || kept[*dx] {
+        let ([dy, x, _, _, _], [dx, dgamma, dbeta]) = (s.inputs.as_slice(), s.outputs.as_slice()) else { continue };
+        if !matches!(s.op, Op::LayerNormGrad) || readers[*dx] != [i + 1] || kept[*dx] {
             continue;
         }
         let Some(add) = plan.steps.get(i + 1) else { continue };
+        let &[sum] = add.outputs.as_slice() else { continue };
         let ty = &plan.types[*dx];
         let dres = match add.inputs.as_slice() {
             [a, b] if a == dx && b != dx => *b,
             [a, b] if b == dx && a != dx => *a,
             _ => continue,
         };
-        let sum = add.outputs[0];
-        if !matches!(add.op, Op::Add)
-            || !float(ty.dtype)
-            || &plan.types[dres] != ty
-            || &plan.types[sum] != ty
-            || &plan.types[*x] != ty
-            || &plan.types[s.inputs[0]] != ty
+        if !matches!(add.op, Op::Add) || !float(ty.dtype) || [dres, sum, *x, *dy].iter().any(|&v| &plan.types[v] != ty)
         {
             continue;
         }
