@@ -36,6 +36,22 @@ template <typename T> __device__ __forceinline__ float row_lse(const T* row, i64
 __device__ __forceinline__ i64 label_value(i32 v) { return (i64)v; }
 __device__ __forceinline__ i64 label_value(i64 v) { return v; }
 
+// A row's loss term, lse(row) - row[label] in f32 (NaN for a bad label).
+template <typename T> __device__ __forceinline__ float ce_term(const T* row, float lse, i64 l, i64 classes) {
+    return (l >= 0 && l < classes) ? lse - to_f32(row[l]) : mpc_nan_f32();
+}
+
+// A row's gradient s (softmax(row) - onehot(label)) into `out`, by a warp.
+template <typename T>
+__device__ __forceinline__ void ce_grad_row(const T* row, float lse, i64 l, i64 classes, float s, T* out, int lane) {
+    const bool ok = l >= 0 && l < classes;
+    for (i64 k = lane; k < classes; k += MPC_WARP) {
+        const float p = expf(to_f32(row[k]) - lse);
+        const float g = ok ? s * (p - (k == l ? 1.0f : 0.0f)) : mpc_nan_f32();
+        out[k] = from_f32<T>(g);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // cross_entropy_partial_<t>_<l>(const T* logits, const L* labels, i64 rows,
 //     i64 classes, double* partial)
@@ -55,8 +71,7 @@ __device__ __forceinline__ void ce_partial(const T* logits, const L* labels, i64
         const T* row = logits + r * classes;
         const float lse = row_lse(row, classes, lane);
         const i64 l = label_value(labels[r]);
-        const float term = (l >= 0 && l < classes) ? lse - to_f32(row[l]) : mpc_nan_f32();
-        if (lane == 0) acc += (double)term;
+        if (lane == 0) acc += (double)ce_term(row, lse, l, classes);
     }
     acc = block_sum(acc, scratch);
     if (threadIdx.x == 0) partial[blockIdx.x] = acc;
@@ -78,15 +93,38 @@ __device__ __forceinline__ void ce_grad(const float* dloss, const T* logits, con
     const float s = dloss[0] / (float)rows;
     for (i64 r = warp; r < rows; r += warps) {
         const T* row = logits + r * classes;
+        ce_grad_row(row, row_lse(row, classes, lane), label_value(labels[r]), classes, s, dx + r * classes, lane);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// cross_entropy_fused_<t>_<l>(const float* dloss, const T* logits,
+//     const L* labels, i64 rows, i64 classes, T* dx, double* partial)
+// cross_entropy_partial and cross_entropy_grad in one launch (a pair that
+// src/exec/fuse.rs finds): each warp computes a row's lse once, adds the
+// row's term to its block's partial sum and writes the row's gradient.
+// Launched on cross_entropy_partial's grid, every block sums the same rows
+// in the same order, so with loss_mean after it the loss and dx are the
+// unfused kernels' bits.
+// ---------------------------------------------------------------------------
+template <typename T, typename L>
+__device__ __forceinline__ void ce_fused(const float* dloss, const T* logits, const L* labels, i64 rows, i64 classes,
+                                         T* dx, double* partial) {
+    __shared__ double scratch[32];
+    const int lane = threadIdx.x % MPC_WARP;
+    const i64 warp = ((i64)blockIdx.x * blockDim.x + threadIdx.x) / MPC_WARP;
+    const i64 warps = ((i64)blockDim.x * gridDim.x) / MPC_WARP;
+    const float s = dloss[0] / (float)rows;
+    double acc = 0.0;
+    for (i64 r = warp; r < rows; r += warps) {
+        const T* row = logits + r * classes;
         const float lse = row_lse(row, classes, lane);
         const i64 l = label_value(labels[r]);
-        const bool ok = l >= 0 && l < classes;
-        for (i64 k = lane; k < classes; k += MPC_WARP) {
-            const float p = expf(to_f32(row[k]) - lse);
-            const float g = ok ? s * (p - (k == l ? 1.0f : 0.0f)) : mpc_nan_f32();
-            dx[r * classes + k] = from_f32<T>(g);
-        }
+        if (lane == 0) acc += (double)ce_term(row, lse, l, classes);
+        ce_grad_row(row, lse, l, classes, s, dx + r * classes, lane);
     }
+    acc = block_sum(acc, scratch);
+    if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
 
 #define MPC_CE(T, TN, L, LN)                                                                                    \
@@ -99,7 +137,13 @@ __device__ __forceinline__ void ce_grad(const float* dloss, const T* logits, con
                                                               i64 rows, i64 classes, T* dx) {                   \
         ce_grad<T, L>(dloss, logits, labels, rows, classes, dx);                                                \
     }                                                                                                           \
-    MPC_EXPORT(cross_entropy_grad_##TN##_##LN)
+    MPC_EXPORT(cross_entropy_grad_##TN##_##LN)                                                                  \
+    extern "C" __global__ void cross_entropy_fused_##TN##_##LN(const float* dloss, const T* logits,             \
+                                                               const L* labels, i64 rows, i64 classes, T* dx,   \
+                                                               double* partial) {                               \
+        ce_fused<T, L>(dloss, logits, labels, rows, classes, dx, partial);                                      \
+    }                                                                                                           \
+    MPC_EXPORT(cross_entropy_fused_##TN##_##LN)
 
 MPC_CE(float, f32, i32, i32)
 MPC_CE(float, f32, i64, i64)

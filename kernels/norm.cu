@@ -19,20 +19,29 @@
 
 // MPC_WARP_ROWS and ln_forward are in norm.cuh (fused kernels call ln_forward too).
 #include "norm.cuh"
+// OpAdd, for layer_norm_grad_add (the residual add fused into the gradient).
+#include "scalar.cuh"
 
 // ---------------------------------------------------------------------------
 // layer_norm_grad_<x>_<g>(const X* dy, const X* x, const G* gamma,
 //     const float* mean, const float* rstd, X* dx, i64 rows, i64 width)
 // dx = rstd (ĝ - Σĝ/width - x̂ Σĝx̂/width), ĝ = dy·γ, x̂ = (x - mean)·rstd;
 // a warp per row (work = rows · 32).
+// layer_norm_grad_add_<x>_<g>(dy, x, gamma, mean, rstd, const X* dres,
+//     X* out, i64 rows, i64 width, i64 dx_first)
+// out = dres + dx (dx + dres when dx_first) without storing dx: the
+// residual add after a transformer's layer_norm_grad (src/exec/fuse.rs),
+// the same bits as layer_norm_grad then add_<x>.
 // layer_norm_grad_params_<x>_<g>(const X* dy, const X* x, const float* mean,
 //     const float* rstd, G* dgamma, G* dbeta, i64 rows, i64 width)
 // dgamma = Σ_rows dy·x̂, dbeta = Σ_rows dy; a thread per column, rows in
 // order (work = width).
 // ---------------------------------------------------------------------------
-template <typename X, typename G>
-__device__ __forceinline__ void ln_backward(const X* dy, const X* x, const G* gamma, const float* mean,
-                                            const float* rstd, X* dx, i64 rows, i64 width) {
+// `store(i, d)` takes dx's element i, rounded to X: the unfused kernel
+// stores it, a fused one adds the residual's gradient first.
+template <typename X, typename G, typename Store>
+__device__ __forceinline__ void ln_backward_with(const X* dy, const X* x, const G* gamma, const float* mean,
+                                                 const float* rstd, i64 rows, i64 width, Store store) {
     MPC_WARP_ROWS
     const float w = (float)width;
     for (i64 r = warp0; r < rows; r += warps) {
@@ -50,9 +59,27 @@ __device__ __forceinline__ void ln_backward(const X* dy, const X* x, const G* ga
         for (i64 k = lane; k < width; k += MPC_WARP) {
             const float gh = to_f32(dr[k]) * to_f32(gamma[k]);
             const float xhat = (to_f32(xr[k]) - mu) * rs;
-            dx[r * width + k] = from_f32<X>(rs * (gh - m1 - xhat * m2));
+            store(r * width + k, from_f32<X>(rs * (gh - m1 - xhat * m2)));
         }
     }
+}
+
+template <typename X, typename G>
+__device__ __forceinline__ void ln_backward(const X* dy, const X* x, const G* gamma, const float* mean,
+                                            const float* rstd, X* dx, i64 rows, i64 width) {
+    ln_backward_with<X, G>(dy, x, gamma, mean, rstd, rows, width, [&](i64 i, X d) { dx[i] = d; });
+}
+
+// The add after it as add_<x> (elementwise.cu) computes it, in the add's
+// operand order (dx_first: dx is its first operand), from dx as stored.
+template <typename X, typename G>
+__device__ __forceinline__ void ln_backward_add(const X* dy, const X* x, const G* gamma, const float* mean,
+                                                const float* rstd, const X* dres, X* out, i64 rows, i64 width,
+                                                i64 dx_first) {
+    ln_backward_with<X, G>(dy, x, gamma, mean, rstd, rows, width, [&](i64 i, X d) {
+        const float a = to_f32(d), b = to_f32(dres[i]);
+        out[i] = from_f32<X>(dx_first ? OpAdd::f(a, b) : OpAdd::f(b, a));
+    });
 }
 
 template <typename X, typename G>
@@ -82,6 +109,12 @@ __device__ __forceinline__ void ln_params(const X* dy, const X* x, const float* 
         ln_backward<X, G>(dy, x, gamma, mean, rstd, dx, rows, width);                                               \
     }                                                                                                               \
     MPC_EXPORT(layer_norm_grad_##XN##_##GN)                                                                         \
+    extern "C" __global__ void layer_norm_grad_add_##XN##_##GN(const X* dy, const X* x, const G* gamma,             \
+                                                               const float* mean, const float* rstd, const X* dres, \
+                                                               X* out, i64 rows, i64 width, i64 dx_first) {         \
+        ln_backward_add<X, G>(dy, x, gamma, mean, rstd, dres, out, rows, width, dx_first);                          \
+    }                                                                                                               \
+    MPC_EXPORT(layer_norm_grad_add_##XN##_##GN)                                                                     \
     extern "C" __global__ void layer_norm_grad_params_##XN##_##GN(const X* dy, const X* x, const float* mean,       \
                                                                   const float* rstd, G* dgamma, G* dbeta, i64 rows, \
                                                                   i64 width) {                                      \

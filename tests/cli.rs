@@ -547,8 +547,9 @@ fn explain_cost_estimates_the_step() {
     assert!(stderr(&o).contains("known: h100, h200, a100"), "{}", stderr(&o));
 }
 
-/// `explain --fusion`: the MLP's two groups (bias add + relu, the logits'
-/// cast + bias add), the values they hide, and JSON for tools; `--fuse`
+/// `explain --fusion`: the MLP's three groups (bias add + relu, the logits'
+/// cast + bias add, the cross-entropy pair), the values they hide, and
+/// JSON for tools; `--fuse`
 /// trains on the emulated device exactly as without it.
 #[test]
 fn explain_fusion_shows_the_groups() {
@@ -556,13 +557,15 @@ fn explain_fusion_shows_the_groups() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("not stored: `h1b` f16[64,128] (16384 bytes)"), "{out}");
-    assert!(out.contains("2 groups over 4 steps: 2 launches"), "{out}");
+    assert!(out.contains("3 groups over 6 steps: 3 launches"), "{out}");
     assert!(out.contains("planned peak:"), "{out}");
     let o = mpc(&["explain", "--fusion", "--json", "ir-examples/mlp.json", "--precision", "bf16"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["launches_saved"].as_u64(), Some(2));
+    assert_eq!(v["launches_saved"].as_u64(), Some(3));
     assert_eq!(v["groups"][0]["hidden"][0].as_str(), Some("h1b"));
+    assert_eq!(v["groups"][2]["kind"].as_str(), Some("cross_entropy"));
+    assert_eq!(v["groups"][2]["outputs"], serde_json::json!(["loss", "dlogits_b"]));
     assert!(v["planned_peak_bytes"]["fused"].as_u64() <= v["planned_peak_bytes"]["unfused"].as_u64());
     let train = |fuse: bool| {
         let mut args = vec!["train", "ir-examples/mlp.json", "--device", "cuda-emu", "--steps", "2"];

@@ -25,14 +25,24 @@ fn fusion_plan_of_every_example() {
 }
 
 /// Every group obeys the rule it was made by: consecutive fusable steps of
-/// one output shape, each hidden value read once and inside, none returned.
+/// one output shape, each hidden value read once and inside, none returned;
+/// a layer_norm_grad's dx hidden only when the add at the next step is its
+/// one reader.
 #[test]
 fn groups_hide_only_values_read_once_inside() {
     insta::glob!("../ir-examples", "*.json", |path| {
         let g = lowered(path, DType::F16);
         let plan = Plan::new(&g, 0).unwrap();
         let groups = plan.fusion_groups();
-        for gr in &groups {
+        for gr in groups.iter().filter(|gr| gr.kind == fuse::Kind::LayerNormGradAdd) {
+            assert_eq!((plan.step(gr.first).1, plan.step(gr.last).1), (&mpc::Op::LayerNormGrad, &mpc::Op::Add));
+            assert_eq!(gr.last, gr.first + 1);
+            let dx = plan.step_outputs(gr.first)[0];
+            assert_eq!(gr.hidden, [dx]);
+            let readers: Vec<usize> = (0..plan.num_steps()).filter(|&i| plan.step_inputs(i).contains(&dx)).collect();
+            assert_eq!(readers, [gr.last], "{}", path.display());
+        }
+        for gr in groups.iter().filter(|gr| gr.kind == fuse::Kind::Chain) {
             assert!(gr.first < gr.last || gr.tail.is_some(), "{}: {gr:?}", path.display());
             let shape = &plan.value_type(gr.output).shape;
             for i in gr.first..=gr.last {
@@ -47,7 +57,7 @@ fn groups_hide_only_values_read_once_inside() {
                 assert_eq!(&plan.value_type(v).shape, shape);
                 let readers: Vec<usize> = (0..plan.num_steps()).filter(|&i| plan.step_inputs(i).contains(&v)).collect();
                 assert_eq!(readers.len(), 1, "{}: `{}` read by {readers:?}", path.display(), plan.value_name(v));
-                assert!(gr.steps().contains(&readers[0]));
+                assert!(gr.steps().any(|i| i == readers[0]));
                 assert!(g.loss.is_none_or(|l| g.value_name(l) != plan.value_name(v)));
                 assert!(g.outputs.iter().all(|&o| g.value_name(o) != plan.value_name(v)));
                 assert!(g.updates.iter().all(|&(_, u)| g.value_name(u) != plan.value_name(v)));
@@ -113,4 +123,30 @@ fn generated_kernel_with_a_softmax_tail() {
     assert_eq!(k.work, fused::Work::Softmax { outer: 8 * 4 * 32, len: 32, inner: 1, causal: 32 });
     assert!(!g.outputs.contains(&g.output), "the scaled scores are not stored");
     insta::assert_snapshot!(k.source);
+}
+
+/// A cross-entropy pair writes the loss at its gradient's step: it is made
+/// only when the steps before the gradient that read the loss are seeds
+/// (which need its type only). A gradient whose dloss reads the loss's
+/// value gets no pair.
+#[test]
+fn a_cross_entropy_pair_needs_the_loss_read_only_by_seeds() {
+    let mut g = lowered(std::path::Path::new("ir-examples/mlp.json"), DType::F16);
+    let plan = Plan::new(&g, 0).unwrap();
+    let pair = plan.fusion_groups().into_iter().find(|gr| gr.kind == fuse::Kind::CrossEntropy).unwrap();
+    assert_eq!(plan.step(pair.first).1, &mpc::Op::CrossEntropy);
+    assert_eq!(plan.step(pair.last).1, &mpc::Op::CrossEntropyGrad);
+    assert!((pair.first + 1..pair.last)
+        .all(|i| !plan.step_inputs(i).contains(&pair.outputs[0]) || plan.step(i).1 == &mpc::Op::Seed));
+    assert_eq!(pair.at(), pair.last);
+    assert_eq!(pair.steps().collect::<Vec<_>>(), [pair.first, pair.last]);
+    assert_eq!(pair.launches_saved(), 1);
+    // dloss times the loss: the gradient now needs the loss's value first.
+    let loss = g.loss.unwrap();
+    let grad = g.node_named("dlogits_b").unwrap();
+    let dloss = g.inputs(grad)[0];
+    let reads = g.add_node("dloss.by_loss", mpc::Op::Mul, mpc::Role::Backward, &[dloss, loss]).unwrap();
+    g.set_input(grad, 0, mpc::ValueId { node: reads, slot: 0 });
+    let plan = Plan::new(&g, 0).unwrap();
+    assert!(plan.fusion_groups().iter().all(|gr| gr.kind != fuse::Kind::CrossEntropy));
 }

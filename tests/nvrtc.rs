@@ -124,7 +124,8 @@ fn compiled_modules_are_cached_on_disk() {
 
 /// The fused kernels of every ir-example (each fusion group of the lowered
 /// step, fp16 and bf16, generated from kernels/scalar.cuh) compile, as the
-/// one program per plan the CUDA backend loads, for sm_80 and sm_90.
+/// one program per plan the CUDA backend loads, for sm_80 and sm_90; those
+/// not generated (a cross-entropy pair's) are kernels of kernels/*.cu.
 #[test]
 fn every_examples_fused_kernels_compile() {
     use mpc::exec::cuda::fused;
@@ -151,8 +152,17 @@ fn every_examples_fused_kernels_compile() {
                 let (ptx, cubin) = nvrtc::compile_generated(&tc, "fused.cu", &source, arch)
                     .unwrap_or_else(|e| panic!("{} {low}: {e}\n{source}", path.display()));
                 let entries = nvrtc::entries(&ptx);
-                for k in &kernels {
+                for k in kernels.iter().filter(|k| k.generated()) {
                     assert!(entries.contains(&k.name.as_str()), "{}: {} is not in the PTX", path.display(), k.name);
+                }
+                // The others are kernel files' (every_kernel_file_compiles).
+                for k in kernels.iter().filter(|k| !k.generated()) {
+                    assert!(
+                        mpc::exec::cuda::emu::EmuGpu::kernels().any(|n| n == k.name),
+                        "{}: {} is in no kernel file",
+                        path.display(),
+                        k.name
+                    );
                 }
                 assert!(!cubin.is_empty());
             }

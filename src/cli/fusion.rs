@@ -18,11 +18,13 @@ pub fn explain_fusion(model: &Path, g: &mpc::Graph, json: bool) -> Result<(), mi
             .iter()
             .map(|gr| {
                 serde_json::json!({
+                    "kind": gr.kind.name(),
                     "steps": gr.steps().map(|i| {
                         let (name, op) = plan.step(i);
                         serde_json::json!({"node": name, "op": op.name()})
                     }).collect::<Vec<_>>(),
                     "output": plan.value_name(gr.output),
+                    "outputs": gr.outputs.iter().map(|&v| plan.value_name(v)).collect::<Vec<_>>(),
                     "hidden": gr.hidden.iter().map(|&v| plan.value_name(v)).collect::<Vec<_>>(),
                     "hidden_bytes": gr.hidden.iter().map(|&v| fuse::bytes(plan.value_type(v))).sum::<u64>(),
                 })

@@ -66,8 +66,10 @@ pub trait Backend {
     /// Which of `groups` (the plan's fusion groups, [`super::fuse`]) the
     /// backend runs as one launch each, by index; asked once, before
     /// [`Backend::prepare`], which then sees them claimed. A claimed group
-    /// runs through [`Backend::run_group`] where its last step stands, and
-    /// its hidden values are never made; per-node [`Backend::run`] remains
+    /// runs through [`Backend::run_group`] where [`super::fuse::Group::at`]
+    /// stands, and its hidden values are never made (a backend that claims
+    /// a cross-entropy pair runs the seed before the loss exists: it is
+    /// then given no input); per-node [`Backend::run`] remains
     /// the fallback (a step that fetches a hidden value runs the group's
     /// steps one by one). The default claims nothing.
     fn claim(&mut self, plan: &super::run::Plan, groups: &[super::fuse::Group]) -> Result<Vec<usize>, ExecError> {

@@ -21,22 +21,65 @@
 //! `softmax` right after a run whose output only it reads (the scaled
 //! attention scores) joins it too, and then the run's output is not
 //! stored at all: the softmax recomputes the chain at each of its reads.
+//!
+//! Besides the chains, a `cross_entropy` and the `cross_entropy_grad` of the
+//! same logits and labels pair up ([`Kind::CrossEntropy`]): one kernel reads
+//! each row once for both the row's loss term and its gradient row. The
+//! gradient's `dloss` is the scaled seed, and a seed reads the loss (for
+//! its type) before the gradient, so the pair cannot run at the forward
+//! step; it runs at the gradient's step, where everything it reads is
+//! alive anyway. The gradient is written where it always was and the loss
+//! later than before (every step in between that reads the loss must be a
+//! seed, which needs its type only), so no value lives longer and the
+//! pair costs no arena byte.
+//!
+//! A `layer_norm_grad` whose dx only the `add` right after it reads (the
+//! residual branch's gradient plus the norm's, in a transformer's backward)
+//! joins that add ([`Kind::LayerNormGradAdd`]): the kernel writes the sum
+//! and dx is never stored.
 
 use crate::ir::op::Op;
 use crate::ir::types::{DType, TensorType};
 
 use super::run::Plan;
 
+/// What a group computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The elementwise steps `first..=last`, and a tail at `last + 1`.
+    Chain,
+    /// The `cross_entropy` at `first` and its gradient at `last` (the
+    /// steps between are not members and run as they are).
+    CrossEntropy,
+    /// The `layer_norm_grad` at `first` and the `add` of its dx at `last`
+    /// (`first + 1`).
+    LayerNormGradAdd,
+}
+
+impl Kind {
+    /// The kind's name, in `mpc explain --fusion --json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Chain => "chain",
+            Kind::CrossEntropy => "cross_entropy",
+            Kind::LayerNormGradAdd => "layer_norm_grad_add",
+        }
+    }
+}
+
 /// One fusion group of a plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Group {
-    /// The elementwise steps `first..=last` (at least two without a tail).
+    pub kind: Kind,
+    /// The elementwise steps `first..=last` (at least two without a tail),
+    /// or the two steps of a pair.
     pub first: usize,
     pub last: usize,
     /// The values the group reads and does not make, in order of first read.
     pub inputs: Vec<usize>,
     /// The elementwise chain's result: step `last`'s output (stored, but
-    /// for a softmax tail, which recomputes it where it reads it).
+    /// for a softmax tail, which recomputes it where it reads it); a
+    /// pair's gradient.
     pub output: usize,
     /// The values made inside and never stored, in step order.
     pub hidden: Vec<usize>,
@@ -44,7 +87,8 @@ pub struct Group {
     /// in the same kernel.
     pub tail: Option<usize>,
     /// Every value the group writes: `output` (unless hidden), then the
-    /// tail's outputs.
+    /// tail's outputs; a pair's loss, then its gradient; the add's sum,
+    /// then dgamma and dbeta.
     pub outputs: Vec<usize>,
 }
 
@@ -54,14 +98,14 @@ impl Group {
         self.tail.unwrap_or(self.last)
     }
 
-    /// The plan steps of the group, its tail included.
-    pub fn steps(&self) -> std::ops::RangeInclusive<usize> {
-        self.first..=self.at()
+    /// The plan steps of the group, its tail included, in order.
+    pub fn steps(&self) -> impl Iterator<Item = usize> + '_ {
+        (self.first..=self.at()).filter(|&i| self.kind == Kind::Chain || i == self.first || i == self.last)
     }
 
     /// Kernel launches the group saves (one launch instead of one per step).
     pub fn launches_saved(&self) -> usize {
-        self.at() - self.first
+        self.steps().count() - 1
     }
 }
 
@@ -112,11 +156,13 @@ fn softmax_tail(plan: &Plan, t: usize, x: usize) -> bool {
         && s.out_types[0].dtype == plan.types[x].dtype
 }
 
-/// The groups of `plan`, in step order, none overlapping: elementwise runs
-/// of two or more steps, and any elementwise run (one step will do) whose
-/// output the next step layer-normalises, with that layer_norm as its tail.
+/// The groups of `plan`, in order of their first steps, none sharing a
+/// step: elementwise runs of two or more steps, any elementwise run (one
+/// step will do) whose output the next step layer-normalises or (read by it
+/// alone) softmaxes, with that step as its tail, the cross-entropy pairs,
+/// and the layer_norm_grads with the add of their dx (those first: their
+/// adds are no chain's).
 pub fn groups(plan: &Plan) -> Vec<Group> {
-    let n = plan.steps.len();
     let mut readers: Vec<Vec<usize>> = vec![Vec::new(); plan.num_values()];
     for (i, s) in plan.steps.iter().enumerate() {
         for &v in &s.inputs {
@@ -127,7 +173,96 @@ pub fn groups(plan: &Plan) -> Vec<Group> {
     for &v in plan.loss.iter().chain(&plan.outputs).chain(plan.updates.iter().map(|(_, v)| v)) {
         kept[v] = true;
     }
-    let is_member: Vec<bool> = (0..n).map(|i| member(plan, i)).collect();
+    let mut out = layer_norm_grad_adds(plan, &readers, &kept);
+    let mut taken = vec![false; plan.steps.len()];
+    for g in &out {
+        taken[g.first..=g.last].fill(true);
+    }
+    out.extend(chains(plan, &readers, &kept, &taken));
+    out.extend(cross_entropy_pairs(plan, &readers));
+    out.sort_by_key(|g| g.first);
+    out
+}
+
+/// The cross-entropy pairs: a `cross_entropy` of float logits and the
+/// `cross_entropy_grad` of the same logits and labels after it, when every
+/// step before the gradient that reads the loss is a seed (the loss is
+/// written at the gradient's step) and the gradient does not read the loss.
+fn cross_entropy_pairs(plan: &Plan, readers: &[Vec<usize>]) -> Vec<Group> {
+    let mut out = Vec::new();
+    for (f, s) in plan.steps.iter().enumerate() {
+        let ([x, labels], [loss]) = (s.inputs.as_slice(), s.outputs.as_slice()) else { continue };
+        if !matches!(s.op, Op::CrossEntropy) || !float(plan.types[*x].dtype) {
+            continue;
+        }
+        let grad = readers[*x].iter().copied().find(|&g| {
+            let t = &plan.steps[g];
+            g > f
+                && matches!(t.op, Op::CrossEntropyGrad)
+                && t.outputs.len() == 1
+                && matches!(t.inputs.as_slice(), [d, x2, l2] if x2 == x && l2 == labels && d != loss)
+        });
+        let Some(g) = grad else { continue };
+        if readers[*loss].iter().any(|&r| r <= g && !matches!(plan.steps[r].op, Op::Seed)) {
+            continue;
+        }
+        let dx = plan.steps[g].outputs[0];
+        out.push(Group {
+            kind: Kind::CrossEntropy,
+            first: f,
+            last: g,
+            inputs: plan.steps[g].inputs.clone(),
+            output: dx,
+            hidden: Vec::new(),
+            tail: None,
+            outputs: vec![*loss, dx],
+        });
+    }
+    out
+}
+
+/// The `layer_norm_grad`s whose dx is read only by the `add` at the next
+/// step, of another value of dx's type (no broadcast).
+fn layer_norm_grad_adds(plan: &Plan, readers: &[Vec<usize>], kept: &[bool]) -> Vec<Group> {
+    let mut out = Vec::new();
+    for (i, s) in plan.steps.iter().enumerate() {
+        let ([dy, x, _, _, _], [dx, dgamma, dbeta]) = (s.inputs.as_slice(), s.outputs.as_slice()) else { continue };
+        if !matches!(s.op, Op::LayerNormGrad) || readers[*dx] != [i + 1] || kept[*dx] {
+            continue;
+        }
+        let Some(add) = plan.steps.get(i + 1) else { continue };
+        let &[sum] = add.outputs.as_slice() else { continue };
+        let ty = &plan.types[*dx];
+        let dres = match add.inputs.as_slice() {
+            [a, b] if a == dx && b != dx => *b,
+            [a, b] if b == dx && a != dx => *a,
+            _ => continue,
+        };
+        if !matches!(add.op, Op::Add) || !float(ty.dtype) || [dres, sum, *x, *dy].iter().any(|&v| &plan.types[v] != ty)
+        {
+            continue;
+        }
+        let mut inputs = s.inputs.clone();
+        inputs.push(dres);
+        out.push(Group {
+            kind: Kind::LayerNormGradAdd,
+            first: i,
+            last: i + 1,
+            inputs,
+            output: sum,
+            hidden: vec![*dx],
+            tail: None,
+            outputs: vec![sum, *dgamma, *dbeta],
+        });
+    }
+    out
+}
+
+/// The elementwise chains (with their tails), in step order, of steps not
+/// `taken` by another group.
+fn chains(plan: &Plan, readers: &[Vec<usize>], kept: &[bool], taken: &[bool]) -> Vec<Group> {
+    let n = plan.steps.len();
+    let is_member: Vec<bool> = (0..n).map(|i| !taken[i] && member(plan, i)).collect();
     let shape = |i: usize| &plan.steps[i].out_types[0].shape;
     let mut out = Vec::new();
     let mut i = 0;
@@ -175,7 +310,7 @@ pub fn groups(plan: &Plan) -> Vec<Group> {
         }
         let mut outputs = if softmax { Vec::new() } else { vec![output] };
         outputs.extend(tail.iter().flat_map(|&t| plan.steps[t].outputs.iter().copied()));
-        out.push(Group { first: i, last: best, inputs, output, hidden, tail, outputs });
+        out.push(Group { kind: Kind::Chain, first: i, last: best, inputs, output, hidden, tail, outputs });
         i = tail.unwrap_or(best) + 1;
     }
     out
@@ -197,14 +332,16 @@ pub fn describe(plan: &Plan, groups: &[Group]) -> String {
         saved += hidden;
         launches += g.launches_saved();
         let outs: Vec<String> = g.outputs.iter().map(|&v| format!("`{}` {}", plan.names[v], plan.types[v])).collect();
-        let _ = writeln!(s, "group {k}: {} steps -> {}", g.at() - g.first + 1, outs.join(", "));
+        let _ = writeln!(s, "group {k}: {} steps -> {}", g.steps().count(), outs.join(", "));
         for i in g.steps() {
             let st = &plan.steps[i];
             let ins: Vec<&str> = st.inputs.iter().map(|&v| plan.names[v].as_str()).collect();
             let _ = writeln!(s, "  {:24} {:14} ({})", st.name, st.op.name(), ins.join(", "));
         }
         let names: Vec<String> = g.hidden.iter().map(|&v| format!("`{}` {}", plan.names[v], plan.types[v])).collect();
-        if names.is_empty() {
+        if g.kind == Kind::CrossEntropy {
+            let _ = writeln!(s, "  not stored: nothing (one pass over the logits makes the loss and its gradient)");
+        } else if names.is_empty() {
             let _ = writeln!(s, "  not stored: nothing (the layer_norm reads its input where the chain wrote it)");
         } else {
             let _ = writeln!(s, "  not stored: {} ({hidden} bytes)", names.join(", "));
@@ -214,7 +351,7 @@ pub fn describe(plan: &Plan, groups: &[Group]) -> String {
         s,
         "{} groups over {} steps: {launches} launches and {saved} bytes of intermediates fewer",
         groups.len(),
-        groups.iter().map(|g| g.at() - g.first + 1).sum::<usize>()
+        groups.iter().map(|g| g.steps().count()).sum::<usize>()
     );
     s
 }

@@ -250,6 +250,11 @@ impl Plan {
         &self.steps[i].inputs
     }
 
+    /// The values step `i` makes, in slot order.
+    pub fn step_outputs(&self, i: usize) -> &[usize] {
+        &self.steps[i].outputs
+    }
+
     /// The number of steps (nodes that compute).
     pub fn num_steps(&self) -> usize {
         self.steps.len()
@@ -354,6 +359,16 @@ pub(crate) fn run_steps<'a, B: Backend>(
             g.hidden.iter().all(|&v| !pinned[v] && inject != Some(v)) && g.steps().all(|i| only.is_none_or(|o| o[i]))
         })
         .collect();
+    // Values a fused group writes after their own step (a cross-entropy
+    // pair's loss, written at the gradient's step).
+    let mut later = vec![false; plan.num_values()];
+    for g in plan.claimed.iter().zip(&fused).filter(|(_, &f)| f).map(|(g, _)| g) {
+        for m in g.steps().filter(|&m| m != g.at()) {
+            for &v in plan.steps[m].outputs.iter().filter(|v| g.outputs.contains(v)) {
+                later[v] = true;
+            }
+        }
+    }
     for (i, st) in plan.steps.iter().enumerate() {
         if only.is_some_and(|o| !o[i]) {
             continue;
@@ -402,6 +417,11 @@ pub(crate) fn run_steps<'a, B: Backend>(
         let outs = {
             let mut ins = Vec::with_capacity(st.inputs.len());
             for &v in &st.inputs {
+                // A seed reads only its input's type, which `out_types`
+                // carries: it runs before a fused pair writes the loss.
+                if later[v] && matches!(st.op, Op::Seed) {
+                    continue;
+                }
                 ins.push(vals[v].as_ref().map(Slot::get).ok_or_else(|| ExecError::Op {
                     node: st.name.clone(),
                     op: st.op.name(),

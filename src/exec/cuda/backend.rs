@@ -401,20 +401,22 @@ impl<G: Gpu> Backend for CudaBackend<G> {
         for (k, g) in groups.iter().enumerate() {
             // A group the generator cannot express runs unfused.
             let Ok(kernel) = super::fused::generate(plan, g) else { continue };
-            // The chain's output (when stored), then the tail's in slot order.
-            let mut outs = Vec::new();
-            if g.outputs.first() == Some(&g.output) {
-                outs.push((plan.step(g.last).0.to_string(), 0));
-            }
-            if let Some(t) = g.tail {
-                let n = g.outputs.len() - outs.len();
-                outs.extend((0..n).map(|i| (plan.step(t).0.to_string(), i)));
+            // Each output goes where the member step that makes it puts it.
+            let mut outs = Vec::with_capacity(g.outputs.len());
+            for &v in &g.outputs {
+                let place = g.steps().find_map(|m| {
+                    let slot = plan.steps[m].outputs.iter().position(|&o| o == v)?;
+                    Some((plan.steps[m].name.clone(), slot))
+                });
+                outs.push(place.ok_or_else(|| {
+                    ExecError::Graph(format!("fusion group {k} writes `{}`, which no member makes", plan.value_name(v)))
+                })?);
             }
             self.fused.push((kernel, outs));
             taken.push(k);
         }
-        if !self.fused.is_empty() {
-            let kernels: Vec<_> = self.fused.iter().map(|(k, _)| k.clone()).collect();
+        let kernels: Vec<_> = self.fused.iter().map(|(k, _)| k.clone()).filter(|k| k.generated()).collect();
+        if !kernels.is_empty() {
             let names: Vec<String> = kernels.iter().map(|k| k.name.clone()).collect();
             self.gpu.load(&names, &super::fused::module(&kernels)).map_err(gpu_err)?;
         }
@@ -433,9 +435,32 @@ impl<G: Gpu> Backend for CudaBackend<G> {
         if places.len() != out_types.len() {
             return Err(err(format!("{} outputs, expected {}", out_types.len(), places.len())));
         }
+        self.flush_groups()?;
         let mut outs = Vec::with_capacity(out_types.len());
         for ((node, slot), ty) in places.iter().zip(out_types) {
             outs.push(self.output(node, *slot, ty)?);
+        }
+        if let super::fused::Work::CrossEntropy { rows, classes } = kernel.work {
+            let ([dloss, logits, labels], [loss, dx]) = (inputs, outs.as_slice()) else {
+                return Err(err("a cross-entropy pair reads 3 values and writes 2".into()));
+            };
+            let pre = [p(dloss), p(logits), p(labels), KArg::I64(rows), KArg::I64(classes), p(dx)];
+            self.two_pass(&kernel.name, rows as u64 * 32, loss, rows as f64, &pre).map_err(err)?;
+            return Ok(outs);
+        }
+        if let super::fused::Work::LayerNormGradAdd { rows, width, dx_first } = kernel.work {
+            let ([dy, x, gamma, mean, rstd, dres], [sum, dgamma, dbeta]) = (inputs, outs.as_slice()) else {
+                return Err(err("a layer_norm_grad with its add reads 6 values and writes 3".into()));
+            };
+            let (r, w) = (KArg::I64(rows), KArg::I64(width));
+            let order = KArg::I64(i64::from(dx_first));
+            let args = [p(dy), p(x), p(gamma), p(mean), p(rstd), p(dres), p(sum), r, w, order];
+            self.launch(&kernel.name, rows as u64 * 32, &args).map_err(err)?;
+            // The params kernel is the unfused one's, named alike.
+            let params = kernel.name.replacen("_add_", "_params_", 1);
+            let args = [p(dy), p(x), p(mean), p(rstd), p(dgamma), p(dbeta), r, w];
+            self.launch(&params, width as u64, &args).map_err(err)?;
+            return Ok(outs);
         }
         let mut args: Vec<KArg<'_, G::Mem>> = inputs.iter().map(|b| p(b)).collect();
         args.extend(outs.iter().map(|b| p(b)));
@@ -452,6 +477,9 @@ impl<G: Gpu> Backend for CudaBackend<G> {
             super::fused::Work::Softmax { outer, len, inner, causal } => {
                 args.extend([KArg::I64(outer), KArg::I64(len), KArg::I64(inner), KArg::I64(causal)]);
                 (outer * inner) as u64 * 32
+            }
+            super::fused::Work::CrossEntropy { .. } | super::fused::Work::LayerNormGradAdd { .. } => {
+                return Err(err("a kernel of kernels/*.cu ran as a generated one".into()));
             }
         };
         self.launch(&kernel.name, work, &args).map_err(err)?;

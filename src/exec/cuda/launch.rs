@@ -194,6 +194,13 @@ pub fn broadcast_to(shape: &[u64], out: &[u64]) -> Result<Permute, String> {
     Permute::of(axes).ok_or_else(|| format!("broadcasting {shape:?} to {out:?} needs more than {MAX_RANK} axes"))
 }
 
+/// `(rows, width)`: everything before the last axis, and the last axis.
+pub fn last_axis(shape: &[u64]) -> (i64, i64) {
+    let width = shape.last().copied().unwrap_or(1) as i64;
+    let rows = shape[..shape.len().saturating_sub(1)].iter().product::<u64>() as i64;
+    (rows, width)
+}
+
 /// `(rows, classes)` of `[N, C]` logits.
 pub fn rows_classes(shape: &[u64]) -> Result<(i64, i64), String> {
     match shape {

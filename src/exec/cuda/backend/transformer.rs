@@ -62,7 +62,7 @@ impl<G: Gpu> CudaBackend<G> {
                 if x.len() != 3 {
                     return Err(format!("expected 3 inputs, got {}", x.len()));
                 }
-                let (rows, width) = last_axis(&x[0].ty.shape.0);
+                let (rows, width) = launch::last_axis(&x[0].ty.shape.0);
                 let name = format!("layer_norm_{}_{}", sfx(x[0].ty.dtype), sfx(x[1].ty.dtype));
                 let args = [
                     p(x[0]),
@@ -81,7 +81,7 @@ impl<G: Gpu> CudaBackend<G> {
                 if x.len() != 5 {
                     return Err(format!("expected 5 inputs, got {}", x.len()));
                 }
-                let (rows, width) = last_axis(&x[1].ty.shape.0);
+                let (rows, width) = launch::last_axis(&x[1].ty.shape.0);
                 let ty = format!("{}_{}", sfx(x[1].ty.dtype), sfx(x[2].ty.dtype));
                 let (dy, xv, gamma, mean, rstd) = (x[0], x[1], x[2], x[3], x[4]);
                 let args = [p(dy), p(xv), p(gamma), p(mean), p(rstd), p(dx), KArg::I64(rows), KArg::I64(width)];
@@ -146,11 +146,4 @@ fn table(shape: &[u64]) -> Result<(i64, i64), String> {
         [r, w] => Ok((*r as i64, *w as i64)),
         _ => Err(format!("an embedding table is [rows, width], found {shape:?}")),
     }
-}
-
-/// `(rows, width)`: everything before the last axis, and the last axis.
-fn last_axis(shape: &[u64]) -> (i64, i64) {
-    let width = shape.last().copied().unwrap_or(1) as i64;
-    let rows = shape[..shape.len().saturating_sub(1)].iter().product::<u64>() as i64;
-    (rows, width)
 }
