@@ -106,11 +106,31 @@ __device__ __forceinline__ void select_elems(const float* found, const T* on_inf
     MPC_GRID_STRIDE(i, n) { out[i] = src[i]; }
 }
 
+// ---------------------------------------------------------------------------
+// multi_select_<t>(tensors, chunks, chunk, const float* found)   n on_inf otherwise out
+//   select_<t> over every tensor of a skip-on-overflow's selects in one
+//   launch (MPC_CHUNK's tables): the same bit copy, and the same skip of a
+//   tensor whose chosen source is its output.
+// ---------------------------------------------------------------------------
+template <typename T>
+__device__ __forceinline__ void multi_select(const u64* tensors, const i64* chunks, i64 chunk, const float* found) {
+    MPC_CHUNK(tensors, 4, chunks, chunk, rec, lo, hi);
+    const T* src = (const T*)(found[0] != 0.0f ? rec[1] : rec[2]);
+    T* out = (T*)rec[3];
+    if (src == out) return;
+    MPC_CHUNK_STRIDE(i, lo, hi) { out[i] = src[i]; }
+}
+
 #define MPC_SELECT(T, TN)                                                                                         \
     extern "C" __global__ void select_##TN(const float* found, const T* on_inf, const T* otherwise, T* out, i64 n) { \
         select_elems<T>(found, on_inf, otherwise, out, n);                                                              \
     }                                                                                                             \
-    MPC_EXPORT(select_##TN)
+    MPC_EXPORT(select_##TN)                                                                                       \
+    extern "C" __global__ void multi_select_##TN(const u64* tensors, const i64* chunks, i64 chunk,               \
+                                                 const float* found) {                                           \
+        multi_select<T>(tensors, chunks, chunk, found);                                                           \
+    }                                                                                                             \
+    MPC_EXPORT(multi_select_##TN)
 
 MPC_SELECT(float, f32)
 MPC_SELECT(__half, f16)

@@ -275,3 +275,40 @@ fn multi_sgd_is_the_per_tensor_kernel() {
         }
     }
 }
+
+/// Skip-on-overflow's selects over every tensor in one launch: with the
+/// flag clear, set, or NaN (which counts as set), the outputs are the
+/// per-tensor kernel's bits; a tensor whose chosen source is its own
+/// output (a select kept in place) is left alone, as per tensor.
+#[test]
+fn multi_select_is_the_per_tensor_kernel() {
+    for d in [DType::F32, DType::F16, DType::Bf16] {
+        for flag in [0.0f32, 1.0, f32::NAN] {
+            let mut dev = dev();
+            let t = d.name();
+            let found = dev.put(&flag.to_le_bytes());
+            let x = tensors(&mut dev, d, 2, 1);
+            for (k, &n) in SIZES.iter().enumerate() {
+                let (i, o) = (&x.ins[k], &x.one[k]);
+                let args = [KArg::Ptr(&found, 0), KArg::Ptr(&i[0], 0), KArg::Ptr(&i[1], 0), KArg::Ptr(&o[0], 0)];
+                dev.each(&format!("select_{t}"), n, &[&args[..], &[KArg::I64(n as i64)]].concat());
+            }
+            let members: Vec<Member> =
+                x.members(&dev, &WD).into_iter().map(|m| Member { extra: vec![], ..m }).collect();
+            dev.multi(&format!("multi_select_{t}"), &members, &[KArg::Ptr(&found, 0)]);
+            x.same(&mut dev, &format!("select {t} flag {flag}"));
+        }
+    }
+    // In place: out is on_inf's buffer; with the flag set nothing is
+    // written, with it clear `otherwise` is copied over.
+    for (flag, want_first) in [(1.0f32, true), (0.0, false)] {
+        let mut dev = dev();
+        let found = dev.put(&flag.to_le_bytes());
+        let (a, b) = (values(1, 2501), values(2, 2501));
+        let (am, bm) = (dev.put(&encode(&a, DType::F32)), dev.put(&encode(&b, DType::F32)));
+        let m = Member { n: 2501, ptrs: vec![dev.addr(&am), dev.addr(&bm), dev.addr(&am)], extra: vec![] };
+        dev.multi("multi_select_f32", &[m], &[KArg::Ptr(&found, 0)]);
+        let want = if want_first { &a } else { &b };
+        assert_eq!(dev.get(&am), encode(want, DType::F32), "in place, flag {flag}");
+    }
+}

@@ -1,7 +1,7 @@
 //! The host side of the multi-tensor launches (apex's multi_tensor_apply;
 //! kernels/common.cuh's `MPC_CHUNK`): one launch of
-//! `multi_unscale_found_inf_<t>`, `multi_adam_<t>_<s>`, `multi_sgd_<t>` or
-//! `multi_sgd_momentum_<t>` runs over every tensor of a group, each block
+//! `multi_unscale_found_inf_<t>`, `multi_adam_<t>_<s>`, `multi_sgd_<t>`,
+//! `multi_sgd_momentum_<t>` or `multi_select_<t>` runs over every tensor of a group, each block
 //! over one chunk of one tensor, described by two device tables packed
 //! here as pure functions: the tensors (a fixed number of u64 words each:
 //! the element count, the pointers, per-tensor values as bits) and the

@@ -1,8 +1,9 @@
 //! Nodes the CUDA backend runs as one multi-tensor launch (`cuda::multi`):
 //! a run of consecutive optimizer nodes of one kind and one set of
-//! hyper-parameters (weight decay may differ), and a run of consecutive
+//! hyper-parameters (weight decay may differ), a run of consecutive
 //! `unscale` nodes with the `found_inf` right after them that reads
-//! exactly their outputs.
+//! exactly their outputs, and a run of consecutive `select`s of one flag
+//! and one type (skip-on-overflow keeping each param and moment).
 //!
 //! A member does nothing when it runs but note its buffers; the last one
 //! launches for all. That moves each member's reads to the last member's
@@ -27,6 +28,8 @@ pub(super) enum Kind {
     Adam,
     Sgd,
     SgdMomentum,
+    /// `select`s of one flag (`found_inf`) and one output type.
+    Select,
 }
 
 /// A group found in a plan: its kind and its members' step indices, in
@@ -54,6 +57,15 @@ fn optimizer_key(plan: &Plan, i: usize) -> Option<(Kind, Op, Vec<usize>, DType)>
         _ => return None,
     };
     Some((kind, op, s.inputs.get(shared_from..)?.to_vec(), t))
+}
+
+/// What `select` steps share to share a launch: the flag and the output type.
+fn select_key(plan: &Plan, i: usize) -> Option<(usize, DType)> {
+    let s = &plan.steps[i];
+    match (&s.op, s.inputs.as_slice(), s.out_types.as_slice()) {
+        (Op::Select, [flag, _, _], [t]) if dtype(plan, *flag) == Some(DType::F32) => Some((*flag, t.dtype)),
+        _ => None,
+    }
 }
 
 /// The type of value `v`.
@@ -133,6 +145,17 @@ fn runs(plan: &Plan) -> Vec<Found> {
             i = j;
             continue;
         }
+        if let Some(key) = select_key(plan, i) {
+            let mut j = i + 1;
+            while j < plan.steps.len() && select_key(plan, j) == Some(key) {
+                j += 1;
+            }
+            if j - i >= 2 {
+                out.push(Found { kind: Kind::Select, steps: (i..j).collect() });
+            }
+            i = j;
+            continue;
+        }
         if plan.steps[i].op == Op::Unscale {
             let scale = plan.steps[i].inputs.get(1).copied();
             let mut j = i;
@@ -208,11 +231,15 @@ mod tests {
         let p = plan(DType::F16);
         let runs = runs(&p);
         let kinds: Vec<(Kind, usize)> = runs.iter().map(|f| (f.kind, f.steps.len())).collect();
-        // Six unscales and their found_inf; the six AdamW updates.
-        assert_eq!(kinds, [(Kind::Unscale, 7), (Kind::Adam, 6)]);
+        // Six unscales and their found_inf; the six AdamW updates; the 18
+        // f32 selects that keep params and moments on overflow (the i32
+        // step counter's select is alone of its type).
+        assert_eq!(kinds, [(Kind::Unscale, 7), (Kind::Adam, 6), (Kind::Select, 18)]);
         assert_eq!(p.steps[*runs[0].steps.last().unwrap()].op, Op::FoundInf);
-        // With every value apart, both keep their inputs.
-        assert_eq!(find(&p, &apart(&p)).len(), 2);
+        let flag = p.steps[*runs[0].steps.last().unwrap()].outputs[0];
+        assert!(runs[2].steps.iter().all(|&i| p.steps[i].inputs[0] == flag));
+        // With every value apart, all keep their inputs.
+        assert_eq!(find(&p, &apart(&p)).len(), 3);
         // fp32: no scaler, only the optimizer run.
         let kinds: Vec<Kind> = super::runs(&plan(DType::F32)).iter().map(|f| f.kind).collect();
         assert_eq!(kinds, [Kind::Adam]);
@@ -228,7 +255,7 @@ mod tests {
         let out = p.steps[*adam.steps.last().unwrap()].outputs[0];
         placed.insert(grad, placed[&out]);
         assert!(!keeps_its_inputs(&p, &placed, &adam.steps, false));
-        assert_eq!(find(&p, &placed).len(), 1, "the unscale run still forms");
+        assert_eq!(find(&p, &placed).len(), 2, "the unscale and select runs still form");
         // An input that is neither in the arena nor kept to the end of the step.
         let mut placed = apart(&p);
         placed.remove(&grad);

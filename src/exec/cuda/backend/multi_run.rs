@@ -102,19 +102,21 @@ impl<G: Gpu> CudaBackend<G> {
                 Kind::Unscale => found.steps[..found.steps.len() - 1].to_vec(),
                 _ => found.steps.clone(),
             };
-            // The largest tables: every member, with its real size.
+            // The largest tables: every member, with its real size and its
+            // words after the count (pointers, then weight decay).
             let words = match found.kind {
                 Kind::Unscale => 2,
                 Kind::Adam => 8,
                 Kind::Sgd => 4,
                 Kind::SgdMomentum => 6,
+                Kind::Select => 3,
             };
             let sized = |i: &usize| -> Result<Member, ExecError> {
                 let ty = plan.steps[*i]
                     .out_types
                     .first()
                     .ok_or_else(|| ExecError::Graph("a member without outputs".into()))?;
-                Ok(Member { n: numel(&ty.shape)? as u64, ptrs: vec![0; words - 1], extra: vec![0; 1] })
+                Ok(Member { n: numel(&ty.shape)? as u64, ptrs: vec![0; words], extra: vec![] })
             };
             let full =
                 pack(&members.iter().map(sized).collect::<Result<Vec<_>, _>>()?, CHUNK).map_err(ExecError::Tensor)?;
@@ -238,6 +240,12 @@ impl<G: Gpu> CudaBackend<G> {
                 let o = y.first().ok_or("an optimizer has outputs")?;
                 (ptrs, vec![weight_decay.to_bits()], shared, o.bytes / o.ty.dtype.size_bytes().max(1))
             }
+            (Kind::Select, Op::Select) => {
+                let [flag, on_inf, otherwise] = x else { return Err("select takes three inputs".into()) };
+                let o = y.first().ok_or("select has an output")?;
+                let ptrs = vec![self.addr(on_inf)?, self.addr(otherwise)?, self.addr(o)?];
+                (ptrs, vec![], vec![self.addr(flag)?], o.bytes / o.ty.dtype.size_bytes().max(1))
+            }
             _ => return Err(format!("`{}` is not an optimizer", op.name())),
         };
         let grad_type = x.first().map_or(DType::F32, |b| b.ty.dtype);
@@ -332,6 +340,10 @@ impl<G: Gpu> CudaBackend<G> {
             Op::SgdMomentum { lr, momentum, .. } => {
                 args.extend([lr_arg(lr, shared.first()), KArg::F64(momentum)]);
                 format!("multi_sgd_momentum_{}{}", tag(!shared.is_empty()), sfx(t))
+            }
+            Op::Select => {
+                args.push(KArg::Addr(*shared.first().ok_or("select without its flag")?));
+                format!("multi_select_{}", sfx(t))
             }
             _ => return Err(format!("`{}` is not an optimizer", op.name())),
         };
