@@ -231,8 +231,10 @@ struct DeviceArgs {
     /// products, f32 accumulation); off: f32 GEMMs are exact f32.
     #[arg(long)]
     tf32: bool,
-    /// On a CUDA device: run each elementwise chain (`mpc explain --fusion`)
-    /// as one generated kernel; results are the unfused kernels' bit for bit.
+    /// On a CUDA device: run each fusion group (`mpc explain --fusion`) as
+    /// one launch. Elementwise chains, cross-entropy pairs and norm-gradient
+    /// adds give the unfused kernels' bits; a matmul with its bias add (and
+    /// relu) is one epilogue GEMM that rounds the sum once, not twice.
     #[arg(long)]
     fuse: bool,
     /// The most memory a training step may plan (params, state, batch and

@@ -54,6 +54,11 @@ pub enum Kind {
     /// The `layer_norm_grad` at `first` and the `add` of its dx at `last`
     /// (`first + 1`).
     LayerNormGradAdd,
+    /// The `matmul` at `first`, the `add` of its bias at `last`, and a
+    /// `relu` of the sum right after as the tail, run as one GEMM whose
+    /// epilogue adds the bias (and applies the relu) before its one
+    /// rounding (the steps between are not members and run as they are).
+    GemmBias,
 }
 
 impl Kind {
@@ -63,6 +68,7 @@ impl Kind {
             Kind::Chain => "chain",
             Kind::CrossEntropy => "cross_entropy",
             Kind::LayerNormGradAdd => "layer_norm_grad_add",
+            Kind::GemmBias => "gemm_bias",
         }
     }
 }
@@ -100,7 +106,8 @@ impl Group {
 
     /// The plan steps of the group, its tail included, in order.
     pub fn steps(&self) -> impl Iterator<Item = usize> + '_ {
-        (self.first..=self.at()).filter(|&i| self.kind == Kind::Chain || i == self.first || i == self.last)
+        (self.first..=self.at())
+            .filter(|&i| self.kind == Kind::Chain || i == self.first || i == self.last || Some(i) == self.tail)
     }
 
     /// Kernel launches the group saves (one launch instead of one per step).
@@ -174,9 +181,12 @@ pub fn groups(plan: &Plan) -> Vec<Group> {
         kept[v] = true;
     }
     let mut out = layer_norm_grad_adds(plan, &readers, &kept);
+    out.extend(gemm_biases(plan, &readers, &kept));
     let mut taken = vec![false; plan.steps.len()];
     for g in &out {
-        taken[g.first..=g.last].fill(true);
+        for i in g.steps() {
+            taken[i] = true;
+        }
     }
     out.extend(chains(plan, &readers, &kept, &taken));
     out.extend(cross_entropy_pairs(plan, &readers));
@@ -217,6 +227,54 @@ fn cross_entropy_pairs(plan: &Plan, readers: &[Vec<usize>]) -> Vec<Group> {
             tail: None,
             outputs: vec![*loss, dx],
         });
+    }
+    out
+}
+
+/// The matmuls whose product only the `add` of a bias reads: a vector of
+/// the product's type over its last axis, the sum of the product's type.
+/// A `relu` right after the add that alone reads the sum joins as the
+/// tail (a `gelu` does not: its gradient reads the sum, which the GEMM
+/// would then have to store beside its output). The group runs at the add
+/// (or relu), so every input of the matmul must still be there: none is
+/// freed by a step between that is not a member.
+fn gemm_biases(plan: &Plan, readers: &[Vec<usize>], kept: &[bool]) -> Vec<Group> {
+    let mut out = Vec::new();
+    for (i, s) in plan.steps.iter().enumerate() {
+        let (Op::Matmul { .. }, [a, b], [mm]) = (&s.op, s.inputs.as_slice(), s.outputs.as_slice()) else { continue };
+        let ty = &s.out_types[0];
+        let (&[add], false) = (readers[*mm].as_slice(), kept[*mm]) else { continue };
+        let t = &plan.steps[add];
+        let bias = match (&t.op, t.inputs.as_slice()) {
+            (Op::Add, [x, y]) if x == mm && y != mm => *y,
+            (Op::Add, [x, y]) if y == mm && x != mm => *x,
+            _ => continue,
+        };
+        let width = ty.shape.0.last().copied();
+        let bias_ty = &plan.types[bias];
+        if !float(ty.dtype)
+            || t.out_types.as_slice() != std::slice::from_ref(ty)
+            || bias_ty.dtype != ty.dtype
+            || bias_ty.shape.0.as_slice() != width.as_slice()
+            || ty.shape.0.len() < 2
+        {
+            continue;
+        }
+        let sum = t.outputs[0];
+        let relu = Some(add + 1).filter(|&r| {
+            let st = plan.steps.get(r);
+            readers[sum] == [r] && !kept[sum] && st.is_some_and(|st| st.op == Op::Relu && st.out_types[0] == *ty)
+        });
+        let at = relu.unwrap_or(add);
+        let inputs = vec![*a, *b, bias];
+        if (i + 1..at).filter(|&j| j != add).any(|j| plan.steps[j].free_after.iter().any(|v| inputs.contains(v))) {
+            continue;
+        }
+        let (hidden, outputs) = match relu {
+            Some(r) => (vec![*mm, sum], vec![plan.steps[r].outputs[0]]),
+            None => (vec![*mm], vec![sum]),
+        };
+        out.push(Group { kind: Kind::GemmBias, first: i, last: add, inputs, output: sum, hidden, tail: relu, outputs });
     }
     out
 }

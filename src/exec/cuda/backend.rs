@@ -23,7 +23,7 @@ use crate::ir::op::Op;
 use crate::ir::types::{DType, TensorType};
 use crate::tensor::{numel, Data, Tensor};
 
-use super::gpu::{Gpu, KArg, Launch};
+use super::gpu::{Epilogue, Gemm, Gpu, KArg, Launch};
 
 mod cnn;
 mod groups;
@@ -130,6 +130,8 @@ pub struct CudaBackend<G: Gpu> {
     tf32: bool,
     /// Whether to claim fusion groups (see [`CudaBackend::with_fusion`]).
     fuse: bool,
+    /// With `fuse`: claim the matmul-and-bias groups as epilogue GEMMs.
+    gemm_epilogues: bool,
     /// The kernel of each claimed group, by its index in the plan's claims,
     /// and where its outputs go: (node, output slot) of each.
     fused: Vec<(super::fused::FusedKernel, Vec<(String, usize)>)>,
@@ -149,6 +151,7 @@ impl<G: Gpu> CudaBackend<G> {
             step_mem: None,
             tf32,
             fuse: false,
+            gemm_epilogues: true,
             fused: Vec::new(),
         }
     }
@@ -158,6 +161,15 @@ impl<G: Gpu> CudaBackend<G> {
     /// prepared; the results are the unfused kernels' bit for bit.
     pub fn with_fusion(mut self, on: bool) -> CudaBackend<G> {
         self.fuse = on;
+        self
+    }
+
+    /// With fusion: whether a matmul and its bias add (and relu) run as one
+    /// GEMM with a cuBLASLt epilogue (on by default). The sum is then
+    /// rounded once, where the unfused steps round the product and then the
+    /// sum: within one rounding of the low type, not bit for bit.
+    pub fn with_gemm_epilogues(mut self, on: bool) -> CudaBackend<G> {
+        self.gemm_epilogues = on;
         self
     }
 
@@ -257,6 +269,33 @@ impl<G: Gpu> CudaBackend<G> {
                 self.gpu.alloc(bytes.max(1)).map_err(gpu_err)
             }
         }
+    }
+
+    /// mpc's row-major `o = a · b` (transposes as the matmul's) as one GEMM
+    /// with `epilogue`, whose bias `bias` is (a vector over o's last axis).
+    fn gemm(
+        &mut self,
+        a: &CudaBuffer<G::Mem>,
+        b: &CudaBuffer<G::Mem>,
+        o: &CudaBuffer<G::Mem>,
+        (transpose_a, transpose_b): (bool, bool),
+        epilogue: Epilogue,
+        bias: Option<&CudaBuffer<G::Mem>>,
+    ) -> Result<(), String> {
+        let (fa, fb) = (self.full_batch(a, &o.ty.shape.0)?, self.full_batch(b, &o.ty.shape.0)?);
+        let (a, b) = (fa.as_ref().unwrap_or(a), fb.as_ref().unwrap_or(b));
+        let g = launch::matmul_gemm(
+            (&a.ty.shape.0, transpose_a),
+            (&b.ty.shape.0, transpose_b),
+            &o.ty.shape.0,
+            a.ty.dtype,
+            o.ty.dtype,
+            self.tf32,
+        )?;
+        let g = Gemm { epilogue, ..g };
+        // Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: B's buffer is cuBLAS's
+        // A, and the bias over C's last axis is over Cᵀ's rows, as cuBLAS adds it.
+        self.gpu.gemm_bias(&g, b.at(), a.at(), o.at(), bias.map(|x| x.at())).map_err(|e| e.to_string())
     }
 
     /// A matmul operand whose batch axes broadcast partially against the
@@ -399,6 +438,9 @@ impl<G: Gpu> Backend for CudaBackend<G> {
         }
         let mut taken = Vec::new();
         for (k, g) in groups.iter().enumerate() {
+            if g.kind == crate::exec::fuse::Kind::GemmBias && !self.gemm_epilogues {
+                continue;
+            }
             // A group the generator cannot express runs unfused.
             let Ok(kernel) = super::fused::generate(plan, g) else { continue };
             // Each output goes where the member step that makes it puts it.
@@ -448,6 +490,13 @@ impl<G: Gpu> Backend for CudaBackend<G> {
             self.two_pass(&kernel.name, rows as u64 * 32, loss, rows as f64, &pre).map_err(err)?;
             return Ok(outs);
         }
+        if let super::fused::Work::Gemm { epilogue, transpose_a, transpose_b } = kernel.work {
+            let ([a, b, bias], [o]) = (inputs, outs.as_slice()) else {
+                return Err(err("a matmul with its bias reads 3 values and writes 1".into()));
+            };
+            self.gemm(a, b, o, (transpose_a, transpose_b), epilogue, Some(bias)).map_err(err)?;
+            return Ok(outs);
+        }
         if let super::fused::Work::LayerNormGradAdd { rows, width, dx_first } = kernel.work {
             let ([dy, x, gamma, mean, rstd, dres], [sum, dgamma, dbeta]) = (inputs, outs.as_slice()) else {
                 return Err(err("a layer_norm_grad with its add reads 6 values and writes 3".into()));
@@ -478,7 +527,9 @@ impl<G: Gpu> Backend for CudaBackend<G> {
                 args.extend([KArg::I64(outer), KArg::I64(len), KArg::I64(inner), KArg::I64(causal)]);
                 (outer * inner) as u64 * 32
             }
-            super::fused::Work::CrossEntropy { .. } | super::fused::Work::LayerNormGradAdd { .. } => {
+            super::fused::Work::CrossEntropy { .. }
+            | super::fused::Work::LayerNormGradAdd { .. }
+            | super::fused::Work::Gemm { .. } => {
                 return Err(err("a kernel of kernels/*.cu ran as a generated one".into()));
             }
         };
@@ -620,18 +671,7 @@ impl<G: Gpu> CudaBackend<G> {
             }
             Matmul { transpose_a, transpose_b } => {
                 arity(2)?;
-                let (fa, fb) = (self.full_batch(x[0], &o.ty.shape.0)?, self.full_batch(x[1], &o.ty.shape.0)?);
-                let (a, b) = (fa.as_ref().unwrap_or(x[0]), fb.as_ref().unwrap_or(x[1]));
-                let g = launch::matmul_gemm(
-                    (&a.ty.shape.0, *transpose_a),
-                    (&b.ty.shape.0, *transpose_b),
-                    &o.ty.shape.0,
-                    a.ty.dtype,
-                    o.ty.dtype,
-                    self.tf32,
-                )?;
-                // Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: B's buffer is cuBLAS's A.
-                self.gpu.gemm(&g, b.at(), a.at(), o.at()).map_err(|e| e.to_string())
+                self.gemm(x[0], x[1], o, (*transpose_a, *transpose_b), Epilogue::None, None)
             }
             SumTo { .. } => {
                 arity(1)?;

@@ -47,12 +47,15 @@ pub enum Work {
     /// `layer_norm_grad_add_<x>_<g>` (not generated either), then
     /// `layer_norm_grad_params_<x>_<g>`.
     LayerNormGradAdd { rows: i64, width: i64, dx_first: bool },
+    /// A matmul with its bias add (and relu): one GEMM with that epilogue
+    /// (not a kernel: [`FusedKernel::source`] is empty).
+    Gemm { epilogue: super::gpu::Epilogue, transpose_a: bool, transpose_b: bool },
 }
 
 impl FusedKernel {
     /// Whether the kernel is generated (else it is one of kernels/*.cu).
     pub fn generated(&self) -> bool {
-        !matches!(self.work, Work::CrossEntropy { .. } | Work::LayerNormGradAdd { .. })
+        !matches!(self.work, Work::CrossEntropy { .. } | Work::LayerNormGradAdd { .. } | Work::Gemm { .. })
     }
 }
 
@@ -181,6 +184,21 @@ pub fn generate(plan: &Plan, g: &Group) -> Result<FusedKernel, String> {
     match g.kind {
         Kind::CrossEntropy => return cross_entropy(plan, g),
         Kind::LayerNormGradAdd => return layer_norm_grad_add(plan, g),
+        Kind::GemmBias => {
+            let &Op::Matmul { transpose_a, transpose_b } = plan.step(g.first).1 else {
+                return Err("a GEMM group starts with its matmul".into());
+            };
+            let epilogue = match g.tail {
+                Some(_) => super::gpu::Epilogue::ReluBias,
+                None => super::gpu::Epilogue::Bias,
+            };
+            let name = format!("gemm_{}", g.tail.map_or("bias", |_| "relu_bias"));
+            return Ok(FusedKernel {
+                name,
+                source: String::new(),
+                work: Work::Gemm { epilogue, transpose_a, transpose_b },
+            });
+        }
         Kind::Chain => {}
     }
     let out_ty = plan.value_type(g.output);
