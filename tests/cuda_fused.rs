@@ -35,6 +35,16 @@ fn bits(t: &mpc::exec::Tensor) -> Vec<u8> {
     t.data().to_le_bytes()
 }
 
+type EmuSession = Session<CudaBackend<EmuGpu>>;
+
+/// A plain session of `g` and a fused one (epilogue GEMMs as `epilogues`
+/// says) from the same state.
+fn sessions(g: &mpc::Graph, state: &State, epilogues: bool) -> (EmuSession, EmuSession) {
+    let plain = Session::new(g, CudaBackend::new(EmuGpu::new(), false), 0, state).unwrap();
+    let backend = CudaBackend::new(EmuGpu::new(), false).with_fusion(true).with_gemm_epilogues(epilogues);
+    (plain, Session::new(g, backend, 0, state).unwrap())
+}
+
 const STEPS: u64 = 3;
 
 #[test]
@@ -53,14 +63,7 @@ fn every_example_trains_bit_for_bit_alike_fused() {
                 .into_iter()
                 .filter(|gr| gr.kind != fuse::Kind::GemmBias)
                 .collect();
-            let mut plain = Session::new(&g, CudaBackend::new(EmuGpu::new(), false), 0, &state).unwrap();
-            let mut fused = Session::new(
-                &g,
-                CudaBackend::new(EmuGpu::new(), false).with_fusion(true).with_gemm_epilogues(false),
-                0,
-                &state,
-            )
-            .unwrap();
+            let (mut plain, mut fused) = sessions(&g, &state, false);
             assert_eq!(fused.plan().claimed().len(), groups.len(), "{}: every group is claimed", path.display());
             assert_eq!(fused.backend().fused_kernels(), groups.len());
             for s in 0..STEPS {
@@ -107,14 +110,7 @@ fn fetching_a_hidden_value_falls_back_to_the_unfused_nodes() {
     let plan = Plan::new(&g, 0).unwrap();
     let hidden = plan.value_name(groups[0].hidden[0]).to_string();
     let opts = RunOptions { fetch: vec![hidden.clone()], ..RunOptions::default() };
-    let mut plain = Session::new(&g, CudaBackend::new(EmuGpu::new(), false), 0, &state).unwrap();
-    let mut fused = Session::new(
-        &g,
-        CudaBackend::new(EmuGpu::new(), false).with_fusion(true).with_gemm_epilogues(false),
-        0,
-        &state,
-    )
-    .unwrap();
+    let (mut plain, mut fused) = sessions(&g, &state, false);
     let a = plain.step(&batch, 0, &opts).unwrap();
     let b = fused.step(&batch, 0, &opts).unwrap();
     assert_eq!(bits(&a.fetched[&hidden]), bits(&b.fetched[&hidden]));
@@ -161,10 +157,7 @@ fn groups_write_alike(
     let fetch: Vec<String> =
         groups.iter().flat_map(|gr| &gr.outputs).map(|&v| plan.value_name(v).to_string()).collect();
     let opts = RunOptions { fetch: fetch.clone(), ..RunOptions::default() };
-    let mut plain = Session::new(g, CudaBackend::new(EmuGpu::new(), false), 0, &state).unwrap();
-    let mut fused =
-        Session::new(g, CudaBackend::new(EmuGpu::new(), false).with_fusion(true).with_gemm_epilogues(false), 0, &state)
-            .unwrap();
+    let (mut plain, mut fused) = sessions(g, &state, false);
     assert!(groups.iter().all(|gr| fused.plan().claimed().contains(gr)), "{at}: claimed");
     for s in 0..steps {
         let a = plain.step(&batch(s), s, &opts).unwrap();
@@ -303,9 +296,7 @@ fn gemm_epilogues_round_the_biased_product_once() {
                 fetch: outs.iter().chain(&inputs).chain(extra).cloned().collect(),
                 ..RunOptions::default()
             };
-            let mut plain = Session::new(&g, CudaBackend::new(EmuGpu::new(), false), 0, &state).unwrap();
-            let mut fused =
-                Session::new(&g, CudaBackend::new(EmuGpu::new(), false).with_fusion(true), 0, &state).unwrap();
+            let (mut plain, mut fused) = sessions(&g, &state, true);
             assert!(groups.iter().all(|gr| fused.plan().claimed().contains(gr)), "{at}: claimed");
             let a = plain.step(&batch(1), 1, &fetch(&products)).unwrap();
             let b = fused.step(&batch(1), 1, &fetch(&[])).unwrap();

@@ -38,10 +38,21 @@ fn train(path: &str, low: DType, steps: u64, graphs: bool) -> (Vec<Option<u32>>,
 
 /// [`train`], with fusion groups (generated kernels) on or off too.
 fn train_with(path: &str, low: DType, steps: u64, graphs: bool, fuse: bool) -> (Vec<Option<u32>>, State, GraphRuns) {
+    let backend = CudaBackend::new(EmuGpu::new(), false).with_multi_tensor(graphs).with_fusion(fuse);
+    train_on(path, low, steps, graphs, backend)
+}
+
+/// Trains `path` lowered to `low` on `backend`, with graphs as `graphs` says.
+fn train_on(
+    path: &str,
+    low: DType,
+    steps: u64,
+    graphs: bool,
+    backend: CudaBackend<EmuGpu>,
+) -> (Vec<Option<u32>>, State, GraphRuns) {
     let (source, g) = lowered(path, low);
     let batch = batches(path, &source);
     let state = init_state(&g, 0).unwrap();
-    let backend = CudaBackend::new(EmuGpu::new(), false).with_multi_tensor(graphs).with_fusion(fuse);
     let mut sess = Session::new(&g, backend, 0, &state).unwrap();
     sess.set_graphs(graphs);
     let mut losses = Vec::new();
@@ -116,17 +127,11 @@ fn fused_kernels_replay_in_graphs_alike() {
 /// [`train_with`] fused in fp16, with multi-tensor launches and graphs as
 /// `graphs` says, and the epilogue GEMMs as `epilogues` does.
 fn train_fused(path: &str, steps: u64, graphs: bool, epilogues: bool) -> (Vec<Option<u32>>, State, GraphRuns) {
-    let (source, g) = lowered(path, DType::F16);
-    let batch = batches(path, &source);
-    let state = init_state(&g, 0).unwrap();
     let backend = CudaBackend::new(EmuGpu::new(), false)
         .with_multi_tensor(graphs)
         .with_fusion(true)
         .with_gemm_epilogues(epilogues);
-    let mut sess = Session::new(&g, backend, 0, &state).unwrap();
-    sess.set_graphs(graphs);
-    let losses = (0..steps).map(|s| sess.step(&batch(s), s, &RunOptions::default()).unwrap().loss.map(f32::to_bits));
-    (losses.collect(), sess.state().unwrap(), sess.graph_runs().clone())
+    train_on(path, DType::F16, steps, graphs, backend)
 }
 
 /// gpt_block has dropout, whose seed combines the step number: that number

@@ -13,11 +13,10 @@
 
 use std::time::Instant;
 
-use half::{bf16, f16};
-
 use crate::exec::cpu::elementwise::{gelu, relu};
 use crate::exec::cuda::gpu::{Epilogue, Gemm, Gpu, GpuError};
 use crate::ir::types::DType;
+use crate::tensor::Data;
 
 use super::selftest::Row;
 
@@ -107,7 +106,7 @@ fn case<G: Gpu>(gpu: &mut G, t: DType, e: Epilogue) -> Result<u32, GpuError> {
     gpu.gemm_bias(&g, (&am, 0), (&bm, 0), (&cm, 0), Some((&biasm, 0)))?;
     let mut raw = vec![0u8; (BATCH * M * N) as usize * size];
     gpu.read(&cm, 0, &mut raw)?;
-    let got: Vec<u16> = raw.chunks_exact(2).map(|c| u16::from_ne_bytes([c[0], c[1]])).collect();
+    let got: Vec<u16> = raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
     let mut worst = 0u32;
     let (m, n, k) = (M as usize, N as usize, K as usize);
     for entry in 0..BATCH as usize {
@@ -122,7 +121,7 @@ fn case<G: Gpu>(gpu: &mut G, t: DType, e: Epilogue) -> Result<u32, GpuError> {
                 };
                 let have = got[entry * m * n + i + j * m];
                 let want_bits = encode(&[want], t);
-                let want_bits = u16::from_ne_bytes([want_bits[0], want_bits[1]]);
+                let want_bits = u16::from_le_bytes([want_bits[0], want_bits[1]]);
                 worst = worst.max(ulps(have, want_bits, t));
             }
         }
@@ -130,13 +129,10 @@ fn case<G: Gpu>(gpu: &mut G, t: DType, e: Epilogue) -> Result<u32, GpuError> {
     Ok(worst)
 }
 
+/// `v` rounded to `t` (nearest even, as the tensor's conversion), as the
+/// device stores it.
 fn encode(v: &[f32], t: DType) -> Vec<u8> {
-    v.iter()
-        .flat_map(|&x| match t {
-            DType::Bf16 => bf16::from_f32(x).to_bits().to_ne_bytes(),
-            _ => f16::from_f32(x).to_bits().to_ne_bytes(),
-        })
-        .collect()
+    Data::from_f32(t, v).to_le_bytes()
 }
 
 /// The distance in ulps between two 16-bit floats of type `t` (both signs
@@ -155,6 +151,7 @@ fn ulps(a: u16, b: u16, t: DType) -> u32 {
 mod tests {
     use super::*;
     use crate::exec::cuda::emu::EmuGpu;
+    use half::{bf16, f16};
 
     #[test]
     fn the_emulation_gives_the_reference_bit_for_bit() {
