@@ -406,47 +406,42 @@ def check(spec, args, work):
         if graph.get("weights"):
             graph["weights"] = os.path.join(os.path.abspath(os.path.dirname(path)), graph["weights"])
         json.dump(graph, open(model, "w"))
-    exports, data = {}, {}
-    for prec, flags in [
-        ("fp32", ["--precision", "fp32"]),
-        ("fp16", ["--precision", "fp16"]),
-        ("bf16", ["--precision", "bf16"]),
-        ("bf16e", ["--precision", "bf16", "--onnx-bf16", "emulated"]),
-    ]:
-        exports[prec] = os.path.join(d, f"{prec}.onnx")
-        cmd = [args.mpc, "lower", model, *flags, "--seed", str(args.seed), "--emit", "onnx", "-o", exports[prec]]
-        if prec != "bf16":  # mpc's own outputs, to compare onnxruntime's with
-            data[prec] = os.path.join(d, f"{prec}.data")
-            cmd += ["--onnx-test-data", data[prec]]
+    # One export at a time: each is written, checked, run and compared, then
+    # removed (unless --work keeps them), so a VGG-19 holds the reference and
+    # one export on disk instead of all nine (~3 GB).
+    keep = args.work is not None
+
+    def done_with(*paths):
+        if not keep:
+            for p in paths:
+                if os.path.exists(p):
+                    os.remove(p)
+
+    def export(prec, flags, test_data):
+        path = os.path.join(d, f"{prec}.onnx")
+        cmd = [args.mpc, "lower", model, *flags, "--seed", str(args.seed), "--emit", "onnx", "-o", path]
+        data = None
+        if test_data:  # mpc's own outputs, to compare onnxruntime's with
+            data = os.path.join(d, f"{prec}.data")
+            cmd += ["--onnx-test-data", data]
         timings[f"export {prec}"] = run(cmd)
-    for prec, p in exports.items():
         t = time.time()
-        onnx.checker.check_model(onnx.load(p), full_check=True)
+        onnx.checker.check_model(onnx.load(path), full_check=True)
         timings[f"check {prec}"] = time.time() - t
-    # Inputs: mpc's seeded test inputs, the same for every precision.
-    inputs = load_test_data(data["fp32"], "input")
-    for prec in data:
-        again = load_test_data(data[prec], "input")
-        assert [n for n, _ in again] == [n for n, _ in inputs], prec
-        assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(again, inputs)), prec
-    mpc_out = {prec: [a for _, a in load_test_data(data[prec], "output")] for prec in data}
-    runs = {"fp32": exports["fp32"], "fp16": exports["fp16"], "bf16e": exports["bf16e"]}
-    direct = {}
-    if reference is not None:
-        # `mpc lower model.onnx`: the ONNX model lowered for inference in
-        # memory, no graph file; it must compute exactly what the
-        # import-then-lower export computes.
-        for prec, flags in [("fp16", ["--precision", "fp16"]), ("bf16e", ["--precision", "bf16", "--onnx-bf16", "emulated"])]:
-            direct[prec] = runs[f"{prec}-direct"] = os.path.join(d, f"{prec}-direct.onnx")
-            timings[f"direct {prec}"] = run([args.mpc, "lower", reference, *flags, "--emit", "onnx", "-o", direct[prec]])
-            onnx.checker.check_model(onnx.load(direct[prec]), full_check=True)
+        return path, data
+
+    def outputs_of(data):
+        out = [a for _, a in load_test_data(data, "output")]
+        inp = load_test_data(data, "input")
+        if not keep:
+            shutil.rmtree(data)
+        return inp, out
+
+    # FP32 first: its seeded test inputs are the same for every precision.
+    fp32, fp32_data = export("fp32", ["--precision", "fp32"], True)
+    inputs, mpc_fp32 = outputs_of(fp32_data)
     if reference is None:
-        reference = exports["fp32"]
-    if args.occ:
-        from onnxconverter_common import float16
-        occ = float16.convert_float_to_float16(outputs_via_identity(onnx.load(reference)), keep_io_types=True)
-        runs["occ-fp16"] = os.path.join(d, "occ-fp16.onnx")
-        onnx.save(occ, runs["occ-fp16"])
+        reference = fp32
     t = time.time()
     ref_sess = session(reference)
     # The reference's inputs are the model's: the same names, in order.
@@ -454,15 +449,20 @@ def check(spec, args, work):
     assert len(ref_inputs) == len(inputs), (ref_inputs, [n for n, _ in inputs])
     feeds = {r: a for r, (_, a) in zip(ref_inputs, inputs)}
     y32 = ref_sess.run(None, feeds)
-    timings["run reference"] = time.time() - t
     out_names = [o.name for o in ref_sess.get_outputs()]
+    del ref_sess
+    timings["run reference"] = time.time() - t
     rows = []
     failed = False
     outputs = {}
-    for prec, p in runs.items():
+    mpc_outs = {"fp32": mpc_fp32}  # mpc's CPU-executor outputs per precision
+
+    def compare(prec, p):
+        nonlocal failed
         t = time.time()
         sess = session(p)
         ys = sess.run(None, {i.name: a for i, (_, a) in zip(sess.get_inputs(), inputs)})
+        del sess
         timings[f"run {prec}"] = time.time() - t
         if len(ys) != len(y32):
             sys.exit(f"{name} {prec}: {len(ys)} outputs, the reference has {len(y32)}")
@@ -476,7 +476,7 @@ def check(spec, args, work):
         for k, (y, r) in enumerate(zip(ys, y32)):
             err = rel_err(y, r)
             base = prec[: -len("-direct")] if prec.endswith("-direct") else prec
-            vs_mpc = rel_err(y, mpc_out[base][k]) if base in mpc_out else None
+            vs_mpc = rel_err(y, mpc_outs[base][k]) if base in mpc_outs else None
             out = m.graph.output[k].name
             L = rounding_depth(m, out)
             if prec == "fp32":
@@ -491,6 +491,42 @@ def check(spec, args, work):
             ok = err <= bound and (vs_mpc is None or vs_mpc <= bound)
             failed |= not ok
             rows.append((name, out_names[k], prec, L, err, vs_mpc, bound, "ok" if ok else "FAIL"))
+
+    compare("fp32", fp32)
+    if fp32 != reference:
+        done_with(fp32)
+    for prec, flags in [
+        ("fp16", ["--precision", "fp16"]),
+        ("bf16", ["--precision", "bf16"]),
+        ("bf16e", ["--precision", "bf16", "--onnx-bf16", "emulated"]),
+    ]:
+        # onnxruntime has no BF16 kernels for most ops: the bf16 export is
+        # only checked; bf16e computes the same roundings in FP32 ops.
+        p, data = export(prec, flags, prec != "bf16")
+        if data is not None:
+            again, mpc_outs[prec] = outputs_of(data)
+            assert [n for n, _ in again] == [n for n, _ in inputs], prec
+            assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(again, inputs)), prec
+            compare(prec, p)
+        done_with(p)
+    if reference != fp32:
+        # `mpc lower model.onnx`: the ONNX model lowered for inference in
+        # memory, no graph file; it must compute exactly what the
+        # import-then-lower export computes.
+        for prec, flags in [("fp16", ["--precision", "fp16"]), ("bf16e", ["--precision", "bf16", "--onnx-bf16", "emulated"])]:
+            p = os.path.join(d, f"{prec}-direct.onnx")
+            timings[f"direct {prec}"] = run([args.mpc, "lower", reference, *flags, "--emit", "onnx", "-o", p])
+            onnx.checker.check_model(onnx.load(p), full_check=True)
+            compare(f"{prec}-direct", p)
+            done_with(p)
+    if args.occ:
+        from onnxconverter_common import float16
+        occ = float16.convert_float_to_float16(outputs_via_identity(onnx.load(reference)), keep_io_types=True)
+        p = os.path.join(d, "occ-fp16.onnx")
+        onnx.save(occ, p)
+        del occ
+        compare("occ-fp16", p)
+        done_with(p)
     return rows, failed, timings
 
 
