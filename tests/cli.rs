@@ -548,7 +548,8 @@ fn explain_cost_estimates_the_step() {
 }
 
 /// `explain --fusion`: the MLP's four groups (the first two matmuls with
-/// their bias add, the first with its relu, as epilogue GEMMs; the logits'
+/// their bias add and activation as epilogue GEMMs, the gelu's storing its
+/// input for gelu_grad; the logits'
 /// cast + bias add; the cross-entropy pair), the values they hide, and
 /// JSON for tools; `--fuse` trains on the emulated device as without it,
 /// but for the epilogue GEMMs' one rounding of the biased product.
@@ -558,12 +559,13 @@ fn explain_fusion_shows_the_groups() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("not stored: `h1` f16[64,128], `h1b` f16[64,128] (32768 bytes)"), "{out}");
-    assert!(out.contains("4 groups over 9 steps: 5 launches"), "{out}");
+    assert!(out.contains("4 groups over 10 steps: 6 launches"), "{out}");
+    assert!(out.contains("3 steps -> `h2b` f16[64,128], `a2` f16[64,128]"), "{out}");
     assert!(out.contains("planned peak:"), "{out}");
     let o = mpc(&["explain", "--fusion", "--json", "ir-examples/mlp.json", "--precision", "bf16"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["launches_saved"].as_u64(), Some(5));
+    assert_eq!(v["launches_saved"].as_u64(), Some(6));
     assert_eq!(v["groups"][0]["kind"].as_str(), Some("gemm_bias"));
     assert_eq!(v["groups"][0]["hidden"], serde_json::json!(["h1", "h1b"]));
     assert_eq!(v["groups"][3]["kind"].as_str(), Some("cross_entropy"));

@@ -321,3 +321,67 @@ fn gemm_epilogues_round_the_biased_product_once() {
         }
     }
 }
+
+/// A matmul, its bias add and a gelu that `gelu_grad` also reads run as one
+/// GEMM that stores the gelu's input beside its output (cuBLASLt's
+/// GELU_AUX_BIAS). Both outputs are held to a host reference from the
+/// fused run's own inputs, so that no earlier group's rounding matters:
+/// s = Σ x·w + b in f64 (exact: products of two low-type values), which
+/// the device accumulates in f32 (|error| ≤ γ_k·Σ|x·w|, γ_k = k·2⁻²⁴/(1 −
+/// k·2⁻²⁴)) and rounds once to the stored input (half an ulp); the output
+/// is gelu of that f32 sum (slope at most 1.13) rounded once, plus the f32
+/// formula's own few ulps. On mlp and gpt_block, fp16 and bf16, after a
+/// step (biases no longer zero); a stored input off by one ulp fails it.
+#[test]
+fn the_gelu_epilogue_stores_its_input_for_gelu_grad() {
+    for file in ["mlp.json", "gpt_block.json"] {
+        for low in [DType::F16, DType::Bf16] {
+            let (g, batch) = example(file, low);
+            let at = format!("{file} {}", low.name());
+            let plan = Plan::new(&g, 0).unwrap();
+            let name = |v: usize| plan.value_name(v).to_string();
+            let groups: Vec<_> = plan
+                .fusion_groups()
+                .into_iter()
+                .filter(|gr| gr.kind == fuse::Kind::GemmBias && gr.outputs.len() == 2)
+                .collect();
+            assert!(!groups.is_empty(), "{at}: no gelu that stores its input");
+            let values: Vec<String> =
+                groups.iter().flat_map(|gr| gr.inputs.iter().chain(&gr.outputs)).map(|&v| name(v)).collect();
+            let (_, mut fused) = sessions(&g, &init_state(&g, 0).unwrap(), true);
+            assert!(groups.iter().all(|gr| fused.plan().claimed().contains(gr)), "{at}: claimed");
+            fused.step(&batch(0), 0, &RunOptions::default()).unwrap();
+            let fetch = RunOptions { fetch: values, ..RunOptions::default() };
+            let r = fused.step(&batch(1), 1, &fetch).unwrap();
+            for gr in &groups {
+                let get = |v: usize| r.fetched[&name(v)].clone();
+                let (x, w, b, sum, act) =
+                    (get(gr.inputs[0]), get(gr.inputs[1]), get(gr.inputs[2]), get(gr.outputs[0]), get(gr.outputs[1]));
+                let k = *x.shape().0.last().unwrap() as usize;
+                let n = *w.shape().0.last().unwrap() as usize;
+                assert_eq!(w.shape().0, [k as u64, n as u64], "{at}: an untransposed weight");
+                let (xv, wv, bv) = (x.to_f32_vec(), w.to_f32_vec(), b.to_f32_vec());
+                let (sv, av) = (sum.to_f32_vec(), act.to_f32_vec());
+                let u32_ = 2f64.powi(-24);
+                let gamma = k as f64 * u32_ / (1.0 - k as f64 * u32_);
+                for (row, xr) in xv.chunks(k).enumerate() {
+                    for j in 0..n {
+                        let (mut s, mut mag) = (f64::from(bv[j]), 0.0);
+                        for (p, &xp) in xr.iter().enumerate() {
+                            let t = f64::from(xp) * f64::from(wv[p * n + j]);
+                            s += t;
+                            mag += t.abs();
+                        }
+                        let acc = gamma * (mag + f64::from(bv[j]).abs());
+                        let (have, got) = (f64::from(sv[row * n + j]), f64::from(av[row * n + j]));
+                        let bound = acc + ulp(have.abs().max(s.abs()), low) / 2.0;
+                        assert!((have - s).abs() <= bound, "{at} stored input ({row}, {j}): {have}, exact sum {s}");
+                        let want = f64::from(mpc::exec::cpu::elementwise::gelu(s as f32));
+                        let bound = 1.13 * acc + ulp(got.abs().max(want.abs()), low) / 2.0 + 1e-6 * want.abs() + 1e-30;
+                        assert!((got - want).abs() <= bound, "{at} gelu ({row}, {j}): {got}, want {want} (sum {s})");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -7,7 +7,7 @@
 use bytemuck::Pod;
 use half::{bf16, f16};
 use mpc::exec::cuda::emu::{EmuGpu, EmuMem};
-use mpc::exec::cuda::gpu::{Epilogue, Gemm, Gpu, GpuError, KArg, Launch};
+use mpc::exec::cuda::gpu::{Epilogue, Extra, Gemm, Gpu, GpuError, KArg, Launch};
 use mpc::ir::types::DType;
 
 fn up<T: Pod>(gpu: &mut EmuGpu, data: &[T]) -> EmuMem {
@@ -653,10 +653,18 @@ fn gemm_case(gpu: &mut EmuGpu, rng: &mut Rng, g: &Gemm) {
     let biasm = gpu.alloc(ec + bias.len() * ec).unwrap();
     gpu.write(&biasm, ec, &encode(&bias, g.c)).unwrap();
     let bias_at = g.epilogue.has_bias().then_some((&biasm, ec));
-    gpu.gemm_bias(g, (&am, 8 * ea), (&bm, 0), (&cm, 2 * ec), bias_at).unwrap();
+    // The stored gelu input: C's layout, at an offset; its gaps a marker.
+    let auxm = gpu.alloc(4 * ec + nc * ec).unwrap();
+    gpu.write(&auxm, 4 * ec, &encode(&vec![f32::NAN; nc], g.c)).unwrap();
+    let aux_at = g.epilogue.has_aux().then_some((&auxm, 4 * ec));
+    let extra = Extra { bias: bias_at, aux: aux_at };
+    gpu.gemm_extra(g, (&am, 8 * ea), (&bm, 0), (&cm, 2 * ec), extra).unwrap();
     let mut raw = vec![0u8; nc * ec];
     gpu.read(&cm, 2 * ec, &mut raw).unwrap();
     let got = decode(&raw, g.c);
+    gpu.read(&auxm, 4 * ec, &mut raw).unwrap();
+    let got_aux = decode(&raw, g.c);
+    let mut want_aux = vec![f64::NAN; nc];
     let mut want = naive(g, &a, &b, &c);
     if g.epilogue.has_bias() {
         // The sums are exact in f32 (below), and so is the bias: the f32
@@ -667,9 +675,10 @@ fn gemm_case(gpu: &mut EmuGpu, rng: &mut Rng, g: &Gemm) {
                 for (i, b) in bias.iter().enumerate().take(m) {
                     let at = e * g.stride_c as usize + i + j * ldc;
                     let x = (want[at] + *b as f64) as f32;
+                    want_aux[at] = x as f64;
                     want[at] = match g.epilogue {
                         Epilogue::ReluBias => mpc::exec::cpu::elementwise::relu(x),
-                        Epilogue::GeluBias => mpc::exec::cpu::elementwise::gelu(x),
+                        Epilogue::GeluBias | Epilogue::GeluAuxBias => mpc::exec::cpu::elementwise::gelu(x),
                         _ => x,
                     } as f64;
                 }
@@ -693,6 +702,16 @@ fn gemm_case(gpu: &mut EmuGpu, rng: &mut Rng, g: &Gemm) {
     for (i, (g_, w)) in got.iter().zip(&want).enumerate() {
         let ok = if w.is_nan() { g_.is_nan() } else { (*g_ as f64 - w).abs() <= rel * w.abs() + abs };
         assert!(ok, "{g:?}: C[{i}] = {g_}, want {w}");
+    }
+    // The gelu input is the biased sum, exact in f32: only its rounding to
+    // C's type; without an aux matrix nothing is written there.
+    for (i, (g_, w)) in got_aux.iter().zip(&want_aux).enumerate() {
+        let ok = if w.is_nan() || !g.epilogue.has_aux() {
+            g_.is_nan()
+        } else {
+            (*g_ as f64 - w).abs() <= rel * w.abs() + abs
+        };
+        assert!(ok, "{g:?}: aux[{i}] = {g_}, want {w}");
     }
 }
 
@@ -755,9 +774,13 @@ fn gemm_matches_a_naive_loop() {
                     &Gemm { batch: 2, stride_a: sa, stride_b: 0, stride_c: sc, ..g2.clone() },
                 );
                 // The epilogues, after alpha and beta, one bias for every batch entry.
-                for epilogue in [Epilogue::Bias, Epilogue::ReluBias, Epilogue::GeluBias] {
-                    gemm_case(&mut gpu, &mut rng, &Gemm { epilogue, ..g2.clone() });
-                    let batched = Gemm { batch: 3, stride_a: sa, stride_b: sb, stride_c: sc, epilogue, ..g2.clone() };
+                // The stored gelu input asks a leading dimension of eights.
+                for epilogue in [Epilogue::Bias, Epilogue::ReluBias, Epilogue::GeluBias, Epilogue::GeluAuxBias] {
+                    let ldc = if epilogue.has_aux() { g2.ldc.next_multiple_of(8) } else { g2.ldc };
+                    let sc = ldc * n + 4;
+                    gemm_case(&mut gpu, &mut rng, &Gemm { epilogue, ldc, ..g2.clone() });
+                    let batched =
+                        Gemm { batch: 3, stride_a: sa, stride_b: sb, stride_c: sc, epilogue, ldc, ..g2.clone() };
                     gemm_case(&mut gpu, &mut rng, &batched);
                 }
             }
@@ -812,11 +835,27 @@ fn gemm_fields_are_checked_against_the_buffers() {
     let biased = Gemm { epilogue: Epilogue::Bias, ..g.clone() };
     let e = gpu.gemm(&biased, (&mem, 0), (&mem, 0), (&mem, 0)).unwrap_err().0;
     assert!(e.contains("no bias vector"), "{e}");
-    let e = gpu.gemm_bias(&g, (&mem, 0), (&mem, 0), (&mem, 0), Some((&small, 0))).unwrap_err().0;
-    assert!(e.contains("a bias vector was given"), "{e}");
-    let e = gpu.gemm_bias(&biased, (&mem, 0), (&mem, 0), (&mem, 0), Some((&small, 20))).unwrap_err().0;
+    let e = gpu.gemm_extra(&g, (&mem, 0), (&mem, 0), (&mem, 0), Extra { bias: Some((&small, 0)), aux: None });
+    assert!(e.unwrap_err().0.contains("a bias vector was given"));
+    let e = gpu.gemm_extra(&biased, (&mem, 0), (&mem, 0), (&mem, 0), Extra { bias: Some((&small, 20)), aux: None });
+    let e = e.unwrap_err().0;
     assert!(e.contains("bias") && e.contains("do not fit"), "{e}");
-    gpu.gemm_bias(&biased, (&mem, 0), (&mem, 0), (&mem, 0), Some((&small, 16))).unwrap();
+    let bias = |at| Extra { bias: Some((&small, at)), aux: None };
+    gpu.gemm_extra(&biased, (&mem, 0), (&mem, 0), (&mem, 0), bias(16)).unwrap();
+    // The stored gelu input exactly when the epilogue writes it, C's size, ld of eights.
+    let gelu = Gemm { epilogue: Epilogue::GeluAuxBias, m: 8, n: 2, k: 2, lda: 8, ldc: 8, ..g.clone() };
+    let e = gpu.gemm_extra(&gelu, (&mem, 0), (&mem, 0), (&mem, 0), bias(0)).unwrap_err().0;
+    assert!(e.contains("no auxiliary matrix"), "{e}");
+    let with = |at| Extra { bias: Some((&mem, 0)), aux: Some((&small, at)) };
+    let e = gpu.gemm_extra(&biased, (&mem, 0), (&mem, 0), (&mem, 0), with(0)).unwrap_err().0;
+    assert!(e.contains("an auxiliary matrix was given"), "{e}");
+    let e = gpu.gemm_extra(&gelu, (&mem, 0), (&mem, 0), (&mem, 0), with(0)).unwrap_err().0;
+    assert!(e.contains("aux") && e.contains("do not fit"), "{e}");
+    let e = gpu.gemm_extra(&Gemm { m: 6, lda: 6, ldc: 6, ..gelu.clone() }, (&mem, 0), (&mem, 0), (&mem, 0), with(0));
+    assert!(e.unwrap_err().0.contains("leading dimension 6 is not a multiple of 8"));
+    let aux = zeros::<f32>(&mut gpu, 16);
+    gpu.gemm_extra(&gelu, (&mem, 0), (&mem, 0), (&mem, 0), Extra { bias: Some((&mem, 0)), aux: Some((&aux, 0)) })
+        .unwrap();
 }
 
 #[test]

@@ -55,9 +55,10 @@ pub enum Kind {
     /// (`first + 1`).
     LayerNormGradAdd,
     /// The `matmul` at `first`, the `add` of its bias at `last`, and a
-    /// `relu` of the sum right after as the tail, run as one GEMM whose
-    /// epilogue adds the bias (and applies the relu) before its one
-    /// rounding (the steps between are not members and run as they are).
+    /// `relu` or `gelu` of the sum right after as the tail, run as one GEMM
+    /// whose epilogue adds the bias (and applies the activation) before its
+    /// one rounding (the steps between are not members and run as they
+    /// are). With a tail, the sum is written too when others read it.
     GemmBias,
 }
 
@@ -89,8 +90,8 @@ pub struct Group {
     pub output: usize,
     /// The values made inside and never stored, in step order.
     pub hidden: Vec<usize>,
-    /// A `layer_norm` or `softmax` at step `last + 1` of `output`: it runs
-    /// in the same kernel.
+    /// A `layer_norm` or `softmax` at step `last + 1` of `output` (a GEMM's
+    /// `relu` or `gelu`): it runs in the same kernel.
     pub tail: Option<usize>,
     /// Every value the group writes: `output` (unless hidden), then the
     /// tail's outputs; a pair's loss, then its gradient; the add's sum,
@@ -234,9 +235,11 @@ fn cross_entropy_pairs(plan: &Plan, readers: &[Vec<usize>]) -> Vec<Group> {
 /// The matmuls whose product only the `add` of a bias reads: a vector of
 /// the product's type over its last axis, the sum of the product's type.
 /// A `relu` right after the add that alone reads the sum joins as the
-/// tail (a `gelu` does not: its gradient reads the sum, which the GEMM
-/// would then have to store beside its output). The group runs at the add
-/// (or relu), so every input of the matmul must still be there: none is
+/// tail, and so does a `gelu` of the sum: when others read the sum too
+/// (`gelu_grad`, in training) the GEMM stores it beside its output
+/// (cuBLASLt's auxiliary matrix; a relu's would be a bit mask, so a relu
+/// whose input others read does not join). The group runs at the add (or
+/// its tail), so every input of the matmul must still be there: none is
 /// freed by a step between that is not a member.
 fn gemm_biases(plan: &Plan, readers: &[Vec<usize>], kept: &[bool]) -> Vec<Group> {
     let mut out = Vec::new();
@@ -261,20 +264,29 @@ fn gemm_biases(plan: &Plan, readers: &[Vec<usize>], kept: &[bool]) -> Vec<Group>
             continue;
         }
         let sum = t.outputs[0];
-        let relu = Some(add + 1).filter(|&r| {
-            let st = plan.steps.get(r);
-            readers[sum] == [r] && !kept[sum] && st.is_some_and(|st| st.op == Op::Relu && st.out_types[0] == *ty)
+        let alone = readers[sum] == [add + 1] && !kept[sum];
+        let tail = Some(add + 1).filter(|&r| {
+            plan.steps.get(r).is_some_and(|st| {
+                st.inputs == [sum]
+                    && st.out_types[0] == *ty
+                    && match st.op {
+                        Op::Relu => alone,
+                        Op::Gelu => true,
+                        _ => false,
+                    }
+            })
         });
-        let at = relu.unwrap_or(add);
+        let at = tail.unwrap_or(add);
         let inputs = vec![*a, *b, bias];
         if (i + 1..at).filter(|&j| j != add).any(|j| plan.steps[j].free_after.iter().any(|v| inputs.contains(v))) {
             continue;
         }
-        let (hidden, outputs) = match relu {
-            Some(r) => (vec![*mm, sum], vec![plan.steps[r].outputs[0]]),
+        let (hidden, outputs) = match tail {
+            Some(r) if alone => (vec![*mm, sum], vec![plan.steps[r].outputs[0]]),
+            Some(r) => (vec![*mm], vec![sum, plan.steps[r].outputs[0]]),
             None => (vec![*mm], vec![sum]),
         };
-        out.push(Group { kind: Kind::GemmBias, first: i, last: add, inputs, output: sum, hidden, tail: relu, outputs });
+        out.push(Group { kind: Kind::GemmBias, first: i, last: add, inputs, output: sum, hidden, tail, outputs });
     }
     out
 }

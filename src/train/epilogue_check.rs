@@ -2,6 +2,7 @@
 //! into cuBLASLt's GEMM: [`Epilogue`]) on a device, against a host
 //! reference: cases of `mpc selftest`, so that the first session with a
 //! GPU checks the cuBLASLt path that the SIMT emulation stands in for.
+//! The gelu that stores its input (training's) is checked on both outputs.
 //!
 //! The operands are small multiples of 1/4 and 1/16 (k = 24): every
 //! product and partial sum is exact in f32 whatever the order, and so is
@@ -9,12 +10,13 @@
 //! the emulation; cuBLASLt's own tanh on a device, a few f32 ulps apart)
 //! and the one rounding to the low type. The emulation must therefore give
 //! the reference bit for bit; a device may be one low-type ulp away, where
-//! an activation a few f32 ulps off crosses a rounding boundary.
+//! an activation a few f32 ulps off crosses a rounding boundary. The stored
+//! gelu input has no activation in it: it must be exact on a device too.
 
 use std::time::Instant;
 
 use crate::exec::cpu::elementwise::{gelu, relu};
-use crate::exec::cuda::gpu::{Epilogue, Gemm, Gpu, GpuError};
+use crate::exec::cuda::gpu::{Epilogue, Extra, Gemm, Gpu, GpuError};
 use crate::ir::types::DType;
 use crate::tensor::Data;
 
@@ -41,7 +43,7 @@ pub fn run<G: Gpu>(gpu: &mut G, exact: bool) -> Vec<Row> {
                 device_ms: 0.0,
                 failure: String::new(),
             };
-            for e in [Epilogue::Bias, Epilogue::ReluBias, Epilogue::GeluBias] {
+            for e in [Epilogue::Bias, Epilogue::ReluBias, Epilogue::GeluBias, Epilogue::GeluAuxBias] {
                 match case(gpu, t, e) {
                     Ok(ulps) => {
                         let allowed = if exact { 0 } else { 1 };
@@ -63,7 +65,7 @@ pub fn run<G: Gpu>(gpu: &mut G, exact: bool) -> Vec<Row> {
 }
 
 /// Runs one epilogue GEMM of type `t`; returns the largest distance from
-/// the reference in ulps of `t`.
+/// the reference in ulps of `t` (an auxiliary matrix off by any is an error).
 fn case<G: Gpu>(gpu: &mut G, t: DType, e: Epilogue) -> Result<u32, GpuError> {
     // Quarters in [-1, 1], exact in both types; the products are
     // sixteenths and a sum of 24 of them is exact in f32.
@@ -100,13 +102,23 @@ fn case<G: Gpu>(gpu: &mut G, t: DType, e: Epilogue) -> Result<u32, GpuError> {
     let bm = gpu.alloc(b.len() * size)?;
     let cm = gpu.alloc((BATCH * M * N) as usize * size)?;
     let biasm = gpu.alloc(bias.len() * size)?;
+    let auxm = gpu.alloc((BATCH * M * N) as usize * size)?;
     gpu.write(&am, 0, &encode(&a, t))?;
     gpu.write(&bm, 0, &encode(&b, t))?;
     gpu.write(&biasm, 0, &encode(&bias, t))?;
-    gpu.gemm_bias(&g, (&am, 0), (&bm, 0), (&cm, 0), Some((&biasm, 0)))?;
-    let mut raw = vec![0u8; (BATCH * M * N) as usize * size];
-    gpu.read(&cm, 0, &mut raw)?;
-    let got: Vec<u16> = raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+    let aux = e.has_aux().then_some((&auxm, 0));
+    gpu.gemm_extra(&g, (&am, 0), (&bm, 0), (&cm, 0), Extra { bias: Some((&biasm, 0)), aux })?;
+    let read = |gpu: &mut G, m: &G::Mem| -> Result<Vec<u16>, GpuError> {
+        let mut raw = vec![0u8; (BATCH * M * N) as usize * size];
+        gpu.read(m, 0, &mut raw)?;
+        Ok(raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
+    };
+    let got = read(gpu, &cm)?;
+    let got_aux = if e.has_aux() { read(gpu, &auxm)? } else { Vec::new() };
+    let bits = |v: f32| {
+        let b = encode(&[v], t);
+        u16::from_le_bytes([b[0], b[1]])
+    };
     let mut worst = 0u32;
     let (m, n, k) = (M as usize, N as usize, K as usize);
     for entry in 0..BATCH as usize {
@@ -116,13 +128,19 @@ fn case<G: Gpu>(gpu: &mut G, t: DType, e: Epilogue) -> Result<u32, GpuError> {
                 let x = sum + bi;
                 let want = match e {
                     Epilogue::ReluBias => relu(x),
-                    Epilogue::GeluBias => gelu(x),
+                    Epilogue::GeluBias | Epilogue::GeluAuxBias => gelu(x),
                     Epilogue::Bias | Epilogue::None => x,
                 };
-                let have = got[entry * m * n + i + j * m];
-                let want_bits = encode(&[want], t);
-                let want_bits = u16::from_le_bytes([want_bits[0], want_bits[1]]);
-                worst = worst.max(ulps(have, want_bits, t));
+                let at = entry * m * n + i + j * m;
+                worst = worst.max(ulps(got[at], bits(want), t));
+                if let Some(&have) = got_aux.get(at) {
+                    if have != bits(x) {
+                        return Err(GpuError(format!(
+                            "the stored gelu input at ({i}, {j}) of entry {entry} is {have:#06x}, not {:#06x}",
+                            bits(x)
+                        )));
+                    }
+                }
             }
         }
     }

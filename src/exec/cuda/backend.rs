@@ -23,7 +23,7 @@ use crate::ir::op::Op;
 use crate::ir::types::{DType, TensorType};
 use crate::tensor::{numel, Data, Tensor};
 
-use super::gpu::{Epilogue, Gemm, Gpu, KArg, Launch};
+use super::gpu::{Epilogue, Extra, Gemm, Gpu, KArg, Launch};
 
 mod cnn;
 mod groups;
@@ -272,7 +272,9 @@ impl<G: Gpu> CudaBackend<G> {
     }
 
     /// mpc's row-major `o = a · b` (transposes as the matmul's) as one GEMM
-    /// with `epilogue`, whose bias `bias` is (a vector over o's last axis).
+    /// with `epilogue`, whose bias `bias` is (a vector over o's last axis)
+    /// and whose auxiliary output `aux` is (o's type and shape).
+    #[allow(clippy::too_many_arguments)]
     fn gemm(
         &mut self,
         a: &CudaBuffer<G::Mem>,
@@ -281,6 +283,7 @@ impl<G: Gpu> CudaBackend<G> {
         (transpose_a, transpose_b): (bool, bool),
         epilogue: Epilogue,
         bias: Option<&CudaBuffer<G::Mem>>,
+        aux: Option<&CudaBuffer<G::Mem>>,
     ) -> Result<(), String> {
         let (fa, fb) = (self.full_batch(a, &o.ty.shape.0)?, self.full_batch(b, &o.ty.shape.0)?);
         let (a, b) = (fa.as_ref().unwrap_or(a), fb.as_ref().unwrap_or(b));
@@ -295,7 +298,8 @@ impl<G: Gpu> CudaBackend<G> {
         let g = Gemm { epilogue, ..g };
         // Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: B's buffer is cuBLAS's
         // A, and the bias over C's last axis is over Cᵀ's rows, as cuBLAS adds it.
-        self.gpu.gemm_bias(&g, b.at(), a.at(), o.at(), bias.map(|x| x.at())).map_err(|e| e.to_string())
+        let extra = Extra { bias: bias.map(|x| x.at()), aux: aux.map(|x| x.at()) };
+        self.gpu.gemm_extra(&g, b.at(), a.at(), o.at(), extra).map_err(|e| e.to_string())
     }
 
     /// A matmul operand whose batch axes broadcast partially against the
@@ -491,10 +495,16 @@ impl<G: Gpu> Backend for CudaBackend<G> {
             return Ok(outs);
         }
         if let super::fused::Work::Gemm { epilogue, transpose_a, transpose_b } = kernel.work {
-            let ([a, b, bias], [o]) = (inputs, outs.as_slice()) else {
-                return Err(err("a matmul with its bias reads 3 values and writes 1".into()));
+            let ([a, b, bias], outputs) = (inputs, outs.as_slice()) else {
+                return Err(err("a matmul with its bias reads 3 values".into()));
             };
-            self.gemm(a, b, o, (transpose_a, transpose_b), epilogue, Some(bias)).map_err(err)?;
+            // With a stored gelu input, the group writes the biased sum (the aux matrix) first.
+            let (o, aux) = match (outputs, epilogue.has_aux()) {
+                ([o], false) => (o, None),
+                ([sum, o], true) => (o, Some(sum)),
+                _ => return Err(err(format!("a GEMM with epilogue {epilogue:?} writes {} values", outputs.len()))),
+            };
+            self.gemm(a, b, o, (transpose_a, transpose_b), epilogue, Some(bias), aux).map_err(err)?;
             return Ok(outs);
         }
         if let super::fused::Work::LayerNormGradAdd { rows, width, dx_first } = kernel.work {
@@ -671,7 +681,7 @@ impl<G: Gpu> CudaBackend<G> {
             }
             Matmul { transpose_a, transpose_b } => {
                 arity(2)?;
-                self.gemm(x[0], x[1], o, (*transpose_a, *transpose_b), Epilogue::None, None)
+                self.gemm(x[0], x[1], o, (*transpose_a, *transpose_b), Epilogue::None, None, None)
             }
             SumTo { .. } => {
                 arity(1)?;

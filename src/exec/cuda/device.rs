@@ -18,7 +18,7 @@ use cudarc::driver::{
     PushKernelArg,
 };
 
-use super::gpu::{Epilogue, Gemm, Gpu, GpuError, KArg, Launch};
+use super::gpu::{Epilogue, Extra, Gemm, Gpu, GpuError, KArg, Launch};
 use super::graph::{Arg, Recorder, Recording, Work};
 use super::nvrtc;
 use super::probe::{GpuInfo, Report};
@@ -94,7 +94,7 @@ impl CudaGpu {
     fn run_one(&mut self, w: &Work) -> Result<(), GpuError> {
         match w {
             Work::Launch { name, cfg, args } => self.run_launch(name, *cfg, args),
-            Work::Gemm { gemm, a, b, c, bias } => self.run_gemm(gemm, [*a, *b, *c], *bias),
+            Work::Gemm { gemm, a, b, c, bias, aux } => self.run_gemm(gemm, [*a, *b, *c], *bias, *aux),
         }
     }
 
@@ -141,7 +141,7 @@ impl CudaGpu {
         unsafe { b.launch(lc) }.map(|_| ()).map_err(|e| GpuError(format!("launch of {name}: {e:?}")))
     }
 
-    fn run_gemm(&mut self, g: &Gemm, [pa, pb, pc]: [u64; 3], bias: u64) -> Result<(), GpuError> {
+    fn run_gemm(&mut self, g: &Gemm, [pa, pb, pc]: [u64; 3], bias: u64, aux: u64) -> Result<(), GpuError> {
         let shape = LtShape::of(g)?;
         let key = GemmKey::of(g);
         if !self.plans.contains_key(&key) {
@@ -163,6 +163,19 @@ impl CudaGpu {
                 )
             }
             .map_err(|e| GpuError(format!("cuBLASLt bias pointer: {e:?}")))?;
+        }
+        if g.epilogue.has_aux() {
+            // Like the bias pointer: the descriptor's, set before each GEMM.
+            // SAFETY: a live descriptor; the attribute's value is a device pointer.
+            unsafe {
+                lt::set_matmul_desc_attribute(
+                    plan.desc,
+                    ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+                    &aux as *const u64 as *const c_void,
+                    std::mem::size_of::<u64>(),
+                )
+            }
+            .map_err(|e| GpuError(format!("cuBLASLt aux pointer: {e:?}")))?;
         }
         let (w, _sync) = self.workspace.device_ptr(&self.stream);
         // SAFETY: operands were inside their allocations (checked for the
@@ -274,25 +287,30 @@ impl Gpu for CudaGpu {
         Ok(())
     }
 
-    fn gemm_bias(
+    fn gemm_extra(
         &mut self,
         g: &Gemm,
         a: (&CudaSlice<u8>, usize),
         b: (&CudaSlice<u8>, usize),
         c: (&CudaSlice<u8>, usize),
-        bias: Option<(&CudaSlice<u8>, usize)>,
+        extra: Extra<'_, CudaSlice<u8>>,
     ) -> Result<(), GpuError> {
         let shape = LtShape::of(g)?;
         let [sa, sb, sc] = shape.spans();
         let pa = self.ptr(a.0, a.1, sa)?;
         let pb = self.ptr(b.0, b.1, sb)?;
         let pc = self.ptr(c.0, c.1, sc)?;
-        g.epilogue.check_bias(bias.is_some())?;
-        let pbias = match bias {
+        g.epilogue.check_operands(extra.bias.is_some(), extra.aux.is_some())?;
+        let pbias = match extra.bias {
             Some((m, off)) => self.ptr(m, off, shape.bias_bytes())?,
             None => 0,
         };
-        match self.rec.keep(Work::Gemm { gemm: g.clone(), a: pa, b: pb, c: pc, bias: pbias }) {
+        // The auxiliary matrix has C's type and layout.
+        let paux = match extra.aux {
+            Some((m, off)) => self.ptr(m, off, sc)?,
+            None => 0,
+        };
+        match self.rec.keep(Work::Gemm { gemm: g.clone(), a: pa, b: pb, c: pc, bias: pbias, aux: paux }) {
             Some(w) => self.run_one(&w),
             None => Ok(()),
         }
@@ -399,6 +417,13 @@ impl LtShape {
             s.b.stride = 0;
             s.c.stride = 0;
         }
+        if s.epilogue.has_aux() && !s.c.ld.is_multiple_of(8) {
+            // cuBLASLt's rule for a GELU input matrix (CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD).
+            return Err(GpuError(format!(
+                "GEMM with epilogue {:?}: the auxiliary matrix's leading dimension {} is not a multiple of 8",
+                s.epilogue, s.c.ld
+            )));
+        }
         Ok(s)
     }
 
@@ -425,6 +450,7 @@ impl LtShape {
             Epilogue::Bias => E::CUBLASLT_EPILOGUE_BIAS,
             Epilogue::ReluBias => E::CUBLASLT_EPILOGUE_RELU_BIAS,
             Epilogue::GeluBias => E::CUBLASLT_EPILOGUE_GELU_BIAS,
+            Epilogue::GeluAuxBias => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
         }
     }
 }
@@ -538,6 +564,31 @@ impl LtPlan {
                 GpuError(format!("cuBLASLt epilogue {:?}: {x:?}", s.epilogue))
             })?;
         }
+        if s.epilogue.has_aux() {
+            // C's layout; its type is cuBLASLt's default for the GELU input.
+            let (ld, stride) = (s.c.ld as i64, s.c.stride as i64);
+            // SAFETY: a live descriptor; both attributes are 64-bit integers.
+            unsafe {
+                lt::set_matmul_desc_attribute(
+                    desc,
+                    D::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
+                    &ld as *const i64 as *const c_void,
+                    8,
+                )
+                .and_then(|_| {
+                    lt::set_matmul_desc_attribute(
+                        desc,
+                        D::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_BATCH_STRIDE,
+                        &stride as *const i64 as *const c_void,
+                        8,
+                    )
+                })
+            }
+            .map_err(|x| {
+                plan.destroy_ref();
+                GpuError(format!("cuBLASLt auxiliary matrix of {:?}: {x:?}", s.epilogue))
+            })?;
+        }
         let pref = lt::create_matmul_pref().map_err(e("matmul preference"))?;
         // SAFETY: live descriptors; attribute values of the documented types.
         let found = unsafe {
@@ -636,15 +687,28 @@ mod tests {
             (Epilogue::Bias, ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS),
             (Epilogue::ReluBias, ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_RELU_BIAS),
             (Epilogue::GeluBias, ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_BIAS),
+            (Epilogue::GeluAuxBias, ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_AUX_BIAS),
         ] {
             g.epilogue = e;
+            g.ldc = if e.has_aux() { 8 } else { 5 };
             let s = LtShape::of(&g).unwrap();
             assert_eq!(s.lt_epilogue(), lt);
             // One f16 per row of C (m = 5), whatever the batch.
             assert_eq!(s.bias_bytes(), 10);
             // A plan is made per epilogue: the key tells them apart.
-            assert_eq!(GemmKey::of(&g) == GemmKey::of(&gemm(5, 3, 7, false, false)), e == Epilogue::None);
+            let plain = GemmKey::of(&Gemm { ldc: g.ldc, ..gemm(5, 3, 7, false, false) });
+            assert_eq!(GemmKey::of(&g) == plain, e == Epilogue::None);
         }
+    }
+
+    #[test]
+    fn a_gelu_input_matrix_needs_a_leading_dimension_of_eights() {
+        let g = Gemm { epilogue: Epilogue::GeluAuxBias, ..gemm(5, 3, 7, false, false) };
+        let e = LtShape::of(&g).unwrap_err().0;
+        assert!(e.contains("leading dimension 5 is not a multiple of 8"), "{e}");
+        assert!(LtShape::of(&Gemm { ldc: 16, ..g.clone() }).is_ok());
+        // Only the auxiliary matrix asks it.
+        assert!(LtShape::of(&Gemm { epilogue: Epilogue::GeluBias, ..g }).is_ok());
     }
 
     #[test]

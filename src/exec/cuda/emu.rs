@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use half::{bf16, f16};
 
-use super::gpu::{Epilogue, Gemm, Gpu, GpuError, KArg, Launch};
+use super::gpu::{Epilogue, Extra, Gemm, Gpu, GpuError, KArg, Launch};
 use super::graph::{Arg, Recorder, Recording, Work};
 use crate::ir::types::DType;
 
@@ -219,7 +219,7 @@ impl EmuGpu {
     fn run_one(&mut self, w: &Work) -> Result<(), GpuError> {
         match w {
             Work::Launch { name, cfg, args } => self.run_launch(name, *cfg, args),
-            Work::Gemm { gemm, a, b, c, bias } => self.run_gemm(gemm, [*a, *b, *c], *bias),
+            Work::Gemm { gemm, a, b, c, bias, aux } => self.run_gemm(gemm, [*a, *b, *c], *bias, *aux),
         }
     }
 
@@ -461,16 +461,16 @@ impl Gpu for EmuGpu {
     /// With beta = 0, C is not read (NaNs there do not propagate). The
     /// products accumulate in f32 (an order other than the GPU's, and full
     /// f32 even with `tf32`) and are rounded once to `g.c`.
-    fn gemm_bias(
+    fn gemm_extra(
         &mut self,
         g: &Gemm,
         a: (&EmuMem, usize),
         b: (&EmuMem, usize),
         c: (&EmuMem, usize),
-        bias: Option<(&EmuMem, usize)>,
+        extra: Extra<'_, EmuMem>,
     ) -> Result<(), GpuError> {
-        let mut at = [0u64; 4];
-        let named = [a, b, c].into_iter().map(Some).chain([bias]).zip(["A", "B", "C", "bias"]);
+        let mut at = [0u64; 5];
+        let named = [a, b, c].into_iter().map(Some).chain([extra.bias, extra.aux]).zip(["A", "B", "C", "bias", "aux"]);
         for ((operand, name), addr) in named.zip(at.iter_mut()) {
             let Some((mem, offset)) = operand else { continue };
             let what = format!("emulated gemm, {name}");
@@ -480,8 +480,8 @@ impl Gpu for EmuGpu {
             }
             *addr = (mem.ptr.as_ptr() as usize + offset) as u64;
         }
-        g.epilogue.check_bias(bias.is_some())?;
-        match self.rec.keep(Work::Gemm { gemm: g.clone(), a: at[0], b: at[1], c: at[2], bias: at[3] }) {
+        g.epilogue.check_operands(extra.bias.is_some(), extra.aux.is_some())?;
+        match self.rec.keep(Work::Gemm { gemm: g.clone(), a: at[0], b: at[1], c: at[2], bias: at[3], aux: at[4] }) {
             Some(w) => self.run_one(&w),
             None => Ok(()),
         }
@@ -519,8 +519,8 @@ impl Gpu for EmuGpu {
 
 impl EmuGpu {
     /// Runs a recorded GEMM on the device addresses of A, B and C, and of
-    /// its epilogue's bias (0: none).
-    fn run_gemm(&mut self, g: &Gemm, at: [u64; 3], bias_at: u64) -> Result<(), GpuError> {
+    /// its epilogue's bias and auxiliary matrix (0: none).
+    fn run_gemm(&mut self, g: &Gemm, [a, b, c]: [u64; 3], bias_at: u64, aux_at: u64) -> Result<(), GpuError> {
         let err = |msg: String| GpuError(format!("emulated gemm: {msg}"));
         match (g.ab, g.c) {
             (DType::F32, DType::F32)
@@ -534,14 +534,22 @@ impl EmuGpu {
         }
         let (ra, ca) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
         let (rb, cb) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
+        if g.epilogue.has_aux() && !g.ldc.is_multiple_of(8) {
+            // cuBLASLt's rule for a GELU input matrix, kept so that what runs here runs there.
+            return Err(err(format!("the auxiliary matrix's leading dimension {} is not a multiple of 8", g.ldc)));
+        }
         let ops = [
             Operand { name: "A", dtype: g.ab, rows: ra, cols: ca, ld: g.lda, stride: g.stride_a },
             Operand { name: "B", dtype: g.ab, rows: rb, cols: cb, ld: g.ldb, stride: g.stride_b },
             Operand { name: "C", dtype: g.c, rows: g.m, cols: g.n, ld: g.ldc, stride: g.stride_c },
+            // C's type and layout; checked only when the epilogue writes it.
+            Operand { name: "aux", dtype: g.c, rows: g.m, cols: g.n, ld: g.ldc, stride: g.stride_c },
         ];
-        let mut bases = [ptr::null_mut::<u8>(); 3];
-        let mut spans = [0usize; 3];
-        for ((op, addr), (base, span)) in ops.iter().zip(at).zip(bases.iter_mut().zip(spans.iter_mut())) {
+        let used = if g.epilogue.has_aux() { 4 } else { 3 };
+        let mut bases = [ptr::null_mut::<u8>(); 4];
+        let mut spans = [0usize; 4];
+        let at = [a, b, c, aux_at];
+        for ((op, addr), (base, span)) in ops.iter().zip(at).zip(bases.iter_mut().zip(spans.iter_mut())).take(used) {
             let offset = usize::try_from(addr).map_err(|_| err(format!("address {addr:#x}")))?;
             let name = op.name;
             if op.ld < op.rows.max(1) {
@@ -640,8 +648,17 @@ impl EmuGpu {
             // Only the m rows of each column: the gap up to ldc is not C's.
             let size = g.c.size_bytes();
             if g.epilogue.has_bias() {
-                for col in cv.chunks_mut(ldc_elems).take(n) {
-                    epilogue(g.epilogue, &mut col[..m], &bias);
+                for (j, col) in cv.chunks_mut(ldc_elems).take(n).enumerate() {
+                    let col = &mut col[..m];
+                    for (v, b) in col.iter_mut().zip(&bias) {
+                        *v += b;
+                    }
+                    if g.epilogue.has_aux() {
+                        let dst = bases[3].wrapping_add(off_c + j * ldc_elems * size);
+                        // SAFETY: column j of the aux matrix lies within its checked extent, laid out as C.
+                        unsafe { store(dst, col, g.c) };
+                    }
+                    activate(g.epilogue, col);
                 }
             }
             for (j, col) in cv.chunks(ldc_elems).take(n).enumerate() {
@@ -654,18 +671,18 @@ impl EmuGpu {
     }
 }
 
-/// A column of a GEMM's f32 result through the epilogue, in f32 as
-/// cuBLASLt computes it before the rounding to C's type: the bias (C's
-/// type, exact in f32), then the activation with the CPU's formula.
-fn epilogue(e: Epilogue, col: &mut [f32], bias: &[f32]) {
+/// A column of a GEMM's biased f32 result through the epilogue's
+/// activation, in f32 as cuBLASLt computes it before the rounding to C's
+/// type, with the CPU's formula.
+fn activate(e: Epilogue, col: &mut [f32]) {
     use crate::exec::cpu::elementwise::{gelu, relu};
-    for (v, b) in col.iter_mut().zip(bias) {
-        let x = *v + b;
-        *v = match e {
-            Epilogue::None | Epilogue::Bias => x,
-            Epilogue::ReluBias => relu(x),
-            Epilogue::GeluBias => gelu(x),
-        };
+    let f: fn(f32) -> f32 = match e {
+        Epilogue::None | Epilogue::Bias => return,
+        Epilogue::ReluBias => relu,
+        Epilogue::GeluBias | Epilogue::GeluAuxBias => gelu,
+    };
+    for v in col {
+        *v = f(*v);
     }
 }
 

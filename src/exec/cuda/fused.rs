@@ -188,11 +188,31 @@ pub fn generate(plan: &Plan, g: &Group) -> Result<FusedKernel, String> {
             let &Op::Matmul { transpose_a, transpose_b } = plan.step(g.first).1 else {
                 return Err("a GEMM group starts with its matmul".into());
             };
-            let epilogue = match g.tail {
-                Some(_) => super::gpu::Epilogue::ReluBias,
-                None => super::gpu::Epilogue::Bias,
+            use super::gpu::Epilogue;
+            // The sum is an output beside the tail's when others read it.
+            let stored = g.outputs.len() == 2;
+            let epilogue = match (g.tail.map(|t| plan.step(t).1), stored) {
+                (None, _) => Epilogue::Bias,
+                (Some(Op::Relu), false) => Epilogue::ReluBias,
+                (Some(Op::Gelu), false) => Epilogue::GeluBias,
+                (Some(Op::Gelu), true) => {
+                    // cuBLASLt stores the gelu input with a leading dimension
+                    // of eights: C's, the row-major output's last axis.
+                    let width = plan.value_type(g.output).shape.0.last().copied().unwrap_or(1);
+                    if !width.is_multiple_of(8) {
+                        return Err(format!("a stored gelu input {width} wide (cuBLASLt asks a multiple of 8)"));
+                    }
+                    Epilogue::GeluAuxBias
+                }
+                (Some(op), _) => return Err(format!("a GEMM epilogue of `{}`", op.name())),
             };
-            let name = format!("gemm_{}", g.tail.map_or("bias", |_| "relu_bias"));
+            let name = match epilogue {
+                Epilogue::ReluBias => "gemm_relu_bias",
+                Epilogue::GeluBias => "gemm_gelu_bias",
+                Epilogue::GeluAuxBias => "gemm_gelu_aux_bias",
+                _ => "gemm_bias",
+            };
+            let name = name.to_string();
             return Ok(FusedKernel {
                 name,
                 source: String::new(),

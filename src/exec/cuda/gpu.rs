@@ -74,6 +74,11 @@ pub enum Epilogue {
     ReluBias,
     /// The bias, then `gelu` (its tanh form, as mpc's `gelu`).
     GeluBias,
+    /// [`Epilogue::GeluBias`] that also stores the biased product, the
+    /// gelu's input, in an auxiliary matrix of C's type and layout
+    /// (`CUBLASLT_EPILOGUE_GELU_AUX_BIAS`): the value `gelu_grad` reads in
+    /// training, rounded once from f32 like C.
+    GeluAuxBias,
 }
 
 impl Epilogue {
@@ -82,13 +87,36 @@ impl Epilogue {
         self != Epilogue::None
     }
 
-    /// Whether a bias vector, `given` or not, is what the epilogue reads.
-    pub fn check_bias(self, given: bool) -> Result<(), GpuError> {
-        match (self.has_bias(), given) {
-            (true, false) => Err(GpuError(format!("GEMM with epilogue {self:?}: no bias vector was given"))),
-            (false, true) => Err(GpuError("GEMM without a bias epilogue: a bias vector was given".into())),
+    /// Whether the GEMM writes an auxiliary matrix beside C.
+    pub fn has_aux(self) -> bool {
+        self == Epilogue::GeluAuxBias
+    }
+
+    /// Whether the operands `given` (a bias vector, an auxiliary matrix)
+    /// are the ones the epilogue uses.
+    pub fn check_operands(self, bias: bool, aux: bool) -> Result<(), GpuError> {
+        match (self.has_bias(), bias, self.has_aux(), aux) {
+            (true, false, ..) => Err(GpuError(format!("GEMM with epilogue {self:?}: no bias vector was given"))),
+            (false, true, ..) => Err(GpuError("GEMM without a bias epilogue: a bias vector was given".into())),
+            (.., true, false) => Err(GpuError(format!("GEMM with epilogue {self:?}: no auxiliary matrix was given"))),
+            (.., false, true) => Err(GpuError(format!("GEMM with epilogue {self:?}: an auxiliary matrix was given"))),
             _ => Ok(()),
         }
+    }
+}
+
+/// The operands of a GEMM's epilogue beside A, B and C, as
+/// `(allocation, byte offset)`: the bias vector it reads, and the
+/// auxiliary matrix it writes ([`Epilogue::has_aux`]).
+pub struct Extra<'m, M> {
+    pub bias: Option<(&'m M, usize)>,
+    pub aux: Option<(&'m M, usize)>,
+}
+
+impl<M> Extra<'_, M> {
+    /// No epilogue operands.
+    pub fn none() -> Self {
+        Extra { bias: None, aux: None }
     }
 }
 
@@ -165,18 +193,18 @@ pub trait Gpu {
         b: (&Self::Mem, usize),
         c: (&Self::Mem, usize),
     ) -> Result<(), GpuError> {
-        self.gemm_bias(g, a, b, c, None)
+        self.gemm_extra(g, a, b, c, Extra::none())
     }
 
-    /// [`Gpu::gemm`] with the bias vector of its epilogue, which must be
-    /// given exactly when [`Epilogue::has_bias`].
-    fn gemm_bias(
+    /// [`Gpu::gemm`] with the operands of its epilogue, each given exactly
+    /// when the epilogue uses it ([`Epilogue::check_operands`]).
+    fn gemm_extra(
         &mut self,
         g: &Gemm,
         a: (&Self::Mem, usize),
         b: (&Self::Mem, usize),
         c: (&Self::Mem, usize),
-        bias: Option<(&Self::Mem, usize)>,
+        extra: Extra<'_, Self::Mem>,
     ) -> Result<(), GpuError>;
 
     /// Waits for all issued work.

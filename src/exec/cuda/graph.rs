@@ -71,13 +71,14 @@ pub enum Work {
         args: Vec<Arg>,
     },
     /// A GEMM on the device addresses of A, B and C, and of its epilogue's
-    /// bias (0 when it has none).
+    /// bias and auxiliary matrix (0 when it has none).
     Gemm {
         gemm: Gemm,
         a: u64,
         b: u64,
         c: u64,
         bias: u64,
+        aux: u64,
     },
 }
 
@@ -110,14 +111,17 @@ impl Work {
                 let i = args.iter().zip(a2).position(|(a, b)| a != b)?;
                 Some(format!("`{name}` argument {i}: {} where {} was", args[i], a2[i]))
             }
-            (Work::Gemm { gemm, a, b, c, bias }, Work::Gemm { gemm: g2, a: a2, b: b2, c: c2, bias: bias2 }) => {
+            (
+                Work::Gemm { gemm, a, b, c, bias, aux },
+                Work::Gemm { gemm: g2, a: a2, b: b2, c: c2, bias: bias2, aux: aux2 },
+            ) => {
                 if gemm_bits(gemm) != gemm_bits(g2) {
                     return Some(format!(
                         "a GEMM {}x{}x{} (epilogue {:?}) where {}x{}x{} (epilogue {:?}) was",
                         gemm.m, gemm.n, gemm.k, gemm.epilogue, g2.m, g2.n, g2.k, g2.epilogue
                     ));
                 }
-                let at = [(a, a2, "A"), (b, b2, "B"), (c, c2, "C"), (bias, bias2, "bias")]
+                let at = [(a, a2, "A"), (b, b2, "B"), (c, c2, "C"), (bias, bias2, "bias"), (aux, aux2, "aux")]
                     .into_iter()
                     .find(|(x, y, _)| x != y)?;
                 Some(format!("GEMM operand {} at {:#x} where {:#x} was", at.2, at.0, at.1))
@@ -281,7 +285,7 @@ mod tests {
             tf32: false,
             epilogue: Epilogue::None,
         };
-        Work::Gemm { gemm: g, a: 0x1000, b: 0x2000, c, bias: 0 }
+        Work::Gemm { gemm: g, a: 0x1000, b: 0x2000, c, bias: 0, aux: 0 }
     }
 
     fn rec(work: Vec<Work>) -> Recording {
