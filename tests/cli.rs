@@ -547,9 +547,9 @@ fn explain_cost_estimates_the_step() {
     assert!(stderr(&o).contains("known: h100, h200, a100"), "{}", stderr(&o));
 }
 
-/// `explain --fusion`: the MLP's four groups (the first two matmuls with
+/// `explain --fusion`: the MLP's six groups (the first two matmuls with
 /// their bias add and activation as epilogue GEMMs, the gelu's storing its
-/// input for gelu_grad; the logits'
+/// input for gelu_grad; the two weight gradients summing their biases'; the logits'
 /// cast + bias add; the cross-entropy pair), the values they hide, and
 /// JSON for tools; `--fuse` trains on the emulated device as without it,
 /// but for the epilogue GEMMs' one rounding of the biased product.
@@ -559,13 +559,16 @@ fn explain_fusion_shows_the_groups() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("not stored: `h1` f16[64,128], `h1b` f16[64,128] (32768 bytes)"), "{out}");
-    assert!(out.contains("4 groups over 10 steps: 6 launches"), "{out}");
+    assert!(out.contains("6 groups over 16 steps: 10 launches"), "{out}");
+    assert!(out.contains("3 steps -> `dw2` f16[128,128], `db2` f32[128]"), "{out}");
+    assert!(out.contains("not stored: `dh2b.f32` f32[64,128] (32768 bytes)"), "{out}");
     assert!(out.contains("3 steps -> `h2b` f16[64,128], `a2` f16[64,128]"), "{out}");
     assert!(out.contains("planned peak:"), "{out}");
     let o = mpc(&["explain", "--fusion", "--json", "ir-examples/mlp.json", "--precision", "bf16"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["launches_saved"].as_u64(), Some(6));
+    assert_eq!(v["launches_saved"].as_u64(), Some(8));
+    assert_eq!(v["groups"][4]["kind"].as_str(), Some("gemm_bias_grad"));
     assert_eq!(v["groups"][0]["kind"].as_str(), Some("gemm_bias"));
     assert_eq!(v["groups"][0]["hidden"], serde_json::json!(["h1", "h1b"]));
     assert_eq!(v["groups"][3]["kind"].as_str(), Some("cross_entropy"));

@@ -61,7 +61,7 @@ fn every_example_trains_bit_for_bit_alike_fused() {
                 .unwrap()
                 .fusion_groups()
                 .into_iter()
-                .filter(|gr| gr.kind != fuse::Kind::GemmBias)
+                .filter(|gr| !matches!(gr.kind, fuse::Kind::GemmBias | fuse::Kind::GemmBiasGrad))
                 .collect();
             let (mut plain, mut fused) = sessions(&g, &state, false);
             assert_eq!(fused.plan().claimed().len(), groups.len(), "{}: every group is claimed", path.display());
@@ -322,6 +322,27 @@ fn gemm_epilogues_round_the_biased_product_once() {
     }
 }
 
+/// The fusion groups of `file` lowered to `low` that `pick` takes, every
+/// one claimed by a fused session (epilogue GEMMs on), and what they read
+/// and write at its second step (after one step: biases no longer zero),
+/// by name: for checks against a host reference of the run's own inputs.
+fn fused_groups(
+    file: &str,
+    low: DType,
+    pick: impl Fn(&fuse::Group) -> bool,
+) -> (Plan, Vec<fuse::Group>, std::collections::BTreeMap<String, mpc::exec::Tensor>) {
+    let (g, batch) = example(file, low);
+    let plan = Plan::new(&g, 0).unwrap();
+    let groups: Vec<_> = plan.fusion_groups().into_iter().filter(|gr| pick(gr)).collect();
+    let name = |v: usize| plan.value_name(v).to_string();
+    let values = groups.iter().flat_map(|gr| gr.inputs.iter().chain(&gr.outputs)).map(|&v| name(v)).collect();
+    let (_, mut fused) = sessions(&g, &init_state(&g, 0).unwrap(), true);
+    assert!(groups.iter().all(|gr| fused.plan().claimed().contains(gr)), "{file} {low}: claimed");
+    fused.step(&batch(0), 0, &RunOptions::default()).unwrap();
+    let r = fused.step(&batch(1), 1, &RunOptions { fetch: values, ..RunOptions::default() }).unwrap();
+    (plan, groups, r.fetched)
+}
+
 /// A matmul, its bias add and a gelu that `gelu_grad` also reads run as one
 /// GEMM that stores the gelu's input beside its output (cuBLASLt's
 /// GELU_AUX_BIAS). Both outputs are held to a host reference from the
@@ -336,25 +357,13 @@ fn gemm_epilogues_round_the_biased_product_once() {
 fn the_gelu_epilogue_stores_its_input_for_gelu_grad() {
     for file in ["mlp.json", "gpt_block.json"] {
         for low in [DType::F16, DType::Bf16] {
-            let (g, batch) = example(file, low);
             let at = format!("{file} {}", low.name());
-            let plan = Plan::new(&g, 0).unwrap();
-            let name = |v: usize| plan.value_name(v).to_string();
-            let groups: Vec<_> = plan
-                .fusion_groups()
-                .into_iter()
-                .filter(|gr| gr.kind == fuse::Kind::GemmBias && gr.outputs.len() == 2)
-                .collect();
+            let stored_gelu = |gr: &fuse::Group| gr.kind == fuse::Kind::GemmBias && gr.outputs.len() == 2;
+            let (plan, groups, fetched) = fused_groups(file, low, stored_gelu);
             assert!(!groups.is_empty(), "{at}: no gelu that stores its input");
-            let values: Vec<String> =
-                groups.iter().flat_map(|gr| gr.inputs.iter().chain(&gr.outputs)).map(|&v| name(v)).collect();
-            let (_, mut fused) = sessions(&g, &init_state(&g, 0).unwrap(), true);
-            assert!(groups.iter().all(|gr| fused.plan().claimed().contains(gr)), "{at}: claimed");
-            fused.step(&batch(0), 0, &RunOptions::default()).unwrap();
-            let fetch = RunOptions { fetch: values, ..RunOptions::default() };
-            let r = fused.step(&batch(1), 1, &fetch).unwrap();
+            let name = |v: usize| plan.value_name(v).to_string();
             for gr in &groups {
-                let get = |v: usize| r.fetched[&name(v)].clone();
+                let get = |v: usize| fetched[&name(v)].clone();
                 let (x, w, b, sum, act) =
                     (get(gr.inputs[0]), get(gr.inputs[1]), get(gr.inputs[2]), get(gr.outputs[0]), get(gr.outputs[1]));
                 let k = *x.shape().0.last().unwrap() as usize;
@@ -384,4 +393,66 @@ fn the_gelu_epilogue_stores_its_input_for_gelu_grad() {
             }
         }
     }
+}
+
+/// A weight gradient's matmul with its bias's `sum_to` as one GEMM whose
+/// epilogue sums the output gradient over the rows (cuBLASLt's BGRADA, f32):
+/// the weight gradient is the plain GEMM's, and the bias gradient sums the
+/// same low-type values as the unfused cast + sum_to, in another order:
+/// against the exact f64 sum of the fused run's own d, within
+/// γ_R·Σ|d| (R rows, γ_R = R·2⁻²⁴/(1 − R·2⁻²⁴)), plus half an ulp where the
+/// gradient is of the low type (bf16's sum_to). The f32 cast of the output
+/// gradient is never stored. On every example with such a group, f16 and
+/// bf16 (mlp and gpt_block have them); a sum that skips a row fails it.
+#[test]
+fn the_bias_gradient_epilogue_sums_the_output_gradient() {
+    let mut seen = 0;
+    for file in ["mlp.json", "gpt_block.json"] {
+        for low in [DType::F16, DType::Bf16] {
+            let at = format!("{file} {}", low.name());
+            let (plan, groups, fetched) = fused_groups(file, low, |gr| gr.kind == fuse::Kind::GemmBiasGrad);
+            assert!(!groups.is_empty(), "{at}: no weight gradient with its bias's");
+            let name = |v: usize| plan.value_name(v).to_string();
+            for gr in &groups {
+                // A 16-bit d with an f32 gradient: the f32 cast of d is not stored.
+                let cast = plan.value_type(gr.outputs[1]).dtype == DType::F32 && low != DType::F32;
+                assert_eq!(gr.hidden.len(), usize::from(cast), "{at}: {gr:?}");
+            }
+            for gr in &groups {
+                seen += 1;
+                let get = |v: usize| fetched[&name(v)].to_f32_vec();
+                let (x, d, dw, db) = (get(gr.inputs[0]), get(gr.inputs[1]), get(gr.outputs[0]), get(gr.outputs[1]));
+                let db_type = plan.value_type(gr.outputs[1]).dtype;
+                let n = db.len();
+                let rows = d.len() / n;
+                let kin = x.len() / rows;
+                let gamma = |k: usize| k as f64 * 2f64.powi(-24) / (1.0 - k as f64 * 2f64.powi(-24));
+                for (j, &got) in db.iter().enumerate() {
+                    let (sum, mag) = (0..rows).fold((0.0, 0.0), |(s, m), r| {
+                        let v = f64::from(d[r * n + j]);
+                        (s + v, m + v.abs())
+                    });
+                    let got = f64::from(got);
+                    // A low-type gradient is rounded once more.
+                    let round = if db_type == DType::F32 { 0.0 } else { ulp(got.abs().max(sum.abs()), low) / 2.0 };
+                    let bound = gamma(rows) * mag + round;
+                    assert!((got - sum).abs() <= bound, "{at} `{}`[{j}]: {got}, exact {sum}", name(gr.outputs[1]));
+                }
+                for i in 0..kin {
+                    for j in 0..n {
+                        let (mut s, mut mag) = (0.0, 0.0);
+                        for r in 0..rows {
+                            let t = f64::from(x[r * kin + i]) * f64::from(d[r * n + j]);
+                            s += t;
+                            mag += t.abs();
+                        }
+                        let got = f64::from(dw[i * n + j]);
+                        let bound = gamma(rows) * mag + ulp(got.abs().max(s.abs()), low) / 2.0;
+                        assert!((got - s).abs() <= bound, "{at} `{}`({i}, {j}): {got}, exact {s}", name(gr.outputs[0]));
+                    }
+                }
+            }
+        }
+    }
+    assert!(seen >= 4, "{seen} groups checked");
 }

@@ -865,3 +865,37 @@ fn describe_and_kernel_list() {
     let names: Vec<&str> = EmuGpu::kernels().collect();
     assert!(names.contains(&"selftest_block_sum") && names.contains(&"selftest_math"), "{names:?}");
 }
+
+/// The bias-gradient epilogue leaves C the plain product and writes the sum
+/// of op(A) over k (A transposed or not) in f32 or C's type; one matrix only.
+#[test]
+fn a_bias_gradient_gemm_sums_a_over_k() {
+    let mut gpu = EmuGpu::new();
+    // op(A) = [[1, 2, 3], [4, 5, 6]] (m = 2, k = 3), B = I3 (n = 3).
+    for (trans_a, a) in [(false, [1.0f32, 4.0, 2.0, 5.0, 3.0, 6.0]), (true, [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0])] {
+        for f32 in [true, false] {
+            let g =
+                Gemm { epilogue: Epilogue::BiasGradA { f32 }, ..gemm(2, 3, 3, trans_a, false, DType::F16, DType::F16) };
+            let am = gpu.alloc(12).unwrap();
+            gpu.write(&am, 0, &encode(&a, DType::F16)).unwrap();
+            let bm = gpu.alloc(18).unwrap();
+            let eye = [1.0f32, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
+            gpu.write(&bm, 0, &encode(&eye, DType::F16)).unwrap();
+            let cm = gpu.alloc(12).unwrap();
+            let t = g.epilogue.bias_type(DType::F16);
+            let db = gpu.alloc(2 * t.size_bytes()).unwrap();
+            gpu.gemm_extra(&g, (&am, 0), (&bm, 0), (&cm, 0), Extra { bias: Some((&db, 0)), aux: None }).unwrap();
+            let mut raw = vec![0u8; 12];
+            gpu.read(&cm, 0, &mut raw).unwrap();
+            assert_eq!(decode(&raw, DType::F16), [1.0, 4.0, 2.0, 5.0, 3.0, 6.0], "C is op(A)·I");
+            let mut raw = vec![0u8; 2 * t.size_bytes()];
+            gpu.read(&db, 0, &mut raw).unwrap();
+            assert_eq!(decode(&raw, t), [6.0, 15.0], "trans_a {trans_a}, f32 {f32}");
+            // One matrix only: a batch has no single bias gradient.
+            let batched = Gemm { batch: 2, stride_a: 0, stride_b: 0, stride_c: 6, ..g.clone() };
+            let c2 = gpu.alloc(24).unwrap();
+            let e = gpu.gemm_extra(&batched, (&am, 0), (&bm, 0), (&c2, 0), Extra { bias: Some((&db, 0)), aux: None });
+            assert!(e.unwrap_err().0.contains("batch of 2"));
+        }
+    }
+}

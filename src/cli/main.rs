@@ -234,7 +234,9 @@ struct DeviceArgs {
     /// On a CUDA device: run each fusion group (`mpc explain --fusion`) as
     /// one launch. Elementwise chains, cross-entropy pairs and norm-gradient
     /// adds give the unfused kernels' bits; a matmul with its bias add (and
-    /// relu) is one epilogue GEMM that rounds the sum once, not twice.
+    /// relu or gelu) is one epilogue GEMM that rounds the sum once, not
+    /// twice, and a weight gradient sums its bias's gradient as it reads
+    /// the output gradient (in its own order).
     #[arg(long)]
     fuse: bool,
     /// The most memory a training step may plan (params, state, batch and

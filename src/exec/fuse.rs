@@ -60,6 +60,12 @@ pub enum Kind {
     /// one rounding (the steps between are not members and run as they
     /// are). With a tail, the sum is written too when others read it.
     GemmBias,
+    /// The weight gradient `dw = x^T · d` at `last` (d the output gradient
+    /// dy or its 2-D reshape) with the bias's gradient `sum_to(dy)` (at
+    /// `also`, of dy's cast to f32 at `first` when dy is 16-bit, or at
+    /// `first` itself): one GEMM whose epilogue sums d over the rows into
+    /// the f32 bias gradient, so the f32 copy of dy is never made.
+    GemmBiasGrad,
 }
 
 impl Kind {
@@ -70,6 +76,7 @@ impl Kind {
             Kind::CrossEntropy => "cross_entropy",
             Kind::LayerNormGradAdd => "layer_norm_grad_add",
             Kind::GemmBias => "gemm_bias",
+            Kind::GemmBiasGrad => "gemm_bias_grad",
         }
     }
 }
@@ -95,8 +102,11 @@ pub struct Group {
     pub tail: Option<usize>,
     /// Every value the group writes: `output` (unless hidden), then the
     /// tail's outputs; a pair's loss, then its gradient; the add's sum,
-    /// then dgamma and dbeta.
+    /// then dgamma and dbeta; a weight gradient, then its bias's.
     pub outputs: Vec<usize>,
+    /// Member steps between `first` and `last` besides the tail (a bias
+    /// gradient's sum_to after its cast).
+    pub also: Vec<usize>,
 }
 
 impl Group {
@@ -107,8 +117,13 @@ impl Group {
 
     /// The plan steps of the group, its tail included, in order.
     pub fn steps(&self) -> impl Iterator<Item = usize> + '_ {
-        (self.first..=self.at())
-            .filter(|&i| self.kind == Kind::Chain || i == self.first || i == self.last || Some(i) == self.tail)
+        (self.first..=self.at()).filter(|&i| {
+            self.kind == Kind::Chain
+                || i == self.first
+                || i == self.last
+                || Some(i) == self.tail
+                || self.also.contains(&i)
+        })
     }
 
     /// Kernel launches the group saves (one launch instead of one per step).
@@ -183,6 +198,7 @@ pub fn groups(plan: &Plan) -> Vec<Group> {
     }
     let mut out = layer_norm_grad_adds(plan, &readers, &kept);
     out.extend(gemm_biases(plan, &readers, &kept));
+    out.extend(gemm_bias_grads(plan, &readers));
     let mut taken = vec![false; plan.steps.len()];
     for g in &out {
         for i in g.steps() {
@@ -227,6 +243,7 @@ fn cross_entropy_pairs(plan: &Plan, readers: &[Vec<usize>]) -> Vec<Group> {
             hidden: Vec::new(),
             tail: None,
             outputs: vec![*loss, dx],
+            also: Vec::new(),
         });
     }
     out
@@ -286,7 +303,107 @@ fn gemm_biases(plan: &Plan, readers: &[Vec<usize>], kept: &[bool]) -> Vec<Group>
             Some(r) => (vec![*mm], vec![sum, plan.steps[r].outputs[0]]),
             None => (vec![*mm], vec![sum]),
         };
-        out.push(Group { kind: Kind::GemmBias, first: i, last: add, inputs, output: sum, hidden, tail, outputs });
+        out.push(Group {
+            kind: Kind::GemmBias,
+            first: i,
+            last: add,
+            inputs,
+            output: sum,
+            hidden,
+            tail,
+            outputs,
+            also: Vec::new(),
+        });
+    }
+    out
+}
+
+/// The weight-gradient matmuls `dw = x^T · d` (2-D, `transpose_a` only, d of
+/// x's type) whose d is an output gradient dy or its reshape to 2-D, when
+/// a `sum_to` of dy to its last axis (the bias's gradient, f32) runs
+/// before: of dy itself when dy is f32, else of a cast of dy to f32 that
+/// only the sum_to reads (it is then never stored). Both sum the same
+/// values, d's elements, the GEMM in its own order. The group runs at the
+/// matmul: the gradient is written later than before, so no step up to
+/// the matmul may read it, and no step between that is not a member may
+/// free x or d.
+fn gemm_bias_grads(plan: &Plan, readers: &[Vec<usize>]) -> Vec<Group> {
+    let mut made_by = vec![usize::MAX; plan.num_values()];
+    for (i, s) in plan.steps.iter().enumerate() {
+        for &v in &s.outputs {
+            made_by[v] = i;
+        }
+    }
+    let mut out = Vec::new();
+    for (mi, s) in plan.steps.iter().enumerate() {
+        let (Op::Matmul { transpose_a: true, transpose_b: false }, [x, d], [dw]) =
+            (&s.op, s.inputs.as_slice(), s.outputs.as_slice())
+        else {
+            continue;
+        };
+        let (xt, dt) = (&plan.types[*x], &plan.types[*d]);
+        let &[_, n] = dt.shape.0.as_slice() else { continue };
+        if xt.shape.0.len() != 2 || xt.dtype != dt.dtype || !float(dt.dtype) || !float(s.out_types[0].dtype) {
+            continue;
+        }
+        // dy: d, or what a reshape made d from.
+        let mut dys = vec![*d];
+        if let Some(r) = plan.steps.get(made_by[*d]) {
+            if matches!(r.op, Op::Reshape { .. }) && r.inputs.len() == 1 {
+                dys.push(r.inputs[0]);
+            }
+        }
+        // In f32, or (of dy itself) in dy's type: the GEMM's bias type.
+        let sum_of = |v: usize, j: usize| {
+            let st = &plan.steps[j];
+            j < mi
+                && matches!(&st.op, Op::SumTo { shape } if shape.as_slice() == [n])
+                && st.inputs == [v]
+                && (st.out_types[0].dtype == DType::F32 || st.out_types[0].dtype == plan.types[v].dtype)
+        };
+        let found = dys.iter().find_map(|&dy| {
+            let t = &plan.types[dy];
+            if t.dtype != dt.dtype || t.shape.0.last() != Some(&n) || t.shape.0.len() < 2 {
+                return None;
+            }
+            if let Some(s) = readers[dy].iter().copied().find(|&j| sum_of(dy, j)) {
+                return Some((s, None));
+            }
+            readers[dy].iter().find_map(|&c| {
+                let st = &plan.steps[c];
+                let &[cv] = st.outputs.as_slice() else { return None };
+                let cast = matches!(st.op, Op::Cast { to: DType::F32 }) && st.inputs == [dy];
+                let s = match readers[cv].as_slice() {
+                    &[s] if cast && sum_of(cv, s) => s,
+                    _ => return None,
+                };
+                Some((s, Some((c, cv))))
+            })
+        });
+        let Some((sum, cast)) = found else { continue };
+        let db = plan.steps[sum].outputs[0];
+        if plan.loss == Some(db) || readers[db].iter().any(|&r| r <= mi) {
+            continue;
+        }
+        let first = cast.map_or(sum, |(c, _)| c);
+        let members = [first, sum, mi];
+        if (first + 1..mi)
+            .filter(|j| !members.contains(j))
+            .any(|j| plan.steps[j].free_after.iter().any(|v| v == x || v == d))
+        {
+            continue;
+        }
+        out.push(Group {
+            kind: Kind::GemmBiasGrad,
+            first,
+            last: mi,
+            inputs: vec![*x, *d],
+            output: *dw,
+            hidden: cast.map(|(_, cv)| cv).into_iter().collect(),
+            tail: None,
+            outputs: vec![*dw, db],
+            also: if cast.is_some() { vec![sum] } else { Vec::new() },
+        });
     }
     out
 }
@@ -323,6 +440,7 @@ fn layer_norm_grad_adds(plan: &Plan, readers: &[Vec<usize>], kept: &[bool]) -> V
             hidden: vec![*dx],
             tail: None,
             outputs: vec![sum, *dgamma, *dbeta],
+            also: Vec::new(),
         });
     }
     out
@@ -380,7 +498,17 @@ fn chains(plan: &Plan, readers: &[Vec<usize>], kept: &[bool], taken: &[bool]) ->
         }
         let mut outputs = if softmax { Vec::new() } else { vec![output] };
         outputs.extend(tail.iter().flat_map(|&t| plan.steps[t].outputs.iter().copied()));
-        out.push(Group { kind: Kind::Chain, first: i, last: best, inputs, output, hidden, tail, outputs });
+        out.push(Group {
+            kind: Kind::Chain,
+            first: i,
+            last: best,
+            inputs,
+            output,
+            hidden,
+            tail,
+            outputs,
+            also: Vec::new(),
+        });
         i = tail.unwrap_or(best) + 1;
     }
     out
@@ -411,6 +539,8 @@ pub fn describe(plan: &Plan, groups: &[Group]) -> String {
         let names: Vec<String> = g.hidden.iter().map(|&v| format!("`{}` {}", plan.names[v], plan.types[v])).collect();
         if g.kind == Kind::CrossEntropy {
             let _ = writeln!(s, "  not stored: nothing (one pass over the logits makes the loss and its gradient)");
+        } else if names.is_empty() && g.kind == Kind::GemmBiasGrad {
+            let _ = writeln!(s, "  not stored: nothing (the GEMM sums the output gradient as it reads it)");
         } else if names.is_empty() {
             let _ = writeln!(s, "  not stored: nothing (the layer_norm reads its input where the chain wrote it)");
         } else {

@@ -2,7 +2,8 @@
 //! into cuBLASLt's GEMM: [`Epilogue`]) on a device, against a host
 //! reference: cases of `mpc selftest`, so that the first session with a
 //! GPU checks the cuBLASLt path that the SIMT emulation stands in for.
-//! The gelu that stores its input (training's) is checked on both outputs.
+//! The gelu that stores its input (training's) is checked on both outputs,
+//! and the weight-gradient GEMM that also makes the bias gradient on both.
 //!
 //! The operands are small multiples of 1/4 and 1/16 (k = 24): every
 //! product and partial sum is exact in f32 whatever the order, and so is
@@ -43,8 +44,11 @@ pub fn run<G: Gpu>(gpu: &mut G, exact: bool) -> Vec<Row> {
                 device_ms: 0.0,
                 failure: String::new(),
             };
-            for e in [Epilogue::Bias, Epilogue::ReluBias, Epilogue::GeluBias, Epilogue::GeluAuxBias] {
-                match case(gpu, t, e) {
+            let grads = [Epilogue::BiasGradA { f32: true }, Epilogue::BiasGradA { f32: false }];
+            let fwd = [Epilogue::Bias, Epilogue::ReluBias, Epilogue::GeluBias, Epilogue::GeluAuxBias];
+            for e in fwd.into_iter().chain(grads) {
+                let ran = if e.is_bias_grad() { grad_case(gpu, t, e) } else { case(gpu, t, e) };
+                match ran {
                     Ok(ulps) => {
                         let allowed = if exact { 0 } else { 1 };
                         // The state column: ulps over those allowed (no loss here).
@@ -69,7 +73,15 @@ pub fn run<G: Gpu>(gpu: &mut G, exact: bool) -> Vec<Row> {
 fn case<G: Gpu>(gpu: &mut G, t: DType, e: Epilogue) -> Result<u32, GpuError> {
     // Quarters in [-1, 1], exact in both types; the products are
     // sixteenths and a sum of 24 of them is exact in f32.
-    let mut seed = 0x2545_f491_u32 ^ ((e as u32) << 8) ^ u32::from(t == DType::Bf16);
+    let salt: u32 = match e {
+        Epilogue::None => 0,
+        Epilogue::Bias => 1,
+        Epilogue::ReluBias => 2,
+        Epilogue::GeluBias => 3,
+        Epilogue::GeluAuxBias => 4,
+        Epilogue::BiasGradA { .. } => 5,
+    };
+    let mut seed = 0x2545_f491_u32 ^ (salt << 8) ^ u32::from(t == DType::Bf16);
     let mut next = || {
         seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
         (((seed >> 24) % 9) as f32 - 4.0) / 4.0
@@ -129,7 +141,7 @@ fn case<G: Gpu>(gpu: &mut G, t: DType, e: Epilogue) -> Result<u32, GpuError> {
                 let want = match e {
                     Epilogue::ReluBias => relu(x),
                     Epilogue::GeluBias | Epilogue::GeluAuxBias => gelu(x),
-                    Epilogue::Bias | Epilogue::None => x,
+                    Epilogue::Bias | Epilogue::None | Epilogue::BiasGradA { .. } => x,
                 };
                 let at = entry * m * n + i + j * m;
                 worst = worst.max(ulps(got[at], bits(want), t));
@@ -142,6 +154,71 @@ fn case<G: Gpu>(gpu: &mut G, t: DType, e: Epilogue) -> Result<u32, GpuError> {
                     }
                 }
             }
+        }
+    }
+    Ok(worst)
+}
+
+/// A weight gradient's GEMM that also sums its output gradient (cuBLAS's A,
+/// m x k, k the rows of the batch) over k into a bias gradient (f32, or
+/// the low type: the sums are small multiples of 1/4, exact in both), laid
+/// out as the CUDA backend maps `dw = x^T · dy` (A = dy untransposed, B =
+/// x transposed). Quarters again: C and the sums are exact, so C must be the
+/// reference's rounding (ulps returned) and the gradient exact.
+fn grad_case<G: Gpu>(gpu: &mut G, t: DType, e: Epilogue) -> Result<u32, GpuError> {
+    let mut seed = 0x9e37_79b9_u32 ^ u32::from(t == DType::Bf16);
+    let mut next = || {
+        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (((seed >> 24) % 9) as f32 - 4.0) / 4.0
+    };
+    let a: Vec<f32> = (0..M * K).map(|_| next()).collect();
+    let b: Vec<f32> = (0..N * K).map(|_| next()).collect();
+    let g = Gemm {
+        m: M,
+        n: N,
+        k: K,
+        trans_a: false,
+        trans_b: true,
+        lda: M,
+        ldb: N,
+        ldc: M,
+        ab: t,
+        c: t,
+        batch: 1,
+        stride_a: 0,
+        stride_b: 0,
+        stride_c: 0,
+        alpha: 1.0,
+        beta: 0.0,
+        tf32: false,
+        epilogue: e,
+    };
+    let size = t.size_bytes();
+    let am = gpu.alloc(a.len() * size)?;
+    let bm = gpu.alloc(b.len() * size)?;
+    let cm = gpu.alloc((M * N) as usize * size)?;
+    let bt = e.bias_type(t);
+    let dbm = gpu.alloc(M as usize * bt.size_bytes())?;
+    gpu.write(&am, 0, &encode(&a, t))?;
+    gpu.write(&bm, 0, &encode(&b, t))?;
+    gpu.gemm_extra(&g, (&am, 0), (&bm, 0), (&cm, 0), Extra { bias: Some((&dbm, 0)), aux: None })?;
+    let mut raw = vec![0u8; (M * N) as usize * size];
+    gpu.read(&cm, 0, &mut raw)?;
+    let got: Vec<u16> = raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+    let mut raw = vec![0u8; M as usize * bt.size_bytes()];
+    gpu.read(&dbm, 0, &mut raw)?;
+    let db = Data::from_le_bytes(bt, &raw).to_f32_vec();
+    let (m, n, k) = (M as usize, N as usize, K as usize);
+    let mut worst = 0u32;
+    for i in 0..m {
+        let want: f32 = (0..k).map(|p| a[i + p * m]).sum();
+        if db[i] != want {
+            return Err(GpuError(format!("bias gradient [{i}] is {}, not {want}", db[i])));
+        }
+        for j in 0..n {
+            let sum: f32 = (0..k).map(|p| a[i + p * m] * b[j + p * n]).sum();
+            let want = encode(&[sum], t);
+            worst = worst.max(ulps(got[i + j * m], u16::from_le_bytes([want[0], want[1]]), t));
         }
     }
     Ok(worst)

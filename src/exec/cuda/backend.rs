@@ -442,7 +442,8 @@ impl<G: Gpu> Backend for CudaBackend<G> {
         }
         let mut taken = Vec::new();
         for (k, g) in groups.iter().enumerate() {
-            if g.kind == crate::exec::fuse::Kind::GemmBias && !self.gemm_epilogues {
+            let gemm = matches!(g.kind, crate::exec::fuse::Kind::GemmBias | crate::exec::fuse::Kind::GemmBiasGrad);
+            if gemm && !self.gemm_epilogues {
                 continue;
             }
             // A group the generator cannot express runs unfused.
@@ -492,6 +493,15 @@ impl<G: Gpu> Backend for CudaBackend<G> {
             };
             let pre = [p(dloss), p(logits), p(labels), KArg::I64(rows), KArg::I64(classes), p(dx)];
             self.two_pass(&kernel.name, rows as u64 * 32, loss, rows as f64, &pre).map_err(err)?;
+            return Ok(outs);
+        }
+        if let super::fused::Work::Gemm { epilogue: e @ Epilogue::BiasGradA { .. }, transpose_a, transpose_b } =
+            kernel.work
+        {
+            let ([x, d], [dw, db]) = (inputs, outs.as_slice()) else {
+                return Err(err("a weight gradient with its bias's reads 2 values and writes 2".into()));
+            };
+            self.gemm(x, d, dw, (transpose_a, transpose_b), e, Some(db), None).map_err(err)?;
             return Ok(outs);
         }
         if let super::fused::Work::Gemm { epilogue, transpose_a, transpose_b } = kernel.work {

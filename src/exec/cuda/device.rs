@@ -417,6 +417,9 @@ impl LtShape {
             s.b.stride = 0;
             s.c.stride = 0;
         }
+        if s.epilogue.is_bias_grad() && s.batch > 1 {
+            return Err(GpuError(format!("a bias-gradient GEMM of a batch of {}: one matrix only", s.batch)));
+        }
         if s.epilogue.has_aux() && !s.c.ld.is_multiple_of(8) {
             // cuBLASLt's rule for a GELU input matrix (CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD).
             return Err(GpuError(format!(
@@ -437,9 +440,10 @@ impl LtShape {
         [span(&self.a), span(&self.b), span(&self.c)]
     }
 
-    /// Bytes of the epilogue's bias: one of C's elements per row.
+    /// Bytes of the epilogue's bias: one element per row of C, of C's type
+    /// (f32 for a bias gradient).
     pub fn bias_bytes(&self) -> usize {
-        self.c.rows as usize * self.c.dtype.size_bytes()
+        self.c.rows as usize * self.epilogue.bias_type(self.c.dtype).size_bytes()
     }
 
     /// cuBLASLt's name for the epilogue.
@@ -451,6 +455,7 @@ impl LtShape {
             Epilogue::ReluBias => E::CUBLASLT_EPILOGUE_RELU_BIAS,
             Epilogue::GeluBias => E::CUBLASLT_EPILOGUE_GELU_BIAS,
             Epilogue::GeluAuxBias => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
+            Epilogue::BiasGradA { .. } => E::CUBLASLT_EPILOGUE_BGRADA,
         }
     }
 }
@@ -562,6 +567,23 @@ impl LtPlan {
             .map_err(|x| {
                 plan.destroy_ref();
                 GpuError(format!("cuBLASLt epilogue {:?}: {x:?}", s.epilogue))
+            })?;
+        }
+        if s.epilogue == (Epilogue::BiasGradA { f32: true }) {
+            // The gradient in f32, as the graph's sum_to makes it (the default is C's type).
+            let t = ltsys::cudaDataType_t::CUDA_R_32F as i32;
+            // SAFETY: a live descriptor; the attribute is a 32-bit cudaDataType.
+            unsafe {
+                lt::set_matmul_desc_attribute(
+                    desc,
+                    D::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                    &t as *const i32 as *const c_void,
+                    4,
+                )
+            }
+            .map_err(|x| {
+                plan.destroy_ref();
+                GpuError(format!("cuBLASLt f32 bias gradient: {x:?}"))
             })?;
         }
         if s.epilogue.has_aux() {
@@ -688,13 +710,15 @@ mod tests {
             (Epilogue::ReluBias, ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_RELU_BIAS),
             (Epilogue::GeluBias, ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_BIAS),
             (Epilogue::GeluAuxBias, ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_AUX_BIAS),
+            (Epilogue::BiasGradA { f32: true }, ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BGRADA),
+            (Epilogue::BiasGradA { f32: false }, ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BGRADA),
         ] {
             g.epilogue = e;
             g.ldc = if e.has_aux() { 8 } else { 5 };
             let s = LtShape::of(&g).unwrap();
             assert_eq!(s.lt_epilogue(), lt);
-            // One f16 per row of C (m = 5), whatever the batch.
-            assert_eq!(s.bias_bytes(), 10);
+            // One f16 per row of C (m = 5), whatever the batch; a gradient's in f32.
+            assert_eq!(s.bias_bytes(), if e == (Epilogue::BiasGradA { f32: true }) { 20 } else { 10 });
             // A plan is made per epilogue: the key tells them apart.
             let plain = GemmKey::of(&Gemm { ldc: g.ldc, ..gemm(5, 3, 7, false, false) });
             assert_eq!(GemmKey::of(&g) == plain, e == Epilogue::None);
@@ -709,6 +733,14 @@ mod tests {
         assert!(LtShape::of(&Gemm { ldc: 16, ..g.clone() }).is_ok());
         // Only the auxiliary matrix asks it.
         assert!(LtShape::of(&Gemm { epilogue: Epilogue::GeluBias, ..g }).is_ok());
+    }
+
+    #[test]
+    fn a_bias_gradient_is_of_one_matrix() {
+        let g = Gemm { epilogue: Epilogue::BiasGradA { f32: true }, ..gemm(5, 3, 7, false, true) };
+        assert!(LtShape::of(&g).is_ok());
+        let e = LtShape::of(&Gemm { batch: 2, stride_a: 35, stride_b: 21, stride_c: 15, ..g }).unwrap_err().0;
+        assert!(e.contains("batch of 2"), "{e}");
     }
 
     #[test]

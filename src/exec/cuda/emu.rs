@@ -534,6 +534,9 @@ impl EmuGpu {
         }
         let (ra, ca) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
         let (rb, cb) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
+        if g.epilogue.is_bias_grad() && g.batch > 1 {
+            return Err(err(format!("a bias gradient of a batch of {}: one matrix only", g.batch)));
+        }
         if g.epilogue.has_aux() && !g.ldc.is_multiple_of(8) {
             // cuBLASLt's rule for a GELU input matrix, kept so that what runs here runs there.
             return Err(err(format!("the auxiliary matrix's leading dimension {} is not a multiple of 8", g.ldc)));
@@ -590,17 +593,20 @@ impl EmuGpu {
             return Ok(());
         }
         let (m, n, k) = (to_usize(g.m, "m")?, to_usize(g.n, "n")?, to_usize(g.k, "k")?);
-        let bias = match g.epilogue.has_bias() {
-            false => Vec::new(),
+        // A bias gradient is written, not read.
+        let grad = g.epilogue.is_bias_grad();
+        let (bias, bias_base) = match g.epilogue.has_bias() {
+            false => (Vec::new(), ptr::null_mut()),
             true => {
                 let offset = usize::try_from(bias_at).map_err(|_| err(format!("bias address {bias_at:#x}")))?;
-                let size = g.c.size_bytes();
+                let t = g.epilogue.bias_type(g.c);
+                let size = t.size_bytes();
                 if offset % size != 0 {
                     return Err(err(format!("the bias at {offset:#x} is not aligned to its {size}-byte elements")));
                 }
                 let base = self.region(offset, m * size, "emulated gemm, bias")?;
                 // SAFETY: `region` checked that m elements lie in one live allocation.
-                unsafe { load(base, m, g.c) }
+                (if grad { Vec::new() } else { unsafe { load(base, m, t) } }, base)
             }
         };
         let (lda, ldb, ldc) = (to_isize(g.lda, "lda")?, to_isize(g.ldb, "ldb")?, to_isize(g.ldc, "ldc")?);
@@ -647,7 +653,13 @@ impl EmuGpu {
             };
             // Only the m rows of each column: the gap up to ldc is not C's.
             let size = g.c.size_bytes();
-            if g.epilogue.has_bias() {
+            if grad {
+                // Row i of op(A) summed over k in f32, in order (cuBLASLt's order is its own).
+                let sums: Vec<f32> =
+                    (0..m as isize).map(|i| (0..k as isize).map(|p| av[(i * rsa + p * csa) as usize]).sum()).collect();
+                // SAFETY: `region` checked that m elements of the bias type lie at `bias_base`.
+                unsafe { store(bias_base, &sums, g.epilogue.bias_type(g.c)) };
+            } else if g.epilogue.has_bias() {
                 for (j, col) in cv.chunks_mut(ldc_elems).take(n).enumerate() {
                     let col = &mut col[..m];
                     for (v, b) in col.iter_mut().zip(&bias) {
@@ -680,6 +692,7 @@ fn activate(e: Epilogue, col: &mut [f32]) {
         Epilogue::None | Epilogue::Bias => return,
         Epilogue::ReluBias => relu,
         Epilogue::GeluBias | Epilogue::GeluAuxBias => gelu,
+        Epilogue::BiasGradA { .. } => return,
     };
     for v in col {
         *v = f(*v);

@@ -184,6 +184,18 @@ pub fn generate(plan: &Plan, g: &Group) -> Result<FusedKernel, String> {
     match g.kind {
         Kind::CrossEntropy => return cross_entropy(plan, g),
         Kind::LayerNormGradAdd => return layer_norm_grad_add(plan, g),
+        Kind::GemmBiasGrad => {
+            let f32 = g.outputs.get(1).is_some_and(|&db| plan.value_type(db).dtype == DType::F32);
+            return Ok(FusedKernel {
+                name: "gemm_bias_grad".into(),
+                source: String::new(),
+                work: Work::Gemm {
+                    epilogue: super::gpu::Epilogue::BiasGradA { f32 },
+                    transpose_a: true,
+                    transpose_b: false,
+                },
+            });
+        }
         Kind::GemmBias => {
             let &Op::Matmul { transpose_a, transpose_b } = plan.step(g.first).1 else {
                 return Err("a GEMM group starts with its matmul".into());

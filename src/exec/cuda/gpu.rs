@@ -79,12 +79,33 @@ pub enum Epilogue {
     /// (`CUBLASLT_EPILOGUE_GELU_AUX_BIAS`): the value `gelu_grad` reads in
     /// training, rounded once from f32 like C.
     GeluAuxBias,
+    /// No change to C; the bias vector is written instead of read: the sum
+    /// of op(A) over k, `bias[i] = Σ_p op(A)[i, p]`, accumulated in f32 and
+    /// stored in f32 (`f32`: the bias type `CUDA_R_32F`) or in C's type
+    /// (cuBLASLt's default) (`CUBLASLT_EPILOGUE_BGRADA`): a weight
+    /// gradient's GEMM that also makes its bias's gradient, the sum of the
+    /// output gradient over the rows (mpc's `sum_to` of it). One batch entry.
+    BiasGradA { f32: bool },
 }
 
 impl Epilogue {
-    /// Whether the GEMM reads a bias vector.
+    /// Whether the GEMM reads a bias vector (or, [`Epilogue::BiasGradA`],
+    /// writes one).
     pub fn has_bias(self) -> bool {
         self != Epilogue::None
+    }
+
+    /// The bias vector's element type: C's, but f32 for a bias gradient.
+    pub fn bias_type(self, c: DType) -> DType {
+        match self {
+            Epilogue::BiasGradA { f32: true } => DType::F32,
+            _ => c,
+        }
+    }
+
+    /// Whether the bias vector is a gradient the GEMM writes.
+    pub fn is_bias_grad(self) -> bool {
+        matches!(self, Epilogue::BiasGradA { .. })
     }
 
     /// Whether the GEMM writes an auxiliary matrix beside C.
