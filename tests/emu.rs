@@ -716,27 +716,7 @@ fn gemm_case(gpu: &mut EmuGpu, rng: &mut Rng, g: &Gemm) {
 }
 
 fn gemm(m: u64, n: u64, k: u64, ta: bool, tb: bool, ab: DType, c: DType) -> Gemm {
-    let (ra, rb) = (if ta { k } else { m }, if tb { n } else { k });
-    Gemm {
-        m,
-        n,
-        k,
-        trans_a: ta,
-        trans_b: tb,
-        lda: ra.max(1),
-        ldb: rb.max(1),
-        ldc: m.max(1),
-        ab,
-        c,
-        batch: 1,
-        stride_a: 0,
-        stride_b: 0,
-        stride_c: 0,
-        alpha: 1.0,
-        beta: 0.0,
-        tf32: false,
-        epilogue: Epilogue::None,
-    }
+    Gemm::packed(m, n, k, (ta, tb), ab, c)
 }
 
 #[test]

@@ -173,26 +173,7 @@ fn grad_case<G: Gpu>(gpu: &mut G, t: DType, e: Epilogue) -> Result<u32, GpuError
     };
     let a: Vec<f32> = (0..M * K).map(|_| next()).collect();
     let b: Vec<f32> = (0..N * K).map(|_| next()).collect();
-    let g = Gemm {
-        m: M,
-        n: N,
-        k: K,
-        trans_a: false,
-        trans_b: true,
-        lda: M,
-        ldb: N,
-        ldc: M,
-        ab: t,
-        c: t,
-        batch: 1,
-        stride_a: 0,
-        stride_b: 0,
-        stride_c: 0,
-        alpha: 1.0,
-        beta: 0.0,
-        tf32: false,
-        epilogue: e,
-    };
+    let g = Gemm { epilogue: e, ..Gemm::packed(M, N, K, (false, true), t, t) };
     let size = t.size_bytes();
     let am = gpu.alloc(a.len() * size)?;
     let bm = gpu.alloc(b.len() * size)?;

@@ -307,17 +307,8 @@ impl<G: Gpu> CudaBackend<G> {
     /// full batch: a strided batched GEMM can repeat an operand only whole
     /// (stride 0). None when it is used as it is.
     fn full_batch(&mut self, x: &CudaBuffer<G::Mem>, out: &[u64]) -> Result<Option<CudaBuffer<G::Mem>>, String> {
-        let (s, r) = (&x.ty.shape.0, out.len());
-        if s.len() < 2 || r < 2 {
-            return Ok(None);
-        }
-        let (batch, out_batch) = (&s[..s.len() - 2], &out[..r - 2]);
-        let (b, bo) = (batch.iter().product::<u64>(), out_batch.iter().product::<u64>());
-        if b == bo || b == 1 {
-            return Ok(None);
-        }
-        let mut full = out_batch.to_vec();
-        full.extend_from_slice(&s[s.len() - 2..]);
+        let s = &x.ty.shape.0;
+        let Some(full) = batch_shape(s, out) else { return Ok(None) };
         let ty = TensorType::new(x.ty.dtype, full.clone());
         let buf = self.buffer(&ty).map_err(|e| e.to_string())?;
         let g = launch::broadcast_to(s, &full)?;
@@ -331,6 +322,24 @@ impl<G: Gpu> CudaBackend<G> {
     fn launch(&mut self, name: &str, work: u64, args: &[KArg<'_, G::Mem>]) -> Result<(), String> {
         self.gpu.launch(name, Launch::linear(blocks(work), THREADS), args).map_err(|e| e.to_string())
     }
+}
+
+/// The shape a matmul operand of shape `s` is copied to before its GEMM
+/// (`out`'s batch, `s`'s matrix), or None when it is used as it is: of one
+/// matrix, or of `out`'s batch already.
+fn batch_shape(s: &[u64], out: &[u64]) -> Option<Vec<u64>> {
+    let r = out.len();
+    if s.len() < 2 || r < 2 {
+        return None;
+    }
+    let (batch, out_batch) = (&s[..s.len() - 2], &out[..r - 2]);
+    let (b, bo) = (batch.iter().product::<u64>(), out_batch.iter().product::<u64>());
+    if b == bo || b == 1 {
+        return None;
+    }
+    let mut full = out_batch.to_vec();
+    full.extend_from_slice(&s[s.len() - 2..]);
+    Some(full)
 }
 
 /// An optimizer's input arguments, and its lr attribute's when it has no lr input.
@@ -446,8 +455,29 @@ impl<G: Gpu> Backend for CudaBackend<G> {
             if gemm && !self.gemm_epilogues {
                 continue;
             }
-            // A group the generator cannot express runs unfused.
+            // A group the generator cannot express, or whose GEMM the device
+            // cannot run, runs unfused.
             let Ok(kernel) = super::fused::generate(plan, g) else { continue };
+            if let super::fused::Work::Gemm { epilogue, transpose_a, transpose_b } = kernel.work {
+                // The GEMM writes the tail's output, or a weight gradient first.
+                let out = if epilogue.is_bias_grad() { g.outputs.first() } else { g.outputs.last() };
+                let (Some(&o), [a, b, ..]) = (out, g.inputs.as_slice()) else { continue };
+                let (a, b, o) = (plan.value_type(*a), plan.value_type(*b), plan.value_type(o));
+                let shape = |x: &TensorType| batch_shape(&x.shape.0, &o.shape.0).unwrap_or_else(|| x.shape.0.clone());
+                let Ok(gm) = launch::matmul_gemm(
+                    (&shape(a), transpose_a),
+                    (&shape(b), transpose_b),
+                    &o.shape.0,
+                    a.dtype,
+                    o.dtype,
+                    self.tf32,
+                ) else {
+                    continue;
+                };
+                if self.gpu.check_gemm(&Gemm { epilogue, ..gm }).is_err() {
+                    continue;
+                }
+            }
             // Each output goes where the member step that makes it puts it.
             let mut outs = Vec::with_capacity(g.outputs.len());
             for &v in &g.outputs {

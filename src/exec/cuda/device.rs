@@ -287,6 +287,17 @@ impl Gpu for CudaGpu {
         Ok(())
     }
 
+    /// Makes (and keeps) the GEMM's plan: cuBLASLt's heuristic finds an
+    /// algorithm for the shape, types and epilogue, or says it has none.
+    fn check_gemm(&mut self, g: &Gemm) -> Result<(), GpuError> {
+        let key = GemmKey::of(g);
+        if !self.plans.contains_key(&key) {
+            let plan = LtPlan::new(self.lt, &LtShape::of(g)?, self.workspace.len())?;
+            self.plans.insert(key, plan);
+        }
+        Ok(())
+    }
+
     fn gemm_extra(
         &mut self,
         g: &Gemm,
@@ -679,26 +690,7 @@ mod tests {
     use super::*;
 
     fn gemm(m: u64, n: u64, k: u64, ta: bool, tb: bool) -> Gemm {
-        Gemm {
-            m,
-            n,
-            k,
-            trans_a: ta,
-            trans_b: tb,
-            lda: if ta { k } else { m },
-            ldb: if tb { n } else { k },
-            ldc: m,
-            ab: DType::F16,
-            c: DType::F16,
-            batch: 1,
-            stride_a: 0,
-            stride_b: 0,
-            stride_c: 0,
-            alpha: 1.0,
-            beta: 0.0,
-            tf32: true,
-            epilogue: Epilogue::None,
-        }
+        Gemm { tf32: true, ..Gemm::packed(m, n, k, (ta, tb), DType::F16, DType::F16) }
     }
 
     #[test]

@@ -88,6 +88,8 @@ pub struct EmuGpu {
     loaded: std::collections::HashMap<String, super::emu_jit::Loaded>,
     live: Live,
     rec: Recorder,
+    /// Epilogues this device has no GEMM for ([`EmuGpu::without`]).
+    missing: Vec<Epilogue>,
 }
 
 /// A captured step of the emulation: the recorded work, replayed as it was.
@@ -117,6 +119,22 @@ impl EmuGpu {
             loaded: Default::default(),
             live: Live::default(),
             rec: Recorder::default(),
+            missing: Vec::new(),
+        }
+    }
+
+    /// The emulation of a device whose GEMM library has no algorithm for
+    /// the epilogue `e` (as a cuBLASLt version may lack one): `check_gemm`
+    /// and the GEMM itself refuse it, as cuBLASLt's heuristic would.
+    pub fn without(mut self, e: Epilogue) -> EmuGpu {
+        self.missing.push(e);
+        self
+    }
+
+    fn has(&self, g: &Gemm) -> Result<(), GpuError> {
+        match self.missing.contains(&g.epilogue) {
+            true => Err(GpuError(format!("emulated gemm: no algorithm for the epilogue {:?}", g.epilogue))),
+            false => Ok(()),
         }
     }
 
@@ -442,6 +460,10 @@ impl Gpu for EmuGpu {
         }
     }
 
+    fn check_gemm(&mut self, g: &Gemm) -> Result<(), GpuError> {
+        self.has(g)
+    }
+
     /// Compiles `source` for the host (see [`super::emu_jit`]) and loads
     /// its kernels `names`.
     fn load(&mut self, names: &[String], source: &str) -> Result<(), GpuError> {
@@ -481,6 +503,7 @@ impl Gpu for EmuGpu {
             *addr = (mem.ptr.as_ptr() as usize + offset) as u64;
         }
         g.epilogue.check_operands(extra.bias.is_some(), extra.aux.is_some())?;
+        self.has(g)?;
         match self.rec.keep(Work::Gemm { gemm: g.clone(), a: at[0], b: at[1], c: at[2], bias: at[3], aux: at[4] }) {
             Some(w) => self.run_one(&w),
             None => Ok(()),

@@ -173,6 +173,34 @@ pub struct Gemm {
     pub epilogue: Epilogue,
 }
 
+impl Gemm {
+    /// `C = op(A) · op(B)` of one matrix, every operand packed (its leading
+    /// dimension its stored rows, at least 1), alpha 1, beta 0, no TF32, no
+    /// epilogue.
+    pub fn packed(m: u64, n: u64, k: u64, (trans_a, trans_b): (bool, bool), ab: DType, c: DType) -> Gemm {
+        Gemm {
+            m,
+            n,
+            k,
+            trans_a,
+            trans_b,
+            lda: if trans_a { k } else { m }.max(1),
+            ldb: if trans_b { n } else { k }.max(1),
+            ldc: m.max(1),
+            ab,
+            c,
+            batch: 1,
+            stride_a: 0,
+            stride_b: 0,
+            stride_c: 0,
+            alpha: 1.0,
+            beta: 0.0,
+            tf32: false,
+            epilogue: Epilogue::None,
+        }
+    }
+}
+
 /// A device: allocations, copies, kernel launches, GEMMs. Work is ordered
 /// as issued (one stream); `read` waits for the work before it.
 pub trait Gpu {
@@ -204,6 +232,15 @@ pub trait Gpu {
     fn load(&mut self, names: &[String], source: &str) -> Result<(), GpuError> {
         let _ = source;
         Err(GpuError(format!("{}: cannot load the generated kernels {}", self.describe(), names.join(", "))))
+    }
+
+    /// Whether the device can run GEMMs of `g`'s shape, types and epilogue
+    /// (cuBLASLt has an algorithm for it), asked before a fusion group is
+    /// claimed, so that one it cannot run stays unfused instead of failing
+    /// the step. The default can run every GEMM.
+    fn check_gemm(&mut self, g: &Gemm) -> Result<(), GpuError> {
+        let _ = g;
+        Ok(())
     }
 
     /// Runs a GEMM on `(allocation, byte offset)` operands.

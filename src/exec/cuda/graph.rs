@@ -265,26 +265,7 @@ mod tests {
     }
 
     fn gemm(c: u64) -> Work {
-        let g = Gemm {
-            m: 4,
-            n: 4,
-            k: 4,
-            trans_a: false,
-            trans_b: false,
-            lda: 4,
-            ldb: 4,
-            ldc: 4,
-            ab: DType::F16,
-            c: DType::F16,
-            batch: 1,
-            stride_a: 0,
-            stride_b: 0,
-            stride_c: 0,
-            alpha: 1.0,
-            beta: 0.0,
-            tf32: false,
-            epilogue: Epilogue::None,
-        };
+        let g = Gemm::packed(4, 4, 4, (false, false), DType::F16, DType::F16);
         Work::Gemm { gemm: g, a: 0x1000, b: 0x2000, c, bias: 0, aux: 0 }
     }
 
