@@ -62,6 +62,11 @@ train_pair "underflow fp16" ir-examples/underflow.json --steps 200 --seed 1
 train_pair "cnn synthetic fp16" ir-examples/cnn.json --steps 100 --seed 1
 train_pair "gpt_block text fp16" ir-examples/gpt_block.json --data ir-examples/data/declaration.txt --steps 100 --seed 1
 train_pair "gpt_block text bf16" ir-examples/gpt_block.json --data ir-examples/data/declaration.txt --steps 100 --seed 1 --precision bf16
+# Fused: the NVRTC-generated chains and cuBLASLt's epilogue GEMMs (bias,
+# relu, gelu storing its input, the bias gradients), which only a GPU runs.
+train_pair "mlp digits fp16 fused" ir-examples/mlp.json --data ir-examples/data/digits.csv.gz --steps 200 --seed 1 --fuse
+train_pair "gpt_block fp16 fused" ir-examples/gpt_block.json --data ir-examples/data/declaration.txt --steps 100 --seed 1 --fuse
+train_pair "gpt_block bf16 fused" ir-examples/gpt_block.json --data ir-examples/data/declaration.txt --steps 100 --seed 1 --precision bf16 --fuse
 
 # One CUDA graph per step: with graphs on (the default) the step is
 # replayed after its warm-up, and every logged metric is the run without
@@ -83,6 +88,7 @@ graph_pair() {
 section "one CUDA graph per step against launch by launch"
 graph_pair "mlp digits fp16" ir-examples/mlp.json --data ir-examples/data/digits.csv.gz --steps 50 --seed 1
 graph_pair "gpt_block text bf16" ir-examples/gpt_block.json --data ir-examples/data/declaration.txt --steps 20 --seed 1 --precision bf16
+graph_pair "gpt_block fp16 fused" ir-examples/gpt_block.json --data ir-examples/data/declaration.txt --steps 20 --seed 1 --fuse
 
 section "result"
 if [ $fail -eq 0 ]; then echo "all GPU checks passed"; else echo "SOME GPU CHECKS FAILED"; fi
