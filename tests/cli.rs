@@ -569,6 +569,12 @@ fn explain_fusion_shows_the_groups() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["launches_saved"].as_u64(), Some(8));
     assert_eq!(v["groups"][4]["kind"].as_str(), Some("gemm_bias_grad"));
+    // In fp32 nothing is cast: the weight gradients sum dy itself, in f32.
+    let o = mpc(&["explain", "--fusion", "ir-examples/mlp.json", "--precision", "fp32"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("2 steps -> `dw2` f32[128,128], `db2` f32[128]"), "{out}");
+    assert!(!out.contains("f16"), "{out}");
     assert_eq!(v["groups"][0]["kind"].as_str(), Some("gemm_bias"));
     assert_eq!(v["groups"][0]["hidden"], serde_json::json!(["h1", "h1b"]));
     assert_eq!(v["groups"][3]["kind"].as_str(), Some("cross_entropy"));

@@ -641,7 +641,15 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
         Command::Explain { model, passes: pass_args, json, cost, gpu, tf32, fusion } => {
             if fusion {
                 let opts = pass_args.options()?;
-                let (g, _) = load_and_lower(&model, &opts)?;
+                let g = if pass_args.precision == LowType::Fp32 {
+                    // As `lower --precision fp32` lowers it: no autocast, no scaling.
+                    let mut g = load_verified(&model)?;
+                    passes::lower_fp32(&mut g, &opts)
+                        .map_err(|e| miette::Report::msg(format!("{}: {e}", model.display())))?;
+                    g
+                } else {
+                    load_and_lower(&model, &opts)?.0
+                };
                 return fusion::explain_fusion(&model, &g, json);
             }
             if cost {
