@@ -13,7 +13,9 @@
 //! step is the sum of its kernels, as one CUDA graph runs them one after
 //! another; launch gaps, caches and fusion are not modelled, so the
 //! estimate is a lower bound on the step, and the memory-bound kernels'
-//! share of it is what fusion could win back.
+//! share of it is what fusion could win back. [`fused`] models the step as
+//! `--fuse` runs it: each fusion group one kernel that reads the group's
+//! inputs and writes its outputs once.
 //!
 //! FLOP counts: a multiply-add is 2. A matmul `[.., M, K] x [.., K, N]` is
 //! `2 M N K` per batch; a convolution and each of its gradients
@@ -22,6 +24,10 @@
 //! [`per_element`]); they are memory-bound on every GPU here, so those
 //! constants do not move the estimate.
 
+use rustc_hash::FxHashMap;
+
+use crate::exec::fuse::Group;
+use crate::exec::Plan;
 use crate::ir::graph::{Graph, NodeId};
 use crate::ir::op::Op;
 use crate::ir::types::{DType, TensorType};
@@ -169,6 +175,50 @@ pub fn per_element(op: &Op) -> f64 {
     }
 }
 
+/// The kernels of the step as the CUDA backend runs it with fusion (`--fuse`):
+/// each of `groups` (of `plan`, the plan of the graph `ks` came from) one
+/// kernel, where its run stands, that reads the group's inputs once and
+/// writes its outputs once (a value it hides is neither written nor read
+/// back) and does its members' FLOPs; a GEMM group counts its GEMM's alone,
+/// at the tensor cores' rate (its epilogue's few operations per element
+/// ride along). The other kernels are as they are. Every group is taken
+/// as claimed.
+pub fn fused(ks: &[Kernel], plan: &Plan, groups: &[Group]) -> Vec<Kernel> {
+    let at: FxHashMap<&str, usize> = ks.iter().enumerate().map(|(i, k)| (k.node.as_str(), i)).collect();
+    let mut member = vec![false; ks.len()];
+    let mut merged: FxHashMap<usize, Kernel> = FxHashMap::default();
+    for g in groups {
+        let members: Vec<usize> = g.steps().filter_map(|i| at.get(plan.step(i).0).copied()).collect();
+        let Some(&run_at) = at.get(plan.step(g.at()).0) else { continue };
+        let bytes = |vs: &[usize]| -> f64 {
+            vs.iter().map(|&v| size(plan.value_type(v)) * plan.value_type(v).dtype.size_bytes() as f64).sum()
+        };
+        let gemm = members.iter().find(|&&m| ks[m].gemm);
+        let out_type = g.outputs.first().map_or(DType::F32, |&v| plan.value_type(v).dtype);
+        let k = Kernel {
+            node: ks[run_at].node.clone(),
+            op: g.kind.name(),
+            dtype: gemm.map_or(out_type, |&m| ks[m].dtype),
+            flops: members.iter().filter(|&&m| gemm.is_none() || ks[m].gemm).map(|&m| ks[m].flops).sum(),
+            bytes: bytes(&g.inputs) + bytes(&g.outputs),
+            gemm: gemm.is_some(),
+        };
+        for m in members {
+            member[m] = true;
+        }
+        merged.insert(run_at, k);
+    }
+    let mut out = Vec::with_capacity(ks.len());
+    for (i, k) in ks.iter().enumerate() {
+        match merged.remove(&i) {
+            Some(f) => out.push(f),
+            None if !member[i] => out.push(k.clone()),
+            None => {}
+        }
+    }
+    out
+}
+
 /// A step's totals on one GPU.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Estimate {
@@ -280,6 +330,36 @@ mod tests {
         assert!((f32_gemm.seconds(&H100, true) - 67.0 / 494.7).abs() < 1e-12);
         let copy = k(0.0, 3.35e12, false, DType::F16);
         assert!((copy.seconds(&H100, false) - 1.0).abs() < 1e-12 && copy.memory_bound(&H100, false));
+    }
+
+    /// Fused, a group is one kernel reading its inputs and writing its
+    /// outputs once: the MLP's logits cast + bias add (f16[64,10] -> f32,
+    /// then + f32[10]) moves 1280 + 40 + 2560 bytes instead of the cast's
+    /// 1280 + 2560 and the add's 2560 + 40 + 2560; FLOPs are kept, and the
+    /// step has one kernel per launch the fusion leaves, and the same GEMM FLOPs.
+    #[test]
+    fn a_fused_group_moves_its_inputs_and_outputs_once() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/ir-examples/mlp.json")).unwrap();
+        let mut g = graph(&text);
+        crate::passes::lower(&mut g, &crate::passes::Options::default()).expect("lowers");
+        let ks = kernels(&g);
+        let plan = Plan::new(&g, 0).expect("plans");
+        let groups = plan.fusion_groups();
+        let fk = fused(&ks, &plan, &groups);
+        let saved: usize = groups.iter().map(Group::launches_saved).sum();
+        assert_eq!(fk.len(), ks.len() - saved);
+        let unfused = one(&g, "logits.f32").bytes + one(&g, "logits_b").bytes;
+        assert_eq!(unfused, (1280 + 2560 + 2560 + 40 + 2560) as f64);
+        let add = fk.iter().find(|k| k.node == "logits_b").expect("the group's kernel");
+        assert_eq!((add.op, add.bytes, add.gemm), ("chain", (1280 + 40 + 2560) as f64, false));
+        assert!(!fk.iter().any(|k| k.node == "logits.f32"));
+        let (e, ef) = (estimate(&ks, &H100, false), estimate(&fk, &H100, false));
+        assert_eq!(e.gemm_flops, ef.gemm_flops);
+        assert!(ef.flops < e.flops, "the epilogues' elementwise FLOPs are not counted");
+        assert!(ef.bytes < e.bytes && ef.seconds < e.seconds);
+        // The weight gradient with its bias's: on the tensor cores, f16.
+        let dw = fk.iter().find(|k| k.node == "dw2").expect("dw2");
+        assert_eq!((dw.op, dw.gemm, dw.dtype), ("gemm_bias_grad", true, DType::F16));
     }
 
     /// The lowered MLP's GEMM FLOPs by hand: three layers forward

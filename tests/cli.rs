@@ -522,16 +522,17 @@ fn onnx_lowering_refuses_what_needs_a_graph_file() {
     assert!(stderr(&o).contains("cannot read tests/data/onnx/README.md.onnx"), "{}", stderr(&o));
 }
 
-/// `explain --cost`: the roofline step estimate in three precisions, the
-/// GEMM FLOPs as counted by hand (see cost::tests), JSON for tools, and a
-/// usage error for an unknown GPU.
+/// `explain --cost`: the roofline step estimate in three precisions, each
+/// also fused (faster, the same GEMM FLOPs), the GEMM FLOPs as counted by
+/// hand (see cost::tests), JSON for tools, and a usage error for an
+/// unknown GPU.
 #[test]
 fn explain_cost_estimates_the_step() {
     let o = mpc(&["explain", "--cost", "ir-examples/mlp.json", "--gpu", "a100"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("A100"), "{out}");
-    for p in ["fp32", "fp16", "bf16"] {
+    for p in ["fp32", "fp16", "bf16", "fp32 fused", "fp16 fused", "bf16 fused"] {
         assert!(out.lines().any(|l| l.starts_with(p)), "{p}: {out}");
     }
     let o = mpc(&["explain", "--cost", "--json", "ir-examples/mlp.json"]);
@@ -542,6 +543,14 @@ fn explain_cost_estimates_the_step() {
         assert_eq!(m["estimate"]["gemm_flops"].as_f64(), Some(4.0 * (l1 + l2 + l3) + 2.0 * (l2 + l3)), "{m}");
     }
     assert_eq!(v["modes"][0]["speedup_vs_fp32"].as_f64(), Some(1.0));
+    let modes = v["modes"].as_array().unwrap();
+    assert_eq!(modes.len(), 6);
+    for (plain, fused) in modes[..3].iter().zip(&modes[3..]) {
+        assert_eq!((plain["fused"].as_bool(), fused["fused"].as_bool()), (Some(false), Some(true)));
+        assert_eq!(plain["precision"], fused["precision"]);
+        let (a, b) = (plain["estimate"]["seconds"].as_f64().unwrap(), fused["estimate"]["seconds"].as_f64().unwrap());
+        assert!(b < a, "{plain} {fused}");
+    }
     let o = mpc(&["explain", "--cost", "ir-examples/mlp.json", "--gpu", "v100"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("known: h100, h200, a100"), "{}", stderr(&o));

@@ -24,19 +24,27 @@ pub fn gpu(name: &str) -> Gpu {
 
 pub fn explain_cost(model: &Path, gpu: Gpu, tf32: bool, json: bool) -> Result<(), miette::Report> {
     let mut rows: Vec<(&str, Vec<Kernel>, Estimate)> = Vec::new();
+    let mut fused_rows: Vec<(&str, Vec<Kernel>, Estimate)> = Vec::new();
     for (name, precision) in [("fp32", Precision::Fp32), ("fp16", Precision::Fp16), ("bf16", Precision::Bf16)] {
         let (_, g) = load_for_training(model, precision, None, None, &[], None)?;
         let ks = cost::kernels(&g);
         let e = cost::estimate(&ks, &gpu, tf32);
+        let plan = mpc::exec::Plan::new(&g, 0).map_err(|e| miette::Report::msg(format!("{}: {e}", model.display())))?;
+        let fk = cost::fused(&ks, &plan, &plan.fusion_groups());
+        let fe = cost::estimate(&fk, &gpu, tf32);
         rows.push((name, ks, e));
+        fused_rows.push((name, fk, fe));
     }
     let fp32 = rows[0].2.seconds;
     if json {
         let modes: Vec<serde_json::Value> = rows
             .iter()
-            .map(|(name, ks, e)| {
+            .map(|r| (r, false))
+            .chain(fused_rows.iter().map(|r| (r, true)))
+            .map(|((name, ks, e), fused)| {
                 serde_json::json!({
                     "precision": name,
+                    "fused": fused,
                     "estimate": e,
                     "speedup_vs_fp32": fp32 / e.seconds,
                     "kernels": ks.iter().map(|k| serde_json::json!({
@@ -65,12 +73,14 @@ pub fn explain_cost(model: &Path, gpu: Gpu, tf32: bool, json: bool) -> Result<()
         gpu.bandwidth / 1e12
     );
     println!(
-        "{:9}  {:>7}  {:>11}  {:>11}  {:>9}  {:>10}  {:>12}  {:>8}",
+        "{:10}  {:>7}  {:>11}  {:>11}  {:>9}  {:>10}  {:>12}  {:>8}",
         "precision", "kernels", "GEMM GFLOP", "other GFLOP", "GB moved", "step ms", "memory-bound", "speed-up"
     );
-    for (name, _, e) in &rows {
+    let labelled = rows.iter().map(|(n, _, e)| (n.to_string(), e));
+    let fused = fused_rows.iter().map(|(n, _, e)| (format!("{n} fused"), e));
+    for (name, e) in labelled.chain(fused) {
         println!(
-            "{:9}  {:>7}  {:>11.3}  {:>11.3}  {:>9.3}  {:>10.4}  {:>11.0}%  {:>7.2}x",
+            "{:10}  {:>7}  {:>11.3}  {:>11.3}  {:>9.3}  {:>10.4}  {:>11.0}%  {:>7.2}x",
             name,
             e.kernels,
             e.gemm_flops / 1e9,
@@ -83,7 +93,9 @@ pub fn explain_cost(model: &Path, gpu: Gpu, tf32: bool, json: bool) -> Result<()
     }
     println!(
         "(a lower bound: each kernel at its peak or at full bandwidth, reading its inputs and writing its outputs \
-         once; no launch gaps, caches or fusion. memory-bound: the share of the step in kernels limited by traffic)"
+         once; no launch gaps or caches. fused: as `--fuse` runs the step, each fusion group one kernel that \
+         reads its inputs and writes its outputs once. memory-bound: the share of the step in kernels limited by \
+         traffic)"
     );
     let (name, ks, e) = &rows[1];
     let mut slow: Vec<&Kernel> = ks.iter().collect();
