@@ -589,8 +589,9 @@ fn explain_fusion_shows_the_groups() {
     assert_eq!(v["groups"][3]["kind"].as_str(), Some("cross_entropy"));
     assert_eq!(v["groups"][3]["outputs"], serde_json::json!(["loss", "dlogits_b"]));
     assert!(v["planned_peak_bytes"]["fused"].as_u64() <= v["planned_peak_bytes"]["unfused"].as_u64());
-    let train = |fuse: bool| {
+    let train_in = |fuse: bool, precision: &str| {
         let mut args = vec!["train", "ir-examples/mlp.json", "--device", "cuda-emu", "--steps", "2"];
+        args.extend(["--precision", precision]);
         if fuse {
             args.push("--fuse");
         }
@@ -600,10 +601,14 @@ fn explain_fusion_shows_the_groups() {
         let loss = out.split("final train loss ").nth(1).and_then(|r| r.split(',').next()).map(str::parse::<f64>);
         (out.lines().next().map(str::to_string), loss.and_then(Result::ok).unwrap_or(f64::NAN))
     };
-    let ((head_f, loss_f), (head, loss)) = (train(true), train(false));
+    let ((head_f, loss_f), (head, loss)) = (train_in(true, "fp16"), train_in(false, "fp16"));
     assert_eq!(head_f, head);
     // The device's loss bound (docs/CUDA.md): half an f16 ulp, relative.
     assert!((loss_f - loss).abs() <= loss.abs() * 2f64.powi(-12), "fused {loss_f}, unfused {loss}");
+    // In f32 the epilogues add in f32 as the unfused adds do; only the bias
+    // gradients' summation order differs: the f32 loss bound, 1e-5.
+    let ((_, loss_f), (_, loss)) = (train_in(true, "fp32"), train_in(false, "fp32"));
+    assert!((loss_f - loss).abs() <= loss.abs() * 1e-5, "fp32 fused {loss_f}, unfused {loss}");
 }
 
 /// `mpc bench`: timed steps per precision with tokens/s and memory; a

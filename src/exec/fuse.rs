@@ -183,8 +183,9 @@ fn softmax_tail(plan: &Plan, t: usize, x: usize) -> bool {
 /// step: elementwise runs of two or more steps, any elementwise run (one
 /// step will do) whose output the next step layer-normalises or (read by it
 /// alone) softmaxes, with that step as its tail, the cross-entropy pairs,
-/// and the layer_norm_grads with the add of their dx (those first: their
-/// adds are no chain's).
+/// the layer_norm_grads with the add of their dx, the matmuls with their
+/// bias add (and activation) and the weight gradients with their bias's
+/// (those before the chains: their adds and casts are no chain's).
 pub fn groups(plan: &Plan) -> Vec<Group> {
     let mut readers: Vec<Vec<usize>> = vec![Vec::new(); plan.num_values()];
     for (i, s) in plan.steps.iter().enumerate() {
@@ -198,11 +199,17 @@ pub fn groups(plan: &Plan) -> Vec<Group> {
     }
     let mut out = layer_norm_grad_adds(plan, &readers, &kept);
     out.extend(gemm_biases(plan, &readers, &kept));
-    out.extend(gemm_bias_grads(plan, &readers));
     let mut taken = vec![false; plan.steps.len()];
     for g in &out {
         for i in g.steps() {
             taken[i] = true;
+        }
+    }
+    // No step in two groups: a weight gradient's cast or sum_to is no other group's.
+    for g in gemm_bias_grads(plan, &readers, &kept) {
+        if g.steps().all(|i| !taken[i]) {
+            g.steps().for_each(|i| taken[i] = true);
+            out.push(g);
         }
     }
     out.extend(chains(plan, &readers, &kept, &taken));
@@ -320,14 +327,15 @@ fn gemm_biases(plan: &Plan, readers: &[Vec<usize>], kept: &[bool]) -> Vec<Group>
 
 /// The weight-gradient matmuls `dw = x^T · d` (2-D, `transpose_a` only, d of
 /// x's type) whose d is an output gradient dy or its reshape to 2-D, when
-/// a `sum_to` of dy to its last axis (the bias's gradient, f32) runs
-/// before: of dy itself when dy is f32, else of a cast of dy to f32 that
-/// only the sum_to reads (it is then never stored). Both sum the same
+/// a `sum_to` of dy to its last axis (the bias's gradient) runs before: of
+/// dy itself (in f32 or dy's type), or in f32 of a cast of dy to f32 that
+/// only the sum_to reads and the step does not return (it is then never
+/// stored). Both sum the same
 /// values, d's elements, the GEMM in its own order. The group runs at the
 /// matmul: the gradient is written later than before, so no step up to
 /// the matmul may read it, and no step between that is not a member may
 /// free x or d.
-fn gemm_bias_grads(plan: &Plan, readers: &[Vec<usize>]) -> Vec<Group> {
+fn gemm_bias_grads(plan: &Plan, readers: &[Vec<usize>], kept: &[bool]) -> Vec<Group> {
     let mut made_by = vec![usize::MAX; plan.num_values()];
     for (i, s) in plan.steps.iter().enumerate() {
         for &v in &s.outputs {
@@ -374,7 +382,7 @@ fn gemm_bias_grads(plan: &Plan, readers: &[Vec<usize>]) -> Vec<Group> {
                 let &[cv] = st.outputs.as_slice() else { return None };
                 let cast = matches!(st.op, Op::Cast { to: DType::F32 }) && st.inputs == [dy];
                 let s = match readers[cv].as_slice() {
-                    &[s] if cast && sum_of(cv, s) => s,
+                    &[s] if cast && !kept[cv] && sum_of(cv, s) => s,
                     _ => return None,
                 };
                 Some((s, Some((c, cv))))
