@@ -460,7 +460,10 @@ impl Gpu for EmuGpu {
         }
     }
 
+    /// cuBLASLt's rules on the description (as the device checks them before
+    /// its heuristic), and the epilogues this emulated device lacks.
     fn check_gemm(&mut self, g: &Gemm) -> Result<(), GpuError> {
+        super::device::LtShape::of(g)?;
         self.has(g)
     }
 
