@@ -601,6 +601,17 @@ fn explain_fusion_shows_the_groups() {
         let loss = out.split("final train loss ").nth(1).and_then(|r| r.split(',').next()).map(str::parse::<f64>);
         (out.lines().next().map(str::to_string), loss.and_then(Result::ok).unwrap_or(f64::NAN))
     };
+    // Without the GEMM epilogues a fused step is the unfused one, bit for bit.
+    let exact = |args: &[&str]| {
+        let mut all = vec!["train", "ir-examples/mlp.json", "--device", "cuda-emu", "--steps", "3"];
+        all.extend(args);
+        let o = mpc(&all);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).lines().find(|l| l.contains("final train loss")).map(str::to_string)
+    };
+    let plain = exact(&[]);
+    assert!(plain.is_some());
+    assert_eq!(exact(&["--fuse", "--gemm-epilogues", "off"]), plain);
     let ((head_f, loss_f), (head, loss)) = (train_in(true, "fp16"), train_in(false, "fp16"));
     assert_eq!(head_f, head);
     // The device's loss bound (docs/CUDA.md): half an f16 ulp, relative.

@@ -239,6 +239,11 @@ struct DeviceArgs {
     /// the output gradient (in its own order).
     #[arg(long)]
     fuse: bool,
+    /// With --fuse, off: no fusion into GEMMs (matmuls with their bias add
+    /// and activation, weight gradients with their bias's); every other
+    /// group is fused, and the step gives the unfused kernels' bits.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    gemm_epilogues: bool,
     /// The most memory a training step may plan (params, state, batch and
     /// step values), e.g. 64G; a bigger graph is refused before allocating.
     #[arg(long, value_name = "SIZE", default_value = "32G", value_parser = mpc::exec::memory::parse_size)]
@@ -710,8 +715,8 @@ fn open_session(
 ) -> Result<Box<dyn mpc::exec::Trainer>, miette::Report> {
     use std::sync::atomic::{AtomicBool, Ordering};
     static TOLD: AtomicBool = AtomicBool::new(false);
-    let mut opened =
-        mpc::exec::device::open(g, seed, state, dev.device, dev.tf32, dev.fuse).map_err(miette::Report::msg)?;
+    let mut opened = mpc::exec::device::open(g, seed, state, dev.device, dev.tf32, (dev.fuse, dev.gemm_epilogues))
+        .map_err(miette::Report::msg)?;
     opened.trainer.set_graphs(dev.cuda_graph);
     if !TOLD.swap(true, Ordering::Relaxed) {
         if let Some(n) = &opened.notice {

@@ -100,8 +100,17 @@ pub struct Opened {
 
 /// Opens a training session of `g` on `device`, its state uploaded once.
 /// `tf32` lets f32 GEMMs use TF32 tensor cores on a GPU; `fuse` runs each
-/// fusion group as one generated kernel there (the CPU fuses nothing).
-pub fn open(g: &Graph, seed: u64, state: &State, device: Device, tf32: bool, fuse: bool) -> Result<Opened, String> {
+/// fusion group as one generated kernel there (the CPU fuses nothing), and
+/// `gemm_epilogues` lets it fuse into GEMMs too (see
+/// [`CudaBackend::with_gemm_epilogues`]).
+pub fn open(
+    g: &Graph,
+    seed: u64,
+    state: &State,
+    device: Device,
+    tf32: bool,
+    (fuse, gemm_epilogues): (bool, bool),
+) -> Result<Opened, String> {
     // Without a driver the rest need not be looked at (NVRTC's probe compiles).
     let no_driver = match device {
         Device::Cuda | Device::Auto => probe::no_driver(),
@@ -121,14 +130,14 @@ pub fn open(g: &Graph, seed: u64, state: &State, device: Device, tf32: bool, fus
     let (trainer, describe): (Box<dyn Trainer>, String) = match resolved {
         Resolved::Cpu => (Box::new(Session::new(g, CpuBackend, seed, state).map_err(e)?), "cpu".into()),
         Resolved::CudaEmu => {
-            let b = CudaBackend::new(EmuGpu::new(), tf32).with_fusion(fuse);
+            let b = CudaBackend::new(EmuGpu::new(), tf32).with_fusion(fuse).with_gemm_epilogues(gemm_epilogues);
             (Box::new(Session::new(g, b, seed, state).map_err(e)?), "cuda-emu (SIMT emulation on the CPU)".into())
         }
         Resolved::Cuda(ordinal) => {
             let report = report.as_ref().ok_or("the GPU was not probed")?;
             let gpu = CudaGpu::open(report, ordinal).map_err(|x| x.to_string())?;
             let describe = super::cuda::gpu::Gpu::describe(&gpu);
-            let b = CudaBackend::new(gpu, tf32).with_fusion(fuse);
+            let b = CudaBackend::new(gpu, tf32).with_fusion(fuse).with_gemm_epilogues(gemm_epilogues);
             (Box::new(Session::new(g, b, seed, state).map_err(e)?), describe)
         }
     };

@@ -164,10 +164,12 @@ impl<G: Gpu> CudaBackend<G> {
         self
     }
 
-    /// With fusion: whether a matmul and its bias add (and relu) run as one
-    /// GEMM with a cuBLASLt epilogue (on by default). The sum is then
-    /// rounded once, where the unfused steps round the product and then the
-    /// sum: within one rounding of the low type, not bit for bit.
+    /// With fusion: whether a matmul and its bias add (and relu or gelu) run
+    /// as one GEMM with a cuBLASLt epilogue, and a weight gradient with its
+    /// bias's (on by default). The sum is then rounded once, where the
+    /// unfused steps round the product and then the sum: within one
+    /// rounding of the low type, not bit for bit; the bias gradient is
+    /// summed in the GEMM's order.
     pub fn with_gemm_epilogues(mut self, on: bool) -> CudaBackend<G> {
         self.gemm_epilogues = on;
         self
