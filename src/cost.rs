@@ -26,7 +26,7 @@
 
 use rustc_hash::FxHashMap;
 
-use crate::exec::fuse::Group;
+use crate::exec::fuse::{self, Group};
 use crate::exec::Plan;
 use crate::ir::graph::{Graph, NodeId};
 use crate::ir::op::Op;
@@ -190,9 +190,7 @@ pub fn fused(ks: &[Kernel], plan: &Plan, groups: &[Group]) -> Vec<Kernel> {
     for g in groups {
         let members: Vec<usize> = g.steps().filter_map(|i| at.get(plan.step(i).0).copied()).collect();
         let Some(&run_at) = at.get(plan.step(g.at()).0) else { continue };
-        let bytes = |vs: &[usize]| -> f64 {
-            vs.iter().map(|&v| size(plan.value_type(v)) * plan.value_type(v).dtype.size_bytes() as f64).sum()
-        };
+        let bytes = |vs: &[usize]| -> f64 { vs.iter().map(|&v| fuse::bytes(plan.value_type(v)) as f64).sum() };
         let gemm = members.iter().find(|&&m| ks[m].gemm);
         let out_type = g.outputs.first().map_or(DType::F32, |&v| plan.value_type(v).dtype);
         let k = Kernel {

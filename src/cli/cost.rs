@@ -23,25 +23,24 @@ pub fn gpu(name: &str) -> Gpu {
 }
 
 pub fn explain_cost(model: &Path, gpu: Gpu, tf32: bool, json: bool) -> Result<(), miette::Report> {
-    let mut rows: Vec<(&str, Vec<Kernel>, Estimate)> = Vec::new();
-    let mut fused_rows: Vec<(&str, Vec<Kernel>, Estimate)> = Vec::new();
+    // (precision, fused, kernels, estimate): the three precisions unfused, then fused.
+    let mut rows: Vec<(&str, bool, Vec<Kernel>, Estimate)> = Vec::new();
+    let mut fused_rows = Vec::new();
     for (name, precision) in [("fp32", Precision::Fp32), ("fp16", Precision::Fp16), ("bf16", Precision::Bf16)] {
         let (_, g) = load_for_training(model, precision, None, None, &[], None)?;
         let ks = cost::kernels(&g);
-        let e = cost::estimate(&ks, &gpu, tf32);
         let plan = mpc::exec::Plan::new(&g, 0).map_err(|e| miette::Report::msg(format!("{}: {e}", model.display())))?;
         let fk = cost::fused(&ks, &plan, &plan.fusion_groups());
-        let fe = cost::estimate(&fk, &gpu, tf32);
-        rows.push((name, ks, e));
-        fused_rows.push((name, fk, fe));
+        let (e, fe) = (cost::estimate(&ks, &gpu, tf32), cost::estimate(&fk, &gpu, tf32));
+        rows.push((name, false, ks, e));
+        fused_rows.push((name, true, fk, fe));
     }
-    let fp32 = rows[0].2.seconds;
+    rows.extend(fused_rows);
+    let fp32 = rows[0].3.seconds;
     if json {
         let modes: Vec<serde_json::Value> = rows
             .iter()
-            .map(|r| (r, false))
-            .chain(fused_rows.iter().map(|r| (r, true)))
-            .map(|((name, ks, e), fused)| {
+            .map(|(name, fused, ks, e)| {
                 serde_json::json!({
                     "precision": name,
                     "fused": fused,
@@ -76,9 +75,8 @@ pub fn explain_cost(model: &Path, gpu: Gpu, tf32: bool, json: bool) -> Result<()
         "{:10}  {:>7}  {:>11}  {:>11}  {:>9}  {:>10}  {:>12}  {:>8}",
         "precision", "kernels", "GEMM GFLOP", "other GFLOP", "GB moved", "step ms", "memory-bound", "speed-up"
     );
-    let labelled = rows.iter().map(|(n, _, e)| (n.to_string(), e));
-    let fused = fused_rows.iter().map(|(n, _, e)| (format!("{n} fused"), e));
-    for (name, e) in labelled.chain(fused) {
+    for (name, fused, _, e) in &rows {
+        let name = if *fused { format!("{name} fused") } else { name.to_string() };
         println!(
             "{:10}  {:>7}  {:>11.3}  {:>11.3}  {:>9.3}  {:>10.4}  {:>11.0}%  {:>7.2}x",
             name,
@@ -97,7 +95,7 @@ pub fn explain_cost(model: &Path, gpu: Gpu, tf32: bool, json: bool) -> Result<()
          reads its inputs and writes its outputs once. memory-bound: the share of the step in kernels limited by \
          traffic)"
     );
-    let (name, ks, e) = &rows[1];
+    let (name, _, ks, e) = &rows[1];
     let mut slow: Vec<&Kernel> = ks.iter().collect();
     slow.sort_by(|a, b| b.seconds(&gpu, tf32).total_cmp(&a.seconds(&gpu, tf32)));
     println!("\n{name}: the {} slowest kernels", TOP.min(slow.len()));

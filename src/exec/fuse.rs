@@ -64,7 +64,8 @@ pub enum Kind {
     /// dy or its 2-D reshape) with the bias's gradient `sum_to(dy)` (at
     /// `also`, of dy's cast to f32 at `first` when dy is 16-bit, or at
     /// `first` itself): one GEMM whose epilogue sums d over the rows into
-    /// the f32 bias gradient, so the f32 copy of dy is never made.
+    /// the bias gradient (f32, or dy's type), so the f32 copy of dy is
+    /// never made.
     GemmBiasGrad,
 }
 

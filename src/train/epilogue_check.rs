@@ -81,11 +81,7 @@ fn case<G: Gpu>(gpu: &mut G, t: DType, e: Epilogue) -> Result<u32, GpuError> {
         Epilogue::GeluAuxBias => 4,
         Epilogue::BiasGradA { .. } => 5,
     };
-    let mut seed = 0x2545_f491_u32 ^ (salt << 8) ^ u32::from(t == DType::Bf16);
-    let mut next = || {
-        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        (((seed >> 24) % 9) as f32 - 4.0) / 4.0
-    };
+    let mut next = quarters(0x2545_f491_u32 ^ (salt << 8) ^ u32::from(t == DType::Bf16));
     let a: Vec<f32> = (0..BATCH * M * K).map(|_| next()).collect();
     let b: Vec<f32> = (0..BATCH * K * N).map(|_| next()).collect();
     let bias: Vec<f32> = (0..M).map(|_| next()).collect();
@@ -120,17 +116,9 @@ fn case<G: Gpu>(gpu: &mut G, t: DType, e: Epilogue) -> Result<u32, GpuError> {
     gpu.write(&biasm, 0, &encode(&bias, t))?;
     let aux = e.has_aux().then_some((&auxm, 0));
     gpu.gemm_extra(&g, (&am, 0), (&bm, 0), (&cm, 0), Extra { bias: Some((&biasm, 0)), aux })?;
-    let read = |gpu: &mut G, m: &G::Mem| -> Result<Vec<u16>, GpuError> {
-        let mut raw = vec![0u8; (BATCH * M * N) as usize * size];
-        gpu.read(m, 0, &mut raw)?;
-        Ok(raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
-    };
-    let got = read(gpu, &cm)?;
-    let got_aux = if e.has_aux() { read(gpu, &auxm)? } else { Vec::new() };
-    let bits = |v: f32| {
-        let b = encode(&[v], t);
-        u16::from_le_bytes([b[0], b[1]])
-    };
+    let elems = (BATCH * M * N) as usize;
+    let got = read_bits(gpu, &cm, elems)?;
+    let got_aux = if e.has_aux() { read_bits(gpu, &auxm, elems)? } else { Vec::new() };
     let mut worst = 0u32;
     let (m, n, k) = (M as usize, N as usize, K as usize);
     for entry in 0..BATCH as usize {
@@ -144,12 +132,12 @@ fn case<G: Gpu>(gpu: &mut G, t: DType, e: Epilogue) -> Result<u32, GpuError> {
                     Epilogue::Bias | Epilogue::None | Epilogue::BiasGradA { .. } => x,
                 };
                 let at = entry * m * n + i + j * m;
-                worst = worst.max(ulps(got[at], bits(want), t));
+                worst = worst.max(ulps(got[at], bits(want, t), t));
                 if let Some(&have) = got_aux.get(at) {
-                    if have != bits(x) {
+                    if have != bits(x, t) {
                         return Err(GpuError(format!(
                             "the stored gelu input at ({i}, {j}) of entry {entry} is {have:#06x}, not {:#06x}",
-                            bits(x)
+                            bits(x, t)
                         )));
                     }
                 }
@@ -166,11 +154,7 @@ fn case<G: Gpu>(gpu: &mut G, t: DType, e: Epilogue) -> Result<u32, GpuError> {
 /// x transposed). Quarters again: C and the sums are exact, so C must be the
 /// reference's rounding (ulps returned) and the gradient exact.
 fn grad_case<G: Gpu>(gpu: &mut G, t: DType, e: Epilogue) -> Result<u32, GpuError> {
-    let mut seed = 0x9e37_79b9_u32 ^ u32::from(t == DType::Bf16);
-    let mut next = || {
-        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        (((seed >> 24) % 9) as f32 - 4.0) / 4.0
-    };
+    let mut next = quarters(0x9e37_79b9_u32 ^ u32::from(t == DType::Bf16));
     let a: Vec<f32> = (0..M * K).map(|_| next()).collect();
     let b: Vec<f32> = (0..N * K).map(|_| next()).collect();
     let g = Gemm { epilogue: e, ..Gemm::packed(M, N, K, (false, true), t, t) };
@@ -183,9 +167,7 @@ fn grad_case<G: Gpu>(gpu: &mut G, t: DType, e: Epilogue) -> Result<u32, GpuError
     gpu.write(&am, 0, &encode(&a, t))?;
     gpu.write(&bm, 0, &encode(&b, t))?;
     gpu.gemm_extra(&g, (&am, 0), (&bm, 0), (&cm, 0), Extra { bias: Some((&dbm, 0)), aux: None })?;
-    let mut raw = vec![0u8; (M * N) as usize * size];
-    gpu.read(&cm, 0, &mut raw)?;
-    let got: Vec<u16> = raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+    let got = read_bits(gpu, &cm, (M * N) as usize)?;
     let mut raw = vec![0u8; M as usize * bt.size_bytes()];
     gpu.read(&dbm, 0, &mut raw)?;
     let db = Data::from_le_bytes(bt, &raw).to_f32_vec();
@@ -198,11 +180,31 @@ fn grad_case<G: Gpu>(gpu: &mut G, t: DType, e: Epilogue) -> Result<u32, GpuError
         }
         for j in 0..n {
             let sum: f32 = (0..k).map(|p| a[i + p * m] * b[j + p * n]).sum();
-            let want = encode(&[sum], t);
-            worst = worst.max(ulps(got[i + j * m], u16::from_le_bytes([want[0], want[1]]), t));
+            worst = worst.max(ulps(got[i + j * m], bits(sum, t), t));
         }
     }
     Ok(worst)
+}
+
+/// Quarters in [-1, 1] (exact in f16 and bf16), pseudo-random from `seed`.
+fn quarters(mut seed: u32) -> impl FnMut() -> f32 {
+    move || {
+        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (((seed >> 24) % 9) as f32 - 4.0) / 4.0
+    }
+}
+
+/// The first `n` 16-bit elements of `m`, as bits.
+fn read_bits<G: Gpu>(gpu: &mut G, m: &G::Mem, n: usize) -> Result<Vec<u16>, GpuError> {
+    let mut raw = vec![0u8; 2 * n];
+    gpu.read(m, 0, &mut raw)?;
+    Ok(raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
+}
+
+/// The bits of `v` rounded to the 16-bit type `t`.
+fn bits(v: f32, t: DType) -> u16 {
+    let b = encode(&[v], t);
+    u16::from_le_bytes([b[0], b[1]])
 }
 
 /// `v` rounded to `t` (nearest even, as the tensor's conversion), as the

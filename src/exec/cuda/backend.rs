@@ -23,7 +23,7 @@ use crate::ir::op::Op;
 use crate::ir::types::{DType, TensorType};
 use crate::tensor::{numel, Data, Tensor};
 
-use super::gpu::{Epilogue, Extra, Gemm, Gpu, KArg, Launch};
+use super::gpu::{Epilogue, Extra, Gemm, Gpu, GpuError, KArg, Launch};
 
 mod cnn;
 mod groups;
@@ -289,19 +289,33 @@ impl<G: Gpu> CudaBackend<G> {
     ) -> Result<(), String> {
         let (fa, fb) = (self.full_batch(a, &o.ty.shape.0)?, self.full_batch(b, &o.ty.shape.0)?);
         let (a, b) = (fa.as_ref().unwrap_or(a), fb.as_ref().unwrap_or(b));
-        let g = launch::matmul_gemm(
-            (&a.ty.shape.0, transpose_a),
-            (&b.ty.shape.0, transpose_b),
-            &o.ty.shape.0,
-            a.ty.dtype,
-            o.ty.dtype,
-            self.tf32,
-        )?;
-        let g = Gemm { epilogue, ..g };
+        let g = self.gemm_of(&a.ty, &b.ty, &o.ty, (transpose_a, transpose_b), epilogue)?;
         // Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: B's buffer is cuBLAS's
         // A, and the bias over C's last axis is over Cᵀ's rows, as cuBLAS adds it.
         let extra = Extra { bias: bias.map(|x| x.at()), aux: aux.map(|x| x.at()) };
         self.gpu.gemm_extra(&g, b.at(), a.at(), o.at(), extra).map_err(|e| e.to_string())
+    }
+
+    /// The GEMM of mpc's row-major `o = a · b` with `epilogue`, as [`Self::gemm`]
+    /// runs it: an operand whose batch broadcasts partially at its full batch.
+    fn gemm_of(
+        &self,
+        a: &TensorType,
+        b: &TensorType,
+        o: &TensorType,
+        (transpose_a, transpose_b): (bool, bool),
+        epilogue: Epilogue,
+    ) -> Result<Gemm, String> {
+        let shape = |x: &TensorType| batch_shape(&x.shape.0, &o.shape.0).unwrap_or_else(|| x.shape.0.clone());
+        let g = launch::matmul_gemm(
+            (&shape(a), transpose_a),
+            (&shape(b), transpose_b),
+            &o.shape.0,
+            a.dtype,
+            o.dtype,
+            self.tf32,
+        )?;
+        Ok(Gemm { epilogue, ..g })
     }
 
     /// A matmul operand whose batch axes broadcast partially against the
@@ -461,22 +475,12 @@ impl<G: Gpu> Backend for CudaBackend<G> {
             // cannot run, runs unfused.
             let Ok(kernel) = super::fused::generate(plan, g) else { continue };
             if let super::fused::Work::Gemm { epilogue, transpose_a, transpose_b } = kernel.work {
-                // The GEMM writes the tail's output, or a weight gradient first.
-                let out = if epilogue.is_bias_grad() { g.outputs.first() } else { g.outputs.last() };
-                let (Some(&o), [a, b, ..]) = (out, g.inputs.as_slice()) else { continue };
-                let (a, b, o) = (plan.value_type(*a), plan.value_type(*b), plan.value_type(o));
-                let shape = |x: &TensorType| batch_shape(&x.shape.0, &o.shape.0).unwrap_or_else(|| x.shape.0.clone());
-                let Ok(gm) = launch::matmul_gemm(
-                    (&shape(a), transpose_a),
-                    (&shape(b), transpose_b),
-                    &o.shape.0,
-                    a.dtype,
-                    o.dtype,
-                    self.tf32,
-                ) else {
+                let Some((a, b, o, ..)) = super::fused::gemm_operands(epilogue, &g.inputs, &g.outputs) else {
                     continue;
                 };
-                if self.gpu.check_gemm(&Gemm { epilogue, ..gm }).is_err() {
+                let ty = |v: &usize| plan.value_type(*v);
+                let gm = self.gemm_of(ty(a), ty(b), ty(o), (transpose_a, transpose_b), epilogue);
+                if gm.map_err(GpuError).and_then(|gm| self.gpu.check_gemm(&gm)).is_err() {
                     continue;
                 }
             }
@@ -527,26 +531,16 @@ impl<G: Gpu> Backend for CudaBackend<G> {
             self.two_pass(&kernel.name, rows as u64 * 32, loss, rows as f64, &pre).map_err(err)?;
             return Ok(outs);
         }
-        if let super::fused::Work::Gemm { epilogue: e @ Epilogue::BiasGradA { .. }, transpose_a, transpose_b } =
-            kernel.work
-        {
-            let ([x, d], [dw, db]) = (inputs, outs.as_slice()) else {
-                return Err(err("a weight gradient with its bias's reads 2 values and writes 2".into()));
-            };
-            self.gemm(x, d, dw, (transpose_a, transpose_b), e, Some(db), None).map_err(err)?;
-            return Ok(outs);
-        }
         if let super::fused::Work::Gemm { epilogue, transpose_a, transpose_b } = kernel.work {
-            let ([a, b, bias], outputs) = (inputs, outs.as_slice()) else {
-                return Err(err("a matmul with its bias reads 3 values".into()));
+            let written: Vec<&CudaBuffer<G::Mem>> = outs.iter().collect();
+            let Some((a, b, o, bias, aux)) = super::fused::gemm_operands(epilogue, inputs, &written) else {
+                return Err(err(format!(
+                    "a GEMM with epilogue {epilogue:?} does not read {} values and write {}",
+                    inputs.len(),
+                    outs.len()
+                )));
             };
-            // With a stored gelu input, the group writes the biased sum (the aux matrix) first.
-            let (o, aux) = match (outputs, epilogue.has_aux()) {
-                ([o], false) => (o, None),
-                ([sum, o], true) => (o, Some(sum)),
-                _ => return Err(err(format!("a GEMM with epilogue {epilogue:?} writes {} values", outputs.len()))),
-            };
-            self.gemm(a, b, o, (transpose_a, transpose_b), epilogue, Some(bias), aux).map_err(err)?;
+            self.gemm(a, b, o, (transpose_a, transpose_b), epilogue, bias.copied(), aux.copied()).map_err(err)?;
             return Ok(outs);
         }
         if let super::fused::Work::LayerNormGradAdd { rows, width, dx_first } = kernel.work {

@@ -141,41 +141,34 @@ impl CudaGpu {
         unsafe { b.launch(lc) }.map(|_| ()).map_err(|e| GpuError(format!("launch of {name}: {e:?}")))
     }
 
-    fn run_gemm(&mut self, g: &Gemm, [pa, pb, pc]: [u64; 3], bias: u64, aux: u64) -> Result<(), GpuError> {
-        let shape = LtShape::of(g)?;
+    /// Makes the plan of GEMMs like `g` the first time one is asked for
+    /// (cuBLASLt's heuristic, not stream work), and returns its key.
+    fn ensure_plan(&mut self, g: &Gemm) -> Result<GemmKey, GpuError> {
         let key = GemmKey::of(g);
         if !self.plans.contains_key(&key) {
-            let plan = LtPlan::new(self.lt, &shape, self.workspace.len())?;
+            let plan = LtPlan::new(self.lt, &LtShape::of(g)?, self.workspace.len())?;
             self.plans.insert(key.clone(), plan);
         }
+        Ok(key)
+    }
+
+    fn run_gemm(&mut self, g: &Gemm, [pa, pb, pc]: [u64; 3], bias: u64, aux: u64) -> Result<(), GpuError> {
+        let key = self.ensure_plan(g)?;
         let plan = &self.plans[&key];
-        if g.epilogue.has_bias() {
-            // The bias pointer is the descriptor's, shared by every GEMM of
-            // this shape: set before each one (a captured graph keeps the
-            // value it had when the call was captured).
+        // The bias and aux pointers are the descriptor's, shared by every
+        // GEMM of this shape: set before each one (a captured graph keeps the
+        // values they had when the call was captured).
+        let pointers = [
+            (g.epilogue.has_bias(), ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias),
+            (
+                g.epilogue.has_aux(),
+                ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+                aux,
+            ),
+        ];
+        for (_, attr, p) in pointers.into_iter().filter(|(used, ..)| *used) {
             // SAFETY: a live descriptor; the attribute's value is a device pointer.
-            unsafe {
-                lt::set_matmul_desc_attribute(
-                    plan.desc,
-                    ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                    &bias as *const u64 as *const c_void,
-                    std::mem::size_of::<u64>(),
-                )
-            }
-            .map_err(|e| GpuError(format!("cuBLASLt bias pointer: {e:?}")))?;
-        }
-        if g.epilogue.has_aux() {
-            // Like the bias pointer: the descriptor's, set before each GEMM.
-            // SAFETY: a live descriptor; the attribute's value is a device pointer.
-            unsafe {
-                lt::set_matmul_desc_attribute(
-                    plan.desc,
-                    ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
-                    &aux as *const u64 as *const c_void,
-                    std::mem::size_of::<u64>(),
-                )
-            }
-            .map_err(|e| GpuError(format!("cuBLASLt aux pointer: {e:?}")))?;
+            unsafe { set_desc(plan.desc, attr, &p) }.map_err(|e| GpuError(format!("cuBLASLt {attr:?}: {e:?}")))?;
         }
         let (w, _sync) = self.workspace.device_ptr(&self.stream);
         // SAFETY: operands were inside their allocations (checked for the
@@ -290,12 +283,7 @@ impl Gpu for CudaGpu {
     /// Makes (and keeps) the GEMM's plan: cuBLASLt's heuristic finds an
     /// algorithm for the shape, types and epilogue, or says it has none.
     fn check_gemm(&mut self, g: &Gemm) -> Result<(), GpuError> {
-        let key = GemmKey::of(g);
-        if !self.plans.contains_key(&key) {
-            let plan = LtPlan::new(self.lt, &LtShape::of(g)?, self.workspace.len())?;
-            self.plans.insert(key, plan);
-        }
-        Ok(())
+        self.ensure_plan(g).map(drop)
     }
 
     fn gemm_extra(
@@ -350,11 +338,7 @@ impl Gpu for CudaGpu {
         // The GEMM plans are made before capturing: their heuristic query is not stream work.
         for w in work {
             if let Work::Gemm { gemm, .. } = w {
-                let key = GemmKey::of(gemm);
-                if !self.plans.contains_key(&key) {
-                    let plan = LtPlan::new(self.lt, &LtShape::of(gemm)?, self.workspace.len())?;
-                    self.plans.insert(key, plan);
-                }
+                self.ensure_plan(gemm)?;
             }
         }
         self.stream
@@ -428,16 +412,7 @@ impl LtShape {
             s.b.stride = 0;
             s.c.stride = 0;
         }
-        if s.epilogue.is_bias_grad() && s.batch > 1 {
-            return Err(GpuError(format!("a bias-gradient GEMM of a batch of {}: one matrix only", s.batch)));
-        }
-        if s.epilogue.has_aux() && !s.c.ld.is_multiple_of(8) {
-            // cuBLASLt's rule for a GELU input matrix (CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD).
-            return Err(GpuError(format!(
-                "GEMM with epilogue {:?}: the auxiliary matrix's leading dimension {} is not a multiple of 8",
-                s.epilogue, s.c.ld
-            )));
-        }
+        s.epilogue.check_layout(s.batch, s.c.ld)?;
         Ok(s)
     }
 
@@ -483,6 +458,19 @@ impl GemmKey {
             g.epilogue,
         )
     }
+}
+
+/// Sets attribute `attr` of the matmul descriptor `desc` to `value`.
+///
+/// # Safety
+/// `desc` is a live descriptor and `T` is the attribute's documented type.
+unsafe fn set_desc<T>(
+    desc: ltsys::cublasLtMatmulDesc_t,
+    attr: ltsys::cublasLtMatmulDescAttributes_t,
+    value: &T,
+) -> Result<(), lt::CublasError> {
+    // SAFETY: the caller's contract; `value` lives for the call.
+    unsafe { lt::set_matmul_desc_attribute(desc, attr, value as *const T as *const c_void, std::mem::size_of::<T>()) }
 }
 
 fn cuda_type(t: DType) -> ltsys::cudaDataType {
@@ -553,87 +541,38 @@ impl LtPlan {
         plan.c = layout(&s.c).inspect_err(|_| plan.destroy_ref())?;
         let ta = s.trans_a as i32;
         let tb = s.trans_b as i32;
-        if s.epilogue != Epilogue::None {
-            let epilogue = s.lt_epilogue() as u32;
-            // The bias is the same for every batch entry.
-            let bias_stride = 0i64;
-            // SAFETY: a live descriptor; the values are the attributes' types
-            // (the epilogue enum is 32 bits, the batch stride 64).
-            unsafe {
-                lt::set_matmul_desc_attribute(
-                    desc,
-                    D::CUBLASLT_MATMUL_DESC_EPILOGUE,
-                    &epilogue as *const u32 as *const c_void,
-                    4,
-                )
-                .and_then(|_| {
-                    lt::set_matmul_desc_attribute(
-                        desc,
-                        D::CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE,
-                        &bias_stride as *const i64 as *const c_void,
-                        8,
-                    )
-                })
+        let epilogue = || -> Result<(), lt::CublasError> {
+            if s.epilogue == Epilogue::None {
+                return Ok(());
             }
-            .map_err(|x| {
-                plan.destroy_ref();
-                GpuError(format!("cuBLASLt epilogue {:?}: {x:?}", s.epilogue))
-            })?;
-        }
-        if s.epilogue == (Epilogue::BiasGradA { f32: true }) {
-            // The gradient in f32, as the graph's sum_to makes it (the default is C's type).
-            let t = ltsys::cudaDataType_t::CUDA_R_32F as i32;
-            // SAFETY: a live descriptor; the attribute is a 32-bit cudaDataType.
+            // SAFETY: a live descriptor; each value is its attribute's type
+            // (the epilogue enum and the data type 32 bits, ld and strides 64).
             unsafe {
-                lt::set_matmul_desc_attribute(
-                    desc,
-                    D::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
-                    &t as *const i32 as *const c_void,
-                    4,
-                )
+                set_desc(desc, D::CUBLASLT_MATMUL_DESC_EPILOGUE, &(s.lt_epilogue() as u32))?;
+                // The bias is the same for every batch entry.
+                set_desc(desc, D::CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE, &0i64)?;
+                if s.epilogue == (Epilogue::BiasGradA { f32: true }) {
+                    // The gradient in f32, as the graph's sum_to makes it (the default is C's type).
+                    let t = ltsys::cudaDataType_t::CUDA_R_32F as i32;
+                    set_desc(desc, D::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &t)?;
+                }
+                if s.epilogue.has_aux() {
+                    // C's layout; its type is cuBLASLt's default for the GELU input.
+                    set_desc(desc, D::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &(s.c.ld as i64))?;
+                    set_desc(desc, D::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_BATCH_STRIDE, &(s.c.stride as i64))?;
+                }
             }
-            .map_err(|x| {
-                plan.destroy_ref();
-                GpuError(format!("cuBLASLt f32 bias gradient: {x:?}"))
-            })?;
-        }
-        if s.epilogue.has_aux() {
-            // C's layout; its type is cuBLASLt's default for the GELU input.
-            let (ld, stride) = (s.c.ld as i64, s.c.stride as i64);
-            // SAFETY: a live descriptor; both attributes are 64-bit integers.
-            unsafe {
-                lt::set_matmul_desc_attribute(
-                    desc,
-                    D::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
-                    &ld as *const i64 as *const c_void,
-                    8,
-                )
-                .and_then(|_| {
-                    lt::set_matmul_desc_attribute(
-                        desc,
-                        D::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_BATCH_STRIDE,
-                        &stride as *const i64 as *const c_void,
-                        8,
-                    )
-                })
-            }
-            .map_err(|x| {
-                plan.destroy_ref();
-                GpuError(format!("cuBLASLt auxiliary matrix of {:?}: {x:?}", s.epilogue))
-            })?;
-        }
+            Ok(())
+        };
+        epilogue().map_err(|x| {
+            plan.destroy_ref();
+            GpuError(format!("cuBLASLt epilogue {:?}: {x:?}", s.epilogue))
+        })?;
         let pref = lt::create_matmul_pref().map_err(e("matmul preference"))?;
         // SAFETY: live descriptors; attribute values of the documented types.
         let found = unsafe {
-            lt::set_matmul_desc_attribute(desc, D::CUBLASLT_MATMUL_DESC_TRANSA, &ta as *const i32 as *const c_void, 4)
-                .and_then(|_| {
-                    lt::set_matmul_desc_attribute(
-                        desc,
-                        D::CUBLASLT_MATMUL_DESC_TRANSB,
-                        &tb as *const i32 as *const c_void,
-                        4,
-                    )
-                })
+            set_desc(desc, D::CUBLASLT_MATMUL_DESC_TRANSA, &ta)
+                .and_then(|_| set_desc(desc, D::CUBLASLT_MATMUL_DESC_TRANSB, &tb))
                 .and_then(|_| {
                     lt::set_matmul_pref_attribute(
                         pref,

@@ -560,13 +560,8 @@ impl EmuGpu {
         }
         let (ra, ca) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
         let (rb, cb) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
-        if g.epilogue.is_bias_grad() && g.batch > 1 {
-            return Err(err(format!("a bias gradient of a batch of {}: one matrix only", g.batch)));
-        }
-        if g.epilogue.has_aux() && !g.ldc.is_multiple_of(8) {
-            // cuBLASLt's rule for a GELU input matrix, kept so that what runs here runs there.
-            return Err(err(format!("the auxiliary matrix's leading dimension {} is not a multiple of 8", g.ldc)));
-        }
+        // cuBLASLt's rules, kept so that what runs here runs there.
+        g.epilogue.check_layout(g.batch, g.ldc).map_err(|e| err(e.0))?;
         let ops = [
             Operand { name: "A", dtype: g.ab, rows: ra, cols: ca, ld: g.lda, stride: g.stride_a },
             Operand { name: "B", dtype: g.ab, rows: rb, cols: cb, ld: g.ldb, stride: g.stride_b },
@@ -715,10 +710,9 @@ impl EmuGpu {
 fn activate(e: Epilogue, col: &mut [f32]) {
     use crate::exec::cpu::elementwise::{gelu, relu};
     let f: fn(f32) -> f32 = match e {
-        Epilogue::None | Epilogue::Bias => return,
         Epilogue::ReluBias => relu,
         Epilogue::GeluBias | Epilogue::GeluAuxBias => gelu,
-        Epilogue::BiasGradA { .. } => return,
+        Epilogue::None | Epilogue::Bias | Epilogue::BiasGradA { .. } => return,
     };
     for v in col {
         *v = f(*v);

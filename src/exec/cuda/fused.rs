@@ -14,6 +14,7 @@
 
 use std::fmt::Write as _;
 
+use super::gpu::Epilogue;
 use crate::exec::fuse::{Group, Kind};
 use crate::exec::rng::fnv1a;
 use crate::exec::run::Plan;
@@ -49,7 +50,7 @@ pub enum Work {
     LayerNormGradAdd { rows: i64, width: i64, dx_first: bool },
     /// A matmul with its bias add (and relu): one GEMM with that epilogue
     /// (not a kernel: [`FusedKernel::source`] is empty).
-    Gemm { epilogue: super::gpu::Epilogue, transpose_a: bool, transpose_b: bool },
+    Gemm { epilogue: Epilogue, transpose_a: bool, transpose_b: bool },
 }
 
 impl FusedKernel {
@@ -179,6 +180,23 @@ fn layer_norm_grad_add(plan: &Plan, g: &Group) -> Result<FusedKernel, String> {
     Ok(FusedKernel { name, source: String::new(), work: Work::LayerNormGradAdd { rows, width, dx_first } })
 }
 
+/// A GEMM group's values as its GEMM's operands for `epilogue`, in mpc's
+/// row-major terms `(a, b, c, bias, aux)`: a weight gradient's `[x, d] ->
+/// [dw, db]` (the bias gradient written), a matmul's `[a, b, bias] -> [c]`,
+/// or `[sum, c]` when it stores the gelu's input `sum`. None when the
+/// values do not fit the epilogue.
+pub fn gemm_operands<'a, T>(epilogue: Epilogue, inputs: &'a [T], outputs: &'a [T]) -> Option<GemmOperands<'a, T>> {
+    match (inputs, outputs, epilogue.is_bias_grad(), epilogue.has_aux()) {
+        ([x, d], [dw, db], true, _) => Some((x, d, dw, Some(db), None)),
+        ([a, b, bias], [c], false, false) => Some((a, b, c, Some(bias), None)),
+        ([a, b, bias], [sum, c], false, true) => Some((a, b, c, Some(bias), Some(sum))),
+        _ => None,
+    }
+}
+
+/// `(a, b, c, bias, aux)` of [`gemm_operands`].
+pub type GemmOperands<'a, T> = (&'a T, &'a T, &'a T, Option<&'a T>, Option<&'a T>);
+
 /// The kernel of group `g` of `plan`.
 pub fn generate(plan: &Plan, g: &Group) -> Result<FusedKernel, String> {
     match g.kind {
@@ -189,18 +207,13 @@ pub fn generate(plan: &Plan, g: &Group) -> Result<FusedKernel, String> {
             return Ok(FusedKernel {
                 name: "gemm_bias_grad".into(),
                 source: String::new(),
-                work: Work::Gemm {
-                    epilogue: super::gpu::Epilogue::BiasGradA { f32 },
-                    transpose_a: true,
-                    transpose_b: false,
-                },
+                work: Work::Gemm { epilogue: Epilogue::BiasGradA { f32 }, transpose_a: true, transpose_b: false },
             });
         }
         Kind::GemmBias => {
             let &Op::Matmul { transpose_a, transpose_b } = plan.step(g.first).1 else {
                 return Err("a GEMM group starts with its matmul".into());
             };
-            use super::gpu::Epilogue;
             // The sum is an output beside the tail's when others read it.
             let stored = g.outputs.len() == 2;
             let epilogue = match (g.tail.map(|t| plan.step(t).1), stored) {
@@ -223,8 +236,8 @@ pub fn generate(plan: &Plan, g: &Group) -> Result<FusedKernel, String> {
                 Epilogue::GeluBias => "gemm_gelu_bias",
                 Epilogue::GeluAuxBias => "gemm_gelu_aux_bias",
                 _ => "gemm_bias",
-            };
-            let name = name.to_string();
+            }
+            .to_string();
             return Ok(FusedKernel {
                 name,
                 source: String::new(),

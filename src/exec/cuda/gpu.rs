@@ -113,6 +113,21 @@ impl Epilogue {
         self == Epilogue::GeluAuxBias
     }
 
+    /// cuBLASLt's rules for the epilogue on the GEMM's layout: a bias
+    /// gradient is of one matrix, and a stored gelu input (C's layout) has
+    /// a leading dimension of eights (`CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD`).
+    pub fn check_layout(self, batch: u64, ldc: u64) -> Result<(), GpuError> {
+        if self.is_bias_grad() && batch > 1 {
+            return Err(GpuError(format!("a bias-gradient GEMM of a batch of {batch}: one matrix only")));
+        }
+        if self.has_aux() && !ldc.is_multiple_of(8) {
+            return Err(GpuError(format!(
+                "GEMM with epilogue {self:?}: the auxiliary matrix's leading dimension {ldc} is not a multiple of 8"
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether the operands `given` (a bias vector, an auxiliary matrix)
     /// are the ones the epilogue uses.
     pub fn check_operands(self, bias: bool, aux: bool) -> Result<(), GpuError> {
