@@ -408,7 +408,7 @@ def check(spec, args, work):
         json.dump(graph, open(model, "w"))
     # One export at a time: each is written, checked, run and compared, then
     # removed (unless --work keeps them), so a VGG-19 holds the reference and
-    # one export on disk instead of all nine (~3 GB).
+    # one export on disk instead of all seven (2.8 GB).
     keep = args.work is not None
 
     def done_with(*paths):
@@ -555,7 +555,7 @@ def main():
         for spec in args.models:
             t = time.time()
             rows, f, timings = check(spec, args, work)
-            if not args.work:  # a VGG-19's exports take ~3 GB
+            if not args.work:  # a VGG-19's exports take 2.8 GB
                 shutil.rmtree(os.path.join(work, rows[0][0]), ignore_errors=True)
             all_rows += rows
             failed |= f
