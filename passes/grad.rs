@@ -41,8 +41,7 @@ fn fail(g: &Graph, n: NodeId, msg: &str) -> String {
 
 /// Adds a backward node named after `base` and returns its first output.
 fn emit(g: &mut Graph, base: &str, op: Op, inputs: &[ValueId]) -> Result<ValueId, String> {
-    let name = g.fresh_name(base);
-    let id = g.add_node(name, op, Role::Backward, inputs).map_err(|e| e.to_string())?;
+    let id = g.add_fresh(base, op, Role::Backward, inputs).map_err(|e| e.to_string())?;
     Ok(ValueId { node: id, slot: 0 })
 }
 

@@ -221,8 +221,8 @@ impl Pass for LossScaling {
         let mut unscaled = Vec::with_capacity(g.gradients.len());
         for i in 0..g.gradients.len() {
             let grad = g.gradients[i].1;
-            let name = g.fresh_name(&format!("{}.unscaled", g.value_name(grad)));
-            let u = g.add_node(name, Op::Unscale, Role::Scaler, &[grad, scale]).map_err(err)?;
+            let name = format!("{}.unscaled", g.value_name(grad));
+            let u = g.add_fresh(&name, Op::Unscale, Role::Scaler, &[grad, scale]).map_err(err)?;
             let u = ValueId { node: u, slot: 0 };
             g.gradients[i].1 = u;
             unscaled.push(u);

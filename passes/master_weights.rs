@@ -59,8 +59,7 @@ struct Builder<'g> {
 
 impl Builder<'_> {
     fn node(&mut self, base: &str, op: Op, role: Role, inputs: &[ValueId]) -> Result<NodeId, PassError> {
-        let name = self.g.fresh_name(base);
-        self.g.add_node(name, op, role, inputs).map_err(|e| fail(e.to_string()))
+        self.g.add_fresh(base, op, role, inputs).map_err(|e| fail(e.to_string()))
     }
 
     fn value(&mut self, base: &str, op: Op, role: Role, inputs: &[ValueId]) -> Result<ValueId, PassError> {

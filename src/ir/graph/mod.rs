@@ -346,6 +346,29 @@ impl Graph {
         self.add_node_with_outputs(name, op, role, inputs, outs)
     }
 
+    /// [`Graph::add_node`] named `base`, or as [`Graph::fresh_name`] would
+    /// name it when `base` is taken: one probe of the name table when it is
+    /// free (the usual case), not a lookup and then an insertion.
+    pub fn add_fresh(&mut self, base: &str, op: Op, role: Role, inputs: &[ValueId]) -> Result<NodeId, GraphError> {
+        if infer::num_outputs(&op) != 1 {
+            let name = self.fresh_name(base);
+            return self.add_node(name, op, role, inputs);
+        }
+        let tys = self.infer_for(base, &op, inputs)?;
+        let hash = name_hash(base);
+        self.names.reserve(1);
+        let g = &self.g;
+        let id = match self.names.probe(hash, |e| entry_name(g, e) == Some(base)) {
+            Err(at) => self.insert_single(at, hash, base.to_string(), op, role, None),
+            Ok(_) => {
+                let name = self.fresh_name(base);
+                self.add_single(name, op, role, None)?
+            }
+        };
+        self.finish_typed(id, tys, inputs);
+        Ok(id)
+    }
+
     fn infer_for(&self, name: &str, op: &Op, inputs: &[ValueId]) -> Result<Vec<TensorType>, GraphError> {
         let in_tys = self.types_of(inputs);
         infer::infer(op, &in_tys).map_err(|message| GraphError::Type { node: name.to_string(), message })

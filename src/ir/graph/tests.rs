@@ -32,6 +32,24 @@ fn intercept_rewires_every_consumer() {
 }
 
 #[test]
+fn add_fresh_names_as_fresh_name_does() {
+    let (mut g, x, _) = small();
+    let a = g.add_fresh("r", Op::Relu, Role::Forward, &[x]).unwrap();
+    let b = g.add_fresh("r", Op::Relu, Role::Forward, &[x]).unwrap();
+    g.add_node("r.2", Op::Relu, Role::Forward, &[x]).unwrap();
+    let c = g.add_fresh("r", Op::Relu, Role::Forward, &[x]).unwrap();
+    let names: Vec<&str> = [a, b, c].iter().map(|&n| g.node(n).name.as_str()).collect();
+    assert_eq!(names, ["r", "r.1", "r.3"]);
+    assert_eq!(g.value("r.3"), Some(ValueId { node: c, slot: 0 }));
+    assert_eq!(g.ty(ValueId { node: c, slot: 0 }), g.ty(x));
+    // A bad node is refused before its name is taken.
+    let err = g.add_fresh("m", Op::Matmul { transpose_a: false, transpose_b: false }, Role::Forward, &[x, x]);
+    assert!(matches!(err, Err(GraphError::Type { .. })));
+    assert!(g.value("m").is_none());
+    assert_eq!(g.name_map_problems(), Vec::<String>::new());
+}
+
+#[test]
 fn duplicate_names_are_rejected() {
     let (mut g, x, _) = small();
     assert_eq!(g.add_node("x", Op::Relu, Role::Forward, &[x]).unwrap_err(), GraphError::DuplicateName("x".into()));
