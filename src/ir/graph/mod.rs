@@ -740,6 +740,13 @@ impl Graph {
         self.names.reserve(nodes);
     }
 
+    /// Room for `nodes` more nodes and `edges` more edges, not their names.
+    pub fn reserve_storage(&mut self, nodes: usize, edges: usize) {
+        self.g.reserve_nodes(nodes);
+        self.g.reserve_edges(edges);
+        self.meta.reserve(nodes);
+    }
+
     /// A name not yet used in the graph, starting from `base`.
     pub fn fresh_name(&self, base: &str) -> String {
         if !self.contains_name(base) {
