@@ -18,35 +18,56 @@ fn ishape(t: &crate::TensorType) -> Vec<i64> {
     t.shape.dims().iter().map(|&d| d as i64).collect()
 }
 
-/// The file's sections, each a list of nodes in topological order. A graph
-/// with a cycle is written in index order.
-#[derive(Default)]
+/// The file's sections, in file order.
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum Section {
+    Inputs,
+    Params,
+    State,
+    Forward,
+    Backward,
+    Update,
+}
+
+/// The nodes in topological order (a graph with a cycle: index order) and
+/// each node's section: a section's nodes are the order's nodes of that
+/// section. Not a list per section as well: that is the order's size
+/// again (24 MB of a lowered 10^6-op graph's 6 M nodes, at the peak).
 struct Sections {
-    inputs: Vec<NodeId>,
-    params: Vec<NodeId>,
-    state: Vec<NodeId>,
-    forward: Vec<NodeId>,
-    backward: Vec<NodeId>,
-    update: Vec<NodeId>,
+    order: Vec<NodeId>,
+    /// By node index.
+    section: Vec<Section>,
+    counts: [usize; 6],
 }
 
 impl Sections {
     fn of(g: &Graph) -> Sections {
         let order = g.topo_order().unwrap_or_else(|_| g.node_ids().collect());
-        let mut s = Sections::default();
-        for id in order {
+        let mut section = vec![Section::Update; order.iter().map(|id| id.index() + 1).max().unwrap_or(0)];
+        let mut counts = [0; 6];
+        for &id in &order {
             let n = g.node(id);
-            let section = match (&n.op, n.role) {
-                (Op::Input { .. }, _) => &mut s.inputs,
-                (Op::Param { .. }, _) => &mut s.params,
-                (Op::State { .. }, _) => &mut s.state,
-                (_, Role::Forward) => &mut s.forward,
-                (_, Role::Backward) => &mut s.backward,
-                (_, Role::Optimizer | Role::Scaler) => &mut s.update,
+            let s = match (&n.op, n.role) {
+                (Op::Input { .. }, _) => Section::Inputs,
+                (Op::Param { .. }, _) => Section::Params,
+                (Op::State { .. }, _) => Section::State,
+                (_, Role::Forward) => Section::Forward,
+                (_, Role::Backward) => Section::Backward,
+                (_, Role::Optimizer | Role::Scaler) => Section::Update,
             };
-            section.push(id);
+            section[id.index()] = s;
+            counts[s as usize] += 1;
         }
-        s
+        Sections { order, section, counts }
+    }
+
+    /// The nodes of section `s`, in order.
+    fn ids(&self, s: Section) -> impl Iterator<Item = NodeId> + '_ {
+        self.order.iter().copied().filter(move |id| self.section[id.index()] == s)
+    }
+
+    fn len(&self, s: Section) -> usize {
+        self.counts[s as usize]
     }
 }
 
@@ -82,19 +103,59 @@ fn default_names(n: &Node) -> bool {
 
 fn raw_node(g: &Graph, id: NodeId) -> RawNode {
     let mut rn = RawNode::default();
-    fill_raw_node(g, id, &mut rn);
+    fill_raw_node(g, id, &mut rn, &g.inputs(id));
     rn
+}
+
+/// Inputs beyond which a node's line lists them straight from the graph,
+/// not as strings of a `RawNode`: `found_inf` reads every gradient, and at
+/// 10^6 ops its 667 K input names as strings were 60 MB of the peak.
+const MANY_INPUTS: usize = 64;
+
+/// Appends node `id`'s line (without indent or separator) to `out`, as
+/// serde_json writes [`raw_node`]'s, using `rn` for scratch.
+fn node_line(g: &Graph, id: NodeId, rn: &mut RawNode, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    let inputs = g.inputs(id);
+    if inputs.len() <= MANY_INPUTS {
+        fill_raw_node(g, id, rn, &inputs);
+        return serde_json::to_writer(out, &*rn);
+    }
+    // `inputs` comes right after `name` and `op` in `RawNode`'s fields:
+    // the line without it, with it put in there.
+    fill_raw_node(g, id, rn, &[]);
+    let mut head = b"{\"name\":".to_vec();
+    serde_json::to_writer(&mut head, &rn.name)?;
+    head.extend_from_slice(b",\"op\":");
+    serde_json::to_writer(&mut head, &rn.op)?;
+    let start = out.len();
+    serde_json::to_writer(&mut *out, &*rn)?;
+    if !out[start..].starts_with(&head) {
+        // Not the layout expected: the line as strings after all.
+        out.truncate(start);
+        fill_raw_node(g, id, rn, &inputs);
+        return serde_json::to_writer(out, &*rn);
+    }
+    let tail = out.split_off(start + head.len());
+    out.extend_from_slice(b",\"inputs\":[");
+    for (k, &v) in inputs.iter().enumerate() {
+        if k > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut *out, g.value_name(v))?;
+    }
+    out.push(b']');
+    out.extend_from_slice(&tail);
+    Ok(())
 }
 
 /// Makes `rn` the file's form of node `id`, reusing the strings it holds
 /// (the streamed emitter fills one `RawNode` per node of the graph).
-fn fill_raw_node(g: &Graph, id: NodeId, rn: &mut RawNode) {
+fn fill_raw_node(g: &Graph, id: NodeId, rn: &mut RawNode, values: &[crate::ValueId]) {
     let n = g.node(id);
     let mut name = std::mem::take(&mut rn.name);
     name.clear();
     name.push_str(&n.name);
     let mut inputs = std::mem::take(&mut rn.inputs);
-    let values = g.inputs(id);
     inputs.truncate(values.len());
     for (k, &v) in values.iter().enumerate() {
         match inputs.get_mut(k) {
@@ -117,38 +178,55 @@ fn fill_raw_node(g: &Graph, id: NodeId, rn: &mut RawNode) {
     op_to_raw(&n.op, rn);
 }
 
-/// `(node name, value name)` pairs, sorted by node name (the file's maps
-/// are `BTreeMap`s; with a repeated key the last pair wins, as there).
-fn named<'g>(g: &'g Graph, pairs: &[(NodeId, crate::ValueId)]) -> Vec<(&'g str, &'g str)> {
-    let mut v: Vec<(&str, &str)> = pairs.iter().map(|&(n, val)| (g.node(n).name.as_str(), g.value_name(val))).collect();
-    v.sort_by(|a, b| a.0.cmp(b.0));
-    let mut out: Vec<(&str, &str)> = Vec::with_capacity(v.len());
-    for p in v {
-        match out.last_mut() {
-            Some(last) if last.0 == p.0 => *last = p,
-            _ => out.push(p),
-        }
+/// A map of the file (`gradients`, `updates`): `pairs` by node name, the
+/// value's name looked up as each is written.
+struct Named<'g> {
+    g: &'g Graph,
+    pairs: &'g [(NodeId, crate::ValueId)],
+    /// Node names with their pair's index, sorted by name; of pairs with
+    /// one name only the last is kept, as in the file's `BTreeMap`s. Not
+    /// pairs of strings and a deduplicated copy: 24 bytes a pair, not 64.
+    keys: Vec<(&'g str, u32)>,
+}
+
+impl<'g> Named<'g> {
+    fn of(g: &'g Graph, pairs: &'g [(NodeId, crate::ValueId)]) -> Named<'g> {
+        let mut keys: Vec<(&str, u32)> =
+            pairs.iter().enumerate().map(|(i, &(n, _))| (g.node(n).name.as_str(), i as u32)).collect();
+        // By name, then by place: the last of a name ends its run.
+        keys.sort_unstable();
+        keys.dedup_by(|next, kept| {
+            let same = next.0 == kept.0;
+            if same {
+                *kept = *next;
+            }
+            same
+        });
+        Named { g, pairs, keys }
     }
-    out
+
+    fn iter(&self) -> impl ExactSizeIterator<Item = (&'g str, &'g str)> + '_ {
+        self.keys.iter().map(|&(k, i)| (k, self.g.value_name(self.pairs[i as usize].1)))
+    }
 }
 
 /// The file's serde form of a graph. Nodes go to the section of their role,
 /// in topological order. A graph with a cycle is written in index order.
 pub fn to_raw(g: &Graph) -> RawGraph {
     let s = Sections::of(g);
-    let nodes = |ids: &[NodeId]| ids.iter().map(|&id| Box::new(raw_node(g, id))).collect::<Vec<_>>();
-    let map = |pairs| named(g, pairs).into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let nodes = |section| s.ids(section).map(|id| Box::new(raw_node(g, id))).collect::<Vec<_>>();
+    let map = |pairs| Named::of(g, pairs).iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     RawGraph {
         format: FORMAT_VERSION.to_string(),
         name: g.name.clone(),
-        inputs: s.inputs.iter().map(|&id| raw_tensor(g.node(id))).collect(),
-        params: s.params.iter().map(|&id| raw_state(g.node(id))).collect(),
-        state: s.state.iter().map(|&id| raw_state(g.node(id))).collect(),
-        forward: nodes(&s.forward),
+        inputs: s.ids(Section::Inputs).map(|id| raw_tensor(g.node(id))).collect(),
+        params: s.ids(Section::Params).map(|id| raw_state(g.node(id))).collect(),
+        state: s.ids(Section::State).map(|id| raw_state(g.node(id))).collect(),
+        forward: nodes(Section::Forward),
         loss: g.loss.map(|v| g.value_name(v).to_string()).unwrap_or_default(),
-        backward: (!s.backward.is_empty() || !g.gradients.is_empty()).then(|| nodes(&s.backward)),
+        backward: (s.len(Section::Backward) > 0 || !g.gradients.is_empty()).then(|| nodes(Section::Backward)),
         gradients: map(&g.gradients),
-        update: nodes(&s.update),
+        update: nodes(Section::Update),
         updates: map(&g.updates),
         outputs: g.outputs.iter().map(|&v| g.value_name(v).to_string()).collect(),
         optimizer: g.optimizer.clone(),
@@ -181,27 +259,29 @@ fn write_in_blocks(g: &Graph, w: impl Write, block: usize) -> io::Result<()> {
     top.w.write_all(b"{\n")?;
     top.small("format", &FORMAT_VERSION)?;
     top.small("name", &g.name)?;
-    top.items("inputs", &s.inputs, |id| raw_tensor(g.node(id)))?;
-    top.items("params", &s.params, |id| raw_state(g.node(id)))?;
-    if !s.state.is_empty() {
-        top.items("state", &s.state, |id| raw_state(g.node(id)))?;
+    top.items("inputs", &s, Section::Inputs, |id| raw_tensor(g.node(id)))?;
+    top.items("params", &s, Section::Params, |id| raw_state(g.node(id)))?;
+    if s.len(Section::State) > 0 {
+        top.items("state", &s, Section::State, |id| raw_state(g.node(id)))?;
     }
-    top.nodes("forward", &s.forward, g, &mut rn)?;
+    top.nodes("forward", &s, Section::Forward, g, &mut rn)?;
     top.small("loss", &g.loss.map(|v| g.value_name(v)).unwrap_or_default())?;
-    if !s.backward.is_empty() || !g.gradients.is_empty() {
-        top.nodes("backward", &s.backward, g, &mut rn)?;
+    if s.len(Section::Backward) > 0 || !g.gradients.is_empty() {
+        top.nodes("backward", &s, Section::Backward, g, &mut rn)?;
     }
     if !g.gradients.is_empty() {
-        top.map("gradients", &named(g, &g.gradients))?;
+        top.map("gradients", &Named::of(g, &g.gradients))?;
     }
-    if !s.update.is_empty() {
-        top.nodes("update", &s.update, g, &mut rn)?;
+    if s.len(Section::Update) > 0 {
+        top.nodes("update", &s, Section::Update, g, &mut rn)?;
     }
     if !g.updates.is_empty() {
-        top.map("updates", &named(g, &g.updates))?;
+        top.map("updates", &Named::of(g, &g.updates))?;
     }
     if !g.outputs.is_empty() {
-        top.items("outputs", &g.outputs, |v| g.value_name(v))?;
+        top.array("outputs", g.outputs.len(), g.outputs.iter().copied(), |v, line| {
+            serde_json::to_writer(line, g.value_name(v))
+        })?;
     }
     if let Some(o) = &g.optimizer {
         top.small("optimizer", o)?;
@@ -233,83 +313,102 @@ impl<W: Write> Top<W> {
         write!(self.w, "  \"{key}\": ")
     }
 
-    /// An array field, each item written by `item` into the line buffer.
-    fn array<T: Copy>(
+    /// An array field of `len` items, each written by `item` into the line buffer.
+    fn array<T>(
         &mut self,
         key: &str,
-        ids: &[T],
+        len: usize,
+        ids: impl Iterator<Item = T>,
         mut item: impl FnMut(T, &mut Vec<u8>) -> serde_json::Result<()>,
     ) -> io::Result<()> {
         self.key(key)?;
-        if ids.is_empty() {
+        if len == 0 {
             return self.w.write_all(b"[]");
         }
         self.w.write_all(b"[\n")?;
-        for (j, &id) in ids.iter().enumerate() {
+        for (j, id) in ids.enumerate() {
             self.line.clear();
             self.line.extend_from_slice(b"    ");
             item(id, &mut self.line)?;
-            self.line.extend_from_slice(if j + 1 < ids.len() { b",\n" } else { b"\n" });
+            self.line.extend_from_slice(if j + 1 < len { b",\n" } else { b"\n" });
             self.w.write_all(&self.line)?;
         }
         self.w.write_all(b"  ]")
     }
 
-    /// An array field, its items made one at a time by `item`.
-    fn items<T: Copy, S: serde::Serialize>(&mut self, key: &str, ids: &[T], item: impl Fn(T) -> S) -> io::Result<()> {
-        self.array(key, ids, |id, line| serde_json::to_writer(line, &item(id)))
+    /// A section's array, its items made one at a time by `item`.
+    fn items<S: serde::Serialize>(
+        &mut self,
+        key: &str,
+        s: &Sections,
+        section: Section,
+        item: impl Fn(NodeId) -> S,
+    ) -> io::Result<()> {
+        self.array(key, s.len(section), s.ids(section), |id, line| serde_json::to_writer(line, &item(id)))
     }
 
     /// A section of op nodes. Their lines are made in blocks, the blocks of
     /// a window on all cores at once (a node's line depends only on the
     /// graph), and written in order: the file is the same as one made a
     /// node at a time.
-    fn nodes(&mut self, key: &str, ids: &[NodeId], g: &Graph, rn: &mut RawNode) -> io::Result<()> {
+    fn nodes(&mut self, key: &str, s: &Sections, section: Section, g: &Graph, rn: &mut RawNode) -> io::Result<()> {
         use rayon::prelude::*;
         let size = self.block;
-        if ids.len() < size.saturating_mul(2) {
-            return self.array(key, ids, |id, line| {
-                fill_raw_node(g, id, rn);
-                serde_json::to_writer(line, &*rn)
-            });
+        let len = s.len(section);
+        let mut ids = s.ids(section);
+        if len < size.saturating_mul(2) {
+            return self.array(key, len, ids, |id, line| node_line(g, id, rn, line));
         }
         self.key(key)?;
         self.w.write_all(b"[\n")?;
-        let last = ids.len() - 1;
+        // A block: the place of its first node in the section, and its nodes.
         let block =
-            |rn: &mut RawNode, (b, block): (usize, &[NodeId]), mut out: Vec<u8>| -> serde_json::Result<Vec<u8>> {
+            |rn: &mut RawNode, (at, block): (usize, &[NodeId]), mut out: Vec<u8>| -> serde_json::Result<Vec<u8>> {
                 for (k, &id) in block.iter().enumerate() {
                     out.extend_from_slice(b"    ");
-                    fill_raw_node(g, id, rn);
-                    serde_json::to_writer(&mut out, &*rn)?;
-                    out.extend_from_slice(if b * size + k < last { b",\n" } else { b"\n" });
+                    node_line(g, id, rn, &mut out)?;
+                    out.extend_from_slice(if at + k + 1 < len { b",\n" } else { b"\n" });
                 }
                 Ok(out)
             };
-        let blocks: Vec<(usize, &[NodeId])> = ids.chunks(size).enumerate().collect();
-        let make = |window: &[(usize, &[NodeId])], bufs: Vec<Vec<u8>>| -> Vec<serde_json::Result<Vec<u8>>> {
-            window.par_iter().zip(bufs).map_init(RawNode::default, |rn, (&b, buf)| block(rn, b, buf)).collect()
+        let make = |at: usize, window: &[NodeId], bufs: Vec<Vec<u8>>| -> Vec<serde_json::Result<Vec<u8>>> {
+            let blocks: Vec<(usize, &[NodeId])> =
+                window.chunks(size).enumerate().map(|(b, ids)| (at + b * size, ids)).collect();
+            blocks.into_par_iter().zip(bufs).map_init(RawNode::default, |rn, (b, buf)| block(rn, b, buf)).collect()
         };
         // A few blocks per core at a time (the text held is a few MB, not the
         // section's), each window made while this thread writes the last one
         // (the writes are mostly the kernel's time, filling the page cache).
         // The blocks' buffers go round: fresh ones would be fresh pages.
         let w = &mut self.w;
-        let per_window = 4 * rayon::current_num_threads();
+        let per_window = 2 * rayon::current_num_threads();
         let mut spare: Vec<Vec<u8>> = Vec::new();
+        // The window's ids go to its maker and come back with its text.
+        let mut window: Vec<NodeId> = Vec::with_capacity(per_window * size);
+        let mut at = 0;
         std::thread::scope(|scope| -> io::Result<()> {
             let mut made: Option<Vec<serde_json::Result<Vec<u8>>>> = None;
-            for window in blocks.chunks(per_window) {
-                let bufs: Vec<Vec<u8>> =
-                    (0..window.len()).map(|_| spare.pop().unwrap_or_else(|| Vec::with_capacity(size * 128))).collect();
-                let next = scope.spawn(|| make(window, bufs));
+            loop {
+                window.clear();
+                window.extend(ids.by_ref().take(per_window * size));
+                if window.is_empty() {
+                    break;
+                }
+                let bufs: Vec<Vec<u8>> = (0..window.len().div_ceil(size))
+                    .map(|_| spare.pop().unwrap_or_else(|| Vec::with_capacity(size * 128)))
+                    .collect();
+                let (start, ids) = (at, std::mem::take(&mut window));
+                let next = scope.spawn(move || (make(start, &ids, bufs), ids));
                 for text in made.take().into_iter().flatten() {
                     let mut text = text?;
                     w.write_all(&text)?;
                     text.clear();
                     spare.push(text);
                 }
-                made = Some(next.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+                let (texts, ids) = next.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                made = Some(texts);
+                window = ids;
+                at += window.len();
             }
             for text in made.into_iter().flatten() {
                 w.write_all(&text?)?;
@@ -320,9 +419,12 @@ impl<W: Write> Top<W> {
     }
 
     /// A map of names to names.
-    fn map(&mut self, key: &str, pairs: &[(&str, &str)]) -> io::Result<()> {
+    fn map(&mut self, key: &str, map: &Named) -> io::Result<()> {
         self.key(key)?;
-        if let [(k, v)] = pairs {
+        let pairs = map.iter();
+        let len = pairs.len();
+        if len == 1 {
+            let (k, v) = map.iter().next().unwrap_or_default();
             // One entry: compact, as any object of fewer than two.
             self.w.write_all(b"{")?;
             self.string(k)?;
@@ -331,12 +433,12 @@ impl<W: Write> Top<W> {
             return self.w.write_all(b"}");
         }
         self.w.write_all(b"{\n")?;
-        for (j, (k, v)) in pairs.iter().enumerate() {
+        for (j, (k, v)) in pairs.enumerate() {
             self.w.write_all(b"    ")?;
             self.string(k)?;
             self.w.write_all(b": ")?;
             self.string(v)?;
-            self.w.write_all(if j + 1 < pairs.len() { b",\n" } else { b"\n" })?;
+            self.w.write_all(if j + 1 < len { b",\n" } else { b"\n" })?;
         }
         self.w.write_all(b"  }")
     }
@@ -389,5 +491,26 @@ mod tests {
             assert_eq!(made(block), one_at_a_time, "blocks of {block}");
         }
         assert_eq!(to_string(&g), one_at_a_time);
+    }
+
+    /// A node of many inputs, its input names written straight from the
+    /// graph, has serde_json's line of its `RawNode`.
+    #[test]
+    fn a_line_of_many_inputs_is_serde_jsons() {
+        use crate::ir::op::Init;
+        let mut g = Graph::new("many");
+        let ty = crate::TensorType::new(crate::DType::F32, vec![2]);
+        let params: Vec<crate::ValueId> = (0..MANY_INPUTS + 3)
+            .map(|i| {
+                let op = Op::Param { ty: ty.clone(), init: Init::Zeros };
+                crate::ValueId { node: g.add_node(format!("p\"{i}"), op, Role::Forward, &[]).unwrap(), slot: 0 }
+            })
+            .collect();
+        for n in [1, MANY_INPUTS, MANY_INPUTS + 1, MANY_INPUTS + 3] {
+            let id = g.add_node(format!("f{n}"), Op::FoundInf, Role::Scaler, &params[..n]).unwrap();
+            let mut line = Vec::new();
+            node_line(&g, id, &mut RawNode::default(), &mut line).unwrap();
+            assert_eq!(String::from_utf8(line).unwrap(), serde_json::to_string(&raw_node(&g, id)).unwrap(), "{n}");
+        }
     }
 }

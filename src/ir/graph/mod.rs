@@ -89,7 +89,33 @@ pub enum GraphError {
 /// The graph proper. Nodes are boxed: the `StableGraph`'s node vector then
 /// holds a pointer per node, so growing it (a pass adding nodes) copies 16
 /// bytes per node rather than the whole node.
-type Petgraph = StableGraph<Box<Node>, Edge, petgraph::Directed, u32>;
+type Petgraph = StableGraph<Box<Node>, Wire, petgraph::Directed, u32>;
+
+/// An [`Edge`] as the petgraph holds it: the port plus one, never zero, so
+/// that the `Option` the `StableGraph` wraps it in (for vacant edge slots)
+/// takes no room of its own: 24 bytes an edge instead of 28 (41 MB of a
+/// lowered 10^6-op graph's 10.3 M edges).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+struct Wire {
+    slot: u32,
+    port1: std::num::NonZeroU32,
+}
+
+impl Wire {
+    fn new(slot: u32, port: u32) -> Wire {
+        // No node has 2^32 - 1 inputs: the saturation never happens.
+        Wire { slot, port1: std::num::NonZeroU32::MIN.saturating_add(port) }
+    }
+
+    #[inline]
+    fn port(self) -> u32 {
+        self.port1.get() - 1
+    }
+
+    fn edge(self) -> Edge {
+        Edge { slot: self.slot, port: self.port() }
+    }
+}
 
 /// A training graph.
 #[derive(Clone, Debug, Default)]
@@ -267,7 +293,7 @@ impl Graph {
             if n == buf.len() {
                 return self.inputs_sorted(id);
             }
-            buf[n] = (e.weight().port, ValueId { node: NodeId(e.source()), slot: e.weight().slot });
+            buf[n] = (e.weight().port(), ValueId { node: NodeId(e.source()), slot: e.weight().slot });
             n += 1;
         }
         if buf[..n].iter().enumerate().all(|(k, &(p, _))| p as usize == n - 1 - k) {
@@ -284,7 +310,7 @@ impl Graph {
         let mut ins: SmallVec<[(u32, ValueId); 4]> = self
             .g
             .edges_directed(id.0, Direction::Incoming)
-            .map(|e| (e.weight().port, ValueId { node: NodeId(e.source()), slot: e.weight().slot }))
+            .map(|e| (e.weight().port(), ValueId { node: NodeId(e.source()), slot: e.weight().slot }))
             .collect();
         if !ins.is_sorted_by_key(|(p, _)| *p) {
             ins.sort_unstable_by_key(|(p, _)| *p);
@@ -296,7 +322,7 @@ impl Graph {
     pub(crate) fn first_input(&self, id: NodeId) -> Option<ValueId> {
         let mut it = self.g.edges_directed(id.0, Direction::Incoming);
         match (it.next(), it.next()) {
-            (Some(e), None) if e.weight().port == 0 => {
+            (Some(e), None) if e.weight().port() == 0 => {
                 Some(ValueId { node: NodeId(e.source()), slot: e.weight().slot })
             }
             (None, _) => None,
@@ -311,12 +337,12 @@ impl Graph {
 
     /// The input ports of a node's incoming edges, repeats included.
     pub(crate) fn in_ports(&self, id: NodeId) -> SmallVec<[u32; 8]> {
-        self.g.edges_directed(id.0, Direction::Incoming).map(|e| e.weight().port).collect()
+        self.g.edges_directed(id.0, Direction::Incoming).map(|e| e.weight().port()).collect()
     }
 
     /// The consumers of a node's outputs: (consumer, edge).
     pub fn users(&self, id: NodeId) -> impl Iterator<Item = (NodeId, Edge)> + '_ {
-        self.g.edges_directed(id.0, Direction::Outgoing).map(|e| (NodeId(e.target()), *e.weight()))
+        self.g.edges_directed(id.0, Direction::Outgoing).map(|e| (NodeId(e.target()), e.weight().edge()))
     }
 
     /// The consumers of one value: (consumer, input port).
@@ -621,12 +647,12 @@ impl Graph {
 
     /// Feeds `v` into input `port` of `to`.
     pub fn connect(&mut self, v: ValueId, to: NodeId, port: u32) {
-        self.g.add_edge(v.node.0, to.0, Edge { slot: v.slot, port });
+        self.g.add_edge(v.node.0, to.0, Wire::new(v.slot, port));
     }
 
     /// Makes every consumer of `old` read `new` instead.
     pub fn replace_uses(&mut self, old: ValueId, new: ValueId) {
-        type Rewire = (EdgeIndex<u32>, NodeIndex<u32>, Edge);
+        type Rewire = (EdgeIndex<u32>, NodeIndex<u32>, Wire);
         let edges: SmallVec<[Rewire; 4]> = self
             .g
             .edges_directed(old.node.0, Direction::Outgoing)
@@ -635,7 +661,7 @@ impl Graph {
             .collect();
         for (e, target, w) in edges {
             self.g.remove_edge(e);
-            self.g.add_edge(new.node.0, target, Edge { slot: new.slot, port: w.port });
+            self.g.add_edge(new.node.0, target, Wire::new(new.slot, w.port()));
         }
         for r in [&mut self.loss].into_iter().flatten() {
             if *r == old {
@@ -677,7 +703,7 @@ impl Graph {
         let old: SmallVec<[EdgeIndex<u32>; 2]> = self
             .g
             .edges_directed(node.0, Direction::Incoming)
-            .filter(|e| e.weight().port == port)
+            .filter(|e| e.weight().port() == port)
             .map(|e| e.id())
             .collect();
         for e in old {

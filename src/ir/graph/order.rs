@@ -62,7 +62,7 @@ impl Graph {
                                 scratch.extend(
                                     self.g
                                         .edges_directed(n, Direction::Incoming)
-                                        .map(|e| (e.weight().port, e.source())),
+                                        .map(|e| (e.weight().port(), e.source())),
                                 );
                                 scratch.sort_unstable_by_key(|(p, _)| std::cmp::Reverse(*p));
                                 stack.extend(

@@ -107,6 +107,8 @@ fn remove_refuses_a_used_node() {
 fn a_node_fits_the_160_byte_class() {
     assert!(std::mem::size_of::<Node>() <= 160, "Node is {} bytes", std::mem::size_of::<Node>());
     assert!(std::mem::size_of::<Op>() <= 64, "Op is {} bytes", std::mem::size_of::<Op>());
+    // 10 M of these at 10^6 ops: the edge's `Option` must fit in its niche.
+    assert_eq!(std::mem::size_of::<petgraph::graph::Edge<Option<Wire>, u32>>(), 24);
 }
 
 #[test]
