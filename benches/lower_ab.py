@@ -57,6 +57,7 @@ def main():
     ap.add_argument("--work")
     a = ap.parse_args()
     work = a.work or tempfile.mkdtemp(prefix="mpc-lower-ab-")
+    os.makedirs(work, exist_ok=True)
     bins = {"before": a.before, "after": a.after}
     for n in [int(s) for s in a.sizes.split(",")]:
         graph = os.path.join(work, f"chain{n}.json")
