@@ -176,8 +176,8 @@ pub fn lower_inference(g: &mut Graph, opts: &Options) -> Result<Lowered, PassErr
 /// they had (gpt_block: 105 -> 587 nodes, 112 -> 1109 edges), and the
 /// 10^6-op chain 4.5 and 6.2 times. Room costs address space until used,
 /// while a vector's doublings each copy all of it into fresh memory (at
-/// 10^6, the passes' system time was 1.7-3.1 s with doublings and 1.2-1.5 s
-/// without; BENCHMARKS.md).
+/// 10^6, with 4x reserved, the passes' system time was 1.2-1.5 s against
+/// 1.7-3.1 s with doublings; BENCHMARKS.md).
 fn reserve_for_training(g: &mut Graph) {
     g.reserve_storage(5 * g.node_count(), 9 * g.edge_count());
 }

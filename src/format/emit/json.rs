@@ -292,6 +292,30 @@ fn write_in_blocks(g: &Graph, w: impl Write, block: usize) -> io::Result<()> {
     top.w.write_all(b"\n}\n")
 }
 
+/// Appends one line of an array: the indent, the item `put` writes, and a
+/// comma unless it is the last.
+fn item_line(
+    out: &mut Vec<u8>,
+    last: bool,
+    put: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>,
+) -> serde_json::Result<()> {
+    out.extend_from_slice(b"    ");
+    put(out)?;
+    out.extend_from_slice(if last { b"\n" } else { b",\n" });
+    Ok(())
+}
+
+/// Writes a window's texts in order, keeping their buffers for the next.
+fn put_texts(w: &mut impl Write, texts: Vec<serde_json::Result<Vec<u8>>>, spare: &mut Vec<Vec<u8>>) -> io::Result<()> {
+    for text in texts {
+        let mut text = text?;
+        w.write_all(&text)?;
+        text.clear();
+        spare.push(text);
+    }
+    Ok(())
+}
+
 /// The top-level object: fields on their own lines, array items and the
 /// entries of an object of two or more one per line, anything else compact.
 struct Top<W> {
@@ -328,9 +352,7 @@ impl<W: Write> Top<W> {
         self.w.write_all(b"[\n")?;
         for (j, id) in ids.enumerate() {
             self.line.clear();
-            self.line.extend_from_slice(b"    ");
-            item(id, &mut self.line)?;
-            self.line.extend_from_slice(if j + 1 < len { b",\n" } else { b"\n" });
+            item_line(&mut self.line, j + 1 == len, |line| item(id, line))?;
             self.w.write_all(&self.line)?;
         }
         self.w.write_all(b"  ]")
@@ -365,16 +387,17 @@ impl<W: Write> Top<W> {
         let block =
             |rn: &mut RawNode, (at, block): (usize, &[NodeId]), mut out: Vec<u8>| -> serde_json::Result<Vec<u8>> {
                 for (k, &id) in block.iter().enumerate() {
-                    out.extend_from_slice(b"    ");
-                    node_line(g, id, rn, &mut out)?;
-                    out.extend_from_slice(if at + k + 1 < len { b",\n" } else { b"\n" });
+                    item_line(&mut out, at + k + 1 == len, |out| node_line(g, id, rn, out))?;
                 }
                 Ok(out)
             };
         let make = |at: usize, window: &[NodeId], bufs: Vec<Vec<u8>>| -> Vec<serde_json::Result<Vec<u8>>> {
-            let blocks: Vec<(usize, &[NodeId])> =
-                window.chunks(size).enumerate().map(|(b, ids)| (at + b * size, ids)).collect();
-            blocks.into_par_iter().zip(bufs).map_init(RawNode::default, |rn, (b, buf)| block(rn, b, buf)).collect()
+            window
+                .par_chunks(size)
+                .enumerate()
+                .zip(bufs)
+                .map_init(RawNode::default, |rn, ((b, ids), buf)| block(rn, (at + b * size, ids), buf))
+                .collect()
         };
         // A few blocks per core at a time (the text held is a few MB, not the
         // section's), each window made while this thread writes the last one
@@ -387,7 +410,7 @@ impl<W: Write> Top<W> {
         let mut window: Vec<NodeId> = Vec::with_capacity(per_window * size);
         let mut at = 0;
         std::thread::scope(|scope| -> io::Result<()> {
-            let mut made: Option<Vec<serde_json::Result<Vec<u8>>>> = None;
+            let mut made = Vec::new();
             loop {
                 window.clear();
                 window.extend(ids.by_ref().take(per_window * size));
@@ -397,23 +420,13 @@ impl<W: Write> Top<W> {
                 let bufs: Vec<Vec<u8>> = (0..window.len().div_ceil(size))
                     .map(|_| spare.pop().unwrap_or_else(|| Vec::with_capacity(size * 128)))
                     .collect();
-                let (start, ids) = (at, std::mem::take(&mut window));
-                let next = scope.spawn(move || (make(start, &ids, bufs), ids));
-                for text in made.take().into_iter().flatten() {
-                    let mut text = text?;
-                    w.write_all(&text)?;
-                    text.clear();
-                    spare.push(text);
-                }
-                let (texts, ids) = next.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-                made = Some(texts);
-                window = ids;
+                let (start, taken) = (at, std::mem::take(&mut window));
+                let next = scope.spawn(move || (make(start, &taken, bufs), taken));
+                put_texts(w, std::mem::take(&mut made), &mut spare)?;
+                (made, window) = next.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
                 at += window.len();
             }
-            for text in made.into_iter().flatten() {
-                w.write_all(&text?)?;
-            }
-            Ok(())
+            put_texts(w, made, &mut spare)
         })?;
         self.w.write_all(b"  ]")
     }
@@ -421,10 +434,10 @@ impl<W: Write> Top<W> {
     /// A map of names to names.
     fn map(&mut self, key: &str, map: &Named) -> io::Result<()> {
         self.key(key)?;
-        let pairs = map.iter();
+        let mut pairs = map.iter();
         let len = pairs.len();
         if len == 1 {
-            let (k, v) = map.iter().next().unwrap_or_default();
+            let (k, v) = pairs.next().unwrap_or_default();
             // One entry: compact, as any object of fewer than two.
             self.w.write_all(b"{")?;
             self.string(k)?;

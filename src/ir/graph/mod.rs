@@ -382,11 +382,9 @@ impl Graph {
         }
         let tys = self.infer_for(base, &op, inputs)?;
         let hash = name_hash(base);
-        self.names.reserve(1);
-        let g = &self.g;
-        let id = match self.names.probe(hash, |e| entry_name(g, e) == Some(base)) {
-            Err(at) => self.insert_single(at, hash, base.to_string(), op, role, None),
-            Ok(_) => {
+        let id = match self.free_slot(base, hash) {
+            Some(at) => self.insert_single(at, hash, base.to_string(), op, role, None),
+            None => {
                 let name = self.fresh_name(base);
                 self.add_single(name, op, role, None)?
             }
@@ -448,13 +446,18 @@ impl Graph {
         origin: Option<Origin>,
     ) -> Result<NodeId, GraphError> {
         let hash = name_hash(&name);
+        match self.free_slot(&name, hash) {
+            Some(at) => Ok(self.insert_single(at, hash, name, op, role, origin)),
+            None => Err(GraphError::DuplicateName(name)),
+        }
+    }
+
+    /// The empty name-table index where `name` (of hash `hash`) would go,
+    /// with room made for it; `None` when the name is taken.
+    fn free_slot(&mut self, name: &str, hash: u64) -> Option<usize> {
         self.names.reserve(1);
         let g = &self.g;
-        let at = match self.names.probe(hash, |e| entry_name(g, e) == Some(name.as_str())) {
-            Ok(_) => return Err(GraphError::DuplicateName(name)),
-            Err(at) => at,
-        };
-        Ok(self.insert_single(at, hash, name, op, role, origin))
+        self.names.probe(hash, |e| entry_name(g, e) == Some(name)).err()
     }
 
     /// Adds a one-output node at name-table slot `at` (found free by a probe).
@@ -760,9 +763,7 @@ impl Graph {
 
     /// Makes room for `nodes` more nodes and `edges` more edges.
     pub fn reserve(&mut self, nodes: usize, edges: usize) {
-        self.g.reserve_nodes(nodes);
-        self.g.reserve_edges(edges);
-        self.meta.reserve(nodes);
+        self.reserve_storage(nodes, edges);
         self.names.reserve(nodes);
     }
 
