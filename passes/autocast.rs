@@ -7,6 +7,7 @@
 //! consumers. A cast back to the type a value was widened from returns the
 //! original value (an exact round trip); no other chain is folded.
 
+use compact_str::CompactString;
 use rustc_hash::FxHashMap;
 
 use crate::ir::graph::{name_hash, Graph, InferMemo, NodeId, ValueId};
@@ -398,7 +399,7 @@ fn name_outputs_back(g: &mut Graph, pairs: &[(ValueId, ValueId)]) -> Result<(), 
         if node.outputs.len() != 1 || node.output_name(0) != node.name {
             continue;
         }
-        let name = node.name.clone();
+        let name = node.name.to_string();
         let low = g.fresh_name(&format!("{name}.{}", g.ty(v).dtype.name()));
         g.rename(v.node, low).map_err(|e| e.to_string())?;
         g.rename(c.node, name).map_err(|e| e.to_string())?;
@@ -505,7 +506,7 @@ fn cast(g: &mut Graph, cache: &mut CastCache, v: ValueId, to: DType, count: &mut
         cache.register(g);
     }
     let value = g.value_name(v);
-    let mut base = String::with_capacity(value.len() + 5);
+    let mut base = CompactString::with_capacity(value.len() + 5);
     base.push_str(value);
     base.push('.');
     base.push_str(to.name());
@@ -553,7 +554,7 @@ fn report(
         let node = g.node(n);
         let kind = node.op.kind();
         decisions.push(Decision {
-            node: node.name.clone(),
+            node: node.name.to_string(),
             op: kind.name(),
             class: if kind == OpKind::Cast { None } else { table.class(kind) },
             dtype: node.outputs.first().map(|o| o.ty.dtype.to_string()).unwrap_or_default(),

@@ -104,7 +104,7 @@ pub fn kernels(g: &Graph) -> Vec<Kernel> {
         let bytes = ins.iter().chain(&outs).map(|t| size(t) * t.dtype.size_bytes() as f64).sum();
         let (flops, gemm) = flops(g, n, &ins, &outs);
         let dtype = outs.first().map_or(DType::F32, |t| t.dtype);
-        out.push(Kernel { node: node.name.clone(), op: node.op.name(), dtype, flops, bytes, gemm });
+        out.push(Kernel { node: node.name.to_string(), op: node.op.name(), dtype, flops, bytes, gemm });
     }
     out
 }

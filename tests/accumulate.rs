@@ -115,7 +115,7 @@ fn optimizer_grads(g: &Graph) -> BTreeMap<String, String> {
         .filter(|&n| matches!(g.node(n).op, Op::Sgd { .. }))
         .map(|n| {
             let ins = g.inputs(n);
-            (g.node(ins[0].node).name.clone(), g.value_name(ins[1]).to_string())
+            (g.node(ins[0].node).name.to_string(), g.value_name(ins[1]).to_string())
         })
         .collect()
 }
@@ -136,7 +136,7 @@ fn row_operands(g: &Graph) -> BTreeMap<String, Vec<String>> {
                 Op::SumTo { .. } => vec![g.value_name(ins[0]).into()],
                 op => panic!("`{}`'s gradient is a {op:?}", g.node(p).name),
             };
-            (g.node(p).name.clone(), names)
+            (g.node(p).name.to_string(), names)
         })
         .collect()
 }

@@ -103,7 +103,7 @@ fn batch(g: &Graph) -> State {
                 let v: Vec<f32> = (0..count).map(|_| rng.normal() as f32).collect();
                 Tensor::from_f32(ty.dtype, ty.shape.clone(), &v).unwrap()
             };
-            b.insert(g.node(n).name.clone(), t);
+            b.insert(g.node(n).name.to_string(), t);
         }
     }
     b

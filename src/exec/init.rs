@@ -133,13 +133,13 @@ pub fn init_state_from(g: &Graph, seed: u64, base_dir: Option<&Path>, allow_outs
         if let Op::Param { ty, init } | Op::State { ty, init } = &node.op {
             let t = match (init, &g.weights) {
                 (Init::File, Some(w)) => {
-                    let t = file.remove(&node.name).ok_or_else(|| ExecError::Value {
-                        name: node.name.clone(),
+                    let t = file.remove(node.name.as_str()).ok_or_else(|| ExecError::Value {
+                        name: node.name.to_string(),
                         message: format!("init is `file` but `{w}` has no tensor of that name"),
                     })?;
                     if t.shape() != &ty.shape || t.dtype() != ty.dtype {
                         return Err(ExecError::Value {
-                            name: node.name.clone(),
+                            name: node.name.to_string(),
                             message: format!(
                                 "`{w}` holds {}{} but the graph declares {ty}",
                                 t.dtype().name(),
@@ -151,13 +151,13 @@ pub fn init_state_from(g: &Graph, seed: u64, base_dir: Option<&Path>, allow_outs
                 }
                 (Init::File, None) => {
                     return Err(ExecError::Value {
-                        name: node.name.clone(),
+                        name: node.name.to_string(),
                         message: "init is `file` but the graph names no `weights` file".into(),
                     })
                 }
                 _ => init_tensor(&node.name, ty, init, seed)?,
             };
-            out.insert(node.name.clone(), t);
+            out.insert(node.name.to_string(), t);
         }
     }
     Ok(out)

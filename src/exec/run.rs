@@ -144,11 +144,11 @@ impl Plan {
                 let value = idx(v0)?;
                 source_of.insert(n, sources.len());
                 let is_param = matches!(node.op, Op::Param { .. });
-                sources.push(Source { name: node.name.clone(), value, ty: g.ty(v0).clone(), from, is_param });
+                sources.push(Source { name: node.name.to_string(), value, ty: g.ty(v0).clone(), from, is_param });
                 continue;
             }
             steps.push(Step {
-                name: node.name.clone(),
+                name: node.name.to_string(),
                 op: node.op.clone(),
                 inputs: g.inputs(n).into_iter().map(idx).collect::<Result<_, _>>()?,
                 outputs: g.values(n).map(idx).collect::<Result<_, _>>()?,

@@ -21,7 +21,7 @@ fn at(g: &Graph, id: NodeId, field: Option<&str>, message: String) -> Problem {
         Some(f) => format!("{}/{f}", o.pointer()),
         None => o.pointer(),
     });
-    Problem { node: Some(n.name.clone()), pointer, message }
+    Problem { node: Some(n.name.to_string()), pointer, message }
 }
 
 fn top(pointer: &str, message: String) -> Problem {

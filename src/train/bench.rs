@@ -23,7 +23,7 @@ pub fn batch(g: &Graph, seed: u64, step: u64) -> Result<State, String> {
             let bound = bound(g, n).max(1);
             (0..count).map(|_| (rng.next_u64() % bound) as f32).collect()
         };
-        out.insert(name.clone(), Tensor::from_f32(ty.dtype, ty.shape.clone(), &v).map_err(|e| e.to_string())?);
+        out.insert(name.to_string(), Tensor::from_f32(ty.dtype, ty.shape.clone(), &v).map_err(|e| e.to_string())?);
     }
     Ok(out)
 }

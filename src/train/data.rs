@@ -120,7 +120,7 @@ impl Layout {
                     }
                 }
             }
-            inputs.push(InputSpec { name: node.name.clone(), dtype: ty.dtype, shape, cols, classes });
+            inputs.push(InputSpec { name: node.name.to_string(), dtype: ty.dtype, shape, cols, classes });
         }
         let Some(batch) = batch else { return Err(DataError("the graph has no inputs to feed".into())) };
         if batch == 0 {
@@ -416,7 +416,7 @@ impl Text {
         for n in g.node_ids() {
             let node = g.node(n);
             let Op::Input { ty } = &node.op else { continue };
-            let feed = Feed { name: node.name.clone(), dtype: ty.dtype, shape: ty.shape.0.clone() };
+            let feed = Feed { name: node.name.to_string(), dtype: ty.dtype, shape: ty.shape.0.clone() };
             let (mut rows, mut classes) = (None, None);
             if ty.dtype.is_int() {
                 for (user, port) in g.uses(crate::ir::graph::ValueId { node: n, slot: 0 }) {

@@ -166,8 +166,8 @@ pub fn scale_names(g: &Graph) -> Vec<String> {
         }
         if let Some(v) = g.inputs(n).get(1) {
             let src = g.node(v.node);
-            if matches!(src.op, Op::State { .. }) && !out.contains(&src.name) {
-                out.push(src.name.clone());
+            if matches!(src.op, Op::State { .. }) && !out.iter().any(|s| *s == src.name) {
+                out.push(src.name.to_string());
             }
         }
     }

@@ -127,7 +127,7 @@ impl Case {
             .g
             .gradients
             .iter()
-            .map(|&(p, v)| (self.g.node(p).name.clone(), self.g.value_name(v).to_string()))
+            .map(|&(p, v)| (self.g.node(p).name.to_string(), self.g.value_name(v).to_string()))
             .collect();
         let mut ex = Executor::new(&self.g, backend(), 7).unwrap();
         let opts = RunOptions { fetch: grads.iter().map(|(_, v)| v.clone()).collect(), ..RunOptions::default() };
@@ -811,7 +811,7 @@ fn lowered_examples_run_a_step_in_f16_and_bf16() {
                         let v: Vec<f32> = (0..count).map(|_| rng.normal() as f32 * 0.5).collect();
                         Tensor::from_f32(ty.dtype, ty.shape.clone(), &v).unwrap()
                     };
-                    batch.insert(node.name.clone(), t);
+                    batch.insert(node.name.to_string(), t);
                 }
             }
             let mut ex = Executor::new(&g, backend(), 3).unwrap();

@@ -73,7 +73,7 @@ impl Sections {
 
 fn raw_tensor(n: &Node) -> RawTensor {
     match &n.op {
-        Op::Input { ty } => RawTensor { name: n.name.clone(), shape: ishape(ty), dtype: ty.dtype },
+        Op::Input { ty } => RawTensor { name: n.name.to_string(), shape: ishape(ty), dtype: ty.dtype },
         _ => unreachable!("only inputs are in the inputs section"),
     }
 }
@@ -81,7 +81,7 @@ fn raw_tensor(n: &Node) -> RawTensor {
 fn raw_state(n: &Node) -> RawState {
     match &n.op {
         Op::Param { ty, init } | Op::State { ty, init } => {
-            RawState { name: n.name.clone(), shape: ishape(ty), dtype: ty.dtype, init: Some(init.clone()) }
+            RawState { name: n.name.to_string(), shape: ishape(ty), dtype: ty.dtype, init: Some(init.clone()) }
         }
         _ => unreachable!("only params and state are in their sections"),
     }

@@ -10,6 +10,7 @@
 //! thing it does not accept, and the caller starts over on the slow path,
 //! which produces the error messages.
 
+use compact_str::CompactString;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -79,7 +80,7 @@ struct Pending<'de> {
 /// next one has been read, so that the name-table lines its name and
 /// inputs need (prefetched as they were read) have had time to arrive.
 struct Held<'de> {
-    name: String,
+    name: CompactString,
     hash: u64,
     op: Op,
     role: Role,
@@ -95,7 +96,7 @@ const RECENT: usize = 4096;
 
 struct State<'de> {
     b: Builder,
-    /// A `RawNode` with every field unset but `op` and (while checked) `name`.
+    /// A `RawNode` with every field unset but `op`.
     blank: RawNode,
     held: Option<Held<'de>>,
     /// Top-level keys seen (bit per key), to reject repeats.
@@ -160,7 +161,7 @@ impl<'de> State<'de> {
         }
         let added = match h.outs {
             None => g.add_single_by_hash(h.name, h.hash, h.op, h.role, Some(h.origin)),
-            Some(outs) => g.add_untyped(h.name, h.op, h.role, outs, Some(h.origin)),
+            Some(outs) => g.add_untyped(h.name.into(), h.op, h.role, outs, Some(h.origin)),
         };
         let id = added.map_err(|_| bail::<E>())?;
         if h.precision.is_some() {
@@ -351,7 +352,7 @@ impl<'de> Visitor<'de> for Section<'_, 'de> {
             let hash = name_hash(&name);
             let origin = Origin::new(section, index as u32);
             let held = Held {
-                name,
+                name: name.into(),
                 hash,
                 op,
                 role: Role::Forward,
@@ -423,7 +424,7 @@ impl<'de> Visitor<'de> for NodeSeed<'_, 'de> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let st = self.st;
-        let mut name: Option<String> = None;
+        let mut name: Option<CompactString> = None;
         let mut op: Option<OpKind> = None;
         let mut inputs: Option<Names<'de>> = None;
         let mut rest: SmallVec<[(Cow<'de, str>, &'de RawValue); 4]> = SmallVec::new();
@@ -445,7 +446,7 @@ impl<'de> Visitor<'de> for NodeSeed<'_, 'de> {
             return Err(bail());
         }
         // A node with no attributes is checked on the state's blank
-        // `RawNode` (only its name and op set), not on a new one.
+        // `RawNode` (only its op set), not on a new one.
         let mut fresh = None;
         let raw = if rest.is_empty() {
             st.blank.op = op;
@@ -458,9 +459,7 @@ impl<'de> Visitor<'de> for NodeSeed<'_, 'de> {
             r.op = op;
             fresh.insert(r)
         };
-        raw.name = name;
-        let parts = st.b.node_parts(section, index, raw, inputs.len());
-        let name = std::mem::take(&mut raw.name);
+        let parts = st.b.node_parts(section, index, &name, raw, inputs.len());
         let precision = raw.precision;
         let Some((op, role, outs)) = parts else {
             return Err(bail());

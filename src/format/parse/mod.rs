@@ -136,7 +136,7 @@ impl Builder {
         origin: Origin,
     ) -> Option<NodeId> {
         let added = match outs {
-            None => self.g.add_single(name.to_string(), op, role, Some(origin)),
+            None => self.g.add_single(name.into(), op, role, Some(origin)),
             Some(outs) => self.g.add_untyped(name.to_string(), op, role, outs, Some(origin)),
         };
         match added {
@@ -223,12 +223,13 @@ impl Builder {
         Some(op)
     }
 
-    /// Checks a node and builds its op: (op, role, output names) where
+    /// Checks node `name` and builds its op: (op, role, output names) where
     /// `None` names mean the defaults (`name`, `name:1`, ...).
     fn node_parts(
         &mut self,
         section: &'static str,
         index: usize,
+        name: &str,
         n: &RawNode,
         n_inputs: usize,
     ) -> Option<(Op, Role, Option<Vec<String>>)> {
@@ -238,7 +239,7 @@ impl Builder {
             ("update", Some(r @ (Role::Optimizer | Role::Scaler))) => r,
             ("update", Some(r)) => {
                 self.problem(
-                    Some(&n.name),
+                    Some(name),
                     format!("{ptr}/role"),
                     format!("an update node's role is `optimizer` or `scaler`, found `{}`", r.name()),
                 );
@@ -246,7 +247,7 @@ impl Builder {
             }
             (_, Some(_)) => {
                 self.problem(
-                    Some(&n.name),
+                    Some(name),
                     format!("{ptr}/role"),
                     format!(
                         "`role` is only allowed in the `update` section; nodes in `{section}` have the role {section}"
@@ -260,7 +261,7 @@ impl Builder {
         let op = match op_from_raw(n) {
             Ok(op) => op,
             Err((field, m)) => {
-                self.problem(Some(&n.name), format!("{ptr}/{field}"), m);
+                self.problem(Some(name), format!("{ptr}/{field}"), m);
                 return None;
             }
         };
@@ -268,7 +269,7 @@ impl Builder {
         if !infer::arity_ok(&op, n_inputs) {
             let names = infer::input_names(&op).join(", ");
             self.problem(
-                Some(&n.name),
+                Some(name),
                 format!("{ptr}/inputs"),
                 format!("{} takes {} ({names}), found {}", op.name(), infer::arity_text(&op), n_inputs),
             );
@@ -276,11 +277,11 @@ impl Builder {
         }
         let outs = match &n.outputs {
             None if want_out == 1 => None,
-            None => Some(default_output_names(&n.name, want_out)),
+            None => Some(default_output_names(name, want_out)),
             Some(o) if o.len() == want_out => Some(o.clone()),
             Some(o) => {
                 self.problem(
-                    Some(&n.name),
+                    Some(name),
                     format!("{ptr}/outputs"),
                     format!("{} has {want_out} output(s), found {} names", op.name(), o.len()),
                 );
@@ -288,7 +289,7 @@ impl Builder {
             }
         };
         if let Some(i) = outs.iter().flatten().position(|o| o.is_empty()) {
-            self.problem(Some(&n.name), format!("{ptr}/outputs/{i}"), "an output name must not be empty");
+            self.problem(Some(name), format!("{ptr}/outputs/{i}"), "an output name must not be empty");
             return None;
         }
         Some((op, role, outs))
@@ -296,7 +297,7 @@ impl Builder {
 
     /// Adds a node (its inputs are wired later).
     fn node(&mut self, section: &'static str, index: usize, n: &RawNode) -> Option<NodeId> {
-        let (op, role, outs) = self.node_parts(section, index, n, n.inputs.len())?;
+        let (op, role, outs) = self.node_parts(section, index, &n.name, n, n.inputs.len())?;
         let id = self.add(&n.name, Ptr(section, index), op, role, outs, Origin::new(section, index as u32))?;
         self.g.set_precision(id, n.precision);
         Some(id)

@@ -20,7 +20,7 @@ impl PartialEq for Graph {
         }
         let vname = |g: &Graph, v: Option<ValueId>| v.map(|v| g.value_name(v).to_string());
         let pairs = |g: &Graph, ps: &[(NodeId, ValueId)]| -> Vec<(String, String)> {
-            ps.iter().map(|&(n, v)| (g.node(n).name.clone(), g.value_name(v).to_string())).collect()
+            ps.iter().map(|&(n, v)| (g.node(n).name.to_string(), g.value_name(v).to_string())).collect()
         };
         let outs = |g: &Graph| -> Vec<String> { g.outputs.iter().map(|&v| g.value_name(v).to_string()).collect() };
         if vname(self, self.loss) != vname(other, other.loss)

@@ -14,6 +14,7 @@
 
 use std::hash::Hasher;
 
+use compact_str::CompactString;
 use petgraph::stable_graph::{EdgeIndex, NodeIndex, StableGraph};
 use petgraph::visit::{EdgeRef, NodeIndexable};
 use petgraph::Direction;
@@ -364,7 +365,7 @@ impl Graph {
         if n == 1 {
             // The common case: no output-name vector.
             let tys = self.infer_for(&name, &op, inputs)?;
-            let id = self.add_single(name, op, role, None)?;
+            let id = self.add_single(name.into(), op, role, None)?;
             self.finish_typed(id, tys, inputs);
             return Ok(id);
         }
@@ -383,10 +384,10 @@ impl Graph {
         let tys = self.infer_for(base, &op, inputs)?;
         let hash = name_hash(base);
         let id = match self.free_slot(base, hash) {
-            Some(at) => self.insert_single(at, hash, base.to_string(), op, role, None),
+            Some(at) => self.insert_single(at, hash, base.into(), op, role, None),
             None => {
                 let name = self.fresh_name(base);
-                self.add_single(name, op, role, None)?
+                self.add_single(name.into(), op, role, None)?
             }
         };
         self.finish_typed(id, tys, inputs);
@@ -440,7 +441,7 @@ impl Graph {
     /// probe of the name table.
     pub(crate) fn add_single(
         &mut self,
-        name: String,
+        name: CompactString,
         op: Op,
         role: Role,
         origin: Option<Origin>,
@@ -448,7 +449,7 @@ impl Graph {
         let hash = name_hash(&name);
         match self.free_slot(&name, hash) {
             Some(at) => Ok(self.insert_single(at, hash, name, op, role, origin)),
-            None => Err(GraphError::DuplicateName(name)),
+            None => Err(GraphError::DuplicateName(name.into())),
         }
     }
 
@@ -465,7 +466,7 @@ impl Graph {
         &mut self,
         at: usize,
         hash: u64,
-        name: String,
+        name: CompactString,
         op: Op,
         role: Role,
         origin: Option<Origin>,
@@ -491,7 +492,7 @@ impl Graph {
     /// duplicate, such as the streaming parser, which then starts over.
     pub(crate) fn add_single_by_hash(
         &mut self,
-        name: String,
+        name: CompactString,
         hash: u64,
         op: Op,
         role: Role,
@@ -500,7 +501,7 @@ impl Graph {
         debug_assert_eq!(hash, name_hash(&name));
         self.names.reserve(1);
         let at = match self.names.probe(hash, |_| true) {
-            Ok(_) => return Err(GraphError::DuplicateName(name)),
+            Ok(_) => return Err(GraphError::DuplicateName(name.into())),
             Err(at) => at,
         };
         Ok(self.insert_single(at, hash, name, op, role, origin))
@@ -558,7 +559,7 @@ impl Graph {
     /// cache misses.
     pub(crate) fn add_unnamed(
         &mut self,
-        name: String,
+        name: CompactString,
         op: Op,
         role: Role,
         inputs: &[ValueId],
@@ -596,7 +597,7 @@ impl Graph {
                     let fresh = self.fresh_name(&self.g[id.0].name);
                     let hash = name_hash(&fresh);
                     let node = self.node_keep(id);
-                    node.name = fresh;
+                    node.name = fresh.into();
                     self.register(hash, id.index() as u32, 0);
                 }
             }
@@ -623,7 +624,7 @@ impl Graph {
     ) -> Result<NodeId, GraphError> {
         let own_value = output_names.first() == Some(&name);
         if own_value && output_names.len() == 1 {
-            return self.add_single(name, op, role, origin);
+            return self.add_single(name.into(), op, role, origin);
         }
         if !own_value && self.contains_name(&name) {
             return Err(GraphError::DuplicateName(name));
@@ -637,7 +638,7 @@ impl Graph {
         let hashes: SmallVec<[u64; 4]> = output_names.iter().map(|o| name_hash(o)).collect();
         let node_hash = name_hash(&name);
         let outputs = output_names.into_iter().map(|o| Output::new(o, &name, placeholder.clone())).collect();
-        let i = self.alloc(Node { name, op, role, precision: None, outputs, origin });
+        let i = self.alloc(Node { name: name.into(), op, role, precision: None, outputs, origin });
         for (slot, h) in hashes.into_iter().enumerate() {
             self.register(h, i, slot as u32);
         }
@@ -719,7 +720,7 @@ impl Graph {
     /// and its value. `name` must be new.
     pub fn rename(&mut self, id: NodeId, name: String) -> Result<(), GraphError> {
         let node = self.node(id);
-        let old = node.name.clone();
+        let old = node.name.to_string();
         if node.outputs.len() != 1 || node.outputs[0].name.is_some() || self.node_names.contains(&(id.index() as u32)) {
             return Err(GraphError::Type {
                 node: old,
@@ -735,7 +736,7 @@ impl Graph {
         }
         let hash = name_hash(&name);
         let node = self.node_keep(id);
-        node.name = name;
+        node.name = name.into();
         self.register(hash, id.index() as u32, 0);
         Ok(())
     }
@@ -743,7 +744,7 @@ impl Graph {
     /// Removes a node that no other node reads.
     pub fn remove_node(&mut self, id: NodeId) -> Result<Node, GraphError> {
         if self.users(id).next().is_some() {
-            return Err(GraphError::HasUsers(self.node(id).name.clone()));
+            return Err(GraphError::HasUsers(self.node(id).name.to_string()));
         }
         // Names first, while the node still answers for them.
         let g = &self.g;

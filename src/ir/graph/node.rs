@@ -1,6 +1,7 @@
 //! What a graph holds per node: the node itself, its outputs, and where
 //! it was written in its source file.
 
+use compact_str::CompactString;
 use smallvec::SmallVec;
 
 use crate::ir::op::{Op, Precision, Role};
@@ -55,7 +56,7 @@ impl Output {
 
 #[derive(Clone, Debug)]
 pub struct Node {
-    pub name: String,
+    pub name: CompactString,
     pub op: Op,
     pub role: Role,
     /// A per-node override of the precision table.

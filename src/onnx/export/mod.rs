@@ -154,7 +154,7 @@ fn plan(g: &Graph) -> Result<Plan, ExportError> {
     let unsupported: Vec<(String, &'static str)> = nodes
         .iter()
         .filter(|&&n| !supported(&g.node(n).op))
-        .map(|&n| (g.node(n).name.clone(), g.node(n).op.name()))
+        .map(|&n| (g.node(n).name.to_string(), g.node(n).op.name()))
         .collect();
     if !unsupported.is_empty() {
         return Err(ExportError::Unsupported(unsupported));
@@ -188,7 +188,7 @@ pub fn export_ahead(
     for &n in &nodes {
         let node = g.node(n);
         let (Op::Param { init, ty } | Op::State { init, ty }) = &node.op else { continue };
-        match (init, weights.and_then(|w| w.get(&node.name))) {
+        match (init, weights.and_then(|w| w.get(node.name.as_str()))) {
             (Init::File, Some(t)) => {
                 if t.dtype != ty.dtype || t.dims != ty.shape.0 {
                     return Err(ExportError::Graph(format!(
@@ -204,7 +204,7 @@ pub fn export_ahead(
     // With weights given, nothing is read from the graph's weights file.
     let mut computed = initial_values(g, &rest, opts, false, weights.is_none())?;
     for n in rest {
-        if let Some(t) = computed.remove(&g.node(n).name) {
+        if let Some(t) = computed.remove(g.node(n).name.as_str()) {
             state.insert(n, Cow::Owned(RawTensor::from_tensor(t)));
         }
     }
@@ -627,7 +627,7 @@ impl<'a> Exporter<'a> {
             | Op::Sgd { .. }
             | Op::SgdMomentum { .. }
             | Op::Adam { .. } => {
-                return Err(ExportError::Unsupported(vec![(node.name.clone(), node.op.name())]));
+                return Err(ExportError::Unsupported(vec![(node.name.to_string(), node.op.name())]));
             }
         }
         Ok(())

@@ -49,8 +49,8 @@ pub fn test_data(g: &Graph, opts: &Options, model: &ModelProto) -> Result<TestDa
             (0..count).map(|_| (rng.next_u64() % bound) as f32).collect()
         };
         let t = Tensor::from_f32(ty.dtype, ty.shape.clone(), &v)?;
-        batch.insert(name.clone(), t);
-        inputs.push(name.clone());
+        batch.insert(name.to_string(), t);
+        inputs.push(name.to_string());
     }
     let run = |e: ExecError| ExportError::Graph(format!("the reference run on the CPU executor: {e}"));
     let mut ex = Executor::new(&f, CpuBackend, opts.seed).map_err(run)?;

@@ -88,7 +88,7 @@ impl Exporter<'_> {
             | Op::Erf
             | Op::Sqrt => {
                 let Onnx::Direct(op_type) = node.op.info().onnx else {
-                    return Err(ExportError::Unsupported(vec![(node.name.clone(), node.op.name())]));
+                    return Err(ExportError::Unsupported(vec![(node.name.to_string(), node.op.name())]));
                 };
                 let ct = self.compute(d, true);
                 let xs = ins.iter().map(|&v| self.get_as(v, ct, None)).collect::<Result<Vec<_>, _>>()?;
