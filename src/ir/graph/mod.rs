@@ -87,10 +87,11 @@ pub enum GraphError {
 
 // The byte per node that whole-graph walks read instead of the node.
 
-/// The graph proper. Nodes are boxed: the `StableGraph`'s node vector then
-/// holds a pointer per node, so growing it (a pass adding nodes) copies 16
-/// bytes per node rather than the whole node.
-type Petgraph = StableGraph<Box<Node>, Wire, petgraph::Directed, u32>;
+/// The graph proper. Nodes are held in the `StableGraph`'s node vector
+/// itself, not boxed: no allocation per node and no pointer to chase on
+/// each visit. The vector's growth copies whole nodes, which is why the
+/// passes reserve room for what they add before they run.
+type Petgraph = StableGraph<Node, Wire, petgraph::Directed, u32>;
 
 /// An [`Edge`] as the petgraph holds it: the port plus one, never zero, so
 /// that the `Option` the `StableGraph` wraps it in (for vacant edge slots)
@@ -428,7 +429,7 @@ impl Graph {
     /// first) and records its meta byte.
     fn alloc(&mut self, node: Node) -> u32 {
         let meta = meta_of(&node);
-        let i = self.g.add_node(Box::new(node)).index();
+        let i = self.g.add_node(node).index();
         if i == self.meta.len() {
             self.meta.push(meta);
         } else {
@@ -755,8 +756,7 @@ impl Graph {
                 }
             }
         }
-        let node =
-            *self.g.remove_node(id.0).ok_or_else(|| GraphError::UnknownValue(format!("node #{}", id.index())))?;
+        let node = self.g.remove_node(id.0).ok_or_else(|| GraphError::UnknownValue(format!("node #{}", id.index())))?;
         self.meta[id.index()] = VACANT;
         self.node_names.remove(&(id.index() as u32));
         Ok(node)
