@@ -123,12 +123,7 @@ fn train_both(path: &str, low: Option<DType>) {
         .filter(|n| matches!(n.op, Op::State { .. }))
         .map(|n| n.name.to_string())
         .collect();
-    let params: Vec<String> = g
-        .node_ids()
-        .map(|n| g.node(n))
-        .filter(|n| matches!(n.op, Op::Param { .. }))
-        .map(|n| n.name.to_string())
-        .collect();
+    let params: Vec<String> = g.params().map(|n| g.node(n).name.to_string()).collect();
     let (sa, sb) = (cpu.state().unwrap(), dev.state().unwrap());
     let max_abs = |t: &mpc::exec::Tensor| t.to_f32_vec().iter().fold(0f64, |m, &x| m.max(f64::from(x).abs()));
     // The momentum buffer of a param: the state entry named after it.
@@ -233,12 +228,7 @@ fn squeezenet(low: Option<DType>) {
     // of 7e9 whose cross-entropy cancels to 0 in f32): He-initialised
     // random convolution weights instead, so the steps learn something.
     let mut rng = SplitMix64::new(7);
-    let params: Vec<String> = g
-        .node_ids()
-        .map(|n| g.node(n))
-        .filter(|n| matches!(n.op, Op::Param { .. }))
-        .map(|n| n.name.to_string())
-        .collect();
+    let params: Vec<String> = g.params().map(|n| g.node(n).name.to_string()).collect();
     for (k, t) in state.iter_mut() {
         let d = t.shape().dims().to_vec();
         if params.contains(k) && d.len() == 4 {
