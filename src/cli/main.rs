@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use emit::Emit;
 use mpc::diag::problems_report;
-use mpc::format::load::load;
+use mpc::format::load::{load, load_growing};
 use mpc::io::write_atomic;
+use mpc::ir::graph::Growth;
 use mpc::passes;
 use mpc::train::setup::{precision_table, Precision};
 
@@ -390,6 +391,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const BAD_INPUT: u8 = 1;
 
 fn main() -> ExitCode {
+    huge_pages_off();
     mpc::timings::start();
     let cli = Cli::parse();
     match run(cli) {
@@ -397,6 +399,22 @@ fn main() -> ExitCode {
         Err(report) => {
             eprintln!("{report:?}");
             ExitCode::from(BAD_INPUT)
+        }
+    }
+}
+
+/// Turns transparent huge pages off for this process, unless
+/// `MIMALLOC_ALLOW_THP` is set (then mimalloc does as it says). The first
+/// touch of a 2 MiB page zeroes all of it in the kernel; lowering a 10^6-op
+/// graph spent 4.2-4.6 s there against 1.4-2.1 s with 4 KiB pages, and won
+/// nothing back in user time (BENCHMARKS.md, issue 17).
+fn huge_pages_off() {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // SAFETY: this prctl takes integers, touches no memory of ours, and
+        // on a kernel without it fails harmlessly (the result is ignored).
+        unsafe {
+            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
         }
     }
 }
@@ -447,7 +465,12 @@ fn write_test_data(dir: &std::path::Path, data: &mpc::onnx::export::TestData) ->
 
 /// Reads and verifies a graph file.
 fn load_verified(model: &std::path::Path) -> Result<mpc::Graph, miette::Report> {
-    let loaded = load(model).map_err(|e| e.into_report())?;
+    load_verified_growing(model, Growth::NONE)
+}
+
+/// [`load_verified`] with room for the graph to grow `by` (passes to follow).
+fn load_verified_growing(model: &std::path::Path, by: Growth) -> Result<mpc::Graph, miette::Report> {
+    let loaded = load_growing(model, by).map_err(|e| e.into_report())?;
     if let Err(e) = mpc::verify(&loaded.graph) {
         return Err(problems_report(&model.display().to_string(), &loaded.text, &e.0));
     }
@@ -459,7 +482,7 @@ fn load_and_lower(
     model: &std::path::Path,
     opts: &passes::Options,
 ) -> Result<(mpc::Graph, passes::Lowered), miette::Report> {
-    let mut g = load_verified(model)?;
+    let mut g = load_verified_growing(model, passes::TRAINING_GROWTH)?;
     let lowered = passes::lower(&mut g, opts).map_err(|e| miette::Report::msg(format!("{}: {e}", model.display())))?;
     Ok((g, lowered))
 }
@@ -559,7 +582,7 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
             }
             let started = std::time::Instant::now();
             let g = if pass_args.precision == LowType::Fp32 {
-                let mut g = load_verified(&model)?;
+                let mut g = load_verified_growing(&model, passes::TRAINING_GROWTH)?;
                 passes::lower_fp32(&mut g, &opts)
                     .map_err(|e| miette::Report::msg(format!("{}: {e}", model.display())))?;
                 g
