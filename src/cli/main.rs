@@ -405,9 +405,11 @@ fn main() -> ExitCode {
 
 /// Turns transparent huge pages off for this process, unless
 /// `MIMALLOC_ALLOW_THP` is set (then mimalloc does as it says). The first
-/// touch of a 2 MiB page zeroes all of it in the kernel; lowering a 10^6-op
-/// graph spent 4.2-4.6 s there against 1.4-2.1 s with 4 KiB pages, and won
-/// nothing back in user time (BENCHMARKS.md, issue 17).
+/// touch of a 2 MiB page zeroes all of it in the kernel, and on the machine
+/// measured that cost more than the TLB misses huge pages spare: lowering a
+/// 10^6-op chain took 9.25 s (2.6 s system) against 10.50 s (4.1 s), medians
+/// of 5 interleaved runs, with the same user time; converting a 10^5-node
+/// ONNX model 0.81-0.94 s against 0.63-1.88 s (BENCHMARKS.md, issue 17).
 fn huge_pages_off() {
     #[cfg(target_os = "linux")]
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
