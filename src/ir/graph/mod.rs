@@ -100,11 +100,14 @@ pub enum GraphError {
 
 // The byte per node that whole-graph walks read instead of the node.
 
-/// The graph proper. Nodes are held in the `StableGraph`'s node vector
-/// itself, not boxed: no allocation per node and no pointer to chase on
-/// each visit. The vector's growth copies whole nodes, which is why the
-/// passes reserve room for what they add before they run.
-type Petgraph = StableGraph<Node, Wire, petgraph::Directed, u32>;
+/// The graph proper. Nodes are boxed: the `StableGraph`'s node vector then
+/// holds a pointer per node, so growing it (a pass adding nodes) copies 16
+/// bytes per node rather than the whole node. Held in the vector itself, a
+/// lowered 10^6-op chain peaked at 1.58 GB instead of 1.83, but the room a
+/// pass reserves on a graph without any (a clone) then copied 168 bytes a
+/// node: in-memory autocast at 10^5 ops took 35.5 ms against 29.5
+/// (BENCHMARKS.md, issue 17).
+type Petgraph = StableGraph<Box<Node>, Wire, petgraph::Directed, u32>;
 
 /// An [`Edge`] as the petgraph holds it: the port plus one, never zero, so
 /// that the `Option` the `StableGraph` wraps it in (for vacant edge slots)
@@ -442,7 +445,7 @@ impl Graph {
     /// first) and records its meta byte.
     fn alloc(&mut self, node: Node) -> u32 {
         let meta = meta_of(&node);
-        let i = self.g.add_node(node).index();
+        let i = self.g.add_node(Box::new(node)).index();
         if i == self.meta.len() {
             self.meta.push(meta);
         } else {
@@ -769,7 +772,8 @@ impl Graph {
                 }
             }
         }
-        let node = self.g.remove_node(id.0).ok_or_else(|| GraphError::UnknownValue(format!("node #{}", id.index())))?;
+        let node =
+            *self.g.remove_node(id.0).ok_or_else(|| GraphError::UnknownValue(format!("node #{}", id.index())))?;
         self.meta[id.index()] = VACANT;
         self.node_names.remove(&(id.index() as u32));
         Ok(node)

@@ -11,7 +11,7 @@ use crate::ir::types::TensorType;
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Origin {
     /// The section, by its place in [`SECTIONS`]: 8 bytes in all rather
-    /// than a 16-byte string, so that a node stays within 160 bytes.
+    /// than a 16-byte string, so that a node fits mimalloc's 160-byte class.
     section: u8,
     pub index: u32,
 }
