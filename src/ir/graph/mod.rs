@@ -103,9 +103,9 @@ pub enum GraphError {
 /// The graph proper. Nodes are boxed: the `StableGraph`'s node vector then
 /// holds a pointer per node, so growing it (a pass adding nodes) copies 16
 /// bytes per node rather than the whole node. Held in the vector itself, a
-/// lowered 10^6-op chain peaked at 1.58 GB instead of 1.83, but the room a
+/// lowered 10^6-op chain peaked at 1545 MiB instead of 1785, but the room a
 /// pass reserves on a graph without any (a clone) then copied 168 bytes a
-/// node: in-memory autocast at 10^5 ops took 35.5 ms against 29.5
+/// node: in-memory autocast at 10^5 ops took 35-39 ms against 29-32
 /// (BENCHMARKS.md, issue 17).
 type Petgraph = StableGraph<Box<Node>, Wire, petgraph::Directed, u32>;
 
