@@ -398,8 +398,11 @@ impl Graph {
             let name = self.fresh_name(base);
             return self.add_node(name, op, role, inputs);
         }
-        let tys = self.infer_for(base, &op, inputs)?;
+        // The name's table line is loaded while the type is inferred: the
+        // probe is otherwise a cache (and TLB) miss that nothing overlaps.
         let hash = name_hash(base);
+        self.prefetch_name(hash);
+        let tys = self.infer_for(base, &op, inputs)?;
         let id = match self.free_slot(base, hash) {
             Some(at) => self.insert_single(at, hash, base.into(), op, role, None),
             None => {
