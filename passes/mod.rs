@@ -6,7 +6,7 @@
 //! invariant is reported as "after `<pass>`".
 
 use crate::format::emit::text;
-use crate::ir::graph::{Graph, Growth};
+use crate::ir::graph::Graph;
 use crate::ir::types::DType;
 use crate::ir::verify::{self, VerifyError};
 
@@ -171,22 +171,16 @@ pub fn lower_inference(g: &mut Graph, opts: &Options) -> Result<Lowered, PassErr
     Ok(Lowered { autocast: p.autocast.report })
 }
 
-/// Makes room in one step for what the training passes add
-/// ([`TRAINING_GROWTH`]). Room costs address space until used, while a
-/// vector's doublings each copy all of it into fresh memory (at 10^6, with
-/// 4x reserved, the passes' system time was 1.2-1.5 s against 1.7-3.1 s
-/// with doublings; BENCHMARKS.md).
+/// Makes room in one step for what the training passes add. Lowered, the
+/// ir-examples have 2.6-5.6 times the nodes and 3.4-9.9 times the edges
+/// they had (gpt_block: 105 -> 587 nodes, 112 -> 1109 edges), and the
+/// 10^6-op chain 4.5 and 6.2 times. Room costs address space until used,
+/// while a vector's doublings each copy all of it into fresh memory (at
+/// 10^6, with 4x reserved, the passes' system time was 1.2-1.5 s against
+/// 1.7-3.1 s with doublings; BENCHMARKS.md).
 fn reserve_for_training(g: &mut Graph) {
-    g.make_room(TRAINING_GROWTH);
+    g.reserve_storage(5 * g.node_count(), 9 * g.edge_count());
 }
-
-/// What the training passes make of a graph, at most: lowered, the
-/// ir-examples have 2.6-5.6 times their nodes and 3.4-9.9 times their
-/// edges (gpt_block: 105 -> 587 nodes, 112 -> 1109 edges), the
-/// MatMul->Add->Relu chains 4.5 and 6.2 times. A loader that
-/// makes this room as it reads spares the copy of every node that making it
-/// afterwards costs ([`crate::format::load::load_growing`]).
-pub const TRAINING_GROWTH: Growth = Growth { nodes: 6, edges: 10 };
 
 /// Runs the given passes in order, with verification and printing as `opts` say.
 pub fn run_passes(g: &mut Graph, passes: &mut [&mut dyn Pass], opts: &Options) -> Result<(), PassError> {

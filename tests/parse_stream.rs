@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use mpc::format::parse::{fast, from_raw, parse_raw, parse_str_growing};
+use mpc::format::parse::{fast, from_raw, parse_raw};
 use mpc::ParseError;
 
 /// Everything observable about a graph, indices and edge order included.
@@ -38,8 +38,6 @@ fn streams(text: &str) {
     let want = two_step(text).unwrap();
     assert_eq!(layout(&g), layout(&want));
     assert_eq!(layout(&mpc::parse_str(text).unwrap()), layout(&want));
-    // Room made for the passes changes nothing in the graph.
-    assert_eq!(layout(&parse_str_growing(text, mpc::passes::TRAINING_GROWTH).unwrap()), layout(&want));
 }
 
 /// The streaming pass declines `text`, and `parse_str` answers as the two-step parse.

@@ -6,9 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use emit::Emit;
 use mpc::diag::problems_report;
-use mpc::format::load::{load, load_growing};
+use mpc::format::load::load;
 use mpc::io::write_atomic;
-use mpc::ir::graph::Growth;
 use mpc::passes;
 use mpc::train::setup::{precision_table, Precision};
 
@@ -467,12 +466,7 @@ fn write_test_data(dir: &std::path::Path, data: &mpc::onnx::export::TestData) ->
 
 /// Reads and verifies a graph file.
 fn load_verified(model: &std::path::Path) -> Result<mpc::Graph, miette::Report> {
-    load_verified_growing(model, Growth::NONE)
-}
-
-/// [`load_verified`] with room for the graph to grow `by` (passes to follow).
-fn load_verified_growing(model: &std::path::Path, by: Growth) -> Result<mpc::Graph, miette::Report> {
-    let loaded = load_growing(model, by).map_err(|e| e.into_report())?;
+    let loaded = load(model).map_err(|e| e.into_report())?;
     if let Err(e) = mpc::verify(&loaded.graph) {
         return Err(problems_report(&model.display().to_string(), &loaded.text, &e.0));
     }
@@ -484,7 +478,7 @@ fn load_and_lower(
     model: &std::path::Path,
     opts: &passes::Options,
 ) -> Result<(mpc::Graph, passes::Lowered), miette::Report> {
-    let mut g = load_verified_growing(model, passes::TRAINING_GROWTH)?;
+    let mut g = load_verified(model)?;
     let lowered = passes::lower(&mut g, opts).map_err(|e| miette::Report::msg(format!("{}: {e}", model.display())))?;
     Ok((g, lowered))
 }
@@ -584,7 +578,7 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
             }
             let started = std::time::Instant::now();
             let g = if pass_args.precision == LowType::Fp32 {
-                let mut g = load_verified_growing(&model, passes::TRAINING_GROWTH)?;
+                let mut g = load_verified(&model)?;
                 passes::lower_fp32(&mut g, &opts)
                     .map_err(|e| miette::Report::msg(format!("{}: {e}", model.display())))?;
                 g

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::diag::{problems_report, syntax_report};
-use crate::format::parse::{parse_str_growing, ParseError};
-use crate::ir::graph::{Graph, Growth};
+use crate::format::parse::{parse_str, ParseError};
+use crate::ir::graph::Graph;
 
 /// A graph read from a file, with the text kept for error messages.
 pub struct Loaded {
@@ -48,18 +48,12 @@ impl LoadError {
 
 /// Reads and parses a graph file.
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
-    load_growing(path, Growth::NONE)
-}
-
-/// [`load`] with room made, as the graph is read, for it to grow `by`
-/// (such as [`crate::passes::TRAINING_GROWTH`] before lowering).
-pub fn load_growing(path: &Path, by: Growth) -> Result<Loaded, LoadError> {
     if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
         return Err(LoadError::Onnx { path: path.to_path_buf() });
     }
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
     crate::timings::mark("read");
-    let parsed = parse_str_growing(&text, by);
+    let parsed = parse_str(&text);
     crate::timings::mark("parse");
     match parsed {
         Ok(graph) => Ok(Loaded { path: path.to_path_buf(), text, graph }),

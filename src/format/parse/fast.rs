@@ -10,11 +10,11 @@
 //! thing it does not accept, and the caller starts over on the slow path,
 //! which produces the error messages.
 
-use compact_str::CompactString;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
+use compact_str::CompactString;
 use serde::de::value::MapDeserializer;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -23,16 +23,11 @@ use smallvec::SmallVec;
 
 use super::{finish, Builder, Tail};
 use crate::format::{Optimizer, RawNode, RawState, RawTensor, FORMAT_VERSION};
-use crate::ir::graph::{name_hash, Graph, Growth, NodeId, Origin, ValueId};
+use crate::ir::graph::{name_hash, Graph, NodeId, Origin, ValueId};
 use crate::ir::op::{Op, OpKind, Precision, Role};
 
 /// Parses `text` if the streaming pass accepts it.
 pub fn parse(text: &str) -> Option<Graph> {
-    parse_growing(text, Growth::NONE)
-}
-
-/// [`parse`] with room for the graph to grow `by`.
-pub(crate) fn parse_growing(text: &str, by: Growth) -> Option<Graph> {
     let mut st = State {
         b: Builder { g: Graph::new(""), problems: Vec::new(), failed: Default::default() },
         blank: RawNode::default(),
@@ -53,14 +48,9 @@ pub(crate) fn parse_growing(text: &str, by: Growth) -> Option<Graph> {
         weights: None,
     };
     // Room for the nodes and edges, from the size of the text (a node
-    // takes some tens of bytes: 71 in the chains, the parameters' lines
-    // being short), times `by` for the vectors; only what is used is ever
-    // touched, and the vectors and the name table grow from there if need
-    // be. The name table is not made `by` times larger: its entries are
-    // touched at random, so all of it would be.
-    let (nodes, edges) = (text.len() / 64, text.len() / 32);
-    st.b.g.reserve_storage(nodes.saturating_mul(by.nodes), edges.saturating_mul(by.edges));
-    st.b.g.reserve(nodes, edges);
+    // takes some tens of bytes); only what is used is ever touched, and
+    // the vectors and the name table grow from there if need be.
+    st.b.g.reserve(text.len() / 80, text.len() / 40);
     let mut de = serde_json::Deserializer::from_str(text);
     Top(&mut st).deserialize(&mut de).ok()?;
     de.end().ok()?;

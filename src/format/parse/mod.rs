@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use crate::diag::{pointer_token, Problem};
 use crate::format::attrs::op_from_raw;
 use crate::format::{Optimizer, RawGraph, RawNode, RawState, RawTensor, FORMAT_VERSION};
-use crate::ir::graph::{default_output_names, Graph, GraphError, Growth, NodeId, Origin, ValueId};
+use crate::ir::graph::{default_output_names, Graph, GraphError, NodeId, Origin, ValueId};
 use crate::ir::infer;
 use crate::ir::op::{Init, Op, Role};
 use crate::ir::types::{Shape, TensorType};
@@ -34,13 +34,7 @@ pub enum ParseError {
 /// [`parse_raw`] and [`from_raw`], which report every problem. Both give the
 /// same graph for every file the streaming pass accepts.
 pub fn parse_str(text: &str) -> Result<Graph, ParseError> {
-    parse_str_growing(text, Growth::NONE)
-}
-
-/// [`parse_str`] with room made, as the graph is read, for it to grow `by`
-/// (passes to follow): see [`Graph::make_room`].
-pub fn parse_str_growing(text: &str, by: Growth) -> Result<Graph, ParseError> {
-    if let Some(g) = fast::parse_growing(text, by) {
+    if let Some(g) = fast::parse(text) {
         return Ok(g);
     }
     let raw = parse_raw(text)?;

@@ -72,19 +72,6 @@ pub struct Edge {
     pub port: u32,
 }
 
-/// How many times its nodes and edges a graph is expected to have once
-/// passes have run on it (see [`Graph::make_room`]).
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct Growth {
-    pub nodes: usize,
-    pub edges: usize,
-}
-
-impl Growth {
-    /// No growth expected.
-    pub const NONE: Growth = Growth { nodes: 1, edges: 1 };
-}
-
 /// An error from a graph mutation.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GraphError {
@@ -786,18 +773,6 @@ impl Graph {
     pub fn reserve(&mut self, nodes: usize, edges: usize) {
         self.reserve_storage(nodes, edges);
         self.names.reserve(nodes);
-    }
-
-    /// Room for the graph to grow `by` times in all, not for the names: the
-    /// node and edge vectors' capacity made at least that many times the
-    /// nodes and edges there are now (nothing when it already is).
-    pub fn make_room(&mut self, by: Growth) {
-        let nodes = by.nodes.saturating_mul(self.node_count()).saturating_sub(self.bound());
-        let edges = by
-            .edges
-            .saturating_mul(self.edge_count())
-            .saturating_sub(petgraph::visit::EdgeIndexable::edge_bound(&self.g));
-        self.reserve_storage(nodes, edges);
     }
 
     /// Room for `nodes` more nodes and `edges` more edges, not their names.
