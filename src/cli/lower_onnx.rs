@@ -55,6 +55,7 @@ pub fn lower(job: OnnxLower) -> Result<(), miette::Report> {
     let bytes =
         std::fs::read(model).map_err(|e| miette::Report::msg(format!("cannot read {}: {e}", model.display())))?;
     let bytes = Bytes::from(bytes);
+    mpc::timings::mark("read");
     // From the model's bytes in memory to the output's: reading the file
     // and writing the output are disk time, not counted.
     let started = std::time::Instant::now();
@@ -77,7 +78,9 @@ pub fn lower(job: OnnxLower) -> Result<(), miette::Report> {
             times[times.len() / 2]
         );
     }
-    write_output(job.output.as_deref(), &chunks)
+    write_output(job.output.as_deref(), &chunks)?;
+    mpc::timings::mark("write");
+    Ok(())
 }
 
 /// Writes `mpc lower`'s output: to `path` atomically, or to stdout.

@@ -5,7 +5,7 @@
 use rustc_hash::FxHashSet;
 
 use super::export::ExportError;
-use crate::ir::graph::{Graph, NodeId, ValueId};
+use crate::ir::graph::{DenseSet, Graph, NodeId, ValueId};
 use crate::ir::op::Role;
 
 /// The exported outputs (the graph's `outputs` that forward nodes compute),
@@ -13,7 +13,7 @@ use crate::ir::op::Role;
 pub(super) struct Reach {
     pub outputs: Vec<ValueId>,
     pub nodes: Vec<NodeId>,
-    pub needed: FxHashSet<ValueId>,
+    pub needed: DenseSet<ValueId>,
 }
 
 pub(super) fn reach(g: &Graph) -> Result<Reach, ExportError> {
@@ -31,7 +31,7 @@ pub(super) fn reach(g: &Graph) -> Result<Reach, ExportError> {
         return Err(ExportError::NoOutputs);
     }
     let mut reached = vec![false; g.index_bound()];
-    let mut needed: FxHashSet<ValueId> = FxHashSet::with_capacity_and_hasher(2 * order.len(), Default::default());
+    let mut needed = DenseSet::new(g.index_bound());
     needed.extend(outputs.iter().copied());
     let mut stack: Vec<NodeId> = outputs.iter().map(|v| v.node).collect();
     while let Some(n) = stack.pop() {

@@ -273,7 +273,7 @@ pub(crate) fn import_verified(model: &ModelProto, opts: &ImportOptions, verify: 
         opset,
         vals: FxHashMap::with_capacity_and_hasher(values, Default::default()),
         materialized: FxHashMap::with_capacity_and_hasher(graph.initializer.len().min(CAP), Default::default()),
-        weights: RawWeights::new(),
+        weights: RawWeights::with_capacity_and_hasher(graph.initializer.len().min(CAP), Default::default()),
         notes: Vec::new(),
         dropout_seed: opts.dropout_seed,
         used: read_masks(graph),
@@ -441,24 +441,22 @@ impl Importer {
                 Port::Stats => false,
                 Port::Data => source == Source::Initializer,
             };
-        let node_name = self.g.fresh_name(name);
-        let init = match &c.data {
-            ConstData::Fill(x) => Init::Constant { value: *x },
-            data => {
-                let t = RawTensor::new(dtype, dims, data.le_bytes())?;
-                self.weights.insert(node_name.clone(), t);
-                Init::File
-            }
+        let (init, raw) = match &c.data {
+            ConstData::Fill(x) => (Init::Constant { value: *x }, None),
+            data => (Init::File, Some(RawTensor::new(dtype, dims, data.le_bytes())?)),
         };
         let op = if trainable { Op::Param { ty, init } } else { Op::State { ty, init } };
-        let id = self.g.add_node(node_name, op, Role::Forward, &[]).map_err(|e| e.to_string())?;
+        let id = self.g.add_fresh(name, op, Role::Forward, &[]).map_err(|e| e.to_string())?;
+        if let Some(t) = raw {
+            // Under the node's name, which `add_fresh` made unique.
+            self.weights.insert(self.g.node(id).name.to_string(), t);
+        }
         Ok(ValueId { node: id, slot: 0 })
     }
 
     /// Adds a forward node named after `name` (made unique); returns output 0.
     pub fn add(&mut self, name: &str, op: Op, ins: &[ValueId]) -> Result<ValueId, String> {
-        let n = self.g.fresh_name(name);
-        let id = self.g.add_node(n, op, Role::Forward, ins).map_err(|e| e.to_string())?;
+        let id = self.g.add_fresh(name, op, Role::Forward, ins).map_err(|e| e.to_string())?;
         Ok(ValueId { node: id, slot: 0 })
     }
 

@@ -70,6 +70,7 @@ pub fn lower(bytes: Bytes, opts: &InferenceOptions) -> Result<Lowered, LowerErro
         ahead::wake();
     }
     let model = import::decode_model(bytes).map_err(|e| LowerError(e.to_string()))?;
+    crate::timings::mark("decode");
     let ahead = match &opts.passes {
         Some(p) if opts.ahead => Ahead::start(guess_conversions(&model, p.low, opts.bf16)),
         _ => None,
@@ -78,6 +79,7 @@ pub fn lower(bytes: Bytes, opts: &InferenceOptions) -> Result<Lowered, LowerErro
     let verify = cfg!(debug_assertions) || opts.passes.as_ref().is_some_and(|p| p.verify_each);
     let im = import::import_verified(&model, &import_opts, verify).map_err(|e| LowerError(e.to_string()))?;
     drop(model);
+    crate::timings::mark("import");
     let mut graph = im.graph;
     let report = match &opts.passes {
         Some(p) => {
@@ -145,7 +147,10 @@ impl Lowered {
         let ahead = self.ahead.lock().ok().and_then(|mut a| a.take());
         let m = export::export_ahead(&self.graph, &exp, Some(&self.weights), ahead)
             .map_err(|e| LowerError(e.to_string()))?;
-        Ok(super::chunks::encode(m))
+        crate::timings::mark("export");
+        let chunks = super::chunks::encode(m);
+        crate::timings::mark("encode");
+        Ok(chunks)
     }
 }
 

@@ -29,6 +29,7 @@ use crate::ir::op::{Op, Precision, Role};
 use crate::ir::optimizer::Optimizer;
 use crate::ir::types::TensorType;
 
+mod dense;
 mod eq;
 mod memo;
 mod meta;
@@ -38,6 +39,7 @@ mod order;
 
 pub use node::{Node, Origin, Output, SECTIONS};
 
+pub(crate) use dense::{DenseMap, DenseSet};
 pub(crate) use memo::InferMemo;
 use meta::*;
 pub(crate) use names::name_hash;

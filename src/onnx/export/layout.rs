@@ -30,8 +30,7 @@ impl Exporter<'_> {
                     g.values(n).map(|v| (self.name_of(v), e, dims_of(self.ty(v)))).collect();
                 self.push("Split", vec![x, split], outs, vec![attr_i("axis", *axis)]);
                 for v in g.values(n) {
-                    let name = self.name_of(v);
-                    self.repr.insert(v, Repr::Act(name));
+                    self.repr.insert(v, Repr::Act);
                 }
             }
             Op::Flatten { axis } => {

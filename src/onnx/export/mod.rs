@@ -24,7 +24,7 @@ use prost::Message;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::exec::{ExecError, State, Tensor};
-use crate::ir::graph::{Graph, NodeId, ValueId};
+use crate::ir::graph::{DenseMap, DenseSet, Graph, NodeId, ValueId};
 use crate::ir::op::{Init, Op, Role, Window};
 use crate::ir::opinfo::Onnx;
 use crate::ir::types::{DType, TensorType};
@@ -146,7 +146,7 @@ fn unsupported_message(nodes: &[(String, &'static str)]) -> String {
 struct Plan {
     outputs: Vec<ValueId>,
     nodes: Vec<NodeId>,
-    needed: FxHashSet<ValueId>,
+    needed: DenseSet<ValueId>,
 }
 
 fn plan(g: &Graph) -> Result<Plan, ExportError> {
@@ -183,7 +183,7 @@ pub fn export_ahead(
     ahead: Option<Ahead>,
 ) -> Result<ModelProto, ExportError> {
     let Plan { outputs, nodes, needed } = plan(g)?;
-    let mut state = FxHashMap::default();
+    let mut state = DenseMap::new(g.index_bound(), 0);
     let mut rest = Vec::new();
     for &n in &nodes {
         let node = g.node(n);
@@ -268,8 +268,9 @@ fn elem_dtype(e: i32) -> DType {
 
 /// How an exported mpc value is available.
 enum Repr {
-    /// An ONNX value (graph input or node output) in its storage type.
-    Act(String),
+    /// An ONNX value (graph input or node output) in its storage type,
+    /// under the value's own name (`vname`).
+    Act,
     /// A constant: an initializer made on first use, in whatever element
     /// type a reader asks for.
     Init(InitVal),
@@ -345,24 +346,25 @@ struct Exporter<'a> {
     g: &'a Graph,
     mode: Bf16Mode,
     /// The params' and state's values (fills aside).
-    state: FxHashMap<NodeId, Cow<'a, RawTensor>>,
+    state: DenseMap<NodeId, Cow<'a, RawTensor>>,
     /// Initializers whose data the batch conversion at the end makes:
     /// (index in `inits`, f32 source bytes, conversion).
     pending: Vec<(usize, Bytes, Rounding)>,
     /// Conversions started before the export (taken in `finish`).
     ahead: Option<Ahead>,
     /// Values that some exported node reads or that are outputs.
-    needed: FxHashSet<ValueId>,
+    needed: DenseSet<ValueId>,
     /// Every name in use or reserved for an mpc value.
     /// Hashes of the names given so far (`fresh`): two names with one hash
     /// only make the second take a suffix, still unique, still deterministic.
     taken: FxHashSet<u64>,
-    vname: FxHashMap<ValueId, String>,
-    repr: FxHashMap<ValueId, Repr>,
-    /// A value in another element type: a Cast output or a converted initializer.
-    converted: FxHashMap<(ValueId, i32, Vec<u64>), String>,
+    vname: DenseMap<ValueId, String>,
+    repr: DenseMap<ValueId, Repr>,
+    /// A value in another element type: a Cast output or a converted
+    /// initializer, by (value, element type, dims where not the value's own).
+    converted: FxHashMap<(ValueId, i32, Option<Vec<u64>>), String>,
     /// Bias `add` nodes folded into the Conv before them.
-    fused: FxHashSet<NodeId>,
+    fused: DenseSet<NodeId>,
     /// Shared scalar and mask initializers.
     consts: FxHashMap<String, String>,
     nodes: Vec<NodeProto>,
@@ -430,8 +432,8 @@ impl<'a> Exporter<'a> {
     fn new(
         g: &'a Graph,
         mode: Bf16Mode,
-        state: FxHashMap<NodeId, Cow<'a, RawTensor>>,
-        needed: FxHashSet<ValueId>,
+        state: DenseMap<NodeId, Cow<'a, RawTensor>>,
+        needed: DenseSet<ValueId>,
         nodes: usize,
     ) -> Exporter<'a> {
         Exporter {
@@ -442,10 +444,10 @@ impl<'a> Exporter<'a> {
             ahead: None,
             needed,
             taken: FxHashSet::with_capacity_and_hasher(2 * nodes, Default::default()),
-            vname: FxHashMap::with_capacity_and_hasher(nodes, Default::default()),
-            repr: FxHashMap::with_capacity_and_hasher(nodes, Default::default()),
+            vname: DenseMap::new(g.index_bound(), nodes),
+            repr: DenseMap::new(g.index_bound(), nodes),
             converted: FxHashMap::default(),
-            fused: FxHashSet::default(),
+            fused: DenseSet::new(g.index_bound()),
             consts: FxHashMap::default(),
             nodes: Vec::with_capacity(nodes),
             inits: Vec::new(),
@@ -458,14 +460,14 @@ impl<'a> Exporter<'a> {
     fn fresh(&mut self, base: &str) -> String {
         let base = sanitize(base);
         let hash = |n: &str| crate::ir::graph::name_hash(n);
-        let name = if self.taken.contains(&hash(&base)) {
-            (1..)
-                .map(|i| format!("{base}.{i}"))
-                .find(|n| !self.taken.contains(&hash(n)))
-                .expect("an unused name exists")
-        } else {
-            base
-        };
+        // One probe for a free name (the usual case), which takes it.
+        if self.taken.insert(hash(&base)) {
+            return base;
+        }
+        let name = (1..)
+            .map(|i| format!("{base}.{i}"))
+            .find(|n| !self.taken.contains(&hash(n)))
+            .expect("an unused name exists");
         self.taken.insert(hash(&name));
         name
     }
@@ -647,7 +649,7 @@ impl<'a> Exporter<'a> {
             if let Some(Repr::Init(t)) = self.repr.get(&v) {
                 // A graph output must be a node's: copy the constant.
                 let t = t.clone();
-                let src = match self.converted.get(&(v, store, dims_of(ty))) {
+                let src = match self.converted.get(&(v, store, None)) {
                     Some(existing) => {
                         let src = existing.clone();
                         name = self.fresh(&format!("{name}.out"));

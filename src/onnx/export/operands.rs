@@ -70,15 +70,15 @@ impl<'a> Exporter<'a> {
     /// itself, a converted initializer, or a Cast of an activation.
     pub(super) fn get_as(&mut self, v: ValueId, elem: i32, dims: Option<&[u64]>) -> Result<String, ExportError> {
         // The common case, an activation read as it is: nothing to make or remember.
-        if let Some(Repr::Act(name)) = self.repr.get(&v) {
+        if let Some(Repr::Act) = self.repr.get(&v) {
             let same_dims = dims.is_none_or(|d| d == self.ty(v).shape.0.as_slice());
             if same_dims && elem == self.store(self.ty(v).dtype) {
-                return Ok(name.clone());
+                return Ok(self.name_of(v));
             }
         }
-        let own = dims_of(self.ty(v));
-        let want = dims.map(|d| d.to_vec()).unwrap_or_else(|| own.clone());
-        let key = (v, elem, want.clone());
+        let own: &'a [u64] = &self.ty(v).shape.0;
+        let want = dims.unwrap_or(own);
+        let key = (v, elem, (want != own).then(|| want.to_vec()));
         if let Some(n) = self.converted.get(&key) {
             return Ok(n.clone());
         }
@@ -95,7 +95,7 @@ impl<'a> Exporter<'a> {
                 } else {
                     self.fresh(&format!("{vname}.{}.reshaped", elem_suffix(elem)))
                 };
-                self.push_init(&name, &t, elem, &want)?;
+                self.push_init(&name, &t, elem, want)?;
                 name
             }
             Some(Repr::Fill { value, ty }) if elem == data_type::BFLOAT16 => {
@@ -120,17 +120,17 @@ impl<'a> Exporter<'a> {
                     t: Some(one),
                     ..Default::default()
                 };
-                self.tmp(&base, "ConstantOfShape", vec![shape], elem, &want, vec![attr])
+                self.tmp(&base, "ConstantOfShape", vec![shape], elem, want, vec![attr])
             }
-            Some(Repr::Act(_)) if want == own => {
+            Some(Repr::Act) if want == own => {
                 let x = self.get_as(v, store, None)?;
                 let base = format!("{vname}.{}", elem_suffix(elem));
-                self.tmp(&base, "Cast", vec![x], elem, &own, vec![attr_i("to", elem as i64)])
+                self.tmp(&base, "Cast", vec![x], elem, own, vec![attr_i("to", elem as i64)])
             }
-            Some(Repr::Act(_)) => {
+            Some(Repr::Act) => {
                 let x = self.get_as(v, elem, None)?;
                 let shape = self.ints("shape", &want.iter().map(|&d| d as i64).collect::<Vec<_>>());
-                self.tmp(&format!("{vname}.reshaped"), "Reshape", vec![x, shape], elem, &want, vec![])
+                self.tmp(&format!("{vname}.reshaped"), "Reshape", vec![x, shape], elem, want, vec![])
             }
         };
         self.converted.insert(key, name.clone());
@@ -158,11 +158,11 @@ impl<'a> Exporter<'a> {
         let store = self.store(ty.dtype);
         let round =
             self.mode == Bf16Mode::Emulated && ty.dtype == DType::Bf16 && !exact && produced != data_type::BFLOAT16;
-        let dims = dims_of(ty);
         let final_name = self.name_of(v);
         if produced == store && !round {
-            op(self, final_name.clone())?;
+            op(self, final_name)?;
         } else {
+            let dims = dims_of(ty);
             let base = self.g.value_name(v);
             let mut cur = self.fresh(&format!("{base}.{}", elem_suffix(produced)));
             op(self, cur.clone())?;
@@ -176,9 +176,9 @@ impl<'a> Exporter<'a> {
                     vec![attr_i("to", data_type::BFLOAT16 as i64)],
                 );
             }
-            self.push("Cast", vec![cur], vec![(final_name.clone(), store, dims)], vec![attr_i("to", store as i64)]);
+            self.push("Cast", vec![cur], vec![(final_name, store, dims)], vec![attr_i("to", store as i64)]);
         }
-        self.repr.insert(v, Repr::Act(final_name));
+        self.repr.insert(v, Repr::Act);
         Ok(())
     }
 
@@ -211,8 +211,10 @@ impl<'a> Exporter<'a> {
         if self.mode == Bf16Mode::Emulated && g.ty(v0).dtype == DType::Bf16 || g.outputs.contains(&v0) {
             return None;
         }
-        let uses = g.uses(v0);
-        let [(add, port)] = uses[..] else { return None };
+        // The one reader, without collecting them.
+        let mut uses = g.users(n).filter(|(_, e)| e.slot == 0);
+        let (Some((add, e)), None) = (uses.next(), uses.next()) else { return None };
+        let port = e.port;
         let add_v = ValueId { node: add, slot: 0 };
         if !matches!(g.node(add).op, Op::Add) || !self.needed.contains(&add_v) && !g.outputs.contains(&add_v) {
             return None;

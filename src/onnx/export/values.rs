@@ -12,7 +12,7 @@ impl Exporter<'_> {
             Op::Input { ty } => {
                 let name = self.name_of(v0);
                 self.inputs.push(ValueInfoProto::tensor(&name, self.store(ty.dtype), &dims_of(ty)));
-                self.repr.insert(v0, Repr::Act(name));
+                self.repr.insert(v0, Repr::Act);
             }
             Op::Param { ty, .. } | Op::State { ty, .. } if fill_value(&node.op).is_some() => {
                 let value = fill_value(&node.op).unwrap_or(0.0);
