@@ -566,3 +566,49 @@ fn a_folded_bias_goes_into_the_gemm_and_the_output_keeps_its_name() {
         assert_eq!(last.op_type.as_deref(), Some("Cast"));
     }
 }
+
+/// Names ONNX cannot take as they are (a space) become names that other
+/// values already have, and values are named as the export's own nodes
+/// would be (`.f16`, `.bias`): every name stays unique, and every plain
+/// name is the value's own.
+#[test]
+fn names_that_clash_once_sanitized_stay_unique() {
+    let text = r#"{
+      "format": "mpc/1",
+      "name": "clash",
+      "inputs": [{"name": "x", "shape": [4, 8]}, {"name": "t", "shape": [4, 8]}],
+      "params": [
+        {"name": "w 1", "shape": [8, 8], "init": {"kind": "kaiming_normal"}},
+        {"name": "w_1", "shape": [8, 8], "init": {"kind": "kaiming_normal"}},
+        {"name": "b", "shape": [8], "init": {"kind": "zeros"}},
+        {"name": "w_1.bias", "shape": [8], "init": {"kind": "zeros"}}
+      ],
+      "forward": [
+        {"name": "h 2", "op": "matmul", "inputs": ["x", "w 1"]},
+        {"name": "h_2", "op": "matmul", "inputs": ["h 2", "w_1"]},
+        {"name": "h_2b", "op": "add", "inputs": ["h_2", "b"]},
+        {"name": "b.bias", "op": "add", "inputs": ["h_2b", "w_1.bias"]},
+        {"name": "y", "op": "softmax", "inputs": ["b.bias"]},
+        {"name": "loss", "op": "mse", "inputs": ["y", "t"]}
+      ],
+      "loss": "loss",
+      "optimizer": {"kind": "sgd", "lr": 0.1},
+      "outputs": ["y"]
+    }"#;
+    for p in [Prec::Fp32, Prec::Fp16] {
+        let g = lowered(text, p);
+        let m = export_decoded(&g, Bf16Mode::Native);
+        check_structure(&m);
+        let graph = m.graph.as_ref().unwrap();
+        let defined: HashSet<&str> = graph
+            .node
+            .iter()
+            .flat_map(|n| n.output.iter().map(String::as_str))
+            .chain(graph.initializer.iter().map(|t| t.name.as_deref().unwrap()))
+            .collect();
+        for own in ["h_2b", "b.bias", "y", "x"] {
+            assert!(defined.contains(own) || graph.input.iter().any(|i| i.name.as_deref() == Some(own)), "{own}");
+        }
+        assert!(defined.iter().all(|n| !n.contains(' ')), "{defined:?}");
+    }
+}

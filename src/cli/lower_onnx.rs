@@ -47,7 +47,13 @@ fn once(job: &OnnxLower, bytes: &Bytes, quiet: bool) -> Result<(Vec<Bytes>, usiz
             vec![Bytes::from(emit::emit(&l.graph, how, &exp).map_err(|e| at(model, e))?)]
         }
     };
-    Ok((chunks, l.onnx_nodes))
+    let nodes = l.onnx_nodes;
+    if job.repeat <= 1 {
+        // The one run: the process's exit frees the graph at once (as for a
+        // JSON graph, `exit_without_freeing`), not node by node.
+        std::mem::forget(l);
+    }
+    Ok((chunks, nodes))
 }
 
 pub fn lower(job: OnnxLower) -> Result<(), miette::Report> {

@@ -119,9 +119,9 @@ fn gather_const(data: &Const, idx: &[i64], idx_dims: &[u64], ax: usize) -> Resul
     Ok(Const { dims, data: out, float: data.float })
 }
 
-impl Importer {
+impl<'m> Importer<'m> {
     /// Converts one node; the message says what was expected.
-    pub fn node(&mut self, n: &NodeProto) -> Result<(), String> {
+    pub fn node(&mut self, n: &'m NodeProto) -> Result<(), String> {
         let op = n.op_type.as_deref().unwrap_or("");
         let at = Attrs(&n.attribute);
         let input = |k: usize| n.input.get(k).map(String::as_str).unwrap_or("");
@@ -473,8 +473,8 @@ impl Importer {
                     self.tensor(input(2), Port::Weight)?
                 } else {
                     let c = Const { dims: vec![*d.last().unwrap_or(&1)], data: ConstData::Fill(0.0), float: true };
-                    self.bind(&format!("{name}.beta"), Val::C(Rc::new(c), Source::Node));
-                    self.tensor(&format!("{name}.beta"), Port::Stats)?
+                    // A node of its own, not a name in the model's namespace.
+                    self.materialize(&format!("{name}.beta"), &c, Source::Node, Port::Stats, None)?
                 };
                 let eps = at.float("epsilon", 1e-5);
                 self.add(name, Op::LayerNorm { eps }, &[x, gamma, beta])?
@@ -522,7 +522,7 @@ impl Importer {
     }
 
     /// A reshape: folded on constants, a `reshape` node on tensors.
-    fn relayout(&mut self, input: &str, out: &str, name: &str, dims: Vec<u64>) -> Result<(), String> {
+    fn relayout(&mut self, input: &'m str, out: &'m str, name: &str, dims: Vec<u64>) -> Result<(), String> {
         let v = match self.val(input)? {
             Val::C(c, src) => Val::C(Rc::new(Const { dims, data: c.data.clone(), float: c.float }), src),
             Val::T(x) => {
@@ -538,7 +538,7 @@ impl Importer {
         Ok(())
     }
 
-    fn binary(&mut self, n: &NodeProto, op: &str, name: &str) -> Result<(), String> {
+    fn binary(&mut self, n: &'m NodeProto, op: &str, name: &str) -> Result<(), String> {
         let (a, b) =
             (n.input.first().map(String::as_str).unwrap_or(""), n.input.get(1).map(String::as_str).unwrap_or(""));
         let out = n.output.first().map(String::as_str).unwrap_or("");
@@ -572,7 +572,7 @@ impl Importer {
         Ok(())
     }
 
-    fn concat(&mut self, n: &NodeProto, at: &Attrs, name: &str) -> Result<(), String> {
+    fn concat(&mut self, n: &'m NodeProto, at: &Attrs, name: &str) -> Result<(), String> {
         let out = n.output.first().map(String::as_str).unwrap_or("");
         let first = n.input.first().ok_or("Concat needs at least one input")?;
         let vals = n.input.iter().map(|i| self.val(i)).collect::<Result<Vec<_>, _>>()?;
@@ -598,7 +598,7 @@ impl Importer {
         Ok(())
     }
 
-    fn gather(&mut self, n: &NodeProto, at: &Attrs, name: &str) -> Result<(), String> {
+    fn gather(&mut self, n: &'m NodeProto, at: &Attrs, name: &str) -> Result<(), String> {
         let input = |k: usize| n.input.get(k).map(String::as_str).unwrap_or("");
         let out = n.output.first().map(String::as_str).unwrap_or("");
         let data_dims = self.dims_of(input(0))?;

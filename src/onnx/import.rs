@@ -9,6 +9,7 @@
 //! [`super::convert`]); an op mpc has no mapping for is reported together
 //! with every other such node before anything is converted.
 
+use std::borrow::Cow;
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -160,12 +161,14 @@ pub(super) enum Port {
     Stats,
 }
 
-pub(super) struct Importer {
+/// `'m` is the decoded model's: the tables are keyed by its names, not
+/// copies of them (an allocation and a free per value saved).
+pub(super) struct Importer<'m> {
     pub g: Graph,
     pub opset: i64,
-    pub vals: FxHashMap<String, Val>,
+    pub vals: FxHashMap<Cow<'m, str>, Val>,
     /// Constants already turned into param/state nodes, by ONNX name.
-    materialized: FxHashMap<String, ValueId>,
+    materialized: FxHashMap<&'m str, ValueId>,
     pub weights: RawWeights,
     pub notes: Vec<String>,
     pub dropout_seed: u64,
@@ -279,20 +282,20 @@ pub(crate) fn import_verified(model: &ModelProto, opts: &ImportOptions, verify: 
         used: read_masks(graph),
     };
     for t in &graph.initializer {
-        let tname = t.name.clone().unwrap_or_default();
+        let tname = t.name.as_deref().unwrap_or_default();
         let c = decode(t).map_err(|m| err(format!("initializer `{tname}`: {m}")))?;
-        im.vals.insert(tname, Val::C(Rc::new(c), Source::Initializer));
+        im.vals.insert(Cow::Borrowed(tname), Val::C(Rc::new(c), Source::Initializer));
     }
     for input in &graph.input {
-        let iname = input.name.clone().unwrap_or_default();
-        if im.vals.contains_key(&iname) {
+        let iname = input.name.as_deref().unwrap_or_default();
+        if im.vals.contains_key(iname) {
             continue; // an initializer also listed as an input (ONNX IR < 4)
         }
         let ty = input_type(input, opts).map_err(|m| err(format!("graph input `{iname}`: {m}")))?;
         let id =
-            im.g.add_node(iname.clone(), Op::Input { ty }, Role::Forward, &[])
+            im.g.add_node(iname, Op::Input { ty }, Role::Forward, &[])
                 .map_err(|e| err(format!("graph input `{iname}`: {e}")))?;
-        im.vals.insert(iname, Val::T(ValueId { node: id, slot: 0 }));
+        im.vals.insert(Cow::Borrowed(iname), Val::T(ValueId { node: id, slot: 0 }));
     }
     for (i, n) in graph.node.iter().enumerate() {
         im.node(n).map_err(|m| err(format!("{} ({}): {m}", node_label(n, i), op_label(n))))?;
@@ -300,8 +303,8 @@ pub(crate) fn import_verified(model: &ModelProto, opts: &ImportOptions, verify: 
 
     let mut outputs = Vec::new();
     for o in &graph.output {
-        let oname = o.name.clone().unwrap_or_default();
-        match im.vals.get(&oname) {
+        let oname = o.name.as_deref().unwrap_or_default();
+        match im.vals.get(oname) {
             Some(Val::T(v)) => outputs.push(*v),
             Some(Val::C(..)) => {
                 return Err(err(format!("graph output `{oname}` is a constant; mpc trains computed values")))
@@ -373,7 +376,7 @@ fn input_type(v: &super::proto::ValueInfoProto, opts: &ImportOptions) -> Result<
     Ok(TensorType::new(dtype, dims))
 }
 
-impl Importer {
+impl<'m> Importer<'m> {
     /// The value an ONNX name stands for.
     pub fn val(&self, name: &str) -> Result<Val, String> {
         self.vals.get(name).cloned().ok_or_else(|| {
@@ -394,20 +397,20 @@ impl Importer {
     }
 
     /// An mpc value for an ONNX value; constants become param or state nodes.
-    pub fn tensor(&mut self, name: &str, port: Port) -> Result<ValueId, String> {
+    pub fn tensor(&mut self, name: &'m str, port: Port) -> Result<ValueId, String> {
         self.tensor_shaped(name, port, None)
     }
 
     /// As [`Importer::tensor`]; a constant not yet materialised takes `dims`
     /// (same element count), otherwise a reshape is added.
-    pub fn tensor_shaped(&mut self, name: &str, port: Port, dims: Option<&[u64]>) -> Result<ValueId, String> {
+    pub fn tensor_shaped(&mut self, name: &'m str, port: Port, dims: Option<&[u64]>) -> Result<ValueId, String> {
         let v = match self.val(name)? {
             Val::T(v) => v,
             Val::C(c, source) => match self.materialized.get(name) {
                 Some(&v) => v,
                 None => {
                     let v = self.materialize(name, &c, source, port, dims)?;
-                    self.materialized.insert(name.to_string(), v);
+                    self.materialized.insert(name, v);
                     v
                 }
             },
@@ -421,7 +424,7 @@ impl Importer {
         }
     }
 
-    fn materialize(
+    pub(super) fn materialize(
         &mut self,
         name: &str,
         c: &Const,
@@ -460,9 +463,10 @@ impl Importer {
         Ok(ValueId { node: id, slot: 0 })
     }
 
-    pub fn bind(&mut self, onnx_name: &str, v: Val) {
+    pub fn bind(&mut self, onnx_name: impl Into<Cow<'m, str>>, v: Val) {
+        let onnx_name = onnx_name.into();
         if !onnx_name.is_empty() {
-            self.vals.insert(onnx_name.to_string(), v);
+            self.vals.insert(onnx_name, v);
         }
     }
 

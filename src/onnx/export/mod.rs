@@ -354,9 +354,10 @@ struct Exporter<'a> {
     ahead: Option<Ahead>,
     /// Values that some exported node reads or that are outputs.
     needed: DenseSet<ValueId>,
-    /// Every name in use or reserved for an mpc value.
-    /// Hashes of the names given so far (`fresh`): two names with one hash
-    /// only make the second take a suffix, still unique, still deterministic.
+    /// Hashes of the names `fresh` gave: every name but the graph's own
+    /// value names, which are unique already and which `fresh` avoids by
+    /// asking the graph. Two names with one hash only make the second take
+    /// a suffix, still unique, still deterministic.
     taken: FxHashSet<u64>,
     vname: DenseMap<ValueId, String>,
     repr: DenseMap<ValueId, Repr>,
@@ -370,8 +371,9 @@ struct Exporter<'a> {
     nodes: Vec<NodeProto>,
     inits: Vec<TensorProto>,
     inputs: Vec<ValueInfoProto>,
-    /// Type of every node output, in order.
-    types: Vec<(String, i32, Vec<u64>)>,
+    /// Type of every node output, in order: (node in `nodes`, output, element
+    /// type, dims); the name is the node's, not a third copy.
+    types: Vec<(u32, u32, i32, Vec<u64>)>,
 }
 
 fn attr_i(name: &str, i: i64) -> AttributeProto {
@@ -413,10 +415,15 @@ fn tensor_proto(name: &str, t: &Tensor, elem: i32, dims: &[u64]) -> TensorProto 
     }
 }
 
+/// Whether a name is printable ASCII, which [`sanitize`] keeps as it is.
+fn is_plain(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// A name with whitespace and control characters replaced by `_`.
 fn sanitize(name: &str) -> String {
     // Almost every name is printable ASCII: copied as it is.
-    if name.bytes().all(|b| b.is_ascii_graphic()) {
+    if is_plain(name) {
         return name.to_string();
     }
     name.chars().map(|c| if c.is_whitespace() || c.is_control() { '_' } else { c }).collect()
@@ -436,45 +443,50 @@ impl<'a> Exporter<'a> {
         needed: DenseSet<ValueId>,
         nodes: usize,
     ) -> Exporter<'a> {
+        // About one initializer per param (growing 200-byte records was 1 % of an export).
+        let params = state.len();
         Exporter {
             g,
             mode,
-            pending: Vec::with_capacity(state.len()),
+            pending: Vec::with_capacity(params),
             state,
             ahead: None,
             needed,
-            taken: FxHashSet::with_capacity_and_hasher(2 * nodes, Default::default()),
+            taken: FxHashSet::default(),
             vname: DenseMap::new(g.index_bound(), nodes),
             repr: DenseMap::new(g.index_bound(), nodes),
             converted: FxHashMap::default(),
             fused: DenseSet::new(g.index_bound()),
             consts: FxHashMap::default(),
             nodes: Vec::with_capacity(nodes),
-            inits: Vec::new(),
+            inits: Vec::with_capacity(params),
             inputs: Vec::new(),
             types: Vec::with_capacity(nodes),
         }
     }
 
-    /// An unused name from `base`: `base`, else `base.1`, `base.2`, ...
+    /// An unused name from `base`: `base`, else `base.1`, `base.2`, ...;
+    /// never a name of the graph's (the exported values keep theirs).
     fn fresh(&mut self, base: &str) -> String {
         let base = sanitize(base);
         let hash = |n: &str| crate::ir::graph::name_hash(n);
-        // One probe for a free name (the usual case), which takes it.
-        if self.taken.insert(hash(&base)) {
-            return base;
-        }
-        let name = (1..)
-            .map(|i| format!("{base}.{i}"))
-            .find(|n| !self.taken.contains(&hash(n)))
-            .expect("an unused name exists");
+        let free = |x: &Self, n: &str| !x.taken.contains(&hash(n)) && x.g.node_named(n).is_none();
+        let name = if free(self, &base) {
+            base
+        } else {
+            (1..).map(|i| format!("{base}.{i}")).find(|n| free(self, n)).expect("an unused name exists")
+        };
         self.taken.insert(hash(&name));
         name
     }
 
-    /// Gives an mpc value its ONNX name.
+    /// Gives an mpc value its ONNX name: its own where ONNX takes it as it
+    /// is (unique among the graph's names, which `fresh` avoids), with no
+    /// table to probe; one from `fresh` otherwise. Putting each of a
+    /// 10^6-node graph's names in `taken` was a third of its export.
     fn reserve(&mut self, v: ValueId) {
-        let name = self.fresh(self.g.value_name(v));
+        let own = self.g.value_name(v);
+        let name = if is_plain(own) { own.to_string() } else { self.fresh(own) };
         self.vname.insert(v, name);
     }
 
@@ -513,15 +525,22 @@ impl<'a> Exporter<'a> {
         attrs: Vec<AttributeProto>,
     ) {
         let name = outputs.iter().map(|o| o.0.as_str()).find(|n| !n.is_empty()).unwrap_or(op).to_string();
+        let at = self.nodes.len() as u32;
+        let mut output = Vec::with_capacity(outputs.len());
+        for (k, (o, elem, dims)) in outputs.into_iter().enumerate() {
+            if !o.is_empty() {
+                self.types.push((at, k as u32, elem, dims));
+            }
+            output.push(o);
+        }
         self.nodes.push(NodeProto {
             input: inputs,
-            output: outputs.iter().map(|o| o.0.clone()).collect(),
+            output,
             name: Some(name),
             op_type: Some(op.into()),
             attribute: attrs,
             ..Default::default()
         });
-        self.types.extend(outputs.into_iter().filter(|o| !o.0.is_empty()));
     }
 
     /// A fresh temporary: one node output.
@@ -668,7 +687,8 @@ impl<'a> Exporter<'a> {
         }
         let value_infos = std::mem::take(&mut self.types)
             .into_iter()
-            .filter(|(n, _, _)| !out_names.contains(n))
+            .map(|(at, k, e, d)| (&self.nodes[at as usize].output[k as usize], e, d))
+            .filter(|(n, _, _)| !out_names.contains(n.as_str()))
             .map(|(n, e, d)| ValueInfoProto::tensor(n, e, &d))
             .collect();
         // Last, so that conversions started ahead had the graph work to overlap.
