@@ -565,7 +565,8 @@ impl<'m> Importer<'m> {
             self.bind(out, Val::T(v));
             return Ok(());
         }
-        let (x, y) = (self.tensor(a, Port::Data)?, self.tensor(b, Port::Data)?);
+        let x = self.tensor_of(a, va, Port::Data, None)?;
+        let y = self.tensor_of(b, vb, Port::Data, None)?;
         let o = direct(op).ok_or_else(|| format!("no conversion for {op}"))?;
         let v = self.add(name, o, &[x, y])?;
         self.bind(out, Val::T(v));

@@ -404,7 +404,13 @@ impl<'m> Importer<'m> {
     /// As [`Importer::tensor`]; a constant not yet materialised takes `dims`
     /// (same element count), otherwise a reshape is added.
     pub fn tensor_shaped(&mut self, name: &'m str, port: Port, dims: Option<&[u64]>) -> Result<ValueId, String> {
-        let v = match self.val(name)? {
+        let val = self.val(name)?;
+        self.tensor_of(name, val, port, dims)
+    }
+
+    /// [`Importer::tensor_shaped`] of `name`'s value `val`, looked up already.
+    pub fn tensor_of(&mut self, name: &'m str, val: Val, port: Port, dims: Option<&[u64]>) -> Result<ValueId, String> {
+        let v = match val {
             Val::T(v) => v,
             Val::C(c, source) => match self.materialized.get(name) {
                 Some(&v) => v,
