@@ -97,7 +97,7 @@ fn kept_ports(op: &Op) -> &'static [usize] {
 }
 
 fn has_float_output(g: &Graph, n: NodeId) -> bool {
-    g.node(n).outputs.first().is_some_and(|o| o.ty.dtype.is_float())
+    g.node(n).outputs().first().is_some_and(|o| o.ty.dtype.is_float())
 }
 
 impl Pass for Autocast {
@@ -110,14 +110,14 @@ impl Pass for Autocast {
         // its casts would round twice (an f16 copy cast to f32, or to bf16)
         // where lowering the source would round once.
         let Some(mark) = super::lowered_mark(g) else { return self.paint_and_cast(g) };
-        let dtype = |g: &Graph, n: NodeId| g.node(n).outputs.first().map(|o| o.ty.dtype);
+        let dtype = |g: &Graph, n: NodeId| g.node(n).outputs().first().map(|o| o.ty.dtype);
         let before: Vec<_> = g.node_ids().map(|n| (n, dtype(g, n))).collect();
         let changed = self.paint_and_cast(g)?;
         let moved = before.iter().find(|&&(n, dt)| g.contains(n) && dtype(g, n) != dt);
         let known: rustc_hash::FxHashSet<NodeId> = before.iter().map(|&(n, _)| n).collect();
         let what = match (moved, g.node_ids().find(|n| !known.contains(n))) {
-            (Some(&(n, _)), _) => format!("node `{}` would compute in another type", g.node(n).name),
-            (None, Some(n)) => format!("it would gain casts, e.g. `{}`", g.node(n).name),
+            (Some(&(n, _)), _) => format!("node `{}` would compute in another type", g.node(n).name()),
+            (None, Some(n)) => format!("it would gain casts, e.g. `{}`", g.node(n).name()),
             (None, None) => return Ok(changed),
         };
         Err(PassError::Failed {
@@ -126,7 +126,7 @@ impl Pass for Autocast {
                 "the graph was lowered already (it has optimizer node `{}`) and these options would change its \
                  precisions ({what}), rounding twice where one lowering rounds once; lower the unlowered graph \
                  with these options instead",
-                g.node(mark).name
+                g.node(mark).name()
             ),
         })
     }
@@ -163,11 +163,11 @@ impl Autocast {
                 }
             }
             fanin.span[n.index()] = (start, fanin.data.len() as u32 - start);
-            let k = node.op.kind();
+            let k = node.op().kind();
             if is_unpainted(k) || !has_float_output(g, n) {
                 continue;
             }
-            let mut pin = node.precision.map(|p| match p {
+            let mut pin = node.precision().map(|p| match p {
                 Precision::Low => Pin::Low,
                 Precision::Fp32 => Pin::Fp32,
             });
@@ -175,21 +175,21 @@ impl Autocast {
             if pin.is_none() && g.loss.is_some_and(|l| l.node == n) {
                 pin = Some(Pin::Fp32);
             }
-            if let Op::Constant { value, .. } = node.op {
+            if let Op::Constant { value, .. } = node.op() {
                 let a = value.abs();
                 if pin.is_none() && (a > max || (a > 0.0 && a < min_sub)) {
                     warnings.push(format!(
                         "constant `{}` = {value} does not fit {low}: it stays f32, and so do the ops it feeds",
-                        node.name
+                        node.name()
                     ));
                     pin = Some(Pin::Fp32);
                 }
             }
             if class.is_none() {
                 if self.strict {
-                    return Err(fail(format!("node `{}`: op `{k}` has no precision class (--strict)", node.name)));
+                    return Err(fail(format!("node `{}`: op `{k}` has no precision class (--strict)", node.name())));
                 }
-                warnings.push(format!("node `{}`: op `{k}` has no precision class; it computes in f32", node.name));
+                warnings.push(format!("node `{}`: op `{k}` has no precision class; it computes in f32", node.name()));
             }
             kinds[n.index()] = Kind::Op { class, pin };
         }
@@ -228,7 +228,7 @@ impl Autocast {
         }
         if let Some(l) = g.loss {
             if let Some(r) = painting.rule.get_mut(l.node.index()) {
-                if g.node(l.node).precision.is_none() && *r == Rule::PinnedFp32 {
+                if g.node(l.node).precision().is_none() && *r == Rule::PinnedFp32 {
                     *r = Rule::Loss;
                 }
             }
@@ -263,13 +263,13 @@ impl Autocast {
 /// onnxruntime (docs/ONNX.md).
 fn bias_of(g: &Graph, n: NodeId, kinds: &[Kind], fanout: &Packed) -> Option<u32> {
     let infer = Kind::Op { class: Some(Class::Infer), pin: None };
-    if g.node(n).op.kind() != OpKind::Add || kinds[n.index()] != infer {
+    if g.node(n).op().kind() != OpKind::Add || kinds[n.index()] != infer {
         return None;
     }
     let &[a, b] = g.inputs(n).as_slice() else {
         return None;
     };
-    let out = &g.node(n).outputs.first()?.ty;
+    let out = &g.node(n).outputs().first()?.ty;
     [(a, b), (b, a)].into_iter().find_map(|(x, bias)| {
         let p = x.node;
         let low = match kinds[p.index()] {
@@ -279,13 +279,13 @@ fn bias_of(g: &Graph, n: NodeId, kinds: &[Kind], fanout: &Packed) -> Option<u32>
         };
         // The bias as declared: a param, or (lowered before) a cast of one.
         let src = if g.is_cast(bias.node) { g.inputs(bias.node).first()?.node } else { bias.node };
-        let source = g.node(src).op.kind() == OpKind::Param;
+        let source = g.node(src).op().kind() == OpKind::Param;
         let only_reader = x.slot == 0 && fanout.of(p.index() as u32) == [n.index() as u32];
         // Exactly what the ONNX export folds: Conv's B `[C, 1, 1]`, Gemm's C
         // `[N]` for a product of two matrices. Another shape would be added
         // low after the op's rounding: a second rounding.
         let (shape, b) = (&g.ty(x).shape.0, &g.ty(bias).shape.0[..]);
-        let per_channel = match g.node(p).op.kind() {
+        let per_channel = match g.node(p).op().kind() {
             OpKind::Conv2d => shape.len() == 4 && b == [shape[1], 1, 1],
             OpKind::Matmul => {
                 let matrices = g.inputs(p).iter().all(|&v| g.ty(v).shape.rank() == 2);
@@ -341,17 +341,17 @@ fn apply(
             // An FP32 constant read by a low op would overflow when cast: say so.
             for v in &ins {
                 if matches!(kinds[v.node.index()], Kind::Op { pin: Some(Pin::Fp32), .. })
-                    && matches!(g.node(v.node).op, Op::Constant { .. })
+                    && matches!(g.node(v.node).op(), Op::Constant { .. })
                 {
                     warnings.push(format!(
                         "node `{}` computes in {low} and reads the out-of-range constant `{}`",
-                        g.node(n).name,
-                        g.node(v.node).name
+                        g.node(n).name(),
+                        g.node(v.node).name()
                     ));
                 }
             }
         }
-        let kept = kept_ports(&g.node(n).op);
+        let kept = kept_ports(g.node(n).op());
         for (port, v) in ins.iter_mut().enumerate() {
             let have = g.ty(*v).dtype;
             if !have.is_float() || have == target || kept.contains(&port) {
@@ -396,10 +396,10 @@ fn name_outputs_back(g: &mut Graph, pairs: &[(ValueId, ValueId)]) -> Result<(), 
             continue;
         }
         let node = g.node(v.node);
-        if node.outputs.len() != 1 || node.output_name(0) != node.name {
+        if node.outputs().len() != 1 || node.output_name(0) != node.name() {
             continue;
         }
-        let name = node.name.to_string();
+        let name = node.name().to_string();
         let low = g.fresh_name(&format!("{name}.{}", g.ty(v).dtype.name()));
         g.rename(v.node, low).map_err(|e| e.to_string())?;
         g.rename(c.node, name).map_err(|e| e.to_string())?;
@@ -475,7 +475,7 @@ impl CastCache {
 fn retype(g: &mut Graph, memo: &mut InferMemo, n: NodeId, ins: &[ValueId]) -> Result<(), String> {
     let node = g.node(n);
     let tys = g.types_of(ins);
-    let out = memo.infer(&node.op, &tys).map_err(|m| format!("node `{}`: {m}", node.name))?;
+    let out = memo.infer(node.op(), &tys).map_err(|m| format!("node `{}`: {m}", node.name()))?;
     drop(tys);
     for (o, t) in g.outputs_mut(n).iter_mut().zip(out) {
         if o.ty.shape == t.shape {
@@ -510,7 +510,7 @@ fn cast(g: &mut Graph, cache: &mut CastCache, v: ValueId, to: DType, count: &mut
     base.push_str(value);
     base.push('.');
     base.push_str(to.name());
-    let role = g.node(v.node).role;
+    let role = g.node(v.node).role();
     // The name is entered later, with the other casts' (see `CastCache::unnamed`).
     let hash = name_hash(&base);
     // A cast's type is its input's in `to`: nothing to infer.
@@ -537,7 +537,7 @@ fn report(
     let (rules, low) = (&painting.rule, &painting.low);
     let mut names = vec![""; if explain { input.kinds.len() } else { 0 }];
     for &n in order.iter().filter(|_| explain) {
-        names[n.index()] = g.node(n).name.as_str();
+        names[n.index()] = g.node(n).name();
     }
     let name_of = |i: u32| names.get(i as usize).copied().unwrap_or("?").to_string();
     let mut decisions = Vec::with_capacity(if explain { order.len() } else { 0 });
@@ -552,12 +552,12 @@ fn report(
             continue;
         }
         let node = g.node(n);
-        let kind = node.op.kind();
+        let kind = node.op().kind();
         decisions.push(Decision {
-            node: node.name.to_string(),
+            node: node.name().to_string(),
             op: kind.name(),
             class: if kind == OpKind::Cast { None } else { table.class(kind) },
-            dtype: node.outputs.first().map(|o| o.ty.dtype.to_string()).unwrap_or_default(),
+            dtype: node.outputs().first().map(|o| o.ty.dtype.to_string()).unwrap_or_default(),
             rule: if painted { rules[n.index()].describe(&name_of) } else { Rule::Fixed.describe(&name_of) },
         });
     }

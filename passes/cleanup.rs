@@ -25,13 +25,13 @@ fn fold(g: &Graph, n: NodeId) -> Option<ValueId> {
     if !g.is_cast(n) {
         return None;
     }
-    let Op::Cast { to } = g.node(n).op else { return None };
+    let &Op::Cast { to } = g.node(n).op() else { return None };
     let input = g.first_input(n)?;
     if g.ty(input).dtype == to {
         Some(input)
     } else if !g.is_cast(input.node) {
         None
-    } else if let Op::Cast { to: via } = g.node(input.node).op {
+    } else if let &Op::Cast { to: via } = g.node(input.node).op() {
         let src = g.first_input(input.node)?;
         (g.ty(src).dtype == to && exact_via(to, via)).then_some(src)
     } else {

@@ -26,7 +26,7 @@ impl Pass for Grad {
     }
 
     fn run(&mut self, g: &mut Graph) -> Result<bool, PassError> {
-        let has_backward = !g.gradients.is_empty() || g.node_ids().any(|n| g.node(n).role != Role::Forward);
+        let has_backward = !g.gradients.is_empty() || g.node_ids().any(|n| g.node(n).role() != Role::Forward);
         if has_backward {
             return Ok(false);
         }
@@ -36,7 +36,7 @@ impl Pass for Grad {
 }
 
 fn fail(g: &Graph, n: NodeId, msg: &str) -> String {
-    format!("node `{}` ({}): {msg}", g.node(n).name, g.node(n).op.name())
+    format!("node `{}` ({}): {msg}", g.node(n).name(), g.node(n).op().name())
 }
 
 /// Adds a backward node named after `base` and returns its first output.
@@ -77,8 +77,8 @@ fn derive(g: &mut Graph) -> Result<(), String> {
     let mut from_param = vec![false; bound];
     for &n in &order {
         let node = g.node(n);
-        from_param[n.index()] = matches!(node.op, Op::Param { .. })
-            || (node.role == Role::Forward && g.inputs(n).iter().any(|v| from_param[v.node.index()]));
+        from_param[n.index()] = matches!(node.op(), Op::Param { .. })
+            || (node.role() == Role::Forward && g.inputs(n).iter().any(|v| from_param[v.node.index()]));
     }
     let mut to_loss = vec![false; bound];
     to_loss[loss.node.index()] = true;
@@ -96,12 +96,12 @@ fn derive(g: &mut Graph) -> Result<(), String> {
     let mut grads: FxHashMap<ValueId, ValueId> = FxHashMap::default();
     grads.insert(loss, seed);
     for &n in order.iter().rev() {
-        if !needs(n) || g.node(n).op.is_source() {
+        if !needs(n) || g.node(n).op().is_source() {
             continue;
         }
         // The gradients of the node's outputs: of every piece for split, of
         // output 0 for every other op.
-        let douts: Vec<Option<ValueId>> = if matches!(g.node(n).op, Op::Split { .. }) {
+        let douts: Vec<Option<ValueId>> = if matches!(g.node(n).op(), Op::Split { .. }) {
             g.values(n).map(|v| grads.get(&v).copied()).collect()
         } else {
             vec![grads.get(&ValueId { node: n, slot: 0 }).copied()]
@@ -131,7 +131,7 @@ fn derive(g: &mut Graph) -> Result<(), String> {
                 // A parameter the loss does not depend on gets a zero gradient,
                 // so the optimizer (and weight decay) still sees it.
                 let ty = g.ty(v).clone();
-                emit(g, &format!("d{}", g.node(p).name), Op::Constant { value: 0.0, ty }, &[])?
+                emit(g, &format!("d{}", g.node(p).name()), Op::Constant { value: 0.0, ty }, &[])?
             }
         };
         g.gradients.push((p, d));
@@ -151,7 +151,7 @@ fn rule(
     ins: &[ValueId],
     want: &[bool],
 ) -> Result<Vec<(usize, ValueId)>, String> {
-    let op = g.node(n).op.clone();
+    let op = g.node(n).op().clone();
     let y = ValueId { node: n, slot: 0 };
     let base = |g: &Graph, port: usize| format!("d{}", g.value_name(ins[port]));
     let shape = |g: &Graph, port: usize| g.ty(ins[port]).shape.clone();

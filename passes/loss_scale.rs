@@ -132,13 +132,13 @@ pub fn existing(g: &Graph) -> LossScale {
     let mut init = None;
     let mut update = None;
     for n in g.node_ids() {
-        match &g.node(n).op {
+        match g.node(n).op() {
             Op::ScaleUpdate { growth_factor, backoff_factor, growth_interval } => {
                 update = Some((*growth_factor, *backoff_factor, *growth_interval))
             }
             Op::Unscale => {
                 if let Some(v) = g.inputs(n).get(1) {
-                    if let Op::State { init: Init::Constant { value }, .. } = &g.node(v.node).op {
+                    if let Op::State { init: Init::Constant { value }, .. } = g.node(v.node).op() {
                         init = Some(*value);
                     }
                 }
@@ -165,7 +165,7 @@ impl Pass for LossScaling {
     }
 
     fn run(&mut self, g: &mut Graph) -> Result<bool, PassError> {
-        if g.node_ids().any(|n| g.node(n).role == Role::Scaler) {
+        if g.node_ids().any(|n| g.node(n).role() == Role::Scaler) {
             // Already scaled (a lowered file lowered again): keep it, unless a
             // different mode was asked for, which would be silently ignored.
             let has = existing(g);
@@ -188,7 +188,7 @@ impl Pass for LossScaling {
             // Nothing trains: there is nothing to scale.
             return Ok(false);
         }
-        let seeds: Vec<_> = g.node_ids().filter(|&n| g.node(n).op == Op::Seed).collect();
+        let seeds: Vec<_> = g.node_ids().filter(|&n| *g.node(n).op() == Op::Seed).collect();
         let [seed] = seeds[..] else {
             return Err(fail(format!(
                 "loss scaling needs exactly one `seed` node (the loss gradient), found {}",

@@ -32,15 +32,15 @@ pub struct MasterWeights;
 pub fn micro_gradient(g: &Graph, v: ValueId) -> ValueId {
     let mut v = v;
     let first = |v: ValueId| g.inputs(v.node).first().copied().unwrap_or(v);
-    if g.node(v.node).op == Op::Unscale {
+    if *g.node(v.node).op() == Op::Unscale {
         v = first(v);
     }
-    if g.optimizer.as_ref().is_some_and(|o| o.accumulate() > 1) && g.node(v.node).op == Op::Add {
+    if g.optimizer.as_ref().is_some_and(|o| o.accumulate() > 1) && *g.node(v.node).op() == Op::Add {
         let ins = g.inputs(v.node);
         if let (Some(acc), Some(&term)) = (ins.first(), ins.get(1)) {
-            if matches!(g.node(acc.node).op, Op::State { .. }) {
+            if matches!(g.node(acc.node).op(), Op::State { .. }) {
                 v = term;
-                if let Op::Cast { to: DType::F32 } = g.node(v.node).op {
+                if let Op::Cast { to: DType::F32 } = g.node(v.node).op() {
                     v = first(v);
                 }
             }
@@ -114,18 +114,18 @@ impl Builder<'_> {
 
         for i in 0..self.g.gradients.len() {
             let (p, gv) = self.g.gradients[i];
-            let unscale = (self.g.node(gv.node).op == Op::Unscale).then_some(gv.node);
+            let unscale = (*self.g.node(gv.node).op() == Op::Unscale).then_some(gv.node);
             let raw = match unscale {
                 Some(u) => self.g.inputs(u).first().copied().ok_or_else(|| fail("an `unscale` without inputs"))?,
                 None => gv,
             };
-            let pname = self.g.node(p).name.clone();
+            let pname = compact_str::CompactString::from(self.g.node(p).name());
             let ty = TensorType { dtype: DType::F32, ..self.g.ty(ValueId { node: p, slot: 0 }).clone() };
             let acc = self.state(&format!("{pname}.grad_acc"), ty.clone())?;
             let raw = if self.g.ty(raw).dtype == DType::F32 {
                 raw
             } else {
-                let role = self.g.node(raw.node).role;
+                let role = self.g.node(raw.node).role();
                 let base = format!("{}.f32", self.g.value_name(raw));
                 self.value(&base, Op::Cast { to: DType::F32 }, role, &[raw])?
             };
@@ -142,7 +142,7 @@ impl Builder<'_> {
 
         for i in 0..self.g.updates.len() {
             let (state, next) = self.g.updates[i];
-            if matches!(self.g.node(next.node).op, Op::ScaleUpdate { .. }) {
+            if matches!(self.g.node(next.node).op(), Op::ScaleUpdate { .. }) {
                 let base = format!("{}.kept", self.g.value_name(next));
                 let inputs = [pending, ValueId { node: state, slot: 0 }, next];
                 self.g.updates[i].1 = self.value(&base, Op::Select, Role::Scaler, &inputs)?;
@@ -159,14 +159,14 @@ impl Pass for MasterWeights {
 
     fn run(&mut self, g: &mut Graph) -> Result<bool, PassError> {
         let Some(opt) = g.optimizer.clone() else { return Ok(false) };
-        if g.node_ids().any(|n| g.node(n).role == Role::Optimizer) {
+        if g.node_ids().any(|n| g.node(n).role() == Role::Optimizer) {
             return Ok(false);
         }
         if g.gradients.is_empty() {
             return Ok(false);
         }
         let found: Option<ValueId> =
-            g.node_ids().find(|&n| g.node(n).op == Op::FoundInf).map(|n| ValueId { node: n, slot: 0 });
+            g.node_ids().find(|&n| *g.node(n).op() == Op::FoundInf).map(|n| ValueId { node: n, slot: 0 });
         let mut b = Builder { g };
         let n = opt.accumulate();
         let pending = match n {
@@ -182,7 +182,7 @@ impl Pass for MasterWeights {
             let v = if b.g.ty(gv).dtype == want {
                 gv
             } else {
-                let role = b.g.node(gv.node).role;
+                let role = b.g.node(gv.node).role();
                 let base = format!("{}.{want}", b.g.value_name(gv));
                 b.value(&base, Op::Cast { to: want }, role, &[gv])?
             };
@@ -240,7 +240,7 @@ impl Pass for MasterWeights {
         for (&(p, _), &grad) in grads.iter().zip(&inputs) {
             let pv = ValueId { node: p, slot: 0 };
             let ty = b.g.ty(pv).clone();
-            let pname = b.g.node(p).name.clone();
+            let pname = compact_str::CompactString::from(b.g.node(p).name());
             let (lr, wd) = (opt.lr, opt.weight_decay_of(&pname));
             match (opt.kind, step) {
                 (OptimizerKind::Sgd, _) if opt.momentum() == 0.0 => {

@@ -141,16 +141,16 @@ pub fn lower_fp32(g: &mut Graph, opts: &Options) -> Result<(), PassError> {
     if let Some(mark) = lowered_mark(g) {
         let low = g
             .node_ids()
-            .find_map(|n| g.node(n).outputs.iter().map(|o| o.ty.dtype).find(|d| d.is_low()).map(|d| (n, d)));
+            .find_map(|n| g.node(n).outputs().iter().map(|o| o.ty.dtype).find(|d| d.is_low()).map(|d| (n, d)));
         if let Some((n, low)) = low {
             return Err(PassError::Failed {
                 pass: "autocast",
                 message: format!(
                     "the graph is already lowered (it has optimizer node `{}`) and computes in {} (node `{}`); \
                      lower the unlowered graph for fp32 instead",
-                    g.node(mark).name,
+                    g.node(mark).name(),
                     low,
-                    g.node(n).name
+                    g.node(n).name()
                 ),
             });
         }
@@ -202,5 +202,5 @@ pub fn run_passes(g: &mut Graph, passes: &mut [&mut dyn Pass], opts: &Options) -
 /// A node showing that `g` was lowered already (master-weights' optimizer
 /// nodes), or `None`.
 pub fn lowered_mark(g: &Graph) -> Option<crate::ir::graph::NodeId> {
-    g.node_ids().find(|&n| g.node(n).role == crate::ir::op::Role::Optimizer)
+    g.node_ids().find(|&n| g.node(n).role() == crate::ir::op::Role::Optimizer)
 }

@@ -96,15 +96,15 @@ pub fn kernels(g: &Graph) -> Vec<Kernel> {
     let mut out = Vec::new();
     for n in g.node_ids() {
         let node = g.node(n);
-        if node.op.is_source() || matches!(node.op, Op::Constant { .. }) {
+        if node.op().is_source() || matches!(node.op(), Op::Constant { .. }) {
             continue;
         }
         let ins: Vec<&TensorType> = g.inputs(n).iter().map(|&v| g.ty(v)).collect();
-        let outs: Vec<&TensorType> = node.outputs.iter().map(|o| &o.ty).collect();
+        let outs: Vec<&TensorType> = node.outputs().iter().map(|o| &o.ty).collect();
         let bytes = ins.iter().chain(&outs).map(|t| size(t) * t.dtype.size_bytes() as f64).sum();
         let (flops, gemm) = flops(g, n, &ins, &outs);
         let dtype = outs.first().map_or(DType::F32, |t| t.dtype);
-        out.push(Kernel { node: node.name.to_string(), op: node.op.name(), dtype, flops, bytes, gemm });
+        out.push(Kernel { node: node.name().to_string(), op: node.op().name(), dtype, flops, bytes, gemm });
     }
     out
 }
@@ -117,7 +117,7 @@ fn size(t: &TensorType) -> f64 {
 fn flops(g: &Graph, n: NodeId, ins: &[&TensorType], outs: &[&TensorType]) -> (f64, bool) {
     let out = outs.first().map_or(0.0, |t| size(t));
     let input = ins.first().map_or(0.0, |t| size(t));
-    match &g.node(n).op {
+    match g.node(n).op() {
         Op::Matmul { transpose_a, .. } => {
             // [.., M, N] out; K is a's last axis (its second last, transposed).
             let a = ins.first().map(|t| &t.shape.0[..]).unwrap_or(&[]);

@@ -112,10 +112,10 @@ fn rows(batch: &State, lo: usize, hi: usize) -> State {
 /// The gradient each optimizer op reads, by param name.
 fn optimizer_grads(g: &Graph) -> BTreeMap<String, String> {
     g.node_ids()
-        .filter(|&n| matches!(g.node(n).op, Op::Sgd { .. }))
+        .filter(|&n| matches!(g.node(n).op(), Op::Sgd { .. }))
         .map(|n| {
             let ins = g.inputs(n);
-            (g.node(ins[0].node).name.to_string(), g.value_name(ins[1]).to_string())
+            (g.node(ins[0].node).name().to_string(), g.value_name(ins[1]).to_string())
         })
         .collect()
 }
@@ -129,14 +129,14 @@ fn row_operands(g: &Graph) -> BTreeMap<String, Vec<String>> {
         .map(|&(p, v)| {
             let raw = passes::master_weights::micro_gradient(g, v);
             let ins = g.inputs(raw.node);
-            let names: Vec<String> = match &g.node(raw.node).op {
+            let names: Vec<String> = match g.node(raw.node).op() {
                 Op::Matmul { transpose_a: true, transpose_b: false } => {
                     vec![g.value_name(ins[0]).into(), g.value_name(ins[1]).into()]
                 }
                 Op::SumTo { .. } => vec![g.value_name(ins[0]).into()],
-                op => panic!("`{}`'s gradient is a {op:?}", g.node(p).name),
+                op => panic!("`{}`'s gradient is a {op:?}", g.node(p).name()),
             };
-            (g.node(p).name.to_string(), names)
+            (g.node(p).name().to_string(), names)
         })
         .collect()
 }
@@ -347,7 +347,7 @@ fn micro_gradients_are_the_backward_values() {
         let g = lowered(&model(B, N as u32, SGD), p);
         for &(param, v) in &g.gradients {
             let raw = passes::master_weights::micro_gradient(&g, v);
-            let want = format!("d{}", g.node(param).name);
+            let want = format!("d{}", g.node(param).name());
             assert_eq!(g.value_name(raw), want, "{p:?}");
             let dtype = if p == Precision::Fp16 && want.starts_with("dw") { DType::F16 } else { DType::F32 };
             assert_eq!(g.ty(raw).dtype, dtype, "{p:?} {want}");

@@ -36,13 +36,13 @@ fn every_op_computes_in_its_class_type() {
         for (name, g, _) in lowered(low) {
             for n in g.node_ids() {
                 let node = g.node(n);
-                let Some(out) = node.outputs.first() else { continue };
-                if node.precision.is_some() || !out.ty.dtype.is_float() {
+                let Some(out) = node.outputs().first() else { continue };
+                if node.precision().is_some() || !out.ty.dtype.is_float() {
                     continue;
                 }
-                match table.class(node.op.kind()) {
-                    Some(Class::Low) => assert_eq!(out.ty.dtype, low, "{name}: {} must compute in {low}", node.name),
-                    Some(Class::Fp32) => assert_eq!(out.ty.dtype, DType::F32, "{name}: {} must stay f32", node.name),
+                match table.class(node.op().kind()) {
+                    Some(Class::Low) => assert_eq!(out.ty.dtype, low, "{name}: {} must compute in {low}", node.name()),
+                    Some(Class::Fp32) => assert_eq!(out.ty.dtype, DType::F32, "{name}: {} must stay f32", node.name()),
                     _ => {}
                 }
             }
@@ -56,7 +56,7 @@ fn no_value_is_cast_twice_to_one_type() {
         for (name, g, _) in lowered(low) {
             let mut seen: HashSet<(ValueId, DType)> = HashSet::new();
             for n in g.node_ids() {
-                if let Op::Cast { to } = g.node(n).op {
+                if let &Op::Cast { to } = g.node(n).op() {
                     let input = g.inputs(n)[0];
                     assert!(seen.insert((input, to)), "{name}: `{}` is cast to {to} twice", g.value_name(input));
                     assert_ne!(g.ty(input).dtype, to, "{name}: a cast to the same type survived");
@@ -116,7 +116,7 @@ fn low_ops_dominate_and_casts_are_few() {
     assert!(r.low_nodes * 2 > r.float_nodes, "{}", r.summary());
     // Every cast reads a value produced outside its consumer's type: at most
     // one per (value, type), bounded by the number of float edges.
-    let casts = g.node_ids().filter(|&n| matches!(g.node(n).op, Op::Cast { .. })).count();
+    let casts = g.node_ids().filter(|&n| matches!(g.node(n).op(), Op::Cast { .. })).count();
     assert_eq!(casts, r.casts_inserted);
 }
 
@@ -215,7 +215,7 @@ fn a_user_cast_round_trip_folds_only_when_exact() {
 #[test]
 fn every_path_from_the_seed_to_the_optimizer_passes_through_unscale() {
     for (name, g, _) in lowered(DType::F16) {
-        let seed = g.node_ids().find(|&n| g.node(n).op == Op::Seed).unwrap();
+        let seed = g.node_ids().find(|&n| *g.node(n).op() == Op::Seed).unwrap();
         let mut stack = vec![seed];
         let mut seen = HashSet::new();
         let mut unscales = 0;
@@ -223,14 +223,14 @@ fn every_path_from_the_seed_to_the_optimizer_passes_through_unscale() {
             if !seen.insert(n) {
                 continue;
             }
-            match g.node(n).op {
+            match g.node(n).op() {
                 Op::Unscale => unscales += 1,
                 _ => {
                     assert_ne!(
-                        g.node(n).role,
+                        g.node(n).role(),
                         mpc::Role::Optimizer,
                         "{name}: `{}` is reached without unscale",
-                        g.node(n).name
+                        g.node(n).name()
                     );
                     stack.extend(g.users(n).map(|(u, _)| u));
                 }
@@ -244,7 +244,7 @@ fn every_path_from_the_seed_to_the_optimizer_passes_through_unscale() {
 fn fp16_scales_and_bf16_does_not_by_default() {
     for (low, scaled) in [(DType::F16, true), (DType::Bf16, false)] {
         for (name, g, _) in lowered(low) {
-            let has = g.node_ids().any(|n| g.node(n).op == Op::FoundInf);
+            let has = g.node_ids().any(|n| *g.node(n).op() == Op::FoundInf);
             assert_eq!(has, scaled, "{name} under {low}");
             // Every parameter is updated, from an FP32 optimizer op.
             for p in g.params() {
@@ -259,16 +259,16 @@ fn fp16_scales_and_bf16_does_not_by_default() {
 fn dynamic_scaling_declares_gradscaler_state_and_reports_it() {
     let (_, g, _) = lowered(DType::F16).into_iter().find(|(n, _, _)| n.ends_with("mlp.json")).unwrap();
     let scale = g.node(g.node_named("loss_scale").unwrap());
-    assert!(matches!(scale.op, Op::State { init: mpc::ir::op::Init::Constant { value: 65536.0 }, .. }));
-    let up = g.node_ids().find(|&n| matches!(g.node(n).op, Op::ScaleUpdate { .. })).unwrap();
-    assert_eq!(g.node(up).op, Op::ScaleUpdate { growth_factor: 2.0, backoff_factor: 0.5, growth_interval: 2000 });
+    assert!(matches!(scale.op(), Op::State { init: mpc::ir::op::Init::Constant { value: 65536.0 }, .. }));
+    let up = g.node_ids().find(|&n| matches!(g.node(n).op(), Op::ScaleUpdate { .. })).unwrap();
+    assert_eq!(*g.node(up).op(), Op::ScaleUpdate { growth_factor: 2.0, backoff_factor: 0.5, growth_interval: 2000 });
     let outs: Vec<&str> = g.outputs.iter().map(|&v| g.value_name(v)).collect();
     assert_eq!(outs, ["found_inf", "loss_scale"]);
     // Skipped steps keep every state: each update of a param or optimizer
     // state goes through select(found_inf, old, new).
     for &(s, v) in &g.updates {
-        if matches!(g.node(s).op, Op::Param { .. }) || g.node(s).name.contains("adam") {
-            assert_eq!(g.node(v.node).op, Op::Select, "{}", g.node(s).name);
+        if matches!(g.node(s).op(), Op::Param { .. }) || g.node(s).name().contains("adam") {
+            assert_eq!(*g.node(v.node).op(), Op::Select, "{}", g.node(s).name());
             assert_eq!(g.inputs(v.node)[1].node, s);
         }
     }
@@ -280,11 +280,11 @@ fn static_and_no_scaling() {
     let mut g = g0.clone();
     passes::lower(&mut g, &Options { loss_scale: Some(passes::LossScale::Static(1024.0)), ..Options::default() })
         .unwrap();
-    assert!(g.node_ids().any(|n| g.node(n).op == Op::FoundInf));
-    assert!(!g.node_ids().any(|n| matches!(g.node(n).op, Op::ScaleUpdate { .. })), "a static scale never changes");
+    assert!(g.node_ids().any(|n| *g.node(n).op() == Op::FoundInf));
+    assert!(!g.node_ids().any(|n| matches!(g.node(n).op(), Op::ScaleUpdate { .. })), "a static scale never changes");
     let mut g = g0;
     passes::lower(&mut g, &Options { loss_scale: Some(passes::LossScale::None), ..Options::default() }).unwrap();
-    assert!(!g.node_ids().any(|n| matches!(g.node(n).op, Op::FoundInf | Op::Unscale | Op::Select)));
+    assert!(!g.node_ids().any(|n| matches!(g.node(n).op(), Op::FoundInf | Op::Unscale | Op::Select)));
     // Low gradients still reach the optimizer in FP32.
     for &(p, _) in &g.updates {
         assert_eq!(g.ty(mpc::ValueId { node: p, slot: 0 }).dtype, DType::F32);
@@ -294,9 +294,9 @@ fn static_and_no_scaling() {
 #[test]
 fn clipping_sees_unscaled_gradients() {
     let (_, g, _) = lowered(DType::F16).into_iter().find(|(n, _, _)| n.ends_with("gpt_block.json")).unwrap();
-    let norm = g.node_ids().find(|&n| g.node(n).op == Op::GlobalNorm).unwrap();
+    let norm = g.node_ids().find(|&n| *g.node(n).op() == Op::GlobalNorm).unwrap();
     for v in g.inputs(norm) {
-        assert_eq!(g.node(v.node).op, Op::Unscale, "`{}` is not unscaled", g.value_name(v));
+        assert_eq!(*g.node(v.node).op(), Op::Unscale, "`{}` is not unscaled", g.value_name(v));
     }
 }
 
@@ -326,7 +326,7 @@ fn with_fold_bias_a_bias_add_computes_with_its_matmul() {
         assert_eq!(g.ty(g.value("hb").unwrap()).dtype, want, "fold_bias {fold}");
         let rule = &l.autocast.decisions.iter().find(|d| d.node == "hb").unwrap().rule;
         assert_eq!(rule.contains("bias of low `h`"), fold, "{rule}");
-        let cast_of = |v: &str| g.value(v).is_some_and(|c| matches!(g.node(c.node).op, Op::Cast { .. }));
+        let cast_of = |v: &str| g.value(v).is_some_and(|c| matches!(g.node(c.node).op(), Op::Cast { .. }));
         assert_eq!((cast_of("h.f32"), cast_of("b.f16"), cast_of("hb.f32")), (!fold, fold, fold));
         casts.push(l.autocast.casts_inserted);
     }
@@ -373,7 +373,7 @@ fn an_output_computed_low_keeps_its_name() {
     assert_eq!(names, [("out", DType::F32), ("out.f16", DType::F32)]);
     let low = g.value("out.f16.1").expect("the low value renamed");
     assert_eq!(g.ty(low).dtype, DType::F16);
-    assert!(matches!(g.node(low.node).op, Op::Matmul { .. }));
+    assert!(matches!(g.node(low.node).op(), Op::Matmul { .. }));
     // The matmul that reads it reads the low value, not the f32 output.
     let m = g.value("m").unwrap().node;
     assert_eq!(g.inputs(m)[0], low);

@@ -95,7 +95,7 @@ fn batch(g: &Graph) -> State {
     let mut rng = SplitMix64::new(3);
     let mut b = State::new();
     for n in g.node_ids() {
-        if let Op::Input { ty } = &g.node(n).op {
+        if let Op::Input { ty } = g.node(n).op() {
             let count = ty.shape.numel().unwrap() as usize;
             let t = if ty.dtype == DType::I32 {
                 Tensor::new(ty.shape.clone(), Data::I32((0..count).map(|i| (i * 7 % 10) as i32).collect())).unwrap()
@@ -103,7 +103,7 @@ fn batch(g: &Graph) -> State {
                 let v: Vec<f32> = (0..count).map(|_| rng.normal() as f32).collect();
                 Tensor::from_f32(ty.dtype, ty.shape.clone(), &v).unwrap()
             };
-            b.insert(g.node(n).name.to_string(), t);
+            b.insert(g.node(n).name().to_string(), t);
         }
     }
     b
@@ -123,7 +123,7 @@ fn lowers_in_fp16_and_bf16_and_runs_a_step() {
         assert_eq!(json::to_string(&reparsed), emitted, "{low}: emit is not a fixed point");
         round_trips(&reparsed);
         // grad wrote a gradient op for every new forward op.
-        let kinds: Vec<OpKind> = g.node_ids().map(|n| g.node(n).op.kind()).collect();
+        let kinds: Vec<OpKind> = g.node_ids().map(|n| g.node(n).op().kind()).collect();
         for k in [
             OpKind::Concat,
             OpKind::Split,
@@ -140,11 +140,11 @@ fn lowers_in_fp16_and_bf16_and_runs_a_step() {
             assert!(kinds.contains(&k), "{low}: no {k} in the lowered graph");
         }
         let grouped = g.node_ids().any(|n| {
-            matches!(&g.node(n).op, Op::Conv2dGradWeight { conv, .. } if conv.groups == 2 && conv.dilation == [2, 1])
+            matches!(g.node(n).op(), Op::Conv2dGradWeight { conv, .. } if conv.groups == 2 && conv.dilation == [2, 1])
         });
         assert!(grouped, "{low}: the weight gradient lost its groups or dilation");
         let uncounted = g.node_ids().any(|n| {
-            matches!(&g.node(n).op, Op::AvgPool2dGrad { count_include_pad: false, window, .. } if window.padding_end == [0, 0])
+            matches!(g.node(n).op(), Op::AvgPool2dGrad { count_include_pad: false, window, .. } if window.padding_end == [0, 0])
         });
         assert!(uncounted, "{low}: avg_pool2d_grad lost count_include_pad or padding_end");
         // The statistics and affine parameters of the frozen norm stay f32;
@@ -156,8 +156,8 @@ fn lowers_in_fp16_and_bf16_and_runs_a_step() {
                 assert_eq!(g.ty(ins[port]).dtype, DType::F32, "{low}: {name} input {port}");
             }
         }
-        assert_eq!(node(&g, "l").outputs[0].ty.dtype, low);
-        assert_eq!(node(&g, "c1").outputs[0].ty.dtype, low, "conv2d computes in the low type");
+        assert_eq!(node(&g, "l").outputs()[0].ty.dtype, low);
+        assert_eq!(node(&g, "c1").outputs()[0].ty.dtype, low, "conv2d computes in the low type");
 
         let mut ex = Executor::new(&g, CpuBackend, 1).unwrap();
         let mut state = init_state(&g, 7).unwrap();

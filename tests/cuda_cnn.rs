@@ -120,10 +120,10 @@ fn train_both(path: &str, low: Option<DType>) {
     let frozen: Vec<String> = source
         .node_ids()
         .map(|n| source.node(n))
-        .filter(|n| matches!(n.op, Op::State { .. }))
-        .map(|n| n.name.to_string())
+        .filter(|n| matches!(n.op(), Op::State { .. }))
+        .map(|n| n.name().to_string())
         .collect();
-    let params: Vec<String> = g.params().map(|n| g.node(n).name.to_string()).collect();
+    let params: Vec<String> = g.params().map(|n| g.node(n).name().to_string()).collect();
     let (sa, sb) = (cpu.state().unwrap(), dev.state().unwrap());
     let max_abs = |t: &mpc::exec::Tensor| t.to_f32_vec().iter().fold(0f64, |m, &x| m.max(f64::from(x).abs()));
     // The momentum buffer of a param: the state entry named after it.
@@ -208,7 +208,7 @@ fn squeezenet(low: Option<DType>) {
     let dir = tempfile::tempdir().unwrap();
     mpc::onnx::raw::write_safetensors(&dir.path().join("model.safetensors"), &im.weights).unwrap();
     let source = im.graph;
-    let ops: Vec<&str> = source.node_ids().map(|n| source.node(n).op.name()).collect();
+    let ops: Vec<&str> = source.node_ids().map(|n| source.node(n).op().name()).collect();
     assert!(ops.contains(&"reduce_mean"), "the import pools with reduce_mean: {ops:?}");
     let mut g = source.clone();
     match low {
@@ -219,7 +219,7 @@ fn squeezenet(low: Option<DType>) {
             passes::lower_fp32(&mut g, &Options::default()).unwrap();
         }
     }
-    let lowered: Vec<&str> = g.node_ids().map(|n| g.node(n).op.name()).collect();
+    let lowered: Vec<&str> = g.node_ids().map(|n| g.node(n).op().name()).collect();
     assert!(lowered.contains(&"broadcast_to"), "reduce_mean's gradient is a broadcast_to: {lowered:?}");
     let name = format!("squeezenet {}", low.map_or("fp32".to_string(), |d| d.to_string()));
     let layout = Layout::of(&source).unwrap();
@@ -228,7 +228,7 @@ fn squeezenet(low: Option<DType>) {
     // of 7e9 whose cross-entropy cancels to 0 in f32): He-initialised
     // random convolution weights instead, so the steps learn something.
     let mut rng = SplitMix64::new(7);
-    let params: Vec<String> = g.params().map(|n| g.node(n).name.to_string()).collect();
+    let params: Vec<String> = g.params().map(|n| g.node(n).name().to_string()).collect();
     for (k, t) in state.iter_mut() {
         let d = t.shape().dims().to_vec();
         if params.contains(k) && d.len() == 4 {

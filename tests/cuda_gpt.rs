@@ -61,7 +61,7 @@ fn train_both(low: DType) {
     let masks: Vec<String> = g
         .node_ids()
         .map(|n| g.node(n))
-        .filter(|n| matches!(n.op, Op::Dropout { .. }))
+        .filter(|n| matches!(n.op(), Op::Dropout { .. }))
         .map(|n| n.output_name(1).to_string())
         .collect();
     assert_eq!(masks.len(), 2, "{masks:?}");
@@ -94,7 +94,7 @@ fn train_both(low: DType) {
     }
     eprintln!("{low}: {STEPS} steps, cpu {cpu_s:.2} s, emulated device {dev_s:.2} s");
     let lr = source.optimizer.as_ref().unwrap().lr;
-    let params: Vec<String> = g.params().map(|n| g.node(n).name.to_string()).collect();
+    let params: Vec<String> = g.params().map(|n| g.node(n).name().to_string()).collect();
     let (sa, sb) = (cpu.state().unwrap(), dev.state().unwrap());
     let max_abs = |t: &mpc::exec::Tensor| t.to_f32_vec().iter().fold(0f64, |m, &x| m.max(f64::from(x).abs()));
     let is_key_bias = |k: &str| k.starts_with('l') && k.contains("_bk.");

@@ -450,7 +450,8 @@ fn a_dilated_conv_round_trips_through_onnx() {
     };
     let im = mpc::onnx::import(m.encode_to_vec(), &opts).unwrap();
     let ig = &im.graph;
-    let convs: Vec<Op> = ig.node_ids().map(|n| ig.node(n).op.clone()).filter(|o| o.kind() == OpKind::Conv2d).collect();
+    let convs: Vec<Op> =
+        ig.node_ids().map(|n| ig.node(n).op().clone()).filter(|o| o.kind() == OpKind::Conv2d).collect();
     assert_eq!(convs, vec![want]);
 }
 

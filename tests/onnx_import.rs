@@ -39,7 +39,7 @@ fn the_light_models_import_and_lower() {
         let bytes = std::fs::read(format!("tests/data/onnx/light_{m}.onnx")).unwrap();
         let im = import(bytes, &options(Loss::CrossEntropy)).unwrap_or_else(|e| panic!("{m}: {e}"));
         let g = &im.graph;
-        let count = |f: fn(&Op) -> bool| g.node_ids().filter(|&n| f(&g.node(n).op)).count();
+        let count = |f: fn(&Op) -> bool| g.node_ids().filter(|&n| f(g.node(n).op())).count();
         summary += &format!(
             "{m}: {} ONNX nodes -> {} nodes, {} params, {} state, {} weight tensors\n",
             im.onnx_nodes,
@@ -283,14 +283,14 @@ fn small_cnn() -> ModelProto {
 fn a_small_cnn_maps_onto_mpc_ops_and_trains() {
     let im = import(small_cnn().encode_to_vec(), &options(Loss::CrossEntropy)).unwrap();
     let g = &im.graph;
-    let ops: Vec<&str> = g.node_ids().map(|n| g.node(n).op.name()).collect();
+    let ops: Vec<&str> = g.node_ids().map(|n| g.node(n).op().name()).collect();
     for o in ["conv2d", "frozen_batch_norm", "max_pool2d", "reshape", "matmul", "softmax", "cross_entropy"] {
         assert!(ops.contains(&o), "{o} missing from {ops:?}");
     }
     // Shape arithmetic folded: no shape/gather/concat nodes, and the flatten is a constant reshape.
     assert!(!ops.contains(&"concat") && !ops.contains(&"embedding"), "{ops:?}");
     // BN statistics are state, weights params.
-    let kind = |n: &str| g.node(g.node_named(n).unwrap()).op.name();
+    let kind = |n: &str| g.node(g.node_named(n).unwrap()).op().name();
     assert_eq!((kind("w1"), kind("g1"), kind("m1"), kind("v1")), ("param", "param", "state", "state"));
     assert!(im.notes.iter().any(|n| n.contains("logits before the final softmax")), "{:?}", im.notes);
 
@@ -549,13 +549,13 @@ fn a_dilated_conv_imports() {
     let im = import(explicit.encode_to_vec(), &options(Loss::Mse)).unwrap();
     let g = &im.graph;
     let want = Conv { dilation: [2, 3], ..Conv::new([1, 2], [2, 1], 1) };
-    assert_eq!(g.node(g.node_named("c").unwrap()).op, Op::Conv2d(Box::new(want)));
+    assert_eq!(*g.node(g.node_named("c").unwrap()).op(), Op::Conv2d(Box::new(want)));
     // (9 + 4 − 5)/1 + 1 = 9, (8 + 2 − 4)/2 + 1 = 4.
     assert_eq!(g.ty(g.value("c").unwrap()).shape.0, vec![1, 2, 9, 4]);
     let text = mpc::format::emit::json::to_string(g);
     assert!(text.contains(r#""dilation": [2, 3]"#) || text.contains(r#""dilation":[2,3]"#), "{text}");
     let back = mpc::parse_str(&text).expect("reads back");
-    assert_eq!(back.node(back.node_named("c").unwrap()).op, Op::Conv2d(Box::new(want)));
+    assert_eq!(*back.node(back.node_named("c").unwrap()).op(), Op::Conv2d(Box::new(want)));
     // SAME_UPPER over the 5x4 extent: out = ceil(9/1) = 9 rows, total pad 4
     // (2 + 2); ceil(8/2) = 4 columns, total pad (4 − 1)·2 + 4 − 8 = 2 (1 + 1).
     let same = conv(vec![AttributeProto {
@@ -564,10 +564,10 @@ fn a_dilated_conv_imports() {
         ..Default::default()
     }]);
     let im2 = import(same.encode_to_vec(), &options(Loss::Mse)).unwrap();
-    assert_eq!(im2.graph.node(im2.graph.node_named("c").unwrap()).op, Op::Conv2d(Box::new(want)));
+    assert_eq!(*im2.graph.node(im2.graph.node_named("c").unwrap()).op(), Op::Conv2d(Box::new(want)));
     // The lowered graph keeps them (the export writes them back: tests/onnx_export.rs).
     let (lowered, _) = lower(g, DType::F16);
-    let dilated = lowered.node_ids().filter(|&n| match &lowered.node(n).op {
+    let dilated = lowered.node_ids().filter(|&n| match lowered.node(n).op() {
         Op::Conv2d(c) | Op::Conv2dGradInput { conv: c, .. } | Op::Conv2dGradWeight { conv: c, .. } => {
             *c == Box::new(want)
         }
@@ -640,7 +640,7 @@ fn a_constant_of_shape_weight_trains_as_an_initializer_does() {
         // The graph's one float source besides `x` feeding each op.
         let source_of = |name: &str, port: usize| {
             let n = g.node_named(name).unwrap_or_else(|| panic!("{how}: no node `{name}`"));
-            g.node(g.inputs(n).get(port).expect("an input").node).op.kind().name()
+            g.node(g.inputs(n).get(port).expect("an input").node).op().kind().name()
         };
         assert_eq!(source_of("m", 1), "param", "{how}: the weight trains");
         assert_eq!(source_of("y", 1), "state", "{how}: a run-time fill does not");
@@ -656,7 +656,7 @@ fn sqrt_imports_and_exports_from_the_op_table() {
     let m = model(vec![op("Sqrt", &["x"], "y", vec![])], vec![], &[2, 3]);
     let im = import(m.encode_to_vec(), &ImportOptions { loss: None, ..options(Loss::Mse) }).unwrap();
     let y = im.graph.node_named("y").expect("y");
-    assert_eq!(im.graph.node(y).op, Op::Sqrt);
+    assert_eq!(*im.graph.node(y).op(), Op::Sqrt);
     assert!(mpc::onnx::import::supported().contains(&"Sqrt"));
     for low in [DType::F16, DType::Bf16] {
         let passes = Options { low, table: Some(Table::default_for(low)), ..Options::default() };

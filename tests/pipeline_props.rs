@@ -111,7 +111,7 @@ fn build(s: &Spec) -> Graph {
         }
         .unwrap();
         if let Some(Some(low)) = s.pins.get(k) {
-            g.node_mut(node).precision = Some(if *low { Precision::Low } else { Precision::Fp32 });
+            g.set_precision(node, Some(if *low { Precision::Low } else { Precision::Fp32 }));
         }
         h = v(node);
         history.push(h);
@@ -150,36 +150,40 @@ fn check(g0: &Graph, low: DType, mode: LossScale) -> Result<(), TestCaseError> {
     let mut casts = HashSet::new();
     for n in g.node_ids() {
         let node = g.node(n);
-        if let Op::Cast { to } = node.op {
+        if let Op::Cast { to } = node.op() {
             prop_assert!(casts.insert((g.inputs(n)[0], to)), "a value is cast twice to {}", to);
         }
-        let Some(out) = node.outputs.first() else { continue };
-        if node.precision.is_some() || !out.ty.dtype.is_float() || Some(ValueId { node: n, slot: 0 }) == g.loss {
+        let Some(out) = node.outputs().first() else { continue };
+        if node.precision().is_some() || !out.ty.dtype.is_float() || Some(ValueId { node: n, slot: 0 }) == g.loss {
             continue;
         }
-        match table.class(node.op.kind()) {
-            Some(Class::Low) => prop_assert_eq!(out.ty.dtype, low, "{} must be low", node.name),
-            Some(Class::Fp32) => prop_assert_eq!(out.ty.dtype, DType::F32, "{} must be f32", node.name),
+        match table.class(node.op().kind()) {
+            Some(Class::Low) => prop_assert_eq!(out.ty.dtype, low, "{} must be low", node.name()),
+            Some(Class::Fp32) => prop_assert_eq!(out.ty.dtype, DType::F32, "{} must be f32", node.name()),
             _ => {}
         }
     }
     // Every path from the seed to the optimizer goes through unscale.
     if mode != LossScale::None && g.params().next().is_some() {
-        let seed = g.node_ids().find(|&n| g.node(n).op == Op::Seed).expect("a seed");
+        let seed = g.node_ids().find(|&n| *g.node(n).op() == Op::Seed).expect("a seed");
         let mut stack = vec![seed];
         let mut seen = HashSet::new();
         while let Some(n) = stack.pop() {
-            if !seen.insert(n) || g.node(n).op == Op::Unscale {
+            if !seen.insert(n) || *g.node(n).op() == Op::Unscale {
                 continue;
             }
-            prop_assert_ne!(g.node(n).role, Role::Optimizer, "`{}` reached without unscale", g.node(n).name);
+            prop_assert_ne!(g.node(n).role(), Role::Optimizer, "`{}` reached without unscale", g.node(n).name());
             stack.extend(g.users(n).map(|(u, _)| u));
         }
     }
     // Every parameter is updated, in FP32.
     for p in g.params() {
         let upd = g.updates.iter().find(|(s, _)| *s == p).map(|(_, v)| *v);
-        prop_assert!(upd.is_some_and(|v| g.ty(v).dtype == DType::F32), "param `{}` has no f32 update", g.node(p).name);
+        prop_assert!(
+            upd.is_some_and(|v| g.ty(v).dtype == DType::F32),
+            "param `{}` has no f32 update",
+            g.node(p).name()
+        );
     }
     Ok(())
 }
@@ -200,11 +204,11 @@ proptest! {
 /// backward ops with their attributes and operands.
 fn canon(g: &Graph, v: ValueId) -> String {
     let n = g.node(v.node);
-    if n.role == Role::Forward {
+    if n.role() == Role::Forward {
         return g.value_name(v).to_string();
     }
     let args: Vec<String> = g.inputs(v.node).into_iter().map(|i| canon(g, i)).collect();
-    format!("{}#{}{}({})", n.op.name(), v.slot, mpc::format::attrs::op_attrs_text(&n.op), args.join(", "))
+    format!("{}#{}{}({})", n.op().name(), v.slot, mpc::format::attrs::op_attrs_text(n.op()), args.join(", "))
 }
 
 #[test]
@@ -220,7 +224,7 @@ fn derived_backward_equals_the_hand_written_one() {
     mpc::verify(&derived).unwrap();
     assert_eq!(hand.gradients.len(), derived.gradients.len());
     for (&(p, hv), &(q, dv)) in hand.gradients.iter().zip(&derived.gradients) {
-        assert_eq!(hand.node(p).name, derived.node(q).name);
-        assert_eq!(canon(&hand, hv), canon(&derived, dv), "gradient of {}", hand.node(p).name);
+        assert_eq!(hand.node(p).name(), derived.node(q).name());
+        assert_eq!(canon(&hand, hv), canon(&derived, dv), "gradient of {}", hand.node(p).name());
     }
 }

@@ -502,7 +502,7 @@ fn run(cli: Cli) -> Result<(), miette::Report> {
                 return Err(problems_report(&model.display().to_string(), &loaded.text, &e.0));
             }
             let count =
-                |r: mpc::Role| g.node_ids().filter(|&n| g.node(n).role == r && !g.node(n).op.is_source()).count();
+                |r: mpc::Role| g.node_ids().filter(|&n| g.node(n).role() == r && !g.node(n).op().is_source()).count();
             println!(
                 "{}: ok, {} nodes ({} params, {} forward, {} backward, {} update)",
                 model.display(),

@@ -118,7 +118,7 @@ pub fn init_state_with(g: &Graph, seed: u64, base_dir: Option<&Path>) -> Result<
 pub fn init_state_from(g: &Graph, seed: u64, base_dir: Option<&Path>, allow_outside: bool) -> Result<State, ExecError> {
     let uses_file = g
         .node_ids()
-        .any(|n| matches!(&g.node(n).op, Op::Param { init: Init::File, .. } | Op::State { init: Init::File, .. }));
+        .any(|n| matches!(g.node(n).op(), Op::Param { init: Init::File, .. } | Op::State { init: Init::File, .. }));
     let mut file = match (&g.weights, uses_file) {
         (Some(w), true) => {
             let value = |message: String| ExecError::Value { name: w.clone(), message };
@@ -130,16 +130,16 @@ pub fn init_state_from(g: &Graph, seed: u64, base_dir: Option<&Path>, allow_outs
     let mut out = State::new();
     for n in g.node_ids() {
         let node = g.node(n);
-        if let Op::Param { ty, init } | Op::State { ty, init } = &node.op {
+        if let Op::Param { ty, init } | Op::State { ty, init } = node.op() {
             let t = match (init, &g.weights) {
                 (Init::File, Some(w)) => {
-                    let t = file.remove(node.name.as_str()).ok_or_else(|| ExecError::Value {
-                        name: node.name.to_string(),
+                    let t = file.remove(node.name()).ok_or_else(|| ExecError::Value {
+                        name: node.name().to_string(),
                         message: format!("init is `file` but `{w}` has no tensor of that name"),
                     })?;
                     if t.shape() != &ty.shape || t.dtype() != ty.dtype {
                         return Err(ExecError::Value {
-                            name: node.name.to_string(),
+                            name: node.name().to_string(),
                             message: format!(
                                 "`{w}` holds {}{} but the graph declares {ty}",
                                 t.dtype().name(),
@@ -151,13 +151,13 @@ pub fn init_state_from(g: &Graph, seed: u64, base_dir: Option<&Path>, allow_outs
                 }
                 (Init::File, None) => {
                     return Err(ExecError::Value {
-                        name: node.name.to_string(),
+                        name: node.name().to_string(),
                         message: "init is `file` but the graph names no `weights` file".into(),
                     })
                 }
-                _ => init_tensor(&node.name, ty, init, seed)?,
+                _ => init_tensor(node.name(), ty, init, seed)?,
             };
-            out.insert(node.name.to_string(), t);
+            out.insert(node.name().to_string(), t);
         }
     }
     Ok(out)

@@ -135,7 +135,7 @@ impl Plan {
         for &n in &order {
             let node = g.node(n);
             let v0 = ValueId { node: n, slot: 0 };
-            let from = match node.op {
+            let from = match node.op() {
                 Op::Input { .. } => Some(Feed::Batch),
                 Op::Param { .. } | Op::State { .. } => Some(Feed::State),
                 _ => None,
@@ -143,17 +143,17 @@ impl Plan {
             if let Some(from) = from {
                 let value = idx(v0)?;
                 source_of.insert(n, sources.len());
-                let is_param = matches!(node.op, Op::Param { .. });
-                sources.push(Source { name: node.name.to_string(), value, ty: g.ty(v0).clone(), from, is_param });
+                let is_param = matches!(node.op(), Op::Param { .. });
+                sources.push(Source { name: node.name().to_string(), value, ty: g.ty(v0).clone(), from, is_param });
                 continue;
             }
             steps.push(Step {
-                name: node.name.to_string(),
-                op: node.op.clone(),
+                name: node.name().to_string(),
+                op: node.op().clone(),
                 inputs: g.inputs(n).into_iter().map(idx).collect::<Result<_, _>>()?,
                 outputs: g.values(n).map(idx).collect::<Result<_, _>>()?,
-                out_types: node.outputs.iter().map(|o| o.ty.clone()).collect(),
-                seed: node_seed(seed, &node.name),
+                out_types: node.outputs().iter().map(|o| o.ty.clone()).collect(),
+                seed: node_seed(seed, node.name()),
                 free_after: Vec::new(),
             });
         }
@@ -162,7 +162,7 @@ impl Plan {
         let mut updates = Vec::new();
         for &(n, v) in &g.updates {
             let s = source_of.get(&n).copied().filter(|&s| sources[s].from == Feed::State).ok_or_else(|| {
-                ExecError::Graph(format!("`{}` is updated but is not a param or state", g.node(n).name))
+                ExecError::Graph(format!("`{}` is updated but is not a param or state", g.node(n).name()))
             })?;
             updates.push((s, idx(v)?));
         }

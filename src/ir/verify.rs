@@ -17,11 +17,11 @@ pub struct VerifyError(pub Vec<Problem>);
 
 fn at(g: &Graph, id: NodeId, field: Option<&str>, message: String) -> Problem {
     let n = g.node(id);
-    let pointer = n.origin.map(|o| match field {
+    let pointer = n.origin().map(|o| match field {
         Some(f) => format!("{}/{f}", o.pointer()),
         None => o.pointer(),
     });
-    Problem { node: Some(n.name.to_string()), pointer, message }
+    Problem { node: Some(n.name().to_string()), pointer, message }
 }
 
 fn top(pointer: &str, message: String) -> Problem {
@@ -66,24 +66,24 @@ fn problems_of(g: &Graph, need_loss: bool) -> Vec<Problem> {
     let mut has_backward = false;
     for &id in &order {
         let n = g.node(id);
-        has_backward |= n.role == Role::Backward;
+        has_backward |= n.role() == Role::Backward;
         let ins = g.inputs(id);
         // Ports must be exactly 0..arity, once each.
         let mut ports = g.in_ports(id);
         ports.sort_unstable();
-        let ok = infer::arity_ok(&n.op, ports.len()) && ports.iter().enumerate().all(|(i, &p)| p as usize == i);
+        let ok = infer::arity_ok(n.op(), ports.len()) && ports.iter().enumerate().all(|(i, &p)| p as usize == i);
         if !ok {
-            let want = infer::arity_text(&n.op);
+            let want = infer::arity_text(n.op());
             out.push(at(
                 g,
                 id,
                 Some("inputs"),
-                format!("{} takes {want} on consecutive ports from 0, found ports {ports:?}", n.op.name()),
+                format!("{} takes {want} on consecutive ports from 0, found ports {ports:?}", n.op().name()),
             ));
             bad_type[id.index()] = true;
             continue;
         }
-        if let Some(v) = ins.iter().find(|v| v.slot as usize >= g.node(v.node).outputs.len()) {
+        if let Some(v) = ins.iter().find(|v| v.slot as usize >= g.node(v.node).outputs().len()) {
             out.push(at(
                 g,
                 id,
@@ -91,8 +91,8 @@ fn problems_of(g: &Graph, need_loss: bool) -> Vec<Problem> {
                 format!(
                     "reads output {} of `{}`, which has {}",
                     v.slot,
-                    g.node(v.node).name,
-                    g.node(v.node).outputs.len()
+                    g.node(v.node).name(),
+                    g.node(v.node).outputs().len()
                 ),
             ));
             bad_type[id.index()] = true;
@@ -100,9 +100,9 @@ fn problems_of(g: &Graph, need_loss: bool) -> Vec<Problem> {
         }
         for (port, v) in ins.iter().enumerate() {
             let p = g.node(v.node);
-            let allowed = match n.role {
-                Role::Forward => p.role == Role::Forward,
-                Role::Backward => matches!(p.role, Role::Forward | Role::Backward | Role::Scaler),
+            let allowed = match n.role() {
+                Role::Forward => p.role() == Role::Forward,
+                Role::Backward => matches!(p.role(), Role::Forward | Role::Backward | Role::Scaler),
                 Role::Optimizer | Role::Scaler => true,
             };
             if !allowed {
@@ -112,21 +112,26 @@ fn problems_of(g: &Graph, need_loss: bool) -> Vec<Problem> {
                     Some(&format!("inputs/{port}")),
                     format!(
                         "a {} node may not read `{}`, a value of the {} part",
-                        n.role.name(),
+                        n.role().name(),
                         g.value_name(*v),
-                        p.role.name()
+                        p.role().name()
                     ),
                 ));
             }
         }
-        if n.op.is_source() && n.role != Role::Forward {
-            out.push(at(g, id, None, format!("{} nodes have the forward role, found {}", n.op.name(), n.role.name())));
+        if n.op().is_source() && n.role() != Role::Forward {
+            out.push(at(
+                g,
+                id,
+                None,
+                format!("{} nodes have the forward role, found {}", n.op().name(), n.role().name()),
+            ));
         }
-        if let Op::Seed = n.op {
+        if let Op::Seed = n.op() {
             if Some(ins[0]) != g.loss {
                 out.push(at(g, id, Some("inputs/0"), "a seed must read the loss".into()));
             }
-            if n.role != Role::Backward {
+            if n.role() != Role::Backward {
                 out.push(at(g, id, None, "a seed belongs to the backward part".into()));
             }
         }
@@ -135,10 +140,10 @@ fn problems_of(g: &Graph, need_loss: bool) -> Vec<Problem> {
             continue;
         }
         let tys = g.types_of(&ins);
-        match memo.infer(&n.op, &tys) {
+        match memo.infer(n.op(), &tys) {
             Ok(want) => {
-                if want.len() != n.outputs.len() || want.iter().zip(&n.outputs).any(|(a, o)| *a != o.ty) {
-                    let have: Vec<&crate::TensorType> = n.outputs.iter().map(|o| &o.ty).collect();
+                if want.len() != n.outputs().len() || want.iter().zip(n.outputs()).any(|(a, o)| *a != o.ty) {
+                    let have: Vec<&crate::TensorType> = n.outputs().iter().map(|o| &o.ty).collect();
                     let show = |v: Vec<String>| v.join(", ");
                     out.push(at(
                         g,
@@ -167,20 +172,20 @@ fn problems_of(g: &Graph, need_loss: bool) -> Vec<Problem> {
             if t.shape.rank() != 0 || !t.dtype.is_float() {
                 out.push(top("/loss", format!("the loss `{}` must be a float scalar, found {t}", g.value_name(l))));
             }
-            if g.node(l.node).role != Role::Forward {
+            if g.node(l.node).role() != Role::Forward {
                 out.push(top("/loss", format!("the loss `{}` must be computed by a forward node", g.value_name(l))));
             }
         }
     }
     let mut seen = FxHashSet::default();
     for &(p, v) in &g.gradients {
-        let ptr = format!("/gradients/{}", crate::diag::pointer_token(&g.node(p).name));
-        let Op::Param { ty, .. } = &g.node(p).op else {
-            out.push(top(&ptr, format!("`{}` is not a parameter", g.node(p).name)));
+        let ptr = format!("/gradients/{}", crate::diag::pointer_token(g.node(p).name()));
+        let Op::Param { ty, .. } = g.node(p).op() else {
+            out.push(top(&ptr, format!("`{}` is not a parameter", g.node(p).name())));
             continue;
         };
         if !seen.insert(p) {
-            out.push(top(&ptr, format!("parameter `{}` has two gradients", g.node(p).name)));
+            out.push(top(&ptr, format!("parameter `{}` has two gradients", g.node(p).name())));
         }
         let gt = g.ty(v);
         if gt.shape != ty.shape || !gt.dtype.is_float() {
@@ -188,13 +193,13 @@ fn problems_of(g: &Graph, need_loss: bool) -> Vec<Problem> {
                 &ptr,
                 format!(
                     "the gradient of `{}` must be a float tensor of shape {}, found `{}`: {gt}",
-                    g.node(p).name,
+                    g.node(p).name(),
                     ty.shape,
                     g.value_name(v)
                 ),
             ));
         }
-        if !matches!(g.node(v.node).role, Role::Backward | Role::Scaler) {
+        if !matches!(g.node(v.node).role(), Role::Backward | Role::Scaler) {
             out.push(top(
                 &ptr,
                 format!("the gradient `{}` must be computed by a backward or scaler node", g.value_name(v)),
@@ -215,9 +220,9 @@ fn problems_of(g: &Graph, need_loss: bool) -> Vec<Problem> {
     }
     let mut updated = FxHashSet::default();
     for &(s, v) in &g.updates {
-        let name = &g.node(s).name;
+        let name = &g.node(s).name();
         let ptr = format!("/updates/{}", crate::diag::pointer_token(name));
-        let (Op::Param { ty, .. } | Op::State { ty, .. }) = &g.node(s).op else {
+        let (Op::Param { ty, .. } | Op::State { ty, .. }) = g.node(s).op() else {
             out.push(top(&ptr, format!("`{name}` is not a param or state, so it cannot be updated")));
             continue;
         };
@@ -250,7 +255,7 @@ fn dead_optimizer_nodes(g: &Graph, order: &[NodeId]) -> Vec<Problem> {
     }
     order
         .iter()
-        .filter(|&&id| g.node(id).role == Role::Optimizer && !live[id.index()])
+        .filter(|&&id| g.node(id).role() == Role::Optimizer && !live[id.index()])
         .map(|&id| {
             at(
                 g,
@@ -267,11 +272,11 @@ fn dead_optimizer_nodes(g: &Graph, order: &[NodeId]) -> Vec<Problem> {
 /// A problem naming the nodes of one cycle among the `stuck` nodes.
 pub fn cycle_problem(g: &Graph, stuck: &[NodeId]) -> Problem {
     let cycle = find_cycle(g, stuck);
-    let names: Vec<&str> = cycle.iter().map(|&n| g.node(n).name.as_str()).collect();
+    let names: Vec<&str> = cycle.iter().map(|&n| g.node(n).name()).collect();
     let first = cycle.first().copied().unwrap_or(stuck[0]);
     Problem::new(
-        Some(&g.node(first).name),
-        g.node(first).origin.map(|o| o.pointer()),
+        Some(g.node(first).name()),
+        g.node(first).origin().map(|o| o.pointer()),
         format!("the graph has a cycle: {} -> {}", names.join(" -> "), names.first().unwrap_or(&"?")),
     )
 }
@@ -347,7 +352,7 @@ mod tests {
             .unwrap();
         g.loss = Some(ValueId { node: r, slot: 0 });
         assert!(verify(&g).is_ok());
-        g.node_mut(x).op = Op::Input { ty: TensorType::new(DType::F16, vec![2]) };
+        g.set_op(x, Op::Input { ty: TensorType::new(DType::F16, vec![2]) });
         let p = problems(&g);
         assert!(p.iter().any(|p| p.node.as_deref() == Some("x")), "{p:?}");
     }

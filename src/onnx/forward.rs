@@ -60,7 +60,7 @@ pub fn default_output(g: &Graph) -> Option<ValueId> {
 
 fn computed_forward(g: &Graph, v: ValueId) -> bool {
     let node = g.node(v.node);
-    node.role == Role::Forward && !node.op.is_source()
+    node.role() == Role::Forward && !node.op().is_source()
 }
 
 /// `g` cut down to what the export writes: the nodes the exported outputs

@@ -458,7 +458,7 @@ impl<'m> Importer<'m> {
         let id = self.g.add_fresh(name, op, Role::Forward, &[]).map_err(|e| e.to_string())?;
         if let Some(t) = raw {
             // Under the node's name, which `add_fresh` made unique.
-            self.weights.insert(self.g.node(id).name.to_string(), t);
+            self.weights.insert(self.g.node(id).name().to_string(), t);
         }
         Ok(ValueId { node: id, slot: 0 })
     }
@@ -517,7 +517,7 @@ impl<'m> Importer<'m> {
         let mut v = y;
         for _ in 0..3 {
             let node = self.g.node(v.node);
-            match node.op {
+            match node.op() {
                 Op::Softmax { causal: false, .. } => {
                     let x = self.g.inputs(v.node)[0];
                     let x = self.through_reshapes(x);
@@ -525,7 +525,7 @@ impl<'m> Importer<'m> {
                         "cross_entropy reads `{}`, the logits before the final softmax `{}` (it applies log-softmax \
                          itself); they are also a step output",
                         self.g.value_name(x),
-                        self.g.node(v.node).name
+                        self.g.node(v.node).name()
                     ));
                     if !self.g.outputs.contains(&x) {
                         self.g.outputs.push(x);
@@ -543,7 +543,7 @@ impl<'m> Importer<'m> {
     /// Steps back over the reshape to 2-D that an old-opset Softmax's import adds.
     fn through_reshapes(&self, v: ValueId) -> ValueId {
         let n = self.g.node(v.node);
-        if matches!(n.op, Op::Reshape { .. }) && n.name.ends_with(SOFTMAX_2D) {
+        if matches!(n.op(), Op::Reshape { .. }) && n.name().ends_with(SOFTMAX_2D) {
             self.g.inputs(v.node)[0]
         } else {
             v

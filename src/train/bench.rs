@@ -13,8 +13,8 @@ use crate::ir::op::Op;
 pub fn batch(g: &Graph, seed: u64, step: u64) -> Result<State, String> {
     let mut out = State::new();
     for n in g.node_ids() {
-        let Op::Input { ty } = &g.node(n).op else { continue };
-        let name = &g.node(n).name;
+        let Op::Input { ty } = g.node(n).op() else { continue };
+        let name = &g.node(n).name();
         let count = ty.shape.numel().ok_or_else(|| format!("input `{name}` is too large"))? as usize;
         let mut rng = SplitMix64::new(combine(combine(seed, step), fnv1a(name)));
         let v: Vec<f32> = if ty.dtype.is_float() {
@@ -32,7 +32,7 @@ pub fn batch(g: &Graph, seed: u64, step: u64) -> Result<State, String> {
 fn bound(g: &Graph, n: NodeId) -> u64 {
     for (u, e) in g.users(n) {
         let first = g.inputs(u).first().map(|&v| g.ty(v).shape.0.clone()).unwrap_or_default();
-        match (&g.node(u).op, e.port) {
+        match (g.node(u).op(), e.port) {
             (Op::Embedding, 1) => return first.first().copied().unwrap_or(2),
             (Op::CrossEntropy, 1) => return first.last().copied().unwrap_or(2),
             _ => {}
@@ -45,16 +45,16 @@ fn bound(g: &Graph, n: NodeId) -> u64 {
 /// embedding (a language model's batch x sequence), else the batch rows of
 /// the first input (examples).
 pub fn tokens(g: &Graph) -> u64 {
-    let inputs: Vec<NodeId> = g.node_ids().filter(|&n| matches!(g.node(n).op, Op::Input { .. })).collect();
+    let inputs: Vec<NodeId> = g.node_ids().filter(|&n| matches!(g.node(n).op(), Op::Input { .. })).collect();
     let ids: u64 = inputs
         .iter()
-        .filter(|&&n| g.users(n).any(|(u, e)| matches!(g.node(u).op, Op::Embedding) && e.port == 1))
-        .filter_map(|&n| g.node(n).outputs.first().and_then(|o| o.ty.shape.numel()))
+        .filter(|&&n| g.users(n).any(|(u, e)| matches!(g.node(u).op(), Op::Embedding) && e.port == 1))
+        .filter_map(|&n| g.node(n).outputs().first().and_then(|o| o.ty.shape.numel()))
         .sum();
     if ids > 0 {
         return ids;
     }
-    inputs.first().and_then(|&n| g.node(n).outputs.first()).and_then(|o| o.ty.shape.0.first().copied()).unwrap_or(1)
+    inputs.first().and_then(|&n| g.node(n).outputs().first()).and_then(|o| o.ty.shape.0.first().copied()).unwrap_or(1)
 }
 
 /// Timed steps, in seconds.

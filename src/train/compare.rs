@@ -125,7 +125,10 @@ fn raw_gradients(g: &crate::Graph) -> BTreeMap<String, String> {
     g.gradients
         .iter()
         .map(|&(p, v)| {
-            (g.node(p).name.to_string(), g.value_name(crate::passes::master_weights::micro_gradient(g, v)).to_string())
+            (
+                g.node(p).name().to_string(),
+                g.value_name(crate::passes::master_weights::micro_gradient(g, v)).to_string(),
+            )
         })
         .collect()
 }

@@ -92,17 +92,17 @@ impl Layout {
         let mut batch = None;
         for n in g.node_ids() {
             let node = g.node(n);
-            let Op::Input { ty } = &node.op else { continue };
+            let Op::Input { ty } = node.op() else { continue };
             let shape = ty.shape.0.clone();
             let Some(&b) = shape.first() else {
-                return Err(DataError(format!("input `{}` is a scalar: it has no batch dimension", node.name)));
+                return Err(DataError(format!("input `{}` is a scalar: it has no batch dimension", node.name())));
             };
             match batch {
                 None => batch = Some(b),
                 Some(b0) if b0 != b => {
                     return Err(DataError(format!(
                         "inputs disagree on the batch size (first dimension): {b0} and {b} (`{}`)",
-                        node.name
+                        node.name()
                     )))
                 }
                 _ => {}
@@ -113,14 +113,14 @@ impl Layout {
                 for (user, port) in g.uses(crate::ir::graph::ValueId { node: n, slot: 0 }) {
                     let ins = g.inputs(user);
                     let first = || ins.first().map(|&v| g.ty(v).shape.0.clone()).unwrap_or_default();
-                    match (&g.node(user).op, port) {
+                    match (g.node(user).op(), port) {
                         (Op::CrossEntropy, 1) => classes = first().last().copied(),
                         (Op::Embedding, 1) => classes = first().first().copied(),
                         _ => {}
                     }
                 }
             }
-            inputs.push(InputSpec { name: node.name.to_string(), dtype: ty.dtype, shape, cols, classes });
+            inputs.push(InputSpec { name: node.name().to_string(), dtype: ty.dtype, shape, cols, classes });
         }
         let Some(batch) = batch else { return Err(DataError("the graph has no inputs to feed".into())) };
         if batch == 0 {
@@ -415,14 +415,14 @@ impl Text {
         let (mut tokens, mut labels, mut others) = (Vec::new(), Vec::new(), Vec::new());
         for n in g.node_ids() {
             let node = g.node(n);
-            let Op::Input { ty } = &node.op else { continue };
-            let feed = Feed { name: node.name.to_string(), dtype: ty.dtype, shape: ty.shape.0.clone() };
+            let Op::Input { ty } = node.op() else { continue };
+            let feed = Feed { name: node.name().to_string(), dtype: ty.dtype, shape: ty.shape.0.clone() };
             let (mut rows, mut classes) = (None, None);
             if ty.dtype.is_int() {
                 for (user, port) in g.uses(crate::ir::graph::ValueId { node: n, slot: 0 }) {
                     let ins = g.inputs(user);
                     let first = || ins.first().map(|&v| g.ty(v).shape.0.clone()).unwrap_or_default();
-                    match (&g.node(user).op, port) {
+                    match (g.node(user).op(), port) {
                         (Op::Embedding, 1) => rows = first().first().copied(),
                         (Op::CrossEntropy, 1) => classes = first().last().copied(),
                         _ => {}

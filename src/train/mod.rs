@@ -161,13 +161,13 @@ pub fn json_metric(v: Option<f32>) -> serde_json::Value {
 pub fn scale_names(g: &Graph) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for n in g.node_ids() {
-        if !matches!(g.node(n).op, Op::Unscale) {
+        if !matches!(g.node(n).op(), Op::Unscale) {
             continue;
         }
         if let Some(v) = g.inputs(n).get(1) {
             let src = g.node(v.node);
-            if matches!(src.op, Op::State { .. }) && !out.iter().any(|s| *s == src.name) {
-                out.push(src.name.to_string());
+            if matches!(src.op(), Op::State { .. }) && !out.iter().any(|s| *s == src.name()) {
+                out.push(src.name().to_string());
             }
         }
     }

@@ -212,7 +212,7 @@ fn compare<B: Backend>(
     }
     let (sa, sb) = (cpu.state().map_err(|e| e.to_string())?, dev.state().map_err(|e| e.to_string())?);
     let params: Vec<&str> =
-        g.node_ids().map(|n| g.node(n)).filter(|n| matches!(n.op, Op::Param { .. })).map(|n| n.name.as_str()).collect();
+        g.node_ids().map(|n| g.node(n)).filter(|n| matches!(n.op(), Op::Param { .. })).map(|n| n.name()).collect();
     row.state_ratio =
         state_ratio(&sa, &sb, |name, max_abs| tol.state(low, lr, steps, params.contains(&name), max_abs))?;
     if row.state_ratio > 1.0 {

@@ -128,12 +128,12 @@ pub fn load_for_training(
 /// `cross_entropy` whose labels are a graph input.
 pub fn classifier(g: &Graph) -> Option<(String, String)> {
     let loss = g.loss?;
-    if !matches!(g.node(loss.node).op, Op::CrossEntropy) {
+    if !matches!(g.node(loss.node).op(), Op::CrossEntropy) {
         return None;
     }
     let ins = g.inputs(loss.node);
     let (logits, labels) = (*ins.first()?, *ins.get(1)?);
-    if !matches!(g.node(labels.node).op, Op::Input { .. }) {
+    if !matches!(g.node(labels.node).op(), Op::Input { .. }) {
         return None;
     }
     Some((g.value_name(logits).to_string(), g.value_name(labels).to_string()))
@@ -169,7 +169,7 @@ pub fn test_accuracy(
 /// (token ids into an embedding) the error says to give it a text.
 pub fn data_layout(path: &Path, source: &Graph) -> Result<Layout, String> {
     Layout::of(source).map_err(|e| {
-        let lm = source.node_ids().any(|n| matches!(source.node(n).op, Op::Embedding));
+        let lm = source.node_ids().any(|n| matches!(source.node(n).op(), Op::Embedding));
         let hint = match lm {
             true => " (a language model: train it on a text, e.g. --data ir-examples/data/declaration.txt)",
             false => "",

@@ -127,7 +127,7 @@ impl Case {
             .g
             .gradients
             .iter()
-            .map(|&(p, v)| (self.g.node(p).name.to_string(), self.g.value_name(v).to_string()))
+            .map(|&(p, v)| (self.g.node(p).name().to_string(), self.g.value_name(v).to_string()))
             .collect();
         let mut ex = Executor::new(&self.g, backend(), 7).unwrap();
         let opts = RunOptions { fetch: grads.iter().map(|(_, v)| v.clone()).collect(), ..RunOptions::default() };
@@ -284,7 +284,7 @@ fn fd_frozen_batch_norm() {
     c.weighted_loss(y);
     let (g, _, _, grads) = c.check();
     // dx, dgamma and dbeta all come from the one grad node.
-    assert_eq!(g.node_ids().filter(|&n| matches!(g.node(n).op, Op::FrozenBatchNormGrad { .. })).count(), 1);
+    assert_eq!(g.node_ids().filter(|&n| matches!(g.node(n).op(), Op::FrozenBatchNormGrad { .. })).count(), 1);
     assert!(["dx", "dgamma", "dbeta"].iter().all(|k| grads.contains_key(*k)));
 }
 
@@ -303,8 +303,8 @@ fn frozen_batch_norm_statistics_get_no_gradient() {
     Grad.run(&mut c.g).unwrap();
     mpc::verify(&c.g).unwrap();
     for &(p, v) in &c.g.gradients {
-        let stat = ["mean", "var"].contains(&c.g.node(p).name.as_str());
-        assert_eq!(matches!(c.g.node(v.node).op, Op::Constant { value: 0.0, .. }), stat, "{}", c.g.node(p).name);
+        let stat = ["mean", "var"].contains(&c.g.node(p).name());
+        assert_eq!(matches!(c.g.node(v.node).op(), Op::Constant { value: 0.0, .. }), stat, "{}", c.g.node(p).name());
     }
     // Only the statistics as parameters: no gradient node at all.
     let mut c = Case::new(24);
@@ -314,7 +314,7 @@ fn frozen_batch_norm_statistics_get_no_gradient() {
     let y = c.op("y", Op::FrozenBatchNorm { eps: 1e-5 }, &[x, ones, ones, mean, ones]);
     c.weighted_loss(y);
     Grad.run(&mut c.g).unwrap();
-    assert!(!c.g.node_ids().any(|n| matches!(c.g.node(n).op, Op::FrozenBatchNormGrad { .. })));
+    assert!(!c.g.node_ids().any(|n| matches!(c.g.node(n).op(), Op::FrozenBatchNormGrad { .. })));
 }
 
 #[test]
@@ -384,7 +384,7 @@ fn fd_grouped_conv2d() {
     c.weighted_loss(y);
     let (g, state, _, _) = c.check();
     // Both gradients come from grouped ops.
-    let grouped = g.node_ids().filter(|&n| match &g.node(n).op {
+    let grouped = g.node_ids().filter(|&n| match g.node(n).op() {
         Op::Conv2dGradInput { conv, .. } | Op::Conv2dGradWeight { conv, .. } => conv.groups == 2,
         _ => false,
     });
@@ -429,7 +429,7 @@ fn fd_dilated_conv2d_with_groups_stride_and_padding() {
     c.weighted_loss(y);
     let (g, _, _, _) = c.check();
     // grad forwards the whole convolution to both gradients.
-    let dilated = g.node_ids().filter(|&n| match &g.node(n).op {
+    let dilated = g.node_ids().filter(|&n| match g.node(n).op() {
         Op::Conv2dGradInput { conv, .. } | Op::Conv2dGradWeight { conv, .. } => **conv == cv,
         _ => false,
     });
@@ -802,7 +802,7 @@ fn lowered_examples_run_a_step_in_f16_and_bf16() {
             let mut batch = State::new();
             for n in g.node_ids() {
                 let node = g.node(n);
-                if let Op::Input { ty } = &node.op {
+                if let Op::Input { ty } = node.op() {
                     let count = numel(&ty.shape.0);
                     let t = if ty.dtype == DType::I32 {
                         let v = (0..count).map(|_| (rng.next_u64() % 10) as i32).collect();
@@ -811,7 +811,7 @@ fn lowered_examples_run_a_step_in_f16_and_bf16() {
                         let v: Vec<f32> = (0..count).map(|_| rng.normal() as f32 * 0.5).collect();
                         Tensor::from_f32(ty.dtype, ty.shape.clone(), &v).unwrap()
                     };
-                    batch.insert(node.name.to_string(), t);
+                    batch.insert(node.name().to_string(), t);
                 }
             }
             let mut ex = Executor::new(&g, backend(), 3).unwrap();

@@ -63,7 +63,7 @@ fn write(g: &Graph, opts: &Options, s: &mut String) -> std::fmt::Result {
     // the forward role) those a forward node reads: not optimizer moments.
     let mut show = vec![!opts.forward_only; g.index_bound()];
     if opts.forward_only {
-        for id in g.node_ids().filter(|&id| g.node(id).role == Role::Forward && !g.node(id).op.is_source()) {
+        for id in g.node_ids().filter(|&id| g.node(id).role() == Role::Forward && !g.node(id).op().is_source()) {
             show[id.index()] = true;
             for v in g.inputs(id) {
                 show[v.node.index()] = true;
@@ -86,12 +86,12 @@ fn write(g: &Graph, opts: &Options, s: &mut String) -> std::fmt::Result {
             role.name(),
             role.name()
         )?;
-        for id in g.node_ids().filter(|&id| g.node(id).role == role && show[id.index()]) {
+        for id in g.node_ids().filter(|&id| g.node(id).role() == role && show[id.index()]) {
             let n = g.node(id);
-            let ty = n.outputs.iter().map(|o| o.ty.to_string()).collect::<Vec<_>>().join(", ");
-            let label = format!("{}\n{}\n{}", n.name, n.op.name(), ty);
-            let dtype = n.outputs.first().map(|o| o.ty.dtype).unwrap_or(DType::F32);
-            let shape = if n.op.is_source() { ", shape=ellipse" } else { "" };
+            let ty = n.outputs().iter().map(|o| o.ty.to_string()).collect::<Vec<_>>().join(", ");
+            let label = format!("{}\n{}\n{}", n.name(), n.op().name(), ty);
+            let dtype = n.outputs().first().map(|o| o.ty.dtype).unwrap_or(DType::F32);
+            let shape = if n.op().is_source() { ", shape=ellipse" } else { "" };
             let border = match border {
                 "" => String::new(),
                 c => format!(", color=\"{c}\", penwidth=2"),

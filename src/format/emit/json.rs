@@ -47,7 +47,7 @@ impl Sections {
         let mut counts = [0; 6];
         for &id in &order {
             let n = g.node(id);
-            let s = match (&n.op, n.role) {
+            let s = match (n.op(), n.role()) {
                 (Op::Input { .. }, _) => Section::Inputs,
                 (Op::Param { .. }, _) => Section::Params,
                 (Op::State { .. }, _) => Section::State,
@@ -72,16 +72,16 @@ impl Sections {
 }
 
 fn raw_tensor(n: &Node) -> RawTensor {
-    match &n.op {
-        Op::Input { ty } => RawTensor { name: n.name.to_string(), shape: ishape(ty), dtype: ty.dtype },
+    match n.op() {
+        Op::Input { ty } => RawTensor { name: n.name().to_string(), shape: ishape(ty), dtype: ty.dtype },
         _ => unreachable!("only inputs are in the inputs section"),
     }
 }
 
 fn raw_state(n: &Node) -> RawState {
-    match &n.op {
+    match n.op() {
         Op::Param { ty, init } | Op::State { ty, init } => {
-            RawState { name: n.name.to_string(), shape: ishape(ty), dtype: ty.dtype, init: Some(init.clone()) }
+            RawState { name: n.name().to_string(), shape: ishape(ty), dtype: ty.dtype, init: Some(init.clone()) }
         }
         _ => unreachable!("only params and state are in their sections"),
     }
@@ -91,11 +91,11 @@ fn raw_state(n: &Node) -> RawState {
 /// `name:1`, ...), so the file need not list them. Allocates nothing.
 fn default_names(n: &Node) -> bool {
     // `default_output_names` gives a node of no outputs its name all the same.
-    !n.outputs.is_empty()
+    !n.outputs().is_empty()
         && n.output_names().enumerate().all(|(k, o)| match k {
-            0 => o == n.name,
+            0 => o == n.name(),
             k => o
-                .strip_prefix(n.name.as_str())
+                .strip_prefix(n.name())
                 .and_then(|r| r.strip_prefix(':'))
                 .is_some_and(|r| r.parse::<usize>().is_ok_and(|i| i == k) && !r.starts_with(['0', '+'])),
         })
@@ -140,7 +140,7 @@ fn node_line(g: &Graph, id: NodeId, s: &mut Scratch, out: &mut Vec<u8>) -> serde
         return serde_json::to_writer(out, &s.rn);
     };
     out.extend_from_slice(b"{\"name\":");
-    serde_json::to_writer(&mut *out, n.name.as_str())?;
+    serde_json::to_writer(&mut *out, n.name())?;
     out.extend_from_slice(&s.line[NAMELESS.len()..head]);
     let ins = g.inputs(id);
     if !ins.is_empty() {
@@ -170,7 +170,7 @@ fn fill_raw_node(g: &Graph, id: NodeId, rn: &mut RawNode, values: &[crate::Value
     let n = g.node(id);
     let mut name = std::mem::take(&mut rn.name);
     name.clear();
-    name.push_str(&n.name);
+    name.push_str(n.name());
     let mut inputs = std::mem::take(&mut rn.inputs);
     inputs.truncate(values.len());
     for (k, &v) in values.iter().enumerate() {
@@ -189,14 +189,14 @@ fn fill_raw_node(g: &Graph, id: NodeId, rn: &mut RawNode, values: &[crate::Value
 fn fill_raw_rest(n: &Node, rn: &mut RawNode, name: String, inputs: Vec<String>) {
     *rn = RawNode {
         name,
-        op: n.op.kind(),
+        op: n.op().kind(),
         inputs,
         outputs: (!default_names(n)).then(|| n.output_names().map(str::to_string).collect()),
-        role: (n.role == Role::Scaler).then_some(Role::Scaler),
-        precision: n.precision,
+        role: (n.role() == Role::Scaler).then_some(Role::Scaler),
+        precision: n.precision(),
         ..RawNode::default()
     };
-    op_to_raw(&n.op, rn);
+    op_to_raw(n.op(), rn);
 }
 
 /// A map of the file (`gradients`, `updates`): `pairs` by node name, the
@@ -216,7 +216,7 @@ impl<'g> Named<'g> {
             .iter()
             .enumerate()
             .map(|(i, &(n, _))| {
-                let name = g.node(n).name.as_str();
+                let name = g.node(n).name();
                 (prefix(name), name, i as u32)
             })
             .collect();

@@ -19,22 +19,22 @@ fn write(g: &Graph, s: &mut String) -> std::fmt::Result {
     let mut role = None;
     for id in order {
         let n = g.node(id);
-        if !n.op.is_source() && role != Some(n.role) {
-            role = Some(n.role);
-            writeln!(s, "  // {}", n.role.name())?;
+        if !n.op().is_source() && role != Some(n.role()) {
+            role = Some(n.role());
+            writeln!(s, "  // {}", n.role().name())?;
         }
         s.push_str("  ");
-        if n.output_names().next() != Some(n.name.as_str()) {
-            write!(s, "{}: ", n.name)?;
+        if n.output_names().next() != Some(n.name()) {
+            write!(s, "{}: ", n.name())?;
         }
-        for (i, (o, name)) in n.outputs.iter().zip(n.output_names()).enumerate() {
+        for (i, (o, name)) in n.outputs().iter().zip(n.output_names()).enumerate() {
             if i > 0 {
                 s.push_str(", ");
             }
             write!(s, "%{}:{}", name, o.ty)?;
         }
-        write!(s, " = {}", n.op.name())?;
-        match &n.op {
+        write!(s, " = {}", n.op().name())?;
+        match n.op() {
             Op::Param { init, .. } | Op::State { init, .. } => write!(s, " init={init}")?,
             op => {
                 for (i, v) in g.inputs(id).into_iter().enumerate() {
@@ -44,7 +44,7 @@ fn write(g: &Graph, s: &mut String) -> std::fmt::Result {
                 s.push_str(&op_attrs_text(op));
             }
         }
-        match n.precision {
+        match n.precision() {
             Some(Precision::Fp32) => s.push_str(" precision=fp32"),
             Some(Precision::Low) => s.push_str(" precision=low"),
             None => {}
@@ -55,10 +55,10 @@ fn write(g: &Graph, s: &mut String) -> std::fmt::Result {
         writeln!(s, "  loss %{}", g.value_name(l))?;
     }
     for &(p, v) in &g.gradients {
-        writeln!(s, "  gradient %{} = %{}", g.node(p).name, g.value_name(v))?;
+        writeln!(s, "  gradient %{} = %{}", g.node(p).name(), g.value_name(v))?;
     }
     for &(p, v) in &g.updates {
-        writeln!(s, "  update %{} <- %{}", g.node(p).name, g.value_name(v))?;
+        writeln!(s, "  update %{} <- %{}", g.node(p).name(), g.value_name(v))?;
     }
     for &v in &g.outputs {
         writeln!(s, "  output %{}", g.value_name(v))?;

@@ -188,9 +188,15 @@ impl Graph {
         &mut self.node_keep(id).outputs
     }
 
-    /// Sets a node's precision pin.
-    pub(crate) fn set_precision(&mut self, id: NodeId, p: Option<Precision>) {
+    /// Sets a node's precision pin (its override of the precision table).
+    pub fn set_precision(&mut self, id: NodeId, p: Option<Precision>) {
         self.node_keep(id).precision = p;
+    }
+
+    /// Replaces a node's op (its inputs and output types stay as they are:
+    /// the caller keeps them right, or re-types the graph).
+    pub fn set_op(&mut self, id: NodeId, op: Op) {
+        self.node_mut(id).op = op;
     }
 
     pub fn contains(&self, id: NodeId) -> bool {

@@ -54,20 +54,58 @@ impl Output {
     }
 }
 
+/// A node of a graph. Read through its accessors: how the graph stores a
+/// node is its own business (docs/FLAT_IR.md plans flat arrays), and
+/// changes go through the graph (`Graph::rename`, `Graph::set_op`, ...),
+/// which keeps its name table and per-node flags in step.
 #[derive(Clone, Debug)]
 pub struct Node {
-    pub name: CompactString,
-    pub op: Op,
-    pub role: Role,
+    pub(super) name: CompactString,
+    pub(super) op: Op,
+    pub(super) role: Role,
     /// A per-node override of the precision table.
-    pub precision: Option<Precision>,
+    pub(super) precision: Option<Precision>,
     /// Inline: nearly every node has one output, and a vector would be a
     /// second allocation per node.
-    pub outputs: SmallVec<[Output; 1]>,
-    pub origin: Option<Origin>,
+    pub(super) outputs: SmallVec<[Output; 1]>,
+    pub(super) origin: Option<Origin>,
 }
 
 impl Node {
+    /// The node's name (that of its first output, for nearly every node).
+    #[inline]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    #[inline]
+    pub fn op(&self) -> &Op {
+        &self.op
+    }
+
+    #[inline]
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The node's override of the precision table, if it has one.
+    #[inline]
+    pub fn precision(&self) -> Option<Precision> {
+        self.precision
+    }
+
+    /// The outputs, in slot order.
+    #[inline]
+    pub fn outputs(&self) -> &[Output] {
+        &self.outputs
+    }
+
+    /// Where the node was written in its source file (parsed nodes only).
+    #[inline]
+    pub fn origin(&self) -> Option<Origin> {
+        self.origin
+    }
+
     /// The name of output `slot`.
     #[inline]
     pub fn output_name(&self, slot: usize) -> &str {

@@ -9,7 +9,7 @@ impl Exporter<'_> {
         let g = self.g;
         let out = self.ty(v0);
         let in_ty = |i: usize| g.ty(ins[i]);
-        match &node.op {
+        match node.op() {
             Op::Embedding => {
                 let table = self.get(ins[0])?;
                 let ids = self.get(ins[1])?;
@@ -51,7 +51,7 @@ impl Exporter<'_> {
                 let ct = self.compute(d, true);
                 let x = self.get_as(ins[0], ct, None)?;
                 let keep = attr_i("keepdims", i64::from(*keepdims));
-                if matches!(node.op, Op::ReduceSum { .. }) {
+                if matches!(node.op(), Op::ReduceSum { .. }) {
                     let a = self.ints("axes", axes);
                     self.simple(v0, "ReduceSum", vec![x, a], ct, false, vec![keep])?;
                 } else {

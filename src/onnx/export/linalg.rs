@@ -8,7 +8,7 @@ impl Exporter<'_> {
         let &At { n, node, ref ins, v0, d } = at;
         let g = self.g;
         let in_ty = |i: usize| g.ty(ins[i]);
-        match &node.op {
+        match node.op() {
             Op::Matmul { transpose_a, transpose_b } => {
                 let ct = self.compute(d, true);
                 let mut a = self.get_as(ins[0], ct, None)?;

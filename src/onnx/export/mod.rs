@@ -153,8 +153,8 @@ fn plan(g: &Graph) -> Result<Plan, ExportError> {
     let super::forward::Reach { outputs, nodes, needed } = super::forward::reach(g)?;
     let unsupported: Vec<(String, &'static str)> = nodes
         .iter()
-        .filter(|&&n| !supported(&g.node(n).op))
-        .map(|&n| (g.node(n).name.to_string(), g.node(n).op.name()))
+        .filter(|&&n| !supported(g.node(n).op()))
+        .map(|&n| (g.node(n).name().to_string(), g.node(n).op().name()))
         .collect();
     if !unsupported.is_empty() {
         return Err(ExportError::Unsupported(unsupported));
@@ -187,13 +187,15 @@ pub fn export_ahead(
     let mut rest = Vec::new();
     for &n in &nodes {
         let node = g.node(n);
-        let (Op::Param { init, ty } | Op::State { init, ty }) = &node.op else { continue };
-        match (init, weights.and_then(|w| w.get(node.name.as_str()))) {
+        let (Op::Param { init, ty } | Op::State { init, ty }) = node.op() else { continue };
+        match (init, weights.and_then(|w| w.get(node.name()))) {
             (Init::File, Some(t)) => {
                 if t.dtype != ty.dtype || t.dims != ty.shape.0 {
                     return Err(ExportError::Graph(format!(
                         "the weights give `{}` as {} {:?}, but the graph says {ty}",
-                        node.name, t.dtype, t.dims
+                        node.name(),
+                        t.dtype,
+                        t.dims
                     )));
                 }
                 state.insert(n, Cow::Borrowed(t));
@@ -204,7 +206,7 @@ pub fn export_ahead(
     // With weights given, nothing is read from the graph's weights file.
     let mut computed = initial_values(g, &rest, opts, false, weights.is_none())?;
     for n in rest {
-        if let Some(t) = computed.remove(g.node(n).name.as_str()) {
+        if let Some(t) = computed.remove(g.node(n).name()) {
             state.insert(n, Cow::Owned(RawTensor::from_tensor(t)));
         }
     }
@@ -577,7 +579,7 @@ impl<'a> Exporter<'a> {
         let v0 = ValueId { node: n, slot: 0 };
         let at = At { n, node, ins: self.g.inputs(n), v0, d: self.ty(v0).dtype };
         // One exhaustive dispatch; each family's file writes its ops.
-        match &node.op {
+        match node.op() {
             Op::Input { .. }
             | Op::Param { .. }
             | Op::State { .. }
@@ -648,7 +650,7 @@ impl<'a> Exporter<'a> {
             | Op::Sgd { .. }
             | Op::SgdMomentum { .. }
             | Op::Adam { .. } => {
-                return Err(ExportError::Unsupported(vec![(node.name.to_string(), node.op.name())]));
+                return Err(ExportError::Unsupported(vec![(node.name().to_string(), node.op().name())]));
             }
         }
         Ok(())

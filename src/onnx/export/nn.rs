@@ -8,7 +8,7 @@ impl Exporter<'_> {
         let &At { n, node, ref ins, v0, d } = at;
         let g = self.g;
         let in_ty = |i: usize| g.ty(ins[i]);
-        match &node.op {
+        match node.op() {
             Op::LayerNorm { eps } => self.layer_norm(n, ins, *eps)?,
             Op::Softmax { axis, causal } => {
                 let ct = self.compute(d, true);

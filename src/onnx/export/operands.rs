@@ -216,7 +216,7 @@ impl<'a> Exporter<'a> {
         let (Some((add, e)), None) = (uses.next(), uses.next()) else { return None };
         let port = e.port;
         let add_v = ValueId { node: add, slot: 0 };
-        if !matches!(g.node(add).op, Op::Add) || !self.needed.contains(&add_v) && !g.outputs.contains(&add_v) {
+        if !matches!(g.node(add).op(), Op::Add) || !self.needed.contains(&add_v) && !g.outputs.contains(&add_v) {
             return None;
         }
         let b = g.inputs(add)[1 - port as usize];
@@ -224,11 +224,11 @@ impl<'a> Exporter<'a> {
         if g.ty(b).dtype != ty.dtype || g.ty(b).shape.0 != bias || out != ty {
             return None;
         }
-        match &g.node(b.node).op {
+        match g.node(b.node).op() {
             Op::Param { .. } | Op::State { .. } => Some((add, b.node, None)),
             Op::Cast { to } => {
                 let p = g.inputs(b.node)[0].node;
-                matches!(g.node(p).op, Op::Param { .. } | Op::State { .. }).then_some((add, p, Some(*to)))
+                matches!(g.node(p).op(), Op::Param { .. } | Op::State { .. }).then_some((add, p, Some(*to)))
             }
             _ => None,
         }
@@ -244,14 +244,14 @@ impl<'a> Exporter<'a> {
         len: u64,
     ) -> Result<String, ExportError> {
         let p = self.g.node(param);
-        let t = match (fill_value(&p.op), &p.op) {
+        let t = match (fill_value(p.op()), p.op()) {
             (Some(value), Op::Param { ty, .. } | Op::State { ty, .. }) => InitVal::of(Tensor::full(ty, value)?),
             _ => InitVal {
                 raw: self
                     .state
                     .get(&param)
                     .map(|t| t.as_ref().clone())
-                    .ok_or_else(|| ExportError::Graph(format!("no initial value for `{}`", p.name)))?,
+                    .ok_or_else(|| ExportError::Graph(format!("no initial value for `{}`", p.name())))?,
                 round: None,
             },
         };
@@ -259,7 +259,7 @@ impl<'a> Exporter<'a> {
             Some(to) => t.cast(to)?,
             None => t,
         };
-        let bias = self.fresh(&format!("{}.bias", p.name));
+        let bias = self.fresh(&format!("{}.bias", p.name()));
         self.push_init(&bias, &t, ct, &[len])?;
         Ok(bias)
     }

@@ -27,19 +27,19 @@ pub fn test_data(g: &Graph, opts: &Options, model: &ModelProto) -> Result<TestDa
     // The exported part alone, dropout off.
     let mut f = crate::onnx::forward::forward_part_of(g, &outputs, &nodes)?;
     for &n in &nodes {
-        if let Op::Dropout { seed, .. } = f.node(n).op {
-            f.node_mut(n).op = Op::Dropout { p: 0.0, seed };
+        if let &Op::Dropout { seed, .. } = f.node(n).op() {
+            f.set_op(n, Op::Dropout { p: 0.0, seed });
         }
     }
     let mut batch = State::new();
     let mut inputs = Vec::new();
     for &n in &nodes {
-        let Op::Input { ty } = &g.node(n).op else { continue };
-        let name = &g.node(n).name;
+        let Op::Input { ty } = g.node(n).op() else { continue };
+        let name = &g.node(n).name();
         let count = ty.shape.numel().unwrap_or(0) as usize;
         let bound = g
             .users(n)
-            .find(|(u, e)| matches!(g.node(*u).op, Op::Embedding) && e.port == 1)
+            .find(|(u, e)| matches!(g.node(*u).op(), Op::Embedding) && e.port == 1)
             .map(|(u, _)| g.ty(g.inputs(u)[0]).shape.0[0])
             .unwrap_or(2);
         let mut rng = SplitMix64::new(combine(opts.seed, fnv1a(name)));
@@ -93,9 +93,9 @@ pub(super) fn initial_values(
     sources.weights = if file { g.weights.clone() } else { None };
     for &n in nodes {
         let node = g.node(n);
-        if matches!(node.op, Op::Param { .. } | Op::State { .. }) && (fills || fill_value(&node.op).is_none()) {
+        if matches!(node.op(), Op::Param { .. } | Op::State { .. }) && (fills || fill_value(node.op()).is_none()) {
             sources
-                .add_node(node.name.clone(), node.op.clone(), Role::Forward, &[])
+                .add_node(node.name(), node.op().clone(), Role::Forward, &[])
                 .map_err(|e| ExportError::Graph(e.to_string()))?;
         }
     }

@@ -8,14 +8,14 @@ impl Exporter<'_> {
         let &At { n, node, ref ins, v0, d } = at;
         let g = self.g;
         let in_ty = |i: usize| g.ty(ins[i]);
-        match &node.op {
+        match node.op() {
             Op::Input { ty } => {
                 let name = self.name_of(v0);
                 self.inputs.push(ValueInfoProto::tensor(&name, self.store(ty.dtype), &dims_of(ty)));
                 self.repr.insert(v0, Repr::Act);
             }
-            Op::Param { ty, .. } | Op::State { ty, .. } if fill_value(&node.op).is_some() => {
-                let value = fill_value(&node.op).unwrap_or(0.0);
+            Op::Param { ty, .. } | Op::State { ty, .. } if fill_value(node.op()).is_some() => {
+                let value = fill_value(node.op()).unwrap_or(0.0);
                 self.repr.insert(v0, Repr::Fill { value, ty: ty.clone() });
             }
             Op::Param { .. } | Op::State { .. } => {
@@ -23,7 +23,7 @@ impl Exporter<'_> {
                     .state
                     .get(&n)
                     .map(|t| t.as_ref().clone())
-                    .ok_or_else(|| ExportError::Graph(format!("no initial value for `{}`", node.name)))?;
+                    .ok_or_else(|| ExportError::Graph(format!("no initial value for `{}`", node.name())))?;
                 self.repr.insert(v0, Repr::Init(InitVal { raw: t, round: None }));
             }
             Op::Constant { value, ty } => {
@@ -56,7 +56,7 @@ impl Exporter<'_> {
                     let x = self.get(ins[0])?;
                     self.simple(v0, "Identity", vec![x], self.store(d), true, vec![])?;
                 }
-                if let Op::Dropout { .. } = node.op {
+                if let Op::Dropout { .. } = node.op() {
                     let mask = ValueId { node: n, slot: 1 };
                     if self.needed.contains(&mask) {
                         // Inference keeps every element.
@@ -87,18 +87,18 @@ impl Exporter<'_> {
             | Op::Log
             | Op::Erf
             | Op::Sqrt => {
-                let Onnx::Direct(op_type) = node.op.info().onnx else {
-                    return Err(ExportError::Unsupported(vec![(node.name.to_string(), node.op.name())]));
+                let Onnx::Direct(op_type) = node.op().info().onnx else {
+                    return Err(ExportError::Unsupported(vec![(node.name().to_string(), node.op().name())]));
                 };
                 let ct = self.compute(d, true);
                 let xs = ins.iter().map(|&v| self.get_as(v, ct, None)).collect::<Result<Vec<_>, _>>()?;
                 // relu only selects: exact in any type.
-                self.simple(v0, op_type, xs, ct, matches!(node.op, Op::Relu), vec![])?;
+                self.simple(v0, op_type, xs, ct, matches!(node.op(), Op::Relu), vec![])?;
             }
             Op::Scale { value } => {
                 let ct = self.compute(d, true);
                 let x = self.get_as(ins[0], ct, None)?;
-                let s = self.scalar(ct, *value, &format!("{}.value", node.name));
+                let s = self.scalar(ct, *value, &format!("{}.value", node.name()));
                 self.simple(v0, "Mul", vec![x, s], ct, false, vec![])?;
             }
             Op::Gelu => self.gelu(v0, ins[0])?,
