@@ -188,7 +188,22 @@ pub fn export_ahead(
     for &n in &nodes {
         let node = g.node(n);
         let (Op::Param { init, ty } | Op::State { init, ty }) = node.op() else { continue };
-        match (init, weights.and_then(|w| w.get(node.name()))) {
+        if matches!(init, Init::Zeros | Init::Ones | Init::Constant { .. }) {
+            // A fill is the same whatever the seed and the name: made here
+            // rather than through a graph and a map by name of its own (a
+            // 10^6-node model has 333 K small biases). Large fills become
+            // ConstantOfShape nodes and hold no data.
+            if fill_value(node.op()).is_none() {
+                let t = crate::exec::init::init_tensor(node.name(), ty, init, opts.seed)?;
+                state.insert(n, Cow::Owned(RawTensor::from_tensor(t)));
+            }
+            continue;
+        }
+        let file = match init {
+            Init::File => weights.and_then(|w| w.get(node.name())),
+            _ => None,
+        };
+        match (init, file) {
             (Init::File, Some(t)) => {
                 if t.dtype != ty.dtype || t.dims != ty.shape.0 {
                     return Err(ExportError::Graph(format!(
