@@ -703,6 +703,27 @@ fn timings_name_every_phase_and_the_streamed_file_is_stdout() {
     assert_eq!(std::fs::read(&out).unwrap(), o.stdout);
 }
 
+/// The ONNX path reports its own phases, in the order they run.
+#[test]
+fn timings_name_every_phase_of_an_onnx_lowering() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.onnx");
+    let o = Command::new(env!("CARGO_BIN_EXE_mpc"))
+        .args(["lower", "tests/data/onnx/light_squeezenet.onnx", "--emit", "onnx", "-o", out.to_str().unwrap()])
+        .env("MPC_TIMINGS", "1")
+        .output()
+        .expect("mpc runs");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    let phases: Vec<&str> =
+        e.lines().filter_map(|l| l.strip_prefix("mpc-timings: ")?.split_whitespace().next()).collect();
+    assert_eq!(
+        phases,
+        ["phase", "read", "decode", "import", "autocast", "cleanup", "export", "encode", "write"],
+        "{e}"
+    );
+}
+
 /// `compare --lr-schedule` trains every mode under the schedule (it took
 /// only the graph's) and records it in compare.json; a bad one is a usage
 /// error.
