@@ -49,9 +49,8 @@ fn once(job: &OnnxLower, bytes: &Bytes, quiet: bool) -> Result<(Vec<Bytes>, usiz
     };
     let nodes = l.onnx_nodes;
     if job.repeat <= 1 {
-        // The one run: the process's exit frees the graph at once (as for a
-        // JSON graph, `exit_without_freeing`), not node by node.
-        std::mem::forget(l);
+        // The one run: nothing reads the graph again.
+        crate::exit_without_freeing(l);
     }
     Ok((chunks, nodes))
 }

@@ -34,7 +34,7 @@ pub struct RawTensor {
 
 /// Weights by node name, as [`crate::exec::State`] holds tensors. A hash
 /// map: an imported model's weights are looked up one by one, by name, at
-/// import and at export (as a `BTreeMap`, string comparisons were 3 % of
+/// import and at export (as a `BTreeMap`, string comparisons were 2.6 % of
 /// lowering a 10^5-node ONNX chain).
 pub type RawWeights = FxHashMap<String, RawTensor>;
 

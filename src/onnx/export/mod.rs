@@ -203,8 +203,8 @@ pub fn export_ahead(
             Init::File => weights.and_then(|w| w.get(node.name())),
             _ => None,
         };
-        match (init, file) {
-            (Init::File, Some(t)) => {
+        match file {
+            Some(t) => {
                 if t.dtype != ty.dtype || t.dims != ty.shape.0 {
                     return Err(ExportError::Graph(format!(
                         "the weights give `{}` as {} {:?}, but the graph says {ty}",
@@ -215,7 +215,7 @@ pub fn export_ahead(
                 }
                 state.insert(n, Cow::Borrowed(t));
             }
-            _ => rest.push(n),
+            None => rest.push(n),
         }
     }
     // With weights given, nothing is read from the graph's weights file.
@@ -460,7 +460,8 @@ impl<'a> Exporter<'a> {
         needed: DenseSet<ValueId>,
         nodes: usize,
     ) -> Exporter<'a> {
-        // About one initializer per param (growing 200-byte records was 1 % of an export).
+        // About one initializer per param (growing the vector was 1 % of a
+        // 10^5-node lowering's samples).
         let params = state.len();
         Exporter {
             g,
