@@ -97,7 +97,7 @@ fn kept_ports(op: &Op) -> &'static [usize] {
 }
 
 fn has_float_output(g: &Graph, n: NodeId) -> bool {
-    g.node(n).outputs().first().is_some_and(|o| o.ty.dtype.is_float())
+    g.output_types(n).next().is_some_and(|t| t.dtype.is_float())
 }
 
 impl Pass for Autocast {
@@ -110,7 +110,7 @@ impl Pass for Autocast {
         // its casts would round twice (an f16 copy cast to f32, or to bf16)
         // where lowering the source would round once.
         let Some(mark) = super::lowered_mark(g) else { return self.paint_and_cast(g) };
-        let dtype = |g: &Graph, n: NodeId| g.node(n).outputs().first().map(|o| o.ty.dtype);
+        let dtype = |g: &Graph, n: NodeId| g.output_types(n).next().map(|t| t.dtype);
         let before: Vec<_> = g.node_ids().map(|n| (n, dtype(g, n))).collect();
         let changed = self.paint_and_cast(g)?;
         let moved = before.iter().find(|&&(n, dt)| g.contains(n) && dtype(g, n) != dt);
@@ -269,7 +269,7 @@ fn bias_of(g: &Graph, n: NodeId, kinds: &[Kind], fanout: &Packed) -> Option<u32>
     let &[a, b] = g.inputs(n).as_slice() else {
         return None;
     };
-    let out = &g.node(n).outputs().first()?.ty;
+    let out = g.output_types(n).next()?;
     [(a, b), (b, a)].into_iter().find_map(|(x, bias)| {
         let p = x.node;
         let low = match kinds[p.index()] {
@@ -470,20 +470,13 @@ impl CastCache {
     }
 }
 
-/// Re-types `n` from its inputs `ins`, changing only what changed (here,
-/// only dtypes ever do).
+/// Re-types `n` from its inputs `ins`.
 fn retype(g: &mut Graph, memo: &mut InferMemo, n: NodeId, ins: &[ValueId]) -> Result<(), String> {
     let node = g.node(n);
     let tys = g.types_of(ins);
     let out = memo.infer(node.op(), &tys).map_err(|m| format!("node `{}`: {m}", node.name()))?;
     drop(tys);
-    for (o, t) in g.outputs_mut(n).iter_mut().zip(out) {
-        if o.ty.shape == t.shape {
-            o.ty.dtype = t.dtype;
-        } else {
-            o.ty = t.clone();
-        }
-    }
+    g.set_output_types(n, out);
     Ok(())
 }
 
@@ -557,7 +550,7 @@ fn report(
             node: node.name().to_string(),
             op: kind.name(),
             class: if kind == OpKind::Cast { None } else { table.class(kind) },
-            dtype: node.outputs().first().map(|o| o.ty.dtype.to_string()).unwrap_or_default(),
+            dtype: g.output_types(n).next().map(|t| t.dtype.to_string()).unwrap_or_default(),
             rule: if painted { rules[n.index()].describe(&name_of) } else { Rule::Fixed.describe(&name_of) },
         });
     }

@@ -139,9 +139,7 @@ pub fn lower(g: &mut Graph, opts: &Options) -> Result<Lowered, PassError> {
 /// cleanup; no autocast and no loss scaling.
 pub fn lower_fp32(g: &mut Graph, opts: &Options) -> Result<(), PassError> {
     if let Some(mark) = lowered_mark(g) {
-        let low = g
-            .node_ids()
-            .find_map(|n| g.node(n).outputs().iter().map(|o| o.ty.dtype).find(|d| d.is_low()).map(|d| (n, d)));
+        let low = g.node_ids().find_map(|n| g.output_types(n).map(|t| t.dtype).find(|d| d.is_low()).map(|d| (n, d)));
         if let Some((n, low)) = low {
             return Err(PassError::Failed {
                 pass: "autocast",

@@ -100,7 +100,7 @@ pub fn kernels(g: &Graph) -> Vec<Kernel> {
             continue;
         }
         let ins: Vec<&TensorType> = g.inputs(n).iter().map(|&v| g.ty(v)).collect();
-        let outs: Vec<&TensorType> = node.outputs().iter().map(|o| &o.ty).collect();
+        let outs: Vec<&TensorType> = g.output_types(n).collect();
         let bytes = ins.iter().chain(&outs).map(|t| size(t) * t.dtype.size_bytes() as f64).sum();
         let (flops, gemm) = flops(g, n, &ins, &outs);
         let dtype = outs.first().map_or(DType::F32, |t| t.dtype);

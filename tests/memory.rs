@@ -48,7 +48,10 @@ fn every_example_plans_a_valid_arena() {
         let (mut params, mut state, mut batch) = (0u64, 0u64, 0u64);
         for n in g.node_ids() {
             let node = g.node(n);
-            let bytes = || node.outputs()[0].ty.shape.numel().unwrap() * node.outputs()[0].ty.dtype.size_bytes() as u64;
+            let bytes = || {
+                g.ty(mpc::ValueId { node: n, slot: 0 }).shape.numel().unwrap()
+                    * g.ty(mpc::ValueId { node: n, slot: 0 }).dtype.size_bytes() as u64
+            };
             match node.op() {
                 Op::Param { .. } => params += bytes(),
                 Op::State { .. } => state += bytes(),

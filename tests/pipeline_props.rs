@@ -153,13 +153,13 @@ fn check(g0: &Graph, low: DType, mode: LossScale) -> Result<(), TestCaseError> {
         if let Op::Cast { to } = node.op() {
             prop_assert!(casts.insert((g.inputs(n)[0], to)), "a value is cast twice to {}", to);
         }
-        let Some(out) = node.outputs().first() else { continue };
-        if node.precision().is_some() || !out.ty.dtype.is_float() || Some(ValueId { node: n, slot: 0 }) == g.loss {
+        let Some(out) = g.output_types(n).next() else { continue };
+        if node.precision().is_some() || !out.dtype.is_float() || Some(ValueId { node: n, slot: 0 }) == g.loss {
             continue;
         }
         match table.class(node.op().kind()) {
-            Some(Class::Low) => prop_assert_eq!(out.ty.dtype, low, "{} must be low", node.name()),
-            Some(Class::Fp32) => prop_assert_eq!(out.ty.dtype, DType::F32, "{} must be f32", node.name()),
+            Some(Class::Low) => prop_assert_eq!(out.dtype, low, "{} must be low", node.name()),
+            Some(Class::Fp32) => prop_assert_eq!(out.dtype, DType::F32, "{} must be f32", node.name()),
             _ => {}
         }
     }

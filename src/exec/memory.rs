@@ -161,8 +161,8 @@ pub fn materialized_bytes(g: &crate::ir::graph::Graph) -> u64 {
     for n in g.node_ids() {
         let node = g.node(n);
         if matches!(node.op(), Op::Param { .. } | Op::State { .. } | Op::Constant { .. }) {
-            for o in node.outputs() {
-                let b = o.ty.shape.numel().unwrap_or(u64::MAX).saturating_mul(o.ty.dtype.size_bytes() as u64);
+            for t in g.output_types(n) {
+                let b = t.shape.numel().unwrap_or(u64::MAX).saturating_mul(t.dtype.size_bytes() as u64);
                 total = total.saturating_add(b);
             }
         }

@@ -152,7 +152,7 @@ impl Plan {
                 op: node.op().clone(),
                 inputs: g.inputs(n).into_iter().map(idx).collect::<Result<_, _>>()?,
                 outputs: g.values(n).map(idx).collect::<Result<_, _>>()?,
-                out_types: node.outputs().iter().map(|o| o.ty.clone()).collect(),
+                out_types: g.output_types(n).cloned().collect(),
                 seed: node_seed(seed, node.name()),
                 free_after: Vec::new(),
             });

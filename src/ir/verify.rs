@@ -17,7 +17,7 @@ pub struct VerifyError(pub Vec<Problem>);
 
 fn at(g: &Graph, id: NodeId, field: Option<&str>, message: String) -> Problem {
     let n = g.node(id);
-    let pointer = n.origin().map(|o| match field {
+    let pointer = g.origin(id).map(|o| match field {
         Some(f) => format!("{}/{f}", o.pointer()),
         None => o.pointer(),
     });
@@ -142,8 +142,8 @@ fn problems_of(g: &Graph, need_loss: bool) -> Vec<Problem> {
         let tys = g.types_of(&ins);
         match memo.infer(n.op(), &tys) {
             Ok(want) => {
-                if want.len() != n.outputs().len() || want.iter().zip(n.outputs()).any(|(a, o)| *a != o.ty) {
-                    let have: Vec<&crate::TensorType> = n.outputs().iter().map(|o| &o.ty).collect();
+                if want.len() != n.outputs().len() || !want.iter().eq(g.output_types(id)) {
+                    let have: Vec<&crate::TensorType> = g.output_types(id).collect();
                     let show = |v: Vec<String>| v.join(", ");
                     out.push(at(
                         g,
@@ -276,7 +276,7 @@ pub fn cycle_problem(g: &Graph, stuck: &[NodeId]) -> Problem {
     let first = cycle.first().copied().unwrap_or(stuck[0]);
     Problem::new(
         Some(g.node(first).name()),
-        g.node(first).origin().map(|o| o.pointer()),
+        g.origin(first).map(|o| o.pointer()),
         format!("the graph has a cycle: {} -> {}", names.join(" -> "), names.first().unwrap_or(&"?")),
     )
 }

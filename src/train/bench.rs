@@ -49,12 +49,12 @@ pub fn tokens(g: &Graph) -> u64 {
     let ids: u64 = inputs
         .iter()
         .filter(|&&n| g.users(n).any(|(u, e)| matches!(g.node(u).op(), Op::Embedding) && e.port == 1))
-        .filter_map(|&n| g.node(n).outputs().first().and_then(|o| o.ty.shape.numel()))
+        .filter_map(|&n| g.output_types(n).next().and_then(|t| t.shape.numel()))
         .sum();
     if ids > 0 {
         return ids;
     }
-    inputs.first().and_then(|&n| g.node(n).outputs().first()).and_then(|o| o.ty.shape.0.first().copied()).unwrap_or(1)
+    inputs.first().and_then(|&n| g.output_types(n).next()).and_then(|t| t.shape.0.first().copied()).unwrap_or(1)
 }
 
 /// Timed steps, in seconds.

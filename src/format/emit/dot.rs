@@ -88,9 +88,9 @@ fn write(g: &Graph, opts: &Options, s: &mut String) -> std::fmt::Result {
         )?;
         for id in g.node_ids().filter(|&id| g.node(id).role() == role && show[id.index()]) {
             let n = g.node(id);
-            let ty = n.outputs().iter().map(|o| o.ty.to_string()).collect::<Vec<_>>().join(", ");
+            let ty = g.output_types(id).map(|t| t.to_string()).collect::<Vec<_>>().join(", ");
             let label = format!("{}\n{}\n{}", n.name(), n.op().name(), ty);
-            let dtype = n.outputs().first().map(|o| o.ty.dtype).unwrap_or(DType::F32);
+            let dtype = g.output_types(id).next().map(|t| t.dtype).unwrap_or(DType::F32);
             let shape = if n.op().is_source() { ", shape=ellipse" } else { "" };
             let border = match border {
                 "" => String::new(),

@@ -27,11 +27,11 @@ fn write(g: &Graph, s: &mut String) -> std::fmt::Result {
         if n.output_names().next() != Some(n.name()) {
             write!(s, "{}: ", n.name())?;
         }
-        for (i, (o, name)) in n.outputs().iter().zip(n.output_names()).enumerate() {
+        for (i, (t, name)) in g.output_types(id).zip(n.output_names()).enumerate() {
             if i > 0 {
                 s.push_str(", ");
             }
-            write!(s, "%{}:{}", name, o.ty)?;
+            write!(s, "%{}:{}", name, t)?;
         }
         write!(s, " = {}", n.op().name())?;
         match n.op() {

@@ -145,7 +145,7 @@ impl Builder {
                 let earlier = self
                     .g
                     .node_named(&n)
-                    .and_then(|id| self.g.node(id).origin())
+                    .and_then(|id| self.g.origin(id))
                     .map(|o| format!(" (first defined at {})", o.pointer()))
                     .unwrap_or_default();
                 self.problem(Some(name), format!("{ptr}/name"), format!("the name `{n}` is already defined{earlier}"));
@@ -472,7 +472,7 @@ fn finish(mut b: Builder, raw: Tail<'_>) -> Result<Graph, Vec<Problem>> {
             .into_iter()
             .map(|(id, m)| {
                 let n = b.g.node(id);
-                Problem::new(Some(n.name()), n.origin().map(|o| o.pointer()), m)
+                Problem::new(Some(n.name()), b.g.origin(id).map(|o| o.pointer()), m)
             })
             .collect());
     }

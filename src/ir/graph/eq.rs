@@ -38,7 +38,8 @@ impl PartialEq for Graph {
                 && nx.op == ny.op
                 && nx.role == ny.role
                 && nx.precision == ny.precision
-                && nx.outputs == ny.outputs
+                && nx.output_names().eq(ny.output_names())
+                && self.output_types(x).eq(other.output_types(y))
                 && ix == iy
         })
     }

@@ -36,6 +36,7 @@ mod meta;
 mod names;
 mod node;
 mod order;
+mod types;
 
 pub use node::{Node, Origin, Output, SECTIONS};
 
@@ -44,6 +45,7 @@ pub(crate) use memo::InferMemo;
 use meta::*;
 pub(crate) use names::name_hash;
 use names::*;
+use types::{TypeId, Types};
 
 /// A node of a [`Graph`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -132,6 +134,11 @@ pub struct Graph {
     /// A byte per node index (see `RANK`, `VACANT`, `STALE`, `CAST`).
     meta: Vec<u8>,
     names: Names,
+    /// The distinct types of the nodes' outputs.
+    types: Types,
+    /// Where parsed nodes were written, by node index (passes' nodes have
+    /// none, and the vector ends at the last parsed node).
+    origins: Vec<Option<Origin>>,
     /// Nodes registered under their own name as well as their values' (a
     /// multi-output node whose own name is not one of its value names).
     node_names: FxHashSet<u32>,
@@ -182,10 +189,17 @@ impl Graph {
         self.node_keep(id)
     }
 
-    /// A node's outputs, to re-type them.
-    #[inline]
-    pub(crate) fn outputs_mut(&mut self, id: NodeId) -> &mut [Output] {
-        &mut self.node_keep(id).outputs
+    /// Re-types a node's outputs, in slot order.
+    pub(crate) fn set_output_types(&mut self, id: NodeId, tys: &[TensorType]) {
+        let Graph { g, types, .. } = self;
+        for (o, t) in g[id.0].outputs.iter_mut().zip(tys) {
+            o.ty = types.intern(t);
+        }
+    }
+
+    /// Where a parsed node was written in its source file.
+    pub fn origin(&self, id: NodeId) -> Option<Origin> {
+        self.origins.get(id.index()).copied().flatten()
     }
 
     /// Sets a node's precision pin (its override of the precision table).
@@ -250,7 +264,12 @@ impl Graph {
 
     #[inline]
     pub fn ty(&self, v: ValueId) -> &TensorType {
-        &self.g[v.node.0].outputs[v.slot as usize].ty
+        self.types.get(self.g[v.node.0].outputs[v.slot as usize].ty)
+    }
+
+    /// The types of a node's outputs, in slot order.
+    pub fn output_types(&self, id: NodeId) -> impl ExactSizeIterator<Item = &TensorType> + '_ {
+        self.g[id.0].outputs.iter().map(|o| self.types.get(o.ty))
     }
 
     /// The types of some values.
@@ -415,8 +434,9 @@ impl Graph {
     }
 
     fn finish_typed(&mut self, id: NodeId, tys: Vec<TensorType>, inputs: &[ValueId]) {
-        for (ty, out) in tys.into_iter().zip(self.node_keep(id).outputs.iter_mut()) {
-            out.ty = ty;
+        let Graph { g, types, .. } = self;
+        for (ty, out) in tys.into_iter().zip(g[id.0].outputs.iter_mut()) {
+            out.ty = types.intern_owned(ty);
         }
         for (port, &v) in inputs.iter().enumerate() {
             self.connect(v, id, port as u32);
@@ -440,14 +460,20 @@ impl Graph {
     }
 
     /// Adds `node` to the `StableGraph` (which reuses the last vacated index
-    /// first) and records its meta byte.
-    fn alloc(&mut self, node: Node) -> u32 {
+    /// first) and records its meta byte and origin.
+    fn alloc(&mut self, node: Node, origin: Option<Origin>) -> u32 {
         let meta = meta_of(&node);
         let i = self.g.add_node(Box::new(node)).index();
         if i == self.meta.len() {
             self.meta.push(meta);
         } else {
             self.meta[i] = meta;
+        }
+        if origin.is_some() && self.origins.len() <= i {
+            self.origins.resize(i + 1, None);
+        }
+        if let Some(o) = self.origins.get_mut(i) {
+            *o = origin;
         }
         i as u32
     }
@@ -486,9 +512,8 @@ impl Graph {
         role: Role,
         origin: Option<Origin>,
     ) -> NodeId {
-        let placeholder = TensorType::scalar(crate::ir::types::DType::F32);
-        let outputs = smallvec::smallvec![Output { name: None, ty: placeholder }];
-        let i = self.alloc(Node { name, op, role, precision: None, outputs, origin });
+        let outputs = smallvec::smallvec![Output { name: None, ty: TypeId::UNTYPED }];
+        let i = self.alloc(Node { name, op, role, precision: None, outputs }, origin);
         self.names.fill(at, NameEntry { hash, node: i, slot: 0 });
         NodeId::at(i)
     }
@@ -585,8 +610,8 @@ impl Graph {
             Ok(std::slice::from_ref(&ty)),
             "add_unnamed: the type given is the one inference gives"
         );
-        let outputs = smallvec::smallvec![Output { name: None, ty }];
-        let id = NodeId::at(self.alloc(Node { name, op, role, precision: None, outputs, origin: None }));
+        let outputs = smallvec::smallvec![Output { name: None, ty: self.types.intern_owned(ty) }];
+        let id = NodeId::at(self.alloc(Node { name, op, role, precision: None, outputs }, None));
         for (port, &v) in inputs.iter().enumerate() {
             self.connect(v, id, port as u32);
         }
@@ -649,11 +674,10 @@ impl Graph {
                 return Err(GraphError::DuplicateName(o.clone()));
             }
         }
-        let placeholder = TensorType::scalar(crate::ir::types::DType::F32);
         let hashes: SmallVec<[u64; 4]> = output_names.iter().map(|o| name_hash(o)).collect();
         let node_hash = name_hash(&name);
-        let outputs = output_names.into_iter().map(|o| Output::new(o, &name, placeholder.clone())).collect();
-        let i = self.alloc(Node { name: name.into(), op, role, precision: None, outputs, origin });
+        let outputs = output_names.into_iter().map(|o| Output::new(o, &name, TypeId::UNTYPED)).collect();
+        let i = self.alloc(Node { name: name.into(), op, role, precision: None, outputs }, origin);
         for (slot, h) in hashes.into_iter().enumerate() {
             self.register(h, i, slot as u32);
         }
@@ -773,6 +797,9 @@ impl Graph {
         let node =
             *self.g.remove_node(id.0).ok_or_else(|| GraphError::UnknownValue(format!("node #{}", id.index())))?;
         self.meta[id.index()] = VACANT;
+        if let Some(o) = self.origins.get_mut(id.index()) {
+            *o = None;
+        }
         self.node_names.remove(&(id.index() as u32));
         Ok(node)
     }

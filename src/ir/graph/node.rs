@@ -1,11 +1,11 @@
-//! What a graph holds per node: the node itself, its outputs, and where
-//! it was written in its source file.
+//! What a graph holds per node: the node itself and its outputs; and
+//! where a parsed node was written in its source file.
 
 use compact_str::CompactString;
 use smallvec::SmallVec;
 
+use super::types::TypeId;
 use crate::ir::op::{Op, Precision, Role};
-use crate::ir::types::TensorType;
 
 /// Where a node was written in its source file, for error messages.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -38,18 +38,20 @@ impl Origin {
     }
 }
 
-/// One output of a node: its name and type.
+/// One output of a node: its name and type. Read the type through the
+/// graph ([`Graph::ty`](super::Graph::ty), [`Graph::output_types`](super::Graph::output_types)),
+/// which holds each distinct type once.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Output {
     /// The name; `None` when it is the node's own (the usual first output),
     /// which then is not stored twice. Read it with [`Node::output_name`].
     pub(super) name: Option<Box<str>>,
-    pub ty: TensorType,
+    pub(super) ty: TypeId,
 }
 
 impl Output {
     /// An output named `name` of a node named `node`.
-    pub(super) fn new(name: String, node: &str, ty: TensorType) -> Output {
+    pub(super) fn new(name: String, node: &str, ty: TypeId) -> Output {
         Output { name: (name != node).then(|| name.into_boxed_str()), ty }
     }
 }
@@ -57,7 +59,8 @@ impl Output {
 /// A node of a graph. Read through its accessors: how the graph stores a
 /// node is its own business (docs/FLAT_IR.md plans flat arrays), and
 /// changes go through the graph (`Graph::rename`, `Graph::set_op`, ...),
-/// which keeps its name table and per-node flags in step.
+/// which keeps its name table and per-node flags in step. Where a parsed
+/// node was written is the graph's too ([`Graph::origin`](super::Graph::origin)).
 #[derive(Clone, Debug)]
 pub struct Node {
     pub(super) name: CompactString,
@@ -68,7 +71,6 @@ pub struct Node {
     /// Inline: nearly every node has one output, and a vector would be a
     /// second allocation per node.
     pub(super) outputs: SmallVec<[Output; 1]>,
-    pub(super) origin: Option<Origin>,
 }
 
 impl Node {
@@ -98,12 +100,6 @@ impl Node {
     #[inline]
     pub fn outputs(&self) -> &[Output] {
         &self.outputs
-    }
-
-    /// Where the node was written in its source file (parsed nodes only).
-    #[inline]
-    pub fn origin(&self) -> Option<Origin> {
-        self.origin
     }
 
     /// The name of output `slot`.

@@ -114,7 +114,8 @@ impl Graph {
             };
             match result {
                 Ok(tys) => {
-                    let node = &mut self.g[id.0];
+                    let Graph { g, types, .. } = self;
+                    let node = &mut g[id.0];
                     if tys.len() != node.outputs.len() {
                         failed[id.index()] = true;
                         problems.push((
@@ -129,7 +130,7 @@ impl Graph {
                         continue;
                     }
                     for (o, t) in node.outputs.iter_mut().zip(tys) {
-                        o.ty.clone_from(t);
+                        o.ty = types.intern(t);
                     }
                 }
                 Err(m) => {
