@@ -1,23 +1,21 @@
-//! The graph IR: typed handles over a petgraph `StableGraph`.
+//! The graph IR: nodes by index, their inputs in one arena.
 //!
 //! Every value is produced by exactly one node (graph inputs, parameters and
 //! state are nodes too), so a value is named by `ValueId { node, slot }`.
-//! Edges run from producer to consumer and carry the producer's output slot
-//! and the consumer's input port; they are the only record of a node's
-//! inputs. Raw petgraph indices do not leave this module.
+//! A node's inputs are its entries in the edge arena (`wires`), in port
+//! order; each entry also links its producer's list of uses. petgraph's
+//! traits are implemented for `&Graph` (`visit.rs`), so its algorithms run
+//! on the IR directly.
 //!
-//! Beside the `StableGraph`, two side tables keyed by node index: a byte per
-//! node (vacancy, role rank, whether a cast) that whole-graph walks read
-//! instead of the node, and the name table, which stores no strings: an
-//! entry is the name's hash and the node (and output slot) it names, and a
-//! probe compares against the name held by the node itself.
+//! Beside the nodes, side tables keyed by node index: a byte per node
+//! (vacancy, role rank, whether a cast) that whole-graph walks read instead
+//! of the node, and the name table, which stores no strings: an entry is
+//! the name's hash and the node (and output slot) it names, and a probe
+//! compares against the name held by the node itself.
 
 use std::hash::Hasher;
 
 use compact_str::CompactString;
-use petgraph::stable_graph::{EdgeIndex, NodeIndex, StableGraph};
-use petgraph::visit::{EdgeRef, NodeIndexable};
-use petgraph::Direction;
 use rustc_hash::{FxHashSet, FxHasher};
 use smallvec::SmallVec;
 
@@ -37,8 +35,11 @@ mod names;
 mod node;
 mod order;
 mod types;
+mod visit;
+mod wires;
 
 pub use node::{Node, Origin, Output, SECTIONS};
+pub use visit::Visited;
 
 pub(crate) use dense::{DenseMap, DenseSet};
 pub(crate) use memo::InferMemo;
@@ -46,19 +47,22 @@ use meta::*;
 pub(crate) use names::name_hash;
 use names::*;
 use types::{TypeId, Types};
+use wires::Wires;
 
 /// A node of a [`Graph`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeId(NodeIndex<u32>);
+pub struct NodeId(u32);
 
 impl NodeId {
     /// A number that identifies the node within its graph (not stable across removals and insertions).
+    #[inline]
     pub fn index(self) -> usize {
-        self.0.index()
+        self.0 as usize
     }
 
+    #[inline]
     fn at(index: u32) -> NodeId {
-        NodeId(NodeIndex::new(index as usize))
+        NodeId(index)
     }
 }
 
@@ -89,48 +93,24 @@ pub enum GraphError {
     HasUsers(String),
 }
 
-// The byte per node that whole-graph walks read instead of the node.
-
-/// The graph proper. Nodes are boxed: the `StableGraph`'s node vector then
-/// holds a pointer per node, so growing it (a pass adding nodes) copies 16
-/// bytes per node rather than the whole node. Held in the vector itself, a
-/// lowered 10^6-op chain peaked at 1545 MiB instead of 1785, but the room a
-/// pass reserves on a graph without any (a clone) then copied 168 bytes a
-/// node: in-memory autocast at 10^5 ops took 35-39 ms against 29-32
-/// (BENCHMARKS.md, issue 17).
-type Petgraph = StableGraph<Box<Node>, Wire, petgraph::Directed, u32>;
-
-/// An [`Edge`] as the petgraph holds it: the port plus one, never zero, so
-/// that the `Option` the `StableGraph` wraps it in (for vacant edge slots)
-/// takes no room of its own: 24 bytes an edge instead of 28 (41 MB of a
-/// lowered 10^6-op graph's 10.3 M edges).
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-struct Wire {
-    slot: u32,
-    port1: std::num::NonZeroU32,
-}
-
-impl Wire {
-    fn new(slot: u32, port: u32) -> Wire {
-        // No node has 2^32 - 1 inputs: the saturation never happens.
-        Wire { slot, port1: std::num::NonZeroU32::MIN.saturating_add(port) }
-    }
-
-    #[inline]
-    fn port(self) -> u32 {
-        self.port1.get() - 1
-    }
-
-    fn edge(self) -> Edge {
-        Edge { slot: self.slot, port: self.port() }
-    }
-}
+/// The nodes by index (`None`: vacated). Boxed: growing the vector (a
+/// pass adding nodes) then copies 8 bytes a node rather than the node. Held
+/// in the vector itself, a lowered 10^6-op chain peaked at 1545 MiB instead
+/// of 1785, but the room a pass reserves on a graph without any (a clone)
+/// then copied 168 bytes a node: in-memory autocast at 10^5 ops took 35-39
+/// ms against 29-32 (BENCHMARKS.md, issue 17).
+type Nodes = Vec<Option<Box<Node>>>;
 
 /// A training graph.
 #[derive(Clone, Debug, Default)]
 pub struct Graph {
     pub name: String,
-    g: Petgraph,
+    g: Nodes,
+    /// The live nodes.
+    live: usize,
+    /// Vacated indices, the last vacated on top: a new node takes it first.
+    vacated: Vec<u32>,
+    wires: Wires,
     /// A byte per node index (see `RANK`, `VACANT`, `STALE`, `CAST`).
     meta: Vec<u8>,
     names: Names,
@@ -163,22 +143,35 @@ impl Graph {
     }
 
     pub fn node_count(&self) -> usize {
-        self.g.node_count()
+        self.live
     }
 
     pub fn edge_count(&self) -> usize {
-        self.g.edge_count()
+        self.wires.count()
     }
 
+    /// Node `id`; panics when there is none (a removed node), as indexing does.
     #[inline]
     pub fn node(&self, id: NodeId) -> &Node {
-        &self.g[id.0]
+        match self.g.get(id.index()) {
+            Some(Some(n)) => n,
+            _ => no_node(id),
+        }
     }
 
     /// The node, without marking it as changed (for fields other than `op` and `role`).
     #[inline]
     fn node_keep(&mut self, id: NodeId) -> &mut Node {
-        &mut self.g[id.0]
+        match self.g.get_mut(id.index()) {
+            Some(Some(n)) => n,
+            _ => no_node(id),
+        }
+    }
+
+    /// The node at index `i`, if there is one.
+    #[inline]
+    fn weight(&self, i: usize) -> Option<&Node> {
+        self.g.get(i).and_then(|n| n.as_deref())
     }
 
     #[inline]
@@ -192,7 +185,8 @@ impl Graph {
     /// Re-types a node's outputs, in slot order.
     pub(crate) fn set_output_types(&mut self, id: NodeId, tys: &[TensorType]) {
         let Graph { g, types, .. } = self;
-        for (o, t) in g[id.0].outputs.iter_mut().zip(tys) {
+        let Some(Some(node)) = g.get_mut(id.index()) else { no_node(id) };
+        for (o, t) in node.outputs.iter_mut().zip(tys) {
             o.ty = types.intern(t);
         }
     }
@@ -234,7 +228,7 @@ impl Graph {
         if m & STALE == 0 {
             return m;
         }
-        match self.g.node_weight(NodeIndex::new(i)) {
+        match self.weight(i) {
             Some(n) => meta_of(n),
             None => m,
         }
@@ -253,7 +247,7 @@ impl Graph {
 
     /// The nodes no node reads, in index order (a scan of the node vector).
     pub(crate) fn sinks(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.g.externals(Direction::Outgoing).map(NodeId)
+        self.node_ids().filter(|n| self.wires.unread(n.index()))
     }
 
     /// Whether the node is an input, param or state declaration (without reading it, mostly).
@@ -264,12 +258,12 @@ impl Graph {
 
     #[inline]
     pub fn ty(&self, v: ValueId) -> &TensorType {
-        self.types.get(self.g[v.node.0].outputs[v.slot as usize].ty)
+        self.types.get(self.node(v.node).outputs[v.slot as usize].ty)
     }
 
     /// The types of a node's outputs, in slot order.
     pub fn output_types(&self, id: NodeId) -> impl ExactSizeIterator<Item = &TensorType> + '_ {
-        self.g[id.0].outputs.iter().map(|o| self.types.get(o.ty))
+        self.node(id).outputs.iter().map(|o| self.types.get(o.ty))
     }
 
     /// The types of some values.
@@ -284,7 +278,7 @@ impl Graph {
 
     #[inline]
     pub fn value_name(&self, v: ValueId) -> &str {
-        self.g[v.node.0].output_name(v.slot as usize)
+        self.node(v.node).output_name(v.slot as usize)
     }
 
     /// The table entry of `name`.
@@ -311,70 +305,40 @@ impl Graph {
 
     /// Values of a node, one per output slot.
     pub fn values(&self, id: NodeId) -> impl Iterator<Item = ValueId> + '_ {
-        (0..self.g[id.0].outputs.len() as u32).map(move |slot| ValueId { node: id, slot })
+        (0..self.node(id).outputs.len() as u32).map(move |slot| ValueId { node: id, slot })
     }
 
     /// The inputs of a node, in port order.
+    #[inline]
     pub fn inputs(&self, id: NodeId) -> Inputs {
-        // The incoming edges come newest first. A node wired port by port
-        // (the usual case) lists ports n-1, ..., 0: reverse them; anything
-        // else is sorted by port.
-        let mut buf = [(0u32, ValueId { node: id, slot: 0 }); 4];
-        let mut n = 0;
-        for e in self.g.edges_directed(id.0, Direction::Incoming) {
-            if n == buf.len() {
-                return self.inputs_sorted(id);
-            }
-            buf[n] = (e.weight().port(), ValueId { node: NodeId(e.source()), slot: e.weight().slot });
-            n += 1;
+        let wires = self.wires.inputs(id.index());
+        if wires.iter().all(|w| w.is_live()) {
+            return wires.iter().map(|w| w.value()).collect();
         }
-        if buf[..n].iter().enumerate().all(|(k, &(p, _))| p as usize == n - 1 - k) {
-            let mut out = [ValueId { node: id, slot: 0 }; 4];
-            for k in 0..n {
-                out[k] = buf[n - 1 - k].1;
-            }
-            return Inputs::from_buf_and_len(out, n);
-        }
-        self.inputs_sorted(id)
+        wires.iter().filter(|w| w.is_live()).map(|w| w.value()).collect()
     }
 
-    fn inputs_sorted(&self, id: NodeId) -> Inputs {
-        let mut ins: SmallVec<[(u32, ValueId); 4]> = self
-            .g
-            .edges_directed(id.0, Direction::Incoming)
-            .map(|e| (e.weight().port(), ValueId { node: NodeId(e.source()), slot: e.weight().slot }))
-            .collect();
-        if !ins.is_sorted_by_key(|(p, _)| *p) {
-            ins.sort_unstable_by_key(|(p, _)| *p);
-        }
-        ins.into_iter().map(|(_, v)| v).collect()
-    }
-
-    /// The input on port 0, for a node with one input (`inputs(id).first()` otherwise).
+    /// The input on the first connected port (port 0 in a well-formed graph).
+    #[inline]
     pub(crate) fn first_input(&self, id: NodeId) -> Option<ValueId> {
-        let mut it = self.g.edges_directed(id.0, Direction::Incoming);
-        match (it.next(), it.next()) {
-            (Some(e), None) if e.weight().port() == 0 => {
-                Some(ValueId { node: NodeId(e.source()), slot: e.weight().slot })
-            }
-            (None, _) => None,
-            _ => self.inputs(id).first().copied(),
-        }
+        self.wires.inputs(id.index()).iter().find(|w| w.is_live()).map(|w| w.value())
     }
 
-    /// The producers of a node's inputs, in no particular order, repeats included.
+    /// The producers of a node's inputs, last port first, repeats included.
     pub(crate) fn input_nodes(&self, id: NodeId) -> impl Iterator<Item = NodeId> + '_ {
-        self.g.neighbors_directed(id.0, Direction::Incoming).map(NodeId)
+        self.wires.inputs(id.index()).iter().rev().filter(|w| w.is_live()).map(|w| NodeId::at(w.from))
     }
 
-    /// The input ports of a node's incoming edges, repeats included.
+    /// The connected input ports of a node, a port connected twice twice.
     pub(crate) fn in_ports(&self, id: NodeId) -> SmallVec<[u32; 8]> {
-        self.g.edges_directed(id.0, Direction::Incoming).map(|e| e.weight().port()).collect()
+        let i = id.index();
+        let live = self.wires.inputs(i).iter().enumerate().filter(|(_, w)| w.is_live());
+        live.map(|(p, _)| p as u32).chain(self.wires.doubled(i)).collect()
     }
 
-    /// The consumers of a node's outputs: (consumer, edge).
+    /// The consumers of a node's outputs, newest first: (consumer, edge).
     pub fn users(&self, id: NodeId) -> impl Iterator<Item = (NodeId, Edge)> + '_ {
-        self.g.edges_directed(id.0, Direction::Outgoing).map(|e| (NodeId(e.target()), e.weight().edge()))
+        self.wires.uses(id.index())
     }
 
     /// The consumers of one value: (consumer, input port).
@@ -435,12 +399,11 @@ impl Graph {
 
     fn finish_typed(&mut self, id: NodeId, tys: Vec<TensorType>, inputs: &[ValueId]) {
         let Graph { g, types, .. } = self;
-        for (ty, out) in tys.into_iter().zip(g[id.0].outputs.iter_mut()) {
+        let Some(Some(node)) = g.get_mut(id.index()) else { no_node(id) };
+        for (ty, out) in tys.into_iter().zip(node.outputs.iter_mut()) {
             out.ty = types.intern_owned(ty);
         }
-        for (port, &v) in inputs.iter().enumerate() {
-            self.connect(v, id, port as u32);
-        }
+        self.wires.set_all(id.index(), inputs);
     }
 
     /// Adds a node with the given output names (the node is named after the
@@ -459,11 +422,24 @@ impl Graph {
         Ok(id)
     }
 
-    /// Adds `node` to the `StableGraph` (which reuses the last vacated index
-    /// first) and records its meta byte and origin.
+    /// Adds `node` at the last vacated index, or a new one, and records its
+    /// meta byte and origin.
     fn alloc(&mut self, node: Node, origin: Option<Origin>) -> u32 {
         let meta = meta_of(&node);
-        let i = self.g.add_node(Box::new(node)).index();
+        let i = match self.vacated.pop() {
+            Some(i) => {
+                self.g[i as usize] = Some(Box::new(node));
+                i as usize
+            }
+            None => {
+                // Node indices count in `u32`.
+                assert!(self.g.len() < u32::MAX as usize, "fewer than 2^32 - 1 nodes");
+                self.g.push(Some(Box::new(node)));
+                self.g.len() - 1
+            }
+        };
+        self.live += 1;
+        self.wires.enter(i);
         if i == self.meta.len() {
             self.meta.push(meta);
         } else {
@@ -559,7 +535,7 @@ impl Graph {
     /// and its outputs' pointer), for loops that will read it soon.
     #[inline]
     pub(crate) fn prefetch_node(&self, id: NodeId) {
-        if let Some(n) = self.g.node_weight(id.0) {
+        if let Some(n) = self.weight(id.index()) {
             prefetch(&n.op);
             prefetch(&n.outputs);
         }
@@ -569,7 +545,7 @@ impl Graph {
     /// [`Graph::prefetch_node`] has brought the node in).
     #[inline]
     pub(crate) fn prefetch_outputs(&self, id: NodeId) {
-        if let Some(o) = self.g.node_weight(id.0).and_then(|n| n.outputs.first()) {
+        if let Some(o) = self.weight(id.index()).and_then(|n| n.outputs.first()) {
             prefetch(o);
         }
     }
@@ -612,9 +588,7 @@ impl Graph {
         );
         let outputs = smallvec::smallvec![Output { name: None, ty: self.types.intern_owned(ty) }];
         let id = NodeId::at(self.alloc(Node { name, op, role, precision: None, outputs }, None));
-        for (port, &v) in inputs.iter().enumerate() {
-            self.connect(v, id, port as u32);
-        }
+        self.wires.set_all(id.index(), inputs);
         id
     }
 
@@ -626,15 +600,16 @@ impl Graph {
         const AHEAD: usize = 16;
         self.names.reserve(ids.len());
         for (j, &(id, hash)) in ids.iter().enumerate() {
-            debug_assert_eq!(hash, name_hash(&self.g[id.0].name));
+            debug_assert_eq!(hash, name_hash(&self.node(id).name));
             if let Some(&(_, h)) = ids.get(j + AHEAD) {
                 self.prefetch_name(h);
             }
             let g = &self.g;
-            match self.names.probe(hash, |e| entry_name(g, e) == Some(g[id.0].name.as_str())) {
+            let name = self.node(id).name.as_str();
+            match self.names.probe(hash, |e| entry_name(g, e) == Some(name)) {
                 Err(at) => self.names.fill(at, NameEntry { hash, node: id.index() as u32, slot: 0 }),
                 Ok(_) => {
-                    let fresh = self.fresh_name(&self.g[id.0].name);
+                    let fresh = self.fresh_name(&self.node(id).name);
                     let hash = name_hash(&fresh);
                     let node = self.node_keep(id);
                     node.name = fresh.into();
@@ -690,22 +665,12 @@ impl Graph {
 
     /// Feeds `v` into input `port` of `to`.
     pub fn connect(&mut self, v: ValueId, to: NodeId, port: u32) {
-        self.g.add_edge(v.node.0, to.0, Wire::new(v.slot, port));
+        self.wires.connect(v, to.index(), port);
     }
 
     /// Makes every consumer of `old` read `new` instead.
     pub fn replace_uses(&mut self, old: ValueId, new: ValueId) {
-        type Rewire = (EdgeIndex<u32>, NodeIndex<u32>, Wire);
-        let edges: SmallVec<[Rewire; 4]> = self
-            .g
-            .edges_directed(old.node.0, Direction::Outgoing)
-            .filter(|e| e.weight().slot == old.slot)
-            .map(|e| (e.id(), e.target(), *e.weight()))
-            .collect();
-        for (e, target, w) in edges {
-            self.g.remove_edge(e);
-            self.g.add_edge(new.node.0, target, Wire::new(new.slot, w.port()));
-        }
+        self.wires.replace(old, new);
         for r in [&mut self.loss].into_iter().flatten() {
             if *r == old {
                 *r = new;
@@ -743,16 +708,7 @@ impl Graph {
 
     /// Makes input `port` of `node` read `v`.
     pub fn set_input(&mut self, node: NodeId, port: u32, v: ValueId) {
-        let old: SmallVec<[EdgeIndex<u32>; 2]> = self
-            .g
-            .edges_directed(node.0, Direction::Incoming)
-            .filter(|e| e.weight().port() == port)
-            .map(|e| e.id())
-            .collect();
-        for e in old {
-            self.g.remove_edge(e);
-        }
-        self.connect(v, node, port);
+        self.wires.set(node.index(), port, v);
     }
 
     /// Renames a node with one output named as the node (the usual kind)
@@ -787,21 +743,24 @@ impl Graph {
         }
         // Names first, while the node still answers for them.
         let g = &self.g;
-        if let Some(node) = g.node_weight(id.0) {
-            for o in node.output_names().chain([node.name.as_str()]) {
-                if let Ok(i) = self.names.probe(name_hash(o), |e| entry_name(g, e) == Some(o)) {
-                    self.names.remove_at(i);
-                }
+        let Some(Some(node)) = g.get(id.index()) else {
+            return Err(GraphError::UnknownValue(format!("node #{}", id.index())));
+        };
+        for o in node.output_names().chain([node.name.as_str()]) {
+            if let Ok(i) = self.names.probe(name_hash(o), |e| entry_name(g, e) == Some(o)) {
+                self.names.remove_at(i);
             }
         }
-        let node =
-            *self.g.remove_node(id.0).ok_or_else(|| GraphError::UnknownValue(format!("node #{}", id.index())))?;
+        self.wires.remove(id.index());
+        let Some(node) = self.g[id.index()].take() else { no_node(id) };
+        self.live -= 1;
+        self.vacated.push(id.0);
         self.meta[id.index()] = VACANT;
         if let Some(o) = self.origins.get_mut(id.index()) {
             *o = None;
         }
         self.node_names.remove(&(id.index() as u32));
-        Ok(node)
+        Ok(*node)
     }
 
     /// Makes room for `nodes` more nodes and `edges` more edges.
@@ -812,8 +771,8 @@ impl Graph {
 
     /// Room for `nodes` more nodes and `edges` more edges, not their names.
     pub fn reserve_storage(&mut self, nodes: usize, edges: usize) {
-        self.g.reserve_nodes(nodes);
-        self.g.reserve_edges(edges);
+        self.g.reserve(nodes);
+        self.wires.reserve(nodes, edges);
         self.meta.reserve(nodes);
     }
 
@@ -840,7 +799,7 @@ impl Graph {
         let mut sum = 0u64;
         let mut count = 0usize;
         for i in self.node_ids() {
-            let n = &self.g[i.0];
+            let n = self.node(i);
             let i = i.index();
             for (slot, o) in n.output_names().enumerate() {
                 sum = sum.wrapping_add(NameEntry { hash: name_hash(o), node: i as u32, slot: slot as u32 }.mix());
@@ -848,7 +807,7 @@ impl Graph {
             count += n.outputs.len();
         }
         for &i in &self.node_names {
-            if let Some(n) = self.g.node_weight(NodeIndex::new(i as usize)) {
+            if let Some(n) = self.weight(i as usize) {
                 sum = sum.wrapping_add(NameEntry { hash: name_hash(&n.name), node: i, slot: NODE_NAME }.mix());
                 count += 1;
             }
@@ -874,6 +833,12 @@ impl Graph {
         }
         out
     }
+}
+
+#[cold]
+#[track_caller]
+fn no_node(id: NodeId) -> ! {
+    panic!("no node #{} in the graph (removed?)", id.index())
 }
 
 /// `name` for slot 0, `name:k` for slot k.

@@ -159,8 +159,8 @@ pub(super) fn prefetch<T>(r: &T) {
 
 /// The name a table entry refers to, if its node still exists.
 #[inline]
-pub(super) fn entry_name(g: &Petgraph, e: NameEntry) -> Option<&str> {
-    let n = g.node_weight(NodeIndex::new(e.node as usize))?;
+pub(super) fn entry_name(g: &Nodes, e: NameEntry) -> Option<&str> {
+    let n = g.get(e.node as usize)?.as_deref()?;
     if e.slot == NODE_NAME {
         Some(&n.name)
     } else {

@@ -23,13 +23,12 @@ impl Graph {
             .collect();
         // 0: not seen, 1: entered (on the current path), 2: emitted.
         let mut state = vec![0u8; bound];
-        let mut order = Vec::with_capacity(self.g.node_count());
+        let mut order = Vec::with_capacity(self.node_count());
         enum Step {
-            Enter(NodeIndex<u32>),
-            Exit(NodeIndex<u32>),
+            Enter(usize),
+            Exit(usize),
         }
         let mut stack = Vec::new();
-        let mut scratch: Vec<(u32, NodeIndex<u32>)> = Vec::new();
         for r in 0..3u8 {
             if counts[r as usize] == 0 {
                 continue;
@@ -38,36 +37,29 @@ impl Graph {
                 if state[root] == 2 {
                     continue;
                 }
-                let root = NodeIndex::new(root);
                 // Most nodes find their inputs emitted already.
-                if self.g.neighbors_directed(root, Direction::Incoming).all(|m| state[m.index()] == 2) {
-                    state[root.index()] = 2;
-                    order.push(NodeId(root));
+                if self.wires.inputs(root).iter().all(|w| !w.is_live() || state[w.from as usize] == 2) {
+                    state[root] = 2;
+                    order.push(NodeId::at(root as u32));
                     continue;
                 }
                 stack.push(Step::Enter(root));
                 while let Some(step) = stack.pop() {
                     match step {
                         Step::Exit(n) => {
-                            state[n.index()] = 2;
-                            order.push(NodeId(n));
+                            state[n] = 2;
+                            order.push(NodeId::at(n as u32));
                         }
-                        Step::Enter(n) => match state[n.index()] {
+                        Step::Enter(n) => match state[n] {
                             2 => {}
                             1 => return Err(self.stuck_nodes()),
                             _ => {
-                                state[n.index()] = 1;
+                                state[n] = 1;
                                 stack.push(Step::Exit(n));
-                                scratch.clear();
-                                scratch.extend(
-                                    self.g
-                                        .edges_directed(n, Direction::Incoming)
-                                        .map(|e| (e.weight().port(), e.source())),
-                                );
-                                scratch.sort_unstable_by_key(|(p, _)| std::cmp::Reverse(*p));
-                                stack.extend(
-                                    scratch.iter().filter(|(_, m)| state[m.index()] != 2).map(|&(_, m)| Step::Enter(m)),
-                                );
+                                // Last port first, so that port 0's producer is entered first.
+                                let ins = self.wires.inputs(n).iter().rev();
+                                let todo = ins.filter(|w| w.is_live() && state[w.from as usize] != 2);
+                                stack.extend(todo.map(|w| Step::Enter(w.from as usize)));
                             }
                         },
                     }
@@ -79,14 +71,13 @@ impl Graph {
 
     /// Nodes that Kahn's algorithm cannot order: on or behind a cycle.
     fn stuck_nodes(&self) -> Vec<NodeId> {
-        let mut indeg = vec![0u32; self.g.node_bound()];
-        for e in self.g.edge_indices() {
-            let (_, b) = self.g.edge_endpoints(e).expect("edge index from this graph");
-            indeg[b.index()] += 1;
+        let mut indeg = vec![0u32; self.bound()];
+        for n in self.node_ids() {
+            indeg[n.index()] = self.wires.inputs(n.index()).iter().filter(|w| w.is_live()).count() as u32;
         }
-        let mut ready: Vec<NodeIndex<u32>> = self.g.node_indices().filter(|n| indeg[n.index()] == 0).collect();
+        let mut ready: Vec<NodeId> = self.node_ids().filter(|n| indeg[n.index()] == 0).collect();
         while let Some(n) = ready.pop() {
-            for t in self.g.neighbors_directed(n, Direction::Outgoing) {
+            for (t, _) in self.users(n) {
                 indeg[t.index()] -= 1;
                 if indeg[t.index()] == 0 {
                     ready.push(t);
@@ -110,12 +101,12 @@ impl Graph {
             }
             let result = {
                 let tys = self.types_of(&ins);
-                memo.infer(&self.g[id.0].op, &tys)
+                memo.infer(&self.node(id).op, &tys)
             };
             match result {
                 Ok(tys) => {
                     let Graph { g, types, .. } = self;
-                    let node = &mut g[id.0];
+                    let Some(Some(node)) = g.get_mut(id.index()) else { no_node(id) };
                     if tys.len() != node.outputs.len() {
                         failed[id.index()] = true;
                         problems.push((
