@@ -9,9 +9,7 @@
 //! `split` is the exception: every piece is differentiable, and a piece the
 //! loss does not depend on contributes zeros.
 
-use rustc_hash::FxHashMap;
-
-use crate::ir::graph::{Graph, NodeId, ValueId};
+use crate::ir::graph::{DenseMap, Graph, NodeId, ValueId};
 use crate::ir::infer::arity_ok;
 use crate::ir::op::{Op, Role};
 use crate::ir::types::{DType, Shape};
@@ -93,7 +91,8 @@ fn derive(g: &mut Graph) -> Result<(), String> {
 
     let seed = emit(g, &format!("d{}", g.value_name(loss)), Op::Seed, &[loss])?;
     // Gradient contributions per value, summed when a value has several users.
-    let mut grads: FxHashMap<ValueId, ValueId> = FxHashMap::default();
+    // By node index: a hash map's probes were half of this pass's own time at 10^6 ops.
+    let mut grads: DenseMap<ValueId, ValueId> = DenseMap::new(g.index_bound(), order.len());
     grads.insert(loss, seed);
     for &n in order.iter().rev() {
         if !needs(n) || g.node(n).op().is_source() {
