@@ -116,6 +116,10 @@ pub struct Graph {
     names: Names,
     /// The distinct types of the nodes' outputs.
     types: Types,
+    /// By node index, the type of output 0 (also in the node): most type
+    /// reads are of output 0, and this vector is read in index order where
+    /// the nodes are 128-byte boxes all over the heap.
+    ty0: Vec<TypeId>,
     /// Where parsed nodes were written, by node index (passes' nodes have
     /// none, and the vector ends at the last parsed node).
     origins: Vec<Option<Origin>>,
@@ -184,10 +188,18 @@ impl Graph {
 
     /// Re-types a node's outputs, in slot order.
     pub(crate) fn set_output_types(&mut self, id: NodeId, tys: &[TensorType]) {
-        let Graph { g, types, .. } = self;
-        let Some(Some(node)) = g.get_mut(id.index()) else { no_node(id) };
-        for (o, t) in node.outputs.iter_mut().zip(tys) {
-            o.ty = types.intern(t);
+        let ids: SmallVec<[TypeId; 4]> = tys.iter().map(|t| self.types.intern(t)).collect();
+        self.put_types(id, &ids);
+    }
+
+    /// Sets node `id`'s output types, in slot order.
+    fn put_types(&mut self, id: NodeId, ids: &[TypeId]) {
+        let Some(Some(node)) = self.g.get_mut(id.index()) else { no_node(id) };
+        for (o, &t) in node.outputs.iter_mut().zip(ids) {
+            o.ty = t;
+        }
+        if let (Some(&t), false) = (ids.first(), node.outputs.is_empty()) {
+            self.ty0[id.index()] = t;
         }
     }
 
@@ -258,6 +270,10 @@ impl Graph {
 
     #[inline]
     pub fn ty(&self, v: ValueId) -> &TensorType {
+        if v.slot == 0 {
+            debug_assert!(self.contains(v.node), "no node #{}", v.node.index());
+            return self.types.get(self.ty0[v.node.index()]);
+        }
         self.types.get(self.node(v.node).outputs[v.slot as usize].ty)
     }
 
@@ -398,11 +414,8 @@ impl Graph {
     }
 
     fn finish_typed(&mut self, id: NodeId, tys: Vec<TensorType>, inputs: &[ValueId]) {
-        let Graph { g, types, .. } = self;
-        let Some(Some(node)) = g.get_mut(id.index()) else { no_node(id) };
-        for (ty, out) in tys.into_iter().zip(node.outputs.iter_mut()) {
-            out.ty = types.intern_owned(ty);
-        }
+        let ids: SmallVec<[TypeId; 4]> = tys.into_iter().map(|t| self.types.intern_owned(t)).collect();
+        self.put_types(id, &ids);
         self.wires.set_all(id.index(), inputs);
     }
 
@@ -426,6 +439,7 @@ impl Graph {
     /// meta byte and origin.
     fn alloc(&mut self, node: Node, origin: Option<Origin>) -> u32 {
         let meta = meta_of(&node);
+        let ty0 = node.outputs.first().map_or(TypeId::UNTYPED, |o| o.ty);
         let i = match self.vacated.pop() {
             Some(i) => {
                 self.g[i as usize] = Some(Box::new(node));
@@ -442,8 +456,10 @@ impl Graph {
         self.wires.enter(i);
         if i == self.meta.len() {
             self.meta.push(meta);
+            self.ty0.push(ty0);
         } else {
             self.meta[i] = meta;
+            self.ty0[i] = ty0;
         }
         if origin.is_some() && self.origins.len() <= i {
             self.origins.resize(i + 1, None);
@@ -774,6 +790,7 @@ impl Graph {
         self.g.reserve(nodes);
         self.wires.reserve(nodes, edges);
         self.meta.reserve(nodes);
+        self.ty0.reserve(nodes);
     }
 
     /// A name not yet used in the graph, starting from `base`.

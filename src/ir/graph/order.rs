@@ -105,8 +105,7 @@ impl Graph {
             };
             match result {
                 Ok(tys) => {
-                    let Graph { g, types, .. } = self;
-                    let Some(Some(node)) = g.get_mut(id.index()) else { no_node(id) };
+                    let node = self.node(id);
                     if tys.len() != node.outputs.len() {
                         failed[id.index()] = true;
                         problems.push((
@@ -120,9 +119,8 @@ impl Graph {
                         ));
                         continue;
                     }
-                    for (o, t) in node.outputs.iter_mut().zip(tys) {
-                        o.ty = types.intern(t);
-                    }
+                    let ids: SmallVec<[TypeId; 4]> = tys.iter().map(|t| self.types.intern(t)).collect();
+                    self.put_types(id, &ids);
                 }
                 Err(m) => {
                     failed[id.index()] = true;
