@@ -10,7 +10,7 @@
 use compact_str::CompactString;
 use rustc_hash::FxHashMap;
 
-use crate::ir::graph::{name_hash, Graph, InferMemo, NodeId, ValueId};
+use crate::ir::graph::{name_hash, Graph, NodeId, ValueId};
 use crate::ir::op::{Op, OpKind, Precision};
 use crate::ir::types::DType;
 
@@ -236,11 +236,9 @@ impl Autocast {
         // Apply: casts on the inputs, then re-type, in topological order.
         // At most one cast per float edge; usually far fewer.
         let mut cache = CastCache::new(bound, low);
-        let mut memo = InferMemo::default();
         let mut casts = 0usize;
         let mut named_back = Vec::new();
-        let applied =
-            apply(g, low, &order, &kinds, &painting, &mut cache, &mut memo, &mut casts, &mut warnings, &mut named_back);
+        let applied = apply(g, low, &order, &kinds, &painting, &mut cache, &mut casts, &mut warnings, &mut named_back);
         cache.register(g);
         applied.map_err(fail)?;
         name_outputs_back(g, &named_back).map_err(fail)?;
@@ -318,7 +316,6 @@ fn apply(
     kinds: &[Kind],
     painting: &super::paint::Painting,
     cache: &mut CastCache,
-    memo: &mut InferMemo,
     casts: &mut usize,
     warnings: &mut Vec<String>,
     named_back: &mut Vec<(ValueId, ValueId)>,
@@ -333,7 +330,7 @@ fn apply(
         let Some(target) = target_of(n) else {
             // Types may still change upstream (a cast's input, an int op's float input).
             if !ins.is_empty() {
-                retype(g, memo, n, &ins)?;
+                g.retype(n, &ins)?;
             }
             continue;
         };
@@ -361,7 +358,7 @@ fn apply(
             g.set_input(n, port as u32, c);
             *v = c;
         }
-        retype(g, memo, n, &ins)?;
+        g.retype(n, &ins)?;
     }
     // State updates keep their state's type; step outputs leave in FP32.
     for i in 0..g.updates.len() {
@@ -468,16 +465,6 @@ impl CastCache {
             }
         }
     }
-}
-
-/// Re-types `n` from its inputs `ins`.
-fn retype(g: &mut Graph, memo: &mut InferMemo, n: NodeId, ins: &[ValueId]) -> Result<(), String> {
-    let node = g.node(n);
-    let tys = g.types_of(ins);
-    let out = memo.infer(node.op(), &tys).map_err(|m| format!("node `{}`: {m}", node.name()))?;
-    drop(tys);
-    g.set_output_types(n, out);
-    Ok(())
 }
 
 /// The cast of `v` to `to`, shared: made once per (value, type). Casting a

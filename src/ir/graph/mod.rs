@@ -43,6 +43,7 @@ pub use visit::Visited;
 
 pub(crate) use dense::{DenseMap, DenseSet};
 pub(crate) use memo::InferMemo;
+use memo::{IdMemo, TypeIds};
 use meta::*;
 pub(crate) use names::name_hash;
 use names::*;
@@ -120,6 +121,8 @@ pub struct Graph {
     /// reads are of output 0, and this vector is read in index order where
     /// the nodes are 128-byte boxes all over the heap.
     ty0: Vec<TypeId>,
+    /// Shape inference's recent results, over type ids.
+    memo: IdMemo,
     /// Where parsed nodes were written, by node index (passes' nodes have
     /// none, and the vector ends at the last parsed node).
     origins: Vec<Option<Origin>>,
@@ -184,12 +187,6 @@ impl Graph {
             *m |= STALE;
         }
         self.node_keep(id)
-    }
-
-    /// Re-types a node's outputs, in slot order.
-    pub(crate) fn set_output_types(&mut self, id: NodeId, tys: &[TensorType]) {
-        let ids: SmallVec<[TypeId; 4]> = tys.iter().map(|t| self.types.intern(t)).collect();
-        self.put_types(id, &ids);
     }
 
     /// Sets node `id`'s output types, in slot order.
@@ -270,11 +267,34 @@ impl Graph {
 
     #[inline]
     pub fn ty(&self, v: ValueId) -> &TensorType {
+        self.types.get(self.ty_id(v))
+    }
+
+    #[inline]
+    fn ty_id(&self, v: ValueId) -> TypeId {
         if v.slot == 0 {
             debug_assert!(self.contains(v.node), "no node #{}", v.node.index());
-            return self.types.get(self.ty0[v.node.index()]);
+            return self.ty0[v.node.index()];
         }
-        self.types.get(self.node(v.node).outputs[v.slot as usize].ty)
+        self.node(v.node).outputs[v.slot as usize].ty
+    }
+
+    /// The output types of `op` on `inputs`.
+    fn infer_ids(&mut self, op: &Op, inputs: &[ValueId]) -> Result<TypeIds, String> {
+        let ins: SmallVec<[TypeId; 4]> = inputs.iter().map(|&v| self.ty_id(v)).collect();
+        self.memo.infer(&mut self.types, op, &ins)
+    }
+
+    /// Re-types node `id` from its inputs `inputs` (its op, its inputs or
+    /// their types changed).
+    pub(crate) fn retype(&mut self, id: NodeId, inputs: &[ValueId]) -> Result<(), String> {
+        debug_assert_eq!(self.inputs(id).as_slice(), inputs);
+        let ins: SmallVec<[TypeId; 4]> = inputs.iter().map(|&v| self.ty_id(v)).collect();
+        let Graph { g, types, memo, .. } = self;
+        let Some(Some(node)) = g.get(id.index()) else { no_node(id) };
+        let out = memo.infer(types, &node.op, &ins).map_err(|m| format!("node `{}`: {m}", node.name))?;
+        self.put_types(id, &out);
+        Ok(())
     }
 
     /// The types of a node's outputs, in slot order.
@@ -408,14 +428,12 @@ impl Graph {
         Ok(id)
     }
 
-    fn infer_for(&self, name: &str, op: &Op, inputs: &[ValueId]) -> Result<Vec<TensorType>, GraphError> {
-        let in_tys = self.types_of(inputs);
-        infer::infer(op, &in_tys).map_err(|message| GraphError::Type { node: name.to_string(), message })
+    fn infer_for(&mut self, name: &str, op: &Op, inputs: &[ValueId]) -> Result<TypeIds, GraphError> {
+        self.infer_ids(op, inputs).map_err(|message| GraphError::Type { node: name.to_string(), message })
     }
 
-    fn finish_typed(&mut self, id: NodeId, tys: Vec<TensorType>, inputs: &[ValueId]) {
-        let ids: SmallVec<[TypeId; 4]> = tys.into_iter().map(|t| self.types.intern_owned(t)).collect();
-        self.put_types(id, &ids);
+    fn finish_typed(&mut self, id: NodeId, tys: TypeIds, inputs: &[ValueId]) {
+        self.put_types(id, &tys);
         self.wires.set_all(id.index(), inputs);
     }
 

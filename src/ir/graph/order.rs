@@ -92,7 +92,6 @@ impl Graph {
     pub fn infer_types(&mut self, order: &[NodeId]) -> Vec<(NodeId, String)> {
         let mut failed = vec![false; self.bound()];
         let mut problems = Vec::new();
-        let mut memo = InferMemo::default();
         for &id in order {
             let ins = self.inputs(id);
             if ins.iter().any(|v| failed[v.node.index()]) {
@@ -100,8 +99,10 @@ impl Graph {
                 continue;
             }
             let result = {
-                let tys = self.types_of(&ins);
-                memo.infer(&self.node(id).op, &tys)
+                let ids: SmallVec<[TypeId; 4]> = ins.iter().map(|&v| self.ty_id(v)).collect();
+                let Graph { g, types, memo, .. } = self;
+                let Some(Some(node)) = g.get(id.index()) else { no_node(id) };
+                memo.infer(types, &node.op, &ids)
             };
             match result {
                 Ok(tys) => {
@@ -119,8 +120,7 @@ impl Graph {
                         ));
                         continue;
                     }
-                    let ids: SmallVec<[TypeId; 4]> = tys.iter().map(|t| self.types.intern(t)).collect();
-                    self.put_types(id, &ids);
+                    self.put_types(id, &tys);
                 }
                 Err(m) => {
                     failed[id.index()] = true;

@@ -40,15 +40,6 @@ impl Types {
 
     /// The id of `t`, entering it when it is new.
     #[inline]
-    pub(super) fn intern(&mut self, t: &TensorType) -> TypeId {
-        match self.ids.get(t) {
-            Some(&id) => id,
-            None => self.enter(t.clone()),
-        }
-    }
-
-    /// [`Types::intern`] of an owned type (no clone when it is new).
-    #[inline]
     pub(super) fn intern_owned(&mut self, t: TensorType) -> TypeId {
         match self.ids.get(&t) {
             Some(&id) => id,
@@ -74,11 +65,11 @@ mod tests {
     fn a_type_is_entered_once() {
         let mut t = Types::default();
         let a = TensorType::new(DType::F16, vec![2, 3]);
-        let ia = t.intern(&a);
+        let ia = t.intern_owned(a.clone());
         assert_eq!(t.intern_owned(a.clone()), ia);
         assert_eq!(t.get(ia), &a);
-        assert_ne!(t.intern(&a.with_dtype(DType::F32)), ia);
-        assert_eq!(t.intern(&TensorType::scalar(DType::F32)), TypeId::UNTYPED);
+        assert_ne!(t.intern_owned(a.with_dtype(DType::F32)), ia);
+        assert_eq!(t.intern_owned(TensorType::scalar(DType::F32)), TypeId::UNTYPED);
         assert_eq!(t.list.len(), 3);
     }
 }
