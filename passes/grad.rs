@@ -10,7 +10,7 @@
 //! loss does not depend on contributes zeros.
 
 use crate::ir::graph::{DenseMap, Graph, NodeId, ValueId};
-use crate::ir::infer::arity_ok;
+use crate::ir::infer::{self, arity_ok};
 use crate::ir::op::{Op, Role};
 use crate::ir::types::{DType, Shape};
 
@@ -28,7 +28,9 @@ impl Pass for Grad {
         if has_backward {
             return Ok(false);
         }
-        derive(g).map_err(|message| PassError::Failed { pass: "grad", message })?;
+        let derived = derive(g);
+        g.register_deferred();
+        derived.map_err(|message| PassError::Failed { pass: "grad", message })?;
         Ok(true)
     }
 }
@@ -38,14 +40,25 @@ fn fail(g: &Graph, n: NodeId, msg: &str) -> String {
 }
 
 /// Adds a backward node named after `base` and returns its first output.
+/// Its name enters the name table at the next `register_deferred` (before
+/// any lookup this pass makes, and at its end): this pass reads no name of
+/// a node it added.
 fn emit(g: &mut Graph, base: &str, op: Op, inputs: &[ValueId]) -> Result<ValueId, String> {
-    let id = g.add_fresh(base, op, Role::Backward, inputs).map_err(|e| e.to_string())?;
+    let id = if infer::num_outputs(&op) == 1 {
+        g.add_deferred(base, op, Role::Backward, inputs)
+    } else {
+        g.register_deferred();
+        g.add_fresh(base, op, Role::Backward, inputs)
+    };
+    let id = id.map_err(|e| e.to_string())?;
     Ok(ValueId { node: id, slot: 0 })
 }
 
 /// Adds a backward node whose outputs are named `d<input>` after the inputs
 /// they are gradients of.
 fn emit_grads(g: &mut Graph, op: Op, inputs: &[ValueId], of: &[ValueId]) -> Result<NodeId, String> {
+    // The names below must avoid those of the nodes added so far.
+    g.register_deferred();
     let mut names: Vec<String> = Vec::with_capacity(of.len());
     for v in of {
         let mut n = g.fresh_name(&format!("d{}", g.value_name(*v)));
@@ -418,4 +431,33 @@ fn rule(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::types::TensorType;
+
+    /// grad's names enter the name table only at the pass's end (or before
+    /// it names a multi-output node); a name the forward graph already has
+    /// must still send grad's node to `name.1`, as adding it at once would.
+    #[test]
+    fn a_gradient_named_like_a_forward_value_takes_the_next_name() {
+        let mut g = Graph::new("t");
+        let ty = TensorType::new(DType::F32, vec![4]);
+        let w = g
+            .add_node("w", Op::Param { ty: ty.clone(), init: crate::ir::op::Init::Zeros }, Role::Forward, &[])
+            .unwrap();
+        g.add_node("dw", Op::Input { ty }, Role::Forward, &[]).unwrap();
+        let h = g.add_node("h", Op::Relu, Role::Forward, &[ValueId { node: w, slot: 0 }]).unwrap();
+        let sum = Op::ReduceSum { axes: vec![0], keepdims: false };
+        let l = g.add_node("l", sum, Role::Forward, &[ValueId { node: h, slot: 0 }]).unwrap();
+        g.loss = Some(ValueId { node: l, slot: 0 });
+        assert!(Grad.run(&mut g).unwrap());
+        let (p, dw) = g.gradients[0];
+        assert_eq!((p, g.value_name(dw)), (w, "dw.1"));
+        assert_eq!(g.value("dw.1"), Some(dw));
+        assert!(g.value("dh").is_some() && g.value("dl").is_some());
+        assert!(g.name_map_problems().is_empty(), "{:?}", g.name_map_problems());
+    }
 }

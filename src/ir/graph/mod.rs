@@ -123,6 +123,9 @@ pub struct Graph {
     ty0: Vec<TypeId>,
     /// Shape inference's recent results, over type ids.
     memo: IdMemo,
+    /// Nodes from `add_deferred` whose names are not in the table yet, with
+    /// their names' hashes.
+    deferred: Vec<(NodeId, u64)>,
     /// Where parsed nodes were written, by node index (passes' nodes have
     /// none, and the vector ends at the last parsed node).
     origins: Vec<Option<Origin>>,
@@ -426,6 +429,36 @@ impl Graph {
         };
         self.finish_typed(id, tys, inputs);
         Ok(id)
+    }
+
+    /// [`Graph::add_fresh`] for a one-output op, with the name entered in
+    /// the name table only at the next [`Graph::register_deferred`]; until
+    /// then lookups do not see it, and the node's name is `base` even
+    /// where the table will give it `base.k`. The result, once registered,
+    /// is what `add_fresh` one node at a time gives; the table's cache
+    /// misses overlap (a pass adding millions of nodes, grad, waited on one
+    /// per node).
+    pub(crate) fn add_deferred(
+        &mut self,
+        base: &str,
+        op: Op,
+        role: Role,
+        inputs: &[ValueId],
+    ) -> Result<NodeId, GraphError> {
+        debug_assert_eq!(infer::num_outputs(&op), 1);
+        let tys = self.infer_for(base, &op, inputs)?;
+        let outputs = smallvec::smallvec![Output { name: None, ty: TypeId::UNTYPED }];
+        let id = NodeId::at(self.alloc(Node { name: base.into(), op, role, precision: None, outputs }, None));
+        self.finish_typed(id, tys, inputs);
+        self.deferred.push((id, name_hash(base)));
+        Ok(id)
+    }
+
+    /// Enters the names of the nodes from [`Graph::add_deferred`], in the
+    /// order they were added.
+    pub(crate) fn register_deferred(&mut self) {
+        let ids = std::mem::take(&mut self.deferred);
+        self.register_unnamed(&ids);
     }
 
     fn infer_for(&mut self, name: &str, op: &Op, inputs: &[ValueId]) -> Result<TypeIds, GraphError> {
