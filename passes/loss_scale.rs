@@ -218,15 +218,23 @@ impl Pass for LossScaling {
         }
 
         // Unscale every parameter gradient in FP32; check them together.
+        // The names enter the table in one batch after the loop (which reads
+        // none of them), as adding them one at a time would give them.
         let mut unscaled = Vec::with_capacity(g.gradients.len());
-        for i in 0..g.gradients.len() {
-            let grad = g.gradients[i].1;
-            let name = format!("{}.unscaled", g.value_name(grad));
-            let u = g.add_fresh(&name, Op::Unscale, Role::Scaler, &[grad, scale]).map_err(err)?;
-            let u = ValueId { node: u, slot: 0 };
-            g.gradients[i].1 = u;
-            unscaled.push(u);
-        }
+        let mut unscale_all = |g: &mut Graph| -> Result<(), PassError> {
+            for i in 0..g.gradients.len() {
+                let grad = g.gradients[i].1;
+                let name = format!("{}.unscaled", g.value_name(grad));
+                let u = g.add_deferred(&name, Op::Unscale, Role::Scaler, &[grad, scale]).map_err(err)?;
+                let u = ValueId { node: u, slot: 0 };
+                g.gradients[i].1 = u;
+                unscaled.push(u);
+            }
+            Ok(())
+        };
+        let done = unscale_all(g);
+        g.register_deferred();
+        done?;
         let name = g.fresh_name("found_inf");
         let found = ValueId { node: g.add_node(name, Op::FoundInf, Role::Scaler, &unscaled).map_err(err)?, slot: 0 };
         g.outputs.push(found);
