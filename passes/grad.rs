@@ -10,7 +10,7 @@
 //! loss does not depend on contributes zeros.
 
 use crate::ir::graph::{DenseMap, Graph, NodeId, ValueId};
-use crate::ir::infer::{self, arity_ok};
+use crate::ir::infer::arity_ok;
 use crate::ir::op::{Op, Role};
 use crate::ir::types::{DType, Shape};
 
@@ -44,13 +44,7 @@ fn fail(g: &Graph, n: NodeId, msg: &str) -> String {
 /// any lookup this pass makes, and at its end): this pass reads no name of
 /// a node it added.
 fn emit(g: &mut Graph, base: &str, op: Op, inputs: &[ValueId]) -> Result<ValueId, String> {
-    let id = if infer::num_outputs(&op) == 1 {
-        g.add_deferred(base, op, Role::Backward, inputs)
-    } else {
-        g.register_deferred();
-        g.add_fresh(base, op, Role::Backward, inputs)
-    };
-    let id = id.map_err(|e| e.to_string())?;
+    let id = g.add_deferred(base, op, Role::Backward, inputs).map_err(|e| e.to_string())?;
     Ok(ValueId { node: id, slot: 0 })
 }
 

@@ -275,8 +275,9 @@ impl Graph {
 
     #[inline]
     fn ty_id(&self, v: ValueId) -> TypeId {
-        if v.slot == 0 {
-            debug_assert!(self.contains(v.node), "no node #{}", v.node.index());
+        // The meta byte says the node is there (a removed node's `ty0` is
+        // stale): the node itself answers, and panics, otherwise.
+        if v.slot == 0 && self.contains(v.node) {
             return self.ty0[v.node.index()];
         }
         self.node(v.node).outputs[v.slot as usize].ty
@@ -368,7 +369,8 @@ impl Graph {
         self.wires.inputs(id.index()).iter().rev().filter(|w| w.is_live()).map(|w| NodeId::at(w.from))
     }
 
-    /// The connected input ports of a node, a port connected twice twice.
+    /// The connected input ports of a node; a port connected a second time
+    /// (see [`Graph::connect`]) is listed again.
     pub(crate) fn in_ports(&self, id: NodeId) -> SmallVec<[u32; 8]> {
         let i = id.index();
         let live = self.wires.inputs(i).iter().enumerate().filter(|(_, w)| w.is_live());
@@ -437,7 +439,8 @@ impl Graph {
     /// where the table will give it `base.k`. The result, once registered,
     /// is what `add_fresh` one node at a time gives; the table's cache
     /// misses overlap (a pass adding millions of nodes, grad, waited on one
-    /// per node).
+    /// per node). An op of several outputs is added as `add_fresh` adds it,
+    /// after what is pending is registered.
     pub(crate) fn add_deferred(
         &mut self,
         base: &str,
@@ -445,7 +448,10 @@ impl Graph {
         role: Role,
         inputs: &[ValueId],
     ) -> Result<NodeId, GraphError> {
-        debug_assert_eq!(infer::num_outputs(&op), 1);
+        if infer::num_outputs(&op) != 1 {
+            self.register_deferred();
+            return self.add_fresh(base, op, role, inputs);
+        }
         let tys = self.infer_for(base, &op, inputs)?;
         let outputs = smallvec::smallvec![Output { name: None, ty: TypeId::UNTYPED }];
         let id = NodeId::at(self.alloc(Node { name: base.into(), op, role, precision: None, outputs }, None));
@@ -730,7 +736,9 @@ impl Graph {
         Ok(NodeId::at(i))
     }
 
-    /// Feeds `v` into input `port` of `to`.
+    /// Feeds `v` into input `port` of `to`. A port that already reads a
+    /// value reads `v` instead, and the verifier reports the port as
+    /// connected twice (use [`Graph::set_input`] to rewire).
     pub fn connect(&mut self, v: ValueId, to: NodeId, port: u32) {
         self.wires.connect(v, to.index(), port);
     }
