@@ -428,25 +428,31 @@ fn rule(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::ir::types::TensorType;
+
+    /// `l = reduce_sum(relu(w))` for a param `w`, beside an input named
+    /// `clash` (a name a pass would like to give one of its nodes).
+    pub(crate) fn relu_of_a_param(clash: &str) -> (Graph, NodeId) {
+        let mut g = Graph::new("t");
+        let ty = TensorType::new(DType::F32, vec![4]);
+        let init = crate::ir::op::Init::Zeros;
+        let w = g.add_node("w", Op::Param { ty: ty.clone(), init }, Role::Forward, &[]).unwrap();
+        g.add_node(clash, Op::Input { ty }, Role::Forward, &[]).unwrap();
+        let h = g.add_node("h", Op::Relu, Role::Forward, &[ValueId { node: w, slot: 0 }]).unwrap();
+        let sum = Op::ReduceSum { axes: vec![0], keepdims: false };
+        let l = g.add_node("l", sum, Role::Forward, &[ValueId { node: h, slot: 0 }]).unwrap();
+        g.loss = Some(ValueId { node: l, slot: 0 });
+        (g, w)
+    }
 
     /// grad's names enter the name table only at the pass's end (or before
     /// it names a multi-output node); a name the forward graph already has
     /// must still send grad's node to `name.1`, as adding it at once would.
     #[test]
     fn a_gradient_named_like_a_forward_value_takes_the_next_name() {
-        let mut g = Graph::new("t");
-        let ty = TensorType::new(DType::F32, vec![4]);
-        let w = g
-            .add_node("w", Op::Param { ty: ty.clone(), init: crate::ir::op::Init::Zeros }, Role::Forward, &[])
-            .unwrap();
-        g.add_node("dw", Op::Input { ty }, Role::Forward, &[]).unwrap();
-        let h = g.add_node("h", Op::Relu, Role::Forward, &[ValueId { node: w, slot: 0 }]).unwrap();
-        let sum = Op::ReduceSum { axes: vec![0], keepdims: false };
-        let l = g.add_node("l", sum, Role::Forward, &[ValueId { node: h, slot: 0 }]).unwrap();
-        g.loss = Some(ValueId { node: l, slot: 0 });
+        let (mut g, w) = relu_of_a_param("dw");
         assert!(Grad.run(&mut g).unwrap());
         let (p, dw) = g.gradients[0];
         assert_eq!((p, g.value_name(dw)), (w, "dw.1"));

@@ -58,8 +58,11 @@ struct Builder<'g> {
 }
 
 impl Builder<'_> {
+    /// A node named after `base`; the name enters the name table at the
+    /// next `register_deferred`, which comes before this pass reads the name
+    /// of a node it added or looks a name up.
     fn node(&mut self, base: &str, op: Op, role: Role, inputs: &[ValueId]) -> Result<NodeId, PassError> {
-        self.g.add_fresh(base, op, role, inputs).map_err(|e| fail(e.to_string()))
+        self.g.add_deferred(base, op, role, inputs).map_err(|e| fail(e.to_string()))
     }
 
     fn value(&mut self, base: &str, op: Op, role: Role, inputs: &[ValueId]) -> Result<ValueId, PassError> {
@@ -67,6 +70,7 @@ impl Builder<'_> {
     }
 
     fn multi(&mut self, names: &[String], op: Op, inputs: &[ValueId]) -> Result<NodeId, PassError> {
+        self.g.register_deferred();
         let names: Vec<String> = names.iter().map(|n| self.g.fresh_name(n)).collect();
         self.g
             .add_node_with_outputs(names[0].clone(), op, Role::Optimizer, inputs, names)
@@ -165,141 +169,175 @@ impl Pass for MasterWeights {
         if g.gradients.is_empty() {
             return Ok(false);
         }
-        let found: Option<ValueId> =
-            g.node_ids().find(|&n| *g.node(n).op() == Op::FoundInf).map(|n| ValueId { node: n, slot: 0 });
-        let mut b = Builder { g };
-        let n = opt.accumulate();
-        let pending = match n {
-            1 => None,
-            _ => Some(b.accumulate(n)?),
-        };
-        let grads = b.g.gradients.clone();
-
-        // Gradients enter the optimizer in the parameter's (FP32) type.
-        let mut inputs = Vec::with_capacity(grads.len());
-        for &(p, gv) in &grads {
-            let want = b.g.ty(ValueId { node: p, slot: 0 }).dtype;
-            let v = if b.g.ty(gv).dtype == want {
-                gv
-            } else {
-                let role = b.g.node(gv.node).role();
-                let base = format!("{}.{want}", b.g.value_name(gv));
-                b.value(&base, Op::Cast { to: want }, role, &[gv])?
-            };
-            inputs.push(v);
-        }
-        if pending.is_some() {
-            // The mean of the micro-batch gradients (exact for a power of two).
-            for v in inputs.iter_mut() {
-                let base = format!("{}.mean", b.g.value_name(*v));
-                *v = b.value(&base, Op::Scale { value: 1.0 / f64::from(n) }, Role::Optimizer, &[*v])?;
-            }
-        }
-        if let Some(max_norm) = opt.clip_grad_norm {
-            let norm = b.value("grad_norm", Op::GlobalNorm, Role::Optimizer, &inputs)?;
-            let coef = b.value("clip_coef", Op::ClipCoef { max_norm }, Role::Optimizer, &[norm])?;
-            for v in inputs.iter_mut() {
-                let base = format!("{}.clipped", b.g.value_name(*v));
-                *v = b.value(&base, Op::Mul, Role::Optimizer, &[*v, coef])?;
-            }
-            b.g.outputs.push(norm);
-        }
-
-        let schedule = match opt.schedule {
-            Some(Schedule::Cosine { warmup, total, min_lr }) => {
-                Some(Op::LrSchedule { lr: opt.lr, warmup, total, min_lr })
-            }
-            Some(Schedule::Constant) | None => None,
-        };
-        let adam = matches!(opt.kind, OptimizerKind::Adam | OptimizerKind::Adamw);
-        let step = if adam || schedule.is_some() {
-            let step = b.state("optimizer_step", TensorType::scalar(DType::I32))?;
-            let one = b.value(
-                "optimizer_step.one",
-                Op::Constant { value: 1.0, ty: TensorType::scalar(DType::I32) },
-                Role::Optimizer,
-                &[],
-            )?;
-            let next = b.value("optimizer_step.next", Op::Add, Role::Optimizer, &[step, one])?;
-            Some((step, next))
-        } else {
-            None
-        };
-        // A schedule's rate follows the steps taken (a skipped step keeps
-        // `optimizer_step`, so the schedule waits with it).
-        let lr_input: Vec<ValueId> = match (schedule, step) {
-            (Some(op), Some((step, _))) => {
-                let lr = b.value("lr", op, Role::Optimizer, &[step])?;
-                b.g.outputs.push(lr);
-                vec![lr]
-            }
-            _ => Vec::new(),
-        };
-
-        let mut updates: Vec<(ValueId, ValueId)> = Vec::new();
-        for (&(p, _), &grad) in grads.iter().zip(&inputs) {
-            let pv = ValueId { node: p, slot: 0 };
-            let ty = b.g.ty(pv).clone();
-            let pname = compact_str::CompactString::from(b.g.node(p).name());
-            let (lr, wd) = (opt.lr, opt.weight_decay_of(&pname));
-            match (opt.kind, step) {
-                (OptimizerKind::Sgd, _) if opt.momentum() == 0.0 => {
-                    let next = b.value(
-                        &format!("{pname}.next"),
-                        Op::Sgd { lr, weight_decay: wd },
-                        Role::Optimizer,
-                        &[&[pv, grad][..], &lr_input].concat(),
-                    )?;
-                    updates.push((pv, next));
-                }
-                (OptimizerKind::Sgd, _) => {
-                    let buf = b.state(&format!("{pname}.momentum"), ty)?;
-                    let op = Op::SgdMomentum { lr, momentum: opt.momentum(), weight_decay: wd };
-                    let names = [format!("{pname}.next"), format!("{pname}.momentum.next")];
-                    let n = b.multi(&names, op, &[&[pv, grad, buf][..], &lr_input].concat())?;
-                    updates.push((pv, ValueId { node: n, slot: 0 }));
-                    updates.push((buf, ValueId { node: n, slot: 1 }));
-                }
-                (_, Some((_, step_next))) => {
-                    let m = b.state(&format!("{pname}.adam_m"), ty.clone())?;
-                    let v = b.state(&format!("{pname}.adam_v"), ty)?;
-                    let op = Op::Adam {
-                        lr,
-                        beta1: opt.beta1(),
-                        beta2: opt.beta2(),
-                        eps: opt.eps(),
-                        weight_decay: wd,
-                        decoupled: opt.kind == OptimizerKind::Adamw,
-                    };
-                    let names =
-                        [format!("{pname}.next"), format!("{pname}.adam_m.next"), format!("{pname}.adam_v.next")];
-                    let n = b.multi(&names, op, &[&[pv, grad, m, v, step_next][..], &lr_input].concat())?;
-                    for (slot, s) in [pv, m, v].into_iter().enumerate() {
-                        updates.push((s, ValueId { node: n, slot: slot as u32 }));
-                    }
-                }
-                (_, None) => unreachable!("adam always has a step counter"),
-            }
-        }
-        if let Some((step, next)) = step {
-            updates.push((step, next));
-        }
-        // A skipped step (an overflow, or micro-batches still to come)
-        // keeps every state as it was.
-        let skip = match (found, pending) {
-            (Some(f), Some(p)) => Some(b.value("skip_step", Op::Add, Role::Optimizer, &[f, p])?),
-            (f, p) => f.or(p),
-        };
-        for (state, next) in updates {
-            let value = match skip {
-                Some(f) => {
-                    let base = format!("{}.kept", b.g.value_name(next));
-                    b.value(&base, Op::Select, Role::Optimizer, &[f, state, next])?
-                }
-                None => next,
-            };
-            b.g.updates.push((state.node, value));
-        }
+        let built = build(g, &opt);
+        g.register_deferred();
+        built?;
         Ok(true)
+    }
+}
+
+/// The optimizer's nodes, master weights and state.
+fn build(g: &mut Graph, opt: &crate::ir::optimizer::Optimizer) -> Result<(), PassError> {
+    let found: Option<ValueId> =
+        g.node_ids().find(|&n| *g.node(n).op() == Op::FoundInf).map(|n| ValueId { node: n, slot: 0 });
+    let mut b = Builder { g };
+    let n = opt.accumulate();
+    let pending = match n {
+        1 => None,
+        _ => Some(b.accumulate(n)?),
+    };
+    let grads = b.g.gradients.clone();
+    // The loops below read the names of nodes added before them.
+    b.g.register_deferred();
+
+    // Gradients enter the optimizer in the parameter's (FP32) type.
+    let mut inputs = Vec::with_capacity(grads.len());
+    for &(p, gv) in &grads {
+        let want = b.g.ty(ValueId { node: p, slot: 0 }).dtype;
+        let v = if b.g.ty(gv).dtype == want {
+            gv
+        } else {
+            let role = b.g.node(gv.node).role();
+            let base = format!("{}.{want}", b.g.value_name(gv));
+            b.value(&base, Op::Cast { to: want }, role, &[gv])?
+        };
+        inputs.push(v);
+    }
+    b.g.register_deferred();
+    if pending.is_some() {
+        // The mean of the micro-batch gradients (exact for a power of two).
+        for v in inputs.iter_mut() {
+            let base = format!("{}.mean", b.g.value_name(*v));
+            *v = b.value(&base, Op::Scale { value: 1.0 / f64::from(n) }, Role::Optimizer, &[*v])?;
+        }
+    }
+    if let Some(max_norm) = opt.clip_grad_norm {
+        let norm = b.value("grad_norm", Op::GlobalNorm, Role::Optimizer, &inputs)?;
+        let coef = b.value("clip_coef", Op::ClipCoef { max_norm }, Role::Optimizer, &[norm])?;
+        b.g.register_deferred();
+        for v in inputs.iter_mut() {
+            let base = format!("{}.clipped", b.g.value_name(*v));
+            *v = b.value(&base, Op::Mul, Role::Optimizer, &[*v, coef])?;
+        }
+        b.g.outputs.push(norm);
+    }
+
+    let schedule = match opt.schedule {
+        Some(Schedule::Cosine { warmup, total, min_lr }) => Some(Op::LrSchedule { lr: opt.lr, warmup, total, min_lr }),
+        Some(Schedule::Constant) | None => None,
+    };
+    let adam = matches!(opt.kind, OptimizerKind::Adam | OptimizerKind::Adamw);
+    let step = if adam || schedule.is_some() {
+        let step = b.state("optimizer_step", TensorType::scalar(DType::I32))?;
+        let one = b.value(
+            "optimizer_step.one",
+            Op::Constant { value: 1.0, ty: TensorType::scalar(DType::I32) },
+            Role::Optimizer,
+            &[],
+        )?;
+        let next = b.value("optimizer_step.next", Op::Add, Role::Optimizer, &[step, one])?;
+        Some((step, next))
+    } else {
+        None
+    };
+    // A schedule's rate follows the steps taken (a skipped step keeps
+    // `optimizer_step`, so the schedule waits with it).
+    let lr_input: Vec<ValueId> = match (schedule, step) {
+        (Some(op), Some((step, _))) => {
+            let lr = b.value("lr", op, Role::Optimizer, &[step])?;
+            b.g.outputs.push(lr);
+            vec![lr]
+        }
+        _ => Vec::new(),
+    };
+
+    let mut updates: Vec<(ValueId, ValueId)> = Vec::new();
+    for (&(p, _), &grad) in grads.iter().zip(&inputs) {
+        let pv = ValueId { node: p, slot: 0 };
+        let ty = b.g.ty(pv).clone();
+        let pname = compact_str::CompactString::from(b.g.node(p).name());
+        let (lr, wd) = (opt.lr, opt.weight_decay_of(&pname));
+        match (opt.kind, step) {
+            (OptimizerKind::Sgd, _) if opt.momentum() == 0.0 => {
+                let next = b.value(
+                    &format!("{pname}.next"),
+                    Op::Sgd { lr, weight_decay: wd },
+                    Role::Optimizer,
+                    &[&[pv, grad][..], &lr_input].concat(),
+                )?;
+                updates.push((pv, next));
+            }
+            (OptimizerKind::Sgd, _) => {
+                let buf = b.state(&format!("{pname}.momentum"), ty)?;
+                let op = Op::SgdMomentum { lr, momentum: opt.momentum(), weight_decay: wd };
+                let names = [format!("{pname}.next"), format!("{pname}.momentum.next")];
+                let n = b.multi(&names, op, &[&[pv, grad, buf][..], &lr_input].concat())?;
+                updates.push((pv, ValueId { node: n, slot: 0 }));
+                updates.push((buf, ValueId { node: n, slot: 1 }));
+            }
+            (_, Some((_, step_next))) => {
+                let m = b.state(&format!("{pname}.adam_m"), ty.clone())?;
+                let v = b.state(&format!("{pname}.adam_v"), ty)?;
+                let op = Op::Adam {
+                    lr,
+                    beta1: opt.beta1(),
+                    beta2: opt.beta2(),
+                    eps: opt.eps(),
+                    weight_decay: wd,
+                    decoupled: opt.kind == OptimizerKind::Adamw,
+                };
+                let names = [format!("{pname}.next"), format!("{pname}.adam_m.next"), format!("{pname}.adam_v.next")];
+                let n = b.multi(&names, op, &[&[pv, grad, m, v, step_next][..], &lr_input].concat())?;
+                for (slot, s) in [pv, m, v].into_iter().enumerate() {
+                    updates.push((s, ValueId { node: n, slot: slot as u32 }));
+                }
+            }
+            (_, None) => unreachable!("adam always has a step counter"),
+        }
+    }
+    if let Some((step, next)) = step {
+        updates.push((step, next));
+    }
+    // A skipped step (an overflow, or micro-batches still to come)
+    // keeps every state as it was.
+    let skip = match (found, pending) {
+        (Some(f), Some(p)) => Some(b.value("skip_step", Op::Add, Role::Optimizer, &[f, p])?),
+        (f, p) => f.or(p),
+    };
+    b.g.register_deferred();
+    for (state, next) in updates {
+        let value = match skip {
+            Some(f) => {
+                let base = format!("{}.kept", b.g.value_name(next));
+                b.value(&base, Op::Select, Role::Optimizer, &[f, state, next])?
+            }
+            None => next,
+        };
+        b.g.updates.push((state.node, value));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::optimizer::{Optimizer, OptimizerKind};
+
+    /// The optimizer's names enter the name table in batches; a name the
+    /// graph already has must still send the new node to `name.1`, and a
+    /// node read by name after it was added must be read under its final
+    /// name (`w.next.1.kept`, not `w.next.kept`).
+    #[test]
+    fn an_update_named_like_a_forward_value_takes_the_next_name() {
+        let (mut g, _) = crate::passes::grad::tests::relu_of_a_param("w.next");
+        let mut opt = Optimizer::new(OptimizerKind::Sgd, 0.1);
+        opt.accumulate = Some(2);
+        g.optimizer = Some(opt);
+        assert!(crate::passes::grad::Grad.run(&mut g).unwrap());
+        assert!(MasterWeights.run(&mut g).unwrap());
+        let names: Vec<&str> = g.updates.iter().map(|&(_, v)| g.value_name(v)).collect();
+        assert!(names.contains(&"w.next.1.kept"), "{names:?}");
+        assert!(g.value("w.next.1").is_some() && g.value("w.next.1.kept").is_some());
+        assert!(g.name_map_problems().is_empty(), "{:?}", g.name_map_problems());
     }
 }
