@@ -2,37 +2,48 @@
 
 use super::*;
 
-/// Shape inference that remembers its last few results per op kind: the
-/// nodes of a model repeat, and the same op on the same input types gives
-/// the same outputs, so a repeat costs a comparison instead of an inference
-/// (and its allocations). Errors are not remembered.
-#[derive(Default)]
-pub(crate) struct InferMemo {
-    /// Per op kind: up to `WAYS` results, and the next one to replace.
-    last: Vec<(Vec<Inferred>, usize)>,
+/// The last few results per op kind: (op, inputs, outputs), at most `WAYS`
+/// a kind, the oldest replaced first. Errors are not remembered.
+#[derive(Clone, Debug)]
+struct ByKind<I, O> {
+    /// Per op kind: the results, and the next one to replace.
+    last: Vec<(Vec<Remembered<I, O>>, usize)>,
 }
 
-/// An op, its input types and its output types.
-type Inferred = (Op, SmallVec<[TensorType; 3]>, Vec<TensorType>);
+/// An op, its inputs and its outputs.
+type Remembered<I, O> = (Op, SmallVec<[I; 3]>, O);
 
-impl InferMemo {
+impl<I, O> Default for ByKind<I, O> {
+    fn default() -> Self {
+        ByKind { last: Vec::new() }
+    }
+}
+
+impl<I: Clone, O> ByKind<I, O> {
     const WAYS: usize = 4;
 
-    /// `infer::infer(op, inputs)`.
-    pub(crate) fn infer(&mut self, op: &Op, inputs: &[&TensorType]) -> Result<&[TensorType], String> {
+    /// The outputs remembered for `op` on `ins` (`same` compares one
+    /// remembered input with one given), or `make`'s, then remembered.
+    fn get_or<J>(
+        &mut self,
+        op: &Op,
+        ins: &[J],
+        same: impl Fn(&I, &J) -> bool,
+        keep: impl Fn(&J) -> I,
+        make: impl FnOnce() -> Result<O, String>,
+    ) -> Result<&O, String> {
         let kind = op.kind() as usize;
         if self.last.len() <= kind {
-            self.last.resize_with(kind + 1, Default::default);
+            self.last.resize_with(kind + 1, || (Vec::new(), 0));
         }
         let (seen, next) = &mut self.last[kind];
-        let hit = seen.iter().position(|(o, ins, _)| {
-            o == op && ins.len() == inputs.len() && ins.iter().zip(inputs).all(|(a, b)| a == *b)
-        });
+        let hit = seen
+            .iter()
+            .position(|(o, i, _)| i.len() == ins.len() && i.iter().zip(ins).all(|(a, b)| same(a, b)) && o == op);
         let at = match hit {
             Some(at) => at,
             None => {
-                let out = infer::infer(op, inputs)?;
-                let entry = (op.clone(), inputs.iter().map(|&t| t.clone()).collect(), out);
+                let entry = (op.clone(), ins.iter().map(keep).collect(), make()?);
                 if seen.len() < Self::WAYS {
                     seen.push(entry);
                     seen.len() - 1
@@ -48,47 +59,41 @@ impl InferMemo {
     }
 }
 
+/// Shape inference that remembers its last few results per op kind: the
+/// nodes of a model repeat, and the same op on the same input types gives
+/// the same outputs, so a repeat costs a comparison instead of an inference
+/// (and its allocations).
+#[derive(Default)]
+pub(crate) struct InferMemo(ByKind<TensorType, Vec<TensorType>>);
+
+impl InferMemo {
+    /// `infer::infer(op, inputs)`.
+    pub(crate) fn infer(&mut self, op: &Op, inputs: &[&TensorType]) -> Result<&[TensorType], String> {
+        let out = self.0.get_or(op, inputs, |a, b| a == *b, |&t| t.clone(), || infer::infer(op, inputs))?;
+        Ok(out)
+    }
+}
+
 /// [`InferMemo`] over a graph's interned types, held by the graph: the
 /// passes' new nodes and re-typed ones compare 4-byte type ids and take
 /// their outputs' ids, with no types made or hashed on a repeat.
 #[derive(Clone, Debug, Default)]
-pub(super) struct IdMemo {
-    /// Per op kind: up to `WAYS` results, and the next one to replace.
-    last: Vec<(Vec<IdInferred>, usize)>,
-}
-
-/// An op, its input types and its output types.
-type IdInferred = (Op, SmallVec<[TypeId; 3]>, SmallVec<[TypeId; 2]>);
+pub(super) struct IdMemo(ByKind<TypeId, TypeIds>);
 
 /// Output type ids of a node, most nodes having one.
 pub(super) type TypeIds = SmallVec<[TypeId; 2]>;
 
 impl IdMemo {
-    const WAYS: usize = 4;
-
     /// The output types of `op` on inputs of types `ins`, interned in `types`.
     pub(super) fn infer(&mut self, types: &mut Types, op: &Op, ins: &[TypeId]) -> Result<TypeIds, String> {
-        let kind = op.kind() as usize;
-        if self.last.len() <= kind {
-            self.last.resize_with(kind + 1, Default::default);
-        }
-        let (seen, next) = &mut self.last[kind];
-        if let Some((_, _, out)) = seen.iter().find(|(o, i, _)| i.as_slice() == ins && o == op) {
-            return Ok(out.clone());
-        }
-        let out = {
-            let tys: SmallVec<[&TensorType; 4]> = ins.iter().map(|&t| types.get(t)).collect();
-            infer::infer(op, &tys)?
+        let make = || {
+            let out = {
+                let tys: SmallVec<[&TensorType; 4]> = ins.iter().map(|&t| types.get(t)).collect();
+                infer::infer(op, &tys)?
+            };
+            Ok(out.into_iter().map(|t| types.intern_owned(t)).collect())
         };
-        let out: TypeIds = out.into_iter().map(|t| types.intern_owned(t)).collect();
-        let entry = (op.clone(), SmallVec::from_slice(ins), out.clone());
-        if seen.len() < Self::WAYS {
-            seen.push(entry);
-        } else {
-            seen[*next] = entry;
-            *next = (*next + 1) % Self::WAYS;
-        }
-        Ok(out)
+        self.0.get_or(op, ins, |a, b| a == b, |&t| t, make).cloned()
     }
 }
 

@@ -120,3 +120,24 @@ fn origins_name_their_section() {
         assert_eq!(o.pointer(), format!("/{s}/{}", i * 7));
     }
 }
+
+#[test]
+fn petgraph_algorithms_run_on_the_ir() {
+    let (mut g, x, _) = small();
+    let a = g.add_node("a", Op::Relu, Role::Forward, &[x]).unwrap();
+    let b = g.add_node("b", Op::Add, Role::Forward, &[ValueId { node: a, slot: 0 }, x]).unwrap();
+    let order = petgraph::algo::toposort(&g, None).expect("acyclic");
+    let at = |n: NodeId| order.iter().position(|&m| m == n).unwrap();
+    assert_eq!(order.len(), 4, "x, w, a, b");
+    assert!(at(x.node) < at(a) && at(a) < at(b));
+    assert!(!petgraph::algo::is_cyclic_directed(&g));
+    let mut dfs = petgraph::visit::Dfs::new(&g, b);
+    let mut seen = Vec::new();
+    while let Some(n) = dfs.next(petgraph::visit::Reversed(&g)) {
+        seen.push(n);
+    }
+    assert_eq!(seen.len(), 3, "walking back from b reaches b, a and x, not w");
+    g.set_input(a, 0, ValueId { node: b, slot: 0 });
+    assert!(petgraph::algo::is_cyclic_directed(&g));
+    assert!(petgraph::algo::toposort(&g, None).is_err());
+}

@@ -103,33 +103,3 @@ impl Visitable for Graph {
         map.0.resize(self.bound().div_ceil(64), 0);
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ir::op::{Op, Role};
-    use crate::ir::types::{DType, TensorType};
-
-    #[test]
-    fn petgraph_algorithms_run_on_the_ir() {
-        let mut g = Graph::new("t");
-        let x = g.add_node("x", Op::Input { ty: TensorType::new(DType::F32, vec![4]) }, Role::Forward, &[]).unwrap();
-        let x = ValueId { node: x, slot: 0 };
-        let a = g.add_node("a", Op::Relu, Role::Forward, &[x]).unwrap();
-        let b = g.add_node("b", Op::Add, Role::Forward, &[ValueId { node: a, slot: 0 }, x]).unwrap();
-        let order = petgraph::algo::toposort(&g, None).expect("acyclic");
-        let at = |n: NodeId| order.iter().position(|&m| m == n).unwrap();
-        assert_eq!(order.len(), 3);
-        assert!(at(x.node) < at(a) && at(a) < at(b));
-        assert!(!petgraph::algo::is_cyclic_directed(&g));
-        let mut dfs = petgraph::visit::Dfs::new(&g, b);
-        let mut seen = Vec::new();
-        while let Some(n) = dfs.next(petgraph::visit::Reversed(&g)) {
-            seen.push(n);
-        }
-        assert_eq!(seen.len(), 3, "walking back from b reaches everything");
-        g.set_input(a, 0, ValueId { node: b, slot: 0 });
-        assert!(petgraph::algo::is_cyclic_directed(&g));
-        assert!(petgraph::algo::toposort(&g, None).is_err());
-    }
-}

@@ -133,24 +133,29 @@ impl Wires {
         self.heads[from] = index(at);
     }
 
-    /// Takes the entry at `at` out of its producer's list.
-    fn unlink(&mut self, at: usize) {
-        let w = self.arena[at];
-        let head = &mut self.heads[w.from as usize];
-        if *head as usize == at {
-            *head = w.next;
+    /// Makes whatever in `from`'s list of uses points at entry `old` (the
+    /// head, or the entry before it) point at `new` instead.
+    fn repoint(&mut self, from: usize, old: usize, new: u32) {
+        if self.heads[from] as usize == old {
+            self.heads[from] = new;
             return;
         }
-        let mut prev = *head;
+        let mut prev = self.heads[from];
         while prev != NONE {
             let next = self.arena[prev as usize].next;
-            if next as usize == at {
-                self.arena[prev as usize].next = w.next;
+            if next as usize == old {
+                self.arena[prev as usize].next = new;
                 return;
             }
             prev = next;
         }
         debug_assert!(false, "a live entry is on its producer's list");
+    }
+
+    /// Takes the entry at `at` out of its producer's list.
+    fn unlink(&mut self, at: usize) {
+        let w = self.arena[at];
+        self.repoint(w.from as usize, at, w.next);
     }
 
     /// Gives a node with no inputs yet all of them at once, ports `0..n`
@@ -228,17 +233,7 @@ impl Wires {
             self.arena.push(w);
             self.arena[old] = Wire::VACANT;
             if w.is_live() {
-                // Point whatever pointed at the old entry at the new one.
-                let head = &mut self.heads[w.from as usize];
-                if *head as usize == old {
-                    *head = index(new + k);
-                } else {
-                    let mut prev = *head;
-                    while self.arena[prev as usize].next as usize != old {
-                        prev = self.arena[prev as usize].next;
-                    }
-                    self.arena[prev as usize].next = index(new + k);
-                }
+                self.repoint(w.from as usize, old, index(new + k));
             }
         }
         self.spans[to].start = index(new);
