@@ -185,9 +185,8 @@ fn main() {
     println!(
         "The two-step path parse_str falls back to for files its streaming pass declines (medians): \
          parse_raw = JSON -> RawGraph with path tracking; plain = serde_json::from_str; \
-         from_raw = RawGraph -> Graph; free = drop(RawGraph). RawNode is {} bytes, Node {} bytes.",
+         from_raw = RawGraph -> Graph; free = drop(RawGraph). RawNode is {} bytes.",
         std::mem::size_of::<mpc::format::RawNode>(),
-        std::mem::size_of::<mpc::Node>()
     );
     println!("{:>9} {:>14} {:>10} {:>12} {:>10}", "nodes", "parse_raw ms", "plain ms", "from_raw ms", "free ms");
     for &(target, runs) in &sizes {

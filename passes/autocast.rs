@@ -302,9 +302,6 @@ fn prefetch_ahead(g: &Graph, order: &[NodeId], k: usize) {
     if let Some(&m) = order.get(k + 16) {
         g.prefetch_node(m);
     }
-    if let Some(&m) = order.get(k + 8) {
-        g.prefetch_outputs(m);
-    }
 }
 
 /// Puts the casts on the inputs and re-types, in topological order.
@@ -393,7 +390,7 @@ fn name_outputs_back(g: &mut Graph, pairs: &[(ValueId, ValueId)]) -> Result<(), 
             continue;
         }
         let node = g.node(v.node);
-        if node.outputs().len() != 1 || node.output_name(0) != node.name() {
+        if node.num_outputs() != 1 || node.output_name(0) != node.name() {
             continue;
         }
         let name = node.name().to_string();

@@ -58,9 +58,6 @@ impl Pass for Cleanup {
             if let Some(v) = casts.get(k + 8).and_then(|&m| g.first_input(m)) {
                 g.prefetch_node(v.node);
             }
-            if let Some(v) = casts.get(k + 4).and_then(|&m| g.first_input(m)) {
-                g.prefetch_outputs(v.node);
-            }
             fold(g, n).is_some()
         });
         let mut changed = false;

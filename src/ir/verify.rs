@@ -83,7 +83,7 @@ fn problems_of(g: &Graph, need_loss: bool) -> Vec<Problem> {
             bad_type[id.index()] = true;
             continue;
         }
-        if let Some(v) = ins.iter().find(|v| v.slot as usize >= g.node(v.node).outputs().len()) {
+        if let Some(v) = ins.iter().find(|v| v.slot as usize >= g.node(v.node).num_outputs()) {
             out.push(at(
                 g,
                 id,
@@ -92,7 +92,7 @@ fn problems_of(g: &Graph, need_loss: bool) -> Vec<Problem> {
                     "reads output {} of `{}`, which has {}",
                     v.slot,
                     g.node(v.node).name(),
-                    g.node(v.node).outputs().len()
+                    g.node(v.node).num_outputs()
                 ),
             ));
             bad_type[id.index()] = true;
@@ -142,7 +142,7 @@ fn problems_of(g: &Graph, need_loss: bool) -> Vec<Problem> {
         let tys = g.types_of(&ins);
         match memo.infer(n.op(), &tys) {
             Ok(want) => {
-                if want.len() != n.outputs().len() || !want.iter().eq(g.output_types(id)) {
+                if want.len() != n.num_outputs() || !want.iter().eq(g.output_types(id)) {
                     let have: Vec<&crate::TensorType> = g.output_types(id).collect();
                     let show = |v: Vec<String>| v.join(", ");
                     out.push(at(

@@ -71,14 +71,14 @@ impl Sections {
     }
 }
 
-fn raw_tensor(n: &Node) -> RawTensor {
+fn raw_tensor(n: Node) -> RawTensor {
     match n.op() {
         Op::Input { ty } => RawTensor { name: n.name().to_string(), shape: ishape(ty), dtype: ty.dtype },
         _ => unreachable!("only inputs are in the inputs section"),
     }
 }
 
-fn raw_state(n: &Node) -> RawState {
+fn raw_state(n: Node) -> RawState {
     match n.op() {
         Op::Param { ty, init } | Op::State { ty, init } => {
             RawState { name: n.name().to_string(), shape: ishape(ty), dtype: ty.dtype, init: Some(init.clone()) }
@@ -89,9 +89,9 @@ fn raw_state(n: &Node) -> RawState {
 
 /// Whether a node's outputs have the names it gets by default (`name`,
 /// `name:1`, ...), so the file need not list them. Allocates nothing.
-fn default_names(n: &Node) -> bool {
+fn default_names(n: Node) -> bool {
     // `default_output_names` gives a node of no outputs its name all the same.
-    !n.outputs().is_empty()
+    n.num_outputs() != 0
         && n.output_names().enumerate().all(|(k, o)| match k {
             0 => o == n.name(),
             k => o
@@ -129,7 +129,7 @@ struct Rest {
 }
 
 impl Rest {
-    fn fits(&self, n: &Node) -> bool {
+    fn fits(&self, n: Node) -> bool {
         self.op == *n.op() && self.scaler == (n.role() == Role::Scaler) && self.precision == n.precision()
     }
 }
@@ -230,7 +230,7 @@ fn fill_raw_node(g: &Graph, id: NodeId, rn: &mut RawNode, values: &[crate::Value
 }
 
 /// Makes `rn` the file's form of node `n` with the `name` and `inputs` given.
-fn fill_raw_rest(n: &Node, rn: &mut RawNode, name: String, inputs: Vec<String>) {
+fn fill_raw_rest(n: Node, rn: &mut RawNode, name: String, inputs: Vec<String>) {
     *rn = RawNode {
         name,
         op: n.op().kind(),

@@ -20,7 +20,7 @@ impl PartialEq for Graph {
         }
         let vname = |g: &Graph, v: Option<ValueId>| v.map(|v| g.value_name(v).to_string());
         let pairs = |g: &Graph, ps: &[(NodeId, ValueId)]| -> Vec<(String, String)> {
-            ps.iter().map(|&(n, v)| (g.node(n).name.to_string(), g.value_name(v).to_string())).collect()
+            ps.iter().map(|&(n, v)| (g.node(n).name().to_string(), g.value_name(v).to_string())).collect()
         };
         let outs = |g: &Graph| -> Vec<String> { g.outputs.iter().map(|&v| g.value_name(v).to_string()).collect() };
         if vname(self, self.loss) != vname(other, other.loss)
@@ -34,10 +34,10 @@ impl PartialEq for Graph {
             let (nx, ny) = (self.node(x), other.node(y));
             let ix: Vec<&str> = self.inputs(x).into_iter().map(|v| self.value_name(v)).collect();
             let iy: Vec<&str> = other.inputs(y).into_iter().map(|v| other.value_name(v)).collect();
-            nx.name == ny.name
-                && nx.op == ny.op
-                && nx.role == ny.role
-                && nx.precision == ny.precision
+            nx.name() == ny.name()
+                && nx.op() == ny.op()
+                && nx.role() == ny.role()
+                && nx.precision() == ny.precision()
                 && nx.output_names().eq(ny.output_names())
                 && self.output_types(x).eq(other.output_types(y))
                 && ix == iy

@@ -7,8 +7,6 @@ use super::*;
 pub(super) const RANK: u8 = 0b11;
 /// The node index is vacant (the node was removed).
 pub(super) const VACANT: u8 = 1 << 2;
-/// The node was handed out by `node_mut`: the bits below may be out of date.
-pub(super) const STALE: u8 = 1 << 3;
 /// The node is a cast.
 pub(super) const CAST: u8 = 1 << 4;
 /// The node is an input, param or state declaration.
@@ -22,11 +20,11 @@ pub(super) fn rank(role: Role) -> u8 {
     }
 }
 
-pub(super) fn meta_of(n: &Node) -> u8 {
-    let kind = match n.op {
+pub(super) fn meta_of(op: &Op, role: Role) -> u8 {
+    let kind = match op {
         Op::Cast { .. } => CAST,
         Op::Input { .. } | Op::Param { .. } | Op::State { .. } => SOURCE,
         _ => 0,
     };
-    rank(n.role) | kind
+    rank(role) | kind
 }

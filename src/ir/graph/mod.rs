@@ -7,16 +7,20 @@
 //! traits are implemented for `&Graph` (`visit.rs`), so its algorithms run
 //! on the IR directly.
 //!
-//! Beside the nodes, side tables keyed by node index: a byte per node
-//! (vacancy, role rank, whether a cast) that whole-graph walks read instead
-//! of the node, and the name table, which stores no strings: an entry is
-//! the name's hash and the node (and output slot) it names, and a probe
-//! compares against the name held by the node itself.
+//! A node is not an object of its own but its entries in tables by node
+//! index (docs/FLAT_IR.md): an 8-byte record (interned op, role, precision
+//! pin), its name, the type of its first output, and a meta byte (vacancy,
+//! role rank, whether a cast or a source) that whole-graph walks read
+//! alone. [`Graph::node`] gives a view over them. The few nodes whose
+//! outputs are not one value named as the node keep their outputs in a
+//! side map. The name table stores no strings: an entry is the name's hash
+//! and the node (and output slot) it names, and a probe compares against
+//! the node's name.
 
 use std::hash::Hasher;
 
 use compact_str::CompactString;
-use rustc_hash::{FxHashSet, FxHasher};
+use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 use smallvec::SmallVec;
 
 /// A node's inputs; most nodes have at most four.
@@ -33,12 +37,15 @@ mod memo;
 mod meta;
 mod names;
 mod node;
+mod ops;
 mod order;
 mod types;
 mod visit;
 mod wires;
 
-pub use node::{Node, Origin, Output, SECTIONS};
+pub use node::{Node, Origin, SECTIONS};
+use node::{Output, Rec};
+use ops::Ops;
 pub use visit::Visited;
 
 pub(crate) use dense::{DenseMap, DenseSet};
@@ -94,19 +101,19 @@ pub enum GraphError {
     HasUsers(String),
 }
 
-/// The nodes by index (`None`: vacated). Boxed: growing the vector (a
-/// pass adding nodes) then copies 8 bytes a node rather than the node. Held
-/// in the vector itself, a lowered 10^6-op chain peaked at 1545 MiB instead
-/// of 1785, but the room a pass reserves on a graph without any (a clone)
-/// then copied 168 bytes a node: in-memory autocast at 10^5 ops took 35-39
-/// ms against 29-32 (BENCHMARKS.md, issue 17).
-type Nodes = Vec<Option<Box<Node>>>;
-
 /// A training graph.
 #[derive(Clone, Debug, Default)]
 pub struct Graph {
     pub name: String,
-    g: Nodes,
+    /// By node index: the op, role and precision pin.
+    recs: Vec<Rec>,
+    /// By node index: the node's name (empty at a vacated index).
+    labels: Vec<CompactString>,
+    /// The outputs of the nodes whose outputs are not one value named as
+    /// the node (`Rec::single` false), by node index.
+    outs: FxHashMap<u32, Box<[Output]>>,
+    /// The distinct ops.
+    ops: Ops,
     /// The live nodes.
     live: usize,
     /// Vacated indices, the last vacated on top: a new node takes it first.
@@ -117,9 +124,8 @@ pub struct Graph {
     names: Names,
     /// The distinct types of the nodes' outputs.
     types: Types,
-    /// By node index, the type of output 0 (also in the node): most type
-    /// reads are of output 0, and this vector is read in index order where
-    /// the nodes are 128-byte boxes all over the heap.
+    /// By node index, the type of output 0 (also in `outs` for a node
+    /// there).
     ty0: Vec<TypeId>,
     /// Shape inference's recent results, over type ids.
     memo: IdMemo,
@@ -162,45 +168,57 @@ impl Graph {
 
     /// Node `id`; panics when there is none (a removed node), as indexing does.
     #[inline]
-    pub fn node(&self, id: NodeId) -> &Node {
-        match self.g.get(id.index()) {
-            Some(Some(n)) => n,
-            _ => no_node(id),
+    pub fn node(&self, id: NodeId) -> Node<'_> {
+        if !self.contains(id) {
+            no_node(id)
         }
-    }
-
-    /// The node, without marking it as changed (for fields other than `op` and `role`).
-    #[inline]
-    fn node_keep(&mut self, id: NodeId) -> &mut Node {
-        match self.g.get_mut(id.index()) {
-            Some(Some(n)) => n,
-            _ => no_node(id),
-        }
+        Node { g: self, i: id.0 }
     }
 
     /// The node at index `i`, if there is one.
     #[inline]
-    fn weight(&self, i: usize) -> Option<&Node> {
-        self.g.get(i).and_then(|n| n.as_deref())
+    fn weight(&self, i: usize) -> Option<Node<'_>> {
+        self.node_at(i).map(|id| Node { g: self, i: id.0 })
     }
 
+    /// The record of node `id`, which must be there.
     #[inline]
-    pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
-        if let Some(m) = self.meta.get_mut(id.index()) {
-            *m |= STALE;
+    fn rec_mut(&mut self, id: NodeId) -> &mut Rec {
+        if !self.contains(id) {
+            no_node(id)
         }
-        self.node_keep(id)
+        &mut self.recs[id.index()]
     }
 
     /// Sets node `id`'s output types, in slot order.
     fn put_types(&mut self, id: NodeId, ids: &[TypeId]) {
-        let Some(Some(node)) = self.g.get_mut(id.index()) else { no_node(id) };
-        for (o, &t) in node.outputs.iter_mut().zip(ids) {
-            o.ty = t;
+        if !self.rec_mut(id).single {
+            if let Some(outs) = self.outs.get_mut(&id.0) {
+                for (o, &t) in outs.iter_mut().zip(ids) {
+                    o.ty = t;
+                }
+                if outs.is_empty() {
+                    return;
+                }
+            }
         }
-        if let (Some(&t), false) = (ids.first(), node.outputs.is_empty()) {
+        if let Some(&t) = ids.first() {
             self.ty0[id.index()] = t;
         }
+    }
+
+    /// Names output `slot` of node `id` (not in the graph's name table: see
+    /// [`Graph::rename`]; the verifier reports the difference).
+    pub fn set_output_name(&mut self, id: NodeId, slot: usize, name: &str) {
+        let node = self.node(id);
+        if node.output_name(slot) == name {
+            return;
+        }
+        let own = self.labels[id.index()].clone();
+        let ty0 = self.ty0[id.index()];
+        let outs = self.outs.entry(id.0).or_insert_with(|| Box::new([Output { name: None, ty: ty0 }]));
+        outs[slot].name = (name != own).then(|| name.into());
+        self.recs[id.index()].single = false;
     }
 
     /// Where a parsed node was written in its source file.
@@ -210,13 +228,15 @@ impl Graph {
 
     /// Sets a node's precision pin (its override of the precision table).
     pub fn set_precision(&mut self, id: NodeId, p: Option<Precision>) {
-        self.node_keep(id).precision = p;
+        self.rec_mut(id).precision = p;
     }
 
     /// Replaces a node's op (its inputs and output types stay as they are:
     /// the caller keeps them right, or re-types the graph).
     pub fn set_op(&mut self, id: NodeId, op: Op) {
-        self.node_mut(id).op = op;
+        let role = self.rec_mut(id).role;
+        self.meta[id.index()] = meta_of(&op, role);
+        self.recs[id.index()].op = self.ops.intern(op);
     }
 
     pub fn contains(&self, id: NodeId) -> bool {
@@ -233,17 +253,10 @@ impl Graph {
         self.meta.len()
     }
 
-    /// The meta bits of node index `i`, fresh.
+    /// The meta bits of node index `i`.
     #[inline]
     fn meta(&self, i: usize) -> u8 {
-        let m = self.meta[i];
-        if m & STALE == 0 {
-            return m;
-        }
-        match self.weight(i) {
-            Some(n) => meta_of(n),
-            None => m,
-        }
+        self.meta[i]
     }
 
     /// Whether the node is a cast (without reading the node, mostly).
@@ -280,7 +293,11 @@ impl Graph {
         if v.slot == 0 && self.contains(v.node) {
             return self.ty0[v.node.index()];
         }
-        self.node(v.node).outputs[v.slot as usize].ty
+        let node = self.node(v.node);
+        match node.rec().single {
+            true => no_output(v),
+            false => self.outs[&v.node.0][v.slot as usize].ty,
+        }
     }
 
     /// The output types of `op` on `inputs`.
@@ -294,16 +311,17 @@ impl Graph {
     pub(crate) fn retype(&mut self, id: NodeId, inputs: &[ValueId]) -> Result<(), String> {
         debug_assert_eq!(self.inputs(id).as_slice(), inputs);
         let ins: SmallVec<[TypeId; 4]> = inputs.iter().map(|&v| self.ty_id(v)).collect();
-        let Graph { g, types, memo, .. } = self;
-        let Some(Some(node)) = g.get(id.index()) else { no_node(id) };
-        let out = memo.infer(types, &node.op, &ins).map_err(|m| format!("node `{}`: {m}", node.name))?;
+        let op = self.node(id).rec().op;
+        let Graph { ops, types, memo, labels, .. } = self;
+        let out = memo.infer(types, ops.get(op), &ins).map_err(|m| format!("node `{}`: {m}", labels[id.index()]))?;
         self.put_types(id, &out);
         Ok(())
     }
 
     /// The types of a node's outputs, in slot order.
     pub fn output_types(&self, id: NodeId) -> impl ExactSizeIterator<Item = &TensorType> + '_ {
-        self.node(id).outputs.iter().map(|o| self.types.get(o.ty))
+        let n = self.node(id).num_outputs() as u32;
+        (0..n).map(move |slot| self.ty(ValueId { node: id, slot }))
     }
 
     /// The types of some values.
@@ -324,8 +342,7 @@ impl Graph {
     /// The table entry of `name`.
     #[inline]
     fn lookup(&self, name: &str) -> Option<NameEntry> {
-        let g = &self.g;
-        let i = self.names.probe(name_hash(name), |e| entry_name(g, e) == Some(name)).ok()?;
+        let i = self.names.probe(name_hash(name), |e| self.entry_name(e) == Some(name)).ok()?;
         Some(NameEntry::load(self.names.table[i]))
     }
 
@@ -345,7 +362,7 @@ impl Graph {
 
     /// Values of a node, one per output slot.
     pub fn values(&self, id: NodeId) -> impl Iterator<Item = ValueId> + '_ {
-        (0..self.node(id).outputs.len() as u32).map(move |slot| ValueId { node: id, slot })
+        (0..self.node(id).num_outputs() as u32).map(move |slot| ValueId { node: id, slot })
     }
 
     /// The inputs of a node, in port order.
@@ -453,8 +470,7 @@ impl Graph {
             return self.add_fresh(base, op, role, inputs);
         }
         let tys = self.infer_for(base, &op, inputs)?;
-        let outputs = smallvec::smallvec![Output { name: None, ty: TypeId::UNTYPED }];
-        let id = NodeId::at(self.alloc(Node { name: base.into(), op, role, precision: None, outputs }, None));
+        let id = NodeId::at(self.alloc(base.into(), op, role, None, None));
         self.finish_typed(id, tys, inputs);
         self.deferred.push((id, name_hash(base)));
         Ok(id)
@@ -492,32 +508,44 @@ impl Graph {
         Ok(id)
     }
 
-    /// Adds `node` at the last vacated index, or a new one, and records its
-    /// meta byte and origin.
-    fn alloc(&mut self, node: Node, origin: Option<Origin>) -> u32 {
-        let meta = meta_of(&node);
-        let ty0 = node.outputs.first().map_or(TypeId::UNTYPED, |o| o.ty);
+    /// Adds a node at the last vacated index, or a new one, with its
+    /// outputs `outs` (`None`: one, named as the node), and records its
+    /// meta byte and origin. Its outputs are untyped.
+    fn alloc(
+        &mut self,
+        name: CompactString,
+        op: Op,
+        role: Role,
+        outs: Option<Box<[Output]>>,
+        origin: Option<Origin>,
+    ) -> u32 {
+        let meta = meta_of(&op, role);
+        let rec = Rec { op: self.ops.intern(op), role, precision: None, single: outs.is_none() };
+        let ty0 = TypeId::UNTYPED;
         let i = match self.vacated.pop() {
             Some(i) => {
-                self.g[i as usize] = Some(Box::new(node));
-                i as usize
+                let i = i as usize;
+                self.recs[i] = rec;
+                self.labels[i] = name;
+                self.meta[i] = meta;
+                self.ty0[i] = ty0;
+                i
             }
             None => {
                 // Node indices count in `u32`.
-                assert!(self.g.len() < u32::MAX as usize, "fewer than 2^32 - 1 nodes");
-                self.g.push(Some(Box::new(node)));
-                self.g.len() - 1
+                assert!(self.meta.len() < u32::MAX as usize, "fewer than 2^32 - 1 nodes");
+                self.recs.push(rec);
+                self.labels.push(name);
+                self.meta.push(meta);
+                self.ty0.push(ty0);
+                self.meta.len() - 1
             }
         };
+        if let Some(outs) = outs {
+            self.outs.insert(i as u32, outs);
+        }
         self.live += 1;
         self.wires.enter(i);
-        if i == self.meta.len() {
-            self.meta.push(meta);
-            self.ty0.push(ty0);
-        } else {
-            self.meta[i] = meta;
-            self.ty0[i] = ty0;
-        }
         if origin.is_some() && self.origins.len() <= i {
             self.origins.resize(i + 1, None);
         }
@@ -547,8 +575,7 @@ impl Graph {
     /// with room made for it; `None` when the name is taken.
     fn free_slot(&mut self, name: &str, hash: u64) -> Option<usize> {
         self.names.reserve(1);
-        let g = &self.g;
-        self.names.probe(hash, |e| entry_name(g, e) == Some(name)).err()
+        self.names.probe(hash, |e| self.entry_name(e) == Some(name)).err()
     }
 
     /// Adds a one-output node at name-table slot `at` (found free by a probe).
@@ -561,8 +588,7 @@ impl Graph {
         role: Role,
         origin: Option<Origin>,
     ) -> NodeId {
-        let outputs = smallvec::smallvec![Output { name: None, ty: TypeId::UNTYPED }];
-        let i = self.alloc(Node { name, op, role, precision: None, outputs }, origin);
+        let i = self.alloc(name, op, role, None, origin);
         self.names.fill(at, NameEntry { hash, node: i, slot: 0 });
         NodeId::at(i)
     }
@@ -604,22 +630,15 @@ impl Graph {
         (e.slot != NODE_NAME).then_some(ValueId { node: NodeId::at(e.node), slot: e.slot })
     }
 
-    /// Starts loading node `id` into the cache (the lines that hold its op
-    /// and its outputs' pointer), for loops that will read it soon.
+    /// Starts loading node `id`'s record, name and type into the cache,
+    /// for loops that will read them soon.
     #[inline]
     pub(crate) fn prefetch_node(&self, id: NodeId) {
-        if let Some(n) = self.weight(id.index()) {
-            prefetch(&n.op);
-            prefetch(&n.outputs);
-        }
-    }
-
-    /// Starts loading the outputs of node `id` into the cache (best after
-    /// [`Graph::prefetch_node`] has brought the node in).
-    #[inline]
-    pub(crate) fn prefetch_outputs(&self, id: NodeId) {
-        if let Some(o) = self.weight(id.index()).and_then(|n| n.outputs.first()) {
-            prefetch(o);
+        let i = id.index();
+        if let (Some(r), Some(l), Some(t)) = (self.recs.get(i), self.labels.get(i), self.ty0.get(i)) {
+            prefetch(r);
+            prefetch(l);
+            prefetch(t);
         }
     }
 
@@ -659,8 +678,9 @@ impl Graph {
             Ok(std::slice::from_ref(&ty)),
             "add_unnamed: the type given is the one inference gives"
         );
-        let outputs = smallvec::smallvec![Output { name: None, ty: self.types.intern_owned(ty) }];
-        let id = NodeId::at(self.alloc(Node { name, op, role, precision: None, outputs }, None));
+        let ty = self.types.intern_owned(ty);
+        let id = NodeId::at(self.alloc(name, op, role, None, None));
+        self.ty0[id.index()] = ty;
         self.wires.set_all(id.index(), inputs);
         id
     }
@@ -673,19 +693,17 @@ impl Graph {
         const AHEAD: usize = 16;
         self.names.reserve(ids.len());
         for (j, &(id, hash)) in ids.iter().enumerate() {
-            debug_assert_eq!(hash, name_hash(&self.node(id).name));
+            debug_assert_eq!(hash, name_hash(self.node(id).name()));
             if let Some(&(_, h)) = ids.get(j + AHEAD) {
                 self.prefetch_name(h);
             }
-            let g = &self.g;
-            let name = self.node(id).name.as_str();
-            match self.names.probe(hash, |e| entry_name(g, e) == Some(name)) {
+            let name = self.node(id).name();
+            match self.names.probe(hash, |e| self.entry_name(e) == Some(name)) {
                 Err(at) => self.names.fill(at, NameEntry { hash, node: id.index() as u32, slot: 0 }),
                 Ok(_) => {
-                    let fresh = self.fresh_name(&self.node(id).name);
+                    let fresh = self.fresh_name(name);
                     let hash = name_hash(&fresh);
-                    let node = self.node_keep(id);
-                    node.name = fresh.into();
+                    self.labels[id.index()] = fresh.into();
                     self.register(hash, id.index() as u32, 0);
                 }
             }
@@ -725,7 +743,7 @@ impl Graph {
         let hashes: SmallVec<[u64; 4]> = output_names.iter().map(|o| name_hash(o)).collect();
         let node_hash = name_hash(&name);
         let outputs = output_names.into_iter().map(|o| Output::new(o, &name, TypeId::UNTYPED)).collect();
-        let i = self.alloc(Node { name: name.into(), op, role, precision: None, outputs }, origin);
+        let i = self.alloc(name.into(), op, role, Some(outputs), origin);
         for (slot, h) in hashes.into_iter().enumerate() {
             self.register(h, i, slot as u32);
         }
@@ -790,8 +808,8 @@ impl Graph {
     /// and its value. `name` must be new.
     pub fn rename(&mut self, id: NodeId, name: String) -> Result<(), GraphError> {
         let node = self.node(id);
-        let old = node.name.to_string();
-        if node.outputs.len() != 1 || node.outputs[0].name.is_some() || self.node_names.contains(&(id.index() as u32)) {
+        let old = node.name().to_string();
+        if !node.rec().single || self.node_names.contains(&(id.index() as u32)) {
             return Err(GraphError::Type {
                 node: old,
                 message: "only a node named as its one value can be renamed".into(),
@@ -800,34 +818,35 @@ impl Graph {
         if self.contains_name(&name) {
             return Err(GraphError::DuplicateName(name));
         }
-        let g = &self.g;
-        if let Ok(i) = self.names.probe(name_hash(&old), |e| entry_name(g, e) == Some(old.as_str())) {
+        if let Ok(i) = self.names.probe(name_hash(&old), |e| self.entry_name(e) == Some(old.as_str())) {
             self.names.remove_at(i);
         }
         let hash = name_hash(&name);
-        let node = self.node_keep(id);
-        node.name = name.into();
+        self.labels[id.index()] = name.into();
         self.register(hash, id.index() as u32, 0);
         Ok(())
     }
 
-    /// Removes a node that no other node reads.
-    pub fn remove_node(&mut self, id: NodeId) -> Result<Node, GraphError> {
-        if self.users(id).next().is_some() {
-            return Err(GraphError::HasUsers(self.node(id).name.to_string()));
-        }
-        // Names first, while the node still answers for them.
-        let g = &self.g;
-        let Some(Some(node)) = g.get(id.index()) else {
+    /// Removes a node that no other node reads; returns its op.
+    pub fn remove_node(&mut self, id: NodeId) -> Result<Op, GraphError> {
+        let Some(node) = self.weight(id.index()) else {
             return Err(GraphError::UnknownValue(format!("node #{}", id.index())));
         };
-        for o in node.output_names().chain([node.name.as_str()]) {
-            if let Ok(i) = self.names.probe(name_hash(o), |e| entry_name(g, e) == Some(o)) {
+        if self.users(id).next().is_some() {
+            return Err(GraphError::HasUsers(node.name().to_string()));
+        }
+        // Names first, while the node still answers for them.
+        let op = node.op().clone();
+        let names: SmallVec<[CompactString; 2]> = node.output_names().chain([node.name()]).map(Into::into).collect();
+        for o in &names {
+            if let Ok(i) = self.names.probe(name_hash(o), |e| self.entry_name(e) == Some(o.as_str())) {
                 self.names.remove_at(i);
             }
         }
         self.wires.remove(id.index());
-        let Some(node) = self.g[id.index()].take() else { no_node(id) };
+        self.recs[id.index()] = Rec::VACANT;
+        self.labels[id.index()] = CompactString::default();
+        self.outs.remove(&id.0);
         self.live -= 1;
         self.vacated.push(id.0);
         self.meta[id.index()] = VACANT;
@@ -835,7 +854,7 @@ impl Graph {
             *o = None;
         }
         self.node_names.remove(&(id.index() as u32));
-        Ok(*node)
+        Ok(op)
     }
 
     /// Makes room for `nodes` more nodes and `edges` more edges.
@@ -846,7 +865,8 @@ impl Graph {
 
     /// Room for `nodes` more nodes and `edges` more edges, not their names.
     pub fn reserve_storage(&mut self, nodes: usize, edges: usize) {
-        self.g.reserve(nodes);
+        self.recs.reserve(nodes);
+        self.labels.reserve(nodes);
         self.wires.reserve(nodes, edges);
         self.meta.reserve(nodes);
         self.ty0.reserve(nodes);
@@ -862,7 +882,7 @@ impl Graph {
 
     /// The parameter nodes, in index order.
     pub fn params(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.node_ids().filter(|&n| matches!(self.node(n).op, Op::Param { .. }))
+        self.node_ids().filter(|&n| matches!(self.node(n).op(), Op::Param { .. }))
     }
 
     /// Whether the name map agrees with the nodes (checked by the verifier).
@@ -880,11 +900,11 @@ impl Graph {
             for (slot, o) in n.output_names().enumerate() {
                 sum = sum.wrapping_add(NameEntry { hash: name_hash(o), node: i as u32, slot: slot as u32 }.mix());
             }
-            count += n.outputs.len();
+            count += n.num_outputs();
         }
         for &i in &self.node_names {
             if let Some(n) = self.weight(i as usize) {
-                sum = sum.wrapping_add(NameEntry { hash: name_hash(&n.name), node: i, slot: NODE_NAME }.mix());
+                sum = sum.wrapping_add(NameEntry { hash: name_hash(n.name()), node: i, slot: NODE_NAME }.mix());
                 count += 1;
             }
         }
@@ -899,7 +919,8 @@ impl Graph {
                     Some(v) if v == (ValueId { node: id, slot: slot as u32 }) => {}
                     _ => out.push(format!(
                         "output `{}` of node `{}` is not registered under its name (duplicate name?)",
-                        o, node.name
+                        o,
+                        node.name()
                     )),
                 }
             }
@@ -915,6 +936,12 @@ impl Graph {
 #[track_caller]
 fn no_node(id: NodeId) -> ! {
     panic!("no node #{} in the graph (removed?)", id.index())
+}
+
+#[cold]
+#[track_caller]
+fn no_output(v: ValueId) -> ! {
+    panic!("node #{} has one output, not {}", v.node.index(), v.slot + 1)
 }
 
 /// `name` for slot 0, `name:k` for slot k.

@@ -157,13 +157,15 @@ pub(super) fn prefetch<T>(r: &T) {
     let _ = r;
 }
 
-/// The name a table entry refers to, if its node still exists.
-#[inline]
-pub(super) fn entry_name(g: &Nodes, e: NameEntry) -> Option<&str> {
-    let n = g.get(e.node as usize)?.as_deref()?;
-    if e.slot == NODE_NAME {
-        Some(&n.name)
-    } else {
-        n.outputs.get(e.slot as usize).map(|o| o.name.as_deref().unwrap_or(&n.name))
+impl Graph {
+    /// The name a table entry refers to, if its node still exists.
+    #[inline]
+    pub(super) fn entry_name(&self, e: NameEntry) -> Option<&str> {
+        let n = self.weight(e.node as usize)?;
+        if e.slot == NODE_NAME {
+            Some(n.name())
+        } else {
+            ((e.slot as usize) < n.num_outputs()).then(|| n.output_name(e.slot as usize))
+        }
     }
 }

@@ -1,17 +1,20 @@
-//! What a graph holds per node: the node itself and its outputs; and
-//! where a parsed node was written in its source file.
+//! What a graph holds per node: a record of its op and role, its name,
+//! and (for the few nodes whose outputs are not one value named as the
+//! node) its outputs; the view through which the rest of the crate reads a
+//! node; and where a parsed node was written in its source file.
 
-use compact_str::CompactString;
-use smallvec::SmallVec;
+use std::fmt;
 
+use super::ops::OpId;
 use super::types::TypeId;
+use super::Graph;
 use crate::ir::op::{Op, Precision, Role};
 
 /// Where a node was written in its source file, for error messages.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Origin {
     /// The section, by its place in [`SECTIONS`]: 8 bytes in all rather
-    /// than a 16-byte string, so that a node fits mimalloc's 160-byte class.
+    /// than a 16-byte string.
     section: u8,
     pub index: u32,
 }
@@ -38,13 +41,11 @@ impl Origin {
     }
 }
 
-/// One output of a node: its name and type. Read the type through the
-/// graph ([`Graph::ty`](super::Graph::ty), [`Graph::output_types`](super::Graph::output_types)),
-/// which holds each distinct type once.
+/// One output of a node whose outputs are not the usual one value named
+/// as the node: its name and type.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Output {
-    /// The name; `None` when it is the node's own (the usual first output),
-    /// which then is not stored twice. Read it with [`Node::output_name`].
+pub(super) struct Output {
+    /// `None` when it is the node's own name, which then is not stored twice.
     pub(super) name: Option<Box<str>>,
     pub(super) ty: TypeId,
 }
@@ -56,65 +57,102 @@ impl Output {
     }
 }
 
-/// A node of a graph. Read through its accessors: how the graph stores a
-/// node is its own business (docs/FLAT_IR.md plans flat arrays), and
-/// changes go through the graph (`Graph::rename`, `Graph::set_op`, ...),
-/// which keeps its name table and per-node flags in step. Where a parsed
-/// node was written is the graph's too ([`Graph::origin`](super::Graph::origin)).
-#[derive(Clone, Debug)]
-pub struct Node {
-    pub(super) name: CompactString,
-    pub(super) op: Op,
+/// What whole-graph walks read of a node, 8 bytes by node index: the op
+/// (interned: a lowered chain has a handful of distinct ops over millions
+/// of nodes), the role and the precision pin.
+#[derive(Copy, Clone, Debug)]
+pub(super) struct Rec {
+    pub(super) op: OpId,
     pub(super) role: Role,
-    /// A per-node override of the precision table.
     pub(super) precision: Option<Precision>,
-    /// Inline: nearly every node has one output, and a vector would be a
-    /// second allocation per node.
-    pub(super) outputs: SmallVec<[Output; 1]>,
+    /// The node has one output, named as the node; otherwise its outputs
+    /// are in the graph's `outs` map.
+    pub(super) single: bool,
 }
 
-impl Node {
+impl Rec {
+    /// The record of a vacated index.
+    pub(super) const VACANT: Rec = Rec { op: OpId::NONE, role: Role::Forward, precision: None, single: true };
+}
+
+/// A node of a [`Graph`], as [`Graph::node`] shows it: a view of the
+/// graph's per-node tables, valid while the graph is borrowed.
+#[derive(Copy, Clone)]
+pub struct Node<'g> {
+    pub(super) g: &'g Graph,
+    pub(super) i: u32,
+}
+
+impl<'g> Node<'g> {
+    #[inline]
+    pub(super) fn rec(&self) -> Rec {
+        self.g.recs[self.i as usize]
+    }
+
+    /// The outputs, for a node whose outputs are not the usual one.
+    #[inline]
+    fn outs(&self) -> Option<&'g [Output]> {
+        if self.rec().single {
+            return None;
+        }
+        self.g.outs.get(&self.i).map(|o| &**o)
+    }
+
     /// The node's name (that of its first output, for nearly every node).
     #[inline]
-    pub fn name(&self) -> &str {
-        &self.name
+    pub fn name(&self) -> &'g str {
+        &self.g.labels[self.i as usize]
     }
 
     #[inline]
-    pub fn op(&self) -> &Op {
-        &self.op
+    pub fn op(&self) -> &'g Op {
+        self.g.ops.get(self.rec().op)
     }
 
     #[inline]
     pub fn role(&self) -> Role {
-        self.role
+        self.rec().role
     }
 
     /// The node's override of the precision table, if it has one.
     #[inline]
     pub fn precision(&self) -> Option<Precision> {
-        self.precision
+        self.rec().precision
     }
 
-    /// The outputs, in slot order.
+    /// How many outputs (values) the node has.
     #[inline]
-    pub fn outputs(&self) -> &[Output] {
-        &self.outputs
+    pub fn num_outputs(&self) -> usize {
+        self.outs().map_or(1, <[Output]>::len)
     }
 
-    /// The name of output `slot`.
+    /// The name of output `slot`; panics when there is no such output.
     #[inline]
-    pub fn output_name(&self, slot: usize) -> &str {
-        self.outputs[slot].name.as_deref().unwrap_or(&self.name)
+    pub fn output_name(&self, slot: usize) -> &'g str {
+        match self.outs() {
+            None if slot == 0 => self.name(),
+            None => panic!("node `{}` has one output, not {}", self.name(), slot + 1),
+            Some(outs) => outs[slot].name.as_deref().unwrap_or(self.name()),
+        }
     }
 
     /// The names of the outputs, in slot order.
-    pub fn output_names(&self) -> impl Iterator<Item = &str> + '_ {
-        self.outputs.iter().map(|o| o.name.as_deref().unwrap_or(&self.name))
+    pub fn output_names(&self) -> impl Iterator<Item = &'g str> + 'g {
+        let name = self.name();
+        let outs = self.outs();
+        let single = outs.is_none().then_some(name);
+        single.into_iter().chain(outs.unwrap_or(&[]).iter().map(move |o| o.name.as_deref().unwrap_or(name)))
     }
+}
 
-    /// Names output `slot` (not the graph's name table: see [`Graph::rename`]).
-    pub fn set_output_name(&mut self, slot: usize, name: &str) {
-        self.outputs[slot].name = (name != self.name).then(|| name.into());
+impl fmt::Debug for Node<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node")
+            .field("name", &self.name())
+            .field("op", self.op())
+            .field("role", &self.role())
+            .field("precision", &self.precision())
+            .field("outputs", &self.output_names().collect::<Vec<_>>())
+            .finish()
     }
 }

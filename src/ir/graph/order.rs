@@ -100,22 +100,22 @@ impl Graph {
             }
             let result = {
                 let ids: SmallVec<[TypeId; 4]> = ins.iter().map(|&v| self.ty_id(v)).collect();
-                let Graph { g, types, memo, .. } = self;
-                let Some(Some(node)) = g.get(id.index()) else { no_node(id) };
-                memo.infer(types, &node.op, &ids)
+                let op = self.node(id).rec().op;
+                let Graph { ops, types, memo, .. } = self;
+                memo.infer(types, ops.get(op), &ids)
             };
             match result {
                 Ok(tys) => {
                     let node = self.node(id);
-                    if tys.len() != node.outputs.len() {
+                    if tys.len() != node.num_outputs() {
                         failed[id.index()] = true;
                         problems.push((
                             id,
                             format!(
                                 "{} produces {} outputs but {} are named",
-                                node.op.name(),
+                                node.op().name(),
                                 tys.len(),
-                                node.outputs.len()
+                                node.num_outputs()
                             ),
                         ));
                         continue;

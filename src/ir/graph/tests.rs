@@ -38,7 +38,7 @@ fn add_fresh_names_as_fresh_name_does() {
     let b = g.add_fresh("r", Op::Relu, Role::Forward, &[x]).unwrap();
     g.add_node("r.2", Op::Relu, Role::Forward, &[x]).unwrap();
     let c = g.add_fresh("r", Op::Relu, Role::Forward, &[x]).unwrap();
-    let names: Vec<&str> = [a, b, c].iter().map(|&n| g.node(n).name.as_str()).collect();
+    let names: Vec<&str> = [a, b, c].iter().map(|&n| g.node(n).name()).collect();
     assert_eq!(names, ["r", "r.1", "r.3"]);
     assert_eq!(g.value("r.3"), Some(ValueId { node: c, slot: 0 }));
     assert_eq!(g.ty(ValueId { node: c, slot: 0 }), g.ty(x));
@@ -71,7 +71,7 @@ fn rename_moves_the_name_and_keeps_the_table_sound() {
     let r = g.add_node("r", Op::Relu, Role::Forward, &[x]).unwrap();
     g.rename(r, "s".into()).unwrap();
     assert_eq!(g.value("s"), Some(ValueId { node: r, slot: 0 }));
-    assert_eq!((g.value("r"), g.node(r).name.as_str()), (None, "s"));
+    assert_eq!((g.value("r"), g.node(r).name()), (None, "s"));
     assert!(g.name_map_problems().is_empty());
     assert_eq!(g.rename(r, g.value_name(w).to_string()).unwrap_err(), GraphError::DuplicateName("w".into()));
     g.rename(r, "r".into()).unwrap();
@@ -83,11 +83,11 @@ fn rename_moves_the_name_and_keeps_the_table_sound() {
 fn a_renamed_output_is_caught_by_the_name_check() {
     let (mut g, x, _) = small();
     assert!(g.name_map_problems().is_empty());
-    g.node_mut(x.node).set_output_name(0, "y");
+    g.set_output_name(x.node, 0, "y");
     assert!(!g.name_map_problems().is_empty());
-    g.node_mut(x.node).set_output_name(0, "x");
+    g.set_output_name(x.node, 0, "x");
     assert!(g.name_map_problems().is_empty());
-    g.node_mut(x.node).name = "renamed".into();
+    g.labels[x.node.index()] = "renamed".into();
     assert!(!g.name_map_problems().is_empty(), "the value named as its node follows the node's name");
 }
 
@@ -100,16 +100,16 @@ fn remove_refuses_a_used_node() {
     assert!(g.value("a").is_none());
 }
 
-/// A node is allocated on its own (a `Box` in the node vector), 7.3 M of them
-/// in a lowered 10^6-op graph: at 128 bytes it takes mimalloc's 128-byte
-/// class, one byte more would take the 160-byte one (+233 MB there).
+/// What a node costs in the tables by node index, 7.3 M of them in a
+/// lowered 10^6-op graph (docs/FLAT_IR.md): an 8-byte record, a 24-byte
+/// name (inline up to 24 bytes), a 4-byte type and a meta byte.
 #[test]
-fn a_node_fits_the_128_byte_class() {
-    assert!(std::mem::size_of::<Node>() <= 128, "Node is {} bytes", std::mem::size_of::<Node>());
-    assert!(std::mem::size_of::<Op>() <= 64, "Op is {} bytes", std::mem::size_of::<Op>());
+fn a_node_takes_37_bytes_by_index() {
+    assert_eq!(std::mem::size_of::<Rec>(), 8);
+    assert_eq!(std::mem::size_of::<CompactString>(), 24);
+    assert_eq!(std::mem::size_of::<TypeId>(), 4);
     // 10 M of these at 10^6 ops.
     assert_eq!(std::mem::size_of::<wires::Wire>(), 16);
-    assert_eq!(std::mem::size_of::<Option<Box<Node>>>(), 8);
 }
 
 #[test]

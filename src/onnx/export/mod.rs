@@ -353,7 +353,7 @@ fn fill_value(op: &Op) -> Option<f64> {
 /// first output and that output's type.
 struct At<'g> {
     n: NodeId,
-    node: &'g crate::ir::graph::Node,
+    node: crate::ir::graph::Node<'g>,
     ins: crate::ir::graph::Inputs,
     v0: ValueId,
     d: DType,
