@@ -8,7 +8,7 @@ use crate::emit::{self, Emit};
 use bytes::Bytes;
 use std::io::{BufWriter, Write};
 
-use mpc::io::write_atomic_with;
+use mpc::io::{write_atomic_with, EarlyWriteback};
 use mpc::onnx::lower::{self, InferenceOptions};
 
 /// What `mpc lower` was asked to do with an ONNX model.
@@ -103,7 +103,7 @@ pub fn write_output_with(
     const BUFFER: usize = 1 << 20;
     match path {
         Some(path) => write_atomic_with(path, |tmp| {
-            let mut w = BufWriter::with_capacity(BUFFER, tmp);
+            let mut w = BufWriter::with_capacity(BUFFER, EarlyWriteback::new(tmp.as_file()));
             write(&mut w)?;
             w.flush()
         })
