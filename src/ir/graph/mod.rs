@@ -45,7 +45,7 @@ mod wires;
 
 pub use node::{Node, Origin, SECTIONS};
 use node::{Output, Rec};
-use ops::Ops;
+use ops::{OpId, Ops};
 pub use visit::Visited;
 
 pub(crate) use dense::{DenseMap, DenseSet};
@@ -300,12 +300,6 @@ impl Graph {
         }
     }
 
-    /// The output types of `op` on `inputs`.
-    fn infer_ids(&mut self, op: &Op, inputs: &[ValueId]) -> Result<TypeIds, String> {
-        let ins: SmallVec<[TypeId; 4]> = inputs.iter().map(|&v| self.ty_id(v)).collect();
-        self.memo.infer(&mut self.types, op, &ins)
-    }
-
     /// Re-types node `id` from its inputs `inputs` (its op, its inputs or
     /// their types changed).
     pub(crate) fn retype(&mut self, id: NodeId, inputs: &[ValueId]) -> Result<(), String> {
@@ -313,7 +307,7 @@ impl Graph {
         let ins: SmallVec<[TypeId; 4]> = inputs.iter().map(|&v| self.ty_id(v)).collect();
         let op = self.node(id).rec().op;
         let Graph { ops, types, memo, labels, .. } = self;
-        let out = memo.infer(types, ops.get(op), &ins).map_err(|m| format!("node `{}`: {m}", labels[id.index()]))?;
+        let out = memo.infer(types, ops, op, &ins).map_err(|m| format!("node `{}`: {m}", labels[id.index()]))?;
         self.put_types(id, &out);
         Ok(())
     }
@@ -413,37 +407,49 @@ impl Graph {
         role: Role,
         inputs: &[ValueId],
     ) -> Result<NodeId, GraphError> {
-        let name = name.into();
-        let n = infer::num_outputs(&op);
+        let op = self.ops.intern(op);
+        self.add_node_id(name.into(), op, role, inputs)
+    }
+
+    fn add_node_id(&mut self, name: String, op: OpId, role: Role, inputs: &[ValueId]) -> Result<NodeId, GraphError> {
+        let n = infer::num_outputs(self.ops.get(op));
         if n == 1 {
             // The common case: no output-name vector.
-            let tys = self.infer_for(&name, &op, inputs)?;
-            let id = self.add_single(name.into(), op, role, None)?;
+            let tys = self.infer_for(&name, op, inputs)?;
+            let id = self.add_single_id(name.into(), op, role, None)?;
             self.finish_typed(id, tys, inputs);
             return Ok(id);
         }
         let outs = default_output_names(&name, n);
-        self.add_node_with_outputs(name, op, role, inputs, outs)
+        let tys = self.infer_for(&name, op, inputs)?;
+        let id = self.add_untyped_id(name, op, role, outs, None)?;
+        self.finish_typed(id, tys, inputs);
+        Ok(id)
     }
 
     /// [`Graph::add_node`] named `base`, or as [`Graph::fresh_name`] would
     /// name it when `base` is taken: one probe of the name table when it is
     /// free (the usual case), not a lookup and then an insertion.
     pub fn add_fresh(&mut self, base: &str, op: Op, role: Role, inputs: &[ValueId]) -> Result<NodeId, GraphError> {
-        if infer::num_outputs(&op) != 1 {
+        let op = self.ops.intern(op);
+        self.add_fresh_id(base, op, role, inputs)
+    }
+
+    fn add_fresh_id(&mut self, base: &str, op: OpId, role: Role, inputs: &[ValueId]) -> Result<NodeId, GraphError> {
+        if infer::num_outputs(self.ops.get(op)) != 1 {
             let name = self.fresh_name(base);
-            return self.add_node(name, op, role, inputs);
+            return self.add_node_id(name, op, role, inputs);
         }
         // The name's table line is loaded while the type is inferred: the
         // probe is otherwise a cache (and TLB) miss that nothing overlaps.
         let hash = name_hash(base);
         self.prefetch_name(hash);
-        let tys = self.infer_for(base, &op, inputs)?;
+        let tys = self.infer_for(base, op, inputs)?;
         let id = match self.free_slot(base, hash) {
             Some(at) => self.insert_single(at, hash, base.into(), op, role, None),
             None => {
                 let name = self.fresh_name(base);
-                self.add_single(name.into(), op, role, None)?
+                self.add_single_id(name.into(), op, role, None)?
             }
         };
         self.finish_typed(id, tys, inputs);
@@ -465,11 +471,12 @@ impl Graph {
         role: Role,
         inputs: &[ValueId],
     ) -> Result<NodeId, GraphError> {
-        if infer::num_outputs(&op) != 1 {
+        let op = self.ops.intern(op);
+        if infer::num_outputs(self.ops.get(op)) != 1 {
             self.register_deferred();
-            return self.add_fresh(base, op, role, inputs);
+            return self.add_fresh_id(base, op, role, inputs);
         }
-        let tys = self.infer_for(base, &op, inputs)?;
+        let tys = self.infer_for(base, op, inputs)?;
         let id = NodeId::at(self.alloc(base.into(), op, role, None, None));
         self.finish_typed(id, tys, inputs);
         self.deferred.push((id, name_hash(base)));
@@ -483,8 +490,10 @@ impl Graph {
         self.register_unnamed(&ids);
     }
 
-    fn infer_for(&mut self, name: &str, op: &Op, inputs: &[ValueId]) -> Result<TypeIds, GraphError> {
-        self.infer_ids(op, inputs).map_err(|message| GraphError::Type { node: name.to_string(), message })
+    fn infer_for(&mut self, name: &str, op: OpId, inputs: &[ValueId]) -> Result<TypeIds, GraphError> {
+        let ins: SmallVec<[TypeId; 4]> = inputs.iter().map(|&v| self.ty_id(v)).collect();
+        let out = self.memo.infer(&mut self.types, &self.ops, op, &ins);
+        out.map_err(|message| GraphError::Type { node: name.to_string(), message })
     }
 
     fn finish_typed(&mut self, id: NodeId, tys: TypeIds, inputs: &[ValueId]) {
@@ -502,8 +511,9 @@ impl Graph {
         inputs: &[ValueId],
         outs: Vec<String>,
     ) -> Result<NodeId, GraphError> {
-        let tys = self.infer_for(&name, &op, inputs)?;
-        let id = self.add_untyped(name, op, role, outs, None)?;
+        let op = self.ops.intern(op);
+        let tys = self.infer_for(&name, op, inputs)?;
+        let id = self.add_untyped_id(name, op, role, outs, None)?;
         self.finish_typed(id, tys, inputs);
         Ok(id)
     }
@@ -514,13 +524,13 @@ impl Graph {
     fn alloc(
         &mut self,
         name: CompactString,
-        op: Op,
+        op: OpId,
         role: Role,
         outs: Option<Box<[Output]>>,
         origin: Option<Origin>,
     ) -> u32 {
-        let meta = meta_of(&op, role);
-        let rec = Rec { op: self.ops.intern(op), role, precision: None, single: outs.is_none() };
+        let meta = meta_of(self.ops.get(op), role);
+        let rec = Rec { op, role, precision: None, single: outs.is_none() };
         let ty0 = TypeId::UNTYPED;
         let i = match self.vacated.pop() {
             Some(i) => {
@@ -564,6 +574,17 @@ impl Graph {
         role: Role,
         origin: Option<Origin>,
     ) -> Result<NodeId, GraphError> {
+        let op = self.ops.intern(op);
+        self.add_single_id(name, op, role, origin)
+    }
+
+    fn add_single_id(
+        &mut self,
+        name: CompactString,
+        op: OpId,
+        role: Role,
+        origin: Option<Origin>,
+    ) -> Result<NodeId, GraphError> {
         let hash = name_hash(&name);
         match self.free_slot(&name, hash) {
             Some(at) => Ok(self.insert_single(at, hash, name, op, role, origin)),
@@ -584,7 +605,7 @@ impl Graph {
         at: usize,
         hash: u64,
         name: CompactString,
-        op: Op,
+        op: OpId,
         role: Role,
         origin: Option<Origin>,
     ) -> NodeId {
@@ -619,6 +640,7 @@ impl Graph {
             Ok(_) => return Err(GraphError::DuplicateName(name.into())),
             Err(at) => at,
         };
+        let op = self.ops.intern(op);
         Ok(self.insert_single(at, hash, name, op, role, origin))
     }
 
@@ -679,6 +701,7 @@ impl Graph {
             "add_unnamed: the type given is the one inference gives"
         );
         let ty = self.types.intern_owned(ty);
+        let op = self.ops.intern(op);
         let id = NodeId::at(self.alloc(name, op, role, None, None));
         self.ty0[id.index()] = ty;
         self.wires.set_all(id.index(), inputs);
@@ -728,9 +751,21 @@ impl Graph {
         output_names: Vec<String>,
         origin: Option<Origin>,
     ) -> Result<NodeId, GraphError> {
+        let op = self.ops.intern(op);
+        self.add_untyped_id(name, op, role, output_names, origin)
+    }
+
+    fn add_untyped_id(
+        &mut self,
+        name: String,
+        op: OpId,
+        role: Role,
+        output_names: Vec<String>,
+        origin: Option<Origin>,
+    ) -> Result<NodeId, GraphError> {
         let own_value = output_names.first() == Some(&name);
         if own_value && output_names.len() == 1 {
-            return self.add_single(name.into(), op, role, origin);
+            return self.add_single_id(name.into(), op, role, origin);
         }
         if !own_value && self.contains_name(&name) {
             return Err(GraphError::DuplicateName(name));

@@ -102,7 +102,7 @@ impl Graph {
                 let ids: SmallVec<[TypeId; 4]> = ins.iter().map(|&v| self.ty_id(v)).collect();
                 let op = self.node(id).rec().op;
                 let Graph { ops, types, memo, .. } = self;
-                memo.infer(types, ops.get(op), &ids)
+                memo.infer(types, ops, op, &ids)
             };
             match result {
                 Ok(tys) => {
