@@ -39,6 +39,7 @@ mod names;
 mod node;
 mod ops;
 mod order;
+mod prefault;
 mod types;
 mod visit;
 mod wires;
@@ -138,6 +139,9 @@ pub struct Graph {
     /// Nodes registered under their own name as well as their values' (a
     /// multi-output node whose own name is not one of its value names).
     node_names: FxHashSet<u32>,
+    /// How far the room of `recs`, `labels`, `ty0` and `meta` has been
+    /// backed ahead of use (see `prefault`).
+    ahead: [prefault::Ahead; 4],
     /// The scalar loss value.
     pub loss: Option<ValueId>,
     /// For a graph with an explicit backward section: the gradient of each
@@ -548,7 +552,11 @@ impl Graph {
                 self.labels.push(name);
                 self.meta.push(meta);
                 self.ty0.push(ty0);
-                self.meta.len() - 1
+                let i = self.meta.len() - 1;
+                if i.is_multiple_of(prefault::TICK) && i > 0 {
+                    self.back_ahead();
+                }
+                i
             }
         };
         if let Some(outs) = outs {
@@ -563,6 +571,19 @@ impl Graph {
             *o = origin;
         }
         i as u32
+    }
+
+    /// Has the room of the node tables backed ahead of their use.
+    #[cold]
+    fn back_ahead(&mut self) {
+        let mut out = prefault::Ranges::new();
+        let [recs, labels, ty0, meta] = &mut self.ahead;
+        recs.next(&self.recs, prefault::REACH, &mut out);
+        labels.next(&self.labels, prefault::REACH, &mut out);
+        ty0.next(&self.ty0, prefault::REACH, &mut out);
+        meta.next(&self.meta, prefault::REACH, &mut out);
+        self.wires.ahead(&mut out);
+        prefault::populate(out);
     }
 
     /// Adds an untyped node with one output named after the node, with one

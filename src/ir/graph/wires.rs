@@ -57,6 +57,8 @@ pub(super) struct Wires {
     /// being taken off: the verifier reports them, as it would two edges
     /// on one port.
     doubled: Vec<(u32, u32)>,
+    /// How far the room of `spans`, `heads` and `arena` has been backed.
+    ahead: [prefault::Ahead; 3],
 }
 
 fn index(i: usize) -> u32 {
@@ -73,6 +75,14 @@ impl Wires {
         self.spans.reserve(nodes);
         self.heads.reserve(nodes);
         self.arena.reserve(edges);
+    }
+
+    /// Adds to `out` the room of the tables to back ahead of their use
+    /// (see `prefault`): an input per node on average, and more.
+    pub(super) fn ahead(&mut self, out: &mut prefault::Ranges) {
+        self.ahead[0].next(&self.spans, prefault::REACH, out);
+        self.ahead[1].next(&self.heads, prefault::REACH, out);
+        self.ahead[2].next(&self.arena, 2 * prefault::REACH, out);
     }
 
     /// A node enters at index `i` (new or vacated), with no inputs and no uses.
