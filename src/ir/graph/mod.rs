@@ -222,7 +222,12 @@ impl Graph {
         let ty0 = self.ty0[id.index()];
         let outs = self.outs.entry(id.0).or_insert_with(|| Box::new([Output { name: None, ty: ty0 }]));
         outs[slot].name = (name != own).then(|| name.into());
-        self.recs[id.index()].single = false;
+        // One output named as the node is the usual kind again.
+        let single = outs.len() == 1 && outs[0].name.is_none();
+        if single {
+            self.outs.remove(&id.0);
+        }
+        self.recs[id.index()].single = single;
     }
 
     /// Where a parsed node was written in its source file.
@@ -425,10 +430,7 @@ impl Graph {
             return Ok(id);
         }
         let outs = default_output_names(&name, n);
-        let tys = self.infer_for(&name, op, inputs)?;
-        let id = self.add_untyped_id(name, op, role, outs, None)?;
-        self.finish_typed(id, tys, inputs);
-        Ok(id)
+        self.add_with_outputs_id(name, op, role, inputs, outs)
     }
 
     /// [`Graph::add_node`] named `base`, or as [`Graph::fresh_name`] would
@@ -516,6 +518,17 @@ impl Graph {
         outs: Vec<String>,
     ) -> Result<NodeId, GraphError> {
         let op = self.ops.intern(op);
+        self.add_with_outputs_id(name, op, role, inputs, outs)
+    }
+
+    fn add_with_outputs_id(
+        &mut self,
+        name: String,
+        op: OpId,
+        role: Role,
+        inputs: &[ValueId],
+        outs: Vec<String>,
+    ) -> Result<NodeId, GraphError> {
         let tys = self.infer_for(&name, op, inputs)?;
         let id = self.add_untyped_id(name, op, role, outs, None)?;
         self.finish_typed(id, tys, inputs);

@@ -87,6 +87,8 @@ fn a_renamed_output_is_caught_by_the_name_check() {
     assert!(!g.name_map_problems().is_empty());
     g.set_output_name(x.node, 0, "x");
     assert!(g.name_map_problems().is_empty());
+    assert!(g.rename(x.node, "x2".into()).is_ok(), "named as its node again, the node is the usual kind");
+    g.rename(x.node, "x".into()).unwrap();
     g.labels[x.node.index()] = "renamed".into();
     assert!(!g.name_map_problems().is_empty(), "the value named as its node follows the node's name");
 }
