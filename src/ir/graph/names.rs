@@ -77,11 +77,11 @@ impl Names {
         }
         let size = (need * 4 / 3 + 1).next_power_of_two().max(16);
         let old = std::mem::replace(&mut self.table, vec![[0; 2]; size]);
-        // The entries below land on every page of the new table, which a
-        // pool thread backs meanwhile, from the start, as the writes go.
+        // The entries below land on every page of the new table: backed
+        // first, half of it on another core.
         let bytes = size * std::mem::size_of::<[u64; 2]>();
         if bytes >= prefault::MIN_BYTES {
-            prefault::populate([(self.table.as_ptr() as usize, bytes)].into_iter().collect());
+            prefault::populate_split(self.table.as_ptr() as usize, bytes);
         }
         self.bits = size.trailing_zeros();
         let mask = size - 1;
