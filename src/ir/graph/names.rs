@@ -1,6 +1,7 @@
 //! The graph's name table: open addressing over name hashes, each entry
 //! naming a node or one of its outputs, with the prefetch the passes use
-//! to hide its cache misses.
+//! to hide its cache misses; and the graph's names: lookups, renames,
+//! fresh names, names entered in batches, and the verifier's check.
 
 use super::*;
 
@@ -173,5 +174,168 @@ impl Graph {
         } else {
             ((e.slot as usize) < n.num_outputs()).then(|| n.output_name(e.slot as usize))
         }
+    }
+}
+
+impl Graph {
+    /// The table entry of `name`.
+    #[inline]
+    pub(super) fn lookup(&self, name: &str) -> Option<NameEntry> {
+        let i = self.names.probe(name_hash(name), |e| self.entry_name(e) == Some(name)).ok()?;
+        Some(NameEntry::load(self.names.table[i]))
+    }
+
+    pub fn value(&self, name: &str) -> Option<ValueId> {
+        let e = self.lookup(name)?;
+        (e.slot != NODE_NAME).then_some(ValueId { node: NodeId::at(e.node), slot: e.slot })
+    }
+
+    /// Looks a node up by its name or by the name of one of its outputs.
+    pub fn node_named(&self, name: &str) -> Option<NodeId> {
+        self.lookup(name).map(|e| NodeId::at(e.node))
+    }
+
+    pub(super) fn contains_name(&self, name: &str) -> bool {
+        self.lookup(name).is_some()
+    }
+
+    /// Enters the names of the nodes from [`Graph::add_deferred`], in the
+    /// order they were added.
+    pub(crate) fn register_deferred(&mut self) {
+        let ids = std::mem::take(&mut self.deferred);
+        self.register_unnamed(&ids);
+    }
+
+    /// The empty name-table index where `name` (of hash `hash`) would go,
+    /// with room made for it; `None` when the name is taken.
+    pub(super) fn free_slot(&mut self, name: &str, hash: u64) -> Option<usize> {
+        self.names.reserve(1);
+        self.names.probe(hash, |e| self.entry_name(e) == Some(name)).err()
+    }
+
+    /// Starts loading the name-table bucket of `hash` into the cache.
+    #[inline]
+    pub(crate) fn prefetch_name(&self, hash: u64) {
+        if let Some(e) = self.names.table.get(if self.names.bits == 0 { 0 } else { self.names.home(hash) }) {
+            prefetch(e);
+        }
+    }
+
+    /// The value whose name has `hash`, trusting the hash: the caller must
+    /// check that the value's name is the one it looked for.
+    #[inline]
+    pub(crate) fn value_by_hash(&self, hash: u64) -> Option<ValueId> {
+        let e = NameEntry::load(self.names.table[self.names.probe(hash, |_| true).ok()?]);
+        (e.slot != NODE_NAME).then_some(ValueId { node: NodeId::at(e.node), slot: e.slot })
+    }
+
+    /// Registers the names of nodes from [`Graph::add_unnamed`] (with their
+    /// hashes), in the order given; a name already taken is replaced by the first free
+    /// `name.k`, as [`Graph::fresh_name`] finds it at that point. The result
+    /// is what adding the nodes one by one with that fallback gives.
+    pub(crate) fn register_unnamed(&mut self, ids: &[(NodeId, u64)]) {
+        const AHEAD: usize = 16;
+        self.names.reserve(ids.len());
+        for (j, &(id, hash)) in ids.iter().enumerate() {
+            debug_assert_eq!(hash, name_hash(self.node(id).name()));
+            if let Some(&(_, h)) = ids.get(j + AHEAD) {
+                self.prefetch_name(h);
+            }
+            let name = self.node(id).name();
+            match self.names.probe(hash, |e| self.entry_name(e) == Some(name)) {
+                Err(at) => self.names.fill(at, NameEntry { hash, node: id.index() as u32, slot: 0 }),
+                Ok(_) => {
+                    let fresh = self.fresh_name(name);
+                    let hash = name_hash(&fresh);
+                    self.labels[id.index()] = fresh.into();
+                    self.register(hash, id.index() as u32, 0);
+                }
+            }
+        }
+    }
+
+    /// Registers `name` for entry `(node, slot)`; the name must be new.
+    pub(super) fn register(&mut self, name_hash: u64, node: u32, slot: u32) {
+        self.names.reserve(1);
+        // An empty index: the name was checked to be absent.
+        let at = self.names.probe(name_hash, |_| false).expect_err("a new name");
+        self.names.fill(at, NameEntry { hash: name_hash, node, slot });
+    }
+
+    /// Renames a node with one output named as the node (the usual kind)
+    /// and its value. `name` must be new.
+    pub fn rename(&mut self, id: NodeId, name: String) -> Result<(), GraphError> {
+        let node = self.node(id);
+        let old = node.name().to_string();
+        if !node.rec().single || self.node_names.contains(&(id.index() as u32)) {
+            return Err(GraphError::Type {
+                node: old,
+                message: "only a node named as its one value can be renamed".into(),
+            });
+        }
+        if self.contains_name(&name) {
+            return Err(GraphError::DuplicateName(name));
+        }
+        if let Ok(i) = self.names.probe(name_hash(&old), |e| self.entry_name(e) == Some(old.as_str())) {
+            self.names.remove_at(i);
+        }
+        let hash = name_hash(&name);
+        self.labels[id.index()] = name.into();
+        self.register(hash, id.index() as u32, 0);
+        Ok(())
+    }
+
+    /// A name not yet used in the graph, starting from `base`.
+    pub fn fresh_name(&self, base: &str) -> String {
+        if !self.contains_name(base) {
+            return base.to_string();
+        }
+        (1..).map(|i| format!("{base}.{i}")).find(|n| !self.contains_name(n)).expect("an unused name exists")
+    }
+
+    /// Whether the name map agrees with the nodes (checked by the verifier).
+    pub(crate) fn name_map_problems(&self) -> Vec<String> {
+        // Fast path: the table's checksum is the sum over its entries of
+        // mix(hash of the name, slot it names). Recomputed from the nodes'
+        // current names in one sequential pass, it matches (with the same
+        // entry count) exactly when every entry names an output that bears
+        // its name, as the one-to-one check below would find.
+        let mut sum = 0u64;
+        let mut count = 0usize;
+        for i in self.node_ids() {
+            let n = self.node(i);
+            let i = i.index();
+            for (slot, o) in n.output_names().enumerate() {
+                sum = sum.wrapping_add(NameEntry { hash: name_hash(o), node: i as u32, slot: slot as u32 }.mix());
+            }
+            count += n.num_outputs();
+        }
+        for &i in &self.node_names {
+            if let Some(n) = self.weight(i as usize) {
+                sum = sum.wrapping_add(NameEntry { hash: name_hash(n.name()), node: i, slot: NODE_NAME }.mix());
+                count += 1;
+            }
+        }
+        if sum == self.names.sum && count == self.names.len {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for id in self.node_ids() {
+            let node = self.node(id);
+            for (slot, o) in node.output_names().enumerate() {
+                match self.value(o) {
+                    Some(v) if v == (ValueId { node: id, slot: slot as u32 }) => {}
+                    _ => out.push(format!(
+                        "output `{}` of node `{}` is not registered under its name (duplicate name?)",
+                        o,
+                        node.name()
+                    )),
+                }
+            }
+        }
+        if out.is_empty() {
+            out.push("the name table holds names that no node has (a node was renamed?)".to_string());
+        }
+        out
     }
 }
